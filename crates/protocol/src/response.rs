@@ -1,0 +1,1 @@
+//! Parsing of memcached's replies (used by the proxy to read its backends).
