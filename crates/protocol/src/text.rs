@@ -571,7 +571,7 @@ fn parse_store<'a>(
             None => return reply(ErrorReply::BadFormat, noreply),
         }
     }
-    if length < 0 || length > i32::MAX - 2 {
+    if !(0..=i32::MAX - 2).contains(&length) {
         return reply(ErrorReply::BadFormat, noreply);
     }
     let length = length as usize;
