@@ -1,1 +1,60 @@
-//! placeholder
+//! keepcached's cache server: the memcached role.
+//!
+//! Data flows one way: socket bytes -> [`keepcached_protocol::parse_request`] ->
+//! [`execute`] (against [`keepcached_cache::Cache`]) -> reply bytes -> socket.
+//!
+//! - [`settings`]: what memcached's command line configures, validated.
+//! - [`listener`]: binding (done before daemonizing or dropping privileges, so errors reach the
+//!   operator) and the accept loops with the connection limit.
+//! - [`connection`]: one client: read, parse in a loop, execute, write the pipeline's replies in
+//!   one go.
+//! - [`execute`]: one request against the store, reply appended to the output buffer.
+//! - [`stats`] and [`report`]: counters and the `stats` family of replies.
+//! - [`clock`]: memcached's relative time, which the store and expiry rules use.
+
+pub mod clock;
+pub mod connection;
+pub mod execute;
+pub mod listener;
+pub mod report;
+pub mod settings;
+pub mod stats;
+
+use std::sync::Arc;
+
+use keepcached_cache::Cache;
+use tokio::sync::watch;
+
+pub use listener::{Listeners, ServeError};
+pub use settings::Settings;
+
+/// What every connection shares: the store, the settings, the counters and the clock.
+#[derive(Debug)]
+pub struct Server {
+    pub cache: Cache,
+    pub settings: Settings,
+    /// Parser limits derived from the settings once, not per request.
+    pub limits: keepcached_protocol::Limits,
+    pub stats: stats::Stats,
+    pub clock: clock::Clock,
+    /// Current `verbosity`; the `verbosity` command changes it at run time.
+    pub verbosity: std::sync::atomic::AtomicU32,
+    /// Set by the `shutdown` command (with -A) so the process stops as on a signal.
+    pub shutdown_requested: watch::Sender<bool>,
+}
+
+impl Server {
+    pub fn new(settings: Settings) -> Arc<Server> {
+        let cache = Cache::new(settings.cache_config());
+        let (shutdown_requested, _) = watch::channel(false);
+        Arc::new(Server {
+            cache,
+            verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
+            limits: settings.limits(),
+            settings,
+            stats: stats::Stats::default(),
+            clock: clock::Clock::start(),
+            shutdown_requested,
+        })
+    }
+}

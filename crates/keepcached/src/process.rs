@@ -1,0 +1,102 @@
+//! Process-level chores shared by every role: limits, daemonizing, privileges, pid files and
+//! signals.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use tokio::sync::watch;
+
+/// Descriptors kept for listeners, log files and backends beyond the connection limit.
+const SPARE_FDS: u64 = 64;
+
+/// Raises the open-file limit so that `connections` clients fit, as memcached does for `-c`.
+pub fn raise_nofile_limit(connections: usize) -> anyhow::Result<()> {
+    let wanted = connections as u64 + SPARE_FDS;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    if soft >= wanted {
+        return Ok(());
+    }
+    let new_hard = hard.max(wanted);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, new_hard).is_err() {
+        bail!(
+            "failed to set rlimit for open files to {wanted}. Try starting as root or \
+             requesting a smaller connection limit (-c)."
+        );
+    }
+    Ok(())
+}
+
+/// `-r`: let a crash leave a full core file.
+pub fn raise_core_limit() {
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_CORE) {
+        if setrlimit(Resource::RLIMIT_CORE, hard, hard).is_err() {
+            eprintln!("keepcached: failed to raise the core file limit");
+        }
+    }
+}
+
+/// `-k`: keep every page in RAM; like memcached, a failure is a warning, not fatal.
+pub fn lock_memory() {
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        eprintln!("keepcached: warning: -k given but locking memory failed: {e}");
+    }
+}
+
+/// Detaches from the terminal. Called before any thread exists (the runtime starts after it),
+/// because fork keeps only the calling thread.
+pub fn daemonize(keep_stdio: bool) -> anyhow::Result<()> {
+    nix::unistd::daemon(false, keep_stdio).context("failed to daemonize")
+}
+
+/// Switches to `user` (and its group, with no supplementary groups), as memcached's `-u` does.
+pub fn drop_privileges(user: &str) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, User};
+    let Some(pw) = User::from_name(user).context("looking up the user")? else {
+        bail!("can't find the user {user} to switch to");
+    };
+    setgroups(&[]).context("failed to drop supplementary groups")?;
+    setgid(pw.gid)
+        .and_then(|()| setuid(pw.uid))
+        .with_context(|| format!("failed to assume identity of user {user}"))?;
+    Ok(())
+}
+
+/// A pid file that is removed when the process exits normally.
+#[derive(Debug)]
+pub struct PidFile(PathBuf);
+
+impl PidFile {
+    pub fn create(path: PathBuf) -> anyhow::Result<PidFile> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("could not write pid file {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Turns true on SIGTERM or SIGINT: the one shutdown signal every task of a role watches.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tx.send_replace(true);
+    });
+    rx
+}

@@ -1,0 +1,509 @@
+//! `keepcached server`: memcached 1.6's command line, with memcached's meanings and defaults.
+//!
+//! Flags are parsed and validated before any socket is bound. Then the order is memcached's
+//! where it matters to operators: raise the open-file limit, bind, daemonize, drop privileges,
+//! write the pid file, serve.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Parser};
+use keepcached_server::{Listeners, Server, Settings};
+
+use crate::{process, UsageError};
+
+/// memcached-compatible flags. Help is printed by [`print_help`] in memcached's layout, so clap's
+/// own help and version flags are off (`-h` and `-V` mean what they mean to memcached).
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepcached server",
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+pub struct ServerArgs {
+    #[arg(short = 'p', long = "port", default_value_t = 11211)]
+    port: u16,
+    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
+    udp_port: u16,
+    #[arg(short = 's', long = "unix-socket")]
+    unix_socket: Option<PathBuf>,
+    #[arg(short = 'a', long = "unix-mask", default_value = "0700")]
+    unix_mask: String,
+    #[arg(short = 'A', long = "enable-shutdown")]
+    enable_shutdown: bool,
+    #[arg(short = 'l', long = "listen", value_delimiter = ',', action = ArgAction::Append)]
+    listen: Vec<String>,
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    #[arg(short = 'r', long = "enable-coredumps")]
+    enable_coredumps: bool,
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    #[arg(short = 'm', long = "memory-limit", default_value = "64")]
+    memory_limit: String,
+    #[arg(short = 'M', long = "disable-evictions")]
+    disable_evictions: bool,
+    #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
+    conn_limit: usize,
+    #[arg(short = 'k', long = "lock-memory")]
+    lock_memory: bool,
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    verbose: u8,
+    #[arg(short = 'h', long = "help")]
+    help: bool,
+    #[arg(short = 'i', long = "license")]
+    license: bool,
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+    #[arg(short = 'P', long = "pidfile")]
+    pidfile: Option<PathBuf>,
+    #[arg(short = 'f', long = "slab-growth-factor")]
+    slab_growth_factor: Option<f64>,
+    #[arg(short = 'n', long = "slab-min-size")]
+    slab_min_size: Option<u32>,
+    #[arg(short = 'L', long = "enable-largepages")]
+    enable_largepages: bool,
+    #[arg(short = 'D')]
+    delimiter: Option<char>,
+    #[arg(short = 't', long = "threads", default_value_t = 4)]
+    threads: usize,
+    #[arg(short = 'R', long = "max-reqs-per-event", default_value_t = 20)]
+    max_reqs_per_event: usize,
+    #[arg(short = 'C', long = "disable-cas")]
+    disable_cas: bool,
+    #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
+    listen_backlog: u32,
+    #[arg(short = 'B', long = "protocol", default_value = "auto")]
+    protocol: String,
+    #[arg(short = 'I', long = "max-item-size", default_value = "1m")]
+    max_item_size: String,
+    #[arg(short = 'S', long = "enable-sasl")]
+    enable_sasl: bool,
+    #[arg(short = 'Y', long = "auth-file")]
+    auth_file: Option<PathBuf>,
+    #[arg(short = 'F', long = "disable-flush-all")]
+    disable_flush_all: bool,
+    #[arg(short = 'X', long = "disable-dumping")]
+    disable_dumping: bool,
+    #[arg(short = 'W', long = "disable-watch")]
+    disable_watch: bool,
+    #[arg(short = 'Z', long = "enable-ssl")]
+    enable_ssl: bool,
+    #[arg(short = 'e', long = "memory-file")]
+    memory_file: Option<PathBuf>,
+    #[arg(short = 'N', long = "napi-ids")]
+    napi_ids: Option<u32>,
+    #[arg(short = 'o', long = "extended", value_delimiter = ',', action = ArgAction::Append)]
+    extended: Vec<String>,
+}
+
+/// What the command line asked for, ready to run.
+#[derive(Debug)]
+pub struct ServerPlan {
+    pub settings: Settings,
+    pub daemon: bool,
+    pub user: Option<String>,
+    pub pidfile: Option<PathBuf>,
+    pub lock_memory: bool,
+    pub enable_coredumps: bool,
+}
+
+pub enum Parsed {
+    Run(Box<ServerPlan>),
+    /// `-h`, `-V` or `-i`: print and exit 0.
+    Print(String),
+}
+
+/// Parses a memory size: a plain number is in `default_unit` bytes; k, m and g suffixes (either
+/// case) are kibi-, mebi- and gibibytes. memcached itself reads `-m 32m` as 32 only by accident
+/// (its `atoi` stops at the `m`); we accept the suffixes on purpose.
+pub fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last()? {
+        (i, 'k' | 'K') => (&text[..i], 1024),
+        (i, 'm' | 'M') => (&text[..i], 1024 * 1024),
+        (i, 'g' | 'G') => (&text[..i], 1024 * 1024 * 1024),
+        _ => (text, default_unit),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// `-o` options memcached knows that tune its slab allocator, LRU threads or extstore: accepted
+/// so existing command lines keep working, with a warning because they change nothing here.
+const INERT_OPTIONS: &[&str] = &[
+    "maxconns_fast",
+    "no_maxconns_fast",
+    "hashpower",
+    "slab_reassign",
+    "no_slab_reassign",
+    "slab_automove",
+    "no_slab_automove",
+    "slab_automove_ratio",
+    "slab_automove_window",
+    "slab_automove_freeratio",
+    "tail_repair_time",
+    "hash_algorithm",
+    "lru_crawler_sleep",
+    "lru_crawler_tocrawl",
+    "lru_maintainer",
+    "no_lru_maintainer",
+    "hot_lru_pct",
+    "warm_lru_pct",
+    "hot_max_factor",
+    "warm_max_factor",
+    "temporary_ttl",
+    "watcher_logbuf_size",
+    "worker_logbuf_size",
+    "slab_sizes",
+    "slab_chunk_max",
+    "track_sizes",
+    "no_inline_ascii_resp",
+    "inline_ascii_resp",
+    "modern",
+    "no_modern",
+    "no_chunked_items",
+    "drop_privileges",
+    "no_drop_privileges",
+    "resp_obj_mem_limit",
+    "read_buf_mem_limit",
+    "no_hashexpand",
+    "ext_path",
+    "ext_wbuf_size",
+    "ext_threads",
+    "ext_io_depth",
+    "ext_page_size",
+    "ext_item_size",
+    "ext_item_age",
+    "ext_low_ttl",
+    "ext_recache_rate",
+    "ext_compact_under",
+    "ext_drop_under",
+    "ext_max_sleep",
+    "ext_max_frag",
+    "ext_drop_unread",
+];
+
+pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
+    let args = ServerArgs::try_parse_from(
+        std::iter::once("keepcached server".to_string()).chain(args.iter().cloned()),
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
+    if args.help {
+        return Ok(Parsed::Print(help_text()));
+    }
+    if args.version {
+        return Ok(Parsed::Print(format!(
+            "keepcached {} (memcached {} protocol)\n",
+            env!("CARGO_PKG_VERSION"),
+            keepcached_server::execute::PROTOCOL_VERSION
+        )));
+    }
+    if args.license {
+        return Ok(Parsed::Print(
+            "keepcached is distributed under the BSD 3-Clause license.\n".into(),
+        ));
+    }
+    let usage = |msg: String| Err(UsageError(msg));
+    let mut settings = Settings {
+        port: args.port,
+        udp_port: args.udp_port,
+        unix_socket: args.unix_socket,
+        shutdown_command: args.enable_shutdown,
+        evictions: !args.disable_evictions,
+        cas: !args.disable_cas,
+        flush_enabled: !args.disable_flush_all,
+        verbose: u32::from(args.verbose),
+        backlog: args.listen_backlog,
+        ..Settings::default()
+    };
+    settings.unix_mask = match u32::from_str_radix(&args.unix_mask, 8) {
+        Ok(mask) if mask <= 0o777 => mask,
+        _ => return usage(format!("invalid unix socket mask: {}", args.unix_mask)),
+    };
+    for addr in args.listen.iter().filter(|a| !a.is_empty()) {
+        // memcached accepts `-l host:port` too; the port part is ignored in favour of -p.
+        let host = addr
+            .strip_prefix('[')
+            .and_then(|a| a.split(']').next())
+            .unwrap_or_else(|| match addr.matches(':').count() {
+                1 => addr.split(':').next().unwrap_or(addr),
+                _ => addr,
+            });
+        match host.parse::<IpAddr>() {
+            Ok(ip) => settings.listen.push(ip),
+            Err(_) => match std::net::ToSocketAddrs::to_socket_addrs(&(host, 0)) {
+                Ok(resolved) => settings.listen.extend(resolved.map(|a| a.ip())),
+                Err(e) => return usage(format!("cannot resolve listen address {host}: {e}")),
+            },
+        }
+    }
+    let Some(megabytes) = parse_size(&args.memory_limit, 1024 * 1024) else {
+        return usage(format!("invalid memory limit: {}", args.memory_limit));
+    };
+    if megabytes == 0 {
+        return usage("memory limit (-m) must be greater than 0".into());
+    }
+    settings.max_bytes = megabytes;
+    if args.conn_limit == 0 {
+        return usage("Number of connections must be greater than 0".into());
+    }
+    settings.max_connections = args.conn_limit;
+    if args.threads == 0 {
+        return usage("Number of threads must be greater than 0".into());
+    }
+    if args.threads > 64 {
+        eprintln!("WARNING: Setting a high number of worker threads is not recommended.");
+    }
+    settings.threads = args.threads;
+    if args.max_reqs_per_event == 0 {
+        return usage("Number of requests per event must be greater than 0".into());
+    }
+    settings.reqs_per_event = args.max_reqs_per_event;
+    let Some(item_size) = parse_size(&args.max_item_size, 1) else {
+        return usage(format!("invalid item size: {}", args.max_item_size));
+    };
+    if item_size < 1024 {
+        return usage("Item max size cannot be less than 1024 bytes.".into());
+    }
+    if item_size > 1024 * 1024 * 1024 {
+        return usage("Cannot set item size limit higher than 1 GB.".into());
+    }
+    if item_size > settings.max_bytes / 2 {
+        return usage("Cannot set item size limit higher than 1/2 of memory max.".into());
+    }
+    settings.item_size_max = item_size as usize;
+    match args.protocol.as_str() {
+        "ascii" | "auto" => {}
+        "binary" => {
+            return usage("the binary protocol is not supported yet; use -B ascii".into())
+        }
+        other => return usage(format!("Invalid value for binding protocol: {other}")),
+    }
+    if args.enable_sasl || args.auth_file.is_some() {
+        return usage("authentication (-S, -Y) is not supported yet".into());
+    }
+    if args.enable_ssl {
+        return usage("TLS (-Z) is not supported; terminate TLS in front of keepcached".into());
+    }
+    if args.memory_file.is_some() {
+        return usage("restartable cache (-e) is not supported yet".into());
+    }
+    if args.udp_port != 0 {
+        return usage("UDP (-U) is not supported yet; use -U 0".into());
+    }
+    for (flag, given) in [
+        ("-f", args.slab_growth_factor.is_some()),
+        ("-n", args.slab_min_size.is_some()),
+        ("-L", args.enable_largepages),
+        ("-N", args.napi_ids.is_some()),
+        ("-D", args.delimiter.is_some()),
+        ("-W", args.disable_watch),
+        ("-X", args.disable_dumping),
+    ] {
+        if given {
+            eprintln!("keepcached: {flag} has no effect in keepcached and is ignored");
+        }
+    }
+    for option in args.extended.iter().filter(|o| !o.is_empty()) {
+        let (key, value) = option
+            .split_once('=')
+            .map_or((option.as_str(), None), |(k, v)| (k, Some(v)));
+        match key {
+            "idle_timeout" => {
+                let Some(secs) = value.and_then(|v| v.parse::<u64>().ok()) else {
+                    return usage(format!("invalid idle_timeout: {option}"));
+                };
+                settings.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "lru_crawler" => settings.lru_crawler = true,
+            "no_lru_crawler" => settings.lru_crawler = false,
+            _ if INERT_OPTIONS.contains(&key) => {
+                eprintln!("keepcached: -o {key} has no effect in keepcached and is ignored");
+            }
+            _ => return usage(format!("Illegal suboption \"{option}\"")),
+        }
+    }
+    Ok(Parsed::Run(Box::new(ServerPlan {
+        settings,
+        daemon: args.daemon,
+        user: args.user,
+        pidfile: args.pidfile,
+        lock_memory: args.lock_memory,
+        enable_coredumps: args.enable_coredumps,
+    })))
+}
+
+fn help_text() -> String {
+    let rows: &[(&str, &str)] = &[
+        ("-p, --port=<num>", "TCP port to listen on (default: 11211; 0 is off)"),
+        ("-U, --udp-port=<num>", "UDP port to listen on (default: 0, off)"),
+        ("-s, --unix-socket=<file>", "unix socket to listen on (turns TCP off)"),
+        ("-a, --unix-mask=<mask>", "permissions of the unix socket, octal (default: 0700)"),
+        ("-A, --enable-shutdown", "allow the shutdown command"),
+        ("-l, --listen=<addr>", "addresses to listen on, comma separated (default: all)"),
+        ("-d, --daemon", "run in the background"),
+        ("-r, --enable-coredumps", "raise the core file limit to its maximum"),
+        ("-u, --user=<user>", "user to run as (required when started as root)"),
+        ("-m, --memory-limit=<num>", "memory for items in megabytes; 32m, 1g work too (default: 64)"),
+        ("-M, --disable-evictions", "return an error when memory is full instead of evicting"),
+        ("-c, --conn-limit=<num>", "maximum simultaneous connections (default: 1024)"),
+        ("-k, --lock-memory", "lock all memory pages into RAM"),
+        ("-v, --verbose", "print errors and warnings"),
+        ("-vv", "also print client commands"),
+        ("-h, --help", "print this help and exit"),
+        ("-i, --license", "print the license and exit"),
+        ("-V, --version", "print the version and exit"),
+        ("-P, --pidfile=<file>", "write the process id to this file"),
+        ("-f, --slab-growth-factor=<num>", "accepted for compatibility; no slab classes here"),
+        ("-n, --slab-min-size=<bytes>", "accepted for compatibility; no slab classes here"),
+        ("-L, --enable-largepages", "accepted for compatibility"),
+        ("-D <char>", "accepted for compatibility"),
+        ("-t, --threads=<num>", "worker threads (default: 4)"),
+        ("-R, --max-reqs-per-event=<num>", "requests per connection before yielding (default: 20)"),
+        ("-C, --disable-cas", "turn off CAS (saves 8 bytes per item)"),
+        ("-b, --listen-backlog=<num>", "listen backlog (default: 1024)"),
+        ("-B, --protocol=<name>", "ascii or auto (default: auto)"),
+        ("-I, --max-item-size=<num>", "largest item, k/m suffixes (default: 1m; min 1k, max 1g)"),
+        ("-F, --disable-flush-all", "refuse flush_all"),
+        ("-X, --disable-dumping", "accepted for compatibility"),
+        ("-W, --disable-watch", "accepted for compatibility"),
+        ("-o, --extended=<opts>", "comma separated: idle_timeout=<secs>, no_lru_crawler, and"),
+        ("", "memcached's tuning options (accepted with a warning)"),
+    ];
+    let mut text = format!(
+        "keepcached {} (memcached {} protocol)\n",
+        env!("CARGO_PKG_VERSION"),
+        keepcached_server::execute::PROTOCOL_VERSION
+    );
+    for (flag, what) in rows {
+        text.push_str(&format!("{flag:<34}{what}\n"));
+    }
+    text
+}
+
+/// Runs the server described by `plan` until SIGTERM/SIGINT or the `shutdown` command.
+pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
+    let ServerPlan {
+        settings,
+        daemon,
+        user,
+        pidfile,
+        lock_memory,
+        enable_coredumps,
+    } = plan;
+    let running_as_root = nix::unistd::geteuid().is_root() || nix::unistd::getuid().is_root();
+    if running_as_root && user.as_deref().unwrap_or("").is_empty() {
+        bail!(UsageError("can't run as root without the -u switch".into()));
+    }
+    if enable_coredumps {
+        process::raise_core_limit();
+    }
+    process::raise_nofile_limit(settings.max_connections)?;
+    let listeners = Listeners::bind(&settings)?;
+    if daemon {
+        process::daemonize(settings.verbose > 0)?;
+    }
+    if lock_memory {
+        process::lock_memory();
+    }
+    if running_as_root {
+        if let Some(user) = &user {
+            process::drop_privileges(user)?;
+        }
+    }
+    let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
+    let threads = settings.threads;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::new(settings);
+        let shutdown = process::shutdown_signal();
+        keepcached_server::listener::serve(server, listeners, shutdown)
+            .await
+            .context("serving")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Result<ServerPlan, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args) {
+            Ok(Parsed::Run(plan)) => Ok(*plan),
+            Ok(Parsed::Print(text)) => Err(format!("printed: {text}")),
+            Err(e) => Err(e.0),
+        }
+    }
+
+    #[test]
+    fn seed_command_line() {
+        let plan = plan(&["-d", "-m", "32m", "-p11211", "-u", "root"]).unwrap();
+        assert!(plan.daemon);
+        assert_eq!(plan.settings.max_bytes, 32 * 1024 * 1024);
+        assert_eq!(plan.settings.port, 11211);
+        assert_eq!(plan.user.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn memcached_defaults() {
+        let s = plan(&[]).unwrap().settings;
+        assert_eq!(s.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.max_connections, 1024);
+        assert_eq!(s.threads, 4);
+        assert_eq!(s.item_size_max, 1024 * 1024);
+        assert!(s.evictions && s.cas && s.flush_enabled && !s.shutdown_command);
+    }
+
+    #[test]
+    fn long_forms_and_lists() {
+        let s = plan(&[
+            "--port=1234",
+            "--memory-limit=1g",
+            "--threads=2",
+            "-l",
+            "127.0.0.1,::1",
+            "-I",
+            "2m",
+            "-vv",
+            "-o",
+            "idle_timeout=5,hashpower=20",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!(s.port, 1234);
+        assert_eq!(s.max_bytes, 1024 * 1024 * 1024);
+        assert_eq!(s.threads, 2);
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.item_size_max, 2 * 1024 * 1024);
+        assert_eq!(s.verbose, 2);
+        assert_eq!(s.idle_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert!(plan(&["-o", "no_such_option"])
+            .unwrap_err()
+            .contains("Illegal suboption"));
+        assert!(plan(&["-I", "512"]).is_err());
+        assert!(plan(&["-m", "2", "-I", "2m"]).is_err());
+        assert!(plan(&["-t", "0"]).is_err());
+        assert!(plan(&["--no-such-flag"]).is_err());
+        assert!(plan(&["-m", "lots"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_long_names() {
+        let Ok(Parsed::Print(text)) = parse(&["-h".to_string()]) else {
+            panic!("-h should print help")
+        };
+        assert!(text.contains("--memory-limit"));
+        assert!(text.contains("--conn-limit"));
+    }
+}

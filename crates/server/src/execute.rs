@@ -1,0 +1,302 @@
+//! One request against the store; the reply is appended to the connection's output buffer.
+//!
+//! Replies and counters follow memcached 1.6.18: which counters a command moves (a `gat` hit
+//! counts as a touch hit, not a get hit), and which replies `noreply` silences (all of them,
+//! errors included, except the few memcached sends regardless).
+
+use keepcached_cache::{DeltaResult, Lookup, StoreMode, StoreResult};
+use keepcached_protocol::reply::{self, ErrorReply};
+use keepcached_protocol::{Invalid, Request, StoreKind, Verb};
+
+use crate::report;
+use crate::stats::Counters;
+use crate::Server;
+
+/// The version clients see; keepcached speaks memcached 1.6.18's protocol, and clients choose
+/// features by this number.
+pub const PROTOCOL_VERSION: &str = "1.6.18";
+
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Discard this many bytes of input as they arrive (the data block of a rejected value).
+    Swallow(usize),
+    /// Close the connection once the replies so far are written.
+    Close,
+}
+
+/// Per-connection state the executor needs besides the request.
+#[derive(Debug)]
+pub struct Session<'a> {
+    pub server: &'a Server,
+    pub out: &'a mut Vec<u8>,
+    pub counters: &'a mut Counters,
+}
+
+impl Session<'_> {
+    fn reply(&mut self, noreply: bool, line: &[u8]) {
+        if !noreply {
+            self.out.extend_from_slice(line);
+        }
+    }
+
+    fn error(&mut self, error: ErrorReply, noreply: bool) {
+        if !noreply {
+            reply::line(self.out, error.as_str().as_bytes());
+        }
+    }
+
+    pub fn execute(&mut self, request: Request<'_>) -> Next {
+        let server = self.server;
+        let now = server.clock.now();
+        match request {
+            Request::Get {
+                verb,
+                exptime,
+                keys,
+            } => {
+                let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
+                let touch_to = exptime.map(|e| server.clock.exptime(e));
+                for key in keys.iter() {
+                    self.get_one(key, with_cas, touch_to, now);
+                }
+                self.out.extend_from_slice(reply::END);
+                Next::Continue
+            }
+            Request::Store {
+                kind,
+                key,
+                flags,
+                exptime,
+                data,
+                cas,
+                noreply,
+            } => {
+                self.counters.cmd_set += 1;
+                let mode = match kind {
+                    StoreKind::Set => StoreMode::Set,
+                    StoreKind::Add => StoreMode::Add,
+                    StoreKind::Replace => StoreMode::Replace,
+                    StoreKind::Append => StoreMode::Append,
+                    StoreKind::Prepend => StoreMode::Prepend,
+                    StoreKind::Cas => StoreMode::Cas(cas),
+                };
+                let exptime = server.clock.exptime(exptime);
+                let result = server.cache.store(mode, key, flags, exptime, data, now);
+                if kind == StoreKind::Cas {
+                    match result {
+                        StoreResult::Stored => self.counters.cas_hits += 1,
+                        StoreResult::Exists => self.counters.cas_badval += 1,
+                        StoreResult::NotFound => self.counters.cas_misses += 1,
+                        _ => {}
+                    }
+                }
+                let line = match result {
+                    StoreResult::Stored => reply::STORED,
+                    StoreResult::NotStored => reply::NOT_STORED,
+                    StoreResult::Exists => reply::EXISTS,
+                    StoreResult::NotFound => reply::NOT_FOUND,
+                    StoreResult::TooLarge => {
+                        self.counters.store_too_large += 1;
+                        reply::TOO_LARGE
+                    }
+                    StoreResult::OutOfMemory => {
+                        self.counters.store_no_memory += 1;
+                        reply::OUT_OF_MEMORY_STORING
+                    }
+                };
+                self.reply(noreply, line);
+                Next::Continue
+            }
+            Request::Delete { key, noreply } => {
+                let line = if server.cache.delete(key, now) {
+                    self.counters.delete_hits += 1;
+                    reply::DELETED
+                } else {
+                    self.counters.delete_misses += 1;
+                    reply::NOT_FOUND
+                };
+                self.reply(noreply, line);
+                Next::Continue
+            }
+            Request::Arith {
+                incr,
+                key,
+                delta,
+                noreply,
+            } => {
+                let result = server.cache.incr_decr(key, incr, delta, now);
+                let (hits, misses) = if incr {
+                    (&mut self.counters.incr_hits, &mut self.counters.incr_misses)
+                } else {
+                    (&mut self.counters.decr_hits, &mut self.counters.decr_misses)
+                };
+                match result {
+                    DeltaResult::Value(value) => {
+                        *hits += 1;
+                        if !noreply {
+                            reply::number(self.out, value);
+                        }
+                    }
+                    DeltaResult::NotFound => {
+                        *misses += 1;
+                        self.reply(noreply, reply::NOT_FOUND);
+                    }
+                    DeltaResult::NonNumeric => self.reply(noreply, reply::NON_NUMERIC),
+                    DeltaResult::OutOfMemory => self.reply(noreply, reply::OUT_OF_MEMORY),
+                }
+                Next::Continue
+            }
+            Request::Touch {
+                key,
+                exptime,
+                noreply,
+            } => {
+                self.counters.cmd_touch += 1;
+                let exptime = server.clock.exptime(exptime);
+                let line = if server.cache.touch(key, exptime, now) {
+                    self.counters.touch_hits += 1;
+                    reply::TOUCHED
+                } else {
+                    self.counters.touch_misses += 1;
+                    reply::NOT_FOUND
+                };
+                self.reply(noreply, line);
+                Next::Continue
+            }
+            Request::FlushAll { delay, noreply } => {
+                if !server.settings.flush_enabled {
+                    self.reply(noreply, b"CLIENT_ERROR flush_all not allowed\r\n");
+                    return Next::Continue;
+                }
+                self.counters.cmd_flush += 1;
+                // memcached: a positive delay is an exptime (relative or absolute); zero or
+                // negative means now.
+                let at = match delay {
+                    Some(d) if d > 0 => server.clock.exptime(d),
+                    _ => now,
+                };
+                server.cache.flush_all(at, now);
+                self.reply(noreply, reply::OK);
+                Next::Continue
+            }
+            Request::Version => {
+                self.out.extend_from_slice(b"VERSION ");
+                self.out.extend_from_slice(PROTOCOL_VERSION.as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+                Next::Continue
+            }
+            Request::Verbosity { level, noreply } => {
+                // memcached caps the level at its most verbose setting.
+                server
+                    .verbosity
+                    .store(level.min(3), std::sync::atomic::Ordering::Relaxed);
+                self.reply(noreply, reply::OK);
+                Next::Continue
+            }
+            Request::Quit => Next::Close,
+            Request::Shutdown { mode } => {
+                if !server.settings.shutdown_command {
+                    self.out
+                        .extend_from_slice(b"ERROR: shutdown not enabled\r\n");
+                    return Next::Continue;
+                }
+                match mode {
+                    None | Some(b"graceful") => {
+                        server.shutdown_requested.send_replace(true);
+                        Next::Close
+                    }
+                    Some(_) => {
+                        self.out
+                            .extend_from_slice(b"CLIENT_ERROR invalid shutdown mode\r\n");
+                        Next::Continue
+                    }
+                }
+            }
+            Request::CacheMemlimit { megabytes, noreply } => {
+                if megabytes < 8 {
+                    self.reply(
+                        noreply,
+                        b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n",
+                    );
+                } else {
+                    server
+                        .cache
+                        .set_max_bytes(u64::from(megabytes) * 1024 * 1024);
+                    self.reply(noreply, reply::OK);
+                }
+                Next::Continue
+            }
+            Request::Stats { args } => {
+                report::stats(self, args);
+                Next::Continue
+            }
+            Request::LruCrawler { args } => {
+                report::lru_crawler(self, args);
+                Next::Continue
+            }
+            Request::MetaNoop => {
+                self.out.extend_from_slice(reply::MN);
+                Next::Continue
+            }
+        }
+    }
+
+    fn get_one(&mut self, key: &[u8], with_cas: bool, touch_to: Option<u32>, now: u32) {
+        let server = self.server;
+        let out = &mut *self.out;
+        let write = |item: keepcached_cache::ItemView<'_>| {
+            reply::value(out, item.key, item.flags, item.value, with_cas.then_some(item.cas));
+        };
+        let lookup = match touch_to {
+            None => server.cache.get(key, now, write),
+            Some(exptime) => server.cache.get_and_touch(key, exptime, now, write),
+        };
+        let counters = &mut *self.counters;
+        counters.cmd_get += 1;
+        let hit = matches!(lookup, Lookup::Hit(()));
+        match lookup {
+            Lookup::Expired => counters.get_expired += 1,
+            Lookup::Flushed => counters.get_flushed += 1,
+            Lookup::Hit(()) | Lookup::Miss => {}
+        }
+        if touch_to.is_some() {
+            counters.cmd_touch += 1;
+            if hit {
+                counters.touch_hits += 1;
+            } else {
+                counters.touch_misses += 1;
+            }
+        } else if hit {
+            counters.get_hits += 1;
+        } else {
+            counters.get_misses += 1;
+        }
+    }
+
+    /// Answers input that did not parse into a request.
+    pub fn invalid(&mut self, invalid: Invalid<'_>) -> Next {
+        match invalid {
+            Invalid::Reply { error, noreply } => {
+                self.error(error, noreply);
+                Next::Continue
+            }
+            Invalid::TooLarge {
+                kind,
+                key,
+                swallow,
+                noreply,
+            } => {
+                self.counters.store_too_large += 1;
+                if kind == StoreKind::Set {
+                    // A failed set must not leave the previous value readable.
+                    self.server.cache.delete(key, self.server.clock.now());
+                }
+                self.reply(noreply, reply::TOO_LARGE);
+                Next::Swallow(swallow)
+            }
+            Invalid::Close => Next::Close,
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The `stats` family and `lru_crawler`: the server describing itself.
+//!
+//! Field names and order follow memcached 1.6.18 so dashboards and clients read them
+//! unchanged. Fields that describe memcached's slab allocator or threads we do not have are left
+//! out rather than faked; everything printed is true of this server.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use keepcached_protocol::reply::{self, stat};
+use keepcached_protocol::Keys;
+
+use crate::execute::{Session, PROTOCOL_VERSION};
+
+pub fn stats(session: &mut Session<'_>, args: Keys<'_>) {
+    let mut words = args.iter();
+    match words.next() {
+        None => general(session),
+        Some(b"reset") => {
+            session.server.stats.reset();
+            session.server.cache.reset_stats();
+            session.out.extend_from_slice(reply::RESET);
+        }
+        Some(b"settings") => settings(session),
+        Some(b"items") => items(session),
+        Some(b"slabs") => slabs(session),
+        Some(b"sizes") => {
+            stat(session.out, "sizes_status", "disabled");
+            session.out.extend_from_slice(reply::END);
+        }
+        Some(_) => session.out.extend_from_slice(b"ERROR\r\n"),
+    }
+}
+
+fn rusage() -> (String, String) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let fmt = |tv: nix::sys::time::TimeVal| format!("{}.{:06}", tv.tv_sec(), tv.tv_usec());
+            (fmt(usage.user_time()), fmt(usage.system_time()))
+        }
+        Err(_) => ("0.000000".into(), "0.000000".into()),
+    }
+}
+
+fn general(session: &mut Session<'_>) {
+    let server = session.server;
+    let now = server.clock.now();
+    let counters = server.stats.snapshot();
+    let cache = server.cache.stats();
+    let out = &mut *session.out;
+    let (user, system) = rusage();
+    stat(out, "pid", std::process::id());
+    // memcached reports uptime from a clock that starts 60 s after its relative zero.
+    stat(out, "uptime", now.saturating_sub(60));
+    stat(out, "time", server.clock.to_unix(now));
+    stat(out, "version", PROTOCOL_VERSION);
+    stat(out, "keepcached_version", env!("CARGO_PKG_VERSION"));
+    stat(out, "pointer_size", usize::BITS);
+    stat(out, "rusage_user", user);
+    stat(out, "rusage_system", system);
+    stat(out, "max_connections", server.settings.max_connections);
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    stat(out, "curr_connections", load(&server.stats.curr_connections));
+    stat(out, "total_connections", load(&server.stats.total_connections));
+    stat(
+        out,
+        "rejected_connections",
+        load(&server.stats.rejected_connections),
+    );
+    stat(out, "cmd_get", counters.cmd_get);
+    stat(out, "cmd_set", counters.cmd_set);
+    stat(out, "cmd_flush", counters.cmd_flush);
+    stat(out, "cmd_touch", counters.cmd_touch);
+    stat(out, "cmd_meta", counters.cmd_meta);
+    stat(out, "get_hits", counters.get_hits);
+    stat(out, "get_misses", counters.get_misses);
+    stat(out, "get_expired", counters.get_expired);
+    stat(out, "get_flushed", counters.get_flushed);
+    stat(out, "delete_misses", counters.delete_misses);
+    stat(out, "delete_hits", counters.delete_hits);
+    stat(out, "incr_misses", counters.incr_misses);
+    stat(out, "incr_hits", counters.incr_hits);
+    stat(out, "decr_misses", counters.decr_misses);
+    stat(out, "decr_hits", counters.decr_hits);
+    stat(out, "cas_misses", counters.cas_misses);
+    stat(out, "cas_hits", counters.cas_hits);
+    stat(out, "cas_badval", counters.cas_badval);
+    stat(out, "touch_hits", counters.touch_hits);
+    stat(out, "touch_misses", counters.touch_misses);
+    stat(out, "store_too_large", counters.store_too_large);
+    stat(out, "store_no_memory", counters.store_no_memory);
+    stat(out, "auth_cmds", counters.auth_cmds);
+    stat(out, "auth_errors", counters.auth_errors);
+    stat(out, "bytes_read", counters.bytes_read);
+    stat(out, "bytes_written", counters.bytes_written);
+    stat(out, "limit_maxbytes", cache.limit_maxbytes);
+    stat(out, "accepting_conns", 1);
+    stat(out, "threads", server.settings.threads);
+    stat(out, "conn_yields", counters.conn_yields);
+    stat(out, "bytes", cache.bytes);
+    stat(out, "curr_items", cache.curr_items);
+    stat(out, "total_items", cache.total_items);
+    stat(out, "expired_unfetched", cache.expired_unfetched);
+    stat(out, "evicted_unfetched", cache.evicted_unfetched);
+    stat(out, "evictions", cache.evictions);
+    stat(out, "reclaimed", cache.reclaimed);
+    stat(out, "crawler_reclaimed", cache.crawler_reclaimed);
+    out.extend_from_slice(reply::END);
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn settings(session: &mut Session<'_>) {
+    let server = session.server;
+    let s = &server.settings;
+    let out = &mut *session.out;
+    let cache = server.cache.stats();
+    stat(out, "maxbytes", cache.limit_maxbytes);
+    stat(out, "maxconns", s.max_connections);
+    stat(out, "tcpport", s.port);
+    stat(out, "udpport", s.udp_port);
+    let inter = if s.listen.is_empty() {
+        "NULL".to_string()
+    } else {
+        s.listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    stat(out, "inter", inter);
+    stat(out, "verbosity", server.verbosity.load(Ordering::Relaxed));
+    stat(out, "evictions", if s.evictions { "on" } else { "off" });
+    let socket = s
+        .unix_socket
+        .as_ref()
+        .map_or("NULL".to_string(), |p| p.display().to_string());
+    stat(out, "domain_socket", socket);
+    stat(out, "umask", format_args!("{:o}", s.unix_mask));
+    stat(out, "shutdown_command", yes_no(s.shutdown_command));
+    stat(out, "num_threads", s.threads);
+    stat(out, "reqs_per_event", s.reqs_per_event);
+    stat(out, "cas_enabled", yes_no(s.cas));
+    stat(out, "tcp_backlog", s.backlog);
+    stat(out, "binding_protocol", "ascii");
+    stat(out, "item_size_max", s.item_size_max);
+    stat(out, "lru_crawler", yes_no(s.lru_crawler));
+    stat(out, "flush_enabled", yes_no(s.flush_enabled));
+    stat(out, "dump_enabled", "yes");
+    stat(
+        out,
+        "idle_timeout",
+        s.idle_timeout.map_or(0, |d| d.as_secs()),
+    );
+    out.extend_from_slice(reply::END);
+}
+
+/// keepcached has one item class (no slab classes), reported as class 1 when it holds items.
+fn items(session: &mut Session<'_>) {
+    let cache = session.server.cache.stats();
+    let outofmemory = session.server.stats.snapshot().store_no_memory;
+    let out = &mut *session.out;
+    if cache.curr_items > 0 {
+        stat(out, "items:1:number", cache.curr_items);
+        stat(out, "items:1:mem_requested", cache.bytes);
+        stat(out, "items:1:evicted", cache.evictions);
+        stat(out, "items:1:outofmemory", outofmemory);
+        stat(out, "items:1:reclaimed", cache.reclaimed);
+        stat(out, "items:1:expired_unfetched", cache.expired_unfetched);
+        stat(out, "items:1:evicted_unfetched", cache.evicted_unfetched);
+        stat(out, "items:1:crawler_reclaimed", cache.crawler_reclaimed);
+    }
+    out.extend_from_slice(reply::END);
+}
+
+fn slabs(session: &mut Session<'_>) {
+    let cache = session.server.cache.stats();
+    let out = &mut *session.out;
+    stat(out, "active_slabs", u8::from(cache.curr_items > 0));
+    stat(out, "total_malloced", cache.bytes);
+    out.extend_from_slice(reply::END);
+}
+
+/// `lru_crawler metadump all` lists every live item in memcached's format, which is how the
+/// proxy enumerates a healthy replica to re-fill a repaired one. The other subcommands tune
+/// memcached's crawler thread; ours always runs, so they are acknowledged.
+pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
+    let mut words = args.iter();
+    match (words.next(), words.next()) {
+        (Some(b"metadump"), Some(_)) => metadump(session),
+        (Some(b"crawl"), Some(_))
+        | (Some(b"sleep"), Some(_))
+        | (Some(b"tocrawl"), Some(_))
+        | (Some(b"enable"), None)
+        | (Some(b"disable"), None) => session.out.extend_from_slice(reply::OK),
+        _ => session.out.extend_from_slice(b"ERROR\r\n"),
+    }
+}
+
+fn metadump(session: &mut Session<'_>) {
+    let server = session.server;
+    let now = server.clock.now();
+    let out = &mut *session.out;
+    let mut line = String::new();
+    server.cache.for_each_item(now, |item| {
+        line.clear();
+        line.push_str("key=");
+        uri_encode(&mut line, item.key);
+        let exp = if item.exptime == 0 {
+            -1
+        } else {
+            server.clock.to_unix(item.exptime)
+        };
+        let _ = writeln!(
+            line,
+            " exp={exp} la={} cas={} fetch={} size={}",
+            server.clock.to_unix(item.last_access),
+            item.cas,
+            yes_no(item.fetched),
+            item.size
+        );
+        out.extend_from_slice(line.as_bytes());
+    });
+    out.extend_from_slice(reply::END);
+}
+
+/// Percent-encodes a key as memcached's metadump does, so keys with spaces or control bytes
+/// survive the line format.
+fn uri_encode(out: &mut String, key: &[u8]) {
+    for &b in key {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}

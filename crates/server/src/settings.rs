@@ -1,0 +1,100 @@
+//! The server's configuration: what memcached's command line sets, with memcached's defaults.
+//!
+//! The binary turns flags into [`Settings`]; everything here is already validated, so the
+//! server never meets a setting it cannot honour.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keepcached_cache::Config as CacheConfig;
+use keepcached_protocol::Limits;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// TCP port (`-p`); 0 disables TCP.
+    pub port: u16,
+    /// UDP port (`-U`); 0 (the default) disables UDP.
+    pub udp_port: u16,
+    /// Addresses to listen on (`-l`); empty means every address, IPv4 and IPv6.
+    pub listen: Vec<IpAddr>,
+    /// Unix socket (`-s`); when set, TCP and UDP are off, as in memcached.
+    pub unix_socket: Option<PathBuf>,
+    /// Permissions of the unix socket (`-a`, octal).
+    pub unix_mask: u32,
+    /// Connection limit (`-c`).
+    pub max_connections: usize,
+    /// Worker threads (`-t`).
+    pub threads: usize,
+    /// Memory for items (`-m`), in bytes.
+    pub max_bytes: u64,
+    /// `false` with `-M`: return an error instead of evicting.
+    pub evictions: bool,
+    /// Largest item (`-I`), in bytes.
+    pub item_size_max: usize,
+    /// `-v` count.
+    pub verbose: u32,
+    /// Requests handled per connection before yielding to others (`-R`).
+    pub reqs_per_event: usize,
+    /// Listen backlog (`-b`).
+    pub backlog: u32,
+    /// `false` with `-C`.
+    pub cas: bool,
+    /// `false` with `-F`.
+    pub flush_enabled: bool,
+    /// `true` with `-A`.
+    pub shutdown_command: bool,
+    /// `-o idle_timeout`: close connections idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// `-o no_lru_crawler` turns off the background reclaim of expired items.
+    pub lru_crawler: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            port: 11211,
+            udp_port: 0,
+            listen: Vec::new(),
+            unix_socket: None,
+            unix_mask: 0o700,
+            max_connections: 1024,
+            threads: 4,
+            max_bytes: 64 * 1024 * 1024,
+            evictions: true,
+            item_size_max: 1024 * 1024,
+            verbose: 0,
+            reqs_per_event: 20,
+            backlog: 1024,
+            cas: true,
+            flush_enabled: true,
+            shutdown_command: false,
+            idle_timeout: None,
+            lru_crawler: true,
+        }
+    }
+}
+
+/// memcached's item header size; part of the size limit so that the largest value we accept is
+/// exactly the largest memcached accepts.
+const MEMCACHED_ITEM_HEADER: usize = 48;
+
+impl Settings {
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            max_bytes: self.max_bytes,
+            item_size_max: self.item_size_max,
+            evict: self.evictions,
+            cas: self.cas,
+            shards: (self.threads * 4).next_power_of_two(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            item_size_max: self.item_size_max,
+            item_overhead: MEMCACHED_ITEM_HEADER + 1 + 2 + if self.cas { 8 } else { 0 },
+            ..Limits::default()
+        }
+    }
+}
