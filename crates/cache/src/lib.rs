@@ -1,1 +1,414 @@
-//! placeholder
+//! keepcached's item store: what memcached keeps in memory, with memcached's semantics.
+//!
+//! The cache server parses a request, calls one method of [`Cache`] and encodes the answer; this
+//! crate does no I/O, starts no thread and reads no clock. Time comes in as `now`, memcached's
+//! "rel time" (seconds since the server started), so tests move time by passing a larger number.
+//!
+//! Layout (see the module docs for each part):
+//! - [`Cache`] splits keys over shards by hash, each behind its own lock (`shard`);
+//! - a shard keeps items in a slot arena (`arena`), indexed by a hash table of slot numbers;
+//! - when memory is short it evicts by S3-FIFO (`policy`);
+//! - `size` says what an item costs, `numeric` how incr/decr read and write numbers.
+
+mod arena;
+mod numeric;
+mod policy;
+mod shard;
+mod size;
+#[cfg(test)]
+mod tests;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use shard::{MetaBatch, Shard, ShardConfig};
+pub use size::{accounted_size, memcached_size};
+
+/// memcached's "rel time": seconds since the server started. As an expiry time, 0 means never;
+/// an item with `exptime != 0 && exptime <= now` is expired.
+pub type Time = u32;
+
+/// The longest key memcached accepts; longer keys are never stored.
+pub const KEY_MAX_LENGTH: usize = 250;
+
+/// The most shards a cache is split into.
+const MAX_SHARDS: usize = 1024;
+
+/// How many items `for_each_item` copies out of a shard per lock.
+const META_BATCH: usize = 256;
+
+/// How many slots `crawl_expired` visits per lock.
+const CRAWL_BATCH: u32 = 1024;
+
+/// How the store is set up (memcached's flags in brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The memory limit for items, accounted as [`accounted_size`] says (`-m`).
+    pub max_bytes: u64,
+    /// The largest item, measured as [`memcached_size`] (`-I`).
+    pub item_size_max: usize,
+    /// Evict to make room; when false, a store that does not fit fails (`-M` turns it off).
+    pub evict: bool,
+    /// Give items CAS values; when false every CAS is 0 (`-C` turns it off).
+    pub cas: bool,
+    /// How many shards to split the cache into; fewer are used when a shard's share of
+    /// `max_bytes` could not hold the largest item.
+    pub shards: usize,
+}
+
+impl Default for Config {
+    /// memcached's defaults: 64 MiB, 1 MiB items, eviction and CAS on.
+    fn default() -> Config {
+        Config {
+            max_bytes: 64 * 1024 * 1024,
+            item_size_max: 1024 * 1024,
+            evict: true,
+            cas: true,
+            shards: 16,
+        }
+    }
+}
+
+/// An item as a read sees it, lent to the caller's closure under the shard lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemView<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub flags: u32,
+    /// 0 when CAS is off.
+    pub cas: u64,
+    pub exptime: Time,
+}
+
+/// An item's metadata, for `lru_crawler metadump`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemMeta<'a> {
+    pub key: &'a [u8],
+    pub exptime: Time,
+    pub last_access: Time,
+    /// 0 when CAS is off.
+    pub cas: u64,
+    /// Read (or touched) since it was stored.
+    pub fetched: bool,
+    pub flags: u32,
+    pub value_len: usize,
+    /// The item's size as memcached reports it ([`memcached_size`]).
+    pub size: usize,
+}
+
+/// The answer of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<R> {
+    /// What the closure returned.
+    Hit(R),
+    /// No item with this key.
+    Miss,
+    /// The item had expired; it is gone now (memcached's `get_expired`).
+    Expired,
+    /// The item had been flushed; it is gone now (memcached's `get_flushed`).
+    Flushed,
+}
+
+impl<R> Lookup<R> {
+    pub fn is_hit(&self) -> bool {
+        matches!(self, Lookup::Hit(_))
+    }
+
+    pub fn hit(self) -> Option<R> {
+        match self {
+            Lookup::Hit(r) => Some(r),
+            Lookup::Miss | Lookup::Expired | Lookup::Flushed => None,
+        }
+    }
+}
+
+/// The storage commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    /// Only when no live item has the key.
+    Add,
+    /// Only when a live item has the key.
+    Replace,
+    /// Adds to the end of the existing value, keeping its flags and expiry time.
+    Append,
+    /// Adds to the start of the existing value, keeping its flags and expiry time.
+    Prepend,
+    /// Only when the live item's CAS is this one.
+    Cas(u64),
+}
+
+/// The answer of a store, named after memcached's replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreResult {
+    Stored,
+    NotStored,
+    /// cas: the item changed since the client read it.
+    Exists,
+    /// cas: no such item.
+    NotFound,
+    /// Over `item_size_max` (or a key over [`KEY_MAX_LENGTH`]).
+    TooLarge,
+    /// No room, and eviction is off or could not free enough.
+    OutOfMemory,
+}
+
+/// The answer of incr/decr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaResult {
+    /// The new value.
+    Value(u64),
+    NotFound,
+    /// The stored value is not a decimal number memcached would accept.
+    NonNumeric,
+    OutOfMemory,
+}
+
+/// Counters and gauges, summed over shards, named after memcached's `stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub curr_items: u64,
+    /// Successful stores since the start or the last reset.
+    pub total_items: u64,
+    /// Accounted bytes of the items held ([`accounted_size`]).
+    pub bytes: u64,
+    pub limit_maxbytes: u64,
+    /// Live items removed to make room.
+    pub evictions: u64,
+    /// Evicted items that had never been read.
+    pub evicted_unfetched: u64,
+    /// Expired items removed by eviction or the crawler that had never been read.
+    pub expired_unfetched: u64,
+    /// Expired or flushed items removed to make room.
+    pub reclaimed: u64,
+    /// Expired or flushed items removed by [`Cache::crawl_expired`].
+    pub crawler_reclaimed: u64,
+}
+
+/// A shard on its own cache lines, so that locking one does not slow its neighbours.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// The store, shared by all worker threads (it is `Send + Sync`; wrap it in an `Arc`).
+#[derive(Debug)]
+pub struct Cache {
+    shards: Box<[Padded]>,
+    hasher: foldhash::fast::RandomState,
+    item_size_max: usize,
+    cas: bool,
+    max_bytes: AtomicU64,
+    /// Where the next crawl starts, so that small budgets still reach every shard.
+    crawl_start: AtomicUsize,
+}
+
+/// As many shards as asked for, but each must be able to hold the largest item.
+fn shard_count(cfg: &Config) -> usize {
+    let largest = accounted_size(KEY_MAX_LENGTH, cfg.item_size_max);
+    let fit = usize::try_from(cfg.max_bytes / largest).unwrap_or(usize::MAX);
+    cfg.shards.clamp(1, MAX_SHARDS).min(fit.max(1))
+}
+
+impl Cache {
+    pub fn new(cfg: Config) -> Cache {
+        let count = shard_count(&cfg);
+        let id_bits = usize::BITS - (count - 1).leading_zeros();
+        let hasher = foldhash::fast::RandomState::default();
+        let shards = (0..count)
+            .map(|id| {
+                Padded(Mutex::new(Shard::new(ShardConfig {
+                    limit: cfg.max_bytes / count as u64,
+                    item_size_max: cfg.item_size_max,
+                    evict: cfg.evict,
+                    cas: cfg.cas,
+                    id: id as u64,
+                    id_bits,
+                    hasher,
+                })))
+            })
+            .collect();
+        Cache {
+            shards,
+            hasher,
+            item_size_max: cfg.item_size_max,
+            cas: cfg.cas,
+            max_bytes: AtomicU64::new(cfg.max_bytes),
+            crawl_start: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many shards the cache uses.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard(&self, key: &[u8]) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(key);
+        // The shard comes from the top of the low 32 bits; hashbrown indexes buckets by the
+        // lowest bits and tags them with the highest, which stay independent of the shard.
+        let n = self.shards.len() as u64;
+        let idx = (u64::from(hash as u32) * n) >> 32;
+        (hash, &self.shards[idx as usize].0)
+    }
+
+    /// Reads an item: `f` sees it under the shard lock, so it can copy the value straight out.
+    pub fn get<R>(&self, key: &[u8], now: Time, f: impl FnOnce(ItemView<'_>) -> R) -> Lookup<R> {
+        let (hash, shard) = self.shard(key);
+        shard.lock().get(hash, key, None, now, f)
+    }
+
+    /// Reads an item and sets its expiry time (gat, gats).
+    pub fn get_and_touch<R>(
+        &self,
+        key: &[u8],
+        exptime: Time,
+        now: Time,
+        f: impl FnOnce(ItemView<'_>) -> R,
+    ) -> Lookup<R> {
+        let (hash, shard) = self.shard(key);
+        shard.lock().get(hash, key, Some(exptime), now, f)
+    }
+
+    /// set, add, replace, append, prepend, cas. A set that fails (too large, out of memory)
+    /// removes the key's old item, as memcached does, so that a stale value is not served.
+    pub fn store(
+        &self,
+        mode: StoreMode,
+        key: &[u8],
+        flags: u32,
+        exptime: Time,
+        value: &[u8],
+        now: Time,
+    ) -> StoreResult {
+        if key.len() > KEY_MAX_LENGTH
+            || memcached_size(key.len(), value.len(), flags, self.cas) > self.item_size_max
+        {
+            if mode == StoreMode::Set {
+                self.delete(key, now);
+            }
+            return StoreResult::TooLarge;
+        }
+        // Built before locking, so the copy of the value is not done under the lock.
+        let data = match mode {
+            StoreMode::Append | StoreMode::Prepend => None,
+            _ => {
+                let mut data = Vec::with_capacity(key.len() + value.len());
+                data.extend_from_slice(key);
+                data.extend_from_slice(value);
+                Some(data.into_boxed_slice())
+            }
+        };
+        let (hash, shard) = self.shard(key);
+        let (result, garbage) =
+            shard
+                .lock()
+                .store(mode, hash, key, flags, exptime, value, data, now);
+        drop(garbage);
+        result
+    }
+
+    /// Removes a live item; false when there was none.
+    pub fn delete(&self, key: &[u8], now: Time) -> bool {
+        let (hash, shard) = self.shard(key);
+        shard.lock().delete(hash, key, now)
+    }
+
+    /// Sets a live item's expiry time; false when there was none.
+    pub fn touch(&self, key: &[u8], exptime: Time, now: Time) -> bool {
+        let (hash, shard) = self.shard(key);
+        shard.lock().get(hash, key, Some(exptime), now, |_| ()).is_hit()
+    }
+
+    /// incr (`incr == true`) or decr of a decimal value: incr wraps at 2^64, decr stops at 0.
+    pub fn incr_decr(&self, key: &[u8], incr: bool, delta: u64, now: Time) -> DeltaResult {
+        let (hash, shard) = self.shard(key);
+        shard.lock().incr_decr(hash, key, incr, delta, now)
+    }
+
+    /// flush_all: every item stored before `at` is invalid once `now >= at`; `at <= now` flushes
+    /// at once. Flushed items are freed lazily (on access, eviction or crawl).
+    pub fn flush_all(&self, at: Time, now: Time) {
+        for shard in self.shards.iter() {
+            shard.0.lock().flush_all(at, now);
+        }
+    }
+
+    /// Frees up to `budget` expired or flushed items and returns how many it freed. Each call
+    /// goes on where the last one stopped and visits every slot at most once, locking a shard
+    /// for a bounded number of slots at a time.
+    pub fn crawl_expired(&self, now: Time, budget: usize) -> usize {
+        let n = self.shards.len();
+        let start = self.crawl_start.fetch_add(1, Ordering::Relaxed) % n;
+        let mut reclaimed = 0;
+        for k in 0..n {
+            let shard = &self.shards[(start + k) % n].0;
+            let slots = shard.lock().slots();
+            let mut scanned = 0;
+            while scanned < slots && reclaimed < budget {
+                let batch = CRAWL_BATCH.min(slots - scanned);
+                let (freed, visited) = shard.lock().crawl(now, budget - reclaimed, batch);
+                reclaimed += freed;
+                scanned += visited;
+            }
+            if reclaimed >= budget {
+                break;
+            }
+        }
+        reclaimed
+    }
+
+    /// Calls `f` for every live item (for `lru_crawler metadump`). Metadata is copied out in
+    /// small batches, so no lock is held while `f` runs; items stored or removed during the
+    /// walk may or may not be seen.
+    pub fn for_each_item(&self, now: Time, mut f: impl FnMut(ItemMeta<'_>)) {
+        let mut batch = MetaBatch::default();
+        for shard in self.shards.iter() {
+            let mut from = Some(0);
+            while let Some(pos) = from {
+                batch.clear();
+                from = shard.0.lock().collect_meta(now, pos, META_BATCH, &mut batch);
+                batch.items().for_each(&mut f);
+            }
+        }
+    }
+
+    /// Changes the memory limit (cache_memlimit). A smaller limit evicts at once when eviction
+    /// is on; otherwise stores fail until deletes and expiry bring the items under it.
+    pub fn set_max_bytes(&self, bytes: u64) {
+        self.max_bytes.store(bytes, Ordering::Relaxed);
+        let per_shard = bytes / self.shards.len() as u64;
+        for shard in self.shards.iter() {
+            shard.0.lock().set_limit(per_shard);
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let mut stats = CacheStats {
+            limit_maxbytes: self.max_bytes.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
+        for shard in self.shards.iter() {
+            shard.0.lock().add_stats(&mut stats);
+        }
+        stats
+    }
+
+    /// `stats reset`: clears the counters, not the gauges (items, bytes).
+    pub fn reset_stats(&self) {
+        for shard in self.shards.iter() {
+            shard.0.lock().reset_stats();
+        }
+    }
+}
+
+#[cfg(test)]
+impl Cache {
+    /// Checks every shard's internal consistency.
+    pub(crate) fn check(&self) {
+        for shard in self.shards.iter() {
+            shard.0.lock().check();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Where a shard's items live: a slot arena of compact entries named by `u32` indices.
+//!
+//! The index, the eviction queues and the free list all refer to items by slot number, so an item
+//! costs one 48-byte entry plus one heap allocation holding its key and value, and no pointers.
+//! Slots come in fixed-size chunks: growing never moves existing entries nor copies them, and the
+//! unused tail of the arena is under one chunk. Freed slots are reused before the arena grows.
+
+use std::ops::{Index, IndexMut};
+
+use crate::Time;
+
+/// "No slot": the end of a list.
+pub(crate) const NIL: u32 = u32::MAX;
+
+const CHUNK_BITS: u32 = 10;
+const CHUNK_LEN: usize = 1 << CHUNK_BITS;
+
+const OCCUPIED: u8 = 1;
+const FETCHED: u8 = 1 << 1;
+const IN_MAIN: u8 = 1 << 2;
+const FREQ_SHIFT: u8 = 3;
+const FREQ_MASK: u8 = 0b11 << FREQ_SHIFT;
+/// The frequency counter saturates here (two bits, as in S3-FIFO).
+pub(crate) const FREQ_MAX: u8 = 3;
+
+/// One item, or a free slot when not occupied (then `next` links the free list).
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The key followed by the value, in one allocation.
+    data: Box<[u8]>,
+    /// The shard-unique sequence of the last store; doubles as the CAS value.
+    pub(crate) cas: u64,
+    pub(crate) exptime: Time,
+    pub(crate) flags: u32,
+    /// The last access (store, read, touch), in rel seconds.
+    pub(crate) last_access: Time,
+    /// Neighbours in the eviction queue (towards the head, towards the tail).
+    pub(crate) prev: u32,
+    pub(crate) next: u32,
+    key_len: u8,
+    bits: u8,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        data: Box<[u8]>,
+        key_len: u8,
+        flags: u32,
+        exptime: Time,
+        cas: u64,
+        now: Time,
+    ) -> Entry {
+        Entry {
+            data,
+            cas,
+            exptime,
+            flags,
+            last_access: now,
+            prev: NIL,
+            next: NIL,
+            key_len,
+            bits: OCCUPIED,
+        }
+    }
+
+    fn vacant(next: u32) -> Entry {
+        Entry {
+            data: Box::default(),
+            cas: 0,
+            exptime: 0,
+            flags: 0,
+            last_access: 0,
+            prev: NIL,
+            next,
+            key_len: 0,
+            bits: 0,
+        }
+    }
+
+    pub(crate) fn occupied(&self) -> bool {
+        self.bits & OCCUPIED != 0
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.data[..usize::from(self.key_len)]
+    }
+
+    pub(crate) fn value(&self) -> &[u8] {
+        &self.data[usize::from(self.key_len)..]
+    }
+
+    pub(crate) fn value_mut(&mut self) -> &mut [u8] {
+        &mut self.data[usize::from(self.key_len)..]
+    }
+
+    /// Puts a new key+value allocation in place and returns the old one. The key must not change.
+    pub(crate) fn replace_data(&mut self, data: Box<[u8]>) -> Box<[u8]> {
+        debug_assert_eq!(&data[..usize::from(self.key_len)], self.key());
+        std::mem::replace(&mut self.data, data)
+    }
+
+    pub(crate) fn key_len(&self) -> usize {
+        usize::from(self.key_len)
+    }
+
+    pub(crate) fn fetched(&self) -> bool {
+        self.bits & FETCHED != 0
+    }
+
+    pub(crate) fn set_fetched(&mut self, fetched: bool) {
+        if fetched {
+            self.bits |= FETCHED;
+        } else {
+            self.bits &= !FETCHED;
+        }
+    }
+
+    pub(crate) fn in_main(&self) -> bool {
+        self.bits & IN_MAIN != 0
+    }
+
+    pub(crate) fn set_in_main(&mut self, main: bool) {
+        if main {
+            self.bits |= IN_MAIN;
+        } else {
+            self.bits &= !IN_MAIN;
+        }
+    }
+
+    pub(crate) fn freq(&self) -> u8 {
+        (self.bits & FREQ_MASK) >> FREQ_SHIFT
+    }
+
+    pub(crate) fn set_freq(&mut self, freq: u8) {
+        self.bits = (self.bits & !FREQ_MASK) | (freq.min(FREQ_MAX) << FREQ_SHIFT);
+    }
+
+    /// Records a use of the item for the eviction policy.
+    pub(crate) fn bump(&mut self, now: Time) {
+        self.set_freq(self.freq() + 1);
+        self.last_access = now;
+    }
+}
+
+/// The slots of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct Arena {
+    chunks: Vec<Box<[Entry]>>,
+    /// Slots handed out so far; slots at and above this have never been used.
+    high_water: u32,
+    /// Head of the list of freed slots, linked through `Entry::next`.
+    free: u32,
+}
+
+impl Arena {
+    pub(crate) fn new() -> Arena {
+        Arena {
+            chunks: Vec::new(),
+            high_water: 0,
+            free: NIL,
+        }
+    }
+
+    /// Stores an entry in a free slot and returns the slot, or `None` when all `u32` slots are taken.
+    pub(crate) fn insert(&mut self, entry: Entry) -> Option<u32> {
+        debug_assert!(entry.occupied());
+        let idx = if self.free != NIL {
+            let idx = self.free;
+            self.free = self[idx].next;
+            idx
+        } else {
+            // NIL is never a slot number.
+            if self.high_water >= NIL - 1 {
+                return None;
+            }
+            let idx = self.high_water;
+            if idx as usize >= self.chunks.len() * CHUNK_LEN {
+                self.chunks.push((0..CHUNK_LEN).map(|_| Entry::vacant(NIL)).collect());
+            }
+            self.high_water += 1;
+            idx
+        };
+        self[idx] = entry;
+        Some(idx)
+    }
+
+    /// Frees a slot and returns its key+value allocation.
+    pub(crate) fn remove(&mut self, idx: u32) -> Box<[u8]> {
+        debug_assert!(self[idx].occupied());
+        let vacant = Entry::vacant(self.free);
+        let old = std::mem::replace(&mut self[idx], vacant);
+        self.free = idx;
+        old.data
+    }
+
+    /// Slot numbers below this may be occupied.
+    pub(crate) fn high_water(&self) -> u32 {
+        self.high_water
+    }
+
+    /// The occupied entry at `idx`, if any (`idx` may be any number, for walks).
+    pub(crate) fn get(&self, idx: u32) -> Option<&Entry> {
+        self.chunks
+            .get((idx >> CHUNK_BITS) as usize)
+            .map(|chunk| &chunk[idx as usize & (CHUNK_LEN - 1)])
+            .filter(|e| e.occupied())
+    }
+}
+
+impl Index<u32> for Arena {
+    type Output = Entry;
+
+    fn index(&self, idx: u32) -> &Entry {
+        &self.chunks[(idx >> CHUNK_BITS) as usize][idx as usize & (CHUNK_LEN - 1)]
+    }
+}
+
+impl IndexMut<u32> for Arena {
+    fn index_mut(&mut self, idx: u32) -> &mut Entry {
+        &mut self.chunks[(idx >> CHUNK_BITS) as usize][idx as usize & (CHUNK_LEN - 1)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &[u8], value: &[u8]) -> Entry {
+        let data: Vec<u8> = key.iter().chain(value).copied().collect();
+        Entry::new(data.into(), key.len() as u8, 7, 9, 1, 3)
+    }
+
+    #[test]
+    fn entry_splits_key_and_value() {
+        let e = entry(b"key", b"value");
+        assert_eq!(e.key(), b"key");
+        assert_eq!(e.value(), b"value");
+        assert_eq!((e.flags, e.exptime, e.cas, e.last_access), (7, 9, 1, 3));
+        assert!(!e.fetched() && !e.in_main() && e.freq() == 0);
+    }
+
+    #[test]
+    fn frequency_saturates_and_bits_are_independent() {
+        let mut e = entry(b"k", b"");
+        e.set_fetched(true);
+        e.set_in_main(true);
+        for _ in 0..10 {
+            e.bump(5);
+        }
+        assert_eq!(e.freq(), FREQ_MAX);
+        assert!(e.fetched() && e.in_main() && e.occupied());
+        e.set_freq(0);
+        e.set_in_main(false);
+        assert!(e.fetched() && !e.in_main() && e.freq() == 0 && e.occupied());
+        assert_eq!(e.last_access, 5);
+    }
+
+    #[test]
+    fn slots_are_reused_before_the_arena_grows() {
+        let mut arena = Arena::new();
+        let a = arena.insert(entry(b"a", b"1")).unwrap();
+        let b = arena.insert(entry(b"b", b"2")).unwrap();
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(&*arena.remove(a), b"a1");
+        assert!(arena.get(a).is_none());
+        let c = arena.insert(entry(b"c", b"3")).unwrap();
+        assert_eq!(c, a);
+        assert_eq!(arena[c].key(), b"c");
+        assert_eq!(arena.high_water(), 2);
+    }
+
+    #[test]
+    fn grows_across_chunks() {
+        let mut arena = Arena::new();
+        let n = CHUNK_LEN as u32 * 2 + 5;
+        for i in 0..n {
+            assert_eq!(arena.insert(entry(&i.to_le_bytes(), b"")), Some(i));
+        }
+        for i in 0..n {
+            assert_eq!(arena[i].key(), i.to_le_bytes());
+        }
+        assert!(arena.get(n).is_none());
+        assert!(arena.get(u32::MAX - 1).is_none());
+    }
+}

@@ -1,0 +1,570 @@
+//! One shard of the cache: its items, its index, its share of the memory limit, its eviction
+//! queues, its flush state and its counters. [`crate::Cache`] picks the shard by the key's hash and
+//! calls it under the shard's lock; nothing here locks, reads a clock or does I/O.
+//!
+//! Items are named by arena slot; the index is a `HashTable<u32>` of slots, probed with the key's
+//! hash and compared by key, so no hash is stored per item (it is recomputed from the key when the
+//! table grows or an item is evicted).
+//!
+//! Every store takes a sequence number from the shard's counter, interleaved with the shard's
+//! number so that it is unique in the whole cache; it is the item's CAS. It also dates the store,
+//! which is what flush_all needs: a flush makes every item with a smaller number invalid. A
+//! delayed flush is kept pending and turned into such a bound by the first operation that sees
+//! its time come, so only the items stored before that second are lost.
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+use crate::arena::{Arena, Entry, NIL};
+use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
+use crate::policy::{S3Fifo, Victim};
+use crate::size::{accounted_size, memcached_size};
+use crate::{CacheStats, DeltaResult, ItemMeta, ItemView, Lookup, StoreMode, StoreResult, Time};
+
+/// What a shard needs to know of the cache's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardConfig {
+    pub(crate) limit: u64,
+    pub(crate) item_size_max: usize,
+    pub(crate) evict: bool,
+    pub(crate) cas: bool,
+    pub(crate) id: u64,
+    pub(crate) id_bits: u32,
+    pub(crate) hasher: RandomState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    Expired,
+    Flushed,
+}
+
+fn death(e: &Entry, flush_below: u64, now: Time) -> Option<Death> {
+    if e.cas < flush_below {
+        Some(Death::Flushed)
+    } else if e.exptime != 0 && e.exptime <= now {
+        Some(Death::Expired)
+    } else {
+        None
+    }
+}
+
+fn entry_bytes(e: &Entry) -> u64 {
+    accounted_size(e.key_len(), e.value().len())
+}
+
+fn concat(parts: [&[u8]; 3]) -> Box<[u8]> {
+    let mut data = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        data.extend_from_slice(part);
+    }
+    data.into_boxed_slice()
+}
+
+enum Found {
+    Live(u32),
+    Dead(Death),
+    Missing,
+}
+
+/// Counters that `stats reset` clears.
+#[derive(Debug, Default)]
+struct Counters {
+    total_items: u64,
+    evictions: u64,
+    evicted_unfetched: u64,
+    expired_unfetched: u64,
+    reclaimed: u64,
+    crawler_reclaimed: u64,
+}
+
+/// Metadata of items copied out of a shard, so the caller can use it after unlocking.
+#[derive(Debug, Default)]
+pub(crate) struct MetaBatch {
+    keys: Vec<u8>,
+    rows: Vec<MetaRow>,
+}
+
+#[derive(Debug)]
+struct MetaRow {
+    key_end: usize,
+    exptime: Time,
+    last_access: Time,
+    cas: u64,
+    fetched: bool,
+    flags: u32,
+    value_len: usize,
+    size: usize,
+}
+
+impl MetaBatch {
+    pub(crate) fn clear(&mut self) {
+        self.keys.clear();
+        self.rows.clear();
+    }
+
+    pub(crate) fn items(&self) -> impl Iterator<Item = ItemMeta<'_>> {
+        let mut key_start = 0;
+        self.rows.iter().map(move |row| {
+            let key = &self.keys[key_start..row.key_end];
+            key_start = row.key_end;
+            ItemMeta {
+                key,
+                exptime: row.exptime,
+                last_access: row.last_access,
+                cas: row.cas,
+                fetched: row.fetched,
+                flags: row.flags,
+                value_len: row.value_len,
+                size: row.size,
+            }
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shard {
+    index: HashTable<u32>,
+    arena: Arena,
+    policy: S3Fifo,
+    cfg: ShardConfig,
+    /// Accounted bytes of the items held.
+    used: u64,
+    next_seq: u64,
+    /// Items whose sequence is below this were flushed.
+    flush_below: u64,
+    /// When a delayed flush takes effect; 0 when none is pending.
+    flush_at: Time,
+    /// The latest time an operation brought, for work that is not given one.
+    last_now: Time,
+    crawl_pos: u32,
+    counters: Counters,
+}
+
+impl Shard {
+    pub(crate) fn new(cfg: ShardConfig) -> Shard {
+        Shard {
+            index: HashTable::new(),
+            arena: Arena::new(),
+            policy: S3Fifo::new(),
+            cfg,
+            used: 0,
+            next_seq: 1,
+            flush_below: 0,
+            flush_at: 0,
+            last_now: 0,
+            crawl_pos: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    fn next_cas(&mut self) -> u64 {
+        let cas = self.next_seq << self.cfg.id_bits | self.cfg.id;
+        self.next_seq += 1;
+        cas
+    }
+
+    /// The bound below which every sequence handed out so far lies.
+    fn seq_bound(&self) -> u64 {
+        self.next_seq << self.cfg.id_bits
+    }
+
+    /// Brings the flush state up to `now`; every operation starts here.
+    fn advance(&mut self, now: Time) {
+        self.last_now = self.last_now.max(now);
+        if self.flush_at != 0 && now >= self.flush_at {
+            self.flush_below = self.seq_bound();
+            self.flush_at = 0;
+        }
+    }
+
+    fn view(&self, idx: u32) -> ItemView<'_> {
+        let e = &self.arena[idx];
+        ItemView {
+            key: e.key(),
+            value: e.value(),
+            flags: e.flags,
+            cas: if self.cfg.cas { e.cas } else { 0 },
+            exptime: e.exptime,
+        }
+    }
+
+    /// Finds the item of `key`; an expired or flushed one is removed on the way.
+    fn lookup(&mut self, hash: u64, key: &[u8], now: Time) -> Found {
+        let arena = &self.arena;
+        let Some(&idx) = self.index.find(hash, |&i| arena[i].key() == key) else {
+            return Found::Missing;
+        };
+        match death(&self.arena[idx], self.flush_below, now) {
+            None => Found::Live(idx),
+            Some(d) => {
+                self.unlink(idx, hash);
+                Found::Dead(d)
+            }
+        }
+    }
+
+    /// Takes an item out of the index, its queue and the arena, and returns its data.
+    fn unlink(&mut self, idx: u32, hash: u64) -> Box<[u8]> {
+        self.index
+            .find_entry(hash, |&i| i == idx)
+            .expect("every occupied slot is indexed")
+            .remove();
+        self.policy.remove(&mut self.arena, idx);
+        self.used -= entry_bytes(&self.arena[idx]);
+        self.arena.remove(idx)
+    }
+
+    fn remove_victim(&mut self, victim: Victim, now: Time) {
+        let e = &self.arena[victim.idx];
+        let died = death(e, self.flush_below, now);
+        let fetched = e.fetched();
+        let hash = self.cfg.hasher.hash_one(e.key());
+        self.unlink(victim.idx, hash);
+        let c = &mut self.counters;
+        match died {
+            Some(d) => {
+                c.reclaimed += 1;
+                c.expired_unfetched += u64::from(d == Death::Expired && !fetched);
+            }
+            None => {
+                c.evictions += 1;
+                c.evicted_unfetched += u64::from(!fetched);
+                self.policy.evicted(victim, hash);
+            }
+        }
+    }
+
+    /// Frees memory until `need` more bytes fit, never removing `protect`. Without eviction only
+    /// dead items go. Returns whether the bytes fit.
+    fn make_room(&mut self, need: u64, protect: u32, now: Time) -> bool {
+        if need > self.cfg.limit {
+            return false;
+        }
+        while self.used + need > self.cfg.limit {
+            let flush_below = self.flush_below;
+            let is_dead = |e: &Entry| death(e, flush_below, now).is_some();
+            let victim = if self.cfg.evict {
+                self.policy
+                    .victim(&mut self.arena, self.cfg.limit, protect, is_dead)
+            } else {
+                self.policy.dead_near_tail(&self.arena, protect, is_dead)
+            };
+            match victim {
+                Some(v) => self.remove_victim(v, now),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    pub(crate) fn get<R>(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        new_exptime: Option<Time>,
+        now: Time,
+        f: impl FnOnce(ItemView<'_>) -> R,
+    ) -> Lookup<R> {
+        self.advance(now);
+        match self.lookup(hash, key, now) {
+            Found::Live(idx) => {
+                let e = &mut self.arena[idx];
+                if let Some(exptime) = new_exptime {
+                    e.exptime = exptime;
+                }
+                e.bump(now);
+                e.set_fetched(true);
+                Lookup::Hit(f(self.view(idx)))
+            }
+            Found::Dead(Death::Expired) => Lookup::Expired,
+            Found::Dead(Death::Flushed) => Lookup::Flushed,
+            Found::Missing => Lookup::Miss,
+        }
+    }
+
+    pub(crate) fn delete(&mut self, hash: u64, key: &[u8], now: Time) -> bool {
+        self.advance(now);
+        match self.lookup(hash, key, now) {
+            Found::Live(idx) => {
+                self.unlink(idx, hash);
+                true
+            }
+            Found::Dead(_) | Found::Missing => false,
+        }
+    }
+
+    /// Stores an item. `data` is the key followed by the value, built by the caller outside the
+    /// lock, for every mode but append and prepend (which build theirs from the old value). The
+    /// returned allocation is one the caller should drop after unlocking.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store(
+        &mut self,
+        mode: StoreMode,
+        hash: u64,
+        key: &[u8],
+        flags: u32,
+        exptime: Time,
+        value: &[u8],
+        data: Option<Box<[u8]>>,
+        now: Time,
+    ) -> (StoreResult, Option<Box<[u8]>>) {
+        self.advance(now);
+        let existing = match self.lookup(hash, key, now) {
+            Found::Live(idx) => Some(idx),
+            Found::Dead(_) | Found::Missing => None,
+        };
+        let (data, flags, exptime) = match (mode, existing) {
+            (StoreMode::Add, Some(idx)) => {
+                // As memcached: a refused add still counts as a use of the item.
+                self.arena[idx].bump(now);
+                return (StoreResult::NotStored, data);
+            }
+            (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
+                return (StoreResult::NotStored, data)
+            }
+            (StoreMode::Cas(_), None) => return (StoreResult::NotFound, data),
+            (StoreMode::Cas(cas), Some(idx)) if !self.cfg.cas || cas != self.arena[idx].cas => {
+                return (StoreResult::Exists, data)
+            }
+            (StoreMode::Append | StoreMode::Prepend, Some(idx)) => {
+                let old = &self.arena[idx];
+                let len = old.value().len() + value.len();
+                // memcached answers NOT_STORED when the joined item cannot be allocated.
+                if memcached_size(key.len(), len, old.flags, self.cfg.cas) > self.cfg.item_size_max
+                {
+                    return (StoreResult::NotStored, data);
+                }
+                let joined = if mode == StoreMode::Append {
+                    concat([key, old.value(), value])
+                } else {
+                    concat([key, value, old.value()])
+                };
+                (joined, old.flags, old.exptime)
+            }
+            (_, _) => match data {
+                Some(data) => (data, flags, exptime),
+                None => (concat([key, value, &[]]), flags, exptime),
+            },
+        };
+        if exptime != 0 && exptime <= now {
+            // Stored and invisible at once, as memcached has it; it needs no memory.
+            self.counters.total_items += 1;
+            return (
+                StoreResult::Stored,
+                existing.map(|idx| self.unlink(idx, hash)),
+            );
+        }
+        let new_bytes = accounted_size(key.len(), data.len() - key.len());
+        let old_bytes = existing.map_or(0, |idx| entry_bytes(&self.arena[idx]));
+        if new_bytes > self.cfg.limit
+            || !self.make_room(
+                new_bytes.saturating_sub(old_bytes),
+                existing.unwrap_or(NIL),
+                now,
+            )
+        {
+            // A failed set must not leave the old value to be served (memcached does the same).
+            let stale = match (mode, existing) {
+                (StoreMode::Set, Some(idx)) => Some(self.unlink(idx, hash)),
+                _ => None,
+            };
+            return (StoreResult::OutOfMemory, stale);
+        }
+        let cas = self.next_cas();
+        let old_data = match existing {
+            Some(idx) => {
+                let e = &mut self.arena[idx];
+                let old_data = e.replace_data(data);
+                e.flags = flags;
+                e.exptime = exptime;
+                e.cas = cas;
+                e.last_access = now;
+                e.set_fetched(false);
+                self.policy.resized(&self.arena, idx, old_bytes);
+                Some(old_data)
+            }
+            None => {
+                let key_len = key.len() as u8;
+                let entry = Entry::new(data, key_len, flags, exptime, cas, now);
+                let Some(idx) = self.arena.insert(entry) else {
+                    return (StoreResult::OutOfMemory, None);
+                };
+                let (arena, hasher) = (&self.arena, &self.cfg.hasher);
+                self.index
+                    .insert_unique(hash, idx, |&i| hasher.hash_one(arena[i].key()));
+                self.policy
+                    .admit(&mut self.arena, idx, hash, self.index.len());
+                None
+            }
+        };
+        self.used = self.used - old_bytes + new_bytes;
+        self.counters.total_items += 1;
+        (StoreResult::Stored, old_data)
+    }
+
+    pub(crate) fn incr_decr(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        now: Time,
+    ) -> DeltaResult {
+        self.advance(now);
+        let Found::Live(idx) = self.lookup(hash, key, now) else {
+            return DeltaResult::NotFound;
+        };
+        let Some(counter) = parse_counter(self.arena[idx].value()) else {
+            return DeltaResult::NonNumeric;
+        };
+        let result = apply_delta(counter, incr, delta);
+        let mut buf = [0; MAX_DIGITS];
+        let digits = format_counter(result, &mut buf);
+        let old_len = self.arena[idx].value().len();
+        if digits.len() <= old_len {
+            // memcached rewrites in place, padding with spaces to the old length.
+            let cas = self.next_cas();
+            let e = &mut self.arena[idx];
+            let value = e.value_mut();
+            value[..digits.len()].copy_from_slice(digits);
+            value[digits.len()..].fill(b' ');
+            e.cas = cas;
+            e.bump(now);
+            return DeltaResult::Value(result);
+        }
+        let old_bytes = entry_bytes(&self.arena[idx]);
+        let new_bytes = accounted_size(key.len(), digits.len());
+        if !self.make_room(new_bytes.saturating_sub(old_bytes), idx, now) {
+            return DeltaResult::OutOfMemory;
+        }
+        let cas = self.next_cas();
+        let e = &mut self.arena[idx];
+        e.replace_data(concat([key, digits, &[]]));
+        e.cas = cas;
+        e.bump(now);
+        self.policy.resized(&self.arena, idx, old_bytes);
+        self.used = self.used - old_bytes + new_bytes;
+        self.counters.total_items += 1;
+        DeltaResult::Value(result)
+    }
+
+    /// flush_all: immediately when `at <= now`, else once `now` reaches `at`. A later flush
+    /// replaces a pending one, but never brings back what an earlier one flushed.
+    pub(crate) fn flush_all(&mut self, at: Time, now: Time) {
+        self.advance(now);
+        if at <= now {
+            self.flush_below = self.seq_bound();
+            self.flush_at = 0;
+        } else {
+            self.flush_at = at;
+        }
+    }
+
+    /// Visits up to `max_scan` slots from where the last crawl stopped and frees the dead items
+    /// among them, at most `max_reclaim`. Returns (items freed, slots visited).
+    pub(crate) fn crawl(&mut self, now: Time, max_reclaim: usize, max_scan: u32) -> (usize, u32) {
+        self.advance(now);
+        let mut reclaimed = 0;
+        let mut scanned = 0;
+        while scanned < max_scan && reclaimed < max_reclaim {
+            if self.crawl_pos >= self.arena.high_water() {
+                self.crawl_pos = 0;
+            }
+            let idx = self.crawl_pos;
+            self.crawl_pos += 1;
+            scanned += 1;
+            let Some(e) = self.arena.get(idx) else {
+                continue;
+            };
+            let Some(died) = death(e, self.flush_below, now) else {
+                continue;
+            };
+            let fetched = e.fetched();
+            let hash = self.cfg.hasher.hash_one(e.key());
+            self.unlink(idx, hash);
+            reclaimed += 1;
+            self.counters.crawler_reclaimed += 1;
+            self.counters.expired_unfetched += u64::from(died == Death::Expired && !fetched);
+        }
+        (reclaimed, scanned)
+    }
+
+    /// Copies the metadata of up to `max` live items from slot `from` on into `out`. Returns the
+    /// slot to continue from, or `None` when the walk is over.
+    pub(crate) fn collect_meta(
+        &mut self,
+        now: Time,
+        from: u32,
+        max: usize,
+        out: &mut MetaBatch,
+    ) -> Option<u32> {
+        self.advance(now);
+        let end = self.arena.high_water();
+        let mut idx = from;
+        while idx < end && out.rows.len() < max {
+            if let Some(e) = self.arena.get(idx) {
+                if death(e, self.flush_below, now).is_none() {
+                    out.keys.extend_from_slice(e.key());
+                    out.rows.push(MetaRow {
+                        key_end: out.keys.len(),
+                        exptime: e.exptime,
+                        last_access: e.last_access,
+                        cas: if self.cfg.cas { e.cas } else { 0 },
+                        fetched: e.fetched(),
+                        flags: e.flags,
+                        value_len: e.value().len(),
+                        size: memcached_size(e.key_len(), e.value().len(), e.flags, self.cfg.cas),
+                    });
+                }
+            }
+            idx += 1;
+        }
+        (idx < end).then_some(idx)
+    }
+
+    pub(crate) fn slots(&self) -> u32 {
+        self.arena.high_water()
+    }
+
+    /// Changes the shard's share of the memory limit, evicting at once down to a smaller one.
+    pub(crate) fn set_limit(&mut self, limit: u64) {
+        self.cfg.limit = limit;
+        let now = self.last_now;
+        self.make_room(0, NIL, now);
+    }
+
+    pub(crate) fn add_stats(&self, s: &mut CacheStats) {
+        let c = &self.counters;
+        s.curr_items += self.index.len() as u64;
+        s.bytes += self.used;
+        s.total_items += c.total_items;
+        s.evictions += c.evictions;
+        s.evicted_unfetched += c.evicted_unfetched;
+        s.expired_unfetched += c.expired_unfetched;
+        s.reclaimed += c.reclaimed;
+        s.crawler_reclaimed += c.crawler_reclaimed;
+    }
+
+    pub(crate) fn reset_stats(&mut self) {
+        self.counters = Counters::default();
+    }
+}
+
+#[cfg(test)]
+impl Shard {
+    /// Checks that index, queues and byte count agree.
+    pub(crate) fn check(&self) {
+        let (items, bytes) = self.policy.check(&self.arena);
+        assert_eq!(items, self.index.len());
+        assert_eq!(bytes, self.used);
+        for &idx in self.index.iter() {
+            let e = self.arena.get(idx).expect("indexed slot is occupied");
+            assert_eq!(self.index.find(self.cfg.hasher.hash_one(e.key()), |&i| i == idx), Some(&idx));
+        }
+        if self.cfg.evict {
+            assert!(self.used <= self.cfg.limit, "{} > {}", self.used, self.cfg.limit);
+        }
+    }
+}
