@@ -175,7 +175,8 @@ impl Arena {
             }
             let idx = self.high_water;
             if idx as usize >= self.chunks.len() * CHUNK_LEN {
-                self.chunks.push((0..CHUNK_LEN).map(|_| Entry::vacant(NIL)).collect());
+                self.chunks
+                    .push((0..CHUNK_LEN).map(|_| Entry::vacant(NIL)).collect());
             }
             self.high_water += 1;
             idx

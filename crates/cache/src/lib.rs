@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use shard::{MetaBatch, Shard, ShardConfig};
+use shard::{MetaBatch, Shard, ShardConfig, StoreRequest};
 pub use size::{accounted_size, memcached_size};
 
 /// memcached's "rel time": seconds since the server started. As an expiry time, 0 means never;
@@ -36,8 +36,9 @@ pub const KEY_MAX_LENGTH: usize = 250;
 /// The most shards a cache is split into.
 const MAX_SHARDS: usize = 1024;
 
-/// How many items `for_each_item` copies out of a shard per lock.
+/// How many items `for_each_item` copies out of a shard per lock, and how many slots it looks at.
 const META_BATCH: usize = 256;
+const META_SCAN: u32 = 4096;
 
 /// How many slots `crawl_expired` visits per lock.
 const CRAWL_BATCH: u32 = 1024;
@@ -300,11 +301,16 @@ impl Cache {
                 Some(data.into_boxed_slice())
             }
         };
+        let request = StoreRequest {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+            data,
+        };
         let (hash, shard) = self.shard(key);
-        let (result, garbage) =
-            shard
-                .lock()
-                .store(mode, hash, key, flags, exptime, value, data, now);
+        let (result, garbage) = shard.lock().store(hash, request, now);
         drop(garbage);
         result
     }
@@ -318,7 +324,10 @@ impl Cache {
     /// Sets a live item's expiry time; false when there was none.
     pub fn touch(&self, key: &[u8], exptime: Time, now: Time) -> bool {
         let (hash, shard) = self.shard(key);
-        shard.lock().get(hash, key, Some(exptime), now, |_| ()).is_hit()
+        shard
+            .lock()
+            .get(hash, key, Some(exptime), now, |_| ())
+            .is_hit()
     }
 
     /// incr (`incr == true`) or decr of a decimal value: incr wraps at 2^64, decr stops at 0.
@@ -368,7 +377,10 @@ impl Cache {
             let mut from = Some(0);
             while let Some(pos) = from {
                 batch.clear();
-                from = shard.0.lock().collect_meta(now, pos, META_BATCH, &mut batch);
+                from = shard
+                    .0
+                    .lock()
+                    .collect_meta(now, pos, META_BATCH, META_SCAN, &mut batch);
                 batch.items().for_each(&mut f);
             }
         }

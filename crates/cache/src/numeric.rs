@@ -100,7 +100,12 @@ mod tests {
             (b"0000000000000000000000000000001", Some(1)),
         ];
         for &(value, want) in cases {
-            assert_eq!(parse_counter(value), want, "{:?}", String::from_utf8_lossy(value));
+            assert_eq!(
+                parse_counter(value),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 

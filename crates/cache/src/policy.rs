@@ -23,6 +23,10 @@ const SMALL_SHARE_DIVISOR: u64 = 10;
 /// How many items from each queue's tail are searched for a dead one when eviction is off.
 const DEAD_SEARCH_DEPTH: usize = 64;
 
+/// How many items from a queue's tail are searched for a dead one before a live one is evicted
+/// (memcached searches 5).
+const DEAD_PEEK: usize = 5;
+
 const GHOST_MIN_SLOTS: usize = 64;
 
 fn entry_bytes(e: &Entry) -> u64 {
@@ -78,6 +82,28 @@ impl List {
             arena[next].prev = prev;
         }
         self.len -= 1;
+    }
+
+    /// The first of the `depth` oldest items, `protect` aside, that `is_dead`.
+    fn scan_from_tail(
+        &self,
+        arena: &Arena,
+        depth: usize,
+        protect: u32,
+        is_dead: impl Fn(&Entry) -> bool,
+    ) -> Option<u32> {
+        let mut idx = self.tail;
+        for _ in 0..depth {
+            if idx == NIL {
+                return None;
+            }
+            let e = &arena[idx];
+            if idx != protect && is_dead(e) {
+                return Some(idx);
+            }
+            idx = e.prev;
+        }
+        None
     }
 
     /// Whether the queue has an item other than `protect` to offer.
@@ -221,7 +247,14 @@ impl S3Fifo {
             }
             let freq = e.freq();
             if freq == 0 {
-                return Some(Victim { idx, from_small });
+                // As memcached does at its LRU tail, prefer a dead item close by to a live one.
+                let dead = self
+                    .list(!from_small)
+                    .scan_from_tail(arena, DEAD_PEEK, protect, &is_dead);
+                return Some(Victim {
+                    idx: dead.unwrap_or(idx),
+                    from_small,
+                });
             }
             if from_small {
                 e.set_freq(0);
@@ -243,20 +276,12 @@ impl S3Fifo {
         protect: u32,
         is_dead: impl Fn(&Entry) -> bool,
     ) -> Option<Victim> {
-        for (list, from_small) in [(&self.small, true), (&self.main, false)] {
-            let mut idx = list.tail;
-            for _ in 0..DEAD_SEARCH_DEPTH {
-                if idx == NIL {
-                    break;
-                }
-                let e = &arena[idx];
-                if idx != protect && is_dead(e) {
-                    return Some(Victim { idx, from_small });
-                }
-                idx = e.prev;
-            }
-        }
-        None
+        [(&self.small, true), (&self.main, false)]
+            .into_iter()
+            .find_map(|(list, from_small)| {
+                let idx = list.scan_from_tail(arena, DEAD_SEARCH_DEPTH, protect, &is_dead)?;
+                Some(Victim { idx, from_small })
+            })
     }
 }
 
@@ -354,7 +379,13 @@ mod tests {
         // oldest of main is the first victim; a use then buys it one more pass.
         let limit = 0;
         let v = policy.victim(&mut arena, limit, NIL, |_| false).unwrap();
-        assert_eq!(v, Victim { idx: 0, from_small: false });
+        assert_eq!(
+            v,
+            Victim {
+                idx: 0,
+                from_small: false
+            }
+        );
         assert_eq!(walk(&arena, &policy.main), [3, 2, 1, 0]);
         arena[0].bump(0);
         let v = policy.victim(&mut arena, limit, NIL, |_| false).unwrap();
@@ -368,7 +399,13 @@ mod tests {
         let hash = 7 << 32 | 0x1234;
         let idx = add(&mut arena, &mut policy, 1, hash);
         let v = policy.victim(&mut arena, 0, NIL, |_| false).unwrap();
-        assert_eq!(v, Victim { idx, from_small: true });
+        assert_eq!(
+            v,
+            Victim {
+                idx,
+                from_small: true
+            }
+        );
         policy.remove(&mut arena, idx);
         policy.evicted(v, hash);
         arena.remove(idx);
@@ -385,9 +422,10 @@ mod tests {
             add(&mut arena, &mut policy, n, u64::from(n));
         }
         let dead = |e: &Entry| e.cas == 3;
-        let v = policy.victim(&mut arena, 0, NIL, dead).unwrap();
-        assert_eq!(v.idx, 0);
-        assert_eq!(policy.victim(&mut arena, 0, 0, dead).unwrap().idx, 1);
+        // The oldest item is live and unused, but a dead one is close behind it.
+        assert_eq!(policy.victim(&mut arena, 0, NIL, dead).unwrap().idx, 3);
+        assert_eq!(policy.victim(&mut arena, 0, 3, dead).unwrap().idx, 0);
+        assert_eq!(policy.victim(&mut arena, 0, 0, |_| false).unwrap().idx, 1);
         assert_eq!(policy.dead_near_tail(&arena, NIL, dead).unwrap().idx, 3);
         assert_eq!(policy.dead_near_tail(&arena, 3, dead), None);
 

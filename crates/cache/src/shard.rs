@@ -11,6 +11,11 @@
 //! which is what flush_all needs: a flush makes every item with a smaller number invalid. A
 //! delayed flush is kept pending and turned into such a bound by the first operation that sees
 //! its time come, so only the items stored before that second are lost.
+//!
+//! Memory: each item is accounted as [`accounted_size`] says, which matches what the allocator
+//! really gives out (tests/memory.rs checks it). The arena, the index and the ghost do not shrink
+//! when items go: their unused part, about 60 bytes per free slot below the shard's peak item
+//! count, is reused by later items but not counted in the meantime.
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
@@ -60,6 +65,19 @@ fn concat(parts: [&[u8]; 3]) -> Box<[u8]> {
         data.extend_from_slice(part);
     }
     data.into_boxed_slice()
+}
+
+/// A store as [`crate::Cache::store`] received it.
+#[derive(Debug)]
+pub(crate) struct StoreRequest<'a> {
+    pub(crate) mode: StoreMode,
+    pub(crate) key: &'a [u8],
+    pub(crate) flags: u32,
+    pub(crate) exptime: Time,
+    pub(crate) value: &'a [u8],
+    /// The key followed by the value, built by the caller outside the lock; append and prepend
+    /// build theirs here, from the old value.
+    pub(crate) data: Option<Box<[u8]>>,
 }
 
 enum Found {
@@ -295,21 +313,21 @@ impl Shard {
         }
     }
 
-    /// Stores an item. `data` is the key followed by the value, built by the caller outside the
-    /// lock, for every mode but append and prepend (which build theirs from the old value). The
-    /// returned allocation is one the caller should drop after unlocking.
-    #[allow(clippy::too_many_arguments)]
+    /// Stores an item. The returned allocation is one the caller should drop after unlocking.
     pub(crate) fn store(
         &mut self,
-        mode: StoreMode,
         hash: u64,
-        key: &[u8],
-        flags: u32,
-        exptime: Time,
-        value: &[u8],
-        data: Option<Box<[u8]>>,
+        request: StoreRequest<'_>,
         now: Time,
     ) -> (StoreResult, Option<Box<[u8]>>) {
+        let StoreRequest {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+            data,
+        } = request;
         self.advance(now);
         let existing = match self.lookup(hash, key, now) {
             Found::Live(idx) => Some(idx),
@@ -491,19 +509,22 @@ impl Shard {
         (reclaimed, scanned)
     }
 
-    /// Copies the metadata of up to `max` live items from slot `from` on into `out`. Returns the
-    /// slot to continue from, or `None` when the walk is over.
+    /// Copies the metadata of up to `max_items` live items, looking at no more than `max_slots`
+    /// slots from `from` on, into `out`. Returns the slot to continue from, or `None` when the
+    /// walk is over.
     pub(crate) fn collect_meta(
         &mut self,
         now: Time,
         from: u32,
-        max: usize,
+        max_items: usize,
+        max_slots: u32,
         out: &mut MetaBatch,
     ) -> Option<u32> {
         self.advance(now);
         let end = self.arena.high_water();
+        let stop = end.min(from.saturating_add(max_slots));
         let mut idx = from;
-        while idx < end && out.rows.len() < max {
+        while idx < stop && out.rows.len() < max_items {
             if let Some(e) = self.arena.get(idx) {
                 if death(e, self.flush_below, now).is_none() {
                     out.keys.extend_from_slice(e.key());
@@ -561,10 +582,19 @@ impl Shard {
         assert_eq!(bytes, self.used);
         for &idx in self.index.iter() {
             let e = self.arena.get(idx).expect("indexed slot is occupied");
-            assert_eq!(self.index.find(self.cfg.hasher.hash_one(e.key()), |&i| i == idx), Some(&idx));
+            assert_eq!(
+                self.index
+                    .find(self.cfg.hasher.hash_one(e.key()), |&i| i == idx),
+                Some(&idx)
+            );
         }
         if self.cfg.evict {
-            assert!(self.used <= self.cfg.limit, "{} > {}", self.used, self.cfg.limit);
+            assert!(
+                self.used <= self.cfg.limit,
+                "{} > {}",
+                self.used,
+                self.cfg.limit
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Each subcommand is one role with the command line of the program it replaces; see README.md.
 
 mod process;
+mod proxy_cmd;
 mod server_cmd;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ usage: keepcached <command> [options]
 
 commands:
   server [memcached flags]   the cache server, a drop-in for memcached (-h for its flags)
+  proxy [magent flags]       the replicating proxy, a drop-in for magent (--help for its flags)
   up                         a ready-to-use local cache on 127.0.0.1:11211, no flags needed
 ";
 
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             Ok(server_cmd::Parsed::Run(plan)) => server_cmd::run(*plan),
             Err(e) => Err(e.into()),
         },
+        "proxy" => proxy_cmd::run(rest),
         "up" => up(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
@@ -67,6 +70,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Logs to stderr; `-v` raises the level (warnings by default), `RUST_LOG` overrides it.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The embedded default: a cache server on loopback with memcached's defaults, runnable as any

@@ -11,19 +11,26 @@ use tokio::sync::watch;
 const SPARE_FDS: u64 = 64;
 
 /// Raises the open-file limit so that `connections` clients fit, as memcached does for `-c`.
+///
+/// Where the hard limit cannot be raised (no CAP_SYS_RESOURCE, as in most containers), the soft
+/// limit goes up to the hard one and a warning says how many connections will really fit: a
+/// cache that starts with fewer connections beats one that does not start.
 pub fn raise_nofile_limit(connections: usize) -> anyhow::Result<()> {
     let wanted = connections as u64 + SPARE_FDS;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
     if soft >= wanted {
         return Ok(());
     }
-    let new_hard = hard.max(wanted);
-    if setrlimit(Resource::RLIMIT_NOFILE, wanted, new_hard).is_err() {
-        bail!(
-            "failed to set rlimit for open files to {wanted}. Try starting as root or \
-             requesting a smaller connection limit (-c)."
-        );
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, hard.max(wanted)).is_ok() {
+        return Ok(());
     }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        .context("failed to raise the open-file limit")?;
+    eprintln!(
+        "keepcached: warning: the open-file limit is {hard} and cannot be raised to {wanted}; \
+         about {} connections will fit",
+        hard.saturating_sub(SPARE_FDS)
+    );
     Ok(())
 }
 
@@ -50,16 +57,31 @@ pub fn daemonize(keep_stdio: bool) -> anyhow::Result<()> {
     nix::unistd::daemon(false, keep_stdio).context("failed to daemonize")
 }
 
-/// Switches to `user` (and its group, with no supplementary groups), as memcached's `-u` does.
-pub fn drop_privileges(user: &str) -> anyhow::Result<()> {
-    use nix::unistd::{setgid, setgroups, setuid, User};
-    let Some(pw) = User::from_name(user).context("looking up the user")? else {
-        bail!("can't find the user {user} to switch to");
+/// Switches to `user` (with its primary group unless `group` names another) and drops
+/// supplementary groups, as memcached's and magent's `-u` (and magent's `-g`) do.
+pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Group, User};
+    let pw = match user {
+        Some(name) => match User::from_name(name).context("looking up the user")? {
+            Some(pw) => Some(pw),
+            None => bail!("can't find the user {name} to switch to"),
+        },
+        None => None,
+    };
+    let gid = match group {
+        Some(name) => match Group::from_name(name).context("looking up the group")? {
+            Some(gr) => Some(gr.gid),
+            None => bail!("can't find the group {name} to switch to"),
+        },
+        None => pw.as_ref().map(|pw| pw.gid),
     };
     setgroups(&[]).context("failed to drop supplementary groups")?;
-    setgid(pw.gid)
-        .and_then(|()| setuid(pw.uid))
-        .with_context(|| format!("failed to assume identity of user {user}"))?;
+    if let Some(gid) = gid {
+        setgid(gid).context("failed to switch group")?;
+    }
+    if let Some(pw) = pw {
+        setuid(pw.uid).with_context(|| format!("failed to assume identity of user {}", pw.name))?;
+    }
     Ok(())
 }
 

@@ -276,9 +276,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     settings.item_size_max = item_size as usize;
     match args.protocol.as_str() {
         "ascii" | "auto" => {}
-        "binary" => {
-            return usage("the binary protocol is not supported yet; use -B ascii".into())
-        }
+        "binary" => return usage("the binary protocol is not supported yet; use -B ascii".into()),
         other => return usage(format!("Invalid value for binding protocol: {other}")),
     }
     if args.enable_sasl || args.auth_file.is_some() {
@@ -337,18 +335,48 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
 
 fn help_text() -> String {
     let rows: &[(&str, &str)] = &[
-        ("-p, --port=<num>", "TCP port to listen on (default: 11211; 0 is off)"),
-        ("-U, --udp-port=<num>", "UDP port to listen on (default: 0, off)"),
-        ("-s, --unix-socket=<file>", "unix socket to listen on (turns TCP off)"),
-        ("-a, --unix-mask=<mask>", "permissions of the unix socket, octal (default: 0700)"),
+        (
+            "-p, --port=<num>",
+            "TCP port to listen on (default: 11211; 0 is off)",
+        ),
+        (
+            "-U, --udp-port=<num>",
+            "UDP port to listen on (default: 0, off)",
+        ),
+        (
+            "-s, --unix-socket=<file>",
+            "unix socket to listen on (turns TCP off)",
+        ),
+        (
+            "-a, --unix-mask=<mask>",
+            "permissions of the unix socket, octal (default: 0700)",
+        ),
         ("-A, --enable-shutdown", "allow the shutdown command"),
-        ("-l, --listen=<addr>", "addresses to listen on, comma separated (default: all)"),
+        (
+            "-l, --listen=<addr>",
+            "addresses to listen on, comma separated (default: all)",
+        ),
         ("-d, --daemon", "run in the background"),
-        ("-r, --enable-coredumps", "raise the core file limit to its maximum"),
-        ("-u, --user=<user>", "user to run as (required when started as root)"),
-        ("-m, --memory-limit=<num>", "memory for items in megabytes; 32m, 1g work too (default: 64)"),
-        ("-M, --disable-evictions", "return an error when memory is full instead of evicting"),
-        ("-c, --conn-limit=<num>", "maximum simultaneous connections (default: 1024)"),
+        (
+            "-r, --enable-coredumps",
+            "raise the core file limit to its maximum",
+        ),
+        (
+            "-u, --user=<user>",
+            "user to run as (required when started as root)",
+        ),
+        (
+            "-m, --memory-limit=<num>",
+            "memory for items in megabytes; 32m, 1g work too (default: 64)",
+        ),
+        (
+            "-M, --disable-evictions",
+            "return an error when memory is full instead of evicting",
+        ),
+        (
+            "-c, --conn-limit=<num>",
+            "maximum simultaneous connections (default: 1024)",
+        ),
         ("-k, --lock-memory", "lock all memory pages into RAM"),
         ("-v, --verbose", "print errors and warnings"),
         ("-vv", "also print client commands"),
@@ -356,20 +384,38 @@ fn help_text() -> String {
         ("-i, --license", "print the license and exit"),
         ("-V, --version", "print the version and exit"),
         ("-P, --pidfile=<file>", "write the process id to this file"),
-        ("-f, --slab-growth-factor=<num>", "accepted for compatibility; no slab classes here"),
-        ("-n, --slab-min-size=<bytes>", "accepted for compatibility; no slab classes here"),
+        (
+            "-f, --slab-growth-factor=<num>",
+            "accepted for compatibility; no slab classes here",
+        ),
+        (
+            "-n, --slab-min-size=<bytes>",
+            "accepted for compatibility; no slab classes here",
+        ),
         ("-L, --enable-largepages", "accepted for compatibility"),
         ("-D <char>", "accepted for compatibility"),
         ("-t, --threads=<num>", "worker threads (default: 4)"),
-        ("-R, --max-reqs-per-event=<num>", "requests per connection before yielding (default: 20)"),
+        (
+            "-R, --max-reqs-per-event=<num>",
+            "requests per connection before yielding (default: 20)",
+        ),
         ("-C, --disable-cas", "turn off CAS (saves 8 bytes per item)"),
-        ("-b, --listen-backlog=<num>", "listen backlog (default: 1024)"),
+        (
+            "-b, --listen-backlog=<num>",
+            "listen backlog (default: 1024)",
+        ),
         ("-B, --protocol=<name>", "ascii or auto (default: auto)"),
-        ("-I, --max-item-size=<num>", "largest item, k/m suffixes (default: 1m; min 1k, max 1g)"),
+        (
+            "-I, --max-item-size=<num>",
+            "largest item, k/m suffixes (default: 1m; min 1k, max 1g)",
+        ),
         ("-F, --disable-flush-all", "refuse flush_all"),
         ("-X, --disable-dumping", "accepted for compatibility"),
         ("-W, --disable-watch", "accepted for compatibility"),
-        ("-o, --extended=<opts>", "comma separated: idle_timeout=<secs>, no_lru_crawler, and"),
+        (
+            "-o, --extended=<opts>",
+            "comma separated: idle_timeout=<secs>, no_lru_crawler, and",
+        ),
         ("", "memcached's tuning options (accepted with a warning)"),
     ];
     let mut text = format!(
@@ -410,7 +456,7 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     }
     if running_as_root {
         if let Some(user) = &user {
-            process::drop_privileges(user)?;
+            process::drop_privileges(Some(user), None)?;
         }
     }
     let _pidfile = pidfile.map(process::PidFile::create).transpose()?;

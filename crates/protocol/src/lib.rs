@@ -9,11 +9,14 @@
 //! text each malformed line gets, when `noreply` silences an error, when the connection is
 //! closed); the differential tests in `crates/keepcached/tests` hold it to that.
 
+pub mod binary;
+pub mod meta;
 mod number;
 pub mod reply;
 pub mod response;
 mod text;
 
+pub use meta::{parse_command, Command};
 pub use number::{parse_i32, parse_u32_truncating, parse_u64};
 pub use text::{
     parse_request, Incomplete, Invalid, Keys, Limits, Parsed, Request, StoreKind, Verb,

@@ -256,19 +256,19 @@ fn runaway_line(buf: &[u8], limits: &Limits) -> bool {
     spaces > 100 || !multiget || buf.len() > limits.max_multiget_line
 }
 
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+pub(crate) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|b| *b == needle)
 }
 
 /// memcached's token array: up to 23 tokens, then the unsplit remainder (if any).
-struct Tokens<'a> {
+pub(crate) struct Tokens<'a> {
     words: [&'a [u8]; MAX_TOKENS - 1],
-    len: usize,
+    pub(crate) len: usize,
     rest: Option<&'a [u8]>,
 }
 
 impl<'a> Tokens<'a> {
-    fn split(line: &'a [u8]) -> Self {
+    pub(crate) fn split(line: &'a [u8]) -> Self {
         let mut tokens = Tokens {
             words: [&[][..]; MAX_TOKENS - 1],
             len: 0,
@@ -299,11 +299,11 @@ impl<'a> Tokens<'a> {
     }
 
     /// memcached's `ntokens`: the tokens plus the terminating marker.
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.len + 1
     }
 
-    fn get(&self, i: usize) -> &'a [u8] {
+    pub(crate) fn get(&self, i: usize) -> &'a [u8] {
         self.words[i]
     }
 

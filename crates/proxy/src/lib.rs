@@ -1,1 +1,283 @@
-//! placeholder
+//! keepcached's proxy: the magent role, done right.
+//!
+//! Clients speak memcached's text protocol to the proxy; the proxy shards keys over pools of
+//! cache servers with a ketama ring (placement-compatible with twemproxy), replicates every write
+//! to one server of each pool, keeps the replicas identical, fails reads over to the next
+//! replica, and never waits on a dead server longer than its timeout.
+//!
+//! Data path, one module per step:
+//!
+//! ```text
+//! client bytes -> client.rs (parse with keepcached-protocol)
+//!              -> route.rs (ring.rs: key -> one server per pool)
+//!              -> read.rs (get family: split by server, fail over, merge in order)
+//!                 replicate.rs (writes: fan out, or execute on one replica and copy the result)
+//!              -> backend.rs (pipelined connections, timeouts, health, probing; forward.rs
+//!                 encodes the requests, keepcached-protocol's response parser reads replies)
+//!              -> client.rs (encode the reply) -> client
+//! ```
+//!
+//! config.rs holds magent's command line and the TOML file, stats.rs the `stats` answers,
+//! error.rs the error types. [`run`] binds the listeners, serves until its shutdown future
+//! completes, then drains the client connections.
+
+mod backend;
+mod client;
+pub mod config;
+mod error;
+mod forward;
+mod read;
+mod replicate;
+pub mod ring;
+mod route;
+mod stats;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keepcached_protocol::Limits;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+pub use backend::BackendError;
+pub use config::{
+    BackendConfig, ConfigError, PoolConfig, ProxyArgs, ProxyConfig, ReplicationConfig, Unavailable,
+    WriteAck,
+};
+pub use error::{Origin, ProxyError};
+
+use replicate::KeyLocks;
+use route::Router;
+use stats::Stats;
+
+/// memcached's answer when it has no room for another connection.
+const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
+
+/// Everything a client connection needs, shared by all of them.
+#[derive(Debug)]
+struct Context {
+    config: ProxyConfig,
+    router: Router,
+    stats: Stats,
+    locks: KeyLocks,
+    limits: Limits,
+    connections: Arc<Semaphore>,
+}
+
+/// Runs the proxy: [`bind`], then [`Bound::serve`].
+///
+/// Must run inside a tokio runtime (multi-threaded for more than one core's worth of clients).
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    bind(config)?.serve(shutdown).await
+}
+
+/// A validated configuration with its listening sockets bound, not yet serving.
+#[derive(Debug)]
+pub struct Bound {
+    config: ProxyConfig,
+    pools: Vec<config::PoolSpec>,
+    tcp: Vec<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Validates `config` and binds its listeners without a runtime, so the binary can bind, then
+/// daemonize and drop privileges, and a bind error still reaches the operator's terminal.
+pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
+    let pools = config.validate()?;
+    let mut tcp = Vec::with_capacity(config.listen.len());
+    for addr in &config.listen {
+        let bind_error = |source| ProxyError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = std::net::TcpListener::bind(addr.as_str()).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        tcp.push(listener);
+    }
+    let unix = match &config.unix_socket {
+        Some(path) => Some(bind_unix(path)?),
+        None => None,
+    };
+    Ok(Bound {
+        config,
+        pools,
+        tcp,
+        unix,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` completes, then stops accepting and gives open connections
+    /// `drain_timeout_ms` to finish what they sent.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+        let Bound {
+            config,
+            pools,
+            tcp,
+            unix,
+        } = self;
+        let tcp = tcp
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ProxyError::Bind {
+                addr: "tcp listener".into(),
+                source,
+            })?;
+        let unix = unix
+            .map(UnixListener::from_std)
+            .transpose()
+            .map_err(|source| ProxyError::Bind {
+                addr: "unix listener".into(),
+                source,
+            })?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let router = Router::start(
+            &pools,
+            &config.backend,
+            config.replication.missed_keys_limit,
+            &stop_rx,
+        );
+        let drain = Duration::from_millis(config.drain_timeout_ms);
+        let ctx = Arc::new(Context {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            router,
+            stats: Stats::default(),
+            locks: KeyLocks::default(),
+            limits: Limits::default(),
+        });
+        for listener in &tcp {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "proxy listening");
+            }
+        }
+        // Each connection holds a clone of `done`; the receiver sees the channel close when the
+        // last connection has ended.
+        let (done, mut all_done) = mpsc::channel::<()>(1);
+        let mut acceptors = Vec::new();
+        for listener in tcp {
+            let (ctx, stop, done) = (ctx.clone(), stop_rx.clone(), done.clone());
+            acceptors.push(tokio::spawn(async move {
+                accept_loop(
+                    &ctx,
+                    stop.clone(),
+                    || async {
+                        let (stream, peer) = listener.accept().await?;
+                        stream.set_nodelay(true)?;
+                        Ok((stream, peer.to_string()))
+                    },
+                    done,
+                )
+                .await
+            }));
+        }
+        if let Some(listener) = unix {
+            let (ctx, stop, done) = (ctx.clone(), stop_rx.clone(), done.clone());
+            acceptors.push(tokio::spawn(async move {
+                accept_loop(
+                    &ctx,
+                    stop.clone(),
+                    || async {
+                        let (stream, _) = listener.accept().await?;
+                        Ok((stream, "unix".to_string()))
+                    },
+                    done,
+                )
+                .await
+            }));
+        }
+        drop(done);
+        shutdown.await;
+        tracing::info!("proxy shutting down");
+        let _ = stop_tx.send(true);
+        for acceptor in acceptors {
+            let _ = acceptor.await;
+        }
+        if tokio::time::timeout(drain, all_done.recv()).await.is_err() {
+            tracing::warn!(
+                ?drain,
+                "client connections still open after the drain timeout"
+            );
+        }
+        if let Some(path) = &ctx.config.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// Accepts connections until shutdown, each served by its own task.
+async fn accept_loop<S, F, Fut>(
+    ctx: &Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+    mut accept: F,
+    done: mpsc::Sender<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<(S, String)>>,
+{
+    let counters = &ctx.stats.counters;
+    loop {
+        let accepted = tokio::select! {
+            accepted = accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors or a connection reset before accept: wait a little
+                // rather than spin, and go on.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+            Stats::add(&counters.rejected_connections, 1);
+            tokio::spawn(async move {
+                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+            });
+            continue;
+        };
+        Stats::add(&counters.total_connections, 1);
+        Stats::add(&counters.curr_connections, 1);
+        let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
+        tokio::spawn(async move {
+            if let Err(source) = client::serve(ctx.clone(), stream, stop).await {
+                let error = ProxyError::Client { peer, source };
+                tracing::debug!(%error, "client connection ended");
+            }
+            ctx.stats
+                .counters
+                .curr_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(permit);
+            drop(done);
+        });
+    }
+}
+
+/// Binds a unix socket, replacing a stale socket file left by a previous run.
+fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ProxyError> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let bind_error = |source| ProxyError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok(listener)
+}

@@ -39,7 +39,11 @@ impl Clock {
 
     /// Current relative time (memcached's `current_time`).
     pub fn now(&self) -> Time {
-        let elapsed = self.started.elapsed().as_secs().min(u64::from(u32::MAX / 2)) as u32;
+        let elapsed = self
+            .started
+            .elapsed()
+            .as_secs()
+            .min(u64::from(u32::MAX / 2)) as u32;
         START_OFFSET + elapsed + self.skew.load(Ordering::Relaxed)
     }
 

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
-use keepcached_protocol::parse_request;
+use keepcached_protocol::{parse_command, Command};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -175,7 +175,7 @@ impl<S: Socket> Conn<'_, S> {
         let budget = self.server.settings.reqs_per_event.max(1);
         let verbose = self.server.verbosity.load(Ordering::Relaxed) > 1;
         for _ in 0..budget {
-            let parsed = match parse_request(&self.input, limits) {
+            let parsed = match parse_command(&self.input, limits) {
                 Ok(parsed) => parsed,
                 Err(incomplete) => {
                     if let Some(needed) = incomplete.needed {
@@ -185,18 +185,30 @@ impl<S: Socket> Conn<'_, S> {
                 }
             };
             if verbose {
-                let line = self.input[..parsed.consumed].split(|b| *b == b'\n').next();
-                eprintln!("<{} {}", self.id, String::from_utf8_lossy(line.unwrap_or(&[])));
+                let line = self.input[..parsed.consumed()]
+                    .split(|b| *b == b'\n')
+                    .next();
+                eprintln!(
+                    "<{} {}",
+                    self.id,
+                    String::from_utf8_lossy(line.unwrap_or(&[]))
+                );
             }
-            let consumed = parsed.consumed;
+            let consumed = parsed.consumed();
             let mut session = Session {
                 server: self.server,
                 out: &mut self.out,
                 counters: &mut self.counters,
             };
-            let next = match parsed.outcome {
-                Ok(request) => session.execute(request),
-                Err(invalid) => session.invalid(invalid),
+            let next = match parsed {
+                Command::Text(text) => match text.outcome {
+                    Ok(request) => session.execute(request),
+                    Err(invalid) => session.invalid(invalid),
+                },
+                Command::Meta(meta) => match meta.outcome {
+                    Ok(request) => session.execute_meta(request),
+                    Err(reject) => session.meta_reject(reject),
+                },
             };
             self.input.advance(consumed);
             match next {

@@ -247,7 +247,13 @@ impl Session<'_> {
         let server = self.server;
         let out = &mut *self.out;
         let write = |item: keepcached_cache::ItemView<'_>| {
-            reply::value(out, item.key, item.flags, item.value, with_cas.then_some(item.cas));
+            reply::value(
+                out,
+                item.key,
+                item.flags,
+                item.value,
+                with_cas.then_some(item.cas),
+            );
         };
         let lookup = match touch_to {
             None => server.cache.get(key, now, write),

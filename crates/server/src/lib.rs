@@ -12,10 +12,13 @@
 //! - [`stats`] and [`report`]: counters and the `stats` family of replies.
 //! - [`clock`]: memcached's relative time, which the store and expiry rules use.
 
+pub mod auth;
+pub mod binary;
 pub mod clock;
 pub mod connection;
 pub mod execute;
 pub mod listener;
+pub mod meta;
 pub mod report;
 pub mod settings;
 pub mod stats;

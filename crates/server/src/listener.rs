@@ -47,12 +47,11 @@ impl Listeners {
     /// or TCP on each `-l` address (every IPv4 and IPv6 address when none is given).
     pub fn bind(settings: &crate::Settings) -> Result<Listeners, ServeError> {
         if let Some(path) = &settings.unix_socket {
-            let listener = bind_unix(path, settings.unix_mask).map_err(|source| {
-                ServeError::Unix {
+            let listener =
+                bind_unix(path, settings.unix_mask).map_err(|source| ServeError::Unix {
                     path: path.clone(),
                     source,
-                }
-            })?;
+                })?;
             return Ok(Listeners {
                 tcp: Vec::new(),
                 unix: Some((listener, path.clone())),
@@ -65,13 +64,15 @@ impl Listeners {
         if settings.listen.is_empty() {
             // Like memcached: all of IPv4, and IPv6 where the host has it.
             let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-            tcp.push(bind_tcp(v4, settings.port, settings.backlog).map_err(|source| {
-                ServeError::Tcp {
-                    addr: v4,
-                    port: settings.port,
-                    source,
-                }
-            })?);
+            tcp.push(
+                bind_tcp(v4, settings.port, settings.backlog).map_err(|source| {
+                    ServeError::Tcp {
+                        addr: v4,
+                        port: settings.port,
+                        source,
+                    }
+                })?,
+            );
             if let Ok(l) = bind_tcp(
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 settings.port,
@@ -81,13 +82,15 @@ impl Listeners {
             }
         } else {
             for &addr in &settings.listen {
-                tcp.push(bind_tcp(addr, settings.port, settings.backlog).map_err(
-                    |source| ServeError::Tcp {
-                        addr,
-                        port: settings.port,
-                        source,
-                    },
-                )?);
+                tcp.push(
+                    bind_tcp(addr, settings.port, settings.backlog).map_err(|source| {
+                        ServeError::Tcp {
+                            addr,
+                            port: settings.port,
+                            source,
+                        }
+                    })?,
+                );
             }
         }
         Ok(Listeners { tcp, unix: None })
@@ -95,7 +98,10 @@ impl Listeners {
 
     /// The bound TCP addresses (useful when port 0 was not used but the OS chose).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 }
 

@@ -61,8 +61,16 @@ fn general(session: &mut Session<'_>) {
     stat(out, "rusage_system", system);
     stat(out, "max_connections", server.settings.max_connections);
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    stat(out, "curr_connections", load(&server.stats.curr_connections));
-    stat(out, "total_connections", load(&server.stats.total_connections));
+    stat(
+        out,
+        "curr_connections",
+        load(&server.stats.curr_connections),
+    );
+    stat(
+        out,
+        "total_connections",
+        load(&server.stats.total_connections),
+    );
     stat(
         out,
         "rejected_connections",

@@ -48,6 +48,29 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// `-o no_lru_crawler` turns off the background reclaim of expired items.
     pub lru_crawler: bool,
+    /// Which protocols clients may speak (`-B`).
+    pub protocol: Protocol,
+    /// `-S`: binary clients must authenticate with SASL PLAIN against these users (loaded
+    /// from the file `MEMCACHED_SASL_PWDB` names); `None` when SASL is off.
+    pub sasl_users: Option<crate::auth::Users>,
+}
+
+/// memcached's `-B`: ascii, binary, or auto (each connection's first byte decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Ascii,
+    Binary,
+    Auto,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Ascii => "ascii",
+            Protocol::Binary => "binary",
+            Protocol::Auto => "auto-negotiate",
+        }
+    }
 }
 
 impl Default for Settings {
@@ -71,6 +94,8 @@ impl Default for Settings {
             shutdown_command: false,
             idle_timeout: None,
             lru_crawler: true,
+            protocol: Protocol::Auto,
+            sasl_users: None,
         }
     }
 }

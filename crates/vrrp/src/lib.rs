@@ -1,1 +1,36 @@
-//! placeholder
+//! VRRP for keepcached: moves a virtual IP between proxy hosts, wire-compatible
+//! with keepalived's VRRP (v2 and v3 over IPv4), tracking the local proxy
+//! without shell glue.
+//!
+//! Data flows one way: (packet | timer | tracking change) -> [`instance::Event`]
+//! -> [`instance::Instance`] (pure state machine) -> [`instance::Action`]s ->
+//! the executor in `daemon.rs` (socket, netlink, gratuitous ARP, notify).
+//!
+//! | file | role |
+//! |---|---|
+//! | `packet.rs` | advert codec, IPv4 header, checksums |
+//! | `instance.rs` | RFC 5798 §6 state machine, no I/O, no clock |
+//! | `config.rs` | TOML configuration and validation |
+//! | `keepalived_conf.rs` | reader for an existing keepalived.conf |
+//! | `daemon.rs` | tasks, timers, executing actions, shutdown |
+//! | `network.rs` | raw protocol-112 socket, interface addresses |
+//! | `netlink.rs` | virtual addresses and link state via rtnetlink |
+//! | `garp.rs`, `sys.rs` | gratuitous ARP (the only `unsafe`, in `sys.rs`) |
+//! | `track.rs` | scripts, proxy check, interfaces -> effective priority |
+//! | `notify.rs` | notify scripts with keepalived's arguments |
+
+pub mod config;
+mod daemon;
+mod garp;
+pub mod instance;
+pub mod keepalived_conf;
+mod netlink;
+mod network;
+mod notify;
+pub mod packet;
+mod sys;
+pub mod track;
+
+pub use config::{ConfError, VrrpConfig};
+pub use daemon::{run, Error};
+pub use keepalived_conf::{parse_keepalived_conf, Warning};

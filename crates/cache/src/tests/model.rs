@@ -46,7 +46,10 @@ impl Model {
 /// The counter rules for the values the generator makes: spaces, digits, then nothing or a space.
 fn model_counter(value: &[u8]) -> Option<u64> {
     let start = value.iter().take_while(|&&b| b == b' ').count();
-    let digits = value[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let digits = value[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     let rest = &value[start + digits..];
     if digits == 0 || rest.first().is_some_and(|&b| b != b' ') {
         return None;
@@ -140,14 +143,29 @@ fn run(ops: Vec<Op>, cas: bool) {
     let exptime = |ttl: Time, now: Time| if ttl == 0 { 0 } else { now + ttl };
     for op in ops {
         match op {
-            Op::Store { mode, key, value, flags, ttl } => {
+            Op::Store {
+                mode,
+                key,
+                value,
+                flags,
+                ttl,
+            } => {
                 let k = vec![b'a' + key];
-                let mode = [StoreMode::Set, StoreMode::Add, StoreMode::Replace, StoreMode::Append, StoreMode::Prepend][mode as usize];
+                let mode = [
+                    StoreMode::Set,
+                    StoreMode::Add,
+                    StoreMode::Replace,
+                    StoreMode::Append,
+                    StoreMode::Prepend,
+                ][mode as usize];
                 let exptime = exptime(ttl, now);
                 let got = cache.store(mode, &k, flags, exptime, &value, now);
                 let exists = model.live(&k, now).is_some();
                 let want = match (mode, exists) {
-                    (StoreMode::Add, true) | (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, false) => StoreResult::NotStored,
+                    (StoreMode::Add, true)
+                    | (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, false) => {
+                        StoreResult::NotStored
+                    }
                     (StoreMode::Append | StoreMode::Prepend, true) => {
                         let item = model.items.get_mut(&k).unwrap();
                         if mode == StoreMode::Append {
@@ -159,22 +177,43 @@ fn run(ops: Vec<Op>, cas: bool) {
                         StoreResult::Stored
                     }
                     _ => {
-                        model.items.insert(k, Item { value, flags, exptime, cas: None });
+                        model.items.insert(
+                            k,
+                            Item {
+                                value,
+                                flags,
+                                exptime,
+                                cas: None,
+                            },
+                        );
                         StoreResult::Stored
                     }
                 };
                 assert_eq!(got, want);
             }
-            Op::Cas { key, value, current } => {
+            Op::Cas {
+                key,
+                value,
+                current,
+            } => {
                 let k = vec![b'a' + key];
                 let seen = cache.get(&k, now, |i| i.cas).hit();
                 let want = match model.live(&k, now) {
                     None => StoreResult::NotFound,
                     Some(item) => {
-                        assert_eq!(Some(seen.unwrap()), item.cas.or(seen));
-                        item.cas = seen;
+                        let seen = seen.expect("cache and model agree the item is live");
+                        assert_eq!(
+                            seen,
+                            *item.cas.get_or_insert(seen),
+                            "CAS changed without a store"
+                        );
                         if current && cas {
-                            *item = Item { value: value.clone(), flags: 1, exptime: 0, cas: None };
+                            *item = Item {
+                                value: value.clone(),
+                                flags: 1,
+                                exptime: 0,
+                                cas: None,
+                            };
                             StoreResult::Stored
                         } else {
                             StoreResult::Exists
@@ -182,27 +221,45 @@ fn run(ops: Vec<Op>, cas: bool) {
                     }
                 };
                 let token = seen.map_or(7, |c| if current { c } else { c.wrapping_add(1) });
-                assert_eq!(cache.store(StoreMode::Cas(token), &k, 1, 0, &value, now), want);
+                assert_eq!(
+                    cache.store(StoreMode::Cas(token), &k, 1, 0, &value, now),
+                    want
+                );
             }
             Op::Get { key } => {
                 let k = vec![b'a' + key];
-                let got = cache.get(&k, now, |i| (i.value.to_vec(), i.flags, i.exptime, i.cas)).hit();
+                let got = cache
+                    .get(&k, now, |i| (i.value.to_vec(), i.flags, i.exptime, i.cas))
+                    .hit();
                 let want = model.live(&k, now).cloned();
-                assert_eq!(got.as_ref().map(|g| (&g.0, g.1, g.2)), want.as_ref().map(|w| (&w.value, w.flags, w.exptime)));
+                assert_eq!(
+                    got.as_ref().map(|g| (&g.0, g.1, g.2)),
+                    want.as_ref().map(|w| (&w.value, w.flags, w.exptime))
+                );
                 if let (Some(got), Some(item)) = (got, model.items.get_mut(&k)) {
                     assert_eq!(got.3 != 0, cas);
-                    assert_eq!(got.3, *item.cas.get_or_insert(got.3), "CAS changed without a store");
+                    assert_eq!(
+                        got.3,
+                        *item.cas.get_or_insert(got.3),
+                        "CAS changed without a store"
+                    );
                 }
             }
             Op::Touch { key, ttl, with_get } => {
                 let k = vec![b'a' + key];
                 let exptime = exptime(ttl, now);
                 let got = if with_get {
-                    cache.get_and_touch(&k, exptime, now, |i| i.value.to_vec()).hit().is_some()
+                    cache
+                        .get_and_touch(&k, exptime, now, |i| i.value.to_vec())
+                        .hit()
+                        .is_some()
                 } else {
                     cache.touch(&k, exptime, now)
                 };
-                let want = model.live(&k, now).map(|item| item.exptime = exptime).is_some();
+                let want = model
+                    .live(&k, now)
+                    .map(|item| item.exptime = exptime)
+                    .is_some();
                 assert_eq!(got, want);
             }
             Op::Delete { key } => {
@@ -219,7 +276,11 @@ fn run(ops: Vec<Op>, cas: bool) {
                     Some(item) => match model_counter(&item.value) {
                         None => DeltaResult::NonNumeric,
                         Some(n) => {
-                            let n = if incr { n.wrapping_add(delta) } else { n.saturating_sub(delta) };
+                            let n = if incr {
+                                n.wrapping_add(delta)
+                            } else {
+                                n.saturating_sub(delta)
+                            };
                             let mut digits = n.to_string().into_bytes();
                             if digits.len() < item.value.len() {
                                 digits.resize(item.value.len(), b' ');

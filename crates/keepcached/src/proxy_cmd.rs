@@ -1,0 +1,66 @@
+//! `keepcached proxy`: magent's command line (or a TOML file) for the replicating proxy.
+//!
+//! The proxy crate owns the flags that describe the proxy; this module does the process side
+//! magent did: open-file limit, binding before daemonizing, `-D`, `-u`/`-g`, `-v`.
+
+use anyhow::Context;
+use clap::Parser;
+use keepcached_proxy::ProxyArgs;
+
+use crate::{process, UsageError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepcached proxy",
+    about = "the replicating proxy, a drop-in for magent"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: ProxyArgs,
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(
+        std::iter::once("keepcached proxy".to_string()).chain(args.iter().cloned()),
+    );
+    let args = match cli {
+        Ok(cli) => cli.args,
+        Err(e) if !e.use_stderr() => {
+            // --help: clap's own text, exit 0.
+            print!("{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(UsageError(e.to_string()).into()),
+    };
+    let (print_config, foreground, verbose) = (args.print_config, args.foreground, args.verbose);
+    let (user, group) = (args.user.clone(), args.group.clone());
+    let config = args.into_config().map_err(|e| UsageError(e.to_string()))?;
+    if print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    crate::init_logging(verbose);
+    let servers: usize = config.pools.iter().map(|p| p.servers.len()).sum();
+    let per_server = config.backend.connections;
+    process::raise_nofile_limit(config.max_connections + servers * per_server)?;
+    let bound = keepcached_proxy::bind(config)?;
+    if !foreground {
+        process::daemonize(verbose > 0)?;
+    }
+    if nix::unistd::geteuid().is_root() && (user.is_some() || group.is_some()) {
+        process::drop_privileges(user.as_deref(), group.as_deref())?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut shutdown = process::shutdown_signal();
+        bound
+            .serve(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await
+            .context("proxy")
+    })
+}

@@ -1,0 +1,108 @@
+//! Time-based behaviour on memcached and keepcached: delayed flush_all and short expiry times.
+//! Both servers keep time in whole seconds, so each check waits at most a few seconds, polling
+//! rather than sleeping a fixed time.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keepcached_testkit::env;
+use keepcached_testkit::wire::Target;
+use keepcached_testkit::Client;
+
+fn targets() -> [Target; 2] {
+    [
+        Target::memcached(),
+        Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+    ]
+}
+
+/// Polls `get key` until it misses; how long that took, or None after `limit`.
+fn time_until_gone(client: &mut Client, key: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if client.call(&format!("get {key}\r\n")).unwrap() == "END\r\n" {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn delayed_flush_all_takes_effect_later() {
+    if !env::require("delayed_flush_all_takes_effect_later", true, &["memcached"]) {
+        return;
+    }
+    thread::scope(|s| {
+        for target in targets() {
+            s.spawn(move || {
+                let server = target
+                    .start(&[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", target.label));
+                let mut c = server.connect().unwrap();
+                assert_eq!(c.call("set k 0 0 1\r\nv\r\n").unwrap(), "STORED\r\n");
+                assert_eq!(c.call("flush_all 2\r\n").unwrap(), "OK\r\n");
+                assert_eq!(
+                    c.call("get k\r\n").unwrap(),
+                    "VALUE k 0 1\r\nv\r\nEND\r\n",
+                    "{}: flush_all 2 flushed at once",
+                    target.label
+                );
+                let gone = time_until_gone(&mut c, "k", Duration::from_secs(4));
+                assert!(
+                    gone.is_some(),
+                    "{}: flush_all 2 never flushed",
+                    target.label
+                );
+                // Writes after the flush time are kept.
+                thread::sleep(Duration::from_millis(1100));
+                assert_eq!(c.call("set k 0 0 1\r\nw\r\n").unwrap(), "STORED\r\n");
+                assert_eq!(
+                    c.call("get k\r\n").unwrap(),
+                    "VALUE k 0 1\r\nw\r\nEND\r\n",
+                    "{}",
+                    target.label
+                );
+            });
+        }
+    });
+}
+
+#[test]
+fn short_expiry_times_expire() {
+    if !env::require("short_expiry_times_expire", true, &["memcached"]) {
+        return;
+    }
+    thread::scope(|s| {
+        for target in targets() {
+            s.spawn(move || {
+                let server = target
+                    .start(&[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", target.label));
+                let mut c = server.connect().unwrap();
+                let l = &target.label;
+                assert_eq!(c.call("set a 0 2 1\r\na\r\n").unwrap(), "STORED\r\n");
+                assert_eq!(c.call("set t 0 0 1\r\nt\r\n").unwrap(), "STORED\r\n");
+                assert_eq!(c.call("touch t 2\r\n").unwrap(), "TOUCHED\r\n");
+                assert_eq!(c.call("set g 0 0 1\r\ng\r\n").unwrap(), "STORED\r\n");
+                assert_eq!(c.call("gat 2 g\r\n").unwrap(), "VALUE g 0 1\r\ng\r\nEND\r\n");
+                assert_eq!(c.call("set p 0 0 1\r\np\r\n").unwrap(), "STORED\r\n");
+                assert_eq!(
+                    c.call("get a t g p\r\n").unwrap(),
+                    "VALUE a 0 1\r\na\r\nVALUE t 0 1\r\nt\r\nVALUE g 0 1\r\ng\r\nVALUE p 0 1\r\np\r\nEND\r\n",
+                    "{l}: items with 2 s to live are gone at once"
+                );
+                for key in ["a", "t", "g"] {
+                    assert!(
+                        time_until_gone(&mut c, key, Duration::from_secs(5)).is_some(),
+                        "{l}: {key} did not expire"
+                    );
+                }
+                assert_eq!(c.call("get p\r\n").unwrap(), "VALUE p 0 1\r\np\r\nEND\r\n", "{l}");
+                let stats = c.call("stats\r\n").unwrap();
+                assert!(stats.contains("STAT get_expired "), "{l}: no get_expired stat");
+                assert!(!stats.contains("STAT get_expired 0\r\n"), "{l}: get_expired is 0");
+            });
+        }
+    });
+}

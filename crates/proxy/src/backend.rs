@@ -1,0 +1,697 @@
+//! One cache server as the proxy sees it: a few pipelined connections shared by every client,
+//! its health (up, down, probing), its counters, and the keys it missed while it was down.
+//!
+//! A request enters through [`Backend::call`], which picks a connection and hands it a [`Job`].
+//! Each connection is one task: its writer half copies jobs into one write buffer (many clients'
+//! requests leave in one `write`), and its reader half parses replies with
+//! [`parse_response`] and completes the jobs in order: memcached answers a connection's requests
+//! in the order it received them, so the oldest job in flight owns the next reply.
+//!
+//! Every call has a deadline. A connection whose oldest job is overdue is closed (its remaining
+//! jobs fail at once), because a server that answers nothing — a stopped process, a dead host —
+//! would otherwise hold every later job on that connection too. Consecutive failures mark the
+//! server down: calls then fail without waiting, and a background probe with exponential backoff
+//! marks it up again when it answers `version`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use keepcached_protocol::response::{parse_response, MetaCode, Response, Status};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+use crate::config::BackendConfig;
+
+/// Jobs queued per connection before callers wait; bounds memory when a server slows down.
+const QUEUE_DEPTH: usize = 1024;
+/// A writer stops batching and writes once this much is buffered.
+const WRITE_BATCH: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a call to a backend failed. Every variant means the server did not (or may not) have
+/// executed the request, so another replica can be tried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {addr} is down (skipped until a probe succeeds)")]
+    Down { addr: Arc<str> },
+    #[error("backend {addr}: cannot connect: {reason}")]
+    Connect { addr: Arc<str>, reason: String },
+    #[error("backend {addr}: no reply within {ms} ms")]
+    Timeout { addr: Arc<str>, ms: u64 },
+    #[error("backend {addr}: connection closed")]
+    Closed { addr: Arc<str> },
+    #[error("backend {addr}: unexpected reply {detail:?}")]
+    Protocol { addr: Arc<str>, detail: String },
+}
+
+impl BackendError {
+    /// Whether the same request may succeed elsewhere (always: no variant is about the request
+    /// itself) or later on this server (all but a protocol error, which means a bug or a foreign
+    /// server on that port).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, BackendError::Protocol { .. })
+    }
+}
+
+/// What kind of reply a request gets, so the reader knows where it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// `VALUE` items, then `END` (the get family).
+    Values,
+    /// One line (with a data block for `VA`).
+    Line,
+}
+
+/// A request as bytes: the command line, and the data block for storage commands.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub head: Bytes,
+    pub data: Option<Bytes>,
+    pub expect: Expect,
+}
+
+/// One item of a get reply; key and data share the connection's read buffer (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub key: Bytes,
+    pub flags: u32,
+    pub data: Bytes,
+    pub cas: Option<u64>,
+}
+
+/// Which error line a server sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Error,
+    Client,
+    Server,
+}
+
+/// A whole reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Values(Vec<Value>),
+    Status(Status),
+    Number(u64),
+    Version(Bytes),
+    Meta {
+        code: MetaCode,
+        flags: Bytes,
+        data: Option<Bytes>,
+    },
+    Error {
+        kind: ErrorKind,
+        text: Bytes,
+    },
+}
+
+/// Health of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up = 0,
+    /// Skipped; a probe is scheduled.
+    Down = 1,
+    /// Skipped; a probe is in flight.
+    Probing = 2,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Up,
+            1 => State::Down,
+            _ => State::Probing,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Probing => "probing",
+        }
+    }
+}
+
+/// Per-server counters for `stats backends`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Sum of the latency of answered calls, for the average.
+    pub latency_us: AtomicU64,
+    pub answered: AtomicU64,
+    /// Times the server was marked down.
+    pub downs: AtomicU64,
+}
+
+/// Keys written while the server was down or failing, for its re-sync. Bounded: past the limit
+/// only the fact that it overflowed is kept (the server then needs a full re-sync).
+#[derive(Debug, Default)]
+pub struct Missed {
+    keys: hashbrown::HashSet<Bytes, foldhash::fast::RandomState>,
+    overflowed: bool,
+}
+
+impl Missed {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+}
+
+/// One cache server.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: Arc<str>,
+    conns: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
+    health: Arc<Health>,
+    missed_limit: usize,
+    pub missed: Mutex<Missed>,
+}
+
+/// The part of a backend shared with its probe task.
+#[derive(Debug)]
+struct Health {
+    addr: Arc<str>,
+    state: AtomicU8,
+    failures: AtomicU32,
+    counters: Counters,
+    settings: BackendConfig,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Backend {
+    /// Starts the connection tasks of one server (they connect on first use).
+    pub fn start(
+        addr: &str,
+        settings: &BackendConfig,
+        missed_limit: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Backend {
+        let addr: Arc<str> = Arc::from(addr);
+        let conns = (0..settings.connections)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                tokio::spawn(connection_task(addr.clone(), rx, settings.clone()));
+                tx
+            })
+            .collect();
+        Backend {
+            addr: addr.clone(),
+            conns,
+            next: AtomicUsize::new(0),
+            health: Arc::new(Health {
+                addr,
+                state: AtomicU8::new(State::Up as u8),
+                failures: AtomicU32::new(0),
+                counters: Counters::default(),
+                settings: settings.clone(),
+                shutdown,
+            }),
+            missed_limit,
+            missed: Mutex::new(Missed::default()),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.health.state.load(Ordering::Relaxed))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state() == State::Up
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.health.counters
+    }
+
+    /// Sends one request and waits for its reply, within the request timeout.
+    pub async fn call(&self, call: Call) -> Result<Reply, BackendError> {
+        if !self.is_up() {
+            return Err(BackendError::Down {
+                addr: self.addr.clone(),
+            });
+        }
+        let counters = &self.health.counters;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let timeout = self.health.settings.request_timeout();
+        let deadline = start + timeout;
+        let (tx, rx) = oneshot::channel();
+        let conn = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
+        let job = Job {
+            call,
+            reply: tx,
+            deadline,
+        };
+        let closed = || BackendError::Closed {
+            addr: self.addr.clone(),
+        };
+        let exchange = async {
+            conn.send(job).await.map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?
+        };
+        let result = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout {
+                addr: self.addr.clone(),
+                ms: timeout.as_millis() as u64,
+            }),
+        };
+        match &result {
+            Ok(_) => {
+                let us = start.elapsed().as_micros() as u64;
+                counters.latency_us.fetch_add(us, Ordering::Relaxed);
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+                self.health.failures.store(0, Ordering::Relaxed);
+            }
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    /// Counts a failure; enough of them in a row mark the server down and start probing it.
+    fn failed(&self, error: &BackendError) {
+        let counters = &self.health.counters;
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, BackendError::Timeout { .. }) {
+            counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.health.settings.failure_limit
+            && self
+                .health
+                .state
+                .compare_exchange(
+                    State::Up as u8,
+                    State::Down as u8,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            counters.downs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(backend = %self.addr, %error, "backend marked down");
+            tokio::spawn(probe(self.health.clone()));
+        }
+    }
+
+    /// Remembers that `key` was written while this server could not take it.
+    pub fn remember_missed(&self, key: &[u8]) {
+        let mut missed = self.missed.lock();
+        if missed.keys.contains(key) {
+            return;
+        }
+        if missed.keys.len() >= self.missed_limit {
+            missed.overflowed = true;
+            return;
+        }
+        missed.keys.insert(Bytes::copy_from_slice(key));
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// Probes a down server until it answers or the proxy shuts down.
+async fn probe(health: Arc<Health>) {
+    let mut shutdown = health.shutdown.clone();
+    let mut delay = Duration::from_millis(health.settings.probe_interval_ms);
+    let max = Duration::from_millis(health.settings.probe_max_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        health.state.store(State::Probing as u8, Ordering::Relaxed);
+        match ping(&health.addr, &health.settings).await {
+            Ok(()) => {
+                health.failures.store(0, Ordering::Relaxed);
+                health.state.store(State::Up as u8, Ordering::Release);
+                tracing::info!(backend = %health.addr, "backend is up again");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(backend = %health.addr, %error, "probe failed");
+                health.state.store(State::Down as u8, Ordering::Relaxed);
+                delay = (delay * 2).min(max);
+            }
+        }
+    }
+}
+
+/// One `version` exchange on a fresh connection.
+async fn ping(addr: &Arc<str>, settings: &BackendConfig) -> Result<(), BackendError> {
+    let mut stream = connect(addr, settings).await?;
+    let timeout = settings.request_timeout();
+    let exchange = async {
+        stream.write_all(b"version\r\n").await?;
+        let mut buf = BytesMut::with_capacity(256);
+        loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(false);
+            }
+            if let Ok(parsed) = parse_response(&buf) {
+                return Ok::<bool, std::io::Error>(matches!(parsed.response, Response::Version(_)));
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(BackendError::Protocol {
+            addr: addr.clone(),
+            detail: "no VERSION reply".into(),
+        }),
+        Ok(Err(_)) => Err(BackendError::Closed { addr: addr.clone() }),
+        Err(_) => Err(BackendError::Timeout {
+            addr: addr.clone(),
+            ms: timeout.as_millis() as u64,
+        }),
+    }
+}
+
+async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStream, BackendError> {
+    let error = |reason: String| BackendError::Connect {
+        addr: addr.clone(),
+        reason,
+    };
+    match tokio::time::timeout(settings.connect_timeout(), TcpStream::connect(&**addr)).await {
+        Ok(Ok(stream)) => {
+            // Requests are small and latency-bound; Nagle would hold them back.
+            stream.set_nodelay(true).map_err(|e| error(e.to_string()))?;
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(error(e.to_string())),
+        Err(_) => Err(error(format!(
+            "no answer within {} ms",
+            settings.connect_timeout_ms
+        ))),
+    }
+}
+
+/// A request handed to a connection task.
+#[derive(Debug)]
+struct Job {
+    call: Call,
+    reply: oneshot::Sender<Result<Reply, BackendError>>,
+    deadline: Instant,
+}
+
+/// A job whose request has been written and whose reply is awaited.
+#[derive(Debug)]
+struct InFlight {
+    expect: Expect,
+    reply: oneshot::Sender<Result<Reply, BackendError>>,
+    deadline: Instant,
+}
+
+/// One pipelined connection: connects when the first job arrives, serves until the connection
+/// fails, fails what was in flight, and connects again for the next job.
+async fn connection_task(addr: Arc<str>, mut jobs: mpsc::Receiver<Job>, settings: BackendConfig) {
+    while let Some(first) = jobs.recv().await {
+        match connect(&addr, &settings).await {
+            Ok(stream) => {
+                let pending = Mutex::new(VecDeque::new());
+                let error = serve(&addr, &settings, stream, first, &mut jobs, &pending).await;
+                for job in pending.into_inner() {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                // The jobs already queued would wait for the same unreachable server.
+                let _ = first.reply.send(Err(error.clone()));
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the writer and reader halves of one connection until either fails.
+async fn serve(
+    addr: &Arc<str>,
+    settings: &BackendConfig,
+    stream: TcpStream,
+    first: Job,
+    jobs: &mut mpsc::Receiver<Job>,
+    pending: &Mutex<VecDeque<InFlight>>,
+) -> BackendError {
+    let (mut rd, mut wr) = stream.into_split();
+    let sent = Notify::new();
+    let closed = || BackendError::Closed { addr: addr.clone() };
+    let writer = async {
+        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut next = Some(first);
+        loop {
+            let Some(job) = next.take() else {
+                match jobs.recv().await {
+                    Some(job) => next = Some(job),
+                    // The proxy is shutting down.
+                    None => return closed(),
+                }
+                continue;
+            };
+            enqueue(job, &mut wbuf, pending);
+            while wbuf.len() < WRITE_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => enqueue(job, &mut wbuf, pending),
+                    Err(_) => break,
+                }
+            }
+            sent.notify_one();
+            if wr.write_all(&wbuf).await.is_err() {
+                return closed();
+            }
+            wbuf.clear();
+        }
+    };
+    let reader = async {
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut partial = Partial::default();
+        loop {
+            loop {
+                let expect = pending.lock().front().map(|p| p.expect);
+                let Some(expect) = expect else {
+                    if !rbuf.is_empty() {
+                        return BackendError::Protocol {
+                            addr: addr.clone(),
+                            detail: String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)]).into(),
+                        };
+                    }
+                    break;
+                };
+                match assemble(&mut rbuf, expect, &mut partial) {
+                    Ok(Some(reply)) => {
+                        if let Some(job) = pending.lock().pop_front() {
+                            let _ = job.reply.send(Ok(reply));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(detail) => {
+                        return BackendError::Protocol {
+                            addr: addr.clone(),
+                            detail,
+                        }
+                    }
+                }
+            }
+            let deadline = pending.lock().front().map(|p| p.deadline);
+            let overdue = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) | Err(_) => return closed(),
+                    Ok(_) => {}
+                },
+                _ = sent.notified() => {}
+                _ = overdue => {
+                    return BackendError::Timeout {
+                        addr: addr.clone(),
+                        ms: settings.request_timeout_ms,
+                    };
+                }
+            }
+        }
+    };
+    tokio::select! {
+        error = writer => error,
+        error = reader => error,
+    }
+}
+
+fn enqueue(job: Job, wbuf: &mut BytesMut, pending: &Mutex<VecDeque<InFlight>>) {
+    wbuf.extend_from_slice(&job.call.head);
+    if let Some(data) = &job.call.data {
+        wbuf.extend_from_slice(data);
+        wbuf.extend_from_slice(b"\r\n");
+    }
+    pending.lock().push_back(InFlight {
+        expect: job.call.expect,
+        reply: job.reply,
+        deadline: job.deadline,
+    });
+}
+
+/// The items of a get reply read so far.
+#[derive(Debug, Default)]
+struct Partial {
+    values: Vec<Value>,
+}
+
+/// Consumes reply lines from the front of `rbuf` until the reply to a request of kind `expect`
+/// is complete (`Some`), or more bytes are needed (`None`).
+fn assemble(
+    rbuf: &mut BytesMut,
+    expect: Expect,
+    partial: &mut Partial,
+) -> Result<Option<Reply>, String> {
+    loop {
+        let consumed = match parse_response(rbuf) {
+            Ok(parsed) => parsed.consumed,
+            Err(incomplete) => {
+                if let Some(needed) = incomplete.needed {
+                    rbuf.reserve(needed.saturating_sub(rbuf.len()));
+                }
+                return Ok(None);
+            }
+        };
+        // Parse again from a frozen frame so that keys and values are slices of it, not copies.
+        let frame = rbuf.split_to(consumed).freeze();
+        let response = match parse_response(&frame) {
+            Ok(parsed) => parsed.response,
+            Err(_) => return Err("reply changed while parsing".into()),
+        };
+        let owned = |s: &[u8]| frame.slice_ref(s);
+        let reply = match (expect, response) {
+            (
+                Expect::Values,
+                Response::Value {
+                    key,
+                    flags,
+                    data,
+                    cas,
+                },
+            ) => {
+                partial.values.push(Value {
+                    key: owned(key),
+                    flags,
+                    data: owned(data),
+                    cas,
+                });
+                continue;
+            }
+            (Expect::Values, Response::End) => Reply::Values(std::mem::take(&mut partial.values)),
+            (_, Response::Error(text)) => error_reply(ErrorKind::Error, owned(text), partial),
+            (_, Response::ClientError(text)) => {
+                error_reply(ErrorKind::Client, owned(text), partial)
+            }
+            (_, Response::ServerError(text)) => {
+                error_reply(ErrorKind::Server, owned(text), partial)
+            }
+            (Expect::Line, Response::Status(status)) => Reply::Status(status),
+            (Expect::Line, Response::Number(n)) => Reply::Number(n),
+            (Expect::Line, Response::Version(v)) => Reply::Version(owned(v)),
+            (Expect::Line, Response::Meta { code, flags, data }) => Reply::Meta {
+                code,
+                flags: owned(flags),
+                data: data.map(owned),
+            },
+            (_, other) => return Err(format!("{other:?}")),
+        };
+        return Ok(Some(reply));
+    }
+}
+
+/// An error line ends any reply; items read before it are dropped, as the client would.
+fn error_reply(kind: ErrorKind, text: Bytes, partial: &mut Partial) -> Reply {
+    partial.values.clear();
+    Reply::Error { kind, text }
+}
+
+impl Call {
+    /// A request without a data block.
+    pub fn line(head: impl Into<Bytes>, expect: Expect) -> Call {
+        Call {
+            head: head.into(),
+            data: None,
+            expect,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    fn assemble_all(input: &[u8], expect: Expect) -> (Vec<Reply>, usize) {
+        let mut rbuf = BytesMut::from(input);
+        let mut partial = Partial::default();
+        let mut replies = Vec::new();
+        while let Some(reply) = assemble(&mut rbuf, expect, &mut partial).unwrap() {
+            replies.push(reply);
+        }
+        (replies, rbuf.remaining())
+    }
+
+    #[test]
+    fn values_are_collected_until_end() {
+        let (replies, left) = assemble_all(
+            b"VALUE a 1 1\r\nx\r\nVALUE b 0 2 9\r\nyy\r\nEND\r\nVALUE c 0 1\r\n",
+            Expect::Values,
+        );
+        assert_eq!(left, b"VALUE c 0 1\r\n".len());
+        let Reply::Values(values) = &replies[0] else {
+            panic!("{replies:?}")
+        };
+        assert_eq!(values.len(), 2);
+        assert_eq!(&values[1].data[..], b"yy");
+        assert_eq!(values[1].cas, Some(9));
+    }
+
+    #[test]
+    fn lines_and_errors() {
+        let (replies, _) = assemble_all(b"STORED\r\n42\r\nSERVER_ERROR oom\r\n", Expect::Line);
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Status(Status::Stored),
+                Reply::Number(42),
+                Reply::Error {
+                    kind: ErrorKind::Server,
+                    text: Bytes::from_static(b"oom")
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_where_a_line_is_expected_is_a_protocol_error() {
+        let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::Line, &mut Partial::default()).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! One client connection: read bytes, parse requests, route each one, encode its reply.
+//!
+//! Requests are parsed with the cache server's own parser (so bad input gets the same replies as
+//! from the cache server) and executed in order; the replies of everything the client pipelined
+//! leave in one write. Each complete request is split off the read buffer and frozen, so keys and
+//! values travel to the backends as slices of the bytes the client sent, without copies.
+//!
+//! At shutdown a connection finishes the requests it has read, sends their replies and closes.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use keepcached_protocol::reply::{self, ErrorReply};
+use keepcached_protocol::{parse_request, Invalid, Request, StoreKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::backend::{ErrorKind, Reply};
+use crate::error::ProxyError;
+use crate::forward;
+use crate::read;
+use crate::replicate::{self, Conditional};
+use crate::stats::{Stats, VERSION};
+use crate::Context;
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Replies are flushed mid-pipeline once this much is waiting.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// What the connection does after a request.
+enum Next {
+    Continue,
+    Close,
+    /// Discard this many more bytes (the data block of a value too large to store).
+    Swallow(usize),
+}
+
+/// Serves one client until it quits, the connection fails, or the proxy shuts down.
+pub async fn serve<S>(
+    ctx: Arc<Context>,
+    stream: S,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    let mut swallow = 0usize;
+    loop {
+        let mut close = false;
+        loop {
+            if swallow > 0 {
+                let n = swallow.min(rbuf.len());
+                rbuf.advance(n);
+                swallow -= n;
+                if swallow > 0 {
+                    break;
+                }
+            }
+            let consumed = match parse_request(&rbuf, &ctx.limits) {
+                Ok(parsed) => parsed.consumed,
+                Err(incomplete) => {
+                    if let Some(needed) = incomplete.needed {
+                        rbuf.reserve(needed.saturating_sub(rbuf.len()));
+                    }
+                    break;
+                }
+            };
+            let frame = rbuf.split_to(consumed).freeze();
+            let next = match parse_request(&frame, &ctx.limits) {
+                Ok(parsed) => execute(&ctx, &frame, parsed.outcome, &mut out).await,
+                Err(_) => Next::Close,
+            };
+            match next {
+                Next::Continue => {}
+                Next::Close => {
+                    close = true;
+                    break;
+                }
+                Next::Swallow(n) => swallow = n,
+            }
+            if out.len() >= FLUSH_AT {
+                wr.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        if close || *shutdown.borrow() {
+            return Ok(());
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut rbuf) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Executes one parsed request and appends its reply.
+async fn execute(
+    ctx: &Arc<Context>,
+    frame: &Bytes,
+    outcome: Result<Request<'_>, Invalid<'_>>,
+    out: &mut Vec<u8>,
+) -> Next {
+    let counters = &ctx.stats.counters;
+    let request = match outcome {
+        Ok(request) => request,
+        Err(Invalid::Reply { error, noreply }) => {
+            if !noreply {
+                reply::line(out, error.as_str().as_bytes());
+            }
+            return Next::Continue;
+        }
+        Err(Invalid::TooLarge {
+            kind,
+            key,
+            swallow,
+            noreply,
+        }) => {
+            // memcached drops the old item of a failed set, so no stale value survives it.
+            if kind == StoreKind::Set {
+                let _ = replicate::fanout(ctx, frame.slice_ref(key), forward::delete(key)).await;
+            }
+            if !noreply {
+                out.extend_from_slice(reply::TOO_LARGE);
+            }
+            return Next::Swallow(swallow);
+        }
+        Err(Invalid::Close) => return Next::Close,
+    };
+    match request {
+        Request::Get {
+            verb,
+            exptime,
+            keys,
+        } => {
+            let mark = out.len();
+            if let Err(e) = read::get(ctx, verb, exptime, keys, out).await {
+                out.truncate(mark);
+                unavailable(ctx, &e, out);
+            }
+        }
+        Request::Store {
+            kind,
+            key,
+            flags,
+            exptime,
+            data,
+            cas,
+            noreply,
+        } => {
+            Stats::add(&counters.cmd_set, 1);
+            let data = frame.slice_ref(data);
+            let key_bytes = frame.slice_ref(key);
+            let result = if kind == StoreKind::Set {
+                let call = forward::store(kind, key, flags, exptime, data, 0);
+                replicate::fanout(ctx, key_bytes, call).await
+            } else {
+                let command = Conditional::Store {
+                    kind,
+                    flags,
+                    exptime,
+                    data,
+                    cas,
+                };
+                replicate::execute_then_copy(ctx, key_bytes, command).await
+            };
+            answer(ctx, result, noreply, out);
+        }
+        Request::Delete { key, noreply } => {
+            Stats::add(&counters.cmd_delete, 1);
+            let result = replicate::fanout(ctx, frame.slice_ref(key), forward::delete(key)).await;
+            answer(ctx, result, noreply, out);
+        }
+        Request::Touch {
+            key,
+            exptime,
+            noreply,
+        } => {
+            Stats::add(&counters.cmd_touch, 1);
+            let call = forward::touch(key, exptime);
+            let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
+            answer(ctx, result, noreply, out);
+        }
+        Request::Arith {
+            incr,
+            key,
+            delta,
+            noreply,
+        } => {
+            Stats::add(
+                if incr {
+                    &counters.cmd_incr
+                } else {
+                    &counters.cmd_decr
+                },
+                1,
+            );
+            let command = Conditional::Arith { incr, delta };
+            let result = replicate::execute_then_copy(ctx, frame.slice_ref(key), command).await;
+            answer(ctx, result, noreply, out);
+        }
+        Request::FlushAll { delay, noreply } => {
+            Stats::add(&counters.cmd_flush, 1);
+            let result = replicate::broadcast(ctx, forward::flush_all(delay)).await;
+            answer(ctx, result, noreply, out);
+        }
+        Request::CacheMemlimit { megabytes, noreply } => {
+            let result = replicate::broadcast(ctx, forward::cache_memlimit(megabytes)).await;
+            answer(ctx, result, noreply, out);
+        }
+        Request::Version => {
+            out.extend_from_slice(b"VERSION ");
+            reply::line(out, VERSION.as_bytes());
+        }
+        // Verbosity is a server's logging level; the proxy's own is set on its command line.
+        Request::Verbosity { noreply, .. } => {
+            if !noreply {
+                out.extend_from_slice(reply::OK);
+            }
+        }
+        Request::Quit => return Next::Close,
+        // As memcached without -A: a client must not stop the shared proxy.
+        Request::Shutdown { .. } => reply::line(out, b"ERROR: shutdown not enabled"),
+        Request::Stats { args } => {
+            let mut args = args.iter();
+            match (args.next(), args.next()) {
+                (None, _) => ctx.stats.write_general(out, &ctx.router),
+                (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
+                (Some(b"reset"), None) => {
+                    ctx.stats.reset();
+                    out.extend_from_slice(reply::RESET);
+                }
+                _ => reply::line(out, ErrorReply::Error.as_str().as_bytes()),
+            }
+        }
+        // The crawler walks one server's memory; through the proxy it would mix several.
+        Request::LruCrawler { .. } => reply::line(
+            out,
+            b"CLIENT_ERROR lru_crawler is not available through the proxy; ask a server directly",
+        ),
+        Request::MetaNoop => out.extend_from_slice(reply::MN),
+    }
+    Next::Continue
+}
+
+/// Appends a write's reply (unless `noreply`).
+fn answer(ctx: &Context, result: Result<Reply, ProxyError>, noreply: bool, out: &mut Vec<u8>) {
+    match result {
+        Ok(_) if noreply => {}
+        Ok(Reply::Status(status)) => out.extend_from_slice(status.as_line()),
+        Ok(Reply::Number(n)) => reply::number(out, n),
+        Ok(Reply::Error { kind, text }) => {
+            out.extend_from_slice(match kind {
+                ErrorKind::Error => b"ERROR",
+                ErrorKind::Client => b"CLIENT_ERROR",
+                ErrorKind::Server => b"SERVER_ERROR",
+            });
+            if !text.is_empty() {
+                out.push(b' ');
+                out.extend_from_slice(&text);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(other) => {
+            tracing::error!(?other, "backend answered a write with an unexpected reply");
+            reply::line(
+                out,
+                b"SERVER_ERROR keepcached-proxy: unexpected reply from backend",
+            );
+        }
+        // A client that asked for no reply gets none, even for a failure (as with memcached).
+        Err(_) if noreply => Stats::add(&ctx.stats.counters.unavailable_errors, 1),
+        Err(e) => unavailable(ctx, &e, out),
+    }
+}
+
+fn unavailable(ctx: &Context, error: &ProxyError, out: &mut Vec<u8>) {
+    Stats::add(&ctx.stats.counters.unavailable_errors, 1);
+    reply::line(
+        out,
+        format!("SERVER_ERROR keepcached-proxy: {error}").as_bytes(),
+    );
+}

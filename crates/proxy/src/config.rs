@@ -1,0 +1,625 @@
+//! The proxy's configuration: magent's command line ([`ProxyArgs`]) and the TOML file
+//! ([`ProxyConfig`]), both ending in one validated [`ProxyConfig`] before any socket is bound.
+//!
+//! magent's flags map onto the file like this (flags given with `--config` override the file):
+//!
+//! | magent | TOML | meaning |
+//! |---|---|---|
+//! | `-s host[:port]` (repeat) | `[[pools]] name = "main"` | the main servers: one pool |
+//! | `-b host[:port]` (repeat) | `[[pools]] name = "backup"` | the backup servers: a second pool |
+//! | `-l ip` / `-p port` | `listen = ["ip:port"]` | TCP listener (`-p 0`: none) |
+//! | `-f path` | `unix_socket` | unix socket listener |
+//! | `-n N` | `max_connections` | client connection limit |
+//! | `-i N` | `backend.connections` | pipelined connections per server |
+//! | `-k` | — | accepted; ketama is always on |
+//! | `-u`/`-g`/`-D`/`-v` | — | for the binary: user, group, foreground, verbosity |
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::Node;
+
+/// magent's default port and the ketama port that twemproxy leaves out of point names.
+const DEFAULT_PORT: u16 = 11211;
+/// A replica set holds one server per pool; this bounds its inline storage.
+pub const MAX_POOLS: usize = 8;
+
+/// A configuration that cannot be used: which file or flag, which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            why: why.into(),
+        }
+    }
+}
+
+/// What an acknowledged write means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteAck {
+    /// Every healthy replica applied it (safe default).
+    #[default]
+    All,
+    /// The first replica applied it; the others finish in the background.
+    First,
+}
+
+/// What a multi-get answers for keys whose every replica is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailable {
+    /// Leave them out, as misses (counted in `stats` as `get_unavailable`).
+    #[default]
+    Miss,
+    /// Answer the whole request with `SERVER_ERROR`.
+    ServerError,
+}
+
+/// The whole proxy configuration, as read from TOML (`keepcached proxy --config FILE`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// TCP listen addresses, `host:port` (IPv6 as `[addr]:port`). Empty: no TCP listener.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// A unix socket path to listen on as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+    /// Client connections beyond this are answered with an error and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The pools, main first: a key's replicas are one server of each pool, in this order.
+    pub pools: Vec<PoolConfig>,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// How long a shutdown waits for client connections to finish what they sent.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+/// One pool: servers on one ketama ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `host:port[:weight][ name]`, as in twemproxy (`name` replaces `host:port` in the ring, so
+    /// a server can move address and keep its keys).
+    pub servers: Vec<String>,
+}
+
+/// Backend connections, timeouts and health checking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Pipelined connections per server, shared by all clients.
+    pub connections: usize,
+    pub connect_timeout_ms: u64,
+    /// From sending a request to its whole reply.
+    pub request_timeout_ms: u64,
+    /// Consecutive failures that mark a server down (it is then skipped without waiting).
+    pub failure_limit: u32,
+    /// First delay before probing a down server; doubles after each failed probe.
+    pub probe_interval_ms: u64,
+    pub probe_max_interval_ms: u64,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            connections: 2,
+            connect_timeout_ms: 200,
+            request_timeout_ms: 500,
+            failure_limit: 2,
+            probe_interval_ms: 100,
+            probe_max_interval_ms: 5_000,
+        }
+    }
+}
+
+impl BackendConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// How writes reach the replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub write_ack: WriteAck,
+    pub multiget_unavailable: Unavailable,
+    /// Keys remembered per down server for its later re-sync; beyond this the server is marked
+    /// as needing a full re-sync instead.
+    pub missed_keys_limit: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            write_ack: WriteAck::All,
+            multiget_unavailable: Unavailable::Miss,
+            missed_keys_limit: 100_000,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec![format!("0.0.0.0:{DEFAULT_PORT}")]
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    5_000
+}
+
+/// A parsed server entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub name: Option<String>,
+}
+
+impl ServerSpec {
+    /// Parses `host[:port][:weight][ name]`; IPv6 hosts are bracketed (`[::1]:11211`).
+    pub fn parse(text: &str) -> Result<ServerSpec, String> {
+        let text = text.trim();
+        let (address, name) = match text.split_once(' ') {
+            Some((a, n)) if !n.trim().is_empty() => (a, Some(n.trim().to_string())),
+            _ => (text, None),
+        };
+        let (host, rest) = if let Some(bracketed) = address.strip_prefix('[') {
+            let (host, rest) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?}: missing ']' after an IPv6 address"))?;
+            let rest = match rest {
+                "" => "",
+                r => r
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("{text:?}: expected ':' after ']'"))?,
+            };
+            (host, rest)
+        } else {
+            match address.split_once(':') {
+                Some((h, r)) => (h, r),
+                None => (address, ""),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?}: empty host"));
+        }
+        let mut numbers = rest.split(':');
+        let port = match numbers.next() {
+            None | Some("") => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{text:?}: bad port {p:?}"))?,
+        };
+        let weight = match numbers.next() {
+            None => 1,
+            Some(w) => w
+                .parse::<u32>()
+                .ok()
+                .filter(|w| *w > 0)
+                .ok_or_else(|| format!("{text:?}: bad weight {w:?} (a positive integer)"))?,
+        };
+        if numbers.next().is_some() {
+            return Err(format!(
+                "{text:?}: expected host:port[:weight][ name] (bracket IPv6 addresses)"
+            ));
+        }
+        Ok(ServerSpec {
+            host: host.to_string(),
+            port,
+            weight,
+            name,
+        })
+    }
+
+    /// The address to connect to, resolvable by `lookup_host`.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The server as the ketama ring names it (twemproxy's rule).
+    pub fn ring_node(&self) -> Node {
+        let name = match &self.name {
+            Some(n) => n.clone(),
+            None if self.port == DEFAULT_PORT => self.host.clone(),
+            None => format!("{}:{}", self.host, self.port),
+        };
+        Node {
+            name,
+            weight: self.weight,
+        }
+    }
+}
+
+impl fmt::Display for ServerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address())
+    }
+}
+
+/// A pool after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub servers: Vec<ServerSpec>,
+}
+
+impl ProxyConfig {
+    /// Parses a TOML file's text; `path` is only for messages.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
+        let config: ProxyConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ProxyConfig::from_toml(&text, path)
+    }
+
+    /// The effective configuration as TOML (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+
+    /// Checks everything that can be checked without the network, and returns the parsed pools.
+    pub fn validate(&self) -> Result<Vec<PoolSpec>, ConfigError> {
+        if self.pools.is_empty() {
+            return Err(ConfigError::invalid(
+                "pools",
+                "no pools: give -s HOST:PORT or at least one [[pools]] with servers",
+            ));
+        }
+        if self.pools.len() > MAX_POOLS {
+            return Err(ConfigError::invalid(
+                "pools",
+                format!(
+                    "{} pools; at most {MAX_POOLS} are supported",
+                    self.pools.len()
+                ),
+            ));
+        }
+        if self.listen.is_empty() && self.unix_socket.is_none() {
+            return Err(ConfigError::invalid(
+                "listen",
+                "nothing to listen on: give a TCP address or unix_socket",
+            ));
+        }
+        for (i, addr) in self.listen.iter().enumerate() {
+            let spec = ServerSpec::parse(addr)
+                .map_err(|why| ConfigError::invalid(format!("listen[{i}]"), why))?;
+            if spec.weight != 1 || spec.name.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("listen[{i}]"),
+                    format!("{addr:?}: expected host:port"),
+                ));
+            }
+        }
+        let positive = [
+            ("max_connections", self.max_connections as u64),
+            ("backend.connections", self.backend.connections as u64),
+            (
+                "backend.connect_timeout_ms",
+                self.backend.connect_timeout_ms,
+            ),
+            (
+                "backend.request_timeout_ms",
+                self.backend.request_timeout_ms,
+            ),
+            (
+                "backend.failure_limit",
+                u64::from(self.backend.failure_limit),
+            ),
+            ("backend.probe_interval_ms", self.backend.probe_interval_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.backend.probe_max_interval_ms < self.backend.probe_interval_ms {
+            return Err(ConfigError::invalid(
+                "backend.probe_max_interval_ms",
+                "must not be less than backend.probe_interval_ms",
+            ));
+        }
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for (p, pool) in self.pools.iter().enumerate() {
+            if pool.servers.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("pools[{p}].servers"),
+                    format!("pool {:?} has no servers", pool.name),
+                ));
+            }
+            let mut servers = Vec::with_capacity(pool.servers.len());
+            for (s, text) in pool.servers.iter().enumerate() {
+                let spec = ServerSpec::parse(text)
+                    .map_err(|why| ConfigError::invalid(format!("pools[{p}].servers[{s}]"), why))?;
+                if servers
+                    .iter()
+                    .any(|o: &ServerSpec| o.address() == spec.address())
+                {
+                    return Err(ConfigError::invalid(
+                        format!("pools[{p}].servers[{s}]"),
+                        format!("{} appears twice in pool {:?}", spec, pool.name),
+                    ));
+                }
+                servers.push(spec);
+            }
+            pools.push(PoolSpec {
+                name: pool.name.clone(),
+                servers,
+            });
+        }
+        Ok(pools)
+    }
+}
+
+/// magent's command line, for `keepcached proxy`.
+///
+/// `-u`, `-g`, `-D` and `-v` are for the binary (drop privileges, stay in the foreground or
+/// daemonize, log level); `-n` also tells it how far to raise the open-file limit.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProxyArgs {
+    /// TOML configuration file; the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// A main server, host[:port] (repeatable; default port 11211).
+    #[arg(short = 's', value_name = "HOST:PORT")]
+    pub servers: Vec<String>,
+    /// A backup server, host[:port] (repeatable): every write is replicated to it.
+    #[arg(short = 'b', value_name = "HOST:PORT")]
+    pub backups: Vec<String>,
+    /// Local address to listen on [default: 0.0.0.0].
+    #[arg(short = 'l', value_name = "IP")]
+    pub listen: Option<String>,
+    /// TCP port to listen on, 0 to disable TCP [default: 11211].
+    #[arg(short = 'p', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Maximum client connections [default: 4096].
+    #[arg(short = 'n', value_name = "NUMBER")]
+    pub max_connections: Option<usize>,
+    /// Unix socket path to listen on.
+    #[arg(short = 'f', value_name = "FILE")]
+    pub unix_socket: Option<PathBuf>,
+    /// Pipelined connections kept to each server [default: 2].
+    #[arg(short = 'i', value_name = "NUMBER")]
+    pub backend_connections: Option<usize>,
+    /// Use ketama (accepted for magent compatibility; always on).
+    #[arg(short = 'k')]
+    pub ketama: bool,
+    /// Run as this user.
+    #[arg(short = 'u', value_name = "USER")]
+    pub user: Option<String>,
+    /// Run as this group.
+    #[arg(short = 'g', value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Do not go to the background.
+    #[arg(short = 'D')]
+    pub foreground: bool,
+    /// Verbose logging (repeat for more).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl ProxyArgs {
+    /// The validated configuration: the file if given, with the flags applied over it.
+    pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => ProxyConfig::from_file(path)?,
+            None => ProxyConfig {
+                listen: default_listen(),
+                unix_socket: None,
+                max_connections: default_max_connections(),
+                pools: Vec::new(),
+                backend: BackendConfig::default(),
+                replication: ReplicationConfig::default(),
+                drain_timeout_ms: default_drain_timeout_ms(),
+            },
+        };
+        if !self.servers.is_empty() || !self.backups.is_empty() {
+            if self.servers.is_empty() {
+                return Err(ConfigError::invalid(
+                    "-b",
+                    "backup servers need main servers (-s)",
+                ));
+            }
+            config.pools = vec![PoolConfig {
+                name: "main".into(),
+                servers: self.servers,
+            }];
+            if !self.backups.is_empty() {
+                config.pools.push(PoolConfig {
+                    name: "backup".into(),
+                    servers: self.backups,
+                });
+            }
+        }
+        if self.listen.is_some() || self.port.is_some() || self.config.is_none() {
+            let host = self.listen.unwrap_or_else(|| "0.0.0.0".into());
+            let port = self.port.unwrap_or(DEFAULT_PORT);
+            config.listen = if port == 0 {
+                Vec::new()
+            } else if host.contains(':') && !host.starts_with('[') {
+                vec![format!("[{host}]:{port}")]
+            } else {
+                vec![format!("{host}:{port}")]
+            };
+        }
+        if let Some(path) = self.unix_socket {
+            config.unix_socket = Some(path);
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
+        }
+        if let Some(n) = self.backend_connections {
+            config.backend.connections = n;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+
+    fn parse_args(line: &[&str]) -> Result<ProxyConfig, ConfigError> {
+        let mut argv = vec!["proxy"];
+        argv.extend(line);
+        Cli::try_parse_from(argv).unwrap().args.into_config()
+    }
+
+    #[test]
+    fn the_seeds_magent_line() {
+        let config = parse_args(&[
+            "-u",
+            "root",
+            "-n",
+            "51200",
+            "-l",
+            "192.168.111.100",
+            "-p",
+            "12000",
+            "-s",
+            "192.168.111.4:11211",
+            "-b",
+            "192.168.111.5:11211",
+        ])
+        .unwrap();
+        assert_eq!(config.listen, vec!["192.168.111.100:12000"]);
+        assert_eq!(config.max_connections, 51200);
+        assert_eq!(config.pools.len(), 2);
+        assert_eq!(config.pools[0].servers, vec!["192.168.111.4:11211"]);
+        assert_eq!(config.pools[1].servers, vec!["192.168.111.5:11211"]);
+    }
+
+    #[test]
+    fn defaults_follow_magent() {
+        let config = parse_args(&["-s", "10.1.2.1", "-k", "-D", "-v", "-v"]).unwrap();
+        assert_eq!(config.listen, vec!["0.0.0.0:11211"]);
+        let pools = config.validate().unwrap();
+        assert_eq!(pools[0].servers[0].port, 11211);
+    }
+
+    #[test]
+    fn ipv6_and_hostnames() {
+        let config =
+            parse_args(&["-s", "[::1]:11300", "-s", "cache-a", "-l", "::1", "-p", "1"]).unwrap();
+        assert_eq!(config.listen, vec!["[::1]:1"]);
+        let pools = config.validate().unwrap();
+        assert_eq!(pools[0].servers[0].address(), "[::1]:11300");
+        assert_eq!(pools[0].servers[1].address(), "cache-a:11211");
+    }
+
+    #[test]
+    fn no_servers_is_an_error() {
+        let err = parse_args(&["-p", "12000"]).unwrap_err();
+        assert!(err.to_string().contains("-s HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn server_specs_follow_twemproxy() {
+        let s = ServerSpec::parse("127.0.0.1:11211:3 alpha").unwrap();
+        assert_eq!((s.port, s.weight), (11211, 3));
+        assert_eq!(s.ring_node().name, "alpha");
+        assert_eq!(
+            ServerSpec::parse("10.0.0.1:11211")
+                .unwrap()
+                .ring_node()
+                .name,
+            "10.0.0.1"
+        );
+        assert_eq!(
+            ServerSpec::parse("10.0.0.1:22122")
+                .unwrap()
+                .ring_node()
+                .name,
+            "10.0.0.1:22122"
+        );
+        assert!(ServerSpec::parse("h:0").is_err());
+        assert!(ServerSpec::parse("h:1:0").is_err());
+        assert!(ServerSpec::parse("::1:11211").is_err());
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys_and_names_the_problem() {
+        let path = std::path::Path::new("proxy.toml");
+        let err = ProxyConfig::from_toml(
+            "listen = [\"127.0.0.1:1\"]\ncolour = 1\n[[pools]]\nname = \"a\"\nservers = [\"h:1\"]\n",
+            path,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = ProxyConfig::from_toml(
+            "[[pools]]\nname = \"a\"\nservers = [\"h:1\"]\n[backend]\nrequest_timeout_ms = 0\n",
+            path,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("backend.request_timeout_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_round_trips() {
+        let config = parse_args(&["-s", "a:1", "-b", "b:2"]).unwrap();
+        let again = ProxyConfig::from_toml(&config.to_toml(), std::path::Path::new("x")).unwrap();
+        assert_eq!(config, again);
+    }
+}

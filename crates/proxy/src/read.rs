@@ -1,0 +1,182 @@
+//! Reads: get, gets, gat, gats with any number of keys.
+//!
+//! Each key is read from its first healthy replica. The keys of one request are grouped by that
+//! server and each group goes out as one multi-get, all groups at once. A group whose server
+//! fails or times out is regrouped on each key's next replica and sent again, so a client sees
+//! no error while any replica of its keys is up. Keys with no replica left are misses, unless
+//! so configured or unless no key at all could be read: then the request gets `SERVER_ERROR`.
+//! The values are written back in the order of the request's keys, as memcached would answer.
+//!
+//! `gat`/`gats` also change the TTL, a write: after the read, each hit is touched on the key's
+//! other healthy replicas so that their items expire together.
+
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use keepcached_protocol::{reply, Keys, Verb};
+
+use crate::backend::{BackendError, Reply, Value};
+use crate::config::Unavailable;
+use crate::error::ProxyError;
+use crate::forward;
+use crate::route::Replicas;
+use crate::stats::Stats;
+use crate::Context;
+
+/// One requested key on its way to an answer.
+#[derive(Debug)]
+struct Wanted<'a> {
+    key: &'a [u8],
+    replicas: Replicas,
+    /// Index in `replicas` of the server to ask next.
+    next: usize,
+    value: Option<Value>,
+    /// The backend that answered, for gat's TTL copy.
+    served_by: Option<u16>,
+}
+
+/// Answers a get-family request into `out` (values then `END`).
+pub async fn get(
+    ctx: &Arc<Context>,
+    verb: Verb,
+    exptime: Option<i32>,
+    keys: Keys<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), ProxyError> {
+    let counters = &ctx.stats.counters;
+    let mut wanted: Vec<Wanted<'_>> = keys
+        .iter()
+        .map(|key| Wanted {
+            key,
+            replicas: ctx.router.replicas(key),
+            next: 0,
+            value: None,
+            served_by: None,
+        })
+        .collect();
+    Stats::add(&counters.cmd_get, wanted.len() as u64);
+    let mut reasons = Vec::new();
+    let mut unavailable = 0;
+    let mut todo: Vec<usize> = (0..wanted.len()).collect();
+    while !todo.is_empty() {
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for i in todo.drain(..) {
+            let Some(id) = next_healthy(ctx, &mut wanted[i], &mut reasons) else {
+                unavailable += 1;
+                continue;
+            };
+            match groups.iter_mut().find(|(g, _)| *g == id) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((id, vec![i])),
+            }
+        }
+        let mut calls: FuturesUnordered<_> = groups
+            .into_iter()
+            .map(|(id, members)| {
+                let call = forward::get(verb, exptime, members.iter().map(|&i| wanted[i].key));
+                let backend = ctx.router.backend(id).clone();
+                async move { (id, members, backend.call(call).await) }
+            })
+            .collect();
+        while let Some((id, members, result)) = calls.next().await {
+            match result {
+                Ok(Reply::Values(values)) => {
+                    // The server answers hits in the order the keys were asked (a key asked
+                    // twice, twice), so one pass over the group matches them.
+                    let mut at = 0;
+                    for value in values {
+                        while at < members.len() && wanted[members[at]].key != &value.key[..] {
+                            at += 1;
+                        }
+                        if let Some(&i) = members.get(at) {
+                            wanted[i].value = Some(value);
+                            at += 1;
+                        }
+                    }
+                    for &i in &members {
+                        wanted[i].served_by.get_or_insert(id);
+                    }
+                }
+                other => {
+                    if let Err(e) = other {
+                        reasons.push(e);
+                    }
+                    Stats::add(&counters.get_failovers, members.len() as u64);
+                    for &i in &members {
+                        wanted[i].next += 1;
+                    }
+                    todo.extend(members);
+                }
+            }
+        }
+    }
+    if unavailable > 0 {
+        Stats::add(&counters.get_unavailable, unavailable);
+        // With nothing to answer at all, a miss would hide the outage: say so.
+        let nothing = unavailable == wanted.len() as u64;
+        if nothing || ctx.config.replication.multiget_unavailable == Unavailable::ServerError {
+            return Err(ProxyError::Unavailable { reasons });
+        }
+    }
+    if let Some(exptime) = exptime {
+        copy_ttl(ctx, &wanted, exptime).await;
+    }
+    let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
+    let mut hits = 0;
+    for w in &wanted {
+        if let Some(v) = &w.value {
+            hits += 1;
+            reply::value(
+                out,
+                w.key,
+                v.flags,
+                &v.data,
+                with_cas.then_some(v.cas.unwrap_or(0)),
+            );
+        }
+    }
+    Stats::add(&counters.get_hits, hits);
+    Stats::add(&counters.get_misses, wanted.len() as u64 - hits);
+    out.extend_from_slice(reply::END);
+    Ok(())
+}
+
+/// The next replica of `w` that is up, skipping (and noting) those that are down.
+fn next_healthy(ctx: &Context, w: &mut Wanted<'_>, reasons: &mut Vec<BackendError>) -> Option<u16> {
+    let replicas = w.replicas.as_slice();
+    while let Some(&id) = replicas.get(w.next) {
+        let backend = ctx.router.backend(id);
+        if backend.is_up() {
+            return Some(id);
+        }
+        reasons.push(BackendError::Down {
+            addr: backend.addr.clone(),
+        });
+        w.next += 1;
+    }
+    None
+}
+
+/// gat/gats: touch each hit on the replicas that did not serve it.
+async fn copy_ttl(ctx: &Context, wanted: &[Wanted<'_>], exptime: i32) {
+    let mut touches: FuturesUnordered<_> = wanted
+        .iter()
+        .filter(|w| w.value.is_some())
+        .flat_map(|w| {
+            w.replicas
+                .as_slice()
+                .iter()
+                .filter(move |&&id| Some(id) != w.served_by)
+                .map(move |&id| (id, w.key))
+        })
+        .map(|(id, key)| {
+            let backend = ctx.router.backend(id);
+            async move {
+                if backend.call(forward::touch(key, exptime)).await.is_err() {
+                    backend.remember_missed(key);
+                }
+            }
+        })
+        .collect();
+    while touches.next().await.is_some() {}
+}

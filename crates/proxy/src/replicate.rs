@@ -1,0 +1,437 @@
+//! Writes, and how the replicas of a key are kept identical.
+//!
+//! - `set`, `delete`, `touch` ([`fanout`]): the same command goes to every replica at once; the
+//!   client gets the first replica's answer (in pool order) that arrived.
+//! - `add`, `replace`, `cas`, `append`, `prepend`, `incr`, `decr` ([`execute_then_copy`]): their
+//!   outcome depends on the item already stored, and the replicas' items (and CAS numbers) may
+//!   differ, so they run on the first healthy replica only. Its outcome is then copied to the
+//!   others: a stored add/replace/cas is the client's own value, flags and exptime, `set` on the
+//!   others; the result of append/prepend/incr/decr is read back from the executing replica
+//!   (`mg <key> v f t`: value, flags, remaining TTL) and `set` on the others; where the result
+//!   cannot be read exactly, or the executing replica no longer has the key, the key is deleted
+//!   on the others so they can never answer with a stale value. A `cas` is never sent to another
+//!   replica: its CAS number is only meaningful on the replica that issued it.
+//! - Writes to one key are serialized through a striped lock held until every replica has
+//!   answered, so concurrent writers leave all replicas in the same final state (two `set`s can
+//!   otherwise reach two replicas in opposite orders).
+//! - A replica that fails, times out or is down misses the write; the key is remembered for it
+//!   (see [`Backend::remember_missed`]) so a later re-sync can repair exactly those keys.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use keepcached_protocol::response::{MetaCode, Status};
+use keepcached_protocol::{parse_i32, parse_u32_truncating, StoreKind};
+use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
+
+use crate::backend::{Backend, BackendError, Call, Reply};
+use crate::config::WriteAck;
+use crate::error::ProxyError;
+use crate::forward;
+use crate::stats::Stats;
+use crate::Context;
+
+/// Lock stripes; many more than concurrent writers, so unrelated keys rarely wait on each other.
+const STRIPES: usize = 4096;
+/// memcached reads an exptime above 30 days as a unix time, not a duration.
+const MAX_RELATIVE_EXPTIME: i64 = 60 * 60 * 24 * 30;
+
+/// Per-key write serialization.
+#[derive(Debug)]
+pub struct KeyLocks {
+    stripes: Vec<Arc<Mutex<()>>>,
+}
+
+impl Default for KeyLocks {
+    fn default() -> Self {
+        KeyLocks {
+            stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+        }
+    }
+}
+
+impl KeyLocks {
+    async fn lock(&self, hash: u32) -> OwnedMutexGuard<()> {
+        self.stripes[hash as usize % STRIPES]
+            .clone()
+            .lock_owned()
+            .await
+    }
+}
+
+/// A command whose outcome depends on the stored item.
+#[derive(Debug, Clone)]
+pub enum Conditional {
+    Store {
+        kind: StoreKind,
+        flags: u32,
+        exptime: i32,
+        data: Bytes,
+        cas: u64,
+    },
+    Arith {
+        incr: bool,
+        delta: u64,
+    },
+}
+
+/// What the other replicas need after the executing replica answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Copy {
+    Nothing,
+    /// `set` the client's own value, flags and exptime.
+    SameValue,
+    /// Read the item back from the executing replica, then `set` it.
+    ReadBack,
+    Delete,
+}
+
+impl Conditional {
+    fn call(&self, key: &[u8]) -> Call {
+        match self {
+            Conditional::Store {
+                kind,
+                flags,
+                exptime,
+                data,
+                cas,
+            } => forward::store(*kind, key, *flags, *exptime, data.clone(), *cas),
+            Conditional::Arith { incr, delta } => forward::arith(*incr, key, *delta),
+        }
+    }
+
+    /// The `set` that gives another replica the item a stored add/replace/cas created.
+    fn same_value(&self, key: &[u8]) -> Option<Call> {
+        match self {
+            Conditional::Store {
+                flags,
+                exptime,
+                data,
+                ..
+            } => Some(forward::store(
+                StoreKind::Set,
+                key,
+                *flags,
+                *exptime,
+                data.clone(),
+                0,
+            )),
+            Conditional::Arith { .. } => None,
+        }
+    }
+
+    fn copy_after(&self, reply: &Reply) -> Copy {
+        let Reply::Status(status) = reply else {
+            return match (self, reply) {
+                (Conditional::Arith { .. }, Reply::Number(_)) => Copy::ReadBack,
+                _ => Copy::Nothing,
+            };
+        };
+        match (self, status) {
+            (Conditional::Store { kind, .. }, Status::Stored) => match kind {
+                StoreKind::Append | StoreKind::Prepend => Copy::ReadBack,
+                _ => Copy::SameValue,
+            },
+            // The executing replica has no such item; neither may the others.
+            (Conditional::Store { kind, .. }, Status::NotStored) if *kind != StoreKind::Add => {
+                Copy::Delete
+            }
+            (_, Status::NotFound) => Copy::Delete,
+            _ => Copy::Nothing,
+        }
+    }
+}
+
+/// `set`, `delete`, `touch`: `call` to every replica of `key`.
+pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
+    let replicas = ctx.router.replicas(&key);
+    let guard = ctx.locks.lock(replicas.hash).await;
+    let mut reasons = Vec::new();
+    let mut targets = Vec::with_capacity(replicas.as_slice().len());
+    for &id in replicas.as_slice() {
+        let backend = ctx.router.backend(id);
+        if backend.is_up() {
+            targets.push(backend.clone());
+        } else {
+            missed(ctx, backend, &key);
+            reasons.push(BackendError::Down {
+                addr: backend.addr.clone(),
+            });
+        }
+    }
+    if targets.is_empty() {
+        return Err(ProxyError::Unavailable { reasons });
+    }
+    match ctx.config.replication.write_ack {
+        WriteAck::All => {
+            let results = apply(ctx, &key, &targets, &call, None).await;
+            first_success(results, reasons)
+        }
+        WriteAck::First => {
+            let (first_tx, first_rx) = oneshot::channel();
+            let task_ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                apply(&task_ctx, &key, &targets, &call, Some(first_tx)).await;
+            });
+            match first_rx.await {
+                Ok(reply) => Ok(reply),
+                Err(_) => Err(ProxyError::Unavailable { reasons }),
+            }
+        }
+    }
+}
+
+/// `add`, `replace`, `cas`, `append`, `prepend`, `incr`, `decr` on `key`.
+pub async fn execute_then_copy(
+    ctx: &Arc<Context>,
+    key: Bytes,
+    command: Conditional,
+) -> Result<Reply, ProxyError> {
+    let replicas = ctx.router.replicas(&key);
+    let guard = ctx.locks.lock(replicas.hash).await;
+    let mut reasons = Vec::new();
+    let mut executed = None;
+    let mut others = Vec::new();
+    for &id in replicas.as_slice() {
+        let backend = ctx.router.backend(id);
+        if executed.is_some() {
+            if backend.is_up() {
+                others.push(backend.clone());
+            } else {
+                missed(ctx, backend, &key);
+            }
+            continue;
+        }
+        match backend.call(command.call(&key)).await {
+            Ok(reply) => executed = Some((backend.clone(), reply)),
+            Err(e) => {
+                // It may or may not have applied the command: its copy is suspect.
+                missed(ctx, backend, &key);
+                reasons.push(e);
+            }
+        }
+    }
+    let Some((primary, reply)) = executed else {
+        return Err(ProxyError::Unavailable { reasons });
+    };
+    let copy = command.copy_after(&reply);
+    if others.is_empty() || copy == Copy::Nothing {
+        return Ok(reply);
+    }
+    let task_ctx = ctx.clone();
+    let copy_to_others = async move {
+        let _guard = guard;
+        let call = match copy {
+            Copy::SameValue => command.same_value(&key),
+            Copy::ReadBack => read_back(&primary, &key).await,
+            Copy::Delete | Copy::Nothing => None,
+        };
+        let counters = &task_ctx.stats.counters;
+        let call = match call {
+            Some(call) => {
+                Stats::add(&counters.replica_copies, 1);
+                call
+            }
+            None => {
+                Stats::add(&counters.replica_deletes, 1);
+                forward::delete(&key)
+            }
+        };
+        apply(&task_ctx, &key, &others, &call, None).await;
+    };
+    match ctx.config.replication.write_ack {
+        WriteAck::All => copy_to_others.await,
+        WriteAck::First => {
+            tokio::spawn(copy_to_others);
+        }
+    }
+    Ok(reply)
+}
+
+/// `flush_all` and other server-wide commands: to every server that is up; the first answer in
+/// configuration order is the reply.
+pub async fn broadcast(ctx: &Arc<Context>, call: Call) -> Result<Reply, ProxyError> {
+    let mut reasons = Vec::new();
+    let targets: Vec<_> = ctx
+        .router
+        .backends
+        .iter()
+        .filter(|b| {
+            if !b.is_up() {
+                reasons.push(BackendError::Down {
+                    addr: b.addr.clone(),
+                });
+            }
+            b.is_up()
+        })
+        .cloned()
+        .collect();
+    let mut calls: FuturesUnordered<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let call = call.clone();
+            async move { (i, b.call(call).await) }
+        })
+        .collect();
+    let mut results = vec![None; targets.len()];
+    while let Some((i, result)) = calls.next().await {
+        results[i] = Some(result);
+    }
+    first_success(results.into_iter().flatten().collect(), reasons)
+}
+
+/// Sends `call` to all `targets` at once and waits for every answer; a failed target misses
+/// the key. With `first`, the first successful reply is sent there as soon as it arrives.
+async fn apply(
+    ctx: &Context,
+    key: &[u8],
+    targets: &[Arc<Backend>],
+    call: &Call,
+    mut first: Option<oneshot::Sender<Reply>>,
+) -> Vec<Result<Reply, BackendError>> {
+    let mut calls: FuturesUnordered<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, b)| async move { (i, b.call(call.clone()).await) })
+        .collect();
+    let mut results: Vec<Option<Result<Reply, BackendError>>> = vec![None; targets.len()];
+    while let Some((i, result)) = calls.next().await {
+        match &result {
+            Ok(reply) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(reply.clone());
+                }
+            }
+            Err(_) => missed(ctx, &targets[i], key),
+        }
+        results[i] = Some(result);
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// The first success in replica order, else every reason.
+fn first_success(
+    results: Vec<Result<Reply, BackendError>>,
+    mut reasons: Vec<BackendError>,
+) -> Result<Reply, ProxyError> {
+    for result in results {
+        match result {
+            Ok(reply) => return Ok(reply),
+            Err(e) => reasons.push(e),
+        }
+    }
+    Err(ProxyError::Unavailable { reasons })
+}
+
+fn missed(ctx: &Context, backend: &Backend, key: &[u8]) {
+    Stats::add(&ctx.stats.counters.replica_write_failures, 1);
+    backend.remember_missed(key);
+}
+
+/// Reads `key`'s item from `primary` and builds the `set` that recreates it; `None` when that
+/// cannot be done exactly (a miss, a server without meta commands, an item about to expire).
+async fn read_back(primary: &Backend, key: &[u8]) -> Option<Call> {
+    let Ok(Reply::Meta {
+        code: MetaCode::Value,
+        flags,
+        data: Some(data),
+    }) = primary.call(forward::meta_get_item(key)).await
+    else {
+        return None;
+    };
+    let mut client_flags = None;
+    let mut ttl = None;
+    for token in flags.split(|b| *b == b' ') {
+        match token.split_first() {
+            Some((b'f', v)) => client_flags = parse_u32_truncating(v),
+            Some((b't', v)) => ttl = parse_i32(v),
+            _ => {}
+        }
+    }
+    let exptime = exptime_for_ttl(ttl?)?;
+    Some(forward::store(
+        StoreKind::Set,
+        key,
+        client_flags?,
+        exptime,
+        data,
+        0,
+    ))
+}
+
+/// The exptime that gives an item `ttl` more seconds (`-1`: never expires).
+fn exptime_for_ttl(ttl: i32) -> Option<i32> {
+    match i64::from(ttl) {
+        -1 => Some(0),
+        // It expires within the second: a copy would outlive it or vanish at once; neither is
+        // exact, so the caller deletes instead.
+        t if t <= 0 => None,
+        t if t <= MAX_RELATIVE_EXPTIME => Some(t as i32),
+        t => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+            i32::try_from(now + t).ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(kind: StoreKind) -> Conditional {
+        Conditional::Store {
+            kind,
+            flags: 0,
+            exptime: 0,
+            data: Bytes::new(),
+            cas: 0,
+        }
+    }
+
+    #[test]
+    fn what_is_copied_after_each_outcome() {
+        let stored = Reply::Status(Status::Stored);
+        let not_stored = Reply::Status(Status::NotStored);
+        assert_eq!(store(StoreKind::Add).copy_after(&stored), Copy::SameValue);
+        assert_eq!(store(StoreKind::Add).copy_after(&not_stored), Copy::Nothing);
+        assert_eq!(
+            store(StoreKind::Replace).copy_after(&not_stored),
+            Copy::Delete
+        );
+        assert_eq!(store(StoreKind::Cas).copy_after(&stored), Copy::SameValue);
+        assert_eq!(
+            store(StoreKind::Cas).copy_after(&Reply::Status(Status::Exists)),
+            Copy::Nothing
+        );
+        assert_eq!(
+            store(StoreKind::Cas).copy_after(&Reply::Status(Status::NotFound)),
+            Copy::Delete
+        );
+        assert_eq!(store(StoreKind::Append).copy_after(&stored), Copy::ReadBack);
+        assert_eq!(
+            store(StoreKind::Prepend).copy_after(&not_stored),
+            Copy::Delete
+        );
+        let incr = Conditional::Arith {
+            incr: true,
+            delta: 1,
+        };
+        assert_eq!(incr.copy_after(&Reply::Number(5)), Copy::ReadBack);
+        assert_eq!(
+            incr.copy_after(&Reply::Status(Status::NotFound)),
+            Copy::Delete
+        );
+    }
+
+    #[test]
+    fn ttl_to_exptime() {
+        assert_eq!(exptime_for_ttl(-1), Some(0));
+        assert_eq!(exptime_for_ttl(0), None);
+        assert_eq!(exptime_for_ttl(100), Some(100));
+        assert!(exptime_for_ttl(60 * 60 * 24 * 31).unwrap() > 1_600_000_000);
+    }
+}

@@ -1,0 +1,110 @@
+//! Where a key lives: one server from each pool, main pool first.
+//!
+//! Each pool is a ketama [`Ring`] over its servers. A key is hashed once and looked up in every
+//! ring; the resulting servers, in pool order, are the key's replicas. A server listed in two
+//! pools is one [`Backend`] (one set of connections, one health state) and appears once in a
+//! replica set.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::backend::Backend;
+use crate::config::{BackendConfig, PoolSpec, MAX_POOLS};
+use crate::ring::{key_hash, Ring};
+
+/// A pool as routed: its ring, and for each ring node the index of its backend.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    ring: Ring,
+    pub servers: Vec<usize>,
+}
+
+/// The replicas of one key: backend indices, main pool first, without repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// The key's ring position, reused to pick its write lock.
+    pub hash: u32,
+    ids: [u16; MAX_POOLS],
+    len: u8,
+}
+
+impl Replicas {
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ids[..self.len as usize]
+    }
+}
+
+/// All pools and all backends of the proxy.
+#[derive(Debug)]
+pub struct Router {
+    pub pools: Vec<Pool>,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+impl Router {
+    /// Builds the rings and starts the backends' connection tasks.
+    pub fn start(
+        pools: &[PoolSpec],
+        settings: &BackendConfig,
+        missed_limit: usize,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Router {
+        let mut backends: Vec<Arc<Backend>> = Vec::new();
+        let mut routed = Vec::with_capacity(pools.len());
+        for pool in pools {
+            let nodes: Vec<_> = pool.servers.iter().map(|s| s.ring_node()).collect();
+            let servers = pool
+                .servers
+                .iter()
+                .map(|spec| {
+                    let addr = spec.address();
+                    match backends.iter().position(|b| *b.addr == *addr) {
+                        Some(i) => i,
+                        None => {
+                            backends.push(Arc::new(Backend::start(
+                                &addr,
+                                settings,
+                                missed_limit,
+                                shutdown.clone(),
+                            )));
+                            backends.len() - 1
+                        }
+                    }
+                })
+                .collect();
+            routed.push(Pool {
+                name: pool.name.clone(),
+                ring: Ring::new(&nodes),
+                servers,
+            });
+        }
+        Router {
+            pools: routed,
+            backends,
+        }
+    }
+
+    /// The replicas of `key`.
+    pub fn replicas(&self, key: &[u8]) -> Replicas {
+        let hash = key_hash(key);
+        let mut replicas = Replicas {
+            hash,
+            ids: [0; MAX_POOLS],
+            len: 0,
+        };
+        for pool in &self.pools {
+            let id = pool.servers[pool.ring.lookup(hash)] as u16;
+            if !replicas.as_slice().contains(&id) {
+                replicas.ids[replicas.len as usize] = id;
+                replicas.len += 1;
+            }
+        }
+        replicas
+    }
+
+    pub fn backend(&self, id: u16) -> &Arc<Backend> {
+        &self.backends[id as usize]
+    }
+}

@@ -1,0 +1,135 @@
+//! The proxy's own counters, answered to `stats` in memcached's `STAT <name> <value>` format, and
+//! `stats backends`: one line per server with its state and counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use keepcached_protocol::reply;
+
+use crate::route::Router;
+
+/// The version reported by `version` and `stats`: the protocol level the proxy speaks, then
+/// what it is (clients parse the leading numbers to decide which commands they may use).
+pub const VERSION: &str = concat!("1.6.18-keepcached-proxy-", env!("CARGO_PKG_VERSION"));
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Proxy-wide counters; all relaxed atomics, read only for `stats`.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn write(&self, out: &mut Vec<u8>) {
+                $(reply::stat(out, stringify!($name), self.$name.load(Ordering::Relaxed));)*
+            }
+
+            fn reset(&self) {
+                $(self.$name.store(0, Ordering::Relaxed);)*
+            }
+        }
+    };
+}
+
+counters! {
+    curr_connections,
+    total_connections,
+    /// Connections refused because `max_connections` were open.
+    rejected_connections,
+    /// Keys asked for by the get family.
+    cmd_get,
+    get_hits,
+    get_misses,
+    /// Keys that no replica could answer (answered as misses, or the request failed).
+    get_unavailable,
+    /// Reads retried on the next replica after a failure.
+    get_failovers,
+    cmd_set,
+    cmd_delete,
+    cmd_touch,
+    cmd_incr,
+    cmd_decr,
+    cmd_flush,
+    /// Writes a replica failed or missed while down (each key is remembered for it).
+    replica_write_failures,
+    /// Items copied from the executing replica to the others after add/replace/cas/append/
+    /// prepend/incr/decr.
+    replica_copies,
+    /// Keys deleted on the other replicas because the outcome could not be copied exactly.
+    replica_deletes,
+    /// Requests answered with SERVER_ERROR because no replica answered.
+    unavailable_errors,
+}
+
+/// The proxy's statistics.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    pub counters: Counters,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `stats`: general lines as memcached's, then the proxy counters.
+    pub fn write_general(&self, out: &mut Vec<u8>, router: &Router) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        reply::stat(out, "pid", std::process::id());
+        reply::stat(out, "uptime", self.started.elapsed().as_secs());
+        reply::stat(out, "time", now);
+        reply::stat(out, "version", VERSION);
+        self.counters.write(out);
+        let up = router.backends.iter().filter(|b| b.is_up()).count();
+        reply::stat(out, "backends", router.backends.len());
+        reply::stat(out, "backends_up", up);
+        out.extend_from_slice(reply::END);
+    }
+
+    /// `stats backends`: `STAT <pool>/<address> state=.. requests=.. ...` per server.
+    pub fn write_backends(out: &mut Vec<u8>, router: &Router) {
+        for pool in &router.pools {
+            for &id in &pool.servers {
+                let backend = &router.backends[id];
+                let c = backend.counters();
+                let answered = c.answered.load(Ordering::Relaxed);
+                let latency = c.latency_us.load(Ordering::Relaxed) / answered.max(1);
+                let missed = backend.missed.lock();
+                let line = format!(
+                    "state={} requests={} errors={} timeouts={} avg_latency_us={} downs={} \
+                     missed_keys={} missed_overflow={}",
+                    backend.state().name(),
+                    c.requests.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed),
+                    c.timeouts.load(Ordering::Relaxed),
+                    latency,
+                    c.downs.load(Ordering::Relaxed),
+                    missed.len(),
+                    u8::from(missed.overflowed()),
+                );
+                reply::stat(out, &format!("{}/{}", pool.name, backend.addr), line);
+            }
+        }
+        out.extend_from_slice(reply::END);
+    }
+
+    /// `stats reset`: every counter but the open connections, as memcached does.
+    pub fn reset(&self) {
+        let open = self.counters.curr_connections.load(Ordering::Relaxed);
+        self.counters.reset();
+        Stats::add(&self.counters.curr_connections, open);
+    }
+}

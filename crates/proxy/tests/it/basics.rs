@@ -1,0 +1,315 @@
+//! The seed's test, magent's command line, and the text protocol through the proxy.
+
+use clap::Parser;
+use keepcached_proxy::ProxyArgs;
+
+use crate::common::{config, free_port, memcached, value_of, Client, ProxyHandle};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: ProxyArgs,
+}
+
+/// The seed's own check, with magent's command line: `set test 0 0 5 / nihao` through the proxy,
+/// then `get test` directly on each backend returns `nihao`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_set_through_proxy_lands_on_both_servers() {
+    let main = memcached();
+    let backup = memcached();
+    let port = free_port().to_string();
+    let argv = [
+        "proxy",
+        "-u",
+        "root",
+        "-n",
+        "51200",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-s",
+        &main.addr(),
+        "-b",
+        &backup.addr(),
+    ];
+    let config = Cli::try_parse_from(argv)
+        .unwrap()
+        .args
+        .into_config()
+        .unwrap();
+    let proxy = ProxyHandle::start(config).await;
+    let mut client = proxy.client().await;
+    assert_eq!(
+        client.call("set test 0 0 5\r\nnihao\r\n").await,
+        "STORED\r\n"
+    );
+    assert_eq!(
+        client.call("get test\r\n").await,
+        "VALUE test 0 5\r\nnihao\r\nEND\r\n"
+    );
+    for server in [&main, &backup] {
+        let mut direct = Client::connect(&server.addr()).await;
+        assert_eq!(
+            direct.get("test").await.as_deref(),
+            Some("nihao"),
+            "{}",
+            server.label
+        );
+    }
+    proxy.stop().await;
+}
+
+/// Local commands, error replies identical to memcached's, noreply, pipelining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_protocol_through_the_proxy() {
+    let a = memcached();
+    let b = memcached();
+    let reference = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a], &[&b]])).await;
+    let mut client = proxy.client().await;
+    let mut direct = Client::connect(&reference.addr()).await;
+
+    assert!(client
+        .call("version\r\n")
+        .await
+        .starts_with("VERSION 1.6.18"));
+    assert_eq!(client.call("verbosity 1\r\n").await, "OK\r\n");
+    assert_eq!(client.call("mn\r\n").await, "MN\r\n");
+    // Errors come from the same parser as the cache server's; compare with memcached.
+    for bad in [
+        "bogus\r\n",
+        "get\r\n",
+        "set k 0 0 x\r\n",
+        "incr k abc\r\n",
+        "delete k 5\r\n",
+        "touch k x\r\n",
+    ] {
+        assert_eq!(client.call(bad).await, direct.call(bad).await, "{bad:?}");
+    }
+    // A data block longer than announced: the error, then the leftover `\n` as a command.
+    for c in [&mut client, &mut direct] {
+        c.send(b"set k 0 0 1\r\nxx\r\n").await;
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            client.read_reply(false).await,
+            direct.read_reply(false).await
+        );
+    }
+    let key = "k".repeat(251);
+    let line = format!("get {key}\r\n");
+    assert_eq!(client.call(&line).await, direct.call(&line).await);
+
+    // noreply: no answer, but the write happened; the next reply is the get's.
+    client.send(b"set quiet 1 0 2 noreply\r\nhi\r\n").await;
+    assert_eq!(
+        client.call("get quiet\r\n").await,
+        "VALUE quiet 1 2\r\nhi\r\nEND\r\n"
+    );
+    // Pipelined requests are answered in order, in one go.
+    client
+        .send(b"set p1 0 0 1\r\na\r\nset p2 0 0 1\r\nb\r\nget p1 p2\r\ndelete p1\r\nget p1\r\n")
+        .await;
+    assert_eq!(client.read_reply(false).await, "STORED\r\n");
+    assert_eq!(client.read_reply(false).await, "STORED\r\n");
+    assert_eq!(
+        client.read_reply(true).await,
+        "VALUE p1 0 1\r\na\r\nVALUE p2 0 1\r\nb\r\nEND\r\n"
+    );
+    assert_eq!(client.read_reply(false).await, "DELETED\r\n");
+    assert_eq!(client.read_reply(true).await, "END\r\n");
+
+    // touch and gat reach both replicas.
+    assert_eq!(client.call("touch p2 100\r\n").await, "TOUCHED\r\n");
+    assert_eq!(
+        client.call("gat 200 p2\r\n").await,
+        "VALUE p2 0 1\r\nb\r\nEND\r\n"
+    );
+    for server in [&a, &b] {
+        let mut d = Client::connect(&server.addr()).await;
+        let ttl = d.call("mg p2 t\r\n").await;
+        let secs: i64 = ttl.trim().trim_start_matches("HD t").parse().unwrap();
+        assert!((190..=200).contains(&secs), "{}: {ttl:?}", server.label);
+    }
+
+    // A value too large for the cache: the same error, the data block swallowed, the old item
+    // gone from both replicas.
+    let big = "x".repeat(1024 * 1024 + 1);
+    let line = format!("set p2 0 0 {}\r\n{big}\r\n", big.len());
+    assert_eq!(
+        client.call(&line).await,
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(client.get("p2").await, None);
+    for server in [&a, &b] {
+        assert_eq!(Client::connect(&server.addr()).await.get("p2").await, None);
+    }
+
+    assert_eq!(client.call("flush_all\r\n").await, "OK\r\n");
+    assert_eq!(client.get("quiet").await, None);
+
+    let stats = client.call("stats\r\n").await;
+    assert!(stats.contains("STAT cmd_set "), "{stats}");
+    assert!(stats.contains("STAT curr_connections 1\r\n"), "{stats}");
+    assert!(stats.ends_with("END\r\n"));
+    let backends = client.call("stats backends\r\n").await;
+    assert_eq!(backends.lines().count(), 3, "{backends}");
+    assert!(
+        backends.contains(&format!("STAT pool0/{} state=up requests=", a.addr())),
+        "{backends}"
+    );
+    assert_eq!(client.call("stats reset\r\n").await, "RESET\r\n");
+    assert_eq!(
+        client.call("shutdown\r\n").await,
+        "ERROR: shutdown not enabled\r\n"
+    );
+
+    client.send(b"quit\r\n").await;
+    proxy.stop().await;
+}
+
+/// incr/decr/append/prepend/add/replace/cas run on one replica and leave both identical; cas
+/// after gets works; the outcome is copied, never the cas itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_keep_replicas_identical() {
+    let a = memcached();
+    let b = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a], &[&b]])).await;
+    let mut client = proxy.client().await;
+
+    assert_eq!(client.call("set n 5 0 2\r\n10\r\n").await, "STORED\r\n");
+    assert_eq!(client.call("incr n 5\r\n").await, "15\r\n");
+    // decr to fewer digits: memcached pads the value with a space; the copy must match.
+    assert_eq!(client.call("decr n 6\r\n").await, "9\r\n");
+    assert_eq!(client.call("incr missing 1\r\n").await, "NOT_FOUND\r\n");
+
+    assert_eq!(client.call("set s 7 1000 3\r\nabc\r\n").await, "STORED\r\n");
+    assert_eq!(client.call("append s 0 0 2\r\nde\r\n").await, "STORED\r\n");
+    assert_eq!(client.call("prepend s 0 0 2\r\nzz\r\n").await, "STORED\r\n");
+    assert_eq!(client.call("add s 0 0 1\r\nq\r\n").await, "NOT_STORED\r\n");
+    assert_eq!(client.call("add t 3 0 1\r\nq\r\n").await, "STORED\r\n");
+    assert_eq!(client.call("replace t 4 0 1\r\nr\r\n").await, "STORED\r\n");
+
+    // cas after gets: the number is the executing replica's, and works there.
+    let reply = client.call("gets s\r\n").await;
+    let cas: u64 = reply
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        client.call(&format!("cas s 9 0 3 {cas}\r\nnew\r\n")).await,
+        "STORED\r\n"
+    );
+    assert_eq!(
+        client.call(&format!("cas s 9 0 3 {cas}\r\nold\r\n")).await,
+        "EXISTS\r\n"
+    );
+
+    // A replace that finds nothing on the executing replica removes stale copies elsewhere.
+    let mut direct_b = Client::connect(&b.addr()).await;
+    assert_eq!(direct_b.set("stale", "x").await, "STORED\r\n");
+    assert_eq!(
+        client.call("replace stale 0 0 1\r\ny\r\n").await,
+        "NOT_STORED\r\n"
+    );
+    assert_eq!(direct_b.get("stale").await, None);
+
+    for key in ["n", "s", "t"] {
+        let on_a = Client::connect(&a.addr())
+            .await
+            .call(&format!("mg {key} v f t\r\n"))
+            .await;
+        let on_b = Client::connect(&b.addr())
+            .await
+            .call(&format!("mg {key} v f t\r\n"))
+            .await;
+        assert_eq!(on_a, on_b, "replicas differ on {key}");
+    }
+    assert_eq!(
+        value_of(&Client::connect(&b.addr()).await.call("get n\r\n").await).as_deref(),
+        Some("9 ")
+    );
+    assert_eq!(
+        value_of(&Client::connect(&b.addr()).await.call("get s\r\n").await).as_deref(),
+        Some("new")
+    );
+    proxy.stop().await;
+}
+
+/// magent's -f (unix socket) and -n (connection limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_and_connection_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let a = memcached();
+    let socket = crate::common::temp_path("proxy.sock");
+    let mut cfg = config(&[&[&a]]);
+    cfg.unix_socket = Some(socket.clone());
+    cfg.max_connections = 1;
+    let proxy = ProxyHandle::start(cfg).await;
+    // The harness's own readiness probe held the only slot for a moment.
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    let first = loop {
+        let mut client = tokio::net::TcpStream::connect(&proxy.addr).await.unwrap();
+        let _ = client.write_all(b"set limit 0 0 1\r\n1\r\n").await;
+        let mut reply = vec![0; 64];
+        let n = tokio::time::timeout(crate::common::WAIT, client.read(&mut reply))
+            .await
+            .expect("reply in time")
+            .unwrap_or(0);
+        if &reply[..n] == b"STORED\r\n" {
+            break client;
+        }
+        assert!(n == 0 || &reply[..n] == b"ERROR Too many open connections\r\n");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe's slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+
+    // The limit is reached: the next connection is told so and closed.
+    let mut second = tokio::net::TcpStream::connect(&proxy.addr).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(crate::common::WAIT, second.read_to_end(&mut reply))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert_eq!(reply, b"ERROR Too many open connections\r\n");
+    drop(first);
+
+    // Once the first connection is gone, the unix socket serves.
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    loop {
+        let mut unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        // While the slot is still taken the proxy answers with the error and closes, possibly
+        // before our request is written.
+        let _ = unix.write_all(b"get limit\r\n").await;
+        let mut buf = vec![0; 128];
+        let n = tokio::time::timeout(crate::common::WAIT, unix.read(&mut buf))
+            .await
+            .expect("reply in time")
+            .unwrap_or(0);
+        if &buf[..n] == b"VALUE limit 0 1\r\n1\r\nEND\r\n" {
+            break;
+        }
+        assert!(
+            n == 0 || &buf[..n] == b"ERROR Too many open connections\r\n",
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    proxy.stop().await;
+    assert!(!socket.exists(), "socket file removed at shutdown");
+}

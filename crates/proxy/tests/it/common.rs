@@ -1,0 +1,392 @@
+//! Helpers for the proxy's integration tests: real backend processes on free loopback ports
+//! (killed by pid when dropped, also while a failing test unwinds), the proxy running in-process,
+//! and a small text-protocol client with a timeout on every wait.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keepcached_protocol::response::{parse_response, Response};
+use keepcached_proxy::{BackendConfig, PoolConfig, ProxyConfig, ReplicationConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every wait in a test is bounded by this, so a broken proxy fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A child process (memcached, nutcracker) killed with SIGKILL by pid on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    pub port: u16,
+    pub label: String,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a signal to exactly this process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} {}", self.pid());
+    }
+
+    /// SIGKILL and reap now.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process ignores nothing but SIGKILL, which also ends it; SIGCONT first
+            // only keeps the kernel from holding it stopped while it is reaped.
+            let _ = Command::new("kill")
+                .args(["-s", "CONT", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+fn wait_listening(process: &mut Process) {
+    let deadline = Instant::now() + WAIT;
+    let addr: SocketAddr = process.addr().parse().unwrap();
+    loop {
+        if let Some(Ok(Some(status))) = process.child.as_mut().map(|c| c.try_wait()) {
+            panic!("{} exited early: {status}", process.label);
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened",
+            process.label
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Debian's memcached: `memcached -u root -l 127.0.0.1 -p PORT -U 0` on a free port.
+pub fn memcached() -> Process {
+    for _ in 0..8 {
+        if let Some(process) = try_memcached(free_port()) {
+            return process;
+        }
+    }
+    panic!("could not start memcached on a free port");
+}
+
+/// memcached on a given port (a server restarted where it was).
+pub fn memcached_on(port: u16) -> Process {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(process) = try_memcached(port) {
+            return process;
+        }
+        assert!(Instant::now() < deadline, "port {port} never freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn try_memcached(port: u16) -> Option<Process> {
+    let child = Command::new("memcached")
+        .args([
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcached");
+    let mut process = Process {
+        child: Some(child),
+        port,
+        label: format!("memcached :{port}"),
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    // A port already taken makes memcached exit at once.
+    if matches!(process.child.as_mut().unwrap().try_wait(), Ok(Some(_))) {
+        process.child = None;
+        return None;
+    }
+    wait_listening(&mut process);
+    Some(process)
+}
+
+/// nutcracker with one pool (`hash: md5`, `distribution: ketama`) over `servers`, written as
+/// twemproxy expects them (`host:port:weight [name]`).
+pub fn nutcracker(servers: &[String]) -> (Process, tempdir::TempDir) {
+    let dir = tempdir::TempDir::new("nutcracker");
+    let port = free_port();
+    let stats_port = free_port();
+    let mut yaml = format!(
+        "pool:\n  listen: 127.0.0.1:{port}\n  hash: md5\n  distribution: ketama\n  \
+         auto_eject_hosts: false\n  timeout: 2000\n  servers:\n"
+    );
+    for s in servers {
+        yaml.push_str(&format!("   - {s}\n"));
+    }
+    let conf = dir.path.join("nutcracker.yml");
+    std::fs::write(&conf, yaml).unwrap();
+    let child = Command::new("nutcracker")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
+        .arg("-p")
+        .arg(dir.path.join("pid"))
+        .arg("-o")
+        .arg(dir.path.join("log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nutcracker");
+    let mut process = Process {
+        child: Some(child),
+        port,
+        label: format!("nutcracker :{port}"),
+    };
+    wait_listening(&mut process);
+    (process, dir)
+}
+
+pub mod tempdir {
+    use std::path::PathBuf;
+
+    /// A directory under the system temp dir, removed on drop.
+    #[derive(Debug)]
+    pub struct TempDir {
+        pub path: PathBuf,
+    }
+
+    impl TempDir {
+        pub fn new(label: &str) -> TempDir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "keepcached-proxy-{label}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir { path }
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A configuration over the given pools with test-friendly timeouts.
+pub fn config(pools: &[&[&Process]]) -> ProxyConfig {
+    ProxyConfig {
+        listen: vec![format!("127.0.0.1:{}", free_port())],
+        unix_socket: None,
+        max_connections: 1000,
+        pools: pools
+            .iter()
+            .enumerate()
+            .map(|(i, servers)| PoolConfig {
+                name: format!("pool{i}"),
+                servers: servers.iter().map(|s| s.addr()).collect(),
+            })
+            .collect(),
+        backend: BackendConfig {
+            request_timeout_ms: 300,
+            connect_timeout_ms: 200,
+            ..BackendConfig::default()
+        },
+        replication: ReplicationConfig::default(),
+        drain_timeout_ms: 2_000,
+    }
+}
+
+/// The proxy running in this test's runtime; shut down and drained on [`ProxyHandle::stop`].
+pub struct ProxyHandle {
+    pub addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), keepcached_proxy::ProxyError>>>,
+}
+
+impl ProxyHandle {
+    pub async fn start(config: ProxyConfig) -> ProxyHandle {
+        let addr = config.listen[0].clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(keepcached_proxy::run(config, async {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(&addr).await.is_err() {
+            assert!(!task.is_finished(), "proxy exited: {:?}", task.await);
+            assert!(Instant::now() < deadline, "proxy never listened on {addr}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ProxyHandle {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr).await
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("proxy drained in time")
+            .expect("proxy task")
+            .expect("proxy run");
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A text-protocol client; each call sends a request and reads its whole reply.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: &str) -> Client {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends `request` and returns the reply, read until it is complete: up to `END` for the
+    /// get family and `stats`, else one line (with its data block).
+    pub async fn call(&mut self, request: &str) -> String {
+        self.send(request.as_bytes()).await;
+        let multi = ["get ", "gets ", "gat ", "gats ", "stats"]
+            .iter()
+            .any(|p| request.starts_with(p));
+        self.read_reply(multi).await
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// Reads one reply; `multi` replies end at `END` (or an error line).
+    pub async fn read_reply(&mut self, multi: bool) -> String {
+        let mut at = 0;
+        loop {
+            match parse_response(&self.buf[at..]) {
+                Ok(parsed) => {
+                    at += parsed.consumed;
+                    let done = match parsed.response {
+                        Response::Value { .. } | Response::Stat { .. } => !multi,
+                        _ => true,
+                    };
+                    if done {
+                        let reply = String::from_utf8_lossy(&self.buf[..at]).into_owned();
+                        self.buf.drain(..at);
+                        return reply;
+                    }
+                }
+                Err(_) => {
+                    self.buf.reserve(64 * 1024);
+                    let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                        .await
+                        .expect("reply in time")
+                        .expect("read");
+                    assert!(
+                        n > 0,
+                        "connection closed; had {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                }
+            }
+        }
+    }
+
+    /// `set key 0 0 len\r\nvalue\r\n` and its reply.
+    pub async fn set(&mut self, key: &str, value: &str) -> String {
+        self.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
+            .await
+    }
+
+    /// The value of `key`, or `None` on a miss.
+    pub async fn get(&mut self, key: &str) -> Option<String> {
+        let reply = self.call(&format!("get {key}\r\n")).await;
+        value_of(&reply)
+    }
+}
+
+/// The data of the first `VALUE` in a reply.
+pub fn value_of(reply: &str) -> Option<String> {
+    if reply == "END\r\n" {
+        return None;
+    }
+    let mut lines = reply.split("\r\n");
+    let header = lines.next()?;
+    assert!(header.starts_with("VALUE "), "unexpected reply {reply:?}");
+    lines.next().map(str::to_string)
+}
+
+/// A unique path for a unix socket or file.
+pub fn temp_path(label: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "keepcached-proxy-{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}

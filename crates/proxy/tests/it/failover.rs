@@ -1,0 +1,177 @@
+//! Failures: a killed server, a stopped (black-hole) server, every replica down, a server that
+//! comes back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{config, memcached, memcached_on, Client, ProxyHandle};
+
+/// The configured request timeout of [`config`], and the most one request may take when a
+/// server black-holes it: one timeout, then the replica's answer.
+const TIMEOUT: Duration = Duration::from_millis(300);
+const BOUND: Duration = Duration::from_millis(300 * 2 + 200);
+
+/// kill -9 of the main server under a load of sets and gets: no client sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_main_server_under_load_costs_no_client_errors() {
+    let mut main = memcached();
+    let backup = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&main], &[&backup]])).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let mut client = proxy.client().await;
+        let (stop, ops) = (stop.clone(), ops.clone());
+        workers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load:{w}:{}", i % 50);
+                let value = format!("v{i}");
+                let set = client.set(&key, &value).await;
+                if set != "STORED\r\n" {
+                    errors.push(format!("set {key}: {set:?}"));
+                }
+                let got = client.get(&key).await;
+                if got.as_deref() != Some(value.as_str()) {
+                    errors.push(format!("get {key}: {got:?}, wanted {value}"));
+                }
+                i += 1;
+                ops.fetch_add(2, Ordering::Relaxed);
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = ops.load(Ordering::Relaxed);
+    main.kill();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for worker in workers {
+        errors.extend(worker.await.expect("worker"));
+    }
+    let after = ops.load(Ordering::Relaxed);
+    assert!(errors.is_empty(), "client errors: {errors:#?}");
+    assert!(
+        before > 100 && after > before + 100,
+        "load ran: {before} then {after} ops"
+    );
+    let mut client = proxy.client().await;
+    let backends = client.call("stats backends\r\n").await;
+    assert!(
+        backends.contains(&format!("pool0/{} state=down", main.addr()))
+            || backends.contains(&format!("pool0/{} state=probing", main.addr())),
+        "{backends}"
+    );
+    proxy.stop().await;
+}
+
+/// SIGSTOP of the main server (it accepts connections and answers nothing): every request still
+/// completes within the timeout through the backup, and once the server is marked down the
+/// requests no longer wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_a_black_hole_that_costs_one_timeout() {
+    let main = memcached();
+    let backup = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&main], &[&backup]])).await;
+    let mut client = proxy.client().await;
+    for i in 0..10 {
+        assert_eq!(client.set(&format!("bh:{i}"), "x").await, "STORED\r\n");
+    }
+    main.signal("STOP");
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let start = Instant::now();
+        assert_eq!(client.get(&format!("bh:{i}")).await.as_deref(), Some("x"));
+        assert_eq!(client.set(&format!("bh:{i}"), "y").await, "STORED\r\n");
+        assert_eq!(
+            client.call(&format!("incr n{i} 1\r\n")).await,
+            "NOT_FOUND\r\n"
+        );
+        let took = start.elapsed();
+        assert!(took < BOUND * 3, "request {i} took {took:?}");
+        if i >= 3 {
+            // Marked down by now: skipped without waiting.
+            assert!(took < TIMEOUT, "request {i} still waited: {took:?}");
+        }
+        slowest = slowest.max(took);
+    }
+    let backends = client.call("stats backends\r\n").await;
+    assert!(
+        !backends.contains(&format!("pool0/{} state=up", main.addr())),
+        "{backends}"
+    );
+    assert!(backends.contains("missed_keys="), "{backends}");
+    main.signal("CONT");
+    proxy.stop().await;
+}
+
+/// With every replica down the client gets a clear SERVER_ERROR within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_replicas_down_is_a_server_error_within_the_timeout() {
+    let a = memcached();
+    let mut b = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a], &[&b]])).await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.set("k", "v").await, "STORED\r\n");
+    a.signal("STOP");
+    b.kill();
+    for request in [
+        "get k\r\n",
+        "set k 0 0 1\r\nx\r\n",
+        "incr k 1\r\n",
+        "delete k\r\n",
+        "get k\r\n",
+    ] {
+        let start = Instant::now();
+        let reply = client.call(request).await;
+        let took = start.elapsed();
+        assert!(
+            reply.starts_with("SERVER_ERROR keepcached-proxy: no replica answered ("),
+            "{request:?}: {reply:?}"
+        );
+        assert!(took < BOUND, "{request:?} took {took:?}");
+    }
+    a.signal("CONT");
+    proxy.stop().await;
+}
+
+/// A server that was down is probed and used again once it answers; the keys written while it
+/// was down are remembered for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repaired_server_is_probed_back_up() {
+    let mut main = memcached();
+    let backup = memcached();
+    let port = main.port;
+    let proxy = ProxyHandle::start(config(&[&[&main], &[&backup]])).await;
+    let mut client = proxy.client().await;
+    main.kill();
+    for i in 0..5 {
+        assert_eq!(
+            client.set(&format!("while-down:{i}"), "x").await,
+            "STORED\r\n"
+        );
+    }
+    let backends = client.call("stats backends\r\n").await;
+    assert!(backends.contains("missed_keys=5 "), "{backends}");
+    let _restarted = memcached_on(port);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let backends = client.call("stats backends\r\n").await;
+        if backends.contains(&format!("pool0/127.0.0.1:{port} state=up")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never probed back up: {backends}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.set("after", "y").await, "STORED\r\n");
+    let mut direct = Client::connect(&format!("127.0.0.1:{port}")).await;
+    assert_eq!(direct.get("after").await.as_deref(), Some("y"));
+    proxy.stop().await;
+}
