@@ -29,7 +29,8 @@ usage: keepcached <command> [options]
 commands:
   server [memcached flags]   the cache server, a drop-in for memcached (-h for its flags)
   proxy [magent flags]       the replicating proxy, a drop-in for magent (--help for its flags)
-  up                         a ready-to-use local cache on 127.0.0.1:11211, no flags needed
+  up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
+                             :11212, replicating proxy on 127.0.0.1:12000
 ";
 
 fn main() -> ExitCode {
@@ -88,22 +89,67 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// The embedded default: a cache server on loopback with memcached's defaults, runnable as any
-/// user (including root, since it binds only to 127.0.0.1).
+/// The embedded default: the seed's tier on one host's loopback — two cache servers (a main and
+/// a backup) and a replicating proxy in front of them — with no configuration and no root.
 fn up(rest: &[String]) -> anyhow::Result<()> {
+    use anyhow::Context;
     if !rest.is_empty() {
         return Err(UsageError(format!("up takes no arguments\n{USAGE}")).into());
     }
-    let args: Vec<String> = ["-l", "127.0.0.1", "-p", "11211"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let server_cmd::Parsed::Run(mut plan) = server_cmd::parse(&args)? else {
-        unreachable!("the embedded default runs a server");
-    };
-    if nix::unistd::geteuid().is_root() {
-        plan.user = Some("root".into());
+    const MAIN: u16 = 11211;
+    const BACKUP: u16 = 11212;
+    const PROXY: u16 = 12000;
+    init_logging(1);
+    let defaults = keepcached_server::Settings::default();
+    // Two servers' clients plus the proxy's.
+    process::raise_nofile_limit(3 * defaults.max_connections)?;
+    let mut servers = Vec::new();
+    for port in [MAIN, BACKUP] {
+        let settings = keepcached_server::Settings {
+            port,
+            listen: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+            ..defaults.clone()
+        };
+        let listeners = keepcached_server::Listeners::bind(&settings)?;
+        servers.push((settings, listeners));
     }
-    eprintln!("keepcached: cache server on 127.0.0.1:11211 (try: telnet 127.0.0.1 11211)");
-    server_cmd::run(*plan)
+    let proxy = keepcached_proxy::ProxyArgs {
+        servers: vec![format!("127.0.0.1:{MAIN}")],
+        backups: vec![format!("127.0.0.1:{BACKUP}")],
+        listen: Some("127.0.0.1".into()),
+        port: Some(PROXY),
+        ..keepcached_proxy::ProxyArgs::default()
+    }
+    .into_config()
+    .map_err(|e| UsageError(e.to_string()))?;
+    let proxy = keepcached_proxy::bind(proxy)?;
+    eprintln!(
+        "keepcached: cache servers on 127.0.0.1:{MAIN} (main) and 127.0.0.1:{BACKUP} (backup), \
+         replicating proxy on 127.0.0.1:{PROXY}\nkeepcached: try: telnet 127.0.0.1 {PROXY}"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = process::shutdown_signal();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (settings, listeners) in servers {
+            let server = keepcached_server::Server::new(settings);
+            tasks.spawn(keepcached_server::listener::serve(
+                server,
+                listeners,
+                shutdown.clone(),
+            ));
+        }
+        let mut proxy_shutdown = shutdown.clone();
+        let proxy = proxy.serve(async move {
+            let _ = proxy_shutdown.wait_for(|s| *s).await;
+        });
+        proxy.await.context("proxy")?;
+        while let Some(done) = tasks.join_next().await {
+            done.context("cache server task")?.context("cache server")?;
+        }
+        Ok(())
+    })
 }

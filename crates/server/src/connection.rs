@@ -9,11 +9,14 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
+use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
 use keepcached_protocol::{parse_command, Command};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::binary::BinaryState;
 use crate::execute::{Next, Session};
+use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
 
@@ -68,6 +71,10 @@ struct Conn<'a, S> {
     counters: Counters,
     /// The connection's number, for verbose logs.
     id: u64,
+    /// Whether the client speaks the binary protocol; `None` until its first byte decides
+    /// (`-B auto`).
+    binary: Option<bool>,
+    binary_state: BinaryState,
 }
 
 pub async fn serve<S: Socket>(
@@ -87,6 +94,12 @@ pub async fn serve<S: Socket>(
         out: Vec::new(),
         swallow: 0,
         counters: Counters::default(),
+        binary: match server.settings.protocol {
+            Protocol::Ascii => Some(false),
+            Protocol::Binary => Some(true),
+            Protocol::Auto => None,
+        },
+        binary_state: BinaryState::default(),
     };
     let idle = server.settings.idle_timeout;
     loop {
@@ -175,6 +188,37 @@ impl<S: Socket> Conn<'_, S> {
         let budget = self.server.settings.reqs_per_event.max(1);
         let verbose = self.server.verbosity.load(Ordering::Relaxed) > 1;
         for _ in 0..budget {
+            let binary = match self.binary {
+                Some(binary) => binary,
+                None => match self.input.first() {
+                    // memcached's negotiation: a binary request starts with its magic byte.
+                    Some(&first) => *self.binary.insert(first == REQUEST_MAGIC),
+                    None => return Stop::NeedInput,
+                },
+            };
+            if binary {
+                let parsed = match parse_binary(&self.input, limits) {
+                    Ok(parsed) => parsed,
+                    Err(incomplete) => {
+                        if let Some(needed) = incomplete.needed {
+                            self.input.reserve(needed.saturating_sub(self.input.len()));
+                        }
+                        return Stop::NeedInput;
+                    }
+                };
+                let consumed = parsed.consumed;
+                let mut session = Session {
+                    server: self.server,
+                    out: &mut self.out,
+                    counters: &mut self.counters,
+                };
+                let next = session.execute_binary(parsed, &mut self.binary_state);
+                self.input.advance(consumed);
+                match self.after(next) {
+                    Some(stop) => return stop,
+                    None => continue,
+                }
+            }
             let parsed = match parse_command(&self.input, limits) {
                 Ok(parsed) => parsed,
                 Err(incomplete) => {
@@ -211,22 +255,27 @@ impl<S: Socket> Conn<'_, S> {
                 },
             };
             self.input.advance(consumed);
-            match next {
-                Next::Continue => {}
-                Next::Close => return Stop::Close,
-                Next::Swallow(n) => {
-                    self.swallow = n;
-                    self.discard_swallowed();
-                    if self.swallow > 0 {
-                        return Stop::NeedInput;
-                    }
-                }
-            }
-            if self.out.len() >= OUT_HIGH_WATER {
-                return Stop::Yield;
+            if let Some(stop) = self.after(next) {
+                return stop;
             }
         }
         Stop::Yield
+    }
+
+    /// What follows a request: `Some` when the batch must stop.
+    fn after(&mut self, next: Next) -> Option<Stop> {
+        match next {
+            Next::Continue => {}
+            Next::Close => return Some(Stop::Close),
+            Next::Swallow(n) => {
+                self.swallow = n;
+                self.discard_swallowed();
+                if self.swallow > 0 {
+                    return Some(Stop::NeedInput);
+                }
+            }
+        }
+        (self.out.len() >= OUT_HIGH_WATER).then_some(Stop::Yield)
     }
 
     async fn write_out(&mut self) -> io::Result<()> {

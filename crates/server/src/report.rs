@@ -13,7 +13,15 @@ use keepcached_protocol::Keys;
 use crate::execute::{Session, PROTOCOL_VERSION};
 
 pub fn stats(session: &mut Session<'_>, args: Keys<'_>) {
-    let mut words = args.iter();
+    stats_words(session, args.iter());
+}
+
+/// `stats` for a group given as bytes (the key of a binary STAT request).
+pub fn stats_command(session: &mut Session<'_>, group: &[u8]) {
+    stats_words(session, group.split(|b| *b == b' ').filter(|w| !w.is_empty()));
+}
+
+fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'a [u8]>) {
     match words.next() {
         None => general(session),
         Some(b"reset") => {
@@ -157,7 +165,7 @@ fn settings(session: &mut Session<'_>) {
     stat(out, "reqs_per_event", s.reqs_per_event);
     stat(out, "cas_enabled", yes_no(s.cas));
     stat(out, "tcp_backlog", s.backlog);
-    stat(out, "binding_protocol", "ascii");
+    stat(out, "binding_protocol", s.protocol.name());
     stat(out, "item_size_max", s.item_size_max);
     stat(out, "lru_crawler", yes_no(s.lru_crawler));
     stat(out, "flush_enabled", yes_no(s.flush_enabled));

@@ -1,0 +1,390 @@
+//! The binary protocol against the store, with SASL.
+//!
+//! Replies follow memcached 1.6.18's `proto_bin.c`: quiet commands answer only errors (a quiet
+//! get answers its hits too), errors carry memcached's text, a STAT reply is one packet per
+//! statistic and an empty packet to end it. With SASL on (`-S`), every command but VERSION and
+//! the SASL ones is refused, and the connection closed, until the client has authenticated.
+//!
+//! As with the meta commands, the CAS of a stored item and compare-and-act for DELETE, INCR,
+//! DECR, APPEND and PREPEND take two steps of the store (docs/meta.md).
+
+use keepcached_cache::{DeltaResult, ItemView, Lookup, StoreMode, StoreResult};
+use keepcached_protocol::binary::{
+    self, opcode, BinaryCommand, BinaryOutcome, BinaryParsed, BinaryRequest, BinaryStore, Header,
+    Status,
+};
+
+use crate::auth;
+use crate::execute::{Next, Session, PROTOCOL_VERSION};
+use crate::report;
+
+/// Per connection: whether SASL has let the client in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BinaryState {
+    pub authenticated: bool,
+}
+
+fn exptime_arg(t: u32) -> i32 {
+    i32::try_from(t).unwrap_or(i32::MAX)
+}
+
+impl Session<'_> {
+    /// Answers one parsed binary packet.
+    pub fn execute_binary(&mut self, parsed: BinaryParsed<'_>, state: &mut BinaryState) -> Next {
+        let (header, before_auth) = match &parsed.outcome {
+            BinaryOutcome::Close => return Next::Close,
+            BinaryOutcome::Request(r) => (r.header, false),
+            BinaryOutcome::Reject(r) => (r.header, r.before_auth),
+        };
+        let open = matches!(
+            header.opcode,
+            opcode::SASL_LIST_MECHS | opcode::SASL_AUTH | opcode::SASL_STEP | opcode::VERSION
+        );
+        if self.server.settings.sasl_users.is_some() && !state.authenticated && !open && !before_auth
+        {
+            binary::error(self.out, &header, Status::AuthError);
+            return Next::Close;
+        }
+        match parsed.outcome {
+            BinaryOutcome::Close => Next::Close,
+            BinaryOutcome::Reject(reject) => {
+                binary::error(self.out, &header, reject.status);
+                if let Some(key) = reject.unlink {
+                    self.server.cache.delete(key, self.server.clock.now());
+                }
+                if reject.status == Status::TooLarge {
+                    self.counters.store_too_large += 1;
+                }
+                if reject.close {
+                    Next::Close
+                } else if reject.swallow > 0 {
+                    Next::Swallow(reject.swallow)
+                } else {
+                    Next::Continue
+                }
+            }
+            BinaryOutcome::Request(request) => self.binary_request(&request, state),
+        }
+    }
+
+    fn ok(&mut self, request: &BinaryRequest<'_>, cas: u64, value: &[u8]) {
+        if !request.quiet {
+            binary::response(self.out, &request.header, Status::Ok, cas, &[], &[], value);
+        }
+    }
+
+    fn item_cas(&self, key: &[u8], now: u32) -> Option<u64> {
+        self.server.cache.get(key, now, |item| item.cas).hit()
+    }
+
+    fn binary_request(&mut self, request: &BinaryRequest<'_>, state: &mut BinaryState) -> Next {
+        let server = self.server;
+        let now = server.clock.now();
+        let header = &request.header;
+        match request.command {
+            BinaryCommand::Get {
+                with_key,
+                touch,
+                value,
+            } => self.binary_get(request, with_key, touch, value, now),
+            BinaryCommand::Store {
+                kind,
+                flags,
+                exptime,
+            } => self.binary_store(request, kind, flags, exptime, now),
+            BinaryCommand::Delete => {
+                let cas = header.cas;
+                if cas != 0 && self.item_cas(request.key, now).is_some_and(|c| c != cas) {
+                    binary::error(self.out, header, Status::KeyExists);
+                } else if server.cache.delete(request.key, now) {
+                    self.counters.delete_hits += 1;
+                    self.ok(request, 0, &[]);
+                } else {
+                    self.counters.delete_misses += 1;
+                    binary::error(self.out, header, Status::KeyNotFound);
+                }
+            }
+            BinaryCommand::Arith {
+                incr,
+                delta,
+                initial,
+                exptime,
+            } => self.binary_arith(request, incr, delta, initial, exptime, now),
+            BinaryCommand::Quit => {
+                self.ok(request, 0, &[]);
+                return Next::Close;
+            }
+            BinaryCommand::Flush { exptime } => {
+                if !server.settings.flush_enabled {
+                    binary::error(self.out, header, Status::AuthError);
+                    return Next::Continue;
+                }
+                self.counters.cmd_flush += 1;
+                let at = if exptime > 0 {
+                    server.clock.exptime(exptime_arg(exptime))
+                } else {
+                    now
+                };
+                server.cache.flush_all(at, now);
+                self.ok(request, 0, &[]);
+            }
+            BinaryCommand::Noop => self.ok(request, 0, &[]),
+            BinaryCommand::Version => self.ok(request, 0, PROTOCOL_VERSION.as_bytes()),
+            BinaryCommand::Stat => self.binary_stat(header, request.key),
+            BinaryCommand::SaslListMechs => match &server.settings.sasl_users {
+                Some(_) => self.ok(request, 0, auth::SASL_MECHS),
+                None => binary::error(self.out, header, Status::UnknownCommand),
+            },
+            BinaryCommand::SaslAuth | BinaryCommand::SaslStep => {
+                let Some(users) = &server.settings.sasl_users else {
+                    binary::error(self.out, header, Status::UnknownCommand);
+                    return Next::Continue;
+                };
+                self.counters.auth_cmds += 1;
+                // PLAIN finishes in one step, so a SASL_STEP never has a started exchange.
+                let accepted = request.command == BinaryCommand::SaslAuth
+                    && request.key == auth::SASL_MECHS
+                    && auth::check_plain(users, request.value);
+                if accepted {
+                    state.authenticated = true;
+                    self.ok(request, 0, b"Authenticated");
+                } else {
+                    self.counters.auth_errors += 1;
+                    binary::error(self.out, header, Status::AuthError);
+                }
+            }
+        }
+        Next::Continue
+    }
+
+    fn binary_get(
+        &mut self,
+        request: &BinaryRequest<'_>,
+        with_key: bool,
+        touch: Option<u32>,
+        value: bool,
+        now: u32,
+    ) {
+        let server = self.server;
+        let out = &mut *self.out;
+        let header = &request.header;
+        let write = |item: ItemView<'_>| {
+            let key = if with_key { item.key } else { &[] };
+            let data = if value { item.value } else { &[] };
+            let flags = item.flags.to_be_bytes();
+            binary::response(out, header, Status::Ok, item.cas, &flags, key, data);
+        };
+        let lookup = match touch {
+            Some(t) => {
+                let exptime = server.clock.exptime(exptime_arg(t));
+                server.cache.get_and_touch(request.key, exptime, now, write)
+            }
+            None => server.cache.get(request.key, now, write),
+        };
+        let counters = &mut *self.counters;
+        match lookup {
+            Lookup::Expired => counters.get_expired += 1,
+            Lookup::Flushed => counters.get_flushed += 1,
+            Lookup::Hit(()) | Lookup::Miss => {}
+        }
+        let hit = lookup.is_hit();
+        if touch.is_some() {
+            counters.cmd_touch += 1;
+            if hit {
+                counters.touch_hits += 1;
+            } else {
+                counters.touch_misses += 1;
+            }
+        } else {
+            counters.cmd_get += 1;
+            if hit {
+                counters.get_hits += 1;
+            } else {
+                counters.get_misses += 1;
+            }
+        }
+        if !hit && !request.quiet {
+            if with_key {
+                // memcached's miss for GETK carries the key and no text.
+                binary::response(
+                    self.out,
+                    header,
+                    Status::KeyNotFound,
+                    0,
+                    &[],
+                    request.key,
+                    &[],
+                );
+            } else {
+                binary::error(self.out, header, Status::KeyNotFound);
+            }
+        }
+    }
+
+    fn binary_store(
+        &mut self,
+        request: &BinaryRequest<'_>,
+        kind: BinaryStore,
+        flags: u32,
+        exptime: u32,
+        now: u32,
+    ) {
+        let server = self.server;
+        let header = &request.header;
+        let key = request.key;
+        self.counters.cmd_set += 1;
+        let cas = header.cas;
+        let mode = match kind {
+            // memcached turns any set, add or replace with a CAS into a compare-and-swap.
+            BinaryStore::Set | BinaryStore::Add | BinaryStore::Replace if cas != 0 => {
+                StoreMode::Cas(cas)
+            }
+            BinaryStore::Set => StoreMode::Set,
+            BinaryStore::Add => StoreMode::Add,
+            BinaryStore::Replace => StoreMode::Replace,
+            BinaryStore::Append => StoreMode::Append,
+            BinaryStore::Prepend => StoreMode::Prepend,
+        };
+        let cas_differs = matches!(mode, StoreMode::Append | StoreMode::Prepend)
+            && cas != 0
+            && self.item_cas(key, now).is_some_and(|c| c != cas);
+        let result = if cas_differs {
+            StoreResult::Exists
+        } else {
+            let exptime = server.clock.exptime(exptime_arg(exptime));
+            server
+                .cache
+                .store(mode, key, flags, exptime, request.value, now)
+        };
+        if let StoreMode::Cas(_) = mode {
+            match result {
+                StoreResult::Stored => self.counters.cas_hits += 1,
+                StoreResult::Exists => self.counters.cas_badval += 1,
+                StoreResult::NotFound => self.counters.cas_misses += 1,
+                _ => {}
+            }
+        }
+        let status = match result {
+            StoreResult::Stored => {
+                let new_cas = if request.quiet {
+                    0
+                } else {
+                    self.item_cas(key, now).unwrap_or(0)
+                };
+                self.ok(request, new_cas, &[]);
+                return;
+            }
+            StoreResult::Exists => Status::KeyExists,
+            StoreResult::NotFound => Status::KeyNotFound,
+            StoreResult::NotStored | StoreResult::TooLarge | StoreResult::OutOfMemory => {
+                match kind {
+                    BinaryStore::Add => Status::KeyExists,
+                    BinaryStore::Replace => Status::KeyNotFound,
+                    _ => Status::NotStored,
+                }
+            }
+        };
+        binary::error(self.out, header, status);
+    }
+
+    fn binary_arith(
+        &mut self,
+        request: &BinaryRequest<'_>,
+        incr: bool,
+        delta: u64,
+        initial: u64,
+        exptime: u32,
+        now: u32,
+    ) {
+        let server = self.server;
+        let header = &request.header;
+        let key = request.key;
+        if header.cas != 0 && self.item_cas(key, now).is_some_and(|c| c != header.cas) {
+            binary::error(self.out, header, Status::KeyExists);
+            return;
+        }
+        let value = match server.cache.incr_decr(key, incr, delta, now) {
+            DeltaResult::Value(v) => {
+                if incr {
+                    self.counters.incr_hits += 1;
+                } else {
+                    self.counters.decr_hits += 1;
+                }
+                v
+            }
+            DeltaResult::NonNumeric => {
+                binary::error(self.out, header, Status::DeltaBadValue);
+                return;
+            }
+            DeltaResult::OutOfMemory => {
+                binary::error(self.out, header, Status::OutOfMemory);
+                return;
+            }
+            // 0xffffffff: the client asked not to create a missing counter.
+            DeltaResult::NotFound if exptime == u32::MAX => {
+                if incr {
+                    self.counters.incr_misses += 1;
+                } else {
+                    self.counters.decr_misses += 1;
+                }
+                binary::error(self.out, header, Status::KeyNotFound);
+                return;
+            }
+            DeltaResult::NotFound => {
+                let digits = initial.to_string();
+                let exptime = server.clock.exptime(exptime_arg(exptime));
+                let stored =
+                    server
+                        .cache
+                        .store(StoreMode::Add, key, 0, exptime, digits.as_bytes(), now);
+                if stored != StoreResult::Stored {
+                    binary::error(self.out, header, Status::NotStored);
+                    return;
+                }
+                initial
+            }
+        };
+        if !request.quiet {
+            let cas = self.item_cas(key, now).unwrap_or(0);
+            binary::response(
+                self.out,
+                header,
+                Status::Ok,
+                cas,
+                &[],
+                &[],
+                &value.to_be_bytes(),
+            );
+        }
+    }
+
+    /// Runs the ASCII `stats` for the group named in the key and re-frames each `STAT` line
+    /// as a packet, so both protocols report the same numbers.
+    fn binary_stat(&mut self, header: &Header, group: &[u8]) {
+        let mut text = Vec::new();
+        let mut inner = Session {
+            server: self.server,
+            out: &mut text,
+            counters: &mut *self.counters,
+        };
+        report::stats_command(&mut inner, group);
+        if text == b"ERROR\r\n" || text.starts_with(b"CLIENT_ERROR") {
+            binary::error(self.out, header, Status::KeyNotFound);
+            return;
+        }
+        if group.starts_with(b"detail dump") {
+            binary::response(self.out, header, Status::Ok, 0, &[], b"detailed", &text);
+        } else {
+            for line in text.split(|b| *b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let Some(stat) = line.strip_prefix(b"STAT ") else {
+                    continue;
+                };
+                let space = stat.iter().position(|b| *b == b' ').unwrap_or(stat.len());
+                let value = stat.get(space + 1..).unwrap_or(&[]);
+                binary::response(self.out, header, Status::Ok, 0, &[], &stat[..space], value);
+            }
+        }
+        binary::response(self.out, header, Status::Ok, 0, &[], &[], &[]);
+    }
+}
