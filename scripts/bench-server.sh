@@ -129,7 +129,7 @@ if [ -z "${SKIP_MEMORY:-}" ]; then
   start_pair
   for side in keepcached memcached; do
     if [ $side = keepcached ]; then addr=$OURS_ADDR pid=$OURS_PID; else addr=$REF_ADDR pid=$REF_PID; fi
-    "${MCBENCH[@]}" load "$addr" --side "$side" --pid "$pid" --prefix "key:" --count "$ITEMS" \
+    run_fg "${MCBENCH[@]}" load "$addr" --side "$side" --pid "$pid" --prefix "key:" --count "$ITEMS" \
       --value-size "$VALUE_SIZE" >>"$MEMRESULTS" 2>"$WORK/load-$side.err" ||
       { BROKE=1; log "loading $side failed or did not store every item: $(tail -1 "$MEMRESULTS") $(tail -2 "$WORK/load-$side.err")"; }
   done

@@ -95,7 +95,7 @@ topology() {
 start() { # impl host priority version interval
     conf "$3" "$4" "$5" > "$DIR/$2.conf"
     if [ "$1" = keepcached ]; then
-        ip netns exec "$P-$2" "$VRRPD" --keepalived-conf "$DIR/$2.conf" 2>"$DIR/$2.log" &
+        ip netns exec "$P-$2" "$VRRPD" --keepalived-conf "$DIR/$2.conf" >/dev/null 2>"$DIR/$2.log" &
         echo $! > "$DIR/$2.pid"
     else
         ip netns exec "$P-$2" /usr/sbin/keepalived --dont-fork --vrrp -f "$DIR/$2.conf" \
@@ -110,7 +110,7 @@ one_run() { # impl event version interval
     cleanup
     topology
     for h in h1 h2; do
-        ip netns exec "$P-$h" python3 -c "$RESPONDER" "$h" & echo $! > "$DIR/$h-resp.pid"
+        ip netns exec "$P-$h" python3 -c "$RESPONDER" "$h" >/dev/null 2>&1 & echo $! > "$DIR/$h-resp.pid"
     done
     start "$1" h1 100 "$3" "$4"
     start "$1" h2 99 "$3" "$4"

@@ -9,6 +9,7 @@ MCBENCH=(python3 "$BENCH_LIB_DIR/mcbench.py")
 WORK=$(mktemp -d /tmp/keepcached-bench.XXXXXX)
 PIDS=()       # every process this script started
 LAST_PID=
+CHILD=        # the load generator running now (see run_fg)
 BROKE=0       # set when something failed (not a missed target): the script exits 1 at the end
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -27,11 +28,23 @@ stop_pid() {
 
 cleanup() {
   local pid
+  [ -z "$CHILD" ] || stop_pid "$CHILD"
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   if [ -n "${KEEP_WORK:-}" ]; then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# run_fg CMD... — run a command as if in the foreground, but so that a signal to this script is handled
+# at once (bash runs traps only between foreground commands) and the command is stopped with it.
+run_fg() {
+  "$@" &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=
+  return "$rc"
+}
 
 # ensure_tools CMD:PACKAGE ... — apt-get install the packages whose command is missing.
 ensure_tools() {
@@ -178,7 +191,7 @@ run_memaslap() {
   local out="$WORK/memaslap-$point-$side-$ROUND.out"
   log "  $point -> $side ($addr), ${DURATION}s"
   cpu_mark
-  timeout -k 5 $((DURATION + 60)) "$MEMASLAP" -s "$addr" -F "$WORK/memaslap.cfg" \
+  run_fg timeout -k 5 $((DURATION + 60)) "$MEMASLAP" -s "$addr" -F "$WORK/memaslap.cfg" \
     -T "$MEMASLAP_THREADS" -c "$CONNS" -t "${DURATION}s" -S "${DURATION}s" "$@" >"$out" 2>&1 || rc=$?
   "${MCBENCH[@]}" parse-memaslap "$out" --point "$point" --side "$side" --rc "$rc" \
     --other-cpu "$(cpu_other_pct)" >>"$RESULTS"
@@ -190,7 +203,7 @@ run_pipe() {
   local point=$1 side=$2 addr=$3 rc=0
   log "  $point -> $side ($addr), ${DURATION}s"
   cpu_mark
-  "${MCBENCH[@]}" pipe "$addr" --point "$point" --side "$side" --prefix "pipe:" --keys "$PIPE_KEYS" \
+  run_fg "${MCBENCH[@]}" pipe "$addr" --point "$point" --side "$side" --prefix "pipe:" --keys "$PIPE_KEYS" \
     --conns "$CONNS" --depth "$PIPE_DEPTH" --secs "$DURATION" --procs "$PIPE_PROCS" \
     --set-ratio "$SET_RATIO" --value-size "$VALUE_SIZE" >"$WORK/pipe.json" 2>"$WORK/pipe-$point-$side.err" || rc=$?
   "${MCBENCH[@]}" annotate "$WORK/pipe.json" other_cpu_pct "$(cpu_other_pct)" >>"$RESULTS"
@@ -208,7 +221,7 @@ run_memtier() {
   log "  $point -> $side ($host:$port), ${DURATION}s"
   rm -f "$json"
   cpu_mark
-  timeout -k 5 $((DURATION + 60)) memtier_benchmark -s "$host" -p "$port" -P memcache_text \
+  run_fg timeout -k 5 $((DURATION + 60)) memtier_benchmark -s "$host" -p "$port" -P memcache_text \
     -t "$threads" -c $((CONNS / threads)) --ratio="1:$(python3 -c "print(round($GET_RATIO/$SET_RATIO))")" \
     -d "$VALUE_SIZE" --key-prefix=mt: --key-minimum=0 --key-maximum=$((PIPE_KEYS - 1)) --key-pattern=R:R \
     --pipeline="$pipeline" --test-time="$DURATION" --hide-histogram --json-out-file="$json" >"$logf" 2>&1 || rc=$?

@@ -6,11 +6,18 @@ Subcommands (HOST:PORT is a memcached text-protocol endpoint):
   wait HOST:PORT [SECS]   wait until `get` answers (exit 1 on timeout)
   stats HOST:PORT         print `stats` as NAME VALUE lines
   load HOST:PORT ...      store COUNT items with pipelined `noreply` sets, then check them;
-                          prints one JSON line {"stored":..., "curr_items":..., "secs":...}
+                          prints one JSON line {"items", "curr_items", "load_secs", and with
+                          --pid the server's VmRSS before and after: "rss_start_kb", "rss_kb"}
   pipe HOST:PORT ...      closed-loop pipelined load: CONNS connections, each sending DEPTH
                           requests per batch (get/set mix) and waiting for the whole batch;
                           every response is checked byte for byte; prints one JSON line
                           with ops, ops/s and exact per-batch latency percentiles.
+  parse-memaslap FILE     memcaslap's final report (run with -S) -> one JSON row: ops/s, avg,
+                          p50/p99 estimated from its log2 latency histogram, get_misses
+  parse-memtier FILE      memtier_benchmark --json-out-file -> one JSON row
+  annotate FILE KEY VAL   the JSON row in FILE with KEY set
+  report-server ROWS MEM  the tables and PASS/FAIL lines of scripts/bench-server.sh
+  report-proxy ROWS       the same for scripts/bench-proxy.sh
 
 Values are VALUE_SIZE bytes of a fixed pattern, so every response is known in advance:
 a get must answer `VALUE key 0 N` + value + `END` (a miss is an error here: `pipe`
@@ -23,6 +30,7 @@ import multiprocessing
 import os
 import random
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -231,6 +239,12 @@ def build_batches(args, seed):
     return batches
 
 
+def first_difference(got, want):
+    j = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]), min(len(got), len(want)))
+    return "unexpected reply at byte %d: got %r, want %r" % (j, got[max(0, j - 40):j + 60],
+                                                             want[max(0, j - 40):j + 60])
+
+
 class Conn:
     __slots__ = ("sock", "out", "want", "buf", "mv", "got", "t0", "bi", "dead")
 
@@ -286,6 +300,9 @@ def pipe_run(args, addr, nconns, seed, start_at, result_q):
         now = time.perf_counter_ns()
         if now > hard_end:
             errors.append("%d batches unanswered 5s after the end" % active)
+            stuck = next((c for c in conns if sel.get_map() and c.sock in sel.get_map() and c.got), None)
+            if stuck is not None:
+                errors.append(first_difference(bytes(stuck.buf[:stuck.got]), stuck.want))
             break
         for key, ev in sel.select(timeout=0.5):
             c = key.data
@@ -304,7 +321,8 @@ def pipe_run(args, addr, nconns, seed, start_at, result_q):
                 except BlockingIOError:
                     continue
                 except OSError as e:
-                    n, err = 0, e
+                    n = 0
+                    errors.append("read: %s" % e)
                 if n == 0:
                     errors.append("connection closed by server")
                     sel.unregister(c.sock)
@@ -316,10 +334,7 @@ def pipe_run(args, addr, nconns, seed, start_at, result_q):
                 t1 = time.perf_counter_ns()
                 sel.unregister(c.sock)
                 if c.buf[:c.got] != c.want:
-                    got = bytes(c.mv[:c.got])
-                    j = next((i for i in range(len(got)) if got[i] != c.want[i]), 0)
-                    errors.append("unexpected reply at byte %d: got %r want %r"
-                                  % (j, got[max(0, j - 40):j + 80], c.want[max(0, j - 40):j + 80]))
+                    errors.append(first_difference(bytes(c.buf[:c.got]), c.want))
                     active -= 1
                     continue
                 if t1 <= t_end:
@@ -348,6 +363,14 @@ def cmd_pipe(args):
     start_at = time.time() + 0.5 + 0.005 * args.conns
     workers = []
     per = [args.conns // procs + (1 if i < args.conns % procs else 0) for i in range(procs)]
+
+    def stop(signum, _frame):
+        for w in workers:
+            w.terminate()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     for i in range(procs):
         p = multiprocessing.Process(target=pipe_worker, args=(args, addr, per[i], 1000 + i, start_at, q))
         p.start()

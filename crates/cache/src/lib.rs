@@ -20,6 +20,7 @@ mod tests;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -215,17 +216,16 @@ fn shard_count(cfg: &Config) -> usize {
 impl Cache {
     pub fn new(cfg: Config) -> Cache {
         let count = shard_count(&cfg);
-        let id_bits = usize::BITS - (count - 1).leading_zeros();
+        let sequence = Arc::new(AtomicU64::new(1));
         let hasher = foldhash::fast::RandomState::default();
         let shards = (0..count)
-            .map(|id| {
+            .map(|_| {
                 Padded(Mutex::new(Shard::new(ShardConfig {
                     limit: cfg.max_bytes / count as u64,
                     item_size_max: cfg.item_size_max,
                     evict: cfg.evict,
                     cas: cfg.cas,
-                    id: id as u64,
-                    id_bits,
+                    sequence: sequence.clone(),
                     hasher,
                 })))
             })

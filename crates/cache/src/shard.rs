@@ -20,6 +20,8 @@
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::arena::{Arena, Entry, NIL};
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
@@ -34,8 +36,10 @@ pub(crate) struct ShardConfig {
     pub(crate) item_size_max: usize,
     pub(crate) evict: bool,
     pub(crate) cas: bool,
-    pub(crate) id: u64,
-    pub(crate) id_bits: u32,
+    /// The cache-wide store sequence: every store takes the next number, which is both the
+    /// item's CAS and its age for `flush_all`. One counter for the whole cache, like memcached's,
+    /// so CAS values are small, dense and the same as memcached hands out for the same commands.
+    pub(crate) sequence: Arc<AtomicU64>,
     pub(crate) hasher: RandomState,
 }
 
@@ -149,7 +153,6 @@ pub(crate) struct Shard {
     cfg: ShardConfig,
     /// Accounted bytes of the items held.
     used: u64,
-    next_seq: u64,
     /// Items whose sequence is below this were flushed.
     flush_below: u64,
     /// When a delayed flush takes effect; 0 when none is pending.
@@ -168,7 +171,6 @@ impl Shard {
             policy: S3Fifo::new(),
             cfg,
             used: 0,
-            next_seq: 1,
             flush_below: 0,
             flush_at: 0,
             last_now: 0,
@@ -178,14 +180,12 @@ impl Shard {
     }
 
     fn next_cas(&mut self) -> u64 {
-        let cas = self.next_seq << self.cfg.id_bits | self.cfg.id;
-        self.next_seq += 1;
-        cas
+        self.cfg.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The bound below which every sequence handed out so far lies.
     fn seq_bound(&self) -> u64 {
-        self.next_seq << self.cfg.id_bits
+        self.cfg.sequence.load(Ordering::Relaxed)
     }
 
     /// Brings the flush state up to `now`; every operation starts here.
@@ -366,14 +366,6 @@ impl Shard {
                 None => (concat([key, value, &[]]), flags, exptime),
             },
         };
-        if exptime != 0 && exptime <= now {
-            // Stored and invisible at once, as memcached has it; it needs no memory.
-            self.counters.total_items += 1;
-            return (
-                StoreResult::Stored,
-                existing.map(|idx| self.unlink(idx, hash)),
-            );
-        }
         let new_bytes = accounted_size(key.len(), data.len() - key.len());
         let old_bytes = existing.map_or(0, |idx| entry_bytes(&self.arena[idx]));
         if new_bytes > self.cfg.limit

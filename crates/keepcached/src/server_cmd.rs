@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser};
+use keepcached_server::auth::Users;
+use keepcached_server::settings::Protocol;
 use keepcached_server::{Listeners, Server, Settings};
 
 use crate::{process, UsageError};
@@ -274,13 +276,30 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         return usage("Cannot set item size limit higher than 1/2 of memory max.".into());
     }
     settings.item_size_max = item_size as usize;
-    match args.protocol.as_str() {
-        "ascii" | "auto" => {}
-        "binary" => return usage("the binary protocol is not supported yet; use -B ascii".into()),
+    settings.protocol = match args.protocol.as_str() {
+        "ascii" => Protocol::Ascii,
+        "binary" => Protocol::Binary,
+        "auto" => Protocol::Auto,
         other => return usage(format!("Invalid value for binding protocol: {other}")),
+    };
+    if args.enable_sasl {
+        // As memcached: SASL is binary-only, so -S makes binary the default and refuses ascii.
+        if settings.protocol == Protocol::Ascii {
+            return usage("You cannot allow the ASCII protocol while using SASL.".into());
+        }
+        settings.protocol = Protocol::Binary;
+        let Some(pwdb) = std::env::var_os("MEMCACHED_SASL_PWDB") else {
+            return usage(
+                "-S needs MEMCACHED_SASL_PWDB: the path of a file of user:password lines".into(),
+            );
+        };
+        match Users::load(std::path::Path::new(&pwdb)) {
+            Ok(users) => settings.sasl_users = Some(users),
+            Err(e) => return usage(e.to_string()),
+        }
     }
-    if args.enable_sasl || args.auth_file.is_some() {
-        return usage("authentication (-S, -Y) is not supported yet".into());
+    if args.auth_file.is_some() {
+        return usage("ASCII authentication (-Y) is not supported yet".into());
     }
     if args.enable_ssl {
         return usage("TLS (-Z) is not supported; terminate TLS in front of keepcached".into());
@@ -404,7 +423,10 @@ fn help_text() -> String {
             "-b, --listen-backlog=<num>",
             "listen backlog (default: 1024)",
         ),
-        ("-B, --protocol=<name>", "ascii or auto (default: auto)"),
+        (
+            "-B, --protocol=<name>",
+            "ascii, binary or auto (default: auto)",
+        ),
         (
             "-I, --max-item-size=<num>",
             "largest item, k/m suffixes (default: 1m; min 1k, max 1g)",

@@ -335,9 +335,7 @@ pub fn parse_binary<'a>(buf: &'a [u8], limits: &Limits) -> Result<BinaryParsed<'
             touch: Some(be32(extras)),
             value: header.opcode != TOUCH,
         },
-        DELETE | DELETEQ if keylen > 0 && extlen == 0 && bodylen == keylen => {
-            BinaryCommand::Delete
-        }
+        DELETE | DELETEQ if keylen > 0 && extlen == 0 && bodylen == keylen => BinaryCommand::Delete,
         INCREMENT | INCREMENTQ | DECREMENT | DECREMENTQ
             if keylen > 0 && extlen == 20 && bodylen == keylen + extlen =>
         {
@@ -352,9 +350,9 @@ pub fn parse_binary<'a>(buf: &'a [u8], limits: &Limits) -> Result<BinaryParsed<'
         SASL_AUTH if extlen == 0 && keylen != 0 => BinaryCommand::SaslAuth,
         SASL_STEP if extlen == 0 && keylen != 0 => BinaryCommand::SaslStep,
         VERSION | NOOP | QUIT | QUITQ | SASL_LIST_MECHS | FLUSH | FLUSHQ | SET | SETQ | ADD
-        | ADDQ | REPLACE | REPLACEQ | APPEND | APPENDQ | PREPEND | PREPENDQ | GET | GETQ
-        | GETK | GETKQ | TOUCH | GAT | GATQ | GATK | GATKQ | DELETE | DELETEQ | INCREMENT
-        | INCREMENTQ | DECREMENT | DECREMENTQ | STAT | SASL_AUTH | SASL_STEP => return invalid(),
+        | ADDQ | REPLACE | REPLACEQ | APPEND | APPENDQ | PREPEND | PREPENDQ | GET | GETQ | GETK
+        | GETKQ | TOUCH | GAT | GATQ | GATK | GATKQ | DELETE | DELETEQ | INCREMENT | INCREMENTQ
+        | DECREMENT | DECREMENTQ | STAT | SASL_AUTH | SASL_STEP => return invalid(),
         // memcached discards a body's length after the extras and key it already read, so
         // the next bytes of an unknown command with extras or a key are lost too.
         _ => return reject(Status::UnknownCommand, bodylen, false),
@@ -453,7 +451,10 @@ mod tests {
             panic!()
         };
         assert!(r.quiet);
-        assert_eq!((r.key, r.value, r.header.cas), (&b"key"[..], &b"value"[..], 3));
+        assert_eq!(
+            (r.key, r.value, r.header.cas),
+            (&b"key"[..], &b"value"[..], 3)
+        );
         assert_eq!(
             r.command,
             BinaryCommand::Store {
@@ -478,7 +479,10 @@ mod tests {
         let BinaryOutcome::Reject(r) = parsed.outcome else {
             panic!()
         };
-        assert_eq!((r.status, r.swallow, r.close), (Status::UnknownCommand, 2, false));
+        assert_eq!(
+            (r.status, r.swallow, r.close),
+            (Status::UnknownCommand, 2, false)
+        );
         let mut not_request = packet(opcode::NOOP, b"", b"", b"", 0);
         not_request[0] = RESPONSE_MAGIC;
         assert_eq!(parse(&not_request).unwrap().outcome, BinaryOutcome::Close);

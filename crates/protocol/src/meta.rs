@@ -245,6 +245,9 @@ pub struct MetaParsed<'a> {
 }
 
 /// One step of the ASCII protocols: a meta request or a text one.
+// A meta request (its flags and decoded key held inline) lives on the stack for one call;
+// boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
     Text(Parsed<'a>),

@@ -66,7 +66,9 @@ pub fn parse_u32_truncating(token: &[u8]) -> Option<u32> {
     parse_u64(token).map(|v| v as u32)
 }
 
-/// memcached's `safe_strtol` into a 32-bit signed field (exptime, data length, flush delay).
+/// memcached's `safe_strtol` into a 32-bit signed field (exptime, data length, flush delay):
+/// read as a 64-bit `long` (beyond that is an error), then truncated to 32 bits, so
+/// `4294967297` reads as 1 exactly as memcached reads it.
 pub fn parse_i32(token: &[u8]) -> Option<i32> {
     let (negative, digits) = split_number(token)?;
     let magnitude = digits_to_u64(digits)?;
@@ -75,7 +77,7 @@ pub fn parse_i32(token: &[u8]) -> Option<i32> {
     } else {
         i64::try_from(magnitude).ok()?
     };
-    i32::try_from(value).ok()
+    Some(value as i32)
 }
 
 #[cfg(test)]
@@ -105,11 +107,13 @@ mod tests {
     }
 
     #[test]
-    fn signed_is_bounded_to_32_bits() {
+    fn signed_truncates_to_32_bits() {
         assert_eq!(parse_i32(b"-1"), Some(-1));
         assert_eq!(parse_i32(b"2147483647"), Some(i32::MAX));
-        assert_eq!(parse_i32(b"2147483648"), None);
+        assert_eq!(parse_i32(b"2147483648"), Some(i32::MIN));
+        assert_eq!(parse_i32(b"4294967297"), Some(1));
         assert_eq!(parse_i32(b"-2147483648"), Some(i32::MIN));
+        assert_eq!(parse_i32(b"9223372036854775808"), None);
         assert_eq!(parse_i32(b"abc"), None);
     }
 }

@@ -40,7 +40,10 @@ impl Session<'_> {
             header.opcode,
             opcode::SASL_LIST_MECHS | opcode::SASL_AUTH | opcode::SASL_STEP | opcode::VERSION
         );
-        if self.server.settings.sasl_users.is_some() && !state.authenticated && !open && !before_auth
+        if self.server.settings.sasl_users.is_some()
+            && !state.authenticated
+            && !open
+            && !before_auth
         {
             binary::error(self.out, &header, Status::AuthError);
             return Next::Close;
@@ -276,13 +279,12 @@ impl Session<'_> {
             }
             StoreResult::Exists => Status::KeyExists,
             StoreResult::NotFound => Status::KeyNotFound,
-            StoreResult::NotStored | StoreResult::TooLarge | StoreResult::OutOfMemory => {
-                match kind {
-                    BinaryStore::Add => Status::KeyExists,
-                    BinaryStore::Replace => Status::KeyNotFound,
-                    _ => Status::NotStored,
-                }
-            }
+            StoreResult::NotStored | StoreResult::TooLarge | StoreResult::OutOfMemory => match kind
+            {
+                BinaryStore::Add => Status::KeyExists,
+                BinaryStore::Replace => Status::KeyNotFound,
+                _ => Status::NotStored,
+            },
         };
         binary::error(self.out, header, status);
     }

@@ -172,12 +172,18 @@ impl Session<'_> {
                 }
                 self.counters.cmd_flush += 1;
                 // memcached: a positive delay is an exptime (relative or absolute); zero or
-                // negative means now.
-                let at = match delay {
-                    Some(d) if d > 0 => server.clock.exptime(d),
-                    _ => now,
-                };
-                server.cache.flush_all(at, now);
+                // negative means now. An absolute time already past comes out as relative time
+                // 1, which memcached stores as "no flush pending": it answers OK and flushes
+                // nothing, and clients see that, so we do the same.
+                match delay {
+                    Some(d) if d > 0 => {
+                        let at = server.clock.exptime(d);
+                        if at > 1 {
+                            server.cache.flush_all(at, now);
+                        }
+                    }
+                    _ => server.cache.flush_all(now, now),
+                }
                 self.reply(noreply, reply::OK);
                 Next::Continue
             }
@@ -229,6 +235,9 @@ impl Session<'_> {
                 Next::Continue
             }
             Request::Stats { args } => {
+                // Counts of this batch's earlier requests must show, as they do in memcached.
+                server.stats.merge(self.counters);
+                *self.counters = Counters::default();
                 report::stats(self, args);
                 Next::Continue
             }

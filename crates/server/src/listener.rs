@@ -145,6 +145,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let mut tasks = JoinSet::new();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // memcached counts each listening socket in total_connections; dashboards comparing the
+    // two servers should see the same number.
+    let listening = listeners.tcp.len() + usize::from(listeners.unix.is_some());
+    server
+        .stats
+        .total_connections
+        .fetch_add(listening as u64, Ordering::Relaxed);
     for listener in listeners.tcp {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let server = server.clone();

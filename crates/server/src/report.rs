@@ -18,7 +18,10 @@ pub fn stats(session: &mut Session<'_>, args: Keys<'_>) {
 
 /// `stats` for a group given as bytes (the key of a binary STAT request).
 pub fn stats_command(session: &mut Session<'_>, group: &[u8]) {
-    stats_words(session, group.split(|b| *b == b' ').filter(|w| !w.is_empty()));
+    stats_words(
+        session,
+        group.split(|b| *b == b' ').filter(|w| !w.is_empty()),
+    );
 }
 
 fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'a [u8]>) {
