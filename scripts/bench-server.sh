@@ -14,6 +14,8 @@
 #   memaslap-mgetN  memcaslap --division=N: the gets go as multi-gets of N keys
 #   pipelineN       scripts/bench/mcbench.py: N requests written at once per connection,
 #                   every reply checked byte for byte, exact per-batch latency
+#   memaslap-bin-mgetN  with BINARY=1: memcaslap --binary --division=N, the binary protocol,
+#                   where memcaslap writes the N gets at once (true pipelining)
 #   memtier, memtier-pipeN   memtier_benchmark, only if it is installed
 # All: 90% get / 10% set, VALUE_SIZE-byte values, CONNS connections, DURATION seconds a run.
 # The column "other CPU%" is what processes outside the benchmark used meanwhile (on a shared
@@ -22,7 +24,7 @@
 # Environment (defaults): DURATION=10 (seconds per run) ROUNDS=2 (every point runs ROUNDS times
 #   per server, in the order A B B A ..., figures are means) CONNS=50 VALUE_SIZE=100 MULTIGET=10
 #   PIPE_DEPTH=16 THREADS=2 MEMORY_MB=1024 ITEMS=1000000
-#   MEMASLAP_THREADS=2 PIPE_PROCS=2 PIPE_KEYS=100000 SKIP_THROUGHPUT= SKIP_MEMORY= KEEP_WORK=
+#   MEMASLAP_THREADS=2 PIPE_PROCS=2 PIPE_KEYS=100000 BINARY= SKIP_THROUGHPUT= SKIP_MEMORY= KEEP_WORK=
 #   MEMCACHED_BIN=memcached KEEPCACHED_BIN=
 set -uo pipefail
 
@@ -89,6 +91,7 @@ if [ -z "${SKIP_THROUGHPUT:-}" ]; then
   preload "$REF_ADDR" memcached || die "memcached did not store the pipelined key space"
 
   points=(memaslap "memaslap-mget$MULTIGET" "pipeline$PIPE_DEPTH")
+  [ -n "${BINARY:-}" ] && points+=("memaslap-bin-mget$MULTIGET")
   [ -n "$HAVE_MEMTIER" ] && points+=(memtier "memtier-pipe$PIPE_DEPTH")
 
   run_point() { # POINT SIDE ADDR
@@ -96,6 +99,7 @@ if [ -z "${SKIP_THROUGHPUT:-}" ]; then
     case $point in
       memaslap) run_memaslap "$point" "$side" "$addr" ;;
       memaslap-mget*) run_memaslap "$point" "$side" "$addr" --division="$MULTIGET" ;;
+      memaslap-bin-mget*) run_memaslap "$point" "$side" "$addr" --binary --division="$MULTIGET" ;;
       pipeline*) run_pipe "$point" "$side" "$addr" ;;
       memtier) run_memtier "$point" "$side" 127.0.0.1 "${addr##*:}" 1 ;;
       memtier-pipe*) run_memtier "$point" "$side" 127.0.0.1 "${addr##*:}" "$PIPE_DEPTH" ;;

@@ -10,8 +10,8 @@ set -euo pipefail
 RUNS=${1:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --quiet --release -p keepcached-vrrp --example vrrpd
-VRRPD=$TARGET/release/examples/vrrpd
+cargo build --quiet --release -p keepcached
+KEEPCACHED=$TARGET/release/keepcached
 P=kcvb$$
 DIR=$(mktemp -d)
 VIP=198.18.0.100
@@ -95,7 +95,7 @@ topology() {
 start() { # impl host priority version interval
     conf "$3" "$4" "$5" > "$DIR/$2.conf"
     if [ "$1" = keepcached ]; then
-        ip netns exec "$P-$2" "$VRRPD" --keepalived-conf "$DIR/$2.conf" >/dev/null 2>"$DIR/$2.log" &
+        ip netns exec "$P-$2" "$KEEPCACHED" vrrp --keepalived-conf "$DIR/$2.conf" >/dev/null 2>"$DIR/$2.log" &
         echo $! > "$DIR/$2.pid"
     else
         ip netns exec "$P-$2" /usr/sbin/keepalived --dont-fork --vrrp -f "$DIR/$2.conf" \
@@ -122,7 +122,8 @@ one_run() { # impl event version interval
         SIGTERM) event=(kill -TERM "$pid") ;;
         SIGKILL)
             if [ "$1" = keepalived ]; then
-                event=(sh -c "kill -9 \$(cat $DIR/h1-vrrp.pidfile) $pid")
+                # keepalived's VRRP work is done by its child process.
+                event=(sh -c "pkill -9 -P $pid; kill -9 $pid")
             else
                 event=(kill -9 "$pid")
             fi ;;

@@ -5,6 +5,7 @@
 mod process;
 mod proxy_cmd;
 mod server_cmd;
+mod vrrp_cmd;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ usage: keepcached <command> [options]
 commands:
   server [memcached flags]   the cache server, a drop-in for memcached (-h for its flags)
   proxy [magent flags]       the replicating proxy, a drop-in for magent (--help for its flags)
+  vrrp --config FILE         VIP failover (VRRP), a drop-in for keepalived's VRRP side;
+  vrrp --keepalived-conf FILE    reads an existing keepalived.conf
   up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
                              :11212, replicating proxy on 127.0.0.1:12000
 ";
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e.into()),
         },
         "proxy" => proxy_cmd::run(rest),
+        "vrrp" => vrrp_cmd::run(rest),
         "up" => up(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

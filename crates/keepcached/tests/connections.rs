@@ -83,8 +83,10 @@ fn connection_limit_rejects_with_an_error_line() {
             "{}: the rejected connection was left open",
             target.label
         );
+        // memcached counts its own descriptors against -c (7 clients fit under -c 32); at most
+        // -c clients is the contract.
         assert!(
-            !accepted.is_empty() && accepted.len() < LIMIT,
+            !accepted.is_empty() && accepted.len() <= LIMIT,
             "{}",
             target.label
         );
@@ -141,9 +143,7 @@ fn thousands_of_idle_connections() {
             c.send(b"get k\r\n").unwrap();
         }
         for (i, c) in clients.iter_mut().enumerate() {
-            let reply = c
-                .read_reply(&End::Quiet(Duration::from_millis(2000)), 0)
-                .unwrap();
+            let reply = c.read_reply(&End::Suffix(b"END\r\n".to_vec()), 0).unwrap();
             assert_eq!(
                 reply.bytes, b"VALUE k 0 1\r\nv\r\nEND\r\n",
                 "{}: connection {i}",
@@ -165,12 +165,12 @@ fn thousands_of_idle_connections() {
         );
         growth.push((target.label.clone(), per_connection));
     }
-    // "Costs little": no more than 4x what memcached spends, and under 32 KiB in any case.
-    let reference = growth[0].1.max(1024);
+    // "Costs little": memcached spends about 600 bytes per idle connection; allow a small
+    // buffer's worth, not a full read buffer per connection.
     for (label, bytes) in &growth {
         assert!(
-            *bytes <= 4 * reference && *bytes <= 32 * 1024,
-            "{label}: {bytes} bytes per idle connection (memcached: {})",
+            *bytes <= 8 * 1024,
+            "{label}: {bytes} bytes per idle connection (memcached: {} bytes)",
             growth[0].1
         );
     }

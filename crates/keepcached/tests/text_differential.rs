@@ -684,7 +684,8 @@ fn incr_decr() -> Vec<Case> {
             }
         }
     }
-    // Repeated steps over the padded representation.
+    // Repeated steps over the padded representation. No get in between: memcached rewrites in
+    // place only while no reply still holds the item, and a get's reply holds it for a moment.
     let mut case = Case::new(
         "decr 1000 to 0 and back up",
         set("n", 0, "0", b"1000"),
@@ -702,12 +703,10 @@ fn incr_decr() -> Vec<Case> {
     ] {
         let (n, stored) = delta(&current, incr, by).expect("numeric");
         let cmd = if incr { "incr" } else { "decr" };
-        case = case
-            .then(format!("{cmd} n {by}\r\n"), format!("{n}\r\n"))
-            .then("get n\r\n", found(&[value("n", 0, &stored)]));
+        case = case.then(format!("{cmd} n {by}\r\n"), format!("{n}\r\n"));
         current = stored;
     }
-    cases.push(case);
+    cases.push(case.then("get n\r\n", found(&[value("n", 0, &current)])));
     for (name, data, request, reply) in [
         (
             "incr of a non-numeric value",

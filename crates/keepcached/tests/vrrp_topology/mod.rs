@@ -33,11 +33,9 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// The example daemon, built by `cargo test` next to the test binaries.
-pub fn vrrpd() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples/vrrpd")
+/// The binary under test.
+pub fn keepcached() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keepcached"))
 }
 
 /// Failover timings are measured, so topologies of one test binary run one at a time.
@@ -122,11 +120,11 @@ impl Topology {
     /// Starts our daemon on `host` with a TOML or keepalived configuration.
     pub fn start_vrrpd(&mut self, host: &str, flag: &str, config: &str) -> u32 {
         let path = self.write(&format!("{host}.conf"), config);
-        let exe = vrrpd();
+        let exe = keepcached();
         self.spawn(
             host,
             &format!("{host}-vrrpd.log"),
-            &[exe.to_str().unwrap(), flag, path.to_str().unwrap()],
+            &[exe.to_str().unwrap(), "vrrp", flag, path.to_str().unwrap()],
         )
     }
 

@@ -5,24 +5,27 @@
 
 // Each test binary uses only part of the shared helpers.
 #[allow(dead_code)]
-mod common;
+mod vrrp_topology;
 
 use std::time::Duration;
 
-use common::{root_or_skip, Topology};
 use nix::sys::signal::Signal;
+use vrrp_topology::{root_or_skip, Topology};
 
 const HOSTS: [&str; 2] = ["h1", "h2"];
 
 /// The seed's file for `memcached1` or `memcached2`, on the test network.
 fn seed(t: &Topology, file: &str, v3: bool) -> String {
-    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../vrrp/tests/fixtures/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let check = t.write("check.sh", "#!/bin/sh\nexit 0\n");
     std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut text = std::fs::read_to_string(path)
         .unwrap()
         .replace("ens32", "eth0")
-        .replace("192.168.111.100", common::VIP)
+        .replace("192.168.111.100", vrrp_topology::VIP)
         .replace("/opt/magent.sh", check.to_str().unwrap());
     if v3 {
         let start = text.find("    authentication {").unwrap();

@@ -4,12 +4,12 @@
 
 // Each test binary uses only part of the shared helpers.
 #[allow(dead_code)]
-mod common;
+mod vrrp_topology;
 
 use std::time::Duration;
 
-use common::{root_or_skip, who_answers, Topology, RESPONDER};
 use nix::sys::signal::Signal;
+use vrrp_topology::{root_or_skip, who_answers, Topology, RESPONDER};
 
 const HOSTS: [&str; 2] = ["h1", "h2"];
 const PORT: u16 = 12000;
