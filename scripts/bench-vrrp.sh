@@ -5,19 +5,44 @@
 # from the event (SIGTERM, SIGKILL or link cut of the master) to the first
 # answer from the new master. Needs root, iproute2, python3, keepalived.
 #
-#   scripts/bench-vrrp.sh [runs-per-cell]     (default 3)
+# keepcached runs the same keepalived.conf with --fast-takeover (what a TOML
+# configuration does by default); keepcached-rfc runs it as read, with the
+# RFC's Skew_Time after priority 0, and is measured for SIGTERM only (the
+# other events do not involve priority 0).
+#
+#   scripts/bench-vrrp.sh [runs-per-cell [cell-regex]]
+#       runs-per-cell: default 3; cell-regex: e.g. 'keepalived cut v2' runs only
+#       the cells whose "IMPL EVENT vVERSION" matches.
+#   KEEPCACHED=path/to/keepcached uses that binary instead of building one.
 set -euo pipefail
 RUNS=${1:-3}
+ONLY=${2:-.}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --quiet --release -p keepcached
-KEEPCACHED=$TARGET/release/keepcached
+if [ -z "${KEEPCACHED:-}" ]; then
+    cargo build --quiet --release -p keepcached
+    KEEPCACHED=$TARGET/release/keepcached
+fi
 P=kcvb$$
 DIR=$(mktemp -d)
 VIP=198.18.0.100
 
+# Ends every process of the last run (keepalived's VRRP child by the pid it
+# wrote) and waits until they are gone. Each run also names its keepalived
+# pidfiles afresh, since a keepalived that finds a live pid in its pidfile
+# refuses to start.
+RUN=0
+alive() { for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 cleanup() {
-    for f in "$DIR"/*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
+    local pids=()
+    for f in "$DIR"/*.pid "$DIR"/*.pidfile; do
+        [ -f "$f" ] && pids+=("$(cat "$f")")
+        rm -f "$f"
+    done
+    if [ ${#pids[@]} -gt 0 ]; then
+        kill -9 "${pids[@]}" 2>/dev/null || true
+        for _ in $(seq 100); do alive "${pids[@]}" || break; sleep 0.02; done
+    fi
     for n in br h1 h2 cl; do ip netns del "$P-$n" 2>/dev/null || true; done
 }
 trap 'cleanup; rm -rf "$DIR"' EXIT
@@ -95,11 +120,15 @@ topology() {
 start() { # impl host priority version interval
     conf "$3" "$4" "$5" > "$DIR/$2.conf"
     if [ "$1" = keepcached ]; then
+        ip netns exec "$P-$2" "$KEEPCACHED" vrrp --keepalived-conf "$DIR/$2.conf" --fast-takeover \
+            >/dev/null 2>"$DIR/$2.log" &
+        echo $! > "$DIR/$2.pid"
+    elif [ "$1" = keepcached-rfc ]; then
         ip netns exec "$P-$2" "$KEEPCACHED" vrrp --keepalived-conf "$DIR/$2.conf" >/dev/null 2>"$DIR/$2.log" &
         echo $! > "$DIR/$2.pid"
     else
-        ip netns exec "$P-$2" /usr/sbin/keepalived --dont-fork --vrrp -f "$DIR/$2.conf" \
-            -p "$DIR/$2-ka.pidfile" -r "$DIR/$2-vrrp.pidfile" >"$DIR/$2.log" 2>&1 &
+        ip netns exec "$P-$2" /usr/sbin/keepalived --dont-fork --log-console --vrrp -f "$DIR/$2.conf" \
+            -p "$DIR/$2-$RUN-ka.pidfile" -r "$DIR/$2-$RUN-vrrp.pidfile" >"$DIR/$2.log" 2>&1 &
         echo $! > "$DIR/$2.pid"
     fi
 }
@@ -108,6 +137,7 @@ holds() { ip -n "$P-$1" -4 addr show dev eth0 | grep -q "$VIP/32"; }
 
 one_run() { # impl event version interval
     cleanup
+    RUN=$((RUN + 1))
     topology
     for h in h1 h2; do
         ip netns exec "$P-$h" python3 -c "$RESPONDER" "$h" >/dev/null 2>&1 & echo $! > "$DIR/$h-resp.pid"
@@ -116,32 +146,54 @@ one_run() { # impl event version interval
     start "$1" h2 99 "$3" "$4"
     for _ in $(seq 200); do holds h1 && ! holds h2 && break; sleep 0.05; done
     sleep 1
+    if ! alive "$(cat "$DIR/h2.pid")"; then
+        echo "== $1 $2 v$3: the backup is not running" >&2; tail -n 5 "$DIR/h2.log" >&2
+        echo "no-backup"; return
+    fi
     local pid event
     pid=$(cat "$DIR/h1.pid")
     case "$2" in
         SIGTERM) event=(kill -TERM "$pid") ;;
         SIGKILL)
             if [ "$1" = keepalived ]; then
-                # keepalived's VRRP work is done by its child process.
-                event=(sh -c "pkill -9 -P $pid; kill -9 $pid")
+                # keepalived's VRRP work is done by its child process; the parent
+                # goes too, in the same breath, so that it cannot restart it.
+                event=(kill -9 "$(cat "$DIR/h1-$RUN-vrrp.pidfile")" "$pid")
             else
                 event=(kill -9 "$pid")
             fi ;;
         cut) event=(ip -n "$P-br" link set h1 down) ;;
     esac
-    ip netns exec "$P-cl" python3 -c "$PROBER" "${event[@]}"
+    local took
+    took=$(ip netns exec "$P-cl" python3 -c "$PROBER" "${event[@]}")
+    if [ "$took" = timeout ]; then
+        # Enough to tell why, on stderr; the table stays on stdout.
+        {
+            echo "== $1 $2 v$3 timed out"
+            for h in h1 h2; do echo "-- $h:"; ip -n "$P-$h" -4 addr show dev eth0; done
+            echo "-- client neighbours:"; ip -n "$P-cl" neigh
+            for h in h1 h2; do echo "-- $h log:"; tail -n 20 "$DIR/$h.log"; done
+        } >&2
+    fi
+    echo "$took"
 }
 
+printf 'load average before: %s\n\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| implementation | adverts | event | failover (s), %s runs | median |\n|---|---|---|---|---|\n' "$RUNS"
 for setting in "2 1" "3 0.1"; do
     set -- $setting
     version=$1 interval=$2
-    for impl in keepcached keepalived; do
+    for impl in keepcached keepcached-rfc keepalived; do
         for event in SIGTERM SIGKILL cut; do
+            [ "$impl" = keepcached-rfc ] && [ "$event" != SIGTERM ] && continue
+            echo "$impl $event v$version" | grep -Eq -- "$ONLY" || continue
             results=()
             for _ in $(seq "$RUNS"); do results+=("$(one_run "$impl" "$event" "$version" "$interval")"); done
-            median=$(printf '%s\n' "${results[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+            # A failed run (timeout, no backup) counts as the slowest.
+            median=$(printf '%s\n' "${results[@]}" | sed -E 's/^[a-z-]+$/inf/' | sort -g |
+                sed -n "$(( (RUNS + 1) / 2 ))p" | sed 's/^inf$/failed/')
             printf '| %s | v%s %ss | %s | %s | %s |\n' "$impl" "$version" "$interval" "$event" "${results[*]}" "$median"
         done
     done
 done
+printf '\nload average after: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

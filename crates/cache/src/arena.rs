@@ -20,6 +20,11 @@ const FETCHED: u8 = 1 << 1;
 const IN_MAIN: u8 = 1 << 2;
 const FREQ_SHIFT: u8 = 3;
 const FREQ_MASK: u8 = 0b11 << FREQ_SHIFT;
+/// The meta protocol's per-item state (memcached's `ITEM_STALE`, `ITEM_TOKEN_SENT` and
+/// `ITEM_KEY_BINARY`), in the byte's last three bits so the entry does not grow.
+const STALE: u8 = 1 << 5;
+const TOKEN_SENT: u8 = 1 << 6;
+const BINARY_KEY: u8 = 1 << 7;
 /// The frequency counter saturates here (two bits, as in S3-FIFO).
 pub(crate) const FREQ_MAX: u8 = 3;
 
@@ -38,6 +43,8 @@ pub(crate) struct Entry {
     pub(crate) prev: u32,
     pub(crate) next: u32,
     key_len: u8,
+    /// Occupied, fetched, in the main queue, the 2-bit use frequency, stale, token sent, and
+    /// key sent in base64: one byte for all the per-item flags.
     bits: u8,
 }
 
@@ -108,11 +115,7 @@ impl Entry {
     }
 
     pub(crate) fn set_fetched(&mut self, fetched: bool) {
-        if fetched {
-            self.bits |= FETCHED;
-        } else {
-            self.bits &= !FETCHED;
-        }
+        self.set_bit(FETCHED, fetched);
     }
 
     pub(crate) fn in_main(&self) -> bool {
@@ -120,11 +123,7 @@ impl Entry {
     }
 
     pub(crate) fn set_in_main(&mut self, main: bool) {
-        if main {
-            self.bits |= IN_MAIN;
-        } else {
-            self.bits &= !IN_MAIN;
-        }
+        self.set_bit(IN_MAIN, main);
     }
 
     pub(crate) fn freq(&self) -> u8 {
@@ -135,10 +134,63 @@ impl Entry {
         self.bits = (self.bits & !FREQ_MASK) | (freq.min(FREQ_MAX) << FREQ_SHIFT);
     }
 
-    /// Records a use of the item for the eviction policy.
+    fn set_bit(&mut self, bit: u8, on: bool) {
+        if on {
+            self.bits |= bit;
+        } else {
+            self.bits &= !bit;
+        }
+    }
+
+    pub(crate) fn stale(&self) -> bool {
+        self.bits & STALE != 0
+    }
+
+    pub(crate) fn set_stale(&mut self, stale: bool) {
+        self.set_bit(STALE, stale);
+    }
+
+    pub(crate) fn token_sent(&self) -> bool {
+        self.bits & TOKEN_SENT != 0
+    }
+
+    pub(crate) fn set_token_sent(&mut self, sent: bool) {
+        self.set_bit(TOKEN_SENT, sent);
+    }
+
+    pub(crate) fn binary_key(&self) -> bool {
+        self.bits & BINARY_KEY != 0
+    }
+
+    pub(crate) fn set_binary_key(&mut self, binary: bool) {
+        self.set_bit(BINARY_KEY, binary);
+    }
+
+    /// Makes the entry hold a new item in place of the old one: unfetched, just accessed, and
+    /// without the old item's meta state (memcached allocates a new item, whose flags start
+    /// clear).
+    pub(crate) fn renew(&mut self, now: Time) {
+        self.bits &= !(FETCHED | STALE | TOKEN_SENT | BINARY_KEY);
+        self.last_access = now;
+    }
+
+    /// Records a change to the item (memcached's `do_item_update`): a use for the eviction
+    /// policy, and a new access time.
     pub(crate) fn bump(&mut self, now: Time) {
         self.set_freq(self.freq() + 1);
         self.last_access = now;
+    }
+
+    /// Records a read (memcached's `do_item_bump`): a use for the eviction policy, and the item
+    /// is fetched from now on. As in memcached's segmented LRU, the first read of an item only
+    /// marks it fetched; its access time moves from the second read on, so `mg l` and `me`
+    /// report what memcached reports.
+    pub(crate) fn fetch(&mut self, now: Time) {
+        self.set_freq(self.freq() + 1);
+        if self.fetched() {
+            self.last_access = now;
+        }
+        self.set_fetched(true);
     }
 }
 
@@ -254,6 +306,35 @@ mod tests {
         e.set_in_main(false);
         assert!(e.fetched() && !e.in_main() && e.freq() == 0 && e.occupied());
         assert_eq!(e.last_access, 5);
+    }
+
+    #[test]
+    fn meta_bits_share_the_byte_without_disturbing_the_rest() {
+        let mut e = entry(b"k", b"");
+        e.set_in_main(true);
+        e.set_freq(FREQ_MAX);
+        e.set_stale(true);
+        e.set_token_sent(true);
+        e.set_binary_key(true);
+        assert!(e.stale() && e.token_sent() && e.binary_key());
+        assert!(e.in_main() && e.freq() == FREQ_MAX && e.occupied() && !e.fetched());
+        e.set_fetched(true);
+        e.renew(8);
+        assert!(!e.stale() && !e.token_sent() && !e.binary_key() && !e.fetched());
+        assert!(e.in_main() && e.freq() == FREQ_MAX && e.occupied());
+        assert_eq!(e.last_access, 8);
+    }
+
+    #[test]
+    fn the_first_read_marks_fetched_and_later_reads_move_the_access_time() {
+        let mut e = entry(b"k", b"");
+        e.fetch(5);
+        assert!(e.fetched());
+        assert_eq!((e.last_access, e.freq()), (3, 1));
+        e.fetch(6);
+        assert_eq!((e.last_access, e.freq()), (6, 2));
+        e.bump(7);
+        assert_eq!(e.last_access, 7);
     }
 
     #[test]

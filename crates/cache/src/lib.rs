@@ -9,6 +9,13 @@
 //! - a shard keeps items in a slot arena (`arena`), indexed by a hash table of slot numbers;
 //! - when memory is short it evicts by S3-FIFO (`policy`);
 //! - `size` says what an item costs, `numeric` how incr/decr read and write numbers.
+//!
+//! The text protocol's operations (`get`, `store`, `delete`, `incr_decr`, ...) sit on the ones the
+//! meta and binary protocols use: [`Cache::read`] lends an item with its meta state (fetched,
+//! last access, stale, win token, base64 key) and counts the read only afterwards;
+//! [`Cache::store_item`], [`Cache::delete_if`], [`Cache::mark_stale`] and [`Cache::delta`] each
+//! compare a CAS and act in one step under the shard lock, and those that change the item report
+//! its new CAS.
 
 mod arena;
 mod numeric;
@@ -24,7 +31,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use shard::{MetaBatch, Shard, ShardConfig, StoreRequest};
+use arena::Entry;
+use shard::{MetaBatch, Shard, ShardConfig};
 pub use size::{accounted_size, memcached_size};
 
 /// memcached's "rel time": seconds since the server started. As an expiry time, 0 means never;
@@ -43,6 +51,12 @@ const META_SCAN: u32 = 4096;
 
 /// How many slots `crawl_expired` visits per lock.
 const CRAWL_BATCH: u32 = 1024;
+
+/// A read as the text and binary protocols do it: a fetch, never creating.
+const FETCH: ReadOptions = ReadOptions {
+    bump: true,
+    vivify: false,
+};
 
 /// How the store is set up (memcached's flags in brackets).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +96,84 @@ pub struct ItemView<'a> {
     /// 0 when CAS is off.
     pub cas: u64,
     pub exptime: Time,
+}
+
+/// An item lent to the closure of [`Cache::read`] under the shard lock: what it is, the state
+/// it had before this read, and the changes the meta protocol makes while it answers.
+#[derive(Debug)]
+pub struct ItemHandle<'a> {
+    entry: &'a mut Entry,
+    cas_enabled: bool,
+    created: bool,
+}
+
+impl ItemHandle<'_> {
+    pub fn view(&self) -> ItemView<'_> {
+        let e = &*self.entry;
+        ItemView {
+            key: e.key(),
+            value: e.value(),
+            flags: e.flags,
+            cas: if self.cas_enabled { e.cas } else { 0 },
+            exptime: e.exptime,
+        }
+    }
+
+    /// Whether the item had been read before this read (`mg h`, `me`'s `fetch`).
+    pub fn fetched(&self) -> bool {
+        self.entry.fetched()
+    }
+
+    /// The item's last access before this read (`mg l`, `me`'s `la`). As in memcached, a
+    /// store sets it and reads move it only from an item's second read on.
+    pub fn last_access(&self) -> Time {
+        self.entry.last_access
+    }
+
+    /// Whether this read created the item ([`ReadOptions::vivify`]).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Whether the item was invalidated ([`Cache::mark_stale`], or a store with
+    /// [`StoreRequest::invalidate`]) and not stored since.
+    pub fn stale(&self) -> bool {
+        self.entry.stale()
+    }
+
+    /// Whether some client has already been handed the item's win token (memcached's
+    /// `ITEM_TOKEN_SENT`): the one client that should refresh it has been chosen.
+    pub fn token_sent(&self) -> bool {
+        self.entry.token_sent()
+    }
+
+    /// Records that this client was handed the win token; later readers see
+    /// [`ItemHandle::token_sent`] until the item is stored again or marked stale.
+    pub fn send_token(&mut self) {
+        self.entry.set_token_sent(true);
+    }
+
+    /// Whether the item was stored with its key in base64 ([`StoreRequest::binary_key`]), so
+    /// replies should show the key in base64 too.
+    pub fn binary_key(&self) -> bool {
+        self.entry.binary_key()
+    }
+
+    pub fn set_exptime(&mut self, exptime: Time) {
+        self.entry.exptime = exptime;
+    }
+}
+
+/// How [`Cache::read`] treats the item it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Count the read as a fetch once the closure has returned (memcached's bump): the item is
+    /// fetched from then on, and its use counts for eviction. False for reads that must leave no
+    /// trace (`mg u`, `me`).
+    pub bump: bool,
+    /// On a miss, create an empty item (flags 0, no expiry time) and lend it to the closure,
+    /// which gives it its expiry time (`mg N`). An expired or flushed item is replaced.
+    pub vivify: bool,
 }
 
 /// An item's metadata, for `lru_crawler metadump`.
@@ -142,6 +234,60 @@ pub enum StoreMode {
     Cas(u64),
 }
 
+/// A store with everything the meta and binary protocols ask of it ([`Cache::store_item`]).
+/// [`StoreRequest::new`] gives a plain one, as the text protocol's commands are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreRequest<'a> {
+    pub mode: StoreMode,
+    pub key: &'a [u8],
+    pub flags: u32,
+    pub exptime: Time,
+    pub value: &'a [u8],
+    /// When not 0, a live item must have this CAS or the store answers `Exists`; the compare and
+    /// the store happen under one lock. Set and Replace then act as [`StoreMode::Cas`]; Append
+    /// and Prepend check it before joining, and ignore it when CAS is off (memcached's items
+    /// then have no CAS to compare); Add never stores over a live item anyway.
+    pub compare_cas: u64,
+    /// With a CAS compare, a CAS below the item's (an older token) still stores: the new item
+    /// keeps the old one's expiry time and win-token state and is marked stale (`ms I`).
+    pub invalidate: bool,
+    /// The client sent the key in base64 (meta `b`): the item remembers it, so that replies show
+    /// the key in base64. Append and Prepend build a new item that does not keep it, as
+    /// memcached 1.6.18's do.
+    pub binary_key: bool,
+}
+
+impl<'a> StoreRequest<'a> {
+    /// A store with no CAS compare, no invalidation and a plain key.
+    pub fn new(
+        mode: StoreMode,
+        key: &'a [u8],
+        flags: u32,
+        exptime: Time,
+        value: &'a [u8],
+    ) -> StoreRequest<'a> {
+        StoreRequest {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+            compare_cas: 0,
+            invalidate: false,
+            binary_key: false,
+        }
+    }
+}
+
+/// The answer of [`Cache::store_item`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOutcome {
+    pub result: StoreResult,
+    /// The stored item's CAS, given out by the same step that stored it; 0 when nothing was
+    /// stored or CAS is off.
+    pub cas: u64,
+}
+
 /// The answer of a store, named after memcached's replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreResult {
@@ -166,6 +312,93 @@ pub enum DeltaResult {
     /// The stored value is not a decimal number memcached would accept.
     NonNumeric,
     OutOfMemory,
+}
+
+/// An incr/decr with what the meta and binary protocols add to it ([`Cache::delta`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaRequest {
+    /// Increment (wrapping at 2^64) or decrement (stopping at 0).
+    pub incr: bool,
+    pub delta: u64,
+    /// When not 0, a live item must have this CAS or the answer is `Exists` (memcached ignores
+    /// a CAS of 0 here, unlike in a delete).
+    pub compare_cas: u64,
+    /// On a miss, create the counter with this value and expiry time, in the same step (binary
+    /// incr's initial value, meta `ma N J`).
+    pub create: Option<(u64, Time)>,
+}
+
+/// The counter after an incr/decr, lent to the closure of [`Cache::delta`] under the shard lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    value: u64,
+    cas: u64,
+    exptime: Time,
+    created: bool,
+}
+
+impl Counter {
+    /// The new value.
+    pub fn value(&self) -> u64 {
+        self.value
+    }
+
+    /// The item's new CAS (0 when CAS is off).
+    pub fn cas(&self) -> u64 {
+        self.cas
+    }
+
+    pub fn exptime(&self) -> Time {
+        self.exptime
+    }
+
+    /// Whether the counter was created by [`DeltaRequest::create`].
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Gives the item a new expiry time once the closure returns (meta `ma T`, `ma N`). When
+    /// the new number needed more digits than the old value had, memcached 1.6.18 has already
+    /// put a new item in the old one's place and sets the time on the old one: the stored item
+    /// keeps its expiry time (measured: `ma` with `T` from 9 to 10 leaves the TTL unchanged,
+    /// though the reply's `t` shows the new one). The cache does the same.
+    pub fn set_exptime(&mut self, exptime: Time) {
+        self.exptime = exptime;
+    }
+}
+
+/// The answer of [`Cache::delta`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaOutcome<R> {
+    /// What the closure returned.
+    Done(R),
+    NotFound,
+    /// The stored value is not a decimal number memcached would accept.
+    NonNumeric,
+    /// The item's CAS is not [`DeltaRequest::compare_cas`].
+    Exists,
+    OutOfMemory,
+}
+
+/// The answer of [`Cache::delete_if`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteResult {
+    Deleted,
+    NotFound,
+    /// The item's CAS is not the one given.
+    Exists,
+}
+
+/// The answer of [`Cache::mark_stale`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleResult {
+    /// The item is stale now, with this new CAS (0 when CAS is off).
+    Marked {
+        cas: u64,
+    },
+    NotFound,
+    /// The item's CAS is not the one given.
+    Exists,
 }
 
 /// Counters and gauges, summed over shards, named after memcached's `stats`.
@@ -256,8 +489,7 @@ impl Cache {
 
     /// Reads an item: `f` sees it under the shard lock, so it can copy the value straight out.
     pub fn get<R>(&self, key: &[u8], now: Time, f: impl FnOnce(ItemView<'_>) -> R) -> Lookup<R> {
-        let (hash, shard) = self.shard(key);
-        shard.lock().get(hash, key, None, now, f)
+        self.read(key, FETCH, now, |item| f(item.view()))
     }
 
     /// Reads an item and sets its expiry time (gat, gats).
@@ -268,8 +500,25 @@ impl Cache {
         now: Time,
         f: impl FnOnce(ItemView<'_>) -> R,
     ) -> Lookup<R> {
+        self.read(key, FETCH, now, |item| {
+            item.set_exptime(exptime);
+            f(item.view())
+        })
+    }
+
+    /// Reads an item for the meta protocol: `f` sees the item, and its state before this read,
+    /// under the shard lock, and may change its expiry time and win-token state as it answers.
+    /// The read counts as a fetch only after `f` returns (when `opts.bump`), so that `f` can
+    /// report whether and when the item was read before.
+    pub fn read<R>(
+        &self,
+        key: &[u8],
+        opts: ReadOptions,
+        now: Time,
+        f: impl FnOnce(&mut ItemHandle<'_>) -> R,
+    ) -> Lookup<R> {
         let (hash, shard) = self.shard(key);
-        shard.lock().get(hash, key, Some(exptime), now, f)
+        shard.lock().read(hash, key, opts, now, f)
     }
 
     /// set, add, replace, append, prepend, cas. A set that fails (too large, out of memory)
@@ -283,13 +532,27 @@ impl Cache {
         value: &[u8],
         now: Time,
     ) -> StoreResult {
+        self.store_item(StoreRequest::new(mode, key, flags, exptime, value), now)
+            .result
+    }
+
+    /// A store that may compare a CAS, invalidate and remember a base64 key, and that returns
+    /// the stored item's CAS: all in one step under the shard lock, so no other client's write
+    /// can come between the compare, the store and the CAS the client is told.
+    pub fn store_item(&self, request: StoreRequest<'_>, now: Time) -> StoreOutcome {
+        let StoreRequest {
+            mode, key, value, ..
+        } = request;
         if key.len() > KEY_MAX_LENGTH
-            || memcached_size(key.len(), value.len(), flags, self.cas) > self.item_size_max
+            || memcached_size(key.len(), value.len(), request.flags, self.cas) > self.item_size_max
         {
             if mode == StoreMode::Set {
                 self.delete(key, now);
             }
-            return StoreResult::TooLarge;
+            return StoreOutcome {
+                result: StoreResult::TooLarge,
+                cas: 0,
+            };
         }
         // Built before locking, so the copy of the value is not done under the lock.
         let data = match mode {
@@ -301,39 +564,71 @@ impl Cache {
                 Some(data.into_boxed_slice())
             }
         };
-        let request = StoreRequest {
-            mode,
-            key,
-            flags,
-            exptime,
-            value,
-            data,
-        };
         let (hash, shard) = self.shard(key);
-        let (result, garbage) = shard.lock().store(hash, request, now);
+        let (outcome, garbage) = shard.lock().store(hash, &request, data, now);
         drop(garbage);
-        result
+        outcome
     }
 
     /// Removes a live item; false when there was none.
     pub fn delete(&self, key: &[u8], now: Time) -> bool {
+        self.delete_if(key, None, now) == DeleteResult::Deleted
+    }
+
+    /// Removes a live item if its CAS is `cas` (any CAS when `None`), in one step.
+    pub fn delete_if(&self, key: &[u8], cas: Option<u64>, now: Time) -> DeleteResult {
         let (hash, shard) = self.shard(key);
-        shard.lock().delete(hash, key, now)
+        shard.lock().delete_if(hash, key, cas, now)
+    }
+
+    /// Marks a live item stale instead of deleting it (`md I`), if its CAS is `cas` (any CAS
+    /// when `None`): it gets a new CAS, the expiry time `exptime` when given, and loses its
+    /// win-token state, so that the next reader wins the token to refresh it.
+    pub fn mark_stale(
+        &self,
+        key: &[u8],
+        cas: Option<u64>,
+        exptime: Option<Time>,
+        now: Time,
+    ) -> StaleResult {
+        let (hash, shard) = self.shard(key);
+        shard.lock().mark_stale(hash, key, cas, exptime, now)
     }
 
     /// Sets a live item's expiry time; false when there was none.
     pub fn touch(&self, key: &[u8], exptime: Time, now: Time) -> bool {
-        let (hash, shard) = self.shard(key);
-        shard
-            .lock()
-            .get(hash, key, Some(exptime), now, |_| ())
+        self.read(key, FETCH, now, |item| item.set_exptime(exptime))
             .is_hit()
     }
 
     /// incr (`incr == true`) or decr of a decimal value: incr wraps at 2^64, decr stops at 0.
     pub fn incr_decr(&self, key: &[u8], incr: bool, delta: u64, now: Time) -> DeltaResult {
+        let request = DeltaRequest {
+            incr,
+            delta,
+            compare_cas: 0,
+            create: None,
+        };
+        match self.delta(key, request, now, |counter| counter.value()) {
+            DeltaOutcome::Done(value) => DeltaResult::Value(value),
+            DeltaOutcome::NotFound => DeltaResult::NotFound,
+            DeltaOutcome::NonNumeric => DeltaResult::NonNumeric,
+            DeltaOutcome::OutOfMemory => DeltaResult::OutOfMemory,
+            DeltaOutcome::Exists => unreachable!("a delta without a CAS compare never conflicts"),
+        }
+    }
+
+    /// incr/decr with a CAS compare and creation on a miss, in one step under the shard lock;
+    /// `f` sees the new value, CAS and expiry time, and may set the expiry time.
+    pub fn delta<R>(
+        &self,
+        key: &[u8],
+        request: DeltaRequest,
+        now: Time,
+        f: impl FnOnce(&mut Counter) -> R,
+    ) -> DeltaOutcome<R> {
         let (hash, shard) = self.shard(key);
-        shard.lock().incr_decr(hash, key, incr, delta, now)
+        shard.lock().delta(hash, key, request, now, f)
     }
 
     /// flush_all: every item stored before `at` is invalid once `now >= at`; `at <= now` flushes

@@ -27,7 +27,11 @@ use crate::arena::{Arena, Entry, NIL};
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{S3Fifo, Victim};
 use crate::size::{accounted_size, memcached_size};
-use crate::{CacheStats, DeltaResult, ItemMeta, ItemView, Lookup, StoreMode, StoreResult, Time};
+use crate::{
+    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ItemHandle, ItemMeta, Lookup,
+    ReadOptions, StaleResult, StoreMode, StoreOutcome, StoreRequest, StoreResult, Time,
+    KEY_MAX_LENGTH,
+};
 
 /// What a shard needs to know of the cache's configuration.
 #[derive(Debug, Clone)]
@@ -59,6 +63,15 @@ fn death(e: &Entry, flush_below: u64, now: Time) -> Option<Death> {
     }
 }
 
+/// The answer of a read that found no live item.
+fn missed<R>(found: Found) -> Lookup<R> {
+    match found {
+        Found::Dead(Death::Expired) => Lookup::Expired,
+        Found::Dead(Death::Flushed) => Lookup::Flushed,
+        Found::Live(_) | Found::Missing => Lookup::Miss,
+    }
+}
+
 fn entry_bytes(e: &Entry) -> u64 {
     accounted_size(e.key_len(), e.value().len())
 }
@@ -69,19 +82,6 @@ fn concat(parts: [&[u8]; 3]) -> Box<[u8]> {
         data.extend_from_slice(part);
     }
     data.into_boxed_slice()
-}
-
-/// A store as [`crate::Cache::store`] received it.
-#[derive(Debug)]
-pub(crate) struct StoreRequest<'a> {
-    pub(crate) mode: StoreMode,
-    pub(crate) key: &'a [u8],
-    pub(crate) flags: u32,
-    pub(crate) exptime: Time,
-    pub(crate) value: &'a [u8],
-    /// The key followed by the value, built by the caller outside the lock; append and prepend
-    /// build theirs here, from the old value.
-    pub(crate) data: Option<Box<[u8]>>,
 }
 
 enum Found {
@@ -197,14 +197,12 @@ impl Shard {
         }
     }
 
-    fn view(&self, idx: u32) -> ItemView<'_> {
-        let e = &self.arena[idx];
-        ItemView {
-            key: e.key(),
-            value: e.value(),
-            flags: e.flags,
-            cas: if self.cfg.cas { e.cas } else { 0 },
-            exptime: e.exptime,
+    /// An item's CAS as clients see it: 0 when CAS is off.
+    fn client_cas(&self, idx: u32) -> u64 {
+        if self.cfg.cas {
+            self.arena[idx].cas
+        } else {
+            0
         }
     }
 
@@ -277,82 +275,182 @@ impl Shard {
         true
     }
 
-    pub(crate) fn get<R>(
+    /// Links a new item into the index, its queue and the byte count, making room first.
+    /// `None` when it cannot fit.
+    fn insert_new(
+        &mut self,
+        hash: u64,
+        data: Box<[u8]>,
+        key_len: usize,
+        flags: u32,
+        exptime: Time,
+        now: Time,
+    ) -> Option<u32> {
+        let bytes = accounted_size(key_len, data.len() - key_len);
+        if !self.make_room(bytes, NIL, now) {
+            return None;
+        }
+        let cas = self.next_cas();
+        let entry = Entry::new(data, key_len as u8, flags, exptime, cas, now);
+        let idx = self.arena.insert(entry)?;
+        let (arena, hasher) = (&self.arena, &self.cfg.hasher);
+        self.index
+            .insert_unique(hash, idx, |&i| hasher.hash_one(arena[i].key()));
+        self.policy
+            .admit(&mut self.arena, idx, hash, self.index.len());
+        self.used += bytes;
+        self.counters.total_items += 1;
+        Some(idx)
+    }
+
+    pub(crate) fn read<R>(
         &mut self,
         hash: u64,
         key: &[u8],
-        new_exptime: Option<Time>,
+        opts: ReadOptions,
         now: Time,
-        f: impl FnOnce(ItemView<'_>) -> R,
+        f: impl FnOnce(&mut ItemHandle<'_>) -> R,
     ) -> Lookup<R> {
         self.advance(now);
-        match self.lookup(hash, key, now) {
-            Found::Live(idx) => {
-                let e = &mut self.arena[idx];
-                if let Some(exptime) = new_exptime {
-                    e.exptime = exptime;
+        let found = self.lookup(hash, key, now);
+        let (idx, created) = match found {
+            Found::Live(idx) => (idx, false),
+            _ if opts.vivify && key.len() <= KEY_MAX_LENGTH => {
+                // memcached's vivified item: empty, flags 0, no expiry until the caller sets one.
+                match self.insert_new(hash, concat([key, &[], &[]]), key.len(), 0, 0, now) {
+                    Some(idx) => (idx, true),
+                    None => return missed(found),
                 }
-                e.bump(now);
-                e.set_fetched(true);
-                Lookup::Hit(f(self.view(idx)))
             }
-            Found::Dead(Death::Expired) => Lookup::Expired,
-            Found::Dead(Death::Flushed) => Lookup::Flushed,
-            Found::Missing => Lookup::Miss,
+            _ => return missed(found),
+        };
+        let mut item = ItemHandle {
+            entry: &mut self.arena[idx],
+            cas_enabled: self.cfg.cas,
+            created,
+        };
+        let r = f(&mut item);
+        if opts.bump {
+            self.arena[idx].fetch(now);
         }
+        Lookup::Hit(r)
     }
 
-    pub(crate) fn delete(&mut self, hash: u64, key: &[u8], now: Time) -> bool {
+    pub(crate) fn delete_if(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        cas: Option<u64>,
+        now: Time,
+    ) -> DeleteResult {
         self.advance(now);
-        match self.lookup(hash, key, now) {
-            Found::Live(idx) => {
-                self.unlink(idx, hash);
-                true
-            }
-            Found::Dead(_) | Found::Missing => false,
+        let Found::Live(idx) = self.lookup(hash, key, now) else {
+            return DeleteResult::NotFound;
+        };
+        if cas.is_some_and(|cas| cas != self.client_cas(idx)) {
+            return DeleteResult::Exists;
+        }
+        self.unlink(idx, hash);
+        DeleteResult::Deleted
+    }
+
+    pub(crate) fn mark_stale(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        cas: Option<u64>,
+        exptime: Option<Time>,
+        now: Time,
+    ) -> StaleResult {
+        self.advance(now);
+        let Found::Live(idx) = self.lookup(hash, key, now) else {
+            return StaleResult::NotFound;
+        };
+        if cas.is_some_and(|cas| cas != self.client_cas(idx)) {
+            return StaleResult::Exists;
+        }
+        let new_cas = self.next_cas();
+        let e = &mut self.arena[idx];
+        if let Some(exptime) = exptime {
+            e.exptime = exptime;
+        }
+        e.cas = new_cas;
+        e.set_stale(true);
+        e.set_token_sent(false);
+        StaleResult::Marked {
+            cas: self.client_cas(idx),
         }
     }
 
-    /// Stores an item. The returned allocation is one the caller should drop after unlocking.
+    /// Stores an item. `data` is the key followed by the value, built by the caller outside
+    /// the lock (append and prepend build theirs here, from the old value). The returned
+    /// allocation is one the caller should drop after unlocking.
     pub(crate) fn store(
         &mut self,
         hash: u64,
-        request: StoreRequest<'_>,
+        request: &StoreRequest<'_>,
+        data: Option<Box<[u8]>>,
         now: Time,
-    ) -> (StoreResult, Option<Box<[u8]>>) {
-        let StoreRequest {
-            mode,
+    ) -> (StoreOutcome, Option<Box<[u8]>>) {
+        let &StoreRequest {
             key,
             flags,
             exptime,
             value,
-            data,
+            compare_cas,
+            invalidate,
+            binary_key,
+            ..
         } = request;
+        let fail = |result| StoreOutcome { result, cas: 0 };
+        // memcached turns a set or replace that carries a CAS into a compare-and-swap.
+        let mode = match request.mode {
+            StoreMode::Set | StoreMode::Replace if compare_cas != 0 => StoreMode::Cas(compare_cas),
+            mode => mode,
+        };
         self.advance(now);
         let existing = match self.lookup(hash, key, now) {
             Found::Live(idx) => Some(idx),
             Found::Dead(_) | Found::Missing => None,
         };
+        // Some(token sent) when an older CAS stores over the item as stale.
+        let mut stale = None;
         let (data, flags, exptime) = match (mode, existing) {
             (StoreMode::Add, Some(idx)) => {
                 // As memcached: a refused add still counts as a use of the item.
                 self.arena[idx].bump(now);
-                return (StoreResult::NotStored, data);
+                return (fail(StoreResult::NotStored), data);
             }
             (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
-                return (StoreResult::NotStored, data)
+                return (fail(StoreResult::NotStored), data)
             }
-            (StoreMode::Cas(_), None) => return (StoreResult::NotFound, data),
-            (StoreMode::Cas(cas), Some(idx)) if !self.cfg.cas || cas != self.arena[idx].cas => {
-                return (StoreResult::Exists, data)
+            (StoreMode::Cas(_), None) => return (fail(StoreResult::NotFound), data),
+            (StoreMode::Cas(cas), Some(idx)) => {
+                let old = &self.arena[idx];
+                let matches = self.cfg.cas && cas == old.cas;
+                let older = self.cfg.cas && invalidate && cas != 0 && cas < old.cas;
+                if !matches && !older {
+                    return (fail(StoreResult::Exists), data);
+                }
+                let data = data.unwrap_or_else(|| concat([key, value, &[]]));
+                if older {
+                    // memcached keeps the old item's expiry time for a stale store.
+                    stale = Some(old.token_sent());
+                    (data, flags, old.exptime)
+                } else {
+                    (data, flags, exptime)
+                }
             }
             (StoreMode::Append | StoreMode::Prepend, Some(idx)) => {
                 let old = &self.arena[idx];
+                if self.cfg.cas && compare_cas != 0 && compare_cas != old.cas {
+                    return (fail(StoreResult::Exists), data);
+                }
                 let len = old.value().len() + value.len();
                 // memcached answers NOT_STORED when the joined item cannot be allocated.
                 if memcached_size(key.len(), len, old.flags, self.cfg.cas) > self.cfg.item_size_max
                 {
-                    return (StoreResult::NotStored, data);
+                    return (fail(StoreResult::NotStored), data);
                 }
                 let joined = if mode == StoreMode::Append {
                     concat([key, old.value(), value])
@@ -366,74 +464,100 @@ impl Shard {
                 None => (concat([key, value, &[]]), flags, exptime),
             },
         };
+        let joined = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+        let binary_key = binary_key && !joined;
+        let Some(idx) = existing else {
+            return match self.insert_new(hash, data, key.len(), flags, exptime, now) {
+                Some(idx) => {
+                    self.arena[idx].set_binary_key(binary_key);
+                    (self.stored(idx), None)
+                }
+                None => (fail(StoreResult::OutOfMemory), None),
+            };
+        };
         let new_bytes = accounted_size(key.len(), data.len() - key.len());
-        let old_bytes = existing.map_or(0, |idx| entry_bytes(&self.arena[idx]));
+        let old_bytes = entry_bytes(&self.arena[idx]);
         if new_bytes > self.cfg.limit
-            || !self.make_room(
-                new_bytes.saturating_sub(old_bytes),
-                existing.unwrap_or(NIL),
-                now,
-            )
+            || !self.make_room(new_bytes.saturating_sub(old_bytes), idx, now)
         {
             // A failed set must not leave the old value to be served (memcached does the same).
-            let stale = match (mode, existing) {
-                (StoreMode::Set, Some(idx)) => Some(self.unlink(idx, hash)),
-                _ => None,
-            };
-            return (StoreResult::OutOfMemory, stale);
+            let garbage = (mode == StoreMode::Set).then(|| self.unlink(idx, hash));
+            return (fail(StoreResult::OutOfMemory), garbage);
         }
         let cas = self.next_cas();
-        let old_data = match existing {
-            Some(idx) => {
-                let e = &mut self.arena[idx];
-                let old_data = e.replace_data(data);
-                e.flags = flags;
-                e.exptime = exptime;
-                e.cas = cas;
-                e.last_access = now;
-                e.set_fetched(false);
-                self.policy.resized(&self.arena, idx, old_bytes);
-                Some(old_data)
-            }
-            None => {
-                let key_len = key.len() as u8;
-                let entry = Entry::new(data, key_len, flags, exptime, cas, now);
-                let Some(idx) = self.arena.insert(entry) else {
-                    return (StoreResult::OutOfMemory, None);
-                };
-                let (arena, hasher) = (&self.arena, &self.cfg.hasher);
-                self.index
-                    .insert_unique(hash, idx, |&i| hasher.hash_one(arena[i].key()));
-                self.policy
-                    .admit(&mut self.arena, idx, hash, self.index.len());
-                None
-            }
-        };
+        let e = &mut self.arena[idx];
+        let old_data = e.replace_data(data);
+        e.flags = flags;
+        e.exptime = exptime;
+        e.cas = cas;
+        e.renew(now);
+        e.set_binary_key(binary_key);
+        if let Some(token_sent) = stale {
+            e.set_stale(true);
+            e.set_token_sent(token_sent);
+        }
+        self.policy.resized(&self.arena, idx, old_bytes);
         self.used = self.used - old_bytes + new_bytes;
         self.counters.total_items += 1;
-        (StoreResult::Stored, old_data)
+        (self.stored(idx), Some(old_data))
     }
 
-    pub(crate) fn incr_decr(
+    fn stored(&self, idx: u32) -> StoreOutcome {
+        StoreOutcome {
+            result: StoreResult::Stored,
+            cas: self.client_cas(idx),
+        }
+    }
+
+    pub(crate) fn delta<R>(
         &mut self,
         hash: u64,
         key: &[u8],
-        incr: bool,
-        delta: u64,
+        request: DeltaRequest,
         now: Time,
-    ) -> DeltaResult {
+        f: impl FnOnce(&mut Counter) -> R,
+    ) -> DeltaOutcome<R> {
         self.advance(now);
         let Found::Live(idx) = self.lookup(hash, key, now) else {
-            return DeltaResult::NotFound;
+            return match request.create {
+                Some((initial, exptime)) if key.len() <= KEY_MAX_LENGTH => {
+                    self.create_counter(hash, key, initial, exptime, now, f)
+                }
+                _ => DeltaOutcome::NotFound,
+            };
         };
+        // memcached refuses an empty value before it compares the CAS.
+        if self.arena[idx].value().is_empty() {
+            return DeltaOutcome::NonNumeric;
+        }
+        if request.compare_cas != 0 && request.compare_cas != self.client_cas(idx) {
+            return DeltaOutcome::Exists;
+        }
         let Some(counter) = parse_counter(self.arena[idx].value()) else {
-            return DeltaResult::NonNumeric;
+            return DeltaOutcome::NonNumeric;
         };
-        let result = apply_delta(counter, incr, delta);
+        let result = apply_delta(counter, request.incr, request.delta);
         let mut buf = [0; MAX_DIGITS];
         let digits = format_counter(result, &mut buf);
         let old_len = self.arena[idx].value().len();
-        if digits.len() <= old_len {
+        let grown = digits.len() > old_len;
+        if grown {
+            let old_bytes = entry_bytes(&self.arena[idx]);
+            let new_bytes = accounted_size(key.len(), digits.len());
+            if !self.make_room(new_bytes.saturating_sub(old_bytes), idx, now) {
+                return DeltaOutcome::OutOfMemory;
+            }
+            let cas = self.next_cas();
+            let e = &mut self.arena[idx];
+            e.replace_data(concat([key, digits, &[]]));
+            e.cas = cas;
+            e.bump(now);
+            // memcached stores a new item: unfetched, and without the old one's meta state.
+            e.renew(now);
+            self.policy.resized(&self.arena, idx, old_bytes);
+            self.used = self.used - old_bytes + new_bytes;
+            self.counters.total_items += 1;
+        } else {
             // memcached rewrites in place, padding with spaces to the old length.
             let cas = self.next_cas();
             let e = &mut self.arena[idx];
@@ -442,22 +566,45 @@ impl Shard {
             value[digits.len()..].fill(b' ');
             e.cas = cas;
             e.bump(now);
-            return DeltaResult::Value(result);
         }
-        let old_bytes = entry_bytes(&self.arena[idx]);
-        let new_bytes = accounted_size(key.len(), digits.len());
-        if !self.make_room(new_bytes.saturating_sub(old_bytes), idx, now) {
-            return DeltaResult::OutOfMemory;
+        let mut counter = Counter {
+            value: result,
+            cas: self.client_cas(idx),
+            exptime: self.arena[idx].exptime,
+            created: false,
+        };
+        let r = f(&mut counter);
+        // See Counter::set_exptime: after growing, memcached's time change misses the item.
+        if !grown {
+            self.arena[idx].exptime = counter.exptime;
         }
-        let cas = self.next_cas();
-        let e = &mut self.arena[idx];
-        e.replace_data(concat([key, digits, &[]]));
-        e.cas = cas;
-        e.bump(now);
-        self.policy.resized(&self.arena, idx, old_bytes);
-        self.used = self.used - old_bytes + new_bytes;
-        self.counters.total_items += 1;
-        DeltaResult::Value(result)
+        DeltaOutcome::Done(r)
+    }
+
+    fn create_counter<R>(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        initial: u64,
+        exptime: Time,
+        now: Time,
+        f: impl FnOnce(&mut Counter) -> R,
+    ) -> DeltaOutcome<R> {
+        let mut buf = [0; MAX_DIGITS];
+        let digits = format_counter(initial, &mut buf);
+        let data = concat([key, digits, &[]]);
+        let Some(idx) = self.insert_new(hash, data, key.len(), 0, exptime, now) else {
+            return DeltaOutcome::OutOfMemory;
+        };
+        let mut counter = Counter {
+            value: initial,
+            cas: self.client_cas(idx),
+            exptime,
+            created: true,
+        };
+        let r = f(&mut counter);
+        self.arena[idx].exptime = counter.exptime;
+        DeltaOutcome::Done(r)
     }
 
     /// flush_all: immediately when `at <= now`, else once `now` reaches `at`. A later flush

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser};
-use keepcached_server::auth::Users;
+use keepcached_server::auth::{AuthFile, Users};
 use keepcached_server::settings::Protocol;
 use keepcached_server::{Listeners, Server, Settings};
 
@@ -22,7 +22,9 @@ use crate::{process, UsageError};
 #[command(
     name = "keepcached server",
     disable_help_flag = true,
-    disable_version_flag = true
+    disable_version_flag = true,
+    // getopt's rule, which memcached's command lines rely on: a repeated flag's last value wins.
+    args_override_self = true
 )]
 pub struct ServerArgs {
     #[arg(short = 'p', long = "port", default_value_t = 11211)]
@@ -77,8 +79,8 @@ pub struct ServerArgs {
     disable_cas: bool,
     #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
     listen_backlog: u32,
-    #[arg(short = 'B', long = "protocol", default_value = "auto")]
-    protocol: String,
+    #[arg(short = 'B', long = "protocol")]
+    protocol: Option<String>,
     #[arg(short = 'I', long = "max-item-size", default_value = "1m")]
     max_item_size: String,
     #[arg(short = 'S', long = "enable-sasl")]
@@ -276,12 +278,41 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         return usage("Cannot set item size limit higher than 1/2 of memory max.".into());
     }
     settings.item_size_max = item_size as usize;
-    settings.protocol = match args.protocol.as_str() {
-        "ascii" => Protocol::Ascii,
-        "binary" => Protocol::Binary,
-        "auto" => Protocol::Auto,
-        other => return usage(format!("Invalid value for binding protocol: {other}")),
+    settings.protocol = match args.protocol.as_deref() {
+        Some("ascii") => Protocol::Ascii,
+        Some("binary") => Protocol::Binary,
+        Some("auto") | None => Protocol::Auto,
+        Some(other) => return usage(format!("Invalid value for binding protocol: {other}")),
     };
+    if let Some(path) = &args.auth_file {
+        // As memcached: the authentication request is a text `set`, so -Y makes ASCII the
+        // protocol and refuses any other.
+        if args.protocol.is_some() && settings.protocol != Protocol::Ascii {
+            return usage(
+                "ASCII authentication (-Y) needs the ASCII protocol; drop -B or use -B ascii"
+                    .into(),
+            );
+        }
+        if args.enable_sasl {
+            return usage(
+                "-S (SASL, binary) and -Y (ASCII authentication) exclude each other".into(),
+            );
+        }
+        // A UDP request belongs to no connection that could have authenticated.
+        if args.udp_port != 0 {
+            return usage("ASCII authentication (-Y) cannot be used with UDP; use -U 0".into());
+        }
+        settings.protocol = Protocol::Ascii;
+        match Users::load_authfile(path) {
+            Ok(users) => {
+                settings.ascii_auth = Some(AuthFile {
+                    path: path.clone(),
+                    users,
+                })
+            }
+            Err(e) => return usage(e.to_string()),
+        }
+    }
     if args.enable_sasl {
         // As memcached: SASL is binary-only, so -S makes binary the default and refuses ascii.
         if settings.protocol == Protocol::Ascii {
@@ -298,30 +329,31 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             Err(e) => return usage(e.to_string()),
         }
     }
-    if args.auth_file.is_some() {
-        return usage("ASCII authentication (-Y) is not supported yet".into());
-    }
     if args.enable_ssl {
         return usage("TLS (-Z) is not supported; terminate TLS in front of keepcached".into());
     }
     if args.memory_file.is_some() {
         return usage("restartable cache (-e) is not supported yet".into());
     }
-    if args.udp_port != 0 {
-        return usage("UDP (-U) is not supported yet; use -U 0".into());
-    }
     for (flag, given) in [
         ("-f", args.slab_growth_factor.is_some()),
         ("-n", args.slab_min_size.is_some()),
         ("-L", args.enable_largepages),
         ("-N", args.napi_ids.is_some()),
-        ("-D", args.delimiter.is_some()),
         ("-W", args.disable_watch),
         ("-X", args.disable_dumping),
     ] {
         if given {
             eprintln!("keepcached: {flag} has no effect in keepcached and is ignored");
         }
+    }
+    if let Some(delimiter) = args.delimiter {
+        // As memcached: -D chooses the prefix delimiter and turns `stats detail` on.
+        let Ok(byte) = u8::try_from(delimiter) else {
+            return usage(format!("-D needs a one-byte delimiter, not {delimiter:?}"));
+        };
+        settings.prefix_delimiter = byte;
+        settings.detail_enabled = true;
     }
     for option in args.extended.iter().filter(|o| !o.is_empty()) {
         let (key, value) = option
@@ -412,7 +444,10 @@ fn help_text() -> String {
             "accepted for compatibility; no slab classes here",
         ),
         ("-L, --enable-largepages", "accepted for compatibility"),
-        ("-D <char>", "accepted for compatibility"),
+        (
+            "-D <char>",
+            "key prefix delimiter of `stats detail`, which it turns on",
+        ),
         ("-t, --threads=<num>", "worker threads (default: 4)"),
         (
             "-R, --max-reqs-per-event=<num>",
@@ -430,6 +465,14 @@ fn help_text() -> String {
         (
             "-I, --max-item-size=<num>",
             "largest item, k/m suffixes (default: 1m; min 1k, max 1g)",
+        ),
+        (
+            "-S, --enable-sasl",
+            "SASL PLAIN for binary clients (users: MEMCACHED_SASL_PWDB)",
+        ),
+        (
+            "-Y, --auth-file=<file>",
+            "ASCII clients authenticate first (user:password lines)",
         ),
         ("-F, --disable-flush-all", "refuse flush_all"),
         ("-X, --disable-dumping", "accepted for compatibility"),
@@ -527,6 +570,7 @@ mod tests {
         assert_eq!(s.threads, 4);
         assert_eq!(s.item_size_max, 1024 * 1024);
         assert!(s.evictions && s.cas && s.flush_enabled && !s.shutdown_command);
+        assert_eq!(s.udp_port, 0, "UDP is off unless -U asks for it");
     }
 
     #[test]
@@ -564,6 +608,26 @@ mod tests {
         assert!(plan(&["-t", "0"]).is_err());
         assert!(plan(&["--no-such-flag"]).is_err());
         assert!(plan(&["-m", "lots"]).is_err());
+    }
+
+    #[test]
+    fn ascii_auth_file_and_its_conflicts() {
+        let dir = std::env::temp_dir().join(format!("keepcached-authfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("auth");
+        std::fs::write(&file, "app:secret\n").unwrap();
+        let path = file.to_str().unwrap();
+        let s = plan(&["-Y", path]).unwrap().settings;
+        assert_eq!(s.protocol, Protocol::Ascii);
+        assert!(s.ascii_auth.unwrap().users.check(b"app", b"secret"));
+        assert!(plan(&["-Y", path, "-B", "ascii"]).is_ok());
+        assert!(plan(&["-Y", path, "-B", "auto"]).is_err());
+        assert!(plan(&["-Y", path, "-U", "11211"]).is_err());
+        assert!(plan(&["-Y", path, "-U", "11211", "-U", "0"]).is_ok());
+        std::fs::write(&file, "app:secret\n\n").unwrap();
+        assert!(plan(&["-Y", path]).unwrap_err().contains("line 2"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(plan(&["-Y", path]).is_err());
     }
 
     #[test]

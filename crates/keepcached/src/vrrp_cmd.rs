@@ -2,11 +2,17 @@
 //!
 //! A bad configuration is reported (file, line or key, why) and exits with status 64 before
 //! any socket is opened. SIGTERM and SIGINT stop the daemon the clean way: a master sends
-//! priority 0 so the backup takes over at once, then removes the VIP.
+//! priority 0, so that a backup takes over after Skew_Time (or less, with fast takeover)
+//! rather than Master_Down_Interval, then removes the VIP. SIGUSR1 logs every
+//! instance's state and advert counters (and rewrites the status file, if there is one).
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use keepcached_vrrp::{parse_keepalived_conf, VrrpConfig};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
 
 use crate::{process, UsageError};
 
@@ -22,6 +28,15 @@ struct Cli {
     /// The vrrp_script and vrrp_instance blocks of an existing keepalived.conf.
     #[arg(long, value_name = "FILE", required_unless_present = "config")]
     keepalived_conf: Option<std::path::PathBuf>,
+    /// With --keepalived-conf: take over 1 ms per priority level after the master's
+    /// priority 0, not the full Skew_Time (on by default in TOML). Only when every
+    /// backup of the virtual router runs keepcached.
+    #[arg(long, requires = "keepalived_conf")]
+    fast_takeover: bool,
+    /// Keep this file up to date with every instance's state and advert counters
+    /// (overrides `status_file` in the TOML configuration).
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<std::path::PathBuf>,
     /// Verbose logging (repeat for more).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -50,7 +65,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         parse_keepalived_conf(&text)
     };
-    let (config, warnings) = parsed.map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let (mut config, warnings) =
+        parsed.map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    if cli.status_file.is_some() {
+        config.status_file = cli.status_file;
+    }
+    if cli.fast_takeover {
+        for i in &mut config.instances {
+            i.fast_takeover = true;
+        }
+    }
     for warning in warnings {
         eprintln!("keepcached: {}: {warning}", path.display());
     }
@@ -61,9 +85,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal();
-        keepcached_vrrp::run(config, async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
+        let report = Arc::new(Notify::new());
+        let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
+        let on_usr1 = Arc::clone(&report);
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                on_usr1.notify_one();
+            }
+        });
+        keepcached_vrrp::run(
+            config,
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+            report,
+        )
         .await
         .context("vrrp")
     })

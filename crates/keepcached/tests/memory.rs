@@ -11,7 +11,7 @@ const VALUE_LEN: usize = 1000;
 
 fn set_request(key: &str) -> Vec<u8> {
     let mut req = format!("set {key} 0 0 {VALUE_LEN}\r\n").into_bytes();
-    req.extend(std::iter::repeat_n(b'v', VALUE_LEN));
+    req.extend(vec![b'v'; VALUE_LEN]);
     req.extend_from_slice(b"\r\n");
     req
 }
@@ -196,4 +196,55 @@ fn full_cache_with_dash_m_refuses_writes() {
             target.label
         );
     }
+}
+
+#[test]
+fn expired_items_make_room_under_dash_m() {
+    if !env::require("expired_items_make_room_under_dash_m", true, &["memcached"]) {
+        return;
+    }
+    std::thread::scope(|s| {
+        for target in targets() {
+            s.spawn(move || {
+                let server = target
+                    .start(&["-m", "8", "-M"])
+                    .unwrap_or_else(|e| panic!("{}: {e}", target.label));
+                let mut client = server.connect().expect("connect");
+                let short_lived = |key: &str| {
+                    let mut req = format!("set {key} 0 2 {VALUE_LEN}\r\n").into_bytes();
+                    req.extend(vec![b's'; VALUE_LEN]);
+                    req.extend_from_slice(b"\r\n");
+                    req
+                };
+                let mut stored = 0;
+                loop {
+                    assert!(
+                        stored < 20_000,
+                        "{}: no refusal under -m 8 -M",
+                        target.label
+                    );
+                    let reply = client
+                        .exchange(&short_lived(&format!("t:{stored}")), &End::Sentinel)
+                        .expect("set");
+                    if reply.bytes != b"STORED\r\n" {
+                        break;
+                    }
+                    stored += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(3100));
+                // Everything stored above has expired: its memory must serve new writes.
+                for i in 0..stored / 2 {
+                    let reply = client
+                        .exchange(&set_request(&format!("n:{i}")), &End::Sentinel)
+                        .expect("set");
+                    assert_eq!(
+                        String::from_utf8_lossy(&reply.bytes),
+                        "STORED\r\n",
+                        "{}: write {i} refused although {stored} items expired",
+                        target.label
+                    );
+                }
+            });
+        }
+    });
 }

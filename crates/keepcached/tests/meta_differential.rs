@@ -7,17 +7,24 @@
 //! - `c<number>` and `cas=<number>` become `<casN>`, named by identity within a case, and
 //!   `{cas}` in a request stands for the last CAS a reply showed;
 //! - `t<seconds>` and `exp=-<seconds>` are rounded up to a multiple of 10, so a clock tick
-//!   between a store and a read does not count as a difference.
+//!   between a store and a read does not count as a difference;
+//! - an access age other than 0 (`l<seconds>`, `la=<seconds>`) becomes `<ageN>`, named by
+//!   identity within a case like CAS values: the two servers' clocks tick at different moments,
+//!   so only whether ages are 0 and which of them are equal can be compared.
 //!
-//! Cases that need item state the store does not keep yet (stale items, win tokens, `h`/`l`)
-//! are not here; docs/meta.md lists those differences.
+//! A step whose request is [`PAUSE`] sends nothing: the runner waits, so that items age.
 
 use std::collections::HashMap;
 use std::thread;
+use std::time::Duration;
 
 use keepcached_testkit::env;
 use keepcached_testkit::wire::{Case, Target};
 use keepcached_testkit::{escape, End};
+
+/// A step that waits instead of sending: long enough for both servers' clocks to tick twice.
+const PAUSE: &str = "{pause}";
+const PAUSE_FOR: Duration = Duration::from_millis(2200);
 
 fn cases() -> Vec<Case> {
     vec![
@@ -499,6 +506,237 @@ fn cases() -> Vec<Case> {
         Case::new("quiet sets then gets", "ms a 1 q\r\n1\r\nms b 1 q\r\n2\r\nms c 1 q MR\r\n3\r\nmd a q\r\nmd z q\r\nmg a v q\r\nmg b v q\r\nmn\r\n", "NS\r\nNF\r\nVA 1\r\n2\r\nMN\r\n"),
         Case::new("bad chunk in a pipeline", "ms a 1\r\n12\r\nmg a v\r\nmn\r\n", "CLIENT_ERROR bad data chunk\r\nERROR\r\nEN\r\nMN\r\n"),
         Case::new("error swallow then next command", "ms a 1 Mx\r\n1\r\nmg a v\r\nmn\r\n", "CLIENT_ERROR invalid mode for ms M token\r\nEN\r\nMN\r\n"),
+        // Vivify on miss (mg N): an empty item, created with no TTL until N is reached.
+        Case::new("mg N on a miss creates and wins", "mg foo N30 s v t c\r\n", "VA 0 s0 t30 c<cas1> W\r\n\r\n"),
+        Case::new("mg N: later reads see Z", "mg foo N30 v\r\n", "VA 0 W\r\n\r\n")
+            .then("mg foo N30 v\r\n", "VA 0 Z\r\n\r\n")
+            .then("mg foo v\r\n", "VA 0 Z\r\n\r\n"),
+        Case::new("mg t before N shows no TTL", "mg foo t N30\r\n", "HD t-1 W\r\n")
+            .then("mg foo t\r\n", "HD t30 Z\r\n"),
+        Case::new("mg N then T: T sets the TTL", "mg foo N30 T60 t\r\n", "HD t60 W\r\n"),
+        Case::new("mg T then N: N sets the TTL", "mg foo T60 N30 t\r\n", "HD t30 W\r\n"),
+        Case::new("mg N on a hit changes nothing", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo N30 t v\r\n", "VA 1 t100\r\nx\r\n"),
+        Case::new("mg N quiet answers the created item", "mg foo N30 q v\r\nmn\r\n", "VA 0 W\r\n\r\nMN\r\n"),
+        Case::new("mg N with a base64 key shows it plain", "mg Zm9v b N30 k\r\n", "HD kfoo W\r\n")
+            .then("mg Zm9v b k\r\n", "HD kfoo Z\r\n"),
+        Case::new("ms over a vivified item clears its token", "mg foo N30 s\r\n", "HD s0 W\r\n")
+            .then("ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo N30 s\r\n", "HD s1\r\n"),
+        Case::new("mg N h l on a created item", "mg foo N30 h l\r\n", "HD h0 l0 W\r\n")
+            .then("mg foo h\r\n", "HD h1 Z\r\n"),
+        Case::new("me after mg N", "mg foo N30\r\n", "HD W\r\n")
+            .then("me foo\r\n", "ME foo exp=-30 la=0 cas=<cas1> fetch=yes cls=1 size=62\r\n"),
+        Case::new("mg N and R on a miss win once", "mg foo N30 R200 t\r\n", "HD t30 W\r\n"),
+        // Recache (mg R): a win token when less than R is left to live.
+        Case::new("mg R wins when less TTL is left", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo R200 v\r\n", "VA 1 W\r\nx\r\n")
+            .then("mg foo R200 v\r\n", "VA 1 Z\r\nx\r\n")
+            .then("mg foo v\r\n", "VA 1 Z\r\nx\r\n"),
+        Case::new("mg R with more TTL left does not win", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo R30 v\r\n", "VA 1\r\nx\r\n"),
+        Case::new("mg R on an item without TTL", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo R200 c\r\n", "HD c<cas1>\r\n"),
+        Case::new("mg T before R", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo T10 R200 t\r\n", "HD t10 W\r\n"),
+        Case::new("mg R before T", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo R200 T10 t\r\n", "HD t10\r\n"),
+        Case::new("mg R0 never wins", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo R0 v\r\n", "VA 1\r\nx\r\n"),
+        Case::new("ms gives the recache token back", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo R200\r\n", "HD W\r\n")
+            .then("ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo R200\r\n", "HD W\r\n"),
+        // Stale items (md I, ms I): kept, marked X, and one reader wins the token to refresh.
+        Case::new("md I marks stale with a new CAS", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("mg foo v c\r\n", "VA 1 c<cas2> X W\r\nx\r\n")
+            .then("mg foo v c\r\n", "VA 1 c<cas2> Z X\r\nx\r\n"),
+        Case::new("md I keeps the item for get", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("get foo\r\n", "VALUE foo 0 1\r\nx\r\nEND\r\n"),
+        Case::new("md I T sets the TTL", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I T30\r\n", "HD\r\n")
+            .then("mg foo t\r\n", "HD t30 X W\r\n"),
+        Case::new("md I quiet", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I q\r\nmn\r\n", "MN\r\n"),
+        Case::new("md I k O", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I k O5\r\n", "HD kfoo O5\r\n"),
+        Case::new("md I on a miss", "md foo I\r\n", "NF\r\n"),
+        Case::new("md I C mismatch", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I C999999\r\n", "EX\r\n")
+            .then("mg foo v\r\n", "VA 1\r\nx\r\n"),
+        Case::new("md I C match", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("md foo I C{cas}\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas2> X W\r\n"),
+        Case::new("md I again hands out a new token", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("mg foo\r\n", "HD X W\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("mg foo\r\n", "HD X W\r\n"),
+        Case::new("ms over a stale item clears it", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("ms foo 1\r\ny\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1\r\ny\r\n"),
+        Case::new("ma in place keeps an item stale", "ms foo 1\r\n1\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("ma foo v\r\n", "VA 1\r\n2\r\n")
+            .then("mg foo v\r\n", "VA 1 X W\r\n2\r\n"),
+        Case::new("ma that grows makes a fresh item", "ms foo 1\r\n9\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("ma foo v\r\n", "VA 2\r\n10\r\n")
+            .then("mg foo v\r\n", "VA 2\r\n10\r\n"),
+        Case::new("mg u on a stale item wins too", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("mg foo u\r\n", "HD X W\r\n")
+            .then("mg foo h\r\n", "HD h0 Z X\r\n"),
+        Case::new("mg R on a stale item wins once", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("md foo I\r\n", "HD\r\n")
+            .then("mg foo R300 s\r\n", "HD s1 X W\r\n"),
+        Case::new("ms I with an older CAS stores stale", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("ms foo 1 T200\r\ny\r\n", "HD\r\n")
+            .then("ms foo 1 I T30 c C{cas}\r\nz\r\n", "HD c<cas2>\r\n")
+            .then("mg foo v t\r\n", "VA 1 t200 X W\r\nz\r\n"),
+        Case::new("ms I with an older CAS keeps the token", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("ms foo 1 T200\r\ny\r\n", "HD\r\n")
+            .then("mg foo R300\r\n", "HD W\r\n")
+            .then("ms foo 1 I C{cas}\r\nz\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1 Z X\r\nz\r\n"),
+        Case::new("ms I with the current CAS is a plain CAS store", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("ms foo 1 I C{cas}\r\nz\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1\r\nz\r\n"),
+        Case::new("ms I with a newer CAS", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("ms foo 1 I C999999\r\nz\r\n", "EX\r\n"),
+        Case::new("ms I with C0", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("ms foo 1 I C0\r\nz\r\n", "EX\r\n"),
+        Case::new("ms I MR with an older CAS stores stale", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("ms foo 1\r\ny\r\n", "HD\r\n")
+            .then("ms foo 1 I MR C{cas} c\r\nw\r\n", "HD c<cas2>\r\n")
+            .then("mg foo v\r\n", "VA 1 X W\r\nw\r\n"),
+        Case::new("ms I MA with an older CAS", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n")
+            .then("ms foo 1\r\ny\r\n", "HD\r\n")
+            .then("ms foo 1 I MA C{cas}\r\nz\r\n", "EX\r\n"),
+        Case::new("ms I ME", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("ms foo 1 I ME C999999\r\nz\r\n", "NS\r\n"),
+        // Fetched and last access (mg h, mg l, me), as they were before the read.
+        Case::new("mg h: the first read sees h0, the next h1", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n"),
+        Case::new("mg u is not a fetch", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo u\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n"),
+        Case::new("get is a fetch for mg h", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("get foo\r\n", "VALUE foo 0 1\r\nx\r\nEND\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n"),
+        Case::new("touch is a fetch for mg h", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("touch foo 10\r\n", "TOUCHED\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n"),
+        Case::new("mg T is a fetch unless u", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo T30\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n")
+            .then("ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo T30 u\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n"),
+        Case::new("an append makes the item unfetched", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1\r\nx\r\n")
+            .then("ms foo 1 MA\r\ny\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n"),
+        Case::new("a refused add leaves the item fetched", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1\r\nx\r\n")
+            .then("add foo 0 0 1\r\ny\r\n", "NOT_STORED\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n"),
+        Case::new("ma in place keeps fetched, growing does not", "ms foo 1\r\n1\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1\r\n1\r\n")
+            .then("ma foo\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n")
+            .then("ms foo 1\r\n9\r\n", "HD\r\n")
+            .then("mg foo v\r\n", "VA 1\r\n9\r\n")
+            .then("ma foo\r\n", "HD\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n"),
+        Case::new("me shows fetch without changing it", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("me foo\r\n", "ME foo exp=-1 la=0 cas=<cas1> fetch=no cls=1 size=63\r\n")
+            .then("me foo\r\n", "ME foo exp=-1 la=0 cas=<cas1> fetch=no cls=1 size=63\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n")
+            .then("me foo\r\n", "ME foo exp=-1 la=0 cas=<cas1> fetch=yes cls=1 size=63\r\n"),
+        Case::new("mg l right after a store", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo l\r\n", "HD l0\r\n"),
+        Case::new("mg l is the age before the read; the first read keeps it", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then(PAUSE, "")
+            .then("me foo\r\n", "ME foo exp=-1 la=<age1> cas=<cas1> fetch=no cls=1 size=63\r\n")
+            .then("mg foo l h\r\nmg foo l h\r\n", "HD l<age1> h0\r\nHD l<age1> h1\r\n"),
+        // Base64 keys: an item remembers that its key was stored in base64.
+        Case::new("a base64-stored key is shown in base64 without b", "ms Zm9v 1 b\r\nx\r\n", "HD\r\n")
+            .then("mg foo k v\r\n", "VA 1 kZm9v b\r\nx\r\n"),
+        Case::new("a plain key read with b is shown plain", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg Zm9v b k v\r\n", "VA 1 kfoo\r\nx\r\n"),
+        Case::new("me shows the key as it was stored", "ms Zm9v 1 b\r\nx\r\n", "HD\r\n")
+            .then("me foo\r\n", "ME Zm9v exp=-1 la=0 cas=<cas1> fetch=no cls=1 size=63\r\n")
+            .then("ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("me Zm9v b\r\n", "ME foo exp=-1 la=0 cas=<cas2> fetch=no cls=1 size=63\r\n"),
+        Case::new("md and ma show the key as the request sent it", "ms Zm9v 1 b\r\n1\r\n", "HD\r\n")
+            .then("ma foo k v\r\n", "VA 1 kfoo\r\n2\r\n")
+            .then("md foo k\r\n", "HD kfoo\r\n"),
+        Case::new("ma in place keeps the base64 mark, growing drops it", "ms Zm9v 1 b\r\n1\r\n", "HD\r\n")
+            .then("ma foo\r\n", "HD\r\n")
+            .then("mg foo k\r\n", "HD kZm9v b\r\n")
+            .then("ma foo D9\r\n", "HD\r\n")
+            .then("mg foo k\r\n", "HD kfoo\r\n"),
+        Case::new("an append drops the base64 mark", "ms Zm9v 1 b\r\nx\r\n", "HD\r\n")
+            .then("ms Zm9v 1 b MA k\r\ny\r\n", "HD kZm9v b\r\n")
+            .then("mg foo k v\r\n", "VA 2 kfoo\r\nxy\r\n"),
+        Case::new("a text set drops the base64 mark", "ms Zm9v 1 b\r\nx\r\n", "HD\r\n")
+            .then("set foo 0 0 1\r\ny\r\n", "STORED\r\n")
+            .then("mg foo k\r\n", "HD kfoo\r\n"),
+        Case::new("touch and md I keep the base64 mark", "ms Zm9v 1 b\r\nx\r\n", "HD\r\n")
+            .then("touch foo 100\r\n", "TOUCHED\r\n")
+            .then("mg foo k\r\n", "HD kZm9v b\r\n")
+            .then("md Zm9v b I\r\n", "HD\r\n")
+            .then("mg foo k\r\n", "HD kZm9v b X W\r\n"),
+        // Flags that change the item act where they stand in the request.
+        Case::new("mg t before T shows the old TTL", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("mg foo t T30\r\n", "HD t-1\r\n")
+            .then("mg foo t\r\n", "HD t30\r\n"),
+        Case::new("mg t before T on an item with a TTL", "ms foo 1 T100\r\nx\r\n", "HD\r\n")
+            .then("mg foo t T30\r\n", "HD t100\r\n")
+            .then("mg foo t\r\n", "HD t30\r\n"),
+        Case::new("ma t before T shows the old TTL", "ms foo 1\r\n1\r\n", "HD\r\n")
+            .then("ma foo t T100 v\r\n", "VA 1 t-1\r\n2\r\n")
+            .then("mg foo t\r\n", "HD t100\r\n")
+            .then("ma foo T200 t v\r\n", "VA 1 t200\r\n3\r\n"),
+        Case::new("ma T is lost when the value grows", "ms foo 1\r\n9\r\n", "HD\r\n")
+            .then("ma foo T100 t v c\r\n", "VA 2 t100 c<cas1>\r\n10\r\n")
+            .then("mg foo t c\r\n", "HD t-1 c<cas1>\r\n"),
+        Case::new("ma N then T: T sets the TTL", "ma foo N0 T30 t\r\n", "HD t30\r\n"),
+        Case::new("ma T then N: N sets the TTL", "ma foo T30 N60 t\r\n", "HD t60\r\n"),
+        Case::new("ma t between N and T", "ma foo N60 t T30\r\n", "HD t60\r\n")
+            .then("mg foo t\r\n", "HD t30\r\n"),
+        // Compare-and-act in one step, and the CAS a reply shows.
+        Case::new("ma C0 does not compare", "ms foo 1\r\n9\r\n", "HD\r\n")
+            .then("ma foo C0 v\r\n", "VA 2\r\n10\r\n"),
+        Case::new("md C0 compares", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("md foo C0\r\n", "EX\r\n"),
+        Case::new("ma N with C on a miss creates", "ma foo N0 C5 v\r\n", "VA 1\r\n0\r\n"),
+        Case::new("ma N quiet answers the created counter", "ma foo N0 q v\r\nmn\r\n", "VA 1\r\n0\r\nMN\r\n")
+            .then("ma foo q v\r\nmn\r\n", "MN\r\n"),
+        Case::new("ma N J T quiet", "ma foo N0 J5 q T30\r\nmn\r\n", "HD\r\nMN\r\n")
+            .then("mg foo t v\r\n", "VA 1 t30\r\n5\r\n"),
+        Case::new("ma C on an empty value is non-numeric", "ms foo 0\r\n\r\n", "HD\r\n")
+            .then("ma foo C1\r\n", "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
+        Case::new("ma C mismatch quiet is answered", "ms foo 1\r\n1\r\n", "HD\r\n")
+            .then("ma foo C999999 q\r\nmn\r\n", "EX\r\nMN\r\n"),
+        Case::new("ms c returns the CAS of an append", "ms foo 1\r\nx\r\n", "HD\r\n")
+            .then("ms foo 1 MA c\r\ny\r\n", "HD c<cas1>\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n"),
+        Case::new("ma c of a created counter", "ma foo N0 c\r\n", "HD c<cas1>\r\n")
+            .then("mg foo c\r\n", "HD c<cas1>\r\n"),
 
     ]
 }
@@ -508,6 +746,7 @@ fn cases() -> Vec<Case> {
 struct MetaMasker {
     names: HashMap<Vec<u8>, usize>,
     last: Option<Vec<u8>>,
+    ages: HashMap<Vec<u8>, usize>,
 }
 
 impl MetaMasker {
@@ -516,6 +755,15 @@ impl MetaMasker {
         let next = self.names.len() + 1;
         let n = *self.names.entry(cas.to_vec()).or_insert(next);
         format!("<cas{n}>")
+    }
+
+    fn age(&mut self, age: &[u8]) -> String {
+        if age == b"0" {
+            return "0".to_string();
+        }
+        let next = self.ages.len() + 1;
+        let n = *self.ages.entry(age.to_vec()).or_insert(next);
+        format!("<age{n}>")
     }
 
     fn mask(&mut self, reply: &[u8]) -> Vec<u8> {
@@ -549,13 +797,17 @@ impl MetaMasker {
                             if let Some(ttl) = number(&arg) {
                                 *t = format!("t{}", ttl.div_ceil(10) * 10).into_bytes();
                             }
+                        } else if flag == b'l' && number(&arg).is_some() {
+                            *t = format!("l{}", self.age(&arg)).into_bytes();
                         }
                     }
                 }
                 b"ME" => {
                     for t in tokens.iter_mut().skip(2) {
                         if let Some(cas) = t.strip_prefix(b"cas=") {
-                            *t = format!("cas={}", self.name(&cas.to_vec())).into_bytes();
+                            *t = format!("cas={}", self.name(cas)).into_bytes();
+                        } else if let Some(age) = t.strip_prefix(b"la=") {
+                            *t = format!("la={}", self.age(age)).into_bytes();
                         } else if let Some(exp) = t.strip_prefix(b"exp=-").and_then(number) {
                             if exp != 1 {
                                 *t = format!("exp=-{}", exp.div_ceil(10) * 10).into_bytes();
@@ -611,6 +863,11 @@ fn play(target: &Target, cases: &[Case]) -> Result<Vec<Vec<String>>, String> {
         let mut masker = MetaMasker::default();
         let mut replies = Vec::new();
         for step in &case.steps {
+            if step.request == PAUSE.as_bytes() {
+                thread::sleep(PAUSE_FOR);
+                replies.push(String::new());
+                continue;
+            }
             let request = substitute(&step.request, masker.last.as_deref());
             let reply = client
                 .exchange(&request, &End::Sentinel)

@@ -858,69 +858,48 @@ fn incr_decr() -> Vec<Case> {
 
 fn cas() -> Vec<Case> {
     let prelude = set("k", 1, "0", b"old");
-    let mut cases = Vec::new();
-    cases.push(
+    let mut cases = vec![
         Case::new(
             "cas on a missing key",
             "cas k 0 0 1 1\r\nx\r\n",
             "NOT_FOUND\r\n",
         )
         .then("get k\r\n", "END\r\n"),
-    );
-    cases.push(
         Case::new(
             "cas noreply on a missing key",
             "cas k 0 0 1 1 noreply\r\nx\r\n",
             "",
         )
         .then("get k\r\n", "END\r\n"),
-    );
-    cases.push(
         Case::new("cas with the right unique", &prelude, "STORED\r\n")
             .then("gets k\r\n", found(&[value_cas("k", 1, b"old", 1)]))
             .then("cas k 2 0 3 {cas}\r\nnew\r\n", "STORED\r\n")
             .then("gets k\r\n", found(&[value_cas("k", 2, b"new", 2)]))
             .then("cas k 2 0 3 {cas}\r\nnxt\r\n", "STORED\r\n")
             .then("get k\r\n", found(&[value("k", 2, b"nxt")])),
-    );
-    cases.push(
         Case::new("cas noreply with the right unique", &prelude, "STORED\r\n")
             .then("gets k\r\n", found(&[value_cas("k", 1, b"old", 1)]))
             .then("cas k 2 0 3 {cas} noreply\r\nnew\r\n", "")
             .then("get k\r\n", found(&[value("k", 2, b"new")])),
-    );
-    cases.push(
         Case::new("cas with a stale unique", &prelude, "STORED\r\n")
             .then("gets k\r\n", found(&[value_cas("k", 1, b"old", 1)]))
             .then(set("k", 1, "0", b"mid"), "STORED\r\n")
             .then("cas k 2 0 3 {cas}\r\nnew\r\n", "EXISTS\r\n")
             .then("get k\r\n", found(&[value("k", 1, b"mid")])),
-    );
-    cases.push(
         Case::new("cas noreply with a stale unique", &prelude, "STORED\r\n")
             .then("cas k 2 0 3 999999999 noreply\r\nnew\r\n", "")
             .then("get k\r\n", found(&[value("k", 1, b"old")])),
-    );
-    cases.push(
         Case::new("cas after delete", &prelude, "STORED\r\n")
             .then("gets k\r\n", found(&[value_cas("k", 1, b"old", 1)]))
             .then("delete k\r\n", "DELETED\r\n")
             .then("cas k 2 0 3 {cas}\r\nnew\r\n", "NOT_FOUND\r\n"),
-    );
-    cases.push(
         Case::new("cas unique 0", &prelude, "STORED\r\n")
             .then("cas k 2 0 3 0\r\nnew\r\n", "EXISTS\r\n"),
-    );
-    cases.push(
-        Case::new(
-            "touch keeps the CAS, append changes it",
-            &prelude,
-            "STORED\r\n",
-        )
-        .then("gets k\r\n", found(&[value_cas("k", 1, b"old", 1)]))
-        .then("append k 0 0 1\r\n!\r\n", "STORED\r\n")
-        .then("gets k\r\n", found(&[value_cas("k", 1, b"old!", 2)])),
-    );
+        Case::new("append changes the CAS", &prelude, "STORED\r\n")
+            .then("gets k\r\n", found(&[value_cas("k", 1, b"old", 1)]))
+            .then("append k 0 0 1\r\n!\r\n", "STORED\r\n")
+            .then("gets k\r\n", found(&[value_cas("k", 1, b"old!", 2)])),
+    ];
     for (name, request, reply) in [
         (
             "cas with a non-numeric unique",
@@ -1275,6 +1254,39 @@ fn misc_commands() -> Vec<Case> {
             .then("get k\r\n", found(&[value("k", 0, b"w")])),
     );
     cases
+}
+
+/// `lru_crawler metadump all`: the key listing a repaired node's re-sync reads. Dump lines end
+/// in a bare LF, the listing in END\r\n. memcached hands the connection to its crawler thread and
+/// drops what was pipelined after the dump, so the reply is read up to END instead of a sentinel.
+fn metadump() -> Vec<Case> {
+    let items = [
+        set("a", 0, "0", b"1"),
+        set("b", 5, "100", b"22"),
+        set("gone", 0, "-1", b"3"),
+        set(&key(250, b'd'), 0, "0", b"x"),
+        set("e%20f", 0, "0", b"x"),
+    ]
+    .concat();
+    let long = key(250, b'd');
+    vec![
+        Case::new("metadump of an empty cache", "lru_crawler metadump all\r\n", "END\r\n")
+            .ending(End::Suffix(b"END\r\n".to_vec()))
+            .masked(Mask::Metadump),
+        Case::new("metadump of a few items", items, "STORED\r\n".repeat(5))
+            .then("get a\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n")
+            .then(
+                "lru_crawler metadump all\r\n",
+                format!(
+                    "key=a exp=-1 fetch=yes\nkey=b exp=<time> fetch=no\nkey={long} exp=-1 fetch=no\nkey=e%2520f exp=-1 fetch=no\nEND\r\n"
+                ),
+            )
+            .ending(End::Suffix(b"END\r\n".to_vec()))
+            .masked(Mask::Metadump),
+        Case::new("metadump without a class", "lru_crawler metadump\r\n", "ERROR\r\n"),
+        Case::new("lru_crawler alone", "lru_crawler\r\n", "ERROR\r\n"),
+        Case::new("lru_crawler with an unknown verb", "lru_crawler foo\r\n", "ERROR\r\n"),
+    ]
 }
 
 /// A tiny model of the store, to generate long pipelines with known replies.
@@ -1667,6 +1679,7 @@ fn all_groups() -> Vec<Group> {
     cases.extend(storage_errors());
     cases.extend(misc_commands());
     cases.extend(pipelines());
+    cases.extend(metadump());
     let mut groups = vec![Group::new("default flags", &[], cases)];
     groups.extend(flagged_groups());
     groups

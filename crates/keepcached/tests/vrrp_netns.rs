@@ -69,8 +69,18 @@ fn two_daemons_fail_over_every_way() {
     }
     let mut t = Topology::new(3);
     let responders = start_responders(&mut t);
-    let h1_conf = toml(100, 2, "1", "");
-    let h2_conf = toml(99, 2, "1", "");
+    let dir = t.dir.clone();
+    let status_file = |h: &str| dir.join(format!("{h}.status"));
+    let status_line = |h: &str| format!("status_file = {:?}", status_file(h));
+    // A notify script that records the capabilities it runs with.
+    let script_caps = dir.join("h1-notify-caps");
+    let notify = format!(
+        r#"notify = {{ master = "/bin/sh -c \"grep CapEff /proc/self/status > {}\"" }}
+track_proxy = "#,
+        script_caps.display()
+    );
+    let h1_conf = toml(100, 2, "1", &status_line("h1")).replace("track_proxy = ", &notify);
+    let h2_conf = toml(99, 2, "1", &status_line("h2"));
     let mut h1 = t.start_vrrpd("h1", "--config", &h1_conf);
     t.start_vrrpd("h2", "--config", &h2_conf);
 
@@ -79,10 +89,55 @@ fn two_daemons_fail_over_every_way() {
     t.stays_holder(&HOSTS, "h1", secs(1.5));
     assert_eq!(who_answers(&t, "h3", PORT), "VERSION h1");
 
-    // SIGTERM: priority 0, the backup takes over after Skew_Time.
+    // With its sockets open, the daemon keeps CAP_NET_ADMIN (bit 12) alone.
+    let proc_status = std::fs::read_to_string(format!("/proc/{h1}/status")).unwrap();
+    for (set, want) in [
+        ("CapEff", "0000000000001000"),
+        ("CapPrm", "0000000000001000"),
+        ("CapInh", "0000000000000000"),
+        ("CapAmb", "0000000000000000"),
+    ] {
+        let line = proc_status
+            .lines()
+            .find(|l| l.starts_with(set))
+            .unwrap_or_else(|| panic!("no {set} in {proc_status}"));
+        assert!(line.ends_with(want), "{line}");
+    }
+
+    // Its scripts, started as root, still get root's capabilities (as under
+    // keepalived): the bounding set, which the daemon leaves alone.
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = ours.lines().find(|l| l.starts_with("CapBnd")).unwrap();
+    let script = std::fs::read_to_string(&script_caps).unwrap();
+    assert_eq!(
+        script.trim().rsplit('\t').next(),
+        bounding.rsplit('\t').next(),
+        "{script}"
+    );
+
+    // The status file and SIGUSR1 show each instance's state and counters.
+    let h1_status = std::fs::read_to_string(status_file("h1")).unwrap();
+    assert!(
+        h1_status.contains("\nVI_1 state=MASTER priority=100 base_priority=100 "),
+        "{h1_status}"
+    );
+    let h2_status = std::fs::read_to_string(status_file("h2")).unwrap();
+    assert!(
+        h2_status.contains("\nVI_1 state=BACKUP priority=99 "),
+        "{h2_status}"
+    );
+    assert!(!h2_status.contains(" accepted=0 "), "{h2_status}");
+    t.signal(h1, Signal::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(t.dir.join("h1-vrrpd.log")).unwrap();
+    assert!(log.contains("status VI_1 state=MASTER"), "{log}");
+
+    // SIGTERM: priority 0, and the backup takes over after its fast-takeover
+    // wait (157 ms at priority 99) rather than Skew_Time (613 ms).
     t.signal(h1, Signal::SIGTERM);
     let took = t.wait_holder(&HOSTS, "h2", secs(2.0));
     eprintln!("SIGTERM failover seen in {took:?}");
+    assert!(took < secs(0.5), "took {took:?}\n{}", t.logs());
     assert_eq!(who_answers(&t, "h3", PORT), "VERSION h2");
 
     // Back: h1 restarts and preempts.

@@ -14,6 +14,7 @@
 //! VERSION <text>\r\n          STAT <name> <value>\r\n
 //! ERROR[ <text>]\r\n          CLIENT_ERROR <text>\r\n       SERVER_ERROR <text>\r\n
 //! HD|EN|NF|NS|EX|MN[ <flags>]\r\n    VA <bytes>[ <flags>]\r\n<data>\r\n     meta commands
+//! ME <key> <name>=<value>...\r\n                                  me (debug)
 //! ```
 //!
 //! A line that is none of these (or a data block not followed by `\r\n`) is returned as
@@ -74,6 +75,8 @@ pub enum MetaCode {
     Exists,
     /// `MN`: the reply to `mn`.
     Noop,
+    /// `ME`: the reply to `me` (an item's metadata as `name=value` pairs).
+    Debug,
 }
 
 /// One reply line, borrowing from the caller's buffer.
@@ -202,6 +205,7 @@ fn meta_code(word: &[u8]) -> Option<MetaCode> {
         b"NS" => MetaCode::NotStored,
         b"EX" => MetaCode::Exists,
         b"MN" => MetaCode::Noop,
+        b"ME" => MetaCode::Debug,
         _ => return None,
     })
 }
@@ -450,6 +454,14 @@ mod tests {
             Response::Meta {
                 code: MetaCode::Miss,
                 flags: b"",
+                data: None
+            }
+        );
+        assert_eq!(
+            one(b"ME foo exp=-1 la=0 cas=6\r\n"),
+            Response::Meta {
+                code: MetaCode::Debug,
+                flags: b"foo exp=-1 la=0 cas=6",
                 data: None
             }
         );

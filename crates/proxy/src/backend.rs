@@ -67,6 +67,10 @@ pub enum Expect {
     Values,
     /// One line (with a data block for `VA`).
     Line,
+    /// A quiet meta request (`q`), which may get no reply at all: the writer sends `mn` after
+    /// it, and the reply is whatever came before `MN` ([`Reply::Suppressed`] when nothing did).
+    /// The server itself decides what quiet mode leaves out, so the proxy never has to guess.
+    UntilNoop,
 }
 
 /// A request as bytes: the command line, and the data block for storage commands.
@@ -101,11 +105,15 @@ pub enum Reply {
     Status(Status),
     Number(u64),
     Version(Bytes),
+    /// A meta reply; `raw` is all of it as the server sent it, to pass on to the client as is.
     Meta {
         code: MetaCode,
         flags: Bytes,
         data: Option<Bytes>,
+        raw: Bytes,
     },
+    /// A quiet meta request's nominal reply, which the server left out.
+    Suppressed,
     Error {
         kind: ErrorKind,
         text: Bytes,
@@ -549,6 +557,9 @@ fn enqueue(job: Job, wbuf: &mut BytesMut, pending: &Mutex<VecDeque<InFlight>>) {
         wbuf.extend_from_slice(data);
         wbuf.extend_from_slice(b"\r\n");
     }
+    if job.call.expect == Expect::UntilNoop {
+        wbuf.extend_from_slice(b"mn\r\n");
+    }
     pending.lock().push_back(InFlight {
         expect: job.call.expect,
         reply: job.reply,
@@ -556,10 +567,11 @@ fn enqueue(job: Job, wbuf: &mut BytesMut, pending: &Mutex<VecDeque<InFlight>>) {
     });
 }
 
-/// The items of a get reply read so far.
+/// A reply read so far: the items of a get, or a quiet meta request's reply before its `MN`.
 #[derive(Debug, Default)]
 struct Partial {
     values: Vec<Value>,
+    held: Option<Reply>,
 }
 
 /// Consumes reply lines from the front of `rbuf` until the reply to a request of kind `expect`
@@ -605,6 +617,13 @@ fn assemble(
                 continue;
             }
             (Expect::Values, Response::End) => Reply::Values(std::mem::take(&mut partial.values)),
+            (
+                Expect::UntilNoop,
+                Response::Meta {
+                    code: MetaCode::Noop,
+                    ..
+                },
+            ) => return Ok(Some(partial.held.take().unwrap_or(Reply::Suppressed))),
             (_, Response::Error(text)) => error_reply(ErrorKind::Error, owned(text), partial),
             (_, Response::ClientError(text)) => {
                 error_reply(ErrorKind::Client, owned(text), partial)
@@ -615,13 +634,23 @@ fn assemble(
             (Expect::Line, Response::Status(status)) => Reply::Status(status),
             (Expect::Line, Response::Number(n)) => Reply::Number(n),
             (Expect::Line, Response::Version(v)) => Reply::Version(owned(v)),
-            (Expect::Line, Response::Meta { code, flags, data }) => Reply::Meta {
-                code,
-                flags: owned(flags),
-                data: data.map(owned),
-            },
+            (Expect::Line | Expect::UntilNoop, Response::Meta { code, flags, data }) => {
+                Reply::Meta {
+                    code,
+                    flags: owned(flags),
+                    data: data.map(owned),
+                    raw: frame.clone(),
+                }
+            }
             (_, other) => return Err(format!("{other:?}")),
         };
+        if expect == Expect::UntilNoop {
+            // One request, one reply at most: a second one means the stream is out of step.
+            if partial.held.replace(reply).is_some() {
+                return Err("two replies to one quiet meta request".into());
+            }
+            continue;
+        }
         return Ok(Some(reply));
     }
 }
@@ -687,6 +716,36 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_quiet_meta_reply_is_what_came_before_mn() {
+        let (replies, left) = assemble_all(
+            b"MN\r\nVA 1 O5\r\nx\r\nMN\r\nSERVER_ERROR oom\r\nMN\r\nHD",
+            Expect::UntilNoop,
+        );
+        assert_eq!(left, 2);
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert_eq!(replies[0], Reply::Suppressed);
+        let Reply::Meta {
+            code: MetaCode::Value,
+            raw,
+            data: Some(data),
+            ..
+        } = &replies[1]
+        else {
+            panic!("{replies:?}")
+        };
+        assert_eq!((&raw[..], &data[..]), (&b"VA 1 O5\r\nx\r\n"[..], &b"x"[..]));
+        assert!(matches!(
+            replies[2],
+            Reply::Error {
+                kind: ErrorKind::Server,
+                ..
+            }
+        ));
+        let mut rbuf = BytesMut::from(&b"HD\r\nHD\r\nMN\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::UntilNoop, &mut Partial::default()).is_err());
     }
 
     #[test]

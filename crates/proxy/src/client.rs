@@ -1,23 +1,32 @@
 //! One client connection: read bytes, parse requests, route each one, encode its reply.
 //!
 //! Requests are parsed with the cache server's own parser (so bad input gets the same replies as
-//! from the cache server) and executed in order; the replies of everything the client pipelined
+//! from the cache server) and executed in order, text commands here and meta commands in
+//! meta.rs; the replies of everything the client pipelined
 //! leave in one write. Each complete request is split off the read buffer and frozen, so keys and
 //! values travel to the backends as slices of the bytes the client sent, without copies.
+//!
+//! Consecutive pipelined reads (get, gets, and mg that changes nothing) run at once, each into its
+//! own reply buffer, and their replies are appended in request order: a client that pipelines
+//! gets waits for one round trip to the backends, not one per get. Any other request waits for
+//! the reads before it and runs alone, so a read never overtakes a write the client sent first.
 //!
 //! At shutdown a connection finishes the requests it has read, sends their replies and closes.
 
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use keepcached_protocol::meta::MetaCommand;
 use keepcached_protocol::reply::{self, ErrorReply};
-use keepcached_protocol::{parse_request, Invalid, Request, StoreKind};
+use keepcached_protocol::{parse_command, Command, Invalid, Request, StoreKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::backend::{ErrorKind, Reply};
 use crate::error::ProxyError;
 use crate::forward;
+use crate::meta;
 use crate::read;
 use crate::replicate::{self, Conditional};
 use crate::stats::{Stats, VERSION};
@@ -26,9 +35,11 @@ use crate::Context;
 const READ_CHUNK: usize = 16 * 1024;
 /// Replies are flushed mid-pipeline once this much is waiting.
 const FLUSH_AT: usize = 256 * 1024;
+/// Pipelined reads run together, at most this many at a time.
+const MAX_READS: usize = 64;
 
 /// What the connection does after a request.
-enum Next {
+pub enum Next {
     Continue,
     Close,
     /// Discard this many more bytes (the data block of a value too large to store).
@@ -48,6 +59,7 @@ where
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut swallow = 0usize;
+    let mut reads: Vec<Bytes> = Vec::new();
     loop {
         let mut close = false;
         loop {
@@ -59,8 +71,8 @@ where
                     break;
                 }
             }
-            let consumed = match parse_request(&rbuf, &ctx.limits) {
-                Ok(parsed) => parsed.consumed,
+            let (consumed, read) = match parse_command(&rbuf, &ctx.limits) {
+                Ok(parsed) => (parsed.consumed(), is_read(&parsed)),
                 Err(incomplete) => {
                     if let Some(needed) = incomplete.needed {
                         rbuf.reserve(needed.saturating_sub(rbuf.len()));
@@ -69,10 +81,15 @@ where
                 }
             };
             let frame = rbuf.split_to(consumed).freeze();
-            let next = match parse_request(&frame, &ctx.limits) {
-                Ok(parsed) => execute(&ctx, &frame, parsed.outcome, &mut out).await,
-                Err(_) => Next::Close,
-            };
+            if read {
+                reads.push(frame);
+                if reads.len() >= MAX_READS {
+                    run_reads(&ctx, &mut reads, &mut out).await;
+                }
+                continue;
+            }
+            run_reads(&ctx, &mut reads, &mut out).await;
+            let next = dispatch(&ctx, &frame, &mut out).await;
             match next {
                 Next::Continue => {}
                 Next::Close => {
@@ -86,6 +103,7 @@ where
                 out.clear();
             }
         }
+        run_reads(&ctx, &mut reads, &mut out).await;
         if !out.is_empty() {
             wr.write_all(&out).await?;
             out.clear();
@@ -104,6 +122,51 @@ where
             }
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// Whether a request only reads, so that it may run alongside its neighbours: get and gets
+/// (gat and gats also touch), and mg without flags that change the item (T, N, R).
+fn is_read(command: &Command<'_>) -> bool {
+    match command {
+        Command::Text(parsed) => matches!(parsed.outcome, Ok(Request::Get { exptime: None, .. })),
+        Command::Meta(parsed) => parsed.outcome.as_ref().is_ok_and(|r| {
+            let o = &r.options;
+            r.command == MetaCommand::Get
+                && o.ttl.is_none()
+                && o.vivify.is_none()
+                && o.recache.is_none()
+        }),
+    }
+}
+
+/// Runs the reads held back, all at once, and appends their replies in request order.
+async fn run_reads(ctx: &Arc<Context>, reads: &mut Vec<Bytes>, out: &mut Vec<u8>) {
+    if reads.len() <= 1 {
+        if let Some(frame) = reads.pop() {
+            dispatch(ctx, &frame, out).await;
+        }
+        return;
+    }
+    let mut replies: FuturesOrdered<_> = reads
+        .drain(..)
+        .map(|frame| async move {
+            let mut reply = Vec::new();
+            dispatch(ctx, &frame, &mut reply).await;
+            reply
+        })
+        .collect();
+    while let Some(reply) = replies.next().await {
+        out.extend_from_slice(&reply);
+    }
+}
+
+/// Parses one complete request (a frame split off the read buffer) and executes it.
+async fn dispatch(ctx: &Arc<Context>, frame: &Bytes, out: &mut Vec<u8>) -> Next {
+    match parse_command(frame, &ctx.limits) {
+        Ok(Command::Text(parsed)) => execute(ctx, frame, parsed.outcome, out).await,
+        Ok(Command::Meta(parsed)) => meta::execute(ctx, frame, parsed.outcome, out).await,
+        Err(_) => Next::Close,
     }
 }
 
@@ -257,7 +320,7 @@ async fn execute(
 }
 
 /// Appends a write's reply (unless `noreply`).
-fn answer(ctx: &Context, result: Result<Reply, ProxyError>, noreply: bool, out: &mut Vec<u8>) {
+pub fn answer(ctx: &Context, result: Result<Reply, ProxyError>, noreply: bool, out: &mut Vec<u8>) {
     match result {
         Ok(_) if noreply => {}
         Ok(Reply::Status(status)) => out.extend_from_slice(status.as_line()),

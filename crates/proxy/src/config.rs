@@ -12,6 +12,7 @@
 //! | `-n N` | `max_connections` | client connection limit |
 //! | `-i N` | `backend.connections` | pipelined connections per server |
 //! | `-k` | — | accepted; ketama is always on |
+//! | `--item-size-max SIZE` (not in magent) | `item_size_max` | largest item, as the servers' `-I` |
 //! | `-u`/`-g`/`-D`/`-v` | — | for the binary: user, group, foreground, verbosity |
 
 use std::fmt;
@@ -26,6 +27,9 @@ use crate::ring::Node;
 const DEFAULT_PORT: u16 = 11211;
 /// A replica set holds one server per pool; this bounds its inline storage.
 pub const MAX_POOLS: usize = 8;
+/// memcached's bounds for `-I`.
+const ITEM_SIZE_MIN: usize = 1024;
+const ITEM_SIZE_MAX: usize = 1024 * 1024 * 1024;
 
 /// A configuration that cannot be used: which file or flag, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,11 @@ pub struct ProxyConfig {
     /// How long a shutdown waits for client connections to finish what they sent.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// The largest item (key, value and memcached's per-item overhead) in bytes: the servers'
+    /// `-I`. A client's value that cannot fit is refused here with memcached's own error, and
+    /// its data is read and dropped without reaching a server.
+    #[serde(default = "default_item_size_max")]
+    pub item_size_max: usize,
 }
 
 /// One pool: servers on one ketama ring.
@@ -176,6 +185,24 @@ fn default_max_connections() -> usize {
 
 fn default_drain_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_item_size_max() -> usize {
+    keepcached_protocol::Limits::default().item_size_max
+}
+
+/// A size as memcached's `-I` takes it: bytes, or a number with a `k` or `m` suffix.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let (digits, unit) = match text.as_bytes().last() {
+        Some(b'k' | b'K') => (&text[..text.len() - 1], 1024),
+        Some(b'm' | b'M') => (&text[..text.len() - 1], 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?}: expected a size such as 1048576, 512k or 2m"))
 }
 
 /// A parsed server entry.
@@ -361,6 +388,15 @@ impl ProxyConfig {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
         }
+        if !(ITEM_SIZE_MIN..=ITEM_SIZE_MAX).contains(&self.item_size_max) {
+            return Err(ConfigError::invalid(
+                "item_size_max",
+                format!(
+                    "{} bytes; memcached's -I takes {ITEM_SIZE_MIN} bytes to 1 GiB",
+                    self.item_size_max
+                ),
+            ));
+        }
         if self.backend.probe_max_interval_ms < self.backend.probe_interval_ms {
             return Err(ConfigError::invalid(
                 "backend.probe_max_interval_ms",
@@ -432,6 +468,9 @@ pub struct ProxyArgs {
     /// Pipelined connections kept to each server [default: 2].
     #[arg(short = 'i', value_name = "NUMBER")]
     pub backend_connections: Option<usize>,
+    /// Largest item, as the servers' -I: bytes, or with a k or m suffix [default: 1m].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub item_size_max: Option<usize>,
     /// Use ketama (accepted for magent compatibility; always on).
     #[arg(short = 'k')]
     pub ketama: bool,
@@ -462,6 +501,7 @@ impl ProxyArgs {
                 backend: BackendConfig::default(),
                 replication: ReplicationConfig::default(),
                 drain_timeout_ms: default_drain_timeout_ms(),
+                item_size_max: default_item_size_max(),
             },
         };
         if !self.servers.is_empty() || !self.backups.is_empty() {
@@ -501,6 +541,9 @@ impl ProxyArgs {
         }
         if let Some(n) = self.backend_connections {
             config.backend.connections = n;
+        }
+        if let Some(n) = self.item_size_max {
+            config.item_size_max = n;
         }
         config.validate()?;
         Ok(config)
@@ -614,6 +657,25 @@ mod tests {
             err.to_string().contains("backend.request_timeout_ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn item_size_max_from_the_command_line_and_the_file() {
+        assert_eq!(default_item_size_max(), 1024 * 1024);
+        let config = parse_args(&["-s", "a:1", "--item-size-max", "2m"]).unwrap();
+        assert_eq!(config.item_size_max, 2 * 1024 * 1024);
+        let config = parse_args(&["-s", "a:1", "--item-size-max", "4096"]).unwrap();
+        assert_eq!(config.item_size_max, 4096);
+        let err = parse_args(&["-s", "a:1", "--item-size-max", "512"]).unwrap_err();
+        assert!(err.to_string().contains("item_size_max"), "{err}");
+        assert!(parse_size("1x").is_err());
+        assert_eq!(parse_size("64K"), Ok(65536));
+        let config = ProxyConfig::from_toml(
+            "item_size_max = 5242880\n[[pools]]\nname = \"a\"\nservers = [\"h:1\"]\n",
+            std::path::Path::new("proxy.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.item_size_max, 5 * 1024 * 1024);
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //!
 //! Backends are always asked with a reply (never `noreply`), even when the client said
 //! `noreply`: the proxy needs each reply to keep a pipelined connection in step and to know
-//! whether every replica applied a write.
+//! whether every replica applied a write. A client's meta request goes out as the client sent
+//! it ([`meta`]); a quiet one is followed by `mn` so that its reply, or its absence, is seen.
+//!
+//! The commands the proxy makes up itself (copies to other replicas, TTL copies, deletes) name a
+//! key the way the text protocol can carry it. A key that arrived in base64 (meta's `b` flag) may
+//! decode to bytes a text line cannot hold (spaces, line ends); such keys go out as the meta
+//! commands `ms`/`md`/`mg` with the key in base64 again.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use keepcached_protocol::meta::encode_base64;
 use keepcached_protocol::{StoreKind, Verb};
 
 use crate::backend::{Call, Expect};
@@ -18,6 +25,34 @@ fn head(capacity: usize, build: impl FnOnce(&mut BytesMut)) -> Bytes {
 
 fn number(out: &mut BytesMut, n: impl itoa::Integer) {
     out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Whether `key` can be a token of a text command line: memcached splits the line at spaces and
+/// ends it at `\n` (or a NUL), so any byte up to the space, and DEL, rules it out.
+fn is_text_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+/// `<verb> <base64 key>`, the start of a meta command for a key that is not text-safe (the
+/// caller adds the `b` flag after the command's positional arguments).
+fn meta_head(out: &mut BytesMut, verb: &[u8], key: &[u8]) {
+    let mut encoded = Vec::with_capacity(key.len().div_ceil(3) * 4);
+    encode_base64(&mut encoded, key);
+    out.put_slice(verb);
+    out.put_u8(b' ');
+    out.put_slice(&encoded);
+}
+
+/// A client's meta request, forwarded as sent (`frame` holds the line and any data block).
+pub fn meta(frame: Bytes, quiet: bool) -> Call {
+    Call::line(
+        frame,
+        if quiet {
+            Expect::UntilNoop
+        } else {
+            Expect::Line
+        },
+    )
 }
 
 /// `get|gets|gat|gats [exptime] <keys>`.
@@ -67,22 +102,56 @@ pub fn store(kind: StoreKind, key: &[u8], flags: u32, exptime: i32, data: Bytes,
     }
 }
 
+/// `set`, for a copy to another replica: the text command, or `ms` for a key that is not
+/// text-safe (`T` and `F` mean what set's exptime and flags do).
+pub fn set(key: &[u8], flags: u32, exptime: i32, data: Bytes) -> Call {
+    if is_text_key(key) {
+        return store(StoreKind::Set, key, flags, exptime, data, 0);
+    }
+    let line = head(key.len() * 2 + 64, |out| {
+        meta_head(out, b"ms", key);
+        out.put_slice(b" ");
+        number(out, data.len());
+        out.put_slice(b" b F");
+        number(out, flags);
+        out.put_slice(b" T");
+        number(out, exptime);
+    });
+    Call {
+        head: line,
+        data: Some(data),
+        expect: Expect::Line,
+    }
+}
+
+/// `delete`, or `md` for a key that is not text-safe.
 pub fn delete(key: &[u8]) -> Call {
     Call::line(
-        head(key.len() + 10, |out| {
-            out.put_slice(b"delete ");
-            out.put_slice(key);
+        head(key.len() * 2 + 10, |out| {
+            if is_text_key(key) {
+                out.put_slice(b"delete ");
+                out.put_slice(key);
+            } else {
+                meta_head(out, b"md", key);
+                out.put_slice(b" b");
+            }
         }),
         Expect::Line,
     )
 }
 
+/// `touch`, or `mg ... T` for a key that is not text-safe.
 pub fn touch(key: &[u8], exptime: i32) -> Call {
     Call::line(
-        head(key.len() + 20, |out| {
-            out.put_slice(b"touch ");
-            out.put_slice(key);
-            out.put_u8(b' ');
+        head(key.len() * 2 + 20, |out| {
+            if is_text_key(key) {
+                out.put_slice(b"touch ");
+                out.put_slice(key);
+                out.put_u8(b' ');
+            } else {
+                meta_head(out, b"mg", key);
+                out.put_slice(b" b T");
+            }
             number(out, exptime);
         }),
         Expect::Line,
@@ -128,9 +197,14 @@ pub fn cache_memlimit(megabytes: u32) -> Call {
 /// the other replicas after a command that changed it in place (incr, append, ...).
 pub fn meta_get_item(key: &[u8]) -> Call {
     Call::line(
-        head(key.len() + 12, |out| {
-            out.put_slice(b"mg ");
-            out.put_slice(key);
+        head(key.len() * 2 + 12, |out| {
+            if is_text_key(key) {
+                out.put_slice(b"mg ");
+                out.put_slice(key);
+            } else {
+                meta_head(out, b"mg", key);
+                out.put_slice(b" b");
+            }
             out.put_slice(b" v f t");
         }),
         Expect::Line,
@@ -154,5 +228,21 @@ mod tests {
         assert_eq!(&arith(false, b"n", 5).head[..], b"decr n 5\r\n");
         assert_eq!(&flush_all(None).head[..], b"flush_all\r\n");
         assert_eq!(&meta_get_item(b"k").head[..], b"mg k v f t\r\n");
+    }
+
+    #[test]
+    fn keys_that_a_text_line_cannot_carry_go_in_base64() {
+        assert_eq!(&delete(b"a b").head[..], b"md YSBi b\r\n");
+        assert_eq!(&touch(b"\r\n", 5).head[..], b"mg DQo= b T5\r\n");
+        assert_eq!(&meta_get_item(b"\x7f").head[..], b"mg fw== b v f t\r\n");
+        let copy = set(b"x y", 3, 100, Bytes::from_static(b"val"));
+        assert_eq!(&copy.head[..], b"ms eCB5 3 b F3 T100\r\n");
+        assert_eq!(&copy.data.unwrap()[..], b"val");
+        assert_eq!(
+            &set(b"plain", 1, 0, Bytes::new()).head[..],
+            b"set plain 1 0 0\r\n"
+        );
+        let quiet = meta(Bytes::from_static(b"mg k v q\r\n"), true);
+        assert_eq!(quiet.expect, Expect::UntilNoop);
     }
 }

@@ -1,6 +1,6 @@
 //! keepcached's proxy: the magent role, done right.
 //!
-//! Clients speak memcached's text protocol to the proxy; the proxy shards keys over pools of
+//! Clients speak memcached's text and meta protocols to the proxy; the proxy shards keys over pools of
 //! cache servers with a ketama ring (placement-compatible with twemproxy), replicates every write
 //! to one server of each pool, keeps the replicas identical, fails reads over to the next
 //! replica, and never waits on a dead server longer than its timeout.
@@ -8,9 +8,9 @@
 //! Data path, one module per step:
 //!
 //! ```text
-//! client bytes -> client.rs (parse with keepcached-protocol)
+//! client bytes -> client.rs (parse with keepcached-protocol; meta.rs for the meta commands)
 //!              -> route.rs (ring.rs: key -> one server per pool)
-//!              -> read.rs (get family: split by server, fail over, merge in order)
+//!              -> read.rs (get family and mg: split by server, fail over, merge in order)
 //!                 replicate.rs (writes: fan out, or execute on one replica and copy the result)
 //!              -> backend.rs (pipelined connections, timeouts, health, probing; forward.rs
 //!                 encodes the requests, keepcached-protocol's response parser reads replies)
@@ -26,6 +26,7 @@ mod client;
 pub mod config;
 mod error;
 mod forward;
+mod meta;
 mod read;
 mod replicate;
 pub mod ring;
@@ -145,13 +146,17 @@ impl Bound {
             &stop_rx,
         );
         let drain = Duration::from_millis(config.drain_timeout_ms);
+        let limits = Limits {
+            item_size_max: config.item_size_max,
+            ..Limits::default()
+        };
         let ctx = Arc::new(Context {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
             router,
             stats: Stats::default(),
             locks: KeyLocks::default(),
-            limits: Limits::default(),
+            limits,
         });
         for listener in &tcp {
             if let Ok(addr) = listener.local_addr() {

@@ -1,4 +1,4 @@
-//! Reads: get, gets, gat, gats with any number of keys.
+//! Reads: get, gets, gat, gats with any number of keys, and the meta reads `mg` and `me`.
 //!
 //! Each key is read from its first healthy replica. The keys of one request are grouped by that
 //! server and each group goes out as one multi-get, all groups at once. A group whose server
@@ -9,13 +9,18 @@
 //!
 //! `gat`/`gats` also change the TTL, a write: after the read, each hit is touched on the key's
 //! other healthy replicas so that their items expire together.
+//!
+//! A meta read ([`meta_get`]) names one key: it is asked of each replica in turn until one
+//! answers; an `mg` with `T` copies its TTL the same way gat does.
 
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use keepcached_protocol::{reply, Keys, Verb};
 
-use crate::backend::{BackendError, Reply, Value};
+use keepcached_protocol::response::MetaCode;
+
+use crate::backend::{BackendError, Call, Reply, Value};
 use crate::config::Unavailable;
 use crate::error::ProxyError;
 use crate::forward;
@@ -141,6 +146,60 @@ pub async fn get(
     Ok(())
 }
 
+/// `mg` or `me` of `key` (`call` is the request as the client sent it): the first answer of a
+/// healthy replica, in replica order. `touch`: the TTL an `mg` with `T` set, given to the other
+/// replicas after a hit.
+pub async fn meta_get(
+    ctx: &Context,
+    key: &[u8],
+    call: Call,
+    touch: Option<i32>,
+) -> Result<Reply, ProxyError> {
+    let counters = &ctx.stats.counters;
+    let replicas = ctx.router.replicas(key);
+    let mut reasons = Vec::new();
+    for &id in replicas.as_slice() {
+        let backend = ctx.router.backend(id);
+        if !backend.is_up() {
+            reasons.push(BackendError::Down {
+                addr: backend.addr.clone(),
+            });
+            continue;
+        }
+        match backend.call(call.clone()).await {
+            Ok(reply) => {
+                let hit = matches!(
+                    reply,
+                    Reply::Meta {
+                        code: MetaCode::Value | MetaCode::Header,
+                        ..
+                    }
+                );
+                if let (Some(exptime), true) = (touch, hit) {
+                    let others = replicas.as_slice().iter().filter(|&&o| o != id);
+                    let mut touches: FuturesUnordered<_> =
+                        others.map(|&o| touch_one(ctx, o, key, exptime)).collect();
+                    while touches.next().await.is_some() {}
+                }
+                return Ok(reply);
+            }
+            Err(e) => {
+                Stats::add(&counters.get_failovers, 1);
+                reasons.push(e);
+            }
+        }
+    }
+    Err(ProxyError::Unavailable { reasons })
+}
+
+/// Sets `key`'s TTL on one replica; a replica that fails misses the write.
+async fn touch_one(ctx: &Context, id: u16, key: &[u8], exptime: i32) {
+    let backend = ctx.router.backend(id);
+    if backend.call(forward::touch(key, exptime)).await.is_err() {
+        backend.remember_missed(key);
+    }
+}
+
 /// The next replica of `w` that is up, skipping (and noting) those that are down.
 fn next_healthy(ctx: &Context, w: &mut Wanted<'_>, reasons: &mut Vec<BackendError>) -> Option<u16> {
     let replicas = w.replicas.as_slice();
@@ -169,14 +228,7 @@ async fn copy_ttl(ctx: &Context, wanted: &[Wanted<'_>], exptime: i32) {
                 .filter(move |&&id| Some(id) != w.served_by)
                 .map(move |&id| (id, w.key))
         })
-        .map(|(id, key)| {
-            let backend = ctx.router.backend(id);
-            async move {
-                if backend.call(forward::touch(key, exptime)).await.is_err() {
-                    backend.remember_missed(key);
-                }
-            }
-        })
+        .map(|(id, key)| touch_one(ctx, id, key, exptime))
         .collect();
     while touches.next().await.is_some() {}
 }

@@ -4,7 +4,8 @@
 //!   client gets the first replica's answer (in pool order) that arrived.
 //! - `add`, `replace`, `cas`, `append`, `prepend`, `incr`, `decr` ([`execute_then_copy`]): their
 //!   outcome depends on the item already stored, and the replicas' items (and CAS numbers) may
-//!   differ, so they run on the first healthy replica only. Its outcome is then copied to the
+//!   differ, so they run on the first healthy replica only. So do their meta forms (`ms` in a
+//!   mode other than set or with `C`/`I`, `ma`, `md` with `C`), sent as the client wrote them. Its outcome is then copied to the
 //!   others: a stored add/replace/cas is the client's own value, flags and exptime, `set` on the
 //!   others; the result of append/prepend/incr/decr is read back from the executing replica
 //!   (`mg <key> v f t`: value, flags, remaining TTL) and `set` on the others; where the result
@@ -75,6 +76,31 @@ pub enum Conditional {
         incr: bool,
         delta: u64,
     },
+    /// A meta command, forwarded as the client sent it.
+    Meta {
+        call: Call,
+        op: MetaOp,
+    },
+}
+
+/// What a conditional meta command does, for what its outcome means to the other replicas.
+#[derive(Debug, Clone)]
+pub enum MetaOp {
+    /// `ms`. `value` is the item a success stores (add, replace, compare-and-set: the client's
+    /// own value); `None` when the stored item must be read back (append, prepend, `I` mode).
+    Store { add: bool, value: Option<Item> },
+    /// `ma`
+    Arith,
+    /// `md` with a CAS.
+    Delete,
+}
+
+/// The item a `set` recreates on another replica.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub flags: u32,
+    pub exptime: i32,
+    pub data: Bytes,
 }
 
 /// What the other replicas need after the executing replica answered.
@@ -91,6 +117,7 @@ enum Copy {
 impl Conditional {
     fn call(&self, key: &[u8]) -> Call {
         match self {
+            Conditional::Meta { call, .. } => call.clone(),
             Conditional::Store {
                 kind,
                 flags,
@@ -110,19 +137,26 @@ impl Conditional {
                 exptime,
                 data,
                 ..
-            } => Some(forward::store(
-                StoreKind::Set,
+            } => Some(forward::set(key, *flags, *exptime, data.clone())),
+            Conditional::Meta {
+                op: MetaOp::Store {
+                    value: Some(item), ..
+                },
+                ..
+            } => Some(forward::set(
                 key,
-                *flags,
-                *exptime,
-                data.clone(),
-                0,
+                item.flags,
+                item.exptime,
+                item.data.clone(),
             )),
-            Conditional::Arith { .. } => None,
+            Conditional::Arith { .. } | Conditional::Meta { .. } => None,
         }
     }
 
     fn copy_after(&self, reply: &Reply) -> Copy {
+        if let Conditional::Meta { op, .. } = self {
+            return meta_copy_after(op, reply);
+        }
         let Reply::Status(status) = reply else {
             return match (self, reply) {
                 (Conditional::Arith { .. }, Reply::Number(_)) => Copy::ReadBack,
@@ -141,6 +175,29 @@ impl Conditional {
             (_, Status::NotFound) => Copy::Delete,
             _ => Copy::Nothing,
         }
+    }
+}
+
+/// [`Conditional::copy_after`] for meta commands. A quiet command's left-out reply is its
+/// success (`HD`), the only reply quiet mode leaves out of `ms` and `ma`; for `md` success and
+/// a miss both mean the others must not keep the key.
+fn meta_copy_after(op: &MetaOp, reply: &Reply) -> Copy {
+    let code = match reply {
+        Reply::Suppressed => MetaCode::Header,
+        Reply::Meta { code, .. } => *code,
+        _ => return Copy::Nothing,
+    };
+    match (op, code) {
+        (MetaOp::Store { value, .. }, MetaCode::Header) => match value {
+            Some(_) => Copy::SameValue,
+            None => Copy::ReadBack,
+        },
+        (MetaOp::Store { add: true, .. }, MetaCode::NotStored) => Copy::Nothing,
+        (MetaOp::Store { .. }, MetaCode::NotStored) => Copy::Delete,
+        (MetaOp::Arith, MetaCode::Header | MetaCode::Value) => Copy::ReadBack,
+        (MetaOp::Delete, MetaCode::Header) => Copy::Delete,
+        (_, MetaCode::NotFound) => Copy::Delete,
+        _ => Copy::Nothing,
     }
 }
 
@@ -339,6 +396,7 @@ async fn read_back(primary: &Backend, key: &[u8]) -> Option<Call> {
         code: MetaCode::Value,
         flags,
         data: Some(data),
+        ..
     }) = primary.call(forward::meta_get_item(key)).await
     else {
         return None;
@@ -353,14 +411,7 @@ async fn read_back(primary: &Backend, key: &[u8]) -> Option<Call> {
         }
     }
     let exptime = exptime_for_ttl(ttl?)?;
-    Some(forward::store(
-        StoreKind::Set,
-        key,
-        client_flags?,
-        exptime,
-        data,
-        0,
-    ))
+    Some(forward::set(key, client_flags?, exptime, data))
 }
 
 /// The exptime that gives an item `ttl` more seconds (`-1`: never expires).
@@ -425,6 +476,70 @@ mod tests {
             incr.copy_after(&Reply::Status(Status::NotFound)),
             Copy::Delete
         );
+    }
+
+    fn meta(op: MetaOp) -> Conditional {
+        Conditional::Meta {
+            call: forward::meta(Bytes::new(), false),
+            op,
+        }
+    }
+
+    fn meta_reply(code: MetaCode) -> Reply {
+        Reply::Meta {
+            code,
+            flags: Bytes::new(),
+            data: None,
+            raw: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn what_is_copied_after_each_meta_outcome() {
+        let item = Item {
+            flags: 1,
+            exptime: 0,
+            data: Bytes::from_static(b"v"),
+        };
+        let add = meta(MetaOp::Store {
+            add: true,
+            value: Some(item),
+        });
+        let append = meta(MetaOp::Store {
+            add: false,
+            value: None,
+        });
+        let header = meta_reply(MetaCode::Header);
+        let not_stored = meta_reply(MetaCode::NotStored);
+        assert_eq!(add.copy_after(&header), Copy::SameValue);
+        assert_eq!(add.copy_after(&Reply::Suppressed), Copy::SameValue);
+        assert_eq!(add.copy_after(&not_stored), Copy::Nothing);
+        assert_eq!(append.copy_after(&Reply::Suppressed), Copy::ReadBack);
+        assert_eq!(append.copy_after(&not_stored), Copy::Delete);
+        assert_eq!(
+            append.copy_after(&meta_reply(MetaCode::Exists)),
+            Copy::Nothing
+        );
+        let arith = meta(MetaOp::Arith);
+        assert_eq!(
+            arith.copy_after(&meta_reply(MetaCode::Value)),
+            Copy::ReadBack
+        );
+        assert_eq!(
+            arith.copy_after(&meta_reply(MetaCode::NotFound)),
+            Copy::Delete
+        );
+        let delete = meta(MetaOp::Delete);
+        assert_eq!(delete.copy_after(&Reply::Suppressed), Copy::Delete);
+        assert_eq!(
+            delete.copy_after(&meta_reply(MetaCode::Exists)),
+            Copy::Nothing
+        );
+        let error = Reply::Error {
+            kind: crate::backend::ErrorKind::Client,
+            text: Bytes::new(),
+        };
+        assert_eq!(arith.copy_after(&error), Copy::Nothing);
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! statistic and an empty packet to end it. With SASL on (`-S`), every command but VERSION and
 //! the SASL ones is refused, and the connection closed, until the client has authenticated.
 //!
-//! As with the meta commands, the CAS of a stored item and compare-and-act for DELETE, INCR,
-//! DECR, APPEND and PREPEND take two steps of the store (docs/meta.md).
+//! A command that carries a CAS compares it in the same step of the store that acts, and the
+//! CAS a reply shows comes from that step too, so no other client's write can come between.
 
-use keepcached_cache::{DeltaResult, ItemView, Lookup, StoreMode, StoreResult};
+use keepcached_cache::{
+    DeleteResult, DeltaOutcome, DeltaRequest, ItemView, Lookup, StoreMode, StoreRequest,
+    StoreResult,
+};
 use keepcached_protocol::binary::{
     self, opcode, BinaryCommand, BinaryOutcome, BinaryParsed, BinaryRequest, BinaryStore, Header,
     Status,
@@ -76,10 +79,6 @@ impl Session<'_> {
         }
     }
 
-    fn item_cas(&self, key: &[u8], now: u32) -> Option<u64> {
-        self.server.cache.get(key, now, |item| item.cas).hit()
-    }
-
     fn binary_request(&mut self, request: &BinaryRequest<'_>, state: &mut BinaryState) -> Next {
         let server = self.server;
         let now = server.clock.now();
@@ -96,15 +95,17 @@ impl Session<'_> {
                 exptime,
             } => self.binary_store(request, kind, flags, exptime, now),
             BinaryCommand::Delete => {
-                let cas = header.cas;
-                if cas != 0 && self.item_cas(request.key, now).is_some_and(|c| c != cas) {
-                    binary::error(self.out, header, Status::KeyExists);
-                } else if server.cache.delete(request.key, now) {
-                    self.counters.delete_hits += 1;
-                    self.ok(request, 0, &[]);
-                } else {
-                    self.counters.delete_misses += 1;
-                    binary::error(self.out, header, Status::KeyNotFound);
+                let cas = (header.cas != 0).then_some(header.cas);
+                match server.cache.delete_if(request.key, cas, now) {
+                    DeleteResult::Deleted => {
+                        self.counters.delete_hits += 1;
+                        self.ok(request, 0, &[]);
+                    }
+                    DeleteResult::NotFound => {
+                        self.counters.delete_misses += 1;
+                        binary::error(self.out, header, Status::KeyNotFound);
+                    }
+                    DeleteResult::Exists => binary::error(self.out, header, Status::KeyExists),
                 }
             }
             BinaryCommand::Arith {
@@ -238,8 +239,11 @@ impl Session<'_> {
         self.counters.cmd_set += 1;
         let cas = header.cas;
         let mode = match kind {
-            // memcached turns any set, add or replace with a CAS into a compare-and-swap.
-            BinaryStore::Set | BinaryStore::Add | BinaryStore::Replace if cas != 0 => {
+            // memcached turns any set, add or replace with a CAS into a compare-and-swap; with
+            // CAS off (-C) its items cannot hold the CAS, and the store stays a plain one.
+            BinaryStore::Set | BinaryStore::Add | BinaryStore::Replace
+                if cas != 0 && server.settings.cas =>
+            {
                 StoreMode::Cas(cas)
             }
             BinaryStore::Set => StoreMode::Set,
@@ -248,17 +252,17 @@ impl Session<'_> {
             BinaryStore::Append => StoreMode::Append,
             BinaryStore::Prepend => StoreMode::Prepend,
         };
-        let cas_differs = matches!(mode, StoreMode::Append | StoreMode::Prepend)
-            && cas != 0
-            && self.item_cas(key, now).is_some_and(|c| c != cas);
-        let result = if cas_differs {
-            StoreResult::Exists
-        } else {
-            let exptime = server.clock.exptime(exptime_arg(exptime));
-            server
-                .cache
-                .store(mode, key, flags, exptime, request.value, now)
+        let compare_cas = match mode {
+            StoreMode::Append | StoreMode::Prepend => cas,
+            _ => 0,
         };
+        let exptime = server.clock.exptime(exptime_arg(exptime));
+        let store = StoreRequest {
+            compare_cas,
+            ..StoreRequest::new(mode, key, flags, exptime, request.value)
+        };
+        let outcome = server.cache.store_item(store, now);
+        let result = outcome.result;
         if let StoreMode::Cas(_) = mode {
             match result {
                 StoreResult::Stored => self.counters.cas_hits += 1,
@@ -269,12 +273,7 @@ impl Session<'_> {
         }
         let status = match result {
             StoreResult::Stored => {
-                let new_cas = if request.quiet {
-                    0
-                } else {
-                    self.item_cas(key, now).unwrap_or(0)
-                };
-                self.ok(request, new_cas, &[]);
+                self.ok(request, outcome.cas, &[]);
                 return;
             }
             StoreResult::Exists => Status::KeyExists,
@@ -301,29 +300,42 @@ impl Session<'_> {
         let server = self.server;
         let header = &request.header;
         let key = request.key;
-        if header.cas != 0 && self.item_cas(key, now).is_some_and(|c| c != header.cas) {
-            binary::error(self.out, header, Status::KeyExists);
-            return;
-        }
-        let value = match server.cache.incr_decr(key, incr, delta, now) {
-            DeltaResult::Value(v) => {
-                if incr {
-                    self.counters.incr_hits += 1;
-                } else {
-                    self.counters.decr_hits += 1;
+        // 0xffffffff: the client asked not to create a missing counter.
+        let create =
+            (exptime != u32::MAX).then(|| (initial, server.clock.exptime(exptime_arg(exptime))));
+        let delta = DeltaRequest {
+            incr,
+            delta,
+            compare_cas: header.cas,
+            create,
+        };
+        let outcome = server.cache.delta(key, delta, now, |counter| {
+            (counter.value(), counter.cas(), counter.created())
+        });
+        let (value, cas) = match outcome {
+            DeltaOutcome::Done((value, cas, created)) => {
+                if !created {
+                    if incr {
+                        self.counters.incr_hits += 1;
+                    } else {
+                        self.counters.decr_hits += 1;
+                    }
                 }
-                v
+                (value, cas)
             }
-            DeltaResult::NonNumeric => {
+            DeltaOutcome::NonNumeric => {
                 binary::error(self.out, header, Status::DeltaBadValue);
                 return;
             }
-            DeltaResult::OutOfMemory => {
+            DeltaOutcome::OutOfMemory => {
                 binary::error(self.out, header, Status::OutOfMemory);
                 return;
             }
-            // 0xffffffff: the client asked not to create a missing counter.
-            DeltaResult::NotFound if exptime == u32::MAX => {
+            DeltaOutcome::Exists => {
+                binary::error(self.out, header, Status::KeyExists);
+                return;
+            }
+            DeltaOutcome::NotFound => {
                 if incr {
                     self.counters.incr_misses += 1;
                 } else {
@@ -332,22 +344,8 @@ impl Session<'_> {
                 binary::error(self.out, header, Status::KeyNotFound);
                 return;
             }
-            DeltaResult::NotFound => {
-                let digits = initial.to_string();
-                let exptime = server.clock.exptime(exptime_arg(exptime));
-                let stored =
-                    server
-                        .cache
-                        .store(StoreMode::Add, key, 0, exptime, digits.as_bytes(), now);
-                if stored != StoreResult::Stored {
-                    binary::error(self.out, header, Status::NotStored);
-                    return;
-                }
-                initial
-            }
         };
         if !request.quiet {
-            let cas = self.item_cas(key, now).unwrap_or(0);
             binary::response(
                 self.out,
                 header,

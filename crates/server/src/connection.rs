@@ -5,8 +5,10 @@
 //! connection holds no buffers: the read buffer is allocated when data arrives and released when
 //! the batch is fully consumed, so many thousands of idle clients cost little memory.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
@@ -14,6 +16,7 @@ use keepcached_protocol::{parse_command, Command};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
 use crate::execute::{Next, Session};
 use crate::settings::Protocol;
@@ -52,6 +55,147 @@ impl Socket for tokio::net::UnixStream {
     }
 }
 
+/// What a connection is doing, in memcached's state names (`stats conns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    Listening,
+    /// Waiting for a request.
+    NewCmd,
+    /// Part of a request line has arrived.
+    Read,
+    /// Executing requests.
+    ParseCmd,
+    /// The request line has arrived, its data not all yet.
+    NRead,
+    /// Discarding the data of a rejected value.
+    Swallow,
+}
+
+impl ConnState {
+    const ALL: [ConnState; 6] = [
+        ConnState::Listening,
+        ConnState::NewCmd,
+        ConnState::Read,
+        ConnState::ParseCmd,
+        ConnState::NRead,
+        ConnState::Swallow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnState::Listening => "conn_listening",
+            ConnState::NewCmd => "conn_new_cmd",
+            ConnState::Read => "conn_read",
+            ConnState::ParseCmd => "conn_parse_cmd",
+            ConnState::NRead => "conn_nread",
+            ConnState::Swallow => "conn_swallow",
+        }
+    }
+}
+
+/// One line set of `stats conns`: a client connection or a listening socket.
+#[derive(Debug)]
+pub struct ConnEntry {
+    /// `tcp:IP:PORT`, `udp:IP:PORT`, `unix:PATH` (IPv6 as `tcp6:[IP]:PORT`).
+    pub addr: String,
+    /// The listening socket a client came through; `None` for listening sockets.
+    pub listen_addr: Option<String>,
+    state: AtomicU8,
+    /// Server time (relative seconds) of the last request.
+    last_cmd: AtomicU32,
+}
+
+impl ConnEntry {
+    pub fn new(addr: String, listen_addr: Option<String>, state: ConnState, now: u32) -> Self {
+        ConnEntry {
+            addr,
+            listen_addr,
+            state: AtomicU8::new(state as u8),
+            last_cmd: AtomicU32::new(now),
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        let raw = self.state.load(Ordering::Relaxed);
+        ConnState::ALL
+            .into_iter()
+            .find(|s| *s as u8 == raw)
+            .unwrap_or(ConnState::NewCmd)
+    }
+
+    pub fn set_state(&self, state: ConnState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn last_cmd(&self) -> u32 {
+        self.last_cmd.load(Ordering::Relaxed)
+    }
+
+    pub fn touch(&self, now: u32) {
+        self.last_cmd.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Every open connection and listening socket, in the order they were opened. A connection
+/// touches only its own entry's atomics while it works; the table's lock is taken when a
+/// connection opens or closes and by `stats conns`.
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    next: AtomicU64,
+    entries: Mutex<BTreeMap<u64, Arc<ConnEntry>>>,
+}
+
+impl ConnTable {
+    /// Adds an entry; the returned guard removes it when dropped.
+    pub fn register(self: &Arc<Self>, entry: ConnEntry) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Arc::new(entry);
+        self.lock().insert(id, entry.clone());
+        Registration {
+            table: self.clone(),
+            id,
+            entry,
+        }
+    }
+
+    /// The entries with their numbers, oldest first.
+    pub fn snapshot(&self) -> Vec<(u64, Arc<ConnEntry>)> {
+        self.lock()
+            .iter()
+            .map(|(id, entry)| (*id, entry.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnEntry>>> {
+        // The map stays consistent even if a holder panicked: every change is one insert or
+        // remove.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection's place in the [`ConnTable`], removed on drop (also when its task is aborted).
+#[derive(Debug)]
+pub struct Registration {
+    table: Arc<ConnTable>,
+    id: u64,
+    pub entry: Arc<ConnEntry>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.id);
+    }
+}
+
+/// `stats conns`' form of a socket address: `tcp:1.2.3.4:5` or `tcp6:[::1]:5`.
+pub fn addr_text(transport: &str, addr: &std::net::SocketAddr) -> String {
+    match addr {
+        std::net::SocketAddr::V4(a) => format!("{transport}:{}:{}", a.ip(), a.port()),
+        std::net::SocketAddr::V6(a) => format!("{transport}6:[{}]:{}", a.ip(), a.port()),
+    }
+}
+
 /// Why a batch of parsing stopped.
 enum Stop {
     /// The buffer holds no complete request.
@@ -75,6 +219,10 @@ struct Conn<'a, S> {
     /// (`-B auto`).
     binary: Option<bool>,
     binary_state: BinaryState,
+    /// False until an ASCII client passes `-Y` authentication; always true without `-Y`.
+    authenticated: bool,
+    /// What `stats conns` shows of this connection.
+    entry: &'a ConnEntry,
 }
 
 pub async fn serve<S: Socket>(
@@ -82,6 +230,7 @@ pub async fn serve<S: Socket>(
     stream: S,
     id: u64,
     mut stop: watch::Receiver<bool>,
+    entry: &ConnEntry,
 ) {
     if server.verbosity.load(Ordering::Relaxed) > 1 {
         eprintln!("<{id} new client connection");
@@ -100,6 +249,8 @@ pub async fn serve<S: Socket>(
             Protocol::Auto => None,
         },
         binary_state: BinaryState::default(),
+        authenticated: server.settings.ascii_auth.is_none(),
+        entry,
     };
     let idle = server.settings.idle_timeout;
     loop {
@@ -139,7 +290,10 @@ impl<S: Socket> Conn<'_, S> {
             Err(e) => return Err(e),
         };
         self.counters.bytes_read += n as u64;
+        self.entry.touch(self.server.clock.now());
+        self.entry.set_state(ConnState::ParseCmd);
         let keep_open = self.handle_input().await?;
+        self.entry.set_state(self.waiting_state());
         if self.input.is_empty() && self.input.capacity() > 0 && self.swallow == 0 {
             // Nothing pending: give the buffer back so an idle connection holds none.
             self.input = BytesMut::new();
@@ -171,6 +325,26 @@ impl<S: Socket> Conn<'_, S> {
                     tokio::task::yield_now().await;
                 }
             }
+        }
+    }
+
+    /// What the connection waits for between reads, as `stats conns` names it.
+    fn waiting_state(&self) -> ConnState {
+        if self.swallow > 0 {
+            ConnState::Swallow
+        } else if self.input.is_empty() {
+            ConnState::NewCmd
+        } else if self.binary == Some(true) {
+            // A binary request's header tells its length: once it is in, the rest is data.
+            if self.input.len() >= keepcached_protocol::binary::HEADER_LEN {
+                ConnState::NRead
+            } else {
+                ConnState::Read
+            }
+        } else if self.input.contains(&b'\n') {
+            ConnState::NRead
+        } else {
+            ConnState::Read
         }
     }
 
@@ -219,6 +393,12 @@ impl<S: Socket> Conn<'_, S> {
                     None => continue,
                 }
             }
+            if !self.authenticated {
+                match self.authenticate() {
+                    Some(stop) => return stop,
+                    None => continue,
+                }
+            }
             let parsed = match parse_command(&self.input, limits) {
                 Ok(parsed) => parsed,
                 Err(incomplete) => {
@@ -260,6 +440,36 @@ impl<S: Socket> Conn<'_, S> {
             }
         }
         Stop::Yield
+    }
+
+    /// Handles one request of a client that has not passed `-Y` authentication yet: `Some` when
+    /// the batch must stop.
+    fn authenticate(&mut self) -> Option<Stop> {
+        let users = &self.server.settings.ascii_auth.as_ref()?.users;
+        match auth::ascii_auth(&self.input, users) {
+            AsciiAuth::Incomplete => Some(Stop::NeedInput),
+            AsciiAuth::Close => Some(Stop::Close),
+            AsciiAuth::Answer {
+                consumed,
+                swallow,
+                verdict,
+            } => {
+                self.input.advance(consumed);
+                if verdict.is_attempt() {
+                    self.counters.auth_cmds += 1;
+                }
+                match verdict {
+                    Verdict::Granted => self.authenticated = true,
+                    Verdict::Denied => self.counters.auth_errors += 1,
+                    _ => {}
+                }
+                self.out.extend_from_slice(verdict.reply());
+                self.after(match swallow {
+                    0 => Next::Continue,
+                    n => Next::Swallow(n),
+                })
+            }
+        }
     }
 
     /// What follows a request: `Some` when the batch must stop.

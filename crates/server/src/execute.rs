@@ -74,6 +74,7 @@ impl Session<'_> {
                 noreply,
             } => {
                 self.counters.cmd_set += 1;
+                server.detail.record_set(key);
                 let mode = match kind {
                     StoreKind::Set => StoreMode::Set,
                     StoreKind::Add => StoreMode::Add,
@@ -110,6 +111,7 @@ impl Session<'_> {
                 Next::Continue
             }
             Request::Delete { key, noreply } => {
+                server.detail.record_delete(key);
                 let line = if server.cache.delete(key, now) {
                     self.counters.delete_hits += 1;
                     reply::DELETED
@@ -271,6 +273,7 @@ impl Session<'_> {
         let counters = &mut *self.counters;
         counters.cmd_get += 1;
         let hit = matches!(lookup, Lookup::Hit(()));
+        server.detail.record_get(key, hit);
         match lookup {
             Lookup::Expired => counters.get_expired += 1,
             Lookup::Flushed => counters.get_flushed += 1,

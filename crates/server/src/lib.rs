@@ -22,6 +22,7 @@ pub mod meta;
 pub mod report;
 pub mod settings;
 pub mod stats;
+pub mod udp;
 
 use std::sync::Arc;
 
@@ -44,12 +45,17 @@ pub struct Server {
     pub verbosity: std::sync::atomic::AtomicU32,
     /// Set by the `shutdown` command (with -A) so the process stops as on a signal.
     pub shutdown_requested: watch::Sender<bool>,
+    /// Open connections and listening sockets, for `stats conns`.
+    pub conns: Arc<connection::ConnTable>,
+    /// Per-prefix counters of `stats detail`.
+    pub detail: report::Detail,
 }
 
 impl Server {
     pub fn new(settings: Settings) -> Arc<Server> {
         let cache = Cache::new(settings.cache_config());
         let (shutdown_requested, _) = watch::channel(false);
+        let detail = report::Detail::new(settings.prefix_delimiter, settings.detail_enabled);
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
@@ -58,6 +64,8 @@ impl Server {
             stats: stats::Stats::default(),
             clock: clock::Clock::start(),
             shutdown_requested,
+            conns: Arc::default(),
+            detail,
         })
     }
 }

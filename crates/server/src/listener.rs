@@ -18,7 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::connection;
+use crate::connection::{self, addr_text, ConnEntry, ConnState};
+use crate::udp;
 use crate::Server;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +30,15 @@ pub enum ServeError {
         port: u16,
         source: io::Error,
     },
+    #[error("failed to listen on UDP port {port} at {addr}: {source}")]
+    Udp {
+        addr: IpAddr,
+        port: u16,
+        source: io::Error,
+    },
     #[error("failed to listen on unix socket {path}: {source}")]
     Unix { path: PathBuf, source: io::Error },
-    #[error("no listening socket: set a TCP port (-p) or a unix socket (-s)")]
+    #[error("no listening socket: set a TCP port (-p), a UDP port (-U) or a unix socket (-s)")]
     NothingToListen,
 }
 
@@ -39,12 +46,14 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct Listeners {
     tcp: Vec<std::net::TcpListener>,
+    udp: Vec<std::net::UdpSocket>,
     unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
 }
 
 impl Listeners {
-    /// Binds what the settings ask for: a unix socket (which, as in memcached, replaces TCP),
-    /// or TCP on each `-l` address (every IPv4 and IPv6 address when none is given).
+    /// Binds what the settings ask for: a unix socket (which, as in memcached, replaces TCP and
+    /// UDP), or TCP and (with `-U`) UDP on each `-l` address (every IPv4 and IPv6 address when
+    /// none is given).
     pub fn bind(settings: &crate::Settings) -> Result<Listeners, ServeError> {
         if let Some(path) = &settings.unix_socket {
             let listener =
@@ -54,14 +63,18 @@ impl Listeners {
                 })?;
             return Ok(Listeners {
                 tcp: Vec::new(),
+                udp: Vec::new(),
                 unix: Some((listener, path.clone())),
             });
         }
-        if settings.port == 0 {
+        if settings.port == 0 && settings.udp_port == 0 {
             return Err(ServeError::NothingToListen);
         }
+        let udp = bind_udp_all(settings)?;
         let mut tcp = Vec::new();
-        if settings.listen.is_empty() {
+        if settings.port == 0 {
+            // UDP only.
+        } else if settings.listen.is_empty() {
             // Like memcached: all of IPv4, and IPv6 where the host has it.
             let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
             tcp.push(
@@ -93,7 +106,11 @@ impl Listeners {
                 );
             }
         }
-        Ok(Listeners { tcp, unix: None })
+        Ok(Listeners {
+            tcp,
+            udp,
+            unix: None,
+        })
     }
 
     /// The bound TCP addresses (useful when port 0 was not used but the OS chose).
@@ -103,6 +120,28 @@ impl Listeners {
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
+}
+
+/// UDP sockets on the same addresses as TCP, when `-U` asks for them.
+fn bind_udp_all(settings: &crate::Settings) -> Result<Vec<std::net::UdpSocket>, ServeError> {
+    let port = settings.udp_port;
+    if port == 0 {
+        return Ok(Vec::new());
+    }
+    let error = |addr: IpAddr| move |source| ServeError::Udp { addr, port, source };
+    if settings.listen.is_empty() {
+        let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let mut sockets = vec![udp::bind(SocketAddr::new(v4, port)).map_err(error(v4))?];
+        if let Ok(s) = udp::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)) {
+            sockets.push(s);
+        }
+        return Ok(sockets);
+    }
+    settings
+        .listen
+        .iter()
+        .map(|&addr| udp::bind(SocketAddr::new(addr, port)).map_err(error(addr)))
+        .collect()
 }
 
 fn bind_tcp(addr: IpAddr, port: u16, backlog: u32) -> io::Result<std::net::TcpListener> {
@@ -133,6 +172,9 @@ fn bind_unix(path: &Path, mask: u32) -> io::Result<std::os::unix::net::UnixListe
     Ok(listener)
 }
 
+/// How long an expired item may wait for a reader before the crawler reclaims it.
+const CRAWL_GRACE_SECS: u32 = 60;
+
 /// The reply memcached gives a connection over the `-c` limit before closing it.
 const TOO_MANY: &[u8] = b"ERROR Too many open connections\r\n";
 
@@ -145,40 +187,80 @@ pub async fn serve(
 ) -> io::Result<()> {
     let mut tasks = JoinSet::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-    // memcached counts each listening socket in total_connections; dashboards comparing the
-    // two servers should see the same number.
+    // memcached counts each listening socket in total_connections, and each of its per-thread
+    // UDP readers in total_connections and curr_connections; dashboards comparing the two
+    // servers should see the same numbers.
+    let udp_readers = listeners.udp.len() * server.settings.threads;
     let listening = listeners.tcp.len() + usize::from(listeners.unix.is_some());
     server
         .stats
         .total_connections
-        .fetch_add(listening as u64, Ordering::Relaxed);
+        .fetch_add((listening + udp_readers) as u64, Ordering::Relaxed);
+    server
+        .stats
+        .curr_connections
+        .fetch_add(udp_readers as u64, Ordering::Relaxed);
+    let now = server.clock.now();
     for listener in listeners.tcp {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listen_addr = addr_text("tcp", &listener.local_addr()?);
+        let registration = server.conns.register(ConnEntry::new(
+            listen_addr.clone(),
+            None,
+            ConnState::Listening,
+            now,
+        ));
         let server = server.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
+            let _registration = registration;
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     // Out of descriptors or a transient error: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                admit(&server, stream, &stop);
+                admit(
+                    &server,
+                    stream,
+                    &stop,
+                    addr_text("tcp", &peer),
+                    &listen_addr,
+                );
             }
         });
     }
+    for socket in listeners.udp {
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        let addr = addr_text("udp", &socket.local_addr()?);
+        for _ in 0..server.settings.threads {
+            let registration =
+                server
+                    .conns
+                    .register(ConnEntry::new(addr.clone(), None, ConnState::Read, now));
+            tasks.spawn(udp::serve(server.clone(), socket.clone(), registration));
+        }
+    }
     let unix_path = if let Some((listener, path)) = listeners.unix {
         let listener = tokio::net::UnixListener::from_std(listener)?;
+        let listen_addr = format!("unix:{}", path.display());
+        let registration = server.conns.register(ConnEntry::new(
+            listen_addr.clone(),
+            None,
+            ConnState::Listening,
+            now,
+        ));
         let server = server.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
+            let _registration = registration;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                admit(&server, stream, &stop);
+                admit(&server, stream, &stop, listen_addr.clone(), &listen_addr);
             }
         });
         Some(path)
@@ -192,7 +274,11 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 // Bounded work per tick keeps the crawler from stalling requests.
-                server.cache.crawl_expired(server.clock.now(), 10_000);
+                // Items that expired in the last minute are left for a reader to find, so
+                // `get_expired` counts them as memcached's lazily scheduled crawler lets it;
+                // memory pressure reclaims them sooner through the store path.
+                let horizon = server.clock.now().saturating_sub(CRAWL_GRACE_SECS);
+                server.cache.crawl_expired(horizon, 10_000);
             }
         });
     }
@@ -210,8 +296,13 @@ pub async fn serve(
 }
 
 /// Starts serving an accepted connection, or turns it away when the limit is reached.
-fn admit<S>(server: &Arc<Server>, mut stream: S, stop: &watch::Receiver<bool>)
-where
+fn admit<S>(
+    server: &Arc<Server>,
+    mut stream: S,
+    stop: &watch::Receiver<bool>,
+    addr: String,
+    listen_addr: &str,
+) where
     S: connection::Socket + Send + 'static,
 {
     let current = server.stats.curr_connections.load(Ordering::Relaxed);
@@ -226,10 +317,17 @@ where
         return;
     }
     let id = server.stats.connection_opened();
+    let registration = server.conns.register(ConnEntry::new(
+        addr,
+        Some(listen_addr.to_string()),
+        ConnState::NewCmd,
+        server.clock.now(),
+    ));
     let server = server.clone();
     let stop = stop.clone();
     tokio::spawn(async move {
-        connection::serve(&server, stream, id, stop).await;
+        connection::serve(&server, stream, id, stop, &registration.entry).await;
+        drop(registration);
         server.stats.connection_closed();
     });
 }

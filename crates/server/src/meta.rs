@@ -5,15 +5,18 @@
 //! them. Quiet mode (`q`) leaves out only the nominal reply (a miss for mg, success for
 //! ms/md/ma); errors are always sent.
 //!
-//! The store does not yet keep the per-item state some flags need (see docs/meta.md,
-//! "Differences from memcached"): whether an item was fetched and when it was last accessed
-//! (`h`, `l`), the stale and win-token bits (`N`, `R`, `I` and the `W`/`X`/`Z` reply flags), and
-//! which keys were stored in base64. Those flags are accepted; `h` and `l` answer 0, a vivifying
-//! miss answers `EN`, `md I` deletes instead of marking stale, and no win token is handed out.
-//! Compare-and-act for md, ma and ms append/prepend, and the CAS that ms and ma return, are
-//! read and acted on in two steps of the store rather than one.
+//! Flags that change the item (`T`, `N`) act where they stand in the request, as memcached's
+//! do, so a `t` before `T` shows the old TTL; each command is one call of the store, which
+//! lends the item to the reply code under the shard lock. That call also carries the item's
+//! meta state: whether it was fetched and when it was last accessed, as they were before this
+//! read (`h`, `l`, `me`), the stale and win-token bits (`N`, `R`, `I` and the `W`/`X`/`Z` reply
+//! flags), and whether its key was stored in base64. CAS compares and the CAS a reply shows
+//! come from the same step that acts, so no other client's write can come between them.
 
-use keepcached_cache::{memcached_size, DeltaResult, ItemView, Lookup, StoreMode, StoreResult};
+use keepcached_cache::{
+    memcached_size, DeleteResult, DeltaOutcome, DeltaRequest, ItemHandle, Lookup, ReadOptions,
+    StaleResult, StoreMode, StoreRequest, StoreResult,
+};
 use keepcached_protocol::meta::{
     encode_base64, MetaCommand, MetaKey, MetaReject, MetaRequest, SetMode,
 };
@@ -29,29 +32,43 @@ fn flag_number(out: &mut Vec<u8>, flag: u8, n: impl itoa::Integer) {
     out.extend_from_slice(num.format(n).as_bytes());
 }
 
-/// Appends ` k<key>`, in base64 with ` b` after it when the client sent it so.
-fn flag_key(out: &mut Vec<u8>, key: &MetaKey<'_>) {
+/// Appends ` k<key>`, in base64 with ` b` after it for a binary key.
+fn flag_key(out: &mut Vec<u8>, key: &[u8], binary: bool) {
     out.extend_from_slice(b" k");
-    if key.is_binary() {
-        encode_base64(out, key.as_bytes());
+    if binary {
+        encode_base64(out, key);
         out.extend_from_slice(b" b");
     } else {
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(key);
     }
 }
 
-/// Appends the O and k flags of a request, the only ones a reply without an item carries.
+fn request_key(out: &mut Vec<u8>, key: &MetaKey<'_>) {
+    flag_key(out, key.as_bytes(), key.is_binary());
+}
+
+fn opaque(out: &mut Vec<u8>, flag: &[u8]) {
+    out.push(b' ');
+    out.extend_from_slice(flag);
+}
+
+/// Appends the O and k flags of a request, the only ones a reply without an item carries; the
+/// key is shown as the request sent it.
 fn opaque_and_key(out: &mut Vec<u8>, request: &MetaRequest<'_>) {
     for flag in request.flags() {
         match flag[0] {
-            b'O' => {
-                out.push(b' ');
-                out.extend_from_slice(flag);
-            }
-            b'k' => flag_key(out, &request.key),
+            b'O' => opaque(out, flag),
+            b'k' => request_key(out, &request.key),
             _ => {}
         }
     }
+}
+
+/// Ends a reply that names no item: the code, the O and k flags, CRLF.
+fn bare_reply(out: &mut Vec<u8>, code: &[u8], request: &MetaRequest<'_>) {
+    out.extend_from_slice(code);
+    opaque_and_key(out, request);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Seconds left to live as memcached prints them: -1 for never, otherwise the unsigned
@@ -96,50 +113,88 @@ impl Session<'_> {
     fn meta_get(&mut self, request: &MetaRequest<'_>) {
         let server = self.server;
         let now = server.clock.now();
-        let key = request.key.as_bytes();
+        let opts = &request.options;
+        // memcached converts the times when it reads the flags, before it looks the item up.
+        let ttl = opts.ttl.map(|t| server.clock.exptime(t));
+        let vivify = opts.vivify.map(|t| server.clock.exptime(t));
+        let recache = opts.recache.map(|t| server.clock.exptime(t));
+        let read = ReadOptions {
+            bump: !opts.no_bump,
+            vivify: vivify.is_some(),
+        };
         let out = &mut *self.out;
-        let write = |item: ItemView<'_>| {
-            if request.options.value {
+        let write = |item: &mut ItemHandle<'_>| {
+            let value_len = item.view().value.len();
+            if opts.value {
                 out.extend_from_slice(b"VA ");
-                out.extend_from_slice(itoa::Buffer::new().format(item.value.len()).as_bytes());
+                out.extend_from_slice(itoa::Buffer::new().format(value_len).as_bytes());
             } else {
                 out.extend_from_slice(b"HD");
             }
+            let mut won = false;
             for flag in request.flags() {
                 match flag[0] {
-                    b's' => flag_number(out, b's', item.value.len()),
-                    b't' => flag_number(out, b't', ttl_left(item.exptime, now)),
-                    b'c' => flag_number(out, b'c', item.cas),
-                    b'f' => flag_number(out, b'f', item.flags),
-                    b'l' => out.extend_from_slice(b" l0"),
-                    b'h' => out.extend_from_slice(b" h0"),
-                    b'O' => {
-                        out.push(b' ');
-                        out.extend_from_slice(flag);
+                    // The parser sets the time of every T, N and R flag it passes on.
+                    b'T' => {
+                        if let Some(exptime) = ttl {
+                            item.set_exptime(exptime);
+                        }
                     }
-                    b'k' => flag_key(out, &request.key),
+                    b'N' => {
+                        if let (true, Some(exptime)) = (item.created(), vivify) {
+                            item.set_exptime(exptime);
+                            won = true;
+                        }
+                    }
+                    b'R' => {
+                        // A recache win: less than the R time is left, and nobody won yet.
+                        let exptime = item.view().exptime;
+                        won |= !item.token_sent()
+                            && !item.created()
+                            && exptime != 0
+                            && recache.is_some_and(|recache| exptime < recache);
+                    }
+                    b's' => flag_number(out, b's', value_len),
+                    b't' => flag_number(out, b't', ttl_left(item.view().exptime, now)),
+                    b'c' => flag_number(out, b'c', item.view().cas),
+                    b'f' => flag_number(out, b'f', item.view().flags),
+                    b'l' => flag_number(out, b'l', now.wrapping_sub(item.last_access())),
+                    b'h' => flag_number(out, b'h', u8::from(item.fetched())),
+                    b'O' => opaque(out, flag),
+                    b'k' => flag_key(out, item.view().key, item.binary_key()),
                     _ => {}
                 }
             }
+            // memcached's order: Z (a token went out before), X (stale), W (this client won);
+            // a stale item hands out one token, to the first reader after it went stale.
+            let token_sent = item.token_sent();
+            if token_sent {
+                out.extend_from_slice(b" Z");
+            }
+            if item.stale() {
+                out.extend_from_slice(b" X");
+                won |= !token_sent;
+            }
+            if won {
+                out.extend_from_slice(b" W");
+                item.send_token();
+            }
             out.extend_from_slice(b"\r\n");
-            if request.options.value {
-                out.extend_from_slice(item.value);
+            if opts.value {
+                out.extend_from_slice(item.view().value);
                 out.extend_from_slice(b"\r\n");
             }
         };
-        let touch = request.options.ttl.map(|t| server.clock.exptime(t));
-        let lookup = match touch {
-            Some(exptime) => server.cache.get_and_touch(key, exptime, now, write),
-            None => server.cache.get(key, now, write),
-        };
+        let lookup = server.cache.read(request.key.as_bytes(), read, now, write);
         let counters = &mut *self.counters;
         match lookup {
             Lookup::Expired => counters.get_expired += 1,
             Lookup::Flushed => counters.get_flushed += 1,
             Lookup::Hit(()) | Lookup::Miss => {}
         }
+        // A vivified item counts as a hit, as in memcached.
         let hit = lookup.is_hit();
-        if touch.is_some() {
+        if ttl.is_some() {
             counters.cmd_touch += 1;
             if hit {
                 counters.touch_hits += 1;
@@ -154,58 +209,51 @@ impl Session<'_> {
                 counters.get_misses += 1;
             }
         }
-        if !hit && !request.options.quiet {
-            self.out.extend_from_slice(b"EN");
-            opaque_and_key(self.out, request);
-            self.out.extend_from_slice(b"\r\n");
+        if !hit && !opts.quiet {
+            bare_reply(self.out, b"EN", request);
         }
-    }
-
-    /// The CAS of a key's live item, read without changing it.
-    fn current_cas(&self, key: &[u8], now: u32) -> Option<u64> {
-        self.server.cache.get(key, now, |item| item.cas).hit()
     }
 
     fn meta_set(&mut self, request: &MetaRequest<'_>) {
         let server = self.server;
         let now = server.clock.now();
-        let key = request.key.as_bytes();
         let opts = &request.options;
         self.counters.cmd_set += 1;
         let cas = opts.compare_cas;
-        // memcached: a CAS turns set and replace into a compare-and-swap, is ignored by add,
-        // and makes append/prepend check it when it is not 0.
-        let mode = match (request.set_mode, cas) {
-            (SetMode::Set | SetMode::Replace, Some(c)) => StoreMode::Cas(c),
-            (SetMode::Set, None) => StoreMode::Set,
-            (SetMode::Replace, None) => StoreMode::Replace,
-            (SetMode::Add, _) => StoreMode::Add,
-            (SetMode::Append, _) => StoreMode::Append,
-            (SetMode::Prepend, _) => StoreMode::Prepend,
-        };
-        let stale_cas = match (mode, cas) {
-            (StoreMode::Append | StoreMode::Prepend, Some(c)) if c != 0 => self
-                .current_cas(key, now)
-                .is_some_and(|current| current != c),
-            _ => false,
+        // memcached: a CAS (0 included) turns set and replace into a compare-and-swap, is
+        // ignored by add, and makes append/prepend compare it when it is not 0.
+        let (mode, compare_cas) = match (request.set_mode, cas) {
+            (SetMode::Set | SetMode::Replace, Some(c)) => (StoreMode::Cas(c), 0),
+            (SetMode::Set, None) => (StoreMode::Set, 0),
+            (SetMode::Replace, None) => (StoreMode::Replace, 0),
+            (SetMode::Add, _) => (StoreMode::Add, 0),
+            (SetMode::Append, c) => (StoreMode::Append, c.unwrap_or(0)),
+            (SetMode::Prepend, c) => (StoreMode::Prepend, c.unwrap_or(0)),
         };
         let exptime = opts.ttl.map_or(0, |t| server.clock.exptime(t));
-        let result = if stale_cas {
-            StoreResult::Exists
-        } else {
-            server
-                .cache
-                .store(mode, key, opts.client_flags, exptime, request.data, now)
+        let store = StoreRequest {
+            compare_cas,
+            // Only a compare-and-swap can store stale (memcached's set_stale needs NREAD_CAS).
+            invalidate: opts.invalidate,
+            binary_key: request.key.is_binary(),
+            ..StoreRequest::new(
+                mode,
+                request.key.as_bytes(),
+                opts.client_flags,
+                exptime,
+                request.data,
+            )
         };
+        let outcome = server.cache.store_item(store, now);
         if let StoreMode::Cas(_) = mode {
-            match result {
+            match outcome.result {
                 StoreResult::Stored => self.counters.cas_hits += 1,
                 StoreResult::Exists => self.counters.cas_badval += 1,
                 StoreResult::NotFound => self.counters.cas_misses += 1,
                 _ => {}
             }
         }
-        let code: &[u8] = match result {
+        let code: &[u8] = match outcome.result {
             StoreResult::Stored if opts.quiet => return,
             StoreResult::Stored => b"HD",
             StoreResult::NotStored => b"NS",
@@ -222,20 +270,12 @@ impl Session<'_> {
                 return;
             }
         };
-        let stored_cas = if result == StoreResult::Stored {
-            self.current_cas(key, now).unwrap_or(0)
-        } else {
-            0
-        };
         self.out.extend_from_slice(code);
         for flag in request.flags() {
             match flag[0] {
-                b'O' => {
-                    self.out.push(b' ');
-                    self.out.extend_from_slice(flag);
-                }
-                b'k' => flag_key(self.out, &request.key),
-                b'c' => flag_number(self.out, b'c', stored_cas),
+                b'O' => opaque(self.out, flag),
+                b'k' => request_key(self.out, &request.key),
+                b'c' => flag_number(self.out, b'c', outcome.cas),
                 _ => {}
             }
         }
@@ -243,131 +283,126 @@ impl Session<'_> {
     }
 
     fn meta_delete(&mut self, request: &MetaRequest<'_>) {
-        let now = self.server.clock.now();
+        let server = self.server;
+        let now = server.clock.now();
         let key = request.key.as_bytes();
-        let code: &[u8] = match request.options.compare_cas {
-            Some(c)
-                if self
-                    .current_cas(key, now)
-                    .is_some_and(|current| current != c) =>
-            {
-                self.counters.delete_misses += 1;
-                b"EX"
-            }
-            _ => {
-                if self.server.cache.delete(key, now) {
-                    self.counters.delete_hits += 1;
-                    if request.options.quiet {
-                        return;
-                    }
-                    b"HD"
-                } else {
+        let opts = &request.options;
+        let cas = opts.compare_cas;
+        let done = if opts.invalidate {
+            // md I: the item stays, stale, so that one client wins the token to refresh it.
+            let exptime = opts.ttl.map(|t| server.clock.exptime(t));
+            match server.cache.mark_stale(key, cas, exptime, now) {
+                StaleResult::Marked { .. } => true,
+                StaleResult::NotFound => false,
+                StaleResult::Exists => {
                     self.counters.delete_misses += 1;
-                    b"NF"
+                    bare_reply(self.out, b"EX", request);
+                    return;
+                }
+            }
+        } else {
+            match server.cache.delete_if(key, cas, now) {
+                DeleteResult::Deleted => {
+                    self.counters.delete_hits += 1;
+                    true
+                }
+                DeleteResult::NotFound => false,
+                DeleteResult::Exists => {
+                    self.counters.delete_misses += 1;
+                    bare_reply(self.out, b"EX", request);
+                    return;
                 }
             }
         };
-        self.out.extend_from_slice(code);
-        opaque_and_key(self.out, request);
-        self.out.extend_from_slice(b"\r\n");
+        if done {
+            if !opts.quiet {
+                bare_reply(self.out, b"HD", request);
+            }
+        } else {
+            self.counters.delete_misses += 1;
+            bare_reply(self.out, b"NF", request);
+        }
     }
 
     fn meta_arith(&mut self, request: &MetaRequest<'_>) {
         let server = self.server;
         let now = server.clock.now();
-        let key = request.key.as_bytes();
         let opts = &request.options;
-        if let Some(c) = opts.compare_cas {
-            if self
-                .current_cas(key, now)
-                .is_some_and(|current| current != c)
-            {
-                self.out.extend_from_slice(b"EX");
-                opaque_and_key(self.out, request);
-                self.out.extend_from_slice(b"\r\n");
-                return;
-            }
-        }
-        let value = match server.cache.incr_decr(key, request.incr, opts.delta, now) {
-            DeltaResult::Value(v) => {
-                if request.incr {
-                    self.counters.incr_hits += 1;
-                } else {
-                    self.counters.decr_hits += 1;
-                }
-                v
-            }
-            DeltaResult::NonNumeric => {
-                self.out.extend_from_slice(reply::NON_NUMERIC);
-                return;
-            }
-            DeltaResult::OutOfMemory => {
-                self.out.extend_from_slice(reply::OUT_OF_MEMORY);
-                return;
-            }
-            DeltaResult::NotFound => match opts.vivify {
-                Some(ttl) => {
-                    let digits = itoa::Buffer::new().format(opts.initial).to_owned();
-                    let exptime = server.clock.exptime(ttl);
-                    let stored =
-                        server
-                            .cache
-                            .store(StoreMode::Add, key, 0, exptime, digits.as_bytes(), now);
-                    if stored != StoreResult::Stored {
-                        self.out.extend_from_slice(b"NS\r\n");
-                        return;
-                    }
-                    opts.initial
-                }
-                None => {
-                    if request.incr {
-                        self.counters.incr_misses += 1;
-                    } else {
-                        self.counters.decr_misses += 1;
-                    }
-                    self.out.extend_from_slice(b"NF");
-                    opaque_and_key(self.out, request);
-                    self.out.extend_from_slice(b"\r\n");
-                    return;
-                }
-            },
+        let ttl = opts.ttl.map(|t| server.clock.exptime(t));
+        let vivify = opts.vivify.map(|t| server.clock.exptime(t));
+        let delta = DeltaRequest {
+            incr: request.incr,
+            delta: opts.delta,
+            compare_cas: opts.compare_cas.unwrap_or(0),
+            // memcached creates the counter with no expiry time; N gives it one below.
+            create: vivify.map(|_| (opts.initial, 0)),
         };
-        if let Some(ttl) = opts.ttl {
-            server.cache.touch(key, server.clock.exptime(ttl), now);
-        }
-        if opts.quiet {
-            return;
-        }
-        let (cas, exptime) = server
-            .cache
-            .get(key, now, |item| (item.cas, item.exptime))
-            .hit()
-            .unwrap_or((0, 0));
-        let mut num = itoa::Buffer::new();
-        let digits = num.format(value);
+        let start = self.out.len();
         let out = &mut *self.out;
-        if opts.value {
-            out.extend_from_slice(b"VA ");
-            out.extend_from_slice(itoa::Buffer::new().format(digits.len()).as_bytes());
-        } else {
-            out.extend_from_slice(b"HD");
-        }
-        for flag in request.flags() {
-            match flag[0] {
-                b'c' => flag_number(out, b'c', cas),
-                b't' => flag_number(out, b't', ttl_left(exptime, now)),
-                b'O' => {
-                    out.push(b' ');
-                    out.extend_from_slice(flag);
+        let outcome = server
+            .cache
+            .delta(request.key.as_bytes(), delta, now, |counter| {
+                let mut num = itoa::Buffer::new();
+                let digits = num.format(counter.value());
+                if opts.value {
+                    out.extend_from_slice(b"VA ");
+                    out.extend_from_slice(itoa::Buffer::new().format(digits.len()).as_bytes());
+                } else {
+                    out.extend_from_slice(b"HD");
                 }
-                b'k' => flag_key(out, &request.key),
-                _ => {}
+                for flag in request.flags() {
+                    match flag[0] {
+                        b'c' => flag_number(out, b'c', counter.cas()),
+                        b't' => flag_number(out, b't', ttl_left(counter.exptime(), now)),
+                        b'T' => {
+                            if let Some(exptime) = ttl {
+                                counter.set_exptime(exptime);
+                            }
+                        }
+                        b'N' => {
+                            if let (true, Some(exptime)) = (counter.created(), vivify) {
+                                counter.set_exptime(exptime);
+                            }
+                        }
+                        b'O' => opaque(out, flag),
+                        b'k' => request_key(out, &request.key),
+                        _ => {}
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
+                if opts.value {
+                    out.extend_from_slice(digits.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                counter.created()
+            });
+        let counters = &mut *self.counters;
+        match outcome {
+            DeltaOutcome::Done(created) => {
+                // memcached quiets only a change of an existing counter; a created one is
+                // answered, and counts as neither hit nor miss.
+                if !created {
+                    if request.incr {
+                        counters.incr_hits += 1;
+                    } else {
+                        counters.decr_hits += 1;
+                    }
+                    if opts.quiet {
+                        self.out.truncate(start);
+                    }
+                }
             }
-        }
-        out.extend_from_slice(b"\r\n");
-        if opts.value {
-            out.extend_from_slice(digits.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            DeltaOutcome::NonNumeric => self.out.extend_from_slice(reply::NON_NUMERIC),
+            DeltaOutcome::OutOfMemory => self.out.extend_from_slice(reply::OUT_OF_MEMORY),
+            DeltaOutcome::Exists => bare_reply(self.out, b"EX", request),
+            DeltaOutcome::NotFound => {
+                if request.incr {
+                    counters.incr_misses += 1;
+                } else {
+                    counters.decr_misses += 1;
+                }
+                bare_reply(self.out, b"NF", request);
+            }
         }
     }
 
@@ -377,26 +412,38 @@ impl Session<'_> {
         self.counters.cmd_meta += 1;
         let cas_enabled = server.settings.cas;
         let out = &mut *self.out;
-        let found = server.cache.get(request.key.as_bytes(), now, |item| {
-            out.extend_from_slice(b"ME ");
-            if request.key.is_binary() {
-                encode_base64(out, item.key);
-            } else {
-                out.extend_from_slice(item.key);
-            }
-            // memcached prints the expiry as now minus exptime: negative for a live item.
-            let exp = if item.exptime == 0 {
-                -1
-            } else {
-                i64::from(now) - i64::from(item.exptime)
-            };
-            let size = memcached_size(item.key.len(), item.value.len(), item.flags, cas_enabled);
-            let line = format!(
-                " exp={exp} la=0 cas={} fetch=no cls=1 size={size}\r\n",
-                item.cas
-            );
-            out.extend_from_slice(line.as_bytes());
-        });
+        // me reads without a trace: it shows fetch and la as they are, and changes neither.
+        let peek = ReadOptions {
+            bump: false,
+            vivify: false,
+        };
+        let found = server
+            .cache
+            .read(request.key.as_bytes(), peek, now, |item| {
+                let view = item.view();
+                out.extend_from_slice(b"ME ");
+                // memcached shows the key as the item was stored, not as this request sent it.
+                if item.binary_key() {
+                    encode_base64(out, view.key);
+                } else {
+                    out.extend_from_slice(view.key);
+                }
+                // memcached prints the expiry as now minus exptime: negative for a live item.
+                let exp = if view.exptime == 0 {
+                    -1
+                } else {
+                    i64::from(now) - i64::from(view.exptime)
+                };
+                let size =
+                    memcached_size(view.key.len(), view.value.len(), view.flags, cas_enabled);
+                let line = format!(
+                    " exp={exp} la={} cas={} fetch={} cls=1 size={size}\r\n",
+                    now.wrapping_sub(item.last_access()),
+                    view.cas,
+                    if item.fetched() { "yes" } else { "no" },
+                );
+                out.extend_from_slice(line.as_bytes());
+            });
         if !found.is_hit() {
             self.out.extend_from_slice(b"EN\r\n");
         }

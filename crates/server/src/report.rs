@@ -5,7 +5,8 @@
 //! out rather than faked; everything printed is true of this server.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use keepcached_protocol::reply::{self, stat};
 use keepcached_protocol::Keys;
@@ -30,7 +31,26 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
         Some(b"reset") => {
             session.server.stats.reset();
             session.server.cache.reset_stats();
+            session.server.detail.clear();
             session.out.extend_from_slice(reply::RESET);
+        }
+        Some(b"conns") => conns(session),
+        Some(b"detail") => {
+            let detail = &session.server.detail;
+            match words.next() {
+                Some(b"on") => {
+                    detail.set_enabled(true);
+                    session.out.extend_from_slice(reply::OK);
+                }
+                Some(b"off") => {
+                    detail.set_enabled(false);
+                    session.out.extend_from_slice(reply::OK);
+                }
+                Some(b"dump") => detail.dump(session.out),
+                _ => session
+                    .out
+                    .extend_from_slice(b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"),
+            }
         }
         Some(b"settings") => settings(session),
         Some(b"items") => items(session),
@@ -165,10 +185,22 @@ fn settings(session: &mut Session<'_>) {
     stat(out, "umask", format_args!("{:o}", s.unix_mask));
     stat(out, "shutdown_command", yes_no(s.shutdown_command));
     stat(out, "num_threads", s.threads);
+    stat(out, "num_threads_per_udp", s.threads);
+    stat(
+        out,
+        "stat_key_prefix",
+        char::from(server.detail.delimiter()),
+    );
+    stat(out, "detail_enabled", yes_no(server.detail.enabled()));
     stat(out, "reqs_per_event", s.reqs_per_event);
     stat(out, "cas_enabled", yes_no(s.cas));
     stat(out, "tcp_backlog", s.backlog);
     stat(out, "binding_protocol", s.protocol.name());
+    stat(out, "auth_enabled_sasl", yes_no(s.sasl_users.is_some()));
+    match &s.ascii_auth {
+        Some(file) => stat(out, "auth_enabled_ascii", file.path.display()),
+        None => stat(out, "auth_enabled_ascii", "no"),
+    }
     stat(out, "item_size_max", s.item_size_max);
     stat(out, "lru_crawler", yes_no(s.lru_crawler));
     stat(out, "flush_enabled", yes_no(s.flush_enabled));
@@ -179,6 +211,199 @@ fn settings(session: &mut Session<'_>) {
         s.idle_timeout.map_or(0, |d| d.as_secs()),
     );
     out.extend_from_slice(reply::END);
+}
+
+/// `stats conns`: every listening socket and connection, numbered in the order they opened
+/// (memcached numbers them by file descriptor).
+fn conns(session: &mut Session<'_>) {
+    let server = session.server;
+    let now = server.clock.now();
+    let out = &mut *session.out;
+    for (id, entry) in server.conns.snapshot() {
+        stat(out, &format!("{id}:addr"), &entry.addr);
+        if let Some(listen_addr) = &entry.listen_addr {
+            stat(out, &format!("{id}:listen_addr"), listen_addr);
+        }
+        stat(out, &format!("{id}:state"), entry.state().name());
+        stat(
+            out,
+            &format!("{id}:secs_since_last_cmd"),
+            now.saturating_sub(entry.last_cmd()),
+        );
+    }
+    out.extend_from_slice(reply::END);
+}
+
+/// Buckets of memcached's prefix table; `stats detail dump` walks them in order.
+const PREFIX_BUCKETS: usize = 256;
+/// memcached's cap on distinct prefixes: the table cannot grow without bound.
+const MAX_PREFIXES: usize = 1 << 16;
+
+#[derive(Debug, Default)]
+struct PrefixStats {
+    prefix: Vec<u8>,
+    gets: u64,
+    hits: u64,
+    sets: u64,
+    deletes: u64,
+}
+
+/// `stats detail`: gets, hits, sets and deletes per key prefix (a key's bytes before the `-D`
+/// delimiter; keys without it are not counted). Text requests are counted as in memcached: every
+/// key of get/gets/gat/gats, every store request whatever its outcome, every delete.
+///
+/// Prefixes sit in memcached's layout (256 buckets by murmur3 of the prefix, newest first in a
+/// bucket), so `stats detail dump` lists them in the order memcached does. Counting takes a lock
+/// per key, which is why it is off unless `-D` or `stats detail on` asks for it.
+#[derive(Debug)]
+pub struct Detail {
+    delimiter: u8,
+    enabled: AtomicBool,
+    table: Mutex<DetailTable>,
+}
+
+#[derive(Debug, Default)]
+struct DetailTable {
+    buckets: Vec<Vec<PrefixStats>>,
+    count: usize,
+}
+
+impl Detail {
+    pub fn new(delimiter: u8, enabled: bool) -> Detail {
+        Detail {
+            delimiter,
+            enabled: AtomicBool::new(enabled),
+            table: Mutex::default(),
+        }
+    }
+
+    pub fn delimiter(&self) -> u8 {
+        self.delimiter
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    pub fn record_get(&self, key: &[u8], hit: bool) {
+        self.record(key, |p| {
+            p.gets += 1;
+            p.hits += u64::from(hit);
+        });
+    }
+
+    pub fn record_set(&self, key: &[u8]) {
+        self.record(key, |p| p.sets += 1);
+    }
+
+    pub fn record_delete(&self, key: &[u8]) {
+        self.record(key, |p| p.deletes += 1);
+    }
+
+    /// `stats reset` forgets every prefix.
+    pub fn clear(&self) {
+        *self.lock() = DetailTable::default();
+    }
+
+    /// memcached's `stats detail dump`: one `PREFIX` line per prefix, then `END`.
+    pub fn dump(&self, out: &mut Vec<u8>) {
+        let table = self.lock();
+        for p in table.buckets.iter().flatten() {
+            out.extend_from_slice(b"PREFIX ");
+            out.extend_from_slice(&p.prefix);
+            let _ = write!(
+                Bytes(out),
+                " get {} hit {} set {} del {}\r\n",
+                p.gets,
+                p.hits,
+                p.sets,
+                p.deletes
+            );
+        }
+        out.extend_from_slice(reply::END);
+    }
+
+    fn record(&self, key: &[u8], count: impl FnOnce(&mut PrefixStats)) {
+        if !self.enabled() {
+            return;
+        }
+        let Some(end) = key.iter().position(|b| *b == self.delimiter) else {
+            return;
+        };
+        let prefix = &key[..end];
+        let mut table = self.lock();
+        if table.buckets.is_empty() {
+            table.buckets.resize_with(PREFIX_BUCKETS, Vec::new);
+        }
+        let bucket = murmur3_32(prefix) as usize % PREFIX_BUCKETS;
+        if let Some(p) = table.buckets[bucket]
+            .iter_mut()
+            .find(|p| p.prefix == prefix)
+        {
+            count(p);
+            return;
+        }
+        if table.count >= MAX_PREFIXES {
+            return;
+        }
+        table.count += 1;
+        let mut p = PrefixStats {
+            prefix: prefix.to_vec(),
+            ..PrefixStats::default()
+        };
+        count(&mut p);
+        table.buckets[bucket].insert(0, p);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DetailTable> {
+        // Counters only: a panic elsewhere while holding the lock leaves nothing inconsistent.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `fmt::Write` into a byte buffer, for numbers next to raw key bytes.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// MurmurHash3 (x86, 32-bit, seed 0): memcached 1.6's default hash, which places prefixes in
+/// its table.
+fn murmur3_32(data: &[u8]) -> u32 {
+    const C1: u32 = 0xcc9e_2d51;
+    const C2: u32 = 0x1b87_3593;
+    let mix = |k: u32| k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    let mut h: u32 = 0;
+    let mut blocks = data.chunks_exact(4);
+    for block in &mut blocks {
+        let k = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+        h = (h ^ mix(k))
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
+    }
+    let tail = blocks.remainder();
+    if !tail.is_empty() {
+        let k = tail
+            .iter()
+            .rev()
+            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        h ^= mix(k);
+    }
+    h ^= data.len() as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// keepcached has one item class (no slab classes), reported as class 1 when it holds items.
@@ -259,5 +484,44 @@ fn uri_encode(out: &mut String, key: &[u8]) {
         } else {
             let _ = write!(out, "%{b:02X}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur3_reference_values() {
+        // Published test vectors of MurmurHash3_x86_32 with seed 0.
+        assert_eq!(murmur3_32(b""), 0);
+        assert_eq!(murmur3_32(b"test"), 0xba6b_d213);
+        assert_eq!(murmur3_32(b"Hello, world!"), 0xc036_3e43);
+        assert_eq!(murmur3_32(b"abc"), 0xb3dd_93fa);
+    }
+
+    #[test]
+    fn prefixes_dump_in_memcached_order() {
+        let detail = Detail::new(b'/', true);
+        for key in [&b"p/1"[..], b"/x", b"a/b:c", b"q/", b"nodelimiter"] {
+            detail.record_set(key);
+        }
+        detail.record_get(b"p/1", true);
+        detail.record_get(b"p/9", false);
+        detail.record_delete(b"p/1");
+        let mut out = Vec::new();
+        detail.dump(&mut out);
+        // The order memcached 1.6.18 printed for these prefixes.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "PREFIX  get 0 hit 0 set 1 del 0\r\nPREFIX p get 2 hit 1 set 1 del 1\r\n\
+             PREFIX a get 0 hit 0 set 1 del 0\r\nPREFIX q get 0 hit 0 set 1 del 0\r\nEND\r\n"
+        );
+        detail.set_enabled(false);
+        detail.record_get(b"p/1", true);
+        detail.clear();
+        let mut out = Vec::new();
+        detail.dump(&mut out);
+        assert_eq!(out, b"END\r\n");
     }
 }

@@ -53,6 +53,12 @@ pub struct Settings {
     /// `-S`: binary clients must authenticate with SASL PLAIN against these users (loaded
     /// from the file `MEMCACHED_SASL_PWDB` names); `None` when SASL is off.
     pub sasl_users: Option<crate::auth::Users>,
+    /// `-Y`: ASCII clients must first authenticate against this file's users.
+    pub ascii_auth: Option<crate::auth::AuthFile>,
+    /// `-D`: the byte that ends a key's prefix in `stats detail`.
+    pub prefix_delimiter: u8,
+    /// Whether `stats detail` counts from the start (`-D` turns it on, as in memcached).
+    pub detail_enabled: bool,
 }
 
 /// memcached's `-B`: ascii, binary, or auto (each connection's first byte decides).
@@ -96,6 +102,9 @@ impl Default for Settings {
             lru_crawler: true,
             protocol: Protocol::Auto,
             sasl_users: None,
+            ascii_auth: None,
+            prefix_delimiter: b':',
+            detail_enabled: false,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! has a deadline, so a server that never answers turns into a visible `<timeout>` marker.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Longest wait for a whole reply. Generous because CI runs debug builds on 2 busy cores; a
@@ -89,10 +89,6 @@ impl Client {
     /// Changes the deadline of later reads (e.g. for a `stats` after a large load).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
-    }
-
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
     }
 
     /// Writes all bytes (one write call where the kernel allows, so they arrive as one read).
@@ -192,11 +188,6 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Closes our sending side, so the server sees EOF.
-    pub fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Write)
     }
 }
 

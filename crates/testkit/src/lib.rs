@@ -9,11 +9,14 @@
 //!   uptime, rusage, ...) before replies are compared;
 //! - [`wire`]: differential wire tables (request bytes and the documented reply), run against
 //!   memcached and against keepcached, every difference collected and reported;
-//! - [`env`]: skip tests that need root or a Debian tool, except in CI where they must run.
+//! - [`env`]: skip tests that need root or a Debian tool, except in CI where they must run;
+//! - [`parser_invariants`]: the properties the text request parser must keep on any input,
+//!   shared by the fuzz target (`fuzz/`) and a deterministic test over generated inputs.
 
 pub mod client;
 pub mod env;
 pub mod mask;
+pub mod parser_invariants;
 pub mod process;
 pub mod wire;
 

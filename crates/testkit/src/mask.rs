@@ -127,6 +127,43 @@ pub fn mask_stats(reply: &[u8], keep: Option<&[&str]>) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Reduces `lru_crawler metadump` lines (`key=K exp=E la=T cas=C fetch=F cls=N size=S\n`) to
+/// what two engines share: the key, whether it expires (`exp=-1` or `exp=<time>`: the time is
+/// each server's clock) and whether it was fetched. The access time, CAS, slab class and size
+/// belong to the engine, and the dump's order is the order of its LRU, so lines are sorted.
+pub fn mask_metadump(reply: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(reply);
+    let mut items = Vec::new();
+    let mut rest = String::new();
+    for line in text.split_inclusive('\n') {
+        if !line.starts_with("key=") {
+            rest.push_str(line);
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or("<missing>")
+                .to_string()
+        };
+        let exp = match field("exp=").as_str() {
+            "-1" => "-1".to_string(),
+            "<missing>" => "<missing>".to_string(),
+            _ => "<time>".to_string(),
+        };
+        let end = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+        items.push(format!(
+            "key={} exp={exp} fetch={}{end}",
+            field("key="),
+            field("fetch=")
+        ));
+    }
+    items.sort();
+    let mut out = items.concat();
+    out.push_str(&rest);
+    out.into_bytes()
+}
+
 /// Parses a stats reply into (name, value) pairs.
 pub fn parse_stats(reply: &str) -> Vec<(String, String)> {
     reply

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::client::{escape, End};
-use crate::mask::{mask_stats, CasMasker};
+use crate::mask::{mask_metadump, mask_stats, CasMasker};
 use crate::process::{keepcached_server, memcached, ServerProcess};
 
 /// How a case's replies are masked before comparison.
@@ -30,6 +30,8 @@ pub enum Mask {
     Cas,
     /// A stats reply: varying values masked; with a list, only those stats kept.
     Stats(Option<&'static [&'static str]>),
+    /// An `lru_crawler metadump` reply: see [`mask_metadump`].
+    Metadump,
 }
 
 #[derive(Debug, Clone)]
@@ -115,10 +117,13 @@ impl Group {
     }
 }
 
+/// Starts a server with the given extra flags.
+type Spawn = Box<dyn Fn(&[&str]) -> io::Result<ServerProcess> + Send + Sync>;
+
 /// A server implementation the table can be run against.
 pub struct Target {
     pub label: String,
-    spawn: Box<dyn Fn(&[&str]) -> io::Result<ServerProcess> + Send + Sync>,
+    spawn: Spawn,
 }
 
 impl std::fmt::Debug for Target {
@@ -304,6 +309,7 @@ fn play(group: &Group, target: &Target) -> Result<Vec<Vec<String>>, String> {
             let masked = match case.mask {
                 Mask::Cas => masker.mask(&reply.bytes),
                 Mask::Stats(keep) => mask_stats(&reply.bytes, keep),
+                Mask::Metadump => mask_metadump(&reply.bytes),
             };
             let masked_reply = crate::client::Reply {
                 bytes: masked,

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct VrrpConfig {
     pub proxy_check: BTreeMap<String, ProxyCheck>,
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceConfig>,
+    /// A file kept up to date with every instance's state and advert counters.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
 }
 
 /// One virtual router (keepalived's vrrp_instance).
@@ -64,6 +68,12 @@ pub struct InstanceConfig {
     pub unicast_peers: Vec<Ipv4Addr>,
     #[serde(default = "yes")]
     pub check_advert_addresses: bool,
+    /// After the master's priority-0 advert, wait at most 1 ms per priority
+    /// level below 256 instead of the full Skew_Time (see
+    /// `Instance::takeover_skew` for why this is safe). Every backup of the
+    /// virtual router should run keepcached; off when read from a keepalived.conf.
+    #[serde(default = "yes")]
+    pub fast_takeover: bool,
     /// Seconds after becoming master before a second gratuitous ARP burst; 0 for none.
     #[serde(default = "five")]
     pub garp_master_delay: f64,
@@ -490,6 +500,7 @@ impl InstanceConfig {
             local_address,
             check_addresses: self.check_advert_addresses,
             garp_master_delay: (self.garp_master_delay > 0.0).then(|| secs(self.garp_master_delay)),
+            fast_takeover: self.fast_takeover,
         }
     }
 
@@ -574,7 +585,20 @@ notify = { master = "/bin/true master", any = "/usr/local/bin/notify" }
         assert_eq!(p.interval_cs, 100);
         assert_eq!(p.auth, Auth::pass("1111"));
         assert_eq!(p.garp_master_delay, Some(Duration::from_secs(5)));
+        assert!(p.fast_takeover);
         assert_eq!(i.notify.any.as_deref(), Some("/usr/local/bin/notify"));
+    }
+
+    #[test]
+    fn status_file_and_fast_takeover_can_be_set() {
+        let text = format!("status_file = \"/run/kc/vrrp.status\"\n{EXAMPLE}")
+            .replace("vrid = 51", "vrid = 51\nfast_takeover = false");
+        let c = VrrpConfig::from_toml(&text).unwrap();
+        assert_eq!(
+            c.status_file.as_deref(),
+            Some(std::path::Path::new("/run/kc/vrrp.status"))
+        );
+        assert!(!c.instances[0].params(Ipv4Addr::LOCALHOST).fast_takeover);
     }
 
     fn err(text: &str) -> String {

@@ -11,8 +11,9 @@ use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -23,6 +24,8 @@ use crate::netlink::Netlink;
 use crate::network::{interface_index, primary_ipv4, VrrpSocket};
 use crate::notify;
 use crate::packet::{ipv4_header, parse_ipv4, Advert, ChecksumMode, MULTICAST_V4};
+use crate::privileges;
+use crate::status::{self, InstanceStatus, Slots};
 use crate::track::{self, Key, Status};
 
 /// Why the daemon could not run.
@@ -40,12 +43,28 @@ pub enum Error {
 }
 
 /// Runs every configured instance until `shutdown` completes, then leaves
-/// cleanly: a master sends priority 0 and removes its addresses.
-pub async fn run(config: VrrpConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+/// cleanly: a master sends priority 0 and removes its addresses. Each
+/// notification of `report` logs the status of every instance (and rewrites
+/// the status file, if configured).
+pub async fn run(
+    config: VrrpConfig,
+    shutdown: impl Future<Output = ()>,
+    report: Arc<Notify>,
+) -> Result<(), Error> {
     config.validate()?;
     let mut runners = Vec::new();
+    let slots: Slots = Arc::default();
     for i in &config.instances {
-        runners.push(Runner::open(&config, i.clone())?);
+        runners.push(Runner::open(&config, i.clone(), Arc::clone(&slots))?);
+    }
+    // Every socket that needs CAP_NET_RAW is open; only netlink changes remain.
+    match privileges::drop_to_net_admin() {
+        Ok((before, after)) => tracing::debug!(
+            "capabilities {:#x} reduced to {:#x} (CAP_NET_ADMIN)",
+            before.permitted,
+            after.permitted
+        ),
+        Err(e) => tracing::warn!("could not drop capabilities: {e}"),
     }
     let (status_tx, status_rx) = watch::channel(Status::new());
     let mut checks = JoinSet::new();
@@ -74,6 +93,11 @@ pub async fn run(config: VrrpConfig, shutdown: impl Future<Output = ()>) -> Resu
     for name in interfaces {
         checks.spawn(track::interface_task(name, status_tx.clone()));
     }
+    checks.spawn(status::report_task(
+        Arc::clone(&slots),
+        config.status_file.clone(),
+        report,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut instances = JoinSet::new();
     for r in runners {
@@ -83,8 +107,12 @@ pub async fn run(config: VrrpConfig, shutdown: impl Future<Output = ()>) -> Resu
     let _ = stop_tx.send(true);
     while instances.join_next().await.is_some() {}
     checks.abort_all();
+    status::write_final(&slots, config.status_file.as_deref());
     Ok(())
 }
+
+/// Most adverts read before acting on a due timer.
+const PENDING_MAX: usize = 64;
 
 /// One instance with its sockets.
 #[derive(Debug)]
@@ -101,6 +129,11 @@ struct Runner {
     /// Tracked items and their weights.
     tracked: Vec<(Key, i32)>,
     invalid: u64,
+    /// Where this instance publishes its status, and its index there.
+    slots: Slots,
+    slot: usize,
+    since: SystemTime,
+    transitions: u64,
 }
 
 enum Wake {
@@ -111,7 +144,7 @@ enum Wake {
 }
 
 impl Runner {
-    fn open(config: &VrrpConfig, cfg: InstanceConfig) -> Result<Runner, Error> {
+    fn open(config: &VrrpConfig, cfg: InstanceConfig, slots: Slots) -> Result<Runner, Error> {
         let err = |what: String| {
             let instance = cfg.name.clone();
             move |source| Error::Io {
@@ -181,7 +214,7 @@ impl Runner {
         if cfg.track_primary_interface {
             tracked.push((Key::Interface(cfg.interface.clone()), 0));
         }
-        Ok(Runner {
+        let mut runner = Runner {
             machine: Instance::new(cfg.params(source)),
             mode: cfg.checksum_mode(),
             cfg,
@@ -192,7 +225,17 @@ impl Runner {
             vip_ifindex,
             tracked,
             invalid: 0,
-        })
+            slots,
+            slot: 0,
+            since: SystemTime::now(),
+            transitions: 0,
+        };
+        runner.slot = {
+            let mut slots = runner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.push(runner.snapshot());
+            slots.len() - 1
+        };
+        Ok(runner)
     }
 
     async fn run(mut self, mut status: watch::Receiver<Status>, mut stop: watch::Receiver<bool>) {
@@ -203,6 +246,7 @@ impl Runner {
         self.execute(actions);
         let mut buf = vec![0u8; 4096];
         loop {
+            self.publish();
             let deadline = self.machine.next_deadline().map(|d| origin + d);
             let wake = tokio::select! {
                 _ = stop.changed() => Wake::Stop,
@@ -214,6 +258,7 @@ impl Runner {
                 Wake::Stop => {
                     let actions = self.machine.handle(origin.elapsed(), Event::Shutdown);
                     self.execute(actions);
+                    self.publish();
                     return;
                 }
                 Wake::Status => {
@@ -225,11 +270,31 @@ impl Runner {
                     tracing::warn!(instance = %self.cfg.name, "receive failed: {e}")
                 }
                 Wake::Timer => {
+                    self.receive_pending(&mut buf, origin);
                     let actions = self.machine.handle(origin.elapsed(), Event::Timer);
                     self.execute(actions);
                 }
             }
         }
+    }
+
+    fn snapshot(&self) -> InstanceStatus {
+        InstanceStatus {
+            name: self.cfg.name.clone(),
+            state: self.machine.state(),
+            priority: self.machine.priority(),
+            base_priority: self.cfg.priority,
+            since: self.since,
+            transitions: self.transitions,
+            rx: self.machine.stats(),
+            invalid: self.invalid,
+        }
+    }
+
+    /// Makes the instance's current status visible to the reporter.
+    fn publish(&self) {
+        let status = self.snapshot();
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())[self.slot] = status;
     }
 
     fn apply_status(&mut self, status: &Status, origin: Instant) {
@@ -242,6 +307,19 @@ impl Runner {
         let mut actions = self.machine.handle(now, Event::Priority(priority));
         actions.extend(self.machine.handle(now, Event::Fault(fault)));
         self.execute(actions);
+    }
+
+    /// Handles the adverts already waiting before a deadline is acted on: when
+    /// backups take over one Skew_Time step apart, the advert of the one that
+    /// went first must win over a timer that is due as it arrives (`select!`
+    /// would pick either). Bounded, so a flood cannot hold the timer back.
+    fn receive_pending(&mut self, buf: &mut [u8], origin: Instant) {
+        for _ in 0..PENDING_MAX {
+            match self.socket.try_recv(buf) {
+                Some(n) => self.receive(&buf[..n], origin),
+                None => return,
+            }
+        }
     }
 
     fn receive(&mut self, packet: &[u8], origin: Instant) {
@@ -270,6 +348,8 @@ impl Runner {
                 Action::RemoveAddresses => self.remove_addresses(),
                 Action::Garp => self.garp(),
                 Action::Transition { from, to, priority } => {
+                    self.since = SystemTime::now();
+                    self.transitions += 1;
                     tracing::info!(instance = %self.cfg.name, ?from, ?to, priority, "state change");
                     notify::run(&self.cfg.notify, &self.cfg.name, to, priority);
                 }

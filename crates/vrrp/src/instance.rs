@@ -16,6 +16,9 @@ use crate::packet::{Advert, Auth, Version};
 pub const PRIORITY_OWNER: u8 = 255;
 /// Priority sent by a master that stops being master (RFC 5798 §5.2.4).
 pub const PRIORITY_LEAVING: u8 = 0;
+/// With `fast_takeover`, the most a backup waits per priority level below 256
+/// after a priority-0 advert (see [`Instance::takeover_skew`]).
+pub const FAST_SKEW_STEP: Duration = Duration::from_millis(1);
 
 /// What the state machine needs to know about its virtual router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,9 @@ pub struct Params {
     /// Gratuitous ARP again this long after becoming master (keepalived's
     /// garp_master_delay); `None` sends only the first burst.
     pub garp_master_delay: Option<Duration>,
+    /// After a priority-0 advert, wait [`Instance::takeover_skew`] instead of
+    /// the full Skew_Time (keepcached's own behaviour, see there).
+    pub fast_takeover: bool,
 }
 
 /// RFC 5798 §6.4 states, plus keepalived's FAULT.
@@ -188,10 +194,57 @@ impl Instance {
             .min()
     }
 
-    /// RFC 5798 §6.1 Skew_Time, from the effective priority.
+    /// Skew_Time from the effective priority: RFC 3768 §6.1 for v2, a fraction
+    /// of one second whatever the advert interval; RFC 5798 §6.1 for v3, a
+    /// fraction of Master_Adver_Interval. In microseconds, as keepalived
+    /// computes it: whole centiseconds would give adjacent priorities the same
+    /// wait and lose their order.
     pub fn skew_time(&self) -> Duration {
-        let cs = (256 - u32::from(self.priority)) * u32::from(self.master_interval_cs) / 256;
-        centis(cs)
+        let interval_us = match self.params.version {
+            Version::V2 => 1_000_000,
+            Version::V3 => u64::from(self.master_interval_cs) * 10_000,
+        };
+        Duration::from_micros((256 - u64::from(self.priority)) * interval_us / 256)
+    }
+
+    /// How long a backup waits after a priority-0 advert before taking over.
+    ///
+    /// RFC 5798 §6.4.2 (RFC 3768 §6.4.2 alike) sets Master_Down_Timer to
+    /// Skew_Time there. In that place Skew_Time does one job, ordering: all
+    /// backups hear the same priority-0 advert at about the same moment, the
+    /// highest priority waits least and takes over first, and its advert reaches
+    /// the others before their own timers fire, so they stay backup (§6.4.2: an
+    /// advert of higher priority resets Master_Down_Timer). The order only needs
+    /// adjacent priorities to wait long enough apart for one advert to cross the
+    /// LAN and be handled. The RFCs space them 1/256 of a second (v2) or of
+    /// Master_Adver_Interval (v3) apart: 3.9 ms at 1 s, and RFC 5798 relies on
+    /// 0.39 ms at 0.1 s. The absolute length, up to a whole second (613 ms for
+    /// priority 99), buys nothing more, and it is what the clients of the
+    /// leaving master wait.
+    ///
+    /// With `fast_takeover` the spacing is capped at [`FAST_SKEW_STEP`] (1 ms,
+    /// the daemon's timer resolution and well above a LAN's one-way delay):
+    /// min(Skew_Time, (256 - Priority) × 1 ms). A higher priority still always
+    /// waits less, so the same backup wins; priority 99 waits 157 ms instead of
+    /// 613 ms; v3 at 0.256 s and shorter intervals is unchanged. Should
+    /// two backups still both become master (a host stalled longer than a step),
+    /// each hears the other and the lower yields (§6.4.3), as when the RFC's own
+    /// timers tie.
+    ///
+    /// Only this backup's own wait changes: beside keepalived masters, and
+    /// keepalived backups of lower priority, the outcome is the RFC's, sooner.
+    /// A keepalived backup of higher priority, though, waits the full
+    /// Skew_Time: ours would take over first and then yield to it (or keep the
+    /// role if it runs nopreempt). So the
+    /// option is on by default in TOML configurations (keepcached clusters) and
+    /// off when reading a keepalived.conf, whose peers may be keepalived.
+    pub fn takeover_skew(&self) -> Duration {
+        let skew = self.skew_time();
+        if !self.params.fast_takeover {
+            return skew;
+        }
+        let levels = 256 - u32::from(self.priority);
+        skew.min(FAST_SKEW_STEP * levels)
     }
 
     /// RFC 5798 §6.1 Master_Down_Interval.
@@ -308,8 +361,8 @@ impl Instance {
     /// RFC 5798 §6.4.2, Backup receives an advert.
     fn backup_receive(&mut self, now: Duration, advert: &Advert) {
         if advert.priority == PRIORITY_LEAVING {
-            // The master is leaving: take over after Skew_Time only.
-            self.master_down_at = Some(now + self.skew_time());
+            // The master is leaving: take over after Skew_Time only, or less.
+            self.master_down_at = Some(now + self.takeover_skew());
             return;
         }
         let lower = advert.priority < self.priority;
@@ -496,6 +549,7 @@ mod tests {
             local_address: ME,
             check_addresses: true,
             garp_master_delay: Some(Duration::from_secs(5)),
+            fast_takeover: false,
         }
     }
 
@@ -514,6 +568,13 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Master_Down_Interval at priority 100, v2: 3 s + (256 - 100) / 256 s.
+    const DOWN: Duration = Duration::from_micros(3_609_375);
+
     fn rx(i: &mut Instance, now: u64, src: Ipv4Addr, a: Advert) -> Vec<Action> {
         i.handle(ms(now), Event::Advert { src, advert: a })
     }
@@ -528,26 +589,50 @@ mod tests {
         i
     }
 
-    /// A backup that became master at time 3609 ms (no adverts heard).
+    /// A backup that became master at time 3610 ms (no adverts heard).
     fn master() -> Instance {
         let mut i = started(params());
-        i.handle(ms(3609), Event::Timer);
+        i.handle(ms(3610), Event::Timer);
         assert_eq!(i.state(), State::Master);
         i
     }
 
     #[test]
-    fn timers_follow_rfc_5798_section_6_1() {
+    fn timers_follow_rfc_3768_and_5798_section_6_1() {
         let i = Instance::new(params());
-        // Skew = (256 - 100) * 100 cs / 256 = 60 cs; down = 300 + 60 cs.
-        assert_eq!(i.skew_time(), ms(600));
-        assert_eq!(i.master_down_interval(), ms(3600));
+        // v2: Skew = (256 - 100) / 256 s; down = 3 * 1 s + Skew.
+        assert_eq!(i.skew_time(), us(609_375));
+        assert_eq!(i.master_down_interval(), DOWN);
+        // v2: Skew is a fraction of one second whatever the interval.
         let mut p = params();
+        p.interval_cs = 300;
+        let i = Instance::new(p);
+        assert_eq!(i.skew_time(), us(609_375));
+        assert_eq!(i.master_down_interval(), ms(9000) + us(609_375));
+        // v3: Skew = (256 - 254) * 10 cs / 256, kept to the microsecond.
+        let mut p = params();
+        p.version = Version::V3;
         p.priority = 254;
         p.interval_cs = 10;
         let i = Instance::new(p);
-        assert_eq!(i.skew_time(), ms(0));
-        assert_eq!(i.master_down_interval(), ms(300));
+        assert_eq!(i.skew_time(), us(781));
+        assert_eq!(i.master_down_interval(), us(300_781));
+    }
+
+    #[test]
+    fn adjacent_priorities_keep_distinct_skews() {
+        for version in [Version::V2, Version::V3] {
+            let skews: Vec<Duration> = (1..=254)
+                .map(|priority| {
+                    let mut p = params();
+                    p.version = version;
+                    p.priority = priority;
+                    p.interval_cs = 10;
+                    Instance::new(p).skew_time()
+                })
+                .collect();
+            assert!(skews.windows(2).all(|w| w[0] > w[1]), "{version:?}");
+        }
     }
 
     #[test]
@@ -556,7 +641,7 @@ mod tests {
         assert_eq!(i.next_deadline(), None);
         let out = i.handle(ms(0), Event::Startup);
         assert_eq!(out, vec![tr(State::Initialize, State::Backup, 100)]);
-        assert_eq!(i.next_deadline(), Some(ms(3600)));
+        assert_eq!(i.next_deadline(), Some(DOWN));
         // A second Startup changes nothing.
         assert!(i.handle(ms(5), Event::Startup).is_empty());
     }
@@ -591,8 +676,8 @@ mod tests {
     #[test]
     fn backup_becomes_master_when_master_down_fires() {
         let mut i = started(params());
-        assert!(i.handle(ms(3599), Event::Timer).is_empty());
-        let out = i.handle(ms(3600), Event::Timer);
+        assert!(i.handle(DOWN - us(1), Event::Timer).is_empty());
+        let out = i.handle(DOWN, Event::Timer);
         assert_eq!(
             out,
             vec![
@@ -602,16 +687,16 @@ mod tests {
                 tr(State::Backup, State::Master, 100),
             ]
         );
-        assert_eq!(i.next_deadline(), Some(ms(4600)));
+        assert_eq!(i.next_deadline(), Some(DOWN + ms(1000)));
     }
 
     #[test]
     fn backup_hearing_higher_or_equal_priority_resets_master_down() {
         let mut i = started(params());
         assert!(rx(&mut i, 1000, PEER_HIGH, advert(101)).is_empty());
-        assert_eq!(i.next_deadline(), Some(ms(4600)));
+        assert_eq!(i.next_deadline(), Some(ms(1000) + DOWN));
         assert!(rx(&mut i, 2000, PEER_LOW, advert(100)).is_empty());
-        assert_eq!(i.next_deadline(), Some(ms(5600)));
+        assert_eq!(i.next_deadline(), Some(ms(2000) + DOWN));
         assert_eq!(i.stats().accepted, 2);
     }
 
@@ -619,9 +704,9 @@ mod tests {
     fn backup_with_preempt_ignores_lower_priority_master() {
         let mut i = started(params());
         assert!(rx(&mut i, 1000, PEER_HIGH, advert(99)).is_empty());
-        assert_eq!(i.next_deadline(), Some(ms(3600)));
+        assert_eq!(i.next_deadline(), Some(DOWN));
         assert_eq!(
-            i.handle(ms(3600), Event::Timer)[3],
+            i.handle(DOWN, Event::Timer)[3],
             tr(State::Backup, State::Master, 100)
         );
     }
@@ -632,7 +717,7 @@ mod tests {
         p.preempt = false;
         let mut i = started(p);
         assert!(rx(&mut i, 1000, PEER_HIGH, advert(99)).is_empty());
-        assert_eq!(i.next_deadline(), Some(ms(4600)));
+        assert_eq!(i.next_deadline(), Some(ms(1000) + DOWN));
     }
 
     #[test]
@@ -644,14 +729,14 @@ mod tests {
         for t in [1000, 2000, 3000, 4000] {
             rx(&mut i, t, PEER_HIGH, advert(99));
         }
-        assert_eq!(i.next_deadline(), Some(ms(7600)));
+        assert_eq!(i.next_deadline(), Some(ms(4000) + DOWN));
         assert_eq!(i.state(), State::Backup);
         // From 5 s on it is ignored, so Master_Down_Interval after the last accepted one we take over.
         rx(&mut i, 5000, PEER_HIGH, advert(99));
         rx(&mut i, 6000, PEER_HIGH, advert(99));
-        assert_eq!(i.next_deadline(), Some(ms(7600)));
+        assert_eq!(i.next_deadline(), Some(ms(4000) + DOWN));
         assert_eq!(
-            i.handle(ms(7600), Event::Timer)[3],
+            i.handle(ms(4000) + DOWN, Event::Timer)[3],
             tr(State::Backup, State::Master, 100)
         );
     }
@@ -661,11 +746,159 @@ mod tests {
         let mut i = started(params());
         rx(&mut i, 1000, PEER_HIGH, advert(101));
         assert!(rx(&mut i, 1500, PEER_HIGH, advert(0)).is_empty());
-        assert_eq!(i.next_deadline(), Some(ms(2100)));
+        assert_eq!(i.next_deadline(), Some(ms(1500) + us(609_375)));
         assert_eq!(
-            i.handle(ms(2100), Event::Timer)[3],
+            i.handle(ms(1500) + us(609_375), Event::Timer)[3],
             tr(State::Backup, State::Master, 100)
         );
+    }
+
+    fn fast(priority: u8) -> Instance {
+        let mut p = params();
+        p.priority = priority;
+        p.fast_takeover = true;
+        Instance::new(p)
+    }
+
+    #[test]
+    fn fast_takeover_waits_one_millisecond_per_priority_level_at_most() {
+        assert_eq!(fast(99).takeover_skew(), ms(157));
+        assert_eq!(fast(98).takeover_skew(), ms(158));
+        assert_eq!(fast(254).takeover_skew(), ms(2));
+        assert_eq!(fast(1).takeover_skew(), ms(255));
+        // Master_Down_Interval, used when the master just goes silent, stays the RFC's.
+        assert_eq!(fast(100).master_down_interval(), DOWN);
+        // Off, the wait is Skew_Time.
+        assert_eq!(Instance::new(params()).takeover_skew(), us(609_375));
+        // At 0.1 s v3 adverts Skew_Time is already shorter, and is kept.
+        let mut p = params();
+        p.version = Version::V3;
+        p.interval_cs = 10;
+        p.priority = 99;
+        p.fast_takeover = true;
+        let i = Instance::new(p);
+        assert_eq!(i.takeover_skew(), i.skew_time());
+        assert_eq!(i.takeover_skew(), us(61_328));
+        // Never longer than Skew_Time, and a higher priority always waits less.
+        for priority in 1..=253u8 {
+            let (lower, higher) = (fast(priority), fast(priority + 1));
+            assert!(lower.takeover_skew() <= lower.skew_time());
+            assert!(higher.takeover_skew() < lower.takeover_skew(), "{priority}");
+        }
+    }
+
+    #[test]
+    fn fast_takeover_backup_takes_over_157_ms_after_priority_zero() {
+        let mut i = fast(99);
+        i.handle(ms(0), Event::Startup);
+        rx(&mut i, 1000, PEER_HIGH, advert(100));
+        assert!(rx(&mut i, 1500, PEER_HIGH, advert(0)).is_empty());
+        assert_eq!(i.next_deadline(), Some(ms(1657)));
+        assert!(i.handle(ms(1656), Event::Timer).is_empty());
+        assert_eq!(
+            i.handle(ms(1657), Event::Timer)[3],
+            tr(State::Backup, State::Master, 99)
+        );
+    }
+
+    /// Backups of `priorities` hear a master (priority 255 at 198.18.0.2),
+    /// then its priority 0 at 1 s; an advert sent by one reaches the others
+    /// `latency` later, and is handled before a timer due at the same time (as
+    /// the daemon reads pending packets before acting on a deadline). Returns
+    /// the priorities that became master, in order, and who is master at 4 s.
+    fn leave_race(priorities: &[u8], fast: bool, latency: Duration) -> (Vec<u8>, Vec<u8>) {
+        let mut nodes: Vec<Instance> = priorities
+            .iter()
+            .zip(10u8..)
+            .map(|(&priority, host)| {
+                let mut p = params();
+                p.priority = priority;
+                p.fast_takeover = fast;
+                p.local_address = Ipv4Addr::new(198, 18, 0, host);
+                started(p)
+            })
+            .collect();
+        // Packets in flight: (arrival, to node, source, priority).
+        let mut wire = Vec::new();
+        for to in 0..nodes.len() {
+            wire.push((ms(0), to, PEER_HIGH, 255));
+            wire.push((ms(1000), to, PEER_HIGH, PRIORITY_LEAVING));
+        }
+        let mut took_over = Vec::new();
+        loop {
+            let next_packet = wire.iter().map(|w| w.0).min();
+            let next_timer = nodes.iter().filter_map(Instance::next_deadline).min();
+            let Some(now) = next_packet.into_iter().chain(next_timer).min() else {
+                break;
+            };
+            if now > ms(4000) {
+                break;
+            }
+            let mut actions = Vec::new();
+            if next_packet == Some(now) {
+                let k = wire.iter().position(|w| w.0 == now).unwrap();
+                let (_, to, src, priority) = wire.swap_remove(k);
+                let advert = Advert {
+                    priority,
+                    ..advert(0)
+                };
+                actions.push((to, nodes[to].handle(now, Event::Advert { src, advert })));
+            } else {
+                for (n, node) in nodes.iter_mut().enumerate() {
+                    if node.next_deadline() == Some(now) {
+                        actions.push((n, node.handle(now, Event::Timer)));
+                    }
+                }
+            }
+            for (from, action) in actions
+                .into_iter()
+                .flat_map(|(n, a)| a.into_iter().map(move |a| (n, a)))
+            {
+                match action {
+                    Action::SendAdvert { priority } => {
+                        let src = nodes[from].params().local_address;
+                        for to in (0..nodes.len()).filter(|&to| to != from) {
+                            wire.push((now + latency, to, src, priority));
+                        }
+                    }
+                    Action::Transition {
+                        to: State::Master,
+                        priority,
+                        ..
+                    } => took_over.push(priority),
+                    _ => {}
+                }
+            }
+        }
+        let masters = nodes
+            .iter()
+            .filter(|n| n.state() == State::Master)
+            .map(Instance::priority)
+            .collect();
+        (took_over, masters)
+    }
+
+    #[test]
+    fn only_the_highest_backup_takes_over_when_adverts_cross_within_a_step() {
+        let backups = [97, 99, 50, 98];
+        // The RFC's 3.9 ms steps, and fast takeover's 1 ms steps, with adverts
+        // arriving in 0.9 ms.
+        for fast in [false, true] {
+            let (took_over, masters) = leave_race(&backups, fast, us(900));
+            assert_eq!(took_over, [99], "fast {fast}");
+            assert_eq!(masters, [99], "fast {fast}");
+        }
+        let (took_over, _) = leave_race(&[253, 254, 1], true, us(900));
+        assert_eq!(took_over, [254]);
+    }
+
+    #[test]
+    fn backups_that_both_take_over_settle_on_the_higher_priority() {
+        // Adverts slower than one 1 ms step: 98 takes over before it hears 99,
+        // then yields to it, as when the RFC's own timers tie.
+        let (took_over, masters) = leave_race(&[98, 99], true, us(1500));
+        assert_eq!(took_over, [99, 98]);
+        assert_eq!(masters, [99]);
     }
 
     #[test]
@@ -679,29 +912,29 @@ mod tests {
         a.auth = Auth::None;
         a.interval_cs = 10;
         rx(&mut i, 1000, PEER_HIGH, a);
-        // Down = 3 * 10 cs + (256 - 100) * 10 / 256 = 30 + 6 cs.
-        assert_eq!(i.master_down_interval(), ms(360));
-        assert_eq!(i.next_deadline(), Some(ms(1360)));
+        // Down = 3 * 10 cs + (256 - 100) * 10 cs / 256.
+        assert_eq!(i.master_down_interval(), us(360_937));
+        assert_eq!(i.next_deadline(), Some(ms(1000) + us(360_937)));
     }
 
     #[test]
     fn master_sends_adverts_every_interval_and_garps_again_after_delay() {
         let mut i = master();
-        assert_eq!(i.next_deadline(), Some(ms(4609)));
+        assert_eq!(i.next_deadline(), Some(ms(4610)));
         assert_eq!(
-            i.handle(ms(4609), Event::Timer),
+            i.handle(ms(4610), Event::Timer),
             vec![Action::SendAdvert { priority: 100 }]
         );
-        assert_eq!(i.next_deadline(), Some(ms(5609)));
-        for t in [5609, 6609, 7609] {
+        assert_eq!(i.next_deadline(), Some(ms(5610)));
+        for t in [5610, 6610, 7610] {
             i.handle(ms(t), Event::Timer);
         }
-        // garp_master_delay 5 s after 3609.
+        // garp_master_delay 5 s after 3610.
         assert_eq!(
-            i.handle(ms(8609), Event::Timer),
+            i.handle(ms(8610), Event::Timer),
             vec![Action::SendAdvert { priority: 100 }, Action::Garp]
         );
-        assert_eq!(i.next_deadline(), Some(ms(9609)));
+        assert_eq!(i.next_deadline(), Some(ms(9610)));
     }
 
     #[test]
@@ -715,7 +948,7 @@ mod tests {
                 tr(State::Master, State::Backup, 100)
             ]
         );
-        assert_eq!(i.next_deadline(), Some(ms(7600)));
+        assert_eq!(i.next_deadline(), Some(ms(4000) + DOWN));
     }
 
     #[test]
@@ -794,7 +1027,7 @@ mod tests {
         assert!(i.handle(ms(4600), Event::Fault(true)).is_empty());
         let out = i.handle(ms(5000), Event::Fault(false));
         assert_eq!(out, vec![tr(State::Fault, State::Backup, 100)]);
-        assert_eq!(i.next_deadline(), Some(ms(8600)));
+        assert_eq!(i.next_deadline(), Some(ms(5000) + DOWN));
     }
 
     #[test]
@@ -828,11 +1061,11 @@ mod tests {
         let mut i = started(params());
         assert!(i.handle(ms(10), Event::Priority(120)).is_empty());
         rx(&mut i, 1000, PEER_HIGH, advert(150));
-        // Skew = (256 - 120) * 100 / 256 = 53 cs.
-        assert_eq!(i.next_deadline(), Some(ms(1000 + 3530)));
+        // Skew = (256 - 120) / 256 s.
+        assert_eq!(i.next_deadline(), Some(ms(1000) + us(3_531_250)));
         // A backup at 120 now preempts the 110 master.
         rx(&mut i, 2000, PEER_HIGH, advert(110));
-        assert_eq!(i.next_deadline(), Some(ms(4530)));
+        assert_eq!(i.next_deadline(), Some(ms(1000) + us(3_531_250)));
     }
 
     #[test]

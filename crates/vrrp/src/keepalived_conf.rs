@@ -322,6 +322,7 @@ impl Reader {
             script: Default::default(),
             proxy_check: Default::default(),
             instances: Vec::new(),
+            status_file: None,
         })
     }
 
@@ -409,6 +410,8 @@ impl Reader {
             source: None,
             unicast_peers: Vec::new(),
             check_advert_addresses: true,
+            // Its peers may be keepalived, whose backups wait the full Skew_Time.
+            fast_takeover: false,
             garp_master_delay: 5.0,
             garp_master_repeat: 5,
             garp_interval: 0.0,
@@ -626,6 +629,7 @@ mod tests {
         );
         assert_eq!(i.vips[0].address.to_string(), "198.18.0.100/32");
         assert!(i.preempt && i.track_primary_interface && i.check_advert_addresses);
+        assert!(!i.fast_takeover);
     }
 
     #[test]

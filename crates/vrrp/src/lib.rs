@@ -18,6 +18,8 @@
 //! | `garp.rs`, `sys.rs` | gratuitous ARP (the only `unsafe`, in `sys.rs`) |
 //! | `track.rs` | scripts, proxy check, interfaces -> effective priority |
 //! | `notify.rs` | notify scripts with keepalived's arguments |
+//! | `privileges.rs` | drop capabilities once the sockets are open |
+//! | `status.rs` | instance state and advert counters for operators |
 
 pub mod config;
 mod daemon;
@@ -28,6 +30,8 @@ mod netlink;
 mod network;
 mod notify;
 pub mod packet;
+mod privileges;
+pub mod status;
 mod sys;
 pub mod track;
 

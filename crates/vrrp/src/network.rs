@@ -49,6 +49,11 @@ impl VrrpSocket {
         }
     }
 
+    /// Receives one IPv4 packet if one is waiting, without waiting for one.
+    pub fn try_recv(&self, buf: &mut [u8]) -> Option<usize> {
+        self.fd.get_ref().read(buf).ok()
+    }
+
     /// Sends one IPv4 packet whose header is already in `packet`.
     pub fn send(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
         self.fd

@@ -3,7 +3,10 @@
 //!   name the interface it leaves by: socket2 and nix build every other address
 //!   safely but have no constructor for this one;
 //! - registering the raw VRRP socket with tokio's reactor: `AsyncFd::register`
-//!   is `unsafe` because tokio cannot check that the descriptor stays open.
+//!   is `unsafe` because tokio cannot check that the descriptor stays open;
+//! - reading and setting the thread's capability sets (`capget`/`capset`),
+//!   which neither libc nor nix wraps. The `caps` crate does, but two system
+//!   calls on plain structs are not worth a new dependency.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -45,4 +48,108 @@ pub fn link_layer_addr(ifindex: u32, ethertype: u16, dest: [u8; 6]) -> io::Resul
         })
     }?;
     Ok(addr)
+}
+
+/// The capability sets of the calling thread, one bit per `CAP_*` number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapSets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, as two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn halves(bits: u64) -> [u32; 2] {
+    [bits as u32, (bits >> 32) as u32]
+}
+
+fn join(low: u32, high: u32) -> u64 {
+    u64::from(low) | u64::from(high) << 32
+}
+
+/// Reads the calling thread's capability sets.
+pub fn cap_get() -> io::Result<CapSets> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: version 3 of the call reads one header and writes two data
+    // structs, which are what we pass, laid out as the kernel's.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(CapSets {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+/// Sets the calling thread's capability sets (only ever to fewer than it has).
+pub fn cap_set(sets: CapSets) -> io::Result<()> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let [e0, e1] = halves(sets.effective);
+    let [p0, p1] = halves(sets.permitted);
+    let [i0, i1] = halves(sets.inheritable);
+    let data = [
+        CapData {
+            effective: e0,
+            permitted: p0,
+            inheritable: i0,
+        },
+        CapData {
+            effective: e1,
+            permitted: p1,
+            inheritable: i1,
+        },
+    ];
+    // SAFETY: version 3 of the call reads one header and two data structs,
+    // which are what we pass, laid out as the kernel's.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Empties the calling thread's ambient set, so that programs it runs do not
+/// inherit capabilities through it.
+pub fn clear_ambient() -> io::Result<()> {
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers; the unused
+    // arguments must be zero.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            zero,
+            zero,
+            zero,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Behaviour of the public API, operation by operation, with time moved by hand.
 
+mod meta;
 mod model;
 
 use std::collections::HashSet;
@@ -727,7 +728,9 @@ fn for_each_item_walks_live_items_with_their_metadata() {
             1,
         );
     }
+    // The first read marks the item fetched; the second moves its access time (memcached).
     get(&c, &key(500), 3);
+    get(&c, &key(500), 4);
     let mut seen = Vec::new();
     c.for_each_item(6, |m| {
         seen.push((
@@ -745,7 +748,7 @@ fn for_each_item_walks_live_items_with_their_metadata() {
     let (k, flags, fetched, la, cas, value_len, size) = &seen[490];
     assert_eq!(
         (k.as_slice(), *flags, *fetched, *la),
-        (&key(500)[..], 500, true, 3)
+        (&key(500)[..], 500, true, 4)
     );
     assert_eq!((*value_len, *size), (3, memcached_size(5, 3, 500, true)));
     assert_ne!(*cas, 0);

@@ -313,3 +313,77 @@ async fn unix_socket_and_connection_limit() {
     proxy.stop().await;
     assert!(!socket.exists(), "socket file removed at shutdown");
 }
+
+/// `item_size_max` is the proxy parser's limit: a value the servers would take but the
+/// configuration does not is refused with memcached's error, its data dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_size_max_limits_what_clients_may_store() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    cfg.item_size_max = 4096;
+    let proxy = ProxyHandle::start(cfg).await;
+    let mut client = proxy.client().await;
+    let fits = "f".repeat(3000);
+    assert_eq!(client.set("k", &fits).await, "STORED\r\n");
+    let big = "b".repeat(5000);
+    assert_eq!(
+        client.set("k", &big).await,
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(
+        client
+            .call(&format!("ms k {} T0\r\n{big}\r\n", big.len()))
+            .await,
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(client.get("k").await, None);
+    assert_eq!(client.set("k", &fits).await, "STORED\r\n");
+    proxy.stop().await;
+}
+
+/// Pipelined reads run together, yet every reply comes back in request order and a read sees
+/// the writes pipelined before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_answer_in_order_and_after_earlier_writes() {
+    let a = memcached();
+    let b = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a, &b]])).await;
+    let mut client = proxy.client().await;
+    for i in 0..100 {
+        assert_eq!(
+            client.set(&format!("p:{i}"), &format!("v{i}")).await,
+            "STORED\r\n"
+        );
+    }
+    // Each key's (flags, value) as the pipeline leaves it at each point.
+    let mut items: Vec<(u32, String)> = (0..100).map(|i| (0, format!("v{i}"))).collect();
+    let value_of = |items: &[(u32, String)], i: usize| {
+        let (flags, value) = &items[i];
+        format!("VALUE p:{i} {flags} {}\r\n{value}\r\n", value.len())
+    };
+    let mut script = String::new();
+    let mut expected = String::new();
+    for i in 0..100 {
+        script.push_str(&format!("get p:{i} p:{}\r\nmg p:{i} v q\r\n", 99 - i));
+        expected.push_str(&value_of(&items, i));
+        expected.push_str(&value_of(&items, 99 - i));
+        let value = &items[i].1;
+        expected.push_str(&format!("END\r\nVA {}\r\n{value}\r\n", value.len()));
+        if i % 7 == 3 {
+            script.push_str(&format!(
+                "set p:{i} 1 0 3\r\nnew\r\nget p:{i}\r\nmg nope v q\r\n"
+            ));
+            items[i] = (1, "new".into());
+            expected.push_str(&format!("STORED\r\n{}END\r\n", value_of(&items, i)));
+        }
+    }
+    script.push_str("mn\r\n");
+    expected.push_str("MN\r\n");
+    client.send(script.as_bytes()).await;
+    let mut got = String::new();
+    while !got.ends_with("MN\r\n") {
+        got.push_str(&client.read_reply(true).await);
+    }
+    assert_eq!(got, expected);
+    proxy.stop().await;
+}

@@ -3,6 +3,7 @@
 mod basics;
 mod common;
 mod failover;
+mod meta;
 mod php;
 mod placement;
 mod replication;

@@ -68,7 +68,8 @@ impl Lcg {
     }
 }
 
-/// Concurrent writers on the same 100 keys (set, append, prepend, incr, delete, add, cas):
+/// Concurrent writers on the same 100 keys (set, append, prepend, incr, delete, add, cas, and
+/// their meta forms):
 /// afterwards every key is identical (value, flags, TTL) on its replicas in both pools.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_leave_replicas_identical() {
@@ -85,7 +86,7 @@ async fn concurrent_writers_leave_replicas_identical() {
             let mut rng = Lcg(w + 1);
             for i in 0..250 {
                 let key = format!("hot:{}", rng.next(100));
-                let reply = match rng.next(8) {
+                let reply = match rng.next(11) {
                     0 | 1 => {
                         let value = format!("{w}-{i}");
                         client
@@ -101,6 +102,19 @@ async fn concurrent_writers_leave_replicas_identical() {
                     4 => client.call(&format!("incr {key} {}\r\n", w + 1)).await,
                     5 => client.call(&format!("add {key} 0 0 1\r\n7\r\n")).await,
                     6 => client.call(&format!("delete {key}\r\n")).await,
+                    7 => client.call(&format!("ma {key} D{w} N0\r\n")).await,
+                    8 => client.call(&format!("ms {key} 1 MP\r\nm\r\n")).await,
+                    9 => {
+                        let mg = client.call(&format!("mg {key} c\r\n")).await;
+                        match mg.strip_prefix("HD c") {
+                            Some(cas) => {
+                                client
+                                    .call(&format!("ms {key} 1 C{} F2\r\nM\r\n", cas.trim()))
+                                    .await
+                            }
+                            None => continue,
+                        }
+                    }
                     _ => {
                         let gets = client.call(&format!("gets {key}\r\n")).await;
                         match gets.lines().next().and_then(|l| l.rsplit(' ').next()) {

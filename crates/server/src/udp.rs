@@ -1,0 +1,252 @@
+//! UDP (`-U`): memcached's framed datagrams.
+//!
+//! Every datagram starts with an 8-byte frame header, all fields 16-bit big-endian:
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-------------------------------+-------------------------------+
+//! |          request id           |        sequence number        |
+//! +-------------------------------+-------------------------------+
+//! |  datagrams in this message    |        reserved (zero)        |
+//! +-------------------------------+-------------------------------+
+//! |  payload ...                                                  |
+//! ```
+//!
+//! A request is one datagram (a message of several datagrams is dropped, as memcached does) whose
+//! payload holds one or more requests: text and meta, or binary when the payload starts with the
+//! binary magic byte. Each request's reply is its own message, cut into datagrams of at most
+//! [`MAX_DATAGRAM`] bytes, header included, numbered from 0 and carrying the request's id.
+//!
+//! Unlike memcached, whose UDP "connections" keep parser state from one datagram to the next
+//! (so one client's unfinished `set` swallows the next client's datagram), every datagram here
+//! stands alone: an unfinished request at its end is dropped.
+//!
+//! UDP is off by default: an open UDP memcached is a traffic amplifier (docs/udp.md).
+
+use std::io;
+use std::sync::Arc;
+
+use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
+use keepcached_protocol::{parse_command, Command};
+use tokio::net::UdpSocket;
+
+use crate::binary::BinaryState;
+use crate::connection::Registration;
+use crate::execute::{Next, Session};
+use crate::stats::Counters;
+use crate::Server;
+
+pub const HEADER_LEN: usize = 8;
+/// memcached's largest reply datagram, frame header included.
+pub const MAX_DATAGRAM: usize = 1400;
+/// Reply bytes per datagram.
+pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN;
+/// The largest datagram UDP over IPv4 can carry; requests are read into a buffer this large so
+/// none is cut.
+const MAX_REQUEST: usize = 65_536;
+
+/// The frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub request_id: u16,
+    pub sequence: u16,
+    pub total: u16,
+    pub reserved: u16,
+}
+
+impl Header {
+    pub fn read(datagram: &[u8]) -> Option<Header> {
+        let field = |i: usize| {
+            Some(u16::from_be_bytes([
+                *datagram.get(i)?,
+                *datagram.get(i + 1)?,
+            ]))
+        };
+        Some(Header {
+            request_id: field(0)?,
+            sequence: field(2)?,
+            total: field(4)?,
+            reserved: field(6)?,
+        })
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for field in [self.request_id, self.sequence, self.total, self.reserved] {
+            out.extend_from_slice(&field.to_be_bytes());
+        }
+    }
+}
+
+/// A reply that would need more datagrams than the header can count is replaced by this.
+const REPLY_TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
+
+/// Cuts one reply into framed datagrams and hands each to `send`.
+pub fn frame_reply(request_id: u16, reply: &[u8], mut send: impl FnMut(&[u8])) {
+    let reply = if reply.len().div_ceil(MAX_PAYLOAD) > usize::from(u16::MAX) {
+        REPLY_TOO_LARGE
+    } else {
+        reply
+    };
+    let total = reply.len().div_ceil(MAX_PAYLOAD).max(1);
+    let mut datagram = Vec::with_capacity(MAX_DATAGRAM.min(HEADER_LEN + reply.len()));
+    for sequence in 0..total {
+        datagram.clear();
+        Header {
+            request_id,
+            sequence: sequence as u16,
+            total: total as u16,
+            reserved: 0,
+        }
+        .write(&mut datagram);
+        let start = sequence * MAX_PAYLOAD;
+        datagram.extend_from_slice(&reply[start..reply.len().min(start + MAX_PAYLOAD)]);
+        send(&datagram);
+    }
+}
+
+/// Executes the requests of one datagram; each reply (the framed datagrams of one message) goes
+/// to `send`. Nothing is answered to a datagram too short for a header and a request, or to one
+/// announcing more than one datagram.
+pub fn handle_datagram(
+    server: &Server,
+    datagram: &[u8],
+    counters: &mut Counters,
+    mut send: impl FnMut(&[u8]),
+) {
+    counters.bytes_read += datagram.len() as u64;
+    let Some(header) = Header::read(datagram) else {
+        return;
+    };
+    if datagram.len() == HEADER_LEN || header.total != 1 {
+        return;
+    }
+    let mut input = &datagram[HEADER_LEN..];
+    let binary = input[0] == REQUEST_MAGIC;
+    let mut binary_state = BinaryState::default();
+    let mut reply = Vec::new();
+    while !input.is_empty() {
+        let mut session = Session {
+            server,
+            out: &mut reply,
+            counters: &mut *counters,
+        };
+        let (consumed, next) = if binary {
+            let Ok(parsed) = parse_binary(input, &server.limits) else {
+                break;
+            };
+            let consumed = parsed.consumed;
+            (consumed, session.execute_binary(parsed, &mut binary_state))
+        } else {
+            let Ok(parsed) = parse_command(input, &server.limits) else {
+                break;
+            };
+            let consumed = parsed.consumed();
+            let next = match parsed {
+                Command::Text(text) => match text.outcome {
+                    Ok(request) => session.execute(request),
+                    Err(invalid) => session.invalid(invalid),
+                },
+                Command::Meta(meta) => match meta.outcome {
+                    Ok(request) => session.execute_meta(request),
+                    Err(reject) => session.meta_reject(reject),
+                },
+            };
+            (consumed, next)
+        };
+        input = &input[consumed..];
+        if !reply.is_empty() {
+            frame_reply(header.request_id, &reply, |d| {
+                counters.bytes_written += d.len() as u64;
+                send(d);
+            });
+            reply.clear();
+        }
+        match next {
+            Next::Continue => {}
+            Next::Close => break,
+            Next::Swallow(n) => input = &input[n.min(input.len())..],
+        }
+    }
+}
+
+/// Binds a UDP socket (before the runtime starts, like the TCP listeners).
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Serves one UDP socket until the task is aborted. Several of these share a socket (one per
+/// worker thread, as memcached has), so datagrams are handled in parallel; each shows in
+/// `stats conns`.
+pub async fn serve(server: Arc<Server>, socket: Arc<UdpSocket>, registration: Registration) {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut replies: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            // An ICMP error from an earlier reply's destination surfaces here; it concerns that
+            // peer only.
+            continue;
+        };
+        let mut counters = Counters::default();
+        handle_datagram(&server, &buf[..n], &mut counters, |d| {
+            replies.push(d.to_vec());
+        });
+        server.stats.merge(&counters);
+        for datagram in replies.drain(..) {
+            // A reply the kernel cannot queue is lost, as any UDP datagram may be; the client
+            // retries by its request id.
+            let _ = socket.send_to(&datagram, peer).await;
+        }
+        registration.entry.touch(server.clock.now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagrams(reply: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        frame_reply(0x0102, reply, |d| out.push(d.to_vec()));
+        out
+    }
+
+    #[test]
+    fn replies_are_cut_at_1392_bytes() {
+        let reply = vec![b'x'; MAX_PAYLOAD * 2 + 10];
+        let out = datagrams(&reply);
+        assert_eq!(out.len(), 3);
+        assert_eq!(&out[0][..8], &[1, 2, 0, 0, 0, 3, 0, 0]);
+        assert_eq!(&out[2][..8], &[1, 2, 0, 2, 0, 3, 0, 0]);
+        assert_eq!(out[0].len(), MAX_DATAGRAM);
+        assert_eq!(out[2].len(), HEADER_LEN + 10);
+        assert_eq!(
+            datagrams(b"END\r\n"),
+            vec![b"\x01\x02\0\0\0\x01\0\0END\r\n".to_vec()]
+        );
+        assert_eq!(datagrams(&vec![b'y'; MAX_PAYLOAD]).len(), 1);
+    }
+
+    #[test]
+    fn header_fields() {
+        let h = Header::read(&[0, 7, 0, 1, 0, 1, 0, 0, b'x']).unwrap();
+        assert_eq!(
+            h,
+            Header {
+                request_id: 7,
+                sequence: 1,
+                total: 1,
+                reserved: 0
+            }
+        );
+        assert_eq!(Header::read(&[0; 7]), None);
+    }
+}
