@@ -98,6 +98,10 @@ pub struct ProxyConfig {
     /// How long a shutdown waits for client connections to finish what they sent.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Listen on addresses this host does not hold yet (IP_FREEBIND), such as a VRRP virtual IP
+    /// held by the other node: the proxy then never needs restarting when the VIP moves here.
+    #[serde(default)]
+    pub freebind: bool,
     /// The largest item (key, value and memcached's per-item overhead) in bytes: the servers'
     /// `-I`. A client's value that cannot fit is refused here with memcached's own error, and
     /// its data is read and dropped without reaching a server.
@@ -465,6 +469,9 @@ pub struct ProxyArgs {
     /// Unix socket path to listen on.
     #[arg(short = 'f', value_name = "FILE")]
     pub unix_socket: Option<PathBuf>,
+    /// Listen on the address even when this host does not hold it yet (a VRRP VIP).
+    #[arg(long)]
+    pub freebind: bool,
     /// Pipelined connections kept to each server [default: 2].
     #[arg(short = 'i', value_name = "NUMBER")]
     pub backend_connections: Option<usize>,
@@ -502,6 +509,7 @@ impl ProxyArgs {
                 replication: ReplicationConfig::default(),
                 drain_timeout_ms: default_drain_timeout_ms(),
                 item_size_max: default_item_size_max(),
+                freebind: false,
             },
         };
         if !self.servers.is_empty() || !self.backups.is_empty() {
@@ -538,6 +546,9 @@ impl ProxyArgs {
         }
         if let Some(n) = self.max_connections {
             config.max_connections = n;
+        }
+        if self.freebind {
+            config.freebind = true;
         }
         if let Some(n) = self.backend_connections {
             config.backend.connections = n;

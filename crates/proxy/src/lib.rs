@@ -97,9 +97,7 @@ pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
             addr: addr.clone(),
             source,
         };
-        let listener = std::net::TcpListener::bind(addr.as_str()).map_err(bind_error)?;
-        listener.set_nonblocking(true).map_err(bind_error)?;
-        tcp.push(listener);
+        tcp.push(bind_tcp(addr, config.freebind).map_err(bind_error)?);
     }
     let unix = match &config.unix_socket {
         Some(path) => Some(bind_unix(path)?),
@@ -268,6 +266,31 @@ async fn accept_loop<S, F, Fut>(
             drop(done);
         });
     }
+}
+
+/// Binds a TCP listener; with `freebind` the address need not be on this host yet.
+fn bind_tcp(addr: &str, freebind: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "address resolves to nothing",
+        )
+    })?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if freebind {
+        if addr.is_ipv6() {
+            socket.set_freebind_ipv6(true)?;
+        } else {
+            socket.set_freebind(true)?;
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Binds a unix socket, replacing a stale socket file left by a previous run.

@@ -387,3 +387,20 @@ async fn pipelined_reads_answer_in_order_and_after_earlier_writes() {
     assert_eq!(got, expected);
     proxy.stop().await;
 }
+
+/// With `--freebind` the proxy can listen on a VRRP virtual IP the host does not hold yet; without
+/// it that bind fails. 198.18.0.100 is in the benchmarking range and on no interface here; no
+/// traffic is sent to it.
+#[test]
+fn freebind_listens_on_an_address_not_held_yet() {
+    let args = |freebind| keepcached_proxy::ProxyArgs {
+        servers: vec!["127.0.0.1:11211".into()],
+        listen: Some("198.18.0.100".into()),
+        port: Some(free_port()),
+        freebind,
+        ..keepcached_proxy::ProxyArgs::default()
+    };
+    let err = keepcached_proxy::bind(args(false).into_config().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("198.18.0.100"), "{err}");
+    keepcached_proxy::bind(args(true).into_config().unwrap()).expect("freebind bind");
+}

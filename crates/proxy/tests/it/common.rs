@@ -235,6 +235,7 @@ pub fn config(pools: &[&[&Process]]) -> ProxyConfig {
         replication: ReplicationConfig::default(),
         drain_timeout_ms: 2_000,
         item_size_max: 1024 * 1024,
+        freebind: false,
     }
 }
 
