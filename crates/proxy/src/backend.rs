@@ -247,6 +247,10 @@ impl Backend {
     }
 
     /// Sends one request and waits for its reply, within the request timeout.
+    ///
+    /// The connection enforces the deadline (it fails a job that is overdue before it is sent,
+    /// and closes itself when the oldest job in flight is overdue, failing every job on it), so
+    /// the call needs no timer of its own: one per request was a large share of the proxy's CPU.
     pub async fn call(&self, call: Call) -> Result<Reply, BackendError> {
         if !self.is_up() {
             return Err(BackendError::Down {
@@ -256,8 +260,7 @@ impl Backend {
         let counters = &self.health.counters;
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let timeout = self.health.settings.request_timeout();
-        let deadline = start + timeout;
+        let deadline = start + self.health.settings.request_timeout();
         let (tx, rx) = oneshot::channel();
         let conn = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
         let job = Job {
@@ -268,16 +271,9 @@ impl Backend {
         let closed = || BackendError::Closed {
             addr: self.addr.clone(),
         };
-        let exchange = async {
-            conn.send(job).await.map_err(|_| closed())?;
-            rx.await.map_err(|_| closed())?
-        };
-        let result = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Timeout {
-                addr: self.addr.clone(),
-                ms: timeout.as_millis() as u64,
-            }),
+        let result = match conn.send(job).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(closed())),
+            Err(_) => Err(closed()),
         };
         match &result {
             Ok(_) => {
@@ -433,7 +429,16 @@ struct InFlight {
 /// fails, fails what was in flight, and connects again for the next job.
 async fn connection_task(addr: Arc<str>, mut jobs: mpsc::Receiver<Job>, settings: BackendConfig) {
     while let Some(first) = jobs.recv().await {
-        match connect(&addr, &settings).await {
+        // The callers have no timers of their own: the first job's deadline bounds the connect.
+        let connected =
+            match tokio::time::timeout_at(first.deadline, connect(&addr, &settings)).await {
+                Ok(connected) => connected,
+                Err(_) => Err(BackendError::Timeout {
+                    addr: addr.clone(),
+                    ms: settings.request_timeout_ms,
+                }),
+            };
+        match connected {
             Ok(stream) => {
                 let pending = Mutex::new(VecDeque::new());
                 let error = serve(&addr, &settings, stream, first, &mut jobs, &pending).await;
@@ -464,6 +469,10 @@ async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let sent = Notify::new();
     let closed = || BackendError::Closed { addr: addr.clone() };
+    let overdue = || BackendError::Timeout {
+        addr: addr.clone(),
+        ms: settings.request_timeout_ms,
+    };
     let writer = async {
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut next = Some(first);
@@ -476,12 +485,22 @@ async fn serve(
                 }
                 continue;
             };
-            enqueue(job, &mut wbuf, pending);
-            while wbuf.len() < WRITE_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => enqueue(job, &mut wbuf, pending),
-                    Err(_) => break,
+            // A job that waited past its deadline (behind a full queue or a reconnect) fails
+            // without being sent, as its caller would have given up on it.
+            let now = Instant::now();
+            let mut batch = Some(job);
+            while let Some(job) = batch.take() {
+                if job.deadline <= now {
+                    let _ = job.reply.send(Err(overdue()));
+                } else {
+                    enqueue(job, &mut wbuf, pending);
                 }
+                if wbuf.len() < WRITE_BATCH {
+                    batch = jobs.try_recv().ok();
+                }
+            }
+            if wbuf.is_empty() {
+                continue;
             }
             sent.notify_one();
             if wr.write_all(&wbuf).await.is_err() {
@@ -493,6 +512,11 @@ async fn serve(
     let reader = async {
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut partial = Partial::default();
+        // One timer for the connection, moved only when it fires or a job is due before it (a
+        // timer armed per read cost more than the reads). It never runs later than the oldest
+        // job's deadline; when it fires early, it is set again for the oldest job then.
+        let timer = tokio::time::sleep(settings.request_timeout());
+        tokio::pin!(timer);
         loop {
             loop {
                 let expect = pending.lock().front().map(|p| p.expect);
@@ -521,12 +545,9 @@ async fn serve(
                 }
             }
             let deadline = pending.lock().front().map(|p| p.deadline);
-            let overdue = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
+                timer.as_mut().reset(d);
+            }
             if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                 rbuf.reserve(READ_CHUNK);
             }
@@ -536,11 +557,13 @@ async fn serve(
                     Ok(_) => {}
                 },
                 _ = sent.notified() => {}
-                _ = overdue => {
-                    return BackendError::Timeout {
-                        addr: addr.clone(),
-                        ms: settings.request_timeout_ms,
-                    };
+                () = &mut timer => {
+                    let now = Instant::now();
+                    match pending.lock().front().map(|p| p.deadline) {
+                        Some(d) if d <= now => return overdue(),
+                        Some(d) => timer.as_mut().reset(d),
+                        None => timer.as_mut().reset(now + settings.request_timeout()),
+                    }
                 }
             }
         }

@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use keepcached_protocol::meta::MetaCommand;
 use keepcached_protocol::reply::{self, ErrorReply};
-use keepcached_protocol::{parse_command, Command, Invalid, Request, StoreKind};
+use keepcached_protocol::{parse_command, Command, Invalid, Keys, Request, StoreKind, Verb};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -140,7 +140,15 @@ fn is_read(command: &Command<'_>) -> bool {
     }
 }
 
+/// A run of pipelined reads: text gets with one verb, read as one batch, or any other read.
+enum Segment<'a> {
+    Gets(Verb, Vec<Keys<'a>>),
+    Other(&'a Bytes),
+}
+
 /// Runs the reads held back, all at once, and appends their replies in request order.
+/// Consecutive text gets with the same verb are one batch ([`read::get`]): one multi-get per
+/// server for all their keys, instead of a call per get.
 async fn run_reads(ctx: &Arc<Context>, reads: &mut Vec<Bytes>, out: &mut Vec<u8>) {
     if reads.len() <= 1 {
         if let Some(frame) = reads.pop() {
@@ -148,17 +156,55 @@ async fn run_reads(ctx: &Arc<Context>, reads: &mut Vec<Bytes>, out: &mut Vec<u8>
         }
         return;
     }
-    let mut replies: FuturesOrdered<_> = reads
-        .drain(..)
-        .map(|frame| async move {
-            let mut reply = Vec::new();
-            dispatch(ctx, &frame, &mut reply).await;
-            reply
-        })
-        .collect();
-    while let Some(reply) = replies.next().await {
-        out.extend_from_slice(&reply);
+    let frames = std::mem::take(reads);
+    let mut segments: Vec<Segment<'_>> = Vec::new();
+    for frame in &frames {
+        let get = match parse_command(frame, &ctx.limits) {
+            Ok(Command::Text(parsed)) => match parsed.outcome {
+                Ok(Request::Get {
+                    verb,
+                    exptime: None,
+                    keys,
+                }) => Some((verb, keys)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match (get, segments.last_mut()) {
+            (Some((verb, keys)), Some(Segment::Gets(last, batch))) if *last == verb => {
+                batch.push(keys);
+            }
+            (Some((verb, keys)), _) => segments.push(Segment::Gets(verb, vec![keys])),
+            (None, _) => segments.push(Segment::Other(frame)),
+        }
     }
+    if let [Segment::Gets(verb, batch)] = &segments[..] {
+        read::get(ctx, *verb, None, batch, out).await;
+    } else {
+        let mut replies: FuturesOrdered<_> = segments
+            .into_iter()
+            .map(|segment| async move {
+                let mut reply = Vec::new();
+                match segment {
+                    Segment::Gets(verb, batch) => {
+                        read::get(ctx, verb, None, &batch, &mut reply).await;
+                    }
+                    // Boxed: the future of every other command would make each segment's
+                    // future, allocated and moved once per segment, much larger.
+                    Segment::Other(frame) => {
+                        Box::pin(dispatch(ctx, frame, &mut reply)).await;
+                    }
+                }
+                reply
+            })
+            .collect();
+        while let Some(reply) = replies.next().await {
+            out.extend_from_slice(&reply);
+        }
+    }
+    // Keep the buffer's capacity for the next run.
+    *reads = frames;
+    reads.clear();
 }
 
 /// Parses one complete request (a frame split off the read buffer) and executes it.
@@ -208,13 +254,7 @@ async fn execute(
             verb,
             exptime,
             keys,
-        } => {
-            let mark = out.len();
-            if let Err(e) = read::get(ctx, verb, exptime, keys, out).await {
-                out.truncate(mark);
-                unavailable(ctx, &e, out);
-            }
-        }
+        } => read::get(ctx, verb, exptime, &[keys], out).await,
         Request::Store {
             kind,
             key,
@@ -350,7 +390,7 @@ pub fn answer(ctx: &Context, result: Result<Reply, ProxyError>, noreply: bool, o
     }
 }
 
-fn unavailable(ctx: &Context, error: &ProxyError, out: &mut Vec<u8>) {
+pub fn unavailable(ctx: &Context, error: &ProxyError, out: &mut Vec<u8>) {
     Stats::add(&ctx.stats.counters.unavailable_errors, 1);
     reply::line(
         out,

@@ -21,6 +21,7 @@ use keepcached_protocol::{reply, Keys, Verb};
 use keepcached_protocol::response::MetaCode;
 
 use crate::backend::{BackendError, Call, Reply, Value};
+use crate::client;
 use crate::config::Unavailable;
 use crate::error::ProxyError;
 use crate::forward;
@@ -38,36 +39,46 @@ struct Wanted<'a> {
     value: Option<Value>,
     /// The backend that answered, for gat's TTL copy.
     served_by: Option<u16>,
+    /// The request (of the batch) that asked for it.
+    request: usize,
+    /// No replica was left to ask.
+    unavailable: bool,
 }
 
-/// Answers a get-family request into `out` (values then `END`).
+/// Answers get-family requests with the same verb and exptime into `out`, in order: for each,
+/// its values then `END`, or `SERVER_ERROR` when its keys cannot be read. The keys of all of
+/// them are read together, so a client's pipelined gets cost one multi-get per server.
 pub async fn get(
     ctx: &Arc<Context>,
     verb: Verb,
     exptime: Option<i32>,
-    keys: Keys<'_>,
+    requests: &[Keys<'_>],
     out: &mut Vec<u8>,
-) -> Result<(), ProxyError> {
+) {
     let counters = &ctx.stats.counters;
-    let mut wanted: Vec<Wanted<'_>> = keys
+    let mut wanted: Vec<Wanted<'_>> = requests
         .iter()
-        .map(|key| Wanted {
+        .enumerate()
+        .flat_map(|(request, keys)| keys.iter().map(move |key| (request, key)))
+        .map(|(request, key)| Wanted {
             key,
             replicas: ctx.router.replicas(key),
             next: 0,
             value: None,
             served_by: None,
+            request,
+            unavailable: false,
         })
         .collect();
     Stats::add(&counters.cmd_get, wanted.len() as u64);
-    let mut reasons = Vec::new();
-    let mut unavailable = 0;
+    // Why keys could not be read, each with the request it concerns (none when all goes well).
+    let mut reasons: Vec<(usize, BackendError)> = Vec::new();
     let mut todo: Vec<usize> = (0..wanted.len()).collect();
     while !todo.is_empty() {
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         for i in todo.drain(..) {
             let Some(id) = next_healthy(ctx, &mut wanted[i], &mut reasons) else {
-                unavailable += 1;
+                wanted[i].unavailable = true;
                 continue;
             };
             match groups.iter_mut().find(|(g, _)| *g == id) {
@@ -75,15 +86,23 @@ pub async fn get(
                 None => groups.push((id, vec![i])),
             }
         }
-        let mut calls: FuturesUnordered<_> = groups
-            .into_iter()
-            .map(|(id, members)| {
-                let call = forward::get(verb, exptime, members.iter().map(|&i| wanted[i].key));
-                let backend = ctx.router.backend(id).clone();
-                async move { (id, members, backend.call(call).await) }
-            })
-            .collect();
-        while let Some((id, members, result)) = calls.next().await {
+        let call_group = |(id, members): (u16, Vec<usize>)| {
+            let call = forward::get(verb, exptime, members.iter().map(|&i| wanted[i].key));
+            let backend = ctx.router.backend(id);
+            async move { (id, members, backend.call(call).await) }
+        };
+        // The usual case, every key on one server, needs no set of futures to wait on.
+        let (mut single, mut calls) = if groups.len() == 1 {
+            (groups.pop().map(call_group), None)
+        } else {
+            let calls: FuturesUnordered<_> = groups.into_iter().map(call_group).collect();
+            (None, Some(calls))
+        };
+        while let Some((id, members, result)) = match (single.take(), calls.as_mut()) {
+            (Some(call), _) => Some(call.await),
+            (None, Some(calls)) => calls.next().await,
+            (None, None) => None,
+        } {
             match result {
                 Ok(Reply::Values(values)) => {
                     // The server answers hits in the order the keys were asked (a key asked
@@ -104,7 +123,14 @@ pub async fn get(
                 }
                 other => {
                     if let Err(e) = other {
-                        reasons.push(e);
+                        // One reason per request with keys in the group.
+                        let from = reasons.len();
+                        for &i in &members {
+                            let request = wanted[i].request;
+                            if !reasons[from..].iter().any(|(r, _)| *r == request) {
+                                reasons.push((request, e.clone()));
+                            }
+                        }
                     }
                     Stats::add(&counters.get_failovers, members.len() as u64);
                     for &i in &members {
@@ -115,20 +141,47 @@ pub async fn get(
             }
         }
     }
+    let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
+    let mut rest = &wanted[..];
+    for request in 0..requests.len() {
+        let len = rest.iter().take_while(|w| w.request == request).count();
+        let (asked, later) = rest.split_at(len);
+        rest = later;
+        answer(ctx, exptime, asked, request, &reasons, with_cas, out).await;
+    }
+}
+
+/// Writes one get request's answer; `asked` are its keys, in the order the client sent them.
+async fn answer(
+    ctx: &Context,
+    exptime: Option<i32>,
+    asked: &[Wanted<'_>],
+    request: usize,
+    reasons: &[(usize, BackendError)],
+    with_cas: bool,
+    out: &mut Vec<u8>,
+) {
+    let counters = &ctx.stats.counters;
+    let unavailable = asked.iter().filter(|w| w.unavailable).count() as u64;
     if unavailable > 0 {
         Stats::add(&counters.get_unavailable, unavailable);
         // With nothing to answer at all, a miss would hide the outage: say so.
-        let nothing = unavailable == wanted.len() as u64;
+        let nothing = unavailable == asked.len() as u64;
         if nothing || ctx.config.replication.multiget_unavailable == Unavailable::ServerError {
-            return Err(ProxyError::Unavailable { reasons });
+            let reasons = reasons
+                .iter()
+                .filter(|(r, _)| *r == request)
+                .map(|(_, e)| e.clone())
+                .collect();
+            client::unavailable(ctx, &ProxyError::Unavailable { reasons }, out);
+            return;
         }
     }
     if let Some(exptime) = exptime {
-        copy_ttl(ctx, &wanted, exptime).await;
+        copy_ttl(ctx, asked, exptime).await;
     }
-    let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
     let mut hits = 0;
-    for w in &wanted {
+    for w in asked {
         if let Some(v) = &w.value {
             hits += 1;
             reply::value(
@@ -141,9 +194,8 @@ pub async fn get(
         }
     }
     Stats::add(&counters.get_hits, hits);
-    Stats::add(&counters.get_misses, wanted.len() as u64 - hits);
+    Stats::add(&counters.get_misses, asked.len() as u64 - hits);
     out.extend_from_slice(reply::END);
-    Ok(())
 }
 
 /// `mg` or `me` of `key` (`call` is the request as the client sent it): the first answer of a
@@ -201,16 +253,23 @@ async fn touch_one(ctx: &Context, id: u16, key: &[u8], exptime: i32) {
 }
 
 /// The next replica of `w` that is up, skipping (and noting) those that are down.
-fn next_healthy(ctx: &Context, w: &mut Wanted<'_>, reasons: &mut Vec<BackendError>) -> Option<u16> {
+fn next_healthy(
+    ctx: &Context,
+    w: &mut Wanted<'_>,
+    reasons: &mut Vec<(usize, BackendError)>,
+) -> Option<u16> {
     let replicas = w.replicas.as_slice();
     while let Some(&id) = replicas.get(w.next) {
         let backend = ctx.router.backend(id);
         if backend.is_up() {
             return Some(id);
         }
-        reasons.push(BackendError::Down {
-            addr: backend.addr.clone(),
-        });
+        reasons.push((
+            w.request,
+            BackendError::Down {
+                addr: backend.addr.clone(),
+            },
+        ));
         w.next += 1;
     }
     None

@@ -18,6 +18,7 @@
 //! - A replica that fails, times out or is down misses the write; the key is remembered for it
 //!   (see [`Backend::remember_missed`]) so a later re-sync can repair exactly those keys.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,19 +44,22 @@ const MAX_RELATIVE_EXPTIME: i64 = 60 * 60 * 24 * 30;
 #[derive(Debug)]
 pub struct KeyLocks {
     stripes: Vec<Arc<Mutex<()>>>,
+    /// Picks a key's stripe (cheaper than the ring's md5, which most keys no longer need).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for KeyLocks {
     fn default() -> Self {
         KeyLocks {
             stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
 
 impl KeyLocks {
-    async fn lock(&self, hash: u32) -> OwnedMutexGuard<()> {
-        self.stripes[hash as usize % STRIPES]
+    async fn lock(&self, key: &[u8]) -> OwnedMutexGuard<()> {
+        self.stripes[self.hasher.hash_one(key) as usize % STRIPES]
             .clone()
             .lock_owned()
             .await
@@ -204,7 +208,7 @@ fn meta_copy_after(op: &MetaOp, reply: &Reply) -> Copy {
 /// `set`, `delete`, `touch`: `call` to every replica of `key`.
 pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
     let replicas = ctx.router.replicas(&key);
-    let guard = ctx.locks.lock(replicas.hash).await;
+    let guard = ctx.locks.lock(&key).await;
     let mut reasons = Vec::new();
     let mut targets = Vec::with_capacity(replicas.as_slice().len());
     for &id in replicas.as_slice() {
@@ -248,7 +252,7 @@ pub async fn execute_then_copy(
     command: Conditional,
 ) -> Result<Reply, ProxyError> {
     let replicas = ctx.router.replicas(&key);
-    let guard = ctx.locks.lock(replicas.hash).await;
+    let guard = ctx.locks.lock(&key).await;
     let mut reasons = Vec::new();
     let mut executed = None;
     let mut others = Vec::new();

@@ -24,8 +24,6 @@ pub struct Pool {
 /// The replicas of one key: backend indices, main pool first, without repeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
-    /// The key's ring position, reused to pick its write lock.
-    pub hash: u32,
     ids: [u16; MAX_POOLS],
     len: u8,
 }
@@ -86,16 +84,20 @@ impl Router {
         }
     }
 
-    /// The replicas of `key`.
+    /// The replicas of `key`. The key is hashed only for a pool of more than one server: a
+    /// pool of one, the usual case, has one answer whatever the key.
     pub fn replicas(&self, key: &[u8]) -> Replicas {
-        let hash = key_hash(key);
+        let mut hash = None;
         let mut replicas = Replicas {
-            hash,
             ids: [0; MAX_POOLS],
             len: 0,
         };
         for pool in &self.pools {
-            let id = pool.servers[pool.ring.lookup(hash)] as u16;
+            let node = match pool.servers.len() {
+                1 => 0,
+                _ => pool.ring.lookup(*hash.get_or_insert_with(|| key_hash(key))),
+            };
+            let id = pool.servers[node] as u16;
             if !replicas.as_slice().contains(&id) {
                 replicas.ids[replicas.len as usize] = id;
                 replicas.len += 1;

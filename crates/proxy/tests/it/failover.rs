@@ -175,3 +175,52 @@ async fn a_repaired_server_is_probed_back_up() {
     assert_eq!(direct.get("after").await.as_deref(), Some("y"));
     proxy.stop().await;
 }
+
+/// Pipelined gets are read as one batch, yet each keeps its own answer: with one server of a
+/// sharded pool dead, a get of its keys only is a SERVER_ERROR, a get that also names keys of
+/// the live server gets those, and the gets around them are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_gets_fail_one_by_one() {
+    let a = memcached();
+    let mut b = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a, &b]])).await;
+    let mut client = proxy.client().await;
+    let mut direct_a = Client::connect(&a.addr()).await;
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let key = format!("batch:{i}");
+        assert_eq!(client.set(&key, &format!("v{i}")).await, "STORED\r\n");
+        match direct_a.get(&key).await {
+            Some(_) => on_a.push((key, format!("v{i}"))),
+            None => on_b.push(key),
+        }
+    }
+    assert!(on_a.len() >= 2 && on_b.len() >= 2, "{on_a:?} {on_b:?}");
+    b.kill();
+    let value =
+        |(key, value): &(String, String)| format!("VALUE {key} 0 {}\r\n{value}\r\n", value.len());
+    let script = format!(
+        "get {a0}\r\nget {b0}\r\nget {b0} {a1} {b1}\r\ngets {b1}\r\nget {a0} {a1}\r\nmn\r\n",
+        a0 = on_a[0].0,
+        a1 = on_a[1].0,
+        b0 = on_b[0],
+        b1 = on_b[1],
+    );
+    client.send(script.as_bytes()).await;
+    let mut got = String::new();
+    while !got.ends_with("MN\r\n") {
+        got.push_str(&client.read_reply(true).await);
+    }
+    let lines: Vec<&str> = got.split_inclusive("\r\n").collect();
+    let error = "SERVER_ERROR keepcached-proxy: no replica answered (";
+    let expected_before = format!("{}END\r\n", value(&on_a[0]));
+    assert!(got.starts_with(&expected_before), "{got:?}");
+    assert!(lines[3].starts_with(error), "{got:?}");
+    let rest: String = lines[4..].concat();
+    let expected_rest = format!("{}END\r\n{error}", value(&on_a[1]),);
+    assert!(rest.starts_with(&expected_rest), "{got:?}");
+    let tail = format!("{}{}END\r\nMN\r\n", value(&on_a[0]), value(&on_a[1]));
+    assert!(got.ends_with(&tail), "{got:?}");
+    assert_eq!(got.matches(error).count(), 2, "{got:?}");
+    proxy.stop().await;
+}
