@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::connection::{self, addr_text, ConnEntry, ConnState};
 use crate::udp;
 use crate::Server;
+use keepcached_cache::Time;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -204,32 +205,7 @@ pub async fn serve(
     for listener in listeners.tcp {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let listen_addr = addr_text("tcp", &listener.local_addr()?);
-        let registration = server.conns.register(ConnEntry::new(
-            listen_addr.clone(),
-            None,
-            ConnState::Listening,
-            now,
-        ));
-        let server = server.clone();
-        let stop = stop_rx.clone();
-        tasks.spawn(async move {
-            let _registration = registration;
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    // Out of descriptors or a transient error: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                admit(
-                    &server,
-                    stream,
-                    &stop,
-                    addr_text("tcp", &peer),
-                    &listen_addr,
-                );
-            }
-        });
+        spawn_acceptor(&mut tasks, &server, &stop_rx, listener, listen_addr, now);
     }
     for socket in listeners.udp {
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
@@ -245,24 +221,7 @@ pub async fn serve(
     let unix_path = if let Some((listener, path)) = listeners.unix {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let listen_addr = format!("unix:{}", path.display());
-        let registration = server.conns.register(ConnEntry::new(
-            listen_addr.clone(),
-            None,
-            ConnState::Listening,
-            now,
-        ));
-        let server = server.clone();
-        let stop = stop_rx.clone();
-        tasks.spawn(async move {
-            let _registration = registration;
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                admit(&server, stream, &stop, listen_addr.clone(), &listen_addr);
-            }
-        });
+        spawn_acceptor(&mut tasks, &server, &stop_rx, listener, listen_addr, now);
         Some(path)
     } else {
         None
@@ -293,6 +252,62 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// A listening socket of either kind: TCP or unix.
+trait Acceptor: Send + Sync + 'static {
+    type Stream: connection::Socket + Send + 'static;
+    /// The next connection and the peer's address for `stats conns` (`None`: the listener's).
+    fn accept_one(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, Option<String>)>> + Send;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<String>)> {
+        let (stream, peer) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Some(addr_text("tcp", &peer))))
+    }
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<String>)> {
+        Ok((self.accept().await?.0, None))
+    }
+}
+
+/// Registers a listener in `stats conns` and accepts on it until the task is aborted.
+fn spawn_acceptor<A: Acceptor>(
+    tasks: &mut JoinSet<()>,
+    server: &Arc<Server>,
+    stop: &watch::Receiver<bool>,
+    listener: A,
+    listen_addr: String,
+    now: Time,
+) {
+    let registration = server.conns.register(ConnEntry::new(
+        listen_addr.clone(),
+        None,
+        ConnState::Listening,
+        now,
+    ));
+    let server = server.clone();
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let _registration = registration;
+        loop {
+            let Ok((stream, peer)) = listener.accept_one().await else {
+                // Out of descriptors or a transient error: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let peer = peer.unwrap_or_else(|| listen_addr.clone());
+            admit(&server, stream, &stop, peer, &listen_addr);
+        }
+    });
 }
 
 /// Starts serving an accepted connection, or turns it away when the limit is reached.
