@@ -9,8 +9,7 @@
 //! CAS a reply shows comes from that step too, so no other client's write can come between.
 
 use keepcached_cache::{
-    DeleteResult, DeltaOutcome, DeltaRequest, ItemView, Lookup, StoreMode, StoreRequest,
-    StoreResult,
+    DeleteResult, DeltaOutcome, DeltaRequest, ItemView, StoreMode, StoreRequest, StoreResult,
 };
 use keepcached_protocol::binary::{
     self, opcode, BinaryCommand, BinaryOutcome, BinaryParsed, BinaryRequest, BinaryStore, Header,
@@ -185,28 +184,8 @@ impl Session<'_> {
             }
             None => server.cache.get(request.key, now, write),
         };
-        let counters = &mut *self.counters;
-        match lookup {
-            Lookup::Expired => counters.get_expired += 1,
-            Lookup::Flushed => counters.get_flushed += 1,
-            Lookup::Hit(()) | Lookup::Miss => {}
-        }
+        self.counters.count_read(&lookup, touch.is_some());
         let hit = lookup.is_hit();
-        if touch.is_some() {
-            counters.cmd_touch += 1;
-            if hit {
-                counters.touch_hits += 1;
-            } else {
-                counters.touch_misses += 1;
-            }
-        } else {
-            counters.cmd_get += 1;
-            if hit {
-                counters.get_hits += 1;
-            } else {
-                counters.get_misses += 1;
-            }
-        }
         if !hit && !request.quiet {
             if with_key {
                 // memcached's miss for GETK carries the key and no text.

@@ -270,26 +270,13 @@ impl Session<'_> {
             None => server.cache.get(key, now, write),
             Some(exptime) => server.cache.get_and_touch(key, exptime, now, write),
         };
-        let counters = &mut *self.counters;
-        counters.cmd_get += 1;
-        let hit = matches!(lookup, Lookup::Hit(()));
-        server.detail.record_get(key, hit);
-        match lookup {
-            Lookup::Expired => counters.get_expired += 1,
-            Lookup::Flushed => counters.get_flushed += 1,
-            Lookup::Hit(()) | Lookup::Miss => {}
-        }
+        server
+            .detail
+            .record_get(key, matches!(lookup, Lookup::Hit(())));
+        self.counters.count_read(&lookup, touch_to.is_some());
         if touch_to.is_some() {
-            counters.cmd_touch += 1;
-            if hit {
-                counters.touch_hits += 1;
-            } else {
-                counters.touch_misses += 1;
-            }
-        } else if hit {
-            counters.get_hits += 1;
-        } else {
-            counters.get_misses += 1;
+            // memcached's text gat also counts as a get.
+            self.counters.cmd_get += 1;
         }
     }
 

@@ -14,8 +14,8 @@
 //! come from the same step that acts, so no other client's write can come between them.
 
 use keepcached_cache::{
-    memcached_size, DeleteResult, DeltaOutcome, DeltaRequest, ItemHandle, Lookup, ReadOptions,
-    StaleResult, StoreMode, StoreRequest, StoreResult,
+    memcached_size, DeleteResult, DeltaOutcome, DeltaRequest, ItemHandle, ReadOptions, StaleResult,
+    StoreMode, StoreRequest, StoreResult,
 };
 use keepcached_protocol::meta::{
     encode_base64, MetaCommand, MetaKey, MetaReject, MetaRequest, SetMode,
@@ -186,29 +186,9 @@ impl Session<'_> {
             }
         };
         let lookup = server.cache.read(request.key.as_bytes(), read, now, write);
-        let counters = &mut *self.counters;
-        match lookup {
-            Lookup::Expired => counters.get_expired += 1,
-            Lookup::Flushed => counters.get_flushed += 1,
-            Lookup::Hit(()) | Lookup::Miss => {}
-        }
         // A vivified item counts as a hit, as in memcached.
+        self.counters.count_read(&lookup, ttl.is_some());
         let hit = lookup.is_hit();
-        if ttl.is_some() {
-            counters.cmd_touch += 1;
-            if hit {
-                counters.touch_hits += 1;
-            } else {
-                counters.touch_misses += 1;
-            }
-        } else {
-            counters.cmd_get += 1;
-            if hit {
-                counters.get_hits += 1;
-            } else {
-                counters.get_misses += 1;
-            }
-        }
         if !hit && !opts.quiet {
             bare_reply(self.out, b"EN", request);
         }

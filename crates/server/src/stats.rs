@@ -77,6 +77,36 @@ counters!(
     conn_yields,
 );
 
+impl Counters {
+    /// Counts one key read by the get family: expired and flushed misses, then a hit or miss as
+    /// a get, or as a touch when the read also set a new TTL (gat, `mg T`, binary GAT), the way
+    /// memcached splits them.
+    pub fn count_read<R>(&mut self, lookup: &keepcached_cache::Lookup<R>, touch: bool) {
+        use keepcached_cache::Lookup;
+        match lookup {
+            Lookup::Expired => self.get_expired += 1,
+            Lookup::Flushed => self.get_flushed += 1,
+            Lookup::Hit(_) | Lookup::Miss => {}
+        }
+        let hit = matches!(lookup, Lookup::Hit(_));
+        if touch {
+            self.cmd_touch += 1;
+            if hit {
+                self.touch_hits += 1;
+            } else {
+                self.touch_misses += 1;
+            }
+        } else {
+            self.cmd_get += 1;
+            if hit {
+                self.get_hits += 1;
+            } else {
+                self.get_misses += 1;
+            }
+        }
+    }
+}
+
 impl Stats {
     /// Counts a new connection and returns its number.
     pub fn connection_opened(&self) -> u64 {
