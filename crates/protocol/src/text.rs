@@ -307,6 +307,12 @@ impl<'a> Tokens<'a> {
         self.words[i]
     }
 
+    /// The key token, unless it is longer than memcached allows.
+    pub(crate) fn key(&self, limits: &Limits) -> Option<&'a [u8]> {
+        let key = self.get(1);
+        (key.len() <= limits.max_key_len).then_some(key)
+    }
+
     /// `set_noreply_maybe`: the last real token is exactly `noreply`.
     fn noreply(&self) -> bool {
         self.len > 0 && self.words[self.len - 1] == b"noreply"
@@ -394,10 +400,9 @@ fn dispatch<'a>(
                 return error();
             }
             let noreply = tokens.noreply();
-            let key = tokens.get(1);
-            if key.len() > limits.max_key_len {
+            let Some(key) = tokens.key(limits) else {
                 return reply(ErrorReply::BadFormat, noreply);
-            }
+            };
             match parse_u64(tokens.get(2)) {
                 Some(delta) => ok(Request::Arith {
                     incr: command == b"incr",
@@ -414,10 +419,9 @@ fn dispatch<'a>(
                 return error();
             }
             let noreply = tokens.noreply();
-            let key = tokens.get(1);
-            if key.len() > limits.max_key_len {
+            let Some(key) = tokens.key(limits) else {
                 return reply(ErrorReply::BadFormat, noreply);
-            }
+            };
             match parse_i32(tokens.get(2)) {
                 Some(exptime) => ok(Request::Touch {
                     key,
@@ -538,11 +542,10 @@ fn parse_delete<'a>(tokens: &Tokens<'a>, limits: &Limits) -> Dispatch<'a> {
             return reply(ErrorReply::DeleteUsage, noreply);
         }
     }
-    let key = tokens.get(1);
-    if key.len() > limits.max_key_len {
-        return reply(ErrorReply::BadFormat, noreply);
+    match tokens.key(limits) {
+        Some(key) => ok(Request::Delete { key, noreply }),
+        None => reply(ErrorReply::BadFormat, noreply),
     }
-    ok(Request::Delete { key, noreply })
 }
 
 fn parse_store<'a>(
@@ -553,10 +556,9 @@ fn parse_store<'a>(
     limits: &Limits,
 ) -> Dispatch<'a> {
     let noreply = tokens.noreply();
-    let key = tokens.get(1);
-    if key.len() > limits.max_key_len {
+    let Some(key) = tokens.key(limits) else {
         return reply(ErrorReply::BadFormat, noreply);
-    }
+    };
     let (Some(flags), Some(exptime), Some(length)) = (
         parse_u32_truncating(tokens.get(2)),
         parse_i32(tokens.get(3)),

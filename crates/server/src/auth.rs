@@ -47,12 +47,21 @@ pub enum UsersError {
 impl Users {
     /// Reads `user:password` lines; blank lines are skipped, a trailing `\r` is ignored.
     pub fn load(path: &Path) -> Result<Users, UsersError> {
+        Users::load_with(path, Users::parse)
+    }
+
+    /// Reads and parses a users file; an empty one is an error, since nobody could ever
+    /// authenticate (memcached starts with it anyway, a mistake worth stopping for).
+    fn load_with(
+        path: &Path,
+        parse: fn(&[u8]) -> Result<Users, usize>,
+    ) -> Result<Users, UsersError> {
         let name = path.display().to_string();
         let text = std::fs::read(path).map_err(|source| UsersError::Read {
             path: name.clone(),
             source,
         })?;
-        let users = Users::parse(&text).map_err(|line| UsersError::Malformed {
+        let users = parse(&text).map_err(|line| UsersError::Malformed {
             path: name.clone(),
             line,
         })?;
@@ -85,21 +94,7 @@ impl Users {
     /// at the first `\r` or `\n`. Unlike memcached, a last line without a newline keeps its
     /// last character and there is no limit of eight users.
     pub fn load_authfile(path: &Path) -> Result<Users, UsersError> {
-        let name = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| UsersError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        let users = Users::parse_authfile(&text).map_err(|line| UsersError::Malformed {
-            path: name.clone(),
-            line,
-        })?;
-        // memcached starts with an empty file, and then nobody can ever authenticate: that is
-        // a mistake worth stopping for.
-        if users.entries.is_empty() {
-            return Err(UsersError::Empty { path: name });
-        }
-        Ok(users)
+        Users::load_with(path, Users::parse_authfile)
     }
 
     /// The `-Y` file's contents; the error is the 1-based number of a malformed line.
