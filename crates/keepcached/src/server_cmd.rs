@@ -525,9 +525,8 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         }
     }
     let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
-    let threads = settings.threads;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // Accepting, signals and housekeeping; the connections get -t worker threads of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

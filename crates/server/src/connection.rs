@@ -14,7 +14,6 @@ use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
 use keepcached_protocol::{parse_command, Command};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
@@ -225,13 +224,9 @@ struct Conn<'a, S> {
     entry: &'a ConnEntry,
 }
 
-pub async fn serve<S: Socket>(
-    server: &Server,
-    stream: S,
-    id: u64,
-    mut stop: watch::Receiver<bool>,
-    entry: &ConnEntry,
-) {
+/// Serves one client until it closes, fails, idles past `-o idle_timeout` or sends `quit`;
+/// the server's shutdown drops this future.
+pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnEntry) {
     if server.verbosity.load(Ordering::Relaxed) > 1 {
         eprintln!("<{id} new client connection");
     }
@@ -255,16 +250,11 @@ pub async fn serve<S: Socket>(
     let idle = server.settings.idle_timeout;
     loop {
         let wait = conn.stream.readable();
-        let ready = tokio::select! {
-            r = async {
-                match idle {
-                    Some(limit) => tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-                        Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
-                    }),
-                    None => wait.await,
-                }
-            } => r,
-            _ = stop.wait_for(|s| *s) => return,
+        let ready = match idle {
+            Some(limit) => tokio::time::timeout(limit, wait)
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+            None => wait.await,
         };
         if ready.is_err() {
             break;

@@ -23,6 +23,7 @@ pub mod report;
 pub mod settings;
 pub mod stats;
 pub mod udp;
+pub mod workers;
 
 use std::sync::Arc;
 

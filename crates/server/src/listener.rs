@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::connection::{self, addr_text, ConnEntry, ConnState};
 use crate::udp;
+use crate::workers::Workers;
 use crate::Server;
 use keepcached_cache::Time;
 
@@ -181,13 +182,19 @@ const TOO_MANY: &[u8] = b"ERROR Too many open connections\r\n";
 
 /// Accepts and serves connections until `shutdown` turns true or a client sends `shutdown`
 /// (with -A); then stops accepting, closes the connections and returns.
+///
+/// Connections are served on `-t` worker threads of their own (see [`Workers`]); this future
+/// only accepts and keeps house, on whatever runtime runs it.
 pub async fn serve(
     server: Arc<Server>,
     listeners: Listeners,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let workers = Arc::new(Workers::start(
+        server.settings.threads,
+        "keepcached-worker",
+    )?);
     let mut tasks = JoinSet::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
     // memcached counts each listening socket in total_connections, and each of its per-thread
     // UDP readers in total_connections and curr_connections; dashboards comparing the two
     // servers should see the same numbers.
@@ -205,23 +212,27 @@ pub async fn serve(
     for listener in listeners.tcp {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let listen_addr = addr_text("tcp", &listener.local_addr()?);
-        spawn_acceptor(&mut tasks, &server, &stop_rx, listener, listen_addr, now);
+        spawn_acceptor(&mut tasks, &server, &workers, listener, listen_addr, now);
     }
     for socket in listeners.udp {
-        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let addr = addr_text("udp", &socket.local_addr()?);
+        let mut readers = Vec::with_capacity(server.settings.threads);
         for _ in 0..server.settings.threads {
+            readers.push(socket.try_clone()?);
+        }
+        workers.spawn_each(|| {
             let registration =
                 server
                     .conns
                     .register(ConnEntry::new(addr.clone(), None, ConnState::Read, now));
-            tasks.spawn(udp::serve(server.clone(), socket.clone(), registration));
-        }
+            let socket = readers.pop().expect("one descriptor per worker");
+            udp::serve(server.clone(), socket, registration)
+        });
     }
     let unix_path = if let Some((listener, path)) = listeners.unix {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let listen_addr = format!("unix:{}", path.display());
-        spawn_acceptor(&mut tasks, &server, &stop_rx, listener, listen_addr, now);
+        spawn_acceptor(&mut tasks, &server, &workers, listener, listen_addr, now);
         Some(path)
     } else {
         None
@@ -247,7 +258,10 @@ pub async fn serve(
         _ = requested.wait_for(|s| *s) => {}
     }
     tasks.abort_all();
-    stop_tx.send_replace(true);
+    while tasks.join_next().await.is_some() {}
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        workers.shutdown().await;
+    }
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }
@@ -261,6 +275,8 @@ trait Acceptor: Send + Sync + 'static {
     fn accept_one(
         &self,
     ) -> impl std::future::Future<Output = io::Result<(Self::Stream, Option<String>)>> + Send;
+    /// Moves an accepted connection to the runtime of the calling thread (a worker's).
+    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream>;
 }
 
 impl Acceptor for tokio::net::TcpListener {
@@ -270,6 +286,9 @@ impl Acceptor for tokio::net::TcpListener {
         let _ = stream.set_nodelay(true);
         Ok((stream, Some(addr_text("tcp", &peer))))
     }
+    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream> {
+        tokio::net::TcpStream::from_std(stream.into_std()?)
+    }
 }
 
 impl Acceptor for tokio::net::UnixListener {
@@ -277,13 +296,16 @@ impl Acceptor for tokio::net::UnixListener {
     async fn accept_one(&self) -> io::Result<(Self::Stream, Option<String>)> {
         Ok((self.accept().await?.0, None))
     }
+    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream> {
+        tokio::net::UnixStream::from_std(stream.into_std()?)
+    }
 }
 
 /// Registers a listener in `stats conns` and accepts on it until the task is aborted.
 fn spawn_acceptor<A: Acceptor>(
     tasks: &mut JoinSet<()>,
     server: &Arc<Server>,
-    stop: &watch::Receiver<bool>,
+    workers: &Arc<Workers>,
     listener: A,
     listen_addr: String,
     now: Time,
@@ -295,7 +317,7 @@ fn spawn_acceptor<A: Acceptor>(
         now,
     ));
     let server = server.clone();
-    let stop = stop.clone();
+    let workers = workers.clone();
     tasks.spawn(async move {
         let _registration = registration;
         loop {
@@ -305,21 +327,20 @@ fn spawn_acceptor<A: Acceptor>(
                 continue;
             };
             let peer = peer.unwrap_or_else(|| listen_addr.clone());
-            admit(&server, stream, &stop, peer, &listen_addr);
+            admit::<A>(&server, &workers, stream, peer, &listen_addr);
         }
     });
 }
 
-/// Starts serving an accepted connection, or turns it away when the limit is reached.
-fn admit<S>(
+/// Starts serving an accepted connection on a worker, or turns it away when the limit is
+/// reached.
+fn admit<A: Acceptor>(
     server: &Arc<Server>,
-    mut stream: S,
-    stop: &watch::Receiver<bool>,
+    workers: &Workers,
+    mut stream: A::Stream,
     addr: String,
     listen_addr: &str,
-) where
-    S: connection::Socket + Send + 'static,
-{
+) {
     let current = server.stats.curr_connections.load(Ordering::Relaxed);
     if current as usize >= server.settings.max_connections {
         server
@@ -339,9 +360,10 @@ fn admit<S>(
         server.clock.now(),
     ));
     let server = server.clone();
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        connection::serve(&server, stream, id, stop, &registration.entry).await;
+    workers.spawn(async move {
+        if let Ok(stream) = A::rehome(stream) {
+            connection::serve(&server, stream, id, &registration.entry).await;
+        }
         drop(registration);
         server.stats.connection_closed();
     });

@@ -1,10 +1,10 @@
 //! Server counters, in memcached's names.
 //!
 //! Each connection counts into a plain [`Counters`] while it works through a batch of requests
-//! and adds it to the shared [`Stats`] once per batch, so the hot path touches no shared cache
-//! line per request.
+//! and adds it to its thread's shard of [`Stats`] once per batch, so the hot path touches no
+//! cache line another thread writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -14,37 +14,75 @@ macro_rules! counters {
             $(pub $name: u64,)*
         }
 
-        /// Counters shared by all connections.
+        /// One thread's share of the counters, on cache lines of its own.
         #[derive(Debug, Default)]
-        pub struct Stats {
-            $(pub $name: AtomicU64,)*
-            pub curr_connections: AtomicU64,
-            pub total_connections: AtomicU64,
-            pub rejected_connections: AtomicU64,
+        #[repr(align(128))]
+        struct Shard {
+            $($name: AtomicU64,)*
         }
 
-        impl Stats {
-            pub fn merge(&self, c: &Counters) {
+        impl Shard {
+            fn add(&self, c: &Counters) {
                 $(if c.$name != 0 {
                     self.$name.fetch_add(c.$name, Ordering::Relaxed);
                 })*
             }
 
-            /// A consistent-enough copy for reporting.
-            pub fn snapshot(&self) -> Counters {
-                Counters {
-                    $($name: self.$name.load(Ordering::Relaxed),)*
-                }
+            fn add_to(&self, sum: &mut Counters) {
+                $(sum.$name += self.$name.load(Ordering::Relaxed);)*
             }
 
-            /// `stats reset`: counters go to zero; gauges (current connections) stay.
-            pub fn reset(&self) {
+            fn clear(&self) {
                 $(self.$name.store(0, Ordering::Relaxed);)*
-                self.total_connections.store(0, Ordering::Relaxed);
-                self.rejected_connections.store(0, Ordering::Relaxed);
             }
         }
     };
+}
+
+/// Counter shards: each thread adds to its own, so worker threads never contend for the cache
+/// lines of the counters they all bump on every batch; `stats` sums them.
+const SHARDS: usize = 16;
+
+/// Counters shared by all connections, and the connection gauges.
+#[derive(Debug, Default)]
+pub struct Stats {
+    shards: [Shard; SHARDS],
+    pub curr_connections: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+impl Stats {
+    pub fn merge(&self, c: &Counters) {
+        self.shards[shard_index()].add(c);
+    }
+
+    /// A consistent-enough sum for reporting.
+    pub fn snapshot(&self) -> Counters {
+        let mut sum = Counters::default();
+        for shard in &self.shards {
+            shard.add_to(&mut sum);
+        }
+        sum
+    }
+
+    /// `stats reset`: counters go to zero; gauges (current connections) stay.
+    pub fn reset(&self) {
+        for shard in &self.shards {
+            shard.clear();
+        }
+        self.total_connections.store(0, Ordering::Relaxed);
+        self.rejected_connections.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The calling thread's shard, handed out round-robin as threads first count something.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
 }
 
 counters!(

@@ -183,10 +183,14 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Serves one UDP socket until the task is aborted. Several of these share a socket (one per
-/// worker thread, as memcached has), so datagrams are handled in parallel; each shows in
-/// `stats conns`.
-pub async fn serve(server: Arc<Server>, socket: Arc<UdpSocket>, registration: Registration) {
+/// Serves one UDP socket until the task is dropped. Several of these read the same socket (one
+/// per worker thread, each through its own descriptor, as memcached has), so datagrams are
+/// handled in parallel; each shows in `stats conns`.
+pub async fn serve(server: Arc<Server>, socket: std::net::UdpSocket, registration: Registration) {
+    // Registered here, on the worker that runs this task, so its wake-ups stay on that thread.
+    let Ok(socket) = UdpSocket::from_std(socket) else {
+        return;
+    };
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut replies: Vec<Vec<u8>> = Vec::new();
     loop {
