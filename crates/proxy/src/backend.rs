@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use keepcached_protocol::response::{parse_response, MetaCode, Response, Status};
+use keepcached_runtime::{worker_index, Sharded, Workers};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -148,7 +149,7 @@ impl State {
     }
 }
 
-/// Per-server counters for `stats backends`.
+/// Per-server counters for `stats backends`: one thread's share (see [`Backend::counters`]).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub requests: AtomicU64,
@@ -183,11 +184,20 @@ impl Missed {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: Arc<str>,
-    conns: Vec<mpsc::Sender<Job>>,
-    next: AtomicUsize,
+    /// One lane per worker thread: its own connections, so that a request, its write, its
+    /// reply and its caller's wake-up all stay on the caller's thread.
+    lanes: Box<[Lane]>,
     health: Arc<Health>,
     missed_limit: usize,
     pub missed: Mutex<Missed>,
+}
+
+/// A worker thread's connections to one server, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Lane {
+    conns: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
 }
 
 /// The part of a backend shared with its probe task.
@@ -196,36 +206,44 @@ struct Health {
     addr: Arc<str>,
     state: AtomicU8,
     failures: AtomicU32,
-    counters: Counters,
+    counters: Sharded<Counters>,
     settings: BackendConfig,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Backend {
-    /// Starts the connection tasks of one server (they connect on first use).
+    /// Starts the connection tasks of one server on every worker (they connect on first use).
+    /// The server's `connections` are spread over the workers, at least one each.
     pub fn start(
         addr: &str,
         settings: &BackendConfig,
         missed_limit: usize,
         shutdown: watch::Receiver<bool>,
+        workers: &Workers,
     ) -> Backend {
         let addr: Arc<str> = Arc::from(addr);
-        let conns = (0..settings.connections)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(connection_task(addr.clone(), rx, settings.clone()));
-                tx
+        let per_worker = settings.connections.div_ceil(workers.count()).max(1);
+        let lanes = (0..workers.count())
+            .map(|worker| Lane {
+                conns: (0..per_worker)
+                    .map(|_| {
+                        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                        workers
+                            .spawn_on(worker, connection_task(addr.clone(), rx, settings.clone()));
+                        tx
+                    })
+                    .collect(),
+                next: AtomicUsize::new(0),
             })
             .collect();
         Backend {
             addr: addr.clone(),
-            conns,
-            next: AtomicUsize::new(0),
+            lanes,
             health: Arc::new(Health {
                 addr,
                 state: AtomicU8::new(State::Up as u8),
                 failures: AtomicU32::new(0),
-                counters: Counters::default(),
+                counters: Sharded::default(),
                 settings: settings.clone(),
                 shutdown,
             }),
@@ -242,8 +260,9 @@ impl Backend {
         self.state() == State::Up
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.health.counters
+    /// Every thread's share of the counters; `stats backends` sums them.
+    pub fn counters(&self) -> impl Iterator<Item = &Counters> {
+        self.health.counters.iter()
     }
 
     /// Sends one request and waits for its reply, within the request timeout.
@@ -257,12 +276,18 @@ impl Backend {
                 addr: self.addr.clone(),
             });
         }
-        let counters = &self.health.counters;
+        let counters = self.health.counters.local();
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let deadline = start + self.health.settings.request_timeout();
         let (tx, rx) = oneshot::channel();
-        let conn = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
+        // Off the worker threads (only in tests that drive the proxy from their own runtime)
+        // any lane will do.
+        let lane = &self.lanes[worker_index().unwrap_or(0) % self.lanes.len()];
+        let conn = match lane.conns.len() {
+            1 => &lane.conns[0],
+            n => &lane.conns[lane.next.fetch_add(1, Ordering::Relaxed) % n],
+        };
         let job = Job {
             call,
             reply: tx,
@@ -280,7 +305,11 @@ impl Backend {
                 let us = start.elapsed().as_micros() as u64;
                 counters.latency_us.fetch_add(us, Ordering::Relaxed);
                 counters.answered.fetch_add(1, Ordering::Relaxed);
-                self.health.failures.store(0, Ordering::Relaxed);
+                // Read first: an unconditional store would make every worker's every reply
+                // write this shared cache line.
+                if self.health.failures.load(Ordering::Relaxed) != 0 {
+                    self.health.failures.store(0, Ordering::Relaxed);
+                }
             }
             Err(e) => self.failed(e),
         }
@@ -289,7 +318,7 @@ impl Backend {
 
     /// Counts a failure; enough of them in a row mark the server down and start probing it.
     fn failed(&self, error: &BackendError) {
-        let counters = &self.health.counters;
+        let counters = self.health.counters.local();
         counters.errors.fetch_add(1, Ordering::Relaxed);
         if matches!(error, BackendError::Timeout { .. }) {
             counters.timeouts.fetch_add(1, Ordering::Relaxed);

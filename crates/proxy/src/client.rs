@@ -49,13 +49,12 @@ pub enum Next {
 /// Serves one client until it quits, the connection fails, or the proxy shuts down.
 pub async fn serve<S>(
     ctx: Arc<Context>,
-    stream: S,
+    mut stream: S,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut swallow = 0usize;
@@ -99,13 +98,13 @@ where
                 Next::Swallow(n) => swallow = n,
             }
             if out.len() >= FLUSH_AT {
-                wr.write_all(&out).await?;
+                stream.write_all(&out).await?;
                 out.clear();
             }
         }
         run_reads(&ctx, &mut reads, &mut out).await;
         if !out.is_empty() {
-            wr.write_all(&out).await?;
+            stream.write_all(&out).await?;
             out.clear();
         }
         if close || *shutdown.borrow() {
@@ -115,7 +114,7 @@ where
             rbuf.reserve(READ_CHUNK);
         }
         tokio::select! {
-            read = rd.read_buf(&mut rbuf) => {
+            read = stream.read_buf(&mut rbuf) => {
                 if read? == 0 {
                     return Ok(());
                 }
@@ -223,7 +222,7 @@ async fn execute(
     outcome: Result<Request<'_>, Invalid<'_>>,
     out: &mut Vec<u8>,
 ) -> Next {
-    let counters = &ctx.stats.counters;
+    let counters = ctx.stats.counters();
     let request = match outcome {
         Ok(request) => request,
         Err(Invalid::Reply { error, noreply }) => {
@@ -385,13 +384,13 @@ pub fn answer(ctx: &Context, result: Result<Reply, ProxyError>, noreply: bool, o
             );
         }
         // A client that asked for no reply gets none, even for a failure (as with memcached).
-        Err(_) if noreply => Stats::add(&ctx.stats.counters.unavailable_errors, 1),
+        Err(_) if noreply => Stats::add(&ctx.stats.counters().unavailable_errors, 1),
         Err(e) => unavailable(ctx, &e, out),
     }
 }
 
 pub fn unavailable(ctx: &Context, error: &ProxyError, out: &mut Vec<u8>) {
-    Stats::add(&ctx.stats.counters.unavailable_errors, 1);
+    Stats::add(&ctx.stats.counters().unavailable_errors, 1);
     reply::line(
         out,
         format!("SERVER_ERROR keepcached-proxy: {error}").as_bytes(),

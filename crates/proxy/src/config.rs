@@ -12,6 +12,7 @@
 //! | `-n N` | `max_connections` | client connection limit |
 //! | `-i N` | `backend.connections` | pipelined connections per server |
 //! | `-k` | — | accepted; ketama is always on |
+//! | `-t N`, `--threads N` (not in magent) | `threads` | worker threads (0: one per CPU) |
 //! | `--item-size-max SIZE` (not in magent) | `item_size_max` | largest item, as the servers' `-I` |
 //! | `-u`/`-g`/`-D`/`-v` | — | for the binary: user, group, foreground, verbosity |
 
@@ -107,6 +108,10 @@ pub struct ProxyConfig {
     /// its data is read and dropped without reaching a server.
     #[serde(default = "default_item_size_max")]
     pub item_size_max: usize,
+    /// Worker threads serving client connections, each with its own backend connections;
+    /// 0: one per CPU.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 /// One pool: servers on one ketama ring.
@@ -338,6 +343,14 @@ impl ProxyConfig {
     }
 
     /// Checks everything that can be checked without the network, and returns the parsed pools.
+    /// How many worker threads to run: `threads`, or one per CPU.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<Vec<PoolSpec>, ConfigError> {
         if self.pools.is_empty() {
             return Err(ConfigError::invalid(
@@ -478,6 +491,9 @@ pub struct ProxyArgs {
     /// Largest item, as the servers' -I: bytes, or with a k or m suffix [default: 1m].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub item_size_max: Option<usize>,
+    /// Worker threads, each with its own backend connections [default: one per CPU].
+    #[arg(short = 't', long = "threads", value_name = "NUMBER")]
+    pub threads: Option<usize>,
     /// Use ketama (accepted for magent compatibility; always on).
     #[arg(short = 'k')]
     pub ketama: bool,
@@ -510,6 +526,7 @@ impl ProxyArgs {
                 drain_timeout_ms: default_drain_timeout_ms(),
                 item_size_max: default_item_size_max(),
                 freebind: false,
+                threads: 0,
             },
         };
         if !self.servers.is_empty() || !self.backups.is_empty() {
@@ -555,6 +572,9 @@ impl ProxyArgs {
         }
         if let Some(n) = self.item_size_max {
             config.item_size_max = n;
+        }
+        if let Some(n) = self.threads {
+            config.threads = n;
         }
         config.validate()?;
         Ok(config)

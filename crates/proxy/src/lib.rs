@@ -39,8 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepcached_protocol::Limits;
+use keepcached_runtime::Workers;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use backend::BackendError;
@@ -70,7 +71,8 @@ struct Context {
 
 /// Runs the proxy: [`bind`], then [`Bound::serve`].
 ///
-/// Must run inside a tokio runtime (multi-threaded for more than one core's worth of clients).
+/// Must run inside a tokio runtime, which only accepts connections: they are served on worker
+/// threads of the proxy's own (`threads` in the configuration).
 pub async fn run(
     config: ProxyConfig,
     shutdown: impl Future<Output = ()>,
@@ -136,12 +138,21 @@ impl Bound {
                 addr: "unix listener".into(),
                 source,
             })?;
+        let workers = Arc::new(
+            Workers::start(config.worker_threads(), "keepcached-proxy").map_err(|source| {
+                ProxyError::Bind {
+                    addr: "worker threads".into(),
+                    source,
+                }
+            })?,
+        );
         let (stop_tx, stop_rx) = watch::channel(false);
         let router = Router::start(
             &pools,
             &config.backend,
             config.replication.missed_keys_limit,
             &stop_rx,
+            &workers,
         );
         let drain = Duration::from_millis(config.drain_timeout_ms);
         let limits = Limits {
@@ -161,45 +172,65 @@ impl Bound {
                 tracing::info!(%addr, "proxy listening");
             }
         }
+        // Each worker's connections watch a stop signal of their own: a signal shared by all
+        // would have every worker's connections queue on one lock at every read.
+        let (stops, worker_stops): (Vec<_>, Vec<_>) =
+            (0..workers.count()).map(|_| watch::channel(false)).unzip();
+        let worker_stops: Arc<[watch::Receiver<bool>]> = worker_stops.into();
         // Each connection holds a clone of `done`; the receiver sees the channel close when the
         // last connection has ended.
         let (done, mut all_done) = mpsc::channel::<()>(1);
         let mut acceptors = Vec::new();
         for listener in tcp {
-            let (ctx, stop, done) = (ctx.clone(), stop_rx.clone(), done.clone());
+            let accepting = Accepting {
+                ctx: ctx.clone(),
+                workers: workers.clone(),
+                stops: worker_stops.clone(),
+                done: done.clone(),
+            };
+            let stop = stop_rx.clone();
             acceptors.push(tokio::spawn(async move {
-                accept_loop(
-                    &ctx,
-                    stop.clone(),
-                    || async {
-                        let (stream, peer) = listener.accept().await?;
-                        stream.set_nodelay(true)?;
-                        Ok((stream, peer.to_string()))
-                    },
-                    done,
-                )
-                .await
+                accepting
+                    .run(
+                        stop,
+                        || async {
+                            let (stream, peer) = listener.accept().await?;
+                            stream.set_nodelay(true)?;
+                            Ok((stream.into_std()?, peer.to_string()))
+                        },
+                        TcpStream::from_std,
+                    )
+                    .await
             }));
         }
         if let Some(listener) = unix {
-            let (ctx, stop, done) = (ctx.clone(), stop_rx.clone(), done.clone());
+            let accepting = Accepting {
+                ctx: ctx.clone(),
+                workers: workers.clone(),
+                stops: worker_stops.clone(),
+                done: done.clone(),
+            };
+            let stop = stop_rx.clone();
             acceptors.push(tokio::spawn(async move {
-                accept_loop(
-                    &ctx,
-                    stop.clone(),
-                    || async {
-                        let (stream, _) = listener.accept().await?;
-                        Ok((stream, "unix".to_string()))
-                    },
-                    done,
-                )
-                .await
+                accepting
+                    .run(
+                        stop,
+                        || async {
+                            let (stream, _) = listener.accept().await?;
+                            Ok((stream.into_std()?, "unix".to_string()))
+                        },
+                        UnixStream::from_std,
+                    )
+                    .await
             }));
         }
         drop(done);
         shutdown.await;
         tracing::info!("proxy shutting down");
         let _ = stop_tx.send(true);
+        for stop in &stops {
+            let _ = stop.send(true);
+        }
         for acceptor in acceptors {
             let _ = acceptor.await;
         }
@@ -212,59 +243,87 @@ impl Bound {
         if let Some(path) = &ctx.config.unix_socket {
             let _ = std::fs::remove_file(path);
         }
+        drop(ctx);
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.shutdown().await;
+        }
         Ok(())
     }
 }
 
-/// Accepts connections until shutdown, each served by its own task.
-async fn accept_loop<S, F, Fut>(
-    ctx: &Arc<Context>,
-    mut stop: watch::Receiver<bool>,
-    mut accept: F,
+/// What an accept loop hands each connection.
+struct Accepting {
+    ctx: Arc<Context>,
+    workers: Arc<Workers>,
+    /// Per worker: the signal that the proxy is shutting down.
+    stops: Arc<[watch::Receiver<bool>]>,
     done: mpsc::Sender<()>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::io::Result<(S, String)>>,
-{
-    let counters = &ctx.stats.counters;
-    loop {
-        let accepted = tokio::select! {
-            accepted = accept() => accepted,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors or a connection reset before accept: wait a little
-                // rather than spin, and go on.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+impl Accepting {
+    /// Accepts connections until shutdown, each served by its own task on a worker thread.
+    /// `accept` yields a connection detached from this runtime; `attach` registers it with the
+    /// worker's.
+    async fn run<Std, S, F, Fut>(
+        self,
+        mut stop: watch::Receiver<bool>,
+        mut accept: F,
+        attach: fn(Std) -> std::io::Result<S>,
+    ) where
+        Std: Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::io::Result<(Std, String)>>,
+    {
+        let ctx = &self.ctx;
+        let mut next = 0usize;
+        loop {
+            let accepted = tokio::select! {
+                accepted = accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors or a connection reset before accept: wait a
+                    // little rather than spin, and go on.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+                Stats::add(&ctx.stats.counters().rejected_connections, 1);
+                if let Ok(mut stream) = attach(stream) {
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                    });
+                }
                 continue;
-            }
-        };
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            Stats::add(&counters.rejected_connections, 1);
-            tokio::spawn(async move {
-                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+            };
+            let counters = ctx.stats.counters();
+            Stats::add(&counters.total_connections, 1);
+            Stats::add(&counters.curr_connections, 1);
+            let worker = next % self.workers.count();
+            next += 1;
+            let (ctx, stop, done) = (ctx.clone(), self.stops[worker].clone(), self.done.clone());
+            self.workers.spawn_on(worker, async move {
+                let served = match attach(stream) {
+                    Ok(stream) => client::serve(ctx.clone(), stream, stop).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(source) = served {
+                    let error = ProxyError::Client { peer, source };
+                    tracing::debug!(%error, "client connection ended");
+                }
+                ctx.stats
+                    .counters()
+                    .curr_connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                drop(permit);
+                drop(done);
             });
-            continue;
-        };
-        Stats::add(&counters.total_connections, 1);
-        Stats::add(&counters.curr_connections, 1);
-        let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
-        tokio::spawn(async move {
-            if let Err(source) = client::serve(ctx.clone(), stream, stop).await {
-                let error = ProxyError::Client { peer, source };
-                tracing::debug!(%error, "client connection ended");
-            }
-            ctx.stats
-                .counters
-                .curr_connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            drop(permit);
-            drop(done);
-        });
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn execute(
         Ok(request) => request,
         Err(reject) => return rejected(ctx, frame, reject, out).await,
     };
-    let counters = &ctx.stats.counters;
+    let counters = ctx.stats.counters();
     let opts = &request.options;
     let key = key_bytes(frame, &request.key);
     let call = forward::meta(frame.clone(), opts.quiet);

@@ -55,7 +55,7 @@ pub async fn get(
     requests: &[Keys<'_>],
     out: &mut Vec<u8>,
 ) {
-    let counters = &ctx.stats.counters;
+    let counters = ctx.stats.counters();
     let mut wanted: Vec<Wanted<'_>> = requests
         .iter()
         .enumerate()
@@ -161,7 +161,7 @@ async fn answer(
     with_cas: bool,
     out: &mut Vec<u8>,
 ) {
-    let counters = &ctx.stats.counters;
+    let counters = ctx.stats.counters();
     let unavailable = asked.iter().filter(|w| w.unavailable).count() as u64;
     if unavailable > 0 {
         Stats::add(&counters.get_unavailable, unavailable);
@@ -207,7 +207,7 @@ pub async fn meta_get(
     call: Call,
     touch: Option<i32>,
 ) -> Result<Reply, ProxyError> {
-    let counters = &ctx.stats.counters;
+    let counters = ctx.stats.counters();
     let replicas = ctx.router.replicas(key);
     let mut reasons = Vec::new();
     for &id in replicas.as_slice() {

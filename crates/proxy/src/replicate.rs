@@ -290,7 +290,7 @@ pub async fn execute_then_copy(
             Copy::ReadBack => read_back(&primary, &key).await,
             Copy::Delete | Copy::Nothing => None,
         };
-        let counters = &task_ctx.stats.counters;
+        let counters = task_ctx.stats.counters();
         let call = match call {
             Some(call) => {
                 Stats::add(&counters.replica_copies, 1);
@@ -389,7 +389,7 @@ fn first_success(
 }
 
 fn missed(ctx: &Context, backend: &Backend, key: &[u8]) {
-    Stats::add(&ctx.stats.counters.replica_write_failures, 1);
+    Stats::add(&ctx.stats.counters().replica_write_failures, 1);
     backend.remember_missed(key);
 }
 

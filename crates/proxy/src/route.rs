@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use keepcached_runtime::Workers;
 use tokio::sync::watch;
 
 use crate::backend::Backend;
@@ -48,6 +49,7 @@ impl Router {
         settings: &BackendConfig,
         missed_limit: usize,
         shutdown: &watch::Receiver<bool>,
+        workers: &Workers,
     ) -> Router {
         let mut backends: Vec<Arc<Backend>> = Vec::new();
         let mut routed = Vec::with_capacity(pools.len());
@@ -66,6 +68,7 @@ impl Router {
                                 settings,
                                 missed_limit,
                                 shutdown.clone(),
+                                workers,
                             )));
                             backends.len() - 1
                         }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use keepcached_protocol::reply;
+use keepcached_runtime::Sharded;
 
+use crate::backend::Counters as BackendCounters;
 use crate::route::Router;
 
 /// The version reported by `version` and `stats`: the protocol level the proxy speaks, then
@@ -14,15 +16,22 @@ pub const VERSION: &str = concat!("1.6.18-keepcached-proxy-", env!("CARGO_PKG_VE
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Proxy-wide counters; all relaxed atomics, read only for `stats`.
+        /// One thread's share of the proxy-wide counters; all relaxed atomics, summed only for
+        /// `stats`. A gauge may go up in one thread's share and down in another's, so shares
+        /// add with wrap-around.
         #[derive(Debug, Default)]
         pub struct Counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
         impl Counters {
-            fn write(&self, out: &mut Vec<u8>) {
-                $(reply::stat(out, stringify!($name), self.$name.load(Ordering::Relaxed));)*
+            fn write(shards: &Sharded<Counters>, out: &mut Vec<u8>) {
+                $(
+                    let sum = shards
+                        .iter()
+                        .fold(0u64, |sum, c| sum.wrapping_add(c.$name.load(Ordering::Relaxed)));
+                    reply::stat(out, stringify!($name), sum);
+                )*
             }
 
             fn reset(&self) {
@@ -66,19 +75,24 @@ counters! {
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
-    pub counters: Counters,
+    counters: Sharded<Counters>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
             started: Instant::now(),
-            counters: Counters::default(),
+            counters: Sharded::default(),
         }
     }
 }
 
 impl Stats {
+    /// The calling thread's share of the counters, to count into.
+    pub fn counters(&self) -> &Counters {
+        self.counters.local()
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -92,7 +106,7 @@ impl Stats {
         reply::stat(out, "uptime", self.started.elapsed().as_secs());
         reply::stat(out, "time", now);
         reply::stat(out, "version", VERSION);
-        self.counters.write(out);
+        Counters::write(&self.counters, out);
         let up = router.backends.iter().filter(|b| b.is_up()).count();
         reply::stat(out, "backends", router.backends.len());
         reply::stat(out, "backends_up", up);
@@ -104,19 +118,24 @@ impl Stats {
         for pool in &router.pools {
             for &id in &pool.servers {
                 let backend = &router.backends[id];
-                let c = backend.counters();
-                let answered = c.answered.load(Ordering::Relaxed);
-                let latency = c.latency_us.load(Ordering::Relaxed) / answered.max(1);
+                let sum = |field: fn(&BackendCounters) -> &AtomicU64| -> u64 {
+                    backend
+                        .counters()
+                        .map(|c| field(c).load(Ordering::Relaxed))
+                        .sum()
+                };
+                let answered = sum(|c| &c.answered);
+                let latency = sum(|c| &c.latency_us) / answered.max(1);
                 let missed = backend.missed.lock();
                 let line = format!(
                     "state={} requests={} errors={} timeouts={} avg_latency_us={} downs={} \
                      missed_keys={} missed_overflow={}",
                     backend.state().name(),
-                    c.requests.load(Ordering::Relaxed),
-                    c.errors.load(Ordering::Relaxed),
-                    c.timeouts.load(Ordering::Relaxed),
+                    sum(|c| &c.requests),
+                    sum(|c| &c.errors),
+                    sum(|c| &c.timeouts),
                     latency,
-                    c.downs.load(Ordering::Relaxed),
+                    sum(|c| &c.downs),
                     missed.len(),
                     u8::from(missed.overflowed()),
                 );
@@ -128,8 +147,12 @@ impl Stats {
 
     /// `stats reset`: every counter but the open connections, as memcached does.
     pub fn reset(&self) {
-        let open = self.counters.curr_connections.load(Ordering::Relaxed);
-        self.counters.reset();
-        Stats::add(&self.counters.curr_connections, open);
+        let open = self.counters.iter().fold(0u64, |sum, c| {
+            sum.wrapping_add(c.curr_connections.load(Ordering::Relaxed))
+        });
+        for shard in self.counters.iter() {
+            shard.reset();
+        }
+        Stats::add(&self.counters().curr_connections, open);
     }
 }

@@ -23,7 +23,6 @@ pub mod report;
 pub mod settings;
 pub mod stats;
 pub mod udp;
-pub mod workers;
 
 use std::sync::Arc;
 

@@ -20,9 +20,9 @@ use tokio::task::JoinSet;
 
 use crate::connection::{self, addr_text, ConnEntry, ConnState};
 use crate::udp;
-use crate::workers::Workers;
 use crate::Server;
 use keepcached_cache::Time;
+use keepcached_runtime::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -4,7 +4,9 @@
 //! and adds it to its thread's shard of [`Stats`] once per batch, so the hot path touches no
 //! cache line another thread writes.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keepcached_runtime::Sharded;
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -14,9 +16,8 @@ macro_rules! counters {
             $(pub $name: u64,)*
         }
 
-        /// One thread's share of the counters, on cache lines of its own.
+        /// One thread's share of the counters.
         #[derive(Debug, Default)]
-        #[repr(align(128))]
         struct Shard {
             $($name: AtomicU64,)*
         }
@@ -39,14 +40,11 @@ macro_rules! counters {
     };
 }
 
-/// Counter shards: each thread adds to its own, so worker threads never contend for the cache
-/// lines of the counters they all bump on every batch; `stats` sums them.
-const SHARDS: usize = 16;
-
 /// Counters shared by all connections, and the connection gauges.
 #[derive(Debug, Default)]
 pub struct Stats {
-    shards: [Shard; SHARDS],
+    /// Each thread adds to its own shard; `stats` sums them.
+    shards: Sharded<Shard>,
     pub curr_connections: AtomicU64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
@@ -54,13 +52,13 @@ pub struct Stats {
 
 impl Stats {
     pub fn merge(&self, c: &Counters) {
-        self.shards[shard_index()].add(c);
+        self.shards.local().add(c);
     }
 
     /// A consistent-enough sum for reporting.
     pub fn snapshot(&self) -> Counters {
         let mut sum = Counters::default();
-        for shard in &self.shards {
+        for shard in self.shards.iter() {
             shard.add_to(&mut sum);
         }
         sum
@@ -68,21 +66,12 @@ impl Stats {
 
     /// `stats reset`: counters go to zero; gauges (current connections) stay.
     pub fn reset(&self) {
-        for shard in &self.shards {
+        for shard in self.shards.iter() {
             shard.clear();
         }
         self.total_connections.store(0, Ordering::Relaxed);
         self.rejected_connections.store(0, Ordering::Relaxed);
     }
-}
-
-/// The calling thread's shard, handed out round-robin as threads first count something.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    INDEX.with(|i| *i)
 }
 
 counters!(

@@ -236,6 +236,8 @@ pub fn config(pools: &[&[&Process]]) -> ProxyConfig {
         drain_timeout_ms: 2_000,
         item_size_max: 1024 * 1024,
         freebind: false,
+        // More than one, so that requests and their replicas cross worker threads.
+        threads: 2,
     }
 }
 
