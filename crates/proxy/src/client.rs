@@ -59,6 +59,11 @@ where
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut swallow = 0usize;
     let mut reads: Vec<Bytes> = Vec::new();
+    // One wait for shutdown for the connection's whole life: a fresh one per read would take
+    // the signal's lock twice per request.
+    let stopping = shutdown.wait_for(|stop| *stop);
+    tokio::pin!(stopping);
+    let mut stopped = false;
     loop {
         let mut close = false;
         loop {
@@ -107,7 +112,7 @@ where
             stream.write_all(&out).await?;
             out.clear();
         }
-        if close || *shutdown.borrow() {
+        if close || stopped {
             return Ok(());
         }
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
@@ -119,7 +124,7 @@ where
                     return Ok(());
                 }
             }
-            _ = shutdown.changed() => {}
+            _ = &mut stopping, if !stopped => stopped = true,
         }
     }
 }
