@@ -404,3 +404,68 @@ fn freebind_listens_on_an_address_not_held_yet() {
     assert!(err.to_string().contains("198.18.0.100"), "{err}");
     keepcached_proxy::bind(args(true).into_config().unwrap()).expect("freebind bind");
 }
+
+/// Many clients' gets at once: the proxy sends the gets queued for a server as one multi-get,
+/// and every client must still get exactly the values of its own keys, hits and misses, with
+/// CAS values for gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_from_many_clients_get_their_own_values() {
+    let a = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a]])).await;
+    let mut setup = proxy.client().await;
+    for k in 0..50 {
+        assert_eq!(
+            setup.set(&format!("shared{k}"), &format!("s{k}")).await,
+            "STORED\r\n"
+        );
+    }
+    let clients = (0..32).map(|c| {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            for i in 0..60 {
+                let own = format!("own{c}-{i}");
+                assert_eq!(client.set(&own, &format!("v{c}-{i}")).await, "STORED\r\n");
+                let shared = format!("shared{}", (c + i) % 50);
+                let missing = format!("missing{c}-{i}");
+                let verb = if i % 3 == 0 { "gets" } else { "get" };
+                let reply = client
+                    .call(&format!("{verb} {own} {missing} {shared} {own}\r\n"))
+                    .await;
+                let lines: Vec<&str> = reply.split("\r\n").collect();
+                let header = |key: &str, len: usize| -> String {
+                    let start = format!("VALUE {key} 0 {len}");
+                    if verb == "gets" {
+                        format!("{start} ")
+                    } else {
+                        start
+                    }
+                };
+                let own_value = format!("v{c}-{i}");
+                let shared_value = format!("s{}", (c + i) % 50);
+                assert_eq!(lines.len(), 8, "{reply:?}");
+                assert!(
+                    lines[0].starts_with(&header(&own, own_value.len())),
+                    "{reply:?}"
+                );
+                assert_eq!(lines[1], own_value, "{reply:?}");
+                assert!(
+                    lines[2].starts_with(&header(&shared, shared_value.len())),
+                    "{reply:?}"
+                );
+                assert_eq!(lines[3], shared_value, "{reply:?}");
+                assert!(
+                    lines[4].starts_with(&header(&own, own_value.len())),
+                    "{reply:?}"
+                );
+                assert_eq!(lines[5], own_value, "{reply:?}");
+                assert_eq!(&lines[6..], ["END", ""], "{reply:?}");
+                assert_eq!(client.get(&missing).await, None);
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    proxy.stop().await;
+}
