@@ -104,6 +104,8 @@ PY
 # cpu_mark / cpu_other_pct — CPU used during a run by processes that are not ours (other people's
 # builds and tests on a shared machine), as a share of all CPUs. Ours: the processes in PIDS
 # (servers, proxies) and this shell's finished children (the load generators, via cutime/cstime).
+# Interrupt and softirq time is left out of the busy total: the kernel charges the loopback
+# traffic of the benchmark itself there, not to our processes.
 cpu_snapshot() {
   local pid ours=0 t
   for pid in "${PIDS[@]}"; do
@@ -111,7 +113,7 @@ cpu_snapshot() {
     ours=$((ours + ${t:-0}))
   done
   t=$(awk '{print $16 + $17}' "/proc/$$/stat")
-  echo "$(head -1 /proc/stat | awk '{t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6}') $((ours + t))"
+  echo "$(head -1 /proc/stat | awk '{t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6 - $7 - $8}') $((ours + t))"
 }
 cpu_mark() {
   CPU_MARK=$(cpu_snapshot)
