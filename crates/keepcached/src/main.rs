@@ -131,7 +131,8 @@ fn up(rest: &[String]) -> anyhow::Result<()> {
         "keepcached: cache servers on 127.0.0.1:{MAIN} (main) and 127.0.0.1:{BACKUP} (backup), \
          replicating proxy on 127.0.0.1:{PROXY}\nkeepcached: try: telnet 127.0.0.1 {PROXY}"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Accepting and signals; the servers and the proxy serve on worker threads of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -2,8 +2,9 @@
 //! all their replies at once.
 //!
 //! Pipelined requests therefore cost one read and one write per batch, not per request. An idle
-//! connection holds no buffers: the read buffer is allocated when data arrives and released when
-//! the batch is fully consumed, so many thousands of idle clients cost little memory.
+//! connection holds no buffers: its read and write buffers come from its worker thread's spares
+//! when data arrives and go back when the batch is done, so many thousands of idle clients cost
+//! little memory.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,8 +28,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Replies buffered beyond this are written out before more requests are executed, so a
 /// pipeline of large gets cannot grow the output without bound.
 const OUT_HIGH_WATER: usize = 1024 * 1024;
-/// Buffers larger than this are released after use instead of kept for the next batch.
-const KEEP_BUFFER: usize = 64 * 1024;
 
 /// A stream the server can serve: TCP or unix.
 pub trait Socket: AsyncWrite + Unpin {
@@ -270,7 +269,9 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
 impl<S: Socket> Conn<'_, S> {
     /// Reads what is available and handles it. `Ok(false)` when the connection should close.
     async fn read(&mut self) -> io::Result<bool> {
-        if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+        if self.input.capacity() == 0 {
+            self.input = spare::take_input();
+        } else if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
             self.input.reserve(READ_CHUNK);
         }
         let n = match self.stream.try_read_buf(&mut self.input) {
@@ -282,14 +283,17 @@ impl<S: Socket> Conn<'_, S> {
         self.counters.bytes_read += n as u64;
         self.entry.touch(self.server.clock.now());
         self.entry.set_state(ConnState::ParseCmd);
+        if self.out.capacity() == 0 {
+            self.out = spare::take_output();
+        }
         let keep_open = self.handle_input().await?;
         self.entry.set_state(self.waiting_state());
         if self.input.is_empty() && self.input.capacity() > 0 && self.swallow == 0 {
             // Nothing pending: give the buffer back so an idle connection holds none.
-            self.input = BytesMut::new();
+            spare::give_back_input(std::mem::take(&mut self.input));
         }
-        if self.out.capacity() > KEEP_BUFFER {
-            self.out = Vec::new();
+        if self.out.is_empty() {
+            spare::give_back_output(std::mem::take(&mut self.out));
         }
         self.flush_counters();
         Ok(keep_open)
@@ -491,5 +495,64 @@ impl<S: Socket> Conn<'_, S> {
     fn flush_counters(&mut self) {
         self.server.stats.merge(&self.counters);
         self.counters = Counters::default();
+    }
+}
+
+/// Read and write buffers between batches, kept per thread: a connection takes them when data
+/// arrives and gives them back when its batch is done, so an idle connection holds none and a
+/// busy worker does not allocate and free them for every request.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::READ_CHUNK;
+
+    /// Buffers kept per thread; more than the connections one worker has mid-batch at once.
+    const KEEP: usize = 16;
+    /// Reply buffers grown beyond this (a large value) are freed rather than kept.
+    const KEEP_OUTPUT: usize = 64 * 1024;
+
+    thread_local! {
+        static INPUT: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static OUTPUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take_input() -> BytesMut {
+        INPUT
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    pub(super) fn give_back_input(mut buf: BytesMut) {
+        buf.clear();
+        // Moves the (empty) view back to the start of its allocation: no copy, no allocation.
+        buf.reserve(READ_CHUNK);
+        // One grown for a large value is not worth keeping.
+        if buf.capacity() == READ_CHUNK {
+            keep(&INPUT, buf);
+        }
+    }
+
+    pub(super) fn take_output() -> Vec<u8> {
+        OUTPUT
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn give_back_output(mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() > 0 && buf.capacity() <= KEEP_OUTPUT {
+            keep(&OUTPUT, buf);
+        }
+    }
+
+    fn keep<T>(spare: &'static std::thread::LocalKey<RefCell<Vec<T>>>, buf: T) {
+        spare.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
     }
 }
