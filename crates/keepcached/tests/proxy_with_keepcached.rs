@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keepcached_testkit::{free_port, keepcached_server, Client, End, ServerProcess};
+use keepcached_testkit::{
+    free_port, keepcached_server, raise_open_file_limit, Client, End, ServerProcess,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 /// How long the proxy may take to listen (a debug build on two busy cores).
@@ -79,6 +81,16 @@ impl Proxy {
 
     fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The proxy's resident memory in KiB, from /proc.
+    fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 }
 
@@ -300,4 +312,38 @@ fn exchange_until_noop(client: &mut Client, script: &str) -> String {
         .unwrap_or_else(|e| panic!("{script:?}: {e}"));
     assert!(!reply.timed_out && !reply.closed, "{reply:?}");
     String::from_utf8(reply.bytes).expect("text reply")
+}
+
+/// magent deployments open tens of thousands of client connections (the seed runs it with
+/// `-n 51200`): an idle one must not hold the proxy's read and reply buffers.
+#[test]
+fn idle_client_connections_hold_no_buffers() {
+    const CONNECTIONS: usize = 2000;
+    let limit = raise_open_file_limit(CONNECTIONS as u64 + 500).expect("raise the fd limit");
+    assert!(
+        limit > CONNECTIONS as u64,
+        "open-file limit {limit} too low"
+    );
+    let (main, backup) = (server(), server());
+    let proxy = Proxy::start(&main, &backup);
+    let mut first = proxy.connect();
+    assert_eq!(call(&mut first, "set k 0 0 1\r\nv\r\n"), "STORED\r\n");
+    let before = proxy.rss_kib();
+    // Every connection is served once, then left idle (one after the other: what is measured is
+    // what idle connections hold, not the peak of a burst of requests).
+    let clients: Vec<Client> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut client = proxy.connect();
+            let reply = call(&mut client, "get k\r\n");
+            assert_eq!(reply, "VALUE k 0 1\r\nv\r\nEND\r\n", "connection {i}");
+            client
+        })
+        .collect();
+    let per_connection = (proxy.rss_kib().saturating_sub(before) * 1024) / clients.len() as u64;
+    eprintln!("proxy: {per_connection} bytes per idle client connection");
+    // A 16 KiB read buffer and a reply buffer each would be over 32 KiB.
+    assert!(
+        per_connection <= 8 * 1024,
+        "{per_connection} bytes per idle client connection"
+    );
 }

@@ -20,7 +20,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use keepcached_protocol::meta::MetaCommand;
 use keepcached_protocol::reply::{self, ErrorReply};
 use keepcached_protocol::{parse_command, Command, Invalid, Keys, Request, StoreKind, Verb};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use keepcached_runtime::{spare, Socket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::backend::{ErrorKind, Reply};
@@ -53,10 +54,11 @@ pub async fn serve<S>(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Socket,
 {
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = Vec::with_capacity(READ_CHUNK);
+    // Both buffers are held only while there is work: an idle client costs no buffer memory.
+    let mut rbuf = BytesMut::new();
+    let mut out = Vec::new();
     let mut swallow = 0usize;
     let mut reads: Vec<Bytes> = Vec::new();
     // One wait for shutdown for the connection's whole life: a fresh one per read would take
@@ -92,7 +94,9 @@ where
                 }
                 continue;
             }
-            run_reads(&ctx, &mut reads, &mut out).await;
+            if !reads.is_empty() {
+                run_reads(&ctx, &mut reads, &mut out).await;
+            }
             let next = dispatch(&ctx, &frame, &mut out).await;
             match next {
                 Next::Continue => {}
@@ -107,7 +111,9 @@ where
                 out.clear();
             }
         }
-        run_reads(&ctx, &mut reads, &mut out).await;
+        if !reads.is_empty() {
+            run_reads(&ctx, &mut reads, &mut out).await;
+        }
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
@@ -115,16 +121,29 @@ where
         if close || stopped {
             return Ok(());
         }
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
+        if rbuf.is_empty() && rbuf.capacity() > 0 {
+            spare::give_back_input(std::mem::take(&mut rbuf), READ_CHUNK);
+        }
+        if out.capacity() > 0 {
+            spare::give_back_output(std::mem::take(&mut out));
         }
         tokio::select! {
-            read = stream.read_buf(&mut rbuf) => {
-                if read? == 0 {
-                    return Ok(());
-                }
+            ready = stream.readable() => ready?,
+            _ = &mut stopping, if !stopped => {
+                stopped = true;
+                continue;
             }
-            _ = &mut stopping, if !stopped => stopped = true,
+        }
+        if rbuf.capacity() == 0 {
+            rbuf = spare::take_input(READ_CHUNK);
+        } else if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        if stream.read_buf(&mut rbuf).await? == 0 {
+            return Ok(());
+        }
+        if out.capacity() == 0 {
+            out = spare::take_output();
         }
     }
 }

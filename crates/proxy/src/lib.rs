@@ -271,7 +271,7 @@ impl Accepting {
         attach: fn(Std) -> std::io::Result<S>,
     ) where
         Std: Send + 'static,
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: keepcached_runtime::Socket + Send + 'static,
         F: FnMut() -> Fut,
         Fut: Future<Output = std::io::Result<(Std, String)>>,
     {

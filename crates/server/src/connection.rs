@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
 use keepcached_protocol::{parse_command, Command};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use keepcached_runtime::{spare, Socket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
@@ -28,30 +29,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Replies buffered beyond this are written out before more requests are executed, so a
 /// pipeline of large gets cannot grow the output without bound.
 const OUT_HIGH_WATER: usize = 1024 * 1024;
-
-/// A stream the server can serve: TCP or unix.
-pub trait Socket: AsyncWrite + Unpin {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
-}
-
-impl Socket for tokio::net::TcpStream {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        tokio::net::TcpStream::readable(self)
-    }
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        tokio::net::TcpStream::try_read_buf(self, buf)
-    }
-}
-
-impl Socket for tokio::net::UnixStream {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        tokio::net::UnixStream::readable(self)
-    }
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        tokio::net::UnixStream::try_read_buf(self, buf)
-    }
-}
 
 /// What a connection is doing, in memcached's state names (`stats conns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,16 +247,14 @@ impl<S: Socket> Conn<'_, S> {
     /// Reads what is available and handles it. `Ok(false)` when the connection should close.
     async fn read(&mut self) -> io::Result<bool> {
         if self.input.capacity() == 0 {
-            self.input = spare::take_input();
+            self.input = spare::take_input(READ_CHUNK);
         } else if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
             self.input.reserve(READ_CHUNK);
         }
-        let n = match self.stream.try_read_buf(&mut self.input) {
-            Ok(0) => return Ok(false),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-            Err(e) => return Err(e),
-        };
+        let n = self.stream.read_buf(&mut self.input).await?;
+        if n == 0 {
+            return Ok(false);
+        }
         self.counters.bytes_read += n as u64;
         self.entry.touch(self.server.clock.now());
         self.entry.set_state(ConnState::ParseCmd);
@@ -290,7 +265,7 @@ impl<S: Socket> Conn<'_, S> {
         self.entry.set_state(self.waiting_state());
         if self.input.is_empty() && self.input.capacity() > 0 && self.swallow == 0 {
             // Nothing pending: give the buffer back so an idle connection holds none.
-            spare::give_back_input(std::mem::take(&mut self.input));
+            spare::give_back_input(std::mem::take(&mut self.input), READ_CHUNK);
         }
         if self.out.is_empty() {
             spare::give_back_output(std::mem::take(&mut self.out));
@@ -495,64 +470,5 @@ impl<S: Socket> Conn<'_, S> {
     fn flush_counters(&mut self) {
         self.server.stats.merge(&self.counters);
         self.counters = Counters::default();
-    }
-}
-
-/// Read and write buffers between batches, kept per thread: a connection takes them when data
-/// arrives and gives them back when its batch is done, so an idle connection holds none and a
-/// busy worker does not allocate and free them for every request.
-mod spare {
-    use std::cell::RefCell;
-
-    use bytes::BytesMut;
-
-    use super::READ_CHUNK;
-
-    /// Buffers kept per thread; more than the connections one worker has mid-batch at once.
-    const KEEP: usize = 16;
-    /// Reply buffers grown beyond this (a large value) are freed rather than kept.
-    const KEEP_OUTPUT: usize = 64 * 1024;
-
-    thread_local! {
-        static INPUT: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-        static OUTPUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn take_input() -> BytesMut {
-        INPUT
-            .with(|spare| spare.borrow_mut().pop())
-            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
-    }
-
-    pub(super) fn give_back_input(mut buf: BytesMut) {
-        buf.clear();
-        // Moves the (empty) view back to the start of its allocation: no copy, no allocation.
-        buf.reserve(READ_CHUNK);
-        // One grown for a large value is not worth keeping.
-        if buf.capacity() == READ_CHUNK {
-            keep(&INPUT, buf);
-        }
-    }
-
-    pub(super) fn take_output() -> Vec<u8> {
-        OUTPUT
-            .with(|spare| spare.borrow_mut().pop())
-            .unwrap_or_default()
-    }
-
-    pub(super) fn give_back_output(mut buf: Vec<u8>) {
-        buf.clear();
-        if buf.capacity() > 0 && buf.capacity() <= KEEP_OUTPUT {
-            keep(&OUTPUT, buf);
-        }
-    }
-
-    fn keep<T>(spare: &'static std::thread::LocalKey<RefCell<Vec<T>>>, buf: T) {
-        spare.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < KEEP {
-                spare.push(buf);
-            }
-        });
     }
 }

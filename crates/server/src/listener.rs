@@ -270,7 +270,7 @@ pub async fn serve(
 
 /// A listening socket of either kind: TCP or unix.
 trait Acceptor: Send + Sync + 'static {
-    type Stream: connection::Socket + Send + 'static;
+    type Stream: keepcached_runtime::Socket + Send + 'static;
     /// The next connection and the peer's address for `stats conns` (`None`: the listener's).
     fn accept_one(
         &self,
