@@ -700,7 +700,11 @@ fn enqueue(
             last.deadline = last.deadline.min(job.deadline);
             let caller = (job.call.head, job.reply);
             let callers = match std::mem::replace(&mut last.waiter, Waiter::Merged(Vec::new())) {
-                Waiter::One(first) => vec![(get.head.clone(), first), caller],
+                Waiter::One(first) => {
+                    let mut callers = Vec::with_capacity(8);
+                    callers.extend([(get.head.clone(), first), caller]);
+                    callers
+                }
                 Waiter::Merged(mut callers) => {
                     callers.push(caller);
                     callers

@@ -56,9 +56,12 @@ pub fn meta(frame: Bytes, quiet: bool) -> Call {
 }
 
 /// `get|gets|gat|gats [exptime] <keys>`.
-pub fn get<'a>(verb: Verb, exptime: Option<i32>, keys: impl Iterator<Item = &'a [u8]>) -> Call {
-    let keys: Vec<&[u8]> = keys.collect();
-    let len: usize = keys.iter().map(|k| k.len() + 1).sum();
+pub fn get<'a>(
+    verb: Verb,
+    exptime: Option<i32>,
+    keys: impl Iterator<Item = &'a [u8]> + Clone,
+) -> Call {
+    let len: usize = keys.clone().map(|k| k.len() + 1).sum();
     let line = head(len + 24, |out| {
         out.put_slice(match verb {
             Verb::Get => b"get",

@@ -36,6 +36,8 @@ struct Wanted<'a> {
     replicas: Replicas,
     /// Index in `replicas` of the server to ask next.
     next: usize,
+    /// That server, while a round of calls is being grouped.
+    target: u16,
     value: Option<Value>,
     /// The backend that answered, for gat's TTL copy.
     served_by: Option<u16>,
@@ -64,6 +66,7 @@ pub async fn get(
             key,
             replicas: ctx.router.replicas(key),
             next: 0,
+            target: 0,
             value: None,
             served_by: None,
             request,
@@ -75,31 +78,41 @@ pub async fn get(
     let mut reasons: Vec<(usize, BackendError)> = Vec::new();
     let mut todo: Vec<usize> = (0..wanted.len()).collect();
     while !todo.is_empty() {
-        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
-        for i in todo.drain(..) {
-            let Some(id) = next_healthy(ctx, &mut wanted[i], &mut reasons) else {
-                wanted[i].unavailable = true;
-                continue;
-            };
-            match groups.iter_mut().find(|(g, _)| *g == id) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((id, vec![i])),
+        todo.retain(|&i| match next_healthy(ctx, &mut wanted[i], &mut reasons) {
+            Some(id) => {
+                wanted[i].target = id;
+                true
             }
-        }
-        let call_group = |(id, members): (u16, Vec<usize>)| {
+            None => {
+                wanted[i].unavailable = true;
+                false
+            }
+        });
+        // Each server's keys side by side: a group is a run of `batch`, so the usual case (all
+        // keys on one server) allocates nothing to group them.
+        todo.sort_unstable_by_key(|&i| wanted[i].target);
+        let batch = std::mem::take(&mut todo);
+        let call_group = |members: &[usize]| {
+            let id = wanted[members[0]].target;
             let call = forward::get(verb, exptime, members.iter().map(|&i| wanted[i].key));
             let backend = ctx.router.backend(id);
-            async move { (id, members, backend.call(call).await) }
+            async move { (id, backend.call(call).await) }
         };
-        // The usual case, every key on one server, needs no set of futures to wait on.
-        let (mut single, mut calls) = if groups.len() == 1 {
-            (groups.pop().map(call_group), None)
+        let groups = batch.chunk_by(|&a, &b| wanted[a].target == wanted[b].target);
+        // One server needs no set of futures to wait on.
+        let (mut single, mut calls) = if groups.clone().count() <= 1 {
+            (groups.clone().next().map(|m| (m, call_group(m))), None)
         } else {
-            let calls: FuturesUnordered<_> = groups.into_iter().map(call_group).collect();
+            let calls: FuturesUnordered<_> = groups
+                .map(|members| {
+                    let call = call_group(members);
+                    async move { (members, call.await) }
+                })
+                .collect();
             (None, Some(calls))
         };
-        while let Some((id, members, result)) = match (single.take(), calls.as_mut()) {
-            (Some(call), _) => Some(call.await),
+        while let Some((members, (id, result))) = match (single.take(), calls.as_mut()) {
+            (Some((members, call)), _) => Some((members, call.await)),
             (None, Some(calls)) => calls.next().await,
             (None, None) => None,
         } {
@@ -117,7 +130,7 @@ pub async fn get(
                             at += 1;
                         }
                     }
-                    for &i in &members {
+                    for &i in members {
                         wanted[i].served_by.get_or_insert(id);
                     }
                 }
@@ -125,7 +138,7 @@ pub async fn get(
                     if let Err(e) = other {
                         // One reason per request with keys in the group.
                         let from = reasons.len();
-                        for &i in &members {
+                        for &i in members {
                             let request = wanted[i].request;
                             if !reasons[from..].iter().any(|(r, _)| *r == request) {
                                 reasons.push((request, e.clone()));
@@ -133,10 +146,10 @@ pub async fn get(
                         }
                     }
                     Stats::add(&counters.get_failovers, members.len() as u64);
-                    for &i in &members {
+                    for &i in members {
                         wanted[i].next += 1;
                     }
-                    todo.extend(members);
+                    todo.extend_from_slice(members);
                 }
             }
         }
