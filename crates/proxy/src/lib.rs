@@ -180,51 +180,44 @@ impl Bound {
         // Each connection holds a clone of `done`; the receiver sees the channel close when the
         // last connection has ended.
         let (done, mut all_done) = mpsc::channel::<()>(1);
+        let accepting = Accepting {
+            ctx: ctx.clone(),
+            workers: workers.clone(),
+            stops: worker_stops,
+            done,
+            stop: stop_rx,
+        };
         let mut acceptors = Vec::new();
         for listener in tcp {
-            let accepting = Accepting {
-                ctx: ctx.clone(),
-                workers: workers.clone(),
-                stops: worker_stops.clone(),
-                done: done.clone(),
-            };
-            let stop = stop_rx.clone();
-            acceptors.push(tokio::spawn(async move {
-                accepting
-                    .run(
-                        stop,
-                        || async {
-                            let (stream, peer) = listener.accept().await?;
-                            stream.set_nodelay(true)?;
-                            Ok((stream.into_std()?, peer.to_string()))
-                        },
-                        TcpStream::from_std,
-                    )
-                    .await
-            }));
+            let listener = Arc::new(listener);
+            let accepting = accepting.clone();
+            acceptors.push(tokio::spawn(accepting.run(
+                move || {
+                    let listener = listener.clone();
+                    async move {
+                        let (stream, peer) = listener.accept().await?;
+                        stream.set_nodelay(true)?;
+                        Ok((stream.into_std()?, peer.to_string()))
+                    }
+                },
+                TcpStream::from_std,
+            )));
         }
         if let Some(listener) = unix {
-            let accepting = Accepting {
-                ctx: ctx.clone(),
-                workers: workers.clone(),
-                stops: worker_stops.clone(),
-                done: done.clone(),
-            };
-            let stop = stop_rx.clone();
-            acceptors.push(tokio::spawn(async move {
-                accepting
-                    .run(
-                        stop,
-                        || async {
-                            let (stream, _) = listener.accept().await?;
-                            Ok((stream.into_std()?, "unix".to_string()))
-                        },
-                        UnixStream::from_std,
-                    )
-                    .await
-            }));
+            let listener = Arc::new(listener);
+            let accepting = accepting.clone();
+            acceptors.push(tokio::spawn(accepting.run(
+                move || {
+                    let listener = listener.clone();
+                    async move {
+                        let (stream, _) = listener.accept().await?;
+                        Ok((stream.into_std()?, "unix".to_string()))
+                    }
+                },
+                UnixStream::from_std,
+            )));
         }
-        drop(done);
+        drop(accepting);
         shutdown.await;
         tracing::info!("proxy shutting down");
         let _ = stop_tx.send(true);
@@ -252,24 +245,23 @@ impl Bound {
 }
 
 /// What an accept loop hands each connection.
+#[derive(Clone)]
 struct Accepting {
     ctx: Arc<Context>,
     workers: Arc<Workers>,
     /// Per worker: the signal that the proxy is shutting down.
     stops: Arc<[watch::Receiver<bool>]>,
     done: mpsc::Sender<()>,
+    /// The proxy is shutting down: stop accepting.
+    stop: watch::Receiver<bool>,
 }
 
 impl Accepting {
     /// Accepts connections until shutdown, each served by its own task on a worker thread.
     /// `accept` yields a connection detached from this runtime; `attach` registers it with the
     /// worker's.
-    async fn run<Std, S, F, Fut>(
-        self,
-        mut stop: watch::Receiver<bool>,
-        mut accept: F,
-        attach: fn(Std) -> std::io::Result<S>,
-    ) where
+    async fn run<Std, S, F, Fut>(mut self, mut accept: F, attach: fn(Std) -> std::io::Result<S>)
+    where
         Std: Send + 'static,
         S: keepcached_runtime::Socket + Send + 'static,
         F: FnMut() -> Fut,
@@ -280,7 +272,7 @@ impl Accepting {
         loop {
             let accepted = tokio::select! {
                 accepted = accept() => accepted,
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = self.stop.wait_for(|stop| *stop) => return,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
