@@ -131,11 +131,7 @@ fn up(rest: &[String]) -> anyhow::Result<()> {
         "keepcached: cache servers on 127.0.0.1:{MAIN} (main) and 127.0.0.1:{BACKUP} (backup), \
          replicating proxy on 127.0.0.1:{PROXY}\nkeepcached: try: telnet 127.0.0.1 {PROXY}"
     );
-    // Accepting and signals; the servers and the proxy serve on worker threads of their own.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = process::runtime()?;
     runtime.block_on(async move {
         let shutdown = process::shutdown_signal();
         let mut tasks = tokio::task::JoinSet::new();

@@ -122,3 +122,12 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
     });
     rx
 }
+
+/// The runtime a command runs on: one thread for accepting, signals and housekeeping (and all of
+/// VRRP). The cache server and the proxy serve their connections on worker threads of their own.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}

@@ -50,11 +50,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() && (user.is_some() || group.is_some()) {
         process::drop_privileges(user.as_deref(), group.as_deref())?;
     }
-    // Accepting and signals; the client connections get worker threads of the proxy's own.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal();
         bound

@@ -525,11 +525,7 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         }
     }
     let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
-    // Accepting, signals and housekeeping; the connections get -t worker threads of their own.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = process::runtime()?;
     runtime.block_on(async move {
         let server = Server::new(settings);
         let shutdown = process::shutdown_signal();

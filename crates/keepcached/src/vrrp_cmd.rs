@@ -79,10 +79,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("keepcached: {}: {warning}", path.display());
     }
     crate::init_logging(cli.verbose.max(1));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal();
         let report = Arc::new(Notify::new());

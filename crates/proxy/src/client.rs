@@ -94,9 +94,7 @@ where
                 }
                 continue;
             }
-            if !reads.is_empty() {
-                run_reads(&ctx, &mut reads, &mut out).await;
-            }
+            run_reads(&ctx, &mut reads, &mut out).await;
             let next = dispatch(&ctx, &frame, &mut out).await;
             match next {
                 Next::Continue => {}
@@ -111,9 +109,7 @@ where
                 out.clear();
             }
         }
-        if !reads.is_empty() {
-            run_reads(&ctx, &mut reads, &mut out).await;
-        }
+        run_reads(&ctx, &mut reads, &mut out).await;
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();

@@ -39,9 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepcached_protocol::Limits;
-use keepcached_runtime::Workers;
+use keepcached_runtime::{Acceptor, Workers};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use backend::BackendError;
@@ -187,35 +187,12 @@ impl Bound {
             done,
             stop: stop_rx,
         };
-        let mut acceptors = Vec::new();
-        for listener in tcp {
-            let listener = Arc::new(listener);
-            let accepting = accepting.clone();
-            acceptors.push(tokio::spawn(accepting.run(
-                move || {
-                    let listener = listener.clone();
-                    async move {
-                        let (stream, peer) = listener.accept().await?;
-                        stream.set_nodelay(true)?;
-                        Ok((stream.into_std()?, peer.to_string()))
-                    }
-                },
-                TcpStream::from_std,
-            )));
-        }
+        let mut acceptors: Vec<_> = tcp
+            .into_iter()
+            .map(|listener| tokio::spawn(accepting.clone().run(listener)))
+            .collect();
         if let Some(listener) = unix {
-            let listener = Arc::new(listener);
-            let accepting = accepting.clone();
-            acceptors.push(tokio::spawn(accepting.run(
-                move || {
-                    let listener = listener.clone();
-                    async move {
-                        let (stream, _) = listener.accept().await?;
-                        Ok((stream.into_std()?, "unix".to_string()))
-                    }
-                },
-                UnixStream::from_std,
-            )));
+            acceptors.push(tokio::spawn(accepting.clone().run(listener)));
         }
         drop(accepting);
         shutdown.await;
@@ -258,23 +235,15 @@ struct Accepting {
 
 impl Accepting {
     /// Accepts connections until shutdown, each served by its own task on a worker thread.
-    /// `accept` yields a connection detached from this runtime; `attach` registers it with the
-    /// worker's.
-    async fn run<Std, S, F, Fut>(mut self, mut accept: F, attach: fn(Std) -> std::io::Result<S>)
-    where
-        Std: Send + 'static,
-        S: keepcached_runtime::Socket + Send + 'static,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::io::Result<(Std, String)>>,
-    {
+    async fn run<A: Acceptor>(mut self, listener: A) {
         let ctx = &self.ctx;
         let mut next = 0usize;
         loop {
             let accepted = tokio::select! {
-                accepted = accept() => accepted,
+                accepted = listener.accept_one() => accepted,
                 _ = self.stop.wait_for(|stop| *stop) => return,
             };
-            let (stream, peer) = match accepted {
+            let (mut stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors or a connection reset before accept: wait a
@@ -284,13 +253,12 @@ impl Accepting {
                     continue;
                 }
             };
+            let peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
             let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
                 Stats::add(&ctx.stats.counters().rejected_connections, 1);
-                if let Ok(mut stream) = attach(stream) {
-                    tokio::spawn(async move {
-                        let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
-                    });
-                }
+                tokio::spawn(async move {
+                    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                });
                 continue;
             };
             let counters = ctx.stats.counters();
@@ -300,7 +268,7 @@ impl Accepting {
             next += 1;
             let (ctx, stop, done) = (ctx.clone(), self.stops[worker].clone(), self.done.clone());
             self.workers.spawn_on(worker, async move {
-                let served = match attach(stream) {
+                let served = match A::rehome(stream) {
                     Ok(stream) => client::serve(ctx.clone(), stream, stop).await,
                     Err(error) => Err(error),
                 };

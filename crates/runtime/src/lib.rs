@@ -5,11 +5,13 @@
 //! split so that each thread writes cache lines of its own. [`Socket`] and [`spare`]: connections
 //! that hold no buffers while idle.
 
+mod accept;
 mod sharded;
 mod socket;
 pub mod spare;
 mod workers;
 
+pub use accept::Acceptor;
 pub use sharded::Sharded;
 pub use socket::Socket;
 pub use workers::{worker_index, Workers};

@@ -87,16 +87,6 @@ impl Workers {
         self.handles[n % self.handles.len()].spawn(task);
     }
 
-    /// Runs one task made by `make` on every worker.
-    pub fn spawn_each<F>(&self, mut make: impl FnMut() -> F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        for handle in &self.handles {
-            handle.spawn(make());
-        }
-    }
-
     /// Stops every worker and waits until their tasks are dropped.
     pub async fn shutdown(self) {
         drop(self.stop);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
-use keepcached_protocol::{parse_command, Command};
+use keepcached_protocol::parse_command;
 use keepcached_runtime::{spare, Socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -393,16 +393,7 @@ impl<S: Socket> Conn<'_, S> {
                 out: &mut self.out,
                 counters: &mut self.counters,
             };
-            let next = match parsed {
-                Command::Text(text) => match text.outcome {
-                    Ok(request) => session.execute(request),
-                    Err(invalid) => session.invalid(invalid),
-                },
-                Command::Meta(meta) => match meta.outcome {
-                    Ok(request) => session.execute_meta(request),
-                    Err(reject) => session.meta_reject(reject),
-                },
-            };
+            let next = session.execute_command(parsed);
             self.input.advance(consumed);
             if let Some(stop) = self.after(next) {
                 return stop;

@@ -6,7 +6,7 @@
 
 use keepcached_cache::{DeltaResult, Lookup, StoreMode, StoreResult};
 use keepcached_protocol::reply::{self, ErrorReply};
-use keepcached_protocol::{Invalid, Request, StoreKind, Verb};
+use keepcached_protocol::{Command, Invalid, Request, StoreKind, Verb};
 
 use crate::report;
 use crate::stats::Counters;
@@ -44,6 +44,20 @@ impl Session<'_> {
     fn error(&mut self, error: ErrorReply, noreply: bool) {
         if !noreply {
             reply::line(self.out, error.as_str().as_bytes());
+        }
+    }
+
+    /// Answers one parsed text or meta command, valid or not.
+    pub fn execute_command(&mut self, command: Command<'_>) -> Next {
+        match command {
+            Command::Text(text) => match text.outcome {
+                Ok(request) => self.execute(request),
+                Err(invalid) => self.invalid(invalid),
+            },
+            Command::Meta(meta) => match meta.outcome {
+                Ok(request) => self.execute_meta(request),
+                Err(reject) => self.meta_reject(reject),
+            },
         }
     }
 

@@ -22,7 +22,7 @@ use crate::connection::{self, addr_text, ConnEntry, ConnState};
 use crate::udp;
 use crate::Server;
 use keepcached_cache::Time;
-use keepcached_runtime::Workers;
+use keepcached_runtime::{Acceptor, Workers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -198,7 +198,7 @@ pub async fn serve(
     // memcached counts each listening socket in total_connections, and each of its per-thread
     // UDP readers in total_connections and curr_connections; dashboards comparing the two
     // servers should see the same numbers.
-    let udp_readers = listeners.udp.len() * server.settings.threads;
+    let udp_readers = listeners.udp.len() * workers.count();
     let listening = listeners.tcp.len() + usize::from(listeners.unix.is_some());
     server
         .stats
@@ -216,18 +216,14 @@ pub async fn serve(
     }
     for socket in listeners.udp {
         let addr = addr_text("udp", &socket.local_addr()?);
-        let mut readers = Vec::with_capacity(server.settings.threads);
-        for _ in 0..server.settings.threads {
-            readers.push(socket.try_clone()?);
-        }
-        workers.spawn_each(|| {
+        for worker in 0..workers.count() {
             let registration =
                 server
                     .conns
                     .register(ConnEntry::new(addr.clone(), None, ConnState::Read, now));
-            let socket = readers.pop().expect("one descriptor per worker");
-            udp::serve(server.clone(), socket, registration)
-        });
+            let reader = udp::serve(server.clone(), socket.try_clone()?, registration);
+            workers.spawn_on(worker, reader);
+        }
     }
     let unix_path = if let Some((listener, path)) = listeners.unix {
         let listener = tokio::net::UnixListener::from_std(listener)?;
@@ -268,39 +264,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// A listening socket of either kind: TCP or unix.
-trait Acceptor: Send + Sync + 'static {
-    type Stream: keepcached_runtime::Socket + Send + 'static;
-    /// The next connection and the peer's address for `stats conns` (`None`: the listener's).
-    fn accept_one(
-        &self,
-    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, Option<String>)>> + Send;
-    /// Moves an accepted connection to the runtime of the calling thread (a worker's).
-    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream>;
-}
-
-impl Acceptor for tokio::net::TcpListener {
-    type Stream = tokio::net::TcpStream;
-    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<String>)> {
-        let (stream, peer) = self.accept().await?;
-        let _ = stream.set_nodelay(true);
-        Ok((stream, Some(addr_text("tcp", &peer))))
-    }
-    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream> {
-        tokio::net::TcpStream::from_std(stream.into_std()?)
-    }
-}
-
-impl Acceptor for tokio::net::UnixListener {
-    type Stream = tokio::net::UnixStream;
-    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<String>)> {
-        Ok((self.accept().await?.0, None))
-    }
-    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream> {
-        tokio::net::UnixStream::from_std(stream.into_std()?)
-    }
-}
-
 /// Registers a listener in `stats conns` and accepts on it until the task is aborted.
 fn spawn_acceptor<A: Acceptor>(
     tasks: &mut JoinSet<()>,
@@ -326,7 +289,8 @@ fn spawn_acceptor<A: Acceptor>(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let peer = peer.unwrap_or_else(|| listen_addr.clone());
+            // `stats conns` names a unix client by the socket it came through.
+            let peer = peer.map_or_else(|| listen_addr.clone(), |p| addr_text("tcp", &p));
             admit::<A>(&server, &workers, stream, peer, &listen_addr);
         }
     });

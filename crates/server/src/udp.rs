@@ -28,7 +28,7 @@ use std::io;
 use std::sync::Arc;
 
 use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
-use keepcached_protocol::{parse_command, Command};
+use keepcached_protocol::parse_command;
 use tokio::net::UdpSocket;
 
 use crate::binary::BinaryState;
@@ -142,16 +142,7 @@ pub fn handle_datagram(
                 break;
             };
             let consumed = parsed.consumed();
-            let next = match parsed {
-                Command::Text(text) => match text.outcome {
-                    Ok(request) => session.execute(request),
-                    Err(invalid) => session.invalid(invalid),
-                },
-                Command::Meta(meta) => match meta.outcome {
-                    Ok(request) => session.execute_meta(request),
-                    Err(reject) => session.meta_reject(reject),
-                },
-            };
+            let next = session.execute_command(parsed);
             (consumed, next)
         };
         input = &input[consumed..];
