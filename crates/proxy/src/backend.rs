@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use keepcached_protocol::response::{parse_response, MetaCode, Response, Status};
 use keepcached_runtime::{worker_index, Sharded, Workers};
 use parking_lot::Mutex;
@@ -90,13 +90,27 @@ pub struct Call {
     pub expect: Expect,
 }
 
-/// One item of a get reply; key and data share the connection's read buffer (no copy).
+/// One item of a get reply, as the server sent it (`VALUE <key> <flags> <bytes>[ <cas>]`, its
+/// data block and the line ends): the client is answered with these very bytes, a slice of the
+/// connection's read buffer (no copy, nothing encoded again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Value {
-    pub key: Bytes,
-    pub flags: u32,
-    pub data: Bytes,
-    pub cas: Option<u64>,
+    raw: Bytes,
+    /// Where the key is in `raw`.
+    key_at: u16,
+    key_len: u16,
+}
+
+impl Value {
+    pub fn key(&self) -> &[u8] {
+        let at = usize::from(self.key_at);
+        &self.raw[at..at + usize::from(self.key_len)]
+    }
+
+    /// The item's reply lines, exactly as a client asking the same get would receive them.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
 }
 
 /// Which error line a server sent.
@@ -489,7 +503,7 @@ impl Waiter {
                     for (head, tx) in callers {
                         let mut mine = Vec::new();
                         for key in get_keys(&head) {
-                            if let Some(value) = values.next_if(|v| v.key == key) {
+                            if let Some(value) = values.next_if(|v| v.key() == key) {
                                 mine.push(value);
                             }
                         }
@@ -759,8 +773,8 @@ fn assemble(
     partial: &mut Partial,
 ) -> Result<Option<Reply>, String> {
     loop {
-        let consumed = match parse_response(rbuf) {
-            Ok(parsed) => parsed.consumed,
+        let parsed = match parse_response(rbuf) {
+            Ok(parsed) => parsed,
             Err(incomplete) => {
                 if let Some(needed) = incomplete.needed {
                     rbuf.reserve(needed.saturating_sub(rbuf.len()));
@@ -768,58 +782,46 @@ fn assemble(
                 return Ok(None);
             }
         };
-        // Parse again from a frozen frame so that keys and values are slices of it, not copies.
-        let frame = rbuf.split_to(consumed).freeze();
-        let response = match parse_response(&frame) {
-            Ok(parsed) => parsed.response,
-            Err(_) => return Err("reply changed while parsing".into()),
-        };
-        let owned = |s: &[u8]| frame.slice_ref(s);
-        let reply = match (expect, response) {
-            (
-                Expect::Values,
-                Response::Value {
-                    key,
-                    flags,
-                    data,
-                    cas,
-                },
-            ) => {
+        let consumed = parsed.consumed;
+        // The frequent replies are taken from this one parse: a value is split off whole (its
+        // key found by offset), a status or number holds nothing of the buffer.
+        let reply = match (expect, parsed.response) {
+            (Expect::Values, Response::Value { key, .. }) => {
+                let key_at = key.as_ptr() as usize - rbuf.as_ptr() as usize;
+                let (Ok(key_at), Ok(key_len)) = (u16::try_from(key_at), u16::try_from(key.len()))
+                else {
+                    return Err("VALUE line too long".into());
+                };
                 partial.values.push(Value {
-                    key: owned(key),
-                    flags,
-                    data: owned(data),
-                    cas,
+                    raw: rbuf.split_to(consumed).freeze(),
+                    key_at,
+                    key_len,
                 });
                 continue;
             }
-            (Expect::Values, Response::End) => Reply::Values(std::mem::take(&mut partial.values)),
+            (Expect::Values, Response::End) => {
+                Some(Reply::Values(std::mem::take(&mut partial.values)))
+            }
+            (Expect::Line, Response::Status(status)) => Some(Reply::Status(status)),
+            (Expect::Line, Response::Number(n)) => Some(Reply::Number(n)),
             (
                 Expect::UntilNoop,
                 Response::Meta {
                     code: MetaCode::Noop,
                     ..
                 },
-            ) => return Ok(Some(partial.held.take().unwrap_or(Reply::Suppressed))),
-            (_, Response::Error(text)) => error_reply(ErrorKind::Error, owned(text), partial),
-            (_, Response::ClientError(text)) => {
-                error_reply(ErrorKind::Client, owned(text), partial)
+            ) => {
+                rbuf.advance(consumed);
+                return Ok(Some(partial.held.take().unwrap_or(Reply::Suppressed)));
             }
-            (_, Response::ServerError(text)) => {
-                error_reply(ErrorKind::Server, owned(text), partial)
+            _ => None,
+        };
+        let reply = match reply {
+            Some(reply) => {
+                rbuf.advance(consumed);
+                reply
             }
-            (Expect::Line, Response::Status(status)) => Reply::Status(status),
-            (Expect::Line, Response::Number(n)) => Reply::Number(n),
-            (Expect::Line, Response::Version(v)) => Reply::Version(owned(v)),
-            (Expect::Line | Expect::UntilNoop, Response::Meta { code, flags, data }) => {
-                Reply::Meta {
-                    code,
-                    flags: owned(flags),
-                    data: data.map(owned),
-                    raw: frame.clone(),
-                }
-            }
-            (_, other) => return Err(format!("{other:?}")),
+            None => owned_reply(rbuf.split_to(consumed).freeze(), expect, partial)?,
         };
         if expect == Expect::UntilNoop {
             // One request, one reply at most: a second one means the stream is out of step.
@@ -830,6 +832,29 @@ fn assemble(
         }
         return Ok(Some(reply));
     }
+}
+
+/// The reply in `frame` (one whole reply line, with its data block), whose parts are slices of
+/// the frame rather than copies.
+fn owned_reply(frame: Bytes, expect: Expect, partial: &mut Partial) -> Result<Reply, String> {
+    let response = match parse_response(&frame) {
+        Ok(parsed) => parsed.response,
+        Err(_) => return Err("reply changed while parsing".into()),
+    };
+    let owned = |s: &[u8]| frame.slice_ref(s);
+    Ok(match (expect, response) {
+        (_, Response::Error(text)) => error_reply(ErrorKind::Error, owned(text), partial),
+        (_, Response::ClientError(text)) => error_reply(ErrorKind::Client, owned(text), partial),
+        (_, Response::ServerError(text)) => error_reply(ErrorKind::Server, owned(text), partial),
+        (Expect::Line, Response::Version(v)) => Reply::Version(owned(v)),
+        (Expect::Line | Expect::UntilNoop, Response::Meta { code, flags, data }) => Reply::Meta {
+            code,
+            flags: owned(flags),
+            data: data.map(owned),
+            raw: frame.clone(),
+        },
+        (_, other) => return Err(format!("{other:?}")),
+    })
 }
 
 /// An error line ends any reply; items read before it are dropped, as the client would.
@@ -875,8 +900,8 @@ mod tests {
             panic!("{replies:?}")
         };
         assert_eq!(values.len(), 2);
-        assert_eq!(&values[1].data[..], b"yy");
-        assert_eq!(values[1].cas, Some(9));
+        assert_eq!(values[1].key(), b"b");
+        assert_eq!(values[1].raw(), b"VALUE b 0 2 9\r\nyy\r\n");
     }
 
     #[test]
@@ -936,17 +961,23 @@ mod tests {
     }
 
     fn value(key: &'static [u8]) -> Value {
+        let mut raw = BytesMut::new();
+        raw.extend_from_slice(b"VALUE ");
+        raw.extend_from_slice(key);
+        raw.extend_from_slice(b" 0 1\r\nv\r\n");
         Value {
-            key: Bytes::from_static(key),
-            flags: 0,
-            data: Bytes::from_static(b"v"),
-            cas: None,
+            raw: raw.freeze(),
+            key_at: 6,
+            key_len: key.len() as u16,
         }
     }
 
     fn keys_of(reply: Result<Reply, BackendError>) -> Vec<Bytes> {
         match reply {
-            Ok(Reply::Values(values)) => values.into_iter().map(|v| v.key).collect(),
+            Ok(Reply::Values(values)) => values
+                .iter()
+                .map(|v| Bytes::copy_from_slice(v.key()))
+                .collect(),
             other => panic!("{other:?}"),
         }
     }

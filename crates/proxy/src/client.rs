@@ -3,8 +3,9 @@
 //! Requests are parsed with the cache server's own parser (so bad input gets the same replies as
 //! from the cache server) and executed in order, text commands here and meta commands in
 //! meta.rs; the replies of everything the client pipelined
-//! leave in one write. Each complete request is split off the read buffer and frozen, so keys and
-//! values travel to the backends as slices of the bytes the client sent, without copies.
+//! leave in one write. What a read brought is frozen into one shared chunk and each request is
+//! parsed once from it, so keys and values travel to the backends as slices of the bytes the
+//! client sent, without copies.
 //!
 //! Consecutive pipelined reads (get, gets, and mg that changes nothing) run at once, each into its
 //! own reply buffer, and their replies are appended in request order: a client that pipelines
@@ -15,11 +16,13 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use keepcached_protocol::meta::MetaCommand;
 use keepcached_protocol::reply::{self, ErrorReply};
-use keepcached_protocol::{parse_command, Command, Invalid, Keys, Request, StoreKind, Verb};
+use keepcached_protocol::{
+    parse_command, Command, Invalid, Keys, Parsed, Request, StoreKind, Verb,
+};
 use keepcached_runtime::{spare, Socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -60,7 +63,10 @@ where
     let mut rbuf = BytesMut::new();
     let mut out = Vec::new();
     let mut swallow = 0usize;
-    let mut reads: Vec<Bytes> = Vec::new();
+    // How many bytes the partial request at the front of `rbuf` needs before it can be parsed
+    // (the end of its data block, when known): a large value is parsed once, when complete,
+    // not once per read.
+    let mut need = 0usize;
     // One wait for shutdown for the connection's whole life: a fresh one per read would take
     // the signal's lock twice per request.
     let stopping = shutdown.wait_for(|stop| *stop);
@@ -68,48 +74,16 @@ where
     let mut stopped = false;
     loop {
         let mut close = false;
-        loop {
-            if swallow > 0 {
-                let n = swallow.min(rbuf.len());
-                rbuf.advance(n);
-                swallow -= n;
-                if swallow > 0 {
-                    break;
-                }
-            }
-            let (consumed, read) = match parse_command(&rbuf, &ctx.limits) {
-                Ok(parsed) => (parsed.consumed(), is_read(&parsed)),
-                Err(incomplete) => {
-                    if let Some(needed) = incomplete.needed {
-                        rbuf.reserve(needed.saturating_sub(rbuf.len()));
-                    }
-                    break;
-                }
-            };
-            let frame = rbuf.split_to(consumed).freeze();
-            if read {
-                reads.push(frame);
-                if reads.len() >= MAX_READS {
-                    run_reads(&ctx, &mut reads, &mut out).await;
-                }
-                continue;
-            }
-            run_reads(&ctx, &mut reads, &mut out).await;
-            let next = dispatch(&ctx, &frame, &mut out).await;
-            match next {
-                Next::Continue => {}
-                Next::Close => {
-                    close = true;
-                    break;
-                }
-                Next::Swallow(n) => swallow = n,
-            }
-            if out.len() >= FLUSH_AT {
-                stream.write_all(&out).await?;
-                out.clear();
-            }
+        if !rbuf.is_empty() && rbuf.len() >= need {
+            // Everything read so far becomes one shared, immutable chunk: each request is
+            // parsed once, and its keys and value travel to the backends as slices of it.
+            let chunk = rbuf.split().freeze();
+            let ran = run_chunk(&ctx, &chunk, &mut swallow, &mut stream, &mut out).await?;
+            close = ran.close;
+            // A partial request waits for the rest of its bytes in the read buffer.
+            rbuf.extend_from_slice(&chunk[ran.used..]);
+            need = ran.need;
         }
-        run_reads(&ctx, &mut reads, &mut out).await;
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
@@ -132,8 +106,10 @@ where
         }
         if rbuf.capacity() == 0 {
             rbuf = spare::take_input(READ_CHUNK);
-        } else if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
+        }
+        let room = (READ_CHUNK / 4).max(need.saturating_sub(rbuf.len()));
+        if rbuf.capacity() - rbuf.len() < room {
+            rbuf.reserve(room.max(READ_CHUNK));
         }
         if stream.read_buf(&mut rbuf).await? == 0 {
             return Ok(());
@@ -142,6 +118,72 @@ where
             out = spare::take_output();
         }
     }
+}
+
+/// What [`run_chunk`] did with a chunk of input.
+struct Ran {
+    /// Bytes of complete requests (and discarded data); the rest is a partial request.
+    used: usize,
+    /// The partial request's full length, when its line says it (0 when unknown).
+    need: usize,
+    close: bool,
+}
+
+/// Parses and executes every complete request in `chunk`, in order, appending their replies.
+async fn run_chunk<S: Socket>(
+    ctx: &Arc<Context>,
+    chunk: &Bytes,
+    swallow: &mut usize,
+    stream: &mut S,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Ran> {
+    let mut ran = Ran {
+        used: 0,
+        need: 0,
+        close: false,
+    };
+    let mut reads = Reads::default();
+    loop {
+        if *swallow > 0 {
+            let n = (*swallow).min(chunk.len() - ran.used);
+            ran.used += n;
+            *swallow -= n;
+            if *swallow > 0 {
+                break;
+            }
+        }
+        let command = match parse_command(&chunk[ran.used..], &ctx.limits) {
+            Ok(command) => command,
+            Err(incomplete) => {
+                ran.need = incomplete.needed.unwrap_or(0);
+                break;
+            }
+        };
+        let frame = chunk.slice(ran.used..ran.used + command.consumed());
+        ran.used += frame.len();
+        if is_read(&command) {
+            reads.hold(frame, command);
+            if reads.len() >= MAX_READS {
+                reads.run(ctx, out).await;
+            }
+            continue;
+        }
+        reads.run(ctx, out).await;
+        match dispatch(ctx, &frame, command, out).await {
+            Next::Continue => {}
+            Next::Close => {
+                ran.close = true;
+                break;
+            }
+            Next::Swallow(n) => *swallow = n,
+        }
+        if out.len() >= FLUSH_AT {
+            stream.write_all(out).await?;
+            out.clear();
+        }
+    }
+    reads.run(ctx, out).await;
+    Ok(ran)
 }
 
 /// Whether a request only reads, so that it may run alongside its neighbours: get and gets
@@ -159,47 +201,81 @@ fn is_read(command: &Command<'_>) -> bool {
     }
 }
 
-/// A run of pipelined reads: text gets with one verb, read as one batch, or any other read.
-enum Segment<'a> {
-    Gets(Verb, Vec<Keys<'a>>),
-    Other(&'a Bytes),
+/// Pipelined reads held back to run together. The first is kept as parsed, so that a client
+/// that does not pipeline (one get at a time) runs it as is and allocates nothing here.
+#[derive(Default)]
+struct Reads<'c> {
+    first: Option<(Bytes, Command<'c>)>,
+    more: Vec<Read<'c>>,
 }
 
-/// Runs the reads held back, all at once, and appends their replies in request order.
-/// Consecutive text gets with the same verb are one batch ([`read::get`]): one multi-get per
-/// server for all their keys, instead of a call per get.
-async fn run_reads(ctx: &Arc<Context>, reads: &mut Vec<Bytes>, out: &mut Vec<u8>) {
-    if reads.len() <= 1 {
-        if let Some(frame) = reads.pop() {
-            dispatch(ctx, &frame, out).await;
+/// A held read once others join it: a get's keys, or any other read's bytes (parsed again when
+/// it runs; pipelined meta reads are rare, and a parsed one is large).
+enum Read<'c> {
+    Get(Verb, Keys<'c>),
+    Other(Bytes),
+}
+
+impl<'c> Read<'c> {
+    fn new(frame: Bytes, command: Command<'c>) -> Read<'c> {
+        match command {
+            Command::Text(Parsed {
+                outcome:
+                    Ok(Request::Get {
+                        verb,
+                        exptime: None,
+                        keys,
+                    }),
+                ..
+            }) => Read::Get(verb, keys),
+            _ => Read::Other(frame),
         }
-        return;
     }
-    let frames = std::mem::take(reads);
-    let mut segments: Vec<Segment<'_>> = Vec::new();
-    for frame in &frames {
-        let get = match parse_command(frame, &ctx.limits) {
-            Ok(Command::Text(parsed)) => match parsed.outcome {
-                Ok(Request::Get {
-                    verb,
-                    exptime: None,
-                    keys,
-                }) => Some((verb, keys)),
-                _ => None,
-            },
-            _ => None,
+}
+
+/// A run of pipelined reads: text gets with one verb, read as one batch, or any other read.
+enum Segment<'c> {
+    Gets(Verb, Vec<Keys<'c>>),
+    Other(Bytes),
+}
+
+impl<'c> Reads<'c> {
+    fn hold(&mut self, frame: Bytes, command: Command<'c>) {
+        match self.first {
+            None => self.first = Some((frame, command)),
+            Some(_) => self.more.push(Read::new(frame, command)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    /// Runs the reads held back, all at once, and appends their replies in request order.
+    /// Consecutive text gets with the same verb are one batch ([`read::get`]): one multi-get
+    /// per server for all their keys, instead of a call per get.
+    async fn run(&mut self, ctx: &Arc<Context>, out: &mut Vec<u8>) {
+        let Some((frame, command)) = self.first.take() else {
+            return;
         };
-        match (get, segments.last_mut()) {
-            (Some((verb, keys)), Some(Segment::Gets(last, batch))) if *last == verb => {
-                batch.push(keys);
-            }
-            (Some((verb, keys)), _) => segments.push(Segment::Gets(verb, vec![keys])),
-            (None, _) => segments.push(Segment::Other(frame)),
+        if self.more.is_empty() {
+            dispatch(ctx, &frame, command, out).await;
+            return;
         }
-    }
-    if let [Segment::Gets(verb, batch)] = &segments[..] {
-        read::get(ctx, *verb, None, batch, out).await;
-    } else {
+        let mut segments: Vec<Segment<'c>> = Vec::new();
+        for read in std::iter::once(Read::new(frame, command)).chain(self.more.drain(..)) {
+            match (read, segments.last_mut()) {
+                (Read::Get(verb, keys), Some(Segment::Gets(last, batch))) if *last == verb => {
+                    batch.push(keys);
+                }
+                (Read::Get(verb, keys), _) => segments.push(Segment::Gets(verb, vec![keys])),
+                (Read::Other(frame), _) => segments.push(Segment::Other(frame)),
+            }
+        }
+        if let [Segment::Gets(verb, batch)] = &segments[..] {
+            read::get(ctx, *verb, None, batch, out).await;
+            return;
+        }
         let mut replies: FuturesOrdered<_> = segments
             .into_iter()
             .map(|segment| async move {
@@ -211,7 +287,9 @@ async fn run_reads(ctx: &Arc<Context>, reads: &mut Vec<Bytes>, out: &mut Vec<u8>
                     // Boxed: the future of every other command would make each segment's
                     // future, allocated and moved once per segment, much larger.
                     Segment::Other(frame) => {
-                        Box::pin(dispatch(ctx, frame, &mut reply)).await;
+                        if let Ok(command) = parse_command(&frame, &ctx.limits) {
+                            Box::pin(dispatch(ctx, &frame, command, &mut reply)).await;
+                        }
                     }
                 }
                 reply
@@ -221,17 +299,18 @@ async fn run_reads(ctx: &Arc<Context>, reads: &mut Vec<Bytes>, out: &mut Vec<u8>
             out.extend_from_slice(&reply);
         }
     }
-    // Keep the buffer's capacity for the next run.
-    *reads = frames;
-    reads.clear();
 }
 
-/// Parses one complete request (a frame split off the read buffer) and executes it.
-async fn dispatch(ctx: &Arc<Context>, frame: &Bytes, out: &mut Vec<u8>) -> Next {
-    match parse_command(frame, &ctx.limits) {
-        Ok(Command::Text(parsed)) => execute(ctx, frame, parsed.outcome, out).await,
-        Ok(Command::Meta(parsed)) => meta::execute(ctx, frame, parsed.outcome, out).await,
-        Err(_) => Next::Close,
+/// Executes one parsed request (`frame` holds all its bytes) and appends its reply.
+async fn dispatch(
+    ctx: &Arc<Context>,
+    frame: &Bytes,
+    command: Command<'_>,
+    out: &mut Vec<u8>,
+) -> Next {
+    match command {
+        Command::Text(parsed) => execute(ctx, frame, parsed.outcome, out).await,
+        Command::Meta(parsed) => meta::execute(ctx, frame, parsed.outcome, out).await,
     }
 }
 

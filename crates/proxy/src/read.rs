@@ -122,7 +122,7 @@ pub async fn get(
                     // twice, twice), so one pass over the group matches them.
                     let mut at = 0;
                     for value in values {
-                        while at < members.len() && wanted[members[at]].key != &value.key[..] {
+                        while at < members.len() && wanted[members[at]].key != value.key() {
                             at += 1;
                         }
                         if let Some(&i) = members.get(at) {
@@ -154,13 +154,12 @@ pub async fn get(
             }
         }
     }
-    let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
     let mut rest = &wanted[..];
     for request in 0..requests.len() {
         let len = rest.iter().take_while(|w| w.request == request).count();
         let (asked, later) = rest.split_at(len);
         rest = later;
-        answer(ctx, exptime, asked, request, &reasons, with_cas, out).await;
+        answer(ctx, exptime, asked, request, &reasons, out).await;
     }
 }
 
@@ -171,7 +170,6 @@ async fn answer(
     asked: &[Wanted<'_>],
     request: usize,
     reasons: &[(usize, BackendError)],
-    with_cas: bool,
     out: &mut Vec<u8>,
 ) {
     let counters = ctx.stats.counters();
@@ -197,13 +195,8 @@ async fn answer(
     for w in asked {
         if let Some(v) = &w.value {
             hits += 1;
-            reply::value(
-                out,
-                w.key,
-                v.flags,
-                &v.data,
-                with_cas.then_some(v.cas.unwrap_or(0)),
-            );
+            // The server's own reply to the same verb: passed on as it came.
+            out.extend_from_slice(v.raw());
         }
     }
     Stats::add(&counters.get_hits, hits);

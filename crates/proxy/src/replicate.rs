@@ -12,9 +12,9 @@
 //!   cannot be read exactly, or the executing replica no longer has the key, the key is deleted
 //!   on the others so they can never answer with a stale value. A `cas` is never sent to another
 //!   replica: its CAS number is only meaningful on the replica that issued it.
-//! - Writes to one key are serialized through a striped lock held until every replica has
-//!   answered, so concurrent writers leave all replicas in the same final state (two `set`s can
-//!   otherwise reach two replicas in opposite orders).
+//! - Writes to a key with several replicas are serialized through a striped lock held until
+//!   every replica has answered, so concurrent writers leave all replicas in the same final state
+//!   (two `set`s can otherwise reach two replicas in opposite orders).
 //! - A replica that fails, times out or is down misses the write; the key is remembered for it
 //!   (see [`Backend::remember_missed`]) so a later re-sync can repair exactly those keys.
 
@@ -208,6 +208,14 @@ fn meta_copy_after(op: &MetaOp, reply: &Reply) -> Copy {
 /// `set`, `delete`, `touch`: `call` to every replica of `key`.
 pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
     let replicas = ctx.router.replicas(&key);
+    if let &[id] = replicas.as_slice() {
+        // A key with one replica has no copies to keep in step: no lock, no fan-out.
+        let backend = ctx.router.backend(id);
+        return backend.call(call).await.map_err(|e| {
+            missed(ctx, backend, &key);
+            ProxyError::Unavailable { reasons: vec![e] }
+        });
+    }
     let guard = ctx.locks.lock(&key).await;
     let mut reasons = Vec::new();
     let mut targets = Vec::with_capacity(replicas.as_slice().len());

@@ -469,3 +469,41 @@ async fn concurrent_gets_from_many_clients_get_their_own_values() {
     }
     proxy.stop().await;
 }
+
+/// Requests that arrive in pieces (a line cut anywhere, a large value over many reads) run once
+/// complete, in order, with the requests that arrived in the same reads.
+#[tokio::test]
+async fn requests_arriving_in_pieces_run_once_complete() {
+    let a = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&a]])).await;
+    let mut client = proxy.client().await;
+    for piece in ["se", "t k 0 0 1\r", "\nx", "\r", "\nget", " k\r\n"] {
+        client.send(piece.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.read_reply(false).await, "STORED\r\n");
+    assert_eq!(client.read_reply(true).await, "VALUE k 0 1\r\nx\r\nEND\r\n");
+
+    let big = "y".repeat(700 * 1024);
+    let input = format!(
+        "set big 3 0 {}\r\n{big}\r\nget big k\r\nset small 0 0 2\r\nhi\r\n",
+        big.len()
+    );
+    // A prime size cuts the line, the data block and the requests after it at odd places.
+    for piece in input.as_bytes().chunks(7919) {
+        client.send(piece).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(client.read_reply(false).await, "STORED\r\n");
+    assert_eq!(
+        client.read_reply(true).await,
+        format!(
+            "VALUE big 3 {}\r\n{big}\r\nVALUE k 0 1\r\nx\r\nEND\r\n",
+            big.len()
+        )
+    );
+    assert_eq!(client.read_reply(false).await, "STORED\r\n");
+    let mut direct = Client::connect(&a.addr()).await;
+    assert_eq!(direct.get("big").await.as_deref(), Some(big.as_str()));
+    proxy.stop().await;
+}
