@@ -475,6 +475,8 @@ type ReplyTx = oneshot::Sender<Result<Reply, BackendError>>;
 #[derive(Debug)]
 struct InFlight {
     expect: Expect,
+    /// How many values its reply may hold at most (0 unless a get), to size their list once.
+    keys: usize,
     waiter: Waiter,
     /// The oldest deadline of its callers.
     deadline: Instant,
@@ -498,15 +500,17 @@ impl Waiter {
             Waiter::Merged(callers) => match result {
                 Ok(Reply::Values(values)) => {
                     // The server answers hits in the order the keys were asked (a key asked
-                    // twice, twice), so one pass hands each caller the hits of its own keys.
-                    let mut values = values.into_iter().peekable();
+                    // twice, twice), so one pass hands each caller the hits of its own keys:
+                    // the next run of values.
+                    let mut values = values.into_iter();
                     for (head, tx) in callers {
-                        let mut mine = Vec::new();
+                        let mut hits = 0;
                         for key in get_keys(&head) {
-                            if let Some(value) = values.next_if(|v| v.key() == key) {
-                                mine.push(value);
+                            if values.as_slice().get(hits).is_some_and(|v| v.key() == key) {
+                                hits += 1;
                             }
                         }
+                        let mine = values.by_ref().take(hits).collect();
                         let _ = tx.send(Ok(Reply::Values(mine)));
                     }
                 }
@@ -638,8 +642,8 @@ async fn serve(
         tokio::pin!(timer);
         loop {
             loop {
-                let expect = pending.lock().front().map(|p| p.expect);
-                let Some(expect) = expect else {
+                let front = pending.lock().front().map(|p| (p.expect, p.keys));
+                let Some((expect, keys)) = front else {
                     if !rbuf.is_empty() {
                         return BackendError::Protocol {
                             addr: addr.clone(),
@@ -648,7 +652,7 @@ async fn serve(
                     }
                     break;
                 };
-                match assemble(&mut rbuf, expect, &mut partial) {
+                match assemble(&mut rbuf, expect, keys, &mut partial) {
                     Ok(Some(reply)) => {
                         if let Some(job) = pending.lock().pop_front() {
                             job.waiter.deliver(Ok(reply));
@@ -712,6 +716,7 @@ fn enqueue(
             let mut pending = pending.lock();
             let last = pending.back_mut().expect("an open get is pending");
             last.deadline = last.deadline.min(job.deadline);
+            last.keys += most_keys(keys);
             let caller = (job.call.head, job.reply);
             let callers = match std::mem::replace(&mut last.waiter, Waiter::Merged(Vec::new())) {
                 Waiter::One(first) => {
@@ -743,9 +748,18 @@ fn enqueue(
     }
     pending.lock().push_back(InFlight {
         expect: job.call.expect,
+        keys: match job.call.expect {
+            Expect::Values => most_keys(&job.call.head),
+            _ => 0,
+        },
         waiter: Waiter::One(job.reply),
         deadline: job.deadline,
     });
+}
+
+/// At most how many keys a get line (or the keys part of one) names: one per space.
+fn most_keys(line: &[u8]) -> usize {
+    line.iter().filter(|b| **b == b' ').count()
 }
 
 /// The last request in the unwritten buffer, when it is a get that later gets may join.
@@ -766,10 +780,11 @@ struct Partial {
 }
 
 /// Consumes reply lines from the front of `rbuf` until the reply to a request of kind `expect`
-/// is complete (`Some`), or more bytes are needed (`None`).
+/// (naming at most `keys` keys, if a get) is complete (`Some`), or more bytes are needed (`None`).
 fn assemble(
     rbuf: &mut BytesMut,
     expect: Expect,
+    keys: usize,
     partial: &mut Partial,
 ) -> Result<Option<Reply>, String> {
     loop {
@@ -792,6 +807,9 @@ fn assemble(
                 else {
                     return Err("VALUE line too long".into());
                 };
+                if partial.values.capacity() == 0 {
+                    partial.values.reserve_exact(keys);
+                }
                 partial.values.push(Value {
                     raw: rbuf.split_to(consumed).freeze(),
                     key_at,
@@ -883,7 +901,7 @@ mod tests {
         let mut rbuf = BytesMut::from(input);
         let mut partial = Partial::default();
         let mut replies = Vec::new();
-        while let Some(reply) = assemble(&mut rbuf, expect, &mut partial).unwrap() {
+        while let Some(reply) = assemble(&mut rbuf, expect, 4, &mut partial).unwrap() {
             replies.push(reply);
         }
         (replies, rbuf.remaining())
@@ -947,7 +965,7 @@ mod tests {
             }
         ));
         let mut rbuf = BytesMut::from(&b"HD\r\nHD\r\nMN\r\n"[..]);
-        assert!(assemble(&mut rbuf, Expect::UntilNoop, &mut Partial::default()).is_err());
+        assert!(assemble(&mut rbuf, Expect::UntilNoop, 0, &mut Partial::default()).is_err());
     }
 
     fn get_job(head: &'static [u8]) -> (Job, oneshot::Receiver<Result<Reply, BackendError>>) {
@@ -1054,6 +1072,6 @@ mod tests {
     #[test]
     fn a_value_where_a_line_is_expected_is_a_protocol_error() {
         let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\n"[..]);
-        assert!(assemble(&mut rbuf, Expect::Line, &mut Partial::default()).is_err());
+        assert!(assemble(&mut rbuf, Expect::Line, 0, &mut Partial::default()).is_err());
     }
 }

@@ -58,7 +58,13 @@ pub async fn get(
     out: &mut Vec<u8>,
 ) {
     let counters = ctx.stats.counters();
-    let mut wanted: Vec<Wanted<'_>> = requests
+    // At most one key per space, plus one per request: enough room without counting the keys.
+    let most: usize = requests
+        .iter()
+        .map(|keys| keys.as_bytes().iter().filter(|b| **b == b' ').count() + 1)
+        .sum();
+    let mut wanted: Vec<Wanted<'_>> = Vec::with_capacity(most);
+    let all = requests
         .iter()
         .enumerate()
         .flat_map(|(request, keys)| keys.iter().map(move |key| (request, key)))
@@ -71,8 +77,8 @@ pub async fn get(
             served_by: None,
             request,
             unavailable: false,
-        })
-        .collect();
+        });
+    wanted.extend(all);
     Stats::add(&counters.cmd_get, wanted.len() as u64);
     // Why keys could not be read, each with the request it concerns (none when all goes well).
     let mut reasons: Vec<(usize, BackendError)> = Vec::new();

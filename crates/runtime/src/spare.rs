@@ -9,8 +9,10 @@ use std::thread::LocalKey;
 
 use bytes::BytesMut;
 
-/// Buffers kept per thread; more than the connections one worker has mid-batch at once.
-const KEEP: usize = 16;
+/// Buffers kept per thread: as many as the connections one worker usually has mid-batch at once
+/// (a proxy's clients hold theirs while their requests wait for the backends), at most 1 MiB of
+/// read buffers.
+const KEEP: usize = 64;
 /// Reply buffers grown beyond this (a large value) are freed rather than kept.
 const KEEP_OUTPUT: usize = 64 * 1024;
 
