@@ -366,7 +366,11 @@ async fn execute(
             let data = frame.slice_ref(data);
             let key_bytes = frame.slice_ref(key);
             let result = if kind == StoreKind::Set {
-                let call = forward::store(kind, key, flags, exptime, data, 0);
+                let call = if noreply {
+                    forward::store(kind, key, flags, exptime, data, 0)
+                } else {
+                    forward::as_sent(frame.clone())
+                };
                 replicate::fanout(ctx, key_bytes, call).await
             } else {
                 let command = Conditional::Store {
@@ -382,7 +386,12 @@ async fn execute(
         }
         Request::Delete { key, noreply } => {
             Stats::add(&counters.cmd_delete, 1);
-            let result = replicate::fanout(ctx, frame.slice_ref(key), forward::delete(key)).await;
+            let call = if noreply {
+                forward::delete(key)
+            } else {
+                forward::as_sent(frame.clone())
+            };
+            let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
             answer(ctx, result, noreply, out);
         }
         Request::Touch {
@@ -391,7 +400,11 @@ async fn execute(
             noreply,
         } => {
             Stats::add(&counters.cmd_touch, 1);
-            let call = forward::touch(key, exptime);
+            let call = if noreply {
+                forward::touch(key, exptime)
+            } else {
+                forward::as_sent(frame.clone())
+            };
             let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
             answer(ctx, result, noreply, out);
         }

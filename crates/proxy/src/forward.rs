@@ -55,6 +55,13 @@ pub fn meta(frame: Bytes, quiet: bool) -> Call {
     )
 }
 
+/// A client's text write that wants a reply (`set`, `delete`, `touch` without `noreply`),
+/// forwarded as sent (`frame` holds its line and any data block): the server reads the same
+/// command the proxy would have written, and no line is built for it.
+pub fn as_sent(frame: Bytes) -> Call {
+    Call::line(frame, Expect::Line)
+}
+
 /// `get|gets|gat|gats [exptime] <keys>`.
 pub fn get<'a>(
     verb: Verb,
