@@ -12,14 +12,16 @@
 # issue 4's targets (keepcached proxy >= 1.5x nutcracker's throughput; replicating >= 1.0x
 # nutcracker's; added p50 (p50 - direct p50) no worse than nutcracker's). When `keepcached proxy`
 # does not start, its rows are skipped with the reason. Exits 0 unless something broke.
-# About 4 minutes with the defaults (2 paths only, until keepcached proxy exists: 2 minutes).
+# About 6 minutes with the defaults.
 #
 # Points (90% get / 10% set, VALUE_SIZE-byte values, CONNS client connections, DURATION s):
 #   memaslap, memaslap-mgetN (memcaslap --division=N), pipelineN (scripts/bench/mcbench.py,
 #   exact per-batch latency), and memtier / memtier-pipeN if memtier_benchmark is installed.
-# The column "other CPU%" is what processes outside the benchmark used meanwhile.
+# The column "other CPU%" is what processes outside the benchmark used meanwhile; "path us/op" is
+# the CPU the path's own process (the proxy, or memcached on the direct path) spent per operation,
+# "machine us/op" all the CPU the machine spent per operation, and "idle%" the CPU left unused.
 #
-# Environment (defaults): DURATION=6 (seconds per run) ROUNDS=2 (the order of the paths rotates
+# Environment (defaults): DURATION=6 (seconds per run) ROUNDS=3 (the order of the paths rotates
 #   from point to point and reverses from round to round; figures are means) CONNS=50
 #   VALUE_SIZE=100 MULTIGET=10 PIPE_DEPTH=16 BACKEND_THREADS=2 MEMORY_MB=1024 NUT_SERVER_CONNECTIONS=1 MEMASLAP_THREADS=2 PIPE_PROCS=2
 #   PIPE_KEYS=100000 KC_PROXY_FLAGS="-D -u root -l 127.0.0.1" KEEP_WORK= KEEPCACHED_BIN=
@@ -35,7 +37,7 @@ MULTIGET=${MULTIGET:-10}
 PIPE_DEPTH=${PIPE_DEPTH:-16}
 PIPE_PROCS=${PIPE_PROCS:-2}
 PIPE_KEYS=${PIPE_KEYS:-100000}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 BACKEND_THREADS=${BACKEND_THREADS:-2}
 MEMORY_MB=${MEMORY_MB:-1024}
 NUT_SERVER_CONNECTIONS=${NUT_SERVER_CONNECTIONS:-1}
@@ -123,8 +125,41 @@ write_memaslap_cfg
 points=(memaslap "memaslap-mget$MULTIGET" "pipeline$PIPE_DEPTH")
 [ -n "$HAVE_MEMTIER" ] && points+=(memtier "memtier-pipe$PIPE_DEPTH")
 
+# cpu_sample PID — the process's CPU ticks (user + system), then the machine's /proc/stat line.
+cpu_sample() { echo "$(awk '{print $14 + $15}' "/proc/$1/stat") $(head -1 /proc/stat)"; }
+
+# note_cpu BEFORE AFTER SECS — adds to the last row of $RESULTS what the run cost in CPU per operation
+# over a window of SECS seconds inside it (clear of the load generator's start and end):
+# the path's own process (the proxy; memcached itself on the direct path) and the whole machine
+# (load generator, backends, interrupts), and the share of the CPUs left idle. With little idle,
+# the throughput is what the machine's CPUs allow the whole chain, not the proxy alone.
+note_cpu() {
+  python3 - "$RESULTS" "$1" "$2" "$(getconf CLK_TCK)" "$3" <<'PY'
+import json, sys
+path, before, after, hz, secs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), float(sys.argv[5])
+proc = int(after[0]) - int(before[0])
+d = [int(y) - int(x) for x, y in zip(before[2:], after[2:])]
+idle = d[3] + d[4]
+with open(path) as f:
+    lines = f.read().splitlines()
+row = json.loads(lines[-1])
+ops = (row.get("ops_per_sec") or 0) * secs
+if ops and sum(d):
+    row["path_cpu_us"] = round(proc * 1e6 / hz / ops, 2)
+    row["machine_cpu_us"] = round((sum(d) - idle) * 1e6 / hz / ops, 2)
+    row["idle_pct"] = round(100.0 * idle / sum(d), 1)
+lines[-1] = json.dumps(row)
+with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+PY
+}
+
 run_point() { # POINT SIDE
-  local point=$1 side=$2 addr=${ADDR[$2]} pid=${PID_OF[$2]}
+  local point=$1 side=$2 addr=${ADDR[$2]} pid=${PID_OF[$2]} window sampler
+  # CPU is sampled while the load runs at full speed: memcaslap takes about a second to start.
+  window=$((DURATION > 3 ? DURATION - 2 : 1))
+  (sleep 1.5 && cpu_sample "$pid" >"$WORK/cpu-before" && sleep "$window" && cpu_sample "$pid" >"$WORK/cpu-after") &
+  sampler=$!
   case $point in
     memaslap) run_memaslap "$point" "$side" "$addr" ;;
     memaslap-mget*) run_memaslap "$point" "$side" "$addr" --division="$MULTIGET" ;;
@@ -132,6 +167,9 @@ run_point() { # POINT SIDE
     memtier) run_memtier "$point" "$side" 127.0.0.1 "${addr##*:}" 1 ;;
     memtier-pipe*) run_memtier "$point" "$side" 127.0.0.1 "${addr##*:}" "$PIPE_DEPTH" ;;
   esac
+  if wait "$sampler"; then
+    note_cpu "$(cat "$WORK/cpu-before")" "$(cat "$WORK/cpu-after")" "$window"
+  fi
   for p in "$MAIN_PID" "$BACKUP_PID" "$pid"; do
     kill -0 "$p" 2>/dev/null && continue
     BROKE=1

@@ -564,7 +564,8 @@ def fmt_lat(row, p):
 def aggregate(rows):
     """rows of one (point, side) over rounds -> one row (means)."""
     out = dict(rows[0])
-    for k in ("ops_per_sec", "avg_us", "p50_us", "p99_us", "other_cpu_pct"):
+    for k in ("ops_per_sec", "avg_us", "p50_us", "p99_us", "other_cpu_pct", "path_cpu_us", "machine_cpu_us",
+              "idle_pct"):
         out[k] = mean([r.get(k) for r in rows])
     for k in ("p50_bound_us", "p99_bound_us"):
         vals = [r.get(k) for r in rows if r.get(k)]
@@ -684,7 +685,9 @@ def cmd_report_proxy(args):
             if direct and r.get("p50_us") is not None and direct.get("p50_us") is not None and side != "direct":
                 added = fmt_num(r["p50_us"] - direct["p50_us"], 1)
             body.append(["", side, fmt_num(r["ops_per_sec"]), fmt_num(r.get("avg_us"), 1), fmt_lat(r, 50),
-                         fmt_lat(r, 99), added, ratio, len(r["errors"]), fmt_num(r.get("other_cpu_pct"))])
+                         fmt_lat(r, 99), added, ratio, fmt_num(r.get("path_cpu_us"), 2),
+                         fmt_num(r.get("machine_cpu_us"), 2), fmt_num(r.get("idle_pct"), 1), len(r["errors"]),
+                         fmt_num(r.get("other_cpu_pct"))])
             if first:
                 body[-1][0], first = pt, False
         if not nut or not nut["ops_per_sec"]:
@@ -705,14 +708,17 @@ def cmd_report_proxy(args):
                 verdicts.append(("%s %s: added p50 %s us <= nutcracker's %s us" % (
                     side, pt, fmt_num(added, 1), fmt_num(nut_added, 1)), added <= nut_added))
     print("Proxy throughput (%s; mean of %d round(s))" % (args.load, max(r["rounds"] for r in agg.values())))
-    table(["point", "path", "ops/s", "avg us", "p50 us", "p99 us", "added p50", "x nutcracker", "errors",
-           "other CPU%"], body)
+    table(["point", "path", "ops/s", "avg us", "p50 us", "p99 us", "added p50", "x nutcracker", "path us/op",
+           "machine us/op", "idle%", "errors", "other CPU%"], body)
     busy_note(agg)
     for (pt, side), r in agg.items():
         for e in r["errors"][:3]:
             print("  error %s/%s: %s" % (pt, side, e))
     print("  (~X (<=B): estimated from memcaslap's log2 latency histogram, whose bucket ends at B;"
-          " pipelined: latency of a whole batch; added p50 = p50 - direct p50)")
+          " pipelined: latency of a whole batch; added p50 = p50 - direct p50;\n"
+          "   path us/op: CPU of the path's own process per operation; machine us/op: CPU of the whole machine"
+          " per operation (load generator and backends included); idle%: CPU left unused — near 0, the"
+          " throughput is what the machine allows the whole chain)")
     print()
     print("Targets (issue 4)")
     for text, ok in verdicts:
