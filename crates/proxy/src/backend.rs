@@ -1000,21 +1000,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn queued_gets_go_out_as_one_multi_get_and_each_caller_gets_its_own_hits() {
+    /// What a connection's writer makes of these jobs, queued together: its write buffer and
+    /// the requests awaiting replies.
+    fn enqueue_all(jobs: impl IntoIterator<Item = Job>) -> (BytesMut, VecDeque<InFlight>) {
         let pending = Mutex::new(VecDeque::new());
         let mut wbuf = BytesMut::new();
         let mut open = None;
+        for job in jobs {
+            enqueue(job, &mut wbuf, &pending, &mut open);
+        }
+        (wbuf, pending.into_inner())
+    }
+
+    #[tokio::test]
+    async fn queued_gets_go_out_as_one_multi_get_and_each_caller_gets_its_own_hits() {
         let (a, rx_a) = get_job(b"get a\r\n");
         let (bc, rx_bc) = get_job(b"get b c a\r\n");
         let (gets, rx_gets) = get_job(b"gets a\r\n");
         let (last, rx_last) = get_job(b"gets c\r\n");
-        for job in [a, bc, gets, last] {
-            enqueue(job, &mut wbuf, &pending, &mut open);
-        }
+        let (wbuf, mut pending) = enqueue_all([a, bc, gets, last]);
         // A `gets` does not join a `get`: its reply carries CAS values the other's does not.
         assert_eq!(&wbuf[..], b"get a b c a\r\ngets a c\r\n");
-        let mut pending = pending.into_inner();
         assert_eq!(pending.len(), 2);
         // b missed; a was asked twice and is answered twice, in order.
         pending
@@ -1042,9 +1048,6 @@ mod tests {
 
     #[test]
     fn only_plain_gets_are_merged() {
-        let pending = Mutex::new(VecDeque::new());
-        let mut wbuf = BytesMut::new();
-        let mut open = None;
         let (gat, _rx1) = get_job(b"gat 10 a\r\n");
         let (gat2, _rx2) = get_job(b"gat 10 b\r\n");
         let (get, _rx3) = get_job(b"get c\r\n");
@@ -1059,14 +1062,12 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(1),
         };
         let (get2, _rx5) = get_job(b"get e\r\n");
-        for job in [gat, gat2, get, set, get2] {
-            enqueue(job, &mut wbuf, &pending, &mut open);
-        }
+        let (wbuf, pending) = enqueue_all([gat, gat2, get, set, get2]);
         assert_eq!(
             &wbuf[..],
             b"gat 10 a\r\ngat 10 b\r\nget c\r\nset d 0 0 1\r\nx\r\nget e\r\n"
         );
-        assert_eq!(pending.lock().len(), 5);
+        assert_eq!(pending.len(), 5);
     }
 
     #[test]

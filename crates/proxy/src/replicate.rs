@@ -32,6 +32,7 @@ use crate::backend::{Backend, BackendError, Call, Reply};
 use crate::config::WriteAck;
 use crate::error::ProxyError;
 use crate::forward;
+use crate::route::Replicas;
 use crate::stats::Stats;
 use crate::Context;
 
@@ -58,11 +59,14 @@ impl Default for KeyLocks {
 }
 
 impl KeyLocks {
-    async fn lock(&self, key: &[u8]) -> OwnedMutexGuard<()> {
-        self.stripes[self.hasher.hash_one(key) as usize % STRIPES]
-            .clone()
-            .lock_owned()
-            .await
+    /// Serializes writes to `key` while its replicas are written; `None` for a key with one
+    /// replica, which has no copies to keep in step (the server orders its own writes).
+    async fn lock(&self, key: &[u8], replicas: &Replicas) -> Option<OwnedMutexGuard<()>> {
+        if replicas.as_slice().len() < 2 {
+            return None;
+        }
+        let stripe = self.stripes[self.hasher.hash_one(key) as usize % STRIPES].clone();
+        Some(stripe.lock_owned().await)
     }
 }
 
@@ -209,14 +213,14 @@ fn meta_copy_after(op: &MetaOp, reply: &Reply) -> Copy {
 pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
     let replicas = ctx.router.replicas(&key);
     if let &[id] = replicas.as_slice() {
-        // A key with one replica has no copies to keep in step: no lock, no fan-out.
+        // One replica: no fan-out (and no lock, see `KeyLocks::lock`).
         let backend = ctx.router.backend(id);
         return backend.call(call).await.map_err(|e| {
             missed(ctx, backend, &key);
             ProxyError::Unavailable { reasons: vec![e] }
         });
     }
-    let guard = ctx.locks.lock(&key).await;
+    let guard = ctx.locks.lock(&key, &replicas).await;
     let mut reasons = Vec::new();
     let mut targets = Vec::with_capacity(replicas.as_slice().len());
     for &id in replicas.as_slice() {
@@ -260,7 +264,7 @@ pub async fn execute_then_copy(
     command: Conditional,
 ) -> Result<Reply, ProxyError> {
     let replicas = ctx.router.replicas(&key);
-    let guard = ctx.locks.lock(&key).await;
+    let guard = ctx.locks.lock(&key, &replicas).await;
     let mut reasons = Vec::new();
     let mut executed = None;
     let mut others = Vec::new();
