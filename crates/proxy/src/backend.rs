@@ -234,7 +234,7 @@ struct Health {
 }
 
 impl Backend {
-    /// Starts the connection tasks of one server on every worker (they connect on first use).
+    /// Starts the connection tasks of one server on every worker (each connects right away).
     /// The server's `connections` are spread over the workers, at least one each.
     pub fn start(
         addr: &str,
@@ -546,34 +546,59 @@ fn get_keys(head: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|k| !k.is_empty())
 }
 
-/// One pipelined connection: connects when the first job arrives, serves until the connection
-/// fails, fails what was in flight, and connects again for the next job.
+/// One pipelined connection: connects at once, serves until the connection fails, fails what
+/// was in flight, and connects again when the next job arrives.
+///
+/// The first connect does not wait for a job: all of a server's connections start together at
+/// startup, so memcached, which hands each accepted connection to its next worker thread in turn,
+/// spreads them over its threads. Opened one by one on first use, with other clients connecting
+/// in between, two of them could share one thread and leave the server's other threads idle.
 async fn connection_task(addr: Arc<str>, mut jobs: mpsc::Receiver<Job>, settings: BackendConfig) {
-    while let Some(first) = jobs.recv().await {
-        // The callers have no timers of their own: the first job's deadline bounds the connect.
-        let connected =
-            match tokio::time::timeout_at(first.deadline, connect(&addr, &settings)).await {
-                Ok(connected) => connected,
-                Err(_) => Err(BackendError::Timeout {
-                    addr: addr.clone(),
-                    ms: settings.request_timeout_ms,
-                }),
+    let mut opened = match connect(&addr, &settings).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            // Not a failure of any request: the first job connects again and counts that.
+            tracing::debug!(backend = %addr, %error, "connection not opened at startup");
+            None
+        }
+    };
+    loop {
+        let (stream, first) =
+            match opened.take() {
+                Some(stream) => (stream, None),
+                None => {
+                    let Some(first) = jobs.recv().await else {
+                        return;
+                    };
+                    // The callers have no timers of their own: the first job's deadline bounds the
+                    // connect.
+                    let connected =
+                        match tokio::time::timeout_at(first.deadline, connect(&addr, &settings))
+                            .await
+                        {
+                            Ok(connected) => connected,
+                            Err(_) => Err(BackendError::Timeout {
+                                addr: addr.clone(),
+                                ms: settings.request_timeout_ms,
+                            }),
+                        };
+                    match connected {
+                        Ok(stream) => (stream, Some(first)),
+                        Err(error) => {
+                            // The jobs already queued would wait for the same unreachable server.
+                            let _ = first.reply.send(Err(error.clone()));
+                            while let Ok(job) = jobs.try_recv() {
+                                let _ = job.reply.send(Err(error.clone()));
+                            }
+                            continue;
+                        }
+                    }
+                }
             };
-        match connected {
-            Ok(stream) => {
-                let pending = Mutex::new(VecDeque::new());
-                let error = serve(&addr, &settings, stream, first, &mut jobs, &pending).await;
-                for job in pending.into_inner() {
-                    job.waiter.deliver(Err(error.clone()));
-                }
-            }
-            Err(error) => {
-                // The jobs already queued would wait for the same unreachable server.
-                let _ = first.reply.send(Err(error.clone()));
-                while let Ok(job) = jobs.try_recv() {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
-            }
+        let pending = Mutex::new(VecDeque::new());
+        let error = serve(&addr, &settings, stream, first, &mut jobs, &pending).await;
+        for job in pending.into_inner() {
+            job.waiter.deliver(Err(error.clone()));
         }
     }
 }
@@ -583,7 +608,7 @@ async fn serve(
     addr: &Arc<str>,
     settings: &BackendConfig,
     stream: TcpStream,
-    first: Job,
+    first: Option<Job>,
     jobs: &mut mpsc::Receiver<Job>,
     pending: &Mutex<VecDeque<InFlight>>,
 ) -> BackendError {
@@ -597,7 +622,7 @@ async fn serve(
     let writer = async {
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut open = None;
-        let mut next = Some(first);
+        let mut next = first;
         loop {
             let Some(job) = next.take() else {
                 match jobs.recv().await {

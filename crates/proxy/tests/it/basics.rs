@@ -507,3 +507,35 @@ async fn requests_arriving_in_pieces_run_once_complete() {
     assert_eq!(direct.get("big").await.as_deref(), Some(big.as_str()));
     proxy.stop().await;
 }
+
+/// A server's pipelined connections open when the proxy starts, all together, not one by one on
+/// first use: memcached gives each accepted connection to its next thread in turn, so opened
+/// together they land on different threads, where opened apart (other clients connecting in
+/// between) two could share one thread and leave the others idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_open_at_startup() {
+    let server = memcached();
+    let mut direct = Client::connect(&server.addr()).await;
+    let before = curr_connections(&mut direct).await;
+    let mut config = config(&[&[&server]]);
+    config.backend.connections = 4;
+    let proxy = ProxyHandle::start(config).await;
+    // No client has sent anything: only the startup connects can raise the count.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut now = curr_connections(&mut direct).await;
+    while now < before + 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        now = curr_connections(&mut direct).await;
+    }
+    assert_eq!(now, before + 4, "connections open before any request");
+    proxy.stop().await;
+}
+
+async fn curr_connections(client: &mut Client) -> u64 {
+    let stats = client.call("stats\r\n").await;
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("STAT curr_connections "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no curr_connections in {stats}"))
+}
