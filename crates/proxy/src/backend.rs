@@ -231,6 +231,9 @@ struct Health {
     counters: Sharded<Counters>,
     settings: BackendConfig,
     shutdown: watch::Receiver<bool>,
+    /// Signalled when a probe finds the server up again: the connections that failed with it
+    /// open again together, as at startup.
+    back_up: Notify,
 }
 
 impl Backend {
@@ -244,14 +247,22 @@ impl Backend {
         workers: &Workers,
     ) -> Backend {
         let addr: Arc<str> = Arc::from(addr);
+        let health = Arc::new(Health {
+            addr: addr.clone(),
+            state: AtomicU8::new(State::Up as u8),
+            failures: AtomicU32::new(0),
+            counters: Sharded::default(),
+            settings: settings.clone(),
+            shutdown,
+            back_up: Notify::new(),
+        });
         let per_worker = settings.connections.div_ceil(workers.count()).max(1);
         let lanes = (0..workers.count())
             .map(|worker| Lane {
                 conns: (0..per_worker)
                     .map(|_| {
                         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                        workers
-                            .spawn_on(worker, connection_task(addr.clone(), rx, settings.clone()));
+                        workers.spawn_on(worker, connection_task(health.clone(), rx));
                         tx
                     })
                     .collect(),
@@ -259,16 +270,9 @@ impl Backend {
             })
             .collect();
         Backend {
-            addr: addr.clone(),
+            addr,
             lanes,
-            health: Arc::new(Health {
-                addr,
-                state: AtomicU8::new(State::Up as u8),
-                failures: AtomicU32::new(0),
-                counters: Sharded::default(),
-                settings: settings.clone(),
-                shutdown,
-            }),
+            health,
             missed_limit,
             missed: Mutex::new(Missed::default()),
         }
@@ -400,6 +404,7 @@ async fn probe(health: Arc<Health>) {
                 health.failures.store(0, Ordering::Relaxed);
                 health.state.store(State::Up as u8, Ordering::Release);
                 tracing::info!(backend = %health.addr, "backend is up again");
+                health.back_up.notify_waiters();
                 return;
             }
             Err(error) => {
@@ -547,58 +552,69 @@ fn get_keys(head: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// One pipelined connection: connects at once, serves until the connection fails, fails what
-/// was in flight, and connects again when the next job arrives.
+/// was in flight, and connects again when the next job arrives or a probe finds the server up.
 ///
-/// The first connect does not wait for a job: all of a server's connections start together at
-/// startup, so memcached, which hands each accepted connection to its next worker thread in turn,
-/// spreads them over its threads. Opened one by one on first use, with other clients connecting
-/// in between, two of them could share one thread and leave the server's other threads idle.
-async fn connection_task(addr: Arc<str>, mut jobs: mpsc::Receiver<Job>, settings: BackendConfig) {
-    let mut opened = match connect(&addr, &settings).await {
-        Ok(stream) => Some(stream),
-        Err(error) => {
-            // Not a failure of any request: the first job connects again and counts that.
-            tracing::debug!(backend = %addr, %error, "connection not opened at startup");
-            None
-        }
-    };
+/// Connects do not wait for a job: all of a server's connections start together at startup
+/// (and after the server was down, when the probe finds it up), so memcached, which hands each
+/// accepted connection to its next worker thread in turn, spreads them over its threads. Opened
+/// one by one on first use, with other clients connecting in between, two of them could share
+/// one thread and leave the server's other threads idle.
+async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>) {
+    let (addr, settings) = (&health.addr, &health.settings);
+    let mut opened = connect_unasked(addr, settings).await;
     loop {
-        let (stream, first) =
-            match opened.take() {
-                Some(stream) => (stream, None),
-                None => {
-                    let Some(first) = jobs.recv().await else {
-                        return;
+        let (stream, first) = match opened.take() {
+            Some(stream) => (stream, None),
+            None => {
+                let first = tokio::select! {
+                    job = jobs.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    () = health.back_up.notified() => {
+                        opened = connect_unasked(addr, settings).await;
+                        continue;
+                    }
+                };
+                // The callers have no timers of their own: the first job's deadline bounds the
+                // connect.
+                let connected =
+                    match tokio::time::timeout_at(first.deadline, connect(addr, settings)).await {
+                        Ok(connected) => connected,
+                        Err(_) => Err(BackendError::Timeout {
+                            addr: addr.clone(),
+                            ms: settings.request_timeout_ms,
+                        }),
                     };
-                    // The callers have no timers of their own: the first job's deadline bounds the
-                    // connect.
-                    let connected =
-                        match tokio::time::timeout_at(first.deadline, connect(&addr, &settings))
-                            .await
-                        {
-                            Ok(connected) => connected,
-                            Err(_) => Err(BackendError::Timeout {
-                                addr: addr.clone(),
-                                ms: settings.request_timeout_ms,
-                            }),
-                        };
-                    match connected {
-                        Ok(stream) => (stream, Some(first)),
-                        Err(error) => {
-                            // The jobs already queued would wait for the same unreachable server.
-                            let _ = first.reply.send(Err(error.clone()));
-                            while let Ok(job) = jobs.try_recv() {
-                                let _ = job.reply.send(Err(error.clone()));
-                            }
-                            continue;
+                match connected {
+                    Ok(stream) => (stream, Some(first)),
+                    Err(error) => {
+                        // The jobs already queued would wait for the same unreachable server.
+                        let _ = first.reply.send(Err(error.clone()));
+                        while let Ok(job) = jobs.try_recv() {
+                            let _ = job.reply.send(Err(error.clone()));
                         }
+                        continue;
                     }
                 }
-            };
+            }
+        };
         let pending = Mutex::new(VecDeque::new());
-        let error = serve(&addr, &settings, stream, first, &mut jobs, &pending).await;
+        let error = serve(addr, settings, stream, first, &mut jobs, &pending).await;
         for job in pending.into_inner() {
             job.waiter.deliver(Err(error.clone()));
+        }
+    }
+}
+
+/// A connect no request asked for (at startup, or when a probe found the server up). Its
+/// failure fails no request: the next job connects again, and counts that.
+async fn connect_unasked(addr: &Arc<str>, settings: &BackendConfig) -> Option<TcpStream> {
+    match connect(addr, settings).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::debug!(backend = %addr, %error, "connection not opened ahead of a request");
+            None
         }
     }
 }

@@ -516,26 +516,15 @@ async fn requests_arriving_in_pieces_run_once_complete() {
 async fn backend_connections_open_at_startup() {
     let server = memcached();
     let mut direct = Client::connect(&server.addr()).await;
-    let before = curr_connections(&mut direct).await;
+    let before = direct.stat("curr_connections").await;
     let mut config = config(&[&[&server]]);
     config.backend.connections = 4;
     let proxy = ProxyHandle::start(config).await;
     // No client has sent anything: only the startup connects can raise the count.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut now = curr_connections(&mut direct).await;
-    while now < before + 4 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        now = curr_connections(&mut direct).await;
-    }
-    assert_eq!(now, before + 4, "connections open before any request");
+    assert_eq!(
+        direct.await_connections(before + 4).await,
+        before + 4,
+        "connections open before any request"
+    );
     proxy.stop().await;
-}
-
-async fn curr_connections(client: &mut Client) -> u64 {
-    let stats = client.call("stats\r\n").await;
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("STAT curr_connections "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no curr_connections in {stats}"))
 }

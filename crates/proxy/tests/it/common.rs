@@ -371,6 +371,30 @@ impl Client {
         let reply = self.call(&format!("get {key}\r\n")).await;
         value_of(&reply)
     }
+
+    /// A counter of `stats` (of a backend asked directly).
+    pub async fn stat(&mut self, name: &str) -> u64 {
+        let stats = self.call("stats\r\n").await;
+        let prefix = format!("STAT {name} ");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    }
+
+    /// Polls a backend's `curr_connections` until it is `wanted` (for up to five seconds) and
+    /// returns the last count seen.
+    pub async fn await_connections(&mut self, wanted: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.stat("curr_connections").await;
+            if now == wanted || Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The data of the first `VALUE` in a reply.

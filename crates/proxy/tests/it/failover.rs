@@ -176,6 +176,47 @@ async fn a_repaired_server_is_probed_back_up() {
     proxy.stop().await;
 }
 
+/// When a probe finds a down server up again, the connections that failed with it open again
+/// together, before any request needs them (as at startup, so that memcached spreads them over
+/// its threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repaired_server_gets_its_connections_back_together() {
+    let mut main = memcached();
+    let backup = memcached();
+    let port = main.port;
+    let before = Client::connect(&main.addr())
+        .await
+        .stat("curr_connections")
+        .await;
+    let mut config = config(&[&[&main], &[&backup]]);
+    config.backend.connections = 4;
+    let proxy = ProxyHandle::start(config).await;
+    let mut client = proxy.client().await;
+    main.kill();
+    // Writes fail on the main server until it is marked down.
+    for i in 0..5 {
+        assert_eq!(client.set(&format!("down:{i}"), "x").await, "STORED\r\n");
+    }
+    let _restarted = memcached_on(port);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !client
+        .call("stats backends\r\n")
+        .await
+        .contains(&format!("pool0/127.0.0.1:{port} state=up"))
+    {
+        assert!(Instant::now() < deadline, "never probed back up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No request has gone to the restarted server: only the reconnects can raise the count.
+    let mut direct = Client::connect(&format!("127.0.0.1:{port}")).await;
+    assert_eq!(
+        direct.await_connections(before + 4).await,
+        before + 4,
+        "connections open again without a request"
+    );
+    proxy.stop().await;
+}
+
 /// Pipelined gets are read as one batch, yet each keeps its own answer: with one server of a
 /// sharded pool dead, a get of its keys only is a SERVER_ERROR, a get that also names keys of
 /// the live server gets those, and the gets around them are untouched.
