@@ -561,48 +561,58 @@ fn get_keys(head: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// one thread and leave the server's other threads idle.
 async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>) {
     let (addr, settings) = (&health.addr, &health.settings);
-    let mut opened = connect_unasked(addr, settings).await;
+    let mut opened = connect_unasked(addr, settings)
+        .await
+        .map(|stream| (stream, None));
     loop {
         let (stream, first) = match opened.take() {
-            Some(stream) => (stream, None),
-            None => {
-                let first = tokio::select! {
-                    job = jobs.recv() => match job {
-                        Some(job) => job,
-                        None => return,
-                    },
-                    () = health.back_up.notified() => {
-                        opened = connect_unasked(addr, settings).await;
-                        continue;
-                    }
-                };
-                // The callers have no timers of their own: the first job's deadline bounds the
-                // connect.
-                let connected =
-                    match tokio::time::timeout_at(first.deadline, connect(addr, settings)).await {
-                        Ok(connected) => connected,
-                        Err(_) => Err(BackendError::Timeout {
-                            addr: addr.clone(),
-                            ms: settings.request_timeout_ms,
-                        }),
-                    };
-                match connected {
-                    Ok(stream) => (stream, Some(first)),
-                    Err(error) => {
-                        // The jobs already queued would wait for the same unreachable server.
-                        let _ = first.reply.send(Err(error.clone()));
-                        while let Ok(job) = jobs.try_recv() {
-                            let _ = job.reply.send(Err(error.clone()));
-                        }
-                        continue;
-                    }
-                }
-            }
+            Some(opened) => opened,
+            None => match reopen(&health, &mut jobs).await {
+                Some(opened) => opened,
+                None => return,
+            },
         };
         let pending = Mutex::new(VecDeque::new());
         let error = serve(addr, settings, stream, first, &mut jobs, &pending).await;
         for job in pending.into_inner() {
             job.waiter.deliver(Err(error.clone()));
+        }
+    }
+}
+
+/// Waits for a reason to connect again (a job, or a probe finding the server up) and connects:
+/// the connection and the job that asked for it, if one did. `None` once the proxy shuts down.
+async fn reopen(
+    health: &Health,
+    jobs: &mut mpsc::Receiver<Job>,
+) -> Option<(TcpStream, Option<Job>)> {
+    let (addr, settings) = (&health.addr, &health.settings);
+    loop {
+        let first = tokio::select! {
+            job = jobs.recv() => job?,
+            () = health.back_up.notified() => match connect_unasked(addr, settings).await {
+                Some(stream) => return Some((stream, None)),
+                None => continue,
+            },
+        };
+        // The callers have no timers of their own: the first job's deadline bounds the connect.
+        let connected = match tokio::time::timeout_at(first.deadline, connect(addr, settings)).await
+        {
+            Ok(connected) => connected,
+            Err(_) => Err(BackendError::Timeout {
+                addr: addr.clone(),
+                ms: settings.request_timeout_ms,
+            }),
+        };
+        match connected {
+            Ok(stream) => return Some((stream, Some(first))),
+            Err(error) => {
+                // The jobs already queued would wait for the same unreachable server.
+                let _ = first.reply.send(Err(error.clone()));
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
         }
     }
 }
@@ -798,8 +808,9 @@ fn enqueue(
     });
 }
 
-/// At most how many keys a get line (or the keys part of one) names: one per space.
-fn most_keys(line: &[u8]) -> usize {
+/// At most how many keys a get line names (one per space; add one for a bare list of keys), to
+/// size a list of them without splitting the line first.
+pub fn most_keys(line: &[u8]) -> usize {
     line.iter().filter(|b| **b == b' ').count()
 }
 

@@ -366,11 +366,9 @@ async fn execute(
             let data = frame.slice_ref(data);
             let key_bytes = frame.slice_ref(key);
             let result = if kind == StoreKind::Set {
-                let call = if noreply {
+                let call = forward::write(frame, noreply, || {
                     forward::store(kind, key, flags, exptime, data, 0)
-                } else {
-                    forward::as_sent(frame.clone())
-                };
+                });
                 replicate::fanout(ctx, key_bytes, call).await
             } else {
                 let command = Conditional::Store {
@@ -386,11 +384,7 @@ async fn execute(
         }
         Request::Delete { key, noreply } => {
             Stats::add(&counters.cmd_delete, 1);
-            let call = if noreply {
-                forward::delete(key)
-            } else {
-                forward::as_sent(frame.clone())
-            };
+            let call = forward::write(frame, noreply, || forward::delete(key));
             let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
             answer(ctx, result, noreply, out);
         }
@@ -400,11 +394,7 @@ async fn execute(
             noreply,
         } => {
             Stats::add(&counters.cmd_touch, 1);
-            let call = if noreply {
-                forward::touch(key, exptime)
-            } else {
-                forward::as_sent(frame.clone())
-            };
+            let call = forward::write(frame, noreply, || forward::touch(key, exptime));
             let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
             answer(ctx, result, noreply, out);
         }

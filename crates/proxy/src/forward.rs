@@ -55,11 +55,15 @@ pub fn meta(frame: Bytes, quiet: bool) -> Call {
     )
 }
 
-/// A client's text write that wants a reply (`set`, `delete`, `touch` without `noreply`),
-/// forwarded as sent (`frame` holds its line and any data block): the server reads the same
-/// command the proxy would have written, and no line is built for it.
-pub fn as_sent(frame: Bytes) -> Call {
-    Call::line(frame, Expect::Line)
+/// A client's `set`, `delete` or `touch` as the replicas get it. The proxy needs every server's
+/// reply, so a `noreply` one is written anew without it (`rebuild`); one that wants a reply goes
+/// as the client sent it (`frame` holds its line and any data block), and no line is built.
+pub fn write(frame: &Bytes, noreply: bool, rebuild: impl FnOnce() -> Call) -> Call {
+    if noreply {
+        rebuild()
+    } else {
+        Call::line(frame.clone(), Expect::Line)
+    }
 }
 
 /// `get|gets|gat|gats [exptime] <keys>`.

@@ -20,7 +20,7 @@ use keepcached_protocol::{reply, Keys, Verb};
 
 use keepcached_protocol::response::MetaCode;
 
-use crate::backend::{BackendError, Call, Reply, Value};
+use crate::backend::{self, BackendError, Call, Reply, Value};
 use crate::client;
 use crate::config::Unavailable;
 use crate::error::ProxyError;
@@ -58,10 +58,9 @@ pub async fn get(
     out: &mut Vec<u8>,
 ) {
     let counters = ctx.stats.counters();
-    // At most one key per space, plus one per request: enough room without counting the keys.
     let most: usize = requests
         .iter()
-        .map(|keys| keys.as_bytes().iter().filter(|b| **b == b' ').count() + 1)
+        .map(|keys| backend::most_keys(keys.as_bytes()) + 1)
         .sum();
     let mut wanted: Vec<Wanted<'_>> = Vec::with_capacity(most);
     let all = requests
