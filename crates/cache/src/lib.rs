@@ -434,9 +434,24 @@ pub struct Cache {
     hasher: foldhash::fast::RandomState,
     item_size_max: usize,
     cas: bool,
+    evict: bool,
     max_bytes: AtomicU64,
     /// Where the next crawl starts, so that small budgets still reach every shard.
     crawl_start: AtomicUsize,
+}
+
+/// A new item's key and value in one allocation, built before the shard is locked so that the
+/// copy is not made under the lock; `None` for append and prepend, which join the old value.
+fn item_data(request: &StoreRequest<'_>) -> Option<Box<[u8]>> {
+    match request.mode {
+        StoreMode::Append | StoreMode::Prepend => None,
+        _ => {
+            let mut data = Vec::with_capacity(request.key.len() + request.value.len());
+            data.extend_from_slice(request.key);
+            data.extend_from_slice(request.value);
+            Some(data.into_boxed_slice())
+        }
+    }
 }
 
 /// As many shards as asked for, but each must be able to hold the largest item.
@@ -468,6 +483,7 @@ impl Cache {
             hasher,
             item_size_max: cfg.item_size_max,
             cas: cfg.cas,
+            evict: cfg.evict,
             max_bytes: AtomicU64::new(cfg.max_bytes),
             crawl_start: AtomicUsize::new(0),
         }
@@ -479,12 +495,38 @@ impl Cache {
     }
 
     fn shard(&self, key: &[u8]) -> (u64, &Mutex<Shard>) {
+        let (hash, idx) = self.locate(key);
+        (hash, &self.shards[idx].0)
+    }
+
+    /// The key's hash and the number of its shard.
+    fn locate(&self, key: &[u8]) -> (u64, usize) {
         let hash = self.hasher.hash_one(key);
         // The shard comes from the top of the low 32 bits; hashbrown indexes buckets by the
         // lowest bits and tags them with the highest, which stay independent of the shard.
         let n = self.shards.len() as u64;
         let idx = (u64::from(hash as u32) * n) >> 32;
-        (hash, &self.shards[idx as usize].0)
+        (hash, idx as usize)
+    }
+
+    /// Without eviction (-M) the memory limit is the cache's, not a shard's: memcached refuses a
+    /// store only when all of its memory is taken, and a delete anywhere makes room for the next
+    /// store. So a shard that cannot fit `need` bytes takes the unused part of the other shards'
+    /// shares, up to `need`; the shares still add up to the limit. Returns whether any was found.
+    fn borrow_room(&self, target: usize, need: u64) -> bool {
+        let mut got = 0;
+        for (i, shard) in self.shards.iter().enumerate() {
+            if got >= need {
+                break;
+            }
+            if i != target {
+                got += shard.0.lock().lend(need - got);
+            }
+        }
+        if got > 0 {
+            self.shards[target].0.lock().extend_limit(got);
+        }
+        got > 0
     }
 
     /// Reads an item: `f` sees it under the shard lock, so it can copy the value straight out.
@@ -554,18 +596,17 @@ impl Cache {
                 cas: 0,
             };
         }
-        // Built before locking, so the copy of the value is not done under the lock.
-        let data = match mode {
-            StoreMode::Append | StoreMode::Prepend => None,
-            _ => {
-                let mut data = Vec::with_capacity(key.len() + value.len());
-                data.extend_from_slice(key);
-                data.extend_from_slice(value);
-                Some(data.into_boxed_slice())
-            }
-        };
-        let (hash, shard) = self.shard(key);
-        let (outcome, garbage) = shard.lock().store(hash, &request, data, now);
+        let (hash, idx) = self.locate(key);
+        let shard = &self.shards[idx].0;
+        let (outcome, garbage) = shard.lock().store(hash, &request, item_data(&request), now);
+        drop(garbage);
+        if outcome.result != StoreResult::OutOfMemory
+            || self.evict
+            || !self.borrow_room(idx, accounted_size(key.len(), value.len()))
+        {
+            return outcome;
+        }
+        let (outcome, garbage) = shard.lock().store(hash, &request, item_data(&request), now);
         drop(garbage);
         outcome
     }
@@ -714,8 +755,13 @@ impl Cache {
 impl Cache {
     /// Checks every shard's internal consistency.
     pub(crate) fn check(&self) {
+        let mut limits = 0;
         for shard in self.shards.iter() {
-            shard.0.lock().check();
+            let shard = shard.0.lock();
+            shard.check();
+            limits += shard.limit();
         }
+        let n = self.shards.len() as u64;
+        assert_eq!(limits, self.max_bytes.load(Ordering::Relaxed) / n * n);
     }
 }

@@ -695,6 +695,18 @@ impl Shard {
         self.make_room(0, NIL, now);
     }
 
+    /// Gives up to `at_most` bytes of the shard's unused share of the limit; returns how many.
+    pub(crate) fn lend(&mut self, at_most: u64) -> u64 {
+        let spare = self.cfg.limit.saturating_sub(self.used).min(at_most);
+        self.cfg.limit -= spare;
+        spare
+    }
+
+    /// Takes `bytes` more share of the limit, lent by other shards.
+    pub(crate) fn extend_limit(&mut self, bytes: u64) {
+        self.cfg.limit += bytes;
+    }
+
     pub(crate) fn add_stats(&self, s: &mut CacheStats) {
         let c = &self.counters;
         s.curr_items += self.index.len() as u64;
@@ -714,6 +726,10 @@ impl Shard {
 
 #[cfg(test)]
 impl Shard {
+    pub(crate) fn limit(&self) -> u64 {
+        self.cfg.limit
+    }
+
     /// Checks that index, queues and byte count agree.
     pub(crate) fn check(&self) {
         let (items, bytes) = self.policy.check(&self.arena);

@@ -586,6 +586,38 @@ fn without_eviction_a_full_cache_refuses_stores() {
 }
 
 #[test]
+fn without_eviction_every_shard_fills_before_a_store_is_refused() {
+    let item = accounted_size(5, 100);
+    let c = Cache::new(Config {
+        max_bytes: 400 * item,
+        item_size_max: 2048,
+        evict: false,
+        cas: true,
+        shards: 8,
+    });
+    assert_eq!(c.shard_count(), 8);
+    let mut stored = 0;
+    while set(&c, &key(stored), &[b'v'; 100], 1) == StoreResult::Stored {
+        stored += 1;
+    }
+    // Keys spread unevenly over the shards: a refusal at the first full shard would come
+    // tens of items early.
+    assert_eq!(stored, 400);
+    c.check();
+    // A delete anywhere makes room for any key, whichever shard it falls in.
+    for i in 0..20 {
+        assert!(c.delete(&key(i), 1));
+        assert_eq!(
+            set(&c, format!("new{i}").as_bytes(), &[b'v'; 100], 1),
+            StoreResult::Stored,
+            "after delete {i}"
+        );
+        c.check();
+    }
+    assert_eq!(c.stats().evictions, 0);
+}
+
+#[test]
 fn without_eviction_expired_items_still_make_room() {
     let c = small_cache(10, 5, false);
     for i in 0..10 {
