@@ -668,8 +668,20 @@ impl Cache {
         now: Time,
         f: impl FnOnce(&mut Counter) -> R,
     ) -> DeltaOutcome<R> {
-        let (hash, shard) = self.shard(key);
-        shard.lock().delta(hash, key, request, now, f)
+        let (hash, idx) = self.locate(key);
+        let shard = &self.shards[idx].0;
+        // A shard calls the closure only for a delta it has done, never before answering
+        // OutOfMemory, so the closure is still there for the retry after borrowing room.
+        let mut f = Some(f);
+        let mut once = |counter: &mut Counter| (f.take().expect("one delta is done"))(counter);
+        let outcome = shard.lock().delta(hash, key, request, now, &mut once);
+        if !matches!(outcome, DeltaOutcome::OutOfMemory)
+            || self.evict
+            || !self.borrow_room(idx, accounted_size(key.len(), numeric::MAX_DIGITS))
+        {
+            return outcome;
+        }
+        shard.lock().delta(hash, key, request, now, &mut once)
     }
 
     /// flush_all: every item stored before `at` is invalid once `now >= at`; `at <= now` flushes

@@ -618,6 +618,32 @@ fn without_eviction_every_shard_fills_before_a_store_is_refused() {
 }
 
 #[test]
+fn without_eviction_a_growing_counter_borrows_room_from_another_shard() {
+    let c = Cache::new(Config {
+        max_bytes: 64 * 1024,
+        item_size_max: 2048,
+        evict: false,
+        cas: true,
+        shards: 8,
+    });
+    // "counter9" fits a 24-byte allocation, the 20 digits of u64::MAX need 40 bytes.
+    assert_eq!(set(&c, b"counter", b"9", 1), StoreResult::Stored);
+    // The counter's shard has no room left to grow it; the next shard has that room.
+    let home = c.locate(b"counter").1;
+    let spare = c.shards[home].0.lock().lend(u64::MAX);
+    c.shards[(home + 1) % 8].0.lock().extend_limit(spare);
+    assert_eq!(
+        c.incr_decr(b"counter", true, u64::MAX - 9, 1),
+        DeltaResult::Value(u64::MAX)
+    );
+    assert_eq!(
+        get(&c, b"counter", 1),
+        Some(u64::MAX.to_string().into_bytes())
+    );
+    c.check();
+}
+
+#[test]
 fn without_eviction_expired_items_still_make_room() {
     let c = small_cache(10, 5, false);
     for i in 0..10 {
