@@ -436,6 +436,8 @@ pub struct Cache {
     cas: bool,
     evict: bool,
     max_bytes: AtomicU64,
+    /// Held while the shards' shares of `max_bytes` change, so that they keep adding up to it.
+    shares: Mutex<()>,
     /// Where the next crawl starts, so that small budgets still reach every shard.
     crawl_start: AtomicUsize,
 }
@@ -485,6 +487,7 @@ impl Cache {
             cas: cfg.cas,
             evict: cfg.evict,
             max_bytes: AtomicU64::new(cfg.max_bytes),
+            shares: Mutex::new(()),
             crawl_start: AtomicUsize::new(0),
         }
     }
@@ -512,8 +515,14 @@ impl Cache {
     /// Without eviction (-M) the memory limit is the cache's, not a shard's: memcached refuses a
     /// store only when all of its memory is taken, and a delete anywhere makes room for the next
     /// store. So a shard that cannot fit `need` bytes takes the unused part of the other shards'
-    /// shares, up to `need`; the shares still add up to the limit. Returns whether any was found.
+    /// shares, up to `need`; the shares still add up to the limit. Returns whether any was found
+    /// (never with eviction on: a full shard evicts instead).
     fn borrow_room(&self, target: usize, need: u64) -> bool {
+        if self.evict {
+            return false;
+        }
+        // One rebalance at a time, and none while set_max_bytes resets the shares.
+        let _shares = self.shares.lock();
         let mut got = 0;
         for (i, shard) in self.shards.iter().enumerate() {
             if got >= need {
@@ -601,7 +610,6 @@ impl Cache {
         let (outcome, garbage) = shard.lock().store(hash, &request, item_data(&request), now);
         drop(garbage);
         if outcome.result != StoreResult::OutOfMemory
-            || self.evict
             || !self.borrow_room(idx, accounted_size(key.len(), value.len()))
         {
             return outcome;
@@ -676,7 +684,6 @@ impl Cache {
         let mut once = |counter: &mut Counter| (f.take().expect("one delta is done"))(counter);
         let outcome = shard.lock().delta(hash, key, request, now, &mut once);
         if !matches!(outcome, DeltaOutcome::OutOfMemory)
-            || self.evict
             || !self.borrow_room(idx, accounted_size(key.len(), numeric::MAX_DIGITS))
         {
             return outcome;
@@ -737,6 +744,7 @@ impl Cache {
     /// Changes the memory limit (cache_memlimit). A smaller limit evicts at once when eviction
     /// is on; otherwise stores fail until deletes and expiry bring the items under it.
     pub fn set_max_bytes(&self, bytes: u64) {
+        let _shares = self.shares.lock();
         self.max_bytes.store(bytes, Ordering::Relaxed);
         let per_shard = bytes / self.shards.len() as u64;
         for shard in self.shards.iter() {
