@@ -229,7 +229,7 @@ fn expired_items_make_room_under_dash_m() {
                         .flat_map(|i| short_lived(&format!("t:{i}")))
                         .collect();
                     let reply = client.exchange(&batch, &End::Sentinel).expect("set");
-                    let replies = String::from_utf8_lossy(&reply.bytes).into_owned();
+                    let replies = String::from_utf8_lossy(&reply.bytes);
                     stored += replies.lines().filter(|l| *l == "STORED").count();
                     if replies.lines().any(|l| l != "STORED") {
                         break;
