@@ -27,12 +27,12 @@ use keepcached_runtime::{spare, Socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::backend::{ErrorKind, Reply};
-use crate::error::ProxyError;
+use crate::admin;
 use crate::forward;
 use crate::meta;
 use crate::read;
 use crate::replicate::{self, Conditional};
+use crate::reply::{answer, Next};
 use crate::stats::{Stats, VERSION};
 use crate::Context;
 
@@ -41,14 +41,6 @@ const READ_CHUNK: usize = 16 * 1024;
 const FLUSH_AT: usize = 256 * 1024;
 /// Pipelined reads run together, at most this many at a time.
 const MAX_READS: usize = 64;
-
-/// What the connection does after a request.
-pub enum Next {
-    Continue,
-    Close,
-    /// Discard this many more bytes (the data block of a value too large to store).
-    Swallow(usize),
-}
 
 /// Serves one client until it quits, the connection fails, or the proxy shuts down.
 pub async fn serve<S>(
@@ -324,6 +316,13 @@ async fn execute(
     let counters = ctx.stats.counters();
     let request = match outcome {
         Ok(request) => request,
+        Err(Invalid::Reply {
+            error: ErrorReply::Error,
+            ..
+        }) if admin::is_admin(frame) => {
+            admin::execute(ctx, frame, out);
+            return Next::Continue;
+        }
         Err(Invalid::Reply { error, noreply }) => {
             if !noreply {
                 reply::line(out, error.as_str().as_bytes());
@@ -418,11 +417,11 @@ async fn execute(
         }
         Request::FlushAll { delay, noreply } => {
             Stats::add(&counters.cmd_flush, 1);
-            let result = replicate::broadcast(ctx, forward::flush_all(delay)).await;
+            let result = replicate::broadcast(ctx, forward::flush_all(delay), true).await;
             answer(ctx, result, noreply, out);
         }
         Request::CacheMemlimit { megabytes, noreply } => {
-            let result = replicate::broadcast(ctx, forward::cache_memlimit(megabytes)).await;
+            let result = replicate::broadcast(ctx, forward::cache_memlimit(megabytes), false).await;
             answer(ctx, result, noreply, out);
         }
         Request::Version => {
@@ -458,43 +457,4 @@ async fn execute(
         Request::MetaNoop => out.extend_from_slice(reply::MN),
     }
     Next::Continue
-}
-
-/// Appends a write's reply (unless `noreply`).
-pub fn answer(ctx: &Context, result: Result<Reply, ProxyError>, noreply: bool, out: &mut Vec<u8>) {
-    match result {
-        Ok(_) if noreply => {}
-        Ok(Reply::Status(status)) => out.extend_from_slice(status.as_line()),
-        Ok(Reply::Number(n)) => reply::number(out, n),
-        Ok(Reply::Error { kind, text }) => {
-            out.extend_from_slice(match kind {
-                ErrorKind::Error => b"ERROR",
-                ErrorKind::Client => b"CLIENT_ERROR",
-                ErrorKind::Server => b"SERVER_ERROR",
-            });
-            if !text.is_empty() {
-                out.push(b' ');
-                out.extend_from_slice(&text);
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        Ok(other) => {
-            tracing::error!(?other, "backend answered a write with an unexpected reply");
-            reply::line(
-                out,
-                b"SERVER_ERROR keepcached-proxy: unexpected reply from backend",
-            );
-        }
-        // A client that asked for no reply gets none, even for a failure (as with memcached).
-        Err(_) if noreply => Stats::add(&ctx.stats.counters().unavailable_errors, 1),
-        Err(e) => unavailable(ctx, &e, out),
-    }
-}
-
-pub fn unavailable(ctx: &Context, error: &ProxyError, out: &mut Vec<u8>) {
-    Stats::add(&ctx.stats.counters().unavailable_errors, 1);
-    reply::line(
-        out,
-        format!("SERVER_ERROR keepcached-proxy: {error}").as_bytes(),
-    );
 }

@@ -96,6 +96,8 @@ pub struct ProxyConfig {
     pub backend: BackendConfig,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub resync: ResyncConfig,
     /// How long a shutdown waits for client connections to finish what they sent.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -138,6 +140,9 @@ pub struct BackendConfig {
     /// First delay before probing a down server; doubles after each failed probe.
     pub probe_interval_ms: u64,
     pub probe_max_interval_ms: u64,
+    /// How often a server in service is checked (`stats`: is it the same process, does it
+    /// answer) even when no client uses it, so an idle proxy knows its servers too.
+    pub health_interval_ms: u64,
 }
 
 impl Default for BackendConfig {
@@ -149,6 +154,7 @@ impl Default for BackendConfig {
             failure_limit: 2,
             probe_interval_ms: 100,
             probe_max_interval_ms: 5_000,
+            health_interval_ms: 1_000,
         }
     }
 }
@@ -160,6 +166,10 @@ impl BackendConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
     }
 }
 
@@ -180,6 +190,38 @@ impl Default for ReplicationConfig {
             write_ack: WriteAck::All,
             multiget_unavailable: Unavailable::Miss,
             missed_keys_limit: 100_000,
+        }
+    }
+}
+
+/// How a server that missed writes, restarted or was flushed is brought back (see resync.rs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResyncConfig {
+    /// Items copied per second, at most, while warming a server (0: no limit).
+    pub warmup_items_per_sec: u64,
+    /// Value bytes copied per second, at most, while warming a server (0: no limit).
+    pub warmup_bytes_per_sec: u64,
+    /// Keys repaired or copied at once.
+    pub concurrency: usize,
+    /// Fill a flushed or restarted server from a healthy replica before it counts as up.
+    pub warmup: bool,
+    /// Record on the other servers that a server missed writes, so another proxy (after the
+    /// VIP moved) does not read it stale (docs/resync.md).
+    pub ledger: bool,
+    /// Hold every returning server out of reads until the operator says `backend up|warm`.
+    pub hold_returning: bool,
+}
+
+impl Default for ResyncConfig {
+    fn default() -> Self {
+        ResyncConfig {
+            warmup_items_per_sec: 50_000,
+            warmup_bytes_per_sec: 64 * 1024 * 1024,
+            concurrency: 16,
+            warmup: true,
+            ledger: true,
+            hold_returning: false,
         }
     }
 }
@@ -399,6 +441,11 @@ impl ProxyConfig {
                 u64::from(self.backend.failure_limit),
             ),
             ("backend.probe_interval_ms", self.backend.probe_interval_ms),
+            (
+                "backend.health_interval_ms",
+                self.backend.health_interval_ms,
+            ),
+            ("resync.concurrency", self.resync.concurrency as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -523,6 +570,7 @@ impl ProxyArgs {
                 pools: Vec::new(),
                 backend: BackendConfig::default(),
                 replication: ReplicationConfig::default(),
+                resync: ResyncConfig::default(),
                 drain_timeout_ms: default_drain_timeout_ms(),
                 item_size_max: default_item_size_max(),
                 freebind: false,

@@ -119,8 +119,18 @@ pub fn store(kind: StoreKind, key: &[u8], flags: u32, exptime: i32, data: Bytes,
 /// `set`, for a copy to another replica: the text command, or `ms` for a key that is not
 /// text-safe (`T` and `F` mean what set's exptime and flags do).
 pub fn set(key: &[u8], flags: u32, exptime: i32, data: Bytes) -> Call {
+    copy(StoreKind::Set, key, flags, exptime, data)
+}
+
+/// `add`, for a warm-up copy that must lose to any value a client stored meanwhile.
+pub fn add(key: &[u8], flags: u32, exptime: i32, data: Bytes) -> Call {
+    copy(StoreKind::Add, key, flags, exptime, data)
+}
+
+/// `set` or `add` of a copied item (`ms` in the same mode for a key that is not text-safe).
+fn copy(kind: StoreKind, key: &[u8], flags: u32, exptime: i32, data: Bytes) -> Call {
     if is_text_key(key) {
-        return store(StoreKind::Set, key, flags, exptime, data, 0);
+        return store(kind, key, flags, exptime, data, 0);
     }
     let line = head(key.len() * 2 + 64, |out| {
         meta_head(out, b"ms", key);
@@ -130,6 +140,9 @@ pub fn set(key: &[u8], flags: u32, exptime: i32, data: Bytes) -> Call {
         number(out, flags);
         out.put_slice(b" T");
         number(out, exptime);
+        if kind == StoreKind::Add {
+            out.put_slice(b" ME");
+        }
     });
     Call {
         head: line,
@@ -252,6 +265,11 @@ mod tests {
         let copy = set(b"x y", 3, 100, Bytes::from_static(b"val"));
         assert_eq!(&copy.head[..], b"ms eCB5 3 b F3 T100\r\n");
         assert_eq!(&copy.data.unwrap()[..], b"val");
+        assert_eq!(
+            &add(b"x y", 0, 5, Bytes::from_static(b"v")).head[..],
+            b"ms eCB5 1 b F0 T5 ME\r\n"
+        );
+        assert_eq!(&add(b"k", 2, 0, Bytes::new()).head[..], b"add k 2 0 0\r\n");
         assert_eq!(
             &set(b"plain", 1, 0, Bytes::new()).head[..],
             b"set plain 1 0 0\r\n"

@@ -21,17 +21,24 @@
 //! error.rs the error types. [`run`] binds the listeners, serves until its shutdown future
 //! completes, then drains the client connections.
 
+mod admin;
 mod backend;
 mod client;
 pub mod config;
+mod conn;
 mod error;
 mod forward;
+mod health;
+mod ledger;
 mod meta;
 mod read;
 mod replicate;
+mod reply;
+mod resync;
 pub mod ring;
 mod route;
 mod stats;
+mod warmup;
 
 use std::future::Future;
 use std::path::Path;
@@ -46,8 +53,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use backend::BackendError;
 pub use config::{
-    BackendConfig, ConfigError, PoolConfig, ProxyArgs, ProxyConfig, ReplicationConfig, Unavailable,
-    WriteAck,
+    BackendConfig, ConfigError, PoolConfig, ProxyArgs, ProxyConfig, ReplicationConfig,
+    ResyncConfig, Unavailable, WriteAck,
 };
 pub use error::{Origin, ProxyError};
 
@@ -67,6 +74,8 @@ struct Context {
     locks: KeyLocks,
     limits: Limits,
     connections: Arc<Semaphore>,
+    /// This proxy process, in the ledger (ledger.rs): random, so a restarted proxy is another.
+    proxy_id: String,
 }
 
 /// Runs the proxy: [`bind`], then [`Bound::serve`].
@@ -150,6 +159,7 @@ impl Bound {
         let router = Router::start(
             &pools,
             &config.backend,
+            &config.resync,
             config.replication.missed_keys_limit,
             &stop_rx,
             &workers,
@@ -166,7 +176,10 @@ impl Bound {
             stats: Stats::default(),
             locks: KeyLocks::default(),
             limits,
+            proxy_id: proxy_id(),
         });
+        resync::start(&ctx);
+        resync::first_contact(&ctx).await;
         for listener in &tcp {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "proxy listening");
@@ -285,6 +298,16 @@ impl Accepting {
             });
         }
     }
+}
+
+/// A random id for this proxy process.
+fn proxy_id() -> String {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let hash = foldhash::fast::RandomState::default().hash_one((std::process::id(), nanos));
+    format!("{hash:016x}")
 }
 
 /// Binds a TCP listener; with `freebind` the address need not be on this host yet.

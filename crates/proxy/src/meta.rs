@@ -24,11 +24,11 @@ use keepcached_protocol::reply;
 use keepcached_protocol::response::MetaCode;
 
 use crate::backend::Reply;
-use crate::client::{self, Next};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::read;
 use crate::replicate::{self, Conditional, Item, MetaOp};
+use crate::reply::{self as outcome, Next};
 use crate::stats::Stats;
 use crate::Context;
 
@@ -160,6 +160,6 @@ fn answer(ctx: &Context, result: Result<Reply, ProxyError>, out: &mut Vec<u8>) {
     match result {
         Ok(Reply::Suppressed) => {}
         Ok(Reply::Meta { raw, .. }) => out.extend_from_slice(&raw),
-        other => client::answer(ctx, other, false, out),
+        other => outcome::answer(ctx, other, false, out),
     }
 }

@@ -20,11 +20,13 @@ use keepcached_protocol::{reply, Keys, Verb};
 
 use keepcached_protocol::response::MetaCode;
 
-use crate::backend::{self, BackendError, Call, Reply, Value};
-use crate::client;
+use crate::backend::{write_failed, BackendError, Call, Reply, Value};
 use crate::config::Unavailable;
+use crate::conn::most_keys;
 use crate::error::ProxyError;
 use crate::forward;
+use crate::replicate;
+use crate::reply as answer_with;
 use crate::route::Replicas;
 use crate::stats::Stats;
 use crate::Context;
@@ -60,7 +62,7 @@ pub async fn get(
     let counters = ctx.stats.counters();
     let most: usize = requests
         .iter()
-        .map(|keys| backend::most_keys(keys.as_bytes()) + 1)
+        .map(|keys| most_keys(keys.as_bytes()) + 1)
         .sum();
     let mut wanted: Vec<Wanted<'_>> = Vec::with_capacity(most);
     let all = requests
@@ -69,7 +71,7 @@ pub async fn get(
         .flat_map(|(request, keys)| keys.iter().map(move |key| (request, key)))
         .map(|(request, key)| Wanted {
             key,
-            replicas: ctx.router.replicas(key),
+            replicas: ctx.router.read_order(key),
             next: 0,
             target: 0,
             value: None,
@@ -189,7 +191,7 @@ async fn answer(
                 .filter(|(r, _)| *r == request)
                 .map(|(_, e)| e.clone())
                 .collect();
-            client::unavailable(ctx, &ProxyError::Unavailable { reasons }, out);
+            answer_with::unavailable(ctx, &ProxyError::Unavailable { reasons }, out);
             return;
         }
     }
@@ -221,9 +223,9 @@ pub async fn meta_get(
     let counters = ctx.stats.counters();
     let replicas = ctx.router.replicas(key);
     let mut reasons = Vec::new();
-    for &id in replicas.as_slice() {
+    for &id in ctx.router.read_order(key).as_slice() {
         let backend = ctx.router.backend(id);
-        if !backend.is_up() {
+        if backend.health.read_rank(key).is_none() {
             reasons.push(BackendError::Down {
                 addr: backend.addr.clone(),
             });
@@ -258,8 +260,9 @@ pub async fn meta_get(
 /// Sets `key`'s TTL on one replica; a replica that fails misses the write.
 async fn touch_one(ctx: &Context, id: u16, key: &[u8], exptime: i32) {
     let backend = ctx.router.backend(id);
-    if backend.call(forward::touch(key, exptime)).await.is_err() {
-        backend.remember_missed(key);
+    let touched = backend.call(forward::touch(key, exptime)).await;
+    if touched.as_ref().map_or(true, write_failed) {
+        replicate::missed(ctx, backend, key).await;
     }
 }
 
@@ -272,7 +275,7 @@ fn next_healthy(
     let replicas = w.replicas.as_slice();
     while let Some(&id) = replicas.get(w.next) {
         let backend = ctx.router.backend(id);
-        if backend.is_up() {
+        if backend.health.read_rank(w.key).is_some() {
             return Some(id);
         }
         reasons.push((

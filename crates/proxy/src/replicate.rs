@@ -15,8 +15,10 @@
 //! - Writes to a key with several replicas are serialized through a striped lock held until
 //!   every replica has answered, so concurrent writers leave all replicas in the same final state
 //!   (two `set`s can otherwise reach two replicas in opposite orders).
-//! - A replica that fails, times out or is down misses the write; the key is remembered for it
-//!   (see [`Backend::remember_missed`]) so a later re-sync can repair exactly those keys.
+//! - A replica that fails, times out, answers `SERVER_ERROR` or is down misses the write: the key
+//!   is remembered for it ([`Health::remember_missed`](crate::health::Health::remember_missed)),
+//!   it is not read for that key until its supervisor repaired it (resync.rs), and before the
+//!   write is acknowledged the miss is recorded in the ledger for the other proxies (ledger.rs).
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -28,10 +30,11 @@ use keepcached_protocol::response::{MetaCode, Status};
 use keepcached_protocol::{parse_i32, parse_u32_truncating, StoreKind};
 use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
-use crate::backend::{Backend, BackendError, Call, Reply};
+use crate::backend::{write_failed, Backend, BackendError, Call, Reply};
 use crate::config::WriteAck;
 use crate::error::ProxyError;
 use crate::forward;
+use crate::ledger;
 use crate::route::Replicas;
 use crate::stats::Stats;
 use crate::Context;
@@ -61,7 +64,7 @@ impl Default for KeyLocks {
 impl KeyLocks {
     /// Serializes writes to `key` while its replicas are written; `None` for a key with one
     /// replica, which has no copies to keep in step (the server orders its own writes).
-    async fn lock(&self, key: &[u8], replicas: &Replicas) -> Option<OwnedMutexGuard<()>> {
+    pub async fn lock(&self, key: &[u8], replicas: &Replicas) -> Option<OwnedMutexGuard<()>> {
         if replicas.as_slice().len() < 2 {
             return None;
         }
@@ -215,20 +218,28 @@ pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply,
     if let &[id] = replicas.as_slice() {
         // One replica: no fan-out (and no lock, see `KeyLocks::lock`).
         let backend = ctx.router.backend(id);
-        return backend.call(call).await.map_err(|e| {
-            missed(ctx, backend, &key);
-            ProxyError::Unavailable { reasons: vec![e] }
-        });
+        return match backend.call(call).await {
+            Ok(reply) => {
+                if write_failed(&reply) {
+                    missed(ctx, backend, &key).await;
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                missed(ctx, backend, &key).await;
+                Err(ProxyError::Unavailable { reasons: vec![e] })
+            }
+        };
     }
     let guard = ctx.locks.lock(&key, &replicas).await;
     let mut reasons = Vec::new();
     let mut targets = Vec::with_capacity(replicas.as_slice().len());
     for &id in replicas.as_slice() {
         let backend = ctx.router.backend(id);
-        if backend.is_up() {
+        if backend.state().takes_writes() {
             targets.push(backend.clone());
         } else {
-            missed(ctx, backend, &key);
+            missed(ctx, backend, &key).await;
             reasons.push(BackendError::Down {
                 addr: backend.addr.clone(),
             });
@@ -268,27 +279,53 @@ pub async fn execute_then_copy(
     let mut reasons = Vec::new();
     let mut executed = None;
     let mut others = Vec::new();
+    // A server's own error (out of memory): the client's answer when no replica did better.
+    let mut reasons_reply = None;
     for &id in replicas.as_slice() {
         let backend = ctx.router.backend(id);
         if executed.is_some() {
-            if backend.is_up() {
+            if backend.state().takes_writes() {
                 others.push(backend.clone());
             } else {
-                missed(ctx, backend, &key);
+                missed(ctx, backend, &key).await;
             }
             continue;
         }
+        if !backend.state().takes_writes() {
+            missed(ctx, backend, &key).await;
+            reasons.push(BackendError::Down {
+                addr: backend.addr.clone(),
+            });
+            continue;
+        }
+        // A replica that cannot be read for this key (it missed an earlier write) may hold a
+        // stale item: the command's outcome there would be wrong. It runs on the next one, and
+        // this one gets the copy.
+        if backend.health.read_rank(&key).is_none() {
+            others.push(backend.clone());
+            continue;
+        }
         match backend.call(command.call(&key)).await {
+            Ok(reply) if write_failed(&reply) => {
+                missed(ctx, backend, &key).await;
+                reasons_reply = Some(reply);
+            }
             Ok(reply) => executed = Some((backend.clone(), reply)),
             Err(e) => {
                 // It may or may not have applied the command: its copy is suspect.
-                missed(ctx, backend, &key);
+                missed(ctx, backend, &key).await;
                 reasons.push(e);
             }
         }
     }
     let Some((primary, reply)) = executed else {
-        return Err(ProxyError::Unavailable { reasons });
+        for other in &others {
+            missed(ctx, other, &key).await;
+        }
+        return match reasons_reply {
+            Some(reply) => Ok(reply),
+            None => Err(ProxyError::Unavailable { reasons }),
+        };
     };
     let copy = command.copy_after(&reply);
     if others.is_empty() || copy == Copy::Nothing {
@@ -324,24 +361,25 @@ pub async fn execute_then_copy(
     Ok(reply)
 }
 
-/// `flush_all` and other server-wide commands: to every server that is up; the first answer in
-/// configuration order is the reply.
-pub async fn broadcast(ctx: &Arc<Context>, call: Call) -> Result<Reply, ProxyError> {
+/// `flush_all` and other server-wide commands: to every server that takes writes; the first
+/// answer in configuration order is the reply. `data`: the command changes items (`flush_all`),
+/// so a server that misses it may hold stale items anywhere and is flushed before it is read.
+pub async fn broadcast(ctx: &Arc<Context>, call: Call, data: bool) -> Result<Reply, ProxyError> {
+    const MISSED: &str = "it missed a flush_all";
     let mut reasons = Vec::new();
-    let targets: Vec<_> = ctx
-        .router
-        .backends
-        .iter()
-        .filter(|b| {
-            if !b.is_up() {
-                reasons.push(BackendError::Down {
-                    addr: b.addr.clone(),
-                });
+    let mut targets = Vec::with_capacity(ctx.router.backends.len());
+    for b in &ctx.router.backends {
+        if b.state().takes_writes() {
+            targets.push(b.clone());
+        } else {
+            reasons.push(BackendError::Down {
+                addr: b.addr.clone(),
+            });
+            if data {
+                missed_all(ctx, b, MISSED).await;
             }
-            b.is_up()
-        })
-        .cloned()
-        .collect();
+        }
+    }
     let mut calls: FuturesUnordered<_> = targets
         .iter()
         .enumerate()
@@ -352,6 +390,9 @@ pub async fn broadcast(ctx: &Arc<Context>, call: Call) -> Result<Reply, ProxyErr
         .collect();
     let mut results = vec![None; targets.len()];
     while let Some((i, result)) = calls.next().await {
+        if data && result.as_ref().map_or(true, write_failed) {
+            missed_all(ctx, &targets[i], MISSED).await;
+        }
         results[i] = Some(result);
     }
     first_success(results.into_iter().flatten().collect(), reasons)
@@ -374,46 +415,62 @@ async fn apply(
     let mut results: Vec<Option<Result<Reply, BackendError>>> = vec![None; targets.len()];
     while let Some((i, result)) = calls.next().await {
         match &result {
-            Ok(reply) => {
+            Ok(reply) if !write_failed(reply) => {
                 if let Some(tx) = first.take() {
                     let _ = tx.send(reply.clone());
                 }
             }
-            Err(_) => missed(ctx, &targets[i], key),
+            _ => missed(ctx, &targets[i], key).await,
         }
         results[i] = Some(result);
     }
     results.into_iter().flatten().collect()
 }
 
-/// The first success in replica order, else every reason.
+/// The first success in replica order (a server's error line only when no replica did
+/// better), else every reason.
 fn first_success(
     results: Vec<Result<Reply, BackendError>>,
     mut reasons: Vec<BackendError>,
 ) -> Result<Reply, ProxyError> {
+    let mut refused = None;
     for result in results {
         match result {
+            Ok(reply) if write_failed(&reply) => {
+                refused.get_or_insert(reply);
+            }
             Ok(reply) => return Ok(reply),
             Err(e) => reasons.push(e),
         }
     }
-    Err(ProxyError::Unavailable { reasons })
+    refused.ok_or(ProxyError::Unavailable { reasons })
 }
 
-fn missed(ctx: &Context, backend: &Backend, key: &[u8]) {
+/// Records that `backend` may not have taken the last write of `key`, here and (before the
+/// write is acknowledged) in the ledger.
+pub async fn missed(ctx: &Context, backend: &Backend, key: &[u8]) {
     Stats::add(&ctx.stats.counters().replica_write_failures, 1);
-    backend.remember_missed(key);
+    backend.health.remember_missed(key);
+    ledger::mark(ctx, backend).await;
 }
 
-/// Reads `key`'s item from `primary` and builds the `set` that recreates it; `None` when that
-/// cannot be done exactly (a miss, a server without meta commands, an item about to expire).
-async fn read_back(primary: &Backend, key: &[u8]) -> Option<Call> {
+/// Records that `backend` may hold stale items anywhere.
+async fn missed_all(ctx: &Context, backend: &Backend, reason: &'static str) {
+    Stats::add(&ctx.stats.counters().replica_write_failures, 1);
+    backend.health.remember_missed_all(reason);
+    ledger::mark(ctx, backend).await;
+}
+
+/// Reads `key`'s item from `source`: value, flags and the exptime that keeps its remaining
+/// TTL; `None` when that cannot be done exactly (a miss, a server without meta commands, an
+/// item about to expire).
+pub async fn read_item(source: &Backend, key: &[u8]) -> Option<Item> {
     let Ok(Reply::Meta {
         code: MetaCode::Value,
         flags,
         data: Some(data),
         ..
-    }) = primary.call(forward::meta_get_item(key)).await
+    }) = source.call(forward::meta_get_item(key)).await
     else {
         return None;
     };
@@ -426,8 +483,18 @@ async fn read_back(primary: &Backend, key: &[u8]) -> Option<Call> {
             _ => {}
         }
     }
-    let exptime = exptime_for_ttl(ttl?)?;
-    Some(forward::set(key, client_flags?, exptime, data))
+    Some(Item {
+        flags: client_flags?,
+        exptime: exptime_for_ttl(ttl?)?,
+        data,
+    })
+}
+
+/// The `set` that gives another replica `key`'s item as `primary` holds it; `None` when that
+/// cannot be done exactly (see [`read_item`]).
+pub async fn read_back(primary: &Backend, key: &[u8]) -> Option<Call> {
+    let item = read_item(primary, key).await?;
+    Some(forward::set(key, item.flags, item.exptime, item.data))
 }
 
 /// The exptime that gives an item `ttl` more seconds (`-1`: never expires).

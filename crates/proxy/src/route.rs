@@ -11,7 +11,8 @@ use keepcached_runtime::Workers;
 use tokio::sync::watch;
 
 use crate::backend::Backend;
-use crate::config::{BackendConfig, PoolSpec, MAX_POOLS};
+use crate::config::{BackendConfig, PoolSpec, ResyncConfig, MAX_POOLS};
+use crate::health::{ReadRank, State};
 use crate::ring::{key_hash, Ring};
 
 /// A pool as routed: its ring, and for each ring node the index of its backend.
@@ -47,6 +48,7 @@ impl Router {
     pub fn start(
         pools: &[PoolSpec],
         settings: &BackendConfig,
+        resync: &ResyncConfig,
         missed_limit: usize,
         shutdown: &watch::Receiver<bool>,
         workers: &Workers,
@@ -66,6 +68,7 @@ impl Router {
                             backends.push(Arc::new(Backend::start(
                                 &addr,
                                 settings,
+                                resync,
                                 missed_limit,
                                 shutdown.clone(),
                                 workers,
@@ -107,6 +110,35 @@ impl Router {
             }
         }
         replicas
+    }
+
+    /// The replicas of `key` that may be read for it, best first: those that hold its latest
+    /// value in pool order, then warming ones (never stale, maybe a miss). Servers that are
+    /// down, or that missed a write of the key and are not yet repaired, are left out.
+    pub fn read_order(&self, key: &[u8]) -> Replicas {
+        let all = self.replicas(key);
+        if all
+            .as_slice()
+            .iter()
+            .all(|&id| self.backend(id).state() == State::Up)
+        {
+            return all;
+        }
+        let mut ranked: Vec<(ReadRank, u16)> = all
+            .as_slice()
+            .iter()
+            .filter_map(|&id| Some((self.backend(id).health.read_rank(key)?, id)))
+            .collect();
+        ranked.sort_by_key(|(rank, _)| *rank);
+        let mut order = Replicas {
+            ids: [0; MAX_POOLS],
+            len: 0,
+        };
+        for (_, id) in ranked {
+            order.ids[order.len as usize] = id;
+            order.len += 1;
+        }
+        order
     }
 
     pub fn backend(&self, id: u16) -> &Arc<Backend> {

@@ -67,6 +67,10 @@ counters! {
     replica_copies,
     /// Keys deleted on the other replicas because the outcome could not be copied exactly.
     replica_deletes,
+    /// Missed keys repaired on a returning server (copied from a replica, or deleted).
+    repaired_keys,
+    /// Items copied to a warming server.
+    warmup_copies,
     /// Requests answered with SERVER_ERROR because no replica answered.
     unavailable_errors,
 }
@@ -126,19 +130,39 @@ impl Stats {
                 };
                 let answered = sum(|c| &c.answered);
                 let latency = sum(|c| &c.latency_us) / answered.max(1);
-                let missed = backend.missed.lock();
-                let line = format!(
-                    "state={} requests={} errors={} timeouts={} avg_latency_us={} downs={} \
-                     missed_keys={} missed_overflow={}",
-                    backend.state().name(),
-                    sum(|c| &c.requests),
-                    sum(|c| &c.errors),
-                    sum(|c| &c.timeouts),
-                    latency,
-                    sum(|c| &c.downs),
-                    missed.len(),
-                    u8::from(missed.overflowed()),
-                );
+                let health = &backend.health;
+                let mut line = {
+                    let standing = health.standing.lock();
+                    format!(
+                        "state={} state_s={} requests={} errors={} timeouts={} \
+                         avg_latency_us={} failures={} downs={} missed_keys={} needs_flush={} \
+                         cold={} held={}",
+                        backend.state().name(),
+                        health.state_age_s(),
+                        sum(|c| &c.requests),
+                        sum(|c| &c.errors),
+                        sum(|c| &c.timeouts),
+                        latency,
+                        health.failures(),
+                        sum(|c| &c.downs),
+                        standing.missed_len(),
+                        u8::from(standing.needs_flush),
+                        u8::from(standing.cold),
+                        u8::from(standing.held),
+                    )
+                };
+                if let Some(p) = health.progress.lock().as_ref() {
+                    line.push_str(&format!(
+                        " warm_done={} warm_total={} warm_pct={} warm_eta_s={} warm_copied={} \
+                         warm_bytes={}",
+                        p.done,
+                        p.total,
+                        p.percent(),
+                        p.eta_s(),
+                        p.copied,
+                        p.bytes
+                    ));
+                }
                 reply::stat(out, &format!("{}/{}", pool.name, backend.addr), line);
             }
         }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keepcached_protocol::response::{parse_response, Response};
-use keepcached_proxy::{BackendConfig, PoolConfig, ProxyConfig, ReplicationConfig};
+use keepcached_proxy::{BackendConfig, PoolConfig, ProxyConfig, ReplicationConfig, ResyncConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -233,6 +233,7 @@ pub fn config(pools: &[&[&Process]]) -> ProxyConfig {
             ..BackendConfig::default()
         },
         replication: ReplicationConfig::default(),
+        resync: ResyncConfig::default(),
         drain_timeout_ms: 2_000,
         item_size_max: 1024 * 1024,
         freebind: false,

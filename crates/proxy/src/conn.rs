@@ -1,0 +1,721 @@
+//! One pipelined connection to a cache server, as a task: its writer half copies jobs into one
+//! write buffer (many clients' requests leave in one `write`), and its reader half parses
+//! replies with [`parse_response`] and completes the jobs in order: memcached answers a
+//! connection's requests in the order it received them, so the oldest job in flight owns the
+//! next reply.
+//!
+//! Plain gets waiting in the same write buffer are merged into one multi-get (`get a` and
+//! `get b c` go out as `get a b c`), and its reply is split back among their callers.
+//! memcached writes a reply per get it is sent; per multi-get it writes once, which under many
+//! concurrent clients halves what the backend and the proxy spend per request.
+//!
+//! A connection whose oldest job is overdue is closed (its remaining jobs fail at once), because
+//! a server that answers nothing — a stopped process, a dead host — would otherwise hold every
+//! later job on that connection too. That stall is one failure of the server (see
+//! [`Health::failed`]), however many requests it failed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use keepcached_protocol::response::{parse_response, MetaCode, Response};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::backend::{BackendError, Call, ErrorKind, Expect, Reply, Value};
+use crate::config::BackendConfig;
+use crate::health::Health;
+
+/// A writer stops batching and writes once this much is buffered.
+const WRITE_BATCH: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// Gets merged into one multi-get stop growing its line here (memcached reads a long get line
+/// in pieces; a bound keeps each reply a reasonable size).
+const MERGED_LINE_MAX: usize = 8 * 1024;
+
+pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStream, BackendError> {
+    let error = |reason: String| BackendError::Connect {
+        addr: addr.clone(),
+        reason,
+    };
+    match tokio::time::timeout(settings.connect_timeout(), TcpStream::connect(&**addr)).await {
+        Ok(Ok(stream)) => {
+            // Requests are small and latency-bound; Nagle would hold them back.
+            stream.set_nodelay(true).map_err(|e| error(e.to_string()))?;
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(error(e.to_string())),
+        Err(_) => Err(error(format!(
+            "no answer within {} ms",
+            settings.connect_timeout_ms
+        ))),
+    }
+}
+
+/// A request handed to a connection task.
+#[derive(Debug)]
+pub struct Job {
+    pub call: Call,
+    pub reply: ReplyTx,
+    pub deadline: Instant,
+}
+
+/// Where a caller waits for its reply.
+pub type ReplyTx = oneshot::Sender<Result<Reply, BackendError>>;
+
+/// A request whose bytes are in the write buffer or written, and whose reply is awaited.
+#[derive(Debug)]
+struct InFlight {
+    expect: Expect,
+    /// How many values its reply may hold at most (0 unless a get), to size their list once.
+    keys: usize,
+    waiter: Waiter,
+    /// The oldest deadline of its callers.
+    deadline: Instant,
+}
+
+/// Who a reply is for: one caller, or every caller whose get went out in one merged multi-get.
+#[derive(Debug)]
+enum Waiter {
+    One(ReplyTx),
+    /// Each caller's own request line (to pick its values out of the shared reply), in the order
+    /// their keys appear in the merged line.
+    Merged(Vec<(Bytes, ReplyTx)>),
+}
+
+impl Waiter {
+    fn deliver(self, result: Result<Reply, BackendError>) {
+        match self {
+            Waiter::One(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Merged(callers) => match result {
+                Ok(Reply::Values(values)) => {
+                    // The server answers hits in the order the keys were asked (a key asked
+                    // twice, twice), so one pass hands each caller the hits of its own keys:
+                    // the next run of values.
+                    let mut values = values.into_iter();
+                    for (head, tx) in callers {
+                        let mut hits = 0;
+                        for key in get_keys(&head) {
+                            if values.as_slice().get(hits).is_some_and(|v| v.key() == key) {
+                                hits += 1;
+                            }
+                        }
+                        let mine = values.by_ref().take(hits).collect();
+                        let _ = tx.send(Ok(Reply::Values(mine)));
+                    }
+                }
+                other => {
+                    for (_, tx) in callers {
+                        let _ = tx.send(other.clone());
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The verb of a plain `get`/`gets` line, the requests that may share one multi-get.
+fn get_verb(call: &Call) -> Option<&'static [u8]> {
+    if call.expect != Expect::Values || call.data.is_some() {
+        return None;
+    }
+    [&b"get"[..], b"gets"]
+        .into_iter()
+        .find(|verb| call.head.starts_with(verb) && call.head.get(verb.len()) == Some(&b' '))
+}
+
+/// The keys of a `get`/`gets` line as [`forward::get`](crate::forward::get) writes it.
+fn get_keys(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let start = head
+        .iter()
+        .position(|b| *b == b' ')
+        .map_or(head.len(), |i| i + 1);
+    let end = head.len().saturating_sub(2).max(start);
+    head[start..end]
+        .split(|b| *b == b' ')
+        .filter(|k| !k.is_empty())
+}
+
+/// One pipelined connection: connects at once, serves until the connection fails, fails what
+/// was in flight, and connects again when the next job arrives or a probe finds the server up.
+///
+/// Connects do not wait for a job: all of a server's connections start together at startup
+/// (and after the server was down, when the probe finds it up), so memcached, which hands each
+/// accepted connection to its next worker thread in turn, spreads them over its threads. Opened
+/// one by one on first use, with other clients connecting in between, two of them could share
+/// one thread and leave the server's other threads idle.
+pub async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>) {
+    let (addr, settings) = (&health.addr, &health.settings);
+    let mut opened = connect_unasked(addr, settings)
+        .await
+        .map(|stream| (stream, None));
+    loop {
+        let (stream, first) = match opened.take() {
+            Some(opened) => opened,
+            None => match reopen(&health, &mut jobs).await {
+                Some(opened) => opened,
+                None => return,
+            },
+        };
+        let pending = Mutex::new(VecDeque::new());
+        let error = serve(addr, settings, stream, first, &mut jobs, &pending).await;
+        let pending = pending.into_inner();
+        if !pending.is_empty() || !matches!(error, BackendError::Closed { .. }) {
+            // A stall or a broken connection under requests: one failure of the server,
+            // however many requests it fails.
+            health.failed(&error);
+        } else if !*health.shutdown.borrow() {
+            // Closed while idle: the server may have restarted; its supervisor checks.
+            health.wake.notify_one();
+        }
+        for job in pending {
+            job.waiter.deliver(Err(error.clone()));
+        }
+    }
+}
+
+/// Waits for a reason to connect again (a job, or a probe finding the server up) and connects:
+/// the connection and the job that asked for it, if one did. `None` once the proxy shuts down.
+async fn reopen(
+    health: &Health,
+    jobs: &mut mpsc::Receiver<Job>,
+) -> Option<(TcpStream, Option<Job>)> {
+    let (addr, settings) = (&health.addr, &health.settings);
+    loop {
+        let first = tokio::select! {
+            job = jobs.recv() => job?,
+            () = health.back_up.notified() => match connect_unasked(addr, settings).await {
+                Some(stream) => return Some((stream, None)),
+                None => continue,
+            },
+        };
+        // The callers have no timers of their own: the first job's deadline bounds the connect.
+        let connected = match tokio::time::timeout_at(first.deadline, connect(addr, settings)).await
+        {
+            Ok(connected) => connected,
+            Err(_) => Err(BackendError::Timeout {
+                addr: addr.clone(),
+                ms: settings.request_timeout_ms,
+            }),
+        };
+        match connected {
+            Ok(stream) => return Some((stream, Some(first))),
+            Err(error) => {
+                health.failed(&error);
+                // The jobs already queued would wait for the same unreachable server.
+                let _ = first.reply.send(Err(error.clone()));
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A connect no request asked for (at startup, or when a probe found the server up). Its
+/// failure fails no request: the next job connects again, and counts that.
+async fn connect_unasked(addr: &Arc<str>, settings: &BackendConfig) -> Option<TcpStream> {
+    match connect(addr, settings).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::debug!(backend = %addr, %error, "connection not opened ahead of a request");
+            None
+        }
+    }
+}
+
+/// Runs the writer and reader halves of one connection until either fails.
+async fn serve(
+    addr: &Arc<str>,
+    settings: &BackendConfig,
+    stream: TcpStream,
+    first: Option<Job>,
+    jobs: &mut mpsc::Receiver<Job>,
+    pending: &Mutex<VecDeque<InFlight>>,
+) -> BackendError {
+    let (mut rd, mut wr) = stream.into_split();
+    let sent = Notify::new();
+    let closed = || BackendError::Closed { addr: addr.clone() };
+    let overdue = || BackendError::Timeout {
+        addr: addr.clone(),
+        ms: settings.request_timeout_ms,
+    };
+    let writer = async {
+        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut open = None;
+        let mut next = first;
+        loop {
+            let Some(job) = next.take() else {
+                match jobs.recv().await {
+                    Some(job) => next = Some(job),
+                    // The proxy is shutting down.
+                    None => return closed(),
+                }
+                continue;
+            };
+            // A job that waited past its deadline (behind a full queue or a reconnect) fails
+            // without being sent, as its caller would have given up on it.
+            let now = Instant::now();
+            let mut batch = Some(job);
+            while let Some(job) = batch.take() {
+                if job.deadline <= now {
+                    let _ = job.reply.send(Err(overdue()));
+                } else {
+                    enqueue(job, &mut wbuf, pending, &mut open);
+                }
+                if wbuf.len() < WRITE_BATCH {
+                    batch = jobs.try_recv().ok();
+                }
+            }
+            if wbuf.is_empty() {
+                continue;
+            }
+            sent.notify_one();
+            if wr.write_all(&wbuf).await.is_err() {
+                return closed();
+            }
+            wbuf.clear();
+            open = None;
+        }
+    };
+    let reader = async {
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut partial = Partial::default();
+        // One timer for the connection, moved only when it fires or a job is due before it (a
+        // timer armed per read cost more than the reads). It never runs later than the oldest
+        // job's deadline; when it fires early, it is set again for the oldest job then.
+        let timer = tokio::time::sleep(settings.request_timeout());
+        tokio::pin!(timer);
+        loop {
+            loop {
+                let front = pending.lock().front().map(|p| (p.expect, p.keys));
+                let Some((expect, keys)) = front else {
+                    if !rbuf.is_empty() {
+                        return BackendError::Protocol {
+                            addr: addr.clone(),
+                            detail: String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)]).into(),
+                        };
+                    }
+                    break;
+                };
+                match assemble(&mut rbuf, expect, keys, &mut partial) {
+                    Ok(Some(reply)) => {
+                        if let Some(job) = pending.lock().pop_front() {
+                            job.waiter.deliver(Ok(reply));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(detail) => {
+                        return BackendError::Protocol {
+                            addr: addr.clone(),
+                            detail,
+                        }
+                    }
+                }
+            }
+            let deadline = pending.lock().front().map(|p| p.deadline);
+            if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
+                timer.as_mut().reset(d);
+            }
+            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) | Err(_) => return closed(),
+                    Ok(_) => {}
+                },
+                _ = sent.notified() => {}
+                () = &mut timer => {
+                    let now = Instant::now();
+                    match pending.lock().front().map(|p| p.deadline) {
+                        Some(d) if d <= now => return overdue(),
+                        Some(d) => timer.as_mut().reset(d),
+                        None => timer.as_mut().reset(now + settings.request_timeout()),
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        error = writer => error,
+        error = reader => error,
+    }
+}
+
+fn enqueue(
+    job: Job,
+    wbuf: &mut BytesMut,
+    pending: &Mutex<VecDeque<InFlight>>,
+    open: &mut Option<OpenGet>,
+) {
+    let verb = get_verb(&job.call);
+    if let (Some(verb), Some(get)) = (verb, open.as_ref()) {
+        let keys = &job.call.head[verb.len()..job.call.head.len() - 2];
+        if get.verb == verb && wbuf.len() - get.start + keys.len() <= MERGED_LINE_MAX {
+            // Concurrent gets from different clients become one multi-get: the server answers
+            // it in one write instead of one per get, which costs it (and the reads here) far
+            // less than the gets one by one.
+            wbuf.truncate(wbuf.len() - 2);
+            wbuf.extend_from_slice(keys);
+            wbuf.extend_from_slice(b"\r\n");
+            let mut pending = pending.lock();
+            let last = pending.back_mut().expect("an open get is pending");
+            last.deadline = last.deadline.min(job.deadline);
+            last.keys += most_keys(keys);
+            let caller = (job.call.head, job.reply);
+            let callers = match std::mem::replace(&mut last.waiter, Waiter::Merged(Vec::new())) {
+                Waiter::One(first) => {
+                    let mut callers = Vec::with_capacity(8);
+                    callers.extend([(get.head.clone(), first), caller]);
+                    callers
+                }
+                Waiter::Merged(mut callers) => {
+                    callers.push(caller);
+                    callers
+                }
+            };
+            last.waiter = Waiter::Merged(callers);
+            return;
+        }
+    }
+    *open = verb.map(|verb| OpenGet {
+        verb,
+        start: wbuf.len(),
+        head: job.call.head.clone(),
+    });
+    wbuf.extend_from_slice(&job.call.head);
+    if let Some(data) = &job.call.data {
+        wbuf.extend_from_slice(data);
+        wbuf.extend_from_slice(b"\r\n");
+    }
+    if job.call.expect == Expect::UntilNoop {
+        wbuf.extend_from_slice(b"mn\r\n");
+    }
+    pending.lock().push_back(InFlight {
+        expect: job.call.expect,
+        keys: match job.call.expect {
+            Expect::Values => most_keys(&job.call.head),
+            _ => 0,
+        },
+        waiter: Waiter::One(job.reply),
+        deadline: job.deadline,
+    });
+}
+
+/// At most how many keys a get line names (one per space; add one for a bare list of keys), to
+/// size a list of them without splitting the line first.
+pub fn most_keys(line: &[u8]) -> usize {
+    line.iter().filter(|b| **b == b' ').count()
+}
+
+/// The last request in the unwritten buffer, when it is a get that later gets may join.
+#[derive(Debug)]
+struct OpenGet {
+    verb: &'static [u8],
+    /// Where its line starts in the write buffer.
+    start: usize,
+    /// Its first caller's request line.
+    head: Bytes,
+}
+
+/// A reply read so far: the items of a get, or a quiet meta request's reply before its `MN`.
+#[derive(Debug, Default)]
+struct Partial {
+    values: Vec<Value>,
+    held: Option<Reply>,
+}
+
+/// Consumes reply lines from the front of `rbuf` until the reply to a request of kind `expect`
+/// (naming at most `keys` keys, if a get) is complete (`Some`), or more bytes are needed (`None`).
+fn assemble(
+    rbuf: &mut BytesMut,
+    expect: Expect,
+    keys: usize,
+    partial: &mut Partial,
+) -> Result<Option<Reply>, String> {
+    loop {
+        let parsed = match parse_response(rbuf) {
+            Ok(parsed) => parsed,
+            Err(incomplete) => {
+                if let Some(needed) = incomplete.needed {
+                    rbuf.reserve(needed.saturating_sub(rbuf.len()));
+                }
+                return Ok(None);
+            }
+        };
+        let consumed = parsed.consumed;
+        // The frequent replies are taken from this one parse: a value is split off whole (its
+        // key found by offset), a status or number holds nothing of the buffer.
+        let reply = match (expect, parsed.response) {
+            (Expect::Values, Response::Value { key, .. }) => {
+                let key_at = key.as_ptr() as usize - rbuf.as_ptr() as usize;
+                let (Ok(key_at), Ok(key_len)) = (u16::try_from(key_at), u16::try_from(key.len()))
+                else {
+                    return Err("VALUE line too long".into());
+                };
+                if partial.values.capacity() == 0 {
+                    partial.values.reserve_exact(keys);
+                }
+                partial.values.push(Value {
+                    raw: rbuf.split_to(consumed).freeze(),
+                    key_at,
+                    key_len,
+                });
+                continue;
+            }
+            (Expect::Values, Response::End) => {
+                Some(Reply::Values(std::mem::take(&mut partial.values)))
+            }
+            (Expect::Line, Response::Status(status)) => Some(Reply::Status(status)),
+            (Expect::Line, Response::Number(n)) => Some(Reply::Number(n)),
+            (
+                Expect::UntilNoop,
+                Response::Meta {
+                    code: MetaCode::Noop,
+                    ..
+                },
+            ) => {
+                rbuf.advance(consumed);
+                return Ok(Some(partial.held.take().unwrap_or(Reply::Suppressed)));
+            }
+            _ => None,
+        };
+        let reply = match reply {
+            Some(reply) => {
+                rbuf.advance(consumed);
+                reply
+            }
+            None => owned_reply(rbuf.split_to(consumed).freeze(), expect, partial)?,
+        };
+        if expect == Expect::UntilNoop {
+            // One request, one reply at most: a second one means the stream is out of step.
+            if partial.held.replace(reply).is_some() {
+                return Err("two replies to one quiet meta request".into());
+            }
+            continue;
+        }
+        return Ok(Some(reply));
+    }
+}
+
+/// The reply in `frame` (one whole reply line, with its data block), whose parts are slices of
+/// the frame rather than copies.
+fn owned_reply(frame: Bytes, expect: Expect, partial: &mut Partial) -> Result<Reply, String> {
+    let response = match parse_response(&frame) {
+        Ok(parsed) => parsed.response,
+        Err(_) => return Err("reply changed while parsing".into()),
+    };
+    let owned = |s: &[u8]| frame.slice_ref(s);
+    Ok(match (expect, response) {
+        (_, Response::Error(text)) => error_reply(ErrorKind::Error, owned(text), partial),
+        (_, Response::ClientError(text)) => error_reply(ErrorKind::Client, owned(text), partial),
+        (_, Response::ServerError(text)) => error_reply(ErrorKind::Server, owned(text), partial),
+        (Expect::Line, Response::Version(v)) => Reply::Version(owned(v)),
+        (Expect::Line | Expect::UntilNoop, Response::Meta { code, flags, data }) => Reply::Meta {
+            code,
+            flags: owned(flags),
+            data: data.map(owned),
+            raw: frame.clone(),
+        },
+        (_, other) => return Err(format!("{other:?}")),
+    })
+}
+
+/// An error line ends any reply; items read before it are dropped, as the client would.
+fn error_reply(kind: ErrorKind, text: Bytes, partial: &mut Partial) -> Reply {
+    partial.values.clear();
+    Reply::Error { kind, text }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+    use keepcached_protocol::response::Status;
+    use std::time::Duration;
+
+    fn assemble_all(input: &[u8], expect: Expect) -> (Vec<Reply>, usize) {
+        let mut rbuf = BytesMut::from(input);
+        let mut partial = Partial::default();
+        let mut replies = Vec::new();
+        while let Some(reply) = assemble(&mut rbuf, expect, 4, &mut partial).unwrap() {
+            replies.push(reply);
+        }
+        (replies, rbuf.remaining())
+    }
+
+    #[test]
+    fn values_are_collected_until_end() {
+        let (replies, left) = assemble_all(
+            b"VALUE a 1 1\r\nx\r\nVALUE b 0 2 9\r\nyy\r\nEND\r\nVALUE c 0 1\r\n",
+            Expect::Values,
+        );
+        assert_eq!(left, b"VALUE c 0 1\r\n".len());
+        let Reply::Values(values) = &replies[0] else {
+            panic!("{replies:?}")
+        };
+        assert_eq!(values.len(), 2);
+        assert_eq!(values[1].key(), b"b");
+        assert_eq!(values[1].raw(), b"VALUE b 0 2 9\r\nyy\r\n");
+    }
+
+    #[test]
+    fn lines_and_errors() {
+        let (replies, _) = assemble_all(b"STORED\r\n42\r\nSERVER_ERROR oom\r\n", Expect::Line);
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Status(Status::Stored),
+                Reply::Number(42),
+                Reply::Error {
+                    kind: ErrorKind::Server,
+                    text: Bytes::from_static(b"oom")
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quiet_meta_reply_is_what_came_before_mn() {
+        let (replies, left) = assemble_all(
+            b"MN\r\nVA 1 O5\r\nx\r\nMN\r\nSERVER_ERROR oom\r\nMN\r\nHD",
+            Expect::UntilNoop,
+        );
+        assert_eq!(left, 2);
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert_eq!(replies[0], Reply::Suppressed);
+        let Reply::Meta {
+            code: MetaCode::Value,
+            raw,
+            data: Some(data),
+            ..
+        } = &replies[1]
+        else {
+            panic!("{replies:?}")
+        };
+        assert_eq!((&raw[..], &data[..]), (&b"VA 1 O5\r\nx\r\n"[..], &b"x"[..]));
+        assert!(matches!(
+            replies[2],
+            Reply::Error {
+                kind: ErrorKind::Server,
+                ..
+            }
+        ));
+        let mut rbuf = BytesMut::from(&b"HD\r\nHD\r\nMN\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::UntilNoop, 0, &mut Partial::default()).is_err());
+    }
+
+    fn get_job(head: &'static [u8]) -> (Job, oneshot::Receiver<Result<Reply, BackendError>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            call: Call::line(Bytes::from_static(head), Expect::Values),
+            reply,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        (job, rx)
+    }
+
+    fn value(key: &'static [u8]) -> Value {
+        let mut raw = BytesMut::new();
+        raw.extend_from_slice(b"VALUE ");
+        raw.extend_from_slice(key);
+        raw.extend_from_slice(b" 0 1\r\nv\r\n");
+        Value {
+            raw: raw.freeze(),
+            key_at: 6,
+            key_len: key.len() as u16,
+        }
+    }
+
+    fn keys_of(reply: Result<Reply, BackendError>) -> Vec<Bytes> {
+        match reply {
+            Ok(Reply::Values(values)) => values
+                .iter()
+                .map(|v| Bytes::copy_from_slice(v.key()))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a connection's writer makes of these jobs, queued together: its write buffer and
+    /// the requests awaiting replies.
+    fn enqueue_all(jobs: impl IntoIterator<Item = Job>) -> (BytesMut, VecDeque<InFlight>) {
+        let pending = Mutex::new(VecDeque::new());
+        let mut wbuf = BytesMut::new();
+        let mut open = None;
+        for job in jobs {
+            enqueue(job, &mut wbuf, &pending, &mut open);
+        }
+        (wbuf, pending.into_inner())
+    }
+
+    #[tokio::test]
+    async fn queued_gets_go_out_as_one_multi_get_and_each_caller_gets_its_own_hits() {
+        let (a, rx_a) = get_job(b"get a\r\n");
+        let (bc, rx_bc) = get_job(b"get b c a\r\n");
+        let (gets, rx_gets) = get_job(b"gets a\r\n");
+        let (last, rx_last) = get_job(b"gets c\r\n");
+        let (wbuf, mut pending) = enqueue_all([a, bc, gets, last]);
+        // A `gets` does not join a `get`: its reply carries CAS values the other's does not.
+        assert_eq!(&wbuf[..], b"get a b c a\r\ngets a c\r\n");
+        assert_eq!(pending.len(), 2);
+        // b missed; a was asked twice and is answered twice, in order.
+        pending
+            .pop_front()
+            .unwrap()
+            .waiter
+            .deliver(Ok(Reply::Values(vec![
+                value(b"a"),
+                value(b"c"),
+                value(b"a"),
+            ])));
+        assert_eq!(keys_of(rx_a.await.unwrap()), vec![&b"a"[..]]);
+        assert_eq!(keys_of(rx_bc.await.unwrap()), vec![&b"c"[..], &b"a"[..]]);
+        let error = BackendError::Closed {
+            addr: Arc::from("x"),
+        };
+        pending
+            .pop_front()
+            .unwrap()
+            .waiter
+            .deliver(Err(error.clone()));
+        assert_eq!(rx_gets.await.unwrap(), Err(error.clone()));
+        assert_eq!(rx_last.await.unwrap(), Err(error));
+    }
+
+    #[test]
+    fn only_plain_gets_are_merged() {
+        let (gat, _rx1) = get_job(b"gat 10 a\r\n");
+        let (gat2, _rx2) = get_job(b"gat 10 b\r\n");
+        let (get, _rx3) = get_job(b"get c\r\n");
+        let (set_reply, _rx4) = oneshot::channel();
+        let set = Job {
+            call: Call {
+                head: Bytes::from_static(b"set d 0 0 1\r\n"),
+                data: Some(Bytes::from_static(b"x")),
+                expect: Expect::Line,
+            },
+            reply: set_reply,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let (get2, _rx5) = get_job(b"get e\r\n");
+        let (wbuf, pending) = enqueue_all([gat, gat2, get, set, get2]);
+        assert_eq!(
+            &wbuf[..],
+            b"gat 10 a\r\ngat 10 b\r\nget c\r\nset d 0 0 1\r\nx\r\nget e\r\n"
+        );
+        assert_eq!(pending.len(), 5);
+    }
+
+    #[test]
+    fn a_value_where_a_line_is_expected_is_a_protocol_error() {
+        let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::Line, 0, &mut Partial::default()).is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! A server's standing with the proxy: its state, its failures, and what it may hold stale.
+//!
+//! States (shown by `stats backends`, every change logged at info with its reason):
+//!
+//! | state | read | written | meaning |
+//! |---|---|---|---|
+//! | `connecting` | no | no | never answered this proxy yet |
+//! | `up` | yes | yes | holds everything written through this proxy |
+//! | `suspect` | keys it did not miss | yes | answering, but it missed some writes (or may hold stale data as a whole: then not read at all) until repaired |
+//! | `warming` | last, after every other replica | yes | flushed and being filled from a healthy replica; holds nothing stale |
+//! | `down` | no | no (recorded as missed) | failed; probed in the background |
+//! | `drained` | no | no (recorded as missed) | taken out by the operator |
+//!
+//! Failures are counted per stall, not per request: a connection that times out fails every
+//! request pipelined on it, and all of that is one failure, as is every other failure within
+//! one request timeout of it. `failure_limit` (default 2) failures with no answer in between
+//! mark the server down, so a server must be silent for more than a whole request timeout (or
+//! refuse connections twice) before it is taken out; one slow reply never is.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use keepcached_runtime::Sharded;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+
+use crate::backend::{BackendError, Counters};
+use crate::config::BackendConfig;
+
+/// A server's state; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting = 0,
+    Up = 1,
+    Suspect = 2,
+    Warming = 3,
+    Down = 4,
+    Drained = 5,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Connecting,
+            1 => State::Up,
+            2 => State::Suspect,
+            3 => State::Warming,
+            4 => State::Down,
+            _ => State::Drained,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Up => "up",
+            State::Suspect => "suspect",
+            State::Warming => "warming",
+            State::Down => "down",
+            State::Drained => "drained",
+        }
+    }
+
+    /// Whether client writes go to the server (the others record them as missed).
+    pub fn takes_writes(self) -> bool {
+        matches!(self, State::Up | State::Suspect | State::Warming)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How good a replica is for reading a key: lower is better, `None` is not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReadRank {
+    /// Holds the key's latest value, if any.
+    Current = 0,
+    /// Warming: holds nothing stale, but may miss what the others hold.
+    Cold = 1,
+}
+
+/// What a server may hold stale, kept until it is repaired.
+#[derive(Debug, Default)]
+pub struct Standing {
+    /// Keys whose last write the server may not have taken, each with the sequence number of
+    /// its latest miss (a repair removes a key only if it was not missed again meanwhile).
+    missed: hashbrown::HashMap<Bytes, u64, foldhash::fast::RandomState>,
+    seq: u64,
+    /// The server may hold stale data anywhere (it missed more keys than are kept, missed a
+    /// `flush_all`, restarted, or another proxy recorded misses for it): flush it before it is
+    /// read again.
+    pub needs_flush: bool,
+    /// The server holds nothing stale but may lack much (it was flushed or restarted empty):
+    /// fill it from a healthy replica before it counts as up.
+    pub cold: bool,
+    /// The operator holds it out of reads until told otherwise.
+    pub held: bool,
+    /// Why it needs a flush, for the log.
+    pub flush_reason: Option<&'static str>,
+}
+
+impl Standing {
+    pub fn missed_len(&self) -> usize {
+        self.missed.len()
+    }
+
+    /// Up to `max` missed keys with their sequence numbers, to repair.
+    pub fn some_missed(&self, max: usize) -> Vec<(Bytes, u64)> {
+        self.missed
+            .iter()
+            .take(max)
+            .map(|(k, s)| (k.clone(), *s))
+            .collect()
+    }
+
+    /// Forgets `key` after its repair, unless it was missed again since `seq`.
+    pub fn repaired(&mut self, key: &[u8], seq: u64) {
+        if self.missed.get(key) == Some(&seq) {
+            self.missed.remove(key);
+        }
+    }
+
+    /// After a flush the server holds nothing, so nothing it missed before can be read stale.
+    pub fn flushed(&mut self) {
+        self.missed.clear();
+        self.needs_flush = false;
+        self.flush_reason = None;
+        self.cold = true;
+    }
+
+    /// Nothing to repair, flush or fill, and not held: it may be up.
+    pub fn clean(&self) -> bool {
+        self.missed.is_empty() && !self.needs_flush && !self.cold && !self.held
+    }
+
+    pub fn must_flush(&mut self, reason: &'static str) {
+        if !self.needs_flush {
+            self.needs_flush = true;
+            self.flush_reason = Some(reason);
+        }
+        self.missed.clear();
+    }
+}
+
+/// Warm-up progress, for `stats backends` and the log.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub done: u64,
+    pub copied: u64,
+    pub bytes: u64,
+    /// The sources' item count when the warm-up started (an estimate: not all are this
+    /// server's keys).
+    pub total: u64,
+    pub started: Option<Instant>,
+}
+
+impl Progress {
+    pub fn percent(&self) -> u64 {
+        (self.done * 100)
+            .checked_div(self.total)
+            .unwrap_or(0)
+            .min(100)
+    }
+
+    /// Seconds left at the rate so far.
+    pub fn eta_s(&self) -> u64 {
+        let Some(started) = self.started else {
+            return 0;
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        if self.done == 0 || elapsed <= 0.0 {
+            return 0;
+        }
+        let rate = self.done as f64 / elapsed;
+        (self.total.saturating_sub(self.done) as f64 / rate) as u64
+    }
+}
+
+/// An operator's order for a server, carried out by its supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Take it out of reads and writes.
+    Drain,
+    /// Flush it and fill it from a healthy replica now.
+    Warm,
+    /// Repair what it missed (flush it if that cannot be done key by key), skip the warm-up,
+    /// and put it back in service.
+    Up,
+}
+
+/// The part of a backend its connections, its supervisor and the request path share.
+#[derive(Debug)]
+pub struct Health {
+    pub addr: Arc<str>,
+    state: AtomicU8,
+    /// When the state last changed.
+    since: Mutex<Instant>,
+    failures: AtomicU32,
+    /// When the last counted failure happened (ms after `epoch`; 0: none yet).
+    last_failure_ms: AtomicU64,
+    epoch: Instant,
+    pub counters: Sharded<Counters>,
+    pub settings: BackendConfig,
+    pub shutdown: watch::Receiver<bool>,
+    /// Signalled when the server answers again after being down: the connections that failed
+    /// with it open again together, as at startup.
+    pub back_up: Notify,
+    /// Wakes the supervisor: a miss, a failure, a closed connection, an operator's order.
+    pub wake: Notify,
+    pub standing: Mutex<Standing>,
+    missed_limit: usize,
+    /// Another proxy can learn this server missed writes (ledger.rs): set once the mark is on
+    /// the other servers, cleared when the server is repaired.
+    pub ledger_marked: AtomicBool,
+    /// Serializes writing and clearing the ledger's mark.
+    pub ledger_lock: tokio::sync::Mutex<()>,
+    pub progress: Mutex<Option<Progress>>,
+    pub order: Mutex<Option<Order>>,
+}
+
+impl Health {
+    pub fn new(
+        addr: Arc<str>,
+        settings: BackendConfig,
+        missed_limit: usize,
+        held: bool,
+        shutdown: watch::Receiver<bool>,
+    ) -> Health {
+        Health {
+            addr,
+            state: AtomicU8::new(State::Connecting as u8),
+            since: Mutex::new(Instant::now()),
+            failures: AtomicU32::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            counters: Sharded::default(),
+            settings,
+            shutdown,
+            back_up: Notify::new(),
+            wake: Notify::new(),
+            standing: Mutex::new(Standing {
+                held,
+                ..Standing::default()
+            }),
+            missed_limit,
+            ledger_marked: AtomicBool::new(false),
+            ledger_lock: tokio::sync::Mutex::new(()),
+            progress: Mutex::new(None),
+            order: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Seconds in the current state.
+    pub fn state_age_s(&self) -> u64 {
+        self.since.lock().elapsed().as_secs()
+    }
+
+    /// Moves to `to`, logging why; nothing when already there.
+    pub fn set_state(&self, to: State, reason: &str) {
+        let from = State::from_u8(self.state.swap(to as u8, Ordering::AcqRel));
+        if from != to {
+            *self.since.lock() = Instant::now();
+            tracing::info!(backend = %self.addr, %from, %to, reason, "backend state changed");
+        }
+    }
+
+    /// Moves from one of `from` to `to`; false (and nothing done) when in another state.
+    pub fn change(&self, from: &[State], to: State, reason: &str) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if !from.contains(&State::from_u8(current)) {
+                return false;
+            }
+            match self.state.compare_exchange(
+                current,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        let from = State::from_u8(current);
+        if from != to {
+            *self.since.lock() = Instant::now();
+            tracing::info!(backend = %self.addr, %from, %to, reason, "backend state changed");
+        }
+        true
+    }
+
+    /// The server answered a request: its failures so far were not consecutive.
+    pub fn answered(&self) {
+        // Read first: an unconditional store would make every worker's every reply write this
+        // shared cache line.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one failure of the server (a stalled or broken connection, a refused connect, a
+    /// failed health check); enough with no answer in between mark it down.
+    pub fn failed(&self, error: &BackendError) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        if last != 0 && now - last < self.settings.request_timeout_ms {
+            // The same stall seen by another connection (or by the health check).
+            return;
+        }
+        self.last_failure_ms.store(now, Ordering::Relaxed);
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(backend = %self.addr, %error, failures, "backend failure");
+        if failures >= self.settings.failure_limit
+            && self.change(
+                &[State::Up, State::Suspect, State::Warming, State::Connecting],
+                State::Down,
+                &format!("{failures} failures in a row, the last: {error}"),
+            )
+        {
+            self.counters.local().downs.fetch_add(1, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Forgets past failures (the server answered a probe).
+    pub fn reset_failures(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.last_failure_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Remembers that the last write of `key` may not have reached this server: it is not read
+    /// for that key until repaired. Past the limit it is suspect as a whole.
+    pub fn remember_missed(&self, key: &[u8]) {
+        {
+            let mut standing = self.standing.lock();
+            if !standing.needs_flush {
+                standing.seq += 1;
+                let seq = standing.seq;
+                if let Some(s) = standing.missed.get_mut(key) {
+                    *s = seq;
+                } else if standing.missed.len() >= self.missed_limit {
+                    standing.must_flush("it missed more writes than missed_keys_limit keeps");
+                } else {
+                    standing.missed.insert(Bytes::copy_from_slice(key), seq);
+                }
+            }
+        }
+        if self.change(&[State::Up], State::Suspect, "it missed a write") {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Remembers that the server may hold stale data anywhere (a missed `flush_all`).
+    pub fn remember_missed_all(&self, reason: &'static str) {
+        self.standing.lock().must_flush(reason);
+        if self.change(&[State::Up], State::Suspect, reason) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// How good this server is for reading `key` right now.
+    pub fn read_rank(&self, key: &[u8]) -> Option<ReadRank> {
+        let state = self.state();
+        match state {
+            State::Up => return Some(ReadRank::Current),
+            State::Suspect | State::Warming => {}
+            _ => return None,
+        }
+        let standing = self.standing.lock();
+        if standing.held || standing.needs_flush || standing.missed.contains_key(key) {
+            return None;
+        }
+        Some(if standing.cold || state == State::Warming {
+            ReadRank::Cold
+        } else {
+            ReadRank::Current
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! The ledger: what one proxy tells another about servers that missed writes, kept on the cache
+//! servers themselves.
+//!
+//! A proxy keeps the keys each server missed in its own memory (health.rs). When the VIP moves,
+//! the other host's proxy has none of that: without help it would read a returning server that
+//! missed writes made through the first proxy. So before the first write a server missed is
+//! acknowledged, the proxy appends its id to the item `keepcached:missed:<server>` on every other
+//! server that takes writes. A proxy that finds another proxy's id there for a server it is about
+//! to read treats that server as stale as a whole: it flushes it and warms it before reading it.
+//! A proxy that repaired a server removes its own id (all ids, after a flush), with `cas` so a
+//! concurrent mark is not lost.
+//!
+//! Limits (docs/resync.md): the mark is a cache item and can be evicted under memory pressure
+//! (the servers should not run full with eviction on); a mark lives on the servers that were up
+//! when it was made, so losing every one of them loses it.
+
+use bytes::{Bytes, BytesMut};
+use keepcached_protocol::response::{MetaCode, Status};
+use std::sync::atomic::Ordering;
+
+use crate::backend::{Backend, Call, Expect, Reply};
+use crate::Context;
+
+/// Items under this prefix are the proxies' own; warm-up does not copy them.
+pub const PREFIX: &[u8] = b"keepcached:missed:";
+
+fn key(server: &Backend) -> Bytes {
+    let mut key = BytesMut::with_capacity(PREFIX.len() + server.addr.len());
+    key.extend_from_slice(PREFIX);
+    key.extend_from_slice(server.addr.as_bytes());
+    key.freeze()
+}
+
+/// The other servers that take writes: where marks about `server` are kept.
+fn keepers<'a>(ctx: &'a Context, server: &'a Backend) -> impl Iterator<Item = &'a Backend> {
+    ctx.router
+        .backends
+        .iter()
+        .filter(move |b| !std::ptr::eq(&***b, server) && b.state().takes_writes())
+        .map(|b| &**b)
+}
+
+fn line(parts: &[&[u8]], expect: Expect) -> Call {
+    let mut head = BytesMut::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            head.extend_from_slice(b" ");
+        }
+        head.extend_from_slice(part);
+    }
+    head.extend_from_slice(b"\r\n");
+    Call::line(head.freeze(), expect)
+}
+
+fn store(verb: &[u8], key: &[u8], value: &[u8], cas: Option<u64>) -> Call {
+    let len = value.len().to_string();
+    let cas = cas.map(|c| c.to_string());
+    let mut parts: Vec<&[u8]> = vec![verb, key, b"0", b"0", len.as_bytes()];
+    if let Some(cas) = &cas {
+        parts.push(cas.as_bytes());
+    }
+    let mut call = line(&parts, Expect::Line);
+    call.data = Some(Bytes::copy_from_slice(value));
+    call
+}
+
+/// Records, before the write `server` missed is acknowledged, that it missed writes through
+/// this proxy. Done once until the server is repaired.
+pub async fn mark(ctx: &Context, server: &Backend) {
+    let health = &server.health;
+    if !ctx.config.resync.ledger || health.ledger_marked.load(Ordering::Acquire) {
+        return;
+    }
+    let _serial = health.ledger_lock.lock().await;
+    if health.ledger_marked.load(Ordering::Acquire) {
+        return;
+    }
+    let key = key(server);
+    let token = format!(" {}", ctx.proxy_id);
+    let mut kept = 0;
+    for keeper in keepers(ctx, server) {
+        if append_token(keeper, &key, token.as_bytes()).await {
+            kept += 1;
+        }
+    }
+    if kept > 0 {
+        health.ledger_marked.store(true, Ordering::Release);
+        tracing::info!(backend = %server.addr, keepers = kept, "recorded in the ledger that it missed writes");
+    } else {
+        tracing::warn!(backend = %server.addr, "no other server took the ledger mark; another proxy could not know this server missed writes");
+    }
+}
+
+async fn append_token(keeper: &Backend, key: &[u8], token: &[u8]) -> bool {
+    for verb in [&b"append"[..], b"add", b"append"] {
+        let value = if verb == b"add" { &token[1..] } else { token };
+        match keeper.call(store(verb, key, value, None)).await {
+            Ok(Reply::Status(Status::Stored)) => return true,
+            Ok(Reply::Status(Status::NotStored)) => continue,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// What the ledger says about a server.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    /// Another proxy recorded misses for it.
+    pub foreign: bool,
+    /// This proxy's own mark is there.
+    pub ours: bool,
+}
+
+/// Reads the marks about `server` on every other server that takes writes.
+pub async fn look(ctx: &Context, server: &Backend) -> Marks {
+    let mut marks = Marks::default();
+    if !ctx.config.resync.ledger {
+        return marks;
+    }
+    let key = key(server);
+    for keeper in keepers(ctx, server) {
+        if let Some((tokens, _)) = read(keeper, &key).await {
+            for token in tokens.split(|b| *b == b' ').filter(|t| !t.is_empty()) {
+                if token == ctx.proxy_id.as_bytes() {
+                    marks.ours = true;
+                } else {
+                    marks.foreign = true;
+                }
+            }
+        }
+    }
+    marks
+}
+
+async fn read(keeper: &Backend, key: &[u8]) -> Option<(Bytes, u64)> {
+    let Ok(Reply::Values(values)) = keeper.call(line(&[b"gets", key], Expect::Values)).await else {
+        return None;
+    };
+    let raw = values.first()?.raw();
+    // `VALUE <key> <flags> <bytes> <cas>\r\n<data>\r\n`
+    let eol = raw.iter().position(|b| *b == b'\n')?;
+    let header = &raw[..eol.saturating_sub(1)];
+    let cas = std::str::from_utf8(header.rsplit(|b| *b == b' ').next()?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let data = &raw[eol + 1..raw.len().saturating_sub(2)];
+    Some((Bytes::copy_from_slice(data), cas))
+}
+
+/// Removes this proxy's mark about `server` (`all`: every proxy's, because the server was
+/// flushed and holds nothing any of them could read stale).
+pub async fn clear(ctx: &Context, server: &Backend, all: bool) {
+    let health = &server.health;
+    health.ledger_marked.store(false, Ordering::Release);
+    if !ctx.config.resync.ledger {
+        return;
+    }
+    let key = key(server);
+    for keeper in keepers(ctx, server) {
+        // A concurrent mark makes the cas fail: read again and retry, a few times.
+        for _ in 0..4 {
+            let Some((tokens, cas)) = read(keeper, &key).await else {
+                break;
+            };
+            let kept: Vec<&[u8]> = tokens
+                .split(|b| *b == b' ')
+                .filter(|t| !t.is_empty() && !all && *t != ctx.proxy_id.as_bytes())
+                .collect();
+            let call = if kept.is_empty() {
+                let cas = format!("C{cas}");
+                line(&[b"md", &key, cas.as_bytes()], Expect::Line)
+            } else {
+                store(b"cas", &key, &kept.join(&b' '), Some(cas))
+            };
+            match keeper.call(call).await {
+                Ok(Reply::Status(Status::Stored | Status::NotFound))
+                | Ok(Reply::Meta {
+                    code: MetaCode::Header | MetaCode::NotFound,
+                    ..
+                }) => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}

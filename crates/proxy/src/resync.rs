@@ -1,0 +1,509 @@
+//! Each server's supervisor: it finds out when the server answers, whether it is the same
+//! process, what it may hold stale, and brings it back into service without a stale or a cold
+//! read.
+//!
+//! A server that answers again (or for the first time) is judged before it is read:
+//! - it restarted (`stats` shows another `pid` or start time), missed more keys than are kept,
+//!   missed a `flush_all`, or another proxy recorded in the ledger that it missed writes: it
+//!   may hold stale data anywhere, so it is flushed, then warmed (warmup.rs);
+//! - it is empty while the other servers hold items: warmed;
+//! - it missed some keys: each is repaired, copied from a replica that holds the key's latest
+//!   value, or deleted on the server when no replica does (a miss is never stale);
+//! - then it is `up`, and its ledger mark is cleared.
+//!
+//! Repair and warm-up hold the key's replica lock (replicate.rs) while they read the source and
+//! write the server, so a client write to the same key through this proxy comes entirely before
+//! or after the copy; the server takes every client write meanwhile. A server in service is
+//! checked every `health_interval_ms`, so a restart is seen even when no client uses it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::{write_failed, Backend, BackendError};
+use crate::conn::connect;
+use crate::forward;
+use crate::health::{Order, ReadRank, State};
+use crate::ledger;
+use crate::replicate;
+use crate::stats::Stats;
+use crate::warmup;
+use crate::Context;
+
+/// Missed keys taken for repair at a time.
+const REPAIR_BATCH: usize = 256;
+/// Two start times closer than this are the same process (uptime and time are whole seconds).
+const START_SLACK: u64 = 2;
+
+/// Who a server is and how full, from its `stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u64,
+    /// Unix time it started (`time - uptime`).
+    pub started: u64,
+    pub curr_items: u64,
+}
+
+impl Identity {
+    fn same_process(&self, other: &Identity) -> bool {
+        self.pid == other.pid && self.started.abs_diff(other.started) <= START_SLACK
+    }
+}
+
+/// Starts one supervisor per server, on the current runtime.
+pub fn start(ctx: &Arc<Context>) {
+    for id in 0..ctx.router.backends.len() {
+        tokio::spawn(supervise(ctx.clone(), id));
+    }
+}
+
+/// Waits until every server has answered once or failed to (each within its connect and
+/// request timeouts), so the first clients find the servers' state known.
+pub async fn first_contact(ctx: &Context) {
+    let settings = &ctx.config.backend;
+    let limit = settings.connect_timeout() + settings.request_timeout() * 2;
+    let _ = tokio::time::timeout(limit, async {
+        while ctx
+            .router
+            .backends
+            .iter()
+            .any(|b| b.state() == State::Connecting)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+async fn supervise(ctx: Arc<Context>, id: usize) {
+    let backend = ctx.router.backends[id].clone();
+    let health = &backend.health;
+    let mut shutdown = health.shutdown.clone();
+    let mut known: Option<Identity> = None;
+    let mut checker = Checker::default();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let order = health.order.lock().take();
+        if order == Some(Order::Drain) {
+            health.set_state(State::Drained, "the operator drained it");
+        }
+        let state = health.state();
+        let returning = match state {
+            State::Connecting | State::Down => true,
+            State::Drained => matches!(order, Some(Order::Up | Order::Warm)),
+            State::Up | State::Suspect | State::Warming => false,
+        };
+        if state == State::Drained && !returning {
+            tokio::select! {
+                () = health.wake.notified() => {}
+                () = stopped(&mut shutdown) => return,
+            }
+            continue;
+        }
+        if returning {
+            let Some(identity) = checker.until_answer(&backend, state).await else {
+                return;
+            };
+            health.reset_failures();
+            judge(&ctx, &backend, &mut known, identity).await;
+            if !health.change(
+                &[State::Connecting, State::Down, State::Drained],
+                State::Suspect,
+                "it answers again",
+            ) {
+                continue;
+            }
+            health.back_up.notify_waiters();
+            restore(&ctx, id, order).await;
+            continue;
+        }
+        if state != State::Up || order.is_some() {
+            restore(&ctx, id, order).await;
+            if health.state() != State::Up && health.state().takes_writes() {
+                // It could not be finished now (a failing server, a held one): wait for news,
+                // and check the server meanwhile (a dead one is then marked down).
+                tokio::select! {
+                    () = health.wake.notified() => {}
+                    () = tokio::time::sleep(health.settings.health_interval()) => {}
+                    () = stopped(&mut shutdown) => return,
+                }
+                check(&ctx, &backend, &mut known, &mut checker).await;
+            }
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(health.settings.health_interval()) => {
+                check(&ctx, &backend, &mut known, &mut checker).await;
+            }
+            () = health.wake.notified() => {
+                check(&ctx, &backend, &mut known, &mut checker).await;
+            }
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The periodic check of a server in service: it answers, it is the same process, and the
+/// ledger agrees with what this proxy knows about it.
+async fn check(
+    ctx: &Context,
+    backend: &Backend,
+    known: &mut Option<Identity>,
+    checker: &mut Checker,
+) {
+    let health = &backend.health;
+    match checker.stats(backend).await {
+        Ok(identity) => {
+            health.answered();
+            // Connections that failed with the server open again together (as at startup),
+            // not one by one as requests need them.
+            health.back_up.notify_waiters();
+            judge(ctx, backend, known, identity).await;
+        }
+        Err(error) => health.failed(&error),
+    }
+}
+
+/// Decides, from what a server says and what the ledger holds, what it may hold stale.
+async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, now: Identity) {
+    let health = &backend.health;
+    let restarted = known.is_some_and(|k| !k.same_process(&now));
+    let first = known.is_none();
+    *known = Some(now);
+    let marks = ledger::look(ctx, backend).await;
+    let others_up = ctx
+        .router
+        .backends
+        .iter()
+        .any(|b| !std::ptr::eq(&**b, backend) && b.is_up());
+    let stale = {
+        let mut standing = health.standing.lock();
+        if restarted {
+            standing.must_flush("it restarted (its pid or start time changed)");
+        }
+        if marks.foreign {
+            standing.must_flush("another proxy recorded in the ledger that it missed writes");
+        }
+        let empty = now.curr_items == 0 && (first || restarted) && others_up;
+        if empty && ctx.config.resync.warmup && !standing.needs_flush {
+            standing.cold = true;
+        }
+        standing.needs_flush || standing.cold || standing.missed_len() > 0
+    };
+    if health.ledger_marked.load(Ordering::Acquire) && !marks.ours {
+        // Another proxy cleared it after repairing the server; what this proxy missed since
+        // must be known again.
+        health.ledger_marked.store(false, Ordering::Release);
+        ledger::mark(ctx, backend).await;
+    }
+    if stale && health.change(&[State::Up], State::Suspect, "it may hold stale data") {
+        health.wake.notify_one();
+    }
+}
+
+/// Brings a server that takes writes back to `up`: flush, warm, repair, as its standing says.
+/// Returns when it is up, or when that cannot be done now (it failed, or it is held).
+async fn restore(ctx: &Context, id: usize, order: Option<Order>) {
+    let backend = &ctx.router.backends[id];
+    let health = &backend.health;
+    {
+        let mut standing = health.standing.lock();
+        match order {
+            Some(Order::Warm) => {
+                standing.held = false;
+                standing.must_flush("the operator asked for a warm-up");
+            }
+            Some(Order::Up) => standing.held = false,
+            Some(Order::Drain) | None => {}
+        }
+        if standing.held {
+            drop(standing);
+            health.change(
+                &[State::Up, State::Warming],
+                State::Suspect,
+                "the operator holds it out of reads",
+            );
+            return;
+        }
+    }
+    let mut flushed = false;
+    let needs_flush = health.standing.lock().needs_flush;
+    if needs_flush {
+        let reason = health.standing.lock().flush_reason.unwrap_or("");
+        health.change(&[State::Up, State::Warming], State::Suspect, reason);
+        tracing::info!(backend = %backend.addr, reason, "flushing it before it is read again");
+        match backend.call(forward::flush_all(None)).await {
+            Ok(reply) if !write_failed(&reply) => {
+                health.standing.lock().flushed();
+                flushed = true;
+            }
+            Ok(reply) => {
+                tracing::warn!(backend = %backend.addr, ?reply, "flush_all refused");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(backend = %backend.addr, %error, "flush_all failed");
+                return;
+            }
+        }
+    }
+    let cold = health.standing.lock().cold;
+    if cold {
+        if ctx.config.resync.warmup && order != Some(Order::Up) {
+            health.change(
+                &[State::Up, State::Suspect],
+                State::Warming,
+                "warming it up",
+            );
+            if warmup::warm(ctx, id).await.is_err() {
+                return;
+            }
+        }
+        health.standing.lock().cold = false;
+    }
+    if !repair(ctx, id).await {
+        return;
+    }
+    // The ledger lock orders this against a new miss's mark: the mark is cleared first, then
+    // the server is up; a miss after that waits for the lock and marks it again.
+    let serial = health.ledger_lock.lock().await;
+    if !health.standing.lock().clean() {
+        return;
+    }
+    ledger::clear(ctx, backend, flushed).await;
+    // Under the standing lock: a miss recorded after this sees `up` and makes it suspect.
+    let standing = health.standing.lock();
+    if standing.clean() {
+        health.change(
+            &[State::Suspect, State::Warming],
+            State::Up,
+            "it holds nothing stale",
+        );
+    }
+    drop(standing);
+    drop(serial);
+}
+
+/// Repairs every key the server missed; false when the server failed meanwhile.
+async fn repair(ctx: &Context, id: usize) -> bool {
+    let backend = &ctx.router.backends[id];
+    let health = &backend.health;
+    let mut logged = false;
+    loop {
+        let batch = health.standing.lock().some_missed(REPAIR_BATCH);
+        if batch.is_empty() {
+            return true;
+        }
+        if !logged {
+            let missed = health.standing.lock().missed_len();
+            tracing::info!(backend = %backend.addr, missed, "repairing the keys it missed");
+            health.change(&[State::Up], State::Suspect, "repairing missed keys");
+            logged = true;
+        }
+        let mut failed = false;
+        let mut repairs: FuturesUnordered<_> = FuturesUnordered::new();
+        let mut keys = batch.into_iter();
+        loop {
+            while repairs.len() < ctx.config.resync.concurrency {
+                let Some((key, seq)) = keys.next() else { break };
+                repairs.push(async move {
+                    let result = repair_key(ctx, id, &key).await;
+                    (key, seq, result)
+                });
+            }
+            let Some((key, seq, result)) = repairs.next().await else {
+                break;
+            };
+            match result {
+                Ok(()) => {
+                    health.standing.lock().repaired(&key, seq);
+                    Stats::add(&ctx.stats.counters().repaired_keys, 1);
+                }
+                Err(_) => failed = true,
+            }
+        }
+        if failed || !health.state().takes_writes() {
+            return false;
+        }
+    }
+}
+
+/// Gives the server `key`'s latest value, or deletes it there when no replica holds one.
+async fn repair_key(ctx: &Context, id: usize, key: &Bytes) -> Result<(), BackendError> {
+    let target = &ctx.router.backends[id];
+    let replicas = ctx.router.replicas(key);
+    let _guard = ctx.locks.lock(key, &replicas).await;
+    let source = replicas
+        .as_slice()
+        .iter()
+        .filter(|&&r| usize::from(r) != id)
+        .map(|&r| ctx.router.backend(r))
+        .find(|b| b.health.read_rank(key) == Some(ReadRank::Current));
+    let call = match source {
+        Some(source) => replicate::read_back(source, key).await,
+        None => None,
+    };
+    let call = call.unwrap_or_else(|| forward::delete(key));
+    match target.call(call).await? {
+        reply if !write_failed(&reply) => Ok(()),
+        // It could not store the copy (out of memory): without the key it is at least not
+        // stale.
+        _ => match target.call(forward::delete(key)).await? {
+            reply if !write_failed(&reply) => Ok(()),
+            reply => Err(BackendError::Protocol {
+                addr: target.addr.clone(),
+                detail: format!("{reply:?}"),
+            }),
+        },
+    }
+}
+
+/// `stats` of `backend` on a connection of its own, for a one-off look.
+pub async fn stats_once(backend: &Backend) -> Result<Identity, BackendError> {
+    Checker::default().stats(backend).await
+}
+
+/// The supervisor's own connection for `version` and `stats`, apart from the clients' traffic.
+#[derive(Debug, Default)]
+struct Checker {
+    stream: Option<TcpStream>,
+}
+
+impl Checker {
+    /// Probes a server that is not in service until it answers (backing off), or `None` at
+    /// shutdown.
+    async fn until_answer(&mut self, backend: &Backend, state: State) -> Option<Identity> {
+        let health = &backend.health;
+        let mut shutdown = health.shutdown.clone();
+        let mut delay = Duration::ZERO;
+        let max = Duration::from_millis(health.settings.probe_max_interval_ms);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stopped(&mut shutdown) => return None,
+            }
+            match self.stats(backend).await {
+                Ok(identity) => return Some(identity),
+                Err(error) => {
+                    tracing::debug!(backend = %backend.addr, %error, "probe failed");
+                    if state == State::Connecting {
+                        health.failed(&error);
+                    }
+                    let first = Duration::from_millis(health.settings.probe_interval_ms);
+                    delay = (delay * 2).clamp(first, max);
+                }
+            }
+        }
+    }
+
+    /// `stats` on the checker's connection (opened when needed), within the request timeout.
+    async fn stats(&mut self, backend: &Backend) -> Result<Identity, BackendError> {
+        let settings = &backend.health.settings;
+        let addr = &backend.addr;
+        if self.stream.is_none() {
+            self.stream = Some(connect(addr, settings).await?);
+        }
+        let stream = self.stream.as_mut().expect("just connected");
+        let exchange = async {
+            stream.write_all(b"stats\r\n").await?;
+            read_stats(stream).await
+        };
+        let result = match tokio::time::timeout(settings.request_timeout(), exchange).await {
+            Ok(Ok(Some(identity))) => return Ok(identity),
+            Ok(Ok(None)) => Err(BackendError::Protocol {
+                addr: addr.clone(),
+                detail: "stats without pid, uptime and time".into(),
+            }),
+            Ok(Err(_)) => Err(BackendError::Closed { addr: addr.clone() }),
+            Err(_) => Err(BackendError::Timeout {
+                addr: addr.clone(),
+                ms: settings.request_timeout_ms,
+            }),
+        };
+        self.stream = None;
+        result
+    }
+}
+
+/// Reads a `stats` reply up to `END` (bounded: a server that sends more is not one).
+async fn read_stats(stream: &mut TcpStream) -> std::io::Result<Option<Identity>> {
+    const MAX: usize = 64 * 1024;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf.ends_with(b"END\r\n") || buf.len() > MAX {
+            break;
+        }
+    }
+    Ok(parse_stats(&buf))
+}
+
+fn parse_stats(reply: &[u8]) -> Option<Identity> {
+    let (mut pid, mut uptime, mut time, mut items) = (None, None, None, 0);
+    for line in reply.split(|b| *b == b'\n') {
+        let mut words = line.trim_ascii_end().split(|b| *b == b' ');
+        if words.next() != Some(b"STAT") {
+            continue;
+        }
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let value = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        match name {
+            b"pid" => pid = value,
+            b"uptime" => uptime = value,
+            b"time" => time = value,
+            b"curr_items" => items = value.unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some(Identity {
+        pid: pid?,
+        started: time?.saturating_sub(uptime?),
+        curr_items: items,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_from_stats() {
+        let reply =
+            b"STAT pid 42\r\nSTAT uptime 10\r\nSTAT time 1000\r\nSTAT curr_items 7\r\nEND\r\n";
+        let identity = parse_stats(reply).unwrap();
+        assert_eq!(
+            identity,
+            Identity {
+                pid: 42,
+                started: 990,
+                curr_items: 7
+            }
+        );
+        let later = Identity {
+            started: 991,
+            ..identity
+        };
+        assert!(identity.same_process(&later));
+        let other = Identity {
+            pid: 43,
+            ..identity
+        };
+        assert!(!identity.same_process(&other));
+        assert!(parse_stats(b"STAT uptime 1\r\nEND\r\n").is_none());
+    }
+}

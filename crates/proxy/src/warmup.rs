@@ -1,0 +1,319 @@
+//! Warm-up: fills a flushed or empty server from its healthy replicas before it counts as up.
+//!
+//! Each healthy server that shares keys with the target lists its items
+//! (`lru_crawler metadump all`, which memcached 1.6 and keepcached's server both answer); the
+//! keys that belong on the target are copied one by one, each under the key's replica lock:
+//! the item is read from the source with its flags and remaining TTL (`mg <key> v f t`) and
+//! stored on the target with `add`, so a value a client wrote meanwhile is never overwritten.
+//! The copy is paced (`resync.warmup_items_per_sec`, `resync.warmup_bytes_per_sec`) so that the
+//! clients' traffic keeps its share of both servers, and `stats backends` shows its progress.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+
+use crate::backend::{write_failed, Backend, BackendError};
+use crate::conn::connect;
+use crate::forward;
+use crate::health::{Progress, State};
+use crate::ledger;
+use crate::replicate;
+use crate::stats::Stats;
+use crate::Context;
+
+/// A metadump line longer than this is not one (keys are at most 250 bytes, encoded 750).
+const MAX_LINE: usize = 4096;
+/// Times a busy crawler (memcached answers `BUSY` while another dump runs) is asked again.
+const BUSY_RETRIES: u32 = 50;
+
+/// Why a warm-up stopped before the end.
+#[derive(Debug)]
+pub struct Stopped(String);
+
+/// Fills server `id` from every healthy server that shares keys with it.
+pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
+    let target = &ctx.router.backends[id];
+    let sources: Vec<usize> = (0..ctx.router.backends.len())
+        .filter(|&s| s != id && ctx.router.backends[s].state() == State::Up)
+        .collect();
+    if sources.is_empty() {
+        tracing::warn!(backend = %target.addr, "no healthy replica to warm it from; it serves cold");
+        return Ok(());
+    }
+    let mut total = 0;
+    for &s in &sources {
+        if let Ok(identity) = crate::resync::stats_once(&ctx.router.backends[s]).await {
+            total += identity.curr_items;
+        }
+    }
+    let started = Instant::now();
+    *target.health.progress.lock() = Some(Progress {
+        total,
+        started: Some(started.into_std()),
+        ..Progress::default()
+    });
+    tracing::info!(backend = %target.addr, sources = sources.len(), items = total, "warm-up started");
+    let mut pace = Pace::new(ctx);
+    for &source in &sources {
+        if let Err(stopped) = copy_from(ctx, id, source, &mut pace).await {
+            tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
+            return Err(stopped);
+        }
+    }
+    let progress = target.health.progress.lock().take().unwrap_or_default();
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        backend = %target.addr,
+        listed = progress.done,
+        copied = progress.copied,
+        bytes = progress.bytes,
+        seconds = format!("{secs:.2}"),
+        "warm-up finished"
+    );
+    Ok(())
+}
+
+/// Paces the copy to the configured items and bytes per second.
+struct Pace {
+    started: Instant,
+    items: u64,
+    bytes: u64,
+    items_per_sec: u64,
+    bytes_per_sec: u64,
+}
+
+impl Pace {
+    fn new(ctx: &Context) -> Pace {
+        Pace {
+            started: Instant::now(),
+            items: 0,
+            bytes: 0,
+            items_per_sec: ctx.config.resync.warmup_items_per_sec,
+            bytes_per_sec: ctx.config.resync.warmup_bytes_per_sec,
+        }
+    }
+
+    /// Waits until the next item may be copied.
+    async fn next(&mut self) {
+        let mut due = self.started;
+        if self.items_per_sec > 0 {
+            due = due.max(self.started + rate_time(self.items, self.items_per_sec));
+        }
+        if self.bytes_per_sec > 0 {
+            due = due.max(self.started + rate_time(self.bytes, self.bytes_per_sec));
+        }
+        tokio::time::sleep_until(due).await;
+        self.items += 1;
+    }
+}
+
+fn rate_time(amount: u64, per_sec: u64) -> Duration {
+    Duration::from_secs_f64(amount as f64 / per_sec as f64)
+}
+
+/// Copies the keys of server `id` that `source` holds.
+async fn copy_from(
+    ctx: &Context,
+    id: usize,
+    source: usize,
+    pace: &mut Pace,
+) -> Result<(), Stopped> {
+    let target = &ctx.router.backends[id];
+    let src = &ctx.router.backends[source];
+    let settings = &src.health.settings;
+    let stop = |why: String| Stopped(format!("{}: {why}", src.addr));
+    let mut busy = 0;
+    let mut reader = loop {
+        let mut stream = connect(&src.addr, settings)
+            .await
+            .map_err(|e| stop(e.to_string()))?;
+        stream
+            .write_all(b"lru_crawler metadump all\r\n")
+            .await
+            .map_err(|e| stop(e.to_string()))?;
+        let mut reader = BufReader::new(stream);
+        let mut first = Vec::new();
+        read_line(&mut reader, &mut first, settings.request_timeout() * 10)
+            .await
+            .map_err(stop)?;
+        if first.starts_with(b"BUSY") && busy < BUSY_RETRIES {
+            busy += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break (reader, first);
+    };
+    let (ref mut reader, first) = reader;
+    let mut line = first;
+    let mut copies = FuturesUnordered::new();
+    let concurrency = ctx.config.resync.concurrency;
+    loop {
+        if line == b"END\r\n" {
+            break;
+        }
+        let Some(key) = dumped_key(&line) else {
+            return Err(stop(format!(
+                "unexpected metadump line {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(80)])
+            )));
+        };
+        if !key.starts_with(ledger::PREFIX) {
+            let replicas = ctx.router.replicas(&key);
+            let ids = replicas.as_slice();
+            let mine = ids.contains(&(id as u16)) && ids.contains(&(source as u16));
+            if mine {
+                pace.next().await;
+                while copies.len() >= concurrency {
+                    account(ctx, target, copies.next().await, pace)?;
+                }
+                copies.push(copy_one(ctx, src, target, key));
+            }
+            if let Some(progress) = target.health.progress.lock().as_mut() {
+                progress.done += 1;
+            }
+        }
+        if !target.state().takes_writes() {
+            return Err(Stopped(format!("{} failed", target.addr)));
+        }
+        line.clear();
+        read_line(reader, &mut line, settings.request_timeout() * 10)
+            .await
+            .map_err(stop)?;
+    }
+    while let Some(done) = copies.next().await {
+        account(ctx, target, Some(done), pace)?;
+    }
+    Ok(())
+}
+
+/// Counts one finished copy; a copy the target failed stops the warm-up.
+fn account(
+    ctx: &Context,
+    target: &Backend,
+    done: Option<Result<u64, BackendError>>,
+    pace: &mut Pace,
+) -> Result<(), Stopped> {
+    match done {
+        Some(Ok(bytes)) => {
+            pace.bytes += bytes;
+            if bytes > 0 {
+                Stats::add(&ctx.stats.counters().warmup_copies, 1);
+                if let Some(progress) = target.health.progress.lock().as_mut() {
+                    progress.copied += 1;
+                    progress.bytes += bytes;
+                }
+            }
+            Ok(())
+        }
+        Some(Err(error)) => Err(Stopped(error.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Copies `key` from `src` to `target` unless a client wrote it there meanwhile; the bytes
+/// copied (0 when there was nothing to copy).
+async fn copy_one(
+    ctx: &Context,
+    src: &Backend,
+    target: &Backend,
+    key: Bytes,
+) -> Result<u64, BackendError> {
+    let replicas = ctx.router.replicas(&key);
+    let _guard = ctx.locks.lock(&key, &replicas).await;
+    let Some(item) = replicate::read_item(src, &key).await else {
+        return Ok(0);
+    };
+    let bytes = item.data.len() as u64;
+    let reply = target
+        .call(forward::add(&key, item.flags, item.exptime, item.data))
+        .await?;
+    if write_failed(&reply) {
+        return Err(BackendError::Protocol {
+            addr: target.addr.clone(),
+            detail: format!("refused a copy: {reply:?}"),
+        });
+    }
+    Ok(bytes)
+}
+
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let read = async {
+        loop {
+            let buf = reader.fill_buf().await.map_err(|e| e.to_string())?;
+            if buf.is_empty() {
+                return Err("connection closed during metadump".to_string());
+            }
+            match buf.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    line.extend_from_slice(&buf[..=end]);
+                    reader.consume(end + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = buf.len();
+                    line.extend_from_slice(buf);
+                    reader.consume(n);
+                }
+            }
+            if line.len() > MAX_LINE {
+                return Err("metadump line too long".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| "metadump stalled".to_string())?
+}
+
+/// The key of a metadump line (`key=<percent-encoded> exp=... ...`).
+fn dumped_key(line: &[u8]) -> Option<Bytes> {
+    let rest = line.strip_prefix(b"key=")?;
+    let end = rest
+        .iter()
+        .position(|b| *b == b' ' || *b == b'\r' || *b == b'\n')
+        .unwrap_or(rest.len());
+    let encoded = &rest[..end];
+    let mut key = Vec::with_capacity(encoded.len());
+    let mut i = 0;
+    while i < encoded.len() {
+        if encoded[i] == b'%' {
+            let hex = std::str::from_utf8(encoded.get(i + 1..i + 3)?).ok()?;
+            key.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            key.push(encoded[i]);
+            i += 1;
+        }
+    }
+    (!key.is_empty()).then(|| Bytes::from(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_metadump_lines() {
+        let line = b"key=a%20b%0D exp=-1 la=1 cas=2 fetch=no cls=1 size=60\r\n";
+        assert_eq!(dumped_key(line).unwrap(), Bytes::from_static(b"a b\r"));
+        assert_eq!(
+            dumped_key(b"key=plain exp=-1\r\n").unwrap(),
+            Bytes::from_static(b"plain")
+        );
+        assert!(dumped_key(b"END\r\n").is_none());
+        assert!(dumped_key(b"key=%zz exp=1\r\n").is_none());
+    }
+
+    #[test]
+    fn pacing_spreads_items_over_time() {
+        assert_eq!(rate_time(50, 100), Duration::from_millis(500));
+        assert_eq!(rate_time(0, 100), Duration::ZERO);
+    }
+}
