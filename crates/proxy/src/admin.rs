@@ -34,6 +34,9 @@ pub fn execute(ctx: &Context, frame: &[u8], out: &mut Vec<u8>) {
     else {
         return reply::line(out, USAGE);
     };
+    if ![&b"drain"[..], b"hold", b"warm", b"up"].contains(&action) {
+        return reply::line(out, USAGE);
+    }
     let Some(backend) = ctx.router.backends.iter().find(|b| {
         name == b.addr.as_bytes()
             || ctx.router.pools.iter().any(|p| {

@@ -1,0 +1,692 @@
+//! A returning cache server is never read stale or cold: the proxy (in this process) in front of
+//! real server processes — Debian's memcached and our own `keepcached server` — that are
+//! stopped (SIGSTOP), killed and restarted empty while clients write through the proxy. Each
+//! scenario prints its counts (stale reads, lost acknowledged writes, misses) and asserts they
+//! are zero.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keepcached_proxy::{BackendConfig, PoolConfig, ProxyConfig, ReplicationConfig, ResyncConfig};
+use std::sync::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
+/// Generous: a debug build on two busy cores.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Memcached,
+    Keepcached,
+}
+
+/// A cache server process on a fixed loopback port, so it can be restarted where it was.
+struct Server {
+    kind: Kind,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(kind: Kind) -> Server {
+        for _ in 0..8 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = Server {
+                kind,
+                port,
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("no free port for {kind:?}");
+    }
+
+    /// Starts the process on `self.port`; false if it exited (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let args = ["-u", "root", "-l", "127.0.0.1", "-p", &port, "-U", "0"];
+        let mut command = match self.kind {
+            Kind::Memcached => Command::new("memcached"),
+            Kind::Keepcached => {
+                let mut c = Command::new(BIN);
+                c.arg("server");
+                c
+            }
+        };
+        let child = command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a cache server");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(_)) = self.child.as_mut().unwrap().try_wait() {
+                self.child = None;
+                return false;
+            }
+            if std::net::TcpStream::connect(self.addr()).is_ok() {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "{:?} never listened", self.kind);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again, empty, on the same port.
+    fn restart(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "port {} never freed", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-s", "CONT", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+fn config(main: &Server, backup: &Server) -> ProxyConfig {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    ProxyConfig {
+        listen: vec![format!("127.0.0.1:{port}")],
+        unix_socket: None,
+        max_connections: 1000,
+        pools: vec![
+            PoolConfig {
+                name: "main".into(),
+                servers: vec![main.addr()],
+            },
+            PoolConfig {
+                name: "backup".into(),
+                servers: vec![backup.addr()],
+            },
+        ],
+        backend: BackendConfig {
+            request_timeout_ms: 300,
+            connect_timeout_ms: 200,
+            health_interval_ms: 200,
+            ..BackendConfig::default()
+        },
+        replication: ReplicationConfig::default(),
+        resync: ResyncConfig::default(),
+        drain_timeout_ms: 2_000,
+        item_size_max: 1024 * 1024,
+        freebind: false,
+        threads: 2,
+    }
+}
+
+/// The proxy, running in this test's runtime.
+struct Proxy {
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(config: ProxyConfig) -> Proxy {
+        let addr = config.listen[0].clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            keepcached_proxy::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("proxy runs");
+        });
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(&addr).await.is_err() {
+            assert!(Instant::now() < deadline, "proxy never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Proxy {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.addr).await
+    }
+
+    /// Waits until `stats backends` shows `server` in `state`.
+    async fn await_state(&self, server: &Server, state: &str) {
+        let mut client = self.client().await;
+        let wanted = format!("/{} state={state} ", server.addr());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let backends = client.call("stats backends\r\n").await;
+            if backends.contains(&wanted) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never {state}: {backends}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends `request` and reads its reply: to `END` for gets and stats, else one line (with a
+    /// data block after `VALUE`).
+    async fn call(&mut self, request: &str) -> String {
+        self.stream.write_all(request.as_bytes()).await.unwrap();
+        let multi = request.starts_with("get") || request.starts_with("stats");
+        self.read(multi).await
+    }
+
+    /// Reads the next reply of a pipeline (`multi`: one that ends at `END`).
+    async fn read(&mut self, multi: bool) -> String {
+        loop {
+            if let Some(end) = complete(&self.buf, multi) {
+                let reply = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end);
+                return reply;
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("reply in time")
+                .expect("read");
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    async fn set(&mut self, key: &str, value: &str) -> String {
+        self.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
+            .await
+    }
+
+    async fn get(&mut self, key: &str) -> Option<String> {
+        let reply = self.call(&format!("get {key}\r\n")).await;
+        reply
+            .strip_prefix("VALUE ")
+            .and_then(|rest| rest.split("\r\n").nth(1))
+            .map(str::to_string)
+    }
+}
+
+/// Where the first whole reply in `buf` ends.
+fn complete(buf: &[u8], multi: bool) -> Option<usize> {
+    let text = std::str::from_utf8(buf).ok()?;
+    if multi {
+        for end in ["END\r\n", "ERROR\r\n"] {
+            if let Some(at) = text.find(end) {
+                if at == 0 || text[..at].ends_with("\r\n") {
+                    return Some(at + end.len());
+                }
+            }
+        }
+        return None;
+    }
+    text.find("\r\n").map(|at| at + 2)
+}
+
+/// What clients were told: per key, the version of the last acknowledged write, whether it
+/// was a delete, and whether a later write is unsettled (sent and not yet acknowledged, or
+/// failed: either may have been applied).
+#[derive(Default)]
+struct Acked {
+    keys: Mutex<HashMap<String, (u64, bool, bool)>>,
+}
+
+/// A value's version: values are written as `v<version>-<padding>`.
+fn version(value: &str) -> u64 {
+    value[1..value.find('-').unwrap()].parse().unwrap()
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    reads: AtomicU64,
+    stale: AtomicU64,
+    lost: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// Writers (each owning its keys) set and delete through the proxy, recording every
+/// acknowledged write; checkers read all keys continuously and count stale reads (a version
+/// older than the last write acknowledged before the read began, or a value after an
+/// acknowledged delete of it) and lost writes (a miss after an acknowledged set).
+fn load(
+    proxy: &str,
+    writers: usize,
+    keys_each: usize,
+    acked: &Arc<Acked>,
+    counts: &Arc<Counts>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (addr, acked, counts, stop) = (
+            proxy.to_string(),
+            acked.clone(),
+            counts.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            let mut version = 0u64;
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{w}:{}", i % keys_each);
+                i += 1;
+                version += 1;
+                let delete = i % 7 == 0;
+                if let Some(entry) = acked.keys.lock().unwrap().get_mut(&key) {
+                    entry.2 = true;
+                }
+                let reply = if delete {
+                    client.call(&format!("delete {key}\r\n")).await
+                } else {
+                    client.set(&key, &format!("v{version}-xxxxxxxx")).await
+                };
+                if reply == "STORED\r\n" || reply == "DELETED\r\n" || reply == "NOT_FOUND\r\n" {
+                    acked
+                        .keys
+                        .lock()
+                        .unwrap()
+                        .insert(key, (version, delete, false));
+                    counts.writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for c in 0..2 {
+        let (addr, acked, counts, stop) = (
+            proxy.to_string(),
+            acked.clone(),
+            counts.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{}:{}", i % writers, (i / writers) % keys_each);
+                i += 1;
+                let before = acked.keys.lock().unwrap().get(&key).copied();
+                let value = client.get(&key).await;
+                let settled = before.is_some_and(|b| !b.2)
+                    && acked.keys.lock().unwrap().get(&key).copied() == before;
+                counts.reads.fetch_add(1, Ordering::Relaxed);
+                let Some((acked_version, deleted, _)) = before else {
+                    continue;
+                };
+                match value {
+                    Some(v) => {
+                        let read = version(&v);
+                        if read < acked_version || (deleted && read <= acked_version) {
+                            counts.stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None if !deleted && settled => {
+                        counts.lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+async fn stopped_main_is_never_read_stale(kind: Kind) {
+    let main = Server::start(kind);
+    let backup = Server::start(kind);
+    let proxy = Proxy::start(config(&main, &backup)).await;
+    let (acked, counts, stop) = (
+        Arc::new(Acked::default()),
+        Arc::new(Counts::default()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let tasks = load(&proxy.addr, 48, 8, &acked, &counts, &stop);
+    await_count(&counts.writes, 2_000).await;
+    main.signal("STOP");
+    proxy.await_state(&main, "down").await;
+    let during = counts.writes.load(Ordering::Relaxed);
+    await_count(&counts.writes, during + 2_000).await;
+    main.signal("CONT");
+    proxy.await_state(&main, "up").await;
+    let after = counts.writes.load(Ordering::Relaxed);
+    await_count(&counts.writes, after + 2_000).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The main server is read again: every key through the proxy is what was acknowledged.
+    let mut client = proxy.client().await;
+    let mut final_stale = 0;
+    let all = acked.keys.lock().unwrap().clone();
+    for (key, (acked_version, deleted, unsettled)) in all {
+        let value = client.get(&key).await;
+        let ok = unsettled
+            || match value {
+                Some(v) => !deleted && version(&v) >= acked_version,
+                None => deleted,
+            };
+        final_stale += u64::from(!ok);
+    }
+    println!(
+        "{kind:?}: writes={} reads={} stale_reads={} lost_writes={} final_mismatches={final_stale}",
+        counts.writes.load(Ordering::Relaxed),
+        counts.reads.load(Ordering::Relaxed),
+        counts.stale.load(Ordering::Relaxed),
+        counts.lost.load(Ordering::Relaxed),
+    );
+    assert_eq!(counts.stale.load(Ordering::Relaxed), 0, "stale reads");
+    assert_eq!(counts.lost.load(Ordering::Relaxed), 0, "lost writes");
+    assert_eq!(final_stale, 0, "keys not as acknowledged after the repair");
+    proxy.stop().await;
+}
+
+async fn await_count(counter: &AtomicU64, wanted: u64) {
+    let deadline = Instant::now() + WAIT * 2;
+    while counter.load(Ordering::Relaxed) < wanted {
+        assert!(Instant::now() < deadline, "load stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_memcached_is_never_read_stale() {
+    stopped_main_is_never_read_stale(Kind::Memcached).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_keepcached_server_is_never_read_stale() {
+    stopped_main_is_never_read_stale(Kind::Keepcached).await;
+}
+
+async fn restarted_backup_is_warmed(kind: Kind) {
+    const KEYS: usize = 10_000;
+    let mut main = Server::start(kind);
+    let mut backup = Server::start(kind);
+    let proxy = Proxy::start(config(&main, &backup)).await;
+    backup.kill();
+    let mut client = proxy.client().await;
+    let mut batch = String::new();
+    for i in 0..KEYS {
+        batch.push_str(&format!("set key:{i} {i} 0 6\r\nval{:03}\r\n", i % 1000));
+    }
+    client.stream.write_all(batch.as_bytes()).await.unwrap();
+    for _ in 0..KEYS {
+        assert_eq!(client.read(false).await, "STORED\r\n");
+    }
+    backup.restart();
+    // During the warm-up, readers through the proxy never miss a key the main server holds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let misses = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (addr, stop, misses) = (proxy.addr.clone(), stop.clone(), misses.clone());
+        tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if client.get(&format!("key:{}", i % KEYS)).await.is_none() {
+                    misses.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 7;
+            }
+        })
+    };
+    proxy.await_state(&backup, "up").await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    main.kill();
+    let mut readable = 0;
+    let mut wrong = 0;
+    let mut gets = String::new();
+    for i in 0..KEYS {
+        gets.push_str(&format!("get key:{i}\r\n"));
+    }
+    client.stream.write_all(gets.as_bytes()).await.unwrap();
+    for i in 0..KEYS {
+        let reply = client.read(true).await;
+        match reply.split("\r\n").nth(1) {
+            Some(v) if v == format!("val{:03}", i % 1000) => readable += 1,
+            Some("") | None => {}
+            Some(_) => wrong += 1,
+        }
+        if reply.starts_with("VALUE") {
+            let flags: u64 = reply.split(' ').nth(2).unwrap().parse().unwrap();
+            assert_eq!(flags, i as u64, "flags copied");
+        }
+    }
+    println!(
+        "{kind:?}: keys={KEYS} readable_from_the_warmed_server={readable} wrong={wrong} misses_during_warmup={}",
+        misses.load(Ordering::Relaxed)
+    );
+    assert_eq!(readable, KEYS, "every key readable from the warmed server");
+    assert_eq!(
+        misses.load(Ordering::Relaxed),
+        0,
+        "misses during the warm-up"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_memcached_is_warmed_before_it_is_read() {
+    restarted_backup_is_warmed(Kind::Memcached).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_keepcached_server_is_warmed_before_it_is_read() {
+    restarted_backup_is_warmed(Kind::Keepcached).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_all_missed_while_down_leaves_nothing_old() {
+    let main = Server::start(Kind::Memcached);
+    let mut backup = Server::start(Kind::Memcached);
+    let proxy = Proxy::start(config(&main, &backup)).await;
+    let mut client = proxy.client().await;
+    for i in 0..100 {
+        assert_eq!(client.set(&format!("old:{i}"), "old").await, "STORED\r\n");
+    }
+    main.signal("STOP");
+    proxy.await_state(&main, "down").await;
+    assert_eq!(client.call("flush_all\r\n").await, "OK\r\n");
+    main.signal("CONT");
+    proxy.await_state(&main, "up").await;
+    backup.kill();
+    let mut old = 0;
+    for i in 0..100 {
+        old += u32::from(client.get(&format!("old:{i}")).await.is_some());
+    }
+    println!("old values after the missed flush_all: {old}");
+    assert_eq!(old, 0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_reply_does_not_mark_a_server_down() {
+    let main = Server::start(Kind::Memcached);
+    let backup = Server::start(Kind::Memcached);
+    let proxy = Proxy::start(config(&main, &backup)).await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.set("k", "v").await, "STORED\r\n");
+    // One stall a little longer than the request timeout (300 ms), with requests pipelined
+    // on it: they time out together, which is one failure, not a failure each.
+    main.signal("STOP");
+    let mut batch = String::new();
+    for i in 0..50 {
+        batch.push_str(&format!("set s{i} 0 0 1\r\nx\r\n"));
+    }
+    client.stream.write_all(batch.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    main.signal("CONT");
+    for _ in 0..50 {
+        assert_eq!(client.read(false).await, "STORED\r\n");
+    }
+    let backends = client.call("stats backends\r\n").await;
+    println!("{backends}");
+    assert!(backends.contains(&format!("main/{} state=", main.addr())));
+    assert!(!backends.contains("state=down"), "{backends}");
+    assert!(!backends.contains("downs=1"), "{backends}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_drain_hold_warm_and_up() {
+    let main = Server::start(Kind::Memcached);
+    let backup = Server::start(Kind::Memcached);
+    let proxy = Proxy::start(config(&main, &backup)).await;
+    let mut client = proxy.client().await;
+    let mut direct = Client::connect(&main.addr()).await;
+    assert_eq!(client.set("a", "1").await, "STORED\r\n");
+
+    let drain = format!("backend drain {}\r\n", main.addr());
+    assert_eq!(client.call(&drain).await, "OK\r\n");
+    proxy.await_state(&main, "drained").await;
+    // Drained: not written; the write is recorded as missed.
+    assert_eq!(client.set("a", "2").await, "STORED\r\n");
+    assert_eq!(direct.get("a").await.as_deref(), Some("1"));
+    assert_eq!(client.get("a").await.as_deref(), Some("2"));
+    let backends = client.call("stats backends\r\n").await;
+    assert!(backends.contains("missed_keys=1"), "{backends}");
+
+    // Up: repaired from the backup, then read again.
+    let up = format!("backend up main/{}\r\n", main.addr());
+    assert_eq!(client.call(&up).await, "OK\r\n");
+    proxy.await_state(&main, "up").await;
+    assert_eq!(direct.get("a").await.as_deref(), Some("2"));
+
+    // Hold: out of reads (still written) until told.
+    let hold = format!("backend hold {}\r\n", main.addr());
+    assert_eq!(client.call(&hold).await, "OK\r\n");
+    proxy.await_state(&main, "suspect").await;
+    assert_eq!(client.set("b", "x").await, "STORED\r\n");
+    assert_eq!(direct.get("b").await.as_deref(), Some("x"));
+    let backends = client.call("stats backends\r\n").await;
+    assert!(backends.contains("held=1"), "{backends}");
+
+    // Warm: flushed, filled from the backup, up.
+    assert_eq!(direct.set("only-on-main", "stale").await, "STORED\r\n");
+    let warm = format!("backend warm {}\r\n", main.addr());
+    assert_eq!(client.call(&warm).await, "OK\r\n");
+    proxy.await_state(&main, "up").await;
+    assert_eq!(direct.get("only-on-main").await, None, "flushed");
+    assert_eq!(direct.get("a").await.as_deref(), Some("2"), "warmed");
+    assert_eq!(direct.get("b").await.as_deref(), Some("x"), "warmed");
+    let stats = client.call("stats\r\n").await;
+    assert!(!stats.contains("STAT warmup_copies 0\r\n"), "{stats}");
+
+    assert_eq!(
+        client.call("backend drain nowhere:1\r\n").await,
+        "CLIENT_ERROR no backend nowhere:1\r\n"
+    );
+    assert!(client
+        .call("backend frobnicate x\r\n")
+        .await
+        .starts_with("CLIENT_ERROR usage"));
+    proxy.stop().await;
+}
+
+/// The seed's two proxies without VRRP: proxy 1 takes writes while the main server is stopped,
+/// then goes away; proxy 2 (running, idle, all along) serves the clients after the main server
+/// comes back, and must not read what only proxy 1 knew to be stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
+    let main = Server::start(Kind::Memcached);
+    let backup = Server::start(Kind::Memcached);
+    let proxy1 = Proxy::start(config(&main, &backup)).await;
+    let proxy2 = Proxy::start(config(&main, &backup)).await;
+    let mut client = proxy1.client().await;
+    for i in 0..200 {
+        assert_eq!(client.set(&format!("k{i}"), "v1").await, "STORED\r\n");
+    }
+    main.signal("STOP");
+    proxy1.await_state(&main, "down").await;
+    proxy2.await_state(&main, "down").await;
+    for i in 0..200 {
+        let reply = if i % 2 == 0 {
+            client.set(&format!("k{i}"), "v2").await
+        } else {
+            client.call(&format!("delete k{i}\r\n")).await
+        };
+        assert!(reply == "STORED\r\n" || reply == "DELETED\r\n", "{reply}");
+    }
+    proxy1.stop().await;
+    main.signal("CONT");
+    proxy2.await_state(&main, "up").await;
+    let mut client = proxy2.client().await;
+    let mut stale = 0;
+    for i in 0..200 {
+        let value = client.get(&format!("k{i}")).await;
+        let expected = (i % 2 == 0).then(|| "v2".to_string());
+        stale += u32::from(value.is_some() && value != expected);
+    }
+    println!("stale reads through the second proxy: {stale}");
+    assert_eq!(stale, 0);
+    proxy2.stop().await;
+}
