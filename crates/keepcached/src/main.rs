@@ -2,6 +2,7 @@
 //!
 //! Each subcommand is one role with the command line of the program it replaces; see README.md.
 
+mod ctl_cmd;
 mod process;
 mod proxy_cmd;
 mod server_cmd;
@@ -32,6 +33,8 @@ commands:
   proxy [magent flags]       the replicating proxy, a drop-in for magent (--help for its flags)
   vrrp --config FILE         VIP failover (VRRP), a drop-in for keepalived's VRRP side;
   vrrp --keepalived-conf FILE    reads an existing keepalived.conf
+  ctl [--proxy ADDR] CMD     operator commands to a running proxy: backends (states),
+                             drain|hold|warm|up SERVER
   up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
                              :11212, replicating proxy on 127.0.0.1:12000
 ";
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         },
         "proxy" => proxy_cmd::run(rest),
         "vrrp" => vrrp_cmd::run(rest),
+        "ctl" => ctl_cmd::run(rest),
         "up" => up(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

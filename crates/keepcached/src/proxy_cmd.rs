@@ -39,7 +39,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    crate::init_logging(verbose);
+    // Info by default: every change of a server's state, with its reason, is what the operator
+    // reads at 3 a.m.
+    crate::init_logging(verbose.max(1));
     let servers: usize = config.pools.iter().map(|p| p.servers.len()).sum();
     let per_server = config.backend.connections;
     process::raise_nofile_limit(config.max_connections + servers * per_server)?;

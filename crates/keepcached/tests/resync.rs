@@ -201,15 +201,22 @@ impl Proxy {
 
     /// Waits until `stats backends` shows `server` in `state`.
     async fn await_state(&self, server: &Server, state: &str) {
+        self.await_backend(server, &[&format!("state={state} ")])
+            .await;
+    }
+
+    /// Waits until `server`'s line of `stats backends` holds every one of `fields`.
+    async fn await_backend(&self, server: &Server, fields: &[&str]) {
         let mut client = self.client().await;
-        let wanted = format!("/{} state={state} ", server.addr());
+        let name = format!("/{} ", server.addr());
         let deadline = Instant::now() + WAIT;
         loop {
             let backends = client.call("stats backends\r\n").await;
-            if backends.contains(&wanted) {
+            let line = backends.lines().find(|l| l.contains(&name)).unwrap_or("");
+            if fields.iter().all(|f| line.contains(f)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "never {state}: {backends}");
+            assert!(Instant::now() < deadline, "never {fields:?}: {backends}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -466,12 +473,16 @@ async fn a_stopped_keepcached_server_is_never_read_stale() {
     stopped_main_is_never_read_stale(Kind::Keepcached).await;
 }
 
-async fn restarted_backup_is_warmed(kind: Kind) {
+/// The backup restarts empty; `missed`: the keys are written while it is down (repaired key by
+/// key as well as warmed), else before it goes down (only the warm-up brings them back).
+async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
     const KEYS: usize = 10_000;
     let mut main = Server::start(kind);
     let mut backup = Server::start(kind);
     let proxy = Proxy::start(config(&main, &backup)).await;
-    backup.kill();
+    if missed {
+        backup.kill();
+    }
     let mut client = proxy.client().await;
     let mut batch = String::new();
     for i in 0..KEYS {
@@ -480,6 +491,9 @@ async fn restarted_backup_is_warmed(kind: Kind) {
     client.stream.write_all(batch.as_bytes()).await.unwrap();
     for _ in 0..KEYS {
         assert_eq!(client.read(false).await, "STORED\r\n");
+    }
+    if !missed {
+        backup.kill();
     }
     backup.restart();
     // During the warm-up, readers through the proxy never miss a key the main server holds.
@@ -498,7 +512,15 @@ async fn restarted_backup_is_warmed(kind: Kind) {
             }
         })
     };
-    proxy.await_state(&backup, "up").await;
+    // Up again, as the process it now is: with nothing missed left to repair, or (when it
+    // missed nothing) after being seen restarted. The proxy may never have known the first
+    // process when it was killed at once.
+    let settled = if missed {
+        ["state=up ", "missed_keys=0 "]
+    } else {
+        ["state=up ", "restarts=1 "]
+    };
+    proxy.await_backend(&backup, &settled).await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     main.kill();
@@ -522,7 +544,7 @@ async fn restarted_backup_is_warmed(kind: Kind) {
         }
     }
     println!(
-        "{kind:?}: keys={KEYS} readable_from_the_warmed_server={readable} wrong={wrong} misses_during_warmup={}",
+        "{kind:?} (written while down: {missed}): keys={KEYS} readable_from_the_warmed_server={readable} wrong={wrong} misses_during_warmup={}",
         misses.load(Ordering::Relaxed)
     );
     assert_eq!(readable, KEYS, "every key readable from the warmed server");
@@ -535,13 +557,23 @@ async fn restarted_backup_is_warmed(kind: Kind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_memcached_is_repaired_and_warmed_before_it_is_read() {
+    restarted_backup_is_warmed(Kind::Memcached, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_keepcached_server_is_repaired_and_warmed_before_it_is_read() {
+    restarted_backup_is_warmed(Kind::Keepcached, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_memcached_is_warmed_before_it_is_read() {
-    restarted_backup_is_warmed(Kind::Memcached).await;
+    restarted_backup_is_warmed(Kind::Memcached, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_keepcached_server_is_warmed_before_it_is_read() {
-    restarted_backup_is_warmed(Kind::Keepcached).await;
+    restarted_backup_is_warmed(Kind::Keepcached, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,12 +685,14 @@ async fn operator_commands_drain_hold_warm_and_up() {
 }
 
 /// The seed's two proxies without VRRP: proxy 1 takes writes while the main server is stopped,
-/// then goes away; proxy 2 (running, idle, all along) serves the clients after the main server
-/// comes back, and must not read what only proxy 1 knew to be stale.
+/// then goes away; proxy 2 (running, idle, all along) serves the clients as soon as the main
+/// server comes back, and must not read what only proxy 1 knew to be stale: not at once (it
+/// may not even have noticed the stop), not after the main server is repaired, and not from
+/// the main server alone once the backup is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
     let main = Server::start(Kind::Memcached);
-    let backup = Server::start(Kind::Memcached);
+    let mut backup = Server::start(Kind::Memcached);
     let proxy1 = Proxy::start(config(&main, &backup)).await;
     let proxy2 = Proxy::start(config(&main, &backup)).await;
     let mut client = proxy1.client().await;
@@ -667,7 +701,6 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
     }
     main.signal("STOP");
     proxy1.await_state(&main, "down").await;
-    proxy2.await_state(&main, "down").await;
     for i in 0..200 {
         let reply = if i % 2 == 0 {
             client.set(&format!("k{i}"), "v2").await
@@ -678,15 +711,79 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
     }
     proxy1.stop().await;
     main.signal("CONT");
-    proxy2.await_state(&main, "up").await;
+    let mut stale = [0u32; 3];
     let mut client = proxy2.client().await;
-    let mut stale = 0;
-    for i in 0..200 {
-        let value = client.get(&format!("k{i}")).await;
-        let expected = (i % 2 == 0).then(|| "v2".to_string());
-        stale += u32::from(value.is_some() && value != expected);
+    for phase in 0..3 {
+        match phase {
+            1 => proxy2.await_state(&main, "up").await,
+            2 => {
+                backup.kill();
+                client = proxy2.client().await;
+            }
+            _ => {}
+        }
+        for i in 0..200 {
+            let value = client.get(&format!("k{i}")).await;
+            let expected = (i % 2 == 0).then(|| "v2".to_string());
+            stale[phase] += u32::from(value.is_some() && value != expected);
+        }
     }
-    println!("stale reads through the second proxy: {stale}");
-    assert_eq!(stale, 0);
+    println!(
+        "stale reads through the second proxy: at once {}, once repaired {}, from the main server alone {}",
+        stale[0], stale[1], stale[2]
+    );
+    assert_eq!(stale, [0, 0, 0]);
     proxy2.stop().await;
+}
+
+/// `keepcached ctl` against the running proxy: the table, an order, a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_shows_states_and_gives_orders() {
+    let main = Server::start(Kind::Memcached);
+    let backup = Server::start(Kind::Memcached);
+    let proxy = Proxy::start(config(&main, &backup)).await;
+    let ctl = |args: Vec<String>| {
+        let output = Command::new(BIN)
+            .arg("ctl")
+            .args(args)
+            .output()
+            .expect("run keepcached ctl");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let at = proxy.addr.clone();
+    let (code, table, _) = tokio::task::spawn_blocking({
+        let at = at.clone();
+        move || ctl(vec!["--proxy".into(), at, "backends".into()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("main/{}", main.addr())))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("up"), "{table}");
+
+    let (code, _, _) = tokio::task::spawn_blocking({
+        let (at, server) = (at.clone(), main.addr());
+        move || ctl(vec!["-p".into(), at, "drain".into(), server])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    proxy.await_state(&main, "drained").await;
+
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let at = at.clone();
+        move || ctl(vec!["-p".into(), at, "up".into(), "nowhere:1".into()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no backend nowhere:1"), "{stderr}");
+    proxy.stop().await;
 }

@@ -134,6 +134,8 @@ pub struct Counters {
     pub answered: AtomicU64,
     /// Times the server was marked down.
     pub downs: AtomicU64,
+    /// Times the server was found to be another process than before (it restarted).
+    pub restarts: AtomicU64,
 }
 
 /// One cache server.

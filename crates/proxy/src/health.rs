@@ -126,9 +126,10 @@ impl Standing {
         }
     }
 
-    /// After a flush the server holds nothing, so nothing it missed before can be read stale.
+    /// After a flush the server holds nothing stale. Its missed keys are kept: they are copied
+    /// again after the warm-up, which may not see every item (memcached's crawler skips an item
+    /// that is locked as it passes).
     pub fn flushed(&mut self) {
-        self.missed.clear();
         self.needs_flush = false;
         self.flush_reason = None;
         self.cold = true;
@@ -144,7 +145,6 @@ impl Standing {
             self.needs_flush = true;
             self.flush_reason = Some(reason);
         }
-        self.missed.clear();
     }
 }
 
@@ -347,16 +347,16 @@ impl Health {
     pub fn remember_missed(&self, key: &[u8]) {
         {
             let mut standing = self.standing.lock();
-            if !standing.needs_flush {
-                standing.seq += 1;
-                let seq = standing.seq;
-                if let Some(s) = standing.missed.get_mut(key) {
-                    *s = seq;
-                } else if standing.missed.len() >= self.missed_limit {
-                    standing.must_flush("it missed more writes than missed_keys_limit keeps");
-                } else {
-                    standing.missed.insert(Bytes::copy_from_slice(key), seq);
-                }
+            standing.seq += 1;
+            let seq = standing.seq;
+            if let Some(s) = standing.missed.get_mut(key) {
+                *s = seq;
+            } else if standing.missed.len() >= self.missed_limit {
+                // Past the bound the keys are not kept (memory stays bounded): it is flushed,
+                // and the keys it holds are what the warm-up copies.
+                standing.must_flush("it missed more writes than missed_keys_limit keeps");
+            } else {
+                standing.missed.insert(Bytes::copy_from_slice(key), seq);
             }
         }
         if self.change(&[State::Up], State::Suspect, "it missed a write") {

@@ -76,6 +76,9 @@ struct Context {
     connections: Arc<Semaphore>,
     /// This proxy process, in the ledger (ledger.rs): random, so a restarted proxy is another.
     proxy_id: String,
+    /// When the ledger was last read for a new client ([`resync::vouch`]), and its single flight.
+    vouched: parking_lot::Mutex<Option<std::time::Instant>>,
+    vouching: tokio::sync::Mutex<()>,
 }
 
 /// Runs the proxy: [`bind`], then [`Bound::serve`].
@@ -177,6 +180,8 @@ impl Bound {
             locks: KeyLocks::default(),
             limits,
             proxy_id: proxy_id(),
+            vouched: parking_lot::Mutex::new(None),
+            vouching: tokio::sync::Mutex::new(()),
         });
         resync::start(&ctx);
         resync::first_contact(&ctx).await;
@@ -281,6 +286,7 @@ impl Accepting {
             next += 1;
             let (ctx, stop, done) = (ctx.clone(), self.stops[worker].clone(), self.done.clone());
             self.workers.spawn_on(worker, async move {
+                resync::vouch(&ctx).await;
                 let served = match A::rehome(stream) {
                     Ok(stream) => client::serve(ctx.clone(), stream, stop).await,
                     Err(error) => Err(error),

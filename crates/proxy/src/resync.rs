@@ -18,7 +18,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -37,6 +37,8 @@ use crate::Context;
 
 /// Missed keys taken for repair at a time.
 const REPAIR_BATCH: usize = 256;
+/// How long a read of the ledger vouches for the servers to a new client.
+const VOUCH_AGE: Duration = Duration::from_millis(100);
 /// Two start times closer than this are the same process (uptime and time are whole seconds).
 const START_SLACK: u64 = 2;
 
@@ -150,6 +152,31 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
     }
 }
 
+/// Reads the ledger before a new client is served, unless it was read very recently: a proxy
+/// that was idle (the other host held the VIP) learns at once of every server another proxy
+/// saw miss writes, instead of at its next health check.
+pub async fn vouch(ctx: &Context) {
+    if !ctx.config.resync.ledger {
+        return;
+    }
+    let fresh = |at: &Option<Instant>| at.is_some_and(|t| t.elapsed() < VOUCH_AGE);
+    if fresh(&ctx.vouched.lock()) {
+        return;
+    }
+    let _serial = ctx.vouching.lock().await;
+    if fresh(&ctx.vouched.lock()) {
+        return;
+    }
+    for backend in &ctx.router.backends {
+        if backend.is_up() && ledger::look(ctx, backend).await.foreign {
+            backend
+                .health
+                .remember_missed_all("another proxy recorded in the ledger that it missed writes");
+        }
+    }
+    *ctx.vouched.lock() = Some(Instant::now());
+}
+
 async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
@@ -179,6 +206,14 @@ async fn check(
 async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, now: Identity) {
     let health = &backend.health;
     let restarted = known.is_some_and(|k| !k.same_process(&now));
+    if restarted {
+        health
+            .counters
+            .local()
+            .restarts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(backend = %backend.addr, pid = now.pid, "it restarted");
+    }
     let first = known.is_none();
     *known = Some(now);
     let marks = ledger::look(ctx, backend).await;

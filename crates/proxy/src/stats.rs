@@ -135,8 +135,8 @@ impl Stats {
                     let standing = health.standing.lock();
                     format!(
                         "state={} state_s={} requests={} errors={} timeouts={} \
-                         avg_latency_us={} failures={} downs={} missed_keys={} needs_flush={} \
-                         cold={} held={}",
+                         avg_latency_us={} failures={} downs={} restarts={} missed_keys={} \
+                         needs_flush={} cold={} held={}",
                         backend.state().name(),
                         health.state_age_s(),
                         sum(|c| &c.requests),
@@ -145,6 +145,7 @@ impl Stats {
                         latency,
                         health.failures(),
                         sum(|c| &c.downs),
+                        sum(|c| &c.restarts),
                         standing.missed_len(),
                         u8::from(standing.needs_flush),
                         u8::from(standing.cold),

@@ -26,6 +26,8 @@ use crate::Context;
 
 /// A metadump line longer than this is not one (keys are at most 250 bytes, encoded 750).
 const MAX_LINE: usize = 4096;
+/// Passes over a source whose dump listed fewer items than it held.
+const PASSES: u32 = 3;
 /// Times a busy crawler (memcached answers `BUSY` while another dump runs) is asked again.
 const BUSY_RETRIES: u32 = 50;
 
@@ -58,9 +60,31 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
     tracing::info!(backend = %target.addr, sources = sources.len(), items = total, "warm-up started");
     let mut pace = Pace::new(ctx);
     for &source in &sources {
-        if let Err(stopped) = copy_from(ctx, id, source, &mut pace).await {
-            tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
-            return Err(stopped);
+        let src = &ctx.router.backends[source];
+        for pass in 1..=PASSES {
+            let before = crate::resync::stats_once(src)
+                .await
+                .map_or(0, |identity| identity.curr_items);
+            let listed = match copy_from(ctx, id, source, &mut pace).await {
+                Ok(listed) => listed,
+                Err(stopped) => {
+                    tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
+                    return Err(stopped);
+                }
+            };
+            if listed >= before {
+                break;
+            }
+            // memcached's crawler passes over an item it finds locked (being read or written
+            // at that instant); those are copied by another pass (`add` leaves the rest alone).
+            tracing::info!(
+                backend = %target.addr,
+                source = %src.addr,
+                pass,
+                listed,
+                items = before,
+                "the source listed fewer items than it holds"
+            );
         }
     }
     let progress = target.health.progress.lock().take().unwrap_or_default();
@@ -114,13 +138,13 @@ fn rate_time(amount: u64, per_sec: u64) -> Duration {
     Duration::from_secs_f64(amount as f64 / per_sec as f64)
 }
 
-/// Copies the keys of server `id` that `source` holds.
+/// Copies the keys of server `id` that `source` holds; how many items the source listed.
 async fn copy_from(
     ctx: &Context,
     id: usize,
     source: usize,
     pace: &mut Pace,
-) -> Result<(), Stopped> {
+) -> Result<u64, Stopped> {
     let target = &ctx.router.backends[id];
     let src = &ctx.router.backends[source];
     let settings = &src.health.settings;
@@ -150,10 +174,12 @@ async fn copy_from(
     let mut line = first;
     let mut copies = FuturesUnordered::new();
     let concurrency = ctx.config.resync.concurrency;
+    let mut listed = 0;
     loop {
         if line == b"END\r\n" {
             break;
         }
+        listed += 1;
         let Some(key) = dumped_key(&line) else {
             return Err(stop(format!(
                 "unexpected metadump line {:?}",
@@ -186,7 +212,7 @@ async fn copy_from(
     while let Some(done) = copies.next().await {
         account(ctx, target, Some(done), pace)?;
     }
-    Ok(())
+    Ok(listed)
 }
 
 /// Counts one finished copy; a copy the target failed stops the warm-up.
