@@ -713,7 +713,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
     main.signal("CONT");
     let mut stale = [0u32; 3];
     let mut client = proxy2.client().await;
-    for phase in 0..3 {
+    for (phase, count) in stale.iter_mut().enumerate() {
         match phase {
             1 => proxy2.await_state(&main, "up").await,
             2 => {
@@ -725,7 +725,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
         for i in 0..200 {
             let value = client.get(&format!("k{i}")).await;
             let expected = (i % 2 == 0).then(|| "v2".to_string());
-            stale[phase] += u32::from(value.is_some() && value != expected);
+            *count += u32::from(value.is_some() && value != expected);
         }
     }
     println!(
