@@ -261,8 +261,7 @@ fn killing_the_main_server_under_load_costs_no_client_errors() {
     );
     let backends = call(&mut proxy.connect(), "stats backends\r\n");
     assert!(
-        backends.contains(&format!("main/{main_addr} state=down"))
-            || backends.contains(&format!("main/{main_addr} state=probing")),
+        backends.contains(&format!("main/{main_addr} state=down")),
         "{backends}"
     );
     assert!(

@@ -179,8 +179,8 @@ impl BackendConfig {
 pub struct ReplicationConfig {
     pub write_ack: WriteAck,
     pub multiget_unavailable: Unavailable,
-    /// Keys remembered per down server for its later re-sync; beyond this the server is marked
-    /// as needing a full re-sync instead.
+    /// Keys remembered per server that missed writes, each repaired before the server is read
+    /// again; beyond this the server is flushed and warmed instead.
     pub missed_keys_limit: usize,
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Clients speak memcached's text and meta protocols to the proxy; the proxy shards keys over pools of
 //! cache servers with a ketama ring (placement-compatible with twemproxy), replicates every write
-//! to one server of each pool, keeps the replicas identical, fails reads over to the next
-//! replica, and never waits on a dead server longer than its timeout.
+//! to one server of each pool, fails reads over to the next replica, never waits on a dead
+//! server longer than its timeout, and never reads a server that missed a write (or restarted)
+//! before it is repaired or warmed.
 //!
 //! Data path, one module per step:
 //!
@@ -12,11 +13,15 @@
 //!              -> route.rs (ring.rs: key -> one server per pool)
 //!              -> read.rs (get family and mg: split by server, fail over, merge in order)
 //!                 replicate.rs (writes: fan out, or execute on one replica and copy the result)
-//!              -> backend.rs (pipelined connections, timeouts, health, probing; forward.rs
-//!                 encodes the requests, keepcached-protocol's response parser reads replies)
-//!              -> client.rs (encode the reply) -> client
+//!              -> backend.rs (a server's call path) -> conn.rs (pipelined connections,
+//!                 deadlines; forward.rs encodes the requests, keepcached-protocol's response
+//!                 parser reads replies)
+//!              -> reply.rs (write the outcome) -> client
 //! ```
 //!
+//! Beside the data path, each server has a supervisor (resync.rs): health.rs holds its state and
+//! the keys it missed, resync.rs checks it and repairs it, warmup.rs fills it, ledger.rs tells
+//! the other proxies what it missed; admin.rs takes the operator's orders (docs/resync.md).
 //! config.rs holds magent's command line and the TOML file, stats.rs the `stats` answers,
 //! error.rs the error types. [`run`] binds the listeners, serves until its shutdown future
 //! completes, then drains the client connections.
