@@ -391,3 +391,98 @@ impl Health {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(request_timeout_ms: u64, missed_limit: usize) -> Health {
+        let (_, shutdown) = watch::channel(false);
+        let settings = BackendConfig {
+            request_timeout_ms,
+            ..BackendConfig::default()
+        };
+        let health = Health::new(Arc::from("h:1"), settings, missed_limit, false, shutdown);
+        health.set_state(State::Up, "test");
+        health
+    }
+
+    fn timeout() -> BackendError {
+        BackendError::Timeout {
+            addr: Arc::from("h:1"),
+            ms: 1,
+        }
+    }
+
+    #[test]
+    fn failures_within_one_request_timeout_are_one_stall() {
+        let health = health(60_000, 10);
+        for _ in 0..10 {
+            health.failed(&timeout());
+        }
+        assert_eq!(health.failures(), 1);
+        assert_eq!(health.state(), State::Up);
+        // With no window, the second failure in a row reaches the limit (2).
+        let health = self::health(0, 10);
+        health.failed(&timeout());
+        assert_eq!(health.state(), State::Up);
+        health.failed(&timeout());
+        assert_eq!(health.state(), State::Down);
+    }
+
+    #[test]
+    fn an_answer_between_failures_resets_them() {
+        let health = health(0, 10);
+        health.failed(&timeout());
+        health.answered();
+        health.failed(&timeout());
+        assert_eq!(health.state(), State::Up);
+    }
+
+    #[test]
+    fn a_missed_key_is_not_read_until_repaired_and_a_newer_miss_survives_a_repair() {
+        let health = health(500, 10);
+        health.remember_missed(b"a");
+        assert_eq!(health.state(), State::Suspect);
+        assert_eq!(health.read_rank(b"a"), None);
+        assert_eq!(health.read_rank(b"b"), Some(ReadRank::Current));
+        let batch = health.standing.lock().some_missed(10);
+        let (key, seq) = batch[0].clone();
+        // Missed again while its repair was under way: the repair does not clear it.
+        health.remember_missed(b"a");
+        health.standing.lock().repaired(&key, seq);
+        assert_eq!(health.read_rank(b"a"), None);
+        let seq = health.standing.lock().some_missed(10)[0].1;
+        health.standing.lock().repaired(b"a", seq);
+        assert_eq!(health.read_rank(b"a"), Some(ReadRank::Current));
+        assert!(health.standing.lock().clean());
+    }
+
+    #[test]
+    fn past_the_limit_the_server_is_not_read_at_all() {
+        let health = health(500, 2);
+        for key in [&b"a"[..], b"b", b"c"] {
+            health.remember_missed(key);
+        }
+        assert_eq!(health.standing.lock().missed_len(), 2);
+        assert!(health.standing.lock().needs_flush);
+        assert_eq!(health.read_rank(b"z"), None);
+        health.standing.lock().flushed();
+        // Flushed: nothing stale, but cold, so read only after the replicas that are not.
+        assert_eq!(health.read_rank(b"z"), Some(ReadRank::Cold));
+        assert_eq!(health.read_rank(b"a"), None);
+    }
+
+    #[test]
+    fn a_held_or_down_server_is_not_read() {
+        let health = health(500, 10);
+        health.standing.lock().held = true;
+        health.set_state(State::Suspect, "held");
+        assert_eq!(health.read_rank(b"a"), None);
+        for state in [State::Down, State::Drained, State::Connecting] {
+            health.set_state(state, "test");
+            assert_eq!(health.read_rank(b"a"), None);
+            assert!(!state.takes_writes());
+        }
+    }
+}

@@ -77,11 +77,17 @@ pub async fn mark(ctx: &Context, server: &Backend) {
     }
     let key = key(server);
     let token = format!(" {}", ctx.proxy_id);
-    let mut kept = 0;
+    let (mut asked, mut kept) = (0, 0);
     for keeper in keepers(ctx, server) {
+        asked += 1;
         if append_token(keeper, &key, token.as_bytes()).await {
             kept += 1;
         }
+    }
+    if asked == 0 {
+        // No other server takes writes: the write that was missed failed everywhere, and
+        // there is nowhere to tell; the next miss tries again.
+        return;
     }
     if kept > 0 {
         health.ledger_marked.store(true, Ordering::Release);
