@@ -101,6 +101,9 @@ pub struct Standing {
     pub cold: bool,
     /// The operator holds it out of reads until told otherwise.
     pub held: bool,
+    /// It was flushed and is not up yet: every ledger mark about it (any proxy's) is answered
+    /// by that flush, and is cleared when it is up.
+    pub flushed_pending: bool,
     /// Why it needs a flush, for the log.
     pub flush_reason: Option<&'static str>,
 }
@@ -131,6 +134,7 @@ impl Standing {
     /// that is locked as it passes).
     pub fn flushed(&mut self) {
         self.needs_flush = false;
+        self.flushed_pending = true;
         self.flush_reason = None;
         self.cold = true;
     }

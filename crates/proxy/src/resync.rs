@@ -227,7 +227,7 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         if restarted {
             standing.must_flush("it restarted (its pid or start time changed)");
         }
-        if marks.foreign {
+        if marks.foreign && !standing.flushed_pending {
             standing.must_flush("another proxy recorded in the ledger that it missed writes");
         }
         let empty = now.curr_items == 0 && (first || restarted) && others_up;
@@ -272,17 +272,13 @@ async fn restore(ctx: &Context, id: usize, order: Option<Order>) {
             return;
         }
     }
-    let mut flushed = false;
     let needs_flush = health.standing.lock().needs_flush;
     if needs_flush {
         let reason = health.standing.lock().flush_reason.unwrap_or("");
         health.change(&[State::Up, State::Warming], State::Suspect, reason);
         tracing::info!(backend = %backend.addr, reason, "flushing it before it is read again");
         match backend.call(forward::flush_all(None)).await {
-            Ok(reply) if !write_failed(&reply) => {
-                health.standing.lock().flushed();
-                flushed = true;
-            }
+            Ok(reply) if !write_failed(&reply) => health.standing.lock().flushed(),
             Ok(reply) => {
                 tracing::warn!(backend = %backend.addr, ?reply, "flush_all refused");
                 return;
@@ -316,15 +312,18 @@ async fn restore(ctx: &Context, id: usize, order: Option<Order>) {
     if !health.standing.lock().clean() {
         return;
     }
+    let flushed = health.standing.lock().flushed_pending;
     ledger::clear(ctx, backend, flushed).await;
     // Under the standing lock: a miss recorded after this sees `up` and makes it suspect.
-    let standing = health.standing.lock();
-    if standing.clean() {
-        health.change(
+    let mut standing = health.standing.lock();
+    if standing.clean()
+        && health.change(
             &[State::Suspect, State::Warming],
             State::Up,
             "it holds nothing stale",
-        );
+        )
+    {
+        standing.flushed_pending = false;
     }
     drop(standing);
     drop(serial);
