@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
+
+/// The scenarios run one at a time: each loads both cores, and a timeout caused by another
+/// test's load would be a failure of the server it is not about.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Generous: a debug build on two busy cores.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -151,7 +155,7 @@ fn config(main: &Server, backup: &Server) -> ProxyConfig {
             },
         ],
         backend: BackendConfig {
-            request_timeout_ms: 300,
+            request_timeout_ms: 500,
             connect_timeout_ms: 200,
             health_interval_ms: 200,
             ..BackendConfig::default()
@@ -174,6 +178,11 @@ struct Proxy {
 
 impl Proxy {
     async fn start(config: ProxyConfig) -> Proxy {
+        // The proxy's log (every state change) is shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("keepcached_proxy=info")
+            .try_init();
         let addr = config.listen[0].clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -465,11 +474,13 @@ async fn await_count(counter: &AtomicU64, wanted: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_memcached_is_never_read_stale() {
+    let _serial = SERIAL.lock().await;
     stopped_main_is_never_read_stale(Kind::Memcached).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_keepcached_server_is_never_read_stale() {
+    let _serial = SERIAL.lock().await;
     stopped_main_is_never_read_stale(Kind::Keepcached).await;
 }
 
@@ -558,26 +569,31 @@ async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_memcached_is_repaired_and_warmed_before_it_is_read() {
+    let _serial = SERIAL.lock().await;
     restarted_backup_is_warmed(Kind::Memcached, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_keepcached_server_is_repaired_and_warmed_before_it_is_read() {
+    let _serial = SERIAL.lock().await;
     restarted_backup_is_warmed(Kind::Keepcached, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_memcached_is_warmed_before_it_is_read() {
+    let _serial = SERIAL.lock().await;
     restarted_backup_is_warmed(Kind::Memcached, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_keepcached_server_is_warmed_before_it_is_read() {
+    let _serial = SERIAL.lock().await;
     restarted_backup_is_warmed(Kind::Keepcached, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_all_missed_while_down_leaves_nothing_old() {
+    let _serial = SERIAL.lock().await;
     let main = Server::start(Kind::Memcached);
     let mut backup = Server::start(Kind::Memcached);
     let proxy = Proxy::start(config(&main, &backup)).await;
@@ -602,20 +618,23 @@ async fn a_flush_all_missed_while_down_leaves_nothing_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_reply_does_not_mark_a_server_down() {
+    let _serial = SERIAL.lock().await;
     let main = Server::start(Kind::Memcached);
     let backup = Server::start(Kind::Memcached);
-    let proxy = Proxy::start(config(&main, &backup)).await;
+    let mut config = config(&main, &backup);
+    config.backend.request_timeout_ms = 1_000;
+    let proxy = Proxy::start(config).await;
     let mut client = proxy.client().await;
     assert_eq!(client.set("k", "v").await, "STORED\r\n");
-    // One stall a little longer than the request timeout (300 ms), with requests pipelined
-    // on it: they time out together, which is one failure, not a failure each.
+    // One stall a little longer than the request timeout, with requests pipelined on it:
+    // they time out together, which is one failure, not a failure each.
     main.signal("STOP");
     let mut batch = String::new();
     for i in 0..50 {
         batch.push_str(&format!("set s{i} 0 0 1\r\nx\r\n"));
     }
     client.stream.write_all(batch.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     main.signal("CONT");
     for _ in 0..50 {
         assert_eq!(client.read(false).await, "STORED\r\n");
@@ -630,6 +649,7 @@ async fn one_slow_reply_does_not_mark_a_server_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_drain_hold_warm_and_up() {
+    let _serial = SERIAL.lock().await;
     let main = Server::start(Kind::Memcached);
     let backup = Server::start(Kind::Memcached);
     let proxy = Proxy::start(config(&main, &backup)).await;
@@ -691,6 +711,7 @@ async fn operator_commands_drain_hold_warm_and_up() {
 /// the main server alone once the backup is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
+    let _serial = SERIAL.lock().await;
     let main = Server::start(Kind::Memcached);
     let mut backup = Server::start(Kind::Memcached);
     let proxy1 = Proxy::start(config(&main, &backup)).await;
@@ -739,9 +760,11 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
 /// `keepcached ctl` against the running proxy: the table, an order, a refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_shows_states_and_gives_orders() {
+    let _serial = SERIAL.lock().await;
     let main = Server::start(Kind::Memcached);
     let backup = Server::start(Kind::Memcached);
     let proxy = Proxy::start(config(&main, &backup)).await;
+    proxy.await_state(&main, "up").await;
     let ctl = |args: Vec<String>| {
         let output = Command::new(BIN)
             .arg("ctl")

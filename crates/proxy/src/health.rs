@@ -30,6 +30,9 @@ use tokio::sync::{watch, Notify};
 use crate::backend::{BackendError, Counters};
 use crate::config::BackendConfig;
 
+/// How long marks are not tried after no other server took one.
+const LEDGER_BACKOFF_MS: u64 = 1_000;
+
 /// A server's state; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -226,6 +229,8 @@ pub struct Health {
     pub ledger_lock: tokio::sync::Mutex<()>,
     pub progress: Mutex<Option<Progress>>,
     pub order: Mutex<Option<Order>>,
+    /// No ledger mark is tried before this (ms after `epoch`): the last try found no keeper.
+    ledger_retry_ms: AtomicU64,
 }
 
 impl Health {
@@ -257,6 +262,7 @@ impl Health {
             ledger_lock: tokio::sync::Mutex::new(()),
             progress: Mutex::new(None),
             order: Mutex::new(None),
+            ledger_retry_ms: AtomicU64::new(0),
         }
     }
 
@@ -303,6 +309,21 @@ impl Health {
         true
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether ledger marks are not tried for now (see [`Health::ledger_back_off`]).
+    pub fn ledger_backoff(&self) -> bool {
+        self.now_ms() < self.ledger_retry_ms.load(Ordering::Relaxed)
+    }
+
+    /// No other server took a ledger mark: the next second's misses do not try again.
+    pub fn ledger_back_off(&self) {
+        self.ledger_retry_ms
+            .store(self.now_ms() + LEDGER_BACKOFF_MS, Ordering::Relaxed);
+    }
+
     /// The server answered a request: its failures so far were not consecutive.
     pub fn answered(&self) {
         // Read first: an unconditional store would make every worker's every reply write this
@@ -319,7 +340,7 @@ impl Health {
     /// Counts one failure of the server (a stalled or broken connection, a refused connect, a
     /// failed health check); enough with no answer in between mark it down.
     pub fn failed(&self, error: &BackendError) {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let now = self.now_ms();
         let last = self.last_failure_ms.load(Ordering::Relaxed);
         if last != 0 && now - last < self.settings.request_timeout_ms {
             // The same stall seen by another connection (or by the health check).

@@ -15,6 +15,7 @@
 //! when it was made, so losing every one of them loses it.
 
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use keepcached_protocol::response::{MetaCode, Status};
 use std::sync::atomic::Ordering;
 
@@ -65,24 +66,30 @@ fn store(verb: &[u8], key: &[u8], value: &[u8], cas: Option<u64>) -> Call {
 }
 
 /// Records, before the write `server` missed is acknowledged, that it missed writes through
-/// this proxy. Done once until the server is repaired.
+/// this proxy. Done once until the server is repaired. When no other server takes the mark, the
+/// misses of the next second do not wait for another try (a client write must not queue behind
+/// marks that keep timing out).
 pub async fn mark(ctx: &Context, server: &Backend) {
     let health = &server.health;
-    if !ctx.config.resync.ledger || health.ledger_marked.load(Ordering::Acquire) {
+    if !ctx.config.resync.ledger
+        || health.ledger_marked.load(Ordering::Acquire)
+        || health.ledger_backoff()
+    {
         return;
     }
     let _serial = health.ledger_lock.lock().await;
-    if health.ledger_marked.load(Ordering::Acquire) {
+    if health.ledger_marked.load(Ordering::Acquire) || health.ledger_backoff() {
         return;
     }
     let key = key(server);
     let token = format!(" {}", ctx.proxy_id);
+    let mut appends: FuturesUnordered<_> = keepers(ctx, server)
+        .map(|keeper| append_token(keeper, &key, token.as_bytes()))
+        .collect();
     let (mut asked, mut kept) = (0, 0);
-    for keeper in keepers(ctx, server) {
+    while let Some(appended) = appends.next().await {
         asked += 1;
-        if append_token(keeper, &key, token.as_bytes()).await {
-            kept += 1;
-        }
+        kept += usize::from(appended);
     }
     if asked == 0 {
         // No other server takes writes: the write that was missed failed everywhere, and
@@ -93,6 +100,7 @@ pub async fn mark(ctx: &Context, server: &Backend) {
         health.ledger_marked.store(true, Ordering::Release);
         tracing::info!(backend = %server.addr, keepers = kept, "recorded in the ledger that it missed writes");
     } else {
+        health.ledger_back_off();
         tracing::warn!(backend = %server.addr, "no other server took the ledger mark; another proxy could not know this server missed writes");
     }
 }

@@ -222,16 +222,28 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         .backends
         .iter()
         .any(|b| !std::ptr::eq(&**b, backend) && b.is_up());
+    // Empty while another server holds items: worth warming (two empty servers at a fresh
+    // start are not).
+    let mut others_hold_items = false;
+    if now.curr_items == 0 && (first || restarted) {
+        for other in &ctx.router.backends {
+            if !std::ptr::eq(&**other, backend) && other.is_up() {
+                others_hold_items |= stats_once(other).await.is_ok_and(|o| o.curr_items > 0);
+            }
+        }
+    }
     let stale = {
         let mut standing = health.standing.lock();
-        if restarted {
+        // A restarted memcached is empty, but a restartable one (`-e`) holds what it had when
+        // it stopped: flushed and warmed when another pool can refill it. With one pool there is
+        // nothing to refill it from; what it missed while down is in its missed keys.
+        if restarted && others_up && ctx.router.pools.len() > 1 {
             standing.must_flush("it restarted (its pid or start time changed)");
         }
         if marks.foreign && !standing.flushed_pending {
             standing.must_flush("another proxy recorded in the ledger that it missed writes");
         }
-        let empty = now.curr_items == 0 && (first || restarted) && others_up;
-        if empty && ctx.config.resync.warmup && !standing.needs_flush {
+        if others_hold_items && ctx.config.resync.warmup && !standing.needs_flush {
             standing.cold = true;
         }
         standing.needs_flush || standing.cold || standing.missed_len() > 0
