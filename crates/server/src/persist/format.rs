@@ -109,7 +109,11 @@ pub enum FormatError {
     Version { found: u32 },
     #[error("the header's checksum does not match")]
     HeaderChecksum,
-    #[error("truncated at byte {offset}: the file ends inside a record or before the end record")]
+    #[error("truncated: the file ends inside its header")]
+    TruncatedHeader,
+    #[error(
+        "truncated: the file ends inside the record at byte {offset}, or before the end record"
+    )]
     Truncated { offset: u64 },
     #[error("the record at byte {offset} is damaged: its checksum does not match")]
     Checksum { offset: u64 },
@@ -255,7 +259,7 @@ impl<R: Read> Reader<R> {
             });
         }
         if got < HEADER_LEN {
-            return Err(FormatError::Truncated { offset: 0 });
+            return Err(FormatError::TruncatedHeader);
         }
         if crc32fast::hash(&buf[..40]) != u32_at(&buf, 40) {
             return Err(FormatError::HeaderChecksum);
@@ -492,7 +496,10 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    FormatError::Empty | FormatError::BadMagic | FormatError::Truncated { .. }
+                    FormatError::Empty
+                        | FormatError::BadMagic
+                        | FormatError::TruncatedHeader
+                        | FormatError::Truncated { .. }
                 ),
                 "cut at {len}: {err}"
             );
@@ -530,7 +537,15 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(error(&trailing).contains("after the end record"));
-        assert!(error(&good[..good.len() - END_LEN - 4]).starts_with("truncated at byte"));
+        let end = good.len() - END_LEN - 4;
+        assert_eq!(
+            error(&good[..end]),
+            format!("truncated: the file ends inside the record at byte {end}, or before the end record")
+        );
+        assert_eq!(
+            error(&good[..20]),
+            "truncated: the file ends inside its header"
+        );
     }
 
     #[test]
