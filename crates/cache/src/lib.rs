@@ -16,6 +16,9 @@
 //! [`Cache::store_item`], [`Cache::delete_if`], [`Cache::mark_stale`] and [`Cache::delta`] each
 //! compare a CAS and act in one step under the shard lock, and those that change the item report
 //! its new CAS.
+//!
+//! A restart (memcached's `-e`) goes through [`Cache::export`], which lends every live item
+//! whole, and [`Cache::import`], which puts one back; the server owns the file in between.
 
 mod arena;
 mod numeric;
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use arena::Entry;
-use shard::{MetaBatch, Shard, ShardConfig};
+use shard::{ItemBatch, MetaBatch, Shard, ShardConfig};
 pub use size::{accounted_size, memcached_size};
 
 /// memcached's "rel time": seconds since the server started. As an expiry time, 0 means never;
@@ -48,6 +51,10 @@ const MAX_SHARDS: usize = 1024;
 /// How many items `for_each_item` copies out of a shard per lock, and how many slots it looks at.
 const META_BATCH: usize = 256;
 const META_SCAN: u32 = 4096;
+
+/// How much of its keys and values `export` copies out of a shard per lock: enough to make the
+/// lock's cost small beside the copy, little enough that a client waits microseconds for it.
+const EXPORT_BATCH_BYTES: usize = 256 * 1024;
 
 /// How many slots `crawl_expired` visits per lock.
 const CRAWL_BATCH: u32 = 1024;
@@ -190,6 +197,36 @@ pub struct ItemMeta<'a> {
     pub value_len: usize,
     /// The item's size as memcached reports it ([`memcached_size`]).
     pub size: usize,
+}
+
+/// An item with everything a restart keeps of it: what [`Cache::export`] lends and
+/// [`Cache::import`] takes. Times are the cache's rel time, which starts over in the next
+/// process, so whoever stores them elsewhere converts them to wall-clock time. The CAS is not
+/// kept: an imported item gets a new one, as any store does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedItem<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub flags: u32,
+    /// 0 when the item never expires.
+    pub exptime: Time,
+    pub last_access: Time,
+    /// Read since it was stored (`mg h`).
+    pub fetched: bool,
+    /// Invalidated by the meta protocol and not stored since (`mg`'s `X` flag).
+    pub stale: bool,
+    /// The key was sent in base64 and replies show it so.
+    pub binary_key: bool,
+}
+
+/// The answer of [`Cache::import`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportResult {
+    Stored,
+    /// Over `item_size_max` (or a key over [`KEY_MAX_LENGTH`]).
+    TooLarge,
+    /// The item's shard has no room left for it; nothing was evicted to make some.
+    NoRoom,
 }
 
 /// The answer of a read.
@@ -738,6 +775,63 @@ impl Cache {
                     .collect_meta(now, pos, META_BATCH, META_SCAN, &mut batch);
                 batch.items().for_each(&mut f);
             }
+        }
+    }
+
+    /// Calls `f` with every live item, whole, until `f` fails (to save the cache). Items are
+    /// copied out of a shard in batches of a few hundred kilobytes, so no lock is held while `f`
+    /// runs and clients wait at most one batch's copy; items stored or removed during the walk
+    /// may or may not be seen, and each one seen is as it was when its batch was copied.
+    pub fn export<E>(
+        &self,
+        now: Time,
+        mut f: impl FnMut(&SavedItem<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut batch = ItemBatch::default();
+        for shard in self.shards.iter() {
+            let mut from = Some(0);
+            while let Some(pos) = from {
+                batch.clear();
+                from = shard.0.lock().collect_items(
+                    now,
+                    pos,
+                    META_BATCH,
+                    EXPORT_BATCH_BYTES,
+                    META_SCAN,
+                    &mut batch,
+                );
+                for item in batch.items() {
+                    f(&item)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back an item that [`Cache::export`] lent (to load a saved cache): as a set that
+    /// keeps the item's access time and meta state and gets a new CAS. When the item's shard is
+    /// full the item is refused rather than another evicted, so the items loaded first are the
+    /// ones kept.
+    pub fn import(&self, item: &SavedItem<'_>, now: Time) -> ImportResult {
+        if item.key.len() > KEY_MAX_LENGTH
+            || memcached_size(item.key.len(), item.value.len(), item.flags, self.cas)
+                > self.item_size_max
+        {
+            return ImportResult::TooLarge;
+        }
+        let (hash, shard) = self.shard(item.key);
+        let mut data = Vec::with_capacity(item.key.len() + item.value.len());
+        data.extend_from_slice(item.key);
+        data.extend_from_slice(item.value);
+        shard
+            .lock()
+            .import(hash, item, data.into_boxed_slice(), now)
+    }
+
+    /// Drops every item (a load that found the file corrupt starts over empty).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.0.lock().clear();
         }
     }
 

@@ -28,9 +28,9 @@ use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{S3Fifo, Victim};
 use crate::size::{accounted_size, memcached_size};
 use crate::{
-    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ItemHandle, ItemMeta, Lookup,
-    ReadOptions, StaleResult, StoreMode, StoreOutcome, StoreRequest, StoreResult, Time,
-    KEY_MAX_LENGTH,
+    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ImportResult, ItemHandle,
+    ItemMeta, Lookup, ReadOptions, SavedItem, StaleResult, StoreMode, StoreOutcome, StoreRequest,
+    StoreResult, Time, KEY_MAX_LENGTH,
 };
 
 /// What a shard needs to know of the cache's configuration.
@@ -141,6 +141,51 @@ impl MetaBatch {
                 value_len: row.value_len,
                 size: row.size,
             }
+        })
+    }
+}
+
+/// Whole items copied out of a shard for saving, so the caller can write them after unlocking.
+#[derive(Debug, Default)]
+pub(crate) struct ItemBatch {
+    /// Each item's key followed by its value, one item after another.
+    data: Vec<u8>,
+    rows: Vec<ItemRow>,
+}
+
+#[derive(Debug)]
+struct ItemRow {
+    key_end: usize,
+    value_end: usize,
+    flags: u32,
+    exptime: Time,
+    last_access: Time,
+    fetched: bool,
+    stale: bool,
+    binary_key: bool,
+}
+
+impl ItemBatch {
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.rows.clear();
+    }
+
+    pub(crate) fn items(&self) -> impl Iterator<Item = SavedItem<'_>> {
+        let mut start = 0;
+        self.rows.iter().map(move |row| {
+            let item = SavedItem {
+                key: &self.data[start..row.key_end],
+                value: &self.data[row.key_end..row.value_end],
+                flags: row.flags,
+                exptime: row.exptime,
+                last_access: row.last_access,
+                fetched: row.fetched,
+                stale: row.stale,
+                binary_key: row.binary_key,
+            };
+            start = row.value_end;
+            item
         })
     }
 }
@@ -682,6 +727,80 @@ impl Shard {
             idx += 1;
         }
         (idx < end).then_some(idx)
+    }
+
+    /// Copies whole live items, from slot `from` on, into `out` until it holds `max_items` items
+    /// or `max_bytes` bytes of keys and values, or `max_slots` slots have been looked at.
+    /// Returns the slot to continue from, or `None` when the walk is over.
+    pub(crate) fn collect_items(
+        &mut self,
+        now: Time,
+        from: u32,
+        max_items: usize,
+        max_bytes: usize,
+        max_slots: u32,
+        out: &mut ItemBatch,
+    ) -> Option<u32> {
+        self.advance(now);
+        let end = self.arena.high_water();
+        let stop = end.min(from.saturating_add(max_slots));
+        let mut idx = from;
+        while idx < stop && out.rows.len() < max_items && out.data.len() < max_bytes {
+            if let Some(e) = self.arena.get(idx) {
+                if death(e, self.flush_below, now).is_none() {
+                    out.data.extend_from_slice(e.key());
+                    let key_end = out.data.len();
+                    out.data.extend_from_slice(e.value());
+                    out.rows.push(ItemRow {
+                        key_end,
+                        value_end: out.data.len(),
+                        flags: e.flags,
+                        exptime: e.exptime,
+                        last_access: e.last_access,
+                        fetched: e.fetched(),
+                        stale: e.stale(),
+                        binary_key: e.binary_key(),
+                    });
+                }
+            }
+            idx += 1;
+        }
+        (idx < end).then_some(idx)
+    }
+
+    /// Puts a saved item back (see [`crate::Cache::import`]): it replaces a live item of the same
+    /// key, and is refused when the shard's share of the limit has no room left for it, because
+    /// evicting would throw out items loaded a moment ago for this one.
+    pub(crate) fn import(
+        &mut self,
+        hash: u64,
+        item: &SavedItem<'_>,
+        data: Box<[u8]>,
+        now: Time,
+    ) -> ImportResult {
+        self.advance(now);
+        if let Found::Live(idx) = self.lookup(hash, item.key, now) {
+            self.unlink(idx, hash);
+        }
+        let bytes = accounted_size(item.key.len(), item.value.len());
+        if self.used + bytes > self.cfg.limit {
+            return ImportResult::NoRoom;
+        }
+        let key_len = item.key.len();
+        let Some(idx) = self.insert_new(hash, data, key_len, item.flags, item.exptime, now) else {
+            return ImportResult::NoRoom;
+        };
+        let e = &mut self.arena[idx];
+        e.last_access = item.last_access;
+        e.set_fetched(item.fetched);
+        e.set_stale(item.stale);
+        e.set_binary_key(item.binary_key);
+        ImportResult::Stored
+    }
+
+    /// Drops every item and starts over empty, keeping the shard's configuration.
+    pub(crate) fn clear(&mut self) {
+        *self = Shard::new(self.cfg.clone());
     }
 
     pub(crate) fn slots(&self) -> u32 {

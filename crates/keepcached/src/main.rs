@@ -83,15 +83,28 @@ fn main() -> ExitCode {
 
 /// Logs to stderr; `-v` raises the level (warnings by default), `RUST_LOG` overrides it.
 pub fn init_logging(verbose: u8) {
+    init_logging_with(verbose, "");
+}
+
+/// As [`init_logging`], with `always` (EnvFilter directives, comma separated) logged at any
+/// level: for rare lines an operator wants without `-v`.
+pub fn init_logging_with(verbose: u8, always: &str) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
+    let directives = if always.is_empty() || verbose > 1 {
+        level.to_string()
+    } else {
+        format!("{level},{always}")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
+    // Colours only for a person at a terminal, not in a log file or a service manager's journal.
     let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();

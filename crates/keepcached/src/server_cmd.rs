@@ -5,7 +5,8 @@
 //! write the pid file, serve.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -332,8 +333,8 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     if args.enable_ssl {
         return usage("TLS (-Z) is not supported; terminate TLS in front of keepcached".into());
     }
-    if args.memory_file.is_some() {
-        return usage("restartable cache (-e) is not supported yet".into());
+    if let Some(path) = &args.memory_file {
+        settings.memory_file = Some(memory_file_path(path).map_err(UsageError)?);
     }
     for (flag, given) in [
         ("-f", args.slab_growth_factor.is_some()),
@@ -382,6 +383,26 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         lock_memory: args.lock_memory,
         enable_coredumps: args.enable_coredumps,
     })))
+}
+
+/// Checks `-e FILE` before anything starts, as memcached checks its usage: the file's directory
+/// must exist (the save writes a temporary file there and renames it) and FILE must not be a
+/// directory. The path is made absolute, because daemonizing changes the working directory.
+fn memory_file_path(path: &Path) -> Result<PathBuf, String> {
+    let path = std::path::absolute(path)
+        .map_err(|e| format!("-e {}: cannot resolve the path: {e}", path.display()))?;
+    if path.is_dir() {
+        return Err(format!("-e {}: is a directory, not a file", path.display()));
+    }
+    match path.parent() {
+        Some(dir) if dir.is_dir() => Ok(path),
+        Some(dir) => Err(format!(
+            "-e {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        )),
+        None => Err(format!("-e {}: not a file path", path.display())),
+    }
 }
 
 fn help_text() -> String {
@@ -478,6 +499,14 @@ fn help_text() -> String {
         ("-X, --disable-dumping", "accepted for compatibility"),
         ("-W, --disable-watch", "accepted for compatibility"),
         (
+            "-e, --memory-file=<file>",
+            "restartable cache: items saved to <file> on SIGTERM, SIGINT,",
+        ),
+        (
+            "",
+            "SIGUSR1 and shutdown (SIGUSR2 saves and goes on), loaded at start",
+        ),
+        (
             "-o, --extended=<opts>",
             "comma separated: idle_timeout=<secs>, no_lru_crawler, and",
         ),
@@ -494,7 +523,8 @@ fn help_text() -> String {
     text
 }
 
-/// Runs the server described by `plan` until SIGTERM/SIGINT or the `shutdown` command.
+/// Runs the server described by `plan` until SIGTERM/SIGINT/SIGUSR1 or the `shutdown` command;
+/// then, with `-e`, saves the items (a failed save makes the exit status 1).
 pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     let ServerPlan {
         settings,
@@ -511,10 +541,22 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     if enable_coredumps {
         process::raise_core_limit();
     }
+    // The save and load lines are rare and say what became of the cache: shown without -v.
+    crate::init_logging_with(
+        u8::try_from(settings.verbose).unwrap_or(u8::MAX),
+        "keepcached_server::persist=info",
+    );
     process::raise_nofile_limit(settings.max_connections)?;
     let listeners = Listeners::bind(&settings)?;
+    let server = Server::new(settings);
+    // Loaded before daemonizing, so that what became of the file reaches the terminal (or the
+    // service manager's log) even under -d. Clients that connect meanwhile wait in the listen
+    // backlog and are served from the loaded cache, never from an empty one.
+    if let Some(file) = &server.memory_file {
+        file.load(&server);
+    }
     if daemon {
-        process::daemonize(settings.verbose > 0)?;
+        process::daemonize(server.settings.verbose > 0)?;
     }
     if lock_memory {
         process::lock_memory();
@@ -526,13 +568,49 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     }
     let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
     let runtime = process::runtime()?;
-    runtime.block_on(async move {
-        let server = Server::new(settings);
+    runtime.block_on(async {
         let shutdown = process::shutdown_signal();
-        keepcached_server::listener::serve(server, listeners, shutdown)
+        on_user_signals(&server)?;
+        keepcached_server::listener::serve(server.clone(), listeners, shutdown)
             .await
             .context("serving")
-    })
+    })?;
+    if let Some(file) = &server.memory_file {
+        file.save(&server)
+            .with_context(|| format!("saving the cache to {}", file.path().display()))?;
+    }
+    Ok(())
+}
+
+/// memcached 1.6's SIGUSR1, a graceful shutdown (which saves with `-e`), and SIGUSR2, a save
+/// while serving. The save runs on a blocking thread, so accepting goes on; the workers serve
+/// throughout, since the cache is copied out a batch at a time.
+fn on_user_signals(server: &Arc<Server>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("handling SIGUSR2")?;
+    let graceful = server.clone();
+    tokio::spawn(async move {
+        if usr1.recv().await.is_some() {
+            graceful.shutdown_requested.send_replace(true);
+        }
+    });
+    let server = server.clone();
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            if server.memory_file.is_none() {
+                tracing::warn!("SIGUSR2 asks for a save, but no file was given with -e");
+                continue;
+            }
+            let server = server.clone();
+            // A failed save has been logged, and the previous file is still whole.
+            let _ = tokio::task::spawn_blocking(move || {
+                server.memory_file.as_ref().map(|file| file.save(&server))
+            })
+            .await;
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -623,6 +701,23 @@ mod tests {
         assert!(plan(&["-Y", path]).unwrap_err().contains("line 2"));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(plan(&["-Y", path]).is_err());
+    }
+
+    #[test]
+    fn memory_file_needs_an_existing_directory() {
+        let dir = std::env::temp_dir();
+        let file = dir.join(format!("keepcached-e-{}", std::process::id()));
+        let s = plan(&["-e", file.to_str().unwrap()]).unwrap().settings;
+        assert_eq!(s.memory_file.as_deref(), Some(file.as_path()));
+        let relative = plan(&["--memory-file=cache.dump"]).unwrap().settings;
+        assert!(relative.memory_file.unwrap().is_absolute());
+        let missing = dir.join("keepcached-no-such-dir").join("cache");
+        assert!(plan(&["-e", missing.to_str().unwrap()])
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(plan(&["-e", dir.to_str().unwrap()])
+            .unwrap_err()
+            .contains("is a directory"));
     }
 
     #[test]

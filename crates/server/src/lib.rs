@@ -11,6 +11,7 @@
 //! - [`execute`]: one request against the store, reply appended to the output buffer.
 //! - [`stats`] and [`report`]: counters and the `stats` family of replies.
 //! - [`clock`]: memcached's relative time, which the store and expiry rules use.
+//! - [`persist`]: the restartable cache (`-e FILE`): items saved to a file and loaded back.
 
 pub mod auth;
 pub mod binary;
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod execute;
 pub mod listener;
 pub mod meta;
+pub mod persist;
 pub mod report;
 pub mod settings;
 pub mod stats;
@@ -49,6 +51,8 @@ pub struct Server {
     pub conns: Arc<connection::ConnTable>,
     /// Per-prefix counters of `stats detail`.
     pub detail: report::Detail,
+    /// Where the items are saved and loaded from (`-e`), if anywhere.
+    pub memory_file: Option<persist::MemoryFile>,
 }
 
 impl Server {
@@ -56,6 +60,7 @@ impl Server {
         let cache = Cache::new(settings.cache_config());
         let (shutdown_requested, _) = watch::channel(false);
         let detail = report::Detail::new(settings.prefix_delimiter, settings.detail_enabled);
+        let memory_file = settings.memory_file.clone().map(persist::MemoryFile::new);
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
@@ -66,6 +71,7 @@ impl Server {
             shutdown_requested,
             conns: Arc::default(),
             detail,
+            memory_file,
         })
     }
 }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub prefix_delimiter: u8,
     /// Whether `stats detail` counts from the start (`-D` turns it on, as in memcached).
     pub detail_enabled: bool,
+    /// `-e`: the file the items are saved to on a graceful shutdown and loaded from at start.
+    pub memory_file: Option<PathBuf>,
 }
 
 /// memcached's `-B`: ascii, binary, or auto (each connection's first byte decides).
@@ -105,6 +107,7 @@ impl Default for Settings {
             ascii_auth: None,
             prefix_delimiter: b':',
             detail_enabled: false,
+            memory_file: None,
         }
     }
 }

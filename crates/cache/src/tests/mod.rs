@@ -903,3 +903,135 @@ fn concurrent_use_keeps_every_shard_consistent() {
     assert!(c.stats().bytes <= max_bytes);
     c.check();
 }
+
+/// An exported item, copied: key, value, flags, exptime, last access, fetched, stale, binary key.
+type Exported = (Vec<u8>, Vec<u8>, u32, Time, Time, bool, bool, bool);
+
+/// Every live item export lends, copied, sorted by key.
+fn exported(c: &Cache, now: Time) -> Vec<Exported> {
+    let mut items = Vec::new();
+    c.export(now, |i| {
+        items.push((
+            i.key.to_vec(),
+            i.value.to_vec(),
+            i.flags,
+            i.exptime,
+            i.last_access,
+            i.fetched,
+            i.stale,
+            i.binary_key,
+        ));
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    items.sort();
+    items
+}
+
+#[test]
+fn export_then_import_gives_back_every_live_item_with_its_state() {
+    let c = cache();
+    for i in 0..3000 {
+        let value = vec![b'a' + (i % 26) as u8; i % 700];
+        c.store(
+            StoreMode::Set,
+            &key(i),
+            i as u32,
+            (i % 3) as Time * 100,
+            &value,
+            10,
+        );
+    }
+    c.store(StoreMode::Set, b"gone", 0, 20, b"x", 10);
+    c.get(&key(1), 11, |_| ());
+    c.mark_stale(&key(2), None, None, 12);
+    c.store_item(
+        StoreRequest {
+            binary_key: true,
+            ..StoreRequest::new(StoreMode::Set, b"b64", 0, 0, b"v")
+        },
+        13,
+    );
+    let saved = exported(&c, 30);
+    assert_eq!(saved.len(), 3001, "the expired item is not exported");
+    let copy = cache();
+    c.export(30, |item| match copy.import(item, 30) {
+        ImportResult::Stored => Ok(()),
+        other => Err(other),
+    })
+    .unwrap();
+    assert_eq!(exported(&copy, 30), saved);
+    let k1 = saved.iter().find(|i| i.0 == key(1)).unwrap();
+    assert!(
+        k1.5 && k1.4 == 10,
+        "fetched, and a first read keeps the access time"
+    );
+    assert!(saved.iter().find(|i| i.0 == key(2)).unwrap().6, "stale");
+    assert!(
+        saved.iter().find(|i| i.0 == b"b64").unwrap().7,
+        "binary key"
+    );
+    assert_eq!(copy.stats().curr_items, 3001);
+    copy.check();
+}
+
+#[test]
+fn export_stops_at_the_first_error() {
+    let c = cache();
+    for i in 0..100 {
+        set(&c, &key(i), b"v", 1);
+    }
+    let mut seen = 0;
+    let result = c.export(1, |_| {
+        seen += 1;
+        if seen == 10 {
+            Err("full disk")
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!((result, seen), (Err("full disk"), 10));
+}
+
+#[test]
+fn import_refuses_instead_of_evicting_and_replaces_a_live_item() {
+    let c = small_cache(10, 5, true);
+    fn item<'a>(key: &'a [u8], value: &'a [u8]) -> SavedItem<'a> {
+        SavedItem {
+            key,
+            value,
+            flags: 1,
+            exptime: 0,
+            last_access: 1,
+            fetched: false,
+            stale: false,
+            binary_key: false,
+        }
+    }
+    let value = [b'v'; 100];
+    let keys: Vec<Vec<u8>> = (0..12).map(key).collect();
+    let results: Vec<ImportResult> = keys.iter().map(|k| c.import(&item(k, &value), 2)).collect();
+    assert!(results[..10].iter().all(|r| *r == ImportResult::Stored));
+    assert!(results[10..].iter().all(|r| *r == ImportResult::NoRoom));
+    assert_eq!(c.stats().evictions, 0);
+    assert_eq!(get(&c, &key(0), 2).unwrap(), value, "the first items stay");
+    assert_eq!(c.import(&item(&key(0), b"new"), 2), ImportResult::Stored);
+    assert_eq!(get(&c, &key(0), 2).unwrap(), b"new");
+    let huge = vec![0; 4096];
+    assert_eq!(c.import(&item(b"big", &huge), 2), ImportResult::TooLarge);
+    c.check();
+}
+
+#[test]
+fn clear_drops_every_item() {
+    let c = cache();
+    for i in 0..500 {
+        set(&c, &key(i), b"value", 1);
+    }
+    c.clear();
+    assert_eq!(c.stats().curr_items, 0);
+    assert_eq!(c.stats().bytes, 0);
+    assert!(get(&c, &key(3), 1).is_none());
+    assert_eq!(set(&c, &key(3), b"again", 2), StoreResult::Stored);
+    c.check();
+}

@@ -1,0 +1,501 @@
+//! The restartable cache (`-e FILE`) on real processes: a server stopped gracefully saves its
+//! items and the next one loads them, values, flags and remaining TTLs intact; SIGUSR2 saves
+//! without stopping; a damaged file gives one clear log line and an empty cache, never wrong
+//! data. Each test prints its counts and asserts that nothing came back different.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keepcached_testkit::mask::stat_u64;
+use keepcached_testkit::{keepcached_server, run_with_timeout, ServerProcess};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
+const WAIT: Duration = Duration::from_secs(30);
+/// Requests per pipelined batch.
+const BATCH: usize = 500;
+
+/// The items a test stores: varied sizes and flags; every fourth item lives an hour, every
+/// fourth (offset by one) lives `short_ttl` seconds, the rest forever.
+struct Items {
+    count: usize,
+    short_ttl: u32,
+}
+
+const LONG_TTL: u32 = 3600;
+
+impl Items {
+    fn key(&self, i: usize) -> String {
+        format!("restart:{i}")
+    }
+
+    fn value(&self, i: usize) -> Vec<u8> {
+        let len = (i * 7919) % 4000;
+        (0..len).map(|j| (i + j * 31) as u8).collect()
+    }
+
+    fn flags(&self, i: usize) -> u32 {
+        (i as u32).wrapping_mul(2_654_435_761)
+    }
+
+    fn ttl(&self, i: usize) -> u32 {
+        match i % 4 {
+            1 => LONG_TTL,
+            2 => self.short_ttl,
+            _ => 0,
+        }
+    }
+
+    fn short_lived(&self, i: usize) -> bool {
+        self.short_ttl != 0 && i % 4 == 2
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("keepcached-restart-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn connect(server: &ServerProcess) -> TcpStream {
+    let stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Stores every item, pipelined with noreply, and waits until the server has done them all.
+fn store_all(server: &ServerProcess, items: &Items) {
+    store_some(server, items, |_| true);
+}
+
+/// Stores the items that `wanted` picks, as [`store_all`] does.
+fn store_some(server: &ServerProcess, items: &Items, wanted: impl Fn(usize) -> bool) {
+    let mut stream = connect(server);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let picked: Vec<usize> = (0..items.count).filter(|&i| wanted(i)).collect();
+    for chunk in picked.chunks(BATCH) {
+        let mut request = Vec::new();
+        for &i in chunk {
+            let value = items.value(i);
+            request.extend_from_slice(
+                format!(
+                    "set {} {} {} {} noreply\r\n",
+                    items.key(i),
+                    items.flags(i),
+                    items.ttl(i),
+                    value.len()
+                )
+                .as_bytes(),
+            );
+            request.extend_from_slice(&value);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"mn\r\n");
+        stream.write_all(&request).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "MN\r\n", "a set failed");
+    }
+}
+
+/// What `mg key v f t` found.
+#[derive(Debug, PartialEq, Eq)]
+struct Found {
+    value: Vec<u8>,
+    flags: u32,
+    /// -1 when the item never expires.
+    ttl: i64,
+}
+
+/// `mg key v f t` for each key, pipelined; None for a miss.
+fn fetch_all(server: &ServerProcess, keys: &[String]) -> Vec<Option<Found>> {
+    let mut stream = connect(server);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut found = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(BATCH) {
+        let mut request = String::new();
+        for key in chunk {
+            request.push_str(&format!("mg {key} v f t\r\n"));
+        }
+        request.push_str("mn\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.first().copied() {
+                Some("MN") => break,
+                Some("EN") => found.push(None),
+                Some("VA") => {
+                    let len: usize = words[1].parse().unwrap();
+                    let mut value = vec![0; len + 2];
+                    reader.read_exact(&mut value).unwrap();
+                    value.truncate(len);
+                    let field = |c: char| -> i64 {
+                        words
+                            .iter()
+                            .find_map(|w| w.strip_prefix(c))
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    };
+                    found.push(Some(Found {
+                        value,
+                        flags: field('f') as u32,
+                        ttl: field('t'),
+                    }));
+                }
+                _ => panic!("unexpected reply line {line:?}"),
+            }
+        }
+    }
+    assert_eq!(found.len(), keys.len());
+    found
+}
+
+fn stats(server: &ServerProcess, name: &str) -> u64 {
+    let mut c = server.connect().unwrap();
+    stat_u64(&c.call("stats\r\n").unwrap(), name).unwrap()
+}
+
+fn signal(server: &ServerProcess, signal: Signal) {
+    kill(Pid::from_raw(server.pid() as i32), signal).unwrap();
+}
+
+/// Sends SIGTERM and asserts a clean exit.
+fn stop(mut server: ServerProcess) -> String {
+    signal(&server, Signal::SIGTERM);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?} after SIGTERM; log:\n{log}"
+    );
+    log
+}
+
+/// The number after `what` in the first log line that has it.
+fn count_in(log: &str, what: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?}; log:\n{log}"));
+    let after = &line[line.find(what).unwrap() + what.len()..];
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count after {what:?} in {line}"))
+}
+
+fn start(file: &Path, extra: &[&str]) -> ServerProcess {
+    let mut args = vec!["-e", file.to_str().unwrap()];
+    args.extend(extra);
+    keepcached_server(Path::new(BIN), &args).unwrap()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Checks every item of `items` on `server`: (present, mismatches). An item is a mismatch when
+/// its value or flags differ, or (when `stored` says when storing began and ended) its
+/// remaining TTL is off by more than rounding to whole seconds.
+fn check(server: &ServerProcess, items: &Items, stored: Option<(Instant, Instant)>) -> (u64, u64) {
+    let keys: Vec<String> = (0..items.count).map(|i| items.key(i)).collect();
+    // The least and most seconds that can have passed since any item was stored.
+    let least = stored.map(|(_, done)| done.elapsed().as_secs());
+    let fetched = fetch_all(server, &keys);
+    let most = stored.map(|(began, _)| began.elapsed().as_secs() + 1);
+    let (mut present, mut mismatches) = (0, 0);
+    for (i, found) in fetched.into_iter().enumerate() {
+        let Some(found) = found else { continue };
+        present += 1;
+        let mut ok = found.value == items.value(i) && found.flags == items.flags(i);
+        if let (Some(least), Some(most)) = (least, most) {
+            ok &= match items.ttl(i) {
+                0 => found.ttl == -1,
+                // Whole seconds on both servers' clocks and in the file: two of rounding.
+                ttl => (i64::from(ttl) - most as i64 - 2..=i64::from(ttl) - least as i64 + 1)
+                    .contains(&found.ttl),
+            };
+        }
+        if !ok {
+            mismatches += 1;
+            if mismatches <= 5 {
+                eprintln!(
+                    "mismatch at {}: flags {} ttl {} len {}",
+                    items.key(i),
+                    found.flags,
+                    found.ttl,
+                    found.value.len()
+                );
+            }
+        }
+    }
+    (present, mismatches)
+}
+
+#[test]
+fn sigterm_saves_and_a_restart_loads_values_flags_and_ttls() {
+    let dir = temp_dir("sigterm");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 20_000,
+        short_ttl: 2,
+    };
+    let first = start(&file, &[]);
+    let stored_at = Instant::now();
+    store_some(&first, &items, |i| !items.short_lived(i));
+    let stored = (stored_at, Instant::now());
+    // The short-lived items last, so that they are alive at the save on any but a very slow
+    // machine, and expire while the server is down.
+    let short_stored = unix_now();
+    store_some(&first, &items, |i| items.short_lived(i));
+    let log = stop(first);
+    assert!(log.contains("does not exist yet"), "log:\n{log}");
+    let saved = count_in(&log, "saved ");
+    // Wait, on a deadline, until the short-lived items have expired by the wall clock.
+    while unix_now() <= short_stored + u64::from(items.short_ttl) + 1 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, Some(stored));
+    let short_lived = (0..items.count).filter(|&i| items.short_lived(i)).count() as u64;
+    let expected = items.count as u64 - short_lived;
+    let restored = stats(&second, "curr_items");
+    let log = stop(second);
+    let (loaded, expired) = (count_in(&log, "loaded "), count_in(&log, "left out: "));
+    println!(
+        "items saved {saved}, items restored {restored} (expected {expected}, present {present}, \
+         {expired} expired while down), mismatches {mismatches}"
+    );
+    assert_eq!(mismatches, 0, "values, flags or TTLs differ");
+    assert!(
+        saved >= expected && saved <= items.count as u64,
+        "saved {saved}"
+    );
+    assert_eq!(present, expected, "every item but the expired ones is back");
+    assert_eq!((restored, loaded), (expected, expected));
+    assert_eq!(
+        expired,
+        saved - expected,
+        "the expired items were dropped at load"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sigusr2_saves_while_serving() {
+    let dir = temp_dir("sigusr2");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 5000,
+        short_ttl: 0,
+    };
+    let mut first = start(&file, &[]);
+    store_all(&first, &items);
+    signal(&first, Signal::SIGUSR2);
+    let deadline = Instant::now() + WAIT;
+    while !first.log_text().contains("saved 5000 items") {
+        assert!(
+            Instant::now() < deadline,
+            "no save; log:\n{}",
+            first.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(first.is_running(), "SIGUSR2 must not stop the server");
+    assert_eq!(stats(&first, "curr_items"), 5000, "still serving");
+    let copy = dir.join("copy");
+    fs::copy(&file, &copy).unwrap();
+    let second = start(&copy, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    println!("items saved 5000, items restored {present}, mismatches {mismatches}");
+    assert_eq!((present, mismatches), (5000, 0));
+    drop(first);
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_shutdown_command_saves() {
+    let dir = temp_dir("shutdown");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 1000,
+        short_ttl: 0,
+    };
+    let mut first = start(&file, &["-A"]);
+    store_all(&first, &items);
+    let mut c = first.connect().unwrap();
+    c.send(b"shutdown\r\n").unwrap();
+    let status = first.wait_exit(WAIT).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    println!("items saved 1000, items restored {present}, mismatches {mismatches}");
+    assert_eq!((present, mismatches), (1000, 0));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A good file of `items`, written by a server stopped with SIGTERM.
+fn saved_file(dir: &Path, items: &Items) -> Vec<u8> {
+    let file = dir.join("good");
+    let server = start(&file, &[]);
+    store_all(&server, items);
+    stop(server);
+    fs::read(&file).unwrap()
+}
+
+#[test]
+fn damaged_files_give_one_line_and_an_empty_cache() {
+    let dir = temp_dir("damaged");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let good = saved_file(&dir, &items);
+    let mid = good.len() / 2;
+    let mut cases: Vec<(String, Vec<u8>, &str)> = Vec::new();
+    for cut in [good.len() - 1, good.len() - 21, mid, 100, 44, 20] {
+        cases.push((format!("cut-{cut}"), good[..cut].to_vec(), "truncated"));
+    }
+    let mut flipped = good.clone();
+    flipped[mid] ^= 0x10;
+    cases.push(("flipped".into(), flipped, "checksum does not match"));
+    let mut magic = good.clone();
+    magic[..4].copy_from_slice(b"XXXX");
+    cases.push(("magic".into(), magic, "not a keepcached cache file"));
+    let mut version = good.clone();
+    version[8] = 99;
+    cases.push(("version".into(), version, "format version 99"));
+    cases.push(("empty".into(), Vec::new(), "the file is empty"));
+    let keys: Vec<String> = (0..items.count).map(|i| items.key(i)).collect();
+    for (name, bytes, problem) in cases {
+        let file = dir.join(&name);
+        fs::write(&file, &bytes).unwrap();
+        let server = start(&file, &[]);
+        let restored = stats(&server, "curr_items");
+        let wrong = fetch_all(&server, &keys)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, f)| {
+                f.as_ref()
+                    .is_some_and(|f| f.value != items.value(*i) || f.flags != items.flags(*i))
+            })
+            .count();
+        let log = stop(server);
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("cannot load")).collect();
+        println!(
+            "{name}: items saved {}, items restored {restored}, mismatches {wrong}; {}",
+            items.count,
+            lines.first().unwrap_or(&"no line")
+        );
+        assert_eq!(
+            wrong, 0,
+            "{name}: a key returned a value that was not saved"
+        );
+        assert_eq!(restored, 0, "{name}: the cache must start empty");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{name}: one line about the file; log:\n{log}"
+        );
+        assert!(
+            lines[0].contains(file.to_str().unwrap()) && lines[0].contains(problem),
+            "{name}: the line names the file and says {problem:?}: {}",
+            lines[0]
+        );
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_daemon_reports_a_damaged_file_before_it_detaches() {
+    let dir = temp_dir("daemon");
+    let file = dir.join("cache");
+    fs::write(&file, b"not a cache file at all").unwrap();
+    let pidfile = dir.join("pid");
+    let port = keepcached_testkit::free_port().unwrap().to_string();
+    let out = run_with_timeout(
+        Command::new(BIN).args([
+            "server",
+            "-d",
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "0",
+            "-e",
+            file.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let pid = loop {
+        if let Some(pid) = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            break Pid::from_raw(pid);
+        }
+        assert!(Instant::now() < deadline, "no pid file; {out:?}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    kill(pid, Signal::SIGTERM).unwrap();
+    // Gone, or a zombie that nobody has reaped yet (its parent exited at once).
+    let running = || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|s| !s.trim_start().starts_with('Z'))
+        })
+    };
+    while running() {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        thread::sleep(Duration::from_millis(20));
+    }
+    println!("daemon's stderr: {}", out.stderr.trim());
+    assert!(out.status.is_some_and(|s| s.success()), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot load") && out.stderr.contains("not a keepcached cache file"),
+        "{out:?}"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_missing_directory_is_a_usage_error() {
+    let out = run_with_timeout(
+        Command::new(BIN).args([
+            "server",
+            "-u",
+            "root",
+            "-e",
+            "/nonexistent-keepcached-dir/cache",
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(64), "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
+}
