@@ -36,6 +36,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// in pieces; a bound keeps each reply a reasonable size).
 const MERGED_LINE_MAX: usize = 8 * 1024;
 
+/// Opens a connection to a server. It is closed abortively (SO_LINGER 0: a reset, and whatever
+/// is still queued in this host's kernel is dropped): a connection is only ever closed because
+/// it failed or the proxy stops, and a request the proxy gave up on (and recorded as missed)
+/// must not reach the server later, after the key was repaired. With an orderly close the kernel
+/// would go on resending it, and a server behind a cut link would apply it once the link is
+/// back.
 pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStream, BackendError> {
     let error = |reason: String| BackendError::Connect {
         addr: addr.clone(),
@@ -45,6 +51,9 @@ pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStr
         Ok(Ok(stream)) => {
             // Requests are small and latency-bound; Nagle would hold them back.
             stream.set_nodelay(true).map_err(|e| error(e.to_string()))?;
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .map_err(|e| error(e.to_string()))?;
             Ok(stream)
         }
         Ok(Err(e)) => Err(error(e.to_string())),

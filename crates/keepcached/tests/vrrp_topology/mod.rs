@@ -179,6 +179,32 @@ impl Topology {
         ]);
     }
 
+    /// Moves the calling thread into `host`'s network namespace: sockets it
+    /// (and every thread it starts from now on) creates are that host's. The
+    /// guard moves it back, so drop it before the topology.
+    pub fn enter(&self, host: &str) -> NetnsGuard {
+        use nix::sched::{setns, CloneFlags};
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        let there = std::fs::File::open(format!("/var/run/netns/{}", self.ns(host)))
+            .expect("host namespace");
+        setns(&there, CloneFlags::CLONE_NEWNET).expect("setns");
+        NetnsGuard { home }
+    }
+
+    /// Removes the VIP from `host`, as its death would: a SIGKILLed VRRP
+    /// daemon leaves the address behind (see `two_daemons_fail_over_every_way`).
+    pub fn drop_vip(&self, host: &str) {
+        ip(&[
+            "-n",
+            &self.ns(host),
+            "addr",
+            "del",
+            &format!("{VIP}/32"),
+            "dev",
+            "eth0",
+        ]);
+    }
+
     pub fn has_vip(&self, host: &str) -> bool {
         let out = Command::new("ip")
             .args(["-n", &self.ns(host), "-4", "addr", "show", "dev", "eth0"])
@@ -232,6 +258,18 @@ impl Topology {
             }
         }
         out
+    }
+}
+
+/// Returns the thread that entered a host's namespace to where it was.
+#[derive(Debug)]
+pub struct NetnsGuard {
+    home: std::fs::File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.home, nix::sched::CloneFlags::CLONE_NEWNET);
     }
 }
 
