@@ -810,3 +810,46 @@ async fn ctl_shows_states_and_gives_orders() {
     assert!(stderr.contains("no backend nowhere:1"), "{stderr}");
     proxy.stop().await;
 }
+
+/// incr, append and add while a server is warming run on the replica that holds the item (the
+/// warming one may not have it yet): their outcome is what the client gets, and both replicas
+/// end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_during_a_warm_up_run_where_the_item_is() {
+    let _serial = SERIAL.lock().await;
+    let main = Server::start(Kind::Memcached);
+    let backup = Server::start(Kind::Memcached);
+    let mut config = config(&main, &backup);
+    // Slow enough that the commands below run while it warms.
+    config.resync.warmup_items_per_sec = 200;
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.client().await;
+    let mut batch = String::new();
+    for i in 0..1_000 {
+        batch.push_str(&format!("set filler:{i} 0 0 1\r\nx\r\n"));
+    }
+    client.stream.write_all(batch.as_bytes()).await.unwrap();
+    for _ in 0..1_000 {
+        assert_eq!(client.read(false).await, "STORED\r\n");
+    }
+    assert_eq!(client.set("counter", "10").await, "STORED\r\n");
+    assert_eq!(client.set("text", "ab").await, "STORED\r\n");
+    let warm = format!("backend warm {}\r\n", main.addr());
+    assert_eq!(client.call(&warm).await, "OK\r\n");
+    proxy.await_state(&main, "warming").await;
+    let mut wrong = 0;
+    wrong += u32::from(client.call("incr counter 5\r\n").await != "15\r\n");
+    wrong += u32::from(client.call("append text 0 0 2\r\ncd\r\n").await != "STORED\r\n");
+    wrong += u32::from(client.call("add text 0 0 1\r\nz\r\n").await != "NOT_STORED\r\n");
+    let still_warming = client.call("stats backends\r\n").await;
+    assert!(still_warming.contains("state=warming"), "{still_warming}");
+    proxy.await_state(&main, "up").await;
+    for server in [&main, &backup] {
+        let mut direct = Client::connect(&server.addr()).await;
+        wrong += u32::from(direct.get("counter").await.as_deref() != Some("15"));
+        wrong += u32::from(direct.get("text").await.as_deref() != Some("abcd"));
+    }
+    println!("wrong outcomes or copies: {wrong}");
+    assert_eq!(wrong, 0);
+    proxy.stop().await;
+}

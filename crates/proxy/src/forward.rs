@@ -223,6 +223,15 @@ pub fn cache_memlimit(megabytes: u32) -> Call {
 /// `mg <key> v f t`: the whole item (value, client flags, remaining TTL), to copy it exactly to
 /// the other replicas after a command that changed it in place (incr, append, ...).
 pub fn meta_get_item(key: &[u8]) -> Call {
+    meta_get(key, b" v f t")
+}
+
+/// `mg <key>`: whether the server holds the key (`HD` or `EN`), without its value.
+pub fn meta_exists(key: &[u8]) -> Call {
+    meta_get(key, b"")
+}
+
+fn meta_get(key: &[u8], flags: &[u8]) -> Call {
     Call::line(
         head(key.len() * 2 + 12, |out| {
             if is_text_key(key) {
@@ -232,7 +241,7 @@ pub fn meta_get_item(key: &[u8]) -> Call {
                 meta_head(out, b"mg", key);
                 out.put_slice(b" b");
             }
-            out.put_slice(b" v f t");
+            out.put_slice(flags);
         }),
         Expect::Line,
     )
@@ -255,6 +264,7 @@ mod tests {
         assert_eq!(&arith(false, b"n", 5).head[..], b"decr n 5\r\n");
         assert_eq!(&flush_all(None).head[..], b"flush_all\r\n");
         assert_eq!(&meta_get_item(b"k").head[..], b"mg k v f t\r\n");
+        assert_eq!(&meta_exists(b"k").head[..], b"mg k\r\n");
     }
 
     #[test]

@@ -158,6 +158,9 @@ impl Standing {
 /// Warm-up progress, for `stats backends` and the log.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
+    /// Which listing of the sources (a second one copies what the first could not list).
+    pub pass: u32,
+    /// Items listed by the first pass.
     pub done: u64,
     pub copied: u64,
     pub bytes: u64,

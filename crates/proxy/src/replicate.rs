@@ -34,6 +34,7 @@ use crate::backend::{write_failed, Backend, BackendError, Call, Reply};
 use crate::config::WriteAck;
 use crate::error::ProxyError;
 use crate::forward;
+use crate::health::ReadRank;
 use crate::ledger;
 use crate::route::Replicas;
 use crate::stats::Stats;
@@ -298,10 +299,11 @@ pub async fn execute_then_copy(
             });
             continue;
         }
-        // A replica that cannot be read for this key (it missed an earlier write) may hold a
-        // stale item: the command's outcome there would be wrong. It runs on the next one, and
-        // this one gets the copy.
-        if backend.health.read_rank(&key).is_none() {
+        // A replica that may not hold the key's latest item (it missed an earlier write, or it
+        // is being warmed and may not have the key yet) would give the command a wrong
+        // outcome: an incr or append there would miss, and the copy would delete the key
+        // everywhere. It runs on the next replica, and this one gets the copy.
+        if backend.health.read_rank(&key) != Some(ReadRank::Current) {
             others.push(backend.clone());
             continue;
         }

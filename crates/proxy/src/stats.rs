@@ -154,8 +154,9 @@ impl Stats {
                 };
                 if let Some(p) = health.progress.lock().as_ref() {
                     line.push_str(&format!(
-                        " warm_done={} warm_total={} warm_pct={} warm_eta_s={} warm_copied={} \
-                         warm_bytes={}",
+                        " warm_pass={} warm_done={} warm_total={} warm_pct={} warm_eta_s={} \
+                         warm_copied={} warm_bytes={}",
+                        p.pass,
                         p.done,
                         p.total,
                         p.percent(),

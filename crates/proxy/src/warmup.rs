@@ -15,7 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
-use crate::backend::{write_failed, Backend, BackendError};
+use crate::backend::{write_failed, Backend, BackendError, Reply};
 use crate::conn::connect;
 use crate::forward;
 use crate::health::{Progress, State};
@@ -23,6 +23,7 @@ use crate::ledger;
 use crate::replicate;
 use crate::stats::Stats;
 use crate::Context;
+use keepcached_protocol::response::{MetaCode, Status};
 
 /// A metadump line longer than this is not one (keys are at most 250 bytes, encoded 750).
 const MAX_LINE: usize = 4096;
@@ -62,28 +63,32 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
     for &source in &sources {
         let src = &ctx.router.backends[source];
         for pass in 1..=PASSES {
-            let before = crate::resync::stats_once(src)
+            if let Some(progress) = target.health.progress.lock().as_mut() {
+                progress.pass = pass;
+            }
+            let held = crate::resync::stats_once(src)
                 .await
                 .map_or(0, |identity| identity.curr_items);
-            let listed = match copy_from(ctx, id, source, &mut pace).await {
+            let listed = match copy_from(ctx, id, source, pass, &mut pace).await {
                 Ok(listed) => listed,
                 Err(stopped) => {
                     tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
                     return Err(stopped);
                 }
             };
-            if listed >= before {
+            if listed >= held {
                 break;
             }
             // memcached's crawler passes over an item it finds locked (being read or written
-            // at that instant); those are copied by another pass (`add` leaves the rest alone).
+            // at that instant): another listing copies those, and only those (the keys the
+            // target already holds are not read from the source again).
             tracing::info!(
                 backend = %target.addr,
                 source = %src.addr,
                 pass,
                 listed,
-                items = before,
-                "the source listed fewer items than it holds"
+                items = held,
+                "the source listed fewer items than it holds; listing again for what is missing"
             );
         }
     }
@@ -138,11 +143,13 @@ fn rate_time(amount: u64, per_sec: u64) -> Duration {
     Duration::from_secs_f64(amount as f64 / per_sec as f64)
 }
 
-/// Copies the keys of server `id` that `source` holds; how many items the source listed.
+/// Copies the keys of server `id` that `source` holds (after the first pass, only those the
+/// target lacks); how many items the source listed.
 async fn copy_from(
     ctx: &Context,
     id: usize,
     source: usize,
+    pass: u32,
     pace: &mut Pace,
 ) -> Result<u64, Stopped> {
     let target = &ctx.router.backends[id];
@@ -195,10 +202,12 @@ async fn copy_from(
                 while copies.len() >= concurrency {
                     account(ctx, target, copies.next().await, pace)?;
                 }
-                copies.push(copy_one(ctx, src, target, key));
+                copies.push(copy_one(ctx, src, target, key, pass > 1));
             }
-            if let Some(progress) = target.health.progress.lock().as_mut() {
-                progress.done += 1;
+            if pass == 1 {
+                if let Some(progress) = target.health.progress.lock().as_mut() {
+                    progress.done += 1;
+                }
             }
         }
         if !target.state().takes_writes() {
@@ -219,17 +228,17 @@ async fn copy_from(
 fn account(
     ctx: &Context,
     target: &Backend,
-    done: Option<Result<u64, BackendError>>,
+    done: Option<Result<Copied, BackendError>>,
     pace: &mut Pace,
 ) -> Result<(), Stopped> {
     match done {
-        Some(Ok(bytes)) => {
-            pace.bytes += bytes;
-            if bytes > 0 {
+        Some(Ok(copied)) => {
+            pace.bytes += copied.read;
+            if copied.stored {
                 Stats::add(&ctx.stats.counters().warmup_copies, 1);
                 if let Some(progress) = target.health.progress.lock().as_mut() {
                     progress.copied += 1;
-                    progress.bytes += bytes;
+                    progress.bytes += copied.read;
                 }
             }
             Ok(())
@@ -239,20 +248,42 @@ fn account(
     }
 }
 
-/// Copies `key` from `src` to `target` unless a client wrote it there meanwhile; the bytes
-/// copied (0 when there was nothing to copy).
+/// What one key's copy did.
+#[derive(Debug, Default)]
+struct Copied {
+    /// Value bytes read from the source.
+    read: u64,
+    /// The target stored it (it did not hold the key: a client did not write it meanwhile).
+    stored: bool,
+}
+
+/// Copies `key` from `src` to `target` unless a client wrote it there meanwhile
+/// (`only_missing`: unless the target holds it at all, checked before the source is read).
 async fn copy_one(
     ctx: &Context,
     src: &Backend,
     target: &Backend,
     key: Bytes,
-) -> Result<u64, BackendError> {
+    only_missing: bool,
+) -> Result<Copied, BackendError> {
     let replicas = ctx.router.replicas(&key);
     let _guard = ctx.locks.lock(&key, &replicas).await;
+    if only_missing {
+        let held = target.call(forward::meta_exists(&key)).await?;
+        if !matches!(
+            held,
+            Reply::Meta {
+                code: MetaCode::Miss,
+                ..
+            }
+        ) {
+            return Ok(Copied::default());
+        }
+    }
     let Some(item) = replicate::read_item(src, &key).await else {
-        return Ok(0);
+        return Ok(Copied::default());
     };
-    let bytes = item.data.len() as u64;
+    let read = item.data.len() as u64;
     let reply = target
         .call(forward::add(&key, item.flags, item.exptime, item.data))
         .await?;
@@ -262,7 +293,15 @@ async fn copy_one(
             detail: format!("refused a copy: {reply:?}"),
         });
     }
-    Ok(bytes)
+    let stored = matches!(
+        reply,
+        Reply::Status(Status::Stored)
+            | Reply::Meta {
+                code: MetaCode::Header,
+                ..
+            }
+    );
+    Ok(Copied { read, stored })
 }
 
 async fn read_line<R: AsyncBufReadExt + Unpin>(
