@@ -115,15 +115,24 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
             };
             health.reset_failures();
             judge(&ctx, &backend, &mut known, identity).await;
-            if !health.change(
-                &[State::Connecting, State::Down, State::Drained],
-                State::Suspect,
-                "it answers again",
-            ) {
+            // Straight to up when there is nothing to repair; under the standing lock, so a
+            // miss recorded meanwhile is either seen here or makes it suspect after.
+            let (clean, changed) = {
+                let standing = health.standing.lock();
+                let clean = standing.clean()
+                    && order.is_none()
+                    && !health.ledger_marked.load(Ordering::Acquire);
+                let to = if clean { State::Up } else { State::Suspect };
+                let from = [State::Connecting, State::Down, State::Drained];
+                (clean, health.change(&from, to, "it answers"))
+            };
+            if !changed {
                 continue;
             }
             health.back_up.notify_waiters();
-            restore(&ctx, id, order).await;
+            if !clean {
+                restore(&ctx, id, order).await;
+            }
             continue;
         }
         if state != State::Up || order.is_some() {
