@@ -133,8 +133,12 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
         return marks;
     }
     let key = key(server);
-    for keeper in keepers(ctx, server) {
-        if let Some((tokens, _)) = read(keeper, &key).await {
+    // All keepers at once: a stalled one costs one request timeout, not one each.
+    let mut reads: FuturesUnordered<_> = keepers(ctx, server)
+        .map(|keeper| read(keeper, &key))
+        .collect();
+    while let Some(read) = reads.next().await {
+        if let Some((tokens, _)) = read {
             for token in tokens.split(|b| *b == b' ').filter(|t| !t.is_empty()) {
                 if token == ctx.proxy_id.as_bytes() {
                     marks.ours = true;

@@ -176,8 +176,15 @@ pub async fn vouch(ctx: &Context) {
     if fresh(&ctx.vouched.lock()) {
         return;
     }
-    for backend in &ctx.router.backends {
-        if backend.is_up() && ledger::look(ctx, backend).await.foreign {
+    let mut looks: FuturesUnordered<_> = ctx
+        .router
+        .backends
+        .iter()
+        .filter(|b| b.is_up())
+        .map(|b| async move { (b, ledger::look(ctx, b).await) })
+        .collect();
+    while let Some((backend, marks)) = looks.next().await {
+        if marks.foreign {
             backend
                 .health
                 .remember_missed_all("another proxy recorded in the ledger that it missed writes");
