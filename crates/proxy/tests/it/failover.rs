@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{config, memcached, memcached_on, Client, ProxyHandle};
+use crate::common::{config, free_port, memcached, memcached_on, Client, ProxyHandle};
 
 /// The configured request timeout of [`config`], and the most one request may take when a
 /// server black-holes it: one timeout, then the replica's answer.
@@ -263,5 +263,44 @@ async fn pipelined_gets_fail_one_by_one() {
     let tail = format!("{}{}END\r\nMN\r\n", value(&on_a[0]), value(&on_a[1]));
     assert!(got.ends_with(&tail), "{got:?}");
     assert_eq!(got.matches(error).count(), 2, "{got:?}");
+    proxy.stop().await;
+}
+
+/// A server that never accepted a connection (refused, or a name that does not resolve) is
+/// not `up`: it shows as connecting, then down, and no read or write waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answered_is_not_up() {
+    let backup = memcached();
+    let refused = format!("127.0.0.1:{}", free_port());
+    let mut config = config(&[&[&backup]]);
+    config.pools[0].servers = vec![refused.clone()];
+    config.pools.push(keepcached_proxy::PoolConfig {
+        name: "backup".into(),
+        servers: vec![backup.addr()],
+    });
+    config.pools.push(keepcached_proxy::PoolConfig {
+        name: "nowhere".into(),
+        servers: vec!["host.invalid:11211".into()],
+    });
+    let proxy = ProxyHandle::start(config).await;
+    let mut client = proxy.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let backends = client.call("stats backends\r\n").await;
+        assert!(
+            !backends.contains(&format!("/{refused} state=up"))
+                && !backends.contains("/host.invalid:11211 state=up"),
+            "{backends}"
+        );
+        if backends.contains(&format!("/{refused} state=down"))
+            && backends.contains("/host.invalid:11211 state=down")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never down: {backends}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.set("k", "v").await, "STORED\r\n");
+    assert_eq!(client.get("k").await.as_deref(), Some("v"));
     proxy.stop().await;
 }
