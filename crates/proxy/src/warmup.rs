@@ -36,6 +36,22 @@ const BUSY_RETRIES: u32 = 50;
 #[derive(Debug)]
 pub struct Stopped(String);
 
+/// Why one source's listing ended early.
+#[derive(Debug)]
+enum Interrupted {
+    /// A failure (the target's, or the connection's): the warm-up is tried again later.
+    Failed(Stopped),
+    /// The source cannot list its items (an old memcached, a crawler turned off): it is left
+    /// out, and what only it could give stays cold (never stale).
+    CannotList(String),
+}
+
+impl From<Stopped> for Interrupted {
+    fn from(stopped: Stopped) -> Interrupted {
+        Interrupted::Failed(stopped)
+    }
+}
+
 /// Fills server `id` from every healthy server that shares keys with it.
 pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
     let target = &ctx.router.backends[id];
@@ -71,9 +87,18 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
                 .map_or(0, |identity| identity.curr_items);
             let listed = match copy_from(ctx, id, source, pass, &mut pace).await {
                 Ok(listed) => listed,
-                Err(stopped) => {
+                Err(Interrupted::Failed(stopped)) => {
                     tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
                     return Err(stopped);
+                }
+                Err(Interrupted::CannotList(answer)) => {
+                    tracing::warn!(
+                        backend = %target.addr,
+                        source = %src.addr,
+                        answer,
+                        "the source cannot list its items (lru_crawler metadump); not warming from it"
+                    );
+                    break;
                 }
             };
             if listed >= held {
@@ -151,11 +176,11 @@ async fn copy_from(
     source: usize,
     pass: u32,
     pace: &mut Pace,
-) -> Result<u64, Stopped> {
+) -> Result<u64, Interrupted> {
     let target = &ctx.router.backends[id];
     let src = &ctx.router.backends[source];
     let settings = &src.health.settings;
-    let stop = |why: String| Stopped(format!("{}: {why}", src.addr));
+    let stop = |why: String| Interrupted::from(Stopped(format!("{}: {why}", src.addr)));
     let mut busy = 0;
     let mut reader = loop {
         let mut stream = connect(&src.addr, settings)
@@ -174,6 +199,13 @@ async fn copy_from(
             busy += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
+        }
+        if [&b"ERROR"[..], b"CLIENT_ERROR", b"SERVER_ERROR", b"BUSY"]
+            .iter()
+            .any(|e| first.starts_with(e))
+        {
+            let answer = String::from_utf8_lossy(first.trim_ascii_end()).into_owned();
+            return Err(Interrupted::CannotList(answer));
         }
         break (reader, first);
     };
@@ -211,7 +243,7 @@ async fn copy_from(
             }
         }
         if !target.state().takes_writes() {
-            return Err(Stopped(format!("{} failed", target.addr)));
+            return Err(Stopped(format!("{} failed", target.addr)).into());
         }
         line.clear();
         read_line(reader, &mut line, settings.request_timeout() * 10)

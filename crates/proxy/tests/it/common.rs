@@ -94,8 +94,13 @@ fn wait_listening(process: &mut Process) {
 
 /// Debian's memcached: `memcached -u root -l 127.0.0.1 -p PORT -U 0` on a free port.
 pub fn memcached() -> Process {
+    memcached_with(&[])
+}
+
+/// [`memcached`] with more flags.
+pub fn memcached_with(extra: &[&str]) -> Process {
     for _ in 0..8 {
-        if let Some(process) = try_memcached(free_port()) {
+        if let Some(process) = try_memcached(free_port(), extra) {
             return process;
         }
     }
@@ -106,7 +111,7 @@ pub fn memcached() -> Process {
 pub fn memcached_on(port: u16) -> Process {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(process) = try_memcached(port) {
+        if let Some(process) = try_memcached(port, &[]) {
             return process;
         }
         assert!(Instant::now() < deadline, "port {port} never freed");
@@ -114,7 +119,7 @@ pub fn memcached_on(port: u16) -> Process {
     }
 }
 
-fn try_memcached(port: u16) -> Option<Process> {
+fn try_memcached(port: u16, extra: &[&str]) -> Option<Process> {
     let child = Command::new("memcached")
         .args([
             "-u",
@@ -126,6 +131,7 @@ fn try_memcached(port: u16) -> Option<Process> {
             "-U",
             "0",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

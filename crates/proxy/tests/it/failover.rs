@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{config, free_port, memcached, memcached_on, Client, ProxyHandle};
+use crate::common::{
+    config, free_port, memcached, memcached_on, memcached_with, Client, ProxyHandle,
+};
 
 /// The configured request timeout of [`config`], and the most one request may take when a
 /// server black-holes it: one timeout, then the replica's answer.
@@ -302,5 +304,41 @@ async fn a_server_that_never_answered_is_not_up() {
     }
     assert_eq!(client.set("k", "v").await, "STORED\r\n");
     assert_eq!(client.get("k").await.as_deref(), Some("v"));
+    proxy.stop().await;
+}
+
+/// A returning server is warmed from a replica that cannot list its items (memcached with its
+/// crawler turned off answers `CLIENT_ERROR lru crawler disabled`): the warm-up leaves that
+/// source out and the server comes back, cold but never stale, instead of staying out forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_list_its_items_does_not_hold_a_server_out() {
+    let main = memcached_with(&["-o", "no_lru_crawler"]);
+    let mut backup = memcached();
+    let port = backup.port;
+    let mut config = config(&[&[&main], &[&backup]]);
+    config.backend.health_interval_ms = 100;
+    let proxy = ProxyHandle::start(config).await;
+    let mut client = proxy.client().await;
+    for i in 0..50 {
+        assert_eq!(client.set(&format!("k{i}"), "v").await, "STORED\r\n");
+    }
+    backup.kill();
+    let _restarted = memcached_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let backends = client.call("stats backends\r\n").await;
+        let line = backends
+            .lines()
+            .find(|l| l.contains(&format!("/127.0.0.1:{port} ")))
+            .unwrap_or("");
+        if line.contains("state=up ") && line.contains("restarts=1 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back up: {backends}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..50 {
+        assert_eq!(client.get(&format!("k{i}")).await.as_deref(), Some("v"));
+    }
     proxy.stop().await;
 }
