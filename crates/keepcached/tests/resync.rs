@@ -4,7 +4,8 @@
 //! scenario prints its counts (stale reads, lost acknowledged writes, misses) and asserts they
 //! are zero.
 
-use std::collections::HashMap;
+mod tier;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,8 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keepcached_proxy::{BackendConfig, PoolConfig, ProxyConfig, ReplicationConfig, ResyncConfig};
-use std::sync::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tier::client::Client;
+use tier::load::{version, Load};
+use tier::WAIT;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -22,8 +25,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 /// The scenarios run one at a time: each loads both cores, and a timeout caused by another
 /// test's load would be a failure of the server it is not about.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-/// Generous: a debug build on two busy cores.
-const WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -205,7 +206,7 @@ impl Proxy {
     }
 
     async fn client(&self) -> Client {
-        Client::connect(&self.addr).await
+        Client::connect(&self.addr).await.unwrap()
     }
 
     /// Waits until `stats backends` shows `server` in `state`.
@@ -220,7 +221,7 @@ impl Proxy {
         let name = format!("/{} ", server.addr());
         let deadline = Instant::now() + WAIT;
         loop {
-            let backends = client.call("stats backends\r\n").await;
+            let backends = client.call("stats backends\r\n").await.unwrap();
             let line = backends.lines().find(|l| l.contains(&name)).unwrap_or("");
             if fields.iter().all(|f| line.contains(f)) {
                 return;
@@ -238,238 +239,51 @@ impl Proxy {
     }
 }
 
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    async fn connect(addr: &str) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Sends `request` and reads its reply: to `END` for gets and stats, else one line (with a
-    /// data block after `VALUE`).
-    async fn call(&mut self, request: &str) -> String {
-        self.stream.write_all(request.as_bytes()).await.unwrap();
-        let multi = request.starts_with("get") || request.starts_with("stats");
-        self.read(multi).await
-    }
-
-    /// Reads the next reply of a pipeline (`multi`: one that ends at `END`).
-    async fn read(&mut self, multi: bool) -> String {
-        loop {
-            if let Some(end) = complete(&self.buf, multi) {
-                let reply = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end);
-                return reply;
-            }
-            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("reply in time")
-                .expect("read");
-            assert!(n > 0, "connection closed");
-        }
-    }
-
-    async fn set(&mut self, key: &str, value: &str) -> String {
-        self.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
-            .await
-    }
-
-    async fn get(&mut self, key: &str) -> Option<String> {
-        let reply = self.call(&format!("get {key}\r\n")).await;
-        reply
-            .strip_prefix("VALUE ")
-            .and_then(|rest| rest.split("\r\n").nth(1))
-            .map(str::to_string)
-    }
-}
-
-/// Where the first whole reply in `buf` ends.
-fn complete(buf: &[u8], multi: bool) -> Option<usize> {
-    let text = std::str::from_utf8(buf).ok()?;
-    if multi {
-        for end in ["END\r\n", "ERROR\r\n"] {
-            if let Some(at) = text.find(end) {
-                if at == 0 || text[..at].ends_with("\r\n") {
-                    return Some(at + end.len());
-                }
-            }
-        }
-        return None;
-    }
-    text.find("\r\n").map(|at| at + 2)
-}
-
-/// What clients were told: per key, the version of the last acknowledged write, whether it
-/// was a delete, and whether a later write is unsettled (sent and not yet acknowledged, or
-/// failed: either may have been applied).
-#[derive(Default)]
-struct Acked {
-    keys: Mutex<HashMap<String, (u64, bool, bool)>>,
-}
-
-/// A value's version: values are written as `v<version>-<padding>`.
-fn version(value: &str) -> u64 {
-    value[1..value.find('-').unwrap()].parse().unwrap()
-}
-
-#[derive(Default, Debug)]
-struct Counts {
-    reads: AtomicU64,
-    stale: AtomicU64,
-    lost: AtomicU64,
-    writes: AtomicU64,
-}
-
-/// Writers (each owning its keys) set and delete through the proxy, recording every
-/// acknowledged write; checkers read all keys continuously and count stale reads (a version
-/// older than the last write acknowledged before the read began, or a value after an
-/// acknowledged delete of it) and lost writes (a miss after an acknowledged set).
-fn load(
-    proxy: &str,
-    writers: usize,
-    keys_each: usize,
-    acked: &Arc<Acked>,
-    counts: &Arc<Counts>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (addr, acked, counts, stop) = (
-            proxy.to_string(),
-            acked.clone(),
-            counts.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(&addr).await;
-            let mut version = 0u64;
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("k{w}:{}", i % keys_each);
-                i += 1;
-                version += 1;
-                let delete = i % 7 == 0;
-                if let Some(entry) = acked.keys.lock().unwrap().get_mut(&key) {
-                    entry.2 = true;
-                }
-                let reply = if delete {
-                    client.call(&format!("delete {key}\r\n")).await
-                } else {
-                    client.set(&key, &format!("v{version}-xxxxxxxx")).await
-                };
-                if reply == "STORED\r\n" || reply == "DELETED\r\n" || reply == "NOT_FOUND\r\n" {
-                    acked
-                        .keys
-                        .lock()
-                        .unwrap()
-                        .insert(key, (version, delete, false));
-                    counts.writes.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for c in 0..2 {
-        let (addr, acked, counts, stop) = (
-            proxy.to_string(),
-            acked.clone(),
-            counts.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(&addr).await;
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("k{}:{}", i % writers, (i / writers) % keys_each);
-                i += 1;
-                let before = acked.keys.lock().unwrap().get(&key).copied();
-                let value = client.get(&key).await;
-                let settled = before.is_some_and(|b| !b.2)
-                    && acked.keys.lock().unwrap().get(&key).copied() == before;
-                counts.reads.fetch_add(1, Ordering::Relaxed);
-                let Some((acked_version, deleted, _)) = before else {
-                    continue;
-                };
-                match value {
-                    Some(v) => {
-                        let read = version(&v);
-                        if read < acked_version || (deleted && read <= acked_version) {
-                            counts.stale.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    None if !deleted && settled => {
-                        counts.lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => {}
-                }
-            }
-        }));
-    }
-    tasks
+/// A main and a backup server of `kind` and the proxy in front of them, its config first
+/// adjusted by `tune`.
+async fn start_tier(kind: Kind, tune: impl FnOnce(&mut ProxyConfig)) -> (Server, Server, Proxy) {
+    let main = Server::start(kind);
+    let backup = Server::start(kind);
+    let mut config = config(&main, &backup);
+    tune(&mut config);
+    let proxy = Proxy::start(config).await;
+    (main, backup, proxy)
 }
 
 async fn stopped_main_is_never_read_stale(kind: Kind) {
-    let main = Server::start(kind);
-    let backup = Server::start(kind);
-    let proxy = Proxy::start(config(&main, &backup)).await;
-    let (acked, counts, stop) = (
-        Arc::new(Acked::default()),
-        Arc::new(Counts::default()),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let tasks = load(&proxy.addr, 48, 8, &acked, &counts, &stop);
-    await_count(&counts.writes, 2_000).await;
+    let (main, _backup, proxy) = start_tier(kind, |_| {}).await;
+    let load = Load::start(&proxy.addr).await;
+    load.await_writes(2_000, WAIT * 2, String::new).await;
     main.signal("STOP");
     proxy.await_state(&main, "down").await;
-    let during = counts.writes.load(Ordering::Relaxed);
-    await_count(&counts.writes, during + 2_000).await;
+    load.await_writes(2_000, WAIT * 2, String::new).await;
     main.signal("CONT");
     proxy.await_state(&main, "up").await;
-    let after = counts.writes.load(Ordering::Relaxed);
-    await_count(&counts.writes, after + 2_000).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    load.await_writes(2_000, WAIT * 2, String::new).await;
+    let (acked, counts) = load.stop().await;
     // The main server is read again: every key through the proxy is what was acknowledged.
     let mut client = proxy.client().await;
     let mut final_stale = 0;
-    let all = acked.keys.lock().unwrap().clone();
-    for (key, (acked_version, deleted, unsettled)) in all {
-        let value = client.get(&key).await;
-        let ok = unsettled
+    for (key, ack) in acked {
+        let value = client.get(&key).await.unwrap();
+        let ok = ack.unsettled
             || match value {
-                Some(v) => !deleted && version(&v) >= acked_version,
-                None => deleted,
+                Some(v) => !ack.deleted && version(&v) >= ack.version,
+                None => ack.deleted,
             };
         final_stale += u64::from(!ok);
     }
-    println!(
-        "{kind:?}: writes={} reads={} stale_reads={} lost_writes={} final_mismatches={final_stale}",
-        counts.writes.load(Ordering::Relaxed),
-        counts.reads.load(Ordering::Relaxed),
-        counts.stale.load(Ordering::Relaxed),
-        counts.lost.load(Ordering::Relaxed),
-    );
+    println!("{kind:?}: {counts} final_mismatches={final_stale}");
     assert_eq!(counts.stale.load(Ordering::Relaxed), 0, "stale reads");
     assert_eq!(counts.lost.load(Ordering::Relaxed), 0, "lost writes");
     assert_eq!(final_stale, 0, "keys not as acknowledged after the repair");
+    // A load client stops on a failed connection; through this proxy none may fail.
+    assert_eq!(
+        counts.failed.load(Ordering::Relaxed),
+        0,
+        "load clients cut off"
+    );
     proxy.stop().await;
-}
-
-async fn await_count(counter: &AtomicU64, wanted: u64) {
-    let deadline = Instant::now() + WAIT * 2;
-    while counter.load(Ordering::Relaxed) < wanted {
-        assert!(Instant::now() < deadline, "load stalled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,9 +302,7 @@ async fn a_stopped_keepcached_server_is_never_read_stale() {
 /// key as well as warmed), else before it goes down (only the warm-up brings them back).
 async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
     const KEYS: usize = 10_000;
-    let mut main = Server::start(kind);
-    let mut backup = Server::start(kind);
-    let proxy = Proxy::start(config(&main, &backup)).await;
+    let (mut main, mut backup, proxy) = start_tier(kind, |_| {}).await;
     if missed {
         backup.kill();
     }
@@ -501,7 +313,7 @@ async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
     }
     client.stream.write_all(batch.as_bytes()).await.unwrap();
     for _ in 0..KEYS {
-        assert_eq!(client.read(false).await, "STORED\r\n");
+        assert_eq!(client.read(false).await.unwrap(), "STORED\r\n");
     }
     if !missed {
         backup.kill();
@@ -513,10 +325,15 @@ async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
     let reader = {
         let (addr, stop, misses) = (proxy.addr.clone(), stop.clone(), misses.clone());
         tokio::spawn(async move {
-            let mut client = Client::connect(&addr).await;
+            let mut client = Client::connect(&addr).await.unwrap();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                if client.get(&format!("key:{}", i % KEYS)).await.is_none() {
+                if client
+                    .get(&format!("key:{}", i % KEYS))
+                    .await
+                    .unwrap()
+                    .is_none()
+                {
                     misses.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 7;
@@ -543,7 +360,7 @@ async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
     }
     client.stream.write_all(gets.as_bytes()).await.unwrap();
     for i in 0..KEYS {
-        let reply = client.read(true).await;
+        let reply = client.read(true).await.unwrap();
         match reply.split("\r\n").nth(1) {
             Some(v) if v == format!("val{:03}", i % 1000) => readable += 1,
             Some("") | None => {}
@@ -594,22 +411,23 @@ async fn a_restarted_keepcached_server_is_warmed_before_it_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_all_missed_while_down_leaves_nothing_old() {
     let _serial = SERIAL.lock().await;
-    let main = Server::start(Kind::Memcached);
-    let mut backup = Server::start(Kind::Memcached);
-    let proxy = Proxy::start(config(&main, &backup)).await;
+    let (main, mut backup, proxy) = start_tier(Kind::Memcached, |_| {}).await;
     let mut client = proxy.client().await;
     for i in 0..100 {
-        assert_eq!(client.set(&format!("old:{i}"), "old").await, "STORED\r\n");
+        assert_eq!(
+            client.set(&format!("old:{i}"), "old").await.unwrap(),
+            "STORED\r\n"
+        );
     }
     main.signal("STOP");
     proxy.await_state(&main, "down").await;
-    assert_eq!(client.call("flush_all\r\n").await, "OK\r\n");
+    assert_eq!(client.call("flush_all\r\n").await.unwrap(), "OK\r\n");
     main.signal("CONT");
     proxy.await_state(&main, "up").await;
     backup.kill();
     let mut old = 0;
     for i in 0..100 {
-        old += u32::from(client.get(&format!("old:{i}")).await.is_some());
+        old += u32::from(client.get(&format!("old:{i}")).await.unwrap().is_some());
     }
     println!("old values after the missed flush_all: {old}");
     assert_eq!(old, 0);
@@ -619,13 +437,12 @@ async fn a_flush_all_missed_while_down_leaves_nothing_old() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_reply_does_not_mark_a_server_down() {
     let _serial = SERIAL.lock().await;
-    let main = Server::start(Kind::Memcached);
-    let backup = Server::start(Kind::Memcached);
-    let mut config = config(&main, &backup);
-    config.backend.request_timeout_ms = 1_000;
-    let proxy = Proxy::start(config).await;
+    let (main, _backup, proxy) = start_tier(Kind::Memcached, |config| {
+        config.backend.request_timeout_ms = 1_000;
+    })
+    .await;
     let mut client = proxy.client().await;
-    assert_eq!(client.set("k", "v").await, "STORED\r\n");
+    assert_eq!(client.set("k", "v").await.unwrap(), "STORED\r\n");
     // One stall a little longer than the request timeout, with requests pipelined on it:
     // they time out together, which is one failure, not a failure each.
     main.signal("STOP");
@@ -637,9 +454,9 @@ async fn one_slow_reply_does_not_mark_a_server_down() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     main.signal("CONT");
     for _ in 0..50 {
-        assert_eq!(client.read(false).await, "STORED\r\n");
+        assert_eq!(client.read(false).await.unwrap(), "STORED\r\n");
     }
-    let backends = client.call("stats backends\r\n").await;
+    let backends = client.call("stats backends\r\n").await.unwrap();
     println!("{backends}");
     assert!(backends.contains(&format!("main/{} state=", main.addr())));
     assert!(!backends.contains("state=down"), "{backends}");
@@ -650,56 +467,66 @@ async fn one_slow_reply_does_not_mark_a_server_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_drain_hold_warm_and_up() {
     let _serial = SERIAL.lock().await;
-    let main = Server::start(Kind::Memcached);
-    let backup = Server::start(Kind::Memcached);
-    let proxy = Proxy::start(config(&main, &backup)).await;
+    let (main, _backup, proxy) = start_tier(Kind::Memcached, |_| {}).await;
     let mut client = proxy.client().await;
-    let mut direct = Client::connect(&main.addr()).await;
-    assert_eq!(client.set("a", "1").await, "STORED\r\n");
+    let mut direct = Client::connect(&main.addr()).await.unwrap();
+    assert_eq!(client.set("a", "1").await.unwrap(), "STORED\r\n");
 
     let drain = format!("backend drain {}\r\n", main.addr());
-    assert_eq!(client.call(&drain).await, "OK\r\n");
+    assert_eq!(client.call(&drain).await.unwrap(), "OK\r\n");
     proxy.await_state(&main, "drained").await;
     // Drained: not written; the write is recorded as missed.
-    assert_eq!(client.set("a", "2").await, "STORED\r\n");
-    assert_eq!(direct.get("a").await.as_deref(), Some("1"));
-    assert_eq!(client.get("a").await.as_deref(), Some("2"));
-    let backends = client.call("stats backends\r\n").await;
+    assert_eq!(client.set("a", "2").await.unwrap(), "STORED\r\n");
+    assert_eq!(direct.get("a").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(client.get("a").await.unwrap().as_deref(), Some("2"));
+    let backends = client.call("stats backends\r\n").await.unwrap();
     assert!(backends.contains("missed_keys=1"), "{backends}");
 
     // Up: repaired from the backup, then read again.
     let up = format!("backend up main/{}\r\n", main.addr());
-    assert_eq!(client.call(&up).await, "OK\r\n");
+    assert_eq!(client.call(&up).await.unwrap(), "OK\r\n");
     proxy.await_state(&main, "up").await;
-    assert_eq!(direct.get("a").await.as_deref(), Some("2"));
+    assert_eq!(direct.get("a").await.unwrap().as_deref(), Some("2"));
 
     // Hold: out of reads (still written) until told.
     let hold = format!("backend hold {}\r\n", main.addr());
-    assert_eq!(client.call(&hold).await, "OK\r\n");
+    assert_eq!(client.call(&hold).await.unwrap(), "OK\r\n");
     proxy.await_state(&main, "suspect").await;
-    assert_eq!(client.set("b", "x").await, "STORED\r\n");
-    assert_eq!(direct.get("b").await.as_deref(), Some("x"));
-    let backends = client.call("stats backends\r\n").await;
+    assert_eq!(client.set("b", "x").await.unwrap(), "STORED\r\n");
+    assert_eq!(direct.get("b").await.unwrap().as_deref(), Some("x"));
+    let backends = client.call("stats backends\r\n").await.unwrap();
     assert!(backends.contains("held=1"), "{backends}");
 
     // Warm: flushed, filled from the backup, up.
-    assert_eq!(direct.set("only-on-main", "stale").await, "STORED\r\n");
+    assert_eq!(
+        direct.set("only-on-main", "stale").await.unwrap(),
+        "STORED\r\n"
+    );
     let warm = format!("backend warm {}\r\n", main.addr());
-    assert_eq!(client.call(&warm).await, "OK\r\n");
+    assert_eq!(client.call(&warm).await.unwrap(), "OK\r\n");
     proxy.await_state(&main, "up").await;
-    assert_eq!(direct.get("only-on-main").await, None, "flushed");
-    assert_eq!(direct.get("a").await.as_deref(), Some("2"), "warmed");
-    assert_eq!(direct.get("b").await.as_deref(), Some("x"), "warmed");
-    let stats = client.call("stats\r\n").await;
+    assert_eq!(direct.get("only-on-main").await.unwrap(), None, "flushed");
+    assert_eq!(
+        direct.get("a").await.unwrap().as_deref(),
+        Some("2"),
+        "warmed"
+    );
+    assert_eq!(
+        direct.get("b").await.unwrap().as_deref(),
+        Some("x"),
+        "warmed"
+    );
+    let stats = client.call("stats\r\n").await.unwrap();
     assert!(!stats.contains("STAT warmup_copies 0\r\n"), "{stats}");
 
     assert_eq!(
-        client.call("backend drain nowhere:1\r\n").await,
+        client.call("backend drain nowhere:1\r\n").await.unwrap(),
         "CLIENT_ERROR no backend nowhere:1\r\n"
     );
     assert!(client
         .call("backend frobnicate x\r\n")
         .await
+        .unwrap()
         .starts_with("CLIENT_ERROR usage"));
     proxy.stop().await;
 }
@@ -712,21 +539,22 @@ async fn operator_commands_drain_hold_warm_and_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
     let _serial = SERIAL.lock().await;
-    let main = Server::start(Kind::Memcached);
-    let mut backup = Server::start(Kind::Memcached);
-    let proxy1 = Proxy::start(config(&main, &backup)).await;
+    let (main, mut backup, proxy1) = start_tier(Kind::Memcached, |_| {}).await;
     let proxy2 = Proxy::start(config(&main, &backup)).await;
     let mut client = proxy1.client().await;
     for i in 0..200 {
-        assert_eq!(client.set(&format!("k{i}"), "v1").await, "STORED\r\n");
+        assert_eq!(
+            client.set(&format!("k{i}"), "v1").await.unwrap(),
+            "STORED\r\n"
+        );
     }
     main.signal("STOP");
     proxy1.await_state(&main, "down").await;
     for i in 0..200 {
         let reply = if i % 2 == 0 {
-            client.set(&format!("k{i}"), "v2").await
+            client.set(&format!("k{i}"), "v2").await.unwrap()
         } else {
-            client.call(&format!("delete k{i}\r\n")).await
+            client.call(&format!("delete k{i}\r\n")).await.unwrap()
         };
         assert!(reply == "STORED\r\n" || reply == "DELETED\r\n", "{reply}");
     }
@@ -744,7 +572,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
             _ => {}
         }
         for i in 0..200 {
-            let value = client.get(&format!("k{i}")).await;
+            let value = client.get(&format!("k{i}")).await.unwrap();
             let expected = (i % 2 == 0).then(|| "v2".to_string());
             *count += u32::from(value.is_some() && value != expected);
         }
@@ -761,9 +589,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_shows_states_and_gives_orders() {
     let _serial = SERIAL.lock().await;
-    let main = Server::start(Kind::Memcached);
-    let backup = Server::start(Kind::Memcached);
-    let proxy = Proxy::start(config(&main, &backup)).await;
+    let (main, _backup, proxy) = start_tier(Kind::Memcached, |_| {}).await;
     proxy.await_state(&main, "up").await;
     let ctl = |args: Vec<String>| {
         let output = Command::new(BIN)
@@ -817,12 +643,11 @@ async fn ctl_shows_states_and_gives_orders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_writes_during_a_warm_up_run_where_the_item_is() {
     let _serial = SERIAL.lock().await;
-    let main = Server::start(Kind::Memcached);
-    let backup = Server::start(Kind::Memcached);
-    let mut config = config(&main, &backup);
-    // Slow enough that the commands below run while it warms.
-    config.resync.warmup_items_per_sec = 200;
-    let proxy = Proxy::start(config).await;
+    let (main, backup, proxy) = start_tier(Kind::Memcached, |config| {
+        // Slow enough that the commands below run while it warms.
+        config.resync.warmup_items_per_sec = 200;
+    })
+    .await;
     let mut client = proxy.client().await;
     let mut batch = String::new();
     for i in 0..1_000 {
@@ -830,24 +655,24 @@ async fn conditional_writes_during_a_warm_up_run_where_the_item_is() {
     }
     client.stream.write_all(batch.as_bytes()).await.unwrap();
     for _ in 0..1_000 {
-        assert_eq!(client.read(false).await, "STORED\r\n");
+        assert_eq!(client.read(false).await.unwrap(), "STORED\r\n");
     }
-    assert_eq!(client.set("counter", "10").await, "STORED\r\n");
-    assert_eq!(client.set("text", "ab").await, "STORED\r\n");
+    assert_eq!(client.set("counter", "10").await.unwrap(), "STORED\r\n");
+    assert_eq!(client.set("text", "ab").await.unwrap(), "STORED\r\n");
     let warm = format!("backend warm {}\r\n", main.addr());
-    assert_eq!(client.call(&warm).await, "OK\r\n");
+    assert_eq!(client.call(&warm).await.unwrap(), "OK\r\n");
     proxy.await_state(&main, "warming").await;
     let mut wrong = 0;
-    wrong += u32::from(client.call("incr counter 5\r\n").await != "15\r\n");
-    wrong += u32::from(client.call("append text 0 0 2\r\ncd\r\n").await != "STORED\r\n");
-    wrong += u32::from(client.call("add text 0 0 1\r\nz\r\n").await != "NOT_STORED\r\n");
-    let still_warming = client.call("stats backends\r\n").await;
+    wrong += u32::from(client.call("incr counter 5\r\n").await.unwrap() != "15\r\n");
+    wrong += u32::from(client.call("append text 0 0 2\r\ncd\r\n").await.unwrap() != "STORED\r\n");
+    wrong += u32::from(client.call("add text 0 0 1\r\nz\r\n").await.unwrap() != "NOT_STORED\r\n");
+    let still_warming = client.call("stats backends\r\n").await.unwrap();
     assert!(still_warming.contains("state=warming"), "{still_warming}");
     proxy.await_state(&main, "up").await;
     for server in [&main, &backup] {
-        let mut direct = Client::connect(&server.addr()).await;
-        wrong += u32::from(direct.get("counter").await.as_deref() != Some("15"));
-        wrong += u32::from(direct.get("text").await.as_deref() != Some("abcd"));
+        let mut direct = Client::connect(&server.addr()).await.unwrap();
+        wrong += u32::from(direct.get("counter").await.unwrap().as_deref() != Some("15"));
+        wrong += u32::from(direct.get("text").await.unwrap().as_deref() != Some("abcd"));
     }
     println!("wrong outcomes or copies: {wrong}");
     assert_eq!(wrong, 0);
