@@ -46,11 +46,12 @@ SETTINGS=${SETTINGS:-default unlimited}
 PREFIX=warm:
 RESULTS=$WORK/warmup.jsonl
 : >"$RESULTS"
-WARM=(python3 "$WORK/warm.py")
+# warm.py imports scripts/bench/mcbench.py (keys, values, replies, `stats`).
+WARM=(env PYTHONPATH="$BENCH_LIB_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 "$WORK/warm.py")
 
-# The load, the poller and the report (Python 3 standard library only).
+# The load, the poller and the report (Python 3 standard library and mcbench.py).
 cat >"$WORK/warm.py" <<'PY'
-"""Helper of scripts/bench-warmup.sh (Python 3 standard library only).
+"""Helper of scripts/bench-warmup.sh (Python 3 standard library and scripts/bench/mcbench.py).
 
   load ADDR --count N        pipelined sets (with replies) of N items; JSON: stored, secs
   steady ADDR --out PREFIX   closed-loop get/set load until SIGTERM; each process appends its
@@ -77,43 +78,10 @@ import sys
 import threading
 import time
 
+from mcbench import connect, key_of, parse_addr, random_request, recv_until, split_threads, stats, value_of
 
-def parse_addr(s):
-    host, _, port = s.rpartition(":")
-    return (host or "127.0.0.1", int(port))
-
-
-def key_of(prefix, i):
-    return b"%s%010d" % (prefix.encode(), i)
-
-
-def value_of(size):
-    pattern = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return (pattern * (size // len(pattern) + 1))[:size]
-
-
-def recv_until(sock, terminator, limit=1 << 24):
-    data = bytearray()
-    while not data.endswith(terminator):
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise ConnectionError("connection closed; got %r" % bytes(data[-200:]))
-        data += chunk
-        if len(data) > limit:
-            raise ValueError("reply too long")
-    return bytes(data)
-
-
-def stats(addr, sub=b""):
-    with socket.create_connection(addr, timeout=10) as s:
-        s.sendall(b"stats" + ((b" " + sub) if sub else b"") + b"\r\n")
-        data = recv_until(s, b"END\r\n")
-    out = {}
-    for line in data.split(b"\r\n"):
-        parts = line.split(b" ", 2)
-        if len(parts) == 3 and parts[0] == b"STAT":
-            out[parts[1].decode()] = parts[2].decode()
-    return out
+# Replies read whole (`stats backends`, gets of a batch of keys): up to 16 MiB.
+REPLY_LIMIT = 1 << 24
 
 
 # ------------------------------------------------------------------ load
@@ -127,8 +95,7 @@ def cmd_load(args):
     results = []
 
     def worker(lo, hi):
-        s = socket.create_connection(addr, timeout=60)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = connect(addr, 60)
         want = hi - lo
         got = {"stored": 0, "other": b""}
 
@@ -165,14 +132,7 @@ def cmd_load(args):
         s.close()
         results.append(got)
 
-    n = args.conns
-    step = (args.count + n - 1) // n
-    threads = [threading.Thread(target=worker, args=(i * step, min(args.count, (i + 1) * step)))
-               for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    split_threads(args.count, args.conns, worker)
     secs = time.time() - t0
     stored = sum(r["stored"] for r in results)
     other = b"".join(r["other"] for r in results)[:300]
@@ -186,20 +146,12 @@ def cmd_load(args):
 def steady_proc(args, addr, nconns, seed, out_path, parent):
     rng = random.Random(seed)
     value = value_of(args.value_size)
-    hit_tail = b" 0 %d\r\n" % len(value) + value + b"\r\nEND\r\n"
     # Pre-built requests: (bytes, is_get, expected hit reply)
-    reqs = []
-    for _ in range(20000):
-        k = key_of(args.prefix, rng.randrange(args.keys))
-        if rng.random() < args.set_ratio:
-            reqs.append((b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value), False, b"STORED\r\n"))
-        else:
-            reqs.append((b"get %s\r\n" % k, True, b"VALUE " + k + hit_tail))
+    reqs = [random_request(rng, args.prefix, args.keys, args.set_ratio, value) for _ in range(20000)]
     sel = selectors.DefaultSelector()
     conns = []
     for i in range(nconns):
-        s = socket.create_connection(addr, timeout=10)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = connect(addr, 10)
         s.setblocking(False)
         conns.append({"sock": s, "i": (i * 7919) % len(reqs), "buf": b"", "pending": []})
     c_ops = c_gets = c_miss = c_bad = c_err = 0
@@ -376,7 +328,7 @@ def rate(prefix, t0, t1):
 
 def backends(sock):
     sock.sendall(b"stats backends\r\n")
-    data = recv_until(sock, b"END\r\n")
+    data = recv_until(sock, b"END\r\n", REPLY_LIMIT)
     out = {}
     for line in data.decode("latin-1").split("\r\n"):
         parts = line.split(" ")
@@ -450,7 +402,7 @@ def cmd_check(args):
         for lo in range(0, args.count, batch):
             keys = [key_of(args.prefix, i) for i in range(lo, min(args.count, lo + batch))]
             s.sendall(b"get " + b" ".join(keys) + b"\r\n")
-            data = recv_until(s, b"END\r\n")
+            data = recv_until(s, b"END\r\n", REPLY_LIMIT)
             hits = data.count(b"VALUE ")
             good = sum(1 for k in keys if (b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(value), value)) in data)
             found += hits

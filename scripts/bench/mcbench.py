@@ -22,6 +22,9 @@ Subcommands (HOST:PORT is a memcached text-protocol endpoint):
 Values are VALUE_SIZE bytes of a fixed pattern, so every response is known in advance:
 a get must answer `VALUE key 0 N` + value + `END` (a miss is an error here: `pipe`
 expects the keys to be loaded first, with `load` and the same --prefix/--keys).
+
+scripts/bench-warmup.sh's helper imports the functions above the subcommands (connect,
+key_of, value_of, recv_until, stats, split_threads, random_request).
 """
 
 import argparse
@@ -72,15 +75,22 @@ def value_of(size):
 
 
 def recv_until(sock, terminator, limit=1 << 20):
-    data = b""
+    data = bytearray()
     while not data.endswith(terminator):
-        chunk = sock.recv(65536)
+        chunk = sock.recv(1 << 16)
         if not chunk:
-            raise ConnectionError("connection closed; got %r" % data[-200:])
+            raise ConnectionError("connection closed; got %r" % bytes(data[-200:]))
         data += chunk
         if len(data) > limit:
             raise ValueError("reply too long")
-    return data
+    return bytes(data)
+
+
+def connect(addr, timeout):
+    """A TCP connection with Nagle's algorithm off: each request leaves at once."""
+    s = socket.create_connection(addr, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
 
 
 def stats(addr, sub=b""):
@@ -93,6 +103,27 @@ def stats(addr, sub=b""):
         if len(parts) == 3 and parts[0] == b"STAT":
             out[parts[1].decode()] = parts[2].decode()
     return out
+
+
+def split_threads(count, conns, worker):
+    """Runs worker(lo, hi) on `conns` threads, which share range(count) in equal slices; returns
+    when all are done."""
+    step = (count + conns - 1) // conns
+    threads = [threading.Thread(target=worker, args=(i * step, min(count, (i + 1) * step)))
+               for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def random_request(rng, prefix, keys, set_ratio, value):
+    """A set (with probability set_ratio) or a get of a random one of `keys` keys, whose values
+    are all `value`: (request, is_get, the reply expected, a hit for a get)."""
+    k = key_of(prefix, rng.randrange(keys))
+    if rng.random() < set_ratio:
+        return b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value), False, b"STORED\r\n"
+    return b"get %s\r\n" % k, True, b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(value), value)
 
 
 # ---------------------------------------------------------------- ports / wait / stats
@@ -141,8 +172,7 @@ def cmd_load(args):
     errors = []
 
     def worker(lo, hi):
-        s = socket.create_connection(addr, timeout=60)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = connect(addr, 60)
         got = bytearray()
 
         # A reader thread drains whatever the server says (nothing, with noreply, unless
@@ -174,14 +204,7 @@ def cmd_load(args):
         if extra or b"VERSION" not in got:
             errors.append(bytes(got[:300]))
 
-    n = args.conns
-    step = (args.count + n - 1) // n
-    threads = [threading.Thread(target=worker, args=(i * step, min(args.count, (i + 1) * step)))
-               for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    split_threads(args.count, args.conns, worker)
     secs = time.time() - t0
 
     # Check: curr_items, and a sample of gets (first, last and random keys) with exact bytes.
@@ -222,20 +245,10 @@ def cmd_load(args):
 def build_batches(args, seed):
     rng = random.Random(seed)
     value = value_of(args.value_size)
-    vline = b" 0 %d\r\n" % len(value)
     batches = []
     for _ in range(args.batches):
-        req = []
-        resp = []
-        for _ in range(args.depth):
-            k = key_of(args.prefix, rng.randrange(args.keys))
-            if rng.random() < args.set_ratio:
-                req.append(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value))
-                resp.append(b"STORED\r\n")
-            else:
-                req.append(b"get %s\r\n" % k)
-                resp.append(b"VALUE " + k + vline + value + b"\r\nEND\r\n")
-        batches.append((b"".join(req), b"".join(resp)))
+        reqs = [random_request(rng, args.prefix, args.keys, args.set_ratio, value) for _ in range(args.depth)]
+        batches.append((b"".join(r[0] for r in reqs), b"".join(r[2] for r in reqs)))
     return batches
 
 
@@ -262,8 +275,7 @@ def pipe_run(args, addr, nconns, seed, start_at, result_q):
     sel = selectors.DefaultSelector()
     conns = []
     for i in range(nconns):
-        s = socket.create_connection(addr, timeout=10)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = connect(addr, 10)
         s.setblocking(False)
         c = Conn()
         c.sock, c.buf = s, bytearray(maxlen)
