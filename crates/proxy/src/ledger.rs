@@ -151,6 +151,21 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
     marks
 }
 
+/// How many marks (about any server) `keeper` holds: items that are the proxies' own.
+pub async fn marks_on(ctx: &Context, keeper: &Backend) -> u64 {
+    let mut reads: FuturesUnordered<_> = ctx
+        .router
+        .backends
+        .iter()
+        .map(|server| async move { read(keeper, &key(server)).await.is_some() })
+        .collect();
+    let mut marks = 0;
+    while let Some(held) = reads.next().await {
+        marks += u64::from(held);
+    }
+    marks
+}
+
 async fn read(keeper: &Backend, key: &[u8]) -> Option<(Bytes, u64)> {
     let Ok(Reply::Values(values)) = keeper.call(line(&[b"gets", key], Expect::Values)).await else {
         return None;

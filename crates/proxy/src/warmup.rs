@@ -101,7 +101,7 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
                     break;
                 }
             };
-            if listed >= held {
+            if listed >= held || caught_up(ctx, target, src).await {
                 break;
             }
             // memcached's crawler passes over an item it finds locked (being read or written
@@ -128,6 +128,29 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
         "warm-up finished"
     );
     Ok(())
+}
+
+/// Whether the target already holds as many items as the source, when the two hold the same
+/// keys (every pool is one server): then what the crawler skipped was copied anyway (a client
+/// wrote it, or it was missed and repaired), and listing the source again would only check its
+/// keys one by one. The ledger's marks, which are not copied, are not counted on either side.
+async fn caught_up(ctx: &Context, target: &Backend, src: &Backend) -> bool {
+    if ctx.router.pools.iter().any(|p| p.servers.len() > 1) {
+        return false;
+    }
+    let (Ok(held), Ok(wanted)) = (
+        crate::resync::stats_once(target).await,
+        crate::resync::stats_once(src).await,
+    ) else {
+        return false;
+    };
+    let held = held
+        .curr_items
+        .saturating_sub(ledger::marks_on(ctx, target).await);
+    let wanted = wanted
+        .curr_items
+        .saturating_sub(ledger::marks_on(ctx, src).await);
+    held >= wanted
 }
 
 /// Paces the copy to the configured items and bytes per second.
