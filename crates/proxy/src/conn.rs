@@ -178,9 +178,12 @@ pub async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>)
             // A stall or a broken connection under requests: one failure of the server,
             // however many requests it fails.
             health.failed(&error);
-        } else if !*health.shutdown.borrow() {
-            // Closed while idle: the server may have restarted; its supervisor checks.
-            health.wake.notify_one();
+        }
+        if !*health.shutdown.borrow() {
+            // The server may have restarted (empty, or with an older `-e` file): the next
+            // connection would reach the new process, so it is not read until its supervisor
+            // has seen who it is.
+            health.unverified();
         }
         for job in pending {
             job.waiter.deliver(Err(error.clone()));

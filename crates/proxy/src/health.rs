@@ -107,6 +107,12 @@ pub struct Standing {
     /// It was flushed and is not up yet: every ledger mark about it (any proxy's) is answered
     /// by that flush, and is cleared when it is up.
     pub flushed_pending: bool,
+    /// A connection to it closed unexpectedly: it may have restarted (empty, or with an older
+    /// `-e` file), so it is neither read nor trusted with a conditional write until its
+    /// supervisor has seen who it is.
+    pub unverified: bool,
+    /// Another proxy's ledger mark is on it (as of the last look): this proxy does not read it.
+    pub foreign: bool,
     /// Why it needs a flush, for the log.
     pub flush_reason: Option<&'static str>,
 }
@@ -144,7 +150,12 @@ impl Standing {
 
     /// Nothing to repair, flush or fill, and not held: it may be up.
     pub fn clean(&self) -> bool {
-        self.missed.is_empty() && !self.needs_flush && !self.cold && !self.held
+        self.missed.is_empty()
+            && !self.needs_flush
+            && !self.cold
+            && !self.held
+            && !self.unverified
+            && !self.foreign
     }
 
     pub fn must_flush(&mut self, reason: &'static str) {
@@ -234,6 +245,8 @@ pub struct Health {
     pub order: Mutex<Option<Order>>,
     /// No ledger mark is tried before this (ms after `epoch`): the last try found no keeper.
     ledger_retry_ms: AtomicU64,
+    /// A server that goes down is held out of reads when it returns, until the operator says.
+    hold_returning: bool,
 }
 
 impl Health {
@@ -241,7 +254,7 @@ impl Health {
         addr: Arc<str>,
         settings: BackendConfig,
         missed_limit: usize,
-        held: bool,
+        hold_returning: bool,
         shutdown: watch::Receiver<bool>,
     ) -> Health {
         Health {
@@ -256,10 +269,8 @@ impl Health {
             shutdown,
             back_up: Notify::new(),
             wake: Notify::new(),
-            standing: Mutex::new(Standing {
-                held,
-                ..Standing::default()
-            }),
+            standing: Mutex::new(Standing::default()),
+            hold_returning,
             missed_limit,
             ledger_marked: AtomicBool::new(false),
             ledger_lock: tokio::sync::Mutex::new(()),
@@ -360,6 +371,9 @@ impl Health {
             )
         {
             self.counters.local().downs.fetch_add(1, Ordering::Relaxed);
+            if self.hold_returning {
+                self.standing.lock().held = true;
+            }
             self.wake.notify_one();
         }
     }
@@ -392,6 +406,28 @@ impl Health {
         }
     }
 
+    /// A connection to the server closed unexpectedly: not read until its supervisor has seen
+    /// whether it is the same process.
+    pub fn unverified(&self) {
+        self.standing.lock().unverified = true;
+        self.change(&[State::Up], State::Suspect, "a connection to it closed");
+        self.wake.notify_one();
+    }
+
+    /// Records whether another proxy's ledger mark is on the server.
+    pub fn set_foreign(&self, foreign: bool) {
+        self.standing.lock().foreign = foreign;
+        if foreign
+            && self.change(
+                &[State::Up],
+                State::Suspect,
+                "another proxy recorded in the ledger that it missed writes",
+            )
+        {
+            self.wake.notify_one();
+        }
+    }
+
     /// Remembers that the server may hold stale data anywhere (a missed `flush_all`).
     pub fn remember_missed_all(&self, reason: &'static str) {
         self.standing.lock().must_flush(reason);
@@ -409,7 +445,12 @@ impl Health {
             _ => return None,
         }
         let standing = self.standing.lock();
-        if standing.held || standing.needs_flush || standing.missed.contains_key(key) {
+        if standing.held
+            || standing.needs_flush
+            || standing.unverified
+            || standing.foreign
+            || standing.missed.contains_key(key)
+        {
             return None;
         }
         Some(if standing.cold || state == State::Warming {

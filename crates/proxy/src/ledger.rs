@@ -22,8 +22,16 @@ use std::sync::atomic::Ordering;
 use crate::backend::{Backend, Call, Expect, Reply};
 use crate::Context;
 
-/// Items under this prefix are the proxies' own; warm-up does not copy them.
+/// Items under this prefix are the proxies' marks; warm-up does not copy them.
 pub const PREFIX: &[u8] = b"keepcached:missed:";
+/// The item a proxy that serves clients keeps fresh on the servers (its id, a short TTL): a
+/// standby proxy that sees another proxy's id there leaves the servers' repair to it.
+pub const SERVING: &[u8] = b"keepcached:serving";
+
+/// Whether `key` is one of the proxies' own items, which a warm-up does not copy.
+pub fn is_own(key: &[u8]) -> bool {
+    key.starts_with(PREFIX) || key == SERVING
+}
 
 fn key(server: &Backend) -> Bytes {
     let mut key = BytesMut::with_capacity(PREFIX.len() + server.addr.len());
@@ -124,11 +132,16 @@ pub struct Marks {
     pub foreign: bool,
     /// This proxy's own mark is there.
     pub ours: bool,
+    /// Every keeper answered: a mark that is not seen is not there.
+    pub complete: bool,
 }
 
 /// Reads the marks about `server` on every other server that takes writes.
 pub async fn look(ctx: &Context, server: &Backend) -> Marks {
-    let mut marks = Marks::default();
+    let mut marks = Marks {
+        complete: true,
+        ..Marks::default()
+    };
     if !ctx.config.resync.ledger {
         return marks;
     }
@@ -138,6 +151,10 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
         .map(|keeper| read(keeper, &key))
         .collect();
     while let Some(read) = reads.next().await {
+        let Ok(read) = read else {
+            marks.complete = false;
+            continue;
+        };
         if let Some((tokens, _)) = read {
             for token in tokens.split(|b| *b == b' ').filter(|t| !t.is_empty()) {
                 if token == ctx.proxy_id.as_bytes() {
@@ -151,13 +168,58 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
     marks
 }
 
-/// How many marks (about any server) `keeper` holds: items that are the proxies' own.
-pub async fn marks_on(ctx: &Context, keeper: &Backend) -> u64 {
+/// Keeps this proxy's serving heartbeat fresh on every server that takes writes, for `ttl`
+/// seconds.
+pub async fn heartbeat(ctx: &Context, ttl: u32) {
+    let ttl = ttl.to_string();
+    let id = ctx.proxy_id.as_bytes();
+    let len = id.len().to_string();
+    let mut sets: FuturesUnordered<_> = ctx
+        .router
+        .backends
+        .iter()
+        .filter(|b| b.state().takes_writes())
+        .map(|b| {
+            let mut call = line(
+                &[b"set", SERVING, b"0", ttl.as_bytes(), len.as_bytes()],
+                Expect::Line,
+            );
+            call.data = Some(Bytes::copy_from_slice(id));
+            async move { b.call(call).await }
+        })
+        .collect();
+    while sets.next().await.is_some() {}
+}
+
+/// Whether another proxy's serving heartbeat is on any server that takes writes.
+pub async fn others_serving(ctx: &Context) -> bool {
     let mut reads: FuturesUnordered<_> = ctx
         .router
         .backends
         .iter()
-        .map(|server| async move { read(keeper, &key(server)).await.is_some() })
+        .filter(|b| b.state().takes_writes())
+        .map(|b| read(b, SERVING))
+        .collect();
+    let mut others = false;
+    while let Some(read) = reads.next().await {
+        if let Ok(Some((id, _))) = read {
+            others |= id != ctx.proxy_id.as_bytes();
+        }
+    }
+    others
+}
+
+/// How many of the proxies' own items (marks about any server, the serving heartbeat)
+/// `keeper` holds.
+pub async fn marks_on(ctx: &Context, keeper: &Backend) -> u64 {
+    let keys = ctx
+        .router
+        .backends
+        .iter()
+        .map(|server| key(server))
+        .chain(std::iter::once(Bytes::from_static(SERVING)));
+    let mut reads: FuturesUnordered<_> = keys
+        .map(|key| async move { matches!(read(keeper, &key).await, Ok(Some(_))) })
         .collect();
     let mut marks = 0;
     while let Some(held) = reads.next().await {
@@ -166,11 +228,15 @@ pub async fn marks_on(ctx: &Context, keeper: &Backend) -> u64 {
     marks
 }
 
-async fn read(keeper: &Backend, key: &[u8]) -> Option<(Bytes, u64)> {
+/// A mark's ids and CAS; `Ok(None)` when there is none, `Err` when the keeper did not answer.
+async fn read(keeper: &Backend, key: &[u8]) -> Result<Option<(Bytes, u64)>, ()> {
     let Ok(Reply::Values(values)) = keeper.call(line(&[b"gets", key], Expect::Values)).await else {
-        return None;
+        return Err(());
     };
-    let raw = values.first()?.raw();
+    Ok(values.first().and_then(|value| parse_mark(value.raw())))
+}
+
+fn parse_mark(raw: &[u8]) -> Option<(Bytes, u64)> {
     // `VALUE <key> <flags> <bytes> <cas>\r\n<data>\r\n`
     let eol = raw.iter().position(|b| *b == b'\n')?;
     let header = &raw[..eol.saturating_sub(1)];
@@ -194,7 +260,7 @@ pub async fn clear(ctx: &Context, server: &Backend, all: bool) {
     for keeper in keepers(ctx, server) {
         // A concurrent mark makes the cas fail: read again and retry, a few times.
         for _ in 0..4 {
-            let Some((tokens, cas)) = read(keeper, &key).await else {
+            let Ok(Some((tokens, cas))) = read(keeper, &key).await else {
                 break;
             };
             let kept: Vec<&[u8]> = tokens

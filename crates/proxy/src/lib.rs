@@ -84,6 +84,36 @@ struct Context {
     /// When the ledger was last read for a new client ([`resync::vouch`]), and its single flight.
     vouched: parking_lot::Mutex<Option<std::time::Instant>>,
     vouching: tokio::sync::Mutex<()>,
+    /// The data requests counted when [`Context::serving`] last saw the count move, and when.
+    activity: parking_lot::Mutex<(u64, Option<std::time::Instant>)>,
+    /// Another proxy's serving heartbeat was on the servers at the last look (ledger.rs).
+    others_serving: std::sync::atomic::AtomicBool,
+}
+
+/// A proxy that served no data request for this long no longer counts as serving.
+const STANDBY_AFTER: Duration = Duration::from_secs(30);
+
+impl Context {
+    /// Whether this proxy flushes, warms and repairs its servers: it serves clients, or no other
+    /// proxy does. A standby (the other host holds the VIP) only reads and judges them: the
+    /// proxy that serves the clients repairs them, under its own key locks, and two proxies
+    /// doing it at once would race each other's writes.
+    fn may_act(&self) -> bool {
+        self.serving()
+            || !self
+                .others_serving
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this proxy served clients lately (see [`STANDBY_AFTER`]).
+    fn serving(&self) -> bool {
+        let count = self.stats.data_requests();
+        let mut activity = self.activity.lock();
+        if activity.0 != count {
+            *activity = (count, Some(std::time::Instant::now()));
+        }
+        activity.1.is_some_and(|at| at.elapsed() < STANDBY_AFTER)
+    }
 }
 
 /// Runs the proxy: [`bind`], then [`Bound::serve`].
@@ -187,6 +217,8 @@ impl Bound {
             proxy_id: proxy_id(),
             vouched: parking_lot::Mutex::new(None),
             vouching: tokio::sync::Mutex::new(()),
+            activity: parking_lot::Mutex::new((0, None)),
+            others_serving: std::sync::atomic::AtomicBool::new(false),
         });
         resync::start(&ctx);
         resync::first_contact(&ctx).await;

@@ -62,6 +62,37 @@ pub fn start(ctx: &Arc<Context>) {
     for id in 0..ctx.router.backends.len() {
         tokio::spawn(supervise(ctx.clone(), id));
     }
+    tokio::spawn(serving(ctx.clone()));
+}
+
+/// Every health interval: while this proxy serves clients, its heartbeat on the servers; and
+/// whether another proxy's is there.
+async fn serving(ctx: Arc<Context>) {
+    if !ctx.config.resync.ledger {
+        return;
+    }
+    let interval = ctx.config.backend.health_interval();
+    // Lives for three intervals: one missed refresh does not make a serving proxy a standby.
+    let ttl = (interval * 3).as_secs().max(2) as u32;
+    let mut shutdown = ctx
+        .router
+        .backends
+        .first()
+        .map(|b| b.health.shutdown.clone());
+    loop {
+        if ctx.serving() {
+            ledger::heartbeat(&ctx, ttl).await;
+        }
+        let others = ledger::others_serving(&ctx).await;
+        ctx.others_serving.store(others, Ordering::Relaxed);
+        let Some(shutdown) = shutdown.as_mut() else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stopped(shutdown) => return,
+        }
+    }
 }
 
 /// Waits until every server has answered once or failed to (each within its connect and
@@ -130,13 +161,17 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
                 continue;
             }
             health.back_up.notify_waiters();
-            if !clean {
+            if !clean && (ctx.may_act() || order.is_some()) {
                 restore(&ctx, id, order).await;
             }
             continue;
         }
         if state != State::Up || order.is_some() {
-            restore(&ctx, id, order).await;
+            if ctx.may_act() || order.is_some() {
+                restore(&ctx, id, order).await;
+            } else {
+                settle(&backend);
+            }
             if health.state() != State::Up && health.state().takes_writes() {
                 // It could not be finished now (a failing server, a held one): wait for news,
                 // and check the server meanwhile (a dead one is then marked down).
@@ -185,9 +220,7 @@ pub async fn vouch(ctx: &Context) {
         .collect();
     while let Some((backend, marks)) = looks.next().await {
         if marks.foreign {
-            backend
-                .health
-                .remember_missed_all("another proxy recorded in the ledger that it missed writes");
+            backend.health.set_foreign(true);
         }
     }
     *ctx.vouched.lock() = Some(Instant::now());
@@ -240,38 +273,64 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         .any(|b| !std::ptr::eq(&**b, backend) && b.is_up());
     // Empty while another server holds items: worth warming (two empty servers at a fresh
     // start are not).
+    // The proxies' own items (marks, the serving heartbeat) do not count.
     let mut others_hold_items = false;
-    if now.curr_items == 0 && (first || restarted) {
+    if (first || restarted) && now.curr_items <= ledger::marks_on(ctx, backend).await {
         for other in &ctx.router.backends {
             if !std::ptr::eq(&**other, backend) && other.is_up() {
-                others_hold_items |= stats_once(other).await.is_ok_and(|o| o.curr_items > 0);
+                let items = stats_once(other).await.map_or(0, |o| o.curr_items);
+                others_hold_items |= items > ledger::marks_on(ctx, other).await;
             }
         }
     }
+    let serving = ctx.serving();
+    let may_act = ctx.may_act();
     let stale = {
         let mut standing = health.standing.lock();
+        // Seen who it is: a restart is handled below.
+        standing.unverified = false;
+        if marks.foreign || marks.complete {
+            standing.foreign = marks.foreign;
+        }
         // A restarted memcached is empty, but a restartable one (`-e`) holds what it had when
         // it stopped: flushed and warmed when another pool can refill it. With one pool there is
         // nothing to refill it from; what it missed while down is in its missed keys.
         if restarted && others_up && ctx.router.pools.len() > 1 {
             standing.must_flush("it restarted (its pid or start time changed)");
         }
-        if marks.foreign && !standing.flushed_pending {
+        // A standby proxy only keeps off a server another proxy marked: the proxy that serves
+        // the clients repairs it (once no other proxy serves them, this one flushes it).
+        if marks.foreign && may_act && !standing.flushed_pending {
             standing.must_flush("another proxy recorded in the ledger that it missed writes");
         }
         if others_hold_items && ctx.config.resync.warmup && !standing.needs_flush {
             standing.cold = true;
         }
-        standing.needs_flush || standing.cold || standing.missed_len() > 0
+        !standing.clean()
     };
-    if health.ledger_marked.load(Ordering::Acquire) && !marks.ours {
-        // Another proxy cleared it after repairing the server; what this proxy missed since
-        // must be known again.
+    if health.ledger_marked.load(Ordering::Acquire) && !marks.ours && marks.complete && serving {
+        // Its mark was removed (another proxy flushed the server, a flush_all, an eviction)
+        // while this proxy still knows of misses: they must be known again.
         health.ledger_marked.store(false, Ordering::Release);
         ledger::mark(ctx, backend).await;
     }
     if stale && health.change(&[State::Up], State::Suspect, "it may hold stale data") {
         health.wake.notify_one();
+    }
+}
+
+/// On a standby proxy: a server with nothing to repair is up again (another proxy's mark was
+/// removed, its connection was only closed); one with something to repair waits until this
+/// proxy serves clients or no other proxy does.
+fn settle(backend: &Backend) {
+    let health = &backend.health;
+    let standing = health.standing.lock();
+    if standing.clean() && !health.ledger_marked.load(Ordering::Acquire) {
+        health.change(
+            &[State::Suspect, State::Warming],
+            State::Up,
+            "it holds nothing stale",
+        );
     }
 }
 
@@ -337,8 +396,15 @@ async fn restore(ctx: &Context, id: usize, order: Option<Order>) {
     // The ledger lock orders this against a new miss's mark: the mark is cleared first, then
     // the server is up; a miss after that waits for the lock and marks it again.
     let serial = health.ledger_lock.lock().await;
-    if !health.standing.lock().clean() {
-        return;
+    {
+        let mut standing = health.standing.lock();
+        if standing.flushed_pending {
+            // Marks made before its flush are answered by it (and cleared just below).
+            standing.foreign = false;
+        }
+        if !standing.clean() {
+            return;
+        }
     }
     let flushed = health.standing.lock().flushed_pending;
     ledger::clear(ctx, backend, flushed).await;

@@ -171,6 +171,24 @@ impl Stats {
         out.extend_from_slice(reply::END);
     }
 
+    /// Requests that name keys or change data, all threads together: a proxy whose count moves
+    /// is serving clients (see `Context::serving`).
+    pub fn data_requests(&self) -> u64 {
+        self.counters.iter().fold(0u64, |sum, c| {
+            [
+                &c.cmd_get,
+                &c.cmd_set,
+                &c.cmd_delete,
+                &c.cmd_touch,
+                &c.cmd_incr,
+                &c.cmd_decr,
+                &c.cmd_flush,
+            ]
+            .iter()
+            .fold(sum, |sum, n| sum.wrapping_add(n.load(Ordering::Relaxed)))
+        })
+    }
+
     /// `stats reset`: every counter but the open connections, as memcached does.
     pub fn reset(&self) {
         let open = self.counters.iter().fold(0u64, |sum, c| {

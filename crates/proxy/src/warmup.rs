@@ -101,7 +101,9 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
                     break;
                 }
             };
-            if listed >= held || caught_up(ctx, target, src).await {
+            // Not the target's item count: memcached counts flushed items until it reclaims
+            // them, so a flushed target can look full while it lacks keys.
+            if listed >= held {
                 break;
             }
             // memcached's crawler passes over an item it finds locked (being read or written
@@ -128,29 +130,6 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
         "warm-up finished"
     );
     Ok(())
-}
-
-/// Whether the target already holds as many items as the source, when the two hold the same
-/// keys (every pool is one server): then what the crawler skipped was copied anyway (a client
-/// wrote it, or it was missed and repaired), and listing the source again would only check its
-/// keys one by one. The ledger's marks, which are not copied, are not counted on either side.
-async fn caught_up(ctx: &Context, target: &Backend, src: &Backend) -> bool {
-    if ctx.router.pools.iter().any(|p| p.servers.len() > 1) {
-        return false;
-    }
-    let (Ok(held), Ok(wanted)) = (
-        crate::resync::stats_once(target).await,
-        crate::resync::stats_once(src).await,
-    ) else {
-        return false;
-    };
-    let held = held
-        .curr_items
-        .saturating_sub(ledger::marks_on(ctx, target).await);
-    let wanted = wanted
-        .curr_items
-        .saturating_sub(ledger::marks_on(ctx, src).await);
-    held >= wanted
 }
 
 /// Paces the copy to the configured items and bytes per second.
@@ -248,7 +227,7 @@ async fn copy_from(
                 String::from_utf8_lossy(&line[..line.len().min(80)])
             )));
         };
-        if !key.starts_with(ledger::PREFIX) {
+        if !ledger::is_own(&key) {
             let replicas = ctx.router.replicas(&key);
             let ids = replicas.as_slice();
             let mine = ids.contains(&(id as u16)) && ids.contains(&(source as u16));
