@@ -257,31 +257,37 @@ pub async fn clear(ctx: &Context, server: &Backend, all: bool) {
         return;
     }
     let key = key(server);
-    for keeper in keepers(ctx, server) {
-        // A concurrent mark makes the cas fail: read again and retry, a few times.
-        for _ in 0..4 {
-            let Ok(Some((tokens, cas))) = read(keeper, &key).await else {
-                break;
-            };
-            let kept: Vec<&[u8]> = tokens
-                .split(|b| *b == b' ')
-                .filter(|t| !t.is_empty() && !all && *t != ctx.proxy_id.as_bytes())
-                .collect();
-            let call = if kept.is_empty() {
-                let cas = format!("C{cas}");
-                line(&[b"md", &key, cas.as_bytes()], Expect::Line)
-            } else {
-                store(b"cas", &key, &kept.join(&b' '), Some(cas))
-            };
-            match keeper.call(call).await {
-                Ok(Reply::Status(Status::Stored | Status::NotFound))
-                | Ok(Reply::Meta {
-                    code: MetaCode::Header | MetaCode::NotFound,
-                    ..
-                }) => break,
-                Ok(_) => continue,
-                Err(_) => break,
-            }
+    // All keepers at once: the caller holds the ledger lock, which a miss's mark waits for.
+    let mut clears: FuturesUnordered<_> = keepers(ctx, server)
+        .map(|keeper| clear_on(ctx, keeper, &key, all))
+        .collect();
+    while clears.next().await.is_some() {}
+}
+
+async fn clear_on(ctx: &Context, keeper: &Backend, key: &[u8], all: bool) {
+    // A concurrent mark makes the cas fail: read again and retry, a few times.
+    for _ in 0..4 {
+        let Ok(Some((tokens, cas))) = read(keeper, key).await else {
+            return;
+        };
+        let kept: Vec<&[u8]> = tokens
+            .split(|b| *b == b' ')
+            .filter(|t| !t.is_empty() && !all && *t != ctx.proxy_id.as_bytes())
+            .collect();
+        let call = if kept.is_empty() {
+            let cas = format!("C{cas}");
+            line(&[b"md", key, cas.as_bytes()], Expect::Line)
+        } else {
+            store(b"cas", key, &kept.join(&b' '), Some(cas))
+        };
+        match keeper.call(call).await {
+            Ok(Reply::Status(Status::Stored | Status::NotFound))
+            | Ok(Reply::Meta {
+                code: MetaCode::Header | MetaCode::NotFound,
+                ..
+            })
+            | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

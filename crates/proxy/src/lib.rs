@@ -88,6 +88,9 @@ struct Context {
     activity: parking_lot::Mutex<(u64, Option<std::time::Instant>)>,
     /// Another proxy's serving heartbeat was on the servers at the last look (ledger.rs).
     others_serving: std::sync::atomic::AtomicBool,
+    /// Data broadcasts (`flush_all`) sent so far: a copy (repair, warm-up) that read its item
+    /// before one and stored it after deletes it again.
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 /// A proxy that served no data request for this long no longer counts as serving.
@@ -219,6 +222,7 @@ impl Bound {
             vouching: tokio::sync::Mutex::new(()),
             activity: parking_lot::Mutex::new((0, None)),
             others_serving: std::sync::atomic::AtomicBool::new(false),
+            flushes: std::sync::atomic::AtomicU64::new(0),
         });
         resync::start(&ctx);
         resync::first_contact(&ctx).await;

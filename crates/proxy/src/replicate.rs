@@ -21,6 +21,7 @@
 //!   write is acknowledged the miss is recorded in the ledger for the other proxies (ledger.rs).
 
 use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,7 @@ use crate::error::ProxyError;
 use crate::forward;
 use crate::health::ReadRank;
 use crate::ledger;
+use crate::resync;
 use crate::route::Replicas;
 use crate::stats::Stats;
 use crate::Context;
@@ -368,6 +370,9 @@ pub async fn execute_then_copy(
 /// so a server that misses it may hold stale items anywhere and is flushed before it is read.
 pub async fn broadcast(ctx: &Arc<Context>, call: Call, data: bool) -> Result<Reply, ProxyError> {
     const MISSED: &str = "it missed a flush_all";
+    if data {
+        ctx.flushes.fetch_add(1, Ordering::AcqRel);
+    }
     let mut reasons = Vec::new();
     let mut targets = Vec::with_capacity(ctx.router.backends.len());
     for b in &ctx.router.backends {
@@ -396,6 +401,17 @@ pub async fn broadcast(ctx: &Arc<Context>, call: Call, data: bool) -> Result<Rep
             missed_all(ctx, &targets[i], MISSED).await;
         }
         results[i] = Some(result);
+    }
+    if data {
+        // The flush also removed the ledger's marks and the serving heartbeat from the servers
+        // it reached: what they said is said again before the flush is acknowledged.
+        resync::heartbeat(ctx).await;
+        for backend in &ctx.router.backends {
+            if !backend.health.standing.lock().clean() {
+                backend.health.ledger_marked.store(false, Ordering::Release);
+                ledger::mark(ctx, backend).await;
+            }
+        }
     }
     first_success(results.into_iter().flatten().collect(), reasons)
 }

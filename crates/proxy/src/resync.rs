@@ -65,6 +65,15 @@ pub fn start(ctx: &Arc<Context>) {
     tokio::spawn(serving(ctx.clone()));
 }
 
+/// While this proxy serves clients: its heartbeat on the servers, for three health intervals
+/// (one missed refresh does not make a serving proxy look like a standby).
+pub async fn heartbeat(ctx: &Context) {
+    if ctx.config.resync.ledger && ctx.serving() {
+        let ttl = (ctx.config.backend.health_interval() * 3).as_secs().max(2) as u32;
+        ledger::heartbeat(ctx, ttl).await;
+    }
+}
+
 /// Every health interval: while this proxy serves clients, its heartbeat on the servers; and
 /// whether another proxy's is there.
 async fn serving(ctx: Arc<Context>) {
@@ -72,17 +81,13 @@ async fn serving(ctx: Arc<Context>) {
         return;
     }
     let interval = ctx.config.backend.health_interval();
-    // Lives for three intervals: one missed refresh does not make a serving proxy a standby.
-    let ttl = (interval * 3).as_secs().max(2) as u32;
     let mut shutdown = ctx
         .router
         .backends
         .first()
         .map(|b| b.health.shutdown.clone());
     loop {
-        if ctx.serving() {
-            ledger::heartbeat(&ctx, ttl).await;
-        }
+        heartbeat(&ctx).await;
         let others = ledger::others_serving(&ctx).await;
         ctx.others_serving.store(others, Ordering::Relaxed);
         let Some(shutdown) = shutdown.as_mut() else {
@@ -141,7 +146,7 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
             continue;
         }
         if returning {
-            let Some(identity) = checker.until_answer(&backend, state).await else {
+            let Some(identity) = checker.until_answer(&ctx, &backend, state).await else {
                 return;
             };
             health.reset_failures();
@@ -154,8 +159,8 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
                     && order.is_none()
                     && !health.ledger_marked.load(Ordering::Acquire);
                 let to = if clean { State::Up } else { State::Suspect };
-                let from = [State::Connecting, State::Down, State::Drained];
-                (clean, health.change(&from, to, "it answers"))
+                // From the state it was probed in only: an operator's drain meanwhile stands.
+                (clean, health.change(&[state], to, "it answers"))
             };
             if !changed {
                 continue;
@@ -334,9 +339,23 @@ fn settle(backend: &Backend) {
     }
 }
 
+/// While a server is down: its ledger mark is still on the other servers (a keeper restarted,
+/// or was flushed by the operator, since it was made), else it is made again.
+async fn keep_marked(ctx: &Context, backend: &Backend) {
+    let health = &backend.health;
+    if !health.ledger_marked.load(Ordering::Acquire) || !ctx.serving() {
+        return;
+    }
+    let marks = ledger::look(ctx, backend).await;
+    if marks.complete && !marks.ours {
+        health.ledger_marked.store(false, Ordering::Release);
+        ledger::mark(ctx, backend).await;
+    }
+}
+
 /// Brings a server that takes writes back to `up`: flush, warm, repair, as its standing says.
 /// Returns when it is up, or when that cannot be done now (it failed, or it is held).
-async fn restore(ctx: &Context, id: usize, order: Option<Order>) {
+async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
     let backend = &ctx.router.backends[id];
     let health = &backend.health;
     {
@@ -478,12 +497,23 @@ async fn repair_key(ctx: &Context, id: usize, key: &Bytes) -> Result<(), Backend
         .filter(|&&r| usize::from(r) != id)
         .map(|&r| ctx.router.backend(r))
         .find(|b| b.health.read_rank(key) == Some(ReadRank::Current));
+    let flushes = ctx.flushes.load(Ordering::Acquire);
     let call = match source {
         Some(source) => replicate::read_back(source, key).await,
         None => None,
     };
     let call = call.unwrap_or_else(|| forward::delete(key));
     match target.call(call).await? {
+        // A flush_all ran between the read and the copy: the copy is older than it.
+        reply if !write_failed(&reply) && ctx.flushes.load(Ordering::Acquire) != flushes => {
+            match target.call(forward::delete(key)).await? {
+                reply if !write_failed(&reply) => Ok(()),
+                reply => Err(BackendError::Protocol {
+                    addr: target.addr.clone(),
+                    detail: format!("{reply:?}"),
+                }),
+            }
+        }
         reply if !write_failed(&reply) => Ok(()),
         // It could not store the copy (out of memory): without the key it is at least not
         // stale.
@@ -511,7 +541,12 @@ struct Checker {
 impl Checker {
     /// Probes a server that is not in service until it answers (backing off), or `None` at
     /// shutdown.
-    async fn until_answer(&mut self, backend: &Backend, state: State) -> Option<Identity> {
+    async fn until_answer(
+        &mut self,
+        ctx: &Context,
+        backend: &Backend,
+        state: State,
+    ) -> Option<Identity> {
         let health = &backend.health;
         let mut shutdown = health.shutdown.clone();
         let mut delay = Duration::ZERO;
@@ -528,6 +563,7 @@ impl Checker {
                     if state == State::Connecting {
                         health.failed(&error);
                     }
+                    keep_marked(ctx, backend).await;
                     let first = Duration::from_millis(health.settings.probe_interval_ms);
                     delay = (delay * 2).clamp(first, max);
                 }

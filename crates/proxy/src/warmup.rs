@@ -8,17 +8,19 @@
 //! The copy is paced (`resync.warmup_items_per_sec`, `resync.warmup_bytes_per_sec`) so that the
 //! clients' traffic keeps its share of both servers, and `stats backends` shows its progress.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backend::{write_failed, Backend, BackendError, Reply};
 use crate::conn::connect;
 use crate::forward;
-use crate::health::{Progress, State};
+use crate::health::{Progress, ReadRank, State};
 use crate::ledger;
 use crate::replicate;
 use crate::stats::Stats;
@@ -52,11 +54,24 @@ impl From<Stopped> for Interrupted {
     }
 }
 
-/// Fills server `id` from every healthy server that shares keys with it.
-pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
+/// Fills server `id` from every healthy server that shares keys with it: those of the pools
+/// it is not in (a key has one server in each pool).
+pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
     let target = &ctx.router.backends[id];
+    let own_pools: Vec<&crate::route::Pool> = ctx
+        .router
+        .pools
+        .iter()
+        .filter(|p| p.servers.contains(&id))
+        .collect();
     let sources: Vec<usize> = (0..ctx.router.backends.len())
-        .filter(|&s| s != id && ctx.router.backends[s].state() == State::Up)
+        .filter(|&s| {
+            s != id
+                && ctx.router.backends[s].state() == State::Up
+                && ctx.router.pools.iter().any(|p| {
+                    p.servers.contains(&s) && !own_pools.iter().any(|o| std::ptr::eq(*o, p))
+                })
+        })
         .collect();
     if sources.is_empty() {
         tracing::warn!(backend = %target.addr, "no healthy replica to warm it from; it serves cold");
@@ -89,6 +104,7 @@ pub async fn warm(ctx: &Context, id: usize) -> Result<(), Stopped> {
                 Ok(listed) => listed,
                 Err(Interrupted::Failed(stopped)) => {
                     tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
+                    *target.health.progress.lock() = None;
                     return Err(stopped);
                 }
                 Err(Interrupted::CannotList(answer)) => {
@@ -173,7 +189,7 @@ fn rate_time(amount: u64, per_sec: u64) -> Duration {
 /// Copies the keys of server `id` that `source` holds (after the first pass, only those the
 /// target lacks); how many items the source listed.
 async fn copy_from(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     id: usize,
     source: usize,
     pass: u32,
@@ -197,12 +213,17 @@ async fn copy_from(
         read_line(&mut reader, &mut first, settings.request_timeout() * 10)
             .await
             .map_err(stop)?;
-        if first.starts_with(b"BUSY") && busy < BUSY_RETRIES {
-            busy += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        if first.starts_with(b"BUSY") {
+            // Another dump runs (another server warming from this one): wait for it, and
+            // past that, try the whole warm-up again later.
+            if busy < BUSY_RETRIES {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            return Err(stop("its crawler stayed busy".into()));
         }
-        if [&b"ERROR"[..], b"CLIENT_ERROR", b"SERVER_ERROR", b"BUSY"]
+        if [&b"ERROR"[..], b"CLIENT_ERROR", b"SERVER_ERROR"]
             .iter()
             .any(|e| first.starts_with(e))
         {
@@ -213,7 +234,9 @@ async fn copy_from(
     };
     let (ref mut reader, first) = reader;
     let mut line = first;
-    let mut copies = FuturesUnordered::new();
+    // Each copy is a task of its own: it holds its key's lock, and must finish while this
+    // loop waits for the next line or for the pace.
+    let mut copies = JoinSet::new();
     let concurrency = ctx.config.resync.concurrency;
     let mut listed = 0;
     loop {
@@ -234,9 +257,9 @@ async fn copy_from(
             if mine {
                 pace.next().await;
                 while copies.len() >= concurrency {
-                    account(ctx, target, copies.next().await, pace)?;
+                    account(ctx, target, copies.join_next().await, pace)?;
                 }
-                copies.push(copy_one(ctx, src, target, key, pass > 1));
+                copies.spawn(copy_one(ctx.clone(), source, id, key, pass > 1));
             }
             if pass == 1 {
                 if let Some(progress) = target.health.progress.lock().as_mut() {
@@ -252,7 +275,7 @@ async fn copy_from(
             .await
             .map_err(stop)?;
     }
-    while let Some(done) = copies.next().await {
+    while let Some(done) = copies.join_next().await {
         account(ctx, target, Some(done), pace)?;
     }
     Ok(listed)
@@ -262,11 +285,12 @@ async fn copy_from(
 fn account(
     ctx: &Context,
     target: &Backend,
-    done: Option<Result<Copied, BackendError>>,
+    done: Option<Result<Result<Copied, BackendError>, tokio::task::JoinError>>,
     pace: &mut Pace,
 ) -> Result<(), Stopped> {
     match done {
-        Some(Ok(copied)) => {
+        Some(Err(error)) => Err(Stopped(format!("a copy task ended: {error}"))),
+        Some(Ok(Ok(copied))) => {
             pace.bytes += copied.read;
             if copied.stored {
                 Stats::add(&ctx.stats.counters().warmup_copies, 1);
@@ -277,7 +301,7 @@ fn account(
             }
             Ok(())
         }
-        Some(Err(error)) => Err(Stopped(error.to_string())),
+        Some(Ok(Err(error))) => Err(Stopped(error.to_string())),
         None => Ok(()),
     }
 }
@@ -291,17 +315,22 @@ struct Copied {
     stored: bool,
 }
 
-/// Copies `key` from `src` to `target` unless a client wrote it there meanwhile
+/// Copies `key` from server `source` to server `id` unless a client wrote it there meanwhile
 /// (`only_missing`: unless the target holds it at all, checked before the source is read).
 async fn copy_one(
-    ctx: &Context,
-    src: &Backend,
-    target: &Backend,
+    ctx: Arc<Context>,
+    source: usize,
+    id: usize,
     key: Bytes,
     only_missing: bool,
 ) -> Result<Copied, BackendError> {
+    let (src, target) = (&ctx.router.backends[source], &ctx.router.backends[id]);
     let replicas = ctx.router.replicas(&key);
     let _guard = ctx.locks.lock(&key, &replicas).await;
+    // A source that missed the key's last write (or a flush_all) would copy an old item.
+    if src.health.read_rank(&key) != Some(ReadRank::Current) {
+        return Ok(Copied::default());
+    }
     if only_missing {
         let held = target.call(forward::meta_exists(&key)).await?;
         if !matches!(
@@ -314,6 +343,7 @@ async fn copy_one(
             return Ok(Copied::default());
         }
     }
+    let flushes = ctx.flushes.load(Ordering::Acquire);
     let Some(item) = replicate::read_item(src, &key).await else {
         return Ok(Copied::default());
     };
@@ -322,10 +352,14 @@ async fn copy_one(
         .call(forward::add(&key, item.flags, item.exptime, item.data))
         .await?;
     if write_failed(&reply) {
-        return Err(BackendError::Protocol {
-            addr: target.addr.clone(),
-            detail: format!("refused a copy: {reply:?}"),
-        });
+        // Too large for the target's -I, or no room under -M: that key stays cold.
+        tracing::debug!(backend = %target.addr, ?reply, "a warm-up copy was refused");
+        return Ok(Copied::default());
+    }
+    if ctx.flushes.load(Ordering::Acquire) != flushes {
+        // A flush_all ran between the read and the copy: the copy is older than it.
+        target.call(forward::delete(&key)).await?;
+        return Ok(Copied::default());
     }
     let stored = matches!(
         reply,

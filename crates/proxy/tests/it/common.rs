@@ -279,6 +279,24 @@ impl ProxyHandle {
         Client::connect(&self.addr).await
     }
 
+    /// Waits until `stats backends` shows every server up (an empty server beside a full one
+    /// is warmed first).
+    pub async fn await_all_up(&self) {
+        let mut client = self.client().await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let backends = client.call("stats backends\r\n").await;
+            if backends
+                .lines()
+                .all(|l| l == "END" || l.contains(" state=up "))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not all up: {backends}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let task = self.task.take().unwrap();

@@ -123,6 +123,8 @@ async fn meta_cas_runs_on_one_replica_and_the_outcome_is_copied() {
         assert_eq!(direct(&b, "ms skew 1\r\nx\r\n").await, "HD\r\n");
     }
     let proxy = ProxyHandle::start(config(&[&[&a], &[&b]])).await;
+    // a is empty beside b: it is warmed (and read after b) until it is up.
+    proxy.await_all_up().await;
     let mut client = proxy.client().await;
     let cas_of = |reply: String| -> u64 {
         reply
