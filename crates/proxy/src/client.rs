@@ -440,7 +440,13 @@ async fn execute(
         Request::Stats { args } => {
             let mut args = args.iter();
             match (args.next(), args.next()) {
-                (None, _) => ctx.stats.write_general(out, &ctx.router),
+                (None, _) => ctx.stats.write_general(
+                    out,
+                    &ctx.router,
+                    ctx.serving(),
+                    ctx.others_serving
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
                 (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
                 (Some(b"reset"), None) => {
                     ctx.stats.reset();

@@ -102,7 +102,15 @@ impl Stats {
     }
 
     /// `stats`: general lines as memcached's, then the proxy counters.
-    pub fn write_general(&self, out: &mut Vec<u8>, router: &Router) {
+    /// `serving`: this proxy served clients lately; `others_serving`: another proxy's serving
+    /// heartbeat is on the servers (this one is then a standby unless it serves too).
+    pub fn write_general(
+        &self,
+        out: &mut Vec<u8>,
+        router: &Router,
+        serving: bool,
+        others_serving: bool,
+    ) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -114,6 +122,8 @@ impl Stats {
         let up = router.backends.iter().filter(|b| b.is_up()).count();
         reply::stat(out, "backends", router.backends.len());
         reply::stat(out, "backends_up", up);
+        reply::stat(out, "serving", u8::from(serving));
+        reply::stat(out, "other_proxy_serving", u8::from(others_serving));
         out.extend_from_slice(reply::END);
     }
 
