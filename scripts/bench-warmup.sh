@@ -444,7 +444,7 @@ def cmd_summarize(args):
                 started = log_fields(line)
             elif "warm-up finished" in line:
                 finished = log_fields(line)
-            elif "listed fewer items than it holds" in line:
+            elif "listing again for what is missing" in line:
                 short += 1
     row = {"setting": args.setting, "limits": args.limits, "items": args.items,
            "value_size": args.value_size, "conns": args.conns, "load": load,
@@ -462,8 +462,8 @@ def cmd_summarize(args):
         secs = float(finished.get("seconds", 0)) or None
         listed, copied, nbytes = (int(finished.get(k, 0)) for k in ("listed", "copied", "bytes"))
         row.update({"listed": listed, "copied": copied, "bytes": nbytes, "seconds": secs})
-        src = row.get("source_items") or args.items
-        row["passes"] = max(1, round(listed / src)) if src else None
+        # One listing, and one more for each `listing again` line.
+        row["passes"] = 1 + short
         if secs:
             row["copied_per_sec"] = round(copied / secs)
             row["mb_per_sec"] = round(nbytes / secs / 1e6, 2)
@@ -541,8 +541,9 @@ def cmd_report(args):
         if not r.get("warmup_finished"):
             notes.append("no `warm-up finished` line in the proxy's log")
         if r.get("short_passes"):
-            notes.append("%d pass(es) of `lru_crawler metadump` listed fewer items than the source held "
-                         "(the warm-up then copies the whole source again)" % r["short_passes"])
+            notes.append("%d listing(s) of `lru_crawler metadump` showed fewer items than the source held "
+                         "(each is followed by another that copies only the keys the new server lacks)"
+                         % r["short_passes"])
         if r["check"]["found"] < r["items"]:
             notes.append("%d keys missing on the new backup" % (r["items"] - r["check"]["found"]))
         for n in notes:

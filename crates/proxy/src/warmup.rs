@@ -122,6 +122,17 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
             if listed >= held {
                 break;
             }
+            if pass == PASSES {
+                tracing::info!(
+                    backend = %target.addr,
+                    source = %src.addr,
+                    passes = pass,
+                    listed,
+                    items = held,
+                    "the source still listed fewer items than it holds; what it never listed stays cold"
+                );
+                break;
+            }
             // memcached's crawler passes over an item it finds locked (being read or written
             // at that instant): another listing copies those, and only those (the keys the
             // target already holds are not read from the source again).
