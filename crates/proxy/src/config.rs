@@ -135,7 +135,9 @@ pub struct BackendConfig {
     pub connect_timeout_ms: u64,
     /// From sending a request to its whole reply.
     pub request_timeout_ms: u64,
-    /// Consecutive failures that mark a server down (it is then skipped without waiting).
+    /// Failures with no answer between them that mark a server down (it is then skipped
+    /// without waiting). A failure is a stall or a broken connection, however many pipelined
+    /// requests it fails, and failures within one request timeout of each other are one.
     pub failure_limit: u32,
     /// First delay before probing a down server; doubles after each failed probe.
     pub probe_interval_ms: u64,
