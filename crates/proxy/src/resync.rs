@@ -172,6 +172,11 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
             continue;
         }
         if state != State::Up || order.is_some() {
+            let unverified = health.standing.lock().unverified;
+            if unverified {
+                // A connection closed: see who the server is now, before anything else.
+                check(&ctx, &backend, &mut known, &mut checker).await;
+            }
             if ctx.may_act() || order.is_some() {
                 restore(&ctx, id, order).await;
             } else {
