@@ -93,6 +93,7 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
     let mut pace = Pace::new(ctx);
     for &source in &sources {
         let src = &ctx.router.backends[source];
+        let mut seen = Seen::default();
         for pass in 1..=PASSES {
             if let Some(progress) = target.health.progress.lock().as_mut() {
                 progress.pass = pass;
@@ -100,7 +101,7 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
             let held = crate::resync::stats_once(src)
                 .await
                 .map_or(0, |identity| identity.curr_items);
-            let listed = match copy_from(ctx, id, source, pass, &mut pace).await {
+            let listed = match copy_from(ctx, id, source, pass, &mut seen, &mut pace).await {
                 Ok(listed) => listed,
                 Err(Interrupted::Failed(stopped)) => {
                     tracing::warn!(backend = %target.addr, reason = %stopped.0, "warm-up stopped");
@@ -159,6 +160,35 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
     Ok(())
 }
 
+/// The keys (by hash) the passes over one source have listed, so a later pass copies only what
+/// the earlier ones did not see. Bounded: past `SEEN_MAX` keys nothing more is recorded, and
+/// later passes check every key they list on the target (one `mg` each) instead.
+#[derive(Default)]
+struct Seen {
+    hashes: hashbrown::HashSet<u64, foldhash::fast::RandomState>,
+    full: bool,
+}
+
+/// 8 bytes a key (plus the table's slack): at most about 100 MB per warm-up.
+const SEEN_MAX: usize = 8 * 1024 * 1024;
+
+impl Seen {
+    /// Whether `key` is new to the passes (always true when too many were seen to remember).
+    fn first_time(&mut self, key: &[u8], pass: u32) -> bool {
+        use std::hash::BuildHasher;
+        let hash = self.hashes.hasher().hash_one(key);
+        if pass > 1 && !self.full && self.hashes.contains(&hash) {
+            return false;
+        }
+        if self.hashes.len() < SEEN_MAX {
+            self.hashes.insert(hash);
+        } else {
+            self.full = true;
+        }
+        true
+    }
+}
+
 /// Paces the copy to the configured items and bytes per second.
 struct Pace {
     started: Instant,
@@ -204,6 +234,7 @@ async fn copy_from(
     id: usize,
     source: usize,
     pass: u32,
+    seen: &mut Seen,
     pace: &mut Pace,
 ) -> Result<u64, Interrupted> {
     let target = &ctx.router.backends[id];
@@ -265,7 +296,9 @@ async fn copy_from(
             let replicas = ctx.router.replicas(&key);
             let ids = replicas.as_slice();
             let mine = ids.contains(&(id as u16)) && ids.contains(&(source as u16));
-            if mine {
+            // A later pass skips what an earlier one listed (and copied, or left to the repair
+            // of missed keys): it is only for what the crawler skipped before.
+            if mine && seen.first_time(&key, pass) {
                 pace.next().await;
                 while copies.len() >= concurrency {
                     account(ctx, target, copies.join_next().await, pace)?;
@@ -453,6 +486,16 @@ mod tests {
         );
         assert!(dumped_key(b"END\r\n").is_none());
         assert!(dumped_key(b"key=%zz exp=1\r\n").is_none());
+    }
+
+    #[test]
+    fn a_later_pass_takes_only_keys_no_earlier_pass_listed() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time(b"a", 1));
+        assert!(seen.first_time(b"b", 1));
+        assert!(!seen.first_time(b"a", 2));
+        assert!(seen.first_time(b"c", 2));
+        assert!(!seen.first_time(b"c", 3));
     }
 
     #[test]
