@@ -167,6 +167,24 @@ pub fn delete(key: &[u8]) -> Call {
     )
 }
 
+/// `md <key> C<cas>`: delete the item only if it is still the one read with that CAS.
+pub fn delete_cas(key: &[u8], cas: u64) -> Call {
+    Call::line(
+        head(key.len() * 2 + 32, |out| {
+            if is_text_key(key) {
+                out.put_slice(b"md ");
+                out.put_slice(key);
+            } else {
+                meta_head(out, b"md", key);
+                out.put_slice(b" b");
+            }
+            out.put_slice(b" C");
+            number(out, cas);
+        }),
+        Expect::Line,
+    )
+}
+
 /// `touch`, or `mg ... T` for a key that is not text-safe.
 pub fn touch(key: &[u8], exptime: i32) -> Call {
     Call::line(
@@ -265,6 +283,7 @@ mod tests {
         assert_eq!(&flush_all(None).head[..], b"flush_all\r\n");
         assert_eq!(&meta_get_item(b"k").head[..], b"mg k v f t\r\n");
         assert_eq!(&meta_exists(b"k").head[..], b"mg k\r\n");
+        assert_eq!(&delete_cas(b"k", 42).head[..], b"md k C42\r\n");
     }
 
     #[test]

@@ -95,10 +95,10 @@ pub struct Standing {
     /// its latest miss (a repair removes a key only if it was not missed again meanwhile).
     missed: hashbrown::HashMap<Bytes, u64, foldhash::fast::RandomState>,
     seq: u64,
-    /// The server may hold stale data anywhere (it missed more keys than are kept, missed a
-    /// `flush_all`, restarted, or another proxy recorded misses for it): flush it before it is
-    /// read again.
-    pub needs_flush: bool,
+    /// Why the server may hold stale data anywhere (it missed more keys than are kept, missed
+    /// a `flush_all`, restarted, or another proxy recorded misses for it), when it does: it is
+    /// flushed before it is read again.
+    pub flush_reason: Option<&'static str>,
     /// The server holds nothing stale but may lack much (it was flushed or restarted empty):
     /// fill it from a healthy replica before it counts as up.
     pub cold: bool,
@@ -113,11 +113,13 @@ pub struct Standing {
     pub unverified: bool,
     /// Another proxy's ledger mark is on it (as of the last look): this proxy does not read it.
     pub foreign: bool,
-    /// Why it needs a flush, for the log.
-    pub flush_reason: Option<&'static str>,
 }
 
 impl Standing {
+    pub fn needs_flush(&self) -> bool {
+        self.flush_reason.is_some()
+    }
+
     pub fn missed_len(&self) -> usize {
         self.missed.len()
     }
@@ -142,7 +144,6 @@ impl Standing {
     /// again after the warm-up, which may not see every item (memcached's crawler skips an item
     /// that is locked as it passes).
     pub fn flushed(&mut self) {
-        self.needs_flush = false;
         self.flushed_pending = true;
         self.flush_reason = None;
         self.cold = true;
@@ -151,7 +152,7 @@ impl Standing {
     /// Nothing to repair, flush or fill, and not held: it may be up.
     pub fn clean(&self) -> bool {
         self.missed.is_empty()
-            && !self.needs_flush
+            && !self.needs_flush()
             && !self.cold
             && !self.held
             && !self.unverified
@@ -159,10 +160,7 @@ impl Standing {
     }
 
     pub fn must_flush(&mut self, reason: &'static str) {
-        if !self.needs_flush {
-            self.needs_flush = true;
-            self.flush_reason = Some(reason);
-        }
+        self.flush_reason.get_or_insert(reason);
     }
 }
 
@@ -292,6 +290,11 @@ impl Health {
     /// Moves to `to`, logging why; nothing when already there.
     pub fn set_state(&self, to: State, reason: &str) {
         let from = State::from_u8(self.state.swap(to as u8, Ordering::AcqRel));
+        self.changed(from, to, reason);
+    }
+
+    /// Logs a change of state and restarts its clock.
+    fn changed(&self, from: State, to: State, reason: &str) {
         if from != to {
             *self.since.lock() = Instant::now();
             tracing::info!(backend = %self.addr, %from, %to, reason, "backend state changed");
@@ -315,11 +318,7 @@ impl Health {
                 Err(now) => current = now,
             }
         }
-        let from = State::from_u8(current);
-        if from != to {
-            *self.since.lock() = Instant::now();
-            tracing::info!(backend = %self.addr, %from, %to, reason, "backend state changed");
-        }
+        self.changed(State::from_u8(current), to, reason);
         true
     }
 
@@ -446,7 +445,7 @@ impl Health {
         }
         let standing = self.standing.lock();
         if standing.held
-            || standing.needs_flush
+            || standing.needs_flush()
             || standing.unverified
             || standing.foreign
             || standing.missed.contains_key(key)
@@ -534,7 +533,7 @@ mod tests {
             health.remember_missed(key);
         }
         assert_eq!(health.standing.lock().missed_len(), 2);
-        assert!(health.standing.lock().needs_flush);
+        assert!(health.standing.lock().needs_flush());
         assert_eq!(health.read_rank(b"z"), None);
         health.standing.lock().flushed();
         // Flushed: nothing stale, but cold, so read only after the replicas that are not.

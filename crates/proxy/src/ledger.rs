@@ -14,19 +14,22 @@
 //! (the servers should not run full with eviction on); a mark lives on the servers that were up
 //! when it was made, so losing every one of them loses it.
 
+use std::sync::atomic::Ordering;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use keepcached_protocol::response::{MetaCode, Status};
-use std::sync::atomic::Ordering;
+use keepcached_protocol::{StoreKind, Verb};
 
-use crate::backend::{Backend, Call, Expect, Reply};
+use crate::backend::{Backend, Reply};
+use crate::forward;
 use crate::Context;
 
 /// Items under this prefix are the proxies' marks; warm-up does not copy them.
-pub const PREFIX: &[u8] = b"keepcached:missed:";
+const PREFIX: &[u8] = b"keepcached:missed:";
 /// The item a proxy that serves clients keeps fresh on the servers (its id, a short TTL): a
 /// standby proxy that sees another proxy's id there leaves the servers' repair to it.
-pub const SERVING: &[u8] = b"keepcached:serving";
+const SERVING: &[u8] = b"keepcached:serving";
 
 /// Whether `key` is one of the proxies' own items, which a warm-up does not copy.
 pub fn is_own(key: &[u8]) -> bool {
@@ -47,30 +50,6 @@ fn keepers<'a>(ctx: &'a Context, server: &'a Backend) -> impl Iterator<Item = &'
         .iter()
         .filter(move |b| !std::ptr::eq(&***b, server) && b.state().takes_writes())
         .map(|b| &**b)
-}
-
-fn line(parts: &[&[u8]], expect: Expect) -> Call {
-    let mut head = BytesMut::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            head.extend_from_slice(b" ");
-        }
-        head.extend_from_slice(part);
-    }
-    head.extend_from_slice(b"\r\n");
-    Call::line(head.freeze(), expect)
-}
-
-fn store(verb: &[u8], key: &[u8], value: &[u8], cas: Option<u64>) -> Call {
-    let len = value.len().to_string();
-    let cas = cas.map(|c| c.to_string());
-    let mut parts: Vec<&[u8]> = vec![verb, key, b"0", b"0", len.as_bytes()];
-    if let Some(cas) = &cas {
-        parts.push(cas.as_bytes());
-    }
-    let mut call = line(&parts, Expect::Line);
-    call.data = Some(Bytes::copy_from_slice(value));
-    call
 }
 
 /// Records, before the write `server` missed is acknowledged, that it missed writes through
@@ -114,9 +93,14 @@ pub async fn mark(ctx: &Context, server: &Backend) {
 }
 
 async fn append_token(keeper: &Backend, key: &[u8], token: &[u8]) -> bool {
-    for verb in [&b"append"[..], b"add", b"append"] {
-        let value = if verb == b"add" { &token[1..] } else { token };
-        match keeper.call(store(verb, key, value, None)).await {
+    for kind in [StoreKind::Append, StoreKind::Add, StoreKind::Append] {
+        let value = if kind == StoreKind::Add {
+            &token[1..]
+        } else {
+            token
+        };
+        let call = forward::store(kind, key, 0, 0, Bytes::copy_from_slice(value), 0);
+        match keeper.call(call).await {
             Ok(Reply::Status(Status::Stored)) => return true,
             Ok(Reply::Status(Status::NotStored)) => continue,
             _ => return false,
@@ -170,23 +154,14 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
 
 /// Keeps this proxy's serving heartbeat fresh on every server that takes writes, for `ttl`
 /// seconds.
-pub async fn heartbeat(ctx: &Context, ttl: u32) {
-    let ttl = ttl.to_string();
-    let id = ctx.proxy_id.as_bytes();
-    let len = id.len().to_string();
+pub async fn heartbeat(ctx: &Context, ttl: i32) {
+    let id = Bytes::copy_from_slice(ctx.proxy_id.as_bytes());
     let mut sets: FuturesUnordered<_> = ctx
         .router
         .backends
         .iter()
         .filter(|b| b.state().takes_writes())
-        .map(|b| {
-            let mut call = line(
-                &[b"set", SERVING, b"0", ttl.as_bytes(), len.as_bytes()],
-                Expect::Line,
-            );
-            call.data = Some(Bytes::copy_from_slice(id));
-            async move { b.call(call).await }
-        })
+        .map(|b| b.call(forward::set(SERVING, 0, ttl, id.clone())))
         .collect();
     while sets.next().await.is_some() {}
 }
@@ -230,7 +205,8 @@ pub async fn marks_on(ctx: &Context, keeper: &Backend) -> u64 {
 
 /// A mark's ids and CAS; `Ok(None)` when there is none, `Err` when the keeper did not answer.
 async fn read(keeper: &Backend, key: &[u8]) -> Result<Option<(Bytes, u64)>, ()> {
-    let Ok(Reply::Values(values)) = keeper.call(line(&[b"gets", key], Expect::Values)).await else {
+    let gets = forward::get(Verb::Gets, None, std::iter::once(key));
+    let Ok(Reply::Values(values)) = keeper.call(gets).await else {
         return Err(());
     };
     Ok(values.first().and_then(|value| parse_mark(value.raw())))
@@ -275,10 +251,10 @@ async fn clear_on(ctx: &Context, keeper: &Backend, key: &[u8], all: bool) {
             .filter(|t| !t.is_empty() && !all && *t != ctx.proxy_id.as_bytes())
             .collect();
         let call = if kept.is_empty() {
-            let cas = format!("C{cas}");
-            line(&[b"md", key, cas.as_bytes()], Expect::Line)
+            forward::delete_cas(key, cas)
         } else {
-            store(b"cas", key, &kept.join(&b' '), Some(cas))
+            let ids = Bytes::from(kept.join(&b' '));
+            forward::store(StoreKind::Cas, key, 0, 0, ids, cas)
         };
         match keeper.call(call).await {
             Ok(Reply::Status(Status::Stored | Status::NotFound))

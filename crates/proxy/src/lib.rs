@@ -224,7 +224,7 @@ impl Bound {
             others_serving: std::sync::atomic::AtomicBool::new(false),
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
-        resync::start(&ctx);
+        resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;
         for listener in &tcp {
             if let Ok(addr) = listener.local_addr() {

@@ -57,45 +57,38 @@ impl Identity {
     }
 }
 
-/// Starts one supervisor per server, on the current runtime.
-pub fn start(ctx: &Arc<Context>) {
+/// Starts one supervisor per server, and the serving heartbeat, on the current runtime; they
+/// stop when `shutdown` turns true.
+pub fn start(ctx: &Arc<Context>, shutdown: &tokio::sync::watch::Receiver<bool>) {
     for id in 0..ctx.router.backends.len() {
         tokio::spawn(supervise(ctx.clone(), id));
     }
-    tokio::spawn(serving(ctx.clone()));
+    tokio::spawn(serving(ctx.clone(), shutdown.clone()));
 }
 
 /// While this proxy serves clients: its heartbeat on the servers, for three health intervals
 /// (one missed refresh does not make a serving proxy look like a standby).
 pub async fn heartbeat(ctx: &Context) {
     if ctx.config.resync.ledger && ctx.serving() {
-        let ttl = (ctx.config.backend.health_interval() * 3).as_secs().max(2) as u32;
+        let ttl = (ctx.config.backend.health_interval() * 3).as_secs().max(2) as i32;
         ledger::heartbeat(ctx, ttl).await;
     }
 }
 
 /// Every health interval: while this proxy serves clients, its heartbeat on the servers; and
 /// whether another proxy's is there.
-async fn serving(ctx: Arc<Context>) {
+async fn serving(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     if !ctx.config.resync.ledger {
         return;
     }
     let interval = ctx.config.backend.health_interval();
-    let mut shutdown = ctx
-        .router
-        .backends
-        .first()
-        .map(|b| b.health.shutdown.clone());
     loop {
         heartbeat(&ctx).await;
         let others = ledger::others_serving(&ctx).await;
         ctx.others_serving.store(others, Ordering::Relaxed);
-        let Some(shutdown) = shutdown.as_mut() else {
-            return;
-        };
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = stopped(shutdown) => return,
+            () = stopped(&mut shutdown) => return,
         }
     }
 }
@@ -195,14 +188,11 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
             continue;
         }
         tokio::select! {
-            () = tokio::time::sleep(health.settings.health_interval()) => {
-                check(&ctx, &backend, &mut known, &mut checker).await;
-            }
-            () = health.wake.notified() => {
-                check(&ctx, &backend, &mut known, &mut checker).await;
-            }
+            () = tokio::time::sleep(health.settings.health_interval()) => {}
+            () = health.wake.notified() => {}
             () = stopped(&mut shutdown) => return,
         }
+        check(&ctx, &backend, &mut known, &mut checker).await;
     }
 }
 
@@ -313,7 +303,7 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         if marks.foreign && may_act && !standing.flushed_pending {
             standing.must_flush("another proxy recorded in the ledger that it missed writes");
         }
-        if others_hold_items && ctx.config.resync.warmup && !standing.needs_flush {
+        if others_hold_items && ctx.config.resync.warmup && !standing.needs_flush() {
             standing.cold = true;
         }
         !standing.clean()
@@ -383,9 +373,8 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
             return;
         }
     }
-    let needs_flush = health.standing.lock().needs_flush;
-    if needs_flush {
-        let reason = health.standing.lock().flush_reason.unwrap_or("");
+    let flush_reason = health.standing.lock().flush_reason;
+    if let Some(reason) = flush_reason {
         health.change(&[State::Up, State::Warming], State::Suspect, reason);
         tracing::info!(backend = %backend.addr, reason, "flushing it before it is read again");
         match backend.call(forward::flush_all(None)).await {

@@ -124,19 +124,23 @@ impl Router {
         {
             return all;
         }
-        let mut ranked: Vec<(ReadRank, u16)> = all
-            .as_slice()
-            .iter()
-            .filter_map(|&id| Some((self.backend(id).health.read_rank(key)?, id)))
-            .collect();
-        ranked.sort_by_key(|(rank, _)| *rank);
+        // Ranked once each, then taken best rank first: a few entries, on the stack (this runs
+        // for every key while any of its replicas is not up).
+        let mut ranks = [None; MAX_POOLS];
+        for (rank, &id) in ranks.iter_mut().zip(all.as_slice()) {
+            *rank = self.backend(id).health.read_rank(key);
+        }
         let mut order = Replicas {
             ids: [0; MAX_POOLS],
             len: 0,
         };
-        for (_, id) in ranked {
-            order.ids[order.len as usize] = id;
-            order.len += 1;
+        for wanted in [ReadRank::Current, ReadRank::Cold] {
+            for (rank, &id) in ranks.iter().zip(all.as_slice()) {
+                if *rank == Some(wanted) {
+                    order.ids[order.len as usize] = id;
+                    order.len += 1;
+                }
+            }
         }
         order
     }

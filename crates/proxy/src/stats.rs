@@ -157,7 +157,7 @@ impl Stats {
                         sum(|c| &c.downs),
                         sum(|c| &c.restarts),
                         standing.missed_len(),
-                        u8::from(standing.needs_flush),
+                        u8::from(standing.needs_flush()),
                         u8::from(standing.cold),
                         u8::from(standing.held),
                     )
