@@ -51,9 +51,12 @@ pub fn execute(ctx: &Context, frame: &[u8], out: &mut Vec<u8>) {
     let health = &backend.health;
     let order = match action {
         b"drain" => {
-            // Out of service as this command returns: no read or write reaches it after OK.
+            // Out of service as this command returns: no read or write reaches it after OK,
+            // and an earlier `up` or `warm` not yet carried out does not undo it.
+            *health.order.lock() = None;
             health.set_state(State::Drained, "the operator drained it");
-            Order::Drain
+            health.wake.notify_one();
+            return out.extend_from_slice(reply::OK);
         }
         b"hold" => {
             health.standing.lock().held = true;

@@ -201,11 +201,10 @@ impl Progress {
     }
 }
 
-/// An operator's order for a server, carried out by its supervisor.
+/// An operator's order for a server, carried out by its supervisor (a drain takes effect at
+/// once, in admin.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
-    /// Take it out of reads and writes.
-    Drain,
     /// Flush it and fill it from a healthy replica now.
     Warm,
     /// Repair what it missed (flush it if that cannot be done key by key), skip the warm-up,

@@ -122,9 +122,6 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
             return;
         }
         let order = health.order.lock().take();
-        if order == Some(Order::Drain) {
-            health.set_state(State::Drained, "the operator drained it");
-        }
         let state = health.state();
         let returning = match state {
             State::Connecting | State::Down => true,
@@ -361,7 +358,7 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
                 standing.must_flush("the operator asked for a warm-up");
             }
             Some(Order::Up) => standing.held = false,
-            Some(Order::Drain) | None => {}
+            None => {}
         }
         if standing.held {
             drop(standing);
