@@ -440,13 +440,10 @@ async fn execute(
         Request::Stats { args } => {
             let mut args = args.iter();
             match (args.next(), args.next()) {
-                (None, _) => ctx.stats.write_general(
-                    out,
-                    &ctx.router,
-                    ctx.serving(),
-                    ctx.others_serving
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ),
+                (None, _) => {
+                    ctx.stats
+                        .write_general(out, &ctx.router, ctx.serving(), ctx.others_serving())
+                }
                 (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
                 (Some(b"reset"), None) => {
                     ctx.stats.reset();

@@ -102,10 +102,13 @@ impl Context {
     /// proxy that serves the clients repairs them, under its own key locks, and two proxies
     /// doing it at once would race each other's writes.
     fn may_act(&self) -> bool {
-        self.serving()
-            || !self
-                .others_serving
-                .load(std::sync::atomic::Ordering::Relaxed)
+        self.serving() || !self.others_serving()
+    }
+
+    /// Whether another proxy's serving heartbeat was on the servers at the last look.
+    fn others_serving(&self) -> bool {
+        self.others_serving
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this proxy served clients lately (see [`STANDBY_AFTER`]).
