@@ -225,7 +225,8 @@ pub enum ImportResult {
     Stored,
     /// Over `item_size_max` (or a key over [`KEY_MAX_LENGTH`]).
     TooLarge,
-    /// The item's shard has no room left for it; nothing was evicted to make some.
+    /// The cache has no room left for it (its shard's share, with what the other shards could
+    /// lend); nothing was evicted to make some.
     NoRoom,
 }
 
@@ -549,15 +550,16 @@ impl Cache {
         (hash, idx as usize)
     }
 
-    /// Without eviction (-M) the memory limit is the cache's, not a shard's: memcached refuses a
-    /// store only when all of its memory is taken, and a delete anywhere makes room for the next
-    /// store. So a shard that cannot fit `need` bytes takes the unused part of the other shards'
-    /// shares, up to `need`; the shares still add up to the limit. Returns whether any was found
-    /// (never with eviction on: a full shard evicts instead).
+    /// A shard that cannot fit `need` bytes takes the unused part of the other shards' shares,
+    /// up to `need`; the shares still add up to the limit. Returns whether any was found.
+    ///
+    /// Without eviction (-M) a store does this, since the memory limit is then the cache's, not
+    /// a shard's: memcached refuses a store only when all of its memory is taken, and a delete
+    /// anywhere makes room for the next store (with eviction on, a full shard evicts instead).
+    /// A load does it either way: the keys of a saved cache spread over the shards differently
+    /// in the next process, so a full cache reloaded with the same limit would otherwise lose
+    /// the items of the shards that got more than their share.
     fn borrow_room(&self, target: usize, need: u64) -> bool {
-        if self.evict {
-            return false;
-        }
         // One rebalance at a time, and none while set_max_bytes resets the shares.
         let _shares = self.shares.lock();
         let mut got = 0;
@@ -647,6 +649,7 @@ impl Cache {
         let (outcome, garbage) = shard.lock().store(hash, &request, item_data(&request), now);
         drop(garbage);
         if outcome.result != StoreResult::OutOfMemory
+            || self.evict
             || !self.borrow_room(idx, accounted_size(key.len(), value.len()))
         {
             return outcome;
@@ -721,6 +724,7 @@ impl Cache {
         let mut once = |counter: &mut Counter| (f.take().expect("one delta is done"))(counter);
         let outcome = shard.lock().delta(hash, key, request, now, &mut once);
         if !matches!(outcome, DeltaOutcome::OutOfMemory)
+            || self.evict
             || !self.borrow_room(idx, accounted_size(key.len(), numeric::MAX_DIGITS))
         {
             return outcome;
@@ -810,8 +814,10 @@ impl Cache {
 
     /// Puts back an item that [`Cache::export`] lent (to load a saved cache): as a set that
     /// keeps the item's access time and meta state and gets a new CAS. When the item's shard is
-    /// full the item is refused rather than another evicted, so the items loaded first are the
-    /// ones kept.
+    /// full it borrows the other shards' unused room, with eviction on too (see
+    /// [`Cache::borrow_room`]), so every item fits that fitted in the limit before; when the
+    /// whole cache is full the item is refused rather than another evicted, so the items loaded
+    /// first are the ones kept.
     pub fn import(&self, item: &SavedItem<'_>, now: Time) -> ImportResult {
         if item.key.len() > KEY_MAX_LENGTH
             || memcached_size(item.key.len(), item.value.len(), item.flags, self.cas)
@@ -819,13 +825,21 @@ impl Cache {
         {
             return ImportResult::TooLarge;
         }
-        let (hash, shard) = self.shard(item.key);
-        let mut data = Vec::with_capacity(item.key.len() + item.value.len());
-        data.extend_from_slice(item.key);
-        data.extend_from_slice(item.value);
-        shard
-            .lock()
-            .import(hash, item, data.into_boxed_slice(), now)
+        let (hash, idx) = self.locate(item.key);
+        let shard = &self.shards[idx].0;
+        let data = || {
+            let mut data = Vec::with_capacity(item.key.len() + item.value.len());
+            data.extend_from_slice(item.key);
+            data.extend_from_slice(item.value);
+            data.into_boxed_slice()
+        };
+        let result = shard.lock().import(hash, item, data(), now);
+        if result != ImportResult::NoRoom
+            || !self.borrow_room(idx, accounted_size(item.key.len(), item.value.len()))
+        {
+            return result;
+        }
+        shard.lock().import(hash, item, data(), now)
     }
 
     /// Drops every item (a load that found the file corrupt starts over empty).

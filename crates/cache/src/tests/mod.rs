@@ -1023,6 +1023,39 @@ fn import_refuses_instead_of_evicting_and_replaces_a_live_item() {
 }
 
 #[test]
+fn a_full_cache_imported_with_the_same_limit_keeps_every_item() {
+    // Keys spread over the shards by a random seed, so in the fresh cache some shards get more
+    // items than their share holds; they borrow the others' unused room, eviction on or not.
+    let item_bytes = accounted_size(5, 100);
+    let cfg = Config {
+        max_bytes: 8 * 50 * item_bytes,
+        item_size_max: 2048,
+        evict: true,
+        cas: true,
+        shards: 8,
+    };
+    let c = Cache::new(cfg.clone());
+    assert_eq!(c.shard_count(), 8);
+    for i in 0..2000 {
+        assert_eq!(set(&c, &key(i), &[b'v'; 100], 1), StoreResult::Stored);
+    }
+    assert!(c.stats().evictions > 0);
+    let saved = exported(&c, 2);
+    assert_eq!(saved.len(), 400, "every shard is full");
+    let copy = Cache::new(cfg);
+    c.export(2, |item| match copy.import(item, 2) {
+        ImportResult::Stored => Ok(()),
+        other => Err(other),
+    })
+    .unwrap();
+    assert_eq!(exported(&copy, 2), saved);
+    let stats = copy.stats();
+    assert_eq!((stats.curr_items, stats.evictions), (400, 0));
+    assert!(stats.bytes <= stats.limit_maxbytes);
+    copy.check();
+}
+
+#[test]
 fn clear_drops_every_item() {
     let c = cache();
     for i in 0..500 {
