@@ -436,9 +436,10 @@ async fn a_flush_all_missed_while_down_leaves_nothing_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_reply_does_not_mark_a_server_down() {
+    const TIMEOUT_MS: u64 = 2_000;
     let _serial = SERIAL.lock().await;
     let (main, _backup, proxy) = start_tier(Kind::Memcached, |config| {
-        config.backend.request_timeout_ms = 1_000;
+        config.backend.request_timeout_ms = TIMEOUT_MS;
     })
     .await;
     let mut client = proxy.client().await;
@@ -446,21 +447,40 @@ async fn one_slow_reply_does_not_mark_a_server_down() {
     // One stall a little longer than the request timeout, with requests pipelined on it:
     // they time out together, which is one failure, not a failure each.
     main.signal("STOP");
+    let stopped = Instant::now();
     let mut batch = String::new();
     for i in 0..50 {
         batch.push_str(&format!("set s{i} 0 0 1\r\nx\r\n"));
     }
     client.stream.write_all(batch.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 200)).await;
     main.signal("CONT");
+    let stall = stopped.elapsed();
+    // The scenario is one stall: a second failure needs the server silent for another whole
+    // timeout, which a stall this long cannot give (checked, so an overloaded machine that
+    // held the process far longer says so instead of failing the verdict below).
+    assert!(
+        stall < Duration::from_millis(2 * TIMEOUT_MS),
+        "the stall lasted {stall:?}, not one stall"
+    );
     for _ in 0..50 {
         assert_eq!(client.read(false).await.unwrap(), "STORED\r\n");
     }
     let backends = client.call("stats backends\r\n").await.unwrap();
     println!("{backends}");
-    assert!(backends.contains(&format!("main/{} state=", main.addr())));
-    assert!(!backends.contains("state=down"), "{backends}");
-    assert!(!backends.contains("downs=1"), "{backends}");
+    let line = backends
+        .lines()
+        .find(|l| l.contains(&format!("main/{} ", main.addr())))
+        .unwrap_or_else(|| panic!("{backends}"));
+    let field = |name: &str| -> u64 {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert!(field("timeouts=") >= 1, "the stall was not seen: {line}");
+    assert_eq!(field("downs="), 0, "{line}");
+    assert!(!line.contains("state=down"), "{line}");
     proxy.stop().await;
 }
 
@@ -517,7 +537,7 @@ async fn operator_commands_drain_hold_warm_and_up() {
         "warmed"
     );
     let stats = client.call("stats\r\n").await.unwrap();
-    assert!(!stats.contains("STAT warmup_copies 0\r\n"), "{stats}");
+    assert!(stat(&stats, "warmup_copies") >= 2, "{stats}");
 
     assert_eq!(
         client.call("backend drain nowhere:1\r\n").await.unwrap(),
@@ -609,15 +629,15 @@ async fn await_stat(proxy: &Proxy, name: &str, value: u64) {
     }
 }
 
-/// The seed's standby proxy (running, serving no client) while the serving proxy repairs a
-/// server that missed writes: the standby keeps off it while the serving proxy's mark is there,
-/// but neither flushes nor copies to it (it would race the serving proxy's writes, and empty a
-/// server that proxy reads), and reads it again once the serving proxy has repaired it.
+/// The seed's standby proxy (running, serving no client) while the serving proxy holds a server
+/// that missed writes: the standby sees the serving proxy's mark and keeps off the server, but
+/// neither flushes nor copies to it (it would race the serving proxy's writes, and empty a server
+/// that proxy reads); once the serving proxy has repaired it, the standby reads it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
     let _serial = SERIAL.lock().await;
-    let (main, _backup, serving) = start_tier(Kind::Memcached, |_| {}).await;
-    let standby = Proxy::start(config(&main, &_backup)).await;
+    let (main, backup, serving) = start_tier(Kind::Memcached, |_| {}).await;
+    let standby = Proxy::start(config(&main, &backup)).await;
     let mut client = serving.client().await;
     for i in 0..100 {
         assert_eq!(
@@ -634,9 +654,21 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
             "STORED\r\n"
         );
     }
+    // Held by the serving proxy when it returns: its mark stays on the backup meanwhile.
+    let hold = format!("backend hold {}\r\n", main.addr());
+    assert_eq!(client.call(&hold).await.unwrap(), "OK\r\n");
     main.signal("CONT");
+    serving
+        .await_backend(&main, &["state=suspect ", "held=1 "])
+        .await;
+    // Only `stats` is asked of the standby here: a data request would make it serve.
+    standby.await_backend(&main, &["marked_by_other=1"]).await;
+    let up = format!("backend up {}\r\n", main.addr());
+    assert_eq!(client.call(&up).await.unwrap(), "OK\r\n");
     serving.await_state(&main, "up").await;
-    standby.await_state(&main, "up").await;
+    standby
+        .await_backend(&main, &["state=up ", "marked_by_other=0"])
+        .await;
     let mut direct = Client::connect(&main.addr()).await.unwrap();
     let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
     let mut through_standby = standby.client().await;
@@ -659,8 +691,8 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_all_is_not_forgotten_when_the_vip_moves() {
     let _serial = SERIAL.lock().await;
-    let (main, _backup, first) = start_tier(Kind::Memcached, |_| {}).await;
-    let second = Proxy::start(config(&main, &_backup)).await;
+    let (main, backup, first) = start_tier(Kind::Memcached, |_| {}).await;
+    let second = Proxy::start(config(&main, &backup)).await;
     let mut client = first.client().await;
     for i in 0..100 {
         assert_eq!(

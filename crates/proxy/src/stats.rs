@@ -146,7 +146,7 @@ impl Stats {
                     format!(
                         "state={} state_s={} requests={} errors={} timeouts={} \
                          avg_latency_us={} failures={} downs={} restarts={} missed_keys={} \
-                         needs_flush={} cold={} held={}",
+                         needs_flush={} cold={} held={} marked_by_other={}",
                         backend.state().name(),
                         health.state_age_s(),
                         sum(|c| &c.requests),
@@ -160,6 +160,7 @@ impl Stats {
                         u8::from(standing.needs_flush()),
                         u8::from(standing.cold),
                         u8::from(standing.held),
+                        u8::from(standing.foreign),
                     )
                 };
                 if let Some(p) = health.progress.lock().as_ref() {

@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use keepcached_protocol::response::{parse_response, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -82,18 +83,20 @@ impl Client {
     }
 }
 
-/// Where the first whole reply in `buf` ends.
+/// Where the first whole reply in `buf` ends, read with the project's own reply parser: a get
+/// or `stats` (`multi`) ends at `END` or at an error line, anything else after one reply.
 fn complete(buf: &[u8], multi: bool) -> Option<usize> {
-    let text = std::str::from_utf8(buf).ok()?;
-    if multi {
-        for end in ["END\r\n", "ERROR\r\n"] {
-            if let Some(at) = text.find(end) {
-                if at == 0 || text[..at].ends_with("\r\n") {
-                    return Some(at + end.len());
-                }
-            }
+    let mut at = 0;
+    loop {
+        let parsed = parse_response(&buf[at..]).ok()?;
+        at += parsed.consumed;
+        if !(multi
+            && matches!(
+                parsed.response,
+                Response::Value { .. } | Response::Stat { .. }
+            ))
+        {
+            return Some(at);
         }
-        return None;
     }
-    text.find("\r\n").map(|at| at + 2)
 }

@@ -269,7 +269,8 @@ async fn pipelined_gets_fail_one_by_one() {
 }
 
 /// A server that never accepted a connection (refused, or a name that does not resolve) is
-/// not `up`: it shows as connecting, then down, and no read or write waits on it.
+/// never shown `up`: it ends `down`, and writes and reads go on through the replica that
+/// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answered_is_not_up() {
     let backup = memcached();
