@@ -343,3 +343,44 @@ async fn a_source_that_cannot_list_its_items_does_not_hold_a_server_out() {
     }
     proxy.stop().await;
 }
+
+/// A write a server answers with `SERVER_ERROR` (here a value over its `-I`, which the other
+/// replica takes) is a write it missed: the client gets the other replica's `STORED`, the key
+/// is repaired on the refusing server, and its old value is never read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_with_server_error_is_missed_and_repaired() {
+    let main = memcached_with(&["-I", "512k"]);
+    let backup = memcached();
+    let proxy = ProxyHandle::start(config(&[&[&main], &[&backup]])).await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.set("big", "old").await, "STORED\r\n");
+    let value = "x".repeat(700 * 1024);
+    assert_eq!(client.set("big", &value).await, "STORED\r\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = client.call("stats\r\n").await;
+        let stat = |name: &str| -> u64 {
+            let prefix = format!("STAT {name} ");
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {stats}"))
+        };
+        if stat("replica_write_failures") >= 1 && stat("repaired_keys") >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never missed and repaired: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(client.get("big").await.as_deref(), Some("old"));
+    assert_eq!(
+        Client::connect(&main.addr()).await.get("big").await,
+        None,
+        "the refusing server keeps no old value"
+    );
+    proxy.stop().await;
+}
