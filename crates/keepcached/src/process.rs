@@ -1,5 +1,9 @@
 //! Process-level chores shared by every role: limits, daemonizing, privileges, pid files and
 //! signals.
+//!
+//! The one `unsafe` is in [`ignore_user_signals`]: nix sets a signal's disposition only with an
+//! `unsafe` call (the same call installs handlers, which it cannot check), although ignoring a
+//! signal runs no code of ours.
 
 use std::path::PathBuf;
 
@@ -101,6 +105,24 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Ignores SIGUSR1 and SIGUSR2 until the runtime handles them: their default action ends the
+/// process, and the server handles them (a graceful shutdown, a save) only once its runtime
+/// runs, after loading the `-e` file, which takes seconds for a large cache. Without this, a
+/// save requested meanwhile (a SIGUSR2 from a cron job, say) would kill the server before it
+/// serves. Ignored, such a signal is dropped: the cache being loaded is the file's, so there is
+/// nothing new to save, and a SIGUSR1 can be sent again once the server serves. tokio replaces
+/// the disposition when it registers its own handlers, and `-d`'s fork keeps it meanwhile.
+#[allow(unsafe_code)]
+pub fn ignore_user_signals() -> anyhow::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGUSR1, Signal::SIGUSR2] {
+        // SAFETY: SIG_IGN installs no handler, so no code of ours runs in a signal context.
+        unsafe { sigaction(signal, &ignore) }.with_context(|| format!("ignoring {signal}"))?;
+    }
+    Ok(())
 }
 
 /// Turns true on SIGTERM or SIGINT: the one shutdown signal every task of a role watches.

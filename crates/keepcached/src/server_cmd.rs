@@ -546,6 +546,9 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         u8::try_from(settings.verbose).unwrap_or(u8::MAX),
         "keepcached_server::persist=info",
     );
+    // Before the load, which may take seconds, so that a SIGUSR1 or SIGUSR2 sent meanwhile
+    // does not end the server (their default action); on_user_signals handles them after it.
+    process::ignore_user_signals()?;
     process::raise_nofile_limit(settings.max_connections)?;
     let listeners = Listeners::bind(&settings)?;
     let server = Server::new(settings);
