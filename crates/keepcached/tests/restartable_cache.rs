@@ -373,9 +373,11 @@ fn damaged_files_give_one_line_and_an_empty_cache() {
     for cut in [good.len() - 1, good.len() - 21, mid, 100, 44, 20] {
         cases.push((format!("cut-{cut}"), good[..cut].to_vec(), "truncated"));
     }
+    // The byte may be a record's kind, a length or its checksum as well as a key or value: each
+    // gives its own message, and every one of a record says that the record is damaged.
     let mut flipped = good.clone();
     flipped[mid] ^= 0x10;
-    cases.push(("flipped".into(), flipped, "checksum does not match"));
+    cases.push(("flipped".into(), flipped, "is damaged"));
     let mut magic = good.clone();
     magic[..4].copy_from_slice(b"XXXX");
     cases.push(("magic".into(), magic, "not a keepcached cache file"));
