@@ -262,8 +262,9 @@ fn sigterm_saves_and_a_restart_loads_values_flags_and_ttls() {
     let stored = (stored_at, Instant::now());
     // The short-lived items last, so that they are alive at the save on any but a very slow
     // machine, and expire while the server is down.
-    let short_stored = unix_now();
     store_some(&first, &items, |i| items.short_lived(i));
+    // After the stores, so that the last short-lived item's expiry is behind the wait below.
+    let short_stored = unix_now();
     let log = stop(first);
     assert!(log.contains("does not exist yet"), "log:\n{log}");
     let saved = count_in(&log, "saved ");
