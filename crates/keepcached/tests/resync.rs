@@ -6,13 +6,15 @@
 
 mod tier;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keepcached_proxy::{BackendConfig, PoolConfig, ProxyConfig, ReplicationConfig, ResyncConfig};
+use keepcached_testkit::ServerProcess as Server;
+use nix::sys::signal::Signal;
 use tier::client::Client;
 use tier::load::{version, Load};
 use tier::WAIT;
@@ -32,115 +34,18 @@ enum Kind {
     Keepcached,
 }
 
-/// A cache server process on a fixed loopback port, so it can be restarted where it was.
-struct Server {
-    kind: Kind,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(kind: Kind) -> Server {
-        for _ in 0..8 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut server = Server {
-                kind,
-                port,
-                child: None,
-            };
-            if server.spawn() {
-                return server;
-            }
-        }
-        panic!("no free port for {kind:?}");
+/// A cache server process of `kind` on a free loopback port (testkit's, which can restart it
+/// where it was).
+fn start_server(kind: Kind) -> Server {
+    match kind {
+        Kind::Memcached => keepcached_testkit::memcached(&[]),
+        Kind::Keepcached => keepcached_testkit::keepcached_server(Path::new(BIN), &[]),
     }
-
-    /// Starts the process on `self.port`; false if it exited (the port was taken).
-    fn spawn(&mut self) -> bool {
-        let port = self.port.to_string();
-        let args = ["-u", "root", "-l", "127.0.0.1", "-p", &port, "-U", "0"];
-        let mut command = match self.kind {
-            Kind::Memcached => Command::new("memcached"),
-            Kind::Keepcached => {
-                let mut c = Command::new(BIN);
-                c.arg("server");
-                c
-            }
-        };
-        let child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a cache server");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(_)) = self.child.as_mut().unwrap().try_wait() {
-                self.child = None;
-                return false;
-            }
-            if std::net::TcpStream::connect(self.addr()).is_ok() {
-                return true;
-            }
-            assert!(Instant::now() < deadline, "{:?} never listened", self.kind);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts again, empty, on the same port.
-    fn restart(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while !self.spawn() {
-            assert!(Instant::now() < deadline, "port {} never freed", self.port);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args(["-s", name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-s", "CONT", &child.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        self.kill();
-    }
+    .expect("start a cache server")
 }
 
 fn config(main: &Server, backup: &Server) -> ProxyConfig {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = keepcached_testkit::free_port().expect("free port");
     ProxyConfig {
         listen: vec![format!("127.0.0.1:{port}")],
         unix_socket: None,
@@ -148,11 +53,11 @@ fn config(main: &Server, backup: &Server) -> ProxyConfig {
         pools: vec![
             PoolConfig {
                 name: "main".into(),
-                servers: vec![main.addr()],
+                servers: vec![main.addr().to_string()],
             },
             PoolConfig {
                 name: "backup".into(),
-                servers: vec![backup.addr()],
+                servers: vec![backup.addr().to_string()],
             },
         ],
         backend: BackendConfig {
@@ -242,8 +147,8 @@ impl Proxy {
 /// A main and a backup server of `kind` and the proxy in front of them, its config first
 /// adjusted by `tune`.
 async fn start_tier(kind: Kind, tune: impl FnOnce(&mut ProxyConfig)) -> (Server, Server, Proxy) {
-    let main = Server::start(kind);
-    let backup = Server::start(kind);
+    let main = start_server(kind);
+    let backup = start_server(kind);
     let mut config = config(&main, &backup);
     tune(&mut config);
     let proxy = Proxy::start(config).await;
@@ -254,10 +159,10 @@ async fn stopped_main_is_never_read_stale(kind: Kind) {
     let (main, _backup, proxy) = start_tier(kind, |_| {}).await;
     let load = Load::start(&proxy.addr).await;
     load.await_writes(2_000, WAIT * 2, String::new).await;
-    main.signal("STOP");
+    main.signal(Signal::SIGSTOP).unwrap();
     proxy.await_state(&main, "down").await;
     load.await_writes(2_000, WAIT * 2, String::new).await;
-    main.signal("CONT");
+    main.signal(Signal::SIGCONT).unwrap();
     proxy.await_state(&main, "up").await;
     load.await_writes(2_000, WAIT * 2, String::new).await;
     let (acked, counts) = load.stop().await;
@@ -318,7 +223,7 @@ async fn restarted_backup_is_warmed(kind: Kind, missed: bool) {
     if !missed {
         backup.kill();
     }
-    backup.restart();
+    backup.restart().expect("restart on the same port");
     // During the warm-up, readers through the proxy never miss a key the main server holds.
     let stop = Arc::new(AtomicBool::new(false));
     let misses = Arc::new(AtomicU64::new(0));
@@ -419,10 +324,10 @@ async fn a_flush_all_missed_while_down_leaves_nothing_old() {
             "STORED\r\n"
         );
     }
-    main.signal("STOP");
+    main.signal(Signal::SIGSTOP).unwrap();
     proxy.await_state(&main, "down").await;
     assert_eq!(client.call("flush_all\r\n").await.unwrap(), "OK\r\n");
-    main.signal("CONT");
+    main.signal(Signal::SIGCONT).unwrap();
     proxy.await_state(&main, "up").await;
     backup.kill();
     let mut old = 0;
@@ -446,7 +351,7 @@ async fn one_slow_reply_does_not_mark_a_server_down() {
     assert_eq!(client.set("k", "v").await.unwrap(), "STORED\r\n");
     // One stall a little longer than the request timeout, with requests pipelined on it:
     // they time out together, which is one failure, not a failure each.
-    main.signal("STOP");
+    main.signal(Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
     let mut batch = String::new();
     for i in 0..50 {
@@ -454,7 +359,7 @@ async fn one_slow_reply_does_not_mark_a_server_down() {
     }
     client.stream.write_all(batch.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 200)).await;
-    main.signal("CONT");
+    main.signal(Signal::SIGCONT).unwrap();
     let stall = stopped.elapsed();
     // The scenario is one stall: a second failure needs the server silent for another whole
     // timeout, which a stall this long cannot give (checked, so an overloaded machine that
@@ -489,7 +394,7 @@ async fn operator_commands_drain_hold_warm_and_up() {
     let _serial = SERIAL.lock().await;
     let (main, _backup, proxy) = start_tier(Kind::Memcached, |_| {}).await;
     let mut client = proxy.client().await;
-    let mut direct = Client::connect(&main.addr()).await.unwrap();
+    let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
     assert_eq!(client.set("a", "1").await.unwrap(), "STORED\r\n");
 
     let drain = format!("backend drain {}\r\n", main.addr());
@@ -568,7 +473,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
             "STORED\r\n"
         );
     }
-    main.signal("STOP");
+    main.signal(Signal::SIGSTOP).unwrap();
     proxy1.await_state(&main, "down").await;
     for i in 0..200 {
         let reply = if i % 2 == 0 {
@@ -579,7 +484,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
         assert!(reply == "STORED\r\n" || reply == "DELETED\r\n", "{reply}");
     }
     proxy1.stop().await;
-    main.signal("CONT");
+    main.signal(Signal::SIGCONT).unwrap();
     let mut stale = [0u32; 3];
     let mut client = proxy2.client().await;
     for (phase, count) in stale.iter_mut().enumerate() {
@@ -646,7 +551,7 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
         );
     }
     await_stat(&standby, "other_proxy_serving", 1).await;
-    main.signal("STOP");
+    main.signal(Signal::SIGSTOP).unwrap();
     serving.await_state(&main, "down").await;
     for i in 0..100 {
         assert_eq!(
@@ -657,7 +562,7 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
     // Held by the serving proxy when it returns: its mark stays on the backup meanwhile.
     let hold = format!("backend hold {}\r\n", main.addr());
     assert_eq!(client.call(&hold).await.unwrap(), "OK\r\n");
-    main.signal("CONT");
+    main.signal(Signal::SIGCONT).unwrap();
     serving
         .await_backend(&main, &["state=suspect ", "held=1 "])
         .await;
@@ -669,7 +574,7 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
     standby
         .await_backend(&main, &["state=up ", "marked_by_other=0"])
         .await;
-    let mut direct = Client::connect(&main.addr()).await.unwrap();
+    let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
     let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
     let mut through_standby = standby.client().await;
     let mut stale = 0;
@@ -700,11 +605,11 @@ async fn a_flush_all_is_not_forgotten_when_the_vip_moves() {
             "STORED\r\n"
         );
     }
-    main.signal("STOP");
+    main.signal(Signal::SIGSTOP).unwrap();
     first.await_state(&main, "down").await;
     assert_eq!(client.call("flush_all\r\n").await.unwrap(), "OK\r\n");
     first.stop().await;
-    main.signal("CONT");
+    main.signal(Signal::SIGCONT).unwrap();
     let mut through_second = second.client().await;
     let mut old = 0;
     for phase in 0..2 {
@@ -741,14 +646,14 @@ async fn a_server_restarted_between_checks_is_not_trusted() {
     assert_eq!(client.set("n", "5").await.unwrap(), "STORED\r\n");
     assert_eq!(client.set("v", "kept").await.unwrap(), "STORED\r\n");
     main.kill();
-    main.restart();
+    main.restart().expect("restart on the same port");
     let mut wrong = 0;
     wrong += u32::from(client.call("incr n 1\r\n").await.unwrap() != "6\r\n");
     wrong += u32::from(client.get("v").await.unwrap().as_deref() != Some("kept"));
-    let mut direct = Client::connect(&backup.addr()).await.unwrap();
+    let mut direct = Client::connect(&backup.addr().to_string()).await.unwrap();
     wrong += u32::from(direct.get("n").await.unwrap().as_deref() != Some("6"));
     proxy.await_state(&main, "up").await;
-    let mut direct = Client::connect(&main.addr()).await.unwrap();
+    let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
     wrong += u32::from(direct.get("v").await.unwrap().as_deref() != Some("kept"));
     wrong += u32::from(client.get("n").await.unwrap().as_deref() != Some("6"));
     println!("wrong answers or copies around the restart: {wrong}");
@@ -790,7 +695,7 @@ async fn ctl_shows_states_and_gives_orders() {
 
     let (code, _, _) = tokio::task::spawn_blocking({
         let (at, server) = (at.clone(), main.addr());
-        move || ctl(vec!["-p".into(), at, "drain".into(), server])
+        move || ctl(vec!["-p".into(), at, "drain".into(), server.to_string()])
     })
     .await
     .unwrap();
@@ -841,7 +746,7 @@ async fn conditional_writes_during_a_warm_up_run_where_the_item_is() {
     assert!(still_warming.contains("state=warming"), "{still_warming}");
     proxy.await_state(&main, "up").await;
     for server in [&main, &backup] {
-        let mut direct = Client::connect(&server.addr()).await.unwrap();
+        let mut direct = Client::connect(&server.addr().to_string()).await.unwrap();
         wrong += u32::from(direct.get("counter").await.unwrap().as_deref() != Some("15"));
         wrong += u32::from(direct.get("text").await.unwrap().as_deref() != Some("abcd"));
     }

@@ -48,6 +48,9 @@ pub struct ServerProcess {
     child: Child,
     port: u16,
     log: PathBuf,
+    /// The program and its arguments, to start it again on the same port.
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 impl ServerProcess {
@@ -68,20 +71,14 @@ impl ServerProcess {
             let mut args: Vec<&str> = subcommand.to_vec();
             args.extend(["-u", "root", "-l", "127.0.0.1", "-p", &port_arg, "-U", "0"]);
             args.extend(extra);
-            let child = Command::new(program)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .spawn()
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))
-                })?;
+            let child = start(program, &args, out)?;
             let mut server = ServerProcess {
                 label: format!("{label} {}", args.join(" ")),
                 child,
                 port,
                 log,
+                program: program.to_path_buf(),
+                args: args.iter().map(|a| a.to_string()).collect(),
             };
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
@@ -157,6 +154,37 @@ impl ServerProcess {
     }
 
     /// The command line, for messages.
+    /// Ends the process now (SIGKILL, by pid; it also ends a stopped process) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` to exactly this process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> io::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).map_err(io::Error::from)
+    }
+
+    /// Starts the program again, empty, on the same port (after [`ServerProcess::kill`]),
+    /// waiting while the old socket still holds the port.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let out = File::create(&self.log)?;
+            self.child = start(&self.program, &self.args, out)?;
+            match self.wait_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) if !self.log_text().to_ascii_lowercase().contains("in use") => {
+                    return Err(e)
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -222,6 +250,16 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
         let _ = fs::remove_file(&self.log);
     }
+}
+
+fn start<A: AsRef<std::ffi::OsStr>>(program: &Path, args: &[A], out: File) -> io::Result<Child> {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display())))
 }
 
 fn log_path(label: &str) -> PathBuf {
