@@ -169,20 +169,7 @@ pub fn delete(key: &[u8]) -> Call {
 
 /// `md <key> C<cas>`: delete the item only if it is still the one read with that CAS.
 pub fn delete_cas(key: &[u8], cas: u64) -> Call {
-    Call::line(
-        head(key.len() * 2 + 32, |out| {
-            if is_text_key(key) {
-                out.put_slice(b"md ");
-                out.put_slice(key);
-            } else {
-                meta_head(out, b"md", key);
-                out.put_slice(b" b");
-            }
-            out.put_slice(b" C");
-            number(out, cas);
-        }),
-        Expect::Line,
-    )
+    own_meta(b"md", key, format!(" C{cas}").as_bytes())
 }
 
 /// `touch`, or `mg ... T` for a key that is not text-safe.
@@ -241,22 +228,25 @@ pub fn cache_memlimit(megabytes: u32) -> Call {
 /// `mg <key> v f t`: the whole item (value, client flags, remaining TTL), to copy it exactly to
 /// the other replicas after a command that changed it in place (incr, append, ...).
 pub fn meta_get_item(key: &[u8]) -> Call {
-    meta_get(key, b" v f t")
+    own_meta(b"mg", key, b" v f t")
 }
 
 /// `mg <key>`: whether the server holds the key (`HD` or `EN`), without its value.
 pub fn meta_exists(key: &[u8]) -> Call {
-    meta_get(key, b"")
+    own_meta(b"mg", key, b"")
 }
 
-fn meta_get(key: &[u8], flags: &[u8]) -> Call {
+/// `<verb> <key> <flags>`, a meta command of the proxy's own (the key in base64 when it is not
+/// text-safe).
+fn own_meta(verb: &[u8], key: &[u8], flags: &[u8]) -> Call {
     Call::line(
-        head(key.len() * 2 + 12, |out| {
+        head(key.len() * 2 + flags.len() + 8, |out| {
             if is_text_key(key) {
-                out.put_slice(b"mg ");
+                out.put_slice(verb);
+                out.put_u8(b' ');
                 out.put_slice(key);
             } else {
-                meta_head(out, b"mg", key);
+                meta_head(out, verb, key);
                 out.put_slice(b" b");
             }
             out.put_slice(flags);
