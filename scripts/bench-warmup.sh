@@ -462,8 +462,7 @@ def cmd_summarize(args):
         secs = float(finished.get("seconds", 0)) or None
         listed, copied, nbytes = (int(finished.get(k, 0)) for k in ("listed", "copied", "bytes"))
         row.update({"listed": listed, "copied": copied, "bytes": nbytes, "seconds": secs})
-        # One listing, and one more for each `listing again` line.
-        row["passes"] = 1 + short
+        row["passes"] = int(finished.get("passes", 1))
         if secs:
             row["copied_per_sec"] = round(copied / secs)
             row["mb_per_sec"] = round(nbytes / secs / 1e6, 2)

@@ -152,6 +152,7 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
     tracing::info!(
         backend = %target.addr,
         listed = progress.done,
+        passes = progress.pass,
         copied = progress.copied,
         bytes = progress.bytes,
         seconds = format!("{secs:.2}"),
