@@ -522,10 +522,13 @@ async fn backend_connections_open_at_startup() {
     let proxy = ProxyHandle::start(config).await;
     // No client has sent anything: only the startup connects can raise the count (the four
     // pipelined connections, and the supervisor's own for its health checks).
-    assert_eq!(
-        direct.await_connections(before + 5).await,
-        before + 5,
-        "connections open before any request"
+    // Four pipelined connections, with or without the supervisor's own: it comes and goes with
+    // its checks (one that times out on a loaded machine is opened again at the next), so it
+    // may be missing at the moment counted.
+    let count = direct.await_connections(before + 4).await;
+    assert!(
+        (before + 4..=before + 5).contains(&count),
+        "connections open before any request: {count}, {before} before"
     );
     proxy.stop().await;
 }

@@ -408,13 +408,13 @@ impl Client {
             .unwrap_or_else(|| panic!("no {name} in {stats}"))
     }
 
-    /// Polls a backend's `curr_connections` until it is `wanted` (for up to five seconds) and
-    /// returns the last count seen.
+    /// Polls a backend's `curr_connections` until it is at least `wanted` (for up to five
+    /// seconds) and returns the last count seen.
     pub async fn await_connections(&mut self, wanted: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let now = self.stat("curr_connections").await;
-            if now == wanted || Instant::now() >= deadline {
+            if now >= wanted || Instant::now() >= deadline {
                 return now;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

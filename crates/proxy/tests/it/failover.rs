@@ -211,10 +211,13 @@ async fn a_repaired_server_gets_its_connections_back_together() {
     // No request has gone to the restarted server: only the reconnects (and the supervisor's
     // own connection) can raise the count.
     let mut direct = Client::connect(&format!("127.0.0.1:{port}")).await;
-    assert_eq!(
-        direct.await_connections(before + 5).await,
-        before + 5,
-        "connections open again without a request"
+    // Four pipelined connections, with or without the supervisor's own: it comes and goes with
+    // its checks (one that times out on a loaded machine is opened again at the next), so it
+    // may be missing at the moment counted.
+    let count = direct.await_connections(before + 4).await;
+    assert!(
+        (before + 4..=before + 5).contains(&count),
+        "connections open again without a request: {count}, {before} before"
     );
     proxy.stop().await;
 }
