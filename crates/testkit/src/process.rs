@@ -234,12 +234,13 @@ impl ServerProcess {
 
     /// The process's resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> io::Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| io::Error::other("no VmRSS in /proc status"))
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// The highest resident memory the process has had so far, in KiB (the kernel's high-water
+    /// mark, so a peak between two samples is not missed).
+    pub fn peak_rss_kib(&self) -> io::Result<u64> {
+        proc_status_kib(self.pid(), "VmHWM:")
     }
 }
 
@@ -250,6 +251,16 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
         let _ = fs::remove_file(&self.log);
     }
+}
+
+/// A `kB` field of `/proc/PID/status`.
+pub fn proc_status_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
 fn start<A: AsRef<std::ffi::OsStr>>(program: &Path, args: &[A], out: File) -> io::Result<Child> {
