@@ -8,10 +8,11 @@ mod proxy_cmd;
 mod server_cmd;
 mod vrrp_cmd;
 
+use std::path::Path;
 use std::process::ExitCode;
 
-/// A bad command line or configuration: printed and answered with exit status 64 (EX_USAGE),
-/// before anything is bound or started.
+/// A bad command line or configuration: printed and answered with exit status 64 (EX_USAGE,
+/// see [`process::exit_status`]), before anything is bound or started.
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
@@ -22,8 +23,6 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
-
-const EX_USAGE: u8 = 64;
 
 const USAGE: &str = "\
 usage: keepcached <command> [options]
@@ -43,7 +42,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         eprint!("{USAGE}");
-        return ExitCode::from(EX_USAGE);
+        return ExitCode::from(process::Sysexit::Usage as u8);
     };
     let result = match command.as_str() {
         "server" => match server_cmd::parse(rest) {
@@ -68,46 +67,53 @@ fn main() -> ExitCode {
         }
         other => Err(UsageError(format!("unknown command {other:?}\n{USAGE}")).into()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("keepcached: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    process::exit(result)
 }
 
-/// Logs to stderr; `-v` raises the level (warnings by default), `RUST_LOG` overrides it.
-pub fn init_logging(verbose: u8) {
-    init_logging_with(verbose, "");
+/// Logs to stderr, or to `log_file`; `-v` raises the level (warnings by default), `RUST_LOG`
+/// overrides it.
+pub fn init_logging(verbose: u8, log_file: Option<&Path>) -> anyhow::Result<()> {
+    init_logging_with(verbose, "", log_file)
 }
 
 /// As [`init_logging`], with `always` (EnvFilter directives, comma separated) logged at any
-/// level: for rare lines an operator wants without `-v`.
-pub fn init_logging_with(verbose: u8, always: &str) {
+/// level: for rare lines an operator wants without `-v`. The process's own lifecycle (serving,
+/// signals, stopping, in [`process`]) is always logged at info.
+pub fn init_logging_with(verbose: u8, always: &str, log_file: Option<&Path>) -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let level = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let directives = if always.is_empty() || verbose > 1 {
-        level.to_string()
-    } else {
-        format!("{level},{always}")
-    };
+    let mut directives = level.to_string();
+    if verbose < 1 {
+        directives.push_str(",keepcached::process=info");
+    }
+    if !always.is_empty() && verbose < 2 {
+        directives = format!("{directives},{always}");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
-    // Colours only for a person at a terminal, not in a log file or a service manager's journal.
+    // Colours only for a person at a terminal, never in a log file or a service manager's
+    // journal.
+    let (writer, ansi) = match log_file {
+        Some(path) => {
+            let file = std::sync::Arc::new(process::open_log_file(path)?);
+            (BoxMakeWriter::new(file), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
     let _ = tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .try_init();
+    Ok(())
 }
 
 /// The embedded default: the seed's tier on one host's loopback — two cache servers (a main and
@@ -120,7 +126,7 @@ fn up(rest: &[String]) -> anyhow::Result<()> {
     const MAIN: u16 = 11211;
     const BACKUP: u16 = 11212;
     const PROXY: u16 = 12000;
-    init_logging(1);
+    init_logging(1, None)?;
     let defaults = keepcached_server::Settings::default();
     // Two servers' clients plus the proxy's.
     process::raise_nofile_limit(3 * defaults.max_connections)?;

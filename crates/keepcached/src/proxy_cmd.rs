@@ -1,7 +1,8 @@
 //! `keepcached proxy`: magent's command line (or a TOML file) for the replicating proxy.
 //!
 //! The proxy crate owns the flags that describe the proxy; this module does the process side
-//! magent did: open-file limit, binding before daemonizing, `-D`, `-u`/`-g`, `-v`.
+//! magent did: open-file limit, binding before daemonizing, `-D`, `-u`/`-g`, `-v`; and adds
+//! `-P` (pid file) and `--log-file`.
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,14 +18,16 @@ use crate::{process, UsageError};
 struct Cli {
     #[command(flatten)]
     args: ProxyArgs,
+    #[command(flatten)]
+    process: process::ProcessArgs,
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(
         std::iter::once("keepcached proxy".to_string()).chain(args.iter().cloned()),
     );
-    let args = match cli {
-        Ok(cli) => cli.args,
+    let (args, process_args) = match cli {
+        Ok(cli) => (cli.args, cli.process),
         Err(e) if !e.use_stderr() => {
             // --help: clap's own text, exit 0.
             print!("{e}");
@@ -39,9 +42,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    // Checked before anything is bound or forked: see `process::daemonize`.
+    let identity = match (&user, &group) {
+        (None, None) => None,
+        _ if !nix::unistd::geteuid().is_root() => None,
+        _ => Some(process::Identity::resolve(
+            user.as_deref(),
+            group.as_deref(),
+        )?),
+    };
+    let pidfile = process_args.pidfile.map(process::absolute).transpose()?;
     // Info by default: every change of a server's state, with its reason, is what the operator
     // reads at 3 a.m.
-    crate::init_logging(verbose.max(1));
+    crate::init_logging(verbose.max(1), process_args.log_file.as_deref())?;
+    process::ignore_signals_until_handled(&[nix::sys::signal::Signal::SIGHUP])?;
     let servers: usize = config.pools.iter().map(|p| p.servers.len()).sum();
     let per_server = config.backend.connections;
     process::raise_nofile_limit(config.max_connections + servers * per_server)?;
@@ -49,12 +63,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !foreground {
         process::daemonize(verbose > 0)?;
     }
-    if nix::unistd::geteuid().is_root() && (user.is_some() || group.is_some()) {
-        process::drop_privileges(user.as_deref(), group.as_deref())?;
+    if let Some(identity) = identity {
+        identity.assume()?;
     }
+    let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal();
+        process::report_ready("proxy")?;
         bound
             .serve(async move {
                 let _ = shutdown.wait_for(|s| *s).await;

@@ -1,8 +1,10 @@
 //! `keepcached server`: memcached 1.6's command line, with memcached's meanings and defaults.
 //!
-//! Flags are parsed and validated before any socket is bound. Then the order is memcached's
-//! where it matters to operators: raise the open-file limit, bind, daemonize, drop privileges,
-//! write the pid file, serve.
+//! Flags are parsed and validated before any socket is bound. Then: look the `-u` user up,
+//! open the log file, raise the open-file limit, bind, load `-e`, daemonize, switch user, write
+//! the pid file, serve. Unlike memcached, which binds after daemonizing, `-d` exits 0 only
+//! once all of that worked (see `process::daemonize`); otherwise it exits with the status
+//! memcached gives the same failure in the foreground.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use clap::{ArgAction, Parser};
 use keepcached_server::auth::{AuthFile, Users};
 use keepcached_server::settings::Protocol;
 use keepcached_server::{Listeners, Server, Settings};
+use nix::sys::signal::Signal;
 
 use crate::{process, UsageError};
 
@@ -64,6 +67,9 @@ pub struct ServerArgs {
     version: bool,
     #[arg(short = 'P', long = "pidfile")]
     pidfile: Option<PathBuf>,
+    /// Not in memcached, which logs to stderr only.
+    #[arg(long = "log-file")]
+    log_file: Option<PathBuf>,
     #[arg(short = 'f', long = "slab-growth-factor")]
     slab_growth_factor: Option<f64>,
     #[arg(short = 'n', long = "slab-min-size")]
@@ -111,6 +117,7 @@ pub struct ServerPlan {
     pub daemon: bool,
     pub user: Option<String>,
     pub pidfile: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
     pub lock_memory: bool,
     pub enable_coredumps: bool,
 }
@@ -380,6 +387,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         daemon: args.daemon,
         user: args.user,
         pidfile: args.pidfile,
+        log_file: args.log_file,
         lock_memory: args.lock_memory,
         enable_coredumps: args.enable_coredumps,
     })))
@@ -455,7 +463,14 @@ fn help_text() -> String {
         ("-h, --help", "print this help and exit"),
         ("-i, --license", "print the license and exit"),
         ("-V, --version", "print the version and exit"),
-        ("-P, --pidfile=<file>", "write the process id to this file"),
+        (
+            "-P, --pidfile=<file>",
+            "write the process id to this file (removed at exit)",
+        ),
+        (
+            "--log-file=<file>",
+            "log to this file (appended, plain text) instead of stderr",
+        ),
         (
             "-f, --slab-growth-factor=<num>",
             "accepted for compatibility; no slab classes here",
@@ -531,6 +546,7 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         daemon,
         user,
         pidfile,
+        log_file,
         lock_memory,
         enable_coredumps,
     } = plan;
@@ -538,17 +554,26 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     if running_as_root && user.as_deref().unwrap_or("").is_empty() {
         bail!(UsageError("can't run as root without the -u switch".into()));
     }
-    if enable_coredumps {
-        process::raise_core_limit();
-    }
+    // Everything that can fail is tried before the parent exits: names and files here, in
+    // the foreground; what must happen in the daemon (switching user, the pid file) before
+    // it reports to the waiting parent.
+    let identity = match &user {
+        Some(user) if running_as_root => Some(process::Identity::resolve(Some(user), None)?),
+        _ => None,
+    };
+    let pidfile = pidfile.map(process::absolute).transpose()?;
     // The save and load lines are rare and say what became of the cache: shown without -v.
     crate::init_logging_with(
         u8::try_from(settings.verbose).unwrap_or(u8::MAX),
         "keepcached_server::persist=info",
-    );
-    // Before the load, which may take seconds, so that a SIGUSR1 or SIGUSR2 sent meanwhile
-    // does not end the server (their default action); on_user_signals handles them after it.
-    process::ignore_user_signals()?;
+        log_file.as_deref(),
+    )?;
+    // Before the load, which may take seconds, so that a signal sent meanwhile does not end
+    // the server (the default action of all three); the runtime handles them after it.
+    process::ignore_signals_until_handled(&[Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGHUP])?;
+    if enable_coredumps {
+        process::raise_core_limit();
+    }
     process::raise_nofile_limit(settings.max_connections)?;
     let listeners = Listeners::bind(&settings)?;
     let server = Server::new(settings);
@@ -564,16 +589,16 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     if lock_memory {
         process::lock_memory();
     }
-    if running_as_root {
-        if let Some(user) = &user {
-            process::drop_privileges(Some(user), None)?;
-        }
+    if let Some(identity) = identity {
+        identity.assume()?;
     }
     let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
     let runtime = process::runtime()?;
     runtime.block_on(async {
         let shutdown = process::shutdown_signal();
         on_user_signals(&server)?;
+        process::log_ignored_hangups()?;
+        process::report_ready("cache server")?;
         keepcached_server::listener::serve(server.clone(), listeners, shutdown)
             .await
             .context("serving")

@@ -40,6 +40,8 @@ struct Cli {
     /// Verbose logging (repeat for more).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    process: process::ProcessArgs,
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -78,7 +80,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for warning in warnings {
         eprintln!("keepcached: {}: {warning}", path.display());
     }
-    crate::init_logging(cli.verbose.max(1));
+    crate::init_logging(cli.verbose.max(1), cli.process.log_file.as_deref())?;
+    process::ignore_signals_until_handled(&[nix::sys::signal::Signal::SIGHUP])?;
+    let _pidfile = cli
+        .process
+        .pidfile
+        .map(process::PidFile::create)
+        .transpose()?;
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal();
