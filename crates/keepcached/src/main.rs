@@ -156,7 +156,7 @@ fn up(rest: &[String]) -> anyhow::Result<()> {
     );
     let runtime = process::runtime()?;
     runtime.block_on(async move {
-        let shutdown = process::shutdown_signal();
+        let shutdown = process::shutdown_signal()?;
         let mut tasks = tokio::task::JoinSet::new();
         for (settings, listeners) in servers {
             let server = keepcached_server::Server::new(settings);

@@ -170,7 +170,11 @@ impl std::fmt::Display for LifecycleError {
                 write!(f, "can't find the group {name} to switch to")
             }
             LifecycleError::CantCreate { what, path, source } => {
-                write!(f, "could not create the {what} {}: {source}", path.display())
+                write!(
+                    f,
+                    "could not create the {what} {}: {source}",
+                    path.display()
+                )
             }
         }
     }
@@ -454,18 +458,16 @@ pub fn log_ignored_hangups() -> anyhow::Result<()> {
 }
 
 /// Turns true on SIGTERM or SIGINT: the one shutdown signal every task of a role watches. The
-/// signal is logged, so the log says why the process stopped.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
+/// signal is logged, so the log says why the process stopped. Called on the runtime, before
+/// the role reports that it serves: the handlers are in place when this returns, so a signal
+/// that follows at once is not met by the default action (which ends the process at once,
+/// leaving the pid file behind).
+pub fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot handle SIGTERM and SIGINT: stop this process with SIGKILL");
-            return;
-        };
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
@@ -473,7 +475,7 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
         tracing::info!("{name} received: shutting down");
         tx.send_replace(true);
     });
-    rx
+    Ok(rx)
 }
 
 /// The runtime a command runs on: one thread for accepting, signals and housekeeping (and all of

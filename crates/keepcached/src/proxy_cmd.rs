@@ -66,10 +66,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(identity) = identity {
         identity.assume()?;
     }
-    let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
     let runtime = process::runtime()?;
     runtime.block_on(async move {
-        let mut shutdown = process::shutdown_signal();
+        let mut shutdown = process::shutdown_signal()?;
+        // Written once SIGTERM is handled, so that a SIGTERM sent as soon as it appears
+        // removes it.
+        let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
         process::report_ready("proxy")?;
         bound
             .serve(async move {

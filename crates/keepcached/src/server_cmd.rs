@@ -592,16 +592,19 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     if let Some(identity) = identity {
         identity.assume()?;
     }
-    let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
     let runtime = process::runtime()?;
-    runtime.block_on(async {
-        let shutdown = process::shutdown_signal();
+    // The pid file is written once signals are handled, so that a SIGTERM sent as soon as it
+    // appears removes it; it is kept until the save is done.
+    let _pidfile = runtime.block_on(async {
+        let shutdown = process::shutdown_signal()?;
         on_user_signals(&server)?;
         process::log_ignored_hangups()?;
+        let pidfile = pidfile.map(process::PidFile::create).transpose()?;
         process::report_ready("cache server")?;
         keepcached_server::listener::serve(server.clone(), listeners, shutdown)
             .await
-            .context("serving")
+            .context("serving")?;
+        anyhow::Ok(pidfile)
     })?;
     if let Some(file) = &server.memory_file {
         file.save(&server)

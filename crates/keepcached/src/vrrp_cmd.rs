@@ -89,7 +89,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .transpose()?;
     let runtime = process::runtime()?;
     runtime.block_on(async move {
-        let mut shutdown = process::shutdown_signal();
+        let mut shutdown = process::shutdown_signal()?;
         let report = Arc::new(Notify::new());
         let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
         let on_usr1 = Arc::clone(&report);

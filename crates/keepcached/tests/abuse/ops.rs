@@ -1,0 +1,666 @@
+//! Operators' mistakes and signals: a user that does not exist, a pid file that cannot be
+//! written, a port already taken, SIGHUP, SIGTERM, a log file read by a person. Each failure
+//! must exit with memcached's status (sysexits) and say why once, with nothing left running;
+//! each signal must do what memcached's does. Where memcached has an equivalent, it is run the
+//! same way in the same test and its status and message are compared or printed beside ours.
+//!
+//! "Nothing left running" is checked by scanning /proc for a live process whose command line
+//! holds this scenario's unique pid file path; any found is killed by pid before the test
+//! fails or goes on.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keepcached_testkit::{env, free_port, keepcached_server, memcached, run_with_timeout, Client};
+use nix::sys::signal::Signal;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
+/// Far above what a failing start takes (a debug build on two busy cores); a command still
+/// running then is killed and the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+const EX_NOUSER: i32 = 67;
+const EX_OSERR: i32 = 71;
+const EX_CANTCREAT: i32 = 73;
+
+/// A directory of its own for one scenario's pid and log files, removed on drop; its path,
+/// in each command line, also finds the processes the scenario started.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(scenario: &str) -> Scratch {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keepcached-ops-{scenario}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("scratch directory");
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("utf-8 path").to_string()
+    }
+
+    /// A path whose directory does not exist: no pid file can be created there.
+    fn unwritable(&self, name: &str) -> String {
+        self.path(&format!("no-such-dir/{name}"))
+    }
+
+    /// Kills (by pid) every live process started with an argument under this directory, and
+    /// returns their command lines.
+    fn kill_leftovers(&self) -> Vec<String> {
+        let marker = self.0.to_str().expect("utf-8 path");
+        let mut found = Vec::new();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.iter().any(|a| a.contains(marker)) || !is_alive(pid) {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            found.push(format!("pid {pid}: {}", args.join(" ")));
+        }
+        found
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.kill_leftovers();
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `pid` is a process that has not exited: a daemon whose parent is gone is reaped by
+/// init, which may take a moment, and meanwhile it is a zombie (state Z) in /proc.
+fn is_alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// Polls until `pid` has exited.
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while is_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// A finished command: exit status (None if it was killed at the deadline) and stderr.
+struct Finished {
+    status: Option<i32>,
+    stderr: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Finished {
+    let out = run_with_timeout(Command::new(program).args(args), COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    Finished {
+        status: out.status.and_then(|s| s.code()),
+        stderr: format!("{}{}", out.stdout, out.stderr),
+    }
+}
+
+fn keepcached(args: &[&str]) -> Finished {
+    run(BIN, args)
+}
+
+/// A loopback port nothing listens on, as text.
+fn port() -> String {
+    free_port().expect("free port").to_string()
+}
+
+fn may_run(test: &str) -> bool {
+    // -u is looked up only by root (memcached and magent ignore it otherwise).
+    env::require(test, true, &["memcached"])
+}
+
+fn assert_said_once(what: &str, finished: &Finished, needle: &str) {
+    assert_eq!(
+        finished.stderr.matches(needle).count(),
+        1,
+        "{what}: expected {needle:?} once in its output:\n{}",
+        finished.stderr
+    );
+}
+
+fn report(scenario: &str, outcome: &str) {
+    println!("ABUSE | {scenario} | - | - | {outcome}");
+}
+
+#[test]
+fn unknown_user_exits_67_with_memcacheds_message() {
+    if !may_run("unknown_user_exits_67_with_memcacheds_message") {
+        return;
+    }
+    let scratch = Scratch::new("nouser");
+    let pid = scratch.path("pid");
+    let (server_port, proxy_port) = (port(), port());
+    let base = ["-l", "127.0.0.1", "-U", "0", "-P", &pid, "-u", "nosuchuser"];
+    let proxy = [
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &proxy_port,
+        "-s",
+        "127.0.0.1:11211",
+        "-P",
+        &pid,
+    ];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "server",
+            [&["server", "-p", &server_port][..], &base].concat(),
+        ),
+        (
+            "server -d",
+            [&["server", "-d", "-p", &server_port][..], &base].concat(),
+        ),
+        // magent's default is to daemonize.
+        ("proxy", [&proxy[..], &["-u", "nosuchuser"]].concat()),
+        (
+            "proxy -D",
+            [&proxy[..], &["-D", "-u", "nosuchuser"]].concat(),
+        ),
+        ("proxy -g", [&proxy[..], &["-g", "nosuchgroup"]].concat()),
+    ];
+    for (what, args) in &cases {
+        let ours = keepcached(args);
+        assert_eq!(ours.status, Some(EX_NOUSER), "{what}: {}", ours.stderr);
+        let needle = if *what == "proxy -g" {
+            "can't find the group nosuchgroup"
+        } else {
+            "can't find the user nosuchuser"
+        };
+        assert_said_once(what, &ours, needle);
+        assert!(!Path::new(&pid).exists(), "{what}: a pid file was written");
+        let left = scratch.kill_leftovers();
+        assert!(left.is_empty(), "{what} left processes running: {left:?}");
+        report(
+            &format!("-u nosuchuser ({what})"),
+            "exit 67, message once, nothing running",
+        );
+    }
+    for daemon in [false, true] {
+        let mut args = vec!["-p", &server_port];
+        if daemon {
+            args.push("-d");
+        }
+        args.extend(base);
+        let theirs = run("memcached", &args);
+        let ours = keepcached(&[&["server"][..], &args].concat());
+        assert_eq!(
+            (ours.status, theirs.status),
+            (Some(EX_NOUSER), Some(EX_NOUSER)),
+            "ours: {}\nmemcached: {}",
+            ours.stderr,
+            theirs.stderr
+        );
+        assert!(theirs.stderr.contains("can't find the user nosuchuser"));
+        assert!(scratch.kill_leftovers().is_empty());
+    }
+}
+
+#[test]
+fn unwritable_pid_file_fails_before_the_parent_exits() {
+    if !may_run("unwritable_pid_file_fails_before_the_parent_exits") {
+        return;
+    }
+    let scratch = Scratch::new("pidfile");
+    let pid = scratch.unwritable("pid");
+    let needle = format!("could not create the pid file {pid}");
+    let server_port = port();
+    let server = [
+        "-u",
+        "root",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &server_port,
+        "-U",
+        "0",
+        "-P",
+        &pid,
+    ];
+    let proxy_port = port();
+    let proxy = [
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &proxy_port,
+        "-s",
+        "127.0.0.1:11211",
+        "-P",
+        &pid,
+    ];
+    // Under -d and in the proxy's default (daemon) mode the pid file is written by the
+    // daemon, after the fork: the parent learns of the failure through its pipe.
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("server", [&["server"][..], &server].concat()),
+        ("server -d", [&["server", "-d"][..], &server].concat()),
+        ("proxy", proxy.to_vec()),
+        ("proxy -D", [&proxy[..], &["-D"]].concat()),
+    ];
+    for (what, args) in &cases {
+        let ours = keepcached(args);
+        assert_eq!(ours.status, Some(EX_CANTCREAT), "{what}: {}", ours.stderr);
+        assert_said_once(what, &ours, &needle);
+        assert_said_once(what, &ours, "No such file or directory");
+        let left = scratch.kill_leftovers();
+        assert!(left.is_empty(), "{what} left processes running: {left:?}");
+        report(
+            &format!("unwritable -P ({what})"),
+            "exit 73, message once, nothing running",
+        );
+    }
+    // memcached treats the pid file as optional: in the foreground it says so and serves on;
+    // under -d the message is lost and it exits 0 with the daemon running.
+    let theirs = run(
+        "memcached",
+        &["-d"].iter().chain(&server).copied().collect::<Vec<_>>(),
+    );
+    let left = scratch.kill_leftovers();
+    println!(
+        "memcached -d with an unwritable -P: exit {:?}, said {:?}, {} process(es) left running",
+        theirs.status,
+        theirs.stderr.trim(),
+        left.len()
+    );
+}
+
+#[test]
+fn port_in_use_exits_71_with_the_os_error_once() {
+    if !may_run("port_in_use_exits_71_with_the_os_error_once") {
+        return;
+    }
+    let scratch = Scratch::new("bind");
+    let pid = scratch.path("pid");
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a port");
+    let taken_port = taken.local_addr().expect("local addr").port().to_string();
+    let server = [
+        "-u",
+        "root",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &taken_port,
+        "-U",
+        "0",
+        "-P",
+        &pid,
+    ];
+    let proxy = [
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &taken_port,
+        "-s",
+        "127.0.0.1:11211",
+        "-P",
+        &pid,
+    ];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("server", [&["server"][..], &server].concat()),
+        ("server -d", [&["server", "-d"][..], &server].concat()),
+        ("proxy", proxy.to_vec()),
+    ];
+    for (what, args) in &cases {
+        let ours = keepcached(args);
+        assert_eq!(ours.status, Some(EX_OSERR), "{what}: {}", ours.stderr);
+        assert_said_once(what, &ours, "Address already in use");
+        assert!(ours.stderr.contains(&taken_port), "{what}: {}", ours.stderr);
+        let left = scratch.kill_leftovers();
+        assert!(left.is_empty(), "{what} left processes running: {left:?}");
+        report(&format!("port in use ({what})"), "exit 71, OS error once");
+    }
+    // The same status as memcached in the foreground. memcached binds after daemonizing, so
+    // under -d it exits 0 and its daemon dies unseen.
+    let theirs = run("memcached", &server);
+    assert_eq!(
+        theirs.status,
+        Some(EX_OSERR),
+        "memcached: {}",
+        theirs.stderr
+    );
+    assert!(theirs.stderr.contains("Address already in use"));
+    let theirs_d = run(
+        "memcached",
+        &["-d"].iter().chain(&server).copied().collect::<Vec<_>>(),
+    );
+    println!(
+        "memcached -d with the port in use: exit {:?}, said {:?}",
+        theirs_d.status,
+        theirs_d.stderr.trim()
+    );
+    drop(taken);
+}
+
+/// Sends `version` and expects an answer.
+fn answers_version(addr: SocketAddr) -> bool {
+    Client::connect(addr)
+        .and_then(|mut c| c.call("version\r\n"))
+        .is_ok_and(|reply| reply.starts_with("VERSION "))
+}
+
+#[test]
+fn sighup_is_survived_like_memcached() {
+    if !may_run("sighup_is_survived_like_memcached") {
+        return;
+    }
+    let scratch = Scratch::new("sighup");
+    let pid = scratch.path("pid");
+    let mut ours = keepcached_server(Path::new(BIN), &["-P", &pid]).expect("keepcached server");
+    let mut theirs = memcached(&[]).expect("memcached");
+    // One at a time: signals sent at once may arrive as one.
+    for n in 1..=3 {
+        ours.signal(Signal::SIGHUP).expect("SIGHUP");
+        theirs.signal(Signal::SIGHUP).expect("SIGHUP");
+        let logged = wait_for(|| ours.log_text().matches("SIGHUP received: ignored").count() == n);
+        assert!(logged, "SIGHUP {n} logged:\n{}", ours.log_text());
+    }
+    assert!(ours.is_running() && theirs.is_running());
+    assert!(answers_version(ours.addr()) && answers_version(theirs.addr()));
+    assert!(Path::new(&pid).exists(), "the pid file is still there");
+    report(
+        "SIGHUP x3 (server)",
+        "alive, answers version, like memcached",
+    );
+
+    let backend = keepcached_server(Path::new(BIN), &[]).expect("backend");
+    let mut proxy = Proxy::start(&scratch, backend.addr(), &[]);
+    for _ in 0..3 {
+        proxy.signal(Signal::SIGHUP);
+    }
+    assert!(answers_version(proxy.addr()), "{}", proxy.log_text());
+    assert!(proxy.child.try_wait().expect("try_wait").is_none());
+    report("SIGHUP x3 (proxy)", "alive, answers version");
+}
+
+/// Polls `condition` for up to ten seconds.
+fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
+    if !may_run("sigterm_and_sigint_remove_the_pid_file_and_exit_0") {
+        return;
+    }
+    let scratch = Scratch::new("sigterm");
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let pid = scratch.path(&format!("server-{signal}.pid"));
+        let mut ours = keepcached_server(Path::new(BIN), &["-P", &pid]).expect("server");
+        assert_eq!(read_pid(&pid), Some(ours.pid() as i32));
+        ours.signal(signal).expect("signal");
+        let status = ours.wait_exit(COMMAND_TIMEOUT).expect("wait");
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{}",
+            ours.log_text()
+        );
+        assert!(!Path::new(&pid).exists(), "{signal}: the pid file is left");
+        assert!(ours.log_text().contains(&format!("{signal} received")));
+        report(&format!("{signal} (server)"), "exit 0, pid file removed");
+
+        let pid = scratch.path(&format!("proxy-{signal}.pid"));
+        let backend = keepcached_server(Path::new(BIN), &[]).expect("backend");
+        let mut proxy = Proxy::start(&scratch, backend.addr(), &["-P", &pid]);
+        assert_eq!(read_pid(&pid), Some(proxy.child.id() as i32));
+        proxy.signal(signal);
+        let status = proxy.wait_exit();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{}",
+            proxy.log_text()
+        );
+        assert!(
+            !Path::new(&pid).exists(),
+            "{signal}: the proxy's pid file is left"
+        );
+        report(&format!("{signal} (proxy)"), "exit 0, pid file removed");
+    }
+    // A daemon: the pid file names the daemon (not the parent that exited), and goes with it.
+    let pid = scratch.path("daemon.pid");
+    let server_port = port();
+    let started = keepcached(&[
+        "server",
+        "-d",
+        "-u",
+        "root",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &server_port,
+        "-U",
+        "0",
+        "-P",
+        &pid,
+    ]);
+    assert_eq!(started.status, Some(0), "{}", started.stderr);
+    let daemon = read_pid(&pid).expect("the daemon's pid file");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server_port.parse::<u16>().unwrap()));
+    assert!(
+        answers_version(addr),
+        "the daemon serves once its parent exited 0"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), Signal::SIGTERM).expect("kill");
+    assert!(
+        wait_gone(daemon, COMMAND_TIMEOUT),
+        "the daemon ignored SIGTERM"
+    );
+    assert!(
+        wait_for(|| !Path::new(&pid).exists()),
+        "the daemon left its pid file"
+    );
+    report("SIGTERM (server -d)", "daemon gone, pid file removed");
+
+    // memcached run the same way, for comparison.
+    let mcpid = scratch.path("memcached.pid");
+    let mut theirs = memcached(&["-P", &mcpid]).expect("memcached");
+    theirs.signal(Signal::SIGTERM).expect("signal");
+    let status = theirs.wait_exit(COMMAND_TIMEOUT).expect("wait");
+    println!(
+        "memcached -P on SIGTERM: exit {:?}, pid file left: {}",
+        status.and_then(|s| s.code()),
+        Path::new(&mcpid).exists()
+    );
+}
+
+fn read_pid(path: &str) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn log_file_is_plain_text_even_from_a_terminal() {
+    if !may_run("log_file_is_plain_text_even_from_a_terminal") {
+        return;
+    }
+    let scratch = Scratch::new("logfile");
+    let log = scratch.path("server.log");
+    let server_port = port();
+    // stderr is a terminal, where colours are welcome: the log file must still have none.
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut child = Owned(
+        Command::new(BIN)
+            .args([
+                "server",
+                "-v",
+                "-u",
+                "root",
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &server_port,
+            ])
+            .args(["-U", "0", "--log-file", &log])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(pty.slave))
+            .spawn()
+            .expect("start keepcached server"),
+    );
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server_port.parse::<u16>().unwrap()));
+    assert!(wait_for(|| answers_version(addr)), "server did not start");
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    assert!(wait_for(
+        || fs::read_to_string(&log).is_ok_and(|t| t.contains("SIGHUP"))
+    ));
+    // logrotate's copytruncate: the next line goes to the start of the emptied file.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the log");
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_child(&mut child.0);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let text = fs::read(&log).expect("log file");
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("SIGTERM received"), "log:\n{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in the log file:\n{text:?}"
+    );
+    assert!(
+        !text.starts_with('\0'),
+        "after a truncation the log continued at its old offset (not opened for append)"
+    );
+    drop(pty.master);
+    report(
+        "--log-file from a terminal",
+        "plain text, copytruncate-safe",
+    );
+
+    // The proxy logs at info by default; to a file or a pipe, it must be plain text too.
+    let backend = keepcached_server(Path::new(BIN), &[]).expect("backend");
+    let proxy = Proxy::start(&scratch, backend.addr(), &[]);
+    assert!(answers_version(proxy.addr()));
+    let text = proxy.log_text();
+    assert!(text.contains("proxy serving"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in the proxy's log:\n{text:?}"
+    );
+}
+
+/// A child process killed (by pid) and reaped if the test ends before it exits.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_child(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `keepcached proxy -D -l 127.0.0.1 -p PORT -s BACKEND EXTRA...`, its output in a log file of
+/// the scratch directory, killed by pid on drop.
+struct Proxy {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(scratch: &Scratch, backend: SocketAddr, extra: &[&str]) -> Proxy {
+        let mut last_log = String::new();
+        // A free port can be taken before the proxy binds it; it then exits and we try again.
+        for attempt in 0..8 {
+            let port = free_port().expect("free port");
+            let log = PathBuf::from(scratch.path(&format!("proxy-{port}-{attempt}.log")));
+            let out = fs::File::create(&log).expect("proxy log");
+            let child = Command::new(BIN)
+                .args(["proxy", "-D", "-l", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-s", &backend.to_string()])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("proxy log"))
+                .stderr(out)
+                .spawn()
+                .expect("start keepcached proxy");
+            let mut proxy = Proxy { child, port, log };
+            let ready = wait_for(|| {
+                matches!(proxy.child.try_wait(), Ok(Some(_)))
+                    || TcpStream::connect_timeout(&proxy.addr(), Duration::from_millis(100)).is_ok()
+            });
+            if ready && matches!(proxy.child.try_wait(), Ok(None)) {
+                return proxy;
+            }
+            last_log = proxy.log_text();
+        }
+        panic!("keepcached proxy never listened; its last output:\n{last_log}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the proxy");
+    }
+
+    fn wait_exit(&mut self) -> Option<ExitStatus> {
+        wait_child(&mut self.child)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
