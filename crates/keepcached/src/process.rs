@@ -75,7 +75,7 @@ pub enum Sysexit {
 }
 
 /// The exit status an error means: the one place where kinds of failure map to codes. A
-/// failure of no known kind (a save that failed, a client command refused) exits 1.
+/// failure of no known kind (a `-e` save that failed, a refused `ctl` command) exits 1.
 pub fn exit_status(error: &anyhow::Error) -> u8 {
     use keepcached_proxy::ProxyError;
     use keepcached_server::ServeError;
@@ -98,7 +98,8 @@ pub fn exit_status(error: &anyhow::Error) -> u8 {
                 ProxyError::Bind { .. } => Some(Sysexit::OsError),
                 _ => None,
             }
-        } else if cause.is::<nix::errno::Errno>() || cause.is::<std::io::Error>() {
+        } else if cause.is::<nix::errno::Errno>() {
+            // A system call of the setup here: a limit, setuid, fork.
             Some(Sysexit::OsError)
         } else {
             None

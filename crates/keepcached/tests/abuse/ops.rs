@@ -224,6 +224,28 @@ fn unknown_user_exits_67_with_memcacheds_message() {
 }
 
 #[test]
+fn bad_command_line_exits_64() {
+    if !may_run("bad_command_line_exits_64") {
+        return;
+    }
+    for args in [
+        &["server", "--no-such-flag"][..],
+        &["proxy", "--no-such-flag"],
+    ] {
+        let ours = keepcached(args);
+        assert_eq!(ours.status, Some(64), "{args:?}: {}", ours.stderr);
+        assert!(ours.stderr.contains("--no-such-flag"), "{}", ours.stderr);
+    }
+    let theirs = run("memcached", &["--no-such-flag"]);
+    println!(
+        "memcached --no-such-flag: exit {:?}, said {:?}",
+        theirs.status,
+        theirs.stderr.trim()
+    );
+    report("unknown flag (server, proxy)", "exit 64, names the flag");
+}
+
+#[test]
 fn unwritable_pid_file_fails_before_the_parent_exits() {
     if !may_run("unwritable_pid_file_fails_before_the_parent_exits") {
         return;
@@ -276,6 +298,19 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
             "exit 73, message once, nothing running",
         );
     }
+    // With --log-file the failure is also in the log, where a daemon's operator looks.
+    let log = scratch.path("server.log");
+    let ours = keepcached(&[&["server", "-d", "--log-file", &log][..], &server].concat());
+    assert_eq!(ours.status, Some(EX_CANTCREAT), "{}", ours.stderr);
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        logged
+            .matches(&format!("exiting with status 73: {needle}"))
+            .count(),
+        1,
+        "log file:\n{logged}"
+    );
+    assert!(scratch.kill_leftovers().is_empty());
     // memcached treats the pid file as optional: in the foreground it says so and serves on;
     // under -d the message is lost and it exits 0 with the daemon running.
     let theirs = run(
@@ -551,6 +586,7 @@ fn log_file_is_plain_text_even_from_a_terminal() {
     let text = fs::read(&log).expect("log file");
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("SIGTERM received"), "log:\n{text}");
+    assert!(text.contains("stopped"), "log:\n{text}");
     assert!(
         !text.contains('\u{1b}'),
         "ANSI escapes in the log file:\n{text:?}"
