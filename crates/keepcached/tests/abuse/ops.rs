@@ -327,6 +327,47 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
 }
 
 #[test]
+fn vrrp_pid_and_log_files() {
+    if !may_run("vrrp_pid_and_log_files") {
+        return;
+    }
+    let scratch = Scratch::new("vrrp");
+    // An interface that does not exist: the daemon stops at its first socket, after the pid
+    // and log files, and nothing touches the host's addresses.
+    let config = scratch.path("vrrp.toml");
+    fs::write(
+        &config,
+        "[[instance]]\nname = \"VI_1\"\ninterface = \"nosuchif0\"\nvrid = 51\n\
+         vips = [{ address = \"198.18.0.100/32\" }]\n",
+    )
+    .expect("write the config");
+    let bad = scratch.unwritable("x");
+    for (flag, what) in [("-P", "pid file"), ("--log-file", "log file")] {
+        let ours = keepcached(&["vrrp", "--config", &config, flag, &bad]);
+        assert_eq!(ours.status, Some(EX_CANTCREAT), "{flag}: {}", ours.stderr);
+        assert_said_once(flag, &ours, &format!("could not create the {what} {bad}"));
+    }
+    let (pid, log) = (scratch.path("vrrp.pid"), scratch.path("vrrp.log"));
+    let ours = keepcached(&["vrrp", "--config", &config, "-P", &pid, "--log-file", &log]);
+    assert_eq!(ours.status, Some(1), "{}", ours.stderr);
+    assert_said_once("vrrp", &ours, "nosuchif0");
+    assert!(
+        !Path::new(&pid).exists(),
+        "the pid file outlived the failure"
+    );
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("exiting with status 1"), "log:\n{logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "ANSI escapes in the log:\n{logged:?}"
+    );
+    report(
+        "vrrp: unwritable -P / --log-file",
+        "exit 73; pid file removed on failure",
+    );
+}
+
+#[test]
 fn port_in_use_exits_71_with_the_os_error_once() {
     if !may_run("port_in_use_exits_71_with_the_os_error_once") {
         return;
