@@ -298,6 +298,27 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
             "exit 73, message once, nothing running",
         );
     }
+    // A log file is opened before anything else, in the foreground.
+    let bad_log = scratch.unwritable("log");
+    let log_needle = format!("could not create the log file {bad_log}");
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "server -d",
+            [&["server", "-d", "--log-file", &bad_log][..], &server].concat(),
+        ),
+        ("proxy", [&proxy[..], &["--log-file", &bad_log]].concat()),
+    ];
+    for (what, args) in &cases {
+        let ours = keepcached(args);
+        assert_eq!(ours.status, Some(EX_CANTCREAT), "{what}: {}", ours.stderr);
+        assert_said_once(what, &ours, &log_needle);
+        let left = scratch.kill_leftovers();
+        assert!(left.is_empty(), "{what} left processes running: {left:?}");
+        report(
+            &format!("unwritable --log-file ({what})"),
+            "exit 73, message once",
+        );
+    }
     // With --log-file the failure is also in the log, where a daemon's operator looks.
     let log = scratch.path("server.log");
     let ours = keepcached(&[&["server", "-d", "--log-file", &log][..], &server].concat());
