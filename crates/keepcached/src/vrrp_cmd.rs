@@ -121,8 +121,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                         }
                     }
                     Err(e) => {
+                        // One log line: a TOML error comes with a multi-line excerpt.
+                        let e: Vec<&str> =
+                            e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
                         tracing::error!(
-                            "SIGHUP: configuration not reloaded, the running one is kept: {e}"
+                            "SIGHUP: configuration not reloaded, the running one is kept: {}",
+                            e.join(" ")
                         )
                     }
                 }

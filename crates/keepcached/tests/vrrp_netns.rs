@@ -89,11 +89,12 @@ track_proxy = "#,
     t.stays_holder(&HOSTS, "h1", secs(1.5));
     assert_eq!(who_answers(&t, "h3", PORT), "VERSION h1");
 
-    // With its sockets open, the daemon keeps CAP_NET_ADMIN (bit 12) alone.
+    // With its sockets open, the daemon keeps CAP_NET_ADMIN (bit 12) and
+    // CAP_NET_RAW (bit 13, for the sockets of instances a reload adds) alone.
     let proc_status = std::fs::read_to_string(format!("/proc/{h1}/status")).unwrap();
     for (set, want) in [
-        ("CapEff", "0000000000001000"),
-        ("CapPrm", "0000000000001000"),
+        ("CapEff", "0000000000003000"),
+        ("CapPrm", "0000000000003000"),
         ("CapInh", "0000000000000000"),
         ("CapAmb", "0000000000000000"),
     ] {
@@ -216,4 +217,108 @@ fn v3_fast_adverts_fail_over_within_half_a_second() {
     let took = start.elapsed();
     eprintln!("v3 0.1 s SIGKILL failover seen in {took:?}");
     assert!(took < secs(0.5), "took {took:?}");
+}
+
+/// One v2 instance on eth0 with VIP `198.18.0.<vip>`, tracking only the interface.
+fn plain_instance(name: &str, vrid: u8, priority: u8, vip: u8) -> String {
+    format!(
+        r#"
+[[instance]]
+name = "{name}"
+interface = "eth0"
+vrid = {vrid}
+priority = {priority}
+auth_pass = "1111"
+vips = [{{ address = "198.18.0.{vip}/32" }}]
+"#
+    )
+}
+
+#[test]
+fn sighup_reloads_the_configuration_like_keepalived() {
+    if !root_or_skip("sighup_reloads_the_configuration_like_keepalived") {
+        return;
+    }
+    let mut t = Topology::new(2);
+    let vi_1 = |p| plain_instance("VI_1", 51, p, 100);
+    let vi_2 = |p| plain_instance("VI_2", 52, p, 101);
+    let h1 = t.start_vrrpd("h1", "--config", &vi_1(100));
+    let h2 = t.start_vrrpd("h2", "--config", &vi_1(99));
+    t.wait_holder(&HOSTS, "h1", secs(6.0));
+    t.wait_log(
+        "h1-vrrpd.log",
+        "BACKUP -> MASTER (priority 100) because: no master heard for 3.61 s",
+        secs(1.0),
+    );
+
+    // The same file again: the master keeps its state and its VIP.
+    t.signal(h1, Signal::SIGHUP);
+    t.wait_log(
+        "h1-vrrpd.log",
+        "configuration reloaded: 1 instances kept, 0 started, 0 stopped",
+        secs(2.0),
+    );
+    t.stays_holder(&HOSTS, "h1", secs(2.0));
+
+    // A broken file is reported with its name and problem; nothing changes.
+    let conf = t.write("h1.conf", "[[instance]]\nname = \"VI_1\"\nvrid = 300\n");
+    t.signal(h1, Signal::SIGHUP);
+    let log = t.wait_log("h1-vrrpd.log", "configuration not reloaded", secs(2.0));
+    let line = log
+        .lines()
+        .find(|l| l.contains("configuration not reloaded"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(conf.to_str().unwrap()), "{line}");
+    assert!(line.contains("vrid"), "{line}");
+    t.stays_holder(&HOSTS, "h1", secs(1.5));
+
+    // A lower priority takes effect: h1 re-advertises at 98, h2 (99) preempts it.
+    t.write("h1.conf", &vi_1(98));
+    t.signal(h1, Signal::SIGHUP);
+    t.wait_holder(&HOSTS, "h2", secs(6.0));
+    t.wait_log(
+        "h2-vrrpd.log",
+        "BACKUP -> MASTER (priority 99) because: preempting master 198.18.0.1 of lower priority 98",
+        secs(1.0),
+    );
+
+    // An instance added on both hosts starts; h2 (100) wins it over h1 (50).
+    t.write("h1.conf", &(vi_1(98) + &vi_2(50)));
+    t.write("h2.conf", &(vi_1(99) + &vi_2(100)));
+    t.signal(h1, Signal::SIGHUP);
+    t.signal(h2, Signal::SIGHUP);
+    let start = std::time::Instant::now();
+    while !(t.has_addr("h2", "198.18.0.101") && !t.has_addr("h1", "198.18.0.101")) {
+        assert!(start.elapsed() < secs(6.0), "VI_2 not on h2\n{}", t.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.stays_holder(&HOSTS, "h2", secs(0.5));
+
+    // Removed from h2, VI_2 says goodbye with priority 0: h1 takes over after
+    // its fast-takeover wait (206 ms at priority 50), not Master_Down_Interval
+    // (3.8 s). VI_1, unchanged, stays where it is.
+    t.write("h2.conf", &vi_1(99));
+    t.signal(h2, Signal::SIGHUP);
+    let start = std::time::Instant::now();
+    while !t.has_addr("h1", "198.18.0.101") || t.has_addr("h2", "198.18.0.101") {
+        assert!(
+            start.elapsed() < secs(2.0),
+            "VI_2 did not move to h1 at once\n{}",
+            t.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.wait_log(
+        "h2-vrrpd.log",
+        "MASTER -> STOP (priority 100) because: removed from the configuration by a reload",
+        secs(1.0),
+    );
+    t.stays_holder(&HOSTS, "h2", secs(1.5));
+
+    // SIGTERM: priority 0, the VIP removed, a clean exit.
+    let status = t.terminate(h2);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(!t.has_vip("h2"));
+    t.wait_holder(&HOSTS, "h1", secs(1.0));
 }
