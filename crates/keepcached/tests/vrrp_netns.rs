@@ -322,3 +322,75 @@ fn sighup_reloads_the_configuration_like_keepalived() {
     assert!(!t.has_vip("h2"));
     t.wait_holder(&HOSTS, "h1", secs(1.0));
 }
+
+/// The recipe of docs/vrrp.md ("The proxy on the VIP"), as written there, on
+/// two hosts: each runs a cache server, the proxy in front of both, and
+/// `keepcached vrrp` tracking the proxy on 127.0.0.1. Exactly one host holds
+/// the VIP (before the recipe was fixed, both sat in FAULT: the check went
+/// to an address the proxy did not listen on), and the VIP follows the proxy.
+#[test]
+fn docs_recipe_elects_one_holder_and_follows_the_proxy() {
+    if !root_or_skip("docs_recipe_elects_one_holder_and_follows_the_proxy") {
+        return;
+    }
+    let mut t = Topology::new(3);
+    let exe = vrrp_topology::keepcached();
+    let exe = exe.to_str().unwrap();
+    let mut proxies = Vec::new();
+    for (h, priority) in [("h1", 100), ("h2", 99)] {
+        t.spawn(
+            h,
+            &format!("{h}-server.log"),
+            &[exe, "server", "-u", "root", "-p", "11211", "-U", "0"],
+        );
+        // The docs say `-l 198.18.0.100,127.0.0.1` (the VIP, for clients, and
+        // loopback, for the check); until the proxy's `-l` takes a list this
+        // test listens on every address, which covers both.
+        proxies.push(t.spawn(
+            h,
+            &format!("{h}-proxy.log"),
+            &[
+                exe, "proxy", "-D", "-u", "root", "-n", "51200", "-l", "0.0.0.0", "-p", "12000",
+                "-s", "198.18.0.1:11211", "-b", "198.18.0.2:11211", "--freebind",
+            ],
+        ));
+        let conf = RECIPE
+            .replace("ens32", "eth0")
+            .replace("192.168.111.100", vrrp_topology::VIP)
+            .replace("priority = 100", &format!("priority = {priority}"));
+        t.start_vrrpd(h, "--config", &conf);
+    }
+    t.wait_holder(&HOSTS, "h1", secs(8.0));
+    t.stays_holder(&HOSTS, "h1", secs(1.0));
+    let stored = vrrp_topology::client(&t, "h3", "set k 0 0 2\r\nhi\r\n");
+    assert_eq!(stored, "STORED", "{}", t.logs());
+
+    // The master's proxy dies: its check fails, FAULT, the VIP moves.
+    t.signal(proxies[0], Signal::SIGKILL);
+    t.wait_holder(&HOSTS, "h2", secs(5.0));
+    t.wait_log(
+        "h1-vrrpd.log",
+        "MASTER -> FAULT (priority 100) because: proxy check `proxy` down (failed 2 times in a row, last: connecting to 127.0.0.1:12000",
+        secs(1.0),
+    );
+    let read = vrrp_topology::client(&t, "h3", "get k\r\n");
+    assert_eq!(read, "VALUE k 0 2", "{}", t.logs());
+}
+
+/// docs/vrrp.md's configuration for the recipe, word for word.
+const RECIPE: &str = r#"
+[proxy_check.proxy]
+address = "127.0.0.1:12000"
+interval = 0.5
+timeout = 0.5
+fall = 2
+
+[[instance]]
+name = "VI_1"
+interface = "ens32"
+vrid = 51
+priority = 100
+auth_pass = "1111"
+vips = [{ address = "192.168.111.100/32" }]
+track_proxy = [{ name = "proxy" }]
+"#;

@@ -351,3 +351,16 @@ pub fn who_answers(t: &Topology, host: &str, port: u16) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// Sends `request` to `VIP:12000` from `host`'s namespace; returns the first
+/// line of the reply.
+pub fn client(t: &Topology, host: &str, request: &str) -> String {
+    let code = format!(
+        "import socket\ns=socket.create_connection(('{VIP}',12000),timeout=2)\ns.sendall({request:?}.encode())\nprint(s.makefile().readline().strip())"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.ns(host), "python3", "-c", &code])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
