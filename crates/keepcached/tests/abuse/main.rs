@@ -1,0 +1,5 @@
+//! Hostile clients and operators: each scenario asserts the process is alive and answering
+//! `version` afterwards, resident memory growth under a stated bound read from /proc, and no
+//! acknowledged write lost.
+
+mod vrrp;
