@@ -316,6 +316,24 @@ fn sighup_reloads_the_configuration_like_keepalived() {
     );
     t.stays_holder(&HOSTS, "h2", secs(1.5));
 
+    // A new source address needs a new socket: the instance is stopped (priority 0, h1 takes
+    // over) and started again, and preempts h1 back.
+    t.write(
+        "h2.conf",
+        &vi_1(99).replace("vrid = 51", "vrid = 51\nsource = \"198.18.0.2\""),
+    );
+    t.signal(h2, Signal::SIGHUP);
+    t.wait_log(
+        "h2-vrrpd.log",
+        "configuration reloaded: 0 instances kept, 1 started, 1 stopped",
+        secs(2.0),
+    );
+    t.wait_log("h2-vrrpd.log", "starting again", secs(1.0));
+    t.wait_holder(&HOSTS, "h2", secs(6.0));
+    let log = t.wait_log("h2-vrrpd.log", "", secs(0.0));
+    let preempted = "BACKUP -> MASTER (priority 99) because: preempting master 198.18.0.1";
+    assert_eq!(log.matches(preempted).count(), 2, "{log}");
+
     // SIGTERM: priority 0, the VIP removed, a clean exit.
     let status = t.terminate(h2);
     assert_eq!(status.code(), Some(0), "{status}");

@@ -382,7 +382,10 @@ impl VrrpConfig {
             // The deadlock the old docs' recipe fell into: every host fails such a check
             // until it holds the VIP, and none takes the VIP while its check fails.
             let checked = check.address.ip();
-            if i.vips.iter().any(|v| std::net::IpAddr::V4(v.address.addr) == checked) {
+            if i.vips
+                .iter()
+                .any(|v| std::net::IpAddr::V4(v.address.addr) == checked)
+            {
                 return Err(invalid(
                     format!("proxy_check.{}.address", t.name),
                     format!(

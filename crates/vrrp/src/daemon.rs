@@ -131,6 +131,8 @@ struct Handle {
 enum Stop {
     Shutdown,
     Removed,
+    /// Started again with a new socket (see [`same_socket`]).
+    Replaced,
 }
 
 /// A new configuration for a running instance.
@@ -141,14 +143,16 @@ struct Update {
     tracked: Vec<(Key, i32)>,
 }
 
-/// Whether a running instance can take `new` in place: keepalived keeps the
-/// state of an instance with the same VRID on the same interface. Ours also
-/// needs the same socket (multicast or unicast), source address, version and
-/// checksum; otherwise the instance is replaced.
+/// Whether `new` configures the virtual router `old` runs: keepalived keeps
+/// the state of an instance with the same VRID on the same interface, whatever
+/// its name.
 fn same_router(old: &InstanceConfig, new: &InstanceConfig) -> bool {
     old.interface == new.interface && old.vrid == new.vrid
 }
 
+/// Whether the running instance can take `new` in place: it needs the same
+/// socket (multicast or unicast), source address, version and checksum;
+/// otherwise the instance is replaced.
 fn same_socket(old: &InstanceConfig, new: &InstanceConfig) -> bool {
     old.unicast_peers.is_empty() == new.unicast_peers.is_empty()
         && old.source == new.source
@@ -193,17 +197,22 @@ impl Daemon {
             tracing::error!("configuration not reloaded, the running one is kept: {e}");
             return;
         }
-        let mut keep: Vec<(usize, Update)> = Vec::new();
+        // What becomes of each running instance: `Some` keeps it with this update.
+        let mut updates: Vec<Option<Update>> = self.handles.iter().map(|_| None).collect();
+        let mut replaced = vec![false; self.handles.len()];
         let mut start = Vec::new();
-        let mut kept = vec![false; self.handles.len()];
         for cfg in &new.instances {
             let old = self.handles.iter().position(|h| same_router(&h.cfg, cfg));
             let prepared = match old {
-                Some(k) if same_socket(&self.handles[k].cfg, cfg) => prepare(&new, cfg).map(|u| {
-                    kept[k] = true;
-                    keep.push((k, u));
+                Some(k) if same_socket(&self.handles[k].cfg, cfg) => {
+                    prepare(&new, cfg).map(|u| updates[k] = Some(u))
+                }
+                _ => Runner::open(&new, cfg.clone()).map(|r| {
+                    if let Some(k) = old {
+                        replaced[k] = true;
+                    }
+                    start.push(r);
                 }),
-                _ => Runner::open(&new, cfg.clone()).map(|r| start.push(r)),
             };
             if let Err(e) = prepared {
                 tracing::error!("configuration not reloaded, the running one is kept: {e}");
@@ -211,29 +220,28 @@ impl Daemon {
             }
         }
         self.checks.update(&new, &self.status_tx);
-        let (stay, leave): (Vec<_>, Vec<_>) = std::mem::take(&mut self.handles)
+        let mut leaving = Vec::new();
+        let mut replacing = Vec::new();
+        for ((mut h, update), replaced) in std::mem::take(&mut self.handles)
             .into_iter()
-            .zip(kept)
-            .partition(|(_, kept)| *kept);
-        let removed = leave.len();
-        stop(
-            leave.into_iter().map(|(h, _)| h),
-            Stop::Removed,
-            &self.slots,
-        )
-        .await;
-        self.handles = stay.into_iter().map(|(h, _)| h).collect();
-        // Indexes in `keep` were into the old list; kept handles keep their order.
-        let mut order: Vec<usize> = keep.iter().map(|(k, _)| *k).collect();
-        order.sort_unstable();
-        for (k, update) in keep {
-            let at = order.binary_search(&k).unwrap_or(k);
-            let h = &mut self.handles[at];
-            h.cfg = update.cfg.clone();
-            if h.updates.send(update).await.is_err() {
-                tracing::error!(instance = %h.cfg.name, "instance task gone; not updated");
+            .zip(updates)
+            .zip(replaced)
+        {
+            match update {
+                Some(update) => {
+                    h.cfg = update.cfg.clone();
+                    if h.updates.send(update).await.is_err() {
+                        tracing::error!(instance = %h.cfg.name, "instance task gone; not updated");
+                    }
+                    self.handles.push(h);
+                }
+                None if replaced => replacing.push(h),
+                None => leaving.push(h),
             }
         }
+        let removed = leaving.len() + replacing.len();
+        stop(leaving, Stop::Removed, &self.slots).await;
+        stop(replacing, Stop::Replaced, &self.slots).await;
         let (updated, added) = (self.handles.len(), start.len());
         for r in start {
             self.spawn(r);
@@ -276,7 +284,7 @@ async fn stop(handles: impl IntoIterator<Item = Handle>, why: Stop, slots: &Slot
     }
     for (id, task) in waiting {
         let _ = task.await;
-        if why == Stop::Removed {
+        if why != Stop::Shutdown {
             slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }
     }
@@ -739,6 +747,11 @@ impl Runner {
                         Cause::Fault if !self.fault_why.is_empty() => self.fault_why.clone(),
                         Cause::Shutdown if self.stopping == Stop::Removed => {
                             "removed from the configuration by a reload".to_owned()
+                        }
+                        Cause::Shutdown if self.stopping == Stop::Replaced => {
+                            "a reload changed its source, version, checksum or unicast peers; \
+                             starting again"
+                                .to_owned()
                         }
                         Cause::Shutdown => "shutting down".to_owned(),
                         c => c.to_string(),
