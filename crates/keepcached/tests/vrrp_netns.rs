@@ -316,6 +316,31 @@ fn sighup_reloads_the_configuration_like_keepalived() {
     );
     t.stays_holder(&HOSTS, "h2", secs(1.5));
 
+    // The master's VIP list grows: it adds the new address and never drops
+    // the old one; then shrinks back: the address goes, the other stays.
+    let two_vips = |p| {
+        vi_1(p).replace(
+            r#"vips = [{ address = "198.18.0.100/32" }]"#,
+            r#"vips = [{ address = "198.18.0.100/32" }, { address = "198.18.0.102/32" }]"#,
+        )
+    };
+    for (h1_conf, h2_conf, present) in [
+        (two_vips(98), two_vips(99), true),
+        (vi_1(98), vi_1(99), false),
+    ] {
+        t.write("h2.conf", &h2_conf);
+        t.write("h1.conf", &h1_conf);
+        t.signal(h2, Signal::SIGHUP);
+        t.signal(h1, Signal::SIGHUP);
+        let start = std::time::Instant::now();
+        while t.has_addr("h2", "198.18.0.102") != present {
+            assert!(start.elapsed() < secs(1.0), "{}", t.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.stays_holder(&HOSTS, "h2", secs(1.5));
+        assert!(!t.has_addr("h1", "198.18.0.102"));
+    }
+
     // A new source address needs a new socket: the instance is stopped (priority 0, h1 takes
     // over) and started again, and preempts h1 back.
     t.write(

@@ -531,10 +531,9 @@ impl Runner {
             let wake = tokio::select! {
                 r = &mut stop => Wake::Stop(r.unwrap_or(Stop::Shutdown)),
                 r = status.changed() => if r.is_ok() { Wake::Status } else { Wake::Stop(Stop::Shutdown) },
-                u = updates.recv() => match u {
-                    Some(u) => Wake::Update(Box::new(u)),
-                    None => Wake::Stop(Stop::Shutdown),
-                },
+                // Only `stop` stops the instance: the daemon drops the update channel as it
+                // stops an instance, which must not turn a removal into a plain shutdown.
+                Some(u) = updates.recv() => Wake::Update(Box::new(u)),
                 r = self.socket.recv(&mut buf) => Wake::Packet(r),
                 _ = sleep_until(deadline) => Wake::Timer,
             };
@@ -867,5 +866,76 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A configuration with checks only (no validation: no instance needed).
+    fn checks_only(text: &str) -> VrrpConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    async fn wait_for(rx: &mut watch::Receiver<Status>, f: impl Fn(&Status) -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| f(s)))
+            .await
+            .expect("in time")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_unchanged_checks_restarts_changed_ones_and_drops_removed_ones() {
+        let (tx, mut rx) = watch::channel(Status::new());
+        let mut checks = Checks::default();
+        let ok = Key::Script("ok".into());
+        let gone = Key::Proxy("gone".into());
+        let new = Key::Script("new".into());
+        checks.update(
+            &checks_only(
+                "[script.ok]\ncommand = \"true\"\ninterval = 0.05\n\
+                 [proxy_check.gone]\naddress = \"127.0.0.1:1\"\ninterval = 0.05\n",
+            ),
+            &tx,
+        );
+        wait_for(&mut rx, |s| {
+            s.get(&ok).is_some_and(|h| h.up) && s.get(&gone).is_some_and(|h| !h.up)
+        })
+        .await;
+        let why = rx.borrow()[&gone].why.clone();
+        assert!(
+            why.starts_with("failed 1 times in a row, last: connecting to 127.0.0.1:1: "),
+            "{why}"
+        );
+        let kept = checks.tasks[&ok].1.id();
+        checks.update(
+            &checks_only(
+                "[script.ok]\ncommand = \"true\"\ninterval = 0.05\n\
+                 [script.new]\ncommand = \"false\"\ninterval = 0.05\n",
+            ),
+            &tx,
+        );
+        assert!(!rx.borrow().contains_key(&gone));
+        assert_eq!(checks.tasks[&ok].1.id(), kept, "unchanged: still running");
+        wait_for(&mut rx, |s| {
+            s.get(&new)
+                .is_some_and(|h| !h.up && h.why.ends_with("exit status: 1"))
+        })
+        .await;
+        checks.update(
+            &checks_only(
+                "[script.ok]\ncommand = \"true\"\ninterval = 0.1\n\
+                 [script.new]\ncommand = \"false\"\ninterval = 0.05\n",
+            ),
+            &tx,
+        );
+        assert_ne!(checks.tasks[&ok].1.id(), kept, "changed: restarted");
+        // The restarted check keeps its last state until it reports.
+        assert!(rx.borrow()[&ok].up);
+        checks.stop_all();
+        assert!(checks.tasks.is_empty());
     }
 }
