@@ -218,10 +218,13 @@ impl Topology {
         String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}/32"))
     }
 
-    /// Sends SIGTERM to a process this topology started and returns how it exited.
-    pub fn terminate(&mut self, pid: u32) -> std::process::ExitStatus {
-        use nix::sys::signal::Signal::SIGTERM;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), SIGTERM);
+    /// Sends `sig` to a process this topology started and returns how it exited.
+    pub fn stop_with(
+        &mut self,
+        pid: u32,
+        sig: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
         let child = self
             .children
             .iter_mut()
