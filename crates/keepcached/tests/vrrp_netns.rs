@@ -278,6 +278,11 @@ fn sighup_reloads_the_configuration_like_keepalived() {
     // A lower priority takes effect: h1 re-advertises at 98, h2 (99) preempts it.
     t.write("h1.conf", &vi_1(98));
     t.signal(h1, Signal::SIGHUP);
+    t.wait_log(
+        "h1-vrrpd.log",
+        "effective priority 100 -> 98: configured priority",
+        secs(1.0),
+    );
     t.wait_holder(&HOSTS, "h2", secs(6.0));
     t.wait_log(
         "h2-vrrpd.log",
@@ -427,6 +432,17 @@ fn docs_recipe_elects_one_holder_and_follows_the_proxy() {
     // The master's proxy dies: its check fails, FAULT, the VIP moves.
     t.signal(proxies[0], Signal::SIGKILL);
     t.wait_holder(&HOSTS, "h2", secs(5.0));
+    t.wait_log(
+        "h1-vrrpd.log",
+        "INFO keepcached_vrrp::track: proxy check `proxy` failed: connecting to 127.0.0.1:12000: \
+         Connection refused (os error 111) (down after 2 failures in a row)",
+        secs(1.0),
+    );
+    t.wait_log(
+        "h1-vrrpd.log",
+        "WARN keepcached_vrrp::track: proxy check `proxy` down: failed 2 times in a row",
+        secs(1.0),
+    );
     t.wait_log(
         "h1-vrrpd.log",
         "MASTER -> FAULT (priority 100) because: proxy check `proxy` down (failed 2 times in a row, last: connecting to 127.0.0.1:12000",

@@ -32,7 +32,7 @@ mod network;
 mod notify;
 pub mod packet;
 mod privileges;
-pub mod rejects;
+mod rejects;
 pub mod status;
 mod sys;
 pub mod track;

@@ -86,13 +86,10 @@ impl RejectLog {
         }
     }
 
-    /// Pairs remembered now (for tests of the bound).
-    pub fn len(&self) -> usize {
+    /// Pairs remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
