@@ -4,7 +4,10 @@
 //! turns packets, deadlines and tracking changes into events, and performs
 //! the actions that come back (send adverts, add or remove the virtual
 //! addresses, gratuitous ARP, notify scripts). Everything that can fail at
-//! startup (interfaces, addresses, sockets) fails before any instance starts.
+//! startup (interfaces, addresses, sockets) fails before any instance starts;
+//! at a reload, before anything running changes. The daemon keeps a handle
+//! per instance (a stop signal and an update channel) and one task per
+//! tracked check, so that a reload can stop, start or reconfigure each.
 
 use std::collections::BTreeMap;
 use std::fmt;
