@@ -5,6 +5,9 @@
 //! priority 0, so that a backup takes over after Skew_Time (or less, with fast takeover)
 //! rather than Master_Down_Interval, then removes the VIP. SIGUSR1 logs every
 //! instance's state and advert counters (and rewrites the status file, if there is one).
+//! SIGHUP re-reads the configuration file and applies it as keepalived's reload does
+//! (`keepcached_vrrp::run` says how); a file that does not load is logged and the running
+//! configuration kept.
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use keepcached_vrrp::{parse_keepalived_conf, VrrpConfig};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::{process, UsageError};
 
@@ -57,28 +60,39 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     let path = cli
         .config
-        .as_ref()
-        .or(cli.keepalived_conf.as_ref())
+        .clone()
+        .or(cli.keepalived_conf.clone())
         .expect("clap requires one of the two");
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-    let parsed = if cli.config.is_some() {
-        VrrpConfig::from_toml(&text).map(|config| (config, Vec::new()))
-    } else {
-        parse_keepalived_conf(&text)
-    };
-    let (mut config, warnings) =
-        parsed.map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-    if cli.status_file.is_some() {
-        config.status_file = cli.status_file;
-    }
-    if cli.fast_takeover {
-        for i in &mut config.instances {
-            i.fast_takeover = true;
+    let keepalived = cli.keepalived_conf.is_some();
+    let (status_file, fast_takeover) = (cli.status_file.clone(), cli.fast_takeover);
+    // Reads the file the daemon was started with, then applies the command-line overrides; the
+    // same at startup and at each SIGHUP.
+    let load = move || -> Result<(VrrpConfig, Vec<String>), String> {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let parsed = if keepalived {
+            parse_keepalived_conf(&text)
+        } else {
+            VrrpConfig::from_toml(&text).map(|config| (config, Vec::new()))
+        };
+        let (mut config, warnings) = parsed.map_err(|e| format!("{}: {e}", path.display()))?;
+        if status_file.is_some() {
+            config.status_file.clone_from(&status_file);
         }
-    }
+        if fast_takeover {
+            for i in &mut config.instances {
+                i.fast_takeover = true;
+            }
+        }
+        let warnings = warnings
+            .iter()
+            .map(|w| format!("{}: {w}", path.display()))
+            .collect();
+        Ok((config, warnings))
+    };
+    let (config, warnings) = load().map_err(UsageError)?;
     for warning in warnings {
-        eprintln!("keepcached: {}: {warning}", path.display());
+        eprintln!("keepcached: {warning}");
     }
     crate::init_logging(cli.verbose.max(1), cli.process.log_file.as_deref())?;
     process::ignore_signals_until_handled(&[nix::sys::signal::Signal::SIGHUP])?;
@@ -98,12 +112,41 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 on_usr1.notify_one();
             }
         });
+        // SIGHUP re-reads the configuration, as keepalived does: the daemon applies a good one;
+        // a bad one is logged here, with its file, and the running one is kept.
+        let mut hup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
+        let (reload_tx, reload_rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match load() {
+                    Ok((config, warnings)) => {
+                        for warning in warnings {
+                            tracing::warn!("{warning}");
+                        }
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        if reload_tx.send(config).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // One log line: a TOML error comes with a multi-line excerpt.
+                        let e: Vec<&str> =
+                            e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                        tracing::error!(
+                            "SIGHUP: configuration not reloaded, the running one is kept: {}",
+                            e.join(" ")
+                        )
+                    }
+                }
+            }
+        });
         keepcached_vrrp::run(
             config,
             async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             },
             report,
+            reload_rx,
         )
         .await
         .context("vrrp")

@@ -373,10 +373,28 @@ impl VrrpConfig {
             }
         }
         for t in &i.track_proxy {
-            if !self.proxy_check.contains_key(&t.name) {
+            let Some(check) = self.proxy_check.get(&t.name) else {
                 return Err(invalid(
                     format!("{key}.track_proxy"),
                     format!("no proxy_check named `{}`", t.name),
+                ));
+            };
+            // The deadlock the old docs' recipe fell into: every host fails such a check
+            // until it holds the VIP, and none takes the VIP while its check fails.
+            let checked = check.address.ip();
+            if i.vips
+                .iter()
+                .any(|v| std::net::IpAddr::V4(v.address.addr) == checked)
+            {
+                return Err(invalid(
+                    format!("proxy_check.{}.address", t.name),
+                    format!(
+                        "{checked} is a virtual address of instance `{}`, which tracks this check: \
+                         a host without the VIP fails the check and so never takes the VIP, \
+                         on any host; check the proxy on a local address it also listens on \
+                         (127.0.0.1, with the proxy's `-l VIP,127.0.0.1`)",
+                        i.name
+                    ),
                 ));
             }
         }
@@ -570,6 +588,14 @@ track_proxy = [{ name = "local" }]
 track_interface = [{ name = "ens32", weight = -10 }]
 notify = { master = "/bin/true master", any = "/usr/local/bin/notify" }
 "#;
+
+    #[test]
+    fn a_proxy_check_on_the_vip_is_refused() {
+        let text = EXAMPLE.replace("127.0.0.1:12000", "192.168.111.100:12000");
+        let e = VrrpConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("proxy_check.local.address"), "{e}");
+        assert!(e.contains("never takes the VIP"), "{e}");
+    }
 
     #[test]
     fn example_parses_with_defaults() {

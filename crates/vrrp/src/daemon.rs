@@ -4,28 +4,33 @@
 //! turns packets, deadlines and tracking changes into events, and performs
 //! the actions that come back (send adverts, add or remove the virtual
 //! addresses, gratuitous ARP, notify scripts). Everything that can fail at
-//! startup (interfaces, addresses, sockets) fails before any instance starts.
+//! startup (interfaces, addresses, sockets) fails before any instance starts;
+//! at a reload, before anything running changes. The daemon keeps a handle
+//! per instance (a stop signal and an update channel) and one task per
+//! tracked check, so that a reload can stop, start or reconfigure each.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{ConfError, InstanceConfig, VrrpConfig};
+use crate::config::{ConfError, InstanceConfig, ProxyCheck, ScriptCheck, Vip, VrrpConfig};
 use crate::garp::GarpSender;
-use crate::instance::{Action, Event, Instance};
+use crate::instance::{Action, Cause, Event, Instance, State};
 use crate::netlink::Netlink;
 use crate::network::{interface_index, primary_ipv4, VrrpSocket};
 use crate::notify;
-use crate::packet::{ipv4_header, parse_ipv4, Advert, ChecksumMode, MULTICAST_V4};
+use crate::packet::{ipv4_header, ipv4_source, parse_ipv4, Advert, ChecksumMode, MULTICAST_V4};
 use crate::privileges;
-use crate::status::{self, InstanceStatus, Slots};
+use crate::rejects::{RejectLog, Verdict, SUMMARY_EVERY};
+use crate::status::{self, InstanceStatus, Invalid, Slots};
 use crate::track::{self, Key, Status};
 
 /// Why the daemon could not run.
@@ -45,70 +50,391 @@ pub enum Error {
 /// Runs every configured instance until `shutdown` completes, then leaves
 /// cleanly: a master sends priority 0 and removes its addresses. Each
 /// notification of `report` logs the status of every instance (and rewrites
-/// the status file, if configured).
+/// the status file, if configured). Each configuration received on `reload`
+/// replaces the running one as keepalived's reload does (see [`Daemon::reload`]);
+/// one that cannot be applied is logged and the running one kept.
 pub async fn run(
     config: VrrpConfig,
     shutdown: impl Future<Output = ()>,
     report: Arc<Notify>,
+    mut reload: mpsc::Receiver<VrrpConfig>,
 ) -> Result<(), Error> {
     config.validate()?;
     let mut runners = Vec::new();
-    let slots: Slots = Arc::default();
     for i in &config.instances {
-        runners.push(Runner::open(&config, i.clone(), Arc::clone(&slots))?);
+        runners.push(Runner::open(&config, i.clone())?);
     }
-    // Every socket that needs CAP_NET_RAW is open; only netlink changes remain.
-    match privileges::drop_to_net_admin() {
+    // Every socket of the configuration is open. CAP_NET_RAW stays, because a
+    // reload may add an instance, which needs a socket of its own.
+    match privileges::drop_to_network() {
         Ok((before, after)) => tracing::debug!(
-            "capabilities {:#x} reduced to {:#x} (CAP_NET_ADMIN)",
+            "capabilities {:#x} reduced to {:#x} (CAP_NET_ADMIN, CAP_NET_RAW)",
             before.permitted,
             after.permitted
         ),
         Err(e) => tracing::warn!("could not drop capabilities: {e}"),
     }
     let (status_tx, status_rx) = watch::channel(Status::new());
-    let mut checks = JoinSet::new();
-    for (name, s) in &config.script {
-        checks.spawn(track::script_task(
-            name.clone(),
-            s.clone(),
-            status_tx.clone(),
-        ));
-    }
-    for (name, p) in &config.proxy_check {
-        checks.spawn(track::proxy_task(
-            name.clone(),
-            p.clone(),
-            status_tx.clone(),
-        ));
-    }
-    let interfaces: BTreeSet<String> = runners
-        .iter()
-        .flat_map(|r| r.tracked.iter())
-        .filter_map(|(k, _)| match k {
-            Key::Interface(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
-    for name in interfaces {
-        checks.spawn(track::interface_task(name, status_tx.clone()));
-    }
-    checks.spawn(status::report_task(
+    let slots: Slots = Arc::default();
+    let reporter = tokio::spawn(status::report_task(
         Arc::clone(&slots),
         config.status_file.clone(),
-        report,
+        Arc::clone(&report),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut instances = JoinSet::new();
+    let mut daemon = Daemon {
+        checks: Checks::default(),
+        handles: Vec::new(),
+        slots,
+        status_tx,
+        status_rx,
+        reporter,
+        report,
+        next_id: 0,
+        config,
+    };
+    daemon.checks.update(&daemon.config, &daemon.status_tx);
     for r in runners {
-        instances.spawn(r.run(status_rx.clone(), stop_rx.clone()));
+        daemon.spawn(r);
     }
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    while instances.join_next().await.is_some() {}
-    checks.abort_all();
-    status::write_final(&slots, config.status_file.as_deref());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(new) = reload.recv() => daemon.reload(new).await,
+        }
+    }
+    daemon.stop_all().await;
     Ok(())
+}
+
+/// The running instances and checks, and what a reload needs to replace them.
+struct Daemon {
+    config: VrrpConfig,
+    handles: Vec<Handle>,
+    checks: Checks,
+    slots: Slots,
+    status_tx: watch::Sender<Status>,
+    status_rx: watch::Receiver<Status>,
+    reporter: JoinHandle<()>,
+    report: Arc<Notify>,
+    next_id: u64,
+}
+
+/// One running instance, seen from the daemon.
+struct Handle {
+    cfg: InstanceConfig,
+    id: u64,
+    stop: oneshot::Sender<Stop>,
+    updates: mpsc::Sender<Update>,
+    task: JoinHandle<()>,
+}
+
+/// Why an instance stops; the log line says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Removed,
+    /// Started again with a new socket (see [`same_socket`]).
+    Replaced,
+}
+
+/// A new configuration for a running instance.
+#[derive(Debug)]
+struct Update {
+    cfg: InstanceConfig,
+    vip_ifindex: Vec<u32>,
+    tracked: Vec<(Key, i32)>,
+}
+
+/// Whether `new` configures the virtual router `old` runs: keepalived keeps
+/// the state of an instance with the same VRID on the same interface, whatever
+/// its name.
+fn same_router(old: &InstanceConfig, new: &InstanceConfig) -> bool {
+    old.interface == new.interface && old.vrid == new.vrid
+}
+
+/// Whether the running instance can take `new` in place: it needs the same
+/// socket (multicast or unicast), source address, version and checksum;
+/// otherwise the instance is replaced.
+fn same_socket(old: &InstanceConfig, new: &InstanceConfig) -> bool {
+    old.unicast_peers.is_empty() == new.unicast_peers.is_empty()
+        && old.source == new.source
+        && old.version == new.version
+        && old.checksum == new.checksum
+}
+
+impl Daemon {
+    fn spawn(&mut self, runner: Runner) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (update_tx, update_rx) = mpsc::channel(4);
+        let cfg = runner.cfg.clone();
+        let task = tokio::spawn(runner.run(
+            id,
+            Arc::clone(&self.slots),
+            self.status_rx.clone(),
+            stop_rx,
+            update_rx,
+        ));
+        self.handles.push(Handle {
+            cfg,
+            id,
+            stop: stop_tx,
+            updates: update_tx,
+            task,
+        });
+    }
+
+    /// Applies a new configuration, as keepalived's reload does: an instance
+    /// with the same VRID on the same interface keeps its state (a master
+    /// keeps its addresses, removes those no longer configured, adds and
+    /// announces new ones) and takes its new priority, interval, tracking and
+    /// so on; an instance no longer configured stops as at shutdown (priority
+    /// 0, addresses removed); a new one starts. Checks whose configuration is
+    /// unchanged keep running and keep their state. Everything that can fail
+    /// (validation, interfaces, sockets) is done before anything changes: a
+    /// configuration that fails is logged and the running one kept.
+    async fn reload(&mut self, new: VrrpConfig) {
+        if let Err(e) = new.validate() {
+            tracing::error!("configuration not reloaded, the running one is kept: {e}");
+            return;
+        }
+        // What becomes of each running instance: `Some` keeps it with this update.
+        let mut updates: Vec<Option<Update>> = self.handles.iter().map(|_| None).collect();
+        let mut replaced = vec![false; self.handles.len()];
+        let mut start = Vec::new();
+        for cfg in &new.instances {
+            let old = self.handles.iter().position(|h| same_router(&h.cfg, cfg));
+            let prepared = match old {
+                Some(k) if same_socket(&self.handles[k].cfg, cfg) => {
+                    prepare(&new, cfg).map(|u| updates[k] = Some(u))
+                }
+                _ => Runner::open(&new, cfg.clone()).map(|r| {
+                    if let Some(k) = old {
+                        replaced[k] = true;
+                    }
+                    start.push(r);
+                }),
+            };
+            if let Err(e) = prepared {
+                tracing::error!("configuration not reloaded, the running one is kept: {e}");
+                return;
+            }
+        }
+        self.checks.update(&new, &self.status_tx);
+        let mut leaving = Vec::new();
+        let mut replacing = Vec::new();
+        for ((mut h, update), replaced) in std::mem::take(&mut self.handles)
+            .into_iter()
+            .zip(updates)
+            .zip(replaced)
+        {
+            match update {
+                Some(update) => {
+                    h.cfg = update.cfg.clone();
+                    if h.updates.send(update).await.is_err() {
+                        tracing::error!(instance = %h.cfg.name, "instance task gone; not updated");
+                    }
+                    self.handles.push(h);
+                }
+                None if replaced => replacing.push(h),
+                None => leaving.push(h),
+            }
+        }
+        let removed = leaving.len() + replacing.len();
+        stop(leaving, Stop::Removed, &self.slots).await;
+        stop(replacing, Stop::Replaced, &self.slots).await;
+        let (updated, added) = (self.handles.len(), start.len());
+        for r in start {
+            self.spawn(r);
+        }
+        if new.status_file != self.config.status_file {
+            self.reporter.abort();
+            self.reporter = tokio::spawn(status::report_task(
+                Arc::clone(&self.slots),
+                new.status_file.clone(),
+                Arc::clone(&self.report),
+            ));
+        }
+        self.config = new;
+        tracing::info!(
+            "configuration reloaded: {updated} instances kept, {added} started, {removed} stopped"
+        );
+    }
+
+    async fn stop_all(mut self) {
+        stop(
+            std::mem::take(&mut self.handles),
+            Stop::Shutdown,
+            &self.slots,
+        )
+        .await;
+        self.checks.stop_all();
+        self.reporter.abort();
+        status::write_final(&self.slots, self.config.status_file.as_deref());
+    }
+}
+
+/// Stops instances together and waits for them: masters send priority 0 and
+/// remove their addresses. A removed instance leaves the status output; at
+/// shutdown they all stay, as STOP, for the last status file.
+async fn stop(handles: impl IntoIterator<Item = Handle>, why: Stop, slots: &Slots) {
+    let mut waiting = Vec::new();
+    for h in handles {
+        let _ = h.stop.send(why);
+        waiting.push((h.id, h.task));
+    }
+    for (id, task) in waiting {
+        let _ = task.await;
+        if why != Stop::Shutdown {
+            slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
+    }
+}
+
+/// What a running instance needs from a new configuration besides the
+/// configuration itself: its addresses' interfaces, and tracked items.
+fn prepare(config: &VrrpConfig, cfg: &InstanceConfig) -> Result<Update, Error> {
+    Ok(Update {
+        vip_ifindex: vip_interfaces(cfg)?,
+        tracked: tracked(config, cfg),
+        cfg: cfg.clone(),
+    })
+}
+
+fn io_error(cfg: &InstanceConfig, what: String) -> impl FnOnce(io::Error) -> Error {
+    let instance = cfg.name.clone();
+    move |source| Error::Io {
+        instance,
+        what,
+        source,
+    }
+}
+
+/// The interface index of each virtual address, in `cfg.vips` order.
+fn vip_interfaces(cfg: &InstanceConfig) -> Result<Vec<u32>, Error> {
+    let mut vip_ifindex = Vec::new();
+    for v in &cfg.vips {
+        let dev = v.dev.as_deref().unwrap_or(&cfg.interface);
+        vip_ifindex.push(
+            interface_index(dev)
+                .map_err(io_error(cfg, format!("interface {dev} of {}", v.address)))?,
+        );
+        if let Some(label) = &v.label {
+            // The kernel refuses a label that does not start with the device name.
+            if !label.starts_with(dev) {
+                return Err(Error::Config(ConfError::Invalid {
+                    key: format!("instance `{}` vip {}", cfg.name, v.address),
+                    why: format!("label `{label}` must start with `{dev}`"),
+                }));
+            }
+        }
+    }
+    Ok(vip_ifindex)
+}
+
+/// Tracked items of one instance and their weights.
+fn tracked(config: &VrrpConfig, cfg: &InstanceConfig) -> Vec<(Key, i32)> {
+    let mut tracked = Vec::new();
+    let weights = cfg.weights_apply();
+    let w = |override_: Option<i32>, default: i32| {
+        if weights {
+            override_.unwrap_or(default)
+        } else {
+            0
+        }
+    };
+    for t in &cfg.track_script {
+        tracked.push((
+            Key::Script(t.name.clone()),
+            w(t.weight, config.script[&t.name].weight),
+        ));
+    }
+    for t in &cfg.track_proxy {
+        tracked.push((
+            Key::Proxy(t.name.clone()),
+            w(t.weight, config.proxy_check[&t.name].weight),
+        ));
+    }
+    for t in &cfg.track_interface {
+        tracked.push((Key::Interface(t.name.clone()), w(t.weight, 0)));
+    }
+    if cfg.track_primary_interface {
+        tracked.push((Key::Interface(cfg.interface.clone()), 0));
+    }
+    tracked
+}
+
+/// What a check task was started with: a task whose spec is unchanged by a
+/// reload keeps running.
+#[derive(Debug, Clone, PartialEq)]
+enum Spec {
+    Script(ScriptCheck),
+    Proxy(ProxyCheck),
+    Interface,
+}
+
+/// The running check tasks, by tracked item.
+#[derive(Default)]
+struct Checks {
+    tasks: BTreeMap<Key, (Spec, JoinHandle<()>)>,
+}
+
+impl Checks {
+    /// Makes the running checks those `config` needs: unchanged ones keep
+    /// running (and their state), changed ones restart, others stop and
+    /// leave the shared status.
+    fn update(&mut self, config: &VrrpConfig, status: &watch::Sender<Status>) {
+        let mut wanted: BTreeMap<Key, Spec> = BTreeMap::new();
+        for (name, s) in &config.script {
+            wanted.insert(Key::Script(name.clone()), Spec::Script(s.clone()));
+        }
+        for (name, p) in &config.proxy_check {
+            wanted.insert(Key::Proxy(name.clone()), Spec::Proxy(p.clone()));
+        }
+        for i in &config.instances {
+            for (key, _) in tracked(config, i) {
+                if let Key::Interface(_) = key {
+                    wanted.insert(key, Spec::Interface);
+                }
+            }
+        }
+        let old = std::mem::take(&mut self.tasks);
+        for (key, (spec, task)) in old {
+            if wanted.get(&key) == Some(&spec) {
+                self.tasks.insert(key, (spec, task));
+            } else {
+                task.abort();
+                if !wanted.contains_key(&key) {
+                    status.send_if_modified(|s| s.remove(&key).is_some());
+                }
+            }
+        }
+        for (key, spec) in wanted {
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            let tx = status.clone();
+            let task = match (&key, &spec) {
+                (Key::Script(name), Spec::Script(s)) => {
+                    tokio::spawn(track::script_task(name.clone(), s.clone(), tx))
+                }
+                (Key::Proxy(name), Spec::Proxy(p)) => {
+                    tokio::spawn(track::proxy_task(name.clone(), p.clone(), tx))
+                }
+                (Key::Interface(name), _) => tokio::spawn(track::interface_task(name.clone(), tx)),
+                _ => continue,
+            };
+            self.tasks.insert(key, (spec, task));
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (_, task)) in std::mem::take(&mut self.tasks) {
+            task.abort();
+        }
+    }
 }
 
 /// Most adverts read before acting on a due timer.
@@ -128,142 +454,107 @@ struct Runner {
     vip_ifindex: Vec<u32>,
     /// Tracked items and their weights.
     tracked: Vec<(Key, i32)>,
-    invalid: u64,
-    /// Where this instance publishes its status, and its index there.
-    slots: Slots,
-    slot: usize,
+    invalid: Invalid,
+    rejects: RejectLog,
+    /// Why the instance is in FAULT, from the tracked items that are down.
+    fault_why: String,
+    stopping: Stop,
     since: SystemTime,
     transitions: u64,
 }
 
 enum Wake {
-    Stop,
+    Stop(Stop),
     Status,
+    Update(Box<Update>),
     Packet(io::Result<usize>),
     Timer,
 }
 
 impl Runner {
-    fn open(config: &VrrpConfig, cfg: InstanceConfig, slots: Slots) -> Result<Runner, Error> {
-        let err = |what: String| {
-            let instance = cfg.name.clone();
-            move |source| Error::Io {
-                instance,
-                what,
-                source,
-            }
-        };
-        let ifindex =
-            interface_index(&cfg.interface).map_err(err(format!("interface {}", cfg.interface)))?;
+    fn open(config: &VrrpConfig, cfg: InstanceConfig) -> Result<Runner, Error> {
+        let ifindex = interface_index(&cfg.interface)
+            .map_err(io_error(&cfg, format!("interface {}", cfg.interface)))?;
         let vips: Vec<Ipv4Addr> = cfg.vips.iter().map(|v| v.address.addr).collect();
         let source = match cfg.source {
             Some(s) => s,
             None => primary_ipv4(&cfg.interface, &vips)
-                .map_err(err("reading addresses".into()))?
+                .map_err(io_error(&cfg, "reading addresses".into()))?
                 .ok_or_else(|| {
-                    err(format!("interface {}", cfg.interface))(io::Error::new(
+                    io_error(&cfg, format!("interface {}", cfg.interface))(io::Error::new(
                         io::ErrorKind::NotFound,
                         "has no IPv4 address to send adverts from",
                     ))
                 })?,
         };
-        let mut vip_ifindex = Vec::new();
-        for v in &cfg.vips {
-            let dev = v.dev.as_deref().unwrap_or(&cfg.interface);
-            vip_ifindex.push(
-                interface_index(dev).map_err(err(format!("interface {dev} of {}", v.address)))?,
-            );
-            if let Some(label) = &v.label {
-                // The kernel refuses a label that does not start with the device name.
-                if !label.starts_with(dev) {
-                    return Err(Error::Config(ConfError::Invalid {
-                        key: format!("instance `{}` vip {}", cfg.name, v.address),
-                        why: format!("label `{label}` must start with `{dev}`"),
-                    }));
-                }
-            }
-        }
-        let socket = VrrpSocket::open(&cfg.interface, ifindex, cfg.unicast_peers.is_empty())
-            .map_err(err("opening the VRRP socket (needs CAP_NET_RAW)".into()))?;
-        let netlink = Netlink::open().map_err(err("opening netlink".into()))?;
-        let garp = Arc::new(GarpSender::open().map_err(err("opening the ARP socket".into()))?);
-        let mut tracked = Vec::new();
-        let weights = cfg.weights_apply();
-        let w = |override_: Option<i32>, default: i32| {
-            if weights {
-                override_.unwrap_or(default)
-            } else {
-                0
-            }
-        };
-        for t in &cfg.track_script {
-            tracked.push((
-                Key::Script(t.name.clone()),
-                w(t.weight, config.script[&t.name].weight),
-            ));
-        }
-        for t in &cfg.track_proxy {
-            tracked.push((
-                Key::Proxy(t.name.clone()),
-                w(t.weight, config.proxy_check[&t.name].weight),
-            ));
-        }
-        for t in &cfg.track_interface {
-            tracked.push((Key::Interface(t.name.clone()), w(t.weight, 0)));
-        }
-        if cfg.track_primary_interface {
-            tracked.push((Key::Interface(cfg.interface.clone()), 0));
-        }
-        let mut runner = Runner {
+        let vip_ifindex = vip_interfaces(&cfg)?;
+        let socket =
+            VrrpSocket::open(&cfg.interface, ifindex, cfg.unicast_peers.is_empty()).map_err(
+                io_error(&cfg, "opening the VRRP socket (needs CAP_NET_RAW)".into()),
+            )?;
+        let netlink = Netlink::open().map_err(io_error(&cfg, "opening netlink".into()))?;
+        let garp =
+            Arc::new(GarpSender::open().map_err(io_error(&cfg, "opening the ARP socket".into()))?);
+        Ok(Runner {
             machine: Instance::new(cfg.params(source)),
             mode: cfg.checksum_mode(),
+            tracked: tracked(config, &cfg),
             cfg,
             source,
             socket,
             netlink,
             garp,
             vip_ifindex,
-            tracked,
-            invalid: 0,
-            slots,
-            slot: 0,
+            invalid: Invalid::default(),
+            rejects: RejectLog::default(),
+            fault_why: String::new(),
+            stopping: Stop::Shutdown,
             since: SystemTime::now(),
             transitions: 0,
-        };
-        runner.slot = {
-            let mut slots = runner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.push(runner.snapshot());
-            slots.len() - 1
-        };
-        Ok(runner)
+        })
     }
 
-    async fn run(mut self, mut status: watch::Receiver<Status>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        id: u64,
+        slots: Slots,
+        mut status: watch::Receiver<Status>,
+        mut stop: oneshot::Receiver<Stop>,
+        mut updates: mpsc::Receiver<Update>,
+    ) {
         let origin = Instant::now();
         let snapshot = status.borrow_and_update().clone();
         self.apply_status(&snapshot, origin);
         let actions = self.machine.handle(origin.elapsed(), Event::Startup);
-        self.execute(actions);
+        self.execute(actions, origin);
         let mut buf = vec![0u8; 4096];
         loop {
-            self.publish();
+            self.publish(id, &slots);
             let deadline = self.machine.next_deadline().map(|d| origin + d);
             let wake = tokio::select! {
-                _ = stop.changed() => Wake::Stop,
-                r = status.changed() => if r.is_ok() { Wake::Status } else { Wake::Stop },
+                r = &mut stop => Wake::Stop(r.unwrap_or(Stop::Shutdown)),
+                r = status.changed() => if r.is_ok() { Wake::Status } else { Wake::Stop(Stop::Shutdown) },
+                // Only `stop` stops the instance: the daemon drops the update channel as it
+                // stops an instance, which must not turn a removal into a plain shutdown.
+                Some(u) = updates.recv() => Wake::Update(Box::new(u)),
                 r = self.socket.recv(&mut buf) => Wake::Packet(r),
                 _ = sleep_until(deadline) => Wake::Timer,
             };
             match wake {
-                Wake::Stop => {
+                Wake::Stop(why) => {
+                    self.stopping = why;
                     let actions = self.machine.handle(origin.elapsed(), Event::Shutdown);
-                    self.execute(actions);
-                    self.publish();
+                    self.execute(actions, origin);
+                    self.publish(id, &slots);
                     return;
                 }
                 Wake::Status => {
                     let snapshot = status.borrow_and_update().clone();
                     self.apply_status(&snapshot, origin);
+                }
+                Wake::Update(u) => {
+                    let snapshot = status.borrow().clone();
+                    self.update(*u, &snapshot, origin);
                 }
                 Wake::Packet(Ok(n)) => self.receive(&buf[..n], origin),
                 Wake::Packet(Err(e)) => {
@@ -272,7 +563,7 @@ impl Runner {
                 Wake::Timer => {
                     self.receive_pending(&mut buf, origin);
                     let actions = self.machine.handle(origin.elapsed(), Event::Timer);
-                    self.execute(actions);
+                    self.execute(actions, origin);
                 }
             }
         }
@@ -292,21 +583,86 @@ impl Runner {
     }
 
     /// Makes the instance's current status visible to the reporter.
-    fn publish(&self) {
+    fn publish(&self, id: u64, slots: &Slots) {
         let status = self.snapshot();
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())[self.slot] = status;
+        slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, status);
     }
 
     fn apply_status(&mut self, status: &Status, origin: Instant) {
-        let items = self
+        let up = |k: &Key| status.get(k).map_or(true, |h| h.up);
+        let items = self.tracked.iter().map(|(k, w)| (*w, up(k)));
+        let (priority, fault) = track::effective(self.cfg.priority, items);
+        self.fault_why = self
             .tracked
             .iter()
-            .map(|(k, w)| (*w, status.get(k).copied().unwrap_or(true)));
-        let (priority, fault) = track::effective(self.cfg.priority, items);
+            .filter(|(k, w)| *w == 0 && !up(k))
+            .map(|(k, _)| match status.get(k) {
+                Some(h) if !h.why.is_empty() => format!("{k} down ({})", h.why),
+                _ => format!("{k} down"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if priority != self.machine.priority() {
+            let weighted: Vec<String> = self
+                .tracked
+                .iter()
+                .filter(|(_, w)| *w != 0)
+                .map(|(k, w)| {
+                    let state = if up(k) { "up" } else { "down" };
+                    format!("{k} {state} (weight {w:+})")
+                })
+                .collect();
+            let why = if weighted.is_empty() {
+                "configured priority".to_owned()
+            } else {
+                weighted.join(", ")
+            };
+            tracing::info!(
+                instance = %self.cfg.name,
+                "effective priority {} -> {priority}: {why}",
+                self.machine.priority()
+            );
+        }
         let now = origin.elapsed();
         let mut actions = self.machine.handle(now, Event::Priority(priority));
         actions.extend(self.machine.handle(now, Event::Fault(fault)));
-        self.execute(actions);
+        self.execute(actions, origin);
+    }
+
+    /// A reload changed this instance's configuration (see [`Daemon::reload`]).
+    fn update(&mut self, u: Update, status: &Status, origin: Instant) {
+        let mut added = false;
+        if self.machine.state() == State::Master {
+            let old: Vec<(&Vip, u32)> =
+                self.cfg.vips.iter().zip(self.vip_ifindex.clone()).collect();
+            let new: Vec<(&Vip, u32)> = u.cfg.vips.iter().zip(u.vip_ifindex.clone()).collect();
+            let same = |a: &(&Vip, u32), b: &(&Vip, u32)| a.0.address == b.0.address && a.1 == b.1;
+            for gone in old.iter().filter(|o| !new.iter().any(|n| same(o, n))) {
+                remove_vip(&mut self.netlink, &self.cfg.name, gone.0, gone.1);
+            }
+            for fresh in new.iter().filter(|n| !old.iter().any(|o| same(o, n))) {
+                add_vip(&mut self.netlink, &self.cfg.name, fresh.0, fresh.1);
+                added = true;
+            }
+        }
+        if u.cfg != self.cfg {
+            tracing::info!(instance = %u.cfg.name, "configuration changed; state {} kept", self.machine.state().keepalived_name());
+        }
+        self.cfg = u.cfg;
+        self.vip_ifindex = u.vip_ifindex;
+        self.tracked = u.tracked;
+        self.mode = self.cfg.checksum_mode();
+        let actions = self
+            .machine
+            .reconfigure(origin.elapsed(), self.cfg.params(self.source));
+        self.execute(actions, origin);
+        if added {
+            self.garp();
+        }
+        self.apply_status(status, origin);
     }
 
     /// Handles the adverts already waiting before a deadline is acted on: when
@@ -331,27 +687,85 @@ impl Runner {
                 let actions = self
                     .machine
                     .handle(origin.elapsed(), Event::Advert { src, advert });
-                self.execute(actions);
+                self.execute(actions, origin);
             }
             Err(e) => {
-                self.invalid += 1;
-                tracing::debug!(instance = %self.cfg.name, invalid = self.invalid, "advert discarded: {e}");
+                self.invalid.count(&e);
+                let src = ipv4_source(packet).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                self.rejected(origin, src, e.kind(), &e);
             }
         }
     }
 
-    fn execute(&mut self, actions: Vec<Action>) {
+    /// Logs a discarded packet, rate-limited per (peer, reason).
+    fn rejected(
+        &mut self,
+        origin: Instant,
+        src: Ipv4Addr,
+        kind: &'static str,
+        detail: &dyn fmt::Display,
+    ) {
+        let name = &self.cfg.name;
+        match self.rejects.note(origin.elapsed(), src, kind) {
+            Verdict::Quiet => {}
+            Verdict::Log { peer, suppressed } => {
+                let who = if peer.is_unspecified() {
+                    format!("{src} (and other peers)")
+                } else {
+                    src.to_string()
+                };
+                if suppressed == 0 {
+                    tracing::warn!(instance = %name, "advert from {who} discarded: {detail}");
+                } else {
+                    tracing::warn!(
+                        instance = %name,
+                        "advert from {who} discarded: {detail} ({suppressed} more for the same reason in the last {} s)",
+                        SUMMARY_EVERY.as_secs()
+                    );
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>, origin: Instant) {
         for action in actions {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(priority),
                 Action::AddAddresses => self.add_addresses(),
                 Action::RemoveAddresses => self.remove_addresses(),
                 Action::Garp => self.garp(),
-                Action::Transition { from, to, priority } => {
+                Action::Rejected { src, reason } => {
+                    self.rejected(origin, src, reason.describe(), &reason.describe())
+                }
+                Action::Transition {
+                    from,
+                    to,
+                    priority,
+                    cause,
+                } => {
                     self.since = SystemTime::now();
                     self.transitions += 1;
-                    tracing::info!(instance = %self.cfg.name, ?from, ?to, priority, "state change");
-                    notify::run(&self.cfg.notify, &self.cfg.name, to, priority);
+                    let why = match cause {
+                        Cause::Fault if !self.fault_why.is_empty() => self.fault_why.clone(),
+                        Cause::Shutdown if self.stopping == Stop::Removed => {
+                            "removed from the configuration by a reload".to_owned()
+                        }
+                        Cause::Shutdown if self.stopping == Stop::Replaced => {
+                            "a reload changed its source, version, checksum or unicast peers; \
+                             starting again"
+                                .to_owned()
+                        }
+                        Cause::Shutdown => "shutting down".to_owned(),
+                        c => c.to_string(),
+                    };
+                    let (from, to) = (from.keepalived_name(), to.keepalived_name());
+                    let name = &self.cfg.name;
+                    if cause == Cause::Fault {
+                        tracing::warn!(instance = %name, "{from} -> {to} (priority {priority}) because: {why}");
+                    } else {
+                        tracing::info!(instance = %name, "{from} -> {to} (priority {priority}) because: {why}");
+                    }
+                    notify::run(&self.cfg.notify, name, self.machine.state(), priority);
                 }
             }
         }
@@ -386,25 +800,13 @@ impl Runner {
 
     fn add_addresses(&mut self) {
         for (v, &index) in self.cfg.vips.iter().zip(&self.vip_ifindex) {
-            if let Err(e) = self.netlink.add_address(
-                index,
-                v.address.addr,
-                v.address.prefix,
-                v.label.as_deref(),
-            ) {
-                tracing::error!(instance = %self.cfg.name, vip = %v.address, "adding address failed: {e}");
-            }
+            add_vip(&mut self.netlink, &self.cfg.name, v, index);
         }
     }
 
     fn remove_addresses(&mut self) {
         for (v, &index) in self.cfg.vips.iter().zip(&self.vip_ifindex) {
-            if let Err(e) = self
-                .netlink
-                .remove_address(index, v.address.addr, v.address.prefix)
-            {
-                tracing::error!(instance = %self.cfg.name, vip = %v.address, "removing address failed: {e}");
-            }
+            remove_vip(&mut self.netlink, &self.cfg.name, v, index);
         }
     }
 
@@ -450,9 +852,93 @@ impl Runner {
     }
 }
 
+fn add_vip(netlink: &mut Netlink, instance: &str, v: &Vip, index: u32) {
+    if let Err(e) = netlink.add_address(index, v.address.addr, v.address.prefix, v.label.as_deref())
+    {
+        tracing::error!(instance, vip = %v.address, "adding address failed: {e}");
+    }
+}
+
+fn remove_vip(netlink: &mut Netlink, instance: &str, v: &Vip, index: u32) {
+    if let Err(e) = netlink.remove_address(index, v.address.addr, v.address.prefix) {
+        tracing::error!(instance, vip = %v.address, "removing address failed: {e}");
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A configuration with checks only (no validation: no instance needed).
+    fn checks_only(text: &str) -> VrrpConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    async fn wait_for(rx: &mut watch::Receiver<Status>, f: impl Fn(&Status) -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| f(s)))
+            .await
+            .expect("in time")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_unchanged_checks_restarts_changed_ones_and_drops_removed_ones() {
+        let (tx, mut rx) = watch::channel(Status::new());
+        let mut checks = Checks::default();
+        let ok = Key::Script("ok".into());
+        let gone = Key::Proxy("gone".into());
+        let new = Key::Script("new".into());
+        checks.update(
+            &checks_only(
+                "[script.ok]\ncommand = \"true\"\ninterval = 0.05\n\
+                 [proxy_check.gone]\naddress = \"127.0.0.1:1\"\ninterval = 0.05\n",
+            ),
+            &tx,
+        );
+        wait_for(&mut rx, |s| {
+            s.get(&ok).is_some_and(|h| h.up) && s.get(&gone).is_some_and(|h| !h.up)
+        })
+        .await;
+        let why = rx.borrow()[&gone].why.clone();
+        assert!(
+            why.starts_with("failed 1 times in a row, last: connecting to 127.0.0.1:1: "),
+            "{why}"
+        );
+        let kept = checks.tasks[&ok].1.id();
+        checks.update(
+            &checks_only(
+                "[script.ok]\ncommand = \"true\"\ninterval = 0.05\n\
+                 [script.new]\ncommand = \"false\"\ninterval = 0.05\n",
+            ),
+            &tx,
+        );
+        assert!(!rx.borrow().contains_key(&gone));
+        assert_eq!(checks.tasks[&ok].1.id(), kept, "unchanged: still running");
+        wait_for(&mut rx, |s| {
+            s.get(&new)
+                .is_some_and(|h| !h.up && h.why.ends_with("exit status: 1"))
+        })
+        .await;
+        checks.update(
+            &checks_only(
+                "[script.ok]\ncommand = \"true\"\ninterval = 0.1\n\
+                 [script.new]\ncommand = \"false\"\ninterval = 0.05\n",
+            ),
+            &tx,
+        );
+        assert_ne!(checks.tasks[&ok].1.id(), kept, "changed: restarted");
+        // The restarted check keeps its last state until it reports.
+        assert!(rx.borrow()[&ok].up);
+        checks.stop_all();
+        assert!(checks.tasks.is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //! call it next with [`Event::Timer`]. No I/O and no clock, so every transition
 //! is tested deterministically below.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -107,17 +108,107 @@ pub enum Action {
         from: State,
         to: State,
         priority: u8,
+        cause: Cause,
+    },
+    /// An advert for this virtual router (or carrying its addresses) was
+    /// discarded: the operator should hear of it, a misconfigured peer is
+    /// otherwise a silent split brain.
+    Rejected { src: Ipv4Addr, reason: Reject },
+}
+
+/// Why the state changed, as the log line says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// RFC 5798 §6.4.1: the owner starts as master, everyone else as backup.
+    Startup,
+    /// Master_Down_Timer fired (RFC 5798 §6.4.2).
+    MasterDown(Down),
+    /// A master heard an advert that outranks it (RFC 5798 §6.4.3).
+    Outranked { src: Ipv4Addr, priority: u8 },
+    /// A tracked check or interface put the instance in FAULT; the caller
+    /// knows which.
+    Fault,
+    /// Every tracked item that caused FAULT is up again.
+    Recovered,
+    /// The instance stops (shutdown, or removed by a reload).
+    Shutdown,
+}
+
+/// What a backup concluded when Master_Down_Timer fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// The master sent priority 0: it is leaving.
+    Left { src: Ipv4Addr },
+    /// The master has a lower priority and this backup preempts it.
+    Preempt { src: Ipv4Addr, priority: u8 },
+    /// No advert from the master (`None`: none heard in this state) for this long.
+    Silent {
+        src: Option<Ipv4Addr>,
+        for_: Duration,
     },
 }
 
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Startup => write!(f, "startup"),
+            Cause::MasterDown(Down::Left { src }) => {
+                write!(f, "master {src} left (advertised priority 0)")
+            }
+            Cause::MasterDown(Down::Preempt { src, priority }) => {
+                write!(f, "preempting master {src} of lower priority {priority}")
+            }
+            Cause::MasterDown(Down::Silent {
+                src: Some(src),
+                for_,
+            }) => write!(
+                f,
+                "master {src} silent for {:.2} s (Master_Down_Interval)",
+                for_.as_secs_f64()
+            ),
+            Cause::MasterDown(Down::Silent { src: None, for_ }) => write!(
+                f,
+                "no master heard for {:.2} s (Master_Down_Interval)",
+                for_.as_secs_f64()
+            ),
+            Cause::Outranked { src, priority } => {
+                write!(
+                    f,
+                    "{src} advertises priority {priority}, which outranks ours"
+                )
+            }
+            Cause::Fault => write!(f, "a tracked item is down"),
+            Cause::Recovered => write!(f, "tracked items up again"),
+            Cause::Shutdown => write!(f, "stopping"),
+        }
+    }
+}
+
 /// Why an advert for our VRID was discarded, as keepalived would discard it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reject {
     Version,
     AuthType,
     AuthPassword,
     Interval,
     Addresses,
+    /// Another VRID advertising one of our addresses: a peer configured with
+    /// the wrong `vrid` (unrelated VRIDs on the same LAN are normal and quiet).
+    Vrid,
+}
+
+impl Reject {
+    /// What the operator reads in the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reject::Version => "VRRP version differs from ours",
+            Reject::AuthType => "authentication type differs from ours",
+            Reject::AuthPassword => "authentication password mismatch",
+            Reject::Interval => "advert interval differs from ours (VRRPv2 needs the same)",
+            Reject::Addresses => "virtual address list differs from ours",
+            Reject::Vrid => "another VRID advertises one of our virtual addresses",
+        }
+    }
 }
 
 /// Counts of received adverts, by fate.
@@ -131,6 +222,7 @@ pub struct RxStats {
     pub auth_password: u64,
     pub interval: u64,
     pub addresses: u64,
+    pub vrid: u64,
 }
 
 /// One virtual router.
@@ -150,6 +242,11 @@ pub struct Instance {
     garp_at: Option<Duration>,
     /// Before this time a lower-priority master is not preempted.
     preempt_at: Option<Duration>,
+    /// The last accepted advert while backup: source, priority, when. Says
+    /// why Master_Down_Timer fired.
+    heard: Option<(Ipv4Addr, u8, Duration)>,
+    /// When the instance last became backup.
+    backup_since: Duration,
     stats: RxStats,
 }
 
@@ -165,6 +262,8 @@ impl Instance {
             master_down_at: None,
             garp_at: None,
             preempt_at: None,
+            heard: None,
+            backup_since: Duration::ZERO,
             stats: RxStats::default(),
         }
     }
@@ -269,6 +368,23 @@ impl Instance {
         out
     }
 
+    /// A reload changed the configuration of this virtual router: the state
+    /// is kept (keepalived does the same, so an unchanged or re-prioritised
+    /// instance does not drop its addresses); a master announces the new
+    /// parameters at once. The effective priority follows with
+    /// [`Event::Priority`].
+    pub fn reconfigure(&mut self, now: Duration, params: Params) -> Vec<Action> {
+        let mut out = Vec::new();
+        if params.interval_cs != self.params.interval_cs {
+            self.master_interval_cs = params.interval_cs;
+        }
+        self.params = params;
+        if self.state == State::Master {
+            self.send_now(now, &mut out);
+        }
+        out
+    }
+
     /// RFC 5798 §6.4.1: the owner starts as master, everyone else as backup.
     fn startup(&mut self, now: Duration, out: &mut Vec<Action>) {
         if self.state != State::Initialize {
@@ -278,18 +394,19 @@ impl Instance {
             self.preempt_at = Some(now + self.params.preempt_delay);
         }
         if self.fault {
-            self.transition(State::Fault, out);
+            self.transition(State::Fault, Cause::Fault, out);
         } else if self.priority == PRIORITY_OWNER {
-            self.become_master(now, out);
+            self.become_master(now, Cause::Startup, out);
         } else {
-            self.become_backup(now, out);
+            self.become_backup(now, Cause::Startup, out);
         }
     }
 
     fn timers(&mut self, now: Duration, out: &mut Vec<Action>) {
         if self.master_down_at.is_some_and(|t| t <= now) {
             // RFC 5798 §6.4.2: Master_Down_Timer fired, no master is heard.
-            self.become_master(now, out);
+            let why = self.down_cause(now);
+            self.become_master(now, Cause::MasterDown(why), out);
             return;
         }
         if self.adver_at.is_some_and(|t| t <= now) {
@@ -305,28 +422,66 @@ impl Instance {
         }
     }
 
-    fn receive(&mut self, now: Duration, src: Ipv4Addr, advert: &Advert, out: &mut Vec<Action>) {
-        if advert.vrid != self.params.vrid {
-            self.stats.other_vrid += 1;
-            return;
+    /// Why Master_Down_Timer fired, from the last advert heard.
+    fn down_cause(&self, now: Duration) -> Down {
+        match self.heard {
+            Some((src, PRIORITY_LEAVING, _)) => Down::Left { src },
+            Some((src, priority, at))
+                if priority < self.priority
+                    && self.params.preempt
+                    && now.saturating_sub(at) < self.master_down_interval() =>
+            {
+                Down::Preempt { src, priority }
+            }
+            Some((src, _, at)) => Down::Silent {
+                src: Some(src),
+                for_: now.saturating_sub(at),
+            },
+            None => Down::Silent {
+                src: None,
+                for_: now.saturating_sub(self.backup_since),
+            },
         }
+    }
+
+    fn receive(&mut self, now: Duration, src: Ipv4Addr, advert: &Advert, out: &mut Vec<Action>) {
         if src == self.params.local_address {
             self.stats.own += 1;
             return;
         }
-        if let Err(reject) = self.check(advert) {
-            match reject {
+        if advert.vrid != self.params.vrid {
+            self.stats.other_vrid += 1;
+            if advert
+                .addresses
+                .iter()
+                .any(|a| self.params.addresses.contains(a))
+            {
+                self.stats.vrid += 1;
+                out.push(Action::Rejected {
+                    src,
+                    reason: Reject::Vrid,
+                });
+            }
+            return;
+        }
+        if let Err(reason) = self.check(advert) {
+            match reason {
                 Reject::Version => self.stats.version += 1,
                 Reject::AuthType => self.stats.auth_type += 1,
                 Reject::AuthPassword => self.stats.auth_password += 1,
                 Reject::Interval => self.stats.interval += 1,
                 Reject::Addresses => self.stats.addresses += 1,
+                Reject::Vrid => self.stats.vrid += 1,
             }
+            out.push(Action::Rejected { src, reason });
             return;
         }
         self.stats.accepted += 1;
         match self.state {
-            State::Backup => self.backup_receive(now, advert),
+            State::Backup => {
+                self.heard = Some((src, advert.priority, now));
+                self.backup_receive(now, advert)
+            }
             State::Master => self.master_receive(now, src, advert, out),
             State::Initialize | State::Fault => {}
         }
@@ -409,7 +564,15 @@ impl Instance {
                 self.master_interval_cs = advert.interval_cs;
             }
             out.push(Action::RemoveAddresses);
-            self.become_backup(now, out);
+            self.become_backup(
+                now,
+                Cause::Outranked {
+                    src,
+                    priority: advert.priority,
+                },
+                out,
+            );
+            self.heard = Some((src, advert.priority, now));
         } else {
             // keepalived answers a lower-priority master at once (and re-announces
             // the addresses) instead of waiting for its Adver_Timer, so that two
@@ -450,17 +613,17 @@ impl Instance {
                 });
                 out.push(Action::RemoveAddresses);
                 self.stop_timers();
-                self.transition(State::Fault, out);
+                self.transition(State::Fault, Cause::Fault, out);
             }
             (true, State::Backup) => {
                 self.stop_timers();
-                self.transition(State::Fault, out);
+                self.transition(State::Fault, Cause::Fault, out);
             }
             (false, State::Fault) => {
                 if self.priority == PRIORITY_OWNER {
-                    self.become_master(now, out);
+                    self.become_master(now, Cause::Recovered, out);
                 } else {
-                    self.become_backup(now, out);
+                    self.become_backup(now, Cause::Recovered, out);
                 }
             }
             _ => {}
@@ -478,11 +641,11 @@ impl Instance {
         }
         self.stop_timers();
         if self.state != State::Initialize {
-            self.transition(State::Initialize, out);
+            self.transition(State::Initialize, Cause::Shutdown, out);
         }
     }
 
-    fn become_master(&mut self, now: Duration, out: &mut Vec<Action>) {
+    fn become_master(&mut self, now: Duration, cause: Cause, out: &mut Vec<Action>) {
         // RFC 5798 §6.4.1 / §6.4.2: advertise, take the addresses, announce them.
         self.stop_timers();
         self.preempt_at = None;
@@ -493,13 +656,15 @@ impl Instance {
         out.push(Action::Garp);
         self.adver_at = Some(now + self.adver_interval());
         self.garp_at = self.params.garp_master_delay.map(|d| now + d);
-        self.transition(State::Master, out);
+        self.transition(State::Master, cause, out);
     }
 
-    fn become_backup(&mut self, now: Duration, out: &mut Vec<Action>) {
+    fn become_backup(&mut self, now: Duration, cause: Cause, out: &mut Vec<Action>) {
         self.stop_timers();
         self.master_down_at = Some(now + self.master_down_interval());
-        self.transition(State::Backup, out);
+        self.heard = None;
+        self.backup_since = now;
+        self.transition(State::Backup, cause, out);
     }
 
     fn stop_timers(&mut self) {
@@ -508,13 +673,14 @@ impl Instance {
         self.garp_at = None;
     }
 
-    fn transition(&mut self, to: State, out: &mut Vec<Action>) {
+    fn transition(&mut self, to: State, cause: Cause, out: &mut Vec<Action>) {
         let from = self.state;
         self.state = to;
         out.push(Action::Transition {
             from,
             to,
             priority: self.priority,
+            cause,
         });
     }
 }
@@ -576,11 +742,34 @@ mod tests {
     const DOWN: Duration = Duration::from_micros(3_609_375);
 
     fn rx(i: &mut Instance, now: u64, src: Ipv4Addr, a: Advert) -> Vec<Action> {
-        i.handle(ms(now), Event::Advert { src, advert: a })
+        plain(i.handle(ms(now), Event::Advert { src, advert: a }))
+    }
+
+    /// The actions of one event, with the causes of transitions left out
+    /// (`causes_name_what_happened` checks them).
+    fn h(i: &mut Instance, now: Duration, event: Event) -> Vec<Action> {
+        plain(i.handle(now, event))
+    }
+
+    fn plain(actions: Vec<Action>) -> Vec<Action> {
+        actions
+            .into_iter()
+            .map(|a| match a {
+                Action::Transition {
+                    from, to, priority, ..
+                } => tr(from, to, priority),
+                a => a,
+            })
+            .collect()
     }
 
     fn tr(from: State, to: State, priority: u8) -> Action {
-        Action::Transition { from, to, priority }
+        Action::Transition {
+            from,
+            to,
+            priority,
+            cause: Cause::Startup,
+        }
     }
 
     fn started(p: Params) -> Instance {
@@ -639,7 +828,7 @@ mod tests {
     fn startup_enters_backup_and_arms_master_down() {
         let mut i = Instance::new(params());
         assert_eq!(i.next_deadline(), None);
-        let out = i.handle(ms(0), Event::Startup);
+        let out = h(&mut i, ms(0), Event::Startup);
         assert_eq!(out, vec![tr(State::Initialize, State::Backup, 100)]);
         assert_eq!(i.next_deadline(), Some(DOWN));
         // A second Startup changes nothing.
@@ -651,7 +840,7 @@ mod tests {
         let mut p = params();
         p.priority = PRIORITY_OWNER;
         let mut i = Instance::new(p);
-        let out = i.handle(ms(0), Event::Startup);
+        let out = h(&mut i, ms(0), Event::Startup);
         assert_eq!(
             out,
             vec![
@@ -668,7 +857,7 @@ mod tests {
     fn startup_with_fault_enters_fault() {
         let mut i = Instance::new(params());
         assert!(i.handle(ms(0), Event::Fault(true)).is_empty());
-        let out = i.handle(ms(0), Event::Startup);
+        let out = h(&mut i, ms(0), Event::Startup);
         assert_eq!(out, vec![tr(State::Initialize, State::Fault, 100)]);
         assert_eq!(i.next_deadline(), None);
     }
@@ -677,7 +866,7 @@ mod tests {
     fn backup_becomes_master_when_master_down_fires() {
         let mut i = started(params());
         assert!(i.handle(DOWN - us(1), Event::Timer).is_empty());
-        let out = i.handle(DOWN, Event::Timer);
+        let out = h(&mut i, DOWN, Event::Timer);
         assert_eq!(
             out,
             vec![
@@ -706,7 +895,7 @@ mod tests {
         assert!(rx(&mut i, 1000, PEER_HIGH, advert(99)).is_empty());
         assert_eq!(i.next_deadline(), Some(DOWN));
         assert_eq!(
-            i.handle(DOWN, Event::Timer)[3],
+            h(&mut i, DOWN, Event::Timer)[3],
             tr(State::Backup, State::Master, 100)
         );
     }
@@ -736,7 +925,7 @@ mod tests {
         rx(&mut i, 6000, PEER_HIGH, advert(99));
         assert_eq!(i.next_deadline(), Some(ms(4000) + DOWN));
         assert_eq!(
-            i.handle(ms(4000) + DOWN, Event::Timer)[3],
+            h(&mut i, ms(4000) + DOWN, Event::Timer)[3],
             tr(State::Backup, State::Master, 100)
         );
     }
@@ -748,7 +937,7 @@ mod tests {
         assert!(rx(&mut i, 1500, PEER_HIGH, advert(0)).is_empty());
         assert_eq!(i.next_deadline(), Some(ms(1500) + us(609_375)));
         assert_eq!(
-            i.handle(ms(1500) + us(609_375), Event::Timer)[3],
+            h(&mut i, ms(1500) + us(609_375), Event::Timer)[3],
             tr(State::Backup, State::Master, 100)
         );
     }
@@ -796,7 +985,7 @@ mod tests {
         assert_eq!(i.next_deadline(), Some(ms(1657)));
         assert!(i.handle(ms(1656), Event::Timer).is_empty());
         assert_eq!(
-            i.handle(ms(1657), Event::Timer)[3],
+            h(&mut i, ms(1657), Event::Timer)[3],
             tr(State::Backup, State::Master, 99)
         );
     }
@@ -988,7 +1177,7 @@ mod tests {
     #[test]
     fn master_shutdown_sends_priority_zero_and_removes_addresses() {
         let mut i = master();
-        let out = i.handle(ms(4000), Event::Shutdown);
+        let out = h(&mut i, ms(4000), Event::Shutdown);
         assert_eq!(
             out,
             vec![
@@ -1003,7 +1192,7 @@ mod tests {
     #[test]
     fn backup_shutdown_just_stops() {
         let mut i = started(params());
-        let out = i.handle(ms(10), Event::Shutdown);
+        let out = h(&mut i, ms(10), Event::Shutdown);
         assert_eq!(out, vec![tr(State::Backup, State::Initialize, 100)]);
         assert_eq!(i.next_deadline(), None);
         assert!(i.handle(ms(20), Event::Shutdown).is_empty());
@@ -1012,7 +1201,7 @@ mod tests {
     #[test]
     fn fault_from_master_leaves_with_priority_zero_and_recovers_as_backup() {
         let mut i = master();
-        let out = i.handle(ms(4000), Event::Fault(true));
+        let out = h(&mut i, ms(4000), Event::Fault(true));
         assert_eq!(
             out,
             vec![
@@ -1025,7 +1214,7 @@ mod tests {
         // Adverts are ignored in fault.
         assert!(rx(&mut i, 4500, PEER_HIGH, advert(99)).is_empty());
         assert!(i.handle(ms(4600), Event::Fault(true)).is_empty());
-        let out = i.handle(ms(5000), Event::Fault(false));
+        let out = h(&mut i, ms(5000), Event::Fault(false));
         assert_eq!(out, vec![tr(State::Fault, State::Backup, 100)]);
         assert_eq!(i.next_deadline(), Some(ms(5000) + DOWN));
     }
@@ -1037,17 +1226,17 @@ mod tests {
         let mut i = Instance::new(p);
         i.handle(ms(0), Event::Startup);
         i.handle(ms(10), Event::Fault(true));
-        let out = i.handle(ms(20), Event::Fault(false));
+        let out = h(&mut i, ms(20), Event::Fault(false));
         assert_eq!(out.last(), Some(&tr(State::Fault, State::Master, 255)));
         let mut i = started(params());
-        let out = i.handle(ms(10), Event::Fault(true));
+        let out = h(&mut i, ms(10), Event::Fault(true));
         assert_eq!(out, vec![tr(State::Backup, State::Fault, 100)]);
     }
 
     #[test]
     fn master_announces_priority_changes_at_once() {
         let mut i = master();
-        let out = i.handle(ms(4000), Event::Priority(80));
+        let out = h(&mut i, ms(4000), Event::Priority(80));
         assert_eq!(out, vec![Action::SendAdvert { priority: 80 }]);
         assert_eq!(i.priority(), 80);
         assert!(i.handle(ms(4100), Event::Priority(80)).is_empty());
@@ -1103,8 +1292,143 @@ mod tests {
                 auth_password: 1,
                 interval: 1,
                 addresses: 1,
+                vrid: 1,
             }
         );
+    }
+
+    #[test]
+    fn rejected_adverts_are_reported_with_their_peer() {
+        let mut i = started(params());
+        let mut a = advert(150);
+        a.auth = Auth::pass("2222");
+        assert_eq!(
+            rx(&mut i, 100, PEER_HIGH, a),
+            vec![Action::Rejected {
+                src: PEER_HIGH,
+                reason: Reject::AuthPassword
+            }]
+        );
+        // Another VRID with our address is a misconfigured peer...
+        let mut a = advert(150);
+        a.vrid = 52;
+        assert_eq!(
+            rx(&mut i, 100, PEER_HIGH, a),
+            vec![Action::Rejected {
+                src: PEER_HIGH,
+                reason: Reject::Vrid
+            }]
+        );
+        // ...another virtual router on the same LAN is not.
+        let mut a = advert(150);
+        a.vrid = 52;
+        a.addresses = vec![Ipv4Addr::new(198, 18, 0, 200)];
+        assert!(rx(&mut i, 100, PEER_HIGH, a).is_empty());
+        assert_eq!(i.stats().other_vrid, 2);
+        assert_eq!(i.stats().vrid, 1);
+    }
+
+    fn cause_of(actions: &[Action]) -> Cause {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Transition { cause, .. } => Some(*cause),
+                _ => None,
+            })
+            .expect("a transition")
+    }
+
+    #[test]
+    fn causes_name_what_happened() {
+        let mut i = Instance::new(params());
+        assert_eq!(cause_of(&i.handle(ms(0), Event::Startup)), Cause::Startup);
+        assert_eq!(
+            cause_of(&i.handle(DOWN, Event::Timer)),
+            Cause::MasterDown(Down::Silent {
+                src: None,
+                for_: DOWN
+            })
+        );
+        // The master that outranks it: then silent, then leaving.
+        let out = i.handle(
+            ms(4000),
+            Event::Advert {
+                src: PEER_LOW,
+                advert: advert(101),
+            },
+        );
+        assert_eq!(
+            cause_of(&out),
+            Cause::Outranked {
+                src: PEER_LOW,
+                priority: 101
+            }
+        );
+        assert_eq!(
+            cause_of(&i.handle(ms(4000) + DOWN, Event::Timer)),
+            Cause::MasterDown(Down::Silent {
+                src: Some(PEER_LOW),
+                for_: DOWN
+            })
+        );
+        let mut i = started(params());
+        rx(&mut i, 1000, PEER_HIGH, advert(101));
+        rx(&mut i, 1500, PEER_HIGH, advert(0));
+        let due = i.next_deadline().unwrap();
+        assert_eq!(
+            cause_of(&i.handle(due, Event::Timer)),
+            Cause::MasterDown(Down::Left { src: PEER_HIGH })
+        );
+        // A lower-priority master is preempted.
+        let mut i = started(params());
+        rx(&mut i, 1000, PEER_HIGH, advert(99));
+        assert_eq!(
+            cause_of(&i.handle(DOWN, Event::Timer)),
+            Cause::MasterDown(Down::Preempt {
+                src: PEER_HIGH,
+                priority: 99
+            })
+        );
+        assert_eq!(
+            Cause::MasterDown(Down::Preempt {
+                src: PEER_HIGH,
+                priority: 99
+            })
+            .to_string(),
+            "preempting master 198.18.0.2 of lower priority 99"
+        );
+        assert_eq!(
+            cause_of(&i.handle(ms(5000), Event::Fault(true))),
+            Cause::Fault
+        );
+        assert_eq!(
+            cause_of(&i.handle(ms(6000), Event::Fault(false))),
+            Cause::Recovered
+        );
+        assert_eq!(
+            cause_of(&i.handle(ms(7000), Event::Shutdown)),
+            Cause::Shutdown
+        );
+    }
+
+    #[test]
+    fn reconfigure_keeps_the_state_and_a_master_announces_at_once() {
+        let mut i = master();
+        let mut p = params();
+        p.priority = 120;
+        p.addresses.push(PEER_LOW);
+        let out = i.reconfigure(ms(4000), p.clone());
+        assert_eq!(out, vec![Action::SendAdvert { priority: 100 }]);
+        assert_eq!(i.state(), State::Master);
+        assert_eq!(i.params().addresses, p.addresses);
+        // The effective priority comes from tracking, as at startup.
+        assert_eq!(
+            i.handle(ms(4000), Event::Priority(120)),
+            vec![Action::SendAdvert { priority: 120 }]
+        );
+        let mut b = started(params());
+        assert!(b.reconfigure(ms(10), params()).is_empty());
+        assert_eq!(b.state(), State::Backup);
     }
 
     #[test]

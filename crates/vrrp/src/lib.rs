@@ -20,6 +20,7 @@
 //! | `notify.rs` | notify scripts with keepalived's arguments |
 //! | `privileges.rs` | drop capabilities once the sockets are open |
 //! | `status.rs` | instance state and advert counters for operators |
+//! | `rejects.rs` | rate limiting of the warnings about discarded adverts |
 
 pub mod config;
 mod daemon;
@@ -31,6 +32,7 @@ mod network;
 mod notify;
 pub mod packet;
 mod privileges;
+mod rejects;
 pub mod status;
 mod sys;
 pub mod track;

@@ -146,6 +146,31 @@ pub enum DecodeError {
     ZeroInterval,
 }
 
+impl DecodeError {
+    /// A fixed name for the kind of error, whatever its details (TTL value,
+    /// version number): the key under which warnings are rate-limited and
+    /// counted.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::BadIpHeader | DecodeError::NotVrrp => "malformed IPv4 header",
+            DecodeError::BadTtl(_) => "TTL other than 255",
+            DecodeError::BadLength => "too short",
+            DecodeError::BadVersion(_) => "unknown version",
+            DecodeError::BadType(_) => "not an advertisement",
+            DecodeError::BadChecksum => "bad checksum",
+            DecodeError::BadAuthType(_) => "unknown authentication type",
+            DecodeError::ZeroInterval => "interval 0",
+        }
+    }
+}
+
+/// The source address of a received IPv4 packet, if it is long enough to
+/// have one: names the sender of a packet that does not decode.
+pub fn ipv4_source(buf: &[u8]) -> Option<Ipv4Addr> {
+    let b: [u8; 4] = buf.get(12..16)?.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
+}
+
 /// The parts of a received IPv4 header that VRRP checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Header {

@@ -3,10 +3,12 @@
 //! Opening the VRRP socket (raw IPv4) and the gratuitous-ARP socket
 //! (`AF_PACKET`) needs CAP_NET_RAW; the kernel checks it when a socket is
 //! created, not when it is used. Adding and removing the virtual addresses
-//! through netlink needs CAP_NET_ADMIN at every request. So once every socket
-//! is open, [`drop_to_net_admin`] leaves the daemon with CAP_NET_ADMIN alone:
-//! a bug in packet handling can then no longer open raw sockets, read any
-//! file (CAP_DAC_OVERRIDE), load modules and so on.
+//! through netlink needs CAP_NET_ADMIN at every request. A configuration
+//! reload (SIGHUP) may add instances, which open sockets of their own, so
+//! CAP_NET_RAW stays too. Once the first sockets are open, [`drop_to_network`]
+//! leaves the daemon with those two alone: a bug in packet handling can then
+//! no longer read any file (CAP_DAC_OVERRIDE), load modules, change owners
+//! and so on.
 //!
 //! Only the effective, permitted and inheritable sets (and the ambient set)
 //! shrink; the bounding set is left alone. A daemon running as root therefore
@@ -23,6 +25,7 @@ use std::io;
 use crate::sys::{cap_get, cap_set, clear_ambient, CapSets};
 
 pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_NET_RAW: u32 = 13;
 
 /// `current` with every capability but those in `keep` removed; a capability
 /// not in `current`'s permitted set cannot be (re)gained.
@@ -35,11 +38,11 @@ pub fn reduced(current: CapSets, keep: &[u32]) -> CapSets {
     }
 }
 
-/// Drops every capability of the calling thread but CAP_NET_ADMIN; returns
-/// the sets it had and the sets it has now.
-pub fn drop_to_net_admin() -> io::Result<(CapSets, CapSets)> {
+/// Drops every capability of the calling thread but CAP_NET_ADMIN and
+/// CAP_NET_RAW; returns the sets it had and the sets it has now.
+pub fn drop_to_network() -> io::Result<(CapSets, CapSets)> {
     let before = cap_get()?;
-    let after = reduced(before, &[CAP_NET_ADMIN]);
+    let after = reduced(before, &[CAP_NET_ADMIN, CAP_NET_RAW]);
     clear_ambient()?;
     cap_set(after)?;
     Ok((before, after))
@@ -49,22 +52,21 @@ pub fn drop_to_net_admin() -> io::Result<(CapSets, CapSets)> {
 mod tests {
     use super::*;
 
-    const CAP_NET_RAW: u32 = 13;
     const ALL: u64 = (1 << 41) - 1;
 
     #[test]
-    fn root_keeps_net_admin_only() {
+    fn root_keeps_net_admin_and_net_raw_only() {
         let root = CapSets {
             effective: ALL,
             permitted: ALL,
             inheritable: 0,
         };
-        let after = reduced(root, &[CAP_NET_ADMIN]);
+        let after = reduced(root, &[CAP_NET_ADMIN, CAP_NET_RAW]);
         assert_eq!(
             after,
             CapSets {
-                effective: 0x1000,
-                permitted: 0x1000,
+                effective: 0x3000,
+                permitted: 0x3000,
                 inheritable: 0,
             }
         );

@@ -8,6 +8,7 @@
 //! (write then rename, so a reader never sees half of it) at most once a
 //! second when something changed, at once on request, and at shutdown.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
 use crate::instance::{RxStats, State};
+use crate::packet::DecodeError;
 
 /// One instance as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +32,49 @@ pub struct InstanceStatus {
     pub since: SystemTime,
     pub transitions: u64,
     pub rx: RxStats,
-    /// Packets that did not decode (length, checksum, TTL, destination).
-    pub invalid: u64,
+    /// Packets that did not decode.
+    pub invalid: Invalid,
 }
 
-/// The latest status of every instance, in configuration order.
-pub type Slots = Arc<Mutex<Vec<InstanceStatus>>>;
+/// Packets that did not decode, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Invalid {
+    pub ttl: u64,
+    pub checksum: u64,
+    pub length: u64,
+    pub version: u64,
+    /// Any other reason (IPv4 header, type, authentication type, interval 0).
+    pub other: u64,
+}
+
+impl Invalid {
+    pub fn total(&self) -> u64 {
+        self.ttl + self.checksum + self.length + self.version + self.other
+    }
+
+    pub fn count(&mut self, e: &DecodeError) {
+        match e {
+            DecodeError::BadTtl(_) => self.ttl += 1,
+            DecodeError::BadChecksum => self.checksum += 1,
+            DecodeError::BadLength => self.length += 1,
+            DecodeError::BadVersion(_) => self.version += 1,
+            _ => self.other += 1,
+        }
+    }
+}
+
+/// The latest status of every instance, by the order in which they started
+/// (configuration order, then instances added by reloads).
+pub type Slots = Arc<Mutex<BTreeMap<u64, InstanceStatus>>>;
+
+fn snapshot(slots: &Slots) -> Vec<InstanceStatus> {
+    slots
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
 
 /// One line, `NAME key=value ...`, for logs and the status file.
 impl fmt::Display for InstanceStatus {
@@ -49,7 +88,8 @@ impl fmt::Display for InstanceStatus {
             f,
             "{} state={} priority={} base_priority={} since={}.{:03} transitions={} \
              accepted={} other_vrid={} own={} rejected_version={} rejected_auth_type={} \
-             rejected_auth_password={} rejected_interval={} rejected_addresses={} invalid={}",
+             rejected_auth_password={} rejected_interval={} rejected_addresses={} rejected_vrid={} \
+             invalid={} invalid_ttl={} invalid_checksum={} invalid_length={} invalid_version={}",
             self.name,
             self.state.keepalived_name(),
             self.priority,
@@ -65,7 +105,12 @@ impl fmt::Display for InstanceStatus {
             rx.auth_password,
             rx.interval,
             rx.addresses,
-            self.invalid,
+            rx.vrid,
+            self.invalid.total(),
+            self.invalid.ttl,
+            self.invalid.checksum,
+            self.invalid.length,
+            self.invalid.version,
         )
     }
 }
@@ -98,7 +143,7 @@ pub async fn report_task(slots: Slots, file: Option<PathBuf>, request: Arc<Notif
             _ = request.notified() => true,
             _ = tick.tick() => false,
         };
-        let now = slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = snapshot(&slots);
         if asked {
             for i in &now {
                 tracing::info!("status {i}");
@@ -116,8 +161,7 @@ pub async fn report_task(slots: Slots, file: Option<PathBuf>, request: Arc<Notif
 /// The last write, when the instances have stopped.
 pub fn write_final(slots: &Slots, file: Option<&Path>) {
     if let Some(path) = file {
-        let now = slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        write_file(path, &render(&now));
+        write_file(path, &render(&snapshot(slots)));
     }
 }
 
@@ -139,7 +183,10 @@ mod tests {
                 auth_password: 3,
                 ..RxStats::default()
             },
-            invalid: 1,
+            invalid: Invalid {
+                checksum: 1,
+                ..Invalid::default()
+            },
         };
         let text = render(&[status]);
         let lines: Vec<&str> = text.lines().collect();
@@ -148,7 +195,8 @@ mod tests {
             lines[1],
             "VI_1 state=MASTER priority=120 base_priority=100 since=1700000000.250 transitions=2 \
              accepted=10 other_vrid=0 own=0 rejected_version=0 rejected_auth_type=0 \
-             rejected_auth_password=3 rejected_interval=0 rejected_addresses=0 invalid=1"
+             rejected_auth_password=3 rejected_interval=0 rejected_addresses=0 rejected_vrid=0 \
+             invalid=1 invalid_ttl=0 invalid_checksum=1 invalid_length=0 invalid_version=0"
         );
     }
 

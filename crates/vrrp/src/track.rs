@@ -7,6 +7,7 @@
 //! counting are pure and tested here; the tasks only do the I/O.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,9 +29,27 @@ pub enum Key {
     Interface(String),
 }
 
-/// Up (`true`) or down of every tracked item; items not yet checked are absent
-/// and count as up, as keepalived starts its scripts.
-pub type Status = BTreeMap<Key, bool>;
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Script(name) => write!(f, "script `{name}`"),
+            Key::Proxy(name) => write!(f, "proxy check `{name}`"),
+            Key::Interface(name) => write!(f, "interface {name}"),
+        }
+    }
+}
+
+/// The state of one tracked item, and why it went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub up: bool,
+    /// For an item that is down: what its checks saw (empty while up).
+    pub why: String,
+}
+
+/// Every tracked item; items not yet checked are absent and count as up, as
+/// keepalived starts its scripts.
+pub type Status = BTreeMap<Key, Health>;
 
 /// keepalived's effective priority: a positive weight is added while its item
 /// is up, a negative one while it is down, and an item of weight 0 that is
@@ -89,8 +108,66 @@ impl Hysteresis {
     }
 }
 
-fn publish(status: &watch::Sender<Status>, key: &Key, up: bool) {
-    status.send_if_modified(|s| s.insert(key.clone(), up) != Some(up));
+/// Publishes a change of state; the reason is kept from the moment the item
+/// went down, so a flapping error text does not wake every instance.
+fn publish(status: &watch::Sender<Status>, key: &Key, up: bool, why: &str) {
+    status.send_if_modified(|s| {
+        if s.get(key).map(|h| h.up) == Some(up) {
+            return false;
+        }
+        let why = if up { String::new() } else { why.to_owned() };
+        s.insert(key.clone(), Health { up, why });
+        true
+    });
+}
+
+/// Follows one check's results: logs the first failure of a streak, the
+/// moment the item goes down (warn, with the count and the last error) and
+/// the moment it is up again, and publishes the state.
+struct Reporter {
+    key: Key,
+    h: Hysteresis,
+    fall: u32,
+    failures: u32,
+}
+
+impl Reporter {
+    fn new(key: Key, rise: u32, fall: u32) -> Reporter {
+        Reporter {
+            key,
+            h: Hysteresis::new(rise, fall),
+            fall: fall.max(1),
+            failures: 0,
+        }
+    }
+
+    fn record(&mut self, result: Result<(), String>, status: &watch::Sender<Status>) {
+        let was_up = self.h.up;
+        let up = self.h.record(result.is_ok());
+        let key = &self.key;
+        match &result {
+            Ok(()) => self.failures = 0,
+            Err(e) => {
+                self.failures += 1;
+                if was_up && up && self.failures == 1 {
+                    tracing::info!(
+                        "{key} failed: {e} (down after {} failures in a row)",
+                        self.fall
+                    );
+                }
+            }
+        }
+        let why = match &result {
+            Err(e) => format!("failed {} times in a row, last: {e}", self.failures),
+            Ok(()) => String::new(),
+        };
+        if was_up && !up {
+            tracing::warn!("{key} down: {why}");
+        } else if !was_up && up {
+            tracing::info!("{key} up again");
+        }
+        publish(status, key, up, &why);
+    }
 }
 
 /// Runs a script check forever. A script that cannot be started, exits
@@ -98,61 +175,73 @@ fn publish(status: &watch::Sender<Status>, key: &Key, up: bool) {
 /// keepalived counts a script it cannot execute as a success, which hides
 /// broken checks.
 pub async fn script_task(name: String, check: ScriptCheck, status: watch::Sender<Status>) {
-    let key = Key::Script(name.clone());
     let argv = split_command(&check.command);
-    let mut h = Hysteresis::new(check.rise, check.fall);
+    let mut r = Reporter::new(Key::Script(name), check.rise, check.fall);
     let mut ticks = tokio::time::interval(check.interval());
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let ok = run_script(&argv, check.timeout()).await;
-        if !ok {
-            tracing::debug!(script = %name, "check failed");
-        }
-        publish(&status, &key, h.record(ok));
+        r.record(run_script(&argv, check.timeout()).await, &status);
     }
 }
 
-async fn run_script(argv: &[String], limit: Duration) -> bool {
+/// Runs the script; `Err` says how it failed.
+async fn run_script(argv: &[String], limit: Duration) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
-        return false;
+        return Err("empty command".into());
     };
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
-        .spawn();
-    let Ok(mut child) = child else {
-        return false;
-    };
-    matches!(timeout(limit, child.wait()).await, Ok(Ok(s)) if s.success())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    match timeout(limit, child.wait()).await {
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => Err(s.to_string()),
+        Ok(Err(e)) => Err(format!("waiting for {program}: {e}")),
+        Err(_) => Err(format!("timed out after {:?}", limit)),
+    }
 }
 
 /// Runs the built-in proxy check forever.
 pub async fn proxy_task(name: String, check: ProxyCheck, status: watch::Sender<Status>) {
-    let key = Key::Proxy(name);
-    let mut h = Hysteresis::new(check.rise, check.fall);
+    let mut r = Reporter::new(Key::Proxy(name), check.rise, check.fall);
     let mut ticks = tokio::time::interval(check.interval());
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let ok = timeout(check.timeout(), proxy_answers(check.address)).await == Ok(true);
-        publish(&status, &key, h.record(ok));
+        let result = match timeout(check.timeout(), proxy_answers(check.address)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "{}: no answer within {:?}",
+                check.address,
+                check.timeout()
+            )),
+        };
+        r.record(result, &status);
     }
 }
 
-/// Whether a memcached-protocol server at `addr` answers `version`.
-pub async fn proxy_answers(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return false;
-    };
-    if stream.write_all(b"version\r\n").await.is_err() {
-        return false;
-    }
+/// Whether a memcached-protocol server at `addr` answers `version`; `Err`
+/// says what went wrong.
+pub async fn proxy_answers(addr: SocketAddr) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream
+        .write_all(b"version\r\n")
+        .await
+        .map_err(|e| format!("sending to {addr}: {e}"))?;
     let mut line = String::new();
     let mut reader = BufReader::new(stream);
-    matches!(reader.read_line(&mut line).await, Ok(n) if n > 0) && line.starts_with("VERSION ")
+    match reader.read_line(&mut line).await {
+        Ok(0) => Err(format!("{addr} closed the connection")),
+        Ok(_) if line.starts_with("VERSION ") => Ok(()),
+        Ok(_) => Err(format!("{addr} answered `{}`", line.trim_end())),
+        Err(e) => Err(format!("reading from {addr}: {e}")),
+    }
 }
 
 /// How often interface state is read; keepalived reacts to netlink events,
@@ -165,10 +254,19 @@ pub async fn interface_task(name: String, status: watch::Sender<Status>) {
     let mut netlink = None;
     let mut ticks = tokio::time::interval(LINK_POLL);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut was_up = true;
     loop {
         ticks.tick().await;
         let up = link_up(&mut netlink, &name);
-        publish(&status, &key, up);
+        if up != was_up {
+            if up {
+                tracing::info!("{key} up again");
+            } else {
+                tracing::warn!("{key} down");
+            }
+            was_up = up;
+        }
+        publish(&status, &key, up, "link down or gone");
     }
 }
 
@@ -224,11 +322,23 @@ mod tests {
     #[tokio::test]
     async fn scripts_that_cannot_run_fail() {
         let t = Duration::from_secs(5);
-        assert!(run_script(&["true".into()], t).await);
-        assert!(!run_script(&["false".into()], t).await);
-        assert!(!run_script(&["/nonexistent/check".into()], t).await);
-        assert!(!run_script(&[], t).await);
-        assert!(!run_script(&["sleep".into(), "5".into()], Duration::from_millis(50)).await);
+        assert_eq!(run_script(&["true".into()], t).await, Ok(()));
+        assert_eq!(
+            run_script(&["false".into()], t).await,
+            Err("exit status: 1".into())
+        );
+        let missing = run_script(&["/nonexistent/check".into()], t).await;
+        assert!(
+            missing
+                .as_ref()
+                .is_err_and(|e| e.starts_with("cannot run /nonexistent/check: ")),
+            "{missing:?}"
+        );
+        assert_eq!(run_script(&[], t).await, Err("empty command".into()));
+        assert_eq!(
+            run_script(&["sleep".into(), "5".into()], Duration::from_millis(50)).await,
+            Err("timed out after 50ms".into())
+        );
     }
 
     #[tokio::test]
@@ -245,9 +355,18 @@ mod tests {
                 s.write_all(reply).await.unwrap();
             }
         });
-        assert!(proxy_answers(addr).await);
-        assert!(!proxy_answers(addr).await);
+        assert_eq!(proxy_answers(addr).await, Ok(()));
+        assert_eq!(
+            proxy_answers(addr).await,
+            Err(format!("{addr} answered `ERROR`"))
+        );
         server.await.unwrap();
-        assert!(!proxy_answers(addr).await, "nothing listens any more");
+        let refused = proxy_answers(addr).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.starts_with(&format!("connecting to {addr}: "))),
+            "nothing listens any more: {refused:?}"
+        );
     }
 }

@@ -6,3 +6,4 @@
 //! outcome` (run with `--nocapture` to collect them).
 
 mod ops;
+mod vrrp;

@@ -206,11 +206,46 @@ impl Topology {
     }
 
     pub fn has_vip(&self, host: &str) -> bool {
+        self.has_addr(host, VIP)
+    }
+
+    /// Whether `host`'s eth0 carries `addr`/32.
+    pub fn has_addr(&self, host: &str, addr: &str) -> bool {
         let out = Command::new("ip")
             .args(["-n", &self.ns(host), "-4", "addr", "show", "dev", "eth0"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32"))
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}/32"))
+    }
+
+    /// Sends `sig` to a process this topology started and returns how it exited.
+    pub fn stop_with(
+        &mut self,
+        pid: u32,
+        sig: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        let child = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .expect("a process of this topology");
+        child.wait().unwrap()
+    }
+
+    /// Waits until `DIR/<log>` contains `needle`; returns the log.
+    pub fn wait_log(&self, log: &str, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = read(&self.dir.join(log));
+            if text.contains(needle) {
+                return text;
+            }
+            if start.elapsed() > limit {
+                panic!("after {limit:?} {log} has no `{needle}`\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Which of `hosts` hold the VIP.
@@ -312,6 +347,19 @@ while True:
 pub fn who_answers(t: &Topology, host: &str, port: u16) -> String {
     let code = format!(
         "import socket\ns=socket.create_connection(('{VIP}',{port}),timeout=1)\ns.sendall(b'version\\r\\n')\nprint(s.makefile().readline().strip())"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.ns(host), "python3", "-c", &code])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Sends `request` to `VIP:12000` from `host`'s namespace; returns the first
+/// line of the reply.
+pub fn client(t: &Topology, host: &str, request: &str) -> String {
+    let code = format!(
+        "import socket\ns=socket.create_connection(('{VIP}',12000),timeout=2)\ns.sendall({request:?}.encode())\nprint(s.makefile().readline().strip())"
     );
     let out = Command::new("ip")
         .args(["netns", "exec", &t.ns(host), "python3", "-c", &code])
