@@ -110,6 +110,12 @@ pub struct ProxyConfig {
     /// its data is read and dropped without reaching a server.
     #[serde(default = "default_item_size_max")]
     pub item_size_max: usize,
+    /// Reply bytes one client connection may make the proxy hold: its reads run at most
+    /// `client_reply_budget / item_size_max` keys at a time (at least one), and its replies are
+    /// written out before its next requests run, so a client that does not read holds at most
+    /// about this much (or one item, if larger) however much it asks for (docs/limits.md).
+    #[serde(default = "default_client_reply_budget")]
+    pub client_reply_budget: usize,
     /// Worker threads serving client connections, each with its own backend connections;
     /// 0: one per CPU.
     #[serde(default)]
@@ -238,6 +244,10 @@ fn default_max_connections() -> usize {
 
 fn default_drain_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_client_reply_budget() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_item_size_max() -> usize {
@@ -448,6 +458,7 @@ impl ProxyConfig {
                 self.backend.health_interval_ms,
             ),
             ("resync.concurrency", self.resync.concurrency as u64),
+            ("client_reply_budget", self.client_reply_budget as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -540,6 +551,10 @@ pub struct ProxyArgs {
     /// Largest item, as the servers' -I: bytes, or with a k or m suffix [default: 1m].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub item_size_max: Option<usize>,
+    /// Reply bytes one client may make the proxy hold: bytes, or with a k or m suffix
+    /// [default: 16m].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub client_reply_budget: Option<usize>,
     /// Worker threads, each with its own backend connections [default: one per CPU].
     #[arg(short = 't', long = "threads", value_name = "NUMBER")]
     pub threads: Option<usize>,
@@ -575,6 +590,7 @@ impl ProxyArgs {
                 resync: ResyncConfig::default(),
                 drain_timeout_ms: default_drain_timeout_ms(),
                 item_size_max: default_item_size_max(),
+                client_reply_budget: default_client_reply_budget(),
                 freebind: false,
                 threads: 0,
             },
@@ -622,6 +638,9 @@ impl ProxyArgs {
         }
         if let Some(n) = self.item_size_max {
             config.item_size_max = n;
+        }
+        if let Some(n) = self.client_reply_budget {
+            config.client_reply_budget = n;
         }
         if let Some(n) = self.threads {
             config.threads = n;

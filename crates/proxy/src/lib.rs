@@ -97,6 +97,12 @@ struct Context {
 const STANDBY_AFTER: Duration = Duration::from_secs(30);
 
 impl Context {
+    /// How many keys one client's reads may have in flight at once: what its reply budget
+    /// allows at the largest item size, at least one.
+    fn read_window(&self) -> usize {
+        (self.config.client_reply_budget / self.config.item_size_max).clamp(1, client::MAX_READS)
+    }
+
     /// Whether this proxy flushes, warms and repairs its servers: it serves clients, or no other
     /// proxy does. A standby (the other host holds the VIP) only reads and judges them: the
     /// proxy that serves the clients repairs them, under its own key locks, and two proxies
