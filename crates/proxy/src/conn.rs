@@ -9,6 +9,18 @@
 //! memcached writes a reply per get it is sent; per multi-get it writes once, which under many
 //! concurrent clients halves what the backend and the proxy spend per request.
 //!
+//! Every reply is verified before it is passed on. After each batch it writes, the writer sends
+//! `mn`, a sync point: the replies read before its `MN` must be exactly one per request of the
+//! batch, and they are handed to their callers only once the `MN` is where it belongs. A server
+//! that sends a reply nobody asked for (or leaves one out) puts something else there, and the
+//! connection is closed with every request of the batch failed, instead of handing each caller
+//! its neighbour's reply from then on. A meta request's reply must also carry its opaque token
+//! (forward.rs gives a quiet one a token of the proxy's: a quiet request may have no reply, so
+//! counting cannot tell its reply from a stray one). Text commands carry no token; for them the
+//! sync point is the check, and a get's values must name keys it asked for (read.rs and
+//! [`Waiter::Merged`] match them by key). Opaque tokens on every request would cost a rewrite
+//! of every request and reply; one `mn` per batch costs four bytes and one short reply.
+//!
 //! A connection whose oldest job is overdue is closed (its remaining jobs fail at once), because
 //! a server that answers nothing — a stopped process, a dead host — would otherwise hold every
 //! later job on that connection too. That stall is one failure of the server (see
@@ -25,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::backend::{BackendError, Call, ErrorKind, Expect, Reply, Value};
+use crate::backend::{BackendError, Call, ErrorKind, Expect, Opaque, Reply, Value};
 use crate::config::BackendConfig;
 use crate::health::Health;
 
@@ -84,6 +96,8 @@ struct InFlight {
     waiter: Waiter,
     /// The oldest deadline of its callers.
     deadline: Instant,
+    /// The opaque token its reply must carry (a meta request).
+    opaque: Option<Opaque>,
 }
 
 /// Who a reply is for: one caller, or every caller whose get went out in one merged multi-get.
@@ -93,6 +107,8 @@ enum Waiter {
     /// Each caller's own request line (to pick its values out of the shared reply), in the order
     /// their keys appear in the merged line.
     Merged(Vec<(Bytes, ReplyTx)>),
+    /// The `mn` that ends a batch: its `MN` releases the replies read before it.
+    Sync,
 }
 
 impl Waiter {
@@ -101,6 +117,7 @@ impl Waiter {
             Waiter::One(tx) => {
                 let _ = tx.send(result);
             }
+            Waiter::Sync => {}
             Waiter::Merged(callers) => match result {
                 Ok(Reply::Values(values)) => {
                     // The server answers hits in the order the keys were asked (a key asked
@@ -174,6 +191,21 @@ pub async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>)
         let pending = Mutex::new(VecDeque::new());
         let error = serve(addr, settings, stream, first, &mut jobs, &pending).await;
         let pending = pending.into_inner();
+        if let BackendError::Protocol { detail, .. } | BackendError::OutOfStep { detail, .. } =
+            &error
+        {
+            health
+                .counters
+                .local()
+                .bad_replies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                backend = %addr,
+                reason = %detail,
+                failed_requests = pending.len(),
+                "closing a backend connection: its reply does not match the request"
+            );
+        }
         if !pending.is_empty() || !matches!(error, BackendError::Closed { .. }) {
             // A stall or a broken connection under requests: one failure of the server,
             // however many requests it fails.
@@ -287,6 +319,14 @@ async fn serve(
             if wbuf.is_empty() {
                 continue;
             }
+            wbuf.extend_from_slice(b"mn\r\n");
+            pending.lock().push_back(InFlight {
+                expect: Expect::Line,
+                keys: 0,
+                waiter: Waiter::Sync,
+                deadline: now + settings.request_timeout(),
+                opaque: None,
+            });
             sent.notify_one();
             if wr.write_all(&wbuf).await.is_err() {
                 return closed();
@@ -296,68 +336,179 @@ async fn serve(
         }
     };
     let reader = async {
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut partial = Partial::default();
-        // One timer for the connection, moved only when it fires or a job is due before it (a
-        // timer armed per read cost more than the reads). It never runs later than the oldest
-        // job's deadline; when it fires early, it is set again for the oldest job then.
-        let timer = tokio::time::sleep(settings.request_timeout());
-        tokio::pin!(timer);
-        loop {
-            loop {
-                let front = pending.lock().front().map(|p| (p.expect, p.keys));
-                let Some((expect, keys)) = front else {
-                    if !rbuf.is_empty() {
-                        return BackendError::Protocol {
-                            addr: addr.clone(),
-                            detail: String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)]).into(),
-                        };
-                    }
-                    break;
-                };
-                match assemble(&mut rbuf, expect, keys, &mut partial) {
-                    Ok(Some(reply)) => {
-                        if let Some(job) = pending.lock().pop_front() {
-                            job.waiter.deliver(Ok(reply));
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(detail) => {
-                        return BackendError::Protocol {
-                            addr: addr.clone(),
-                            detail,
-                        }
-                    }
-                }
-            }
-            let deadline = pending.lock().front().map(|p| p.deadline);
-            if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
-                timer.as_mut().reset(d);
-            }
-            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                rbuf.reserve(READ_CHUNK);
-            }
-            tokio::select! {
-                read = rd.read_buf(&mut rbuf) => match read {
-                    Ok(0) | Err(_) => return closed(),
-                    Ok(_) => {}
-                },
-                _ = sent.notified() => {}
-                () = &mut timer => {
-                    let now = Instant::now();
-                    match pending.lock().front().map(|p| p.deadline) {
-                        Some(d) if d <= now => return overdue(),
-                        Some(d) => timer.as_mut().reset(d),
-                        None => timer.as_mut().reset(now + settings.request_timeout()),
-                    }
-                }
-            }
+        // Replies read since the last sync point, handed over at the next one.
+        let mut ready: Vec<(Waiter, Reply)> = Vec::new();
+        let error = read_replies(addr, settings, &mut rd, pending, &sent, &mut ready).await;
+        for (waiter, _) in ready {
+            waiter.deliver(Err(error.clone()));
         }
+        error
     };
     tokio::select! {
         error = writer => error,
         error = reader => error,
     }
+}
+
+/// The reader half of a connection: parses replies, verifies each against its request and
+/// hands them over at each sync point, until the connection fails (the returned error).
+async fn read_replies(
+    addr: &Arc<str>,
+    settings: &BackendConfig,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    pending: &Mutex<VecDeque<InFlight>>,
+    sent: &Notify,
+    ready: &mut Vec<(Waiter, Reply)>,
+) -> BackendError {
+    let closed = || BackendError::Closed { addr: addr.clone() };
+    let overdue = || BackendError::Timeout {
+        addr: addr.clone(),
+        ms: settings.request_timeout_ms,
+    };
+    let out_of_step = |detail: String| BackendError::OutOfStep {
+        addr: addr.clone(),
+        detail,
+    };
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut partial = Partial::default();
+    // One timer for the connection, moved only when it fires or a job is due before it (a
+    // timer armed per read cost more than the reads). It never runs later than the oldest
+    // job's deadline; when it fires early, it is set again for the oldest job then.
+    let timer = tokio::time::sleep(settings.request_timeout());
+    tokio::pin!(timer);
+    loop {
+        loop {
+            let front = pending.lock().front().map(|p| (p.expect, p.keys));
+            let Some((expect, keys)) = front else {
+                if !rbuf.is_empty() {
+                    return out_of_step(format!(
+                        "a reply nobody asked for: {:?}",
+                        String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)])
+                    ));
+                }
+                break;
+            };
+            let reply = match assemble(&mut rbuf, expect, keys, &mut partial) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => break,
+                Err(detail) => {
+                    return BackendError::Protocol {
+                        addr: addr.clone(),
+                        detail,
+                    }
+                }
+            };
+            let Some(job) = pending.lock().pop_front() else {
+                break;
+            };
+            let is_sync = matches!(
+                reply,
+                Reply::Meta {
+                    code: MetaCode::Noop,
+                    ..
+                }
+            );
+            match job.waiter {
+                Waiter::Sync if is_sync => {
+                    for (waiter, reply) in ready.drain(..) {
+                        waiter.deliver(Ok(reply));
+                    }
+                }
+                Waiter::Sync => {
+                    return out_of_step(format!(
+                        "{} where the batch ended: a reply nobody asked for",
+                        describe(&reply)
+                    ))
+                }
+                _ if is_sync => {
+                    return out_of_step("the batch ended before this request's reply".into())
+                }
+                waiter => match verify(reply, job.opaque.as_ref()) {
+                    Ok(reply) => ready.push((waiter, reply)),
+                    Err(detail) => return out_of_step(detail),
+                },
+            }
+        }
+        let deadline = pending.lock().front().map(|p| p.deadline);
+        if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
+            timer.as_mut().reset(d);
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut rbuf) => match read {
+                Ok(0) | Err(_) => return closed(),
+                Ok(_) => {}
+            },
+            _ = sent.notified() => {}
+            () = &mut timer => {
+                let now = Instant::now();
+                match pending.lock().front().map(|p| p.deadline) {
+                    Some(d) if d <= now => return overdue(),
+                    Some(d) => timer.as_mut().reset(d),
+                    None => timer.as_mut().reset(now + settings.request_timeout()),
+                }
+            }
+        }
+    }
+}
+
+/// A reply, shortly, for a log line.
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::Values(values) => format!(
+            "{} values ({})",
+            values.len(),
+            values
+                .first()
+                .map_or_else(String::new, |v| String::from_utf8_lossy(v.key()).into_owned())
+        ),
+        Reply::Meta { raw, .. } => {
+            let line = raw.split(|&b| b == b'\r').next().unwrap_or_default();
+            format!("{:?}", String::from_utf8_lossy(&line[..line.len().min(64)]))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that a meta reply carries its request's opaque token (error lines carry none, and a
+/// quiet request's left-out reply has nothing to check), and takes out a token the proxy added.
+fn verify(reply: Reply, opaque: Option<&Opaque>) -> Result<Reply, String> {
+    let (Some(opaque), Reply::Meta { flags, raw, .. }) = (opaque, &reply) else {
+        return Ok(reply);
+    };
+    let token = flags
+        .split(|&b| b == b' ')
+        .find_map(|t| t.strip_prefix(b"O"));
+    if token != Some(&opaque.token[..]) {
+        return Err(format!(
+            "{} to a request with opaque {:?}",
+            describe(&reply),
+            String::from_utf8_lossy(&opaque.token)
+        ));
+    }
+    if !opaque.added {
+        return Ok(reply);
+    }
+    // The line without ` O<token>`, then the data block as it came.
+    let line_end = raw
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(raw.len(), |i| i + 1);
+    let mut needle = b" O".to_vec();
+    needle.extend_from_slice(&opaque.token);
+    let line = &raw[..line_end];
+    let at = (0..line.len())
+        .find(|&at| {
+            line[at..].starts_with(&needle)
+                && matches!(line.get(at + needle.len()), Some(b' ' | b'\r' | b'\n'))
+        })
+        .ok_or_else(|| "opaque token not where expected".to_string())?;
+    let mut stripped = BytesMut::with_capacity(raw.len() - needle.len());
+    stripped.extend_from_slice(&raw[..at]);
+    stripped.extend_from_slice(&raw[at + needle.len()..]);
+    owned_reply(stripped.freeze(), Expect::Line, &mut Partial::default())
 }
 
 fn enqueue(
@@ -391,6 +542,9 @@ fn enqueue(
                     callers.push(caller);
                     callers
                 }
+                // The sync point is queued just before the batch is written, and the open get
+                // is forgotten then.
+                Waiter::Sync => unreachable!("an open get is the last request queued"),
             };
             last.waiter = Waiter::Merged(callers);
             return;
@@ -417,6 +571,7 @@ fn enqueue(
         },
         waiter: Waiter::One(job.reply),
         deadline: job.deadline,
+        opaque: job.call.opaque,
     });
 }
 
@@ -712,6 +867,7 @@ mod tests {
                 head: Bytes::from_static(b"set d 0 0 1\r\n"),
                 data: Some(Bytes::from_static(b"x")),
                 expect: Expect::Line,
+                opaque: None,
             },
             reply: set_reply,
             deadline: Instant::now() + Duration::from_secs(1),
@@ -723,6 +879,54 @@ mod tests {
             b"gat 10 a\r\ngat 10 b\r\nget c\r\nset d 0 0 1\r\nx\r\nget e\r\n"
         );
         assert_eq!(pending.len(), 5);
+    }
+
+    fn meta_reply(raw: &'static [u8]) -> Reply {
+        let mut rbuf = BytesMut::from(raw);
+        assemble(&mut rbuf, Expect::Line, 0, &mut Partial::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_meta_reply_must_carry_its_requests_opaque() {
+        let theirs = Opaque {
+            token: Bytes::from_static(b"12"),
+            added: false,
+        };
+        let hit = meta_reply(b"VA 1 O12 t5\r\nx\r\n");
+        assert_eq!(verify(hit.clone(), Some(&theirs)), Ok(hit));
+        assert!(verify(meta_reply(b"VA 1 O1\r\nx\r\n"), Some(&theirs)).is_err());
+        assert!(verify(meta_reply(b"VA 1 O123\r\nx\r\n"), Some(&theirs)).is_err());
+        assert!(verify(meta_reply(b"HD\r\n"), Some(&theirs)).is_err());
+        // Error lines carry no token; a request without one is checked by the sync points.
+        let error = Reply::Error {
+            kind: ErrorKind::Server,
+            text: Bytes::from_static(b"oom"),
+        };
+        assert_eq!(verify(error.clone(), Some(&theirs)), Ok(error));
+        let any = meta_reply(b"HD O9\r\n");
+        assert_eq!(verify(any.clone(), None), Ok(any));
+    }
+
+    #[test]
+    fn a_token_the_proxy_added_is_taken_out_of_the_reply() {
+        let ours = Opaque {
+            token: Bytes::from_static(b"1"),
+            added: true,
+        };
+        let Ok(Reply::Meta { raw, flags, data, .. }) =
+            verify(meta_reply(b"VA 2 s2 O1 k\r\nxy\r\n"), Some(&ours))
+        else {
+            panic!()
+        };
+        assert_eq!(&raw[..], b"VA 2 s2 k\r\nxy\r\n");
+        assert_eq!(&flags[..], b"s2 k");
+        assert_eq!(data.as_deref(), Some(&b"xy"[..]));
+        let Ok(Reply::Meta { raw, .. }) = verify(meta_reply(b"EN O1\r\n"), Some(&ours)) else {
+            panic!()
+        };
+        assert_eq!(&raw[..], b"EN\r\n");
     }
 
     #[test]

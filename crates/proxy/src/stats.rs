@@ -145,7 +145,8 @@ impl Stats {
                     let standing = health.standing.lock();
                     format!(
                         "state={} state_s={} requests={} errors={} timeouts={} \
-                         avg_latency_us={} failures={} downs={} restarts={} missed_keys={} \
+                         avg_latency_us={} failures={} downs={} restarts={} bad_replies={} \
+                         missed_keys={} \
                          needs_flush={} cold={} held={} marked_by_other={}",
                         backend.state().name(),
                         health.state_age_s(),
@@ -156,6 +157,7 @@ impl Stats {
                         health.failures(),
                         sum(|c| &c.downs),
                         sum(|c| &c.restarts),
+                        sum(|c| &c.bad_replies),
                         standing.missed_len(),
                         u8::from(standing.needs_flush()),
                         u8::from(standing.cold),

@@ -5,10 +5,12 @@
 //! of a relay to memcached that misbehaves on command ([`Relay`]). Growth is the proxy's peak
 //! resident memory (VmHWM) after the scenario minus before it.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -306,4 +308,419 @@ fn garbage_from_a_client_that_does_not_read() {
         mib(growth)
     );
     drop(backend);
+}
+
+/// What the relay does to the server's replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Misbehaviour {
+    Honest = 0,
+    /// Before some replies, one nobody asked for: another key's `VALUE`, a `VA`, an `HD`.
+    Unsolicited = 1,
+    /// Before some replies, a line of junk.
+    Garbage = 2,
+    /// Half a reply, then nothing more on that connection.
+    HalfThenStall = 3,
+    /// Every reply later than the proxy's request timeout.
+    Slow = 4,
+    /// Half a reply, then the connection closed.
+    CloseMidReply = 5,
+}
+
+impl Misbehaviour {
+    fn from_u8(n: u8) -> Misbehaviour {
+        [
+            Misbehaviour::Honest,
+            Misbehaviour::Unsolicited,
+            Misbehaviour::Garbage,
+            Misbehaviour::HalfThenStall,
+            Misbehaviour::Slow,
+            Misbehaviour::CloseMidReply,
+        ][usize::from(n)]
+    }
+}
+
+/// A fake backend: a relay to memcached (so the proxy's health checks, ledger and warm-up see a
+/// real server) that misbehaves on command in the server-to-proxy direction.
+struct Relay {
+    port: u16,
+    mode: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(server: SocketAddr) -> Relay {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("relay listener");
+        let port = listener.local_addr().expect("relay port").port();
+        let mode = Arc::new(AtomicU8::new(Misbehaviour::Honest as u8));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mode2, stop2) = (mode.clone(), stop.clone());
+        thread::spawn(move || {
+            for proxy_side in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(proxy_side) = proxy_side else { continue };
+                let Ok(server_side) = TcpStream::connect(server) else {
+                    continue;
+                };
+                let (up_from, up_to) = (
+                    proxy_side.try_clone().expect("clone"),
+                    server_side.try_clone().expect("clone"),
+                );
+                thread::spawn(move || copy_up(up_from, up_to));
+                let (mode, stop) = (mode2.clone(), stop2.clone());
+                thread::spawn(move || copy_down(server_side, proxy_side, &mode, &stop));
+            }
+        });
+        Relay { port, mode, stop }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn set(&self, mode: Misbehaviour) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the stop.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+    }
+}
+
+/// Proxy to server, as is.
+fn copy_up(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Server to proxy, misbehaving as `mode` says.
+fn copy_down(mut from: TcpStream, mut to: TcpStream, mode: &AtomicU8, stop: &AtomicBool) {
+    let mut buf = vec![0; 64 * 1024];
+    let (mut chunks, mut at_boundary, mut stalled) = (0u64, true, false);
+    from.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    while !stop.load(Ordering::Relaxed) {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stalled
+                    && Misbehaviour::from_u8(mode.load(Ordering::Relaxed)) == Misbehaviour::Honest
+                {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
+        };
+        if stalled {
+            continue;
+        }
+        let chunk = &buf[..n];
+        chunks += 1;
+        let written = match Misbehaviour::from_u8(mode.load(Ordering::Relaxed)) {
+            Misbehaviour::Honest => to.write_all(chunk),
+            Misbehaviour::Unsolicited => {
+                if at_boundary && chunks % 25 == 0 {
+                    let key = format!("k{}", chunks % KEYS);
+                    let value = value_of(&key);
+                    let stray = match chunks % 75 {
+                        0 => format!("VALUE {key} 0 {}\r\n{value}\r\nEND\r\n", value.len()),
+                        25 => format!("VA {}\r\n{value}\r\n", value.len()),
+                        _ => "HD\r\n".to_string(),
+                    };
+                    let _ = to.write_all(stray.as_bytes());
+                }
+                to.write_all(chunk)
+            }
+            Misbehaviour::Garbage => {
+                if chunks % 3 == 0 {
+                    let _ = to.write_all(b"\x00\xffgarbage here \x7f\r\n");
+                }
+                to.write_all(chunk)
+            }
+            Misbehaviour::HalfThenStall => {
+                stalled = true;
+                to.write_all(&chunk[..n / 2])
+            }
+            Misbehaviour::Slow => {
+                thread::sleep(Duration::from_millis(700));
+                to.write_all(chunk)
+            }
+            Misbehaviour::CloseMidReply => {
+                let _ = to.write_all(&chunk[..n / 2]);
+                break;
+            }
+        };
+        if written.is_err() {
+            break;
+        }
+        at_boundary = chunk.ends_with(b"\r\n");
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Keys the fake-backend scenario reads; each key's value names the key.
+const KEYS: u64 = 40;
+
+fn value_of(key: &str) -> String {
+    format!("value-of-{key}-{}", "x".repeat(40))
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Seen {
+    correct: u64,
+    misses: u64,
+    errors: u64,
+    wrong: Vec<String>,
+}
+
+/// One client connection reading lines with a deadline.
+struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    fn connect(addr: SocketAddr) -> Reader {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        Reader {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Some(line);
+            }
+            let mut chunk = [0; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn data(&mut self, len: usize) -> Option<String> {
+        while self.buf.len() < len + 2 {
+            let mut chunk = [0; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let data = String::from_utf8_lossy(&self.buf[..len]).into_owned();
+        self.buf.drain(..len + 2);
+        Some(data)
+    }
+}
+
+/// One round of requests of every kind on `keys`; every value is checked against its key.
+fn round(reader: &mut Reader, n: u64, seen: &mut Seen) -> Option<()> {
+    let a = format!("k{}", n % KEYS);
+    let b = format!("k{}", (n * 7 + 3) % KEYS);
+    let requests = format!(
+        "get {a}\r\nget {a} {b}\r\nmg {a} v\r\nmg {b} v k Oq{n}\r\nmg {a} v q\r\nmn\r\nset {b} 0 0 {}\r\n{}\r\n",
+        value_of(&b).len(),
+        value_of(&b)
+    );
+    reader.stream.write_all(requests.as_bytes()).ok()?;
+    // get a; get a b
+    for asked in [vec![a.clone()], vec![a.clone(), b.clone()]] {
+        let mut hits = 0;
+        loop {
+            let line = reader.line()?;
+            if line == "END" {
+                seen.misses += (asked.len() - hits) as u64;
+                break;
+            }
+            if line.starts_with("SERVER_ERROR") {
+                seen.errors += 1;
+                break;
+            }
+            let words: Vec<&str> = line.split(' ').collect();
+            if words.len() < 4 || words[0] != "VALUE" {
+                seen.wrong.push(format!("get {asked:?}: {line:?}"));
+                return None;
+            }
+            let data = reader.data(words[3].parse().ok()?)?;
+            if !asked.iter().any(|k| k == words[1]) || data != value_of(words[1]) {
+                seen.wrong.push(format!("get {asked:?}: {line} {data}"));
+            } else {
+                hits += 1;
+                seen.correct += 1;
+            }
+        }
+    }
+    // mg a v; mg b v k O; mg a v q + mn
+    for (key, token) in [
+        (&a, None),
+        (&b, Some(format!("q{n}"))),
+        (&a, Some(String::new())),
+    ] {
+        let quiet = token.as_deref() == Some("");
+        let line = reader.line()?;
+        if line.starts_with("VA ") {
+            let len = line.split(' ').nth(1)?.parse().ok()?;
+            let data = reader.data(len)?;
+            let token_ok = match token.as_deref() {
+                Some(t) if !t.is_empty() => {
+                    line.contains(&format!(" O{t}")) && line.contains(&format!(" k{key}"))
+                }
+                _ => !line.contains(" O"),
+            };
+            if data == value_of(key) && token_ok {
+                seen.correct += 1;
+            } else {
+                seen.wrong.push(format!("mg {key}: {line} {data}"));
+            }
+        } else if line.starts_with("EN") {
+            seen.misses += 1;
+        } else if line.starts_with("SERVER_ERROR") {
+            seen.errors += 1;
+        } else if quiet && line == "MN" {
+            seen.misses += 1;
+            continue;
+        } else {
+            seen.wrong.push(format!("mg {key}: {line:?}"));
+            return None;
+        }
+        if quiet && reader.line()? != "MN" {
+            seen.wrong.push("mn: no MN".into());
+            return None;
+        }
+    }
+    let stored = reader.line()?;
+    if stored != "STORED" && !stored.starts_with("SERVER_ERROR") {
+        seen.wrong.push(format!("set: {stored:?}"));
+    }
+    Some(())
+}
+
+/// A fake backend that sends unsolicited replies, garbage, half a reply then stalls, answers
+/// very slowly, closes mid-reply: clients get errors or correct data, never another key's
+/// value, and the proxy serves again once the backend behaves.
+#[test]
+fn misbehaving_backend_never_hands_a_client_another_keys_value() {
+    let backend = memcached(&["-m", "64"]).expect("memcached");
+    let relay = Relay::start(backend.addr());
+    let mut proxy = Proxy::start(&["-s", &relay.addr()]);
+    let mut client = proxy.connect();
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        let value = value_of(&key);
+        let stored = client
+            .call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
+            .expect("set");
+        assert_eq!(stored, "STORED\r\n");
+    }
+    let before = proxy.peak_kib();
+    let (mut outcomes, mut wrong) = (Vec::new(), Vec::new());
+    for mode in [
+        Misbehaviour::Unsolicited,
+        Misbehaviour::Garbage,
+        Misbehaviour::HalfThenStall,
+        Misbehaviour::Slow,
+        Misbehaviour::CloseMidReply,
+    ] {
+        relay.set(mode);
+        let workers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let addr = proxy.addr();
+                thread::spawn(move || {
+                    let mut seen = Seen::default();
+                    let mut reader = Reader::connect(addr);
+                    for n in 0..150 {
+                        if round(&mut reader, w * 1000 + n, &mut seen).is_none() {
+                            // The proxy closed the connection or a reply was cut: a new one.
+                            reader = Reader::connect(addr);
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut seen = Seen::default();
+        for worker in workers {
+            let one = worker.join().expect("client thread");
+            seen.correct += one.correct;
+            seen.misses += one.misses;
+            seen.errors += one.errors;
+            seen.wrong.extend(one.wrong);
+        }
+        relay.set(Misbehaviour::Honest);
+        // Recovery: a fresh value is stored and read back through the proxy.
+        let deadline = Instant::now() + WAIT;
+        let mut n = 0;
+        loop {
+            n += 1;
+            let mut reader = Reader::connect(proxy.addr());
+            let mut check = Seen::default();
+            if round(&mut reader, n, &mut check).is_some()
+                && check.errors == 0
+                && check.misses == 0
+                && check.wrong.is_empty()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: the proxy never served again: {check:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        outcomes.push(format!(
+            "{mode:?}: {} correct, {} errors, {} misses, {} wrong",
+            seen.correct,
+            seen.errors,
+            seen.misses,
+            seen.wrong.len()
+        ));
+        wrong.extend(seen.wrong.into_iter().map(|w| format!("{mode:?}: {w}")));
+    }
+    let backends = proxy
+        .connect()
+        .call("stats backends\r\n")
+        .expect("stats backends");
+    let growth = proxy.peak_kib().saturating_sub(before);
+    proxy.assert_alive();
+    println!(
+        "ABUSE | proxy: fake backend (unsolicited, garbage, half then stall, slow, close mid-reply) | {} | - | alive, recovered after each; {}",
+        mib(growth),
+        outcomes.join("; ")
+    );
+    assert!(wrong.is_empty(), "{:?}", &wrong[..wrong.len().min(5)]);
+    assert!(
+        backends.contains("bad_replies=") && !backends.contains("bad_replies=0 "),
+        "the bad replies are counted: {backends}"
+    );
+    assert!(
+        growth < 32 * 1024,
+        "the proxy grew by {} (bound 32 MB)",
+        mib(growth)
+    );
 }
