@@ -46,7 +46,7 @@ use crate::meta;
 use crate::read;
 use crate::replicate::{self, Conditional};
 use crate::reply::{answer, Next, Output};
-use crate::stats::{Stats, VERSION};
+use crate::stats::{self, Stats, VERSION};
 use crate::Context;
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -500,21 +500,7 @@ async fn execute<O: Output>(
         Request::Quit => return Ok(Next::Close),
         // As memcached without -A: a client must not stop the shared proxy.
         Request::Shutdown { .. } => reply::line(out, b"ERROR: shutdown not enabled"),
-        Request::Stats { args } => {
-            let mut args = args.iter();
-            match (args.next(), args.next()) {
-                (None, _) => {
-                    ctx.stats
-                        .write_general(out, &ctx.router, ctx.serving(), ctx.others_serving())
-                }
-                (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
-                (Some(b"reset"), None) => {
-                    ctx.stats.reset();
-                    out.extend_from_slice(reply::RESET);
-                }
-                _ => reply::line(out, ErrorReply::Error.as_str().as_bytes()),
-            }
-        }
+        Request::Stats { args } => stats::answer(ctx, args.iter(), out),
         // The crawler walks one server's memory; through the proxy it would mix several.
         Request::LruCrawler { .. } => reply::line(
             out,

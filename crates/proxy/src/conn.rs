@@ -462,7 +462,8 @@ fn describe(reply: &Reply) -> String {
             values.len(),
             values
                 .first()
-                .map_or_else(String::new, |v| String::from_utf8_lossy(v.key()).into_owned())
+                .map_or_else(String::new, |v| String::from_utf8_lossy(v.key())
+                    .into_owned())
         ),
         Reply::Meta { raw, .. } => {
             let line = raw.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -915,8 +916,9 @@ mod tests {
             token: Bytes::from_static(b"1"),
             added: true,
         };
-        let Ok(Reply::Meta { raw, flags, data, .. }) =
-            verify(meta_reply(b"VA 2 s2 O1 k\r\nxy\r\n"), Some(&ours))
+        let Ok(Reply::Meta {
+            raw, flags, data, ..
+        }) = verify(meta_reply(b"VA 2 s2 O1 k\r\nxy\r\n"), Some(&ours))
         else {
             panic!()
         };

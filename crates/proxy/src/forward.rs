@@ -357,6 +357,8 @@ mod tests {
         let store = meta(Bytes::from_static(b"ms k 2 q\r\nxy\r\n"), true);
         assert!(store.head.starts_with(b"ms k 2 q O"));
         assert_eq!(&store.data.unwrap()[..], b"xy");
-        assert!(meta(Bytes::from_static(b"mg Okey v\r\n"), false).opaque.is_none());
+        assert!(meta(Bytes::from_static(b"mg Okey v\r\n"), false)
+            .opaque
+            .is_none());
     }
 }

@@ -169,6 +169,51 @@ async fn text_protocol_through_the_proxy() {
     proxy.stop().await;
 }
 
+/// Every `stats` sub-command memcached tools send is answered in full (a tool that reads until
+/// `END` gets one), `settings` with the proxy's own; an unknown one is a single `ERROR` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stats_sub_command_is_answered() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    cfg.item_size_max = 2 * 1024 * 1024;
+    let proxy = ProxyHandle::start(cfg).await;
+    let mut client = proxy.client().await;
+    let settings = client.call("stats settings\r\n").await;
+    for line in [
+        "STAT item_size_max 2097152\r\n",
+        "STAT maxconns ",
+        "STAT request_timeout_ms ",
+        "STAT client_reply_budget 16777216\r\n",
+        &format!("STAT pool_pool0 {}\r\n", a.addr()),
+    ] {
+        assert!(settings.contains(line), "{line:?} in {settings}");
+    }
+    assert!(settings.ends_with("END\r\n"), "{settings}");
+    for (request, reply) in [
+        ("stats items\r\n", "END\r\n"),
+        (
+            "stats slabs\r\n",
+            "STAT active_slabs 0\r\nSTAT total_malloced 0\r\nEND\r\n",
+        ),
+        ("stats sizes\r\n", "STAT sizes_status disabled\r\nEND\r\n"),
+        ("stats conns\r\n", "END\r\n"),
+        ("stats cachedump 1 10\r\n", "END\r\n"),
+        ("stats extstore\r\n", "END\r\n"),
+        ("stats detail dump\r\n", "END\r\n"),
+        ("stats detail on\r\n", "OK\r\n"),
+        ("stats detail off\r\n", "OK\r\n"),
+        (
+            "stats detail\r\n",
+            "CLIENT_ERROR usage: stats detail on|off|dump\r\n",
+        ),
+        ("stats nonsense\r\n", "ERROR\r\n"),
+    ] {
+        assert_eq!(client.call(request).await, reply, "{request:?}");
+    }
+    assert!(client.call("version\r\n").await.starts_with("VERSION "));
+    proxy.stop().await;
+}
+
 /// incr/decr/append/prepend/add/replace/cas run on one replica and leave both identical; cas
 /// after gets works; the outcome is copied, never the cas itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
