@@ -35,10 +35,12 @@ const ITEM_SIZE_MAX: usize = 1024 * 1024 * 1024;
 /// A configuration that cannot be used: which file or flag, which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// (The OS error is part of the message, not a source: printed as a chain it would show
+    /// twice.)
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -384,9 +386,9 @@ impl ProxyConfig {
 
     /// Reads and parses a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         ProxyConfig::from_toml(&text, path)
     }
@@ -512,6 +514,27 @@ impl ProxyConfig {
     }
 }
 
+/// `-l`'s comma-separated list, as memcached takes it (`-l VIP,127.0.0.1`): each entry a host
+/// (IPv6 bare or in brackets) on `-p`'s port, or `host:port` / `[v6]:port` with a port of its
+/// own.
+fn listen_list(hosts: &str, port: u16) -> Result<Vec<String>, ConfigError> {
+    hosts
+        .split(',')
+        .map(str::trim)
+        .map(|host| match host.matches(':').count() {
+            _ if host.is_empty() => Err(ConfigError::invalid(
+                "-l",
+                format!("{hosts:?}: an empty address in the list"),
+            )),
+            _ if host.starts_with('[') && host.contains("]:") => Ok(host.to_string()),
+            _ if host.starts_with('[') => Ok(format!("{host}:{port}")),
+            0 => Ok(format!("{host}:{port}")),
+            1 => Ok(host.to_string()),
+            _ => Ok(format!("[{host}]:{port}")),
+        })
+        .collect()
+}
+
 /// magent's command line, for `keepcached proxy`.
 ///
 /// `-u`, `-g`, `-D` and `-v` are for the binary (drop privileges, stay in the foreground or
@@ -530,8 +553,9 @@ pub struct ProxyArgs {
     /// A backup server, host[:port] (repeatable): every write is replicated to it.
     #[arg(short = 'b', value_name = "HOST:PORT")]
     pub backups: Vec<String>,
-    /// Local address to listen on [default: 0.0.0.0].
-    #[arg(short = 'l', value_name = "IP")]
+    /// Local addresses to listen on, comma-separated (`-l VIP,127.0.0.1`); an entry may carry
+    /// its own port (`host:port`, `[v6]:port`) [default: 0.0.0.0].
+    #[arg(short = 'l', value_name = "IP[,IP...]")]
     pub listen: Option<String>,
     /// TCP port to listen on, 0 to disable TCP [default: 11211].
     #[arg(short = 'p', value_name = "PORT")]
@@ -614,14 +638,12 @@ impl ProxyArgs {
             }
         }
         if self.listen.is_some() || self.port.is_some() || self.config.is_none() {
-            let host = self.listen.unwrap_or_else(|| "0.0.0.0".into());
+            let hosts = self.listen.unwrap_or_else(|| "0.0.0.0".into());
             let port = self.port.unwrap_or(DEFAULT_PORT);
             config.listen = if port == 0 {
                 Vec::new()
-            } else if host.contains(':') && !host.starts_with('[') {
-                vec![format!("[{host}]:{port}")]
             } else {
-                vec![format!("{host}:{port}")]
+                listen_list(&hosts, port)?
             };
         }
         if let Some(path) = self.unix_socket {
@@ -697,6 +719,19 @@ mod tests {
         assert_eq!(config.listen, vec!["0.0.0.0:11211"]);
         let pools = config.validate().unwrap();
         assert_eq!(pools[0].servers[0].port, 11211);
+    }
+
+    #[test]
+    fn listen_takes_a_list_like_memcached() {
+        let config = parse_args(&["-s", "h", "-l", "10.0.0.9,127.0.0.1", "-p", "12000"]).unwrap();
+        assert_eq!(config.listen, vec!["10.0.0.9:12000", "127.0.0.1:12000"]);
+        let config = parse_args(&["-s", "h", "-l", "::1, [fe80::1],127.0.0.1:9,[::2]:8"]).unwrap();
+        assert_eq!(
+            config.listen,
+            vec!["[::1]:11211", "[fe80::1]:11211", "127.0.0.1:9", "[::2]:8"]
+        );
+        let empty = parse_args(&["-s", "h", "-l", "10.0.0.9,"]).unwrap_err();
+        assert!(empty.to_string().contains("empty address"), "{empty}");
     }
 
     #[test]

@@ -154,9 +154,21 @@ pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
     let pools = config.validate()?;
     let mut tcp = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
-        let bind_error = |source| ProxyError::Bind {
-            addr: addr.clone(),
-            source,
+        let bind_error = |error: std::io::Error| {
+            // The address is not on this host: on a VRRP backup, the VIP it does not hold yet.
+            let hint = if error.kind() == std::io::ErrorKind::AddrNotAvailable && !config.freebind {
+                format!(
+                    "; this host does not hold {addr}: to listen on it before it arrives (a VRRP \
+                     virtual IP), add --freebind (freebind = true in the config file)"
+                )
+            } else {
+                String::new()
+            };
+            ProxyError::Bind {
+                addr: addr.clone(),
+                error,
+                hint,
+            }
         };
         tcp.push(bind_tcp(addr, config.freebind).map_err(bind_error)?);
     }
@@ -186,24 +198,14 @@ impl Bound {
             .into_iter()
             .map(TcpListener::from_std)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ProxyError::Bind {
-                addr: "tcp listener".into(),
-                source,
-            })?;
+            .map_err(|error| ProxyError::bind("tcp listener", error))?;
         let unix = unix
             .map(UnixListener::from_std)
             .transpose()
-            .map_err(|source| ProxyError::Bind {
-                addr: "unix listener".into(),
-                source,
-            })?;
+            .map_err(|error| ProxyError::bind("unix listener", error))?;
         let workers = Arc::new(
-            Workers::start(config.worker_threads(), "keepcached-proxy").map_err(|source| {
-                ProxyError::Bind {
-                    addr: "worker threads".into(),
-                    source,
-                }
-            })?,
+            Workers::start(config.worker_threads(), "keepcached-proxy")
+                .map_err(|error| ProxyError::bind("worker threads", error))?,
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let router = Router::start(
@@ -399,10 +401,7 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ProxyError
             let _ = std::fs::remove_file(path);
         }
     }
-    let bind_error = |source| ProxyError::Bind {
-        addr: path.display().to_string(),
-        source,
-    };
+    let bind_error = |error| ProxyError::bind(path.display().to_string(), error);
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
     Ok(listener)

@@ -577,3 +577,23 @@ async fn backend_connections_open_at_startup() {
     );
     proxy.stop().await;
 }
+
+/// An address this host does not hold is refused with the way out (`--freebind`), and the OS
+/// error is said once; with freebind the proxy listens on it (a VIP that arrives later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_address_says_to_use_freebind() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    let port = free_port();
+    cfg.listen = vec![format!("127.0.0.1:{port}"), format!("198.18.250.1:{port}")];
+    let error = keepcached_proxy::bind(cfg.clone()).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("cannot listen on 198.18.250.1:{port}: ")),
+        "{error}"
+    );
+    assert!(error.contains("add --freebind"), "{error}");
+    assert_eq!(error.matches("os error").count(), 1, "{error}");
+    assert!(std::error::Error::source(&keepcached_proxy::bind(cfg.clone()).unwrap_err()).is_none());
+    cfg.freebind = true;
+    assert!(keepcached_proxy::bind(cfg).is_ok());
+}
