@@ -535,6 +535,102 @@ fn listen_list(hosts: &str, port: u16) -> Result<Vec<String>, ConfigError> {
         .collect()
 }
 
+/// One setting a reloaded configuration changes, by its TOML name (`backend.request_timeout_ms`;
+/// lists such as `pools` and `listen` as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The settings `new` changes from `old`.
+pub fn changes(old: &ProxyConfig, new: &ProxyConfig) -> Vec<Change> {
+    let flat = |config: &ProxyConfig| {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(value) = toml::Value::try_from(config) {
+            flatten("", &value, &mut out);
+        }
+        out
+    };
+    let (old, new) = (flat(old), flat(new));
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let unset = || "(unset)".to_string();
+    keys.into_iter()
+        .filter(|key| old.get(*key) != new.get(*key))
+        .map(|key| Change {
+            key: key.clone(),
+            from: old.get(key).cloned().unwrap_or_else(unset),
+            to: new.get(key).cloned().unwrap_or_else(unset),
+        })
+        .collect()
+}
+
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+impl Change {
+    /// Copies this change from `new` into `running` when it may change while the proxy runs:
+    /// timeouts, failure and probe settings, replication policies, warm-up and ledger
+    /// settings, the reply budget and the drain timeout. Servers, pools, listeners, threads,
+    /// connection counts and sizes fixed at startup need a restart (`false`).
+    pub fn apply(&self, new: &ProxyConfig, running: &mut ProxyConfig) -> bool {
+        let (b, r, s) = (&new.backend, &new.replication, &new.resync);
+        match self.key.as_str() {
+            "backend.connect_timeout_ms" => {
+                running.backend.connect_timeout_ms = b.connect_timeout_ms;
+            }
+            "backend.request_timeout_ms" => {
+                running.backend.request_timeout_ms = b.request_timeout_ms;
+            }
+            "backend.failure_limit" => running.backend.failure_limit = b.failure_limit,
+            "backend.probe_interval_ms" => running.backend.probe_interval_ms = b.probe_interval_ms,
+            "backend.probe_max_interval_ms" => {
+                running.backend.probe_max_interval_ms = b.probe_max_interval_ms;
+            }
+            "backend.health_interval_ms" => {
+                running.backend.health_interval_ms = b.health_interval_ms;
+            }
+            "replication.write_ack" => running.replication.write_ack = r.write_ack,
+            "replication.multiget_unavailable" => {
+                running.replication.multiget_unavailable = r.multiget_unavailable;
+            }
+            "resync.warmup_items_per_sec" => {
+                running.resync.warmup_items_per_sec = s.warmup_items_per_sec;
+            }
+            "resync.warmup_bytes_per_sec" => {
+                running.resync.warmup_bytes_per_sec = s.warmup_bytes_per_sec;
+            }
+            "resync.concurrency" => running.resync.concurrency = s.concurrency,
+            "resync.warmup" => running.resync.warmup = s.warmup,
+            "resync.ledger" => running.resync.ledger = s.ledger,
+            "client_reply_budget" => running.client_reply_budget = new.client_reply_budget,
+            "drain_timeout_ms" => running.drain_timeout_ms = new.drain_timeout_ms,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// magent's command line, for `keepcached proxy`.
 ///
 /// `-u`, `-g`, `-D` and `-v` are for the binary (drop privileges, stay in the foreground or
@@ -719,6 +815,42 @@ mod tests {
         assert_eq!(config.listen, vec!["0.0.0.0:11211"]);
         let pools = config.validate().unwrap();
         assert_eq!(pools[0].servers[0].port, 11211);
+    }
+
+    #[test]
+    fn a_reload_applies_timeouts_and_keeps_what_needs_a_restart() {
+        let old = parse_args(&["-s", "a:1", "-l", "127.0.0.1"]).unwrap();
+        let mut new = old.clone();
+        new.backend.request_timeout_ms = 900;
+        new.replication.multiget_unavailable = Unavailable::ServerError;
+        new.pools[0].servers.push("b:2".into());
+        new.threads = 3;
+        let changes = changes(&old, &new);
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "backend.request_timeout_ms",
+                "pools",
+                "replication.multiget_unavailable",
+                "threads"
+            ]
+        );
+        assert_eq!((&changes[0].from[..], &changes[0].to[..]), ("500", "900"));
+        let mut running = old.clone();
+        let applied: Vec<bool> = changes
+            .iter()
+            .map(|c| c.apply(&new, &mut running))
+            .collect();
+        assert_eq!(applied, vec![true, false, true, false]);
+        assert_eq!(running.backend.request_timeout_ms, 900);
+        assert_eq!(
+            running.replication.multiget_unavailable,
+            Unavailable::ServerError
+        );
+        assert_eq!(running.pools, old.pools);
+        assert_eq!(running.threads, old.threads);
+        assert!(super::changes(&old, &old).is_empty());
     }
 
     #[test]

@@ -38,8 +38,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::backend::{BackendError, Call, ErrorKind, Expect, Opaque, Reply, Value};
-use crate::config::BackendConfig;
-use crate::health::Health;
+use crate::health::{Health, Settings};
 
 /// A writer stops batching and writes once this much is buffered.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -54,7 +53,7 @@ const MERGED_LINE_MAX: usize = 8 * 1024;
 /// must not reach the server later, after the key was repaired. With an orderly close the kernel
 /// would go on resending it, and a server behind a cut link would apply it once the link is
 /// back.
-pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStream, BackendError> {
+pub async fn connect(addr: &Arc<str>, settings: &Settings) -> Result<TcpStream, BackendError> {
     let error = |reason: String| BackendError::Connect {
         addr: addr.clone(),
         reason,
@@ -71,7 +70,7 @@ pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStr
         Ok(Err(e)) => Err(error(e.to_string())),
         Err(_) => Err(error(format!(
             "no answer within {} ms",
-            settings.connect_timeout_ms
+            settings.connect_timeout_ms()
         ))),
     }
 }
@@ -244,7 +243,7 @@ async fn reopen(
             Ok(connected) => connected,
             Err(_) => Err(BackendError::Timeout {
                 addr: addr.clone(),
-                ms: settings.request_timeout_ms,
+                ms: settings.request_timeout_ms(),
             }),
         };
         match connected {
@@ -263,7 +262,7 @@ async fn reopen(
 
 /// A connect no request asked for (at startup, or when a probe found the server up). Its
 /// failure fails no request: the next job connects again, and counts that.
-async fn connect_unasked(addr: &Arc<str>, settings: &BackendConfig) -> Option<TcpStream> {
+async fn connect_unasked(addr: &Arc<str>, settings: &Settings) -> Option<TcpStream> {
     match connect(addr, settings).await {
         Ok(stream) => Some(stream),
         Err(error) => {
@@ -276,7 +275,7 @@ async fn connect_unasked(addr: &Arc<str>, settings: &BackendConfig) -> Option<Tc
 /// Runs the writer and reader halves of one connection until either fails.
 async fn serve(
     addr: &Arc<str>,
-    settings: &BackendConfig,
+    settings: &Settings,
     stream: TcpStream,
     first: Option<Job>,
     jobs: &mut mpsc::Receiver<Job>,
@@ -287,7 +286,7 @@ async fn serve(
     let closed = || BackendError::Closed { addr: addr.clone() };
     let overdue = || BackendError::Timeout {
         addr: addr.clone(),
-        ms: settings.request_timeout_ms,
+        ms: settings.request_timeout_ms(),
     };
     let writer = async {
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -354,7 +353,7 @@ async fn serve(
 /// hands them over at each sync point, until the connection fails (the returned error).
 async fn read_replies(
     addr: &Arc<str>,
-    settings: &BackendConfig,
+    settings: &Settings,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     pending: &Mutex<VecDeque<InFlight>>,
     sent: &Notify,
@@ -363,7 +362,7 @@ async fn read_replies(
     let closed = || BackendError::Closed { addr: addr.clone() };
     let overdue = || BackendError::Timeout {
         addr: addr.clone(),
-        ms: settings.request_timeout_ms,
+        ms: settings.request_timeout_ms(),
     };
     let out_of_step = |detail: String| BackendError::OutOfStep {
         addr: addr.clone(),

@@ -73,7 +73,16 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 /// Everything a client connection needs, shared by all of them.
 #[derive(Debug)]
 struct Context {
+    /// The configuration the proxy started with: what a reload cannot change (listeners,
+    /// pools, threads, limits fixed at startup) is read here.
     config: ProxyConfig,
+    /// The configuration as last reloaded (SIGHUP, [`reload`]), for what a reload changes;
+    /// the hot paths read their part of it from the atomics below.
+    live: parking_lot::RwLock<Arc<ProxyConfig>>,
+    /// [`Context::read_window`], [`Context::multiget_unavailable`], [`Context::write_ack`].
+    read_window: std::sync::atomic::AtomicUsize,
+    multiget_error: std::sync::atomic::AtomicBool,
+    write_first: std::sync::atomic::AtomicBool,
     router: Router,
     stats: Stats,
     locks: KeyLocks,
@@ -100,7 +109,50 @@ impl Context {
     /// How many keys one client's reads may have in flight at once: what its reply budget
     /// allows at the largest item size, at least one.
     fn read_window(&self) -> usize {
-        (self.config.client_reply_budget / self.config.item_size_max).clamp(1, client::MAX_READS)
+        self.read_window.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn multiget_unavailable(&self) -> Unavailable {
+        if self
+            .multiget_error
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Unavailable::ServerError
+        } else {
+            Unavailable::Miss
+        }
+    }
+
+    fn write_ack(&self) -> WriteAck {
+        if self.write_first.load(std::sync::atomic::Ordering::Relaxed) {
+            WriteAck::First
+        } else {
+            WriteAck::All
+        }
+    }
+
+    /// The configuration as last reloaded.
+    fn live(&self) -> Arc<ProxyConfig> {
+        self.live.read().clone()
+    }
+
+    /// Makes `config` the running configuration's reloadable part (the hot paths' atomics,
+    /// every server's timeouts, the rest through [`Context::live`]).
+    fn apply(&self, config: ProxyConfig) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let window = (config.client_reply_budget / self.config.item_size_max).max(1);
+        self.read_window
+            .store(window.min(client::MAX_READS), Relaxed);
+        self.multiget_error.store(
+            config.replication.multiget_unavailable == Unavailable::ServerError,
+            Relaxed,
+        );
+        self.write_first
+            .store(config.replication.write_ack == WriteAck::First, Relaxed);
+        for backend in &self.router.backends {
+            backend.health.settings.update(&config.backend);
+        }
+        *self.live.write() = Arc::new(config);
     }
 
     /// Whether this proxy flushes, warms and repairs its servers: it serves clients, or no other
@@ -188,6 +240,18 @@ impl Bound {
     /// Serves until `shutdown` completes, then stops accepting and gives open connections
     /// `drain_timeout_ms` to finish what they sent.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+        self.serve_reloading(shutdown, mpsc::channel(1).1).await
+    }
+
+    /// [`Bound::serve`], taking each configuration `reloads` yields (the binary reads the file
+    /// again on SIGHUP): what can change while running changes, each change logged at info;
+    /// what needs a restart is logged at warn and the running value kept; a configuration that
+    /// could not be read or is invalid is logged at warn and the running one kept.
+    pub async fn serve_reloading(
+        self,
+        shutdown: impl Future<Output = ()>,
+        reloads: mpsc::Receiver<Result<ProxyConfig, ConfigError>>,
+    ) -> Result<(), ProxyError> {
         let Bound {
             config,
             pools,
@@ -216,13 +280,16 @@ impl Bound {
             &stop_rx,
             &workers,
         );
-        let drain = Duration::from_millis(config.drain_timeout_ms);
         let limits = Limits {
             item_size_max: config.item_size_max,
             ..Limits::default()
         };
         let ctx = Arc::new(Context {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            live: parking_lot::RwLock::new(Arc::new(config.clone())),
+            read_window: Default::default(),
+            multiget_error: Default::default(),
+            write_first: Default::default(),
             config,
             router,
             stats: Stats::default(),
@@ -235,6 +302,8 @@ impl Bound {
             others_serving: std::sync::atomic::AtomicBool::new(false),
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
+        ctx.apply(ctx.config.clone());
+        tokio::spawn(reloading(ctx.clone(), reloads, stop_rx.clone()));
         resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;
         for listener in &tcp {
@@ -267,6 +336,7 @@ impl Bound {
         drop(accepting);
         shutdown.await;
         tracing::info!("proxy shutting down");
+        let drain = Duration::from_millis(ctx.live().drain_timeout_ms);
         let _ = stop_tx.send(true);
         for stop in &stops {
             let _ = stop.send(true);
@@ -289,6 +359,64 @@ impl Bound {
         }
         Ok(())
     }
+}
+
+/// Takes each reloaded configuration until the proxy stops.
+async fn reloading(
+    ctx: Arc<Context>,
+    mut reloads: mpsc::Receiver<Result<ProxyConfig, ConfigError>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = reloads.recv() => next,
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        match next {
+            None => return,
+            Some(Err(error)) => tracing::warn!(
+                %error,
+                "configuration not reloaded; the running configuration is kept"
+            ),
+            Some(Ok(config)) => reload(&ctx, config),
+        }
+    }
+}
+
+/// Applies what a reloaded configuration changes and may change while running; logs the rest.
+fn reload(ctx: &Context, new: ProxyConfig) {
+    let old = ctx.live();
+    let changes = config::changes(&old, &new);
+    if changes.is_empty() {
+        tracing::info!("configuration reloaded: nothing changed");
+        return;
+    }
+    let mut applied = (*old).clone();
+    let mut later = 0;
+    for change in &changes {
+        if change.apply(&new, &mut applied) {
+            tracing::info!(
+                key = %change.key,
+                from = %change.from,
+                to = %change.to,
+                "configuration change applied"
+            );
+        } else {
+            later += 1;
+            tracing::warn!(
+                key = %change.key,
+                from = %change.from,
+                to = %change.to,
+                "configuration change needs a restart of the proxy; the running value is kept"
+            );
+        }
+    }
+    ctx.apply(applied);
+    tracing::info!(
+        applied = changes.len() - later,
+        need_restart = later,
+        "configuration reloaded"
+    );
 }
 
 /// What an accept loop hands each connection.

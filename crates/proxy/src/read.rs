@@ -249,7 +249,7 @@ async fn write_part(
     }
     if unavailable > 0 {
         Stats::add(&counters.get_unavailable, unavailable as u64);
-        if ctx.config.replication.multiget_unavailable == Unavailable::ServerError {
+        if ctx.multiget_unavailable() == Unavailable::ServerError {
             fail(ctx, asked[0].request, reasons, out);
             progress.failed = true;
             return;

@@ -124,7 +124,7 @@ pub fn answer<'a>(ctx: &Context, mut args: impl Iterator<Item = &'a [u8]>, out: 
 
 /// `stats settings`: the proxy's own settings, under memcached's names where they mean the same.
 fn write_settings(ctx: &Context, out: &mut Vec<u8>) {
-    let config = &ctx.config;
+    let config = ctx.live();
     let backend = &config.backend;
     reply::stat(out, "maxconns", config.max_connections);
     reply::stat(out, "tcpport", config.listen.join(","));

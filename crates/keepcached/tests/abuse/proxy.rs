@@ -724,3 +724,92 @@ fn misbehaving_backend_never_hands_a_client_another_keys_value() {
         mib(growth)
     );
 }
+
+/// SIGHUP (`systemctl reload`) reads `--config` again: timeouts change while running, each
+/// change is logged, what needs a restart (another server) is said and not applied, a broken
+/// file keeps the running configuration, and a burst of hangups does no harm.
+#[test]
+fn sighup_reloads_the_configuration_and_never_kills_the_proxy() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let backend = memcached(&["-m", "64"]).expect("memcached");
+    let other = memcached(&["-m", "64"]).expect("memcached");
+    let file = std::env::temp_dir().join(format!(
+        "keepcached-abuse-proxy-{}.toml",
+        std::process::id()
+    ));
+    let write = |timeout: u64, servers: &[String]| {
+        let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+        std::fs::write(
+            &file,
+            format!(
+                "[[pools]]\nname = \"main\"\nservers = [{}]\n[backend]\nrequest_timeout_ms = {timeout}\n",
+                servers.join(", ")
+            ),
+        )
+        .expect("write the configuration");
+    };
+    let one = [backend.addr().to_string()];
+    write(500, &one);
+    let mut proxy = Proxy::start(&["--config", file.to_str().expect("path")]);
+    let pid = Pid::from_raw(i32::try_from(proxy.child.id()).expect("pid"));
+    let setting = |proxy: &Proxy, name: &str| {
+        let settings = proxy
+            .connect()
+            .call("stats settings\r\n")
+            .expect("stats settings");
+        stat_u64(&settings, name).unwrap_or_else(|| panic!("no {name} in {settings}"))
+    };
+    let logged = |proxy: &Proxy, text: &str, times: usize| {
+        let deadline = Instant::now() + WAIT;
+        while proxy.log_text().matches(text).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log: {}",
+                proxy.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    logged(&proxy, "configuration reloaded: nothing changed", 1);
+    proxy.assert_alive();
+
+    write(900, &[one[0].clone(), other.addr().to_string()]);
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    logged(&proxy, "configuration change applied", 1);
+    logged(&proxy, "configuration change needs a restart", 1);
+    assert_eq!(setting(&proxy, "request_timeout_ms"), 900);
+    let log = proxy.log_text();
+    assert!(log.contains("backend.request_timeout_ms"), "{log}");
+    assert!(log.contains("key=pools"), "{log}");
+    proxy.assert_alive();
+
+    std::fs::write(&file, "[[pools]\nthis is not toml").expect("write");
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    logged(&proxy, "configuration not reloaded", 1);
+    assert_eq!(setting(&proxy, "request_timeout_ms"), 900);
+    proxy.assert_alive();
+
+    write(700, &one);
+    for _ in 0..20 {
+        kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    }
+    logged(&proxy, "to=700", 1);
+    assert_eq!(setting(&proxy, "request_timeout_ms"), 700);
+    let mut client = proxy.connect();
+    assert_eq!(
+        client.call("set k 0 0 1\r\nv\r\n").expect("set"),
+        "STORED\r\n"
+    );
+    assert_eq!(
+        client.call("get k\r\n").expect("get"),
+        "VALUE k 0 1\r\nv\r\nEND\r\n"
+    );
+    proxy.assert_alive();
+    println!(
+        "ABUSE | proxy: SIGHUP (unchanged, timeout and server changed, broken file, 20 in a burst) | - | - | alive, timeout applied, server change logged as needing a restart, broken file kept the running configuration"
+    );
+    let _ = std::fs::remove_file(&file);
+}
