@@ -597,3 +597,41 @@ async fn a_foreign_address_says_to_use_freebind() {
     cfg.freebind = true;
     assert!(keepcached_proxy::bind(cfg).is_ok());
 }
+
+/// Reads run in windows of the reply budget (here 8 keys): a multi-get of many keys, and
+/// pipelined gets and meta reads around it, are answered exactly as the server answers them,
+/// in order, hits and misses alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_in_windows_answer_as_the_server_does() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    cfg.item_size_max = 64 * 1024;
+    cfg.client_reply_budget = 8 * 64 * 1024;
+    let proxy = ProxyHandle::start(cfg).await;
+    let mut client = proxy.client().await;
+    for i in (0..40).step_by(3) {
+        assert_eq!(
+            client.set(&format!("w{i}"), &format!("v{i}")).await,
+            "STORED\r\n"
+        );
+    }
+    let keys: Vec<String> = (0..40).map(|i| format!("w{}", (i * 7) % 40)).collect();
+    let many = format!("get {}\r\n", keys.join(" "));
+    let script = format!(
+        "get w0 w1 w3\r\n{many}mg w3 v\r\nget w6\r\nget w7 w9\r\ngets w9 w2\r\n{many}mn\r\n"
+    );
+    let mut direct = Client::connect(&a.addr()).await;
+    direct.send(script.as_bytes()).await;
+    client.send(script.as_bytes()).await;
+    let (mut expected, mut got) = (String::new(), String::new());
+    while !expected.ends_with("MN\r\n") {
+        expected.push_str(&direct.read_reply(true).await);
+    }
+    while !got.ends_with("MN\r\n") {
+        got.push_str(&client.read_reply(true).await);
+    }
+    // The CAS values of `gets` are the server's own: the proxy passes them on unchanged.
+    assert_eq!(got, expected);
+    assert_eq!(got.matches("END\r\n").count(), 6, "{got}");
+    proxy.stop().await;
+}
