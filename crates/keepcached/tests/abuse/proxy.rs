@@ -813,3 +813,163 @@ fn sighup_reloads_the_configuration_and_never_kills_the_proxy() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// 300 connections against `-n 100`: the ones over the limit get memcached's error and are
+/// closed, the others are served, and once they close a new client is served.
+#[test]
+fn connection_flood_above_the_limit() {
+    keepcached_testkit::raise_open_file_limit(4096).expect("open-file limit");
+    let backend = memcached(&["-m", "64"]).expect("memcached");
+    let mut proxy = Proxy::start(&["-n", "100", "-s", &backend.addr().to_string()]);
+    let before = proxy.peak_kib();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(proxy.addr()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut buf = [0; 64];
+        match stream.read(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"ERROR Too many open connections") => refused += 1,
+            _ => held.push(stream),
+        }
+    }
+    // Those still open are served.
+    let mut served = 0;
+    for stream in held.iter_mut().take(10) {
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.write_all(b"version\r\n").expect("version");
+        let mut buf = [0; 64];
+        let n = stream.read(&mut buf).expect("reply");
+        assert!(buf[..n].starts_with(b"VERSION "), "{:?}", &buf[..n]);
+        served += 1;
+    }
+    let open = held.len();
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    // `curr_connections` counts client connections: only the one asking is left.
+    while proxy.stat("curr_connections") > 1 {
+        assert!(Instant::now() < deadline, "connections never closed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    proxy.assert_alive();
+    let growth = proxy.peak_kib().saturating_sub(before);
+    println!(
+        "ABUSE | proxy: 300 connections against -n 100 | {} | - | alive, {refused} refused with memcached's error, {open} open and served",
+        mib(growth)
+    );
+    assert_eq!(refused + open, 300);
+    assert!(
+        refused >= 195 && open <= 105 && served == 10,
+        "{refused} refused, {open} open"
+    );
+    assert!(
+        growth < 32 * 1024,
+        "the proxy grew by {} (bound 32 MB)",
+        mib(growth)
+    );
+}
+
+/// 1,000 connections each sending part of a request and nothing more (a line without its end,
+/// a set without all its data): another client is served meanwhile, and the proxy stays small.
+#[test]
+fn slowloris_does_not_stop_other_clients() {
+    keepcached_testkit::raise_open_file_limit(4096).expect("open-file limit");
+    let backend = memcached(&["-m", "64"]).expect("memcached");
+    let mut proxy = Proxy::start(&["-s", &backend.addr().to_string()]);
+    let before = proxy.peak_kib();
+    let dribblers: Vec<TcpStream> = (0..1000)
+        .map(|i| {
+            let mut stream = TcpStream::connect(proxy.addr()).expect("connect");
+            let partial: &[u8] = match i % 3 {
+                0 => b"get slow",
+                1 => b"set slow 0 0 100000\r\nabc",
+                _ => b"mg slow v",
+            };
+            stream.write_all(partial).expect("partial request");
+            stream
+        })
+        .collect();
+    let mut client = proxy.connect();
+    assert_eq!(
+        client.call("set k 0 0 1\r\nv\r\n").expect("set"),
+        "STORED\r\n"
+    );
+    assert_eq!(
+        client.call("get k\r\n").expect("get"),
+        "VALUE k 0 1\r\nv\r\nEND\r\n"
+    );
+    let open = proxy.stat("curr_connections");
+    proxy.assert_alive();
+    let growth = proxy.peak_kib().saturating_sub(before);
+    drop(dribblers);
+    println!(
+        "ABUSE | proxy: 1,000 connections dribbling partial requests | {} | - | alive, another client served, {open} connections open",
+        mib(growth)
+    );
+    assert!(open > 1000, "the dribbling connections are open: {open}");
+    assert!(
+        growth < 64 * 1024,
+        "the proxy grew by {} (bound 64 MB)",
+        mib(growth)
+    );
+}
+
+/// 10,000 seeded random and mutated requests, replies read as they come: the proxy answers
+/// on, stays small, and what it acknowledged is still there.
+#[test]
+fn seeded_random_requests() {
+    let backend = memcached(&["-m", "64"]).expect("memcached");
+    let mut proxy = Proxy::start(&["-s", &backend.addr().to_string()]);
+    let mut client = proxy.connect();
+    assert_eq!(
+        client.call("set keep 0 0 4\r\nsafe\r\n").expect("set"),
+        "STORED\r\n"
+    );
+    let before = proxy.peak_kib();
+    let mut generator = keepcached_testkit::parser_invariants::Generator::new(7);
+    let mut sent = 0;
+    let mut connections = 1;
+    let mut stream = TcpStream::connect(proxy.addr()).expect("connect");
+    let drain = |stream: &TcpStream| {
+        let mut reader = stream.try_clone().expect("clone");
+        thread::spawn(move || {
+            let mut buf = vec![0; 64 * 1024];
+            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        })
+    };
+    let mut drainer = drain(&stream);
+    while sent < 10_000 {
+        let input = generator.input();
+        // Requests that would change what is checked afterwards, or stop the proxy's clients.
+        if input.windows(4).any(|w| w == b"keep") || input.windows(9).any(|w| w == b"flush_all") {
+            continue;
+        }
+        sent += 1;
+        if stream.write_all(&input).is_err() {
+            // The proxy closed the connection (quit, a line too long): go on with a new one.
+            let _ = drainer.join();
+            stream = TcpStream::connect(proxy.addr()).expect("connect");
+            drainer = drain(&stream);
+            connections += 1;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = drainer.join();
+    proxy.assert_alive();
+    let growth = proxy.peak_kib().saturating_sub(before);
+    assert_eq!(
+        client.call("get keep\r\n").expect("get"),
+        "VALUE keep 0 4\r\nsafe\r\nEND\r\n"
+    );
+    println!(
+        "ABUSE | proxy: 10,000 seeded random and mutated requests | {} | - | alive, acknowledged write intact, {connections} connections used",
+        mib(growth)
+    );
+    assert!(
+        growth < 32 * 1024,
+        "the proxy grew by {} (bound 32 MB)",
+        mib(growth)
+    );
+}
