@@ -40,7 +40,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::admin;
-use crate::conn::most_keys;
 use crate::forward;
 use crate::meta;
 use crate::read;
@@ -222,13 +221,13 @@ async fn run_chunk<S: Socket + Send>(
     Ok(ran)
 }
 
-/// How many keys a read names at most (a get line's keys; one for anything else).
+/// How many keys a read names (a get line's keys; one for anything else).
 fn read_keys(command: &Command<'_>) -> usize {
     match command {
         Command::Text(Parsed {
             outcome: Ok(Request::Get { keys, .. }),
             ..
-        }) => most_keys(keys.as_bytes()) + 1,
+        }) => keys.iter().count(),
         _ => 1,
     }
 }

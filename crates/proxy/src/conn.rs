@@ -9,17 +9,23 @@
 //! memcached writes a reply per get it is sent; per multi-get it writes once, which under many
 //! concurrent clients halves what the backend and the proxy spend per request.
 //!
-//! Every reply is verified before it is passed on. After each batch it writes, the writer sends
-//! `mn`, a sync point: the replies read before its `MN` must be exactly one per request of the
-//! batch, and they are handed to their callers only once the `MN` is where it belongs. A server
-//! that sends a reply nobody asked for (or leaves one out) puts something else there, and the
-//! connection is closed with every request of the batch failed, instead of handing each caller
-//! its neighbour's reply from then on. A meta request's reply must also carry its opaque token
-//! (forward.rs gives a quiet one a token of the proxy's: a quiet request may have no reply, so
-//! counting cannot tell its reply from a stray one). Text commands carry no token; for them the
-//! sync point is the check, and a get's values must name keys it asked for (read.rs and
-//! [`Waiter::Merged`] match them by key). Opaque tokens on every request would cost a rewrite
-//! of every request and reply; one `mn` per batch costs four bytes and one short reply.
+//! Every reply is verified before it is passed on, so that a server that sends a reply nobody
+//! asked for (or leaves one out) cannot make the proxy hand each caller its neighbour's reply
+//! from then on:
+//! - a get's values must name keys it asked for, in the order asked (the server answers hits in
+//!   that order);
+//! - a meta request's reply must carry the request's opaque token (forward.rs gives a quiet one
+//!   a token of the proxy's: a quiet request may have no reply, so only a token tells its reply
+//!   from a stray one);
+//! - text commands answered by one line (set, delete, incr, ...) and meta requests without a
+//!   token carry nothing to check, so a batch that holds any of them is followed by `mn`, a
+//!   sync point: the replies read before its `MN` must be exactly one per request, and they are
+//!   handed to their callers only once the `MN` is where it belongs.
+//!
+//! On any mismatch the connection is closed with every request on it failed. A batch of gets
+//! and tokened meta requests needs no sync point: its replies check themselves. (Tokens on
+//! every request would cost a rewrite of every request and reply; one `mn` per batch of writes
+//! costs four bytes and one short reply.)
 //!
 //! A connection whose oldest job is overdue is closed (its remaining jobs fail at once), because
 //! a server that answers nothing — a stopped process, a dead host — would otherwise hold every
@@ -97,6 +103,10 @@ struct InFlight {
     deadline: Instant,
     /// The opaque token its reply must carry (a meta request).
     opaque: Option<Opaque>,
+    /// A get's request line, whose keys its values must name (a merged get's are its callers').
+    head: Option<Bytes>,
+    /// Its reply waits for the batch's sync point before it is handed over.
+    held: bool,
 }
 
 /// Who a reply is for: one caller, or every caller whose get went out in one merged multi-get.
@@ -305,11 +315,15 @@ async fn serve(
             // without being sent, as its caller would have given up on it.
             let now = Instant::now();
             let mut batch = Some(job);
+            // Requests queued in this batch, and whether one has a reply that cannot be checked
+            // by itself.
+            let (mut queued, mut unchecked) = (0, false);
             while let Some(job) = batch.take() {
                 if job.deadline <= now {
                     let _ = job.reply.send(Err(overdue()));
-                } else {
-                    enqueue(job, &mut wbuf, pending, &mut open);
+                } else if let Some(checked) = enqueue(job, &mut wbuf, pending, &mut open) {
+                    queued += 1;
+                    unchecked |= !checked;
                 }
                 if wbuf.len() < WRITE_BATCH {
                     batch = jobs.try_recv().ok();
@@ -318,14 +332,22 @@ async fn serve(
             if wbuf.is_empty() {
                 continue;
             }
-            wbuf.extend_from_slice(b"mn\r\n");
-            pending.lock().push_back(InFlight {
-                expect: Expect::Line,
-                keys: 0,
-                waiter: Waiter::Sync,
-                deadline: now + settings.request_timeout(),
-                opaque: None,
-            });
+            if unchecked {
+                wbuf.extend_from_slice(b"mn\r\n");
+                let mut pending = pending.lock();
+                for job in pending.iter_mut().rev().take(queued) {
+                    job.held = true;
+                }
+                pending.push_back(InFlight {
+                    expect: Expect::Line,
+                    keys: 0,
+                    waiter: Waiter::Sync,
+                    deadline: now + settings.request_timeout(),
+                    opaque: None,
+                    head: None,
+                    held: false,
+                });
+            }
             sent.notify_one();
             if wr.write_all(&wbuf).await.is_err() {
                 return closed();
@@ -422,10 +444,23 @@ async fn read_replies(
                 _ if is_sync => {
                     return out_of_step("the batch ended before this request's reply".into())
                 }
-                waiter => match verify(reply, job.opaque.as_ref()) {
-                    Ok(reply) => ready.push((waiter, reply)),
-                    Err(detail) => return out_of_step(detail),
-                },
+                waiter => {
+                    let reply = match verify(reply, job.opaque.as_ref()) {
+                        Ok(reply) => reply,
+                        Err(detail) => return out_of_step(detail),
+                    };
+                    if !asked_for(&reply, &waiter, job.head.as_ref()) {
+                        return out_of_step(format!(
+                            "{} to a get that did not ask for them",
+                            describe(&reply)
+                        ));
+                    }
+                    if job.held {
+                        ready.push((waiter, reply));
+                    } else {
+                        waiter.deliver(Ok(reply));
+                    }
+                }
             }
         }
         let deadline = pending.lock().front().map(|p| p.deadline);
@@ -451,6 +486,28 @@ async fn read_replies(
             }
         }
     }
+}
+
+/// Whether a get's values name keys it asked for, in the order asked (`head`: its line; a
+/// merged get's lines are its callers').
+fn asked_for(reply: &Reply, waiter: &Waiter, head: Option<&Bytes>) -> bool {
+    let Reply::Values(values) = reply else {
+        return true;
+    };
+    match (waiter, head) {
+        (Waiter::Merged(callers), _) => {
+            in_order(callers.iter().flat_map(|(head, _)| get_keys(head)), values)
+        }
+        (_, Some(head)) => in_order(get_keys(head), values),
+        (_, None) => values.is_empty(),
+    }
+}
+
+/// Whether each value names one of `keys`, each after the one before.
+fn in_order<'a>(mut keys: impl Iterator<Item = &'a [u8]>, values: &[Value]) -> bool {
+    values
+        .iter()
+        .all(|value| keys.any(|key| key == value.key()))
 }
 
 /// A reply, shortly, for a log line.
@@ -511,12 +568,15 @@ fn verify(reply: Reply, opaque: Option<&Opaque>) -> Result<Reply, String> {
     owned_reply(stripped.freeze(), Expect::Line, &mut Partial::default())
 }
 
+/// Writes a job into the batch. Its reply is awaited on its own (`Some`: whether the reply can
+/// be checked by itself, [`asked_for`] and [`verify`]) or as part of the open get it joined
+/// (`None`).
 fn enqueue(
     job: Job,
     wbuf: &mut BytesMut,
     pending: &Mutex<VecDeque<InFlight>>,
     open: &mut Option<OpenGet>,
-) {
+) -> Option<bool> {
     let verb = get_verb(&job.call);
     if let (Some(verb), Some(get)) = (verb, open.as_ref()) {
         let keys = &job.call.head[verb.len()..job.call.head.len() - 2];
@@ -547,7 +607,7 @@ fn enqueue(
                 Waiter::Sync => unreachable!("an open get is the last request queued"),
             };
             last.waiter = Waiter::Merged(callers);
-            return;
+            return None;
         }
     }
     *open = verb.map(|verb| OpenGet {
@@ -563,16 +623,18 @@ fn enqueue(
     if job.call.expect == Expect::UntilNoop {
         wbuf.extend_from_slice(b"mn\r\n");
     }
+    let values = job.call.expect == Expect::Values;
+    let checked = values || job.call.opaque.is_some();
     pending.lock().push_back(InFlight {
         expect: job.call.expect,
-        keys: match job.call.expect {
-            Expect::Values => most_keys(&job.call.head),
-            _ => 0,
-        },
+        keys: if values { most_keys(&job.call.head) } else { 0 },
         waiter: Waiter::One(job.reply),
         deadline: job.deadline,
         opaque: job.call.opaque,
+        head: values.then_some(job.call.head),
+        held: false,
     });
+    Some(checked)
 }
 
 /// At most how many keys a get line names (one per space; add one for a bare list of keys), to
@@ -928,6 +990,57 @@ mod tests {
             panic!()
         };
         assert_eq!(&raw[..], b"EN\r\n");
+    }
+
+    #[test]
+    fn a_gets_values_must_name_its_keys_in_order() {
+        let (tx, _rx) = oneshot::channel();
+        let one = Waiter::One(tx);
+        let head = Bytes::from_static(b"get a b a\r\n");
+        let values =
+            |keys: &[&'static [u8]]| Reply::Values(keys.iter().map(|k| value(k)).collect());
+        let good: [&[&'static [u8]]; 5] =
+            [&[], &[b"a"], &[b"b"], &[b"a", b"b", b"a"], &[b"b", b"a"]];
+        for good in good {
+            assert!(asked_for(&values(good), &one, Some(&head)), "{good:?}");
+        }
+        let bad: [&[&'static [u8]]; 3] = [&[b"c"], &[b"b", b"b"], &[b"a", b"a", b"a"]];
+        for bad in bad {
+            assert!(!asked_for(&values(bad), &one, Some(&head)), "{bad:?}");
+        }
+        let (t1, _r1) = oneshot::channel();
+        let (t2, _r2) = oneshot::channel();
+        let merged = Waiter::Merged(vec![
+            (Bytes::from_static(b"get a\r\n"), t1),
+            (Bytes::from_static(b"get b c\r\n"), t2),
+        ]);
+        assert!(asked_for(&values(&[b"a", b"c"]), &merged, None));
+        assert!(!asked_for(&values(&[b"c", b"a"]), &merged, None));
+    }
+
+    #[test]
+    fn only_replies_that_cannot_check_themselves_need_a_sync_point() {
+        let pending = Mutex::new(VecDeque::new());
+        let (mut wbuf, mut open) = (BytesMut::new(), None);
+        let (get, _r1) = get_job(b"get a\r\n");
+        let (merged, _r2) = get_job(b"get b\r\n");
+        let (reply, _r3) = oneshot::channel();
+        let meta = Job {
+            call: crate::forward::meta(Bytes::from_static(b"mg a v q\r\n"), true),
+            reply,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let (reply, _r4) = oneshot::channel();
+        let set = Job {
+            call: Call::line(Bytes::from_static(b"delete a\r\n"), Expect::Line),
+            reply,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let mut enqueue = |job| enqueue(job, &mut wbuf, &pending, &mut open);
+        assert_eq!(enqueue(get), Some(true));
+        assert_eq!(enqueue(merged), None);
+        assert_eq!(enqueue(meta), Some(true));
+        assert_eq!(enqueue(set), Some(false));
     }
 
     #[test]
