@@ -33,11 +33,8 @@ pub enum ProxyError {
     /// Every replica of a key failed or is down.
     #[error("no replica answered ({})", Reasons(.reasons))]
     Unavailable { reasons: Vec<BackendError> },
-    #[error("client {peer}: {source}")]
-    Client {
-        peer: String,
-        source: std::io::Error,
-    },
+    #[error("client {peer}: {error}")]
+    Client { peer: String, error: std::io::Error },
 }
 
 impl From<ConfigError> for ProxyError {

@@ -471,8 +471,8 @@ impl Accepting {
                     Ok(stream) => client::serve(ctx.clone(), stream, stop).await,
                     Err(error) => Err(error),
                 };
-                if let Err(source) = served {
-                    let error = ProxyError::Client { peer, source };
+                if let Err(error) = served {
+                    let error = ProxyError::Client { peer, error };
                     tracing::debug!(%error, "client connection ended");
                 }
                 ctx.stats
