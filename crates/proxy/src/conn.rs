@@ -441,24 +441,30 @@ async fn read_replies(
                         describe(&reply)
                     ))
                 }
-                _ if is_sync => {
-                    return out_of_step("the batch ended before this request's reply".into())
-                }
                 waiter => {
-                    let reply = match verify(reply, job.opaque.as_ref()) {
-                        Ok(reply) => reply,
-                        Err(detail) => return out_of_step(detail),
-                    };
-                    if !asked_for(&reply, &waiter, job.head.as_ref()) {
-                        return out_of_step(format!(
-                            "{} to a get that did not ask for them",
-                            describe(&reply)
-                        ));
-                    }
-                    if job.held {
-                        ready.push((waiter, reply));
+                    let checked = if is_sync {
+                        Err("the batch ended before this request's reply".to_string())
                     } else {
-                        waiter.deliver(Ok(reply));
+                        verify(reply, job.opaque.as_ref()).and_then(|reply| {
+                            if asked_for(&reply, &waiter, job.head.as_ref()) {
+                                Ok(reply)
+                            } else {
+                                Err(format!(
+                                    "{} to a get that did not ask for them",
+                                    describe(&reply)
+                                ))
+                            }
+                        })
+                    };
+                    match checked {
+                        Ok(reply) if job.held => ready.push((waiter, reply)),
+                        Ok(reply) => waiter.deliver(Ok(reply)),
+                        // The request taken off the queue fails with the others.
+                        Err(detail) => {
+                            let error = out_of_step(detail);
+                            waiter.deliver(Err(error.clone()));
+                            return error;
+                        }
                     }
                 }
             }
