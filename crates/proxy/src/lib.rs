@@ -24,7 +24,8 @@
 //! the other proxies what it missed; admin.rs takes the operator's orders (docs/resync.md).
 //! config.rs holds magent's command line and the TOML file, stats.rs the `stats` answers,
 //! error.rs the error types. [`run`] binds the listeners, serves until its shutdown future
-//! completes, then drains the client connections.
+//! completes, then drains the client connections; [`Bound::serve_reloading`] also takes
+//! reloaded configurations (SIGHUP) and applies what may change while running.
 
 mod admin;
 mod backend;
