@@ -127,7 +127,15 @@ fn write_settings(ctx: &Context, out: &mut Vec<u8>) {
     let config = ctx.live();
     let backend = &config.backend;
     reply::stat(out, "maxconns", config.max_connections);
-    reply::stat(out, "tcpport", config.listen.join(","));
+    // memcached's tcpport is a number: the first listener's port; `listen` has them all.
+    let port = config
+        .listen
+        .first()
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or(0);
+    reply::stat(out, "tcpport", port);
+    reply::stat(out, "listen", config.listen.join(","));
     reply::stat(out, "udpport", 0);
     reply::stat(
         out,

@@ -182,6 +182,11 @@ async fn every_stats_sub_command_is_answered() {
     for line in [
         "STAT item_size_max 2097152\r\n",
         "STAT maxconns ",
+        &format!(
+            "STAT tcpport {}\r\n",
+            proxy.addr.rsplit(':').next().unwrap()
+        ),
+        &format!("STAT listen {}\r\n", proxy.addr),
         "STAT request_timeout_ms ",
         "STAT client_reply_budget 16777216\r\n",
         &format!("STAT pool_pool0 {}\r\n", a.addr()),
