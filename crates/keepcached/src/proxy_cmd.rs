@@ -1,12 +1,13 @@
 //! `keepcached proxy`: magent's command line (or a TOML file) for the replicating proxy.
 //!
 //! The proxy crate owns the flags that describe the proxy; this module does the process side
-//! magent did: open-file limit, binding before daemonizing, `-D`, `-u`/`-g`, `-v`; and adds
-//! `-P` (pid file) and `--log-file`.
+//! magent did: open-file limit, binding before daemonizing, `-D`, `-u`/`-g`, `-v`; adds `-P`
+//! (pid file) and `--log-file`; and SIGHUP, which reads `--config FILE` again (with the same
+//! flags over it) and hands the result to the running proxy (docs/proxy.md).
 
 use anyhow::Context;
 use clap::Parser;
-use keepcached_proxy::ProxyArgs;
+use keepcached_proxy::{ConfigError, ProxyArgs, ProxyConfig};
 
 use crate::{process, UsageError};
 
@@ -37,6 +38,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     let (print_config, foreground, verbose) = (args.print_config, args.foreground, args.verbose);
     let (user, group) = (args.user.clone(), args.group.clone());
+    let reload_args = args.clone();
     let config = args.into_config().map_err(|e| UsageError(e.to_string()))?;
     if print_config {
         print!("{}", config.to_toml());
@@ -69,15 +71,46 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
-        // Written once SIGTERM is handled, so that a SIGTERM sent as soon as it appears
-        // removes it.
+        let reloads = reload_on_hangup(reload_args)?;
+        // Written once SIGTERM and SIGHUP are handled, so that a signal sent as soon as it
+        // appears meets the handler, not the default action.
         let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
         process::report_ready("proxy")?;
         bound
-            .serve(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
+            .serve_reloading(
+                async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                },
+                reloads,
+            )
             .await
             .context("proxy")
     })
+}
+
+/// On each SIGHUP: the configuration read again, as at startup (the file, then the flags over
+/// it), for the proxy to apply. Without `--config` there is nothing to read again; the signal is
+/// logged and the proxy goes on.
+fn reload_on_hangup(
+    args: ProxyArgs,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<Result<ProxyConfig, ConfigError>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(path) = &args.config else {
+                tracing::warn!(
+                    "SIGHUP: no configuration file to read again (started without --config); \
+                     nothing changed"
+                );
+                continue;
+            };
+            tracing::info!(file = %path.display(), "SIGHUP: reading the configuration again");
+            if tx.send(args.clone().into_config()).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }

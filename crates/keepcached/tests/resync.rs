@@ -70,6 +70,7 @@ fn config(main: &Server, backup: &Server) -> ProxyConfig {
         resync: ResyncConfig::default(),
         drain_timeout_ms: 2_000,
         item_size_max: 1024 * 1024,
+        client_reply_budget: 16 * 1024 * 1024,
         freebind: false,
         threads: 2,
     }

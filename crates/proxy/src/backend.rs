@@ -38,6 +38,11 @@ pub enum BackendError {
     Closed { addr: Arc<str> },
     #[error("backend {addr}: unexpected reply {detail:?}")]
     Protocol { addr: Arc<str>, detail: String },
+    /// A reply that does not belong to the request it would answer (an unsolicited or extra
+    /// reply, a missing one, another request's opaque): the connection is closed and nothing
+    /// read on it since the last verified point is passed on.
+    #[error("backend {addr}: reply out of step with the requests ({detail}); connection closed")]
+    OutOfStep { addr: Arc<str>, detail: String },
 }
 
 impl BackendError {
@@ -45,7 +50,10 @@ impl BackendError {
     /// itself) or later on this server (all but a protocol error, which means a bug or a foreign
     /// server on that port).
     pub fn retryable(&self) -> bool {
-        !matches!(self, BackendError::Protocol { .. })
+        !matches!(
+            self,
+            BackendError::Protocol { .. } | BackendError::OutOfStep { .. }
+        )
     }
 }
 
@@ -68,6 +76,16 @@ pub struct Call {
     pub head: Bytes,
     pub data: Option<Bytes>,
     pub expect: Expect,
+    /// The opaque token of a meta request, which its reply must carry (conn.rs checks it).
+    pub opaque: Option<Opaque>,
+}
+
+/// A meta request's opaque token (the `O` flag's value), checked against its reply's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opaque {
+    pub token: Bytes,
+    /// The proxy added it (the client sent none): it is taken out of the reply again.
+    pub added: bool,
 }
 
 /// One item of a get reply, as the server sent it (`VALUE <key> <flags> <bytes>[ <cas>]`, its
@@ -136,6 +154,8 @@ pub struct Counters {
     pub downs: AtomicU64,
     /// Times the server was found to be another process than before (it restarted).
     pub restarts: AtomicU64,
+    /// Connections closed because a reply was malformed or did not match its request.
+    pub bad_replies: AtomicU64,
 }
 
 /// One cache server.
@@ -290,6 +310,7 @@ impl Call {
             head: head.into(),
             data: None,
             expect,
+            opaque: None,
         }
     }
 }

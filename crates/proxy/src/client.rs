@@ -12,6 +12,18 @@
 //! gets waits for one round trip to the backends, not one per get. Any other request waits for
 //! the reads before it and runs alone, so a read never overtakes a write the client sent first.
 //!
+//! A client's pending replies are bounded. They are written out once [`HIGH_WATER`] bytes wait,
+//! and the client's next request runs only when the client has taken them (the write
+//! completes): a client that pipelines and never reads stops its own requests, not the proxy.
+//! Reads run at most [`Context::read_window`] keys at a time (the reply budget over the largest
+//! item), so what a client can make the proxy hold is one window of values plus the
+//! high-water mark, however many keys it names (docs/limits.md).
+//!
+//! The backend connections are shared and pipelined: one client's replies arrive on them among
+//! other clients' replies. Stopping their reads for a slow client would stall every client of
+//! that server, so the bound is cut here instead: a client waiting for its own writes asks the
+//! backends for nothing more, and what it has in flight is bounded by the window.
+//!
 //! At shutdown a connection finishes the requests it has read, sends their replies and closes.
 
 use std::sync::Arc;
@@ -32,15 +44,38 @@ use crate::forward;
 use crate::meta;
 use crate::read;
 use crate::replicate::{self, Conditional};
-use crate::reply::{answer, Next};
-use crate::stats::{Stats, VERSION};
+use crate::reply::{answer, Next, Output};
+use crate::stats::{self, Stats, VERSION};
 use crate::Context;
 
 const READ_CHUNK: usize = 16 * 1024;
-/// Replies are flushed mid-pipeline once this much is waiting.
-const FLUSH_AT: usize = 256 * 1024;
-/// Pipelined reads run together, at most this many at a time.
-const MAX_READS: usize = 64;
+/// Replies are written mid-pipeline once this much is waiting, and the client's next request
+/// waits until the client has taken them.
+const HIGH_WATER: usize = 256 * 1024;
+/// Pipelined reads run together, at most this many keys at a time (fewer when the reply budget
+/// says so, [`Context::read_window`]).
+pub const MAX_READS: usize = 64;
+
+/// A client connection's output: its reply buffer, written to the client at the high-water
+/// mark.
+struct ClientOut<'a, S> {
+    stream: &'a mut S,
+    buf: &'a mut Vec<u8>,
+}
+
+impl<S: Socket + Send> Output for ClientOut<'_, S> {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+
+    async fn relieve(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= HIGH_WATER {
+            self.stream.write_all(self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
 
 /// Serves one client until it quits, the connection fails, or the proxy shuts down.
 pub async fn serve<S>(
@@ -49,7 +84,7 @@ pub async fn serve<S>(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
-    S: Socket,
+    S: Socket + Send,
 {
     // Both buffers are held only while there is work: an idle client costs no buffer memory.
     let mut rbuf = BytesMut::new();
@@ -122,7 +157,7 @@ struct Ran {
 }
 
 /// Parses and executes every complete request in `chunk`, in order, appending their replies.
-async fn run_chunk<S: Socket>(
+async fn run_chunk<S: Socket + Send>(
     ctx: &Arc<Context>,
     chunk: &Bytes,
     swallow: &mut usize,
@@ -134,6 +169,8 @@ async fn run_chunk<S: Socket>(
         need: 0,
         close: false,
     };
+    let mut out = ClientOut { stream, buf: out };
+    let window = ctx.read_window();
     let mut reads = Reads::default();
     loop {
         if *swallow > 0 {
@@ -154,14 +191,23 @@ async fn run_chunk<S: Socket>(
         let frame = chunk.slice(ran.used..ran.used + command.consumed());
         ran.used += frame.len();
         if is_read(&command) {
-            reads.hold(frame, command);
-            if reads.len() >= MAX_READS {
-                reads.run(ctx, out).await;
+            // The reads held together stay within the window; one read that names more keys
+            // than it runs alone, in windows of its own (read::get).
+            let keys = read_keys(&command);
+            if reads.keys > 0 && reads.keys + keys > window {
+                reads.run(ctx, &mut out).await?;
+                out.relieve().await?;
+            }
+            reads.hold(frame, command, keys);
+            if reads.keys >= window {
+                reads.run(ctx, &mut out).await?;
+                out.relieve().await?;
             }
             continue;
         }
-        reads.run(ctx, out).await;
-        match dispatch(ctx, &frame, command, out).await {
+        reads.run(ctx, &mut out).await?;
+        out.relieve().await?;
+        match dispatch(ctx, &frame, command, &mut out).await? {
             Next::Continue => {}
             Next::Close => {
                 ran.close = true;
@@ -169,13 +215,21 @@ async fn run_chunk<S: Socket>(
             }
             Next::Swallow(n) => *swallow = n,
         }
-        if out.len() >= FLUSH_AT {
-            stream.write_all(out).await?;
-            out.clear();
-        }
+        out.relieve().await?;
     }
-    reads.run(ctx, out).await;
+    reads.run(ctx, &mut out).await?;
     Ok(ran)
+}
+
+/// How many keys a read names (a get line's keys; one for anything else).
+fn read_keys(command: &Command<'_>) -> usize {
+    match command {
+        Command::Text(Parsed {
+            outcome: Ok(Request::Get { keys, .. }),
+            ..
+        }) => keys.iter().count(),
+        _ => 1,
+    }
 }
 
 /// Whether a request only reads, so that it may run alongside its neighbours: get and gets
@@ -199,6 +253,8 @@ fn is_read(command: &Command<'_>) -> bool {
 struct Reads<'c> {
     first: Option<(Bytes, Command<'c>)>,
     more: Vec<Read<'c>>,
+    /// How many keys they name at most.
+    keys: usize,
 }
 
 /// A held read once others join it: a get's keys, or any other read's bytes (parsed again when
@@ -232,27 +288,25 @@ enum Segment<'c> {
 }
 
 impl<'c> Reads<'c> {
-    fn hold(&mut self, frame: Bytes, command: Command<'c>) {
+    fn hold(&mut self, frame: Bytes, command: Command<'c>, keys: usize) {
+        self.keys += keys;
         match self.first {
             None => self.first = Some((frame, command)),
             Some(_) => self.more.push(Read::new(frame, command)),
         }
     }
 
-    fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
-    }
-
     /// Runs the reads held back, all at once, and appends their replies in request order.
     /// Consecutive text gets with the same verb are one batch ([`read::get`]): one multi-get
     /// per server for all their keys, instead of a call per get.
-    async fn run(&mut self, ctx: &Arc<Context>, out: &mut Vec<u8>) {
+    async fn run<O: Output>(&mut self, ctx: &Arc<Context>, out: &mut O) -> std::io::Result<()> {
+        self.keys = 0;
         let Some((frame, command)) = self.first.take() else {
-            return;
+            return Ok(());
         };
         if self.more.is_empty() {
-            dispatch(ctx, &frame, command, out).await;
-            return;
+            dispatch(ctx, &frame, command, out).await?;
+            return Ok(());
         }
         let mut segments: Vec<Segment<'c>> = Vec::new();
         for read in std::iter::once(Read::new(frame, command)).chain(self.more.drain(..)) {
@@ -265,8 +319,7 @@ impl<'c> Reads<'c> {
             }
         }
         if let [Segment::Gets(verb, batch)] = &segments[..] {
-            read::get(ctx, *verb, None, batch, out).await;
-            return;
+            return read::get(ctx, *verb, None, batch, out).await;
         }
         let mut replies: FuturesOrdered<_> = segments
             .into_iter()
@@ -274,13 +327,13 @@ impl<'c> Reads<'c> {
                 let mut reply = Vec::new();
                 match segment {
                     Segment::Gets(verb, batch) => {
-                        read::get(ctx, verb, None, &batch, &mut reply).await;
+                        let _ = read::get(ctx, verb, None, &batch, &mut reply).await;
                     }
                     // Boxed: the future of every other command would make each segment's
                     // future, allocated and moved once per segment, much larger.
                     Segment::Other(frame) => {
                         if let Ok(command) = parse_command(&frame, &ctx.limits) {
-                            Box::pin(dispatch(ctx, &frame, command, &mut reply)).await;
+                            let _ = Box::pin(dispatch(ctx, &frame, command, &mut reply)).await;
                         }
                     }
                 }
@@ -288,32 +341,44 @@ impl<'c> Reads<'c> {
             })
             .collect();
         while let Some(reply) = replies.next().await {
-            out.extend_from_slice(&reply);
+            out.buf().extend_from_slice(&reply);
         }
+        Ok(())
     }
 }
 
-/// Executes one parsed request (`frame` holds all its bytes) and appends its reply.
-async fn dispatch(
+/// Executes one parsed request (`frame` holds all its bytes) and appends its reply; an error
+/// means the client is gone.
+async fn dispatch<O: Output>(
     ctx: &Arc<Context>,
     frame: &Bytes,
     command: Command<'_>,
-    out: &mut Vec<u8>,
-) -> Next {
+    out: &mut O,
+) -> std::io::Result<Next> {
     match command {
         Command::Text(parsed) => execute(ctx, frame, parsed.outcome, out).await,
-        Command::Meta(parsed) => meta::execute(ctx, frame, parsed.outcome, out).await,
+        Command::Meta(parsed) => Ok(meta::execute(ctx, frame, parsed.outcome, out.buf()).await),
     }
 }
 
 /// Executes one parsed request and appends its reply.
-async fn execute(
+async fn execute<O: Output>(
     ctx: &Arc<Context>,
     frame: &Bytes,
     outcome: Result<Request<'_>, Invalid<'_>>,
-    out: &mut Vec<u8>,
-) -> Next {
+    sink: &mut O,
+) -> std::io::Result<Next> {
     let counters = ctx.stats.counters();
+    if let Ok(Request::Get {
+        verb,
+        exptime,
+        keys,
+    }) = outcome
+    {
+        read::get(ctx, verb, exptime, &[keys], sink).await?;
+        return Ok(Next::Continue);
+    }
+    let out = sink.buf();
     let request = match outcome {
         Ok(request) => request,
         Err(Invalid::Reply {
@@ -321,13 +386,13 @@ async fn execute(
             ..
         }) if admin::is_admin(frame) => {
             admin::execute(ctx, frame, out);
-            return Next::Continue;
+            return Ok(Next::Continue);
         }
         Err(Invalid::Reply { error, noreply }) => {
             if !noreply {
                 reply::line(out, error.as_str().as_bytes());
             }
-            return Next::Continue;
+            return Ok(Next::Continue);
         }
         Err(Invalid::TooLarge {
             kind,
@@ -342,16 +407,13 @@ async fn execute(
             if !noreply {
                 out.extend_from_slice(reply::TOO_LARGE);
             }
-            return Next::Swallow(swallow);
+            return Ok(Next::Swallow(swallow));
         }
-        Err(Invalid::Close) => return Next::Close,
+        Err(Invalid::Close) => return Ok(Next::Close),
     };
     match request {
-        Request::Get {
-            verb,
-            exptime,
-            keys,
-        } => read::get(ctx, verb, exptime, &[keys], out).await,
+        // Answered above, in windows written as they come.
+        Request::Get { .. } => {}
         Request::Store {
             kind,
             key,
@@ -434,24 +496,10 @@ async fn execute(
                 out.extend_from_slice(reply::OK);
             }
         }
-        Request::Quit => return Next::Close,
+        Request::Quit => return Ok(Next::Close),
         // As memcached without -A: a client must not stop the shared proxy.
         Request::Shutdown { .. } => reply::line(out, b"ERROR: shutdown not enabled"),
-        Request::Stats { args } => {
-            let mut args = args.iter();
-            match (args.next(), args.next()) {
-                (None, _) => {
-                    ctx.stats
-                        .write_general(out, &ctx.router, ctx.serving(), ctx.others_serving())
-                }
-                (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
-                (Some(b"reset"), None) => {
-                    ctx.stats.reset();
-                    out.extend_from_slice(reply::RESET);
-                }
-                _ => reply::line(out, ErrorReply::Error.as_str().as_bytes()),
-            }
-        }
+        Request::Stats { args } => stats::answer(ctx, args.iter(), out),
         // The crawler walks one server's memory; through the proxy it would mix several.
         Request::LruCrawler { .. } => reply::line(
             out,
@@ -459,5 +507,5 @@ async fn execute(
         ),
         Request::MetaNoop => out.extend_from_slice(reply::MN),
     }
-    Next::Continue
+    Ok(Next::Continue)
 }

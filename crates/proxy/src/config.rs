@@ -35,10 +35,12 @@ const ITEM_SIZE_MAX: usize = 1024 * 1024 * 1024;
 /// A configuration that cannot be used: which file or flag, which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// (The OS error is part of the message, not a source: printed as a chain it would show
+    /// twice.)
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -110,6 +112,12 @@ pub struct ProxyConfig {
     /// its data is read and dropped without reaching a server.
     #[serde(default = "default_item_size_max")]
     pub item_size_max: usize,
+    /// Reply bytes one client connection may make the proxy hold: its reads run at most
+    /// `client_reply_budget / item_size_max` keys at a time (at least one), and its replies are
+    /// written out before its next requests run, so a client that does not read holds at most
+    /// about this much (or one item, if larger) however much it asks for (docs/limits.md).
+    #[serde(default = "default_client_reply_budget")]
+    pub client_reply_budget: usize,
     /// Worker threads serving client connections, each with its own backend connections;
     /// 0: one per CPU.
     #[serde(default)]
@@ -238,6 +246,10 @@ fn default_max_connections() -> usize {
 
 fn default_drain_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_client_reply_budget() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_item_size_max() -> usize {
@@ -374,9 +386,9 @@ impl ProxyConfig {
 
     /// Reads and parses a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         ProxyConfig::from_toml(&text, path)
     }
@@ -448,6 +460,7 @@ impl ProxyConfig {
                 self.backend.health_interval_ms,
             ),
             ("resync.concurrency", self.resync.concurrency as u64),
+            ("client_reply_budget", self.client_reply_budget as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -501,6 +514,123 @@ impl ProxyConfig {
     }
 }
 
+/// `-l`'s comma-separated list, as memcached takes it (`-l VIP,127.0.0.1`): each entry a host
+/// (IPv6 bare or in brackets) on `-p`'s port, or `host:port` / `[v6]:port` with a port of its
+/// own.
+fn listen_list(hosts: &str, port: u16) -> Result<Vec<String>, ConfigError> {
+    hosts
+        .split(',')
+        .map(str::trim)
+        .map(|host| match host.matches(':').count() {
+            _ if host.is_empty() => Err(ConfigError::invalid(
+                "-l",
+                format!("{hosts:?}: an empty address in the list"),
+            )),
+            _ if host.starts_with('[') && host.contains("]:") => Ok(host.to_string()),
+            _ if host.starts_with('[') => Ok(format!("{host}:{port}")),
+            0 => Ok(format!("{host}:{port}")),
+            1 => Ok(host.to_string()),
+            _ => Ok(format!("[{host}]:{port}")),
+        })
+        .collect()
+}
+
+/// One setting a reloaded configuration changes, by its TOML name (`backend.request_timeout_ms`;
+/// lists such as `pools` and `listen` as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The settings `new` changes from `old`.
+pub fn changes(old: &ProxyConfig, new: &ProxyConfig) -> Vec<Change> {
+    let flat = |config: &ProxyConfig| {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(value) = toml::Value::try_from(config) {
+            flatten("", &value, &mut out);
+        }
+        out
+    };
+    let (old, new) = (flat(old), flat(new));
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let unset = || "(unset)".to_string();
+    keys.into_iter()
+        .filter(|key| old.get(*key) != new.get(*key))
+        .map(|key| Change {
+            key: key.clone(),
+            from: old.get(key).cloned().unwrap_or_else(unset),
+            to: new.get(key).cloned().unwrap_or_else(unset),
+        })
+        .collect()
+}
+
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+impl Change {
+    /// Copies this change from `new` into `running` when it may change while the proxy runs:
+    /// timeouts, failure and probe settings, replication policies, warm-up and ledger
+    /// settings, the reply budget and the drain timeout. Servers, pools, listeners, threads,
+    /// connection counts and sizes fixed at startup need a restart (`false`).
+    pub fn apply(&self, new: &ProxyConfig, running: &mut ProxyConfig) -> bool {
+        let (b, r, s) = (&new.backend, &new.replication, &new.resync);
+        match self.key.as_str() {
+            "backend.connect_timeout_ms" => {
+                running.backend.connect_timeout_ms = b.connect_timeout_ms;
+            }
+            "backend.request_timeout_ms" => {
+                running.backend.request_timeout_ms = b.request_timeout_ms;
+            }
+            "backend.failure_limit" => running.backend.failure_limit = b.failure_limit,
+            "backend.probe_interval_ms" => running.backend.probe_interval_ms = b.probe_interval_ms,
+            "backend.probe_max_interval_ms" => {
+                running.backend.probe_max_interval_ms = b.probe_max_interval_ms;
+            }
+            "backend.health_interval_ms" => {
+                running.backend.health_interval_ms = b.health_interval_ms;
+            }
+            "replication.write_ack" => running.replication.write_ack = r.write_ack,
+            "replication.multiget_unavailable" => {
+                running.replication.multiget_unavailable = r.multiget_unavailable;
+            }
+            "resync.warmup_items_per_sec" => {
+                running.resync.warmup_items_per_sec = s.warmup_items_per_sec;
+            }
+            "resync.warmup_bytes_per_sec" => {
+                running.resync.warmup_bytes_per_sec = s.warmup_bytes_per_sec;
+            }
+            "resync.concurrency" => running.resync.concurrency = s.concurrency,
+            "resync.warmup" => running.resync.warmup = s.warmup,
+            "resync.ledger" => running.resync.ledger = s.ledger,
+            "client_reply_budget" => running.client_reply_budget = new.client_reply_budget,
+            "drain_timeout_ms" => running.drain_timeout_ms = new.drain_timeout_ms,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// magent's command line, for `keepcached proxy`.
 ///
 /// `-u`, `-g`, `-D` and `-v` are for the binary (drop privileges, stay in the foreground or
@@ -519,8 +649,9 @@ pub struct ProxyArgs {
     /// A backup server, host[:port] (repeatable): every write is replicated to it.
     #[arg(short = 'b', value_name = "HOST:PORT")]
     pub backups: Vec<String>,
-    /// Local address to listen on [default: 0.0.0.0].
-    #[arg(short = 'l', value_name = "IP")]
+    /// Local addresses to listen on, comma-separated (`-l VIP,127.0.0.1`); an entry may carry
+    /// its own port (`host:port`, `[v6]:port`) [default: 0.0.0.0].
+    #[arg(short = 'l', value_name = "IP[,IP...]")]
     pub listen: Option<String>,
     /// TCP port to listen on, 0 to disable TCP [default: 11211].
     #[arg(short = 'p', value_name = "PORT")]
@@ -540,6 +671,10 @@ pub struct ProxyArgs {
     /// Largest item, as the servers' -I: bytes, or with a k or m suffix [default: 1m].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub item_size_max: Option<usize>,
+    /// Reply bytes one client may make the proxy hold: bytes, or with a k or m suffix
+    /// [default: 16m].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub client_reply_budget: Option<usize>,
     /// Worker threads, each with its own backend connections [default: one per CPU].
     #[arg(short = 't', long = "threads", value_name = "NUMBER")]
     pub threads: Option<usize>,
@@ -575,6 +710,7 @@ impl ProxyArgs {
                 resync: ResyncConfig::default(),
                 drain_timeout_ms: default_drain_timeout_ms(),
                 item_size_max: default_item_size_max(),
+                client_reply_budget: default_client_reply_budget(),
                 freebind: false,
                 threads: 0,
             },
@@ -598,14 +734,12 @@ impl ProxyArgs {
             }
         }
         if self.listen.is_some() || self.port.is_some() || self.config.is_none() {
-            let host = self.listen.unwrap_or_else(|| "0.0.0.0".into());
+            let hosts = self.listen.unwrap_or_else(|| "0.0.0.0".into());
             let port = self.port.unwrap_or(DEFAULT_PORT);
             config.listen = if port == 0 {
                 Vec::new()
-            } else if host.contains(':') && !host.starts_with('[') {
-                vec![format!("[{host}]:{port}")]
             } else {
-                vec![format!("{host}:{port}")]
+                listen_list(&hosts, port)?
             };
         }
         if let Some(path) = self.unix_socket {
@@ -622,6 +756,9 @@ impl ProxyArgs {
         }
         if let Some(n) = self.item_size_max {
             config.item_size_max = n;
+        }
+        if let Some(n) = self.client_reply_budget {
+            config.client_reply_budget = n;
         }
         if let Some(n) = self.threads {
             config.threads = n;
@@ -678,6 +815,55 @@ mod tests {
         assert_eq!(config.listen, vec!["0.0.0.0:11211"]);
         let pools = config.validate().unwrap();
         assert_eq!(pools[0].servers[0].port, 11211);
+    }
+
+    #[test]
+    fn a_reload_applies_timeouts_and_keeps_what_needs_a_restart() {
+        let old = parse_args(&["-s", "a:1", "-l", "127.0.0.1"]).unwrap();
+        let mut new = old.clone();
+        new.backend.request_timeout_ms = 900;
+        new.replication.multiget_unavailable = Unavailable::ServerError;
+        new.pools[0].servers.push("b:2".into());
+        new.threads = 3;
+        let changes = changes(&old, &new);
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "backend.request_timeout_ms",
+                "pools",
+                "replication.multiget_unavailable",
+                "threads"
+            ]
+        );
+        assert_eq!((&changes[0].from[..], &changes[0].to[..]), ("500", "900"));
+        let mut running = old.clone();
+        let applied: Vec<bool> = changes
+            .iter()
+            .map(|c| c.apply(&new, &mut running))
+            .collect();
+        assert_eq!(applied, vec![true, false, true, false]);
+        assert_eq!(running.backend.request_timeout_ms, 900);
+        assert_eq!(
+            running.replication.multiget_unavailable,
+            Unavailable::ServerError
+        );
+        assert_eq!(running.pools, old.pools);
+        assert_eq!(running.threads, old.threads);
+        assert!(super::changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn listen_takes_a_list_like_memcached() {
+        let config = parse_args(&["-s", "h", "-l", "10.0.0.9,127.0.0.1", "-p", "12000"]).unwrap();
+        assert_eq!(config.listen, vec!["10.0.0.9:12000", "127.0.0.1:12000"]);
+        let config = parse_args(&["-s", "h", "-l", "::1, [fe80::1],127.0.0.1:9,[::2]:8"]).unwrap();
+        assert_eq!(
+            config.listen,
+            vec!["[::1]:11211", "[fe80::1]:11211", "127.0.0.1:9", "[::2]:8"]
+        );
+        let empty = parse_args(&["-s", "h", "-l", "10.0.0.9,"]).unwrap_err();
+        assert!(empty.to_string().contains("empty address"), "{empty}");
     }
 
     #[test]

@@ -9,6 +9,24 @@
 //! memcached writes a reply per get it is sent; per multi-get it writes once, which under many
 //! concurrent clients halves what the backend and the proxy spend per request.
 //!
+//! Every reply is verified before it is passed on, so that a server that sends a reply nobody
+//! asked for (or leaves one out) cannot make the proxy hand each caller its neighbour's reply
+//! from then on:
+//! - a get's values must name keys it asked for, in the order asked (the server answers hits in
+//!   that order);
+//! - a meta request's reply must carry the request's opaque token (forward.rs gives a quiet one
+//!   a token of the proxy's: a quiet request may have no reply, so only a token tells its reply
+//!   from a stray one);
+//! - text commands answered by one line (set, delete, incr, ...) and meta requests without a
+//!   token carry nothing to check, so a batch that holds any of them is followed by `mn`, a
+//!   sync point: the replies read before its `MN` must be exactly one per request, and they are
+//!   handed to their callers only once the `MN` is where it belongs.
+//!
+//! On any mismatch the connection is closed with every request on it failed. A batch of gets
+//! and tokened meta requests needs no sync point: its replies check themselves. (Tokens on
+//! every request would cost a rewrite of every request and reply; one `mn` per batch of writes
+//! costs four bytes and one short reply.)
+//!
 //! A connection whose oldest job is overdue is closed (its remaining jobs fail at once), because
 //! a server that answers nothing — a stopped process, a dead host — would otherwise hold every
 //! later job on that connection too. That stall is one failure of the server (see
@@ -25,9 +43,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::backend::{BackendError, Call, ErrorKind, Expect, Reply, Value};
-use crate::config::BackendConfig;
-use crate::health::Health;
+use crate::backend::{BackendError, Call, ErrorKind, Expect, Opaque, Reply, Value};
+use crate::health::{Health, Settings};
 
 /// A writer stops batching and writes once this much is buffered.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -42,7 +59,7 @@ const MERGED_LINE_MAX: usize = 8 * 1024;
 /// must not reach the server later, after the key was repaired. With an orderly close the kernel
 /// would go on resending it, and a server behind a cut link would apply it once the link is
 /// back.
-pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStream, BackendError> {
+pub async fn connect(addr: &Arc<str>, settings: &Settings) -> Result<TcpStream, BackendError> {
     let error = |reason: String| BackendError::Connect {
         addr: addr.clone(),
         reason,
@@ -59,7 +76,7 @@ pub async fn connect(addr: &Arc<str>, settings: &BackendConfig) -> Result<TcpStr
         Ok(Err(e)) => Err(error(e.to_string())),
         Err(_) => Err(error(format!(
             "no answer within {} ms",
-            settings.connect_timeout_ms
+            settings.connect_timeout_ms()
         ))),
     }
 }
@@ -84,6 +101,12 @@ struct InFlight {
     waiter: Waiter,
     /// The oldest deadline of its callers.
     deadline: Instant,
+    /// The opaque token its reply must carry (a meta request).
+    opaque: Option<Opaque>,
+    /// A get's request line, whose keys its values must name (a merged get's are its callers').
+    head: Option<Bytes>,
+    /// Its reply waits for the batch's sync point before it is handed over.
+    held: bool,
 }
 
 /// Who a reply is for: one caller, or every caller whose get went out in one merged multi-get.
@@ -93,6 +116,8 @@ enum Waiter {
     /// Each caller's own request line (to pick its values out of the shared reply), in the order
     /// their keys appear in the merged line.
     Merged(Vec<(Bytes, ReplyTx)>),
+    /// The `mn` that ends a batch: its `MN` releases the replies read before it.
+    Sync,
 }
 
 impl Waiter {
@@ -101,6 +126,7 @@ impl Waiter {
             Waiter::One(tx) => {
                 let _ = tx.send(result);
             }
+            Waiter::Sync => {}
             Waiter::Merged(callers) => match result {
                 Ok(Reply::Values(values)) => {
                     // The server answers hits in the order the keys were asked (a key asked
@@ -174,6 +200,21 @@ pub async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>)
         let pending = Mutex::new(VecDeque::new());
         let error = serve(addr, settings, stream, first, &mut jobs, &pending).await;
         let pending = pending.into_inner();
+        if let BackendError::Protocol { detail, .. } | BackendError::OutOfStep { detail, .. } =
+            &error
+        {
+            health
+                .counters
+                .local()
+                .bad_replies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                backend = %addr,
+                reason = %detail,
+                failed_requests = pending.len(),
+                "closing a backend connection: its reply does not match the request"
+            );
+        }
         if !pending.is_empty() || !matches!(error, BackendError::Closed { .. }) {
             // A stall or a broken connection under requests: one failure of the server,
             // however many requests it fails.
@@ -212,7 +253,7 @@ async fn reopen(
             Ok(connected) => connected,
             Err(_) => Err(BackendError::Timeout {
                 addr: addr.clone(),
-                ms: settings.request_timeout_ms,
+                ms: settings.request_timeout_ms(),
             }),
         };
         match connected {
@@ -231,7 +272,7 @@ async fn reopen(
 
 /// A connect no request asked for (at startup, or when a probe found the server up). Its
 /// failure fails no request: the next job connects again, and counts that.
-async fn connect_unasked(addr: &Arc<str>, settings: &BackendConfig) -> Option<TcpStream> {
+async fn connect_unasked(addr: &Arc<str>, settings: &Settings) -> Option<TcpStream> {
     match connect(addr, settings).await {
         Ok(stream) => Some(stream),
         Err(error) => {
@@ -244,7 +285,7 @@ async fn connect_unasked(addr: &Arc<str>, settings: &BackendConfig) -> Option<Tc
 /// Runs the writer and reader halves of one connection until either fails.
 async fn serve(
     addr: &Arc<str>,
-    settings: &BackendConfig,
+    settings: &Settings,
     stream: TcpStream,
     first: Option<Job>,
     jobs: &mut mpsc::Receiver<Job>,
@@ -255,7 +296,7 @@ async fn serve(
     let closed = || BackendError::Closed { addr: addr.clone() };
     let overdue = || BackendError::Timeout {
         addr: addr.clone(),
-        ms: settings.request_timeout_ms,
+        ms: settings.request_timeout_ms(),
     };
     let writer = async {
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -274,11 +315,15 @@ async fn serve(
             // without being sent, as its caller would have given up on it.
             let now = Instant::now();
             let mut batch = Some(job);
+            // Requests queued in this batch, and whether one has a reply that cannot be checked
+            // by itself.
+            let (mut queued, mut unchecked) = (0, false);
             while let Some(job) = batch.take() {
                 if job.deadline <= now {
                     let _ = job.reply.send(Err(overdue()));
-                } else {
-                    enqueue(job, &mut wbuf, pending, &mut open);
+                } else if let Some(checked) = enqueue(job, &mut wbuf, pending, &mut open) {
+                    queued += 1;
+                    unchecked |= !checked;
                 }
                 if wbuf.len() < WRITE_BATCH {
                     batch = jobs.try_recv().ok();
@@ -286,6 +331,22 @@ async fn serve(
             }
             if wbuf.is_empty() {
                 continue;
+            }
+            if unchecked {
+                wbuf.extend_from_slice(b"mn\r\n");
+                let mut pending = pending.lock();
+                for job in pending.iter_mut().rev().take(queued) {
+                    job.held = true;
+                }
+                pending.push_back(InFlight {
+                    expect: Expect::Line,
+                    keys: 0,
+                    waiter: Waiter::Sync,
+                    deadline: now + settings.request_timeout(),
+                    opaque: None,
+                    head: None,
+                    held: false,
+                });
             }
             sent.notify_one();
             if wr.write_all(&wbuf).await.is_err() {
@@ -296,63 +357,13 @@ async fn serve(
         }
     };
     let reader = async {
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut partial = Partial::default();
-        // One timer for the connection, moved only when it fires or a job is due before it (a
-        // timer armed per read cost more than the reads). It never runs later than the oldest
-        // job's deadline; when it fires early, it is set again for the oldest job then.
-        let timer = tokio::time::sleep(settings.request_timeout());
-        tokio::pin!(timer);
-        loop {
-            loop {
-                let front = pending.lock().front().map(|p| (p.expect, p.keys));
-                let Some((expect, keys)) = front else {
-                    if !rbuf.is_empty() {
-                        return BackendError::Protocol {
-                            addr: addr.clone(),
-                            detail: String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)]).into(),
-                        };
-                    }
-                    break;
-                };
-                match assemble(&mut rbuf, expect, keys, &mut partial) {
-                    Ok(Some(reply)) => {
-                        if let Some(job) = pending.lock().pop_front() {
-                            job.waiter.deliver(Ok(reply));
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(detail) => {
-                        return BackendError::Protocol {
-                            addr: addr.clone(),
-                            detail,
-                        }
-                    }
-                }
-            }
-            let deadline = pending.lock().front().map(|p| p.deadline);
-            if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
-                timer.as_mut().reset(d);
-            }
-            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                rbuf.reserve(READ_CHUNK);
-            }
-            tokio::select! {
-                read = rd.read_buf(&mut rbuf) => match read {
-                    Ok(0) | Err(_) => return closed(),
-                    Ok(_) => {}
-                },
-                _ = sent.notified() => {}
-                () = &mut timer => {
-                    let now = Instant::now();
-                    match pending.lock().front().map(|p| p.deadline) {
-                        Some(d) if d <= now => return overdue(),
-                        Some(d) => timer.as_mut().reset(d),
-                        None => timer.as_mut().reset(now + settings.request_timeout()),
-                    }
-                }
-            }
+        // Replies read since the last sync point, handed over at the next one.
+        let mut ready: Vec<(Waiter, Reply)> = Vec::new();
+        let error = read_replies(addr, settings, &mut rd, pending, &sent, &mut ready).await;
+        for (waiter, _) in ready {
+            waiter.deliver(Err(error.clone()));
         }
+        error
     };
     tokio::select! {
         error = writer => error,
@@ -360,12 +371,218 @@ async fn serve(
     }
 }
 
+/// The reader half of a connection: parses replies, verifies each against its request and
+/// hands them over at each sync point, until the connection fails (the returned error).
+async fn read_replies(
+    addr: &Arc<str>,
+    settings: &Settings,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    pending: &Mutex<VecDeque<InFlight>>,
+    sent: &Notify,
+    ready: &mut Vec<(Waiter, Reply)>,
+) -> BackendError {
+    let closed = || BackendError::Closed { addr: addr.clone() };
+    let overdue = || BackendError::Timeout {
+        addr: addr.clone(),
+        ms: settings.request_timeout_ms(),
+    };
+    let out_of_step = |detail: String| BackendError::OutOfStep {
+        addr: addr.clone(),
+        detail,
+    };
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut partial = Partial::default();
+    // One timer for the connection, moved only when it fires or a job is due before it (a
+    // timer armed per read cost more than the reads). It never runs later than the oldest
+    // job's deadline; when it fires early, it is set again for the oldest job then.
+    let timer = tokio::time::sleep(settings.request_timeout());
+    tokio::pin!(timer);
+    loop {
+        loop {
+            let front = pending.lock().front().map(|p| (p.expect, p.keys));
+            let Some((expect, keys)) = front else {
+                if !rbuf.is_empty() {
+                    return out_of_step(format!(
+                        "a reply nobody asked for: {:?}",
+                        String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)])
+                    ));
+                }
+                break;
+            };
+            let reply = match assemble(&mut rbuf, expect, keys, &mut partial) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => break,
+                Err(detail) => {
+                    return BackendError::Protocol {
+                        addr: addr.clone(),
+                        detail,
+                    }
+                }
+            };
+            let Some(job) = pending.lock().pop_front() else {
+                break;
+            };
+            let is_sync = matches!(
+                reply,
+                Reply::Meta {
+                    code: MetaCode::Noop,
+                    ..
+                }
+            );
+            match job.waiter {
+                Waiter::Sync if is_sync => {
+                    for (waiter, reply) in ready.drain(..) {
+                        waiter.deliver(Ok(reply));
+                    }
+                }
+                Waiter::Sync => {
+                    return out_of_step(format!(
+                        "{} where the batch ended: a reply nobody asked for",
+                        describe(&reply)
+                    ))
+                }
+                waiter => {
+                    let checked = if is_sync {
+                        Err("the batch ended before this request's reply".to_string())
+                    } else {
+                        verify(reply, job.opaque.as_ref()).and_then(|reply| {
+                            if asked_for(&reply, &waiter, job.head.as_ref()) {
+                                Ok(reply)
+                            } else {
+                                Err(format!(
+                                    "{} to a get that did not ask for them",
+                                    describe(&reply)
+                                ))
+                            }
+                        })
+                    };
+                    match checked {
+                        Ok(reply) if job.held => ready.push((waiter, reply)),
+                        Ok(reply) => waiter.deliver(Ok(reply)),
+                        // The request taken off the queue fails with the others.
+                        Err(detail) => {
+                            let error = out_of_step(detail);
+                            waiter.deliver(Err(error.clone()));
+                            return error;
+                        }
+                    }
+                }
+            }
+        }
+        let deadline = pending.lock().front().map(|p| p.deadline);
+        if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
+            timer.as_mut().reset(d);
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut rbuf) => match read {
+                Ok(0) | Err(_) => return closed(),
+                Ok(_) => {}
+            },
+            _ = sent.notified() => {}
+            () = &mut timer => {
+                let now = Instant::now();
+                match pending.lock().front().map(|p| p.deadline) {
+                    Some(d) if d <= now => return overdue(),
+                    Some(d) => timer.as_mut().reset(d),
+                    None => timer.as_mut().reset(now + settings.request_timeout()),
+                }
+            }
+        }
+    }
+}
+
+/// Whether a get's values name keys it asked for, in the order asked (`head`: its line; a
+/// merged get's lines are its callers').
+fn asked_for(reply: &Reply, waiter: &Waiter, head: Option<&Bytes>) -> bool {
+    let Reply::Values(values) = reply else {
+        return true;
+    };
+    match (waiter, head) {
+        (Waiter::Merged(callers), _) => {
+            in_order(callers.iter().flat_map(|(head, _)| get_keys(head)), values)
+        }
+        (_, Some(head)) => in_order(get_keys(head), values),
+        (_, None) => values.is_empty(),
+    }
+}
+
+/// Whether each value names one of `keys`, each after the one before.
+fn in_order<'a>(mut keys: impl Iterator<Item = &'a [u8]>, values: &[Value]) -> bool {
+    values
+        .iter()
+        .all(|value| keys.any(|key| key == value.key()))
+}
+
+/// A reply, shortly, for a log line.
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::Values(values) => format!(
+            "{} values ({})",
+            values.len(),
+            values
+                .first()
+                .map_or_else(String::new, |v| String::from_utf8_lossy(v.key())
+                    .into_owned())
+        ),
+        Reply::Meta { raw, .. } => {
+            let line = raw.split(|&b| b == b'\r').next().unwrap_or_default();
+            format!("{:?}", String::from_utf8_lossy(&line[..line.len().min(64)]))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that a meta reply carries its request's opaque token (error lines carry none, and a
+/// quiet request's left-out reply has nothing to check), and takes out a token the proxy added.
+fn verify(reply: Reply, opaque: Option<&Opaque>) -> Result<Reply, String> {
+    let (Some(opaque), Reply::Meta { flags, raw, .. }) = (opaque, &reply) else {
+        return Ok(reply);
+    };
+    let token = flags
+        .split(|&b| b == b' ')
+        .find_map(|t| t.strip_prefix(b"O"));
+    if token != Some(&opaque.token[..]) {
+        return Err(format!(
+            "{} to a request with opaque {:?}",
+            describe(&reply),
+            String::from_utf8_lossy(&opaque.token)
+        ));
+    }
+    if !opaque.added {
+        return Ok(reply);
+    }
+    // The line without ` O<token>`, then the data block as it came.
+    let line_end = raw
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(raw.len(), |i| i + 1);
+    let mut needle = b" O".to_vec();
+    needle.extend_from_slice(&opaque.token);
+    let line = &raw[..line_end];
+    let at = (0..line.len())
+        .find(|&at| {
+            line[at..].starts_with(&needle)
+                && matches!(line.get(at + needle.len()), Some(b' ' | b'\r' | b'\n'))
+        })
+        .ok_or_else(|| "opaque token not where expected".to_string())?;
+    let mut stripped = BytesMut::with_capacity(raw.len() - needle.len());
+    stripped.extend_from_slice(&raw[..at]);
+    stripped.extend_from_slice(&raw[at + needle.len()..]);
+    owned_reply(stripped.freeze(), Expect::Line, &mut Partial::default())
+}
+
+/// Writes a job into the batch. Its reply is awaited on its own (`Some`: whether the reply can
+/// be checked by itself, [`asked_for`] and [`verify`]) or as part of the open get it joined
+/// (`None`).
 fn enqueue(
     job: Job,
     wbuf: &mut BytesMut,
     pending: &Mutex<VecDeque<InFlight>>,
     open: &mut Option<OpenGet>,
-) {
+) -> Option<bool> {
     let verb = get_verb(&job.call);
     if let (Some(verb), Some(get)) = (verb, open.as_ref()) {
         let keys = &job.call.head[verb.len()..job.call.head.len() - 2];
@@ -391,9 +608,12 @@ fn enqueue(
                     callers.push(caller);
                     callers
                 }
+                // The sync point is queued just before the batch is written, and the open get
+                // is forgotten then.
+                Waiter::Sync => unreachable!("an open get is the last request queued"),
             };
             last.waiter = Waiter::Merged(callers);
-            return;
+            return None;
         }
     }
     *open = verb.map(|verb| OpenGet {
@@ -409,15 +629,18 @@ fn enqueue(
     if job.call.expect == Expect::UntilNoop {
         wbuf.extend_from_slice(b"mn\r\n");
     }
+    let values = job.call.expect == Expect::Values;
+    let checked = values || job.call.opaque.is_some();
     pending.lock().push_back(InFlight {
         expect: job.call.expect,
-        keys: match job.call.expect {
-            Expect::Values => most_keys(&job.call.head),
-            _ => 0,
-        },
+        keys: if values { most_keys(&job.call.head) } else { 0 },
         waiter: Waiter::One(job.reply),
         deadline: job.deadline,
+        opaque: job.call.opaque,
+        head: values.then_some(job.call.head),
+        held: false,
     });
+    Some(checked)
 }
 
 /// At most how many keys a get line names (one per space; add one for a bare list of keys), to
@@ -712,6 +935,7 @@ mod tests {
                 head: Bytes::from_static(b"set d 0 0 1\r\n"),
                 data: Some(Bytes::from_static(b"x")),
                 expect: Expect::Line,
+                opaque: None,
             },
             reply: set_reply,
             deadline: Instant::now() + Duration::from_secs(1),
@@ -723,6 +947,106 @@ mod tests {
             b"gat 10 a\r\ngat 10 b\r\nget c\r\nset d 0 0 1\r\nx\r\nget e\r\n"
         );
         assert_eq!(pending.len(), 5);
+    }
+
+    fn meta_reply(raw: &'static [u8]) -> Reply {
+        let mut rbuf = BytesMut::from(raw);
+        assemble(&mut rbuf, Expect::Line, 0, &mut Partial::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_meta_reply_must_carry_its_requests_opaque() {
+        let theirs = Opaque {
+            token: Bytes::from_static(b"12"),
+            added: false,
+        };
+        let hit = meta_reply(b"VA 1 O12 t5\r\nx\r\n");
+        assert_eq!(verify(hit.clone(), Some(&theirs)), Ok(hit));
+        assert!(verify(meta_reply(b"VA 1 O1\r\nx\r\n"), Some(&theirs)).is_err());
+        assert!(verify(meta_reply(b"VA 1 O123\r\nx\r\n"), Some(&theirs)).is_err());
+        assert!(verify(meta_reply(b"HD\r\n"), Some(&theirs)).is_err());
+        // Error lines carry no token; a request without one is checked by the sync points.
+        let error = Reply::Error {
+            kind: ErrorKind::Server,
+            text: Bytes::from_static(b"oom"),
+        };
+        assert_eq!(verify(error.clone(), Some(&theirs)), Ok(error));
+        let any = meta_reply(b"HD O9\r\n");
+        assert_eq!(verify(any.clone(), None), Ok(any));
+    }
+
+    #[test]
+    fn a_token_the_proxy_added_is_taken_out_of_the_reply() {
+        let ours = Opaque {
+            token: Bytes::from_static(b"1"),
+            added: true,
+        };
+        let Ok(Reply::Meta {
+            raw, flags, data, ..
+        }) = verify(meta_reply(b"VA 2 s2 O1 k\r\nxy\r\n"), Some(&ours))
+        else {
+            panic!()
+        };
+        assert_eq!(&raw[..], b"VA 2 s2 k\r\nxy\r\n");
+        assert_eq!(&flags[..], b"s2 k");
+        assert_eq!(data.as_deref(), Some(&b"xy"[..]));
+        let Ok(Reply::Meta { raw, .. }) = verify(meta_reply(b"EN O1\r\n"), Some(&ours)) else {
+            panic!()
+        };
+        assert_eq!(&raw[..], b"EN\r\n");
+    }
+
+    #[test]
+    fn a_gets_values_must_name_its_keys_in_order() {
+        let (tx, _rx) = oneshot::channel();
+        let one = Waiter::One(tx);
+        let head = Bytes::from_static(b"get a b a\r\n");
+        let values =
+            |keys: &[&'static [u8]]| Reply::Values(keys.iter().map(|k| value(k)).collect());
+        let good: [&[&'static [u8]]; 5] =
+            [&[], &[b"a"], &[b"b"], &[b"a", b"b", b"a"], &[b"b", b"a"]];
+        for good in good {
+            assert!(asked_for(&values(good), &one, Some(&head)), "{good:?}");
+        }
+        let bad: [&[&'static [u8]]; 3] = [&[b"c"], &[b"b", b"b"], &[b"a", b"a", b"a"]];
+        for bad in bad {
+            assert!(!asked_for(&values(bad), &one, Some(&head)), "{bad:?}");
+        }
+        let (t1, _r1) = oneshot::channel();
+        let (t2, _r2) = oneshot::channel();
+        let merged = Waiter::Merged(vec![
+            (Bytes::from_static(b"get a\r\n"), t1),
+            (Bytes::from_static(b"get b c\r\n"), t2),
+        ]);
+        assert!(asked_for(&values(&[b"a", b"c"]), &merged, None));
+        assert!(!asked_for(&values(&[b"c", b"a"]), &merged, None));
+    }
+
+    #[test]
+    fn only_replies_that_cannot_check_themselves_need_a_sync_point() {
+        let pending = Mutex::new(VecDeque::new());
+        let (mut wbuf, mut open) = (BytesMut::new(), None);
+        let (get, _r1) = get_job(b"get a\r\n");
+        let (merged, _r2) = get_job(b"get b\r\n");
+        let (reply, _r3) = oneshot::channel();
+        let meta = Job {
+            call: crate::forward::meta(Bytes::from_static(b"mg a v q\r\n"), true),
+            reply,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let (reply, _r4) = oneshot::channel();
+        let set = Job {
+            call: Call::line(Bytes::from_static(b"delete a\r\n"), Expect::Line),
+            reply,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let mut enqueue = |job| enqueue(job, &mut wbuf, &pending, &mut open);
+        assert_eq!(enqueue(get), Some(true));
+        assert_eq!(enqueue(merged), None);
+        assert_eq!(enqueue(meta), Some(true));
+        assert_eq!(enqueue(set), Some(false));
     }
 
     #[test]

@@ -17,26 +17,42 @@ pub enum Origin {
     Internal,
 }
 
+/// The causes (an OS error, a configuration error) are part of each message rather than a
+/// source: the binary prints an error with its chain of sources, which showed each twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
+    Config(ConfigError),
+    /// `hint`: what to do about it, when known (empty, or starting with `; `).
+    #[error("cannot listen on {addr}: {error}{hint}")]
     Bind {
         addr: String,
-        source: std::io::Error,
+        error: std::io::Error,
+        hint: String,
     },
     /// Every replica of a key failed or is down.
     #[error("no replica answered ({})", Reasons(.reasons))]
     Unavailable { reasons: Vec<BackendError> },
-    #[error("client {peer}: {source}")]
-    Client {
-        peer: String,
-        source: std::io::Error,
-    },
+    #[error("client {peer}: {error}")]
+    Client { peer: String, error: std::io::Error },
+}
+
+impl From<ConfigError> for ProxyError {
+    fn from(error: ConfigError) -> ProxyError {
+        ProxyError::Config(error)
+    }
 }
 
 impl ProxyError {
+    /// A listener that could not be opened on `addr`.
+    pub fn bind(addr: impl Into<String>, error: std::io::Error) -> ProxyError {
+        ProxyError::Bind {
+            addr: addr.into(),
+            error,
+            hint: String::new(),
+        }
+    }
+
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::Config(_) | ProxyError::Bind { .. } => Origin::Internal,

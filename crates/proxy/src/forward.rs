@@ -10,11 +10,13 @@
 //! decode to bytes a text line cannot hold (spaces, line ends); such keys go out as the meta
 //! commands `ms`/`md`/`mg` with the key in base64 again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use keepcached_protocol::meta::encode_base64;
 use keepcached_protocol::{StoreKind, Verb};
 
-use crate::backend::{Call, Expect};
+use crate::backend::{Call, Expect, Opaque};
 
 fn head(capacity: usize, build: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut out = BytesMut::with_capacity(capacity);
@@ -44,15 +46,62 @@ fn meta_head(out: &mut BytesMut, verb: &[u8], key: &[u8]) {
 }
 
 /// A client's meta request, forwarded as sent (`frame` holds the line and any data block).
+///
+/// Its reply must carry the request's opaque token (conn.rs checks it). A quiet request that
+/// has none gets one of the proxy's, taken out of the reply again: a quiet request may get no
+/// reply at all, so only a token tells its own reply from a stray one the server sent. (`me`
+/// takes no flags; its reply is checked by the connection's sync points alone.)
 pub fn meta(frame: Bytes, quiet: bool) -> Call {
-    Call::line(
-        frame,
-        if quiet {
-            Expect::UntilNoop
-        } else {
-            Expect::Line
-        },
-    )
+    let expect = if quiet {
+        Expect::UntilNoop
+    } else {
+        Expect::Line
+    };
+    let line_end = frame
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(frame.len(), |i| i + 1);
+    let line = &frame[..line_end];
+    if let Some(token) = opaque_of(line) {
+        let opaque = Opaque {
+            token: frame.slice_ref(token),
+            added: false,
+        };
+        return Call {
+            opaque: Some(opaque),
+            ..Call::line(frame, expect)
+        };
+    }
+    if !quiet || line.starts_with(b"me ") {
+        return Call::line(frame, expect);
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let token = Bytes::from(format!("{:x}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    let head = head(trimmed.len() + token.len() + 2, |out| {
+        out.put_slice(trimmed);
+        out.put_slice(b" O");
+        out.put_slice(&token);
+    });
+    // The data block (ms) goes as it came; the writer adds its line end.
+    let data = (line_end < frame.len()).then(|| frame.slice(line_end..frame.len() - 2));
+    Call {
+        head,
+        data,
+        expect,
+        opaque: Some(Opaque { token, added: true }),
+    }
+}
+
+/// The opaque token (`O` flag) of a meta request line: the flags follow the command and key.
+fn opaque_of(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .skip(2)
+        .find_map(|t| t.strip_prefix(b"O"))
 }
 
 /// A client's `set`, `delete` or `touch` as the replicas get it. The proxy needs every server's
@@ -113,6 +162,7 @@ pub fn store(kind: StoreKind, key: &[u8], flags: u32, exptime: i32, data: Bytes,
         head: line,
         data: Some(data),
         expect: Expect::Line,
+        opaque: None,
     }
 }
 
@@ -148,6 +198,7 @@ fn copy(kind: StoreKind, key: &[u8], flags: u32, exptime: i32, data: Bytes) -> C
         head: line,
         data: Some(data),
         expect: Expect::Line,
+        opaque: None,
     }
 }
 
@@ -295,5 +346,19 @@ mod tests {
         );
         let quiet = meta(Bytes::from_static(b"mg k v q\r\n"), true);
         assert_eq!(quiet.expect, Expect::UntilNoop);
+        let token = quiet.opaque.expect("a token of the proxy's").token;
+        let mut line = b"mg k v q O".to_vec();
+        line.extend_from_slice(&token);
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(&quiet.head[..], &line[..]);
+        let own = meta(Bytes::from_static(b"ms k 2 q Oab T1\r\nxy\r\n"), true);
+        assert_eq!(&own.head[..], b"ms k 2 q Oab T1\r\nxy\r\n");
+        assert_eq!(&own.opaque.unwrap().token[..], b"ab");
+        let store = meta(Bytes::from_static(b"ms k 2 q\r\nxy\r\n"), true);
+        assert!(store.head.starts_with(b"ms k 2 q O"));
+        assert_eq!(&store.data.unwrap()[..], b"xy");
+        assert!(meta(Bytes::from_static(b"mg Okey v\r\n"), false)
+            .opaque
+            .is_none());
     }
 }

@@ -20,7 +20,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keepcached_runtime::Sharded;
@@ -224,7 +224,7 @@ pub struct Health {
     last_failure_ms: AtomicU64,
     epoch: Instant,
     pub counters: Sharded<Counters>,
-    pub settings: BackendConfig,
+    pub settings: Settings,
     pub shutdown: watch::Receiver<bool>,
     /// Signalled when the server answers again after being down: the connections that failed
     /// with it open again together, as at startup.
@@ -246,6 +246,80 @@ pub struct Health {
     hold_returning: bool,
 }
 
+/// A server's `[backend]` settings as the connections and the supervisor read them: each is read
+/// where it is used, so a configuration reload (SIGHUP) applies a new timeout from the next
+/// request on. The number of connections is fixed at startup.
+#[derive(Debug)]
+pub struct Settings {
+    connect_timeout_ms: AtomicU64,
+    request_timeout_ms: AtomicU64,
+    failure_limit: AtomicU32,
+    probe_interval_ms: AtomicU64,
+    probe_max_interval_ms: AtomicU64,
+    health_interval_ms: AtomicU64,
+}
+
+impl Settings {
+    pub fn new(config: &BackendConfig) -> Settings {
+        Settings {
+            connect_timeout_ms: AtomicU64::new(config.connect_timeout_ms),
+            request_timeout_ms: AtomicU64::new(config.request_timeout_ms),
+            failure_limit: AtomicU32::new(config.failure_limit),
+            probe_interval_ms: AtomicU64::new(config.probe_interval_ms),
+            probe_max_interval_ms: AtomicU64::new(config.probe_max_interval_ms),
+            health_interval_ms: AtomicU64::new(config.health_interval_ms),
+        }
+    }
+
+    /// Takes the timeouts and limits of a reloaded configuration.
+    pub fn update(&self, config: &BackendConfig) {
+        let relaxed = Ordering::Relaxed;
+        self.connect_timeout_ms
+            .store(config.connect_timeout_ms, relaxed);
+        self.request_timeout_ms
+            .store(config.request_timeout_ms, relaxed);
+        self.failure_limit.store(config.failure_limit, relaxed);
+        self.probe_interval_ms
+            .store(config.probe_interval_ms, relaxed);
+        self.probe_max_interval_ms
+            .store(config.probe_max_interval_ms, relaxed);
+        self.health_interval_ms
+            .store(config.health_interval_ms, relaxed);
+    }
+
+    pub fn connect_timeout_ms(&self) -> u64 {
+        self.connect_timeout_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.request_timeout_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn failure_limit(&self) -> u32 {
+        self.failure_limit.load(Ordering::Relaxed)
+    }
+
+    pub fn probe_interval_ms(&self) -> u64 {
+        self.probe_interval_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn probe_max_interval_ms(&self) -> u64 {
+        self.probe_max_interval_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms())
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms.load(Ordering::Relaxed))
+    }
+}
+
 impl Health {
     pub fn new(
         addr: Arc<str>,
@@ -262,7 +336,7 @@ impl Health {
             last_failure_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             counters: Sharded::default(),
-            settings,
+            settings: Settings::new(&settings),
             shutdown,
             back_up: Notify::new(),
             wake: Notify::new(),
@@ -354,14 +428,14 @@ impl Health {
     pub fn failed(&self, error: &BackendError) {
         let now = self.now_ms();
         let last = self.last_failure_ms.load(Ordering::Relaxed);
-        if last != 0 && now - last < self.settings.request_timeout_ms {
+        if last != 0 && now - last < self.settings.request_timeout_ms() {
             // The same stall seen by another connection (or by the health check).
             return;
         }
         self.last_failure_ms.store(now, Ordering::Relaxed);
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(backend = %self.addr, %error, failures, "backend failure");
-        if failures >= self.settings.failure_limit
+        if failures >= self.settings.failure_limit()
             && self.change(
                 &[State::Up, State::Suspect, State::Warming, State::Connecting],
                 State::Down,

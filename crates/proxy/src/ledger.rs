@@ -58,7 +58,7 @@ fn keepers<'a>(ctx: &'a Context, server: &'a Backend) -> impl Iterator<Item = &'
 /// marks that keep timing out).
 pub async fn mark(ctx: &Context, server: &Backend) {
     let health = &server.health;
-    if !ctx.config.resync.ledger
+    if !ctx.live().resync.ledger
         || health.ledger_marked.load(Ordering::Acquire)
         || health.ledger_backoff()
     {
@@ -126,7 +126,7 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
         complete: true,
         ..Marks::default()
     };
-    if !ctx.config.resync.ledger {
+    if !ctx.live().resync.ledger {
         return marks;
     }
     let key = key(server);
@@ -229,7 +229,7 @@ fn parse_mark(raw: &[u8]) -> Option<(Bytes, u64)> {
 pub async fn clear(ctx: &Context, server: &Backend, all: bool) {
     let health = &server.health;
     health.ledger_marked.store(false, Ordering::Release);
-    if !ctx.config.resync.ledger {
+    if !ctx.live().resync.ledger {
         return;
     }
     let key = key(server);

@@ -24,7 +24,8 @@
 //! the other proxies what it missed; admin.rs takes the operator's orders (docs/resync.md).
 //! config.rs holds magent's command line and the TOML file, stats.rs the `stats` answers,
 //! error.rs the error types. [`run`] binds the listeners, serves until its shutdown future
-//! completes, then drains the client connections.
+//! completes, then drains the client connections; [`Bound::serve_reloading`] also takes
+//! reloaded configurations (SIGHUP) and applies what may change while running.
 
 mod admin;
 mod backend;
@@ -73,7 +74,16 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 /// Everything a client connection needs, shared by all of them.
 #[derive(Debug)]
 struct Context {
+    /// The configuration the proxy started with: what a reload cannot change (listeners,
+    /// pools, threads, limits fixed at startup) is read here.
     config: ProxyConfig,
+    /// The configuration as last reloaded (SIGHUP, [`reload`]), for what a reload changes;
+    /// the hot paths read their part of it from the atomics below.
+    live: parking_lot::RwLock<Arc<ProxyConfig>>,
+    /// [`Context::read_window`], [`Context::multiget_unavailable`], [`Context::write_ack`].
+    read_window: std::sync::atomic::AtomicUsize,
+    multiget_error: std::sync::atomic::AtomicBool,
+    write_first: std::sync::atomic::AtomicBool,
     router: Router,
     stats: Stats,
     locks: KeyLocks,
@@ -97,6 +107,55 @@ struct Context {
 const STANDBY_AFTER: Duration = Duration::from_secs(30);
 
 impl Context {
+    /// How many keys one client's reads may have in flight at once: what its reply budget
+    /// allows at the largest item size, at least one.
+    fn read_window(&self) -> usize {
+        self.read_window.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn multiget_unavailable(&self) -> Unavailable {
+        if self
+            .multiget_error
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Unavailable::ServerError
+        } else {
+            Unavailable::Miss
+        }
+    }
+
+    fn write_ack(&self) -> WriteAck {
+        if self.write_first.load(std::sync::atomic::Ordering::Relaxed) {
+            WriteAck::First
+        } else {
+            WriteAck::All
+        }
+    }
+
+    /// The configuration as last reloaded.
+    fn live(&self) -> Arc<ProxyConfig> {
+        self.live.read().clone()
+    }
+
+    /// Makes `config` the running configuration's reloadable part (the hot paths' atomics,
+    /// every server's timeouts, the rest through [`Context::live`]).
+    fn apply(&self, config: ProxyConfig) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let window = (config.client_reply_budget / self.config.item_size_max).max(1);
+        self.read_window
+            .store(window.min(client::MAX_READS), Relaxed);
+        self.multiget_error.store(
+            config.replication.multiget_unavailable == Unavailable::ServerError,
+            Relaxed,
+        );
+        self.write_first
+            .store(config.replication.write_ack == WriteAck::First, Relaxed);
+        for backend in &self.router.backends {
+            backend.health.settings.update(&config.backend);
+        }
+        *self.live.write() = Arc::new(config);
+    }
+
     /// Whether this proxy flushes, warms and repairs its servers: it serves clients, or no other
     /// proxy does. A standby (the other host holds the VIP) only reads and judges them: the
     /// proxy that serves the clients repairs them, under its own key locks, and two proxies
@@ -148,9 +207,21 @@ pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
     let pools = config.validate()?;
     let mut tcp = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
-        let bind_error = |source| ProxyError::Bind {
-            addr: addr.clone(),
-            source,
+        let bind_error = |error: std::io::Error| {
+            // The address is not on this host: on a VRRP backup, the VIP it does not hold yet.
+            let hint = if error.kind() == std::io::ErrorKind::AddrNotAvailable && !config.freebind {
+                format!(
+                    "; this host does not hold {addr}: to listen on it before it arrives (a VRRP \
+                     virtual IP), add --freebind (freebind = true in the config file)"
+                )
+            } else {
+                String::new()
+            };
+            ProxyError::Bind {
+                addr: addr.clone(),
+                error,
+                hint,
+            }
         };
         tcp.push(bind_tcp(addr, config.freebind).map_err(bind_error)?);
     }
@@ -170,6 +241,18 @@ impl Bound {
     /// Serves until `shutdown` completes, then stops accepting and gives open connections
     /// `drain_timeout_ms` to finish what they sent.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+        self.serve_reloading(shutdown, mpsc::channel(1).1).await
+    }
+
+    /// [`Bound::serve`], taking each configuration `reloads` yields (the binary reads the file
+    /// again on SIGHUP): what can change while running changes, each change logged at info;
+    /// what needs a restart is logged at warn and the running value kept; a configuration that
+    /// could not be read or is invalid is logged at warn and the running one kept.
+    pub async fn serve_reloading(
+        self,
+        shutdown: impl Future<Output = ()>,
+        reloads: mpsc::Receiver<Result<ProxyConfig, ConfigError>>,
+    ) -> Result<(), ProxyError> {
         let Bound {
             config,
             pools,
@@ -180,24 +263,14 @@ impl Bound {
             .into_iter()
             .map(TcpListener::from_std)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ProxyError::Bind {
-                addr: "tcp listener".into(),
-                source,
-            })?;
+            .map_err(|error| ProxyError::bind("tcp listener", error))?;
         let unix = unix
             .map(UnixListener::from_std)
             .transpose()
-            .map_err(|source| ProxyError::Bind {
-                addr: "unix listener".into(),
-                source,
-            })?;
+            .map_err(|error| ProxyError::bind("unix listener", error))?;
         let workers = Arc::new(
-            Workers::start(config.worker_threads(), "keepcached-proxy").map_err(|source| {
-                ProxyError::Bind {
-                    addr: "worker threads".into(),
-                    source,
-                }
-            })?,
+            Workers::start(config.worker_threads(), "keepcached-proxy")
+                .map_err(|error| ProxyError::bind("worker threads", error))?,
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let router = Router::start(
@@ -208,13 +281,16 @@ impl Bound {
             &stop_rx,
             &workers,
         );
-        let drain = Duration::from_millis(config.drain_timeout_ms);
         let limits = Limits {
             item_size_max: config.item_size_max,
             ..Limits::default()
         };
         let ctx = Arc::new(Context {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            live: parking_lot::RwLock::new(Arc::new(config.clone())),
+            read_window: Default::default(),
+            multiget_error: Default::default(),
+            write_first: Default::default(),
             config,
             router,
             stats: Stats::default(),
@@ -227,6 +303,8 @@ impl Bound {
             others_serving: std::sync::atomic::AtomicBool::new(false),
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
+        ctx.apply(ctx.config.clone());
+        tokio::spawn(reloading(ctx.clone(), reloads, stop_rx.clone()));
         resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;
         for listener in &tcp {
@@ -259,6 +337,7 @@ impl Bound {
         drop(accepting);
         shutdown.await;
         tracing::info!("proxy shutting down");
+        let drain = Duration::from_millis(ctx.live().drain_timeout_ms);
         let _ = stop_tx.send(true);
         for stop in &stops {
             let _ = stop.send(true);
@@ -281,6 +360,64 @@ impl Bound {
         }
         Ok(())
     }
+}
+
+/// Takes each reloaded configuration until the proxy stops.
+async fn reloading(
+    ctx: Arc<Context>,
+    mut reloads: mpsc::Receiver<Result<ProxyConfig, ConfigError>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = reloads.recv() => next,
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        match next {
+            None => return,
+            Some(Err(error)) => tracing::warn!(
+                %error,
+                "configuration not reloaded; the running configuration is kept"
+            ),
+            Some(Ok(config)) => reload(&ctx, config),
+        }
+    }
+}
+
+/// Applies what a reloaded configuration changes and may change while running; logs the rest.
+fn reload(ctx: &Context, new: ProxyConfig) {
+    let old = ctx.live();
+    let changes = config::changes(&old, &new);
+    if changes.is_empty() {
+        tracing::info!("configuration reloaded: nothing changed");
+        return;
+    }
+    let mut applied = (*old).clone();
+    let mut later = 0;
+    for change in &changes {
+        if change.apply(&new, &mut applied) {
+            tracing::info!(
+                key = %change.key,
+                from = %change.from,
+                to = %change.to,
+                "configuration change applied"
+            );
+        } else {
+            later += 1;
+            tracing::warn!(
+                key = %change.key,
+                from = %change.from,
+                to = %change.to,
+                "configuration change needs a restart of the proxy; the running value is kept"
+            );
+        }
+    }
+    ctx.apply(applied);
+    tracing::info!(
+        applied = changes.len() - later,
+        need_restart = later,
+        "configuration reloaded"
+    );
 }
 
 /// What an accept loop hands each connection.
@@ -335,8 +472,8 @@ impl Accepting {
                     Ok(stream) => client::serve(ctx.clone(), stream, stop).await,
                     Err(error) => Err(error),
                 };
-                if let Err(source) = served {
-                    let error = ProxyError::Client { peer, source };
+                if let Err(error) = served {
+                    let error = ProxyError::Client { peer, error };
                     tracing::debug!(%error, "client connection ended");
                 }
                 ctx.stats
@@ -393,10 +530,7 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ProxyError
             let _ = std::fs::remove_file(path);
         }
     }
-    let bind_error = |source| ProxyError::Bind {
-        addr: path.display().to_string(),
-        source,
-    };
+    let bind_error = |error| ProxyError::bind(path.display().to_string(), error);
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
     Ok(listener)

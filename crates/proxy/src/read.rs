@@ -26,7 +26,7 @@ use crate::conn::most_keys;
 use crate::error::ProxyError;
 use crate::forward;
 use crate::replicate;
-use crate::reply as answer_with;
+use crate::reply::{self as answer_with, Output};
 use crate::route::Replicas;
 use crate::stats::Stats;
 use crate::Context;
@@ -49,27 +49,90 @@ struct Wanted<'a> {
     unavailable: bool,
 }
 
+/// A get request's answer so far, across the windows its keys are read in.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// Some of its keys were read.
+    asked: bool,
+    /// Some key of it had a replica up to read it from.
+    available: bool,
+    /// It was answered with `SERVER_ERROR`: the rest of its keys are not written.
+    failed: bool,
+}
+
 /// Answers get-family requests with the same verb and exptime into `out`, in order: for each,
 /// its values then `END`, or `SERVER_ERROR` when its keys cannot be read. The keys of all of
 /// them are read together, so a client's pipelined gets cost one multi-get per server.
-pub async fn get(
+///
+/// The keys are read in windows of at most [`Context::read_window`] keys, and each window's
+/// values are written (and the client given the chance to take them, [`Output::relieve`])
+/// before the next window is asked for: a client naming one large item a thousand times makes
+/// the proxy hold one window of it, not a thousand copies. A request whose keys span windows
+/// and whose later window cannot be read ends with `SERVER_ERROR` after the values already
+/// written, as memcached ends a multi-get it cannot finish.
+pub async fn get<O: Output>(
     ctx: &Arc<Context>,
     verb: Verb,
     exptime: Option<i32>,
     requests: &[Keys<'_>],
-    out: &mut Vec<u8>,
-) {
-    let counters = ctx.stats.counters();
+    out: &mut O,
+) -> std::io::Result<()> {
+    let window = ctx.read_window();
+    let mut progress = vec![Progress::default(); requests.len()];
+    // Why keys could not be read, each with the request it concerns (none when all goes well).
+    let mut reasons: Vec<(usize, BackendError)> = Vec::new();
     let most: usize = requests
         .iter()
         .map(|keys| most_keys(keys.as_bytes()) + 1)
         .sum();
-    let mut wanted: Vec<Wanted<'_>> = Vec::with_capacity(most);
-    let all = requests
+    let mut keys: Vec<(usize, &[u8])> = Vec::with_capacity(most);
+    for (request, names) in requests.iter().enumerate() {
+        keys.extend(names.iter().map(|key| (request, key)));
+    }
+    let (mut answered, mut at) = (0, 0);
+    loop {
+        let part = &keys[at..keys.len().min(at + window)];
+        at += part.len();
+        if !part.is_empty() {
+            let wanted = read_part(ctx, verb, exptime, part, &mut reasons).await;
+            for asked in wanted.chunk_by(|a, b| a.request == b.request) {
+                let request = asked[0].request;
+                // The requests before this one have all their keys written.
+                finish(ctx, &progress, &mut answered, request, &reasons, out.buf());
+                write_part(
+                    ctx,
+                    exptime,
+                    asked,
+                    &mut progress[request],
+                    &reasons,
+                    out.buf(),
+                )
+                .await;
+            }
+        }
+        // Every request before the next key's is complete.
+        let next = keys.get(at).map_or(requests.len(), |(request, _)| *request);
+        finish(ctx, &progress, &mut answered, next, &reasons, out.buf());
+        out.relieve().await?;
+        if answered == requests.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one window of keys (`part`: each with the request that names it) from their first
+/// healthy replicas, failing over group by group.
+async fn read_part<'a>(
+    ctx: &Context,
+    verb: Verb,
+    exptime: Option<i32>,
+    part: &[(usize, &'a [u8])],
+    reasons: &mut Vec<(usize, BackendError)>,
+) -> Vec<Wanted<'a>> {
+    let counters = ctx.stats.counters();
+    let mut wanted: Vec<Wanted<'_>> = part
         .iter()
-        .enumerate()
-        .flat_map(|(request, keys)| keys.iter().map(move |key| (request, key)))
-        .map(|(request, key)| Wanted {
+        .map(|&(request, key)| Wanted {
             key,
             replicas: ctx.router.read_order(key),
             next: 0,
@@ -78,14 +141,12 @@ pub async fn get(
             served_by: None,
             request,
             unavailable: false,
-        });
-    wanted.extend(all);
+        })
+        .collect();
     Stats::add(&counters.cmd_get, wanted.len() as u64);
-    // Why keys could not be read, each with the request it concerns (none when all goes well).
-    let mut reasons: Vec<(usize, BackendError)> = Vec::new();
     let mut todo: Vec<usize> = (0..wanted.len()).collect();
     while !todo.is_empty() {
-        todo.retain(|&i| match next_healthy(ctx, &mut wanted[i], &mut reasons) {
+        todo.retain(|&i| match next_healthy(ctx, &mut wanted[i], reasons) {
             Some(id) => {
                 wanted[i].target = id;
                 true
@@ -143,13 +204,8 @@ pub async fn get(
                 }
                 other => {
                     if let Err(e) = other {
-                        // One reason per request with keys in the group.
-                        let from = reasons.len();
                         for &i in members {
-                            let request = wanted[i].request;
-                            if !reasons[from..].iter().any(|(r, _)| *r == request) {
-                                reasons.push((request, e.clone()));
-                            }
+                            note(reasons, wanted[i].request, &e);
                         }
                     }
                     Stats::add(&counters.get_failovers, members.len() as u64);
@@ -161,37 +217,41 @@ pub async fn get(
             }
         }
     }
-    let mut rest = &wanted[..];
-    for request in 0..requests.len() {
-        let len = rest.iter().take_while(|w| w.request == request).count();
-        let (asked, later) = rest.split_at(len);
-        rest = later;
-        answer(ctx, exptime, asked, request, &reasons, out).await;
+    wanted
+}
+
+/// Records why a request's key could not be read, once per request and reason: the error line
+/// names each reason once however many keys it concerned.
+fn note(reasons: &mut Vec<(usize, BackendError)>, request: usize, error: &BackendError) {
+    if !reasons.iter().any(|(r, e)| *r == request && e == error) {
+        reasons.push((request, error.clone()));
     }
 }
 
-/// Writes one get request's answer; `asked` are its keys, in the order the client sent them.
-async fn answer(
+/// Writes the values of one request's keys read in one window (`asked`, in the order the client
+/// sent them), or its `SERVER_ERROR` when they cannot be read and so configured.
+async fn write_part(
     ctx: &Context,
     exptime: Option<i32>,
     asked: &[Wanted<'_>],
-    request: usize,
+    progress: &mut Progress,
     reasons: &[(usize, BackendError)],
     out: &mut Vec<u8>,
 ) {
+    if progress.failed {
+        return;
+    }
     let counters = ctx.stats.counters();
-    let unavailable = asked.iter().filter(|w| w.unavailable).count() as u64;
+    progress.asked = true;
+    let unavailable = asked.iter().filter(|w| w.unavailable).count();
+    if unavailable < asked.len() {
+        progress.available = true;
+    }
     if unavailable > 0 {
-        Stats::add(&counters.get_unavailable, unavailable);
-        // With nothing to answer at all, a miss would hide the outage: say so.
-        let nothing = unavailable == asked.len() as u64;
-        if nothing || ctx.config.replication.multiget_unavailable == Unavailable::ServerError {
-            let reasons = reasons
-                .iter()
-                .filter(|(r, _)| *r == request)
-                .map(|(_, e)| e.clone())
-                .collect();
-            answer_with::unavailable(ctx, &ProxyError::Unavailable { reasons }, out);
+        Stats::add(&counters.get_unavailable, unavailable as u64);
+        if ctx.multiget_unavailable() == Unavailable::ServerError {
+            fail(ctx, asked[0].request, reasons, out);
+            progress.failed = true;
             return;
         }
     }
@@ -208,7 +268,39 @@ async fn answer(
     }
     Stats::add(&counters.get_hits, hits);
     Stats::add(&counters.get_misses, asked.len() as u64 - hits);
-    out.extend_from_slice(reply::END);
+}
+
+/// Ends the requests from `answered` up to `until`, whose keys have all been written: each with
+/// `END`, or `SERVER_ERROR` when none of its keys could be read at all (a miss would hide the
+/// outage).
+fn finish(
+    ctx: &Context,
+    progress: &[Progress],
+    answered: &mut usize,
+    until: usize,
+    reasons: &[(usize, BackendError)],
+    out: &mut Vec<u8>,
+) {
+    for (request, progress) in progress.iter().enumerate().take(until).skip(*answered) {
+        if progress.failed {
+            continue;
+        }
+        if progress.available || !progress.asked {
+            out.extend_from_slice(reply::END);
+        } else {
+            fail(ctx, request, reasons, out);
+        }
+    }
+    *answered = (*answered).max(until);
+}
+
+fn fail(ctx: &Context, request: usize, reasons: &[(usize, BackendError)], out: &mut Vec<u8>) {
+    let reasons = reasons
+        .iter()
+        .filter(|(r, _)| *r == request)
+        .map(|(_, e)| e.clone())
+        .collect();
+    answer_with::unavailable(ctx, &ProxyError::Unavailable { reasons }, out);
 }
 
 /// `mg` or `me` of `key` (`call` is the request as the client sent it): the first answer of a
@@ -278,12 +370,10 @@ fn next_healthy(
         if backend.health.read_rank(w.key).is_some() {
             return Some(id);
         }
-        reasons.push((
-            w.request,
-            BackendError::Down {
-                addr: backend.addr.clone(),
-            },
-        ));
+        let down = BackendError::Down {
+            addr: backend.addr.clone(),
+        };
+        note(reasons, w.request, &down);
         w.next += 1;
     }
     None

@@ -251,7 +251,7 @@ pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply,
     if targets.is_empty() {
         return Err(ProxyError::Unavailable { reasons });
     }
-    match ctx.config.replication.write_ack {
+    match ctx.write_ack() {
         WriteAck::All => {
             let results = apply(ctx, &key, &targets, &call, None).await;
             first_success(results, reasons)
@@ -356,7 +356,7 @@ pub async fn execute_then_copy(
         };
         apply(&task_ctx, &key, &others, &call, None).await;
     };
-    match ctx.config.replication.write_ack {
+    match ctx.write_ack() {
         WriteAck::All => copy_to_others.await,
         WriteAck::First => {
             tokio::spawn(copy_to_others);

@@ -3,12 +3,37 @@
 //! text (client.rs), meta (meta.rs) and read (read.rs) paths, so none of them imports another
 //! for it.
 
+use std::future::Future;
+
 use keepcached_protocol::reply;
 
 use crate::backend::{ErrorKind, Reply};
 use crate::error::ProxyError;
 use crate::stats::Stats;
 use crate::Context;
+
+/// Where replies go: a buffer, and for a client connection the chance to write it out between
+/// the windows of a long read (read.rs), so that the buffer stays bounded however many keys a
+/// client asks for.
+pub trait Output {
+    fn buf(&mut self) -> &mut Vec<u8>;
+
+    /// Writes the buffer out once it holds the connection's high-water mark (waiting for the
+    /// client to read it); an error means the client is gone.
+    fn relieve(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// A reply of its own, written to the client later (pipelined reads run side by side, each
+/// into its own buffer; each is bounded by the read window).
+impl Output for Vec<u8> {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self
+    }
+
+    async fn relieve(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// What the connection does after a request.
 pub enum Next {

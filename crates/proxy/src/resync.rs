@@ -69,8 +69,8 @@ pub fn start(ctx: &Arc<Context>, shutdown: &tokio::sync::watch::Receiver<bool>) 
 /// While this proxy serves clients: its heartbeat on the servers, for three health intervals
 /// (one missed refresh does not make a serving proxy look like a standby).
 pub async fn heartbeat(ctx: &Context) {
-    if ctx.config.resync.ledger && ctx.serving() {
-        let ttl = (ctx.config.backend.health_interval() * 3).as_secs().max(2) as i32;
+    if ctx.live().resync.ledger && ctx.serving() {
+        let ttl = (ctx.live().backend.health_interval() * 3).as_secs().max(2) as i32;
         ledger::heartbeat(ctx, ttl).await;
     }
 }
@@ -78,10 +78,10 @@ pub async fn heartbeat(ctx: &Context) {
 /// Every health interval: while this proxy serves clients, its heartbeat on the servers; and
 /// whether another proxy's is there.
 async fn serving(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    if !ctx.config.resync.ledger {
+    if !ctx.live().resync.ledger {
         return;
     }
-    let interval = ctx.config.backend.health_interval();
+    let interval = ctx.live().backend.health_interval();
     loop {
         heartbeat(&ctx).await;
         let others = ledger::others_serving(&ctx).await;
@@ -96,7 +96,7 @@ async fn serving(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<b
 /// Waits until every server has answered once or failed to (each within its connect and
 /// request timeouts), so the first clients find the servers' state known.
 pub async fn first_contact(ctx: &Context) {
-    let settings = &ctx.config.backend;
+    let settings = &ctx.live().backend;
     let limit = settings.connect_timeout() + settings.request_timeout() * 2;
     let _ = tokio::time::timeout(limit, async {
         while ctx
@@ -197,7 +197,7 @@ async fn supervise(ctx: Arc<Context>, id: usize) {
 /// that was idle (the other host held the VIP) learns at once of every server another proxy
 /// saw miss writes, instead of at its next health check.
 pub async fn vouch(ctx: &Context) {
-    if !ctx.config.resync.ledger {
+    if !ctx.live().resync.ledger {
         return;
     }
     let fresh = |at: &Option<Instant>| at.is_some_and(|t| t.elapsed() < VOUCH_AGE);
@@ -300,7 +300,7 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         if marks.foreign && may_act && !standing.flushed_pending {
             standing.must_flush("another proxy recorded in the ledger that it missed writes");
         }
-        if others_hold_items && ctx.config.resync.warmup && !standing.needs_flush() {
+        if others_hold_items && ctx.live().resync.warmup && !standing.needs_flush() {
             standing.cold = true;
         }
         !standing.clean()
@@ -388,7 +388,7 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
     }
     let cold = health.standing.lock().cold;
     if cold {
-        if ctx.config.resync.warmup && order != Some(Order::Up) {
+        if ctx.live().resync.warmup && order != Some(Order::Up) {
             health.change(
                 &[State::Up, State::Suspect],
                 State::Warming,
@@ -453,7 +453,7 @@ async fn repair(ctx: &Context, id: usize) -> bool {
         let mut repairs: FuturesUnordered<_> = FuturesUnordered::new();
         let mut keys = batch.into_iter();
         loop {
-            while repairs.len() < ctx.config.resync.concurrency {
+            while repairs.len() < ctx.live().resync.concurrency {
                 let Some((key, seq)) = keys.next() else { break };
                 repairs.push(async move {
                     let result = repair_key(ctx, id, &key).await;
@@ -541,7 +541,7 @@ impl Checker {
         let health = &backend.health;
         let mut shutdown = health.shutdown.clone();
         let mut delay = Duration::ZERO;
-        let max = Duration::from_millis(health.settings.probe_max_interval_ms);
+        let max = Duration::from_millis(health.settings.probe_max_interval_ms());
         loop {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -555,7 +555,7 @@ impl Checker {
                         health.failed(&error);
                     }
                     keep_marked(ctx, backend).await;
-                    let first = Duration::from_millis(health.settings.probe_interval_ms);
+                    let first = Duration::from_millis(health.settings.probe_interval_ms());
                     delay = (delay * 2).clamp(first, max);
                 }
             }
@@ -583,7 +583,7 @@ impl Checker {
             Ok(Err(_)) => Err(BackendError::Closed { addr: addr.clone() }),
             Err(_) => Err(BackendError::Timeout {
                 addr: addr.clone(),
-                ms: settings.request_timeout_ms,
+                ms: settings.request_timeout_ms(),
             }),
         };
         self.stream = None;

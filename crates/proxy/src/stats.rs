@@ -1,5 +1,12 @@
 //! The proxy's own counters, answered to `stats` in memcached's `STAT <name> <value>` format, and
 //! `stats backends`: one line per server with its state and counters.
+//!
+//! Every sub-command memcached answers is answered, so a tool that reads until `END` never
+//! waits: `settings` with the proxy's own settings; `items`, `slabs`, `sizes`, `conns`,
+//! `cachedump` and `extstore` with what the proxy holds of them (no items, no slabs: their
+//! empty answer, `END`); `detail on|off` with `OK` and `detail dump` with `END` (the proxy
+//! keeps no per-prefix figures); `reset`. Anything else is `ERROR`, as memcached answers it:
+//! one line, which no client waits past (docs/proxy.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -8,7 +15,9 @@ use keepcached_protocol::reply;
 use keepcached_runtime::Sharded;
 
 use crate::backend::Counters as BackendCounters;
+use crate::config::{Unavailable, WriteAck};
 use crate::route::Router;
+use crate::Context;
 
 /// The version reported by `version` and `stats`: the protocol level the proxy speaks, then
 /// what it is (clients parse the leading numbers to decide which commands they may use).
@@ -73,6 +82,119 @@ counters! {
     warmup_copies,
     /// Requests answered with SERVER_ERROR because no replica answered.
     unavailable_errors,
+}
+
+/// Answers `stats <args>` (see the module's documentation for what each sub-command gets).
+pub fn answer<'a>(ctx: &Context, mut args: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
+    let (first, second) = (args.next(), args.next());
+    match (first, second) {
+        (None, _) => ctx
+            .stats
+            .write_general(out, &ctx.router, ctx.serving(), ctx.others_serving()),
+        (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
+        (Some(b"reset"), None) => {
+            ctx.stats.reset();
+            out.extend_from_slice(reply::RESET);
+        }
+        (Some(b"settings"), None) => write_settings(ctx, out),
+        (Some(b"slabs"), None) => {
+            reply::stat(out, "active_slabs", 0);
+            reply::stat(out, "total_malloced", 0);
+            out.extend_from_slice(reply::END);
+        }
+        (Some(b"sizes"), None) => {
+            reply::stat(out, "sizes_status", "disabled");
+            out.extend_from_slice(reply::END);
+        }
+        (Some(b"items" | b"conns" | b"extstore"), None) | (Some(b"cachedump"), Some(_)) => {
+            out.extend_from_slice(reply::END);
+        }
+        (Some(b"detail"), Some(b"on" | b"off")) if args.next().is_none() => {
+            out.extend_from_slice(reply::OK);
+        }
+        (Some(b"detail"), Some(b"dump")) if args.next().is_none() => {
+            out.extend_from_slice(reply::END);
+        }
+        (Some(b"detail"), _) => {
+            reply::line(out, b"CLIENT_ERROR usage: stats detail on|off|dump");
+        }
+        _ => reply::line(out, b"ERROR"),
+    }
+}
+
+/// `stats settings`: the proxy's own settings, under memcached's names where they mean the same.
+fn write_settings(ctx: &Context, out: &mut Vec<u8>) {
+    let config = ctx.live();
+    let backend = &config.backend;
+    reply::stat(out, "maxconns", config.max_connections);
+    // memcached's tcpport is a number: the first listener's port; `listen` has them all.
+    let port = config
+        .listen
+        .first()
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or(0);
+    reply::stat(out, "tcpport", port);
+    reply::stat(out, "listen", config.listen.join(","));
+    reply::stat(out, "udpport", 0);
+    reply::stat(
+        out,
+        "domain_socket",
+        config
+            .unix_socket
+            .as_ref()
+            .map_or_else(|| "NULL".to_string(), |p| p.display().to_string()),
+    );
+    reply::stat(out, "num_threads", config.worker_threads());
+    reply::stat(out, "item_size_max", config.item_size_max);
+    reply::stat(out, "client_reply_budget", config.client_reply_budget);
+    reply::stat(out, "freebind", if config.freebind { "yes" } else { "no" });
+    reply::stat(out, "drain_timeout_ms", config.drain_timeout_ms);
+    for pool in &config.pools {
+        reply::stat(out, &format!("pool_{}", pool.name), pool.servers.join(","));
+    }
+    reply::stat(out, "backend_connections", backend.connections);
+    reply::stat(out, "connect_timeout_ms", backend.connect_timeout_ms);
+    reply::stat(out, "request_timeout_ms", backend.request_timeout_ms);
+    reply::stat(out, "failure_limit", backend.failure_limit);
+    reply::stat(out, "probe_interval_ms", backend.probe_interval_ms);
+    reply::stat(out, "probe_max_interval_ms", backend.probe_max_interval_ms);
+    reply::stat(out, "health_interval_ms", backend.health_interval_ms);
+    let write_ack = match config.replication.write_ack {
+        WriteAck::All => "all",
+        WriteAck::First => "first",
+    };
+    reply::stat(out, "write_ack", write_ack);
+    let unavailable = match config.replication.multiget_unavailable {
+        Unavailable::Miss => "miss",
+        Unavailable::ServerError => "server_error",
+    };
+    reply::stat(out, "multiget_unavailable", unavailable);
+    reply::stat(
+        out,
+        "missed_keys_limit",
+        config.replication.missed_keys_limit,
+    );
+    reply::stat(
+        out,
+        "warmup",
+        if config.resync.warmup { "yes" } else { "no" },
+    );
+    reply::stat(
+        out,
+        "ledger",
+        if config.resync.ledger { "yes" } else { "no" },
+    );
+    reply::stat(
+        out,
+        "hold_returning",
+        if config.resync.hold_returning {
+            "yes"
+        } else {
+            "no"
+        },
+    );
+    out.extend_from_slice(reply::END);
 }
 
 /// The proxy's statistics.
@@ -145,7 +267,8 @@ impl Stats {
                     let standing = health.standing.lock();
                     format!(
                         "state={} state_s={} requests={} errors={} timeouts={} \
-                         avg_latency_us={} failures={} downs={} restarts={} missed_keys={} \
+                         avg_latency_us={} failures={} downs={} restarts={} bad_replies={} \
+                         missed_keys={} \
                          needs_flush={} cold={} held={} marked_by_other={}",
                         backend.state().name(),
                         health.state_age_s(),
@@ -156,6 +279,7 @@ impl Stats {
                         health.failures(),
                         sum(|c| &c.downs),
                         sum(|c| &c.restarts),
+                        sum(|c| &c.bad_replies),
                         standing.missed_len(),
                         u8::from(standing.needs_flush()),
                         u8::from(standing.cold),

@@ -205,8 +205,8 @@ impl Pace {
             started: Instant::now(),
             items: 0,
             bytes: 0,
-            items_per_sec: ctx.config.resync.warmup_items_per_sec,
-            bytes_per_sec: ctx.config.resync.warmup_bytes_per_sec,
+            items_per_sec: ctx.live().resync.warmup_items_per_sec,
+            bytes_per_sec: ctx.live().resync.warmup_bytes_per_sec,
         }
     }
 
@@ -280,7 +280,7 @@ async fn copy_from(
     // Each copy is a task of its own: it holds its key's lock, and must finish while this
     // loop waits for the next line or for the pace.
     let mut copies = JoinSet::new();
-    let concurrency = ctx.config.resync.concurrency;
+    let concurrency = ctx.live().resync.concurrency;
     let mut listed = 0;
     loop {
         if line == b"END\r\n" {

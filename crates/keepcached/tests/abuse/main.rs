@@ -6,4 +6,5 @@
 //! outcome` (run with `--nocapture` to collect them).
 
 mod ops;
+mod proxy;
 mod vrrp;

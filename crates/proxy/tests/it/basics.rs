@@ -169,6 +169,56 @@ async fn text_protocol_through_the_proxy() {
     proxy.stop().await;
 }
 
+/// Every `stats` sub-command memcached tools send is answered in full (a tool that reads until
+/// `END` gets one), `settings` with the proxy's own; an unknown one is a single `ERROR` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stats_sub_command_is_answered() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    cfg.item_size_max = 2 * 1024 * 1024;
+    let proxy = ProxyHandle::start(cfg).await;
+    let mut client = proxy.client().await;
+    let settings = client.call("stats settings\r\n").await;
+    for line in [
+        "STAT item_size_max 2097152\r\n",
+        "STAT maxconns ",
+        &format!(
+            "STAT tcpport {}\r\n",
+            proxy.addr.rsplit(':').next().unwrap()
+        ),
+        &format!("STAT listen {}\r\n", proxy.addr),
+        "STAT request_timeout_ms ",
+        "STAT client_reply_budget 16777216\r\n",
+        &format!("STAT pool_pool0 {}\r\n", a.addr()),
+    ] {
+        assert!(settings.contains(line), "{line:?} in {settings}");
+    }
+    assert!(settings.ends_with("END\r\n"), "{settings}");
+    for (request, reply) in [
+        ("stats items\r\n", "END\r\n"),
+        (
+            "stats slabs\r\n",
+            "STAT active_slabs 0\r\nSTAT total_malloced 0\r\nEND\r\n",
+        ),
+        ("stats sizes\r\n", "STAT sizes_status disabled\r\nEND\r\n"),
+        ("stats conns\r\n", "END\r\n"),
+        ("stats cachedump 1 10\r\n", "END\r\n"),
+        ("stats extstore\r\n", "END\r\n"),
+        ("stats detail dump\r\n", "END\r\n"),
+        ("stats detail on\r\n", "OK\r\n"),
+        ("stats detail off\r\n", "OK\r\n"),
+        (
+            "stats detail\r\n",
+            "CLIENT_ERROR usage: stats detail on|off|dump\r\n",
+        ),
+        ("stats nonsense\r\n", "ERROR\r\n"),
+    ] {
+        assert_eq!(client.call(request).await, reply, "{request:?}");
+    }
+    assert!(client.call("version\r\n").await.starts_with("VERSION "));
+    proxy.stop().await;
+}
+
 /// incr/decr/append/prepend/add/replace/cas run on one replica and leave both identical; cas
 /// after gets works; the outcome is copied, never the cas itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,5 +580,63 @@ async fn backend_connections_open_at_startup() {
         (before + 4..=before + 5).contains(&count),
         "connections open before any request: {count}, {before} before"
     );
+    proxy.stop().await;
+}
+
+/// An address this host does not hold is refused with the way out (`--freebind`), and the OS
+/// error is said once; with freebind the proxy listens on it (a VIP that arrives later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_address_says_to_use_freebind() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    let port = free_port();
+    cfg.listen = vec![format!("127.0.0.1:{port}"), format!("198.18.250.1:{port}")];
+    let error = keepcached_proxy::bind(cfg.clone()).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("cannot listen on 198.18.250.1:{port}: ")),
+        "{error}"
+    );
+    assert!(error.contains("add --freebind"), "{error}");
+    assert_eq!(error.matches("os error").count(), 1, "{error}");
+    assert!(std::error::Error::source(&keepcached_proxy::bind(cfg.clone()).unwrap_err()).is_none());
+    cfg.freebind = true;
+    assert!(keepcached_proxy::bind(cfg).is_ok());
+}
+
+/// Reads run in windows of the reply budget (here 8 keys): a multi-get of many keys, and
+/// pipelined gets and meta reads around it, are answered exactly as the server answers them,
+/// in order, hits and misses alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_in_windows_answer_as_the_server_does() {
+    let a = memcached();
+    let mut cfg = config(&[&[&a]]);
+    cfg.item_size_max = 64 * 1024;
+    cfg.client_reply_budget = 8 * 64 * 1024;
+    let proxy = ProxyHandle::start(cfg).await;
+    let mut client = proxy.client().await;
+    for i in (0..40).step_by(3) {
+        assert_eq!(
+            client.set(&format!("w{i}"), &format!("v{i}")).await,
+            "STORED\r\n"
+        );
+    }
+    let keys: Vec<String> = (0..40).map(|i| format!("w{}", (i * 7) % 40)).collect();
+    let many = format!("get {}\r\n", keys.join(" "));
+    let script = format!(
+        "get w0 w1 w3\r\n{many}mg w3 v\r\nget w6\r\nget w7 w9\r\ngets w9 w2\r\n{many}mn\r\n"
+    );
+    let mut direct = Client::connect(&a.addr()).await;
+    direct.send(script.as_bytes()).await;
+    client.send(script.as_bytes()).await;
+    let (mut expected, mut got) = (String::new(), String::new());
+    while !expected.ends_with("MN\r\n") {
+        expected.push_str(&direct.read_reply(true).await);
+    }
+    while !got.ends_with("MN\r\n") {
+        got.push_str(&client.read_reply(true).await);
+    }
+    // The CAS values of `gets` are the server's own: the proxy passes them on unchanged.
+    assert_eq!(got, expected);
+    assert_eq!(got.matches("END\r\n").count(), 6, "{got}");
     proxy.stop().await;
 }

@@ -242,6 +242,7 @@ pub fn config(pools: &[&[&Process]]) -> ProxyConfig {
         resync: ResyncConfig::default(),
         drain_timeout_ms: 2_000,
         item_size_max: 1024 * 1024,
+        client_reply_budget: 16 * 1024 * 1024,
         freebind: false,
         // More than one, so that requests and their replicas cross worker threads.
         threads: 2,

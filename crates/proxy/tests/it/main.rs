@@ -4,6 +4,7 @@ mod basics;
 mod common;
 mod failover;
 mod meta;
+mod misbehaving;
 mod php;
 mod placement;
 mod replication;
