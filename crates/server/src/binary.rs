@@ -35,7 +35,8 @@ pub struct BinaryState {
 }
 
 /// Whether memcached sends `replies` (one request's response packets) at once rather than
-/// queueing them: an error does (apart from a miss that carries its key), and so does a NOOP.
+/// queueing them: an error does (apart from a miss that carries its key, and an error whose
+/// body is still to be discarded), and so does a NOOP.
 fn sent_at_once(replies: &[u8]) -> bool {
     let Some(header) = replies.get(..binary::HEADER_LEN) else {
         return false;
@@ -58,13 +59,26 @@ impl Session<'_> {
         }
         let start = self.out.len();
         let bad_magic = parsed.outcome == BinaryOutcome::Close;
+        // Without SASL memcached answers SASL data "Unknown command" while it discards it,
+        // which queues the answer like any error with a body to discard.
+        let discarded = match &parsed.outcome {
+            BinaryOutcome::Request(r) => {
+                matches!(r.command, BinaryCommand::SaslAuth | BinaryCommand::SaslStep)
+                    && self.server.settings.sasl_users.is_none()
+                    && !r.value.is_empty()
+            }
+            _ => false,
+        };
         let next = self.answer_binary(parsed, state);
         if bad_magic {
             // A bad magic: what memcached still held back is lost with the connection.
             let keep = self.out.len() - state.held.min(self.out.len());
             self.out.truncate(keep);
             state.held = 0;
-        } else if sent_at_once(&self.out[start..]) {
+        } else if !discarded
+            && !matches!(next, Next::Swallow(_))
+            && sent_at_once(&self.out[start..])
+        {
             state.held = 0;
         } else {
             state.held += self.out.len() - start;
