@@ -110,7 +110,17 @@ fn conversation() -> Vec<(&'static str, Vec<u8>, u16)> {
             format!("set big 0 0 5000\r\n{big}\r\n").into_bytes(),
             1,
         ),
-        ("a reply in four datagrams", b"get big\r\n".to_vec(), 1),
+        (
+            // Padded with a silent store so that the datagram's reply budget (ten times its
+            // size, docs/udp.md) covers the 5000-byte reply.
+            "a reply in four datagrams",
+            format!(
+                "set pad 0 0 500 noreply\r\n{}\r\nget big\r\n",
+                "p".repeat(500)
+            )
+            .into_bytes(),
+            1,
+        ),
         (
             "one message per request",
             b"get a\r\nget b\r\nversion\r\n".to_vec(),
