@@ -863,7 +863,7 @@ fn strip(mut reply: Reply, sentinel: &Sentinel) -> Reply {
 
 /// Binary response packets, one `[opcode status key extras value cas]` each, CAS named by
 /// identity; a run of successful STAT packets becomes `[stats]`.
-fn render_binary(bytes: &[u8]) -> String {
+pub fn render_binary(bytes: &[u8]) -> String {
     let mut names: HashMap<u64, usize> = HashMap::new();
     let mut out = String::new();
     let mut pos = 0;
