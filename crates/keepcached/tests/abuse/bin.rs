@@ -371,3 +371,43 @@ fn udp_64k_datagram_memory() {
     assert!(growths[0].0 < 8 * 1024, "grew by {}", mib(growths[0].0));
     assert!(growths[0].1 < 10 * 65_507 + 1024);
 }
+
+/// With SASL on (`-S`), before any authentication: SASL data that cannot fit an item is refused
+/// at once ("Out of memory", as memcached's `item_alloc` failure) and a mechanism name over 32
+/// bytes with "Invalid arguments"; neither is buffered. memcached is not run: Debian's cannot
+/// start with `-S` without a SASL configuration.
+#[test]
+fn binary_sasl_data_over_the_item_limit() {
+    let dir = std::env::temp_dir().join(format!("keepcached-abuse-sasl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pwdb = dir.join("pwdb");
+    std::fs::write(&pwdb, "alice:wonderland\n").expect("pwdb");
+    std::env::set_var("MEMCACHED_SASL_PWDB", &pwdb);
+    let mut ours = keepcached_server(BIN.as_ref(), &["-S"]).expect("keepcached -S");
+    let before = (kib(&ours, "VmHWM:"), kib(&ours, "VmPeak:"));
+    let huge = binary_packet(0x21, &[], b"PLAIN", &[], Some(0xFFFF_FFF0), 1, 0);
+    assert_eq!(
+        binary_exchange(&ours, &huge),
+        "[0x8100 op=21 st=130 opaque=1 e= k= v=Out of memory cas=0]\
+         [0x8100 op=0b st=0 opaque=7e57 e= k= v=1.6.18 cas=0]"
+    );
+    let long_mechanism = binary_packet(0x21, &[], &[b'M'; 33], b"x", None, 2, 0);
+    assert_eq!(
+        binary_exchange(&ours, &long_mechanism),
+        "[0x8100 op=21 st=4 opaque=2 e= k= v=Invalid arguments cas=0]\
+         [0x8100 op=0b st=0 opaque=7e57 e= k= v=1.6.18 cas=0]"
+    );
+    let (rss, virt) = (
+        kib(&ours, "VmHWM:") - before.0,
+        kib(&ours, "VmPeak:") - before.1,
+    );
+    println!(
+        "ABUSE | binary SASL_AUTH with 0xFFFFFFF0 body under -S, before authentication | {} \
+         (virtual {}) | not run (needs a SASL setup) | refused at once",
+        mib(rss),
+        mib(virt)
+    );
+    assert!(rss < 16 * 1024 && virt < 256 * 1024);
+    assert!(ours.is_running());
+    let _ = std::fs::remove_dir_all(&dir);
+}
