@@ -380,7 +380,13 @@ pub fn parse_binary<'a>(buf: &'a [u8], limits: &Limits) -> Result<BinaryParsed<'
         | DECREMENT | DECREMENTQ | STAT | SASL_AUTH | SASL_STEP => return invalid(),
         // memcached discards a body's length after the extras and key it already read, so
         // the next bytes of an unknown command with extras or a key are lost too.
-        _ => return reject(Status::UnknownCommand, swallow_count(header.body_len), false),
+        _ => {
+            return reject(
+                Status::UnknownCommand,
+                swallow_count(header.body_len),
+                false,
+            )
+        }
     };
     // What memcached reads of the body after the extras and key: a store's value and SASL
     // data. Every other command is answered from its extras and key; the rest of a longer
@@ -570,8 +576,11 @@ mod tests {
         let cap = HEADER_LEN + 8 + 255 + limits.item_size_max;
         for op in 0..=u8::MAX {
             for len in [0xFFFF_FFF0, 0x8000_0000, 0x7FFF_FFF0, 2 << 20] {
-                for (extras, key) in [(&[][..], &b""[..]), (&[0; 4][..], b"k"), (&[0; 8][..], b"k")]
-                {
+                for (extras, key) in [
+                    (&[][..], &b""[..]),
+                    (&[0; 4][..], b"k"),
+                    (&[0; 8][..], b"k"),
+                ] {
                     let p = with_body_len(packet(op, extras, key, b"", 0), len);
                     if let Err(incomplete) = parse(&p) {
                         let needed = incomplete.needed.unwrap_or(0);
