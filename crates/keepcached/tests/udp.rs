@@ -143,6 +143,11 @@ fn conversation() -> Vec<(&'static str, Vec<u8>, u16)> {
         ),
         ("errors", b"bogus\r\nget\r\n".to_vec(), 1),
         ("binary protocol", binary_version_request(), 1),
+        (
+            "a metadump is not sent, nor the rest of its datagram run",
+            b"lru_crawler metadump all\r\nversion\r\n".to_vec(),
+            1,
+        ),
         ("delete and incr", b"incr k 1\r\ndelete k\r\n".to_vec(), 1),
     ]
 }

@@ -212,6 +212,18 @@ pub fn handle_datagram(
                 break;
             };
             let consumed = parsed.consumed();
+            if let Command::Text(Parsed {
+                outcome: Ok(Request::LruCrawler { args }),
+                ..
+            }) = &parsed
+            {
+                let mut words = args.iter();
+                if words.next() == Some(b"metadump".as_slice()) && words.next().is_some() {
+                    // memcached's crawler cannot write a dump to UDP: it sends nothing and the
+                    // rest of the datagram is not run. A dump of every key is no UDP reply.
+                    break;
+                }
+            }
             let over = match &parsed {
                 Command::Text(Parsed {
                     outcome: Ok(Request::Get { keys, verb, .. }),
