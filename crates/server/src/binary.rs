@@ -59,15 +59,20 @@ impl Session<'_> {
         }
         let start = self.out.len();
         let bad_magic = parsed.outcome == BinaryOutcome::Close;
-        // Without SASL memcached answers SASL data "Unknown command" while it discards it,
-        // which queues the answer like any error with a body to discard.
-        let discarded = match &parsed.outcome {
+        let sasl_off = self.server.settings.sasl_users.is_none();
+        // Errors memcached queues instead of sending at once: the ones it answers while it
+        // discards a body (a store or SASL data that cannot fit, however long; without SASL,
+        // SASL data of any length).
+        let queued = match &parsed.outcome {
             BinaryOutcome::Request(r) => {
                 matches!(r.command, BinaryCommand::SaslAuth | BinaryCommand::SaslStep)
-                    && self.server.settings.sasl_users.is_none()
+                    && sasl_off
                     && !r.value.is_empty()
             }
-            _ => false,
+            BinaryOutcome::Reject(r) => {
+                !r.close && r.status != Status::UnknownCommand && !(r.sasl && sasl_off)
+            }
+            BinaryOutcome::Close => false,
         };
         let next = self.answer_binary(parsed, state);
         if bad_magic {
@@ -75,7 +80,7 @@ impl Session<'_> {
             let keep = self.out.len() - state.held.min(self.out.len());
             self.out.truncate(keep);
             state.held = 0;
-        } else if !discarded
+        } else if !queued
             && !matches!(next, Next::Swallow(_))
             && sent_at_once(&self.out[start..])
         {
