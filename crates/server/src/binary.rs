@@ -80,10 +80,7 @@ impl Session<'_> {
             let keep = self.out.len() - state.held.min(self.out.len());
             self.out.truncate(keep);
             state.held = 0;
-        } else if !queued
-            && !matches!(next, Next::Swallow(_))
-            && sent_at_once(&self.out[start..])
-        {
+        } else if !queued && !matches!(next, Next::Swallow(_)) && sent_at_once(&self.out[start..]) {
             state.held = 0;
         } else {
             state.held += self.out.len() - start;
