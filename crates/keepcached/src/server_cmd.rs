@@ -374,6 +374,12 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 };
                 settings.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
             }
+            "udp_reply_limit" => {
+                let Some(bytes) = value.and_then(|v| v.parse::<usize>().ok()) else {
+                    return usage(format!("invalid udp_reply_limit: {option}"));
+                };
+                settings.udp_reply_limit = Some(bytes);
+            }
             "lru_crawler" => settings.lru_crawler = true,
             "no_lru_crawler" => settings.lru_crawler = false,
             _ if INERT_OPTIONS.contains(&key) => {
@@ -523,7 +529,11 @@ fn help_text() -> String {
         ),
         (
             "-o, --extended=<opts>",
-            "comma separated: idle_timeout=<secs>, no_lru_crawler, and",
+            "comma separated: idle_timeout=<secs>, no_lru_crawler,",
+        ),
+        (
+            "",
+            "udp_reply_limit=<bytes> (default: 10 x the request datagram), and",
         ),
         ("", "memcached's tuning options (accepted with a warning)"),
     ];
@@ -689,10 +699,11 @@ mod tests {
             "2m",
             "-vv",
             "-o",
-            "idle_timeout=5,hashpower=20",
+            "idle_timeout=5,hashpower=20,udp_reply_limit=4096",
         ])
         .unwrap()
         .settings;
+        assert_eq!(s.udp_reply_limit, Some(4096));
         assert_eq!(s.port, 1234);
         assert_eq!(s.max_bytes, 1024 * 1024 * 1024);
         assert_eq!(s.threads, 2);

@@ -110,7 +110,17 @@ fn conversation() -> Vec<(&'static str, Vec<u8>, u16)> {
             format!("set big 0 0 5000\r\n{big}\r\n").into_bytes(),
             1,
         ),
-        ("a reply in four datagrams", b"get big\r\n".to_vec(), 1),
+        (
+            // Padded with a silent store so that the datagram's reply budget (ten times its
+            // size, docs/udp.md) covers the 5000-byte reply.
+            "a reply in four datagrams",
+            format!(
+                "set pad 0 0 500 noreply\r\n{}\r\nget big\r\n",
+                "p".repeat(500)
+            )
+            .into_bytes(),
+            1,
+        ),
         (
             "one message per request",
             b"get a\r\nget b\r\nversion\r\n".to_vec(),
@@ -133,6 +143,11 @@ fn conversation() -> Vec<(&'static str, Vec<u8>, u16)> {
         ),
         ("errors", b"bogus\r\nget\r\n".to_vec(), 1),
         ("binary protocol", binary_version_request(), 1),
+        (
+            "a metadump is not sent, nor the rest of its datagram run",
+            b"lru_crawler metadump all\r\nversion\r\n".to_vec(),
+            1,
+        ),
         ("delete and incr", b"incr k 1\r\ndelete k\r\n".to_vec(), 1),
     ]
 }
@@ -261,4 +276,65 @@ fn a_multi_key_get_is_one_message() {
         assert_eq!((usize::from(*seq), *total), (i, 18));
         assert!(i == 17 || *len == MAX_DATAGRAM - 8);
     }
+}
+
+/// Where keepcached deliberately differs: one datagram may cause at most ten times its size in
+/// reply bytes (at least one full datagram), or `-o udp_reply_limit` bytes. A request whose reply
+/// would pass that is answered with an error, and the datagram's later requests are not run.
+#[test]
+fn a_datagram_reply_is_bounded() {
+    let udp_port = free_udp_port();
+    let server = Target::keepcached(env!("CARGO_BIN_EXE_keepcached"))
+        .start(&["-U", &udp_port.to_string()])
+        .expect("keepcached -U");
+    let mut tcp = server.connect().expect("connect");
+    let value = "v".repeat(2000);
+    let stored = tcp
+        .call(&format!("set big 0 0 2000\r\n{value}\r\n"))
+        .expect("set");
+    assert_eq!(stored, "STORED\r\n");
+    let mut client = UdpClient::new(udp_port);
+    let refused = b"SERVER_ERROR reply exceeds the UDP reply limit\r\n";
+    let payloads = |messages: Vec<Message>| -> Vec<Vec<u8>> {
+        messages.into_iter().map(|m| m.payload).collect()
+    };
+    // 2,000 bytes of value for a 17-byte datagram: over the 1,392-byte floor.
+    assert_eq!(
+        payloads(client.request(b"get big\r\n")),
+        vec![refused.to_vec()]
+    );
+    let mut binary_get = vec![0x80, 0x00, 0, 3, 0, 0, 0, 0, 0, 0, 0, 3];
+    binary_get.extend_from_slice(&[0; 12]);
+    binary_get.extend_from_slice(b"big");
+    let messages = payloads(client.request(&binary_get));
+    assert_eq!(messages.len(), 1);
+    assert_eq!(&messages[0][..2], &[0x81, 0x00]);
+    assert_eq!(&messages[0][6..8], &[0, 3], "status Too large");
+    assert!(messages[0].ends_with(b"Too large."));
+    // The same get in a datagram of over 200 bytes (misses pad it) is answered.
+    let padded = format!("get big{}\r\n", " nokey".repeat(340));
+    let messages = payloads(client.request(padded.as_bytes()));
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].starts_with(b"VALUE big 0 2000\r\n"));
+    drop(server);
+
+    let udp_port = free_udp_port();
+    let server = Target::keepcached(env!("CARGO_BIN_EXE_keepcached"))
+        .start(&["-U", &udp_port.to_string(), "-o", "udp_reply_limit=3000"])
+        .expect("keepcached -U -o udp_reply_limit");
+    let mut tcp = server.connect().expect("connect");
+    let stored = tcp
+        .call(&format!("set big 0 0 2000\r\n{value}\r\n"))
+        .expect("set");
+    assert_eq!(stored, "STORED\r\n");
+    let mut client = UdpClient::new(udp_port);
+    let messages = payloads(client.request(b"get big\r\nget big\r\nset after 0 0 1\r\nx\r\n"));
+    assert_eq!(messages.len(), 2, "the value, then the refusal");
+    assert!(messages[0].starts_with(b"VALUE big 0 2000\r\n"));
+    assert_eq!(messages[1], refused.to_vec());
+    assert_eq!(
+        tcp.call("get after\r\n").expect("get"),
+        "END\r\n",
+        "not run"
+    );
 }

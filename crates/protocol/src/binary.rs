@@ -24,6 +24,12 @@
 //! same order, so each malformed packet gets memcached's status, text and fate (answered, the
 //! rest of its body swallowed, or the connection closed after the answer). Encoders for the
 //! responses are at the end.
+//!
+//! The body length a header declares is never trusted for buffering: only a store (a value up
+//! to `-I`) and a SASL exchange (its data up to `-I`) ask for more than the header, extras and
+//! key; every other command is answered from those, as memcached does, and what its header
+//! declared beyond them is read as the next packet. A declared length that cannot fit is
+//! answered at once and its bytes discarded as they arrive, never held.
 
 use crate::text::{Incomplete, Limits};
 
@@ -198,6 +204,9 @@ pub struct BinaryReject<'a> {
     pub unlink: Option<&'a [u8]>,
     /// The packet was rejected before memcached's authentication check would have run.
     pub before_auth: bool,
+    /// A SASL packet rejected for its size: without SASL (`-S`) memcached answers it
+    /// "Unknown command" instead, discarding the same bytes.
+    pub sasl: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -217,6 +226,20 @@ pub struct BinaryParsed<'a> {
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
+
+/// How many body bytes memcached discards after an error: it keeps the count in a C `int`, so a
+/// length of 2 GiB or more turns negative and nothing is discarded (the bytes that follow are
+/// read as the next packet).
+fn swallow_count(len: u32) -> usize {
+    if i32::try_from(len).is_ok() {
+        len as usize
+    } else {
+        0
+    }
+}
+
+/// The longest SASL mechanism name memcached accepts.
+const MAX_SASL_MECH_LEN: usize = 32;
 
 fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
@@ -254,6 +277,7 @@ pub fn parse_binary<'a>(buf: &'a [u8], limits: &Limits) -> Result<BinaryParsed<'
                 close,
                 unlink: None,
                 before_auth: false,
+                sasl: false,
             }),
         })
     };
@@ -269,7 +293,8 @@ pub fn parse_binary<'a>(buf: &'a [u8], limits: &Limits) -> Result<BinaryParsed<'
     }
     let extras = &buf[HEADER_LEN..HEADER_LEN + extlen];
     let key = &buf[HEADER_LEN + extlen..fixed];
-    let value_len = bodylen - extlen - keylen;
+    // Cannot underflow: the key and extras fit in the body (checked above).
+    let value_len = header.body_len - (extlen + keylen) as u32;
     let invalid = || reject(Status::InvalidArguments, 0, true);
     use opcode::*;
     let quiet = matches!(
@@ -355,23 +380,59 @@ pub fn parse_binary<'a>(buf: &'a [u8], limits: &Limits) -> Result<BinaryParsed<'
         | DECREMENT | DECREMENTQ | STAT | SASL_AUTH | SASL_STEP => return invalid(),
         // memcached discards a body's length after the extras and key it already read, so
         // the next bytes of an unknown command with extras or a key are lost too.
-        _ => return reject(Status::UnknownCommand, bodylen, false),
-    };
-    if let BinaryCommand::Store { kind, .. } = command {
-        if keylen + value_len + limits.item_overhead > limits.item_size_max {
-            return Ok(BinaryParsed {
-                consumed: fixed,
-                outcome: BinaryOutcome::Reject(BinaryReject {
-                    header,
-                    status: Status::TooLarge,
-                    swallow: value_len,
-                    close: false,
-                    unlink: (kind == BinaryStore::Set).then_some(key),
-                    before_auth: false,
-                }),
-            });
+        _ => {
+            return reject(
+                Status::UnknownCommand,
+                swallow_count(header.body_len),
+                false,
+            )
         }
+    };
+    // What memcached reads of the body after the extras and key: a store's value and SASL
+    // data. Every other command is answered from its extras and key; the rest of a longer
+    // body is the next packet's first bytes.
+    let value_len = match command {
+        BinaryCommand::Store { .. } | BinaryCommand::SaslAuth | BinaryCommand::SaslStep => {
+            value_len
+        }
+        _ => 0,
+    };
+    let size_reject = |status, sasl, unlink| {
+        Ok(BinaryParsed {
+            consumed: fixed,
+            outcome: BinaryOutcome::Reject(BinaryReject {
+                header,
+                status,
+                swallow: swallow_count(value_len),
+                close: false,
+                unlink,
+                before_auth: false,
+                sasl,
+            }),
+        })
+    };
+    // A length of 2 GiB or more is negative in memcached's `int` and can never fit an item.
+    let fits = i32::try_from(value_len).is_ok()
+        && keylen + value_len as usize + limits.item_overhead <= limits.item_size_max;
+    match command {
+        BinaryCommand::Store { kind, .. } if !fits => {
+            return size_reject(
+                Status::TooLarge,
+                false,
+                (kind == BinaryStore::Set).then_some(key),
+            );
+        }
+        BinaryCommand::SaslAuth | BinaryCommand::SaslStep if keylen > MAX_SASL_MECH_LEN => {
+            return size_reject(Status::InvalidArguments, true, None);
+        }
+        // memcached reads SASL data into an item, and answers "Out of memory" when none can
+        // hold it.
+        BinaryCommand::SaslAuth | BinaryCommand::SaslStep if !fits => {
+            return size_reject(Status::OutOfMemory, true, None);
+        }
+        _ => {}
     }
+    let value_len = value_len as usize;
     let total = fixed + value_len;
     if buf.len() < total {
         return Err(Incomplete {
@@ -502,6 +563,82 @@ mod tests {
         assert_eq!(r.status, Status::TooLarge);
         assert_eq!(r.swallow, 2 * 1024 * 1024);
         assert_eq!(r.unlink, Some(&b"k"[..]));
+    }
+
+    fn with_body_len(mut p: Vec<u8>, len: u32) -> Vec<u8> {
+        p[8..12].copy_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn a_huge_declared_body_never_asks_for_more_than_a_value() {
+        let limits = Limits::default();
+        let cap = HEADER_LEN + 8 + 255 + limits.item_size_max;
+        for op in 0..=u8::MAX {
+            for len in [0xFFFF_FFF0, 0x8000_0000, 0x7FFF_FFF0, 2 << 20] {
+                for (extras, key) in [
+                    (&[][..], &b""[..]),
+                    (&[0; 4][..], b"k"),
+                    (&[0; 8][..], b"k"),
+                ] {
+                    let p = with_body_len(packet(op, extras, key, b"", 0), len);
+                    if let Err(incomplete) = parse(&p) {
+                        let needed = incomplete.needed.unwrap_or(0);
+                        assert!(needed <= cap, "opcode {op:#x} len {len:#x} needs {needed}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_of_2_gib_or_more_is_answered_without_swallowing() {
+        let set = with_body_len(packet(opcode::SET, &[0; 8], b"k", b"", 0), 0xFFFF_FFF0);
+        let BinaryOutcome::Reject(r) = parse(&set).unwrap().outcome else {
+            panic!()
+        };
+        assert_eq!((r.status, r.swallow, r.close), (Status::TooLarge, 0, false));
+        let unknown = with_body_len(packet(0x40, b"", b"", b"", 0), 0x8000_0000);
+        let BinaryOutcome::Reject(r) = parse(&unknown).unwrap().outcome else {
+            panic!()
+        };
+        assert_eq!((r.status, r.swallow), (Status::UnknownCommand, 0));
+        let unknown = with_body_len(packet(0x40, b"", b"", b"", 0), 0x7FFF_FFFF);
+        let BinaryOutcome::Reject(r) = parse(&unknown).unwrap().outcome else {
+            panic!()
+        };
+        assert_eq!(r.swallow, 0x7FFF_FFFF);
+        let sasl = with_body_len(packet(opcode::SASL_AUTH, b"", b"PLAIN", b"", 0), 3 << 20);
+        let BinaryOutcome::Reject(r) = parse(&sasl).unwrap().outcome else {
+            panic!()
+        };
+        assert_eq!(
+            (r.status, r.swallow, r.sasl),
+            (Status::OutOfMemory, (3 << 20) - 5, true)
+        );
+    }
+
+    #[test]
+    fn surplus_body_of_touch_and_stat_is_the_next_packet() {
+        let noop = packet(opcode::NOOP, b"", b"", b"", 0);
+        for (op, extras, key) in [
+            (opcode::TOUCH, &[0u8; 4][..], &b"k"[..]),
+            (opcode::GATKQ, &[0; 4], b"k"),
+            (opcode::STAT, &[], b"items"),
+            (opcode::STAT, &[], b""),
+        ] {
+            let head = packet(op, extras, key, b"", 0);
+            let declared = (extras.len() + key.len() + noop.len()) as u32;
+            let p = [with_body_len(head.clone(), declared), noop.clone()].concat();
+            let parsed = parse(&p).unwrap();
+            assert_eq!(parsed.consumed, head.len(), "opcode {op:#x}");
+            let BinaryOutcome::Request(r) = parsed.outcome else {
+                panic!()
+            };
+            assert_eq!((r.key, r.value), (key, &b""[..]));
+            let next = parse(&p[parsed.consumed..]).unwrap();
+            assert_eq!(next.consumed, noop.len());
+        }
     }
 
     #[test]

@@ -20,10 +20,31 @@ use crate::auth;
 use crate::execute::{Next, Session, PROTOCOL_VERSION};
 use crate::report;
 
-/// Per connection: whether SASL has let the client in.
+/// Per connection: whether SASL has let the client in, and which replies memcached would still
+/// hold back.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BinaryState {
     pub authenticated: bool,
+    /// Bytes at the end of the output that memcached would not have sent yet: it queues a
+    /// success and sends its queue at the next error reply, NOOP, or wait for input. A packet
+    /// with a bad magic closes the connection and loses that queue.
+    held: usize,
+    /// The output's length after the last packet: a different length means the connection has
+    /// written its output since, and nothing is held any more.
+    out_len: usize,
+}
+
+/// Whether memcached sends `replies` (one request's response packets) at once rather than
+/// queueing them: an error does (apart from a miss that carries its key, and an error whose
+/// body is still to be discarded), and so does a NOOP.
+fn sent_at_once(replies: &[u8]) -> bool {
+    let Some(header) = replies.get(..binary::HEADER_LEN) else {
+        return false;
+    };
+    let key_len = u16::from_be_bytes([header[2], header[3]]);
+    let status = u16::from_be_bytes([header[6], header[7]]);
+    let keyed_miss = status == Status::KeyNotFound as u16 && key_len > 0;
+    header[1] == opcode::NOOP || (status != Status::Ok as u16 && !keyed_miss)
 }
 
 fn exptime_arg(t: u32) -> i32 {
@@ -33,6 +54,42 @@ fn exptime_arg(t: u32) -> i32 {
 impl Session<'_> {
     /// Answers one parsed binary packet.
     pub fn execute_binary(&mut self, parsed: BinaryParsed<'_>, state: &mut BinaryState) -> Next {
+        if self.out.len() != state.out_len {
+            state.held = 0;
+        }
+        let start = self.out.len();
+        let bad_magic = parsed.outcome == BinaryOutcome::Close;
+        let sasl_off = self.server.settings.sasl_users.is_none();
+        // Errors memcached queues instead of sending at once: the ones it answers while it
+        // discards a body (a store or SASL data that cannot fit, however long; without SASL,
+        // SASL data of any length).
+        let queued = match &parsed.outcome {
+            BinaryOutcome::Request(r) => {
+                matches!(r.command, BinaryCommand::SaslAuth | BinaryCommand::SaslStep)
+                    && sasl_off
+                    && !r.value.is_empty()
+            }
+            BinaryOutcome::Reject(r) => {
+                !r.close && r.status != Status::UnknownCommand && !(r.sasl && sasl_off)
+            }
+            BinaryOutcome::Close => false,
+        };
+        let next = self.answer_binary(parsed, state);
+        if bad_magic {
+            // A bad magic: what memcached still held back is lost with the connection.
+            let keep = self.out.len() - state.held.min(self.out.len());
+            self.out.truncate(keep);
+            state.held = 0;
+        } else if !queued && !matches!(next, Next::Swallow(_)) && sent_at_once(&self.out[start..]) {
+            state.held = 0;
+        } else {
+            state.held += self.out.len() - start;
+        }
+        state.out_len = self.out.len();
+        next
+    }
+
+    fn answer_binary(&mut self, parsed: BinaryParsed<'_>, state: &mut BinaryState) -> Next {
         let (header, before_auth) = match &parsed.outcome {
             BinaryOutcome::Close => return Next::Close,
             BinaryOutcome::Request(r) => (r.header, false),
@@ -53,7 +110,12 @@ impl Session<'_> {
         match parsed.outcome {
             BinaryOutcome::Close => Next::Close,
             BinaryOutcome::Reject(reject) => {
-                binary::error(self.out, &header, reject.status);
+                let status = if reject.sasl && self.server.settings.sasl_users.is_none() {
+                    Status::UnknownCommand
+                } else {
+                    reject.status
+                };
+                binary::error(self.out, &header, status);
                 if let Some(key) = reject.unlink {
                     self.server.cache.delete(key, self.server.clock.now());
                 }

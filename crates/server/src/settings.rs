@@ -16,6 +16,9 @@ pub struct Settings {
     pub port: u16,
     /// UDP port (`-U`); 0 (the default) disables UDP.
     pub udp_port: u16,
+    /// Reply bytes one UDP request datagram may cause (`-o udp_reply_limit`); `None`: ten
+    /// times the datagram's size, and at least one reply datagram (crate::udp).
+    pub udp_reply_limit: Option<usize>,
     /// Addresses to listen on (`-l`); empty means every address, IPv4 and IPv6.
     pub listen: Vec<IpAddr>,
     /// Unix socket (`-s`); when set, TCP and UDP are off, as in memcached.
@@ -86,6 +89,7 @@ impl Default for Settings {
         Settings {
             port: 11211,
             udp_port: 0,
+            udp_reply_limit: None,
             listen: Vec::new(),
             unix_socket: None,
             unix_mask: 0o700,

@@ -22,13 +22,18 @@
 //! (so one client's unfinished `set` swallows the next client's datagram), every datagram here
 //! stands alone: an unfinished request at its end is dropped.
 //!
-//! UDP is off by default: an open UDP memcached is a traffic amplifier (docs/udp.md).
+//! UDP is off by default: an open UDP memcached is a traffic amplifier (docs/udp.md). Unlike
+//! memcached, what one datagram may make us send is bounded ([`reply_budget`]): a request whose
+//! reply would pass the budget is answered with an error instead, and the datagram's remaining
+//! requests are not run. A multi-key get is measured in the cache before any value is copied,
+//! so the memory a datagram costs does not grow with what it names either.
 
 use std::io;
 use std::sync::Arc;
 
-use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
-use keepcached_protocol::parse_command;
+use keepcached_cache::ReadOptions;
+use keepcached_protocol::binary::{self, parse_binary, BinaryOutcome, Status, REQUEST_MAGIC};
+use keepcached_protocol::{parse_command, Command, Keys, Parsed, Request, Verb};
 use tokio::net::UdpSocket;
 
 use crate::binary::BinaryState;
@@ -81,6 +86,57 @@ impl Header {
 /// A reply that would need more datagrams than the header can count is replaced by this.
 const REPLY_TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 
+/// The answer to a text or meta request whose reply would pass the datagram's reply budget
+/// (memcached has no such limit, hence no text of its own for it).
+pub const OVER_REPLY_LIMIT: &[u8] = b"SERVER_ERROR reply exceeds the UDP reply limit\r\n";
+
+/// Without `-o udp_reply_limit`, a datagram may cause this many times its own size in reply
+/// bytes: an open UDP port amplifies at most tenfold (memcached: 238,000-fold for a 253-byte
+/// `get` of one 1 MB value named 60 times).
+pub const REPLY_FACTOR: usize = 10;
+
+/// The reply bytes (frame headers not counted) a request datagram of `datagram_len` bytes may
+/// cause: `-o udp_reply_limit`, or [`REPLY_FACTOR`] times its size but at least one full reply
+/// datagram, so a short `get` of a small value is always answered.
+pub fn reply_budget(limit: Option<usize>, datagram_len: usize) -> usize {
+    limit.unwrap_or_else(|| (REPLY_FACTOR * datagram_len).max(MAX_PAYLOAD))
+}
+
+/// The exact size of a text get's reply, measured in the cache without copying a value or
+/// leaving a trace on the items (no fetch, no LRU bump).
+fn get_reply_len(server: &Server, keys: &Keys<'_>, with_cas: bool, now: u32) -> usize {
+    let digits = |n: u64| n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let peek = ReadOptions {
+        bump: false,
+        vivify: false,
+    };
+    let values: usize = keys
+        .iter()
+        .map(|key| {
+            server
+                .cache
+                .read(key, peek, now, |item| {
+                    let view = item.view();
+                    let len = view.value.len();
+                    let cas = if with_cas { 1 + digits(view.cas) } else { 0 };
+                    // "VALUE key flags bytes [cas]\r\n" data "\r\n"
+                    6 + key.len()
+                        + 1
+                        + digits(view.flags.into())
+                        + 1
+                        + digits(len as u64)
+                        + cas
+                        + 2
+                        + len
+                        + 2
+                })
+                .hit()
+                .unwrap_or(0)
+        })
+        .sum();
+    values + b"END\r\n".len()
+}
+
 /// Cuts one reply into framed datagrams and hands each to `send`.
 pub fn frame_reply(request_id: u16, reply: &[u8], mut send: impl FnMut(&[u8])) {
     let reply = if reply.len().div_ceil(MAX_PAYLOAD) > usize::from(u16::MAX) {
@@ -125,6 +181,8 @@ pub fn handle_datagram(
     let binary = input[0] == REQUEST_MAGIC;
     let mut binary_state = BinaryState::default();
     let mut reply = Vec::new();
+    let mut budget = reply_budget(server.settings.udp_reply_limit, datagram.len());
+    let mut refused = false;
     while !input.is_empty() {
         let mut session = Session {
             server,
@@ -136,22 +194,69 @@ pub fn handle_datagram(
                 break;
             };
             let consumed = parsed.consumed;
-            (consumed, session.execute_binary(parsed, &mut binary_state))
+            let header = match &parsed.outcome {
+                BinaryOutcome::Request(r) => Some(r.header),
+                _ => None,
+            };
+            let next = session.execute_binary(parsed, &mut binary_state);
+            // One binary request returns at most one item, so its reply is measured after it
+            // is built.
+            if let (Some(header), true) = (header, reply.len() > budget) {
+                reply.clear();
+                binary::error(&mut reply, &header, Status::TooLarge);
+                refused = true;
+            }
+            (consumed, next)
         } else {
             let Ok(parsed) = parse_command(input, &server.limits) else {
                 break;
             };
             let consumed = parsed.consumed();
-            let next = session.execute_command(parsed);
+            if let Command::Text(Parsed {
+                outcome: Ok(Request::LruCrawler { args }),
+                ..
+            }) = &parsed
+            {
+                let mut words = args.iter();
+                if words.next() == Some(b"metadump".as_slice()) && words.next().is_some() {
+                    // memcached's crawler cannot write a dump to UDP: it sends nothing and the
+                    // rest of the datagram is not run. A dump of every key is no UDP reply.
+                    break;
+                }
+            }
+            let over = match &parsed {
+                Command::Text(Parsed {
+                    outcome: Ok(Request::Get { keys, verb, .. }),
+                    ..
+                }) => {
+                    let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
+                    get_reply_len(server, keys, with_cas, server.clock.now()) > budget
+                }
+                _ => false,
+            };
+            let next = if over {
+                Next::Continue
+            } else {
+                session.execute_command(parsed)
+            };
+            if over || reply.len() > budget {
+                reply.clear();
+                reply.extend_from_slice(OVER_REPLY_LIMIT);
+                refused = true;
+            }
             (consumed, next)
         };
         input = &input[consumed..];
+        budget = budget.saturating_sub(reply.len());
         if !reply.is_empty() {
             frame_reply(header.request_id, &reply, |d| {
                 counters.bytes_written += d.len() as u64;
                 send(d);
             });
             reply.clear();
+        }
+        if refused {
+            break;
         }
         match next {
             Next::Continue => {}

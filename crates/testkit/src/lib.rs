@@ -11,11 +11,17 @@
 //!   memcached and against keepcached, every difference collected and reported;
 //! - [`env`]: skip tests that need root or a Debian tool, except in CI where they must run;
 //! - [`parser_invariants`]: the properties the text request parser must keep on any input,
-//!   shared by the fuzz target (`fuzz/`) and a deterministic test over generated inputs.
+//!   shared by the fuzz target (`fuzz/`) and a deterministic test over generated inputs;
+//!   [`meta_invariants`] and [`binary_invariants`] do the same for the meta and binary parsers;
+//! - [`fuzz`]: seeded generated and mutated requests of each protocol, played against
+//!   memcached and keepcached, replies compared after masking.
 
+pub mod binary_invariants;
 pub mod client;
 pub mod env;
+pub mod fuzz;
 pub mod mask;
+pub mod meta_invariants;
 pub mod parser_invariants;
 pub mod process;
 pub mod wire;

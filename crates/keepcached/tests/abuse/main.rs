@@ -5,6 +5,7 @@
 //! Each scenario prints one line `ABUSE | scenario | ours peak growth | memcached peak growth |
 //! outcome` (run with `--nocapture` to collect them).
 
+mod bin;
 mod ops;
 mod proxy;
 mod vrrp;
