@@ -393,9 +393,8 @@ fn docs_recipe_elects_one_holder_and_follows_the_proxy() {
             &format!("{h}-server.log"),
             &[exe, "server", "-u", "root", "-p", "11211", "-U", "0"],
         );
-        // The docs say `-l 198.18.0.100,127.0.0.1` (the VIP, for clients, and
-        // loopback, for the check); until the proxy's `-l` takes a list this
-        // test listens on every address, which covers both.
+        // As the docs say: the VIP for clients (bound before this host holds it, hence
+        // --freebind) and loopback for the check.
         proxies.push(t.spawn(
             h,
             &format!("{h}-proxy.log"),
@@ -408,7 +407,7 @@ fn docs_recipe_elects_one_holder_and_follows_the_proxy() {
                 "-n",
                 "51200",
                 "-l",
-                "0.0.0.0",
+                "198.18.0.100,127.0.0.1",
                 "-p",
                 "12000",
                 "-s",
