@@ -8,12 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
-use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
-use keepcached_protocol::parse_command;
+use keepcached_protocol::binary::{
+    self, parse_binary, BinaryOutcome, BinaryParsed, Status, REQUEST_MAGIC,
+};
+use keepcached_protocol::meta::{MetaParsed, MetaReject};
+use keepcached_protocol::{
+    parse_command, reply, Command, Invalid, Limits, Parsed, Request, StoreKind,
+};
 use keepcached_runtime::{spare, Socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,11 +29,91 @@ use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
 
-/// Bytes to read at a time when no larger need is known.
+/// Bytes to read at a time when no larger need is known; also the read buffer every connection
+/// may hold without drawing on the [`InputBudget`].
 const READ_CHUNK: usize = 16 * 1024;
-/// Replies buffered beyond this are written out before more requests are executed, so a
-/// pipeline of large gets cannot grow the output without bound.
-const OUT_HIGH_WATER: usize = 1024 * 1024;
+/// Replies buffered beyond this are written out, and the client must read them, before more is
+/// executed: the next request of a pipeline, or the next key of a multi-get. A connection's
+/// pending output is therefore at most this plus one value.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Unconsumed input up to this long is kept between reads in a buffer of its own size rather
+/// than a read chunk.
+const SHORT_TAIL: usize = 1024;
+
+/// What every connection's read buffer may hold beyond its first [`READ_CHUNK`], server-wide:
+/// values still arriving and long multi-get lines. memcached reads a value into item memory
+/// it allocates when the request line arrives, and refuses the store when it cannot; this
+/// budget is our equivalent, so a thousand clients that each start a large set and stall hold
+/// no more than it.
+#[derive(Debug)]
+pub struct InputBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl InputBudget {
+    pub fn new(limit: usize) -> InputBudget {
+        InputBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes currently held by connections beyond their first read chunk.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The share of the [`InputBudget`] one connection holds, given back when it is dropped (also
+/// when the connection's task is aborted).
+#[derive(Debug)]
+struct Held<'a> {
+    budget: &'a InputBudget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Makes the share exactly `bytes`; false, holding what it held, when the budget lacks the
+    /// difference.
+    fn set(&mut self, bytes: usize) -> bool {
+        if bytes > self.bytes {
+            if !self.budget.take(bytes - self.bytes) {
+                return false;
+            }
+        } else {
+            self.budget.give_back(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+        true
+    }
+
+    fn release(&mut self) {
+        self.budget.give_back(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
 
 /// What a connection is doing, in memcached's state names (`stats conns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +269,17 @@ struct Conn<'a, S> {
     server: &'a Server,
     stream: S,
     input: BytesMut,
+    /// The size `input`'s buffer was allocated with: [`READ_CHUNK`] for a read chunk, which
+    /// goes back to the thread's spares when done.
+    input_size: usize,
+    /// What `input` holds of the [`InputBudget`]: its capacity beyond [`READ_CHUNK`].
+    held: Held<'a>,
+    /// Keys of the multi-get at the head of `input` already answered: it stopped there at the
+    /// output's high-water mark and goes on once the client has read.
+    resume: usize,
+    /// How much unconsumed input the request at the head of `input` needs, when the parser
+    /// knows (a value's length); 0 otherwise. `input` has room for it.
+    need: usize,
     out: Vec<u8>,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
@@ -211,6 +307,13 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         server,
         stream,
         input: BytesMut::new(),
+        input_size: 0,
+        held: Held {
+            budget: &server.input_budget,
+            bytes: 0,
+        },
+        resume: 0,
+        need: 0,
         out: Vec::new(),
         swallow: 0,
         counters: Counters::default(),
@@ -246,10 +349,30 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
 impl<S: Socket> Conn<'_, S> {
     /// Reads what is available and handles it. `Ok(false)` when the connection should close.
     async fn read(&mut self) -> io::Result<bool> {
-        if self.input.capacity() == 0 {
-            self.input = spare::take_input(READ_CHUNK);
-        } else if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
-            self.input.reserve(READ_CHUNK);
+        let pending = self.input.len();
+        let room = if self.need > pending {
+            // Made when the need became known (again here if the buffer was trimmed since).
+            self.need
+        } else if self.input.capacity() - pending < READ_CHUNK / 4 {
+            // A read chunk; for a line longer than most of one (a long multi-get), twice its
+            // length, from the budget.
+            if pending <= READ_CHUNK * 3 / 4 {
+                READ_CHUNK
+            } else {
+                (2 * pending).max(pending + READ_CHUNK)
+            }
+        } else {
+            0
+        };
+        if !self.make_room(room) {
+            // memcached too drops a client whose multi-get line it cannot buffer.
+            if self.server.verbosity.load(Ordering::Relaxed) > 0 {
+                eprintln!(
+                    "<{} closing: no read buffer memory left for a {pending}-byte line",
+                    self.id
+                );
+            }
+            return Ok(false);
         }
         let n = self.stream.read_buf(&mut self.input).await?;
         if n == 0 {
@@ -263,9 +386,20 @@ impl<S: Socket> Conn<'_, S> {
         }
         let keep_open = self.handle_input().await?;
         self.entry.set_state(self.waiting_state());
-        if self.input.is_empty() && self.input.capacity() > 0 && self.swallow == 0 {
+        let pending = self.input.len();
+        if pending == 0 && self.input.capacity() > 0 {
             // Nothing pending: give the buffer back so an idle connection holds none.
-            spare::give_back_input(std::mem::take(&mut self.input), READ_CHUNK);
+            self.swap_input(BytesMut::new(), 0);
+            self.held.release();
+        } else if self.need <= READ_CHUNK
+            && (pending <= SHORT_TAIL || (self.held.bytes > 0 && pending <= READ_CHUNK / 2))
+        {
+            // A client that stops mid-request holds what it sent, not a read chunk (thousands
+            // of slow clients), and the buffer of a large value or line that is done goes back
+            // to the budget; the next read takes a chunk again.
+            let rest = BytesMut::from(&self.input[..]);
+            self.swap_input(rest, pending);
+            self.held.release();
         }
         if self.out.is_empty() {
             spare::give_back_output(std::mem::take(&mut self.out));
@@ -276,6 +410,7 @@ impl<S: Socket> Conn<'_, S> {
 
     async fn handle_input(&mut self) -> io::Result<bool> {
         loop {
+            self.need = 0;
             self.discard_swallowed();
             let stop = if self.swallow > 0 {
                 Stop::NeedInput
@@ -342,12 +477,13 @@ impl<S: Socket> Conn<'_, S> {
             if binary {
                 let parsed = match parse_binary(&self.input, limits) {
                     Ok(parsed) => parsed,
-                    Err(incomplete) => {
-                        if let Some(needed) = incomplete.needed {
-                            self.input.reserve(needed.saturating_sub(self.input.len()));
-                        }
-                        return Stop::NeedInput;
-                    }
+                    Err(incomplete) => match self.wait_for(incomplete.needed) {
+                        true => return Stop::NeedInput,
+                        false => match self.refuse_binary() {
+                            Some(stop) => return stop,
+                            None => continue,
+                        },
+                    },
                 };
                 let consumed = parsed.consumed;
                 let mut session = Session {
@@ -370,14 +506,15 @@ impl<S: Socket> Conn<'_, S> {
             }
             let parsed = match parse_command(&self.input, limits) {
                 Ok(parsed) => parsed,
-                Err(incomplete) => {
-                    if let Some(needed) = incomplete.needed {
-                        self.input.reserve(needed.saturating_sub(self.input.len()));
-                    }
-                    return Stop::NeedInput;
-                }
+                Err(incomplete) => match self.wait_for(incomplete.needed) {
+                    true => return Stop::NeedInput,
+                    false => match self.refuse_text() {
+                        Some(stop) => return stop,
+                        None => continue,
+                    },
+                },
             };
-            if verbose {
+            if verbose && self.resume == 0 {
                 let line = self.input[..parsed.consumed()]
                     .split(|b| *b == b'\n')
                     .next();
@@ -393,13 +530,156 @@ impl<S: Socket> Conn<'_, S> {
                 out: &mut self.out,
                 counters: &mut self.counters,
             };
-            let next = session.execute_command(parsed);
+            let next = match parsed {
+                Command::Text(Parsed {
+                    outcome:
+                        Ok(Request::Get {
+                            verb,
+                            exptime,
+                            keys,
+                        }),
+                    ..
+                }) => {
+                    if let Some(answered) =
+                        session.get_keys(verb, exptime, keys, self.resume, OUT_HIGH_WATER)
+                    {
+                        // The rest of the keys wait until the client has read these.
+                        self.resume = answered;
+                        return Stop::Yield;
+                    }
+                    self.resume = 0;
+                    Next::Continue
+                }
+                command => session.execute_command(command),
+            };
             self.input.advance(consumed);
             if let Some(stop) = self.after(next) {
                 return stop;
             }
         }
         Stop::Yield
+    }
+
+    /// Prepares to wait for the rest of an incomplete request, `needed` bytes in all when the
+    /// parser knows: false when the budget cannot hold it.
+    fn wait_for(&mut self, needed: Option<usize>) -> bool {
+        let Some(needed) = needed else {
+            return true;
+        };
+        if !self.make_room(needed) {
+            return false;
+        }
+        self.need = needed;
+        true
+    }
+
+    /// Makes `input` able to hold `total` bytes of unconsumed input (a read chunk at least). A
+    /// buffer larger than [`READ_CHUNK`] is allocated to size, its excess drawn from the
+    /// [`InputBudget`]: false, with `input` unchanged, when the budget lacks it.
+    fn make_room(&mut self, total: usize) -> bool {
+        if self.input.capacity() >= total {
+            return true;
+        }
+        let size = total.max(READ_CHUNK);
+        if !self.held.set(size - READ_CHUNK) {
+            return false;
+        }
+        let mut buf = if size == READ_CHUNK {
+            spare::take_input(READ_CHUNK)
+        } else {
+            BytesMut::with_capacity(size)
+        };
+        buf.extend_from_slice(&self.input);
+        self.swap_input(buf, size);
+        true
+    }
+
+    /// Puts `buf`, allocated with `size` bytes, in place of `input`, whose buffer goes back to
+    /// the thread's spares if it is a read chunk.
+    fn swap_input(&mut self, buf: BytesMut, size: usize) {
+        let old = std::mem::replace(&mut self.input, buf);
+        if std::mem::replace(&mut self.input_size, size) == READ_CHUNK {
+            spare::give_back_input(old, READ_CHUNK);
+        }
+    }
+
+    /// Refuses the text or meta store at the head of `input`, whose value the budget cannot
+    /// hold, as memcached refuses a value it has no memory for: `SERVER_ERROR out of memory
+    /// storing object` (silenced by `noreply`), the key's current item removed for a set, the
+    /// data discarded as it arrives. `Some` when the batch must stop.
+    fn refuse_text(&mut self) -> Option<Stop> {
+        let server = self.server;
+        let now = server.clock.now();
+        // Parsed as if no value could fit, which yields the key, the data length and noreply.
+        let probe = Limits {
+            item_size_max: 0,
+            ..server.limits.clone()
+        };
+        let (consumed, swallow) = match parse_command(&self.input, &probe) {
+            Ok(Command::Text(Parsed {
+                consumed,
+                outcome:
+                    Err(Invalid::TooLarge {
+                        kind,
+                        key,
+                        swallow,
+                        noreply,
+                    }),
+            })) => {
+                if kind == StoreKind::Set {
+                    server.cache.delete(key, now);
+                }
+                if !noreply {
+                    self.out.extend_from_slice(reply::OUT_OF_MEMORY_STORING);
+                }
+                (consumed, swallow)
+            }
+            Ok(Command::Meta(MetaParsed {
+                consumed,
+                outcome: Err(MetaReject {
+                    unlink, swallow, ..
+                }),
+            })) => {
+                if let Some(key) = unlink {
+                    server.cache.delete(key.as_bytes(), now);
+                }
+                self.out.extend_from_slice(reply::OUT_OF_MEMORY_STORING);
+                (consumed, swallow)
+            }
+            // Only a store announces data; anything else is not ours to answer.
+            _ => return Some(Stop::Close),
+        };
+        self.counters.store_no_memory += 1;
+        self.input.advance(consumed);
+        self.after(Next::Swallow(swallow))
+    }
+
+    /// [`Conn::refuse_text`] for a binary store: memcached's `Out of memory` status (sent
+    /// for quiet commands too, as every error is). A packet that is not a store, or comes
+    /// before a required SASL authentication, closes the connection instead.
+    fn refuse_binary(&mut self) -> Option<Stop> {
+        let server = self.server;
+        let probe = Limits {
+            item_size_max: 0,
+            ..server.limits.clone()
+        };
+        let may_store = server.settings.sasl_users.is_none() || self.binary_state.authenticated;
+        match parse_binary(&self.input, &probe) {
+            Ok(BinaryParsed {
+                consumed,
+                outcome: BinaryOutcome::Reject(reject),
+            }) if reject.status == Status::TooLarge && may_store => {
+                binary::error(&mut self.out, &reject.header, Status::OutOfMemory);
+                if let Some(key) = reject.unlink {
+                    server.cache.delete(key, server.clock.now());
+                }
+                let swallow = reject.swallow;
+                self.counters.store_no_memory += 1;
+                self.input.advance(consumed);
+                self.after(Next::Swallow(swallow))
+            }
+            _ => Some(Stop::Close),
+        }
     }
 
     /// Handles one request of a client that has not passed `-Y` authentication yet: `Some` when

@@ -6,7 +6,7 @@
 
 use keepcached_cache::{DeltaResult, Lookup, StoreMode, StoreResult};
 use keepcached_protocol::reply::{self, ErrorReply};
-use keepcached_protocol::{Command, Invalid, Request, StoreKind, Verb};
+use keepcached_protocol::{Command, Invalid, Keys, Request, StoreKind, Verb};
 
 use crate::report;
 use crate::stats::Counters;
@@ -70,12 +70,7 @@ impl Session<'_> {
                 exptime,
                 keys,
             } => {
-                let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
-                let touch_to = exptime.map(|e| server.clock.exptime(e));
-                for key in keys.iter() {
-                    self.get_one(key, with_cas, touch_to, now);
-                }
-                self.out.extend_from_slice(reply::END);
+                self.get_keys(verb, exptime, keys, 0, usize::MAX);
                 Next::Continue
             }
             Request::Store {
@@ -266,6 +261,34 @@ impl Session<'_> {
                 Next::Continue
             }
         }
+    }
+
+    /// Answers a multi-get from its `skip`th key on, and stops early once the output holds
+    /// `high_water` bytes: `Some(n)` when it stopped with the first `n` keys answered, `None`
+    /// when it answered them all and ended the reply. The connection writes what is buffered
+    /// and comes back for the rest, so one request naming a large value thousands of times
+    /// holds no more than the high-water mark and one value.
+    pub fn get_keys(
+        &mut self,
+        verb: Verb,
+        exptime: Option<i32>,
+        keys: Keys<'_>,
+        skip: usize,
+        high_water: usize,
+    ) -> Option<usize> {
+        let server = self.server;
+        let now = server.clock.now();
+        let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
+        let touch_to = exptime.map(|e| server.clock.exptime(e));
+        let mut keys = keys.iter().enumerate().skip(skip).peekable();
+        while let Some((i, key)) = keys.next() {
+            self.get_one(key, with_cas, touch_to, now);
+            if self.out.len() >= high_water && keys.peek().is_some() {
+                return Some(i + 1);
+            }
+        }
+        self.out.extend_from_slice(reply::END);
+        None
     }
 
     fn get_one(&mut self, key: &[u8], with_cas: bool, touch_to: Option<u32>, now: u32) {
