@@ -743,3 +743,205 @@ impl<S: Socket> Conn<'_, S> {
         self.counters = Counters::default();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::Settings;
+
+    /// A server on a loopback port; every accepted client is served by [`serve`].
+    async fn start(settings: Settings) -> (Arc<Server>, std::net::SocketAddr) {
+        let server = Server::new(settings);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = server.clone();
+        tokio::spawn(async move {
+            let mut id = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                id += 1;
+                let server = shared.clone();
+                tokio::spawn(async move {
+                    let entry = ConnEntry::new(String::new(), None, ConnState::NewCmd, 0);
+                    serve(&server, stream, id, &entry).await;
+                });
+            }
+        });
+        (server, addr)
+    }
+
+    /// Reads until the reply ends with `end`.
+    async fn read_until(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+        let mut reply = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !reply.ends_with(end) {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&buf[..n]);
+        }
+        reply
+    }
+
+    async fn call(addr: std::net::SocketAddr, request: &[u8], end: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        read_until(&mut stream, end).await
+    }
+
+    fn set(key: &str, value: &[u8]) -> Vec<u8> {
+        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+        req
+    }
+
+    /// Waits until the budget's use is `bytes` (connections give theirs back as they close).
+    async fn budget_used(server: &Server, bytes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.input_budget.used() != bytes {
+            assert!(
+                Instant::now() < deadline,
+                "{} used",
+                server.input_budget.used()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_multiget_beyond_the_high_water_mark_resumes_where_it_stopped() {
+        let (_server, addr) = start(Settings::default()).await;
+        let value = |i: usize| vec![b'a' + (i % 26) as u8; 20_000 + i];
+        let mut load = Vec::new();
+        for i in 0..40 {
+            load.extend(set(&format!("k{i}"), &value(i)));
+        }
+        let stored = call(addr, &load, &b"STORED\r\n".repeat(40)).await;
+        assert_eq!(stored.len(), 8 * 40);
+        // Hits, misses and repeats, far more than the high-water mark in all.
+        let keys: Vec<String> = (0..120)
+            .map(|n| match n % 4 {
+                3 => format!("missing{n}"),
+                _ => format!("k{}", (n * 7) % 40),
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for key in &keys {
+            if let Some(i) = key.strip_prefix('k').and_then(|i| i.parse::<usize>().ok()) {
+                let v = value(i);
+                expected.extend(format!("VALUE {key} 0 {}\r\n", v.len()).into_bytes());
+                expected.extend(v);
+                expected.extend_from_slice(b"\r\n");
+            }
+        }
+        let version = format!("VERSION {}\r\n", crate::execute::PROTOCOL_VERSION);
+        expected.extend_from_slice(b"END\r\n");
+        expected.extend_from_slice(version.as_bytes());
+        assert!(expected.len() > 4 * OUT_HIGH_WATER);
+        let request = format!("get {}\r\nversion\r\n", keys.join(" "));
+        let reply = call(addr, request.as_bytes(), version.as_bytes()).await;
+        assert!(
+            reply == expected,
+            "the reply differs from the values in order"
+        );
+    }
+
+    #[tokio::test]
+    async fn values_beyond_the_read_budget_are_refused_and_swallowed() {
+        let settings = Settings {
+            read_buf_mem_limit: 1024 * 1024,
+            ..Settings::default()
+        };
+        let (server, addr) = start(settings).await;
+        assert_eq!(
+            call(addr, &set("old", b"kept until a failed set"), b"\r\n").await,
+            b"STORED\r\n"
+        );
+        // Holds most of the budget: a 900 KB value, all but its end sent.
+        let mut holder = TcpStream::connect(addr).await.unwrap();
+        holder
+            .write_all(&set("held", &[b'h'; 900_000])[..500_000])
+            .await
+            .unwrap();
+        budget_used(&server, set("held", &[0; 900_000]).len() - READ_CHUNK).await;
+
+        let big = [b'x'; 300_000];
+        let mut refused = set("old", &big);
+        refused.extend(format!("set quiet 0 0 {} noreply\r\n", big.len()).into_bytes());
+        refused.extend_from_slice(&big);
+        refused.extend_from_slice(b"\r\n");
+        refused.extend(format!("ms meta {} T0\r\n", big.len()).into_bytes());
+        refused.extend_from_slice(&big);
+        refused.extend_from_slice(b"\r\nget old\r\n");
+        let reply = call(addr, &refused, b"END\r\n").await;
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "SERVER_ERROR out of memory storing object\r\n\
+             SERVER_ERROR out of memory storing object\r\n\
+             END\r\n",
+            "noreply silences the error; a failed set removes the old value"
+        );
+
+        // A binary SETQ: its error is sent, quiet or not.
+        let mut packet = vec![0x80, 0x11, 0, 1, 8, 0, 0, 0];
+        packet.extend_from_slice(&(8 + 1 + big.len() as u32).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]);
+        packet.extend_from_slice(&[0; 8]);
+        packet.push(b'b');
+        packet.extend_from_slice(&big);
+        packet.extend_from_slice(&[0x80, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        packet.extend_from_slice(&[0; 12]);
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let mut header = [0u8; 24];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[0], 0x81);
+        assert_eq!(header[1], 0x11, "the SETQ's answer");
+        assert_eq!(u16::from_be_bytes([header[6], header[7]]), 0x82);
+        assert_eq!(&header[12..16], &[0, 0, 0, 7], "its opaque");
+        let mut body = vec![0u8; u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        assert_eq!(body, b"Out of memory");
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[1], 0x0a, "then the NOOP's");
+
+        // The held value completes; once it is stored the budget is free again.
+        holder
+            .write_all(&set("held", &[b'h'; 900_000])[500_000..])
+            .await
+            .unwrap();
+        assert_eq!(read_until(&mut holder, b"\r\n").await, b"STORED\r\n");
+        budget_used(&server, 0).await;
+        assert_eq!(call(addr, &set("old", &big), b"\r\n").await, b"STORED\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_line_beyond_the_read_budget_closes_the_connection() {
+        let settings = Settings {
+            read_buf_mem_limit: 1024 * 1024,
+            ..Settings::default()
+        };
+        let (server, addr) = start(settings).await;
+        let mut long = TcpStream::connect(addr).await.unwrap();
+        let line = format!("get{}", " key".repeat(1_000_000));
+        // The server may close before all is written.
+        let _ = long.write_all(line.as_bytes()).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), long.read_to_end(&mut rest))
+            .await
+            .expect("closed in time");
+        assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+        budget_used(&server, 0).await;
+        assert!(call(addr, b"version\r\n", b"\r\n")
+            .await
+            .starts_with(b"VERSION "));
+    }
+}
