@@ -409,6 +409,17 @@ fn connection_flood() {
                 .filter_map(|_| TcpStream::connect_timeout(&server.addr(), SETTLE).ok())
                 .collect();
             let opened = flood.len();
+            // The last one is over the limit: turned away with memcached's error.
+            let mut last = flood.last().expect("connections");
+            last.set_read_timeout(Some(SETTLE)).expect("timeout");
+            let mut turned_away = Vec::new();
+            let _ = last.read_to_end(&mut turned_away);
+            assert_eq!(
+                String::from_utf8_lossy(&turned_away),
+                "ERROR Too many open connections\r\n",
+                "{}",
+                server.label()
+            );
             let version = established
                 .call("version\r\n")
                 .expect("the established client during the flood");
@@ -423,7 +434,7 @@ fn connection_flood() {
                 );
                 thread::sleep(Duration::from_millis(100));
             }
-            format!("{opened} connects; established client served; new clients served after")
+            format!("{opened} connects, those over -c turned away; established client served; new clients served after")
         },
     );
 }
