@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
-use crate::execute::{Next, Session};
+use crate::execute::{Next, Session, Spliced};
 use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
@@ -36,6 +36,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// executed: the next request of a pipeline, or the next key of a multi-get. A connection's
 /// pending output is therefore at most this plus one value.
 const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Pieces per vectored write (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
 /// Unconsumed input up to this long is kept between reads in a buffer of its own size rather
 /// than a read chunk.
 const SHORT_TAIL: usize = 1024;
@@ -281,6 +283,9 @@ struct Conn<'a, S> {
     /// knows (a value's length); 0 otherwise. `input` has room for it.
     need: usize,
     out: Vec<u8>,
+    /// Values of a multi-get that go out by reference to the stored bytes, between parts of
+    /// `out`.
+    spliced: Spliced,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
     counters: Counters,
@@ -315,6 +320,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         resume: 0,
         need: 0,
         out: Vec::new(),
+        spliced: Spliced::default(),
         swallow: 0,
         counters: Counters::default(),
         binary: match server.settings.protocol {
@@ -540,9 +546,14 @@ impl<S: Socket> Conn<'_, S> {
                         }),
                     ..
                 }) => {
-                    if let Some(answered) =
-                        session.get_keys(verb, exptime, keys, self.resume, OUT_HIGH_WATER)
-                    {
+                    if let Some(answered) = session.get_keys(
+                        verb,
+                        exptime,
+                        keys,
+                        self.resume,
+                        OUT_HIGH_WATER,
+                        Some(&mut self.spliced),
+                    ) {
                         // The rest of the keys wait until the client has read these.
                         self.resume = answered;
                         return Stop::Yield;
@@ -725,16 +736,54 @@ impl<S: Socket> Conn<'_, S> {
                 }
             }
         }
-        (self.out.len() >= OUT_HIGH_WATER).then_some(Stop::Yield)
+        (self.out.len() + self.spliced.bytes >= OUT_HIGH_WATER).then_some(Stop::Yield)
     }
 
     async fn write_out(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.out).await?;
-        self.counters.bytes_written += self.out.len() as u64;
+        if self.spliced.values.is_empty() {
+            self.stream.write_all(&self.out).await?;
+        } else {
+            self.write_spliced().await?;
+        }
+        self.counters.bytes_written += (self.out.len() + self.spliced.bytes) as u64;
         self.out.clear();
+        self.spliced = Spliced::default();
+        Ok(())
+    }
+
+    /// Writes `out` with the spliced values in their places, in vectored writes.
+    async fn write_spliced(&mut self) -> io::Result<()> {
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * self.spliced.values.len() + 1);
+        let mut at = 0;
+        for (offset, value) in &self.spliced.values {
+            pieces.push(&self.out[at..*offset]);
+            pieces.push(value);
+            at = *offset;
+        }
+        pieces.push(&self.out[at..]);
+        let mut pieces = &mut pieces[..];
+        while !pieces.is_empty() {
+            let slices: Vec<io::IoSlice<'_>> = pieces
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|piece| io::IoSlice::new(piece))
+                .collect();
+            let mut written = self.stream.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while let Some(first) = pieces.first_mut() {
+                if written < first.len() {
+                    *first = &first[written..];
+                    break;
+                }
+                written -= first.len();
+                pieces = &mut pieces[1..];
+            }
+        }
         Ok(())
     }
 

@@ -176,10 +176,10 @@ fn wait_server_read_all(server: &ServerProcess) {
     }
 }
 
-/// Waits until the server has stopped sending to a client that does not read: the bytes
-/// queued towards `client_port` (the server's send queue and the client's receive queue) are
+/// Waits until the server has stopped sending to clients that do not read: the bytes queued
+/// towards `client_ports` (the server's send queues and the clients' receive queues) are
 /// non-zero and the same over several looks.
-fn wait_server_stalled(server: &ServerProcess, client_port: u16) -> u64 {
+fn wait_server_stalled(server: &ServerProcess, client_ports: &[u16]) -> u64 {
     let port = server.port();
     let deadline = Instant::now() + SETTLE;
     let mut last = 0;
@@ -188,8 +188,8 @@ fn wait_server_stalled(server: &ServerProcess, client_port: u16) -> u64 {
         let queued: u64 = tcp_queues()
             .iter()
             .map(|q| match (q.local_port, q.remote_port) {
-                (l, r) if l == port && r == client_port => q.tx,
-                (l, r) if l == client_port && r == port => q.rx,
+                (l, r) if l == port && client_ports.contains(&r) => q.tx,
+                (l, r) if r == port && client_ports.contains(&l) => q.rx,
                 _ => 0,
             })
             .sum();
@@ -255,6 +255,19 @@ fn escape(bytes: &[u8]) -> String {
 
 const BIG_LEN: usize = 1_000_000;
 
+/// Stores `big`, a [`BIG_LEN`]-byte value.
+fn store_big(server: &ServerProcess) {
+    let mut set = format!("set big 0 0 {BIG_LEN}\r\n").into_bytes();
+    set.extend(std::iter::repeat(b'b').take(BIG_LEN));
+    set.extend_from_slice(b"\r\n");
+    assert_eq!(
+        ask(server, &set, b"\r\n"),
+        b"STORED\r\n",
+        "{}",
+        server.label()
+    );
+}
+
 /// A 1 MB value named 2,000 times in one 8 KB request, by a client that does not read: the
 /// server must stop producing once its pending output passes its high-water mark, and the
 /// whole reply must still arrive, complete and in order, when the client reads.
@@ -262,18 +275,13 @@ const BIG_LEN: usize = 1_000_000;
 fn get_amplification() {
     scenario("get amplification", &[], 32, |server| {
         const NAMED: usize = 2000;
-        let mut client = server.connect().expect("connect");
-        let mut set = format!("set big 0 0 {BIG_LEN}\r\n").into_bytes();
-        set.extend(std::iter::repeat(b'b').take(BIG_LEN));
-        set.extend_from_slice(b"\r\n");
-        let stored = client.exchange(&set, &keepcached_testkit::End::Sentinel);
-        assert_eq!(stored.expect("set big").bytes, b"STORED\r\n");
+        store_big(server);
 
         let mut attacker = connect(server.addr());
         let request = format!("get{}\r\n", " big".repeat(NAMED));
         attacker.write_all(request.as_bytes()).expect("send");
         let port = attacker.local_addr().expect("local addr").port();
-        let queued = wait_server_stalled(server, port);
+        let queued = wait_server_stalled(server, &[port]);
 
         let header = format!("VALUE big 0 {BIG_LEN}\r\n");
         let expected = NAMED * (header.len() + BIG_LEN + 2) + 5;
@@ -299,6 +307,33 @@ fn get_amplification() {
         assert_eq!(first, header.as_bytes());
         assert_eq!(tail, b"END\r\n");
         format!("{queued} bytes queued while not reading; full {expected}-byte reply then read")
+    });
+}
+
+/// The same from 200 connections at once: what each holds of its pending reply must be
+/// references to the stored value, not copies of it.
+#[test]
+fn get_amplification_many_clients() {
+    scenario("get amplification, 200 clients", &[], 32, |server| {
+        const CLIENTS: usize = 200;
+        store_big(server);
+        let request = format!("get{}\r\n", " big".repeat(2000));
+        let attackers: Vec<TcpStream> = (0..CLIENTS)
+            .map(|_| {
+                let mut stream = connect(server.addr());
+                stream.write_all(request.as_bytes()).expect("send");
+                stream
+            })
+            .collect();
+        let ports: Vec<u16> = attackers
+            .iter()
+            .map(|s| s.local_addr().expect("local addr").port())
+            .collect();
+        let queued = wait_server_stalled(server, &ports);
+        format!(
+            "{CLIENTS} clients not reading, {} MB queued in sockets",
+            queued / 1_000_000
+        )
     });
 }
 
