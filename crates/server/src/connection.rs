@@ -95,11 +95,13 @@ impl Held<'_> {
     /// Makes the share exactly `bytes`; false, holding what it held, when the budget lacks the
     /// difference.
     fn set(&mut self, bytes: usize) -> bool {
+        // The counter is shared by every worker: touched only when the share changes, which
+        // for the usual request (a read chunk, no share) is never.
         if bytes > self.bytes {
             if !self.budget.take(bytes - self.bytes) {
                 return false;
             }
-        } else {
+        } else if bytes < self.bytes {
             self.budget.give_back(self.bytes - bytes);
         }
         self.bytes = bytes;
@@ -107,13 +109,13 @@ impl Held<'_> {
     }
 
     fn release(&mut self) {
-        self.budget.give_back(std::mem::take(&mut self.bytes));
+        self.set(0);
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.budget.give_back(self.bytes);
+        self.release();
     }
 }
 

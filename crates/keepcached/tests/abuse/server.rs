@@ -337,6 +337,53 @@ fn get_amplification_many_clients() {
     });
 }
 
+/// A binary request: header, extras, key, no value.
+fn binary_packet(opcode: u8, key: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0x80, opcode];
+    packet.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0, 0, 0]);
+    packet.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    packet.extend_from_slice(&[0; 12]);
+    packet.extend_from_slice(key);
+    packet
+}
+
+/// The same value asked for 2,000 times by pipelines of single gets: `mg big v` lines, and
+/// binary GETKQ packets ended by a NOOP, each from a client that does not read.
+#[test]
+fn pipelined_get_amplification() {
+    scenario(
+        "get amplification, pipelined mg and binary GETKQ",
+        &[],
+        32,
+        |server| {
+            const GETKQ: u8 = 0x0d;
+            const NOOP: u8 = 0x0a;
+            store_big(server);
+            let meta = "mg big v\r\n".repeat(2000).into_bytes();
+            let mut binary = binary_packet(GETKQ, b"big").repeat(2000);
+            binary.extend(binary_packet(NOOP, b""));
+            let attackers: Vec<TcpStream> = [meta, binary]
+                .iter()
+                .map(|pipeline| {
+                    let mut stream = connect(server.addr());
+                    stream.write_all(pipeline).expect("send");
+                    stream
+                })
+                .collect();
+            let ports: Vec<u16> = attackers
+                .iter()
+                .map(|s| s.local_addr().expect("local addr").port())
+                .collect();
+            let queued = wait_server_stalled(server, &ports);
+            format!(
+                "2 clients not reading, {} MB queued in sockets",
+                queued / 1_000_000
+            )
+        },
+    );
+}
+
 /// 1,000 connections each announce a 1 MB value, send all of it but its last byte, and stall,
 /// at `-m 16`. What partially received values hold is bounded server-wide; beyond it a store is
 /// refused with memcached's out-of-memory error once its data has been swallowed.
