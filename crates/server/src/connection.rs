@@ -912,6 +912,12 @@ mod tests {
             ..Settings::default()
         };
         let (server, addr) = start(settings).await;
+        let shown = call(addr, b"stats settings\r\n", b"END\r\n").await;
+        let shown = String::from_utf8_lossy(&shown);
+        assert!(
+            shown.contains("STAT read_buf_mem_limit 1048576\r\n"),
+            "{shown}"
+        );
         assert_eq!(
             call(addr, &set("old", b"kept until a failed set"), b"\r\n").await,
             b"STORED\r\n"
