@@ -87,13 +87,14 @@ fn run(kind: Kind, flags: &[&str], attack: fn(&ServerProcess) -> String) -> Run 
     assert_eq!(stored, "STORED\r\n");
     let before = server.peak_rss_kib().expect("VmHWM");
     let outcome = attack(&server);
+    assert!(
+        server.is_running(),
+        "{} died during the attack; its output:\n{}",
+        server.label(),
+        server.log_text()
+    );
     let after = server.peak_rss_kib().expect("VmHWM");
     if kind == Kind::Ours {
-        assert!(
-            server.is_running(),
-            "the server died: {}",
-            server.log_text()
-        );
         let mut client = server.connect().expect("connect after the attack");
         let version = client
             .call("version\r\n")
@@ -380,6 +381,45 @@ fn pipelined_get_amplification() {
                 "2 clients not reading, {} MB queued in sockets",
                 queued / 1_000_000
             )
+        },
+    );
+}
+
+/// Binary headers that declare a 4 GiB body (for commands that carry no value, and for a SET),
+/// followed by a little of it, from 100 clients each: nothing may reserve what is declared.
+#[test]
+fn binary_4gib_bodies() {
+    scenario(
+        "binary 4 GiB body lengths, address space limited",
+        &[],
+        32,
+        |server| {
+            const OPCODES: [u8; 5] = [0x10, 0x1d, 0x1c, 0x21, 0x01];
+            // As an operator's ulimit -v would: 1 GiB beyond what the process maps now, so that
+            // reserving a declared body (rather than RSS growth) shows as a failure.
+            let mapped = keepcached_testkit::process::proc_status_kib(server.pid(), "VmSize:")
+                .expect("VmSize");
+            let limit = (mapped + 1024 * 1024) * 1024;
+            let prlimit = std::process::Command::new("prlimit")
+                .arg(format!("--pid={}", server.pid()))
+                .arg(format!("--as={limit}:{limit}"))
+                .status()
+                .expect("run prlimit");
+            assert!(prlimit.success(), "prlimit failed");
+            let conns: Vec<TcpStream> = (0..100)
+                .map(|i| {
+                    let mut packet = binary_packet(OPCODES[i % OPCODES.len()], b"");
+                    packet[8..12].copy_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
+                    packet.extend_from_slice(&[0; 100]);
+                    let mut stream = connect(server.addr());
+                    // A server that refuses the packet may close before all is written.
+                    let _ = stream.write_all(&packet);
+                    stream
+                })
+                .collect();
+            wait_server_read_all(server);
+            let closed = conns.iter().filter(|stream| closed(stream)).count();
+            format!("{closed} of 100 connections closed by the server")
         },
     );
 }
