@@ -5,6 +5,13 @@
 //! connection holds no buffers: its read and write buffers come from its worker thread's spares
 //! when data arrives and go back when the batch is done, so many thousands of idle clients cost
 //! little memory.
+//!
+//! What a client can make a connection hold is bounded (docs/limits.md): replies pending past
+//! the high-water mark (256 KiB) are written, and the client must read them, before anything
+//! more is executed, down to the next key of a multi-get; a multi-get's large values are sent
+//! from the stored item by reference; read buffers beyond one read chunk (values being
+//! received, long multi-get lines) draw on the server-wide [`InputBudget`], and a store it
+//! cannot hold is refused as memcached refuses one it has no memory for.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,11 +49,11 @@ const MAX_IOVECS: usize = 64;
 /// than a read chunk.
 const SHORT_TAIL: usize = 1024;
 
-/// What every connection's read buffer may hold beyond its first [`READ_CHUNK`], server-wide:
-/// values still arriving and long multi-get lines. memcached reads a value into item memory
-/// it allocates when the request line arrives, and refuses the store when it cannot; this
-/// budget is our equivalent, so a thousand clients that each start a large set and stall hold
-/// no more than it.
+/// What the connections' read buffers may hold beyond their first read chunk (16 KiB each),
+/// together: values still arriving and long multi-get lines. memcached reads a value into item
+/// memory it allocates when the request line arrives, and refuses the store when it cannot;
+/// this budget is our equivalent, so a thousand clients that each start a large set and stall
+/// hold no more than it.
 #[derive(Debug)]
 pub struct InputBudget {
     limit: usize,

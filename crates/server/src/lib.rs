@@ -7,7 +7,7 @@
 //! - [`listener`]: binding (done before daemonizing or dropping privileges, so errors reach the
 //!   operator) and the accept loops with the connection limit.
 //! - [`connection`]: one client: read, parse in a loop, execute, write the pipeline's replies in
-//!   one go.
+//!   one go, with what a client can make it hold bounded.
 //! - [`execute`]: one request against the store, reply appended to the output buffer.
 //! - [`stats`] and [`report`]: counters and the `stats` family of replies.
 //! - [`clock`]: memcached's relative time, which the store and expiry rules use.

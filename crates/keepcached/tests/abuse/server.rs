@@ -556,7 +556,7 @@ fn connection_flood() {
                 );
                 thread::sleep(Duration::from_millis(100));
             }
-            format!("{opened} connects, those over -c turned away; established client served; new clients served after")
+            format!("{opened} connects, those over -c turned away; clients served during and after")
         },
     );
 }
@@ -615,8 +615,6 @@ fn long_keys_and_lines() {
             .collect();
         wait_server_read_all(server);
         let dropped = stalled.iter().filter(|stream| closed(stream)).count();
-        format!(
-            "memcached's replies to long keys and lines; {dropped} of {CONNS} clients with an unfinished 1 MB get line dropped"
-        )
+        format!("memcached's replies; {dropped} of {CONNS} clients with 1 MB of a get line dropped")
     });
 }
