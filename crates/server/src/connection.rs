@@ -570,7 +570,7 @@ impl<S: Socket> Conn<'_, S> {
                     self.resume = 0;
                     Next::Continue
                 }
-                command => session.execute_command(command),
+                command => session.execute_command_into(command, Some(&mut self.spliced)),
             };
             self.input.advance(consumed);
             if let Some(stop) = self.after(next) {
@@ -909,6 +909,36 @@ mod tests {
         assert!(
             reply == expected,
             "the reply differs from the values in order"
+        );
+
+        // The same values by a pipeline of mg, those past the first few sent by reference.
+        let mut request = Vec::new();
+        let mut expected = Vec::new();
+        for key in &keys {
+            request.extend(format!("mg {key} s v k O1\r\n").into_bytes());
+            match key.strip_prefix('k').and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) => {
+                    let v = value(i);
+                    let len = v.len();
+                    expected.extend(format!("VA {len} s{len} k{key} O1\r\n").into_bytes());
+                    expected.extend(v);
+                    expected.extend_from_slice(b"\r\n");
+                }
+                None => expected.extend(format!("EN k{key} O1\r\n").into_bytes()),
+            }
+        }
+        request.extend_from_slice(b"mn\r\n");
+        expected.extend_from_slice(b"MN\r\n");
+        let reply = call(addr, &request, b"MN\r\n").await;
+        let at = reply
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            reply == expected,
+            "the mg replies differ from the values in order at byte {at}: {:?}",
+            String::from_utf8_lossy(&reply[at.saturating_sub(40)..(at + 40).min(reply.len())])
         );
     }
 

@@ -21,8 +21,8 @@ pub const PROTOCOL_VERSION: &str = "1.6.18";
 /// them ([`Spliced`]); shorter ones are copied, which costs less than the reference.
 pub const SPLICE_MIN: usize = 8 * 1024;
 
-/// Values a multi-get hands over by reference instead of copying them into the output: each
-/// belongs at an offset of the output, before the bytes written there after it.
+/// Values a multi-get or `mg` hands over by reference instead of copying them into the output:
+/// each belongs at an offset of the output, before the bytes written there after it.
 #[derive(Debug, Default)]
 pub struct Spliced {
     pub values: Vec<(usize, Bytes)>,
@@ -63,13 +63,23 @@ impl Session<'_> {
 
     /// Answers one parsed text or meta command, valid or not.
     pub fn execute_command(&mut self, command: Command<'_>) -> Next {
+        self.execute_command_into(command, None)
+    }
+
+    /// [`Session::execute_command`], with the values of an `mg` of [`SPLICE_MIN`] bytes or
+    /// more handed over in `spliced` instead of copied into the output.
+    pub fn execute_command_into(
+        &mut self,
+        command: Command<'_>,
+        spliced: Option<&mut Spliced>,
+    ) -> Next {
         match command {
             Command::Text(text) => match text.outcome {
                 Ok(request) => self.execute(request),
                 Err(invalid) => self.invalid(invalid),
             },
             Command::Meta(meta) => match meta.outcome {
-                Ok(request) => self.execute_meta(request),
+                Ok(request) => self.execute_meta(request, spliced),
                 Err(reject) => self.meta_reject(reject),
             },
         }

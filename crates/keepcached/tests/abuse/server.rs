@@ -311,18 +311,22 @@ fn get_amplification() {
     });
 }
 
-/// The same from 200 connections at once: what each holds of its pending reply must be
-/// references to the stored value, not copies of it.
+/// The same from 200 connections at once, half of them with a multi-get and half with a
+/// pipeline of 2,000 `mg big v`: what each holds of its pending replies must be references to
+/// the stored value, not copies of it.
 #[test]
 fn get_amplification_many_clients() {
     scenario("get amplification, 200 clients", &[], 32, |server| {
         const CLIENTS: usize = 200;
         store_big(server);
-        let request = format!("get{}\r\n", " big".repeat(2000));
+        let requests = [
+            format!("get{}\r\n", " big".repeat(2000)),
+            "mg big v\r\n".repeat(2000),
+        ];
         let attackers: Vec<TcpStream> = (0..CLIENTS)
-            .map(|_| {
+            .map(|i| {
                 let mut stream = connect(server.addr());
-                stream.write_all(request.as_bytes()).expect("send");
+                stream.write_all(requests[i % 2].as_bytes()).expect("send");
                 stream
             })
             .collect();
