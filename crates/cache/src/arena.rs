@@ -7,6 +7,8 @@
 
 use std::ops::{Index, IndexMut};
 
+use bytes::{Bytes, BytesMut};
+
 use crate::Time;
 
 /// "No slot": the end of a list.
@@ -31,8 +33,9 @@ pub(crate) const FREQ_MAX: u8 = 3;
 /// One item, or a free slot when not occupied (then `next` links the free list).
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The key followed by the value, in one allocation.
-    data: Box<[u8]>,
+    /// The key followed by the value, in one allocation; refcounted, so that a reply can send
+    /// the value without copying it (and a reader holding it keeps it alive, not the slot).
+    data: Bytes,
     /// The shard-unique sequence of the last store; doubles as the CAS value.
     pub(crate) cas: u64,
     pub(crate) exptime: Time,
@@ -50,7 +53,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn new(
-        data: Box<[u8]>,
+        data: Bytes,
         key_len: u8,
         flags: u32,
         exptime: Time,
@@ -72,7 +75,7 @@ impl Entry {
 
     fn vacant(next: u32) -> Entry {
         Entry {
-            data: Box::default(),
+            data: Bytes::new(),
             cas: 0,
             exptime: 0,
             flags: 0,
@@ -96,12 +99,23 @@ impl Entry {
         &self.data[usize::from(self.key_len)..]
     }
 
-    pub(crate) fn value_mut(&mut self) -> &mut [u8] {
-        &mut self.data[usize::from(self.key_len)..]
+    /// The value as a refcounted handle of the stored bytes: no copy.
+    pub(crate) fn shared_value(&self) -> Bytes {
+        self.data.slice(usize::from(self.key_len)..)
+    }
+
+    /// Changes the value in place, or in a copy while a reader still holds the stored bytes
+    /// ([`Entry::shared_value`]), which must keep seeing what it took.
+    pub(crate) fn rewrite_value(&mut self, f: impl FnOnce(&mut [u8])) {
+        let mut data = std::mem::take(&mut self.data)
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        f(&mut data[usize::from(self.key_len)..]);
+        self.data = data.freeze();
     }
 
     /// Puts a new key+value allocation in place and returns the old one. The key must not change.
-    pub(crate) fn replace_data(&mut self, data: Box<[u8]>) -> Box<[u8]> {
+    pub(crate) fn replace_data(&mut self, data: Bytes) -> Bytes {
         debug_assert_eq!(&data[..usize::from(self.key_len)], self.key());
         std::mem::replace(&mut self.data, data)
     }
@@ -238,7 +252,7 @@ impl Arena {
     }
 
     /// Frees a slot and returns its key+value allocation.
-    pub(crate) fn remove(&mut self, idx: u32) -> Box<[u8]> {
+    pub(crate) fn remove(&mut self, idx: u32) -> Bytes {
         debug_assert!(self[idx].occupied());
         let vacant = Entry::vacant(self.free);
         let old = std::mem::replace(&mut self[idx], vacant);
@@ -290,6 +304,24 @@ mod tests {
         assert_eq!(e.value(), b"value");
         assert_eq!((e.flags, e.exptime, e.cas, e.last_access), (7, 9, 1, 3));
         assert!(!e.fetched() && !e.in_main() && e.freq() == 0);
+    }
+
+    #[test]
+    fn a_shared_value_keeps_what_it_took() {
+        let mut e = entry(b"key", b"12345");
+        let unique = e.data.as_ptr();
+        e.rewrite_value(|v| v[0] = b'9');
+        assert_eq!(e.value(), b"92345");
+        assert_eq!(e.data.as_ptr(), unique, "no reader: changed in place");
+        let taken = e.shared_value();
+        e.rewrite_value(|v| v[0] = b'7');
+        assert_eq!(
+            &taken[..],
+            b"92345",
+            "the reader's value is not changed under it"
+        );
+        assert_eq!(e.value(), b"72345");
+        assert_eq!(e.key(), b"key");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use arena::Entry;
@@ -124,6 +125,12 @@ impl ItemHandle<'_> {
             cas: if self.cas_enabled { e.cas } else { 0 },
             exptime: e.exptime,
         }
+    }
+
+    /// The value as a refcounted handle of the stored bytes, for a reply that sends it without
+    /// copying it; the item may be replaced or removed meanwhile, the handle keeps what it took.
+    pub fn shared_value(&self) -> Bytes {
+        self.entry.shared_value()
     }
 
     /// Whether the item had been read before this read (`mg h`, `me`'s `fetch`).
@@ -482,14 +489,14 @@ pub struct Cache {
 
 /// A new item's key and value in one allocation, built before the shard is locked so that the
 /// copy is not made under the lock; `None` for append and prepend, which join the old value.
-fn item_data(request: &StoreRequest<'_>) -> Option<Box<[u8]>> {
+fn item_data(request: &StoreRequest<'_>) -> Option<Bytes> {
     match request.mode {
         StoreMode::Append | StoreMode::Prepend => None,
         _ => {
             let mut data = Vec::with_capacity(request.key.len() + request.value.len());
             data.extend_from_slice(request.key);
             data.extend_from_slice(request.value);
-            Some(data.into_boxed_slice())
+            Some(Bytes::from(data))
         }
     }
 }
@@ -831,7 +838,7 @@ impl Cache {
             let mut data = Vec::with_capacity(item.key.len() + item.value.len());
             data.extend_from_slice(item.key);
             data.extend_from_slice(item.value);
-            data.into_boxed_slice()
+            Bytes::from(data)
         };
         let result = shard.lock().import(hash, item, data(), now);
         if result != ImportResult::NoRoom

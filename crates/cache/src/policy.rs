@@ -314,7 +314,7 @@ mod tests {
     use super::*;
 
     fn add(arena: &mut Arena, policy: &mut S3Fifo, n: u32, hash: u64) -> u32 {
-        let data: Box<[u8]> = n.to_le_bytes().into();
+        let data = bytes::Bytes::copy_from_slice(&n.to_le_bytes());
         let idx = arena
             .insert(Entry::new(data, 4, 0, 0, u64::from(n), 0))
             .unwrap();

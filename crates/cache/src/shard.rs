@@ -17,6 +17,7 @@
 //! when items go: their unused part, about 60 bytes per free slot below the shard's peak item
 //! count, is reused by later items but not counted in the meantime.
 
+use bytes::Bytes;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -76,12 +77,12 @@ fn entry_bytes(e: &Entry) -> u64 {
     accounted_size(e.key_len(), e.value().len())
 }
 
-fn concat(parts: [&[u8]; 3]) -> Box<[u8]> {
+fn concat(parts: [&[u8]; 3]) -> Bytes {
     let mut data = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {
         data.extend_from_slice(part);
     }
-    data.into_boxed_slice()
+    Bytes::from(data)
 }
 
 enum Found {
@@ -267,7 +268,7 @@ impl Shard {
     }
 
     /// Takes an item out of the index, its queue and the arena, and returns its data.
-    fn unlink(&mut self, idx: u32, hash: u64) -> Box<[u8]> {
+    fn unlink(&mut self, idx: u32, hash: u64) -> Bytes {
         self.index
             .find_entry(hash, |&i| i == idx)
             .expect("every occupied slot is indexed")
@@ -325,7 +326,7 @@ impl Shard {
     fn insert_new(
         &mut self,
         hash: u64,
-        data: Box<[u8]>,
+        data: Bytes,
         key_len: usize,
         flags: u32,
         exptime: Time,
@@ -434,9 +435,9 @@ impl Shard {
         &mut self,
         hash: u64,
         request: &StoreRequest<'_>,
-        data: Option<Box<[u8]>>,
+        data: Option<Bytes>,
         now: Time,
-    ) -> (StoreOutcome, Option<Box<[u8]>>) {
+    ) -> (StoreOutcome, Option<Bytes>) {
         let &StoreRequest {
             key,
             flags,
@@ -606,9 +607,10 @@ impl Shard {
             // memcached rewrites in place, padding with spaces to the old length.
             let cas = self.next_cas();
             let e = &mut self.arena[idx];
-            let value = e.value_mut();
-            value[..digits.len()].copy_from_slice(digits);
-            value[digits.len()..].fill(b' ');
+            e.rewrite_value(|value| {
+                value[..digits.len()].copy_from_slice(digits);
+                value[digits.len()..].fill(b' ');
+            });
             e.cas = cas;
             e.bump(now);
         }
@@ -775,7 +777,7 @@ impl Shard {
         &mut self,
         hash: u64,
         item: &SavedItem<'_>,
-        data: Box<[u8]>,
+        data: Bytes,
         now: Time,
     ) -> ImportResult {
         self.advance(now);

@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn entry_stays_small() {
-        // The per-item budget depends on it: a bigger entry must be a deliberate decision.
-        assert!(std::mem::size_of::<Entry>() <= 48);
+        // The per-item budget depends on it: a bigger entry must be a deliberate decision. 64
+        // since values are refcounted (`Bytes`, 16 bytes more than a boxed slice), so that a
+        // reply sends a large value without copying it and a slow reader pins the value, not
+        // a copy of it per request.
+        assert!(std::mem::size_of::<Entry>() <= 64);
     }
 }

@@ -179,7 +179,6 @@ const INERT_OPTIONS: &[&str] = &[
     "drop_privileges",
     "no_drop_privileges",
     "resp_obj_mem_limit",
-    "read_buf_mem_limit",
     "no_hashexpand",
     "ext_path",
     "ext_wbuf_size",
@@ -380,6 +379,13 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 };
                 settings.udp_reply_limit = Some(bytes);
             }
+            "read_buf_mem_limit" => {
+                // memcached's unit: megabytes; 0 leaves the default (as much as -m).
+                let Some(mb) = value.and_then(|v| v.parse::<u64>().ok()) else {
+                    return usage(format!("invalid read_buf_mem_limit: {option}"));
+                };
+                settings.read_buf_mem_limit = mb.saturating_mul(1024 * 1024);
+            }
             "lru_crawler" => settings.lru_crawler = true,
             "no_lru_crawler" => settings.lru_crawler = false,
             _ if INERT_OPTIONS.contains(&key) => {
@@ -533,8 +539,13 @@ fn help_text() -> String {
         ),
         (
             "",
-            "udp_reply_limit=<bytes> (default: 10 x the request datagram), and",
+            "udp_reply_limit=<bytes> (default: 10 x the request datagram),",
         ),
+        (
+            "",
+            "read_buf_mem_limit=<mb> (values being received, all connections;",
+        ),
+        ("", "default: as much as -m), and"),
         ("", "memcached's tuning options (accepted with a warning)"),
     ];
     let mut text = format!(
@@ -699,7 +710,7 @@ mod tests {
             "2m",
             "-vv",
             "-o",
-            "idle_timeout=5,hashpower=20,udp_reply_limit=4096",
+            "idle_timeout=5,hashpower=20,udp_reply_limit=4096,read_buf_mem_limit=32",
         ])
         .unwrap()
         .settings;
@@ -711,6 +722,12 @@ mod tests {
         assert_eq!(s.item_size_max, 2 * 1024 * 1024);
         assert_eq!(s.verbose, 2);
         assert_eq!(s.idle_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(s.read_buffer_budget(), 32 * 1024 * 1024);
+        assert_eq!(
+            plan(&["-m", "16"]).unwrap().settings.read_buffer_budget(),
+            16 * 1024 * 1024,
+            "the default follows -m"
+        );
     }
 
     #[test]

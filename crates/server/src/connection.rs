@@ -5,30 +5,126 @@
 //! connection holds no buffers: its read and write buffers come from its worker thread's spares
 //! when data arrives and go back when the batch is done, so many thousands of idle clients cost
 //! little memory.
+//!
+//! What a client can make a connection hold is bounded (docs/limits.md): replies pending past
+//! the high-water mark (256 KiB) are written, and the client must read them, before anything
+//! more is executed, down to the next key of a multi-get; a multi-get's large values are sent
+//! from the stored item by reference; read buffers beyond one read chunk (values being
+//! received, long multi-get lines) draw on the server-wide [`InputBudget`], and a store it
+//! cannot hold is refused as memcached refuses one it has no memory for.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
-use keepcached_protocol::binary::{parse_binary, REQUEST_MAGIC};
-use keepcached_protocol::parse_command;
+use keepcached_protocol::binary::{
+    self, parse_binary, BinaryOutcome, BinaryParsed, Status, REQUEST_MAGIC,
+};
+use keepcached_protocol::meta::{MetaParsed, MetaReject};
+use keepcached_protocol::{
+    parse_command, reply, Command, Invalid, Limits, Parsed, Request, StoreKind,
+};
 use keepcached_runtime::{spare, Socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
-use crate::execute::{Next, Session};
+use crate::execute::{Next, Session, Spliced};
 use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
 
-/// Bytes to read at a time when no larger need is known.
+/// Bytes to read at a time when no larger need is known; also the read buffer every connection
+/// may hold without drawing on the [`InputBudget`].
 const READ_CHUNK: usize = 16 * 1024;
-/// Replies buffered beyond this are written out before more requests are executed, so a
-/// pipeline of large gets cannot grow the output without bound.
-const OUT_HIGH_WATER: usize = 1024 * 1024;
+/// Replies buffered beyond this are written out, and the client must read them, before more is
+/// executed: the next request of a pipeline, or the next key of a multi-get. A connection's
+/// pending output is therefore at most this plus one value.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Pieces per vectored write (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
+/// Unconsumed input up to this long is kept between reads in a buffer of its own size rather
+/// than a read chunk.
+const SHORT_TAIL: usize = 1024;
+
+/// What the connections' read buffers may hold beyond their first read chunk (16 KiB each),
+/// together: values still arriving and long multi-get lines. memcached reads a value into item
+/// memory it allocates when the request line arrives, and refuses the store when it cannot;
+/// this budget is our equivalent, so a thousand clients that each start a large set and stall
+/// hold no more than it.
+#[derive(Debug)]
+pub struct InputBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl InputBudget {
+    pub fn new(limit: usize) -> InputBudget {
+        InputBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes currently held by connections beyond their first read chunk.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The share of the [`InputBudget`] one connection holds, given back when it is dropped (also
+/// when the connection's task is aborted).
+#[derive(Debug)]
+struct Held<'a> {
+    budget: &'a InputBudget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Makes the share exactly `bytes`; false, holding what it held, when the budget lacks the
+    /// difference.
+    fn set(&mut self, bytes: usize) -> bool {
+        // The counter is shared by every worker: touched only when the share changes, which
+        // for the usual request (a read chunk, no share) is never.
+        if bytes > self.bytes {
+            if !self.budget.take(bytes - self.bytes) {
+                return false;
+            }
+        } else if bytes < self.bytes {
+            self.budget.give_back(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+        true
+    }
+
+    fn release(&mut self) {
+        self.set(0);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
 
 /// What a connection is doing, in memcached's state names (`stats conns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +280,21 @@ struct Conn<'a, S> {
     server: &'a Server,
     stream: S,
     input: BytesMut,
+    /// The size `input`'s buffer was allocated with: [`READ_CHUNK`] for a read chunk, which
+    /// goes back to the thread's spares when done.
+    input_size: usize,
+    /// What `input` holds of the [`InputBudget`]: its capacity beyond [`READ_CHUNK`].
+    held: Held<'a>,
+    /// Keys of the multi-get at the head of `input` already answered: it stopped there at the
+    /// output's high-water mark and goes on once the client has read.
+    resume: usize,
+    /// How much unconsumed input the request at the head of `input` needs, when the parser
+    /// knows (a value's length); 0 otherwise. `input` has room for it.
+    need: usize,
     out: Vec<u8>,
+    /// Values of a multi-get that go out by reference to the stored bytes, between parts of
+    /// `out`.
+    spliced: Spliced,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
     counters: Counters,
@@ -211,7 +321,15 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         server,
         stream,
         input: BytesMut::new(),
+        input_size: 0,
+        held: Held {
+            budget: &server.input_budget,
+            bytes: 0,
+        },
+        resume: 0,
+        need: 0,
         out: Vec::new(),
+        spliced: Spliced::default(),
         swallow: 0,
         counters: Counters::default(),
         binary: match server.settings.protocol {
@@ -246,10 +364,30 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
 impl<S: Socket> Conn<'_, S> {
     /// Reads what is available and handles it. `Ok(false)` when the connection should close.
     async fn read(&mut self) -> io::Result<bool> {
-        if self.input.capacity() == 0 {
-            self.input = spare::take_input(READ_CHUNK);
-        } else if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
-            self.input.reserve(READ_CHUNK);
+        let pending = self.input.len();
+        let room = if self.need > pending {
+            // Made when the need became known (again here if the buffer was trimmed since).
+            self.need
+        } else if self.input.capacity() - pending < READ_CHUNK / 4 {
+            // A read chunk; for a line longer than most of one (a long multi-get), twice its
+            // length, from the budget.
+            if pending <= READ_CHUNK * 3 / 4 {
+                READ_CHUNK
+            } else {
+                (2 * pending).max(pending + READ_CHUNK)
+            }
+        } else {
+            0
+        };
+        if !self.make_room(room) {
+            // memcached too drops a client whose multi-get line it cannot buffer.
+            if self.server.verbosity.load(Ordering::Relaxed) > 0 {
+                eprintln!(
+                    "<{} closing: no read buffer memory left for a {pending}-byte line",
+                    self.id
+                );
+            }
+            return Ok(false);
         }
         let n = self.stream.read_buf(&mut self.input).await?;
         if n == 0 {
@@ -263,9 +401,20 @@ impl<S: Socket> Conn<'_, S> {
         }
         let keep_open = self.handle_input().await?;
         self.entry.set_state(self.waiting_state());
-        if self.input.is_empty() && self.input.capacity() > 0 && self.swallow == 0 {
+        let pending = self.input.len();
+        if pending == 0 && self.input.capacity() > 0 {
             // Nothing pending: give the buffer back so an idle connection holds none.
-            spare::give_back_input(std::mem::take(&mut self.input), READ_CHUNK);
+            self.swap_input(BytesMut::new(), 0);
+            self.held.release();
+        } else if self.need <= READ_CHUNK
+            && (pending <= SHORT_TAIL || (self.held.bytes > 0 && pending <= READ_CHUNK / 2))
+        {
+            // A client that stops mid-request holds what it sent, not a read chunk (thousands
+            // of slow clients), and the buffer of a large value or line that is done goes back
+            // to the budget; the next read takes a chunk again.
+            let rest = BytesMut::from(&self.input[..]);
+            self.swap_input(rest, pending);
+            self.held.release();
         }
         if self.out.is_empty() {
             spare::give_back_output(std::mem::take(&mut self.out));
@@ -276,6 +425,7 @@ impl<S: Socket> Conn<'_, S> {
 
     async fn handle_input(&mut self) -> io::Result<bool> {
         loop {
+            self.need = 0;
             self.discard_swallowed();
             let stop = if self.swallow > 0 {
                 Stop::NeedInput
@@ -342,12 +492,13 @@ impl<S: Socket> Conn<'_, S> {
             if binary {
                 let parsed = match parse_binary(&self.input, limits) {
                     Ok(parsed) => parsed,
-                    Err(incomplete) => {
-                        if let Some(needed) = incomplete.needed {
-                            self.input.reserve(needed.saturating_sub(self.input.len()));
-                        }
-                        return Stop::NeedInput;
-                    }
+                    Err(incomplete) => match self.wait_for(incomplete.needed) {
+                        true => return Stop::NeedInput,
+                        false => match self.refuse_binary() {
+                            Some(stop) => return stop,
+                            None => continue,
+                        },
+                    },
                 };
                 let consumed = parsed.consumed;
                 let mut session = Session {
@@ -370,14 +521,15 @@ impl<S: Socket> Conn<'_, S> {
             }
             let parsed = match parse_command(&self.input, limits) {
                 Ok(parsed) => parsed,
-                Err(incomplete) => {
-                    if let Some(needed) = incomplete.needed {
-                        self.input.reserve(needed.saturating_sub(self.input.len()));
-                    }
-                    return Stop::NeedInput;
-                }
+                Err(incomplete) => match self.wait_for(incomplete.needed) {
+                    true => return Stop::NeedInput,
+                    false => match self.refuse_text() {
+                        Some(stop) => return stop,
+                        None => continue,
+                    },
+                },
             };
-            if verbose {
+            if verbose && self.resume == 0 {
                 let line = self.input[..parsed.consumed()]
                     .split(|b| *b == b'\n')
                     .next();
@@ -393,13 +545,161 @@ impl<S: Socket> Conn<'_, S> {
                 out: &mut self.out,
                 counters: &mut self.counters,
             };
-            let next = session.execute_command(parsed);
+            let next = match parsed {
+                Command::Text(Parsed {
+                    outcome:
+                        Ok(Request::Get {
+                            verb,
+                            exptime,
+                            keys,
+                        }),
+                    ..
+                }) => {
+                    if let Some(answered) = session.get_keys(
+                        verb,
+                        exptime,
+                        keys,
+                        self.resume,
+                        OUT_HIGH_WATER,
+                        Some(&mut self.spliced),
+                    ) {
+                        // The rest of the keys wait until the client has read these.
+                        self.resume = answered;
+                        return Stop::Yield;
+                    }
+                    self.resume = 0;
+                    Next::Continue
+                }
+                command => session.execute_command_into(command, Some(&mut self.spliced)),
+            };
             self.input.advance(consumed);
             if let Some(stop) = self.after(next) {
                 return stop;
             }
         }
         Stop::Yield
+    }
+
+    /// Prepares to wait for the rest of an incomplete request, `needed` bytes in all when the
+    /// parser knows: false when the budget cannot hold it.
+    fn wait_for(&mut self, needed: Option<usize>) -> bool {
+        let Some(needed) = needed else {
+            return true;
+        };
+        if !self.make_room(needed) {
+            return false;
+        }
+        self.need = needed;
+        true
+    }
+
+    /// Makes `input` able to hold `total` bytes of unconsumed input (a read chunk at least). A
+    /// buffer larger than [`READ_CHUNK`] is allocated to size, its excess drawn from the
+    /// [`InputBudget`]: false, with `input` unchanged, when the budget lacks it.
+    fn make_room(&mut self, total: usize) -> bool {
+        if self.input.capacity() >= total {
+            return true;
+        }
+        let size = total.max(READ_CHUNK);
+        if !self.held.set(size - READ_CHUNK) {
+            return false;
+        }
+        let mut buf = if size == READ_CHUNK {
+            spare::take_input(READ_CHUNK)
+        } else {
+            BytesMut::with_capacity(size)
+        };
+        buf.extend_from_slice(&self.input);
+        self.swap_input(buf, size);
+        true
+    }
+
+    /// Puts `buf`, allocated with `size` bytes, in place of `input`, whose buffer goes back to
+    /// the thread's spares if it is a read chunk.
+    fn swap_input(&mut self, buf: BytesMut, size: usize) {
+        let old = std::mem::replace(&mut self.input, buf);
+        if std::mem::replace(&mut self.input_size, size) == READ_CHUNK {
+            spare::give_back_input(old, READ_CHUNK);
+        }
+    }
+
+    /// Refuses the text or meta store at the head of `input`, whose value the budget cannot
+    /// hold, as memcached refuses a value it has no memory for: `SERVER_ERROR out of memory
+    /// storing object` (silenced by `noreply`), the key's current item removed for a set, the
+    /// data discarded as it arrives. `Some` when the batch must stop.
+    fn refuse_text(&mut self) -> Option<Stop> {
+        let server = self.server;
+        let now = server.clock.now();
+        // Parsed as if no value could fit, which yields the key, the data length and noreply.
+        let probe = Limits {
+            item_size_max: 0,
+            ..server.limits.clone()
+        };
+        let (consumed, swallow) = match parse_command(&self.input, &probe) {
+            Ok(Command::Text(Parsed {
+                consumed,
+                outcome:
+                    Err(Invalid::TooLarge {
+                        kind,
+                        key,
+                        swallow,
+                        noreply,
+                    }),
+            })) => {
+                if kind == StoreKind::Set {
+                    server.cache.delete(key, now);
+                }
+                if !noreply {
+                    self.out.extend_from_slice(reply::OUT_OF_MEMORY_STORING);
+                }
+                (consumed, swallow)
+            }
+            Ok(Command::Meta(MetaParsed {
+                consumed,
+                outcome: Err(MetaReject {
+                    unlink, swallow, ..
+                }),
+            })) => {
+                if let Some(key) = unlink {
+                    server.cache.delete(key.as_bytes(), now);
+                }
+                self.out.extend_from_slice(reply::OUT_OF_MEMORY_STORING);
+                (consumed, swallow)
+            }
+            // Only a store announces data; anything else is not ours to answer.
+            _ => return Some(Stop::Close),
+        };
+        self.counters.store_no_memory += 1;
+        self.input.advance(consumed);
+        self.after(Next::Swallow(swallow))
+    }
+
+    /// [`Conn::refuse_text`] for a binary store: memcached's `Out of memory` status (sent
+    /// for quiet commands too, as every error is). A packet that is not a store, or comes
+    /// before a required SASL authentication, closes the connection instead.
+    fn refuse_binary(&mut self) -> Option<Stop> {
+        let server = self.server;
+        let probe = Limits {
+            item_size_max: 0,
+            ..server.limits.clone()
+        };
+        let may_store = server.settings.sasl_users.is_none() || self.binary_state.authenticated;
+        match parse_binary(&self.input, &probe) {
+            Ok(BinaryParsed {
+                consumed,
+                outcome: BinaryOutcome::Reject(reject),
+            }) if reject.status == Status::TooLarge && may_store => {
+                binary::error(&mut self.out, &reject.header, Status::OutOfMemory);
+                if let Some(key) = reject.unlink {
+                    server.cache.delete(key, server.clock.now());
+                }
+                let swallow = reject.swallow;
+                self.counters.store_no_memory += 1;
+                self.input.advance(consumed);
+                self.after(Next::Swallow(swallow))
+            }
+            _ => Some(Stop::Close),
+        }
     }
 
     /// Handles one request of a client that has not passed `-Y` authentication yet: `Some` when
@@ -445,21 +745,297 @@ impl<S: Socket> Conn<'_, S> {
                 }
             }
         }
-        (self.out.len() >= OUT_HIGH_WATER).then_some(Stop::Yield)
+        (self.out.len() + self.spliced.bytes >= OUT_HIGH_WATER).then_some(Stop::Yield)
     }
 
     async fn write_out(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.out).await?;
-        self.counters.bytes_written += self.out.len() as u64;
+        if self.spliced.values.is_empty() {
+            self.stream.write_all(&self.out).await?;
+        } else {
+            self.write_spliced().await?;
+        }
+        self.counters.bytes_written += (self.out.len() + self.spliced.bytes) as u64;
         self.out.clear();
+        self.spliced = Spliced::default();
+        Ok(())
+    }
+
+    /// Writes `out` with the spliced values in their places, in vectored writes.
+    async fn write_spliced(&mut self) -> io::Result<()> {
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * self.spliced.values.len() + 1);
+        let mut at = 0;
+        for (offset, value) in &self.spliced.values {
+            pieces.push(&self.out[at..*offset]);
+            pieces.push(value);
+            at = *offset;
+        }
+        pieces.push(&self.out[at..]);
+        let mut pieces = &mut pieces[..];
+        while !pieces.is_empty() {
+            let slices: Vec<io::IoSlice<'_>> = pieces
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|piece| io::IoSlice::new(piece))
+                .collect();
+            let mut written = self.stream.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while let Some(first) = pieces.first_mut() {
+                if written < first.len() {
+                    *first = &first[written..];
+                    break;
+                }
+                written -= first.len();
+                pieces = &mut pieces[1..];
+            }
+        }
         Ok(())
     }
 
     fn flush_counters(&mut self) {
         self.server.stats.merge(&self.counters);
         self.counters = Counters::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::Settings;
+
+    /// A server on a loopback port; every accepted client is served by [`serve`].
+    async fn start(settings: Settings) -> (Arc<Server>, std::net::SocketAddr) {
+        let server = Server::new(settings);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = server.clone();
+        tokio::spawn(async move {
+            let mut id = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                id += 1;
+                let server = shared.clone();
+                tokio::spawn(async move {
+                    let entry = ConnEntry::new(String::new(), None, ConnState::NewCmd, 0);
+                    serve(&server, stream, id, &entry).await;
+                });
+            }
+        });
+        (server, addr)
+    }
+
+    /// Reads until the reply ends with `end`.
+    async fn read_until(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+        let mut reply = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !reply.ends_with(end) {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&buf[..n]);
+        }
+        reply
+    }
+
+    async fn call(addr: std::net::SocketAddr, request: &[u8], end: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        read_until(&mut stream, end).await
+    }
+
+    fn set(key: &str, value: &[u8]) -> Vec<u8> {
+        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+        req
+    }
+
+    /// Waits until the budget's use is `bytes` (connections give theirs back as they close).
+    async fn budget_used(server: &Server, bytes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.input_budget.used() != bytes {
+            assert!(
+                Instant::now() < deadline,
+                "{} used",
+                server.input_budget.used()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_multiget_beyond_the_high_water_mark_resumes_where_it_stopped() {
+        let (_server, addr) = start(Settings::default()).await;
+        let value = |i: usize| vec![b'a' + (i % 26) as u8; 20_000 + i];
+        let mut load = Vec::new();
+        for i in 0..40 {
+            load.extend(set(&format!("k{i}"), &value(i)));
+        }
+        let stored = call(addr, &load, &b"STORED\r\n".repeat(40)).await;
+        assert_eq!(stored.len(), 8 * 40);
+        // Hits, misses and repeats, far more than the high-water mark in all.
+        let keys: Vec<String> = (0..120)
+            .map(|n| match n % 4 {
+                3 => format!("missing{n}"),
+                _ => format!("k{}", (n * 7) % 40),
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for key in &keys {
+            if let Some(i) = key.strip_prefix('k').and_then(|i| i.parse::<usize>().ok()) {
+                let v = value(i);
+                expected.extend(format!("VALUE {key} 0 {}\r\n", v.len()).into_bytes());
+                expected.extend(v);
+                expected.extend_from_slice(b"\r\n");
+            }
+        }
+        let version = format!("VERSION {}\r\n", crate::execute::PROTOCOL_VERSION);
+        expected.extend_from_slice(b"END\r\n");
+        expected.extend_from_slice(version.as_bytes());
+        assert!(expected.len() > 4 * OUT_HIGH_WATER);
+        let request = format!("get {}\r\nversion\r\n", keys.join(" "));
+        let reply = call(addr, request.as_bytes(), version.as_bytes()).await;
+        assert!(
+            reply == expected,
+            "the reply differs from the values in order"
+        );
+
+        // The same values by a pipeline of mg, those past the first few sent by reference.
+        let mut request = Vec::new();
+        let mut expected = Vec::new();
+        for key in &keys {
+            request.extend(format!("mg {key} s v k O1\r\n").into_bytes());
+            match key.strip_prefix('k').and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) => {
+                    let v = value(i);
+                    let len = v.len();
+                    expected.extend(format!("VA {len} s{len} k{key} O1\r\n").into_bytes());
+                    expected.extend(v);
+                    expected.extend_from_slice(b"\r\n");
+                }
+                None => expected.extend(format!("EN k{key} O1\r\n").into_bytes()),
+            }
+        }
+        request.extend_from_slice(b"mn\r\n");
+        expected.extend_from_slice(b"MN\r\n");
+        let reply = call(addr, &request, b"MN\r\n").await;
+        let at = reply
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            reply == expected,
+            "the mg replies differ from the values in order at byte {at}: {:?}",
+            String::from_utf8_lossy(&reply[at.saturating_sub(40)..(at + 40).min(reply.len())])
+        );
+    }
+
+    #[tokio::test]
+    async fn values_beyond_the_read_budget_are_refused_and_swallowed() {
+        let settings = Settings {
+            read_buf_mem_limit: 1024 * 1024,
+            ..Settings::default()
+        };
+        let (server, addr) = start(settings).await;
+        let shown = call(addr, b"stats settings\r\n", b"END\r\n").await;
+        let shown = String::from_utf8_lossy(&shown);
+        assert!(
+            shown.contains("STAT read_buf_mem_limit 1048576\r\n"),
+            "{shown}"
+        );
+        assert_eq!(
+            call(addr, &set("old", b"kept until a failed set"), b"\r\n").await,
+            b"STORED\r\n"
+        );
+        // Holds most of the budget: a 900 KB value, all but its end sent.
+        let mut holder = TcpStream::connect(addr).await.unwrap();
+        holder
+            .write_all(&set("held", &[b'h'; 900_000])[..500_000])
+            .await
+            .unwrap();
+        budget_used(&server, set("held", &[0; 900_000]).len() - READ_CHUNK).await;
+
+        let big = [b'x'; 300_000];
+        let mut refused = set("old", &big);
+        refused.extend(format!("set quiet 0 0 {} noreply\r\n", big.len()).into_bytes());
+        refused.extend_from_slice(&big);
+        refused.extend_from_slice(b"\r\n");
+        refused.extend(format!("ms meta {} T0\r\n", big.len()).into_bytes());
+        refused.extend_from_slice(&big);
+        refused.extend_from_slice(b"\r\nget old\r\n");
+        let reply = call(addr, &refused, b"END\r\n").await;
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "SERVER_ERROR out of memory storing object\r\n\
+             SERVER_ERROR out of memory storing object\r\n\
+             END\r\n",
+            "noreply silences the error; a failed set removes the old value"
+        );
+
+        // A binary SETQ: its error is sent, quiet or not.
+        let mut packet = vec![0x80, 0x11, 0, 1, 8, 0, 0, 0];
+        packet.extend_from_slice(&(8 + 1 + big.len() as u32).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]);
+        packet.extend_from_slice(&[0; 8]);
+        packet.push(b'b');
+        packet.extend_from_slice(&big);
+        packet.extend_from_slice(&[0x80, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        packet.extend_from_slice(&[0; 12]);
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let mut header = [0u8; 24];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[0], 0x81);
+        assert_eq!(header[1], 0x11, "the SETQ's answer");
+        assert_eq!(u16::from_be_bytes([header[6], header[7]]), 0x82);
+        assert_eq!(&header[12..16], &[0, 0, 0, 7], "its opaque");
+        let mut body = vec![0u8; u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        assert_eq!(body, b"Out of memory");
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[1], 0x0a, "then the NOOP's");
+
+        // The held value completes; once it is stored the budget is free again.
+        holder
+            .write_all(&set("held", &[b'h'; 900_000])[500_000..])
+            .await
+            .unwrap();
+        assert_eq!(read_until(&mut holder, b"\r\n").await, b"STORED\r\n");
+        budget_used(&server, 0).await;
+        assert_eq!(call(addr, &set("old", &big), b"\r\n").await, b"STORED\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_line_beyond_the_read_budget_closes_the_connection() {
+        let settings = Settings {
+            read_buf_mem_limit: 1024 * 1024,
+            ..Settings::default()
+        };
+        let (server, addr) = start(settings).await;
+        let mut long = TcpStream::connect(addr).await.unwrap();
+        let line = format!("get{}", " key".repeat(1_000_000));
+        // The server may close before all is written.
+        let _ = long.write_all(line.as_bytes()).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), long.read_to_end(&mut rest))
+            .await
+            .expect("closed in time");
+        assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+        budget_used(&server, 0).await;
+        assert!(call(addr, b"version\r\n", b"\r\n")
+            .await
+            .starts_with(b"VERSION "));
     }
 }

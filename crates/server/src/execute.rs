@@ -4,9 +4,10 @@
 //! counts as a touch hit, not a get hit), and which replies `noreply` silences (all of them,
 //! errors included, except the few memcached sends regardless).
 
-use keepcached_cache::{DeltaResult, Lookup, StoreMode, StoreResult};
+use bytes::Bytes;
+use keepcached_cache::{DeltaResult, Lookup, ReadOptions, StoreMode, StoreResult};
 use keepcached_protocol::reply::{self, ErrorReply};
-use keepcached_protocol::{Command, Invalid, Request, StoreKind, Verb};
+use keepcached_protocol::{Command, Invalid, Keys, Request, StoreKind, Verb};
 
 use crate::report;
 use crate::stats::Counters;
@@ -15,6 +16,19 @@ use crate::Server;
 /// The version clients see; keepcached speaks memcached 1.6.18's protocol, and clients choose
 /// features by this number.
 pub const PROTOCOL_VERSION: &str = "1.6.18";
+
+/// Values at least this long go out by reference to the stored bytes when the caller takes
+/// them ([`Spliced`]); shorter ones are copied, which costs less than the reference.
+pub const SPLICE_MIN: usize = 8 * 1024;
+
+/// Values a multi-get or `mg` hands over by reference instead of copying them into the output:
+/// each belongs at an offset of the output, before the bytes written there after it.
+#[derive(Debug, Default)]
+pub struct Spliced {
+    pub values: Vec<(usize, Bytes)>,
+    /// Their total length.
+    pub bytes: usize,
+}
 
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +63,23 @@ impl Session<'_> {
 
     /// Answers one parsed text or meta command, valid or not.
     pub fn execute_command(&mut self, command: Command<'_>) -> Next {
+        self.execute_command_into(command, None)
+    }
+
+    /// [`Session::execute_command`], with the values of an `mg` of [`SPLICE_MIN`] bytes or
+    /// more handed over in `spliced` instead of copied into the output.
+    pub fn execute_command_into(
+        &mut self,
+        command: Command<'_>,
+        spliced: Option<&mut Spliced>,
+    ) -> Next {
         match command {
             Command::Text(text) => match text.outcome {
                 Ok(request) => self.execute(request),
                 Err(invalid) => self.invalid(invalid),
             },
             Command::Meta(meta) => match meta.outcome {
-                Ok(request) => self.execute_meta(request),
+                Ok(request) => self.execute_meta(request, spliced),
                 Err(reject) => self.meta_reject(reject),
             },
         }
@@ -70,12 +94,7 @@ impl Session<'_> {
                 exptime,
                 keys,
             } => {
-                let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
-                let touch_to = exptime.map(|e| server.clock.exptime(e));
-                for key in keys.iter() {
-                    self.get_one(key, with_cas, touch_to, now);
-                }
-                self.out.extend_from_slice(reply::END);
+                self.get_keys(verb, exptime, keys, 0, usize::MAX, None);
                 Next::Continue
             }
             Request::Store {
@@ -268,22 +287,67 @@ impl Session<'_> {
         }
     }
 
-    fn get_one(&mut self, key: &[u8], with_cas: bool, touch_to: Option<u32>, now: u32) {
+    /// Answers a multi-get from its `skip`th key on, and stops early once the output (with
+    /// what `spliced` holds) reaches `high_water` bytes: `Some(n)` when it stopped with the
+    /// first `n` keys answered, `None` when it answered them all and ended the reply. The
+    /// connection writes what is buffered and comes back for the rest, so one request naming a
+    /// large value thousands of times holds no more than the high-water mark and one value.
+    /// With `spliced`, values of [`SPLICE_MIN`] bytes or more go there instead of being copied.
+    pub fn get_keys(
+        &mut self,
+        verb: Verb,
+        exptime: Option<i32>,
+        keys: Keys<'_>,
+        skip: usize,
+        high_water: usize,
+        mut spliced: Option<&mut Spliced>,
+    ) -> Option<usize> {
+        let server = self.server;
+        let now = server.clock.now();
+        let with_cas = matches!(verb, Verb::Gets | Verb::Gats);
+        let touch_to = exptime.map(|e| server.clock.exptime(e));
+        let mut keys = keys.iter().enumerate().skip(skip).peekable();
+        while let Some((i, key)) = keys.next() {
+            self.get_one(key, with_cas, touch_to, now, spliced.as_deref_mut());
+            let held = self.out.len() + spliced.as_deref().map_or(0, |s| s.bytes);
+            if held >= high_water && keys.peek().is_some() {
+                return Some(i + 1);
+            }
+        }
+        self.out.extend_from_slice(reply::END);
+        None
+    }
+
+    fn get_one(
+        &mut self,
+        key: &[u8],
+        with_cas: bool,
+        touch_to: Option<u32>,
+        now: u32,
+        spliced: Option<&mut Spliced>,
+    ) {
         let server = self.server;
         let out = &mut *self.out;
-        let write = |item: keepcached_cache::ItemView<'_>| {
-            reply::value(
-                out,
-                item.key,
-                item.flags,
-                item.value,
-                with_cas.then_some(item.cas),
-            );
+        let fetch = ReadOptions {
+            bump: true,
+            vivify: false,
         };
-        let lookup = match touch_to {
-            None => server.cache.get(key, now, write),
-            Some(exptime) => server.cache.get_and_touch(key, exptime, now, write),
-        };
+        let lookup = server.cache.read(key, fetch, now, |item| {
+            if let Some(exptime) = touch_to {
+                item.set_exptime(exptime);
+            }
+            let view = item.view();
+            let cas = with_cas.then_some(view.cas);
+            match spliced {
+                Some(spliced) if view.value.len() >= SPLICE_MIN => {
+                    value_header(out, view.key, view.flags, view.value.len(), cas);
+                    spliced.bytes += view.value.len();
+                    spliced.values.push((out.len(), item.shared_value()));
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => reply::value(out, view.key, view.flags, view.value, cas),
+            }
+        });
         server
             .detail
             .record_get(key, matches!(lookup, Lookup::Hit(())));
@@ -318,4 +382,21 @@ impl Session<'_> {
             Invalid::Close => Next::Close,
         }
     }
+}
+
+/// `VALUE <key> <flags> <bytes>[ <cas>]\r\n`: [`reply::value`] without the data, which follows
+/// by reference.
+fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: Option<u64>) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(key);
+    out.push(b' ');
+    out.extend_from_slice(num.format(flags).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(num.format(len).as_bytes());
+    if let Some(cas) = cas {
+        out.push(b' ');
+        out.extend_from_slice(num.format(cas).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }

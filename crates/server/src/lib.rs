@@ -7,7 +7,7 @@
 //! - [`listener`]: binding (done before daemonizing or dropping privileges, so errors reach the
 //!   operator) and the accept loops with the connection limit.
 //! - [`connection`]: one client: read, parse in a loop, execute, write the pipeline's replies in
-//!   one go.
+//!   one go, with what a client can make it hold bounded.
 //! - [`execute`]: one request against the store, reply appended to the output buffer.
 //! - [`stats`] and [`report`]: counters and the `stats` family of replies.
 //! - [`clock`]: memcached's relative time, which the store and expiry rules use.
@@ -49,6 +49,8 @@ pub struct Server {
     pub shutdown_requested: watch::Sender<bool>,
     /// Open connections and listening sockets, for `stats conns`.
     pub conns: Arc<connection::ConnTable>,
+    /// What connections' read buffers may hold beyond their first chunk, together.
+    pub input_budget: connection::InputBudget,
     /// Per-prefix counters of `stats detail`.
     pub detail: report::Detail,
     /// Where the items are saved and loaded from (`-e`), if anywhere.
@@ -61,6 +63,7 @@ impl Server {
         let (shutdown_requested, _) = watch::channel(false);
         let detail = report::Detail::new(settings.prefix_delimiter, settings.detail_enabled);
         let memory_file = settings.memory_file.clone().map(persist::MemoryFile::new);
+        let input_budget = connection::InputBudget::new(settings.read_buffer_budget());
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
@@ -70,6 +73,7 @@ impl Server {
             clock: clock::Clock::start(),
             shutdown_requested,
             conns: Arc::default(),
+            input_budget,
             detail,
             memory_file,
         })

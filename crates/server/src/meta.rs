@@ -22,7 +22,7 @@ use keepcached_protocol::meta::{
 };
 use keepcached_protocol::reply;
 
-use crate::execute::{Next, Session};
+use crate::execute::{Next, Session, Spliced, SPLICE_MIN};
 
 /// Appends ` <flag><number>`.
 fn flag_number(out: &mut Vec<u8>, flag: u8, n: impl itoa::Integer) {
@@ -98,9 +98,15 @@ impl Session<'_> {
         }
     }
 
-    pub fn execute_meta(&mut self, request: MetaRequest<'_>) -> Next {
+    /// Answers a meta request; with `spliced`, an `mg` hands over a value of [`SPLICE_MIN`]
+    /// bytes or more there instead of copying it.
+    pub fn execute_meta(
+        &mut self,
+        request: MetaRequest<'_>,
+        spliced: Option<&mut Spliced>,
+    ) -> Next {
         match request.command {
-            MetaCommand::Get => self.meta_get(&request),
+            MetaCommand::Get => self.meta_get(&request, spliced),
             MetaCommand::Set => self.meta_set(&request),
             MetaCommand::Delete => self.meta_delete(&request),
             MetaCommand::Arith => self.meta_arith(&request),
@@ -110,7 +116,7 @@ impl Session<'_> {
         Next::Continue
     }
 
-    fn meta_get(&mut self, request: &MetaRequest<'_>) {
+    fn meta_get(&mut self, request: &MetaRequest<'_>, spliced: Option<&mut Spliced>) {
         let server = self.server;
         let now = server.clock.now();
         let opts = &request.options;
@@ -181,7 +187,13 @@ impl Session<'_> {
             }
             out.extend_from_slice(b"\r\n");
             if opts.value {
-                out.extend_from_slice(item.view().value);
+                match spliced {
+                    Some(spliced) if value_len >= SPLICE_MIN => {
+                        spliced.bytes += value_len;
+                        spliced.values.push((out.len(), item.shared_value()));
+                    }
+                    _ => out.extend_from_slice(item.view().value),
+                }
                 out.extend_from_slice(b"\r\n");
             }
         };

@@ -210,6 +210,8 @@ fn settings(session: &mut Session<'_>) {
         "idle_timeout",
         s.idle_timeout.map_or(0, |d| d.as_secs()),
     );
+    // The budget in effect, never 0: without the option it is -m (memcached's 0 is no limit).
+    stat(out, "read_buf_mem_limit", server.input_budget.limit());
     out.extend_from_slice(reply::END);
 }
 

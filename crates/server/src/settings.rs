@@ -64,6 +64,10 @@ pub struct Settings {
     pub detail_enabled: bool,
     /// `-e`: the file the items are saved to on a graceful shutdown and loaded from at start.
     pub memory_file: Option<PathBuf>,
+    /// `-o read_buf_mem_limit`: what connections' read buffers may hold together beyond their
+    /// first 16 KiB each (values still arriving, long multi-get lines), in bytes; 0 means as
+    /// much as `-m`.
+    pub read_buf_mem_limit: u64,
 }
 
 /// memcached's `-B`: ascii, binary, or auto (each connection's first byte decides).
@@ -112,6 +116,7 @@ impl Default for Settings {
             prefix_delimiter: b':',
             detail_enabled: false,
             memory_file: None,
+            read_buf_mem_limit: 0,
         }
     }
 }
@@ -129,6 +134,17 @@ impl Settings {
             cas: self.cas,
             shards: (self.threads * 4).next_power_of_two(),
         }
+    }
+
+    /// The bytes of the connections' shared read buffer budget (`-o read_buf_mem_limit`, by
+    /// default `-m`): a store whose value would go beyond it is refused as memcached refuses
+    /// one it has no item memory for.
+    pub fn read_buffer_budget(&self) -> usize {
+        let bytes = match self.read_buf_mem_limit {
+            0 => self.max_bytes,
+            limit => limit,
+        };
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
     pub fn limits(&self) -> Limits {

@@ -845,7 +845,7 @@ fn accounted_bytes_per_item_are_within_a_tenth_of_memcached() {
     assert_eq!(s.bytes, n * accounted_size(10, 100));
     let per_item = s.bytes / n;
     assert!(per_item <= 220, "{per_item} bytes per item");
-    assert_eq!(per_item, 48 + 8 + 3 + 128);
+    assert_eq!(per_item, 64 + 8 + 3 + 128);
 }
 
 #[test]

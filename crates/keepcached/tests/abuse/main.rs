@@ -8,4 +8,5 @@
 mod bin;
 mod ops;
 mod proxy;
+mod server;
 mod vrrp;
