@@ -160,9 +160,11 @@ fn store_big(proxy: &Proxy) -> Vec<u8> {
     value
 }
 
-/// Reads `len` bytes, or what came until the connection closed or [`WAIT`] passed.
+/// Reads `len` bytes, or what came until the connection closed or nothing came for [`WAIT`]
+/// (gigabytes through a debug build on a loaded machine take longer than any fixed deadline;
+/// a stall does not).
 fn read_up_to(stream: &mut TcpStream, len: usize) -> Vec<u8> {
-    let deadline = Instant::now() + WAIT;
+    let mut deadline = Instant::now() + WAIT;
     let mut buf = Vec::with_capacity(len);
     let mut chunk = vec![0; 1 << 20];
     while buf.len() < len && Instant::now() < deadline {
@@ -171,7 +173,10 @@ fn read_up_to(stream: &mut TcpStream, len: usize) -> Vec<u8> {
             .expect("timeout");
         match stream.read(&mut chunk[..(len - buf.len()).min(1 << 20)]) {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                deadline = Instant::now() + WAIT;
+            }
         }
     }
     buf
