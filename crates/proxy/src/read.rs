@@ -134,7 +134,7 @@ async fn read_part<'a>(
         .iter()
         .map(|&(request, key)| Wanted {
             key,
-            replicas: ctx.router.read_order(key),
+            replicas: ctx.router().read_order(key),
             next: 0,
             target: 0,
             value: None,
@@ -163,7 +163,7 @@ async fn read_part<'a>(
         let call_group = |members: &[usize]| {
             let id = wanted[members[0]].target;
             let call = forward::get(verb, exptime, members.iter().map(|&i| wanted[i].key));
-            let backend = ctx.router.backend(id);
+            let backend = ctx.router().backend(id).clone();
             async move { (id, backend.call(call).await) }
         };
         let groups = batch.chunk_by(|&a, &b| wanted[a].target == wanted[b].target);
@@ -313,10 +313,11 @@ pub async fn meta_get(
     touch: Option<i32>,
 ) -> Result<Reply, ProxyError> {
     let counters = ctx.stats.counters();
-    let replicas = ctx.router.replicas(key);
+    let router = ctx.router();
+    let replicas = router.replicas(key);
     let mut reasons = Vec::new();
-    for &id in ctx.router.read_order(key).as_slice() {
-        let backend = ctx.router.backend(id);
+    for &id in router.read_order(key).as_slice() {
+        let backend = router.backend(id);
         if backend.health.read_rank(key).is_none() {
             reasons.push(BackendError::Down {
                 addr: backend.addr.clone(),
@@ -351,7 +352,8 @@ pub async fn meta_get(
 
 /// Sets `key`'s TTL on one replica; a replica that fails misses the write.
 async fn touch_one(ctx: &Context, id: u16, key: &[u8], exptime: i32) {
-    let backend = ctx.router.backend(id);
+    let router = ctx.router();
+    let backend = router.backend(id);
     let touched = backend.call(forward::touch(key, exptime)).await;
     if touched.as_ref().map_or(true, write_failed) {
         replicate::missed(ctx, backend, key).await;
@@ -365,8 +367,9 @@ fn next_healthy(
     reasons: &mut Vec<(usize, BackendError)>,
 ) -> Option<u16> {
     let replicas = w.replicas.as_slice();
+    let router = ctx.router();
     while let Some(&id) = replicas.get(w.next) {
-        let backend = ctx.router.backend(id);
+        let backend = router.backend(id);
         if backend.health.read_rank(w.key).is_some() {
             return Some(id);
         }
