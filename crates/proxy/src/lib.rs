@@ -75,7 +75,7 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 #[derive(Debug)]
 struct Context {
     /// The configuration the proxy started with: what a reload cannot change (listeners,
-    /// pools, threads, limits fixed at startup) is read here.
+    /// threads, limits fixed at startup) is read here; the pools are in [`Context::live`].
     config: ProxyConfig,
     /// The configuration as last reloaded (SIGHUP, [`reload`]), for what a reload changes;
     /// the hot paths read their part of it from the atomics below.
@@ -448,11 +448,10 @@ fn reroute(ctx: &Arc<Context>, new: &ProxyConfig, applied: &mut ProxyConfig) -> 
     let Ok(specs) = new.validate() else {
         return false;
     };
-    // Settings of this very reload apply to the servers it starts.
-    let mut backend = applied.backend.clone();
-    backend.connections = ctx.config.backend.connections;
+    // The servers it starts take this very reload's timeouts (applied before: "backend.*"
+    // comes before "pools"), and the connection count the proxy started with.
     let start = route::Start {
-        settings: &backend,
+        settings: &applied.backend,
         resync: &ctx.config.resync,
         missed_limit: ctx.config.replication.missed_keys_limit,
         workers: &ctx.workers,
