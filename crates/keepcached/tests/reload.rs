@@ -364,7 +364,8 @@ async fn a_server_added_and_removed_by_sighup_is_never_read_stale() {
 }
 
 /// A backup pool added to a one-pool proxy under load is warmed before it is read, then removed
-/// again; a server added to the only pool, or a broken file, changes nothing.
+/// again; a server added to the only pool, a server added to the backup pool while the main
+/// server is down, and a broken file change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_is_added_and_removed_and_what_cannot_be_done_safely_waits() {
     let _serial = SERIAL.lock().await;
@@ -395,6 +396,36 @@ async fn a_pool_is_added_and_removed_and_what_cannot_be_done_safely_waits() {
     assert_eq!(proxy.warmed(&backup), 1, "{}", proxy.log_text());
     load.await_writes(2_000, WAIT * 2, || proxy.log_text())
         .await;
+    // The main server stopped: a change to the backup pool would leave the keys that move
+    // with no replica that holds them.
+    main.signal(Signal::SIGSTOP).expect("SIGSTOP");
+    proxy.await_state(&main, "down").await;
+    let refused = proxy
+        .log_text()
+        .matches("servers and pools not changed")
+        .count();
+    proxy
+        .reload(&[("main", vec![&main]), ("backup", vec![&backup, &other])])
+        .await;
+    assert_eq!(
+        proxy
+            .log_text()
+            .matches("servers and pools not changed")
+            .count(),
+        refused + 1,
+        "{}",
+        proxy.log_text()
+    );
+    assert!(
+        proxy.line(&other).await.is_empty(),
+        "{}",
+        proxy.backends().await
+    );
+    main.signal(Signal::SIGCONT).expect("SIGCONT");
+    proxy.await_state(&main, "up").await;
+    load.await_writes(2_000, WAIT * 2, || proxy.log_text())
+        .await;
+
     std::fs::write(&proxy.file, "[[pools]\nnot toml").expect("write");
     proxy.hangup("configuration not reloaded").await;
     assert!(proxy.line(&backup).await.contains("state=up "));
