@@ -283,7 +283,8 @@ async fn await_connections(server: &Server, baseline: u64, log: impl Fn() -> Str
 /// A server added to the main pool under write load is flushed (it holds old values of the
 /// keys), warmed from the backup pool and not read before; removed again, the server that takes
 /// its keys back (it still holds the values they had before they moved) is flushed and warmed
-/// too, and the removed one's connections close.
+/// too, and the removed one's connections close; added once more, it is flushed and warmed
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_added_and_removed_by_sighup_is_never_read_stale() {
     let _serial = SERIAL.lock().await;
@@ -360,6 +361,45 @@ async fn a_server_added_and_removed_by_sighup_is_never_read_stale() {
         mismatches(&main.addr().to_string(), &acked).await,
         0,
         "on the main server alone, after it took its keys back"
+    );
+
+    // Added again, the server still holds the values its keys had when it was removed, older
+    // than what was acknowledged since: it is flushed and warmed again, and what it holds
+    // then is as acknowledged.
+    let settings = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("STAT pool_main "))
+            .unwrap_or("")
+            .to_string()
+    };
+    proxy
+        .reload(&[("main", vec![&main, &added]), ("backup", vec![&backup])])
+        .await;
+    proxy.await_state(&added, "up").await;
+    assert_eq!(proxy.warmed(&added), 2, "{}", proxy.log_text());
+    let pools = settings(
+        proxy
+            .client()
+            .await
+            .call("stats settings\r\n")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        pools,
+        format!("STAT pool_main {},{}", main.addr(), added.addr())
+    );
+    let mut direct = Client::reach(&added.addr().to_string()).await;
+    let mut old = 0;
+    for (key, ack) in &acked {
+        let value = direct.get(key).await.unwrap();
+        old += u64::from(value.is_some() && !as_acknowledged(&value, ack));
+    }
+    assert_eq!(old, 0, "old values on the server added again");
+    assert_eq!(
+        mismatches(&proxy.addr, &acked).await,
+        0,
+        "through the proxy at the end"
     );
 }
 
