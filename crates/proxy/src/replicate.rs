@@ -38,7 +38,7 @@ use crate::forward;
 use crate::health::ReadRank;
 use crate::ledger;
 use crate::resync;
-use crate::route::Replicas;
+use crate::route::{Replicas, Router};
 use crate::stats::Stats;
 use crate::Context;
 
@@ -215,9 +215,38 @@ fn meta_copy_after(op: &MetaOp, reply: &Reply) -> Copy {
     }
 }
 
+/// A reload that changed the routing while a write of `key` ran (`before`: the routing it was
+/// sent by) may have given the key servers the write did not reach: an added server, or one
+/// that takes the key over, whose warm-up may have copied the key before the write reached the
+/// replica it copies from. Each misses the key, before the write is acknowledged, so it is not
+/// read for it until repaired from a replica that holds the write.
+async fn rerouted(ctx: &Context, before: &Arc<Router>, key: &[u8]) {
+    let now = ctx.router();
+    if Arc::ptr_eq(&now, before) {
+        return;
+    }
+    let written = before.replicas(key);
+    for &id in now.replicas(key).as_slice() {
+        if !written.as_slice().contains(&id) {
+            missed(ctx, now.backend(id), key).await;
+        }
+    }
+}
+
 /// `set`, `delete`, `touch`: `call` to every replica of `key`.
 pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
     let router = ctx.router();
+    let result = fanout_by(ctx, &router, key.clone(), call).await;
+    rerouted(ctx, &router, &key).await;
+    result
+}
+
+async fn fanout_by(
+    ctx: &Arc<Context>,
+    router: &Router,
+    key: Bytes,
+    call: Call,
+) -> Result<Reply, ProxyError> {
     let replicas = router.replicas(&key);
     if let &[id] = replicas.as_slice() {
         // One replica: no fan-out (and no lock, see `KeyLocks::lock`).
@@ -279,6 +308,17 @@ pub async fn execute_then_copy(
     command: Conditional,
 ) -> Result<Reply, ProxyError> {
     let router = ctx.router();
+    let result = execute_then_copy_by(ctx, &router, key.clone(), command).await;
+    rerouted(ctx, &router, &key).await;
+    result
+}
+
+async fn execute_then_copy_by(
+    ctx: &Arc<Context>,
+    router: &Router,
+    key: Bytes,
+    command: Conditional,
+) -> Result<Reply, ProxyError> {
     let replicas = router.replicas(&key);
     let guard = ctx.locks.lock(&key, &replicas).await;
     let mut reasons = Vec::new();
