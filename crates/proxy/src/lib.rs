@@ -86,7 +86,7 @@ struct Context {
     write_first: std::sync::atomic::AtomicBool,
     /// The routing, replaced whole when a reload adds or removes servers (see [`Router`] for
     /// why a backend's index stays valid across it).
-    router: parking_lot::RwLock<Arc<Router>>,
+    routing: Routing,
     /// What a reload needs to start a server's connections.
     workers: Arc<Workers>,
     stats: Stats,
@@ -138,7 +138,7 @@ impl Context {
 
     /// The routing now.
     fn router(&self) -> Arc<Router> {
-        self.router.read().clone()
+        self.routing.get()
     }
 
     /// The configuration as last reloaded.
@@ -302,7 +302,7 @@ impl Bound {
             multiget_error: Default::default(),
             write_first: Default::default(),
             config,
-            router: parking_lot::RwLock::new(Arc::new(router)),
+            routing: Routing::new(router, workers.count()),
             workers: workers.clone(),
             stats: Stats::default(),
             locks: KeyLocks::default(),
@@ -456,7 +456,10 @@ fn reroute(ctx: &Arc<Context>, new: &ProxyConfig, applied: &mut ProxyConfig) -> 
         missed_limit: ctx.config.replication.missed_keys_limit,
         workers: &ctx.workers,
     };
-    let mut current = ctx.router.write();
+    // Every thread waits for the new routing from here: a server marked below is flushed and
+    // warmed by the new routing's rings, never by the old one's.
+    let mut copies = ctx.routing.lock();
+    let current = copies[0].clone();
     let next = match current.reconfigure(&specs, &start) {
         Ok(next) => next,
         Err(why) => {
@@ -482,8 +485,10 @@ fn reroute(ctx: &Arc<Context>, new: &ProxyConfig, applied: &mut ProxyConfig) -> 
         .iter()
         .map(|&id| current.backends[id].clone())
         .collect();
-    *current = Arc::new(next.router);
-    drop(current);
+    for copy in copies.iter_mut() {
+        **copy = Arc::new(next.router.clone());
+    }
+    drop(copies);
     for backend in removed {
         backend.health.stop();
         backend
@@ -562,6 +567,41 @@ impl Accepting {
                 drop(done);
             });
         }
+    }
+}
+
+/// The routing as the threads read it: a copy for each worker thread and one for the other
+/// threads, each on cache lines of its own, so that taking it for a request writes no line
+/// another worker reads (one shared copy's lock and count would travel between the cores on
+/// every request). A reload replaces every copy under all their locks at once: a thread that
+/// reads after it sees the new routing, whichever copy it reads.
+#[derive(Debug)]
+struct Routing {
+    copies: Box<[RoutingCopy]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct RoutingCopy(parking_lot::RwLock<Arc<Router>>);
+
+impl Routing {
+    fn new(router: Router, workers: usize) -> Routing {
+        Routing {
+            copies: (0..=workers)
+                .map(|_| RoutingCopy(parking_lot::RwLock::new(Arc::new(router.clone()))))
+                .collect(),
+        }
+    }
+
+    /// The calling thread's copy.
+    fn get(&self) -> Arc<Router> {
+        let at = keepcached_runtime::worker_index().map_or(0, |w| w + 1);
+        self.copies[at % self.copies.len()].0.read().clone()
+    }
+
+    /// Every copy, locked: readers wait until the guards are dropped.
+    fn lock(&self) -> Vec<parking_lot::RwLockWriteGuard<'_, Arc<Router>>> {
+        self.copies.iter().map(|copy| copy.0.write()).collect()
     }
 }
 

@@ -15,7 +15,7 @@ use crate::health::{ReadRank, State};
 use crate::ring::{key_hash, Ring};
 
 /// A pool as routed: its ring, and for each ring node the index of its backend.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     pub name: String,
     ring: Ring,
@@ -50,7 +50,7 @@ impl Replicas {
 /// the list only grows: a reload appends the servers it adds and leaves a retired entry
 /// ([`Backend::retired`]) where a server it removes was. An index taken from one router means
 /// the same server, or its retired entry, in every later one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Router {
     pub pools: Vec<Pool>,
     pub backends: Vec<Arc<Backend>>,

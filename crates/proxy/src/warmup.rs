@@ -58,24 +58,40 @@ impl From<Stopped> for Interrupted {
 /// it is not in (a key has one server in each pool).
 pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
     let target = ctx.router().backends[id].clone();
-    let sources: Vec<usize> = {
+    let (sources, repairing): (Vec<usize>, bool) = {
         let router = ctx.router();
         let own_pools: Vec<&crate::route::Pool> = router
             .pools
             .iter()
             .filter(|p| p.servers.contains(&id))
             .collect();
-        (0..router.backends.len())
+        let replicas: Vec<usize> = (0..router.backends.len())
             .filter(|&s| {
                 s != id
                     && !router.backends[s].is_retired()
-                    && router.backends[s].state() == State::Up
                     && router.pools.iter().any(|p| {
                         p.servers.contains(&s) && !own_pools.iter().any(|o| std::ptr::eq(*o, p))
                     })
             })
-            .collect()
+            .collect();
+        let state = |s: usize| router.backends[s].state();
+        (
+            replicas
+                .iter()
+                .copied()
+                .filter(|&s| state(s) == State::Up)
+                .collect(),
+            replicas.iter().any(|&s| state(s) == State::Suspect),
+        )
     };
+    if sources.is_empty() && repairing {
+        // A replica that answers and is being repaired (it missed a write, one timeout under
+        // load is enough) is a source again in a moment: served cold meanwhile, this server
+        // would answer misses for keys the replica holds.
+        return Err(Stopped(
+            "its replicas are being repaired; warmed once one is up".to_string(),
+        ));
+    }
     if sources.is_empty() {
         tracing::warn!(backend = %target.addr, "no healthy replica to warm it from; it serves cold");
         return Ok(());
