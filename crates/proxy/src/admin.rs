@@ -37,9 +37,10 @@ pub fn execute(ctx: &Context, frame: &[u8], out: &mut Vec<u8>) {
     if ![&b"drain"[..], b"hold", b"warm", b"up"].contains(&action) {
         return reply::line(out, USAGE);
     }
-    let Some(backend) = ctx.router.backends.iter().find(|b| {
+    let router = ctx.router();
+    let Some(backend) = router.live().find(|b| {
         name == b.addr.as_bytes()
-            || ctx.router.pools.iter().any(|p| {
+            || router.pools.iter().any(|p| {
                 name.strip_prefix(p.name.as_bytes())
                     .and_then(|rest| rest.strip_prefix(b"/"))
                     == Some(b.addr.as_bytes())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use keepcached_protocol::response::{MetaCode, Status};
 use keepcached_runtime::{worker_index, Workers};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{BackendConfig, ResyncConfig};
@@ -184,7 +184,6 @@ impl Backend {
         settings: &BackendConfig,
         resync: &ResyncConfig,
         missed_limit: usize,
-        shutdown: watch::Receiver<bool>,
         workers: &Workers,
     ) -> Backend {
         let addr: Arc<str> = Arc::from(addr);
@@ -193,7 +192,6 @@ impl Backend {
             settings.clone(),
             missed_limit,
             resync.hold_returning,
-            shutdown,
         ));
         let per_worker = settings.connections.div_ceil(workers.count()).max(1);
         let lanes = (0..workers.count())
@@ -213,6 +211,23 @@ impl Backend {
             lanes,
             health,
         }
+    }
+
+    /// What stays of a server a reload removed, where its entry was (the backends are numbered
+    /// by their place, and a number is never given to another server): its health, for requests
+    /// that began before the reload, and no connections. Once those requests are done, nothing
+    /// holds the server's connection queues and its connection tasks end.
+    pub fn retired(&self) -> Backend {
+        Backend {
+            addr: self.addr.clone(),
+            lanes: Box::new([]),
+            health: self.health.clone(),
+        }
+    }
+
+    /// Whether a reload removed this server.
+    pub fn is_retired(&self) -> bool {
+        self.lanes.is_empty()
     }
 
     pub fn state(&self) -> State {
@@ -235,7 +250,7 @@ impl Backend {
     /// and closes itself when the oldest job in flight is overdue, failing every job on it), so
     /// the call needs no timer of its own: one per request was a large share of the proxy's CPU.
     pub async fn call(&self, call: Call) -> Result<Reply, BackendError> {
-        if !self.state().takes_writes() {
+        if !self.state().takes_writes() || self.is_retired() {
             return Err(BackendError::Down {
                 addr: self.addr.clone(),
             });

@@ -591,8 +591,9 @@ fn flatten(
 impl Change {
     /// Copies this change from `new` into `running` when it may change while the proxy runs:
     /// timeouts, failure and probe settings, replication policies, warm-up and ledger
-    /// settings, the reply budget and the drain timeout. Servers, pools, listeners, threads,
-    /// connection counts and sizes fixed at startup need a restart (`false`).
+    /// settings, the reply budget and the drain timeout. Listeners, threads, connection counts
+    /// and sizes fixed at startup need a restart (`false`); `pools` is not applied here but by
+    /// the routing, when it can be done safely (lib.rs `reroute`).
     pub fn apply(&self, new: &ProxyConfig, running: &mut ProxyConfig) -> bool {
         let (b, r, s) = (&new.backend, &new.replication, &new.resync);
         match self.key.as_str() {

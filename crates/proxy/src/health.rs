@@ -225,7 +225,10 @@ pub struct Health {
     epoch: Instant,
     pub counters: Sharded<Counters>,
     pub settings: Settings,
+    /// Turns true when the proxy shuts down or a reload removes the server: its connections,
+    /// supervisor and warm-up stop.
     pub shutdown: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
     /// Signalled when the server answers again after being down: the connections that failed
     /// with it open again together, as at startup.
     pub back_up: Notify,
@@ -326,8 +329,8 @@ impl Health {
         settings: BackendConfig,
         missed_limit: usize,
         hold_returning: bool,
-        shutdown: watch::Receiver<bool>,
     ) -> Health {
+        let (stop, shutdown) = watch::channel(false);
         Health {
             addr,
             state: AtomicU8::new(State::Connecting as u8),
@@ -338,6 +341,7 @@ impl Health {
             counters: Sharded::default(),
             settings: Settings::new(&settings),
             shutdown,
+            stop,
             back_up: Notify::new(),
             wake: Notify::new(),
             standing: Mutex::new(Standing::default()),
@@ -349,6 +353,11 @@ impl Health {
             order: Mutex::new(None),
             ledger_retry_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Stops the server's connections, supervisor and warm-up (see [`Health::shutdown`]).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     pub fn state(&self) -> State {
@@ -538,12 +547,11 @@ mod tests {
     use super::*;
 
     fn health(request_timeout_ms: u64, missed_limit: usize) -> Health {
-        let (_, shutdown) = watch::channel(false);
         let settings = BackendConfig {
             request_timeout_ms,
             ..BackendConfig::default()
         };
-        let health = Health::new(Arc::from("h:1"), settings, missed_limit, false, shutdown);
+        let health = Health::new(Arc::from("h:1"), settings, missed_limit, false);
         health.set_state(State::Up, "test");
         health
     }

@@ -15,6 +15,7 @@
 //! when it was made, so losing every one of them loses it.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -44,12 +45,12 @@ fn key(server: &Backend) -> Bytes {
 }
 
 /// The other servers that take writes: where marks about `server` are kept.
-fn keepers<'a>(ctx: &'a Context, server: &'a Backend) -> impl Iterator<Item = &'a Backend> {
-    ctx.router
-        .backends
-        .iter()
-        .filter(move |b| !std::ptr::eq(&***b, server) && b.state().takes_writes())
-        .map(|b| &**b)
+fn keepers(ctx: &Context, server: &Backend) -> Vec<Arc<Backend>> {
+    ctx.router()
+        .live()
+        .filter(|b| !std::ptr::eq(&***b, server) && b.state().takes_writes())
+        .cloned()
+        .collect()
 }
 
 /// Records, before the write `server` missed is acknowledged, that it missed writes through
@@ -70,7 +71,9 @@ pub async fn mark(ctx: &Context, server: &Backend) {
     }
     let key = key(server);
     let token = format!(" {}", ctx.proxy_id);
-    let mut appends: FuturesUnordered<_> = keepers(ctx, server)
+    let holders = keepers(ctx, server);
+    let mut appends: FuturesUnordered<_> = holders
+        .iter()
         .map(|keeper| append_token(keeper, &key, token.as_bytes()))
         .collect();
     let (mut asked, mut kept) = (0, 0);
@@ -131,9 +134,8 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
     }
     let key = key(server);
     // All keepers at once: a stalled one costs one request timeout, not one each.
-    let mut reads: FuturesUnordered<_> = keepers(ctx, server)
-        .map(|keeper| read(keeper, &key))
-        .collect();
+    let holders = keepers(ctx, server);
+    let mut reads: FuturesUnordered<_> = holders.iter().map(|keeper| read(keeper, &key)).collect();
     while let Some(read) = reads.next().await {
         let Ok(read) = read else {
             marks.complete = false;
@@ -156,10 +158,9 @@ pub async fn look(ctx: &Context, server: &Backend) -> Marks {
 /// seconds.
 pub async fn heartbeat(ctx: &Context, ttl: i32) {
     let id = Bytes::copy_from_slice(ctx.proxy_id.as_bytes());
-    let mut sets: FuturesUnordered<_> = ctx
-        .router
-        .backends
-        .iter()
+    let router = ctx.router();
+    let mut sets: FuturesUnordered<_> = router
+        .live()
         .filter(|b| b.state().takes_writes())
         .map(|b| b.call(forward::set(SERVING, 0, ttl, id.clone())))
         .collect();
@@ -168,10 +169,9 @@ pub async fn heartbeat(ctx: &Context, ttl: i32) {
 
 /// Whether another proxy's serving heartbeat is on any server that takes writes.
 pub async fn others_serving(ctx: &Context) -> bool {
-    let mut reads: FuturesUnordered<_> = ctx
-        .router
-        .backends
-        .iter()
+    let router = ctx.router();
+    let mut reads: FuturesUnordered<_> = router
+        .live()
         .filter(|b| b.state().takes_writes())
         .map(|b| read(b, SERVING))
         .collect();
@@ -187,10 +187,9 @@ pub async fn others_serving(ctx: &Context) -> bool {
 /// How many of the proxies' own items (marks about any server, the serving heartbeat)
 /// `keeper` holds.
 pub async fn marks_on(ctx: &Context, keeper: &Backend) -> u64 {
-    let keys = ctx
-        .router
-        .backends
-        .iter()
+    let router = ctx.router();
+    let keys = router
+        .live()
         .map(|server| key(server))
         .chain(std::iter::once(Bytes::from_static(SERVING)));
     let mut reads: FuturesUnordered<_> = keys
@@ -234,7 +233,9 @@ pub async fn clear(ctx: &Context, server: &Backend, all: bool) {
     }
     let key = key(server);
     // All keepers at once: the caller holds the ledger lock, which a miss's mark waits for.
-    let mut clears: FuturesUnordered<_> = keepers(ctx, server)
+    let holders = keepers(ctx, server);
+    let mut clears: FuturesUnordered<_> = holders
+        .iter()
         .map(|keeper| clear_on(ctx, keeper, &key, all))
         .collect();
     while clears.next().await.is_some() {}

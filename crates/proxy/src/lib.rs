@@ -75,7 +75,7 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 #[derive(Debug)]
 struct Context {
     /// The configuration the proxy started with: what a reload cannot change (listeners,
-    /// pools, threads, limits fixed at startup) is read here.
+    /// threads, limits fixed at startup) is read here; the pools are in [`Context::live`].
     config: ProxyConfig,
     /// The configuration as last reloaded (SIGHUP, [`reload`]), for what a reload changes;
     /// the hot paths read their part of it from the atomics below.
@@ -84,7 +84,11 @@ struct Context {
     read_window: std::sync::atomic::AtomicUsize,
     multiget_error: std::sync::atomic::AtomicBool,
     write_first: std::sync::atomic::AtomicBool,
-    router: Router,
+    /// The routing, replaced whole when a reload adds or removes servers (see [`Router`] for
+    /// why a backend's index stays valid across it).
+    routing: Routing,
+    /// What a reload needs to start a server's connections.
+    workers: Arc<Workers>,
     stats: Stats,
     locks: KeyLocks,
     limits: Limits,
@@ -132,6 +136,11 @@ impl Context {
         }
     }
 
+    /// The routing now.
+    fn router(&self) -> Arc<Router> {
+        self.routing.get()
+    }
+
     /// The configuration as last reloaded.
     fn live(&self) -> Arc<ProxyConfig> {
         self.live.read().clone()
@@ -150,7 +159,7 @@ impl Context {
         );
         self.write_first
             .store(config.replication.write_ack == WriteAck::First, Relaxed);
-        for backend in &self.router.backends {
+        for backend in &self.router().backends {
             backend.health.settings.update(&config.backend);
         }
         *self.live.write() = Arc::new(config);
@@ -275,11 +284,12 @@ impl Bound {
         let (stop_tx, stop_rx) = watch::channel(false);
         let router = Router::start(
             &pools,
-            &config.backend,
-            &config.resync,
-            config.replication.missed_keys_limit,
-            &stop_rx,
-            &workers,
+            &route::Start {
+                settings: &config.backend,
+                resync: &config.resync,
+                missed_limit: config.replication.missed_keys_limit,
+                workers: &workers,
+            },
         );
         let limits = Limits {
             item_size_max: config.item_size_max,
@@ -292,7 +302,8 @@ impl Bound {
             multiget_error: Default::default(),
             write_first: Default::default(),
             config,
-            router,
+            routing: Routing::new(router, workers.count()),
+            workers: workers.clone(),
             stats: Stats::default(),
             locks: KeyLocks::default(),
             limits,
@@ -339,6 +350,9 @@ impl Bound {
         tracing::info!("proxy shutting down");
         let drain = Duration::from_millis(ctx.live().drain_timeout_ms);
         let _ = stop_tx.send(true);
+        for backend in &ctx.router().backends {
+            backend.health.stop();
+        }
         for stop in &stops {
             let _ = stop.send(true);
         }
@@ -385,7 +399,7 @@ async fn reloading(
 }
 
 /// Applies what a reloaded configuration changes and may change while running; logs the rest.
-fn reload(ctx: &Context, new: ProxyConfig) {
+fn reload(ctx: &Arc<Context>, new: ProxyConfig) {
     let old = ctx.live();
     let changes = config::changes(&old, &new);
     if changes.is_empty() {
@@ -395,7 +409,12 @@ fn reload(ctx: &Context, new: ProxyConfig) {
     let mut applied = (*old).clone();
     let mut later = 0;
     for change in &changes {
-        if change.apply(&new, &mut applied) {
+        let done = if change.key == "pools" {
+            reroute(ctx, &new, &mut applied)
+        } else {
+            change.apply(&new, &mut applied)
+        };
+        if done {
             tracing::info!(
                 key = %change.key,
                 from = %change.from,
@@ -418,6 +437,70 @@ fn reload(ctx: &Context, new: ProxyConfig) {
         need_restart = later,
         "configuration reloaded"
     );
+}
+
+/// Applies a reload's servers and pools when that can be done without a stale read or a lost
+/// write (see [`Router::reconfigure`]): added servers start flushed and cold, and are warmed
+/// before they are read; removed ones take no new request, and their connections, supervisor
+/// and warm-up stop once the requests already sent to them are done; kept servers that take
+/// over keys are flushed and warmed. False, with the reason logged, when it needs a restart.
+fn reroute(ctx: &Arc<Context>, new: &ProxyConfig, applied: &mut ProxyConfig) -> bool {
+    let Ok(specs) = new.validate() else {
+        return false;
+    };
+    // The servers it starts take this very reload's timeouts (applied before: "backend.*"
+    // comes before "pools"), and the connection count the proxy started with.
+    let start = route::Start {
+        settings: &applied.backend,
+        resync: &ctx.config.resync,
+        missed_limit: ctx.config.replication.missed_keys_limit,
+        workers: &ctx.workers,
+    };
+    // Every thread waits for the new routing from here: a server marked below is flushed and
+    // warmed by the new routing's rings, never by the old one's.
+    let mut copies = ctx.routing.lock();
+    let current = copies[0].clone();
+    let next = match current.reconfigure(&specs, &start) {
+        Ok(next) => next,
+        Err(why) => {
+            tracing::warn!(reason = %why, "servers and pools not changed");
+            return false;
+        }
+    };
+    const ADDED: &str = "added by a configuration reload: it may hold old values, and holds none of the keys it now serves";
+    const GAINING: &str =
+        "a configuration reload gave it keys it did not hold: it may hold old values of them";
+    for &id in &next.added {
+        let backend = &next.router.backends[id];
+        backend.health.remember_missed_all(ADDED);
+        tracing::info!(backend = %backend.addr, "server added: flushed and warmed before it is read");
+    }
+    for &id in &next.gaining {
+        let backend = &next.router.backends[id];
+        backend.health.remember_missed_all(GAINING);
+        tracing::info!(backend = %backend.addr, "server takes over keys: flushed and warmed before it is read again");
+    }
+    let removed: Vec<Arc<backend::Backend>> = next
+        .removed
+        .iter()
+        .map(|&id| current.backends[id].clone())
+        .collect();
+    for copy in copies.iter_mut() {
+        **copy = Arc::new(next.router.clone());
+    }
+    drop(copies);
+    for backend in removed {
+        backend.health.stop();
+        backend
+            .health
+            .set_state(health::State::Drained, "removed by a configuration reload");
+        tracing::info!(backend = %backend.addr, "server removed: no new requests; its connections close once the requests sent to it are done");
+    }
+    for id in next.added {
+        tokio::spawn(resync::supervise(ctx.clone(), id));
+    }
+    applied.pools = new.pools.clone();
+    true
 }
 
 /// What an accept loop hands each connection.
@@ -484,6 +567,41 @@ impl Accepting {
                 drop(done);
             });
         }
+    }
+}
+
+/// The routing as the threads read it: a copy for each worker thread and one for the other
+/// threads, each on cache lines of its own, so that taking it for a request writes no line
+/// another worker reads (one shared copy's lock and count would travel between the cores on
+/// every request). A reload replaces every copy under all their locks at once: a thread that
+/// reads after it sees the new routing, whichever copy it reads.
+#[derive(Debug)]
+struct Routing {
+    copies: Box<[RoutingCopy]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct RoutingCopy(parking_lot::RwLock<Arc<Router>>);
+
+impl Routing {
+    fn new(router: Router, workers: usize) -> Routing {
+        Routing {
+            copies: (0..=workers)
+                .map(|_| RoutingCopy(parking_lot::RwLock::new(Arc::new(router.clone()))))
+                .collect(),
+        }
+    }
+
+    /// The calling thread's copy.
+    fn get(&self) -> Arc<Router> {
+        let at = keepcached_runtime::worker_index().map_or(0, |w| w + 1);
+        self.copies[at % self.copies.len()].0.read().clone()
+    }
+
+    /// Every copy, locked: readers wait until the guards are dropped.
+    fn lock(&self) -> Vec<parking_lot::RwLockWriteGuard<'_, Arc<Router>>> {
+        self.copies.iter().map(|copy| copy.0.write()).collect()
     }
 }
 

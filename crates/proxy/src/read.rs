@@ -27,7 +27,7 @@ use crate::error::ProxyError;
 use crate::forward;
 use crate::replicate;
 use crate::reply::{self as answer_with, Output};
-use crate::route::Replicas;
+use crate::route::{Replicas, Router};
 use crate::stats::Stats;
 use crate::Context;
 
@@ -130,11 +130,13 @@ async fn read_part<'a>(
     reasons: &mut Vec<(usize, BackendError)>,
 ) -> Vec<Wanted<'a>> {
     let counters = ctx.stats.counters();
+    // One routing for the whole window: its replica sets and the backends they name.
+    let router = ctx.router();
     let mut wanted: Vec<Wanted<'_>> = part
         .iter()
         .map(|&(request, key)| Wanted {
             key,
-            replicas: ctx.router.read_order(key),
+            replicas: router.read_order(key),
             next: 0,
             target: 0,
             value: None,
@@ -146,7 +148,7 @@ async fn read_part<'a>(
     Stats::add(&counters.cmd_get, wanted.len() as u64);
     let mut todo: Vec<usize> = (0..wanted.len()).collect();
     while !todo.is_empty() {
-        todo.retain(|&i| match next_healthy(ctx, &mut wanted[i], reasons) {
+        todo.retain(|&i| match next_healthy(&router, &mut wanted[i], reasons) {
             Some(id) => {
                 wanted[i].target = id;
                 true
@@ -163,7 +165,7 @@ async fn read_part<'a>(
         let call_group = |members: &[usize]| {
             let id = wanted[members[0]].target;
             let call = forward::get(verb, exptime, members.iter().map(|&i| wanted[i].key));
-            let backend = ctx.router.backend(id);
+            let backend = router.backend(id).clone();
             async move { (id, backend.call(call).await) }
         };
         let groups = batch.chunk_by(|&a, &b| wanted[a].target == wanted[b].target);
@@ -313,10 +315,11 @@ pub async fn meta_get(
     touch: Option<i32>,
 ) -> Result<Reply, ProxyError> {
     let counters = ctx.stats.counters();
-    let replicas = ctx.router.replicas(key);
+    let router = ctx.router();
+    let replicas = router.replicas(key);
     let mut reasons = Vec::new();
-    for &id in ctx.router.read_order(key).as_slice() {
-        let backend = ctx.router.backend(id);
+    for &id in router.read_order(key).as_slice() {
+        let backend = router.backend(id);
         if backend.health.read_rank(key).is_none() {
             reasons.push(BackendError::Down {
                 addr: backend.addr.clone(),
@@ -351,7 +354,8 @@ pub async fn meta_get(
 
 /// Sets `key`'s TTL on one replica; a replica that fails misses the write.
 async fn touch_one(ctx: &Context, id: u16, key: &[u8], exptime: i32) {
-    let backend = ctx.router.backend(id);
+    let router = ctx.router();
+    let backend = router.backend(id);
     let touched = backend.call(forward::touch(key, exptime)).await;
     if touched.as_ref().map_or(true, write_failed) {
         replicate::missed(ctx, backend, key).await;
@@ -360,13 +364,13 @@ async fn touch_one(ctx: &Context, id: u16, key: &[u8], exptime: i32) {
 
 /// The next replica of `w` that is up, skipping (and noting) those that are down.
 fn next_healthy(
-    ctx: &Context,
+    router: &Router,
     w: &mut Wanted<'_>,
     reasons: &mut Vec<(usize, BackendError)>,
 ) -> Option<u16> {
     let replicas = w.replicas.as_slice();
     while let Some(&id) = replicas.get(w.next) {
-        let backend = ctx.router.backend(id);
+        let backend = router.backend(id);
         if backend.health.read_rank(w.key).is_some() {
             return Some(id);
         }

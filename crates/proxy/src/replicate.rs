@@ -38,7 +38,7 @@ use crate::forward;
 use crate::health::ReadRank;
 use crate::ledger;
 use crate::resync;
-use crate::route::Replicas;
+use crate::route::{Replicas, Router};
 use crate::stats::Stats;
 use crate::Context;
 
@@ -215,12 +215,42 @@ fn meta_copy_after(op: &MetaOp, reply: &Reply) -> Copy {
     }
 }
 
+/// A reload that changed the routing while a write of `key` ran (`before`: the routing it was
+/// sent by) may have given the key servers the write did not reach: an added server, or one
+/// that takes the key over, whose warm-up may have copied the key before the write reached the
+/// replica it copies from. Each misses the key, before the write is acknowledged, so it is not
+/// read for it until repaired from a replica that holds the write.
+async fn rerouted(ctx: &Context, before: &Arc<Router>, key: &[u8]) {
+    let now = ctx.router();
+    if Arc::ptr_eq(&now, before) {
+        return;
+    }
+    let written = before.replicas(key);
+    for &id in now.replicas(key).as_slice() {
+        if !written.as_slice().contains(&id) {
+            missed(ctx, now.backend(id), key).await;
+        }
+    }
+}
+
 /// `set`, `delete`, `touch`: `call` to every replica of `key`.
 pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
-    let replicas = ctx.router.replicas(&key);
+    let router = ctx.router();
+    let result = fanout_by(ctx, &router, key.clone(), call).await;
+    rerouted(ctx, &router, &key).await;
+    result
+}
+
+async fn fanout_by(
+    ctx: &Arc<Context>,
+    router: &Router,
+    key: Bytes,
+    call: Call,
+) -> Result<Reply, ProxyError> {
+    let replicas = router.replicas(&key);
     if let &[id] = replicas.as_slice() {
         // One replica: no fan-out (and no lock, see `KeyLocks::lock`).
-        let backend = ctx.router.backend(id);
+        let backend = router.backend(id);
         return match backend.call(call).await {
             Ok(reply) => {
                 if write_failed(&reply) {
@@ -238,7 +268,7 @@ pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply,
     let mut reasons = Vec::new();
     let mut targets = Vec::with_capacity(replicas.as_slice().len());
     for &id in replicas.as_slice() {
-        let backend = ctx.router.backend(id);
+        let backend = router.backend(id);
         if backend.state().takes_writes() {
             targets.push(backend.clone());
         } else {
@@ -277,7 +307,19 @@ pub async fn execute_then_copy(
     key: Bytes,
     command: Conditional,
 ) -> Result<Reply, ProxyError> {
-    let replicas = ctx.router.replicas(&key);
+    let router = ctx.router();
+    let result = execute_then_copy_by(ctx, &router, key.clone(), command).await;
+    rerouted(ctx, &router, &key).await;
+    result
+}
+
+async fn execute_then_copy_by(
+    ctx: &Arc<Context>,
+    router: &Router,
+    key: Bytes,
+    command: Conditional,
+) -> Result<Reply, ProxyError> {
+    let replicas = router.replicas(&key);
     let guard = ctx.locks.lock(&key, &replicas).await;
     let mut reasons = Vec::new();
     let mut executed = None;
@@ -285,7 +327,7 @@ pub async fn execute_then_copy(
     // A server's own error (out of memory): the client's answer when no replica did better.
     let mut reasons_reply = None;
     for &id in replicas.as_slice() {
-        let backend = ctx.router.backend(id);
+        let backend = router.backend(id);
         if executed.is_some() {
             if backend.state().takes_writes() {
                 others.push(backend.clone());
@@ -374,8 +416,9 @@ pub async fn broadcast(ctx: &Arc<Context>, call: Call, data: bool) -> Result<Rep
         ctx.flushes.fetch_add(1, Ordering::AcqRel);
     }
     let mut reasons = Vec::new();
-    let mut targets = Vec::with_capacity(ctx.router.backends.len());
-    for b in &ctx.router.backends {
+    let router = ctx.router();
+    let mut targets = Vec::with_capacity(router.backends.len());
+    for b in router.live() {
         if b.state().takes_writes() {
             targets.push(b.clone());
         } else {
@@ -406,7 +449,7 @@ pub async fn broadcast(ctx: &Arc<Context>, call: Call, data: bool) -> Result<Rep
         // The flush also removed the ledger's marks and the serving heartbeat from the servers
         // it reached: what they said is said again before the flush is acknowledged.
         resync::heartbeat(ctx).await;
-        for backend in &ctx.router.backends {
+        for backend in router.live() {
             if !backend.health.standing.lock().clean() {
                 backend.health.ledger_marked.store(false, Ordering::Release);
                 ledger::mark(ctx, backend).await;

@@ -60,7 +60,7 @@ impl Identity {
 /// Starts one supervisor per server, and the serving heartbeat, on the current runtime; they
 /// stop when `shutdown` turns true.
 pub fn start(ctx: &Arc<Context>, shutdown: &tokio::sync::watch::Receiver<bool>) {
-    for id in 0..ctx.router.backends.len() {
+    for id in 0..ctx.router().backends.len() {
         tokio::spawn(supervise(ctx.clone(), id));
     }
     tokio::spawn(serving(ctx.clone(), shutdown.clone()));
@@ -99,20 +99,15 @@ pub async fn first_contact(ctx: &Context) {
     let settings = &ctx.live().backend;
     let limit = settings.connect_timeout() + settings.request_timeout() * 2;
     let _ = tokio::time::timeout(limit, async {
-        while ctx
-            .router
-            .backends
-            .iter()
-            .any(|b| b.state() == State::Connecting)
-        {
+        while ctx.router().live().any(|b| b.state() == State::Connecting) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
 }
 
-async fn supervise(ctx: Arc<Context>, id: usize) {
-    let backend = ctx.router.backends[id].clone();
+pub async fn supervise(ctx: Arc<Context>, id: usize) {
+    let backend = ctx.router().backends[id].clone();
     let health = &backend.health;
     let mut shutdown = health.shutdown.clone();
     let mut known: Option<Identity> = None;
@@ -208,10 +203,9 @@ pub async fn vouch(ctx: &Context) {
     if fresh(&ctx.vouched.lock()) {
         return;
     }
-    let mut looks: FuturesUnordered<_> = ctx
-        .router
-        .backends
-        .iter()
+    let router = ctx.router();
+    let mut looks: FuturesUnordered<_> = router
+        .live()
         .filter(|b| b.is_up())
         .map(|b| async move { (b, ledger::look(ctx, b).await) })
         .collect();
@@ -263,17 +257,16 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
     let first = known.is_none();
     *known = Some(now);
     let marks = ledger::look(ctx, backend).await;
-    let others_up = ctx
-        .router
-        .backends
-        .iter()
+    let router = ctx.router();
+    let others_up = router
+        .live()
         .any(|b| !std::ptr::eq(&**b, backend) && b.is_up());
     // Empty while another server holds items: worth warming (two empty servers at a fresh
     // start are not).
     // The proxies' own items (marks, the serving heartbeat) do not count.
     let mut others_hold_items = false;
     if (first || restarted) && now.curr_items <= ledger::marks_on(ctx, backend).await {
-        for other in &ctx.router.backends {
+        for other in router.live() {
             if !std::ptr::eq(&**other, backend) && other.is_up() {
                 let items = stats_once(other).await.map_or(0, |o| o.curr_items);
                 others_hold_items |= items > ledger::marks_on(ctx, other).await;
@@ -292,7 +285,7 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         // A restarted memcached is empty, but a restartable one (`-e`) holds what it had when
         // it stopped: flushed and warmed when another pool can refill it. With one pool there is
         // nothing to refill it from; what it missed while down is in its missed keys.
-        if restarted && others_up && ctx.router.pools.len() > 1 {
+        if restarted && others_up && router.pools.len() > 1 {
             standing.must_flush("it restarted (its pid or start time changed)");
         }
         // A standby proxy only keeps off a server another proxy marked: the proxy that serves
@@ -348,7 +341,7 @@ async fn keep_marked(ctx: &Context, backend: &Backend) {
 /// Brings a server that takes writes back to `up`: flush, warm, repair, as its standing says.
 /// Returns when it is up, or when that cannot be done now (it failed, or it is held).
 async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
-    let backend = &ctx.router.backends[id];
+    let backend = ctx.router().backends[id].clone();
     let health = &backend.health;
     {
         let mut standing = health.standing.lock();
@@ -417,7 +410,7 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
         }
     }
     let flushed = health.standing.lock().flushed_pending;
-    ledger::clear(ctx, backend, flushed).await;
+    ledger::clear(ctx, &backend, flushed).await;
     // Under the standing lock: a miss recorded after this sees `up` and makes it suspect.
     let mut standing = health.standing.lock();
     if standing.clean()
@@ -435,7 +428,7 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
 
 /// Repairs every key the server missed; false when the server failed meanwhile.
 async fn repair(ctx: &Context, id: usize) -> bool {
-    let backend = &ctx.router.backends[id];
+    let backend = ctx.router().backends[id].clone();
     let health = &backend.health;
     let mut logged = false;
     loop {
@@ -479,14 +472,15 @@ async fn repair(ctx: &Context, id: usize) -> bool {
 
 /// Gives the server `key`'s latest value, or deletes it there when no replica holds one.
 async fn repair_key(ctx: &Context, id: usize, key: &Bytes) -> Result<(), BackendError> {
-    let target = &ctx.router.backends[id];
-    let replicas = ctx.router.replicas(key);
+    let router = ctx.router();
+    let target = &router.backends[id];
+    let replicas = router.replicas(key);
     let _guard = ctx.locks.lock(key, &replicas).await;
     let source = replicas
         .as_slice()
         .iter()
         .filter(|&&r| usize::from(r) != id)
-        .map(|&r| ctx.router.backend(r))
+        .map(|&r| router.backend(r))
         .find(|b| b.health.read_rank(key) == Some(ReadRank::Current));
     let flushes = ctx.flushes.load(Ordering::Acquire);
     let call = match source {

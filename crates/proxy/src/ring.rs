@@ -8,9 +8,10 @@
 //! md5, little-endian; its server is the one owning the first point at or after the hash, wrapping
 //! to the first point of the circle.
 //!
-//! The ring never changes while the proxy runs: a server that is down keeps its points and its
-//! keys fail over to the next pool's replica instead, so a flapping server does not move keys
-//! around (what twemproxy calls `auto_eject_hosts: false`).
+//! The ring changes only when a configuration reload adds or removes servers (route.rs): a
+//! server that is down keeps its points and its keys fail over to the next pool's replica
+//! instead, so a flapping server does not move keys around (what twemproxy calls
+//! `auto_eject_hosts: false`).
 
 use md5::{Digest, Md5};
 
@@ -68,6 +69,12 @@ impl Ring {
         let at = self.points.partition_point(|p| p.value < hash);
         let point = self.points.get(at).unwrap_or(&self.points[0]);
         point.node as usize
+    }
+
+    /// The positions where an owner's range begins: between two consecutive ones, every hash
+    /// has the same owner.
+    pub fn boundaries(&self) -> impl Iterator<Item = u32> + '_ {
+        self.points.iter().map(|p| p.value)
     }
 
     /// How many points the ring holds (for stats and tests).

@@ -88,10 +88,11 @@ counters! {
 pub fn answer<'a>(ctx: &Context, mut args: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
     let (first, second) = (args.next(), args.next());
     match (first, second) {
-        (None, _) => ctx
-            .stats
-            .write_general(out, &ctx.router, ctx.serving(), ctx.others_serving()),
-        (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router),
+        (None, _) => {
+            ctx.stats
+                .write_general(out, &ctx.router(), ctx.serving(), ctx.others_serving())
+        }
+        (Some(b"backends"), None) => Stats::write_backends(out, &ctx.router()),
         (Some(b"reset"), None) => {
             ctx.stats.reset();
             out.extend_from_slice(reply::RESET);
@@ -241,8 +242,8 @@ impl Stats {
         reply::stat(out, "time", now);
         reply::stat(out, "version", VERSION);
         Counters::write(&self.counters, out);
-        let up = router.backends.iter().filter(|b| b.is_up()).count();
-        reply::stat(out, "backends", router.backends.len());
+        let up = router.live().filter(|b| b.is_up()).count();
+        reply::stat(out, "backends", router.live().count());
         reply::stat(out, "backends_up", up);
         reply::stat(out, "serving", u8::from(serving));
         reply::stat(out, "other_proxy_serving", u8::from(others_serving));

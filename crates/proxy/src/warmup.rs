@@ -57,29 +57,48 @@ impl From<Stopped> for Interrupted {
 /// Fills server `id` from every healthy server that shares keys with it: those of the pools
 /// it is not in (a key has one server in each pool).
 pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
-    let target = &ctx.router.backends[id];
-    let own_pools: Vec<&crate::route::Pool> = ctx
-        .router
-        .pools
-        .iter()
-        .filter(|p| p.servers.contains(&id))
-        .collect();
-    let sources: Vec<usize> = (0..ctx.router.backends.len())
-        .filter(|&s| {
-            s != id
-                && ctx.router.backends[s].state() == State::Up
-                && ctx.router.pools.iter().any(|p| {
-                    p.servers.contains(&s) && !own_pools.iter().any(|o| std::ptr::eq(*o, p))
-                })
-        })
-        .collect();
+    let target = ctx.router().backends[id].clone();
+    let (sources, repairing): (Vec<usize>, bool) = {
+        let router = ctx.router();
+        let own_pools: Vec<&crate::route::Pool> = router
+            .pools
+            .iter()
+            .filter(|p| p.servers.contains(&id))
+            .collect();
+        let replicas: Vec<usize> = (0..router.backends.len())
+            .filter(|&s| {
+                s != id
+                    && !router.backends[s].is_retired()
+                    && router.pools.iter().any(|p| {
+                        p.servers.contains(&s) && !own_pools.iter().any(|o| std::ptr::eq(*o, p))
+                    })
+            })
+            .collect();
+        let state = |s: usize| router.backends[s].state();
+        (
+            replicas
+                .iter()
+                .copied()
+                .filter(|&s| state(s) == State::Up)
+                .collect(),
+            replicas.iter().any(|&s| state(s) == State::Suspect),
+        )
+    };
+    if sources.is_empty() && repairing {
+        // A replica that answers and is being repaired (it missed a write, one timeout under
+        // load is enough) is a source again in a moment: served cold meanwhile, this server
+        // would answer misses for keys the replica holds.
+        return Err(Stopped(
+            "its replicas are being repaired; warmed once one is up".to_string(),
+        ));
+    }
     if sources.is_empty() {
         tracing::warn!(backend = %target.addr, "no healthy replica to warm it from; it serves cold");
         return Ok(());
     }
     let mut total = 0;
     for &s in &sources {
-        if let Ok(identity) = crate::resync::stats_once(&ctx.router.backends[s]).await {
+        if let Ok(identity) = crate::resync::stats_once(&ctx.router().backends[s]).await {
             total += identity.curr_items;
         }
     }
@@ -92,13 +111,13 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
     tracing::info!(backend = %target.addr, sources = sources.len(), items = total, "warm-up started");
     let mut pace = Pace::new(ctx);
     for &source in &sources {
-        let src = &ctx.router.backends[source];
+        let src = ctx.router().backends[source].clone();
         let mut seen = Seen::default();
         for pass in 1..=PASSES {
             if let Some(progress) = target.health.progress.lock().as_mut() {
                 progress.pass = pass;
             }
-            let held = crate::resync::stats_once(src)
+            let held = crate::resync::stats_once(&src)
                 .await
                 .map_or(0, |identity| identity.curr_items);
             let listed = match copy_from(ctx, id, source, pass, &mut seen, &mut pace).await {
@@ -238,8 +257,8 @@ async fn copy_from(
     seen: &mut Seen,
     pace: &mut Pace,
 ) -> Result<u64, Interrupted> {
-    let target = &ctx.router.backends[id];
-    let src = &ctx.router.backends[source];
+    let target = ctx.router().backends[id].clone();
+    let src = ctx.router().backends[source].clone();
     let settings = &src.health.settings;
     let stop = |why: String| Interrupted::from(Stopped(format!("{}: {why}", src.addr)));
     let mut busy = 0;
@@ -294,7 +313,7 @@ async fn copy_from(
             )));
         };
         if !ledger::is_own(&key) {
-            let replicas = ctx.router.replicas(&key);
+            let replicas = ctx.router().replicas(&key);
             let ids = replicas.as_slice();
             let mine = ids.contains(&(id as u16)) && ids.contains(&(source as u16));
             // A later pass skips what an earlier one listed (and copied, or left to the repair
@@ -302,7 +321,7 @@ async fn copy_from(
             if mine && seen.first_time(&key, pass) {
                 pace.next().await;
                 while copies.len() >= concurrency {
-                    account(ctx, target, copies.join_next().await, pace)?;
+                    account(ctx, &target, copies.join_next().await, pace)?;
                 }
                 copies.spawn(copy_one(ctx.clone(), source, id, key, pass > 1));
             }
@@ -321,7 +340,7 @@ async fn copy_from(
             .map_err(stop)?;
     }
     while let Some(done) = copies.join_next().await {
-        account(ctx, target, Some(done), pace)?;
+        account(ctx, &target, Some(done), pace)?;
     }
     Ok(listed)
 }
@@ -369,8 +388,9 @@ async fn copy_one(
     key: Bytes,
     only_missing: bool,
 ) -> Result<Copied, BackendError> {
-    let (src, target) = (&ctx.router.backends[source], &ctx.router.backends[id]);
-    let replicas = ctx.router.replicas(&key);
+    let router = ctx.router();
+    let (src, target) = (&router.backends[source], &router.backends[id]);
+    let replicas = router.replicas(&key);
     let _guard = ctx.locks.lock(&key, &replicas).await;
     // A source that missed the key's last write (or a flush_all) would copy an old item.
     if src.health.read_rank(&key) != Some(ReadRank::Current) {
