@@ -247,8 +247,15 @@ fn a_cut_off_memcached_is_never_read_stale() {
             acked.len(),
             drained,
         );
-        assert_eq!(counts.stale.load(Ordering::Relaxed), 0, "stale reads");
-        assert_eq!(counts.lost.load(Ordering::Relaxed), 0, "lost writes");
+        assert_eq!(
+            (
+                counts.stale.load(Ordering::Relaxed),
+                counts.lost.load(Ordering::Relaxed)
+            ),
+            (0, 0),
+            "stale reads and lost writes under load\n{}",
+            t.logs()
+        );
         assert_eq!(
             (main_stale_early, main_lost_early),
             (0, 0),
@@ -340,10 +347,20 @@ fn the_vip_holder_dies_while_main_is_stopped_and_nothing_stale_is_read() {
              on_main_alone: stale={on_main} misses={main_misses}",
             acked.len(),
         );
-        assert_eq!(counts.stale.load(Ordering::Relaxed), 0, "stale reads");
-        assert_eq!(counts.lost.load(Ordering::Relaxed), 0, "lost writes");
-        assert_eq!((at_once, at_once_lost), (0, 0), "proxy B at once");
-        assert_eq!((once_up, once_up_lost), (0, 0), "proxy B once main is up");
-        assert_eq!(on_main, 0, "stale on the main server");
+        assert_eq!(
+            (
+                counts.stale.load(Ordering::Relaxed),
+                counts.lost.load(Ordering::Relaxed)
+            ),
+            (0, 0),
+            "stale reads and lost writes under load\n{}",
+            t.logs()
+        );
+        assert_eq!(
+            (at_once, at_once_lost, once_up, once_up_lost, on_main),
+            (0, 0, 0, 0, 0),
+            "through proxy B at once and once main is up, and on main\n{}",
+            t.logs()
+        );
     });
 }

@@ -43,7 +43,7 @@ use crate::admin;
 use crate::forward;
 use crate::meta;
 use crate::read;
-use crate::replicate::{self, Conditional};
+use crate::replicate::{self, Conditional, Leaves};
 use crate::reply::{answer, Next, Output};
 use crate::stats::{self, Stats, VERSION};
 use crate::Context;
@@ -402,7 +402,13 @@ async fn execute<O: Output>(
         }) => {
             // memcached drops the old item of a failed set, so no stale value survives it.
             if kind == StoreKind::Set {
-                let _ = replicate::fanout(ctx, frame.slice_ref(key), forward::delete(key)).await;
+                let _ = replicate::fanout(
+                    ctx,
+                    frame.slice_ref(key),
+                    forward::delete(key),
+                    Leaves::Latest,
+                )
+                .await;
             }
             if !noreply {
                 out.extend_from_slice(reply::TOO_LARGE);
@@ -430,7 +436,7 @@ async fn execute<O: Output>(
                 let call = forward::write(frame, noreply, || {
                     forward::store(kind, key, flags, exptime, data, 0)
                 });
-                replicate::fanout(ctx, key_bytes, call).await
+                replicate::fanout(ctx, key_bytes, call, Leaves::Latest).await
             } else {
                 let command = Conditional::Store {
                     kind,
@@ -446,7 +452,7 @@ async fn execute<O: Output>(
         Request::Delete { key, noreply } => {
             Stats::add(&counters.cmd_delete, 1);
             let call = forward::write(frame, noreply, || forward::delete(key));
-            let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
+            let result = replicate::fanout(ctx, frame.slice_ref(key), call, Leaves::Latest).await;
             answer(ctx, result, noreply, out);
         }
         Request::Touch {
@@ -456,7 +462,7 @@ async fn execute<O: Output>(
         } => {
             Stats::add(&counters.cmd_touch, 1);
             let call = forward::write(frame, noreply, || forward::touch(key, exptime));
-            let result = replicate::fanout(ctx, frame.slice_ref(key), call).await;
+            let result = replicate::fanout(ctx, frame.slice_ref(key), call, Leaves::Change).await;
             answer(ctx, result, noreply, out);
         }
         Request::Arith {

@@ -133,6 +133,19 @@ impl Standing {
             .collect()
     }
 
+    /// Whether the server may lack `key`'s last write.
+    pub fn is_missed(&self, key: &[u8]) -> bool {
+        self.missed.contains_key(key)
+    }
+
+    /// A write that replaces `key`'s whole item (a set or a delete) reached the server, under
+    /// the key's lock: it holds the key's latest, whatever write of it it missed before. Left
+    /// missed, the key would be repaired later from a replica that may be gone by then, and a
+    /// repair with no source deletes it: the write just acknowledged would be lost.
+    pub fn wrote(&mut self, key: &[u8]) {
+        self.missed.remove(key);
+    }
+
     /// Forgets `key` after its repair, unless it was missed again since `seq`.
     pub fn repaired(&mut self, key: &[u8], seq: u64) {
         if self.missed.get(key) == Some(&seq) {

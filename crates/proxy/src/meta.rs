@@ -27,7 +27,7 @@ use crate::backend::Reply;
 use crate::error::ProxyError;
 use crate::forward;
 use crate::read;
-use crate::replicate::{self, Conditional, Item, MetaOp};
+use crate::replicate::{self, Conditional, Item, Leaves, MetaOp};
 use crate::reply::{self as outcome, Next};
 use crate::stats::Stats;
 use crate::Context;
@@ -76,7 +76,7 @@ pub async fn execute(
         MetaCommand::Set => {
             Stats::add(&counters.cmd_set, 1);
             if request.set_mode == SetMode::Set && opts.compare_cas.is_none() && !opts.invalidate {
-                replicate::fanout(ctx, key, call).await
+                replicate::fanout(ctx, key, call, Leaves::Latest).await
             } else {
                 // Add, replace and compare-and-set store the client's own value when they
                 // succeed; append, prepend and `I` (which may store the item as stale) make
@@ -99,7 +99,13 @@ pub async fn execute(
         MetaCommand::Delete => {
             Stats::add(&counters.cmd_delete, 1);
             if opts.compare_cas.is_none() {
-                replicate::fanout(ctx, key, call).await
+                // With `I` the item stays, marked stale: whatever the server held before.
+                let leaves = if opts.invalidate {
+                    Leaves::Change
+                } else {
+                    Leaves::Latest
+                };
+                replicate::fanout(ctx, key, call, leaves).await
             } else {
                 let op = MetaOp::Delete;
                 replicate::execute_then_copy(ctx, key, Conditional::Meta { call, op }).await
@@ -134,7 +140,7 @@ async fn rejected(
     if let Some(key) = reject.unlink {
         let key = key_bytes(frame, &key);
         let delete = forward::delete(&key);
-        let _ = replicate::fanout(ctx, key, delete).await;
+        let _ = replicate::fanout(ctx, key, delete, Leaves::Latest).await;
     }
     reply::line(out, reject.error.as_str().as_bytes());
     if reject.swallow > 0 {

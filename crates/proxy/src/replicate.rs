@@ -233,10 +233,25 @@ async fn rerouted(ctx: &Context, before: &Arc<Router>, key: &[u8]) {
     }
 }
 
+/// What a successful write leaves on a server, for the keys it missed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaves {
+    /// The key's whole latest item, or its absence (`set`, `delete`): an earlier write the
+    /// server missed no longer matters.
+    Latest,
+    /// A change to an item the server may hold stale (`touch`, `md` with `I`).
+    Change,
+}
+
 /// `set`, `delete`, `touch`: `call` to every replica of `key`.
-pub async fn fanout(ctx: &Arc<Context>, key: Bytes, call: Call) -> Result<Reply, ProxyError> {
+pub async fn fanout(
+    ctx: &Arc<Context>,
+    key: Bytes,
+    call: Call,
+    leaves: Leaves,
+) -> Result<Reply, ProxyError> {
     let router = ctx.router();
-    let result = fanout_by(ctx, &router, key.clone(), call).await;
+    let result = fanout_by(ctx, &router, key.clone(), call, leaves).await;
     rerouted(ctx, &router, &key).await;
     result
 }
@@ -246,6 +261,7 @@ async fn fanout_by(
     router: &Router,
     key: Bytes,
     call: Call,
+    leaves: Leaves,
 ) -> Result<Reply, ProxyError> {
     let replicas = router.replicas(&key);
     if let &[id] = replicas.as_slice() {
@@ -255,6 +271,8 @@ async fn fanout_by(
             Ok(reply) => {
                 if write_failed(&reply) {
                     missed(ctx, backend, &key).await;
+                } else if leaves == Leaves::Latest {
+                    backend.health.standing.lock().wrote(&key);
                 }
                 Ok(reply)
             }
@@ -283,7 +301,7 @@ async fn fanout_by(
     }
     match ctx.write_ack() {
         WriteAck::All => {
-            let results = apply(ctx, &key, &targets, &call, None).await;
+            let results = apply(ctx, &key, &targets, &call, leaves, None).await;
             first_success(results, reasons)
         }
         WriteAck::First => {
@@ -291,7 +309,7 @@ async fn fanout_by(
             let task_ctx = ctx.clone();
             tokio::spawn(async move {
                 let _guard = guard;
-                apply(&task_ctx, &key, &targets, &call, Some(first_tx)).await;
+                apply(&task_ctx, &key, &targets, &call, leaves, Some(first_tx)).await;
             });
             match first_rx.await {
                 Ok(reply) => Ok(reply),
@@ -396,7 +414,8 @@ async fn execute_then_copy_by(
                 forward::delete(&key)
             }
         };
-        apply(&task_ctx, &key, &others, &call, None).await;
+        // A copy of the executing replica's whole item, or its delete.
+        apply(&task_ctx, &key, &others, &call, Leaves::Latest, None).await;
     };
     match ctx.write_ack() {
         WriteAck::All => copy_to_others.await,
@@ -460,12 +479,14 @@ pub async fn broadcast(ctx: &Arc<Context>, call: Call, data: bool) -> Result<Rep
 }
 
 /// Sends `call` to all `targets` at once and waits for every answer; a failed target misses
-/// the key. With `first`, the first successful reply is sent there as soon as it arrives.
+/// the key, and one that took a write that `leaves` the latest item no longer does. With
+/// `first`, the first successful reply is sent there as soon as it arrives.
 async fn apply(
     ctx: &Context,
     key: &[u8],
     targets: &[Arc<Backend>],
     call: &Call,
+    leaves: Leaves,
     mut first: Option<oneshot::Sender<Reply>>,
 ) -> Vec<Result<Reply, BackendError>> {
     let mut calls: FuturesUnordered<_> = targets
@@ -477,6 +498,9 @@ async fn apply(
     while let Some((i, result)) = calls.next().await {
         match &result {
             Ok(reply) if !write_failed(reply) => {
+                if leaves == Leaves::Latest {
+                    targets[i].health.standing.lock().wrote(key);
+                }
                 if let Some(tx) = first.take() {
                     let _ = tx.send(reply.clone());
                 }

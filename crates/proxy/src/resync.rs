@@ -476,6 +476,11 @@ async fn repair_key(ctx: &Context, id: usize, key: &Bytes) -> Result<(), Backend
     let target = &router.backends[id];
     let replicas = router.replicas(key);
     let _guard = ctx.locks.lock(key, &replicas).await;
+    // A set or delete that reached it while this repair waited for the lock gave it the
+    // latest: copying now could only undo that (with no source, by deleting the key).
+    if !target.health.standing.lock().is_missed(key) {
+        return Ok(());
+    }
     let source = replicas
         .as_slice()
         .iter()

@@ -30,7 +30,12 @@ use keepcached_protocol::response::{MetaCode, Status};
 /// A metadump line longer than this is not one (keys are at most 250 bytes, encoded 750).
 const MAX_LINE: usize = 4096;
 /// Passes over a source whose dump listed fewer items than it held.
-const PASSES: u32 = 3;
+const PASSES: u32 = 6;
+/// The wait before a second pass, doubled before each later one (0.1 + 0.2 + ... + 1.6 s at
+/// most in all). memcached's LRU maintainer relinks the items the previous pass just read, in
+/// the background, and its crawler passes over items being relinked: a listing started at once
+/// after a pass was seen to list 53 of 329 items, so later passes give it time to settle.
+const PASS_BACKOFF: Duration = Duration::from_millis(100);
 /// Times a busy crawler (memcached answers `BUSY` while another dump runs) is asked again.
 const BUSY_RETRIES: u32 = 50;
 
@@ -114,6 +119,9 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
         let src = ctx.router().backends[source].clone();
         let mut seen = Seen::default();
         for pass in 1..=PASSES {
+            if pass > 1 {
+                tokio::time::sleep(PASS_BACKOFF * (1 << (pass - 2))).await;
+            }
             if let Some(progress) = target.health.progress.lock().as_mut() {
                 progress.pass = pass;
             }
