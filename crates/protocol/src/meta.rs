@@ -199,6 +199,14 @@ impl<'a> MetaRequest<'a> {
         &self.flags[..self.nflags]
     }
 
+    /// The position among [`MetaRequest::flags`] of the first opaque longer than memcached
+    /// accepts, if there is one.
+    pub fn long_opaque(&self) -> Option<usize> {
+        self.flags()
+            .iter()
+            .position(|f| f[0] == b'O' && f.len() > MAX_OPAQUE)
+    }
+
     fn new(command: MetaCommand, key: &'a [u8]) -> MetaRequest<'a> {
         MetaRequest {
             command,
@@ -225,6 +233,12 @@ pub struct MetaReject<'a> {
     pub error: MetaError,
     pub swallow: usize,
     pub unlink: Option<MetaKey<'a>>,
+    /// An `mg` or `ma` with an opaque over 32 bytes: memcached notices it only while it writes
+    /// the reply, after it has looked the item up (creating it for `N`), changed it (`ma`) and
+    /// applied the `T` and `N` flags that come before the opaque. This is the request, for a
+    /// server to do as much before it answers the error ([`MetaRequest::long_opaque`] says
+    /// where to stop); a proxy may answer the error alone.
+    pub run_first: Option<MetaRequest<'a>>,
 }
 
 impl MetaReject<'_> {
@@ -233,6 +247,7 @@ impl MetaReject<'_> {
             error,
             swallow: 0,
             unlink: None,
+            run_first: None,
         }
     }
 }
@@ -327,8 +342,8 @@ fn parse_meta<'a>(
             if let Err(e) = read_flags(tokens, 2, &mut request) {
                 return reject(e);
             }
-            if has_long_opaque(&request) {
-                return reject(MetaError::OpaqueTooLong);
+            if request.long_opaque().is_some() {
+                return Ok(done(line_len, Err(run_first(request))));
             }
             Ok(done(line_len, Ok(request)))
         }
@@ -346,8 +361,14 @@ fn parse_meta<'a>(
                     Some(_) => return reject(MetaError::InvalidMaMode),
                 }
             }
-            if has_long_opaque(&request) {
-                return reject(MetaError::OpaqueTooLong);
+            if request.long_opaque().is_some() {
+                return Ok(done(
+                    line_len,
+                    Err(match command {
+                        MetaCommand::Arith => run_first(request),
+                        _ => MetaReject::line(MetaError::OpaqueTooLong),
+                    }),
+                ));
             }
             Ok(done(line_len, Ok(request)))
         }
@@ -356,11 +377,13 @@ fn parse_meta<'a>(
     }
 }
 
-fn has_long_opaque(request: &MetaRequest<'_>) -> bool {
-    request
-        .flags()
-        .iter()
-        .any(|f| f[0] == b'O' && f.len() > MAX_OPAQUE)
+/// The error of an `mg` or `ma` with a long opaque, carrying the request (see
+/// [`MetaReject::run_first`]).
+fn run_first(request: MetaRequest<'_>) -> MetaReject<'_> {
+    MetaReject {
+        run_first: Some(request),
+        ..MetaReject::line(MetaError::OpaqueTooLong)
+    }
 }
 
 /// `me <key> [b]`: memcached checks only the key and an exact `b` in third place.
@@ -411,6 +434,7 @@ fn parse_set<'a>(
                 error,
                 swallow: block,
                 unlink: None,
+                run_first: None,
             }),
         ))
     };
@@ -425,7 +449,7 @@ fn parse_set<'a>(
         Some(b'R') => SetMode::Replace,
         Some(_) => return swallow(MetaError::InvalidMsMode),
     };
-    if has_long_opaque(&request) {
+    if request.long_opaque().is_some() {
         return swallow(MetaError::OpaqueTooLong);
     }
     let key = request.key.as_bytes();
@@ -436,6 +460,7 @@ fn parse_set<'a>(
                 error: MetaError::TooLarge,
                 swallow: block,
                 unlink: Some(request.key),
+                run_first: None,
             }),
         ));
     }
@@ -661,6 +686,20 @@ mod tests {
         assert_eq!(error(b"ma foo Mx\r\n"), MetaError::InvalidMaMode);
         let long = b"mg foo O123456789012345678901234567890123\r\n";
         assert_eq!(error(long), MetaError::OpaqueTooLong);
+        // mg and ma carry the request, which memcached runs up to the opaque; md does not.
+        let long = b"mg foo N30 O123456789012345678901234567890123 T5\r\n";
+        let run = meta(long)
+            .outcome
+            .unwrap_err()
+            .run_first
+            .expect("mg runs first");
+        assert_eq!(run.long_opaque(), Some(1));
+        let long = b"ma foo O123456789012345678901234567890123\r\n";
+        assert!(meta(long).outcome.unwrap_err().run_first.is_some());
+        let long = b"md foo O123456789012345678901234567890123\r\n";
+        let reject = meta(long).outcome.unwrap_err();
+        assert_eq!(reject.error, MetaError::OpaqueTooLong);
+        assert!(reject.run_first.is_none());
         let many = b"mg foo 1 2 3 4 5 6 7 8 9 0 a c d e f g h i j\r\n";
         assert_eq!(error(many), MetaError::OptionsTooLongGet);
     }

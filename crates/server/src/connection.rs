@@ -22,7 +22,8 @@ use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{
     self, parse_binary, BinaryOutcome, BinaryParsed, Status, REQUEST_MAGIC,
 };
-use keepcached_protocol::meta::{MetaParsed, MetaReject};
+use keepcached_protocol::meta::{MetaCommand, MetaParsed, MetaReject};
+use keepcached_protocol::reply::ErrorReply;
 use keepcached_protocol::{
     parse_command, reply, Command, Invalid, Limits, Parsed, Request, StoreKind,
 };
@@ -32,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
 use crate::execute::{Next, Session, Spliced};
+use crate::report;
 use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
@@ -267,6 +269,48 @@ pub fn addr_text(transport: &str, addr: &std::net::SocketAddr) -> String {
     }
 }
 
+/// memcached's queue of text replies not yet sent. memcached writes what it has queued after
+/// a completed get, after `mn`, and when its read buffer holds no complete request; until then
+/// a get with a key over 250 bytes throws the queue away, and `lru_crawler metadump` refuses to
+/// run behind it. keepcached writes at the end of each batch, so the queue is the part of `out`
+/// since the last of those points within the batch.
+#[derive(Debug, Default)]
+struct Unsent {
+    /// Where the queue starts in `out`.
+    from: usize,
+    /// The requests it answers, silent ones (`noreply`, `q`) included.
+    requests: usize,
+}
+
+impl Unsent {
+    /// Throws the queue away from `out` and `spliced`.
+    fn discard(&mut self, out: &mut Vec<u8>, spliced: &mut Spliced) {
+        out.truncate(self.from);
+        // A value at `from` was added after the queue began: a value is always followed by
+        // its CRLF in `out`, so one sent earlier lies before `from`.
+        spliced.values.retain(|(offset, _)| *offset < self.from);
+        spliced.bytes = spliced.values.iter().map(|(_, value)| value.len()).sum();
+        self.requests = 0;
+    }
+}
+
+/// What a text request does to the [`Unsent`] queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// Adds its reply.
+    Add,
+    /// Throws the queue away, then adds its error.
+    Discard,
+    /// Adds its reply and sends the queue.
+    Flush,
+    /// A metadump with nothing queued: a dump is sent at once, a refusal queued.
+    Dump,
+    /// A metadump behind queued replies: refused.
+    RefuseDump,
+}
+
+const METADUMP_PIPELINED: &[u8] = b"ERROR cannot pipeline other commands before metadump\r\n";
+
 /// Why a batch of parsing stopped.
 enum Stop {
     /// The buffer holds no complete request.
@@ -295,6 +339,8 @@ struct Conn<'a, S> {
     /// Values of a multi-get that go out by reference to the stored bytes, between parts of
     /// `out`.
     spliced: Spliced,
+    /// The replies memcached would not have sent yet, which some requests look at.
+    unsent: Unsent,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
     counters: Counters,
@@ -330,6 +376,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         need: 0,
         out: Vec::new(),
         spliced: Spliced::default(),
+        unsent: Unsent::default(),
         swallow: 0,
         counters: Counters::default(),
         binary: match server.settings.protocol {
@@ -540,6 +587,46 @@ impl<S: Socket> Conn<'_, S> {
                 );
             }
             let consumed = parsed.consumed();
+            let queue = match &parsed {
+                Command::Text(Parsed {
+                    outcome:
+                        Err(Invalid::Reply {
+                            error: ErrorReply::GetKeyTooLong,
+                            ..
+                        }),
+                    ..
+                }) => Queue::Discard,
+                Command::Text(Parsed {
+                    outcome: Ok(Request::LruCrawler { args }),
+                    ..
+                }) if report::is_metadump(*args) => match self.unsent.requests {
+                    0 => Queue::Dump,
+                    _ => Queue::RefuseDump,
+                },
+                Command::Text(Parsed {
+                    outcome: Ok(Request::Get { .. } | Request::MetaNoop),
+                    ..
+                }) => Queue::Flush,
+                Command::Meta(MetaParsed {
+                    outcome: Ok(request),
+                    ..
+                }) if request.command == MetaCommand::Noop => Queue::Flush,
+                _ => Queue::Add,
+            };
+            match queue {
+                Queue::Discard => self.unsent.discard(&mut self.out, &mut self.spliced),
+                Queue::RefuseDump => {
+                    self.out.extend_from_slice(METADUMP_PIPELINED);
+                    self.unsent.requests += 1;
+                    self.input.advance(consumed);
+                    if let Some(stop) = self.after(Next::Continue) {
+                        return stop;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let before = self.out.len();
             let mut session = Session {
                 server: self.server,
                 out: &mut self.out,
@@ -572,6 +659,16 @@ impl<S: Socket> Conn<'_, S> {
                 }
                 command => session.execute_command_into(command, Some(&mut self.spliced)),
             };
+            // A dump is written at once; a refused one is queued.
+            let dumped = queue == Queue::Dump && self.out[before..].ends_with(reply::END);
+            if queue == Queue::Flush || dumped {
+                self.unsent = Unsent {
+                    from: self.out.len(),
+                    requests: 0,
+                };
+            } else {
+                self.unsent.requests += 1;
+            }
             self.input.advance(consumed);
             if let Some(stop) = self.after(next) {
                 return stop;
@@ -749,6 +846,8 @@ impl<S: Socket> Conn<'_, S> {
     }
 
     async fn write_out(&mut self) -> io::Result<()> {
+        // memcached, too, writes its queue when it runs out of complete requests.
+        self.unsent = Unsent::default();
         if self.out.is_empty() {
             return Ok(());
         }
