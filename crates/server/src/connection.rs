@@ -301,6 +301,8 @@ enum Queue {
     Add,
     /// Throws the queue away, then adds its error.
     Discard,
+    /// Closes the connection without sending the queue (`quit` is not one: it sends it).
+    Close,
     /// Adds its reply and sends the queue.
     Flush,
     /// A metadump with nothing queued: a dump is sent at once, a refusal queued.
@@ -597,6 +599,10 @@ impl<S: Socket> Conn<'_, S> {
                     ..
                 }) => Queue::Discard,
                 Command::Text(Parsed {
+                    outcome: Err(Invalid::Close),
+                    ..
+                }) => Queue::Close,
+                Command::Text(Parsed {
                     outcome: Ok(Request::LruCrawler { args }),
                     ..
                 }) if report::is_metadump(*args) => match self.unsent.requests {
@@ -614,7 +620,9 @@ impl<S: Socket> Conn<'_, S> {
                 _ => Queue::Add,
             };
             match queue {
-                Queue::Discard => self.unsent.discard(&mut self.out, &mut self.spliced),
+                Queue::Discard | Queue::Close => {
+                    self.unsent.discard(&mut self.out, &mut self.spliced)
+                }
                 Queue::RefuseDump => {
                     self.out.extend_from_slice(METADUMP_PIPELINED);
                     self.unsent.requests += 1;
