@@ -884,9 +884,6 @@ impl<S: Socket> Conn<'_, S> {
             at = *offset;
         }
         pieces.push(&self.out[at..]);
-        // A binary value can end the output, or follow another: no empty piece may be left
-        // for a write to return 0 on.
-        pieces.retain(|piece| !piece.is_empty());
         let mut pieces = &mut pieces[..];
         while !pieces.is_empty() {
             let slices: Vec<io::IoSlice<'_>> = pieces
