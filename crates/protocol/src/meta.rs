@@ -233,12 +233,6 @@ pub struct MetaReject<'a> {
     pub error: MetaError,
     pub swallow: usize,
     pub unlink: Option<MetaKey<'a>>,
-    /// An `mg` or `ma` with an opaque over 32 bytes: memcached notices it only while it writes
-    /// the reply, after it has looked the item up (creating it for `N`), changed it (`ma`) and
-    /// applied the `T` and `N` flags that come before the opaque. This is the request, for a
-    /// server to do as much before it answers the error ([`MetaRequest::long_opaque`] says
-    /// where to stop); a proxy may answer the error alone.
-    pub run_first: Option<MetaRequest<'a>>,
 }
 
 impl MetaReject<'_> {
@@ -247,9 +241,22 @@ impl MetaReject<'_> {
             error,
             swallow: 0,
             unlink: None,
-            run_first: None,
         }
     }
+}
+
+/// What [`parse_command_with`] makes of an `mg` or `ma` with an opaque over 32 bytes.
+/// memcached notices such an opaque only while it writes the reply: after it has looked the
+/// item up (creating it for `N`), changed it (`ma`) and applied the `T` and `N` flags that come
+/// before the opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongOpaque {
+    /// Refuse it at once with `CLIENT_ERROR opaque token too long` (a proxy, which answers the
+    /// error itself).
+    Reject,
+    /// Parse it as a request, for a server to do as much as memcached before it answers the
+    /// error ([`MetaRequest::long_opaque`] says where to stop).
+    Run,
 }
 
 /// One meta parse step.
@@ -278,8 +285,18 @@ impl Command<'_> {
     }
 }
 
-/// Parses one ASCII request (meta or text) from the front of `buf`.
+/// Parses one ASCII request (meta or text) from the front of `buf`; a long opaque in `mg` or
+/// `ma` is refused ([`LongOpaque::Reject`]).
 pub fn parse_command<'a>(buf: &'a [u8], limits: &Limits) -> Result<Command<'a>, Incomplete> {
+    parse_command_with(buf, limits, LongOpaque::Reject)
+}
+
+/// [`parse_command`], with the choice of what a long opaque in `mg` or `ma` makes.
+pub fn parse_command_with<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    long_opaque: LongOpaque,
+) -> Result<Command<'a>, Incomplete> {
     // Only a line whose first word starts with 'm' can be meta; the rest go straight to the
     // text parser without being tokenized twice.
     let first = buf.iter().position(|b| *b != b' ');
@@ -295,7 +312,8 @@ pub fn parse_command<'a>(buf: &'a [u8], limits: &Limits) -> Result<Command<'a>, 
             let tokens = Tokens::split(line);
             let command = tokens.get(0);
             if tokens.len > 0 && command.len() == 2 && command[0] == b'm' {
-                return parse_meta(&tokens, buf, newline + 1, limits).map(Command::Meta);
+                return parse_meta(&tokens, buf, newline + 1, limits, long_opaque)
+                    .map(Command::Meta);
             }
         }
     }
@@ -311,6 +329,7 @@ fn parse_meta<'a>(
     buf: &'a [u8],
     line_len: usize,
     limits: &Limits,
+    long_opaque: LongOpaque,
 ) -> Result<MetaParsed<'a>, Incomplete> {
     let command = match tokens.get(0)[1] {
         b'g' => MetaCommand::Get,
@@ -342,8 +361,8 @@ fn parse_meta<'a>(
             if let Err(e) = read_flags(tokens, 2, &mut request) {
                 return reject(e);
             }
-            if request.long_opaque().is_some() {
-                return Ok(done(line_len, Err(run_first(request))));
+            if request.long_opaque().is_some() && long_opaque == LongOpaque::Reject {
+                return reject(MetaError::OpaqueTooLong);
             }
             Ok(done(line_len, Ok(request)))
         }
@@ -361,28 +380,16 @@ fn parse_meta<'a>(
                     Some(_) => return reject(MetaError::InvalidMaMode),
                 }
             }
-            if request.long_opaque().is_some() {
-                return Ok(done(
-                    line_len,
-                    Err(match command {
-                        MetaCommand::Arith => run_first(request),
-                        _ => MetaReject::line(MetaError::OpaqueTooLong),
-                    }),
-                ));
+            // memcached's md checks the opaque before it deletes anything.
+            if request.long_opaque().is_some()
+                && (command == MetaCommand::Delete || long_opaque == LongOpaque::Reject)
+            {
+                return reject(MetaError::OpaqueTooLong);
             }
             Ok(done(line_len, Ok(request)))
         }
         MetaCommand::Set => parse_set(tokens, buf, line_len, limits, request),
         MetaCommand::Debug | MetaCommand::Noop => unreachable!("handled above"),
-    }
-}
-
-/// The error of an `mg` or `ma` with a long opaque, carrying the request (see
-/// [`MetaReject::run_first`]).
-fn run_first(request: MetaRequest<'_>) -> MetaReject<'_> {
-    MetaReject {
-        run_first: Some(request),
-        ..MetaReject::line(MetaError::OpaqueTooLong)
     }
 }
 
@@ -434,7 +441,6 @@ fn parse_set<'a>(
                 error,
                 swallow: block,
                 unlink: None,
-                run_first: None,
             }),
         ))
     };
@@ -460,7 +466,6 @@ fn parse_set<'a>(
                 error: MetaError::TooLarge,
                 swallow: block,
                 unlink: Some(request.key),
-                run_first: None,
             }),
         ));
     }
@@ -686,20 +691,20 @@ mod tests {
         assert_eq!(error(b"ma foo Mx\r\n"), MetaError::InvalidMaMode);
         let long = b"mg foo O123456789012345678901234567890123\r\n";
         assert_eq!(error(long), MetaError::OpaqueTooLong);
-        // mg and ma carry the request, which memcached runs up to the opaque; md does not.
+        // For a server, mg and ma parse, to be run up to the opaque; md is refused still.
+        let run = |input| match parse_command_with(input, &Limits::default(), LongOpaque::Run) {
+            Ok(Command::Meta(m)) => m,
+            other => panic!("not meta: {other:?}"),
+        };
         let long = b"mg foo N30 O123456789012345678901234567890123 T5\r\n";
-        let run = meta(long)
-            .outcome
-            .unwrap_err()
-            .run_first
-            .expect("mg runs first");
-        assert_eq!(run.long_opaque(), Some(1));
+        assert_eq!(run(long).outcome.unwrap().long_opaque(), Some(1));
         let long = b"ma foo O123456789012345678901234567890123\r\n";
-        assert!(meta(long).outcome.unwrap_err().run_first.is_some());
+        assert_eq!(run(long).outcome.unwrap().long_opaque(), Some(0));
         let long = b"md foo O123456789012345678901234567890123\r\n";
-        let reject = meta(long).outcome.unwrap_err();
-        assert_eq!(reject.error, MetaError::OpaqueTooLong);
-        assert!(reject.run_first.is_none());
+        assert_eq!(
+            run(long).outcome.unwrap_err().error,
+            MetaError::OpaqueTooLong
+        );
         let many = b"mg foo 1 2 3 4 5 6 7 8 9 0 a c d e f g h i j\r\n";
         assert_eq!(error(many), MetaError::OptionsTooLongGet);
     }

@@ -22,7 +22,9 @@ use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{
     self, parse_binary, BinaryOutcome, BinaryParsed, Status, REQUEST_MAGIC,
 };
-use keepcached_protocol::meta::{MetaCommand, MetaParsed, MetaReject};
+use keepcached_protocol::meta::{
+    parse_command_with, LongOpaque, MetaCommand, MetaParsed, MetaReject,
+};
 use keepcached_protocol::reply::ErrorReply;
 use keepcached_protocol::{
     parse_command, reply, Command, Invalid, Limits, Parsed, Request, StoreKind,
@@ -572,7 +574,7 @@ impl<S: Socket> Conn<'_, S> {
                     None => continue,
                 }
             }
-            let parsed = match parse_command(&self.input, limits) {
+            let parsed = match parse_command_with(&self.input, limits, LongOpaque::Run) {
                 Ok(parsed) => parsed,
                 Err(incomplete) => match self.wait_for(incomplete.needed) {
                     true => return Stop::NeedInput,

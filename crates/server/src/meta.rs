@@ -100,10 +100,6 @@ fn ttl_left(exptime: u32, now: u32) -> i64 {
 impl Session<'_> {
     /// Answers a meta request that did not parse.
     pub fn meta_reject(&mut self, reject: MetaReject<'_>) -> Next {
-        if let Some(request) = reject.run_first {
-            // It answers the error itself, after what memcached does first.
-            return self.execute_meta(request, None);
-        }
         reply::line(self.out, reject.error.as_str().as_bytes());
         if let Some(key) = reject.unlink {
             self.counters.store_too_large += 1;
