@@ -6,7 +6,7 @@
 //! The seed is fixed so CI is reproducible, and printed; `KEEPCACHED_FUZZ_SEED=<n>` runs another
 //! one and `KEEPCACHED_FUZZ_CASES=<n>` another count (to explore locally).
 
-use keepcached_testkit::fuzz::{differential, Protocol};
+use keepcached_testkit::fuzz::{differential, Feature, Protocol, Report};
 use keepcached_testkit::wire::Target;
 use keepcached_testkit::{env, memcached};
 
@@ -28,10 +28,10 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn run(protocol: Protocol, flags: &[&str]) {
+fn run(protocol: Protocol, flags: &[&str]) -> Option<Report> {
     let test = format!("fuzz_differential_{}", protocol.name());
     if !env::require(&test, true, &["memcached"]) {
-        return;
+        return None;
     }
     let seed = setting("KEEPCACHED_FUZZ_SEED", SEED);
     let cases = setting("KEEPCACHED_FUZZ_CASES", CASES as u64) as usize;
@@ -42,16 +42,36 @@ fn run(protocol: Protocol, flags: &[&str]) {
         .expect("keepcached");
     let report = differential(protocol, seed, cases, &reference, &subject, WORKERS);
     report.assert_clean(protocol, seed);
+    Some(report)
+}
+
+/// The minimum counts apply to the default run (10,000 cases of the fixed seed), which shows
+/// each of these features far more often.
+fn default_run() -> bool {
+    std::env::var_os("KEEPCACHED_FUZZ_SEED").is_none()
+        && std::env::var_os("KEEPCACHED_FUZZ_CASES").is_none()
 }
 
 #[test]
 fn fuzz_differential_text() {
-    run(Protocol::Text, &["-B", "ascii"]);
+    if let Some(report) = run(Protocol::Text, &["-B", "ascii"]) {
+        if default_run() {
+            report.assert_features(&[
+                (Feature::LongGetKeyBehindReplies, 50),
+                (Feature::HttpUnderCommandLetter, 50),
+                (Feature::Crawler, 50),
+            ]);
+        }
+    }
 }
 
 #[test]
 fn fuzz_differential_meta() {
-    run(Protocol::Meta, &["-B", "ascii"]);
+    if let Some(report) = run(Protocol::Meta, &["-B", "ascii"]) {
+        if default_run() {
+            report.assert_features(&[(Feature::LongOpaque, 200)]);
+        }
+    }
 }
 
 #[test]

@@ -86,6 +86,25 @@ fn cases() -> Vec<Case> {
         Case::new("mg opaque of 33 bytes", "mg foo O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n"),
         Case::new("mg opaque too long on a hit", "ms foo 3 F5\r\nbar\r\n", "HD\r\n")
             .then("mg foo v O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n"),
+        // memcached notices a long opaque only while writing the reply: the item is created,
+        // and flags before the opaque act, those after it do not; no win token is handed out.
+        Case::new("mg N with an opaque too long creates the item", "mg foo v N30 O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo v t\r\n", "VA 0 t30\r\n\r\n")
+            .then("mg foo v N30\r\n", "VA 0\r\n\r\n"),
+        Case::new("mg q N with an opaque too long", "mg foo q N30 O12345678901234567890123456789012\r\nmn\r\n", "CLIENT_ERROR opaque token too long\r\nMN\r\n")
+            .then("mg foo s t\r\n", "HD s0 t30\r\n"),
+        Case::new("mg N after an opaque too long", "mg foo O12345678901234567890123456789012 N30\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo t\r\n", "HD t-1\r\n"),
+        Case::new("mg T before an opaque too long", "set foo 0 0 1\r\na\r\n", "STORED\r\n")
+            .then("mg foo T100 O12345678901234567890123456789012 t\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo t\r\n", "HD t100\r\n"),
+        Case::new("mg with an opaque too long fetches", "set foo 0 0 1\r\na\r\n", "STORED\r\n")
+            .then("mg foo O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo h\r\n", "HD h1\r\n"),
+        Case::new("mg h with an opaque too long does not fetch", "set foo 0 0 1\r\na\r\n", "STORED\r\n")
+            .then("mg foo h O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo h\r\n", "HD h0\r\n"),
+        Case::new("mg q miss with an opaque too long", "mg foo q O12345678901234567890123456789012\r\nmn\r\n", "CLIENT_ERROR opaque token too long\r\nMN\r\n"),
         Case::new("mg T touches", "ms foo 3 F5\r\nbar\r\n", "HD\r\n")
             .then("mg foo T100 v\r\n", "VA 3\r\nbar\r\n")
             .then("mg foo t\r\n", "HD t100\r\n"),
@@ -472,8 +491,21 @@ fn cases() -> Vec<Case> {
             .then("gets foo\r\n", "VALUE foo 0 1 <cas1>\r\n1\r\nEND\r\n")
             .then("ma foo C{cas} v\r\n", "VA 1\r\n2\r\n"),
         Case::new("ma C on a miss", "ma foo C1\r\n", "NF\r\n"),
+        // The counter changes before memcached notices the opaque.
         Case::new("ma opaque too long", "set foo 0 0 1\r\n1\r\n", "STORED\r\n")
-            .then("ma foo O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n"),
+            .then("ma foo O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("get foo\r\n", "VALUE foo 0 1\r\n2\r\nEND\r\n"),
+        Case::new("ma q opaque too long", "set foo 0 0 1\r\n5\r\n", "STORED\r\n")
+            .then("ma foo q D3 O12345678901234567890123456789012\r\nmn\r\n", "CLIENT_ERROR opaque token too long\r\nMN\r\n")
+            .then("get foo\r\n", "VALUE foo 0 1\r\n8\r\nEND\r\n"),
+        Case::new("ma N J with an opaque too long creates the counter", "ma foo N30 J5 O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo v t\r\n", "VA 1 t30\r\n5\r\n"),
+        Case::new("ma miss with an opaque too long", "ma foo q O12345678901234567890123456789012\r\nmn\r\n", "CLIENT_ERROR opaque token too long\r\nMN\r\n"),
+        Case::new("ma non-numeric before an opaque too long", "set foo 0 0 1\r\na\r\n", "STORED\r\n")
+            .then("ma foo O12345678901234567890123456789012\r\n", "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
+        Case::new("md opaque too long deletes nothing", "set foo 0 0 1\r\na\r\n", "STORED\r\n")
+            .then("md foo I O12345678901234567890123456789012\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            .then("mg foo v\r\n", "VA 1\r\na\r\n"),
         Case::new("ma too many flags", "ma foo 1 2 3 4 5 6 7 8 9 0 a c d e f g h i j\r\n", "CLIENT_ERROR options flags too long\r\n"),
         Case::new("ma 251-byte key", ["ma ", &"k".repeat(251), "\r\n"].concat(), "CLIENT_ERROR bad command line format\r\n"),
         Case::new("ma alone", "ma\r\n", "ERROR\r\n"),

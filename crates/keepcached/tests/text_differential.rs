@@ -1284,8 +1284,121 @@ fn metadump() -> Vec<Case> {
             .ending(End::Suffix(b"END\r\n".to_vec()))
             .masked(Mask::Metadump),
         Case::new("metadump without a class", "lru_crawler metadump\r\n", "ERROR\r\n"),
+        Case::new("metadump of two lists", "lru_crawler metadump 1 2\r\n", "ERROR\r\n"),
+        Case::new(
+            "metadump of bad classes",
+            ["bogus", "0", "64", "-1", "1,x", "200,1", "all,1", "ALL", "18446744073709551617"]
+                .iter()
+                .map(|class| format!("get nope\r\nlru_crawler metadump {class}\r\n"))
+                .collect::<String>(),
+            "END\r\nBADCLASS invalid class id\r\n".repeat(9),
+        ),
+        Case::new("metadump hash", set("a", 0, "0", b"1"), "STORED\r\n")
+            .then("lru_crawler metadump hash\r\n", "key=a exp=-1 fetch=no\nEND\r\n")
+            .ending(End::Suffix(b"\nEND\r\n".to_vec()))
+            .masked(Mask::Metadump),
+        // This store's one class is 1; memcached's class 1 holds items of up to 96 bytes.
+        Case::new("metadump of class 1", set("a", 0, "0", b"1"), "STORED\r\n")
+            .then("lru_crawler metadump 1\r\n", "key=a exp=-1 fetch=no\nEND\r\n")
+            .ending(End::Suffix(b"\nEND\r\n".to_vec()))
+            .masked(Mask::Metadump),
+        Case::new("metadump of classes 1 and 2", set("a", 0, "0", b"1"), "STORED\r\n")
+            .then("lru_crawler metadump 2,1\r\n", "key=a exp=-1 fetch=no\nEND\r\n")
+            .ending(End::Suffix(b"\nEND\r\n".to_vec()))
+            .masked(Mask::Metadump),
+        Case::new("metadump of an empty class", set("a", 0, "0", b"1"), "STORED\r\n")
+            .then("lru_crawler metadump 63\r\n", "END\r\n")
+            .ending(End::Suffix(b"END\r\n".to_vec()))
+            .masked(Mask::Metadump),
         Case::new("lru_crawler alone", "lru_crawler\r\n", "ERROR\r\n"),
+        Case::new("lru_crawler tocrawl of a word", "lru_crawler tocrawl x\r\n", BAD_FORMAT),
+        Case::new("lru_crawler sleep over a second", "lru_crawler sleep 1000001\r\n", "CLIENT_ERROR sleep must be one second or less\r\n"),
+        Case::new("lru_crawler sleep of two numbers", "lru_crawler sleep 1 2\r\n", "ERROR\r\n"),
+        Case::new("lru_crawler crawl of a bad class", "lru_crawler crawl 0\r\n", "BADCLASS invalid class id\r\n"),
         Case::new("lru_crawler with an unknown verb", "lru_crawler foo\r\n", "ERROR\r\n"),
+    ]
+}
+
+/// memcached's queue of replies it has not sent yet (its write follows a completed get, `mn`,
+/// or the end of what it read): a get with a key over 250 bytes throws the queue away, a line
+/// that closes the connection loses it, and a metadump refuses to run behind it.
+fn queued_replies() -> Vec<Case> {
+    let long = key(251, b'k');
+    let line = |s: String| s.into_bytes();
+    vec![
+        Case::new(
+            "a long get key drops the replies queued before it",
+            [
+                set("a", 0, "0", b"1"),
+                line(format!("delete nope\r\nget a {long}\r\n")),
+            ]
+            .concat(),
+            "CLIENT_ERROR bad command line format\r\n",
+        )
+        .then("get a\r\n", found(&[value("a", 0, b"1")])),
+        Case::new(
+            "a completed get sends the queue before a long key",
+            format!("delete nope\r\nget nope\r\ntouch nope 0\r\ngets {long}\r\n"),
+            "NOT_FOUND\r\nEND\r\nCLIENT_ERROR bad command line format\r\n",
+        ),
+        Case::new(
+            "mn sends the queue before a long key",
+            format!("delete nope\r\nmn\r\nincr nope 1\r\ngat 0 a {long}\r\n"),
+            "NOT_FOUND\r\nMN\r\nCLIENT_ERROR bad command line format\r\n",
+        ),
+        Case::new(
+            "noreply requests and an error line are dropped too",
+            format!("set q 0 0 1 noreply\r\nx\r\nbogus\r\nbget {long}\r\n"),
+            "CLIENT_ERROR bad command line format\r\n",
+        )
+        .then("bget q\r\n", found(&[value("q", 0, b"x")])),
+        Case::new(
+            "a long key elsewhere drops nothing",
+            format!("delete nope\r\nmg {long} v\r\ndelete {long}\r\n"),
+            "NOT_FOUND\r\nCLIENT_ERROR bad command line format\r\n\
+             CLIENT_ERROR bad command line format\r\n",
+        ),
+        Case::new(
+            "an HTTP line drops the queue and closes",
+            "version\r\nget nope\r\ndelete nope\r\nxGET / HTTP/1.1\r\n",
+            "VERSION 1.6.18\r\nEND\r\n",
+        )
+        .ending(End::Closed),
+        Case::new(
+            "an HTTP line under a command letter is an ERROR",
+            "cas k -1 100 5 1\r\ntamiuxxGET / HTTP/1.1\r\ngx HTTP/1.0\r\nmx / HTTP/1.1\r\n",
+            "CLIENT_ERROR bad command line format\r\nERROR\r\nERROR\r\nERROR\r\n",
+        ),
+        Case::new(
+            "a metadump behind queued replies is refused",
+            "version\r\nlru_crawler metadump all\r\n",
+            "VERSION 1.6.18\r\nERROR cannot pipeline other commands before metadump\r\n",
+        ),
+        Case::new(
+            "a metadump behind a silent request is refused",
+            "set q 0 0 1 noreply\r\nx\r\nlru_crawler metadump 1\r\n",
+            "ERROR cannot pipeline other commands before metadump\r\n",
+        ),
+        Case::new(
+            "a refused metadump is queued",
+            "lru_crawler metadump bogus\r\nlru_crawler metadump bogus\r\n",
+            "BADCLASS invalid class id\r\n\
+             ERROR cannot pipeline other commands before metadump\r\n",
+        ),
+        Case::new(
+            "a completed get lets a metadump run",
+            [
+                set("a", 0, "0", b"1"),
+                b"get a\r\nlru_crawler metadump 1\r\n".to_vec(),
+            ]
+            .concat(),
+            // The mask puts the dump's lines first.
+            "key=a exp=-1 fetch=yes\nSTORED\r\nVALUE a 0 1\r\n1\r\nEND\r\nEND\r\n",
+        )
+        // The dump's line ends in the item's size (the same in both: memcached's item size);
+        // the get's END would end a shorter suffix too.
+        .ending(End::Suffix(b"size=61\nEND\r\n".to_vec()))
+        .masked(Mask::Metadump),
     ]
 }
 
@@ -1680,6 +1793,7 @@ fn all_groups() -> Vec<Group> {
     cases.extend(misc_commands());
     cases.extend(pipelines());
     cases.extend(metadump());
+    cases.extend(queued_replies());
     let mut groups = vec![Group::new("default flags", &[], cases)];
     groups.extend(flagged_groups());
     groups

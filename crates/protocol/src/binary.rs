@@ -461,8 +461,23 @@ pub fn response(
     key: &[u8],
     value: &[u8],
 ) {
-    let body = extras.len() + key.len() + value.len();
-    out.reserve(HEADER_LEN + body);
+    out.reserve(HEADER_LEN + extras.len() + key.len() + value.len());
+    response_head(out, request, status, cas, extras, key, value.len());
+    out.extend_from_slice(value);
+}
+
+/// [`response`] without the value, whose length it announces: the caller sends the value
+/// from where it is stored.
+pub fn response_head(
+    out: &mut Vec<u8>,
+    request: &Header,
+    status: Status,
+    cas: u64,
+    extras: &[u8],
+    key: &[u8],
+    value_len: usize,
+) {
+    let body = extras.len() + key.len() + value_len;
     out.push(RESPONSE_MAGIC);
     out.push(request.opcode);
     out.extend_from_slice(&(key.len() as u16).to_be_bytes());
@@ -474,7 +489,6 @@ pub fn response(
     out.extend_from_slice(&cas.to_be_bytes());
     out.extend_from_slice(extras);
     out.extend_from_slice(key);
-    out.extend_from_slice(value);
 }
 
 /// Appends an error response: the status and memcached's text for it.

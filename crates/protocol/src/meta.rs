@@ -199,6 +199,14 @@ impl<'a> MetaRequest<'a> {
         &self.flags[..self.nflags]
     }
 
+    /// The position among [`MetaRequest::flags`] of the first opaque longer than memcached
+    /// accepts, if there is one.
+    pub fn long_opaque(&self) -> Option<usize> {
+        self.flags()
+            .iter()
+            .position(|f| f[0] == b'O' && f.len() > MAX_OPAQUE)
+    }
+
     fn new(command: MetaCommand, key: &'a [u8]) -> MetaRequest<'a> {
         MetaRequest {
             command,
@@ -237,6 +245,20 @@ impl MetaReject<'_> {
     }
 }
 
+/// What [`parse_command_with`] makes of an `mg` or `ma` with an opaque over 32 bytes.
+/// memcached notices such an opaque only while it writes the reply: after it has looked the
+/// item up (creating it for `N`), changed it (`ma`) and applied the `T` and `N` flags that come
+/// before the opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongOpaque {
+    /// Refuse it at once with `CLIENT_ERROR opaque token too long` (a proxy, which answers the
+    /// error itself).
+    Reject,
+    /// Parse it as a request, for a server to do as much as memcached before it answers the
+    /// error ([`MetaRequest::long_opaque`] says where to stop).
+    Run,
+}
+
 /// One meta parse step.
 #[derive(Debug, PartialEq, Eq)]
 pub struct MetaParsed<'a> {
@@ -263,8 +285,18 @@ impl Command<'_> {
     }
 }
 
-/// Parses one ASCII request (meta or text) from the front of `buf`.
+/// Parses one ASCII request (meta or text) from the front of `buf`; a long opaque in `mg` or
+/// `ma` is refused ([`LongOpaque::Reject`]).
 pub fn parse_command<'a>(buf: &'a [u8], limits: &Limits) -> Result<Command<'a>, Incomplete> {
+    parse_command_with(buf, limits, LongOpaque::Reject)
+}
+
+/// [`parse_command`], with the choice of what a long opaque in `mg` or `ma` makes.
+pub fn parse_command_with<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    long_opaque: LongOpaque,
+) -> Result<Command<'a>, Incomplete> {
     // Only a line whose first word starts with 'm' can be meta; the rest go straight to the
     // text parser without being tokenized twice.
     let first = buf.iter().position(|b| *b != b' ');
@@ -280,7 +312,8 @@ pub fn parse_command<'a>(buf: &'a [u8], limits: &Limits) -> Result<Command<'a>, 
             let tokens = Tokens::split(line);
             let command = tokens.get(0);
             if tokens.len > 0 && command.len() == 2 && command[0] == b'm' {
-                return parse_meta(&tokens, buf, newline + 1, limits).map(Command::Meta);
+                return parse_meta(&tokens, buf, newline + 1, limits, long_opaque)
+                    .map(Command::Meta);
             }
         }
     }
@@ -296,6 +329,7 @@ fn parse_meta<'a>(
     buf: &'a [u8],
     line_len: usize,
     limits: &Limits,
+    long_opaque: LongOpaque,
 ) -> Result<MetaParsed<'a>, Incomplete> {
     let command = match tokens.get(0)[1] {
         b'g' => MetaCommand::Get,
@@ -327,7 +361,7 @@ fn parse_meta<'a>(
             if let Err(e) = read_flags(tokens, 2, &mut request) {
                 return reject(e);
             }
-            if has_long_opaque(&request) {
+            if request.long_opaque().is_some() && long_opaque == LongOpaque::Reject {
                 return reject(MetaError::OpaqueTooLong);
             }
             Ok(done(line_len, Ok(request)))
@@ -346,7 +380,10 @@ fn parse_meta<'a>(
                     Some(_) => return reject(MetaError::InvalidMaMode),
                 }
             }
-            if has_long_opaque(&request) {
+            // memcached's md checks the opaque before it deletes anything.
+            if request.long_opaque().is_some()
+                && (command == MetaCommand::Delete || long_opaque == LongOpaque::Reject)
+            {
                 return reject(MetaError::OpaqueTooLong);
             }
             Ok(done(line_len, Ok(request)))
@@ -354,13 +391,6 @@ fn parse_meta<'a>(
         MetaCommand::Set => parse_set(tokens, buf, line_len, limits, request),
         MetaCommand::Debug | MetaCommand::Noop => unreachable!("handled above"),
     }
-}
-
-fn has_long_opaque(request: &MetaRequest<'_>) -> bool {
-    request
-        .flags()
-        .iter()
-        .any(|f| f[0] == b'O' && f.len() > MAX_OPAQUE)
 }
 
 /// `me <key> [b]`: memcached checks only the key and an exact `b` in third place.
@@ -425,7 +455,7 @@ fn parse_set<'a>(
         Some(b'R') => SetMode::Replace,
         Some(_) => return swallow(MetaError::InvalidMsMode),
     };
-    if has_long_opaque(&request) {
+    if request.long_opaque().is_some() {
         return swallow(MetaError::OpaqueTooLong);
     }
     let key = request.key.as_bytes();
@@ -661,6 +691,20 @@ mod tests {
         assert_eq!(error(b"ma foo Mx\r\n"), MetaError::InvalidMaMode);
         let long = b"mg foo O123456789012345678901234567890123\r\n";
         assert_eq!(error(long), MetaError::OpaqueTooLong);
+        // For a server, mg and ma parse, to be run up to the opaque; md is refused still.
+        let run = |input| match parse_command_with(input, &Limits::default(), LongOpaque::Run) {
+            Ok(Command::Meta(m)) => m,
+            other => panic!("not meta: {other:?}"),
+        };
+        let long = b"mg foo N30 O123456789012345678901234567890123 T5\r\n";
+        assert_eq!(run(long).outcome.unwrap().long_opaque(), Some(1));
+        let long = b"ma foo O123456789012345678901234567890123\r\n";
+        assert_eq!(run(long).outcome.unwrap().long_opaque(), Some(0));
+        let long = b"md foo O123456789012345678901234567890123\r\n";
+        assert_eq!(
+            run(long).outcome.unwrap_err().error,
+            MetaError::OpaqueTooLong
+        );
         let many = b"mg foo 1 2 3 4 5 6 7 8 9 0 a c d e f g h i j\r\n";
         assert_eq!(error(many), MetaError::OptionsTooLongGet);
     }

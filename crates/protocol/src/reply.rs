@@ -9,6 +9,10 @@ pub enum ErrorReply {
     /// Unknown command or wrong number of tokens.
     Error,
     BadFormat,
+    /// A key over 250 bytes in a get, gets, gat or gats: `BadFormat`'s line, and memcached also
+    /// throws away every reply it had queued and not yet sent (those since the connection last
+    /// wrote: its last completed get, `mn`, or the end of the input it had read).
+    GetKeyTooLong,
     BadDataChunk,
     InvalidExptime,
     InvalidDelta,
@@ -20,7 +24,9 @@ impl ErrorReply {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorReply::Error => "ERROR",
-            ErrorReply::BadFormat => "CLIENT_ERROR bad command line format",
+            ErrorReply::BadFormat | ErrorReply::GetKeyTooLong => {
+                "CLIENT_ERROR bad command line format"
+            }
             ErrorReply::BadDataChunk => "CLIENT_ERROR bad data chunk",
             ErrorReply::InvalidExptime => "CLIENT_ERROR invalid exptime argument",
             ErrorReply::InvalidDelta => "CLIENT_ERROR invalid numeric delta argument",

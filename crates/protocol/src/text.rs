@@ -370,7 +370,8 @@ fn dispatch<'a>(
     let command = tokens.get(0);
     let want = |lo: usize, hi: usize| ntokens == lo || ntokens == hi;
     match command {
-        b"get" | b"gets" | b"gat" | b"gats" => {
+        // `bget` is an undocumented old spelling of `get` that memcached still answers.
+        b"get" | b"gets" | b"gat" | b"gats" | b"bget" => {
             if ntokens < 3 {
                 return error();
             }
@@ -487,7 +488,13 @@ fn dispatch<'a>(
             },
         }),
         b"mn" => ok(Request::MetaNoop),
-        _ if tokens.get(tokens.len - 1).starts_with(b"HTTP/") => {
+        // memcached picks a command by its first letter before it compares names, and answers
+        // an unknown name under one of these letters (or a two-letter `m` word) with ERROR:
+        // only other lines ending in an `HTTP/` token close the connection.
+        _ if !(matches!(command[0], b'g' | b's' | b'a' | b'c' | b'i' | b'd' | b't')
+            || (command[0] == b'm' && command.len() == 2))
+            && tokens.get(tokens.len - 1).starts_with(b"HTTP/") =>
+        {
             Dispatch::Done(Err(Invalid::Close))
         }
         _ => error(),
@@ -496,7 +503,7 @@ fn dispatch<'a>(
 
 fn parse_get<'a>(tokens: &Tokens<'a>, buf: &'a [u8], limits: &Limits) -> Dispatch<'a> {
     let verb = match tokens.get(0) {
-        b"get" => Verb::Get,
+        b"get" | b"bget" => Verb::Get,
         b"gets" => Verb::Gets,
         b"gat" => Verb::Gat,
         _ => Verb::Gats,
@@ -515,9 +522,10 @@ fn parse_get<'a>(tokens: &Tokens<'a>, buf: &'a [u8], limits: &Limits) -> Dispatc
     let keys = Keys { rest: tail };
     // memcached checks each key as it answers, and on an over-long key throws away everything
     // it had answered for the line and sends only the error; checking them all first is the
-    // same reply without the wasted lookups.
+    // same reply without the wasted lookups. It throws away the replies it queued for earlier
+    // requests too, which is the connection's to do ([`ErrorReply::GetKeyTooLong`]).
     if keys.iter().any(|k| k.len() > limits.max_key_len) {
-        return reply(ErrorReply::BadFormat, false);
+        return reply(ErrorReply::GetKeyTooLong, false);
     }
     ok(Request::Get {
         verb,
@@ -741,7 +749,7 @@ mod tests {
         assert_eq!(
             invalid(line.as_bytes()),
             Invalid::Reply {
-                error: ErrorReply::BadFormat,
+                error: ErrorReply::GetKeyTooLong,
                 noreply: false
             }
         );
@@ -816,5 +824,31 @@ mod tests {
     #[test]
     fn http_request_closes() {
         assert_eq!(invalid(b"GET / HTTP/1.1\r\n"), Invalid::Close);
+        assert_eq!(invalid(b"xGET / HTTP/1.1\r\n"), Invalid::Close);
+        assert_eq!(invalid(b"mxx / HTTP/1.1\r\n"), Invalid::Close);
+        // Under the first letters of memcached's commands, an unknown name is an ERROR.
+        for line in [
+            &b"tamiuxxGET / HTTP/1.1\r\n"[..],
+            b"gx HTTP/1.1\r\n",
+            b"mx / HTTP/1.0\r\n",
+        ] {
+            assert_eq!(
+                invalid(line),
+                Invalid::Reply {
+                    error: ErrorReply::Error,
+                    noreply: false
+                },
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bget_is_get() {
+        let Request::Get { verb, keys, .. } = request(b"bget a b\r\n") else {
+            panic!()
+        };
+        assert_eq!(verb, Verb::Get);
+        assert_eq!(keys.iter().count(), 2);
     }
 }

@@ -9,7 +9,7 @@
 //! CAS a reply shows comes from that step too, so no other client's write can come between.
 
 use keepcached_cache::{
-    DeleteResult, DeltaOutcome, DeltaRequest, ItemView, StoreMode, StoreRequest, StoreResult,
+    DeleteResult, DeltaOutcome, DeltaRequest, ReadOptions, StoreMode, StoreRequest, StoreResult,
 };
 use keepcached_protocol::binary::{
     self, opcode, BinaryCommand, BinaryOutcome, BinaryParsed, BinaryRequest, BinaryStore, Header,
@@ -17,7 +17,7 @@ use keepcached_protocol::binary::{
 };
 
 use crate::auth;
-use crate::execute::{Next, Session, PROTOCOL_VERSION};
+use crate::execute::{Next, Session, Spliced, PROTOCOL_VERSION, SPLICE_MIN};
 use crate::report;
 
 /// Per connection: whether SASL has let the client in, and which replies memcached would still
@@ -54,6 +54,17 @@ fn exptime_arg(t: u32) -> i32 {
 impl Session<'_> {
     /// Answers one parsed binary packet.
     pub fn execute_binary(&mut self, parsed: BinaryParsed<'_>, state: &mut BinaryState) -> Next {
+        self.execute_binary_into(parsed, state, None)
+    }
+
+    /// [`Session::execute_binary`], with the value of a get of [`SPLICE_MIN`] bytes or more
+    /// handed over in `spliced` instead of copied into the output.
+    pub fn execute_binary_into(
+        &mut self,
+        parsed: BinaryParsed<'_>,
+        state: &mut BinaryState,
+        mut spliced: Option<&mut Spliced>,
+    ) -> Next {
         if self.out.len() != state.out_len {
             state.held = 0;
         }
@@ -74,11 +85,16 @@ impl Session<'_> {
             }
             BinaryOutcome::Close => false,
         };
-        let next = self.answer_binary(parsed, state);
+        let next = self.answer_binary(parsed, state, spliced.as_deref_mut());
         if bad_magic {
             // A bad magic: what memcached still held back is lost with the connection.
             let keep = self.out.len() - state.held.min(self.out.len());
             self.out.truncate(keep);
+            if let Some(spliced) = spliced {
+                // A value ends its packet, so one at `keep` belongs to the packet before.
+                spliced.values.retain(|(offset, _)| *offset <= keep);
+                spliced.bytes = spliced.values.iter().map(|(_, v)| v.len()).sum();
+            }
             state.held = 0;
         } else if !queued && !matches!(next, Next::Swallow(_)) && sent_at_once(&self.out[start..]) {
             state.held = 0;
@@ -89,7 +105,12 @@ impl Session<'_> {
         next
     }
 
-    fn answer_binary(&mut self, parsed: BinaryParsed<'_>, state: &mut BinaryState) -> Next {
+    fn answer_binary(
+        &mut self,
+        parsed: BinaryParsed<'_>,
+        state: &mut BinaryState,
+        spliced: Option<&mut Spliced>,
+    ) -> Next {
         let (header, before_auth) = match &parsed.outcome {
             BinaryOutcome::Close => return Next::Close,
             BinaryOutcome::Request(r) => (r.header, false),
@@ -130,7 +151,7 @@ impl Session<'_> {
                     Next::Continue
                 }
             }
-            BinaryOutcome::Request(request) => self.binary_request(&request, state),
+            BinaryOutcome::Request(request) => self.binary_request(&request, state, spliced),
         }
     }
 
@@ -140,7 +161,12 @@ impl Session<'_> {
         }
     }
 
-    fn binary_request(&mut self, request: &BinaryRequest<'_>, state: &mut BinaryState) -> Next {
+    fn binary_request(
+        &mut self,
+        request: &BinaryRequest<'_>,
+        state: &mut BinaryState,
+        spliced: Option<&mut Spliced>,
+    ) -> Next {
         let server = self.server;
         let now = server.clock.now();
         let header = &request.header;
@@ -149,7 +175,7 @@ impl Session<'_> {
                 with_key,
                 touch,
                 value,
-            } => self.binary_get(request, with_key, touch, value, now),
+            } => self.binary_get(request, with_key, touch, value, now, spliced),
             BinaryCommand::Store {
                 kind,
                 flags,
@@ -229,23 +255,37 @@ impl Session<'_> {
         touch: Option<u32>,
         value: bool,
         now: u32,
+        spliced: Option<&mut Spliced>,
     ) {
         let server = self.server;
         let out = &mut *self.out;
         let header = &request.header;
-        let write = |item: ItemView<'_>| {
-            let key = if with_key { item.key } else { &[] };
-            let data = if value { item.value } else { &[] };
-            let flags = item.flags.to_be_bytes();
-            binary::response(out, header, Status::Ok, item.cas, &flags, key, data);
+        let touch_to = touch.map(|t| server.clock.exptime(exptime_arg(t)));
+        let fetch = ReadOptions {
+            bump: true,
+            vivify: false,
         };
-        let lookup = match touch {
-            Some(t) => {
-                let exptime = server.clock.exptime(exptime_arg(t));
-                server.cache.get_and_touch(request.key, exptime, now, write)
+        let lookup = server.cache.read(request.key, fetch, now, |item| {
+            if let Some(exptime) = touch_to {
+                item.set_exptime(exptime);
             }
-            None => server.cache.get(request.key, now, write),
-        };
+            let view = item.view();
+            let key = if with_key { view.key } else { &[] };
+            let flags = view.flags.to_be_bytes();
+            match spliced {
+                // A large value goes out from the stored item, as a text get's does.
+                Some(spliced) if value && view.value.len() >= SPLICE_MIN => {
+                    let len = view.value.len();
+                    binary::response_head(out, header, Status::Ok, view.cas, &flags, key, len);
+                    spliced.bytes += len;
+                    spliced.values.push((out.len(), item.shared_value()));
+                }
+                _ => {
+                    let data = if value { view.value } else { &[] };
+                    binary::response(out, header, Status::Ok, view.cas, &flags, key, data);
+                }
+            }
+        });
         self.counters.count_read(&lookup, touch.is_some());
         let hit = lookup.is_hit();
         if !hit && !request.quiet {

@@ -22,7 +22,10 @@ use bytes::{Buf, BytesMut};
 use keepcached_protocol::binary::{
     self, parse_binary, BinaryOutcome, BinaryParsed, Status, REQUEST_MAGIC,
 };
-use keepcached_protocol::meta::{MetaParsed, MetaReject};
+use keepcached_protocol::meta::{
+    parse_command_with, LongOpaque, MetaCommand, MetaParsed, MetaReject,
+};
+use keepcached_protocol::reply::ErrorReply;
 use keepcached_protocol::{
     parse_command, reply, Command, Invalid, Limits, Parsed, Request, StoreKind,
 };
@@ -32,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
 use crate::execute::{Next, Session, Spliced};
+use crate::report;
 use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
@@ -267,6 +271,50 @@ pub fn addr_text(transport: &str, addr: &std::net::SocketAddr) -> String {
     }
 }
 
+/// memcached's queue of text replies not yet sent. memcached writes what it has queued after
+/// a completed get, after `mn`, and when its read buffer holds no complete request; until then
+/// a get with a key over 250 bytes throws the queue away, and `lru_crawler metadump` refuses to
+/// run behind it. keepcached writes at the end of each batch, so the queue is the part of `out`
+/// since the last of those points within the batch.
+#[derive(Debug, Default)]
+struct Unsent {
+    /// Where the queue starts in `out`.
+    from: usize,
+    /// The requests it answers, silent ones (`noreply`, `q`) included.
+    requests: usize,
+}
+
+impl Unsent {
+    /// Throws the queue away from `out` and `spliced`.
+    fn discard(&mut self, out: &mut Vec<u8>, spliced: &mut Spliced) {
+        out.truncate(self.from);
+        // A value at `from` was added after the queue began: a value is always followed by
+        // its CRLF in `out`, so one sent earlier lies before `from`.
+        spliced.values.retain(|(offset, _)| *offset < self.from);
+        spliced.bytes = spliced.values.iter().map(|(_, value)| value.len()).sum();
+        self.requests = 0;
+    }
+}
+
+/// What a text request does to the [`Unsent`] queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// Adds its reply.
+    Add,
+    /// Throws the queue away, then adds its error.
+    Discard,
+    /// Closes the connection without sending the queue (`quit` is not one: it sends it).
+    Close,
+    /// Adds its reply and sends the queue.
+    Flush,
+    /// A metadump with nothing queued: a dump is sent at once, a refusal queued.
+    Dump,
+    /// A metadump behind queued replies: refused.
+    RefuseDump,
+}
+
+const METADUMP_PIPELINED: &[u8] = b"ERROR cannot pipeline other commands before metadump\r\n";
+
 /// Why a batch of parsing stopped.
 enum Stop {
     /// The buffer holds no complete request.
@@ -295,6 +343,8 @@ struct Conn<'a, S> {
     /// Values of a multi-get that go out by reference to the stored bytes, between parts of
     /// `out`.
     spliced: Spliced,
+    /// The replies memcached would not have sent yet, which some requests look at.
+    unsent: Unsent,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
     counters: Counters,
@@ -330,6 +380,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         need: 0,
         out: Vec::new(),
         spliced: Spliced::default(),
+        unsent: Unsent::default(),
         swallow: 0,
         counters: Counters::default(),
         binary: match server.settings.protocol {
@@ -506,7 +557,11 @@ impl<S: Socket> Conn<'_, S> {
                     out: &mut self.out,
                     counters: &mut self.counters,
                 };
-                let next = session.execute_binary(parsed, &mut self.binary_state);
+                let next = session.execute_binary_into(
+                    parsed,
+                    &mut self.binary_state,
+                    Some(&mut self.spliced),
+                );
                 self.input.advance(consumed);
                 match self.after(next) {
                     Some(stop) => return stop,
@@ -519,7 +574,7 @@ impl<S: Socket> Conn<'_, S> {
                     None => continue,
                 }
             }
-            let parsed = match parse_command(&self.input, limits) {
+            let parsed = match parse_command_with(&self.input, limits, LongOpaque::Run) {
                 Ok(parsed) => parsed,
                 Err(incomplete) => match self.wait_for(incomplete.needed) {
                     true => return Stop::NeedInput,
@@ -540,6 +595,52 @@ impl<S: Socket> Conn<'_, S> {
                 );
             }
             let consumed = parsed.consumed();
+            let queue = match &parsed {
+                Command::Text(Parsed {
+                    outcome:
+                        Err(Invalid::Reply {
+                            error: ErrorReply::GetKeyTooLong,
+                            ..
+                        }),
+                    ..
+                }) => Queue::Discard,
+                Command::Text(Parsed {
+                    outcome: Err(Invalid::Close),
+                    ..
+                }) => Queue::Close,
+                Command::Text(Parsed {
+                    outcome: Ok(Request::LruCrawler { args }),
+                    ..
+                }) if report::is_metadump(*args) => match self.unsent.requests {
+                    0 => Queue::Dump,
+                    _ => Queue::RefuseDump,
+                },
+                Command::Text(Parsed {
+                    outcome: Ok(Request::Get { .. } | Request::MetaNoop),
+                    ..
+                }) => Queue::Flush,
+                Command::Meta(MetaParsed {
+                    outcome: Ok(request),
+                    ..
+                }) if request.command == MetaCommand::Noop => Queue::Flush,
+                _ => Queue::Add,
+            };
+            match queue {
+                Queue::Discard | Queue::Close => {
+                    self.unsent.discard(&mut self.out, &mut self.spliced)
+                }
+                Queue::RefuseDump => {
+                    self.out.extend_from_slice(METADUMP_PIPELINED);
+                    self.unsent.requests += 1;
+                    self.input.advance(consumed);
+                    if let Some(stop) = self.after(Next::Continue) {
+                        return stop;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let before = self.out.len();
             let mut session = Session {
                 server: self.server,
                 out: &mut self.out,
@@ -572,6 +673,16 @@ impl<S: Socket> Conn<'_, S> {
                 }
                 command => session.execute_command_into(command, Some(&mut self.spliced)),
             };
+            // A dump is written at once; a refused one is queued.
+            let dumped = queue == Queue::Dump && self.out[before..].ends_with(reply::END);
+            if queue == Queue::Flush || dumped {
+                self.unsent = Unsent {
+                    from: self.out.len(),
+                    requests: 0,
+                };
+            } else {
+                self.unsent.requests += 1;
+            }
             self.input.advance(consumed);
             if let Some(stop) = self.after(next) {
                 return stop;
@@ -749,6 +860,8 @@ impl<S: Socket> Conn<'_, S> {
     }
 
     async fn write_out(&mut self) -> io::Result<()> {
+        // memcached, too, writes its queue when it runs out of complete requests.
+        self.unsent = Unsent::default();
         if self.out.is_empty() {
             return Ok(());
         }
@@ -939,6 +1052,93 @@ mod tests {
             reply == expected,
             "the mg replies differ from the values in order at byte {at}: {:?}",
             String::from_utf8_lossy(&reply[at.saturating_sub(40)..(at + 40).min(reply.len())])
+        );
+    }
+
+    /// A binary request packet with no extras and no value.
+    fn binary_get(opcode: u8, key: &[u8], opaque: u32) -> Vec<u8> {
+        let mut packet = vec![0x80, opcode];
+        packet.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 0]);
+        packet.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        packet.extend_from_slice(&opaque.to_be_bytes());
+        packet.extend_from_slice(&[0; 8]);
+        packet.extend_from_slice(key);
+        packet
+    }
+
+    #[tokio::test]
+    async fn binary_gets_of_large_values_come_whole_and_in_order() {
+        let (_server, addr) = start(Settings::default()).await;
+        // Around the size from which values go out by reference, and far past it in all.
+        let value = |i: usize| vec![b'a' + (i % 26) as u8; 6_000 + 1_000 * i];
+        let mut load = Vec::new();
+        for i in 0..30 {
+            load.extend(set(&format!("k{i}"), &value(i)));
+        }
+        call(addr, &load, &b"STORED\r\n".repeat(30)).await;
+        const GETK: u8 = 0x0c;
+        const GETKQ: u8 = 0x0d;
+        const GET: u8 = 0x00;
+        let mut request = Vec::new();
+        let mut expected = Vec::new();
+        for n in 0..150u32 {
+            let i = (n as usize * 7) % 30;
+            let missing = n % 5 == 4;
+            let key = if missing {
+                format!("missing{n}")
+            } else {
+                format!("k{i}")
+            };
+            let opcode = [GETKQ, GETK, GET][n as usize % 3];
+            request.extend(binary_get(opcode, key.as_bytes(), n));
+            if missing && opcode == GETKQ {
+                continue;
+            }
+            let (status, key_part, body): (u16, &[u8], Vec<u8>) = match (missing, opcode) {
+                (true, GET) => (1, b"", b"Not found".to_vec()),
+                (true, _) => (1, key.as_bytes(), Vec::new()),
+                (false, GET) => (0, b"", value(i)),
+                (false, _) => (0, key.as_bytes(), value(i)),
+            };
+            let extras: &[u8] = if missing { &[] } else { &[0, 0, 0, 0] };
+            expected.extend_from_slice(&[0x81, opcode]);
+            expected.extend_from_slice(&(key_part.len() as u16).to_be_bytes());
+            expected.extend_from_slice(&[extras.len() as u8, 0]);
+            expected.extend_from_slice(&status.to_be_bytes());
+            let total = extras.len() + key_part.len() + body.len();
+            expected.extend_from_slice(&(total as u32).to_be_bytes());
+            expected.extend_from_slice(&n.to_be_bytes());
+            // The CAS is the item's: compared below by position, not value.
+            expected.extend_from_slice(&[0; 8]);
+            expected.extend_from_slice(extras);
+            expected.extend_from_slice(key_part);
+            expected.extend(body);
+        }
+        request.extend(binary_get(0x0a, b"", 0xffff));
+        let mut noop = vec![0x81, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        noop.extend_from_slice(&0xffffu32.to_be_bytes());
+        noop.extend_from_slice(&[0; 8]);
+        expected.extend_from_slice(&noop);
+        assert!(expected.len() > 4 * OUT_HIGH_WATER);
+        let mut reply = call(addr, &request, &noop).await;
+        // Blank out the CAS of each response packet.
+        let mut at = 0;
+        while at + 24 <= reply.len() {
+            let body = u32::from_be_bytes(reply[at + 8..at + 12].try_into().unwrap()) as usize;
+            reply[at + 16..at + 24].fill(0);
+            at += 24 + body;
+        }
+        let same = reply
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            reply == expected,
+            "{} bytes expected, {} received, equal up to byte {same}",
+            expected.len(),
+            reply.len()
         );
     }
 

@@ -18,7 +18,7 @@ use keepcached_cache::{
     StoreMode, StoreRequest, StoreResult,
 };
 use keepcached_protocol::meta::{
-    encode_base64, MetaCommand, MetaKey, MetaReject, MetaRequest, SetMode,
+    encode_base64, MetaCommand, MetaError, MetaKey, MetaReject, MetaRequest, SetMode,
 };
 use keepcached_protocol::reply;
 
@@ -64,11 +64,27 @@ fn opaque_and_key(out: &mut Vec<u8>, request: &MetaRequest<'_>) {
     }
 }
 
-/// Ends a reply that names no item: the code, the O and k flags, CRLF.
+/// Ends a reply that names no item: the code, the O and k flags, CRLF; memcached's error
+/// instead when an opaque is too long.
 fn bare_reply(out: &mut Vec<u8>, code: &[u8], request: &MetaRequest<'_>) {
+    if request.long_opaque().is_some() {
+        opaque_too_long(out);
+        return;
+    }
     out.extend_from_slice(code);
     opaque_and_key(out, request);
     out.extend_from_slice(b"\r\n");
+}
+
+fn opaque_too_long(out: &mut Vec<u8>) {
+    reply::line(out, MetaError::OpaqueTooLong.as_str().as_bytes());
+}
+
+/// The flags memcached acts on while it writes a reply: all of them, or those before an opaque
+/// too long, where it stops with an error.
+fn acted_flags<'r, 'a>(request: &'r MetaRequest<'a>) -> &'r [&'a [u8]] {
+    let flags = request.flags();
+    &flags[..request.long_opaque().unwrap_or(flags.len())]
 }
 
 /// Seconds left to live as memcached prints them: -1 for never, otherwise the unsigned
@@ -124,11 +140,19 @@ impl Session<'_> {
         let ttl = opts.ttl.map(|t| server.clock.exptime(t));
         let vivify = opts.vivify.map(|t| server.clock.exptime(t));
         let recache = opts.recache.map(|t| server.clock.exptime(t));
+        let long_opaque = request.long_opaque().is_some();
+        // memcached bumps the item as it reads it, unless a flag makes it hold the item's lock
+        // to bump after the reply is written, which an opaque too long prevents.
+        let locked = request
+            .flags()
+            .iter()
+            .any(|f| matches!(f[0], b'T' | b'N' | b'R' | b'l' | b'h'));
         let read = ReadOptions {
-            bump: !opts.no_bump,
+            bump: !(opts.no_bump || (long_opaque && locked)),
             vivify: vivify.is_some(),
         };
         let out = &mut *self.out;
+        let start = out.len();
         let write = |item: &mut ItemHandle<'_>| {
             let value_len = item.view().value.len();
             if opts.value {
@@ -138,7 +162,7 @@ impl Session<'_> {
                 out.extend_from_slice(b"HD");
             }
             let mut won = false;
-            for flag in request.flags() {
+            for flag in acted_flags(request) {
                 match flag[0] {
                     // The parser sets the time of every T, N and R flag it passes on.
                     b'T' => {
@@ -171,6 +195,12 @@ impl Session<'_> {
                     _ => {}
                 }
             }
+            if long_opaque {
+                // The item stays as the flags before the opaque left it, with no token sent.
+                out.truncate(start);
+                opaque_too_long(out);
+                return;
+            }
             // memcached's order: Z (a token went out before), X (stale), W (this client won);
             // a stale item hands out one token, to the first reader after it went stale.
             let token_sent = item.token_sent();
@@ -201,7 +231,7 @@ impl Session<'_> {
         // A vivified item counts as a hit, as in memcached.
         self.counters.count_read(&lookup, ttl.is_some());
         let hit = lookup.is_hit();
-        if !hit && !opts.quiet {
+        if !hit && (!opts.quiet || long_opaque) {
             bare_reply(self.out, b"EN", request);
         }
     }
@@ -342,7 +372,7 @@ impl Session<'_> {
                 } else {
                     out.extend_from_slice(b"HD");
                 }
-                for flag in request.flags() {
+                for flag in acted_flags(request) {
                     match flag[0] {
                         b'c' => flag_number(out, b'c', counter.cas()),
                         b't' => flag_number(out, b't', ttl_left(counter.exptime(), now)),
@@ -366,6 +396,11 @@ impl Session<'_> {
                     out.extend_from_slice(digits.as_bytes());
                     out.extend_from_slice(b"\r\n");
                 }
+                if request.long_opaque().is_some() {
+                    // The counter has changed; only the reply is refused.
+                    out.truncate(start);
+                    opaque_too_long(out);
+                }
                 counter.created()
             });
         let counters = &mut *self.counters;
@@ -379,7 +414,7 @@ impl Session<'_> {
                     } else {
                         counters.decr_hits += 1;
                     }
-                    if opts.quiet {
+                    if opts.quiet && request.long_opaque().is_none() {
                         self.out.truncate(start);
                     }
                 }

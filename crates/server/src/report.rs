@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use keepcached_protocol::reply::{self, stat};
-use keepcached_protocol::Keys;
+use keepcached_protocol::{parse_u32_truncating, Keys};
 
 use crate::execute::{Session, PROTOCOL_VERSION};
 
@@ -434,19 +434,69 @@ fn slabs(session: &mut Session<'_>) {
     out.extend_from_slice(reply::END);
 }
 
-/// `lru_crawler metadump all` lists every live item in memcached's format, which is how the
-/// proxy enumerates a healthy replica to re-fill a repaired one. The other subcommands tune
-/// memcached's crawler thread; ours always runs, so they are acknowledged.
+/// `lru_crawler metadump <classes>` lists every live item in memcached's format, which is how
+/// the proxy enumerates a healthy replica to re-fill a repaired one. The other subcommands tune
+/// memcached's crawler thread; ours always runs, so they are acknowledged once their arguments
+/// pass memcached's checks.
+///
+/// Classes are memcached's slab classes, `all` or `hash` (every item) or a comma-separated list
+/// of ids from 1 to 63. This store has one class, 1 (as `stats items` shows), so `metadump 1`
+/// lists every item and `metadump 2` none, where memcached lists the items of that size.
 pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
     let mut words = args.iter();
-    match (words.next(), words.next()) {
-        (Some(b"metadump"), Some(_)) => metadump(session),
-        (Some(b"crawl"), Some(_))
-        | (Some(b"sleep"), Some(_))
-        | (Some(b"tocrawl"), Some(_))
-        | (Some(b"enable"), None)
-        | (Some(b"disable"), None) => session.out.extend_from_slice(reply::OK),
-        _ => session.out.extend_from_slice(b"ERROR\r\n"),
+    let (verb, arg, extra) = (words.next(), words.next(), words.next());
+    let reply: &[u8] = match (verb, arg, extra) {
+        (Some(b"metadump"), Some(arg), None) => match classes(arg) {
+            Ok(true) => return metadump(session),
+            Ok(false) => reply::END,
+            Err(refusal) => refusal,
+        },
+        (Some(b"crawl"), Some(b"hash"), None) => b"ERROR an unknown error happened\r\n",
+        (Some(b"crawl"), Some(arg), None) => match classes(arg) {
+            Ok(_) => reply::OK,
+            Err(refusal) => refusal,
+        },
+        (Some(b"tocrawl"), Some(arg), None) => match parse_u32_truncating(arg) {
+            Some(_) => reply::OK,
+            None => b"CLIENT_ERROR bad command line format\r\n",
+        },
+        (Some(b"sleep"), Some(arg), None) => match parse_u32_truncating(arg) {
+            Some(0..=1_000_000) => reply::OK,
+            Some(_) => b"CLIENT_ERROR sleep must be one second or less\r\n",
+            None => b"CLIENT_ERROR bad command line format\r\n",
+        },
+        (Some(b"enable" | b"disable"), None, None) => reply::OK,
+        _ => b"ERROR\r\n",
+    };
+    session.out.extend_from_slice(reply);
+}
+
+/// Whether `lru_crawler <args>` is a metadump (which memcached refuses behind other pipelined
+/// requests).
+pub fn is_metadump(args: Keys<'_>) -> bool {
+    let mut words = args.iter();
+    words.next() == Some(b"metadump") && words.next().is_some() && words.next().is_none()
+}
+
+/// Reads a crawl's class list as memcached does: whether it names this store's one class, or
+/// memcached's refusal. An empty list (`,`) starts nothing.
+fn classes(arg: &[u8]) -> Result<bool, &'static [u8]> {
+    if arg == b"all" || arg == b"hash" {
+        return Ok(true);
+    }
+    let mut ours = false;
+    let mut any = false;
+    for id in arg.split(|b| *b == b',').filter(|id| !id.is_empty()) {
+        match parse_u32_truncating(id) {
+            Some(id @ 1..=63) => ours |= id == 1,
+            _ => return Err(b"BADCLASS invalid class id\r\n"),
+        }
+        any = true;
+    }
+    if any {
+        Ok(ours)
+    } else {
+        Err(b"NOTSTARTED no items to crawl\r\n")
     }
 }
 
@@ -466,7 +516,7 @@ fn metadump(session: &mut Session<'_>) {
         };
         let _ = writeln!(
             line,
-            " exp={exp} la={} cas={} fetch={} size={}",
+            " exp={exp} la={} cas={} fetch={} cls=1 size={}",
             server.clock.to_unix(item.last_access),
             item.cas,
             yes_no(item.fetched),

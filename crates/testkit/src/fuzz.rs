@@ -20,13 +20,17 @@
 //!   binary response headers), meta TTLs are rounded up to 10 s and non-zero access ages named
 //!   by identity, and a binary STAT reply is reduced to whether it succeeded (each engine keeps
 //!   its own set of statistics).
-//! - [`Known`] differences are counted and printed, not failed: they are about when memcached's
-//!   text protocol sends its queued replies, which keepcached's text executor does not model.
-//! - Not generated, because keepcached's text and meta executors answer them differently today
-//!   (found by this test): `GET / HTTP/1.1` (after `cas k -1 100 5 1\r\n`, the line
-//!   `tamiuxxGET / HTTP/1.1` gets `ERROR` from memcached, while keepcached closes), and
-//!   `mg <key> N<ttl>` with an opaque over 32 bytes (memcached creates the item before refusing
-//!   the opaque).
+//! - [`Known`] differences are counted and printed, not failed: memcached closing a connection
+//!   without sending replies it had queued before a batch it read earlier, which keepcached
+//!   sent.
+//! - [`Feature`]s are request shapes that once differed; a run counts the cases that show each
+//!   (and were compared), so a test can assert that the generator still makes them: a get key
+//!   over 250 bytes behind other requests (memcached throws their queued replies away), an
+//!   `HTTP/` line under a command's first letter (`ERROR`, not a close), an `mg`/`ma` with an
+//!   opaque over 32 bytes (the item is created or changed before the error), and
+//!   `lru_crawler` with a bad class or argument list. Only refusals of `lru_crawler` are
+//!   generated, and such cases are never mutated: a dump lists every case's keys, and
+//!   memcached's crawler stays broken after a `metadump ,` (NOTSTARTED).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,16 +119,17 @@ impl Protocol {
     /// stale per-socket state; mutations of a `flush_all`), for the parser invariant tests.
     pub fn case(self, rng: &mut Rng, prefix: &str, raw: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut flushes = false;
+        // A request whose mutation could change what other cases see.
+        let mut fragile = false;
         for _ in 0..1 + rng.below(4) {
             let request = match self {
-                Protocol::Text => text_request(rng, prefix, &mut flushes),
+                Protocol::Text => text_request(rng, prefix, &mut fragile),
                 Protocol::Meta => meta_request(rng, prefix),
-                Protocol::Binary => binary_request(rng, prefix, raw, &mut flushes),
+                Protocol::Binary => binary_request(rng, prefix, raw, &mut fragile),
             };
             out.extend(request);
         }
-        if (raw || !flushes) && rng.chance(15) && !out.is_empty() {
+        if (raw || !fragile) && rng.chance(15) && !out.is_empty() {
             let at = rng.below(out.len());
             match rng.below(4) {
                 0 => out.truncate(at),
@@ -178,7 +183,10 @@ fn data(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
-fn text_request(rng: &mut Rng, prefix: &str, flushes: &mut bool) -> Vec<u8> {
+/// An opaque over memcached's 32 bytes.
+const LONG_OPAQUE: &str = "O0123456789abcdef0123456789abcdef";
+
+fn text_request(rng: &mut Rng, prefix: &str, fragile: &mut bool) -> Vec<u8> {
     let k = key(rng, prefix);
     let mut out = Vec::new();
     match rng.below(12) {
@@ -210,7 +218,7 @@ fn text_request(rng: &mut Rng, prefix: &str, flushes: &mut bool) -> Vec<u8> {
             out.extend_from_slice(rng.pick(&["\r\n", "\r\n", "\r\n", "\n", "xx"]).as_bytes());
         }
         4..=5 => {
-            let cmd = rng.pick(&["get", "gets", "gat 100", "gats 0", "gat", "gat x"]);
+            let cmd = rng.pick(&["get", "gets", "gat 100", "gats 0", "gat", "gat x", "bget"]);
             out.extend_from_slice(cmd.as_bytes());
             for _ in 0..1 + rng.below(4) {
                 out.push(b' ');
@@ -247,12 +255,10 @@ fn text_request(rng: &mut Rng, prefix: &str, flushes: &mut bool) -> Vec<u8> {
                 "flush_all abc",
                 "flush_all 86400 x",
             ]);
-            *flushes = true;
+            *fragile = true;
             out.extend_from_slice(format!("{line}\r\n").as_bytes());
         }
         10 => {
-            // No `GET / HTTP/1.1`: a mutation gluing bytes before it makes a line that
-            // memcached and keepcached answer differently (see the module documentation).
             let line = rng.pick(&[
                 "",
                 " ",
@@ -264,7 +270,34 @@ fn text_request(rng: &mut Rng, prefix: &str, flushes: &mut bool) -> Vec<u8> {
                 "delete",
                 "gets \x01",
                 "verbosity",
+                "GET / HTTP/1.1",
+                "tamiuxxGET / HTTP/1.1",
+                "gx HTTP/1.0",
+                "mx / HTTP/1.1",
+                "stats HTTP/1.1",
+                "bget",
             ]);
+            out.extend_from_slice(format!("{line}\r\n").as_bytes());
+        }
+        11 if rng.chance(40) => {
+            // Refusals only, and never mutated (see the module documentation).
+            let line = rng.pick(&[
+                "lru_crawler metadump bogus",
+                "lru_crawler metadump 0",
+                "lru_crawler metadump 64",
+                "lru_crawler metadump 1,x",
+                "lru_crawler metadump 200,1",
+                "lru_crawler metadump ALL",
+                "lru_crawler metadump all 2",
+                "lru_crawler metadump",
+                "lru_crawler crawl bogus",
+                "lru_crawler crawl 1 2",
+                "lru_crawler tocrawl x",
+                "lru_crawler sleep 2000000",
+                "lru_crawler sleep x",
+                "lru_crawler bogus",
+            ]);
+            *fragile = true;
             out.extend_from_slice(format!("{line}\r\n").as_bytes());
         }
         _ => {
@@ -338,6 +371,7 @@ fn meta_request(rng: &mut Rng, prefix: &str) -> Vec<u8> {
                     "S3",
                     "zz",
                     "T",
+                    LONG_OPAQUE,
                 ],
                 base64,
             );
@@ -351,8 +385,25 @@ fn meta_request(rng: &mut Rng, prefix: &str) -> Vec<u8> {
             let flags = meta_flags(
                 rng,
                 &[
-                    "v", "s", "f", "t", "c", "k", "O1", "q", "u", "h", "l", "N30", "T100", "E5",
-                    "R30", "x", "!",
+                    "v",
+                    "s",
+                    "f",
+                    "t",
+                    "c",
+                    "k",
+                    "O1",
+                    "q",
+                    "u",
+                    "h",
+                    "l",
+                    "N30",
+                    "T100",
+                    "E5",
+                    "R30",
+                    "x",
+                    "!",
+                    LONG_OPAQUE,
+                    LONG_OPAQUE,
                 ],
                 base64,
             );
@@ -363,7 +414,17 @@ fn meta_request(rng: &mut Rng, prefix: &str) -> Vec<u8> {
         6 => {
             let flags = meta_flags(
                 rng,
-                &["q", "C99999999999", "I", "T30", "O9", "k", "x", "zz"],
+                &[
+                    "q",
+                    "C99999999999",
+                    "I",
+                    "T30",
+                    "O9",
+                    "k",
+                    "x",
+                    "zz",
+                    LONG_OPAQUE,
+                ],
                 base64,
             );
             out.extend_from_slice(b"md ");
@@ -374,8 +435,22 @@ fn meta_request(rng: &mut Rng, prefix: &str) -> Vec<u8> {
             let flags = meta_flags(
                 rng,
                 &[
-                    "N30", "J13", "D2", "Dx", "MI", "MD", "M+", "Mz", "q", "T30", "c", "t", "v",
-                    "O7", "k",
+                    "N30",
+                    "J13",
+                    "D2",
+                    "Dx",
+                    "MI",
+                    "MD",
+                    "M+",
+                    "Mz",
+                    "q",
+                    "T30",
+                    "c",
+                    "t",
+                    "v",
+                    "O7",
+                    "k",
+                    LONG_OPAQUE,
                 ],
                 base64,
             );
@@ -425,7 +500,7 @@ pub fn binary_packet(
     p
 }
 
-fn binary_request(rng: &mut Rng, prefix: &str, raw: bool, flushes: &mut bool) -> Vec<u8> {
+fn binary_request(rng: &mut Rng, prefix: &str, raw: bool, fragile: &mut bool) -> Vec<u8> {
     use opcode::*;
     let op = *rng.pick(&[
         &GET,
@@ -489,7 +564,7 @@ fn binary_request(rng: &mut Rng, prefix: &str, raw: bool, flushes: &mut bool) ->
         TOUCH | GAT | GATQ | GATK | GATKQ => exptime(rng).to_vec(),
         // Delayed by a day: it changes nothing another case can see during the run.
         FLUSH | FLUSHQ => {
-            *flushes = true;
+            *fragile = true;
             86400u32.to_be_bytes().to_vec()
         }
         _ => Vec::new(),
@@ -568,6 +643,8 @@ pub struct Report {
     pub both_closed: usize,
     /// Cases that differ only in a [`Known`] way, by kind.
     pub known: std::collections::BTreeMap<String, usize>,
+    /// Compared cases (not left waiting by both servers) that show each [`Feature`].
+    pub features: std::collections::BTreeMap<Feature, usize>,
     pub mismatches: Vec<String>,
 }
 
@@ -576,12 +653,13 @@ impl Report {
     pub fn assert_clean(&self, protocol: Protocol, seed: u64) {
         eprintln!(
             "fuzz differential ({}): seed {seed:#x}, {} cases, {} left both servers waiting, {} \
-             closed by both, known differences {:?}, {} mismatches",
+             closed by both, known differences {:?}, features {:?}, {} mismatches",
             protocol.name(),
             self.cases,
             self.both_waiting,
             self.both_closed,
             self.known,
+            self.features,
             self.mismatches.len()
         );
         if !self.mismatches.is_empty() {
@@ -594,6 +672,74 @@ impl Report {
                 shown.iter().map(|s| s.as_str()).collect::<String>()
             );
         }
+    }
+}
+
+impl Report {
+    /// Panics unless each feature was seen in at least its number of compared cases: the
+    /// generator still makes the inputs that once differed.
+    pub fn assert_features(&self, minimums: &[(Feature, usize)]) {
+        for &(feature, min) in minimums {
+            let seen = self.features.get(&feature).copied().unwrap_or(0);
+            assert!(
+                seen >= min,
+                "{feature:?}: {seen} compared cases, at least {min} expected"
+            );
+        }
+    }
+}
+
+/// Request shapes in which keepcached once answered differently from memcached (see the
+/// module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    /// A get, gets, gat, gats or bget with a key over 250 bytes, behind another request.
+    LongGetKeyBehindReplies,
+    /// A line ending in an `HTTP/` token whose first word starts like one of memcached's
+    /// commands.
+    HttpUnderCommandLetter,
+    /// An `mg` or `ma` with an opaque over 32 bytes.
+    LongOpaque,
+    /// An `lru_crawler` line.
+    Crawler,
+}
+
+impl Feature {
+    /// The features a case's bytes show.
+    pub fn of(request: &[u8]) -> Vec<Feature> {
+        let mut features = Vec::new();
+        for (i, line) in request.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let tokens: Vec<&[u8]> = line
+                .split(|&b| b == b' ')
+                .filter(|t| !t.is_empty())
+                .collect();
+            let (Some(first), Some(last)) = (tokens.first(), tokens.last()) else {
+                continue;
+            };
+            let feature = match *first {
+                b"get" | b"gets" | b"gat" | b"gats" | b"bget"
+                    if i > 0 && tokens.iter().any(|t| t.len() > 250) =>
+                {
+                    Feature::LongGetKeyBehindReplies
+                }
+                b"mg" | b"ma" if tokens.iter().any(|t| t[0] == b'O' && t.len() > 32) => {
+                    Feature::LongOpaque
+                }
+                b"lru_crawler" => Feature::Crawler,
+                _ if first.len() > 1
+                    && b"gsacidt".contains(&first[0])
+                    && last.starts_with(b"HTTP/") =>
+                {
+                    Feature::HttpUnderCommandLetter
+                }
+                _ => continue,
+            };
+            if !features.contains(&feature) {
+                features.push(feature);
+            }
+        }
+        features
     }
 }
 
@@ -651,6 +797,11 @@ pub fn differential(
                     let outcome =
                         play(protocol, &sentinel, &request, &mut pair, reference, subject);
                     let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+                    if !matches!(outcome, Ok(Verdict::Same { waiting: true, .. })) {
+                        for feature in Feature::of(&request) {
+                            *report.features.entry(feature).or_default() += 1;
+                        }
+                    }
                     match outcome {
                         Ok(Verdict::Same { waiting, closed }) => {
                             report.both_waiting += usize::from(waiting);
@@ -743,30 +894,24 @@ fn play(
             closed: ours.closed,
         });
     }
-    Ok(match known_difference(protocol, request, &ours, &theirs) {
+    Ok(match known_difference(protocol, &ours, &theirs) {
         Some(known) => Verdict::Known(known),
         None => Verdict::Differ(a, b),
     })
 }
 
 /// Differences that come from when memcached's text protocol sends what it has queued, not from
-/// what it answers; the text executor does not model them (the binary one does).
+/// what it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
     /// memcached closes the connection without sending the replies it had queued since it last
     /// waited for input: its reply is a prefix of ours and both connections are closed.
+    /// keepcached drops the replies of the batch it is running too; this remains for replies
+    /// it sent at the end of an earlier read that memcached still held.
     LostOnClose,
-    /// A line with a token over 250 bytes (a key too long, e.g. in a get): memcached throws
-    /// away every reply it had queued before its `CLIENT_ERROR bad command line format`.
-    KeyTooLong,
 }
 
-fn known_difference(
-    protocol: Protocol,
-    request: &[u8],
-    ours: &Reply,
-    theirs: &Reply,
-) -> Option<Known> {
+fn known_difference(protocol: Protocol, ours: &Reply, theirs: &Reply) -> Option<Known> {
     if protocol == Protocol::Binary {
         return None;
     }
@@ -780,23 +925,8 @@ fn known_difference(
             CasMasker::default().mask(&theirs.bytes),
         ),
     };
-    if ours.closed && theirs.closed && ours_masked.starts_with(&theirs_masked) {
-        return Some(Known::LostOnClose);
-    }
-    let long_key = request.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .any(|t| t.strip_suffix(b"\r").unwrap_or(t).len() > 250)
-    });
-    // memcached's reply is what it had sent before, its error line, and the same end as ours.
-    let error = b"CLIENT_ERROR bad command line format\r\n";
-    let same_end = ours.closed == theirs.closed && ours.timed_out == theirs.timed_out;
-    let dropped_queue = (0..theirs_masked.len()).any(|at| {
-        let after = &theirs_masked[at..];
-        after.starts_with(error)
-            && ours_masked.ends_with(after)
-            && ours_masked[..ours_masked.len() - after.len()].starts_with(&theirs_masked[..at])
-    });
-    (long_key && same_end && dropped_queue).then_some(Known::KeyTooLong)
+    (ours.closed && theirs.closed && ours_masked.starts_with(&theirs_masked))
+        .then_some(Known::LostOnClose)
 }
 
 /// The request sent after each case, and the reply that ends it.
