@@ -179,6 +179,15 @@ fn proxy_command<'a>(port: &'a str, pid: &'a str) -> [&'a str; 9] {
     ]
 }
 
+/// The server in the foreground and under -d, and the proxy in its default (daemon) mode.
+fn start_modes<'a>(server: &[&'a str], proxy: &[&'a str]) -> Vec<(&'static str, Vec<&'a str>)> {
+    vec![
+        ("server", [&["server"][..], server].concat()),
+        ("server -d", [&["server", "-d"][..], server].concat()),
+        ("proxy", proxy.to_vec()),
+    ]
+}
+
 /// The loopback address of a port given as text.
 fn loopback(port: &str) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port.parse::<u16>().expect("a port")))
@@ -312,12 +321,8 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
     let proxy = proxy_command(&proxy_port, &pid);
     // Under -d and in the proxy's default (daemon) mode the pid file is written by the
     // daemon, after the fork: the parent learns of the failure through its pipe.
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("server", [&["server"][..], &server].concat()),
-        ("server -d", [&["server", "-d"][..], &server].concat()),
-        ("proxy", proxy.to_vec()),
-        ("proxy -D", [&proxy[..], &["-D"]].concat()),
-    ];
+    let mut cases = start_modes(&server, &proxy);
+    cases.push(("proxy -D", [&proxy[..], &["-D"]].concat()));
     for (what, args) in &cases {
         let needles = [&needle[..], "No such file or directory"];
         expect_failure(&scratch, what, args, EX_CANTCREAT, &needles);
@@ -420,11 +425,7 @@ fn port_in_use_exits_71_with_the_os_error_once() {
     let taken_port = taken.local_addr().expect("local addr").port().to_string();
     let server = server_flags("root", &taken_port, &pid);
     let proxy = proxy_command(&taken_port, &pid);
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("server", [&["server"][..], &server].concat()),
-        ("server -d", [&["server", "-d"][..], &server].concat()),
-        ("proxy", proxy.to_vec()),
-    ];
+    let cases = start_modes(&server, &proxy);
     for (what, args) in &cases {
         let ours = expect_failure(&scratch, what, args, EX_OSERR, &["Address already in use"]);
         assert!(ours.stderr.contains(&taken_port), "{what}: {}", ours.stderr);
@@ -503,12 +504,7 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
         assert_eq!(read_pid(&pid), Some(ours.pid() as i32));
         ours.signal(signal).expect("signal");
         let status = ours.wait_exit(COMMAND_TIMEOUT).expect("wait");
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            ours.log_text()
-        );
+        assert_exited_0(status, &ours.log_text());
         assert!(!Path::new(&pid).exists(), "{signal}: the pid file is left");
         assert!(ours.log_text().contains(&format!("{signal} received")));
         report(&format!("{signal} (server)"), "exit 0, pid file removed");
@@ -519,12 +515,7 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
         assert_eq!(read_pid(&pid), Some(proxy.child.id() as i32));
         proxy.signal(signal);
         let status = proxy.wait_exit();
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            proxy.log_text()
-        );
+        assert_exited_0(status, &proxy.log_text());
         assert!(
             !Path::new(&pid).exists(),
             "{signal}: the proxy's pid file is left"
@@ -566,6 +557,10 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
         status.and_then(|s| s.code()),
         Path::new(&mcpid).exists()
     );
+}
+
+fn assert_exited_0(status: Option<ExitStatus>, log: &str) {
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
 }
 
 fn read_pid(path: &str) -> Option<i32> {
