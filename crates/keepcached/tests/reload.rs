@@ -265,6 +265,25 @@ fn assert_clean(counts: &Counts, what: &str) {
     );
 }
 
+/// The load met no stale read, lost write or cut-off client through the reloads, and every
+/// acknowledged write reads back as acknowledged through the proxy and from `main` alone
+/// (`main_alone` names that check).
+async fn assert_acknowledged(
+    counts: &Counts,
+    acked: &std::collections::HashMap<String, Ack>,
+    proxy: &Proxy,
+    main: &Server,
+    main_alone: &str,
+) {
+    assert_clean(counts, "through the reloads");
+    assert_eq!(mismatches(&proxy.addr, acked).await, 0, "through the proxy");
+    assert_eq!(
+        mismatches(&main.addr().to_string(), acked).await,
+        0,
+        "{main_alone}"
+    );
+}
+
 /// Polls `server`'s `curr_connections` (read on a new connection each time) until it is
 /// `baseline`, the figure read the same way before the proxy knew the server.
 async fn await_connections(server: &Server, baseline: u64, log: impl Fn() -> String) {
@@ -355,17 +374,14 @@ async fn a_server_added_and_removed_by_sighup_is_never_read_stale() {
         .await;
     let (acked, counts) = load.stop().await;
     println!("added and removed: {counts} samples_before_up={samples} items_on_added={moved}");
-    assert_clean(&counts, "through the reloads");
-    assert_eq!(
-        mismatches(&proxy.addr, &acked).await,
-        0,
-        "through the proxy"
-    );
-    assert_eq!(
-        mismatches(&main.addr().to_string(), &acked).await,
-        0,
-        "on the main server alone, after it took its keys back"
-    );
+    assert_acknowledged(
+        &counts,
+        &acked,
+        &proxy,
+        &main,
+        "on the main server alone, after it took its keys back",
+    )
+    .await;
 
     // Added again, the server still holds the values its keys had when it was removed, older
     // than what was acknowledged since: it is flushed and warmed again, and what it holds
@@ -485,17 +501,7 @@ async fn a_pool_is_added_and_removed_and_what_cannot_be_done_safely_waits() {
         .await;
     let (acked, counts) = load.stop().await;
     println!("pool added and removed: {counts}");
-    assert_clean(&counts, "through the reloads");
-    assert_eq!(
-        mismatches(&proxy.addr, &acked).await,
-        0,
-        "through the proxy"
-    );
-    assert_eq!(
-        mismatches(&main.addr().to_string(), &acked).await,
-        0,
-        "on the main server alone"
-    );
+    assert_acknowledged(&counts, &acked, &proxy, &main, "on the main server alone").await;
     assert_eq!(
         stat(&other, "total_items").await,
         0,

@@ -317,80 +317,78 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_reload_moves_keys_only_while_a_pool_that_stays_holds_them() {
+    /// Runs `test` with one worker thread and the default backend and resync settings.
+    fn with_start(test: impl FnOnce(&Start<'_>)) {
         let workers = Workers::start(1, "route-test").expect("workers");
         let (settings, resync) = (BackendConfig::default(), ResyncConfig::default());
-        let start = Start {
+        test(&Start {
             settings: &settings,
             resync: &resync,
             missed_limit: 10,
             workers: &workers,
-        };
-        let (a, b, c) = ("127.0.0.1:9", "127.0.0.1:10", "127.0.0.1:11");
-        let two = [pool("main", &[a]), pool("backup", &[b])];
-        let router = Router::start(&two, &start);
-        all_up(&router);
+        });
+    }
 
-        // Added to main: only the new server is new to keys; `a` only gives keys away.
-        let grown = [pool("main", &[a, c]), pool("backup", &[b])];
-        let next = router.reconfigure(&grown, &start).expect("applied");
-        assert_eq!(
-            (next.added.clone(), next.removed.clone()),
-            (vec![2], vec![])
-        );
-        assert!(next.gaining.is_empty(), "{:?}", next.gaining);
-        let router = next.router;
-        all_up(&router);
-        assert_eq!(router.pools[0].servers, vec![0, 2]);
+    #[test]
+    fn a_reload_moves_keys_only_while_a_pool_that_stays_holds_them() {
+        with_start(|start| {
+            let (a, b, c) = ("127.0.0.1:9", "127.0.0.1:10", "127.0.0.1:11");
+            let two = [pool("main", &[a]), pool("backup", &[b])];
+            let router = Router::start(&two, start);
+            all_up(&router);
 
-        // Removed again: `a` takes its keys back and may hold old values of them.
-        let next = router.reconfigure(&two, &start).expect("applied");
-        assert_eq!(next.removed, vec![2]);
-        assert_eq!(next.gaining, ids(&router, &[a]));
-        assert!(next.added.is_empty());
-        let router = next.router;
-        assert!(router.backends[2].is_retired());
-        assert_eq!(router.live().count(), 2);
-        // Added once more, it is a new backend: its old entry stays retired.
-        let next = router.reconfigure(&grown, &start).expect("applied");
-        assert_eq!(next.added, vec![3]);
-        let router = next.router;
+            // Added to main: only the new server is new to keys; `a` only gives keys away.
+            let grown = [pool("main", &[a, c]), pool("backup", &[b])];
+            let next = router.reconfigure(&grown, start).expect("applied");
+            assert_eq!(
+                (next.added.clone(), next.removed.clone()),
+                (vec![2], vec![])
+            );
+            assert!(next.gaining.is_empty(), "{:?}", next.gaining);
+            let router = next.router;
+            all_up(&router);
+            assert_eq!(router.pools[0].servers, vec![0, 2]);
 
-        // One pool, or no unchanged pool with every server up: refused.
-        let single = Router::start(&[pool("main", &[a])], &start);
-        all_up(&single);
-        assert!(single
-            .reconfigure(&[pool("main", &[a, c])], &start)
-            .is_err());
-        router.backends[0].health.set_state(State::Down, "test");
-        let backup_grows = [pool("main", &[a, c]), pool("backup", &[b, c])];
-        assert!(router.reconfigure(&backup_grows, &start).is_err());
+            // Removed again: `a` takes its keys back and may hold old values of them.
+            let next = router.reconfigure(&two, start).expect("applied");
+            assert_eq!(next.removed, vec![2]);
+            assert_eq!(next.gaining, ids(&router, &[a]));
+            assert!(next.added.is_empty());
+            let router = next.router;
+            assert!(router.backends[2].is_retired());
+            assert_eq!(router.live().count(), 2);
+            // Added once more, it is a new backend: its old entry stays retired.
+            let next = router.reconfigure(&grown, start).expect("applied");
+            assert_eq!(next.added, vec![3]);
+            let router = next.router;
+
+            // One pool, or no unchanged pool with every server up: refused.
+            let single = Router::start(&[pool("main", &[a])], start);
+            all_up(&single);
+            assert!(single.reconfigure(&[pool("main", &[a, c])], start).is_err());
+            router.backends[0].health.set_state(State::Down, "test");
+            let backup_grows = [pool("main", &[a, c]), pool("backup", &[b, c])];
+            assert!(router.reconfigure(&backup_grows, start).is_err());
+        });
     }
 
     #[test]
     fn with_weights_a_kept_server_can_take_over_keys_when_one_is_added() {
-        let workers = Workers::start(1, "route-test").expect("workers");
-        let (settings, resync) = (BackendConfig::default(), ResyncConfig::default());
-        let start = Start {
-            settings: &settings,
-            resync: &resync,
-            missed_limit: 10,
-            workers: &workers,
-        };
-        let (a, b, c, x) = (
-            "127.0.0.1:9:3",
-            "127.0.0.1:10",
-            "127.0.0.1:11",
-            "127.0.0.1:12",
-        );
-        let router = Router::start(&[pool("main", &[a, b]), pool("backup", &[x])], &start);
-        all_up(&router);
-        // ketama gives each server points in proportion to its share of the pool's weight
-        // times the number of servers: `b` (weight 1 of 4, then 1 of 5) gets more points.
-        let next = router
-            .reconfigure(&[pool("main", &[a, b, c]), pool("backup", &[x])], &start)
-            .expect("applied");
-        assert!(next.gaining.contains(&1), "{:?}", next.gaining);
+        with_start(|start| {
+            let (a, b, c, x) = (
+                "127.0.0.1:9:3",
+                "127.0.0.1:10",
+                "127.0.0.1:11",
+                "127.0.0.1:12",
+            );
+            let router = Router::start(&[pool("main", &[a, b]), pool("backup", &[x])], start);
+            all_up(&router);
+            // ketama gives each server points in proportion to its share of the pool's weight
+            // times the number of servers: `b` (weight 1 of 4, then 1 of 5) gets more points.
+            let next = router
+                .reconfigure(&[pool("main", &[a, b, c]), pool("backup", &[x])], start)
+                .expect("applied");
+            assert!(next.gaining.contains(&1), "{:?}", next.gaining);
+        });
     }
 }

@@ -8,18 +8,12 @@ use keepcached_protocol::binary::{parse_binary, BinaryCommand, BinaryOutcome, HE
 use keepcached_protocol::Limits;
 
 use crate::client::escape;
+use crate::invariants::{assert_incomplete, under_both_limits};
 
 /// Parses `input` with the default limits and with a 4 KiB item limit (so short inputs reach
 /// the size checks), and checks every invariant.
 pub fn check_binary_request(input: &[u8]) {
-    check_with(input, &Limits::default());
-    check_with(
-        input,
-        &Limits {
-            item_size_max: 4096,
-            ..Limits::default()
-        },
-    );
+    under_both_limits(input, check_with);
 }
 
 /// Parses the whole input the way a connection does and checks each step: no panic, the same
@@ -41,15 +35,7 @@ pub fn check_with(input: &[u8], limits: &Limits) {
         );
         let parsed = match result {
             Err(incomplete) => {
-                if let Some(needed) = incomplete.needed {
-                    assert!(
-                        needed > rest.len(),
-                        "Incomplete needs {needed} of {}: {}",
-                        rest.len(),
-                        shown()
-                    );
-                    assert!(needed <= most, "asks to buffer {needed} bytes: {}", shown());
-                }
+                assert_incomplete(&incomplete, rest, Some(most));
                 return;
             }
             Ok(parsed) => parsed,

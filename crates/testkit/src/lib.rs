@@ -20,6 +20,7 @@ pub mod binary_invariants;
 pub mod client;
 pub mod env;
 pub mod fuzz;
+mod invariants;
 pub mod mask;
 pub mod meta_invariants;
 pub mod parser_invariants;

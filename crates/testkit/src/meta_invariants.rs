@@ -9,6 +9,7 @@ use keepcached_protocol::meta::{MetaParsed, MetaReject};
 use keepcached_protocol::{parse_command, Command, Limits};
 
 use crate::client::escape;
+use crate::invariants::{assert_incomplete, under_both_limits};
 
 /// Whether `part` is a slice of `whole` (the parser must not invent bytes).
 fn within(part: &[u8], whole: &[u8]) -> bool {
@@ -55,14 +56,7 @@ fn check_meta(input: &[u8], parsed: &MetaParsed<'_>, limits: &Limits) {
 /// Parses `input` with the default limits and with a 4 KiB item limit, and checks every
 /// invariant.
 pub fn check_meta_request(input: &[u8]) {
-    check_with(input, &Limits::default());
-    check_with(
-        input,
-        &Limits {
-            item_size_max: 4096,
-            ..Limits::default()
-        },
-    );
+    under_both_limits(input, check_with);
 }
 
 /// Parses the whole input the way a connection does and checks each step: no panic, the same
@@ -81,14 +75,7 @@ pub fn check_with(input: &[u8], limits: &Limits) {
         );
         let parsed = match result {
             Err(incomplete) => {
-                if let Some(needed) = incomplete.needed {
-                    assert!(
-                        needed > rest.len(),
-                        "Incomplete needs {needed} of {}: {}",
-                        rest.len(),
-                        shown()
-                    );
-                }
+                assert_incomplete(&incomplete, rest, None);
                 return;
             }
             Ok(parsed) => parsed,

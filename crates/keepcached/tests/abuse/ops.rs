@@ -95,16 +95,28 @@ fn is_alive(pid: i32) -> bool {
     })
 }
 
-/// Polls until `pid` has exited.
-fn wait_gone(pid: i32, timeout: Duration) -> bool {
+/// Polls `probe` every 20 ms until it gives a value, or `timeout` has passed.
+fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
-    while is_alive(pid) {
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         thread::sleep(Duration::from_millis(20));
     }
-    true
+}
+
+/// Polls until `pid` has exited.
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    poll(timeout, || (!is_alive(pid)).then_some(())).is_some()
+}
+
+/// Polls `condition` for up to ten seconds.
+fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
+    poll(Duration::from_secs(10), || condition().then_some(())).is_some()
 }
 
 /// A finished command: exit status (None if it was killed at the deadline) and stderr.
@@ -136,6 +148,80 @@ fn may_run(test: &str) -> bool {
     env::require(test, true, &["memcached"])
 }
 
+/// `-u USER -l 127.0.0.1 -p PORT -U 0 -P PID`: the server's flags, memcached's too.
+fn server_flags<'a>(user: &'a str, port: &'a str, pid: &'a str) -> [&'a str; 10] {
+    [
+        "-u",
+        user,
+        "-l",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-U",
+        "0",
+        "-P",
+        pid,
+    ]
+}
+
+/// `proxy -l 127.0.0.1 -p PORT -s 127.0.0.1:11211 -P PID`, daemonizing (magent's default).
+fn proxy_command<'a>(port: &'a str, pid: &'a str) -> [&'a str; 9] {
+    [
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-s",
+        "127.0.0.1:11211",
+        "-P",
+        pid,
+    ]
+}
+
+/// The server in the foreground and under -d, and the proxy in its default (daemon) mode.
+fn start_modes<'a>(server: &[&'a str], proxy: &[&'a str]) -> Vec<(&'static str, Vec<&'a str>)> {
+    vec![
+        ("server", [&["server"][..], server].concat()),
+        ("server -d", [&["server", "-d"][..], server].concat()),
+        ("proxy", proxy.to_vec()),
+    ]
+}
+
+/// The loopback address of a port given as text.
+fn loopback(port: &str) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port.parse::<u16>().expect("a port")))
+}
+
+/// Runs keepcached with `args` and expects exit `status` with each of `needles` said once.
+fn expect_exit(what: &str, args: &[&str], status: i32, needles: &[&str]) -> Finished {
+    let ours = keepcached(args);
+    assert_eq!(ours.status, Some(status), "{what}: {}", ours.stderr);
+    for needle in needles {
+        assert_said_once(what, &ours, needle);
+    }
+    ours
+}
+
+/// `expect_exit`, then nothing started by the command may be left running.
+fn expect_failure(
+    scratch: &Scratch,
+    what: &str,
+    args: &[&str],
+    status: i32,
+    needles: &[&str],
+) -> Finished {
+    let ours = expect_exit(what, args, status, needles);
+    let left = scratch.kill_leftovers();
+    assert!(left.is_empty(), "{what} left processes running: {left:?}");
+    ours
+}
+
+/// The scenario's scratch directory, or None (after saying why) if the test cannot run here.
+fn scratch_for(test: &str, scenario: &str) -> Option<Scratch> {
+    may_run(test).then(|| Scratch::new(scenario))
+}
+
 fn assert_said_once(what: &str, finished: &Finished, needle: &str) {
     assert_eq!(
         finished.stderr.matches(needle).count(),
@@ -151,33 +237,17 @@ fn report(scenario: &str, outcome: &str) {
 
 #[test]
 fn unknown_user_exits_67_with_memcacheds_message() {
-    if !may_run("unknown_user_exits_67_with_memcacheds_message") {
+    let Some(scratch) = scratch_for("unknown_user_exits_67_with_memcacheds_message", "nouser")
+    else {
         return;
-    }
-    let scratch = Scratch::new("nouser");
+    };
     let pid = scratch.path("pid");
     let (server_port, proxy_port) = (port(), port());
-    let base = ["-l", "127.0.0.1", "-U", "0", "-P", &pid, "-u", "nosuchuser"];
-    let proxy = [
-        "proxy",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &proxy_port,
-        "-s",
-        "127.0.0.1:11211",
-        "-P",
-        &pid,
-    ];
+    let server = server_flags("nosuchuser", &server_port, &pid);
+    let proxy = proxy_command(&proxy_port, &pid);
     let cases: Vec<(&str, Vec<&str>)> = vec![
-        (
-            "server",
-            [&["server", "-p", &server_port][..], &base].concat(),
-        ),
-        (
-            "server -d",
-            [&["server", "-d", "-p", &server_port][..], &base].concat(),
-        ),
+        ("server", [&["server"][..], &server].concat()),
+        ("server -d", [&["server", "-d"][..], &server].concat()),
         // magent's default is to daemonize.
         ("proxy", [&proxy[..], &["-u", "nosuchuser"]].concat()),
         (
@@ -187,28 +257,20 @@ fn unknown_user_exits_67_with_memcacheds_message() {
         ("proxy -g", [&proxy[..], &["-g", "nosuchgroup"]].concat()),
     ];
     for (what, args) in &cases {
-        let ours = keepcached(args);
-        assert_eq!(ours.status, Some(EX_NOUSER), "{what}: {}", ours.stderr);
         let needle = if *what == "proxy -g" {
             "can't find the group nosuchgroup"
         } else {
             "can't find the user nosuchuser"
         };
-        assert_said_once(what, &ours, needle);
+        expect_failure(&scratch, what, args, EX_NOUSER, &[needle]);
         assert!(!Path::new(&pid).exists(), "{what}: a pid file was written");
-        let left = scratch.kill_leftovers();
-        assert!(left.is_empty(), "{what} left processes running: {left:?}");
         report(
             &format!("-u nosuchuser ({what})"),
             "exit 67, message once, nothing running",
         );
     }
-    for daemon in [false, true] {
-        let mut args = vec!["-p", &server_port];
-        if daemon {
-            args.push("-d");
-        }
-        args.extend(base);
+    for daemon in [&[][..], &["-d"]] {
+        let args = [daemon, &server].concat();
         let theirs = run("memcached", &args);
         let ours = keepcached(&[&["server"][..], &args].concat());
         assert_eq!(
@@ -232,8 +294,7 @@ fn bad_command_line_exits_64() {
         &["server", "--no-such-flag"][..],
         &["proxy", "--no-such-flag"],
     ] {
-        let ours = keepcached(args);
-        assert_eq!(ours.status, Some(64), "{args:?}: {}", ours.stderr);
+        let ours = expect_exit(&format!("{args:?}"), args, 64, &[]);
         assert!(ours.stderr.contains("--no-such-flag"), "{}", ours.stderr);
     }
     let theirs = run("memcached", &["--no-such-flag"]);
@@ -247,52 +308,24 @@ fn bad_command_line_exits_64() {
 
 #[test]
 fn unwritable_pid_file_fails_before_the_parent_exits() {
-    if !may_run("unwritable_pid_file_fails_before_the_parent_exits") {
+    let Some(scratch) = scratch_for(
+        "unwritable_pid_file_fails_before_the_parent_exits",
+        "pidfile",
+    ) else {
         return;
-    }
-    let scratch = Scratch::new("pidfile");
+    };
     let pid = scratch.unwritable("pid");
     let needle = format!("could not create the pid file {pid}");
-    let server_port = port();
-    let server = [
-        "-u",
-        "root",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &server_port,
-        "-U",
-        "0",
-        "-P",
-        &pid,
-    ];
-    let proxy_port = port();
-    let proxy = [
-        "proxy",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &proxy_port,
-        "-s",
-        "127.0.0.1:11211",
-        "-P",
-        &pid,
-    ];
+    let (server_port, proxy_port) = (port(), port());
+    let server = server_flags("root", &server_port, &pid);
+    let proxy = proxy_command(&proxy_port, &pid);
     // Under -d and in the proxy's default (daemon) mode the pid file is written by the
     // daemon, after the fork: the parent learns of the failure through its pipe.
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("server", [&["server"][..], &server].concat()),
-        ("server -d", [&["server", "-d"][..], &server].concat()),
-        ("proxy", proxy.to_vec()),
-        ("proxy -D", [&proxy[..], &["-D"]].concat()),
-    ];
+    let mut cases = start_modes(&server, &proxy);
+    cases.push(("proxy -D", [&proxy[..], &["-D"]].concat()));
     for (what, args) in &cases {
-        let ours = keepcached(args);
-        assert_eq!(ours.status, Some(EX_CANTCREAT), "{what}: {}", ours.stderr);
-        assert_said_once(what, &ours, &needle);
-        assert_said_once(what, &ours, "No such file or directory");
-        let left = scratch.kill_leftovers();
-        assert!(left.is_empty(), "{what} left processes running: {left:?}");
+        let needles = [&needle[..], "No such file or directory"];
+        expect_failure(&scratch, what, args, EX_CANTCREAT, &needles);
         report(
             &format!("unwritable -P ({what})"),
             "exit 73, message once, nothing running",
@@ -309,11 +342,7 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
         ("proxy", [&proxy[..], &["--log-file", &bad_log]].concat()),
     ];
     for (what, args) in &cases {
-        let ours = keepcached(args);
-        assert_eq!(ours.status, Some(EX_CANTCREAT), "{what}: {}", ours.stderr);
-        assert_said_once(what, &ours, &log_needle);
-        let left = scratch.kill_leftovers();
-        assert!(left.is_empty(), "{what} left processes running: {left:?}");
+        expect_failure(&scratch, what, args, EX_CANTCREAT, &[&log_needle]);
         report(
             &format!("unwritable --log-file ({what})"),
             "exit 73, message once",
@@ -321,8 +350,8 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
     }
     // With --log-file the failure is also in the log, where a daemon's operator looks.
     let log = scratch.path("server.log");
-    let ours = keepcached(&[&["server", "-d", "--log-file", &log][..], &server].concat());
-    assert_eq!(ours.status, Some(EX_CANTCREAT), "{}", ours.stderr);
+    let args = [&["server", "-d", "--log-file", &log][..], &server].concat();
+    expect_exit("server -d --log-file", &args, EX_CANTCREAT, &[]);
     let logged = fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
         logged
@@ -334,10 +363,7 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
     assert!(scratch.kill_leftovers().is_empty());
     // memcached treats the pid file as optional: in the foreground it says so and serves on;
     // under -d the message is lost and it exits 0 with the daemon running.
-    let theirs = run(
-        "memcached",
-        &["-d"].iter().chain(&server).copied().collect::<Vec<_>>(),
-    );
+    let theirs = run("memcached", &[&["-d"][..], &server].concat());
     let left = scratch.kill_leftovers();
     println!(
         "memcached -d with an unwritable -P: exit {:?}, said {:?}, {} process(es) left running",
@@ -349,10 +375,9 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
 
 #[test]
 fn vrrp_pid_and_log_files() {
-    if !may_run("vrrp_pid_and_log_files") {
+    let Some(scratch) = scratch_for("vrrp_pid_and_log_files", "vrrp") else {
         return;
-    }
-    let scratch = Scratch::new("vrrp");
+    };
     // An interface that does not exist: the daemon stops at its first socket, after the pid
     // and log files, and nothing touches the host's addresses.
     let config = scratch.path("vrrp.toml");
@@ -364,9 +389,9 @@ fn vrrp_pid_and_log_files() {
     .expect("write the config");
     let bad = scratch.unwritable("x");
     for (flag, what) in [("-P", "pid file"), ("--log-file", "log file")] {
-        let ours = keepcached(&["vrrp", "--config", &config, flag, &bad]);
-        assert_eq!(ours.status, Some(EX_CANTCREAT), "{flag}: {}", ours.stderr);
-        assert_said_once(flag, &ours, &format!("could not create the {what} {bad}"));
+        let args = ["vrrp", "--config", &config, flag, &bad];
+        let needle = format!("could not create the {what} {bad}");
+        expect_exit(flag, &args, EX_CANTCREAT, &[&needle]);
     }
     let (pid, log) = (scratch.path("vrrp.pid"), scratch.path("vrrp.log"));
     let ours = keepcached(&["vrrp", "--config", &config, "-P", &pid, "--log-file", &log]);
@@ -392,48 +417,18 @@ fn vrrp_pid_and_log_files() {
 
 #[test]
 fn port_in_use_exits_71_with_the_os_error_once() {
-    if !may_run("port_in_use_exits_71_with_the_os_error_once") {
+    let Some(scratch) = scratch_for("port_in_use_exits_71_with_the_os_error_once", "bind") else {
         return;
-    }
-    let scratch = Scratch::new("bind");
+    };
     let pid = scratch.path("pid");
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a port");
     let taken_port = taken.local_addr().expect("local addr").port().to_string();
-    let server = [
-        "-u",
-        "root",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &taken_port,
-        "-U",
-        "0",
-        "-P",
-        &pid,
-    ];
-    let proxy = [
-        "proxy",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &taken_port,
-        "-s",
-        "127.0.0.1:11211",
-        "-P",
-        &pid,
-    ];
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("server", [&["server"][..], &server].concat()),
-        ("server -d", [&["server", "-d"][..], &server].concat()),
-        ("proxy", proxy.to_vec()),
-    ];
+    let server = server_flags("root", &taken_port, &pid);
+    let proxy = proxy_command(&taken_port, &pid);
+    let cases = start_modes(&server, &proxy);
     for (what, args) in &cases {
-        let ours = keepcached(args);
-        assert_eq!(ours.status, Some(EX_OSERR), "{what}: {}", ours.stderr);
-        assert_said_once(what, &ours, "Address already in use");
+        let ours = expect_failure(&scratch, what, args, EX_OSERR, &["Address already in use"]);
         assert!(ours.stderr.contains(&taken_port), "{what}: {}", ours.stderr);
-        let left = scratch.kill_leftovers();
-        assert!(left.is_empty(), "{what} left processes running: {left:?}");
         report(&format!("port in use ({what})"), "exit 71, OS error once");
     }
     // The same status as memcached in the foreground. memcached binds after daemonizing, so
@@ -446,10 +441,7 @@ fn port_in_use_exits_71_with_the_os_error_once() {
         theirs.stderr
     );
     assert!(theirs.stderr.contains("Address already in use"));
-    let theirs_d = run(
-        "memcached",
-        &["-d"].iter().chain(&server).copied().collect::<Vec<_>>(),
-    );
+    let theirs_d = run("memcached", &[&["-d"][..], &server].concat());
     println!(
         "memcached -d with the port in use: exit {:?}, said {:?}",
         theirs_d.status,
@@ -467,10 +459,9 @@ fn answers_version(addr: SocketAddr) -> bool {
 
 #[test]
 fn sighup_is_survived_like_memcached() {
-    if !may_run("sighup_is_survived_like_memcached") {
+    let Some(scratch) = scratch_for("sighup_is_survived_like_memcached", "sighup") else {
         return;
-    }
-    let scratch = Scratch::new("sighup");
+    };
     let pid = scratch.path("pid");
     let mut ours = keepcached_server(Path::new(BIN), &["-P", &pid]).expect("keepcached server");
     let mut theirs = memcached(&[]).expect("memcached");
@@ -499,36 +490,21 @@ fn sighup_is_survived_like_memcached() {
     report("SIGHUP x3 (proxy)", "alive, answers version");
 }
 
-/// Polls `condition` for up to ten seconds.
-fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 #[test]
 fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
-    if !may_run("sigterm_and_sigint_remove_the_pid_file_and_exit_0") {
+    let Some(scratch) = scratch_for(
+        "sigterm_and_sigint_remove_the_pid_file_and_exit_0",
+        "sigterm",
+    ) else {
         return;
-    }
-    let scratch = Scratch::new("sigterm");
+    };
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
         let pid = scratch.path(&format!("server-{signal}.pid"));
         let mut ours = keepcached_server(Path::new(BIN), &["-P", &pid]).expect("server");
         assert_eq!(read_pid(&pid), Some(ours.pid() as i32));
         ours.signal(signal).expect("signal");
         let status = ours.wait_exit(COMMAND_TIMEOUT).expect("wait");
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            ours.log_text()
-        );
+        assert_exited_0(status, &ours.log_text());
         assert!(!Path::new(&pid).exists(), "{signal}: the pid file is left");
         assert!(ours.log_text().contains(&format!("{signal} received")));
         report(&format!("{signal} (server)"), "exit 0, pid file removed");
@@ -539,12 +515,7 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
         assert_eq!(read_pid(&pid), Some(proxy.child.id() as i32));
         proxy.signal(signal);
         let status = proxy.wait_exit();
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            proxy.log_text()
-        );
+        assert_exited_0(status, &proxy.log_text());
         assert!(
             !Path::new(&pid).exists(),
             "{signal}: the proxy's pid file is left"
@@ -554,25 +525,15 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
     // A daemon: the pid file names the daemon (not the parent that exited), and goes with it.
     let pid = scratch.path("daemon.pid");
     let server_port = port();
-    let started = keepcached(&[
-        "server",
-        "-d",
-        "-u",
-        "root",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &server_port,
-        "-U",
-        "0",
-        "-P",
-        &pid,
-    ]);
-    assert_eq!(started.status, Some(0), "{}", started.stderr);
+    let args = [
+        &["server", "-d"][..],
+        &server_flags("root", &server_port, &pid),
+    ]
+    .concat();
+    expect_exit("server -d", &args, 0, &[]);
     let daemon = read_pid(&pid).expect("the daemon's pid file");
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server_port.parse::<u16>().unwrap()));
     assert!(
-        answers_version(addr),
+        answers_version(loopback(&server_port)),
         "the daemon serves once its parent exited 0"
     );
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), Signal::SIGTERM).expect("kill");
@@ -598,16 +559,20 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
     );
 }
 
+fn assert_exited_0(status: Option<ExitStatus>, log: &str) {
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+}
+
 fn read_pid(path: &str) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[test]
 fn log_file_is_plain_text_even_from_a_terminal() {
-    if !may_run("log_file_is_plain_text_even_from_a_terminal") {
+    let Some(scratch) = scratch_for("log_file_is_plain_text_even_from_a_terminal", "logfile")
+    else {
         return;
-    }
-    let scratch = Scratch::new("logfile");
+    };
     let log = scratch.path("server.log");
     let server_port = port();
     // stderr is a terminal, where colours are welcome: the log file must still have none.
@@ -631,7 +596,7 @@ fn log_file_is_plain_text_even_from_a_terminal() {
             .spawn()
             .expect("start keepcached server"),
     );
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server_port.parse::<u16>().unwrap()));
+    let addr = loopback(&server_port);
     assert!(wait_for(|| answers_version(addr)), "server did not start");
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     nix::sys::signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
@@ -682,24 +647,22 @@ struct Owned(Child);
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_and_reap(&mut self.0);
     }
 }
 
+/// Waits for `child` to exit; one still running at the deadline is killed and reaped.
 fn wait_child(child: &mut Child) -> Option<ExitStatus> {
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
+    let status = poll(COMMAND_TIMEOUT, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        kill_and_reap(child);
     }
+    status
+}
+
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `keepcached proxy -D -l 127.0.0.1 -p PORT -s BACKEND EXTRA...`, its output in a log file of
@@ -760,7 +723,6 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }

@@ -212,6 +212,28 @@ fn wait_server_stalled(server: &ServerProcess, client_ports: &[u16]) -> u64 {
     }
 }
 
+/// Sends each of `requests` on a connection of its own that does not read, and waits until
+/// the server has stopped sending to them: the connections, and the bytes queued towards them.
+fn send_unread<'a>(
+    server: &ServerProcess,
+    requests: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<TcpStream>, u64) {
+    let attackers: Vec<TcpStream> = requests
+        .into_iter()
+        .map(|request| {
+            let mut stream = connect(server.addr());
+            stream.write_all(request).expect("send");
+            stream
+        })
+        .collect();
+    let ports: Vec<u16> = attackers
+        .iter()
+        .map(|s| s.local_addr().expect("local addr").port())
+        .collect();
+    let queued = wait_server_stalled(server, &ports);
+    (attackers, queued)
+}
+
 /// Sends `request` on a new connection and reads until `end` (or the server closes).
 fn ask(server: &ServerProcess, request: &[u8], end: &[u8]) -> Vec<u8> {
     let mut stream = connect(server.addr());
@@ -236,6 +258,16 @@ fn ask(server: &ServerProcess, request: &[u8], end: &[u8]) -> Vec<u8> {
         }
     }
     reply
+}
+
+/// Asks `request` (a one-line reply) on a new connection every 100 ms until the reply passes
+/// `done`; after SETTLE the test fails saying `failure`.
+fn ask_until(server: &ServerProcess, request: &[u8], failure: &str, done: fn(&[u8]) -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !done(&ask(server, request, b"\r\n")) {
+        assert!(Instant::now() < deadline, "{}: {failure}", server.label());
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Whether the server has closed `stream` (nothing was ever sent on it).
@@ -278,11 +310,9 @@ fn get_amplification() {
         const NAMED: usize = 2000;
         store_big(server);
 
-        let mut attacker = connect(server.addr());
         let request = format!("get{}\r\n", " big".repeat(NAMED));
-        attacker.write_all(request.as_bytes()).expect("send");
-        let port = attacker.local_addr().expect("local addr").port();
-        let queued = wait_server_stalled(server, &[port]);
+        let (mut attackers, queued) = send_unread(server, [request.as_bytes()]);
+        let attacker = &mut attackers[0];
 
         let header = format!("VALUE big 0 {BIG_LEN}\r\n");
         let expected = NAMED * (header.len() + BIG_LEN + 2) + 5;
@@ -323,18 +353,8 @@ fn get_amplification_many_clients() {
             format!("get{}\r\n", " big".repeat(2000)),
             "mg big v\r\n".repeat(2000),
         ];
-        let attackers: Vec<TcpStream> = (0..CLIENTS)
-            .map(|i| {
-                let mut stream = connect(server.addr());
-                stream.write_all(requests[i % 2].as_bytes()).expect("send");
-                stream
-            })
-            .collect();
-        let ports: Vec<u16> = attackers
-            .iter()
-            .map(|s| s.local_addr().expect("local addr").port())
-            .collect();
-        let queued = wait_server_stalled(server, &ports);
+        let pipelines = (0..CLIENTS).map(|i| requests[i % 2].as_bytes());
+        let (_attackers, queued) = send_unread(server, pipelines);
         format!(
             "{CLIENTS} clients not reading, {} MB queued in sockets",
             queued / 1_000_000
@@ -368,19 +388,7 @@ fn pipelined_get_amplification() {
             let meta = "mg big v\r\n".repeat(2000).into_bytes();
             let mut binary = binary_packet(GETKQ, b"big").repeat(2000);
             binary.extend(binary_packet(NOOP, b""));
-            let attackers: Vec<TcpStream> = [meta, binary]
-                .iter()
-                .map(|pipeline| {
-                    let mut stream = connect(server.addr());
-                    stream.write_all(pipeline).expect("send");
-                    stream
-                })
-                .collect();
-            let ports: Vec<u16> = attackers
-                .iter()
-                .map(|s| s.local_addr().expect("local addr").port())
-                .collect();
-            let queued = wait_server_stalled(server, &ports);
+            let (_attackers, queued) = send_unread(server, [&meta[..], &binary]);
             format!(
                 "2 clients not reading, {} MB queued in sockets",
                 queued / 1_000_000
@@ -475,15 +483,12 @@ fn partial_big_sets() {
             let mut set = format!("set after 0 0 {BIG_LEN}\r\n").into_bytes();
             set.extend(std::iter::repeat(b'a').take(BIG_LEN));
             set.extend_from_slice(b"\r\n");
-            let deadline = Instant::now() + SETTLE;
-            while ask(server, &set, b"\r\n") != b"STORED\r\n" {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: no 1 MB store succeeds after the clients left",
-                    server.label()
-                );
-                thread::sleep(Duration::from_millis(100));
-            }
+            ask_until(
+                server,
+                &set,
+                "no 1 MB store succeeds after the clients left",
+                |reply| reply == b"STORED\r\n",
+            );
             format!("the 1,000th value answered {reply:?}; a 1 MB set works once they left")
         },
     );
@@ -551,15 +556,12 @@ fn connection_flood() {
                 .expect("the established client during the flood");
             assert!(version.starts_with("VERSION "), "{version:?}");
             drop(flood);
-            let deadline = Instant::now() + SETTLE;
-            while !ask(server, b"version\r\n", b"\r\n").starts_with(b"VERSION ") {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: no new client served after the flood",
-                    server.label()
-                );
-                thread::sleep(Duration::from_millis(100));
-            }
+            ask_until(
+                server,
+                b"version\r\n",
+                "no new client served after the flood",
+                |reply| reply.starts_with(b"VERSION "),
+            );
             format!("{opened} connects, those over -c turned away; clients served during and after")
         },
     );
