@@ -52,6 +52,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Gets merged into one multi-get stop growing its line here (memcached reads a long get line
 /// in pieces; a bound keeps each reply a reasonable size).
 const MERGED_LINE_MAX: usize = 8 * 1024;
+/// The sync point that ends a batch holding replies that cannot check themselves, and its reply.
+const SYNC: &[u8] = b"mn\r\n";
+const SYNC_REPLY: &[u8] = b"MN\r\n";
 
 /// Opens a connection to a server. It is closed abortively (SO_LINGER 0: a reset, and whatever
 /// is still queued in this host's kernel is dropped): a connection is only ever closed because
@@ -333,7 +336,7 @@ async fn serve(
                 continue;
             }
             if unchecked {
-                wbuf.extend_from_slice(b"mn\r\n");
+                wbuf.extend_from_slice(SYNC);
                 let mut pending = pending.lock();
                 for job in pending.iter_mut().rev().take(queued) {
                     job.held = true;
@@ -709,6 +712,20 @@ fn assemble(
             }
             (Expect::Line, Response::Status(status)) => Some(Reply::Status(status)),
             (Expect::Line, Response::Number(n)) => Some(Reply::Number(n)),
+            // A sync point's `MN`, one per batch of writes: nothing of the buffer is kept, and
+            // the line is not parsed a second time.
+            (
+                Expect::Line,
+                Response::Meta {
+                    code: MetaCode::Noop,
+                    ..
+                },
+            ) if rbuf.starts_with(SYNC_REPLY) => Some(Reply::Meta {
+                code: MetaCode::Noop,
+                flags: Bytes::new(),
+                data: None,
+                raw: Bytes::from_static(SYNC_REPLY),
+            }),
             (
                 Expect::UntilNoop,
                 Response::Meta {
@@ -814,6 +831,24 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_sync_points_reply_is_read_as_the_server_sent_it() {
+        let (replies, left) = assemble_all(b"MN\r\nMN\nMN O1\r\nMN", Expect::Line);
+        assert_eq!(left, 2);
+        let raws: Vec<&[u8]> = replies
+            .iter()
+            .map(|reply| match reply {
+                Reply::Meta {
+                    code: MetaCode::Noop,
+                    raw,
+                    ..
+                } => &raw[..],
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(raws, [&b"MN\r\n"[..], b"MN\n", b"MN O1\r\n"]);
     }
 
     #[test]
