@@ -28,6 +28,7 @@
 #   VALUE_SIZE=100 MULTIGET=10 PIPE_DEPTH=16 BACKEND_THREADS=2 MEMORY_MB=1024 NUT_SERVER_CONNECTIONS=1 MEMASLAP_THREADS=2 PIPE_PROCS=2
 #   PIPE_KEYS=100000 KC_PROXY_FLAGS="-D -u root -l 127.0.0.1" KEEP_WORK= KEEPCACHED_BIN=
 #   SET_RATIO=0.1 (share of sets: 0 gets only, 1 sets only) REPL=1 (0: no replicating paths)
+#   REFS=1 (0: memcached directly and nutcracker are not measured, only keepcached's paths)
 #   KEEPCACHED_BEFORE_BIN= (another build, e.g. of an older commit: adds the paths before-proxy
 #   and before-repl, run interleaved with ours in the same rounds, so that a change's cost is
 #   measured under the same load of the machine; a run per build would compare different loads)
@@ -52,6 +53,7 @@ MEMASLAP_THREADS=${MEMASLAP_THREADS:-2}
 KC_PROXY_FLAGS=${KC_PROXY_FLAGS:--D -u root -l 127.0.0.1}
 SET_RATIO=${SET_RATIO:-0.1}
 REPL=${REPL:-1}
+REFS=${REFS:-1}
 GET_RATIO=$(python3 -c "print(round(1 - $SET_RATIO, 6))")
 LOAD="$(python3 -c "print(f'{100 * $GET_RATIO:g}% get / {100 * $SET_RATIO:g}% set')")"
 RESULTS=$WORK/throughput.jsonl
@@ -98,7 +100,8 @@ NUT_PID=$LAST_PID
 wait_up nutcracker "$NUT_PID" "127.0.0.1:$P_NUT" || { cat "$WORK/nutcracker.out" >&2; die "nutcracker did not start"; }
 
 # --- keepcached proxy: one pool, and main + backup (replicating)
-SIDES=(direct nutcracker)
+SIDES=()
+[ "$REFS" = 0 ] || SIDES=(direct nutcracker)
 declare -A ADDR=([direct]=127.0.0.1:$P_MAIN [nutcracker]=127.0.0.1:$P_NUT)
 declare -A PID_OF=([direct]=$MAIN_PID [nutcracker]=$NUT_PID)
 SKIPPED=()
