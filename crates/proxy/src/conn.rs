@@ -1116,6 +1116,117 @@ mod tests {
         assert_eq!(enqueue(set), Some(false));
     }
 
+    /// One batch through [`serve`] to a server of the test's: `calls` are queued before the
+    /// connection starts, so that they leave in one write. Returns what the server received
+    /// and each caller's result once the server answered `reply`.
+    async fn one_batch(
+        calls: Vec<Call>,
+        sent_len: usize,
+        reply: &[u8],
+    ) -> (Vec<u8>, Vec<Result<Reply, BackendError>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = Arc::from(listener.local_addr().unwrap().to_string());
+        let settings = Settings::new(&crate::config::BackendConfig::default());
+        let stream = TcpStream::connect(&*addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (tx, mut jobs) = mpsc::channel(8);
+        let mut rxs = Vec::new();
+        for call in calls {
+            let (reply, rx) = oneshot::channel();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            tx.send(Job {
+                call,
+                reply,
+                deadline,
+            })
+            .await
+            .unwrap();
+            rxs.push(rx);
+        }
+        let first = jobs.recv().await;
+        let reply = reply.to_vec();
+        let server_side = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0; 4096];
+            while got.len() < sent_len {
+                let n = server.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed after {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            server.write_all(&reply).await.unwrap();
+            (got, server)
+        });
+        let pending = Mutex::new(VecDeque::new());
+        let mut results = Vec::new();
+        let failed = tokio::select! {
+            error = serve(&addr, &settings, stream, first, &mut jobs, &pending) => Some(error),
+            () = async {
+                for rx in rxs.iter_mut() {
+                    results.push(rx.await.unwrap());
+                }
+            } => None,
+        };
+        if let Some(error) = failed {
+            // What connection_task does with the requests left on a failed connection.
+            for job in pending.into_inner() {
+                job.waiter.deliver(Err(error.clone()));
+            }
+            for rx in rxs.iter_mut().skip(results.len()) {
+                results.push(rx.await.unwrap());
+            }
+        }
+        let (got, _server) = server_side.await.unwrap();
+        drop(tx);
+        (got, results)
+    }
+
+    fn set_then_get() -> (Vec<Call>, usize) {
+        let set = Call::line(Bytes::from_static(b"set a 0 0 1\r\nx\r\n"), Expect::Line);
+        let get = Call::line(Bytes::from_static(b"get b\r\n"), Expect::Values);
+        (vec![set, get], b"set a 0 0 1\r\nx\r\nget b\r\n".len())
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_ends_with_a_get_is_released_by_the_gets_reply() {
+        let (calls, len) = set_then_get();
+        let (got, results) = one_batch(calls, len, b"NOT_STORED\r\nEND\r\n").await;
+        // No `mn`: the get is the batch's sync point.
+        assert_eq!(&got[..], b"set a 0 0 1\r\nx\r\nget b\r\n");
+        assert_eq!(
+            results,
+            vec![
+                Ok(Reply::Status(Status::NotStored)),
+                Ok(Reply::Values(Vec::new()))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stray_or_missing_reply_before_a_batchs_last_get_fails_the_batch() {
+        for reply in [
+            // A stray STORED before the set's own reply: the get would get NOT_STORED.
+            &b"STORED\r\nNOT_STORED\r\nEND\r\n"[..],
+            // The set's reply left out: the set would get the get's END.
+            b"END\r\n",
+            // A stray error line where the get's reply belongs: it names no key.
+            b"STORED\r\nSERVER_ERROR stray\r\nEND\r\n",
+        ] {
+            let (calls, len) = set_then_get();
+            let (_, results) = one_batch(calls, len, reply).await;
+            for result in &results {
+                assert!(
+                    matches!(
+                        result,
+                        Err(BackendError::OutOfStep { .. }) | Err(BackendError::Protocol { .. })
+                    ),
+                    "{:?}: {results:?}",
+                    String::from_utf8_lossy(reply)
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_value_where_a_line_is_expected_is_a_protocol_error() {
         let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\n"[..]);
