@@ -7,6 +7,7 @@
 #
 #   scripts/bench-proxy.sh                       # builds ours with cargo build --release -p keepcached
 #   KEEPCACHED_BIN=path/to/keepcached scripts/bench-proxy.sh
+#   KEEPCACHED_BEFORE_BIN=path/to/older/keepcached scripts/bench-proxy.sh   # before/after, see below
 #
 # A report, not a test: throughput, latency, ratios against nutcracker, and PASS/FAIL against
 # issue 4's targets (keepcached proxy >= 1.5x nutcracker's throughput; replicating >= 1.0x
@@ -14,7 +15,8 @@
 # does not start, its rows are skipped with the reason. Exits 0 unless something broke.
 # About 6 minutes with the defaults.
 #
-# Points (90% get / 10% set, VALUE_SIZE-byte values, CONNS client connections, DURATION s):
+# Points (SET_RATIO sets, the rest gets: 90% get / 10% set by default; VALUE_SIZE-byte values,
+# CONNS client connections, DURATION s):
 #   memaslap, memaslap-mgetN (memcaslap --division=N), pipelineN (scripts/bench/mcbench.py,
 #   exact per-batch latency), and memtier / memtier-pipeN if memtier_benchmark is installed.
 # The column "other CPU%" is what processes outside the benchmark used meanwhile; "path us/op" is
@@ -25,6 +27,11 @@
 #   from point to point and reverses from round to round; figures are means) CONNS=50
 #   VALUE_SIZE=100 MULTIGET=10 PIPE_DEPTH=16 BACKEND_THREADS=2 MEMORY_MB=1024 NUT_SERVER_CONNECTIONS=1 MEMASLAP_THREADS=2 PIPE_PROCS=2
 #   PIPE_KEYS=100000 KC_PROXY_FLAGS="-D -u root -l 127.0.0.1" KEEP_WORK= KEEPCACHED_BIN=
+#   SET_RATIO=0.1 (share of sets: 0 gets only, 1 sets only) REPL=1 (0: no replicating paths)
+#   REFS=1 (0: memcached directly and nutcracker are not measured, only keepcached's paths)
+#   KEEPCACHED_BEFORE_BIN= (another build, e.g. of an older commit: adds the paths before-proxy
+#   and before-repl, run interleaved with ours in the same rounds, so that a change's cost is
+#   measured under the same load of the machine; a run per build would compare different loads)
 set -uo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -44,8 +51,11 @@ NUT_SERVER_CONNECTIONS=${NUT_SERVER_CONNECTIONS:-1}
 MEMASLAP_THREADS=${MEMASLAP_THREADS:-2}
 # -D: stay in the foreground (magent daemonizes without it), so that we keep its pid.
 KC_PROXY_FLAGS=${KC_PROXY_FLAGS:--D -u root -l 127.0.0.1}
-SET_RATIO=0.1
-GET_RATIO=0.9
+SET_RATIO=${SET_RATIO:-0.1}
+REPL=${REPL:-1}
+REFS=${REFS:-1}
+GET_RATIO=$(python3 -c "print(round(1 - $SET_RATIO, 6))")
+LOAD="$(python3 -c "print(f'{100 * $GET_RATIO:g}% get / {100 * $SET_RATIO:g}% set')")"
 RESULTS=$WORK/throughput.jsonl
 : >"$RESULTS"
 
@@ -55,7 +65,7 @@ HAVE_MEMTIER=$(command -v memtier_benchmark || true)
 keepcached_bin
 warn_if_busy
 
-read -r P_MAIN P_BACKUP P_NUT P_NUTSTATS P_KC P_KCREPL <<<"$(free_ports 6)"
+read -r P_MAIN P_BACKUP P_NUT P_NUTSTATS P_KC P_KCREPL P_BEFORE P_BEFOREREPL <<<"$(free_ports 8)"
 backend_flags() { echo "-u root -l 127.0.0.1 -p $1 -U 0 -t $BACKEND_THREADS -m $MEMORY_MB"; }
 
 # --- backends
@@ -90,31 +100,38 @@ NUT_PID=$LAST_PID
 wait_up nutcracker "$NUT_PID" "127.0.0.1:$P_NUT" || { cat "$WORK/nutcracker.out" >&2; die "nutcracker did not start"; }
 
 # --- keepcached proxy: one pool, and main + backup (replicating)
-SIDES=(direct nutcracker)
+SIDES=()
+[ "$REFS" = 0 ] || SIDES=(direct nutcracker)
 declare -A ADDR=([direct]=127.0.0.1:$P_MAIN [nutcracker]=127.0.0.1:$P_NUT)
 declare -A PID_OF=([direct]=$MAIN_PID [nutcracker]=$NUT_PID)
 SKIPPED=()
-start_kc() { # SIDE PORT proxy-args...
-  local side=$1 port=$2
-  shift 2
+start_kc() { # SIDE BINARY PORT proxy-args...
+  local side=$1 bin=$2 port=$3
+  shift 3
   # shellcheck disable=SC2086
-  spawn "$side" "$OURS" proxy $KC_PROXY_FLAGS -p "$port" "$@"
+  spawn "$side" "$bin" proxy $KC_PROXY_FLAGS -p "$port" "$@"
   local pid=$LAST_PID
   if wait_up "$side" "$pid" "127.0.0.1:$port" 2>/dev/null; then
     SIDES+=("$side")
     ADDR[$side]=127.0.0.1:$port
     PID_OF[$side]=$pid
   else
-    SKIPPED+=("$side: \`$OURS proxy $KC_PROXY_FLAGS -p $port $*\` did not start: $(grep -v '^[[:space:]]*$' "$WORK/$side.log" | head -2 | tr '\n' ' ')")
+    SKIPPED+=("$side: \`$bin proxy $KC_PROXY_FLAGS -p $port $*\` did not start: $(grep -v '^[[:space:]]*$' "$WORK/$side.log" | head -2 | tr '\n' ' ')")
     log "SKIP $side: keepcached proxy did not start (rows skipped); its output:"
     sed 's/^/    /' "$WORK/$side.log" | tail -5 >&2
     forget_pid "$pid"
   fi
 }
-start_kc keepcached-proxy "$P_KC" -s "127.0.0.1:$P_MAIN"
-start_kc keepcached-repl "$P_KCREPL" -s "127.0.0.1:$P_MAIN" -b "127.0.0.1:$P_BACKUP"
+start_kc keepcached-proxy "$OURS" "$P_KC" -s "127.0.0.1:$P_MAIN"
+[ "$REPL" = 0 ] || start_kc keepcached-repl "$OURS" "$P_KCREPL" -s "127.0.0.1:$P_MAIN" -b "127.0.0.1:$P_BACKUP"
+if [ -n "${KEEPCACHED_BEFORE_BIN:-}" ]; then
+  [ -x "$KEEPCACHED_BEFORE_BIN" ] || die "KEEPCACHED_BEFORE_BIN=$KEEPCACHED_BEFORE_BIN is not executable"
+  start_kc before-proxy "$KEEPCACHED_BEFORE_BIN" "$P_BEFORE" -s "127.0.0.1:$P_MAIN"
+  [ "$REPL" = 0 ] ||
+    start_kc before-repl "$KEEPCACHED_BEFORE_BIN" "$P_BEFOREREPL" -s "127.0.0.1:$P_MAIN" -b "127.0.0.1:$P_BACKUP"
+fi
 
-log "keepcached: $OURS; nutcracker: $(nutcracker -V 2>&1 | head -1); backends: memcached $(backend_flags PORT)"
+log "keepcached: $OURS${KEEPCACHED_BEFORE_BIN:+ (before-*: $KEEPCACHED_BEFORE_BIN)}; nutcracker: $(nutcracker -V 2>&1 | head -1); backends: memcached $(backend_flags PORT)"
 log "load:       $MEMASLAP${HAVE_MEMTIER:+, $HAVE_MEMTIER}; $(nproc) CPUs shared by client, proxy and backends"
 
 # The pipelined client and memtier read a preloaded key space: load both backends directly.
@@ -199,7 +216,7 @@ echo
 for s in "${SKIPPED[@]}"; do echo "SKIPPED $s"; done
 [ ${#SKIPPED[@]} -eq 0 ] || echo
 "${MCBENCH[@]}" report-proxy "$RESULTS" \
-  --load "90% get / 10% set, $VALUE_SIZE-byte values, $CONNS client connections, ${DURATION}s per run"
+  --load "$LOAD, $VALUE_SIZE-byte values, $CONNS client connections, ${DURATION}s per run"
 if [ "$BROKE" != 0 ]; then
   echo
   echo "Something broke during the run (see the errors above); exit 1."
