@@ -3,7 +3,7 @@
 //! conversation; every reply, and how it was cut into datagrams, must match.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keepcached_testkit::mask::mask_stats;
 use keepcached_testkit::wire::Target;
@@ -13,6 +13,10 @@ use keepcached_testkit::{env, escape, ServerProcess};
 const MAX_DATAGRAM: usize = 1400;
 /// How long to wait for one more datagram before a reply is taken as complete (or absent).
 const QUIET: Duration = Duration::from_millis(300);
+/// How long the first datagram of a reply is waited for (a request that gets none costs this).
+const FIRST: Duration = Duration::from_secs(1);
+/// How long a reply message whose datagrams have not all arrived is waited for.
+const INCOMPLETE: Duration = Duration::from_secs(10);
 
 /// One reply message: its datagrams' headers and the reassembled payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,7 +67,25 @@ impl UdpClient {
         self.socket.send_to(&datagram, self.server).expect("send");
         let mut messages: Vec<Message> = Vec::new();
         let mut buf = [0u8; 65536];
-        while let Ok((n, _)) = self.socket.recv_from(&mut buf) {
+        // A reply ends when the server has been quiet for QUIET (FIRST before anything came)
+        // with every message it started
+        // complete (each datagram says how many its message has); a message still missing
+        // datagrams is waited for up to INCOMPLETE, so a slow machine cannot cut a reply short
+        // and leave its tail to the next request.
+        let incomplete = |messages: &[Message]| {
+            messages
+                .last()
+                .is_some_and(|m| m.datagrams.len() < usize::from(m.datagrams[0].1))
+        };
+        let started = Instant::now();
+        loop {
+            let (n, _) = match self.socket.recv_from(&mut buf) {
+                Ok(received) => received,
+                Err(_) if incomplete(&messages) && started.elapsed() < INCOMPLETE => continue,
+                // Nothing yet: a loaded machine may take longer than QUIET to answer at all.
+                Err(_) if messages.is_empty() && started.elapsed() < FIRST => continue,
+                Err(_) => break,
+            };
             let got = &buf[..n];
             assert!(n >= 8, "datagram shorter than its header: {got:?}");
             assert!(n <= MAX_DATAGRAM, "datagram of {n} bytes");
