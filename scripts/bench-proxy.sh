@@ -66,7 +66,6 @@ keepcached_bin
 warn_if_busy
 
 read -r P_MAIN P_BACKUP P_NUT P_NUTSTATS P_KC P_KCREPL P_BEFORE P_BEFOREREPL <<<"$(free_ports 8)"
-backend_flags() { echo "-u root -l 127.0.0.1 -p $1 -U 0 -t $BACKEND_THREADS -m $MEMORY_MB"; }
 
 # --- backends
 # shellcheck disable=SC2046

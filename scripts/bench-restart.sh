@@ -35,7 +35,6 @@ read -r PORT <<<"$(free_ports 1)"
 ADDR=127.0.0.1:$PORT
 FLAGS=(-u root -l 127.0.0.1 -p "$PORT" -U 0 -t "$THREADS" -m "$MEMORY_MB" -e "$FILE")
 
-now() { date +%s.%N; }
 secs() { python3 -c "print('%.2f' % ($2 - $1))"; }
 
 # stop_and_time PID — SIGTERM, wait for the exit (in this shell: the server is its child); sets

@@ -612,9 +612,6 @@ ensure_tools memcached:memcached python3:python3
 keepcached_bin
 warn_if_busy
 
-now() { date +%s.%N; }
-backend_flags() { echo "-u root -l 127.0.0.1 -p $1 -U 0 -t $BACKEND_THREADS -m $MEMORY_MB"; }
-
 # fail NAME WHY — something broke in this setting: say so, show the proxy's log, go on with the next.
 fail() {
   BROKE=1

@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034
 # (SC2034: variables set here are read by the scripts that source this file)
-# Shared by scripts/bench-server.sh and scripts/bench-proxy.sh: tools, processes, load runs.
+# Shared by the scripts/bench-*.sh that source it: tools, processes, load runs.
 # Everything listens on 127.0.0.1 only; only the processes started here are ever killed.
 
 BENCH_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,6 +14,9 @@ BROKE=0       # set when something failed (not a missed target): the script exit
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+now() { date +%s.%N; }
+# memcached's flags for a backend on port $1 (BACKEND_THREADS and MEMORY_MB: the sourcing script's).
+backend_flags() { echo "-u root -l 127.0.0.1 -p $1 -U 0 -t $BACKEND_THREADS -m $MEMORY_MB"; }
 
 stop_pid() {
   local pid=$1 i
