@@ -153,7 +153,6 @@ impl ServerProcess {
         })
     }
 
-    /// The command line, for messages.
     /// Ends the process now (SIGKILL, by pid; it also ends a stopped process) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -185,6 +184,7 @@ impl ServerProcess {
         }
     }
 
+    /// The command line, for messages.
     pub fn label(&self) -> &str {
         &self.label
     }
