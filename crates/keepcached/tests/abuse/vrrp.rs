@@ -23,6 +23,7 @@ mod vrrp_topology;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use keepcached_testkit::process::proc_status_kib;
 use keepcached_vrrp::packet::{ipv4_header, Advert, Auth, ChecksumMode, Version, MULTICAST_V4};
 use socket2::{Domain, Protocol, Socket, Type};
 use vrrp_topology::{root_or_skip, Topology, VIP};
@@ -102,12 +103,7 @@ impl Injector {
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    proc_status_kib(pid, "VmHWM:").expect("VmHWM")
 }
 
 fn alive(pid: u32) -> bool {
