@@ -96,11 +96,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     crate::init_logging(cli.verbose.max(1), cli.process.log_file.as_deref())?;
     process::ignore_signals_until_handled(&[nix::sys::signal::Signal::SIGHUP])?;
-    let _pidfile = cli
-        .process
-        .pidfile
-        .map(process::PidFile::create)
-        .transpose()?;
+    let pidfile = cli.process.pidfile;
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
@@ -140,6 +136,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 }
             }
         });
+        // Written once SIGTERM, SIGUSR1 and SIGHUP are handled, as the server and the proxy do,
+        // so that a signal sent as soon as it appears meets the handler, not the default action.
+        let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
         keepcached_vrrp::run(
             config,
             async move {

@@ -29,7 +29,7 @@ use crate::network::{interface_index, primary_ipv4, VrrpSocket};
 use crate::notify;
 use crate::packet::{ipv4_header, ipv4_source, parse_ipv4, Advert, ChecksumMode, MULTICAST_V4};
 use crate::privileges;
-use crate::rejects::{RejectLog, Verdict, SUMMARY_EVERY};
+use crate::rejects::{RejectLog, Verdict};
 use crate::status::{self, InstanceStatus, Invalid, Slots};
 use crate::track::{self, Key, Status};
 
@@ -719,8 +719,7 @@ impl Runner {
                 } else {
                     tracing::warn!(
                         instance = %name,
-                        "advert from {who} discarded: {detail} ({suppressed} more for the same reason in the last {} s)",
-                        SUMMARY_EVERY.as_secs()
+                        "advert from {who} discarded: {detail} ({suppressed} more for the same reason since the last warning)"
                     );
                 }
             }
