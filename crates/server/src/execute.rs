@@ -340,7 +340,7 @@ impl Session<'_> {
             let cas = with_cas.then_some(view.cas);
             match spliced {
                 Some(spliced) if view.value.len() >= SPLICE_MIN => {
-                    value_header(out, view.key, view.flags, view.value.len(), cas);
+                    reply::value_header(out, view.key, view.flags, view.value.len(), cas);
                     spliced.bytes += view.value.len();
                     spliced.values.push((out.len(), item.shared_value()));
                     out.extend_from_slice(b"\r\n");
@@ -382,21 +382,4 @@ impl Session<'_> {
             Invalid::Close => Next::Close,
         }
     }
-}
-
-/// `VALUE <key> <flags> <bytes>[ <cas>]\r\n`: [`reply::value`] without the data, which follows
-/// by reference.
-fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: Option<u64>) {
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(b"VALUE ");
-    out.extend_from_slice(key);
-    out.push(b' ');
-    out.extend_from_slice(num.format(flags).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(num.format(len).as_bytes());
-    if let Some(cas) = cas {
-        out.push(b' ');
-        out.extend_from_slice(num.format(cas).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
 }
