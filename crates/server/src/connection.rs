@@ -290,8 +290,7 @@ impl Unsent {
         out.truncate(self.from);
         // A value at `from` was added after the queue began: a value is always followed by
         // its CRLF in `out`, so one sent earlier lies before `from`.
-        spliced.values.retain(|(offset, _)| *offset < self.from);
-        spliced.bytes = spliced.values.iter().map(|(_, value)| value.len()).sum();
+        spliced.retain(|offset| offset < self.from);
         self.requests = 0;
     }
 }

@@ -30,6 +30,14 @@ pub struct Spliced {
     pub bytes: usize,
 }
 
+impl Spliced {
+    /// Keeps the values whose offset `keep` accepts, after the output was cut back.
+    pub fn retain(&mut self, keep: impl Fn(usize) -> bool) {
+        self.values.retain(|(offset, _)| keep(*offset));
+        self.bytes = self.values.iter().map(|(_, value)| value.len()).sum();
+    }
+}
+
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
