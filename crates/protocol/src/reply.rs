@@ -60,20 +60,26 @@ pub fn line(out: &mut Vec<u8>, line: &[u8]) {
 
 /// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`.
 pub fn value(out: &mut Vec<u8>, key: &[u8], flags: u32, data: &[u8], cas: Option<u64>) {
-    let mut num = itoa::Buffer::new();
     out.reserve(key.len() + data.len() + 48);
+    value_header(out, key, flags, data.len(), cas);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `VALUE <key> <flags> <bytes>[ <cas>]\r\n`: the line [`value`] puts before the data, for a
+/// caller that sends the data from elsewhere.
+pub fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: Option<u64>) {
+    let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"VALUE ");
     out.extend_from_slice(key);
     out.push(b' ');
     out.extend_from_slice(num.format(flags).as_bytes());
     out.push(b' ');
-    out.extend_from_slice(num.format(data.len()).as_bytes());
+    out.extend_from_slice(num.format(len).as_bytes());
     if let Some(cas) = cas {
         out.push(b' ');
         out.extend_from_slice(num.format(cas).as_bytes());
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -92,8 +92,7 @@ impl Session<'_> {
             self.out.truncate(keep);
             if let Some(spliced) = spliced {
                 // A value ends its packet, so one at `keep` belongs to the packet before.
-                spliced.values.retain(|(offset, _)| *offset <= keep);
-                spliced.bytes = spliced.values.iter().map(|(_, v)| v.len()).sum();
+                spliced.retain(|offset| offset <= keep);
             }
             state.held = 0;
         } else if !queued && !matches!(next, Next::Swallow(_)) && sent_at_once(&self.out[start..]) {

@@ -290,8 +290,7 @@ impl Unsent {
         out.truncate(self.from);
         // A value at `from` was added after the queue began: a value is always followed by
         // its CRLF in `out`, so one sent earlier lies before `from`.
-        spliced.values.retain(|(offset, _)| *offset < self.from);
-        spliced.bytes = spliced.values.iter().map(|(_, value)| value.len()).sum();
+        spliced.retain(|offset| offset < self.from);
         self.requests = 0;
     }
 }
@@ -1043,16 +1042,17 @@ mod tests {
         request.extend_from_slice(b"mn\r\n");
         expected.extend_from_slice(b"MN\r\n");
         let reply = call(addr, &request, b"MN\r\n").await;
-        let at = reply
-            .iter()
-            .zip(&expected)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let at = equal_up_to(&reply, &expected);
         assert!(
             reply == expected,
             "the mg replies differ from the values in order at byte {at}: {:?}",
             String::from_utf8_lossy(&reply[at.saturating_sub(40)..(at + 40).min(reply.len())])
         );
+    }
+
+    /// How many leading bytes `a` and `b` have in common.
+    fn equal_up_to(a: &[u8], b: &[u8]) -> usize {
+        a.iter().zip(b).take_while(|(x, y)| x == y).count()
     }
 
     /// A binary request packet with no extras and no value.
@@ -1129,11 +1129,7 @@ mod tests {
             reply[at + 16..at + 24].fill(0);
             at += 24 + body;
         }
-        let same = reply
-            .iter()
-            .zip(&expected)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let same = equal_up_to(&reply, &expected);
         assert!(
             reply == expected,
             "{} bytes expected, {} received, equal up to byte {same}",

@@ -30,6 +30,14 @@ pub struct Spliced {
     pub bytes: usize,
 }
 
+impl Spliced {
+    /// Keeps the values whose offset `keep` accepts, after the output was cut back.
+    pub fn retain(&mut self, keep: impl Fn(usize) -> bool) {
+        self.values.retain(|(offset, _)| keep(*offset));
+        self.bytes = self.values.iter().map(|(_, value)| value.len()).sum();
+    }
+}
+
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -340,7 +348,7 @@ impl Session<'_> {
             let cas = with_cas.then_some(view.cas);
             match spliced {
                 Some(spliced) if view.value.len() >= SPLICE_MIN => {
-                    value_header(out, view.key, view.flags, view.value.len(), cas);
+                    reply::value_header(out, view.key, view.flags, view.value.len(), cas);
                     spliced.bytes += view.value.len();
                     spliced.values.push((out.len(), item.shared_value()));
                     out.extend_from_slice(b"\r\n");
@@ -382,21 +390,4 @@ impl Session<'_> {
             Invalid::Close => Next::Close,
         }
     }
-}
-
-/// `VALUE <key> <flags> <bytes>[ <cas>]\r\n`: [`reply::value`] without the data, which follows
-/// by reference.
-fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: Option<u64>) {
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(b"VALUE ");
-    out.extend_from_slice(key);
-    out.push(b' ');
-    out.extend_from_slice(num.format(flags).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(num.format(len).as_bytes());
-    if let Some(cas) = cas {
-        out.push(b' ');
-        out.extend_from_slice(num.format(cas).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
 }
