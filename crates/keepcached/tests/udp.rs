@@ -12,9 +12,9 @@ use keepcached_testkit::{env, escape, ServerProcess};
 /// memcached's largest reply datagram, header included.
 const MAX_DATAGRAM: usize = 1400;
 /// How long to wait for one more datagram before a reply is taken as complete (or absent).
-const QUIET: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_secs(1);
 /// How long the first datagram of a reply is waited for (a request that gets none costs this).
-const FIRST: Duration = Duration::from_secs(1);
+const FIRST: Duration = Duration::from_secs(2);
 /// How long a reply message whose datagrams have not all arrived is waited for.
 const INCOMPLETE: Duration = Duration::from_secs(10);
 
