@@ -593,18 +593,18 @@ fn verify(reply: Reply, opaque: Option<&Opaque>) -> Result<Reply, String> {
         .iter()
         .position(|&b| b == b'\n')
         .map_or(raw.len(), |i| i + 1);
-    let mut needle = b" O".to_vec();
-    needle.extend_from_slice(&opaque.token);
     let line = &raw[..line_end];
+    let needle = 2 + opaque.token.len();
     let at = (0..line.len())
         .find(|&at| {
-            line[at..].starts_with(&needle)
-                && matches!(line.get(at + needle.len()), Some(b' ' | b'\r' | b'\n'))
+            line[at..].starts_with(b" O")
+                && line[at + 2..].starts_with(&opaque.token)
+                && matches!(line.get(at + needle), Some(b' ' | b'\r' | b'\n'))
         })
         .ok_or_else(|| "opaque token not where expected".to_string())?;
-    let mut stripped = BytesMut::with_capacity(raw.len() - needle.len());
+    let mut stripped = BytesMut::with_capacity(raw.len() - needle);
     stripped.extend_from_slice(&raw[..at]);
-    stripped.extend_from_slice(&raw[at + needle.len()..]);
+    stripped.extend_from_slice(&raw[at + needle..]);
     owned_reply(stripped.freeze(), Expect::Line, &mut Partial::default())
 }
 
