@@ -724,6 +724,11 @@ fn assemble(
         // key found by offset), a status or number holds nothing of the buffer.
         let reply = match (expect, parsed.response) {
             (Expect::Values, Response::Value { key, .. }) => {
+                // A get is answered at most one value per key asked: a server that sends more
+                // is out of step, and is stopped before the list grows without bound.
+                if partial.values.len() >= keys {
+                    return Err(format!("more values than the {keys} keys asked"));
+                }
                 let key_at = key.as_ptr() as usize - rbuf.as_ptr() as usize;
                 let (Ok(key_at), Ok(key_len)) = (u16::try_from(key_at), u16::try_from(key.len()))
                 else {
@@ -911,6 +916,12 @@ mod tests {
         ));
         let mut rbuf = BytesMut::from(&b"HD\r\nHD\r\nMN\r\n"[..]);
         assert!(assemble(&mut rbuf, Expect::UntilNoop, 0, &mut Partial::default()).is_err());
+    }
+
+    #[test]
+    fn a_get_answered_with_more_values_than_keys_asked_is_refused() {
+        let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::Values, 1, &mut Partial::default()).is_err());
     }
 
     fn get_job(head: &'static [u8]) -> (Job, oneshot::Receiver<Result<Reply, BackendError>>) {
