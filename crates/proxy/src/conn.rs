@@ -60,6 +60,9 @@ const MERGED_LINE_MAX: usize = 8 * 1024;
 /// The sync point that ends a batch holding replies that cannot check themselves, and its reply.
 const SYNC: &[u8] = b"mn\r\n";
 const SYNC_REPLY: &[u8] = b"MN\r\n";
+/// The longest reply with a data block a server may announce: memcached's largest item size
+/// (`-I 1024m`) and a reply line.
+const MAX_REPLY: usize = (1 << 30) + 64 * 1024;
 
 /// Opens a connection to a server. It is closed abortively (SO_LINGER 0: a reset, and whatever
 /// is still queued in this host's kernel is dropped): a connection is only ever closed because
@@ -714,6 +717,11 @@ fn assemble(
             Ok(parsed) => parsed,
             Err(incomplete) => {
                 if let Some(needed) = incomplete.needed {
+                    // A length no value can have is refused before it is reserved: a failed
+                    // allocation would end the process.
+                    if needed > MAX_REPLY {
+                        return Err(format!("a reply of {needed} bytes, more than any value"));
+                    }
                     rbuf.reserve(needed.saturating_sub(rbuf.len()));
                 }
                 return Ok(None);
@@ -922,6 +930,13 @@ mod tests {
     fn a_get_answered_with_more_values_than_keys_asked_is_refused() {
         let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\n"[..]);
         assert!(assemble(&mut rbuf, Expect::Values, 1, &mut Partial::default()).is_err());
+    }
+
+    #[test]
+    fn a_reply_longer_than_any_value_is_refused_before_it_is_reserved() {
+        let mut rbuf = BytesMut::from(&b"VALUE a 0 1099511627776\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::Values, 1, &mut Partial::default()).is_err());
+        assert!(rbuf.capacity() < 1 << 20);
     }
 
     fn get_job(head: &'static [u8]) -> (Job, oneshot::Receiver<Result<Reply, BackendError>>) {
