@@ -60,6 +60,9 @@ const MERGED_LINE_MAX: usize = 8 * 1024;
 /// The sync point that ends a batch holding replies that cannot check themselves, and its reply.
 const SYNC: &[u8] = b"mn\r\n";
 const SYNC_REPLY: &[u8] = b"MN\r\n";
+/// The longest reply with a data block a server may announce: memcached's largest item size
+/// (`-I 1024m`) and a reply line.
+const MAX_REPLY: usize = (1 << 30) + 64 * 1024;
 
 /// Opens a connection to a server. It is closed abortively (SO_LINGER 0: a reset, and whatever
 /// is still queued in this host's kernel is dropped): a connection is only ever closed because
@@ -593,18 +596,18 @@ fn verify(reply: Reply, opaque: Option<&Opaque>) -> Result<Reply, String> {
         .iter()
         .position(|&b| b == b'\n')
         .map_or(raw.len(), |i| i + 1);
-    let mut needle = b" O".to_vec();
-    needle.extend_from_slice(&opaque.token);
     let line = &raw[..line_end];
+    let needle = 2 + opaque.token.len();
     let at = (0..line.len())
         .find(|&at| {
-            line[at..].starts_with(&needle)
-                && matches!(line.get(at + needle.len()), Some(b' ' | b'\r' | b'\n'))
+            line[at..].starts_with(b" O")
+                && line[at + 2..].starts_with(&opaque.token)
+                && matches!(line.get(at + needle), Some(b' ' | b'\r' | b'\n'))
         })
         .ok_or_else(|| "opaque token not where expected".to_string())?;
-    let mut stripped = BytesMut::with_capacity(raw.len() - needle.len());
+    let mut stripped = BytesMut::with_capacity(raw.len() - needle);
     stripped.extend_from_slice(&raw[..at]);
-    stripped.extend_from_slice(&raw[at + needle.len()..]);
+    stripped.extend_from_slice(&raw[at + needle..]);
     owned_reply(stripped.freeze(), Expect::Line, &mut Partial::default())
 }
 
@@ -714,6 +717,11 @@ fn assemble(
             Ok(parsed) => parsed,
             Err(incomplete) => {
                 if let Some(needed) = incomplete.needed {
+                    // A length no value can have is refused before it is reserved: a failed
+                    // allocation would end the process.
+                    if needed > MAX_REPLY {
+                        return Err(format!("a reply of {needed} bytes, more than any value"));
+                    }
                     rbuf.reserve(needed.saturating_sub(rbuf.len()));
                 }
                 return Ok(None);
@@ -724,6 +732,11 @@ fn assemble(
         // key found by offset), a status or number holds nothing of the buffer.
         let reply = match (expect, parsed.response) {
             (Expect::Values, Response::Value { key, .. }) => {
+                // A get is answered at most one value per key asked: a server that sends more
+                // is out of step, and is stopped before the list grows without bound.
+                if partial.values.len() >= keys {
+                    return Err(format!("more values than the {keys} keys asked"));
+                }
                 let key_at = key.as_ptr() as usize - rbuf.as_ptr() as usize;
                 let (Ok(key_at), Ok(key_len)) = (u16::try_from(key_at), u16::try_from(key.len()))
                 else {
@@ -911,6 +924,19 @@ mod tests {
         ));
         let mut rbuf = BytesMut::from(&b"HD\r\nHD\r\nMN\r\n"[..]);
         assert!(assemble(&mut rbuf, Expect::UntilNoop, 0, &mut Partial::default()).is_err());
+    }
+
+    #[test]
+    fn a_get_answered_with_more_values_than_keys_asked_is_refused() {
+        let mut rbuf = BytesMut::from(&b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::Values, 1, &mut Partial::default()).is_err());
+    }
+
+    #[test]
+    fn a_reply_longer_than_any_value_is_refused_before_it_is_reserved() {
+        let mut rbuf = BytesMut::from(&b"VALUE a 0 1099511627776\r\n"[..]);
+        assert!(assemble(&mut rbuf, Expect::Values, 1, &mut Partial::default()).is_err());
+        assert!(rbuf.capacity() < 1 << 20);
     }
 
     fn get_job(head: &'static [u8]) -> (Job, oneshot::Receiver<Result<Reply, BackendError>>) {

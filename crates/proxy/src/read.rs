@@ -316,7 +316,6 @@ pub async fn meta_get(
 ) -> Result<Reply, ProxyError> {
     let counters = ctx.stats.counters();
     let router = ctx.router();
-    let replicas = router.replicas(key);
     let mut reasons = Vec::new();
     for &id in router.read_order(key).as_slice() {
         let backend = router.backend(id);
@@ -336,6 +335,8 @@ pub async fn meta_get(
                     }
                 );
                 if let (Some(exptime), true) = (touch, hit) {
+                    // Every replica, those read_order left out too; hashed again only here.
+                    let replicas = router.replicas(key);
                     let others = replicas.as_slice().iter().filter(|&&o| o != id);
                     let mut touches: FuturesUnordered<_> =
                         others.map(|&o| touch_one(ctx, o, key, exptime)).collect();
