@@ -220,7 +220,10 @@ fn number(word: &[u8]) -> Option<u64> {
 
 /// Splits a data block of `len` bytes after the line; `Err` while it has not fully arrived.
 fn data_block(buf: &[u8], line_len: usize, len: usize) -> Result<Option<&[u8]>, Incomplete> {
-    let total = line_len + len + 2;
+    // A length no buffer can hold (a server's bytes, not ours) is a bad reply, not an overflow.
+    let Some(total) = line_len.checked_add(len).and_then(|t| t.checked_add(2)) else {
+        return Ok(None);
+    };
     if buf.len() < total {
         return Err(Incomplete {
             needed: Some(total),
@@ -347,6 +350,16 @@ mod tests {
                 data: b"\r\n\r\n",
                 cas: None
             }
+        );
+    }
+
+    #[test]
+    fn a_value_length_past_any_buffer_is_a_bad_reply() {
+        let line = format!("VALUE k 0 {}\r\nabc", u64::MAX);
+        let parsed = parse_response(line.as_bytes()).expect("answered, not incomplete");
+        assert!(
+            matches!(parsed.response, Response::Unknown(_)),
+            "{parsed:?}"
         );
     }
 
