@@ -398,7 +398,6 @@ impl ProxyConfig {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
 
-    /// Checks everything that can be checked without the network, and returns the parsed pools.
     /// How many worker threads to run: `threads`, or one per CPU.
     pub fn worker_threads(&self) -> usize {
         match self.threads {
@@ -407,6 +406,7 @@ impl ProxyConfig {
         }
     }
 
+    /// Checks everything that can be checked without the network, and returns the parsed pools.
     pub fn validate(&self) -> Result<Vec<PoolSpec>, ConfigError> {
         if self.pools.is_empty() {
             return Err(ConfigError::invalid(
@@ -773,6 +773,53 @@ impl ProxyArgs {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// docs/proxy-config.md promises a complete file with every key at its default: the file
+    /// parses, every key `--print-config` prints appears in it, and apart from the pools it
+    /// equals the defaults.
+    #[test]
+    fn the_reference_in_docs_is_complete_and_its_defaults_true() {
+        let doc = include_str!("../../../docs/proxy-config.md");
+        let block = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block in docs/proxy-config.md");
+        let documented = ProxyConfig::from_toml(block, std::path::Path::new("proxy-config.md"))
+            .expect("the documented file parses");
+        let defaults = ProxyConfig::from_toml(
+            "[[pools]]\nname = \"main\"\nservers = [\"a:1\"]\n",
+            std::path::Path::new("defaults"),
+        )
+        .expect("a minimal file parses");
+        assert_eq!(
+            ProxyConfig {
+                pools: defaults.pools.clone(),
+                ..documented.clone()
+            },
+            defaults,
+            "a default in docs/proxy-config.md is not the code's"
+        );
+        let printed: toml::Table = toml::from_str(&defaults.to_toml()).expect("printed config");
+        let mut block_keys = String::new();
+        for line in block.lines().map(str::trim_start) {
+            block_keys.push_str(line.trim_start_matches("# "));
+            block_keys.push('\n');
+        }
+        for (key, value) in &printed {
+            let nested = value.as_table().into_iter().flatten();
+            for name in std::iter::once(key).chain(nested.map(|(k, _)| k)) {
+                assert!(
+                    block_keys
+                        .lines()
+                        .any(|l| l.starts_with(&format!("{name} = "))
+                            || l.starts_with(&format!("[{name}]"))
+                            || l.starts_with(&format!("[[{name}]]"))),
+                    "docs/proxy-config.md does not document {name}"
+                );
+            }
+        }
+    }
 
     #[derive(Parser)]
     struct Cli {
