@@ -247,6 +247,9 @@ pub struct Health {
     pub back_up: Notify,
     /// Wakes the supervisor: a miss, a failure, a closed connection, an operator's order.
     pub wake: Notify,
+    /// Signalled when the supervisor has seen who the server is after a connection closed, and
+    /// at every change of state: reads waiting in [`Health::verified_by`] look again.
+    verified: Notify,
     pub standing: Mutex<Standing>,
     missed_limit: usize,
     /// Another proxy can learn this server missed writes (ledger.rs): set once the mark is on
@@ -356,6 +359,7 @@ impl Health {
             shutdown,
             stop,
             back_up: Notify::new(),
+            verified: Notify::new(),
             wake: Notify::new(),
             standing: Mutex::new(Standing::default()),
             hold_returning,
@@ -393,6 +397,36 @@ impl Health {
         if from != to {
             *self.since.lock() = Instant::now();
             tracing::info!(backend = %self.addr, %from, %to, reason, "backend state changed");
+            self.verified.notify_waiters();
+        }
+    }
+
+    /// Whether reads of the server wait rather than fail over: a connection to it closed a
+    /// moment ago and its supervisor is seeing who it is (within milliseconds, unless it is
+    /// failing), while it still takes writes. With no other replica to read, answering
+    /// `SERVER_ERROR` for that moment would fail reads a live server can answer.
+    pub fn awaits_verification(&self) -> bool {
+        self.state().takes_writes() && self.standing.lock().unverified
+    }
+
+    /// The supervisor has seen who the server is (and cleared `unverified` with whatever else
+    /// that showed, under one lock): wakes the reads waiting for it.
+    pub fn notify_verified(&self) {
+        self.verified.notify_waiters();
+    }
+
+    /// Waits until [`Health::awaits_verification`] is false, or until `deadline`.
+    pub async fn verified_by(&self, deadline: tokio::time::Instant) {
+        loop {
+            let notified = self.verified.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a verification in between is not missed.
+            notified.as_mut().enable();
+            if !self.awaits_verification()
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                return;
+            }
         }
     }
 

@@ -47,6 +47,8 @@ struct Wanted<'a> {
     request: usize,
     /// No replica was left to ask.
     unavailable: bool,
+    /// It already waited for a replica's verification ([`await_verification`]).
+    waited: bool,
 }
 
 /// A get request's answer so far, across the windows its keys are read in.
@@ -143,21 +145,40 @@ async fn read_part<'a>(
             served_by: None,
             request,
             unavailable: false,
+            waited: false,
         })
         .collect();
     Stats::add(&counters.cmd_get, wanted.len() as u64);
     let mut todo: Vec<usize> = (0..wanted.len()).collect();
-    while !todo.is_empty() {
+    let mut waiting = Vec::new();
+    loop {
         todo.retain(|&i| match next_healthy(&router, &mut wanted[i], reasons) {
             Some(id) => {
                 wanted[i].target = id;
                 true
+            }
+            None if !wanted[i].waited && awaits_verification(&router, wanted[i].key) => {
+                waiting.push(i);
+                false
             }
             None => {
                 wanted[i].unavailable = true;
                 false
             }
         });
+        if todo.is_empty() {
+            if waiting.is_empty() {
+                break;
+            }
+            let keys = waiting.iter().map(|&i| wanted[i].key);
+            await_verification(&router, keys).await;
+            for i in waiting.drain(..) {
+                let w = &mut wanted[i];
+                (w.replicas, w.next, w.waited) = (router.read_order(w.key), 0, true);
+                todo.push(i);
+            }
+            continue;
+        }
         // Each server's keys side by side: a group is a run of `batch`, so the usual case (all
         // keys on one server) allocates nothing to group them.
         todo.sort_unstable_by_key(|&i| wanted[i].target);
@@ -305,6 +326,32 @@ fn fail(ctx: &Context, request: usize, reasons: &[(usize, BackendError)], out: &
     answer_with::unavailable(ctx, &ProxyError::Unavailable { reasons }, out);
 }
 
+/// Whether a replica of `key` is being verified after a connection to it closed
+/// ([`crate::health::Health::awaits_verification`]): a read with nothing else to ask waits for
+/// it rather than failing.
+fn awaits_verification(router: &Router, key: &[u8]) -> bool {
+    router
+        .replicas(key)
+        .as_slice()
+        .iter()
+        .any(|&id| router.backend(id).health.awaits_verification())
+}
+
+/// Waits until no replica of `keys` is being verified, at most one request timeout in all: the
+/// supervisor of a live server answers within milliseconds, and a dead one is marked down.
+async fn await_verification<'k>(router: &Router, keys: impl Iterator<Item = &'k [u8]>) {
+    let mut deadline = None;
+    for key in keys {
+        for &id in router.replicas(key).as_slice() {
+            let health = &router.backend(id).health;
+            let deadline = *deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now() + health.settings.request_timeout()
+            });
+            health.verified_by(deadline).await;
+        }
+    }
+}
+
 /// `mg` or `me` of `key` (`call` is the request as the client sent it): the first answer of a
 /// healthy replica, in replica order. `touch`: the TTL an `mg` with `T` set, given to the other
 /// replicas after a hit.
@@ -317,7 +364,12 @@ pub async fn meta_get(
     let counters = ctx.stats.counters();
     let router = ctx.router();
     let mut reasons = Vec::new();
-    for &id in router.read_order(key).as_slice() {
+    let mut order = router.read_order(key);
+    if order.as_slice().is_empty() && awaits_verification(&router, key) {
+        await_verification(&router, std::iter::once(key)).await;
+        order = router.read_order(key);
+    }
+    for &id in order.as_slice() {
         let backend = router.backend(id);
         if backend.health.read_rank(key).is_none() {
             reasons.push(BackendError::Down {

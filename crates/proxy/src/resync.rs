@@ -298,6 +298,7 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         }
         !standing.clean()
     };
+    health.notify_verified();
     if health.ledger_marked.load(Ordering::Acquire) && !marks.ours && marks.complete && serving {
         // Its mark was removed (another proxy flushed the server, a flush_all, an eviction)
         // while this proxy still knows of misses: they must be known again.

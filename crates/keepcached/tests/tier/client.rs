@@ -74,12 +74,24 @@ impl Client {
     }
 
     /// The value of `key`, `None` on a miss.
+    /// An error line (`SERVER_ERROR …`) is an `io::Error`: it is not a miss.
     pub async fn get(&mut self, key: &str) -> io::Result<Option<String>> {
+        self.get_or_error(key).await?.map_err(io::Error::other)
+    }
+
+    /// The value of `key` (`None` on a miss), or the error line the server answered with.
+    pub async fn get_or_error(&mut self, key: &str) -> io::Result<Result<Option<String>, String>> {
         let reply = self.call(&format!("get {key}\r\n")).await?;
-        Ok(reply
+        if ["ERROR", "CLIENT_ERROR", "SERVER_ERROR"]
+            .iter()
+            .any(|e| reply.starts_with(e))
+        {
+            return Ok(Err(reply));
+        }
+        Ok(Ok(reply
             .strip_prefix("VALUE ")
             .and_then(|rest| rest.split("\r\n").nth(1))
-            .map(str::to_string))
+            .map(str::to_string)))
     }
 }
 

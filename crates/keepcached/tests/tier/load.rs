@@ -46,6 +46,9 @@ pub struct Counts {
     pub stale: AtomicU64,
     /// Misses after an acknowledged set, with nothing unsettled.
     pub lost: AtomicU64,
+    /// Reads answered with an error line (no replica could be read): an outage the client is
+    /// told of, not a miss.
+    pub read_errors: AtomicU64,
     pub writes: AtomicU64,
     /// Clients stopped by a failed connection.
     pub failed: AtomicU64,
@@ -57,11 +60,12 @@ impl fmt::Display for Counts {
         let n = |count: &AtomicU64| count.load(Ordering::Relaxed);
         write!(
             f,
-            "writes={} reads={} stale_reads={} lost_writes={}",
+            "writes={} reads={} stale_reads={} lost_writes={} read_errors={}",
             n(&self.writes),
             n(&self.reads),
             n(&self.stale),
-            n(&self.lost)
+            n(&self.lost),
+            n(&self.read_errors)
         )
     }
 }
@@ -126,13 +130,17 @@ impl Load {
                     let key = format!("k{}:{}", i % WRITERS, (i / WRITERS) % KEYS_EACH);
                     i += 1;
                     let before = acked.lock().unwrap().get(&key).copied();
-                    let Ok(value) = client.get(&key).await else {
+                    let Ok(read) = client.get_or_error(&key).await else {
                         counts.failed.fetch_add(1, Ordering::Relaxed);
                         break;
                     };
                     let settled = before.is_some_and(|b| !b.unsettled)
                         && acked.lock().unwrap().get(&key).copied() == before;
                     counts.reads.fetch_add(1, Ordering::Relaxed);
+                    let Ok(value) = read else {
+                        counts.read_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let Some(ack) = before else {
                         continue;
                     };

@@ -110,6 +110,44 @@ async fn a_stopped_server_is_a_black_hole_that_costs_one_timeout() {
     proxy.stop().await;
 }
 
+/// The only readable replica stalls past the request timeout, so its connection is closed and
+/// it is not read until its supervisor has seen it is the same process: a read that has no
+/// other replica waits for that (within one request timeout) and is served, instead of
+/// answering `SERVER_ERROR` for a server that is back a moment later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waits_for_its_only_replica_to_be_verified() {
+    let only = memcached();
+    let mut settings = config(&[&[&only]]);
+    // Long enough for the test to see the stall and end it inside the read's wait; failures
+    // never mark the server down here.
+    settings.backend.request_timeout_ms = 2_000;
+    settings.backend.failure_limit = 100;
+    let proxy = ProxyHandle::start(settings).await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.set("verified", "v").await, "STORED\r\n");
+    only.signal("STOP");
+    let reader = {
+        let mut reader = proxy.client().await;
+        tokio::spawn(async move { reader.call("get verified\r\n").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .call("stats backends\r\n")
+        .await
+        .contains(" timeouts=0 ")
+    {
+        assert!(Instant::now() < deadline, "the read never timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    only.signal("CONT");
+    assert_eq!(
+        reader.await.unwrap(),
+        "VALUE verified 0 1\r\nv\r\nEND\r\n",
+        "the read failed while its only replica was being verified"
+    );
+    proxy.stop().await;
+}
+
 /// With every replica down the client gets a clear SERVER_ERROR within the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_replicas_down_is_a_server_error_within_the_timeout() {
