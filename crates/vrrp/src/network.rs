@@ -61,7 +61,6 @@ impl VrrpSocket {
         multicast: bool,
     ) -> io::Result<VrrpSocket> {
         let s = raw(Domain::IPV6, ifname)?;
-        s.set_only_v6(true)?;
         s.bind(&SocketAddrV6::new(source, 0, 0, ifindex).into())?;
         s.set_multicast_hops_v6(u32::from(TTL))?;
         s.set_unicast_hops_v6(u32::from(TTL))?;
