@@ -2,17 +2,22 @@
 //! Debian's keepalived 2.2 elect the higher priority, which holds the IPv6
 //! VIP; a client in a third namespace reaches it and, after the master is
 //! killed, follows it to the other host because of the new master's
-//! unsolicited neighbour advertisement; and one daemon runs an IPv4 and an
-//! IPv6 instance side by side.
+//! unsolicited neighbour advertisement; adverts that are routed, not from a
+//! link-local address, badly summed or otherwise wrong are discarded with
+//! their reason; and one daemon runs an IPv4 and an IPv6 instance side by
+//! side.
 
 // Each test binary uses only part of the shared helpers.
 #[allow(dead_code)]
 mod vrrp_topology;
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use keepcached_vrrp::packet::{Advert, Auth, ChecksumMode, Version, MULTICAST_V6};
 use nix::sys::signal::Signal;
+use socket2::{Domain, Protocol, Socket, Type};
 use vrrp_topology::{root_or_skip, Topology, VIP, VIP6};
 
 const HOSTS: [&str; 2] = ["h1", "h2"];
@@ -238,4 +243,120 @@ fn one_daemon_runs_an_ipv4_and_an_ipv6_instance() {
     t.wait_holder_of(&HOSTS, "h2", VIP6, s(3));
     let log = t.wait_log("h2-vrrpd.log", "V6", s(1));
     assert_eq!(log.matches("-> MASTER").count(), 2, "{log}");
+}
+
+/// `host`'s link-local address on eth0.
+fn link_local(t: &Topology, host: &str) -> Ipv6Addr {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &t.ns(host),
+            "-6",
+            "-br",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .args(["scope", "link"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let addr = text
+        .split_whitespace()
+        .nth(2)
+        .expect("a link-local address");
+    addr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Sends one advert from `src` with hop limit `hops` to ff02::12 out of
+/// `host`'s eth0.
+fn inject(t: &Topology, host: &str, src: Ipv6Addr, hops: u32, payload: &[u8]) {
+    let _in_host = t.enter(host);
+    let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(112))).unwrap();
+    socket.bind_device(Some(b"eth0")).unwrap();
+    socket
+        .bind(&SocketAddrV6::new(src, 0, 0, ifindex).into())
+        .unwrap();
+    socket.set_multicast_hops_v6(hops).unwrap();
+    socket.set_multicast_if_v6(ifindex).unwrap();
+    socket
+        .send_to(
+            payload,
+            &SocketAddrV6::new(MULTICAST_V6, 0, 0, ifindex).into(),
+        )
+        .unwrap();
+}
+
+#[test]
+fn bad_ipv6_adverts_are_discarded_with_their_reason() {
+    if !root_or_skip("bad_ipv6_adverts_are_discarded_with_their_reason") {
+        return;
+    }
+    let s = Duration::from_secs;
+    let mut t = Topology::new(2);
+    t.start_vrrpd("h1", "--config", &keepcached_conf(150));
+    t.wait_holder_of(&HOSTS, "h1", VIP6, s(6));
+    let ll = link_local(&t, "h2");
+    let global: Ipv6Addr = "2001:2::2".parse().unwrap();
+    // Each would take the VIP from h1 (priority 200) if it were accepted.
+    let advert = Advert {
+        version: Version::V3,
+        vrid: 61,
+        priority: 200,
+        interval_cs: 100,
+        auth: Auth::None,
+        addresses: vec![VIP6.parse().unwrap()],
+    };
+    let encode = |a: &Advert, src: Ipv6Addr| {
+        a.encode(
+            IpAddr::V6(src),
+            IpAddr::V6(MULTICAST_V6),
+            ChecksumMode::PseudoHeader,
+        )
+    };
+    let mut bad_sum = encode(&advert, ll);
+    bad_sum[7] ^= 0xff;
+    let other_list = Advert {
+        addresses: vec!["2001:2::200".parse().unwrap()],
+        ..advert.clone()
+    };
+    let cases = [
+        (ll, 64, encode(&advert, ll), "hop limit 64 instead of 255"),
+        (
+            global,
+            255,
+            encode(&advert, global),
+            "source address is not link-local",
+        ),
+        (ll, 255, bad_sum, "bad checksum"),
+        (
+            ll,
+            255,
+            encode(&other_list, ll),
+            "virtual address list differs from ours",
+        ),
+    ];
+    for (src, hops, payload, why) in &cases {
+        inject(&t, "h2", *src, *hops, payload);
+        t.wait_log(
+            "h1-vrrpd.log",
+            &format!("WARN keepcached_vrrp::daemon: advert from {src} discarded: {why}"),
+            s(2),
+        );
+        assert!(t.has_addr("h1", VIP6), "{why}: h1 let go\n{}", t.logs());
+    }
+    // The same advert, well formed, is obeyed: h1 gives way.
+    let start = Instant::now();
+    while t.has_addr("h1", VIP6) {
+        assert!(
+            start.elapsed() < s(3),
+            "h1 ignored a valid advert\n{}",
+            t.logs()
+        );
+        inject(&t, "h2", ll, 255, &encode(&advert, ll));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.wait_log("h1-vrrpd.log", "MASTER -> BACKUP", s(1));
 }
