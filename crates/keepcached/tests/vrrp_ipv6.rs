@@ -211,13 +211,44 @@ fn keepalived_master_keepcached_backup_over_ipv6() {
 
 /// Two instances under the same VRID, one per family: the families are
 /// separate protocols, so they neither clash nor see each other's adverts.
+/// The IPv6 one announces its address in one burst of 3.
 fn dual_conf(priority: u8) -> String {
     format!(
         "[[instance]]\nname = \"V4\"\ninterface = \"eth0\"\nvrid = 71\nversion = 3\n\
          priority = {priority}\nadvert_interval = 0.5\nvips = [{{ address = \"{VIP}/32\" }}]\n\n\
          [[instance]]\nname = \"V6\"\ninterface = \"eth0\"\nvrid = 71\nversion = 3\n\
-         priority = {priority}\nadvert_interval = 0.5\nvips = [{{ address = \"{VIP6}/64\" }}]\n"
+         priority = {priority}\nadvert_interval = 0.5\ngarp_master_repeat = 3\n\
+         garp_master_delay = 0\nvips = [{{ address = \"{VIP6}/64\" }}]\n"
     )
+}
+
+/// An ICMPv6 socket on `host`'s eth0, to watch neighbour advertisements.
+fn icmpv6_listener(t: &Topology, host: &str) -> Socket {
+    let _in_host = t.enter(host);
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
+    socket.bind_device(Some(b"eth0")).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    socket
+}
+
+/// The unsolicited neighbour advertisements (type 136, override set,
+/// solicited clear) for `target` that `socket` receives until `until`.
+fn unsolicited_nas(socket: &Socket, target: Ipv6Addr, until: Instant) -> usize {
+    use std::io::Read;
+    let mut n = 0;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < until {
+        let Ok(len) = (&*socket).read(&mut buf) else {
+            continue;
+        };
+        let m = &buf[..len];
+        if len >= 24 && m[0] == 136 && m[4] & 0x60 == 0x20 && m[8..24] == target.octets() {
+            n += 1;
+        }
+    }
+    n
 }
 
 #[test]
@@ -237,10 +268,19 @@ fn one_daemon_runs_an_ipv4_and_an_ipv6_instance() {
         let text = t.wait_log(log, "V6", s(1));
         assert!(!text.contains("discarded"), "{host}: {text}");
     }
-    // h1 stops: it gives up both, and h2 takes both.
+    // h1 stops: it gives up both, and h2 takes both and announces the IPv6
+    // one by exactly `garp_master_repeat` unsolicited advertisements.
+    let listener = icmpv6_listener(&t, "h1");
     t.signal(h1, Signal::SIGTERM);
     t.wait_holder_of(&HOSTS, "h2", VIP, s(3));
     t.wait_holder_of(&HOSTS, "h2", VIP6, s(3));
+    let target: Ipv6Addr = VIP6.parse().unwrap();
+    assert_eq!(
+        unsolicited_nas(&listener, target, Instant::now() + s(2)),
+        3,
+        "{}",
+        t.logs()
+    );
     let log = t.wait_log("h2-vrrpd.log", "V6", s(1));
     assert_eq!(log.matches("-> MASTER").count(), 2, "{log}");
 }
