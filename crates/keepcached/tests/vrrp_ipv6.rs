@@ -368,7 +368,7 @@ fn bad_ipv6_adverts_are_discarded_with_their_reason() {
             global,
             255,
             encode(&advert, global),
-            "source address is not link-local",
+            "multicast from a source that is not link-local",
         ),
         (ll, 255, bad_sum, "bad checksum"),
         (
@@ -399,4 +399,30 @@ fn bad_ipv6_adverts_are_discarded_with_their_reason() {
         std::thread::sleep(Duration::from_millis(100));
     }
     t.wait_log("h1-vrrpd.log", "MASTER -> BACKUP", s(1));
+}
+
+/// keepalived's `unicast_peer` over IPv6: adverts between global addresses.
+fn unicast_conf(me: u8, peer: u8, priority: u8) -> String {
+    format!(
+        "[[instance]]\nname = \"V6\"\ninterface = \"eth0\"\nvrid = 61\nversion = 3\n\
+         priority = {priority}\nsource = \"2001:2::{me}\"\nunicast_peers = [\"2001:2::{peer}\"]\n\
+         vips = [{{ address = \"{VIP6}/64\" }}]\n"
+    )
+}
+
+#[test]
+fn unicast_peers_over_ipv6() {
+    if !root_or_skip("unicast_peers_over_ipv6") {
+        return;
+    }
+    let s = Duration::from_secs;
+    let mut t = Topology::new(2);
+    let h1 = t.start_vrrpd("h1", "--config", &unicast_conf(1, 2, 150));
+    t.start_vrrpd("h2", "--config", &unicast_conf(2, 1, 100));
+    t.wait_holder_of(&HOSTS, "h1", VIP6, s(6));
+    t.stays_holder_of(&HOSTS, "h1", VIP6, s(2));
+    t.signal(h1, Signal::SIGTERM);
+    t.wait_holder_of(&HOSTS, "h2", VIP6, s(2));
+    let log = t.wait_log("h2-vrrpd.log", "-> MASTER", s(1));
+    assert!(log.contains("master 2001:2::1 left"), "{log}");
 }

@@ -143,7 +143,7 @@ pub enum DecodeError {
     BadTtl(u8),
     #[error("hop limit {0} instead of 255")]
     BadHopLimit(u8),
-    #[error("source address is not link-local")]
+    #[error("multicast from a source that is not link-local")]
     NotLinkLocal,
     #[error("advert shorter than its address list")]
     BadLength,
@@ -168,7 +168,7 @@ impl DecodeError {
             DecodeError::BadIpHeader | DecodeError::NotVrrp => "malformed IPv4 header",
             DecodeError::BadTtl(_) => "TTL other than 255",
             DecodeError::BadHopLimit(_) => "hop limit other than 255",
-            DecodeError::NotLinkLocal => "source not link-local",
+            DecodeError::NotLinkLocal => "multicast source not link-local",
             DecodeError::BadLength => "too short",
             DecodeError::BadVersion(_) => "unknown version",
             DecodeError::BadType(_) => "not an advertisement",
@@ -231,13 +231,15 @@ pub struct Ipv6Header {
 
 impl Ipv6Header {
     /// RFC 5798 §7.1: an advert whose hop limit is not 255 was routed, so it
-    /// did not come from this link; §5.1.2.1: its source is the sender's
-    /// link-local address.
+    /// did not come from this link; §5.1.2.1: a multicast advert's source is
+    /// the sender's link-local address. Unicast adverts (keepalived's
+    /// `unicast_peer`, outside the RFC) come from whatever source the peer
+    /// was given.
     pub fn check(&self) -> Result<(), DecodeError> {
         if self.hop_limit != TTL {
             return Err(DecodeError::BadHopLimit(self.hop_limit));
         }
-        if !is_link_local(self.src) {
+        if self.dst == MULTICAST_V6 && !is_link_local(self.src) {
             return Err(DecodeError::NotLinkLocal);
         }
         Ok(())
@@ -589,6 +591,11 @@ mod tests {
             ..ok
         };
         assert_eq!(global.check(), Err(DecodeError::NotLinkLocal));
+        let unicast = Ipv6Header {
+            dst: "2001:2::1".parse().unwrap(),
+            ..global
+        };
+        assert_eq!(unicast.check(), Ok(()));
         assert!(is_link_local("febf::1".parse().unwrap()));
         assert!(!is_link_local("fec0::1".parse().unwrap()));
     }
