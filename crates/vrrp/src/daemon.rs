@@ -481,25 +481,24 @@ impl Runner {
             .map_err(io_error(&cfg, format!("interface {}", cfg.interface)))?;
         let vips: Vec<IpAddr> = cfg.vips.iter().map(|v| v.address.addr).collect();
         let ipv6 = cfg.is_ipv6();
-        let found = if ipv6 {
-            link_local_ipv6(&cfg.interface, &vips).map(|a| a.map(IpAddr::V6))
-        } else {
-            primary_ipv4(&cfg.interface, &vips).map(|a| a.map(IpAddr::V4))
-        };
         let source = match cfg.source {
             Some(s) => s,
-            None => found
-                .map_err(io_error(&cfg, "reading addresses".into()))?
-                .ok_or_else(|| {
-                    io_error(&cfg, format!("interface {}", cfg.interface))(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        if ipv6 {
-                            "has no link-local IPv6 address to send adverts from"
-                        } else {
-                            "has no IPv4 address to send adverts from"
-                        },
-                    ))
-                })?,
+            None => if ipv6 {
+                link_local_ipv6(&cfg.interface, &vips).map(|a| a.map(IpAddr::V6))
+            } else {
+                primary_ipv4(&cfg.interface, &vips).map(|a| a.map(IpAddr::V4))
+            }
+            .map_err(io_error(&cfg, "reading addresses".into()))?
+            .ok_or_else(|| {
+                io_error(&cfg, format!("interface {}", cfg.interface))(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    if ipv6 {
+                        "has no link-local IPv6 address to send adverts from"
+                    } else {
+                        "has no IPv4 address to send adverts from"
+                    },
+                ))
+            })?,
         };
         let vip_ifindex = vip_interfaces(&cfg)?;
         let multicast = cfg.unicast_peers.is_empty();

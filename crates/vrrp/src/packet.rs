@@ -699,6 +699,29 @@ mod tests {
         }
 
         #[test]
+        fn any_ipv6_advert_round_trips(
+            vrid in 1u8..=255,
+            priority in any::<u8>(),
+            cs in 1u16..=4095,
+            addrs in proptest::collection::vec(any::<u128>(), 1..16),
+            src in any::<u128>(),
+        ) {
+            let src = IpAddr::V6(Ipv6Addr::from(src));
+            let dst = IpAddr::V6(MULTICAST_V6);
+            let advert = Advert {
+                version: Version::V3,
+                vrid,
+                priority,
+                interval_cs: cs,
+                auth: Auth::None,
+                addresses: addrs.into_iter().map(|a| IpAddr::V6(Ipv6Addr::from(a))).collect(),
+            };
+            let bytes = advert.encode(src, dst, ChecksumMode::PseudoHeader);
+            prop_assert_eq!(bytes.len(), 8 + 16 * advert.addresses.len());
+            prop_assert_eq!(Advert::decode(&bytes, src, dst, ChecksumMode::PseudoHeader), Ok(advert));
+        }
+
+        #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse_ipv4(&bytes);
             let _ = Advert::decode(&bytes, IpAddr::from(Ipv4Addr::LOCALHOST), GROUP, ChecksumMode::PseudoHeader);
