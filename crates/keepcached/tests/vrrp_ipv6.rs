@@ -152,8 +152,9 @@ fn wait_neighbour(t: &Topology, host: &str, mac: &str, limit: Duration) {
     }
 }
 
-/// One round: the higher priority on h1 (ours or keepalived), the other on
-/// h2; h3 is the client.
+/// One round: the higher priority on h1 (ours from TOML, or keepalived), the
+/// other on h2 (keepalived, or ours from the same keepalived.conf); h3 is the
+/// client.
 fn election_and_failover(ours_is_master: bool) {
     let s = Duration::from_secs;
     let mut t = Topology::new(3);
@@ -164,7 +165,8 @@ fn election_and_failover(ours_is_master: bool) {
         (pid, "keepcached")
     } else {
         let pid = t.start_keepalived("h1", &keepalived_conf(150));
-        t.start_vrrpd("h2", "--config", &keepcached_conf(100));
+        // Ours reads keepalived's own file here.
+        t.start_vrrpd("h2", "--keepalived-conf", &keepalived_conf(100));
         (pid, "keepalived")
     };
     t.wait_holder_of(&HOSTS, "h1", VIP6, s(8));
