@@ -158,7 +158,9 @@ fn hostile_adverts_never_move_the_vip_wrongly() {
     let mut no_auth = valid();
     no_auth.auth = Auth::None;
     let mut addresses = valid();
-    addresses.addresses.push(Ipv4Addr::new(198, 18, 0, 201).into());
+    addresses
+        .addresses
+        .push(Ipv4Addr::new(198, 18, 0, 201).into());
     let mut interval = valid();
     interval.interval_cs = 200;
     let mut vrid = valid();
