@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -60,12 +60,13 @@ pub struct InstanceConfig {
     pub preempt_delay: f64,
     #[serde(default)]
     pub checksum: Checksum,
-    /// Source address of adverts; the interface's first IPv4 address when absent.
+    /// Source address of adverts; when absent, the interface's first IPv4
+    /// address, or its link-local IPv6 address for an IPv6 instance.
     #[serde(default)]
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<IpAddr>,
     /// Send adverts to these peers instead of multicast.
     #[serde(default)]
-    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_peers: Vec<IpAddr>,
     #[serde(default = "yes")]
     pub check_advert_addresses: bool,
     /// After the master's priority-0 advert, wait at most 1 ms per priority
@@ -115,10 +116,16 @@ pub enum Checksum {
 }
 
 /// A virtual address, as `ip addr add ADDRESS/PREFIX dev DEV label LABEL`.
+/// The advertised addresses of an instance are all IPv4 (an IPv4 instance)
+/// or all IPv6 (an IPv6 instance, VRRPv3 only), as in keepalived.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vip {
     pub address: Cidr,
+    /// keepalived's `virtual_ipaddress_excluded`: held with the others but
+    /// not listed in adverts, so it may be of the other family.
+    #[serde(default)]
+    pub excluded: bool,
     /// The instance's interface when absent.
     #[serde(default)]
     pub dev: Option<String>,
@@ -126,27 +133,27 @@ pub struct Vip {
     pub label: Option<String>,
 }
 
-/// An IPv4 address with prefix length, written `a.b.c.d/len` (`/32` if omitted).
+/// An IPv4 or IPv6 address with prefix length, written `a.b.c.d/len` or
+/// `x:y::z/len` (a host prefix, /32 or /128, if omitted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Cidr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)),
-            None => (s, Some(32)),
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let bad = || format!("`{s}` is not an IPv4 or IPv6 address with optional /prefix");
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            "" => max,
+            p => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
         };
-        match (addr.parse(), prefix) {
-            (Ok(addr), Some(prefix)) => Ok(Cidr { addr, prefix }),
-            _ => Err(format!(
-                "`{s}` is not an IPv4 address with optional /prefix"
-            )),
-        }
+        Ok(Cidr { addr, prefix })
     }
 }
 
@@ -304,7 +311,8 @@ impl VrrpConfig {
             if !names.insert(&i.name) {
                 return Err(invalid(key, "duplicate instance name"));
             }
-            if !vrids.insert((&i.interface, i.vrid)) {
+            // The families are separate protocols: one VRID may serve both.
+            if !vrids.insert((&i.interface, i.vrid, i.is_ipv6())) {
                 return Err(invalid(
                     key,
                     format!("vrid {} used twice on {}", i.vrid, i.interface),
@@ -358,12 +366,14 @@ impl VrrpConfig {
                 ));
             }
         }
-        if i.vips.is_empty() {
+        let advertised: Vec<IpAddr> = i.advertised().collect();
+        if advertised.is_empty() {
             return Err(invalid(format!("{key}.vips"), "no virtual address"));
         }
-        if i.vips.len() > 255 {
+        if advertised.len() > 255 {
             return Err(invalid(format!("{key}.vips"), "more than 255 addresses"));
         }
+        validate_family(key, i, &advertised)?;
         for t in &i.track_script {
             if !self.script.contains_key(&t.name) {
                 return Err(invalid(
@@ -382,10 +392,7 @@ impl VrrpConfig {
             // The deadlock the old docs' recipe fell into: every host fails such a check
             // until it holds the VIP, and none takes the VIP while its check fails.
             let checked = check.address.ip();
-            if i.vips
-                .iter()
-                .any(|v| std::net::IpAddr::V4(v.address.addr) == checked)
-            {
+            if i.vips.iter().any(|v| v.address.addr == checked) {
                 return Err(invalid(
                     format!("proxy_check.{}.address", t.name),
                     format!(
@@ -410,6 +417,46 @@ impl VrrpConfig {
         }
         Ok(())
     }
+}
+
+/// keepalived's rule: the first advertised address makes the instance IPv4
+/// or IPv6, and every other advertised address, the source and the unicast
+/// peers must be of that family (excluded addresses may be of either).
+fn validate_family(key: &str, i: &InstanceConfig, advertised: &[IpAddr]) -> Result<(), ConfError> {
+    let v6 = advertised[0].is_ipv6();
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let mismatch = |what: &str, a: &IpAddr| {
+        invalid(
+            format!("{key}.{what}"),
+            format!(
+                "{a} is not {family}, as the instance's first virtual address is: \
+                 an instance is of one family (put an address of the other family \
+                 in another instance, or mark it `excluded = true`)"
+            ),
+        )
+    };
+    if let Some(a) = advertised.iter().find(|a| a.is_ipv6() != v6) {
+        return Err(mismatch("vips", a));
+    }
+    if let Some(a) = i.source.iter().find(|a| a.is_ipv6() != v6) {
+        return Err(mismatch("source", a));
+    }
+    if let Some(a) = i.unicast_peers.iter().find(|a| a.is_ipv6() != v6) {
+        return Err(mismatch("unicast_peers", a));
+    }
+    if v6 && i.version != 3 {
+        return Err(invalid(
+            format!("{key}.version"),
+            "IPv6 needs VRRPv3 (version = 3): VRRPv2 is IPv4 only (RFC 3768)",
+        ));
+    }
+    if v6 && i.checksum == Checksum::WithoutPseudoHeader {
+        return Err(invalid(
+            format!("{key}.checksum"),
+            "over IPv6 the checksum always covers the pseudo-header (RFC 5798 §5.2.8)",
+        ));
+    }
+    Ok(())
 }
 
 fn check_period(key: &str, interval: f64, timeout: f64) -> Result<(), ConfError> {
@@ -495,9 +542,22 @@ fn secs(s: f64) -> Duration {
 }
 
 impl InstanceConfig {
+    /// The addresses listed in adverts: all but the excluded ones.
+    pub fn advertised(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.vips
+            .iter()
+            .filter(|v| !v.excluded)
+            .map(|v| v.address.addr)
+    }
+
+    /// Whether this is an IPv6 instance: its first advertised address is.
+    pub fn is_ipv6(&self) -> bool {
+        self.advertised().next().is_some_and(|a| a.is_ipv6())
+    }
+
     /// State-machine parameters; `local_address` is the advert source address
     /// found on the interface (or `source`).
-    pub fn params(&self, local_address: Ipv4Addr) -> Params {
+    pub fn params(&self, local_address: IpAddr) -> Params {
         let version = if self.version == 3 {
             Version::V3
         } else {
@@ -512,7 +572,7 @@ impl InstanceConfig {
                 (Some(p), Version::V2) => Auth::pass(p),
                 _ => Auth::None,
             },
-            addresses: self.vips.iter().map(|v| v.address.addr).collect(),
+            addresses: self.advertised().collect(),
             preempt: self.preempt,
             preempt_delay: secs(self.preempt_delay),
             local_address,
@@ -560,6 +620,7 @@ impl ProxyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const EXAMPLE: &str = r#"
 [script.check_m]
@@ -607,7 +668,7 @@ notify = { master = "/bin/true master", any = "/usr/local/bin/notify" }
         assert_eq!(i.version, 2);
         assert!(i.preempt);
         assert_eq!(i.vips[0].address.to_string(), "192.168.111.100/32");
-        let p = i.params(Ipv4Addr::new(192, 168, 111, 4));
+        let p = i.params(IpAddr::from([192, 168, 111, 4]));
         assert_eq!(p.interval_cs, 100);
         assert_eq!(p.auth, Auth::pass("1111"));
         assert_eq!(p.garp_master_delay, Some(Duration::from_secs(5)));
@@ -624,7 +685,11 @@ notify = { master = "/bin/true master", any = "/usr/local/bin/notify" }
             c.status_file.as_deref(),
             Some(std::path::Path::new("/run/kc/vrrp.status"))
         );
-        assert!(!c.instances[0].params(Ipv4Addr::LOCALHOST).fast_takeover);
+        assert!(
+            !c.instances[0]
+                .params(Ipv4Addr::LOCALHOST.into())
+                .fast_takeover
+        );
     }
 
     fn err(text: &str) -> String {
@@ -656,11 +721,78 @@ notify = { master = "/bin/true master", any = "/usr/local/bin/notify" }
             "initial_state = \"master\"\npreempt = false"
         ))
         .contains("initial_state"));
-        assert!(
-            err(&with("192.168.111.100/32", "192.168.111.100/33")).contains("not an IPv4 address")
-        );
+        assert!(err(&with("192.168.111.100/32", "192.168.111.100/33"))
+            .contains("not an IPv4 or IPv6 address"));
         assert!(err(&with("vrid = 51", "vrid = 0")).contains("vrid"));
         assert!(err("").contains("no instance"));
+    }
+
+    const V6: &str = r#"
+[[instance]]
+name = "V6"
+interface = "eth0"
+vrid = 51
+version = 3
+vips = [{ address = "2001:2::100/64" }, { address = "2001:2::101" }]
+"#;
+
+    #[test]
+    fn ipv6_instances_take_ipv6_addresses() {
+        let c = VrrpConfig::from_toml(V6).unwrap();
+        let i = &c.instances[0];
+        assert!(i.is_ipv6());
+        assert_eq!(i.vips[0].address.to_string(), "2001:2::100/64");
+        assert_eq!(i.vips[1].address.prefix, 128);
+        let ll: IpAddr = "fe80::1".parse().unwrap();
+        assert_eq!(
+            i.params(ll).addresses,
+            [
+                "2001:2::100".parse::<IpAddr>().unwrap(),
+                "2001:2::101".parse().unwrap()
+            ]
+        );
+        // Both families in one daemon, even under one VRID on one interface.
+        let both = format!(
+            "{V6}{}",
+            V6.replace("\"V6\"", "\"V4\"")
+                .replace("2001:2::100/64", "198.18.0.100")
+                .replace("2001:2::101", "198.18.0.101")
+        );
+        let c = VrrpConfig::from_toml(&both).unwrap();
+        assert!(!c.instances[1].is_ipv6());
+    }
+
+    #[test]
+    fn an_instance_is_of_one_family_except_its_excluded_addresses() {
+        let mixed = V6.replace("2001:2::101", "198.18.0.100");
+        assert!(err(&mixed).contains(
+            "instance `V6`.vips: 198.18.0.100 is not IPv6, as the instance's first virtual address is"
+        ));
+        let excluded = mixed.replace(
+            "{ address = \"198.18.0.100\" }",
+            "{ address = \"198.18.0.100\", excluded = true }",
+        );
+        let c = VrrpConfig::from_toml(&excluded).unwrap();
+        assert_eq!(
+            c.instances[0].params(IpAddr::from([0; 16])).addresses.len(),
+            1
+        );
+        assert!(err(&V6.replace("version = 3", "version = 2")).contains("IPv6 needs VRRPv3"));
+        assert!(
+            err(&V6.replace("version = 3", "version = 3\nsource = \"198.18.0.1\""))
+                .contains("instance `V6`.source: 198.18.0.1 is not IPv6")
+        );
+        assert!(err(&V6.replace(
+            "version = 3",
+            "version = 3\nchecksum = \"without-pseudo-header\""
+        ))
+        .contains("always covers the pseudo-header"));
+        assert!(err(&V6.replace("2001:2::101", "2001:2::101/129"))
+            .contains("`2001:2::101/129` is not an IPv4 or IPv6 address"));
+        let only_excluded = V6
+            .replace("}, {", ", excluded = true }, {")
+            .replace("2001:2::101\" }", "2001:2::101\", excluded = true }");
+        assert!(err(&only_excluded).contains("no virtual address"));
     }
 
     #[test]
@@ -668,8 +800,16 @@ notify = { master = "/bin/true master", any = "/usr/local/bin/notify" }
         let text = with("auth_pass = \"1111\"", "version = 3")
             .replace("advert_interval = 1", "advert_interval = 0.1");
         let c = VrrpConfig::from_toml(&text).unwrap();
-        assert_eq!(c.instances[0].params(Ipv4Addr::LOCALHOST).interval_cs, 10);
-        assert_eq!(c.instances[0].params(Ipv4Addr::LOCALHOST).auth, Auth::None);
+        assert_eq!(
+            c.instances[0]
+                .params(Ipv4Addr::LOCALHOST.into())
+                .interval_cs,
+            10
+        );
+        assert_eq!(
+            c.instances[0].params(Ipv4Addr::LOCALHOST.into()).auth,
+            Auth::None
+        );
         let text = text.replace("advert_interval = 0.1", "advert_interval = 41");
         assert!(err(&text).contains("0.01 to 40.95"));
     }

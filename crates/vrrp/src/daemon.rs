@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -24,10 +24,14 @@ use tokio::time::Instant;
 use crate::config::{ConfError, InstanceConfig, ProxyCheck, ScriptCheck, Vip, VrrpConfig};
 use crate::garp::GarpSender;
 use crate::instance::{Action, Cause, Event, Instance, State};
+use crate::ndisc;
 use crate::netlink::Netlink;
-use crate::network::{interface_index, primary_ipv4, VrrpSocket};
+use crate::network::{interface_index, link_local_ipv6, primary_ipv4, Received, VrrpSocket};
 use crate::notify;
-use crate::packet::{ipv4_header, ipv4_source, parse_ipv4, Advert, ChecksumMode, MULTICAST_V4};
+use crate::packet::{
+    ipv4_header, ipv4_source, parse_ipv4, Advert, ChecksumMode, DecodeError, MULTICAST_V4,
+    MULTICAST_V6,
+};
 use crate::privileges;
 use crate::rejects::{RejectLog, Verdict};
 use crate::status::{self, InstanceStatus, Invalid, Slots};
@@ -147,10 +151,10 @@ struct Update {
 }
 
 /// Whether `new` configures the virtual router `old` runs: keepalived keeps
-/// the state of an instance with the same VRID on the same interface, whatever
-/// its name.
+/// the state of an instance with the same VRID and family on the same
+/// interface, whatever its name.
 fn same_router(old: &InstanceConfig, new: &InstanceConfig) -> bool {
-    old.interface == new.interface && old.vrid == new.vrid
+    old.interface == new.interface && old.vrid == new.vrid && old.is_ipv6() == new.is_ipv6()
 }
 
 /// Whether the running instance can take `new` in place: it needs the same
@@ -445,7 +449,7 @@ const PENDING_MAX: usize = 64;
 struct Runner {
     cfg: InstanceConfig,
     machine: Instance,
-    source: Ipv4Addr,
+    source: IpAddr,
     mode: ChecksumMode,
     socket: VrrpSocket,
     netlink: Netlink,
@@ -467,7 +471,7 @@ enum Wake {
     Stop(Stop),
     Status,
     Update(Box<Update>),
-    Packet(io::Result<usize>),
+    Packet(io::Result<Received>),
     Timer,
 }
 
@@ -475,23 +479,37 @@ impl Runner {
     fn open(config: &VrrpConfig, cfg: InstanceConfig) -> Result<Runner, Error> {
         let ifindex = interface_index(&cfg.interface)
             .map_err(io_error(&cfg, format!("interface {}", cfg.interface)))?;
-        let vips: Vec<Ipv4Addr> = cfg.vips.iter().map(|v| v.address.addr).collect();
+        let vips: Vec<IpAddr> = cfg.vips.iter().map(|v| v.address.addr).collect();
+        let ipv6 = cfg.is_ipv6();
         let source = match cfg.source {
             Some(s) => s,
-            None => primary_ipv4(&cfg.interface, &vips)
-                .map_err(io_error(&cfg, "reading addresses".into()))?
-                .ok_or_else(|| {
-                    io_error(&cfg, format!("interface {}", cfg.interface))(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "has no IPv4 address to send adverts from",
-                    ))
-                })?,
+            None => if ipv6 {
+                link_local_ipv6(&cfg.interface, &vips).map(|a| a.map(IpAddr::V6))
+            } else {
+                primary_ipv4(&cfg.interface, &vips).map(|a| a.map(IpAddr::V4))
+            }
+            .map_err(io_error(&cfg, "reading addresses".into()))?
+            .ok_or_else(|| {
+                io_error(&cfg, format!("interface {}", cfg.interface))(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    if ipv6 {
+                        "has no link-local IPv6 address to send adverts from"
+                    } else {
+                        "has no IPv4 address to send adverts from"
+                    },
+                ))
+            })?,
         };
         let vip_ifindex = vip_interfaces(&cfg)?;
-        let socket =
-            VrrpSocket::open(&cfg.interface, ifindex, cfg.unicast_peers.is_empty()).map_err(
-                io_error(&cfg, "opening the VRRP socket (needs CAP_NET_RAW)".into()),
-            )?;
+        let multicast = cfg.unicast_peers.is_empty();
+        let socket = match source {
+            IpAddr::V4(_) => VrrpSocket::open_v4(&cfg.interface, ifindex, multicast),
+            IpAddr::V6(s) => VrrpSocket::open_v6(&cfg.interface, ifindex, s, multicast),
+        }
+        .map_err(io_error(
+            &cfg,
+            format!("opening the VRRP socket from {source} (needs CAP_NET_RAW)"),
+        ))?;
         let netlink = Netlink::open().map_err(io_error(&cfg, "opening netlink".into()))?;
         let garp =
             Arc::new(GarpSender::open().map_err(io_error(&cfg, "opening the ARP socket".into()))?);
@@ -556,7 +574,7 @@ impl Runner {
                     let snapshot = status.borrow().clone();
                     self.update(*u, &snapshot, origin);
                 }
-                Wake::Packet(Ok(n)) => self.receive(&buf[..n], origin),
+                Wake::Packet(Ok(r)) => self.receive(&buf[..r.len], r, origin),
                 Wake::Packet(Err(e)) => {
                     tracing::warn!(instance = %self.cfg.name, "receive failed: {e}")
                 }
@@ -672,16 +690,23 @@ impl Runner {
     fn receive_pending(&mut self, buf: &mut [u8], origin: Instant) {
         for _ in 0..PENDING_MAX {
             match self.socket.try_recv(buf) {
-                Some(n) => self.receive(&buf[..n], origin),
+                Some(r) => self.receive(&buf[..r.len], r, origin),
                 None => return,
             }
         }
     }
 
-    fn receive(&mut self, packet: &[u8], origin: Instant) {
-        let decoded = parse_ipv4(packet).and_then(|(h, payload)| {
-            Advert::decode(payload, h.src, h.dst, self.mode).map(|a| (h.src, a))
-        });
+    fn receive(&mut self, packet: &[u8], r: Received, origin: Instant) {
+        let decoded: Result<(IpAddr, Advert), DecodeError> = match r.ipv6 {
+            None => parse_ipv4(packet).and_then(|(h, payload)| {
+                let (src, dst) = (IpAddr::V4(h.src), IpAddr::V4(h.dst));
+                Advert::decode(payload, src, dst, self.mode).map(|a| (src, a))
+            }),
+            Some(h) => h.check().and_then(|()| {
+                let (src, dst) = (IpAddr::V6(h.src), IpAddr::V6(h.dst));
+                Advert::decode(packet, src, dst, self.mode).map(|a| (src, a))
+            }),
+        };
         match decoded {
             Ok((src, advert)) => {
                 let actions = self
@@ -691,7 +716,10 @@ impl Runner {
             }
             Err(e) => {
                 self.invalid.count(&e);
-                let src = ipv4_source(packet).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let src = match r.ipv6 {
+                    Some(h) => IpAddr::V6(h.src),
+                    None => IpAddr::V4(ipv4_source(packet).unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                };
                 self.rejected(origin, src, e.kind(), &e);
             }
         }
@@ -701,7 +729,7 @@ impl Runner {
     fn rejected(
         &mut self,
         origin: Instant,
-        src: Ipv4Addr,
+        src: IpAddr,
         kind: &'static str,
         detail: &dyn fmt::Display,
     ) {
@@ -780,7 +808,10 @@ impl Runner {
             auth: p.auth,
             addresses: p.addresses.clone(),
         };
-        let multicast = [MULTICAST_V4];
+        let multicast = [match self.source {
+            IpAddr::V4(_) => IpAddr::V4(MULTICAST_V4),
+            IpAddr::V6(_) => IpAddr::V6(MULTICAST_V6),
+        }];
         let destinations = if self.cfg.unicast_peers.is_empty() {
             &multicast[..]
         } else {
@@ -788,8 +819,15 @@ impl Runner {
         };
         for &dst in destinations {
             let payload = advert.encode(self.source, dst, self.mode);
-            let mut packet = ipv4_header(self.source, dst, payload.len()).to_vec();
-            packet.extend_from_slice(&payload);
+            let packet = match (self.source, dst) {
+                (IpAddr::V4(src), IpAddr::V4(d)) => {
+                    let mut packet = ipv4_header(src, d, payload.len()).to_vec();
+                    packet.extend_from_slice(&payload);
+                    packet
+                }
+                // The kernel builds the IPv6 header (see `network.rs`).
+                _ => payload,
+            };
             if let Err(e) = self.socket.send(&packet, dst) {
                 // Expected while the link is down; the state machine goes on.
                 tracing::debug!(instance = %self.cfg.name, %dst, "advert not sent: {e}");
@@ -809,7 +847,8 @@ impl Runner {
         }
     }
 
-    /// One burst of `garp_master_repeat` announcements per address, spaced by
+    /// One burst of `garp_master_repeat` announcements per address (gratuitous
+    /// ARP for IPv4, unsolicited neighbour advertisement for IPv6), spaced by
     /// `garp_interval`; a burst with spacing runs in its own task.
     fn garp(&mut self) {
         let mut frames = Vec::new();
@@ -817,7 +856,9 @@ impl Runner {
             match self.netlink.link(index) {
                 Ok(link) => {
                     if let Some(mac) = link.mac {
-                        frames.push((index, mac, v.address.addr));
+                        let dev = v.dev.as_deref().unwrap_or(&self.cfg.interface);
+                        let router = v.address.addr.is_ipv6() && ndisc::forwarding(dev);
+                        frames.push((index, mac, v.address.addr, router));
                     }
                 }
                 Err(e) => tracing::debug!(instance = %self.cfg.name, "no hardware address: {e}"),
@@ -828,9 +869,9 @@ impl Runner {
         let garp = Arc::clone(&self.garp);
         let name = self.cfg.name.clone();
         let send_all = move || {
-            for &(index, mac, addr) in &frames {
-                if let Err(e) = garp.send(index, mac, addr) {
-                    tracing::debug!(instance = %name, %addr, "gratuitous ARP not sent: {e}");
+            for &(index, mac, addr, router) in &frames {
+                if let Err(e) = garp.send(index, mac, addr, router) {
+                    tracing::debug!(instance = %name, %addr, "address announcement not sent: {e}");
                 }
             }
         };

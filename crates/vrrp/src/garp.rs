@@ -3,13 +3,15 @@
 //!
 //! One Ethernet frame per address, an ARP request whose sender and target are
 //! both the virtual address, broadcast out of the interface through an
-//! `AF_PACKET` socket.
+//! `AF_PACKET` socket; an IPv6 address gets an unsolicited neighbour
+//! advertisement (`ndisc.rs`) through the same socket instead.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::ndisc;
 use crate::sys::link_layer_addr;
 
 const ETH_P_ARP: u16 = 0x0806;
@@ -37,7 +39,7 @@ pub fn frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// A socket that sends gratuitous ARPs.
+/// A socket that sends gratuitous ARPs and unsolicited neighbour advertisements.
 #[derive(Debug)]
 pub struct GarpSender {
     socket: Socket,
@@ -50,10 +52,20 @@ impl GarpSender {
         Ok(GarpSender { socket })
     }
 
-    /// Announces `addr` at `mac` out of interface `ifindex`.
-    pub fn send(&self, ifindex: u32, mac: [u8; 6], addr: Ipv4Addr) -> io::Result<()> {
-        let dest = link_layer_addr(ifindex, ETH_P_ARP, BROADCAST)?;
-        self.socket.send_to(&frame(mac, addr), &dest)?;
+    /// Announces `addr` at `mac` out of interface `ifindex`; `router` (IPv6
+    /// only) says that this host forwards on that interface.
+    pub fn send(&self, ifindex: u32, mac: [u8; 6], addr: IpAddr, router: bool) -> io::Result<()> {
+        match addr {
+            IpAddr::V4(a) => {
+                let dest = link_layer_addr(ifindex, ETH_P_ARP, BROADCAST)?;
+                self.socket.send_to(&frame(mac, a), &dest)?;
+            }
+            IpAddr::V6(a) => {
+                let dest = link_layer_addr(ifindex, ndisc::ETH_P_IPV6, ndisc::ALL_NODES_MAC)?;
+                self.socket
+                    .send_to(&ndisc::na_frame(mac, a, router), &dest)?;
+            }
+        }
         Ok(())
     }
 }

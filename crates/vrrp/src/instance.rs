@@ -8,7 +8,7 @@
 //! is tested deterministically below.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::packet::{Advert, Auth, Version};
@@ -32,7 +32,7 @@ pub struct Params {
     pub interval_cs: u16,
     pub auth: Auth,
     /// The virtual addresses, as advertised.
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     /// Preempt a lower-priority master (RFC 5798 §6.1 Preempt_Mode).
     pub preempt: bool,
     /// keepalived's preempt_delay: after startup, or after first hearing a
@@ -40,7 +40,7 @@ pub struct Params {
     pub preempt_delay: Duration,
     /// The address adverts are sent from; breaks priority ties (RFC 5798 §6.4.3)
     /// and identifies our own adverts looped back to us.
-    pub local_address: Ipv4Addr,
+    pub local_address: IpAddr,
     /// Reject adverts whose address list differs from ours (keepalived's default;
     /// `vrrp_skip_check_adv_addr` turns it off).
     pub check_addresses: bool,
@@ -81,7 +81,7 @@ pub enum Event {
     /// RFC 5798 §6.4.1 Startup.
     Startup,
     /// A decoded advert for this VRID or another, with its IPv4 source.
-    Advert { src: Ipv4Addr, advert: Advert },
+    Advert { src: IpAddr, advert: Advert },
     /// A deadline from [`Instance::next_deadline`] has passed.
     Timer,
     /// The effective priority computed from tracked checks changed.
@@ -113,7 +113,7 @@ pub enum Action {
     /// An advert for this virtual router (or carrying its addresses) was
     /// discarded: the operator should hear of it, a misconfigured peer is
     /// otherwise a silent split brain.
-    Rejected { src: Ipv4Addr, reason: Reject },
+    Rejected { src: IpAddr, reason: Reject },
 }
 
 /// Why the state changed, as the log line says it.
@@ -124,7 +124,7 @@ pub enum Cause {
     /// Master_Down_Timer fired (RFC 5798 §6.4.2).
     MasterDown(Down),
     /// A master heard an advert that outranks it (RFC 5798 §6.4.3).
-    Outranked { src: Ipv4Addr, priority: u8 },
+    Outranked { src: IpAddr, priority: u8 },
     /// A tracked check or interface put the instance in FAULT; the caller
     /// knows which.
     Fault,
@@ -138,14 +138,11 @@ pub enum Cause {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Down {
     /// The master sent priority 0: it is leaving.
-    Left { src: Ipv4Addr },
+    Left { src: IpAddr },
     /// The master has a lower priority and this backup preempts it.
-    Preempt { src: Ipv4Addr, priority: u8 },
+    Preempt { src: IpAddr, priority: u8 },
     /// No advert from the master (`None`: none heard in this state) for this long.
-    Silent {
-        src: Option<Ipv4Addr>,
-        for_: Duration,
-    },
+    Silent { src: Option<IpAddr>, for_: Duration },
 }
 
 impl fmt::Display for Cause {
@@ -244,7 +241,7 @@ pub struct Instance {
     preempt_at: Option<Duration>,
     /// The last accepted advert while backup: source, priority, when. Says
     /// why Master_Down_Timer fired.
-    heard: Option<(Ipv4Addr, u8, Duration)>,
+    heard: Option<(IpAddr, u8, Duration)>,
     /// When the instance last became backup.
     backup_since: Duration,
     stats: RxStats,
@@ -444,7 +441,7 @@ impl Instance {
         }
     }
 
-    fn receive(&mut self, now: Duration, src: Ipv4Addr, advert: &Advert, out: &mut Vec<Action>) {
+    fn receive(&mut self, now: Duration, src: IpAddr, advert: &Advert, out: &mut Vec<Action>) {
         if src == self.params.local_address {
             self.stats.own += 1;
             return;
@@ -547,7 +544,7 @@ impl Instance {
     fn master_receive(
         &mut self,
         now: Duration,
-        src: Ipv4Addr,
+        src: IpAddr,
         advert: &Advert,
         out: &mut Vec<Action>,
     ) {
@@ -557,8 +554,7 @@ impl Instance {
             return;
         }
         let higher = advert.priority > self.priority
-            || (advert.priority == self.priority
-                && u32::from(src) > u32::from(self.params.local_address));
+            || (advert.priority == self.priority && src > self.params.local_address);
         if higher {
             if self.params.version == Version::V3 {
                 self.master_interval_cs = advert.interval_cs;
@@ -689,18 +685,19 @@ fn centis(cs: u32) -> Duration {
     Duration::from_millis(u64::from(cs) * 10)
 }
 
-fn same_addresses(a: &[Ipv4Addr], b: &[Ipv4Addr]) -> bool {
+fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
     a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    const ME: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-    const PEER_LOW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
-    const PEER_HIGH: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    const PEER_LOW: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0));
+    const PEER_HIGH: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+    const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100));
 
     fn params() -> Params {
         Params {
@@ -741,7 +738,7 @@ mod tests {
     /// Master_Down_Interval at priority 100, v2: 3 s + (256 - 100) / 256 s.
     const DOWN: Duration = Duration::from_micros(3_609_375);
 
-    fn rx(i: &mut Instance, now: u64, src: Ipv4Addr, a: Advert) -> Vec<Action> {
+    fn rx(i: &mut Instance, now: u64, src: IpAddr, a: Advert) -> Vec<Action> {
         plain(i.handle(ms(now), Event::Advert { src, advert: a }))
     }
 
@@ -1003,7 +1000,7 @@ mod tests {
                 let mut p = params();
                 p.priority = priority;
                 p.fast_takeover = fast;
-                p.local_address = Ipv4Addr::new(198, 18, 0, host);
+                p.local_address = Ipv4Addr::new(198, 18, 0, host).into();
                 started(p)
             })
             .collect();
@@ -1322,7 +1319,7 @@ mod tests {
         // ...another virtual router on the same LAN is not.
         let mut a = advert(150);
         a.vrid = 52;
-        a.addresses = vec![Ipv4Addr::new(198, 18, 0, 200)];
+        a.addresses = vec![Ipv4Addr::new(198, 18, 0, 200).into()];
         assert!(rx(&mut i, 100, PEER_HIGH, a).is_empty());
         assert_eq!(i.stats().other_vrid, 2);
         assert_eq!(i.stats().vrid, 1);

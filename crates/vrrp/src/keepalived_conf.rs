@@ -446,6 +446,14 @@ impl Reader {
                         i.vips.push(vip(v)?);
                     }
                 }
+                "virtual_ipaddress_excluded" => {
+                    for v in c.children()? {
+                        i.vips.push(Vip {
+                            excluded: true,
+                            ..vip(v)?
+                        });
+                    }
+                }
                 "track_script" => i.track_script.extend(tracks(c)?),
                 "track_interface" => i.track_interface.extend(tracks(c)?),
                 "dont_track_primary" => i.track_primary_interface = false,
@@ -456,7 +464,7 @@ impl Reader {
                     i.source = Some(
                         c.arg()?
                             .parse()
-                            .map_err(|_| at(c.line, "not an IPv4 address"))?,
+                            .map_err(|_| at(c.line, "not an IP address"))?,
                     )
                 }
                 "unicast_peer" => {
@@ -464,7 +472,7 @@ impl Reader {
                         i.unicast_peers.push(
                             p.keyword()
                                 .parse()
-                                .map_err(|_| at(p.line, "not an IPv4 address"))?,
+                                .map_err(|_| at(p.line, "not an IP address"))?,
                         );
                     }
                 }
@@ -534,6 +542,11 @@ impl Reader {
             if let (false, Some(v)) = (set.version, g.version) {
                 i.version = v;
             }
+            // keepalived runs an IPv6 instance as VRRPv3 unless the instance
+            // itself asks for v2, which validation then refuses.
+            if !set.version && i.is_ipv6() {
+                i.version = 3;
+            }
             if let (false, Some(v)) = (set.garp_interval, g.garp_interval) {
                 i.garp_interval = v;
             }
@@ -560,6 +573,7 @@ fn vip(n: &Node) -> Result<Vip, ConfError> {
     let address = Cidr::from_str(n.keyword()).map_err(|why| at(n.line, why))?;
     let mut v = Vip {
         address,
+        excluded: false,
         dev: None,
         label: None,
     };
@@ -655,11 +669,35 @@ mod tests {
         assert_eq!(i.source, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(
             i.unicast_peers,
-            vec!["198.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+            vec!["198.18.0.2".parse::<std::net::IpAddr>().unwrap()]
         );
         assert!(!i.preempt && !i.track_primary_interface);
         assert_eq!(i.track_interface[0].weight, Some(-30));
-        assert_eq!(i.params(std::net::Ipv4Addr::LOCALHOST).interval_cs, 10);
+        assert_eq!(
+            i.params(std::net::Ipv4Addr::LOCALHOST.into()).interval_cs,
+            10
+        );
+    }
+
+    #[test]
+    fn ipv6_instances_are_vrrpv3_and_may_exclude_ipv4_addresses() {
+        let text = "global_defs {\n vrrp_version 2\n}\n".to_owned()
+            + &MINIMAL.replace(
+                "198.18.0.100\n }\n",
+                "2001:2::100/64\n }\n virtual_ipaddress_excluded {\n 198.18.0.100/24 dev eth1\n }\n",
+            );
+        let (c, _) = parse_keepalived_conf(&text).unwrap();
+        let i = &c.instances[0];
+        assert!(i.is_ipv6());
+        assert_eq!(i.version, 3);
+        assert_eq!(i.vips[1].address.to_string(), "198.18.0.100/24");
+        assert!(i.vips[1].excluded && !i.vips[0].excluded);
+        let v2 = MINIMAL
+            .replace("198.18.0.100", "2001:2::100")
+            .replace("eth0\n", "eth0\n version 2\n");
+        assert!(err(&v2).contains("IPv6 needs VRRPv3"));
+        let mixed = MINIMAL.replace("198.18.0.100\n", "198.18.0.100\n 2001:2::100\n");
+        assert!(err(&mixed).contains("2001:2::100 is not IPv4"));
     }
 
     #[test]

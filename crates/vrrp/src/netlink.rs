@@ -1,5 +1,7 @@
 //! rtnetlink requests: add and remove the virtual addresses (with their label,
-//! as `ip addr add A/P dev D label L` does), and read an interface's state
+//! as `ip addr add A/P dev D label L` does; IPv6 ones without duplicate
+//! address detection, as `ip addr add A/P dev D nodad` and keepalived do, so
+//! that a new master can use them at once), and read an interface's state
 //! and hardware address.
 //!
 //! Messages are built by hand (a header, a fixed struct and attributes, in
@@ -8,7 +10,7 @@
 //! answer; the kernel answers at once, so the calls block briefly.
 
 use std::io::{self, Read};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -26,6 +28,9 @@ const NLM_F_CREATE: u16 = 0x400;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
+/// ifaddrmsg flag: skip duplicate address detection (IPv6).
+const IFA_F_NODAD: u8 = 0x02;
+const RT_SCOPE_LINK: u8 = 253;
 const IFLA_ADDRESS: u16 = 1;
 const IFINFOMSG_LEN: usize = 16;
 const IFF_UP: u32 = 0x1;
@@ -62,7 +67,7 @@ impl Netlink {
     pub fn add_address(
         &mut self,
         ifindex: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix: u8,
         label: Option<&str>,
     ) -> io::Result<()> {
@@ -81,7 +86,7 @@ impl Netlink {
     }
 
     /// Removes `addr/prefix` from interface `ifindex`; an address already gone is fine.
-    pub fn remove_address(&mut self, ifindex: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    pub fn remove_address(&mut self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let msg = self.address_message(RTM_DELADDR, 0, ifindex, addr, prefix, None)?;
         match self.request(&msg) {
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
@@ -115,16 +120,27 @@ impl Netlink {
         kind: u16,
         flags: u16,
         ifindex: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix: u8,
         label: Option<&str>,
     ) -> io::Result<Vec<u8>> {
         let mut msg = self.header(kind, flags);
-        // struct ifaddrmsg: family, prefixlen, flags, scope (universe), index.
-        msg.extend_from_slice(&[libc::AF_INET as u8, prefix, 0, 0]);
+        // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+        let (family, octets, ifa_flags, scope) = match addr {
+            IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec(), 0, 0),
+            IpAddr::V6(a) => {
+                let scope = if crate::packet::is_link_local(a) {
+                    RT_SCOPE_LINK
+                } else {
+                    0
+                };
+                (libc::AF_INET6, a.octets().to_vec(), IFA_F_NODAD, scope)
+            }
+        };
+        msg.extend_from_slice(&[family as u8, prefix, ifa_flags, scope]);
         msg.extend_from_slice(&ifindex.to_ne_bytes());
-        push_attr(&mut msg, IFA_LOCAL, &addr.octets());
-        push_attr(&mut msg, IFA_ADDRESS, &addr.octets());
+        push_attr(&mut msg, IFA_LOCAL, &octets);
+        push_attr(&mut msg, IFA_ADDRESS, &octets);
         if let Some(label) = label {
             if label.len() > LABEL_MAX {
                 return Err(io::Error::new(
@@ -225,7 +241,7 @@ mod tests {
             socket: Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap(),
             seq: 0,
         };
-        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let vip = IpAddr::from([198, 18, 0, 100]);
         let msg = nl
             .address_message(RTM_NEWADDR, NLM_F_CREATE, 7, vip, 32, Some("veth0:2"))
             .unwrap();
@@ -237,6 +253,31 @@ mod tests {
         assert!(nl
             .address_message(RTM_NEWADDR, 0, 7, vip, 32, Some("a-very-long-label"))
             .is_err());
+    }
+
+    #[test]
+    fn ipv6_address_message_skips_duplicate_address_detection() {
+        let mut nl = Netlink {
+            socket: Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap(),
+            seq: 0,
+        };
+        let vip: IpAddr = "2001:2::100".parse().unwrap();
+        let msg = nl
+            .address_message(RTM_NEWADDR, NLM_F_CREATE, 7, vip, 64, None)
+            .unwrap();
+        // header (16) + ifaddrmsg (8) + 2 * 20 address attrs.
+        assert_eq!(msg.len(), 16 + 8 + 40);
+        assert_eq!(&msg[16..24], &[10, 64, IFA_F_NODAD, 0, 7, 0, 0, 0]);
+        assert_eq!(&msg[24..28], &[20, 0, 2, 0]);
+        assert_eq!(
+            &msg[28..44],
+            &[0x20, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        );
+        let ll: IpAddr = "fe80::100".parse().unwrap();
+        let msg = nl
+            .address_message(RTM_NEWADDR, NLM_F_CREATE, 7, ll, 64, None)
+            .unwrap();
+        assert_eq!(msg[19], RT_SCOPE_LINK);
     }
 
     #[test]

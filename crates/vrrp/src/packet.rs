@@ -1,18 +1,25 @@
-//! VRRP advertisement codec for IPv4: VRRPv2 (RFC 3768) and VRRPv3 (RFC 5798).
+//! VRRP advertisement codec: VRRPv2 (RFC 3768) over IPv4, VRRPv3 (RFC 5798)
+//! over IPv4 and IPv6.
 //!
-//! Bytes come in from the raw socket (IPv4 header included, as Linux hands them
-//! to a raw socket) and leave as an IPv4 header plus advertisement, because the
-//! sender builds its own header (`IP_HDRINCL`) to choose the source address.
-//! Nothing here does I/O; checks that need the instance's configuration (VRID,
-//! password, interval, address list) live in `instance.rs`.
+//! Over IPv4, bytes come in from the raw socket with their IPv4 header (as
+//! Linux hands them to a raw socket) and leave as an IPv4 header plus
+//! advertisement, because the sender builds its own header (`IP_HDRINCL`) to
+//! choose the source address. Over IPv6 the kernel strips and builds the
+//! header; the hop limit and destination arrive as ancillary data
+//! ([`Ipv6Header`]). Nothing here does I/O; checks that need the instance's
+//! configuration (VRID, password, interval, address list) live in
+//! `instance.rs`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// IP protocol number of VRRP (RFC 5798 §5.1.1.4).
 pub const IPPROTO_VRRP: u8 = 112;
 /// Multicast group of VRRP over IPv4 (RFC 5798 §5.1.1.2).
 pub const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-/// Every advert is sent with, and must arrive with, this TTL (RFC 5798 §5.1.1.3).
+/// Multicast group of VRRP over IPv6 (RFC 5798 §5.1.2.2).
+pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+/// Every advert is sent with, and must arrive with, this TTL or hop limit
+/// (RFC 5798 §5.1.1.3, §5.1.2.3).
 pub const TTL: u8 = 255;
 /// Length of the fixed part of an advert, before the addresses.
 const FIXED_LEN: usize = 8;
@@ -108,7 +115,8 @@ impl Auth {
 /// +-------+-------+---------------+---------------+---------------+
 /// | rsvd  |  Max Adver Int (cs, 12 bits)  |        Checksum       |
 /// +-------+-------------------------------+-----------------------+
-/// |                      IPv4 address (1..n)                      |
+/// |              IPv4 address (1..n), or IPv6 address             |
+/// |              (1..n, 16 bytes each) over IPv6                  |
 /// +---------------------------------------------------------------+
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +128,8 @@ pub struct Advert {
     pub interval_cs: u16,
     /// Always `Auth::None` for VRRPv3.
     pub auth: Auth,
-    pub addresses: Vec<Ipv4Addr>,
+    /// All of the family the advert is sent over.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Why received bytes are not a VRRP advert that keepalived would accept.
@@ -132,6 +141,10 @@ pub enum DecodeError {
     NotVrrp,
     #[error("TTL {0} instead of 255")]
     BadTtl(u8),
+    #[error("hop limit {0} instead of 255")]
+    BadHopLimit(u8),
+    #[error("multicast from a source that is not link-local")]
+    NotLinkLocal,
     #[error("advert shorter than its address list")]
     BadLength,
     #[error("version {0} unknown")]
@@ -154,6 +167,8 @@ impl DecodeError {
         match self {
             DecodeError::BadIpHeader | DecodeError::NotVrrp => "malformed IPv4 header",
             DecodeError::BadTtl(_) => "TTL other than 255",
+            DecodeError::BadHopLimit(_) => "hop limit other than 255",
+            DecodeError::NotLinkLocal => "multicast source not link-local",
             DecodeError::BadLength => "too short",
             DecodeError::BadVersion(_) => "unknown version",
             DecodeError::BadType(_) => "not an advertisement",
@@ -205,6 +220,37 @@ pub fn parse_ipv4(buf: &[u8]) -> Result<(Ipv4Header, &[u8]), DecodeError> {
     Ok((header, &buf[header_len..total_len]))
 }
 
+/// What the kernel tells about a received IPv6 packet (source address,
+/// `IPV6_PKTINFO`, `IPV6_HOPLIMIT`): the parts of its header VRRP checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Header {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+}
+
+impl Ipv6Header {
+    /// RFC 5798 §7.1: an advert whose hop limit is not 255 was routed, so it
+    /// did not come from this link; §5.1.2.1: a multicast advert's source is
+    /// the sender's link-local address. Unicast adverts (keepalived's
+    /// `unicast_peer`, outside the RFC) come from whatever source the peer
+    /// was given.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        if self.hop_limit != TTL {
+            return Err(DecodeError::BadHopLimit(self.hop_limit));
+        }
+        if self.dst == MULTICAST_V6 && !is_link_local(self.src) {
+            return Err(DecodeError::NotLinkLocal);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `a` is in fe80::/10.
+pub fn is_link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
 /// Builds the IPv4 header sent in front of an advert; the kernel fills in the
 /// identification and header checksum of a raw `IP_HDRINCL` packet.
 pub fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize) -> [u8; IPV4_HEADER_LEN] {
@@ -220,16 +266,26 @@ pub fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize) -> [u8; IPV
     h
 }
 
+/// Length of one address in an advert sent from `src`.
+fn address_len(src: IpAddr) -> usize {
+    match src {
+        IpAddr::V4(_) => 4,
+        IpAddr::V6(_) => 16,
+    }
+}
+
 impl Advert {
-    /// Encodes the advert (without IP header). `src` and `dst` are the IPv4
-    /// addresses it will be sent between, needed for the VRRPv3 pseudo-header.
-    pub fn encode(&self, src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> Vec<u8> {
+    /// Encodes the advert (without IP header). `src` and `dst` are the
+    /// addresses it will be sent between, needed for the VRRPv3 pseudo-header;
+    /// their family is the advert's, which the addresses must share.
+    pub fn encode(&self, src: IpAddr, dst: IpAddr, mode: ChecksumMode) -> Vec<u8> {
         let auth_len = if self.version == Version::V2 {
             AUTH_LEN
         } else {
             0
         };
-        let mut out = Vec::with_capacity(FIXED_LEN + 4 * self.addresses.len() + auth_len);
+        let mut out =
+            Vec::with_capacity(FIXED_LEN + address_len(src) * self.addresses.len() + auth_len);
         out.push(self.version.number() << 4 | TYPE_ADVERTISEMENT);
         out.push(self.vrid);
         out.push(self.priority);
@@ -244,7 +300,10 @@ impl Advert {
         }
         out.extend_from_slice(&[0, 0]);
         for a in &self.addresses {
-            out.extend_from_slice(&a.octets());
+            match a {
+                IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+            }
         }
         if self.version == Version::V2 {
             match self.auth {
@@ -257,11 +316,12 @@ impl Advert {
         out
     }
 
-    /// Decodes an advert (without IP header) received from `src` on `dst`.
+    /// Decodes an advert (without IP header) received from `src` on `dst`;
+    /// their family says how long each address is.
     pub fn decode(
         buf: &[u8],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         mode: ChecksumMode,
     ) -> Result<Advert, DecodeError> {
         if buf.len() < FIXED_LEN {
@@ -270,14 +330,19 @@ impl Advert {
         let version = match buf[0] >> 4 {
             2 => Version::V2,
             3 => Version::V3,
+            // RFC 3768 defines VRRPv2 for IPv4 only.
             v => return Err(DecodeError::BadVersion(v)),
         };
+        if version == Version::V2 && src.is_ipv6() {
+            return Err(DecodeError::BadVersion(2));
+        }
         if buf[0] & 0x0f != TYPE_ADVERTISEMENT {
             return Err(DecodeError::BadType(buf[0] & 0x0f));
         }
         let count = usize::from(buf[3]);
         let auth_len = if version == Version::V2 { AUTH_LEN } else { 0 };
-        let len = FIXED_LEN + 4 * count + auth_len;
+        let alen = address_len(src);
+        let len = FIXED_LEN + alen * count + auth_len;
         // RFC 5798 §7.1: the length must cover the address list the count announces.
         if buf.len() < len {
             return Err(DecodeError::BadLength);
@@ -305,9 +370,12 @@ impl Advert {
         if interval_cs == 0 {
             return Err(DecodeError::ZeroInterval);
         }
-        let addresses = buf[FIXED_LEN..FIXED_LEN + 4 * count]
-            .chunks_exact(4)
-            .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        let addresses = buf[FIXED_LEN..FIXED_LEN + alen * count]
+            .chunks_exact(alen)
+            .map(|c| match <[u8; 16]>::try_from(c) {
+                Ok(v6) => IpAddr::from(v6),
+                Err(_) => IpAddr::from([c[0], c[1], c[2], c[3]]),
+            })
             .collect();
         Ok(Advert {
             version,
@@ -322,19 +390,20 @@ impl Advert {
 
 /// Internet checksum of an advert whose checksum field is zero (encoding) or
 /// filled (verifying: the result is then 0).
-fn checksum(
-    version: Version,
-    advert: &[u8],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    mode: ChecksumMode,
-) -> u16 {
+fn checksum(version: Version, advert: &[u8], src: IpAddr, dst: IpAddr, mode: ChecksumMode) -> u16 {
     let mut sum = 0u32;
     // RFC 3768 §5.3.8: VRRPv2 sums the advert alone. RFC 5798 §5.2.8: VRRPv3
-    // prepends the IPv4 pseudo-header of RFC 768 (src, dst, zero, protocol, length).
-    if version == Version::V3 && mode == ChecksumMode::PseudoHeader {
-        sum = add_words(sum, &src.octets());
-        sum = add_words(sum, &dst.octets());
+    // prepends the pseudo-header of RFC 768 over IPv4 (src, dst, zero,
+    // protocol, 16-bit length) or of RFC 8200 §8.1 over IPv6 (src, dst,
+    // 32-bit length, zeros, next header), which sum alike. Leaving it out is
+    // an IPv4 interoperability option only (RFC 9568 §5.2.8).
+    if version == Version::V3 && (mode == ChecksumMode::PseudoHeader || src.is_ipv6()) {
+        for a in [src, dst] {
+            sum = match a {
+                IpAddr::V4(a) => add_words(sum, &a.octets()),
+                IpAddr::V6(a) => add_words(sum, &a.octets()),
+            };
+        }
         sum += u32::from(IPPROTO_VRRP);
         sum += u32::try_from(advert.len()).unwrap_or(0);
     }
@@ -361,8 +430,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const SRC: IpAddr = IpAddr::V4(SRC4);
+    const GROUP: IpAddr = IpAddr::V4(MULTICAST_V4);
+    const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100));
 
     /// Sent by keepalived 2.2.7: VRID 51, priority 100, PASS "s3cret", 1 s.
     const KEEPALIVED_V2: [u8; 20] = [
@@ -396,27 +467,21 @@ mod tests {
     #[test]
     fn keepalived_v2_pass_advert_decodes_and_encodes_identically() {
         let mode = ChecksumMode::PseudoHeader;
-        let got = Advert::decode(&KEEPALIVED_V2, SRC, MULTICAST_V4, mode).unwrap();
+        let got = Advert::decode(&KEEPALIVED_V2, SRC, GROUP, mode).unwrap();
         assert_eq!(got, v2_reference());
-        assert_eq!(
-            v2_reference().encode(SRC, MULTICAST_V4, mode),
-            KEEPALIVED_V2
-        );
+        assert_eq!(v2_reference().encode(SRC, GROUP, mode), KEEPALIVED_V2);
     }
 
     #[test]
     fn keepalived_v3_advert_uses_the_pseudo_header() {
         let mode = ChecksumMode::PseudoHeader;
-        let got = Advert::decode(&KEEPALIVED_V3, SRC, MULTICAST_V4, mode).unwrap();
+        let got = Advert::decode(&KEEPALIVED_V3, SRC, GROUP, mode).unwrap();
         assert_eq!(got, v3_reference());
-        assert_eq!(
-            v3_reference().encode(SRC, MULTICAST_V4, mode),
-            KEEPALIVED_V3
-        );
+        assert_eq!(v3_reference().encode(SRC, GROUP, mode), KEEPALIVED_V3);
         // The same bytes from another source fail: the source is in the sum.
-        let other = Ipv4Addr::new(198, 18, 0, 2);
+        let other = IpAddr::from([198, 18, 0, 2]);
         assert_eq!(
-            Advert::decode(&KEEPALIVED_V3, other, MULTICAST_V4, mode),
+            Advert::decode(&KEEPALIVED_V3, other, GROUP, mode),
             Err(DecodeError::BadChecksum)
         );
     }
@@ -424,21 +489,120 @@ mod tests {
     #[test]
     fn v3_without_pseudo_header_differs_and_round_trips() {
         let mode = ChecksumMode::WithoutPseudoHeader;
-        let bytes = v3_reference().encode(SRC, MULTICAST_V4, mode);
+        let bytes = v3_reference().encode(SRC, GROUP, mode);
         assert_ne!(bytes, KEEPALIVED_V3);
         assert_eq!(
-            Advert::decode(&bytes, SRC, MULTICAST_V4, mode).unwrap(),
+            Advert::decode(&bytes, SRC, GROUP, mode).unwrap(),
             v3_reference()
         );
         assert_eq!(
-            Advert::decode(&KEEPALIVED_V3, SRC, MULTICAST_V4, mode),
+            Advert::decode(&KEEPALIVED_V3, SRC, GROUP, mode),
             Err(DecodeError::BadChecksum)
         );
     }
 
+    /// Sent by keepalived 2.2.7 from fe80::ff:fe00:1 to ff02::12 (captured
+    /// with tcpdump in a namespace): VRID 51, priority 150, 1 s, 2001:2::100.
+    const KEEPALIVED_V6: [u8; 24] = [
+        0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x1a, 0x45, 0x20, 0x01, 0x00, 0x02, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0x01, 0x00,
+    ];
+    /// The same keepalived's priority-0 advert as it stopped.
+    const KEEPALIVED_V6_STOP: [u8; 24] = [
+        0x31, 0x33, 0x00, 0x01, 0x00, 0x64, 0xb0, 0x45, 0x20, 0x01, 0x00, 0x02, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0x01, 0x00,
+    ];
+    const LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 1);
+
+    fn v6_reference(priority: u8) -> Advert {
+        Advert {
+            version: Version::V3,
+            vrid: 51,
+            priority,
+            interval_cs: 100,
+            auth: Auth::None,
+            addresses: vec!["2001:2::100".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn keepalived_v6_advert_decodes_and_encodes_identically() {
+        let (src, dst) = (IpAddr::V6(LINK_LOCAL), IpAddr::V6(MULTICAST_V6));
+        for (bytes, priority) in [(KEEPALIVED_V6, 150), (KEEPALIVED_V6_STOP, 0)] {
+            // Over IPv6 the pseudo-header is always summed, whatever the mode.
+            for mode in [
+                ChecksumMode::PseudoHeader,
+                ChecksumMode::WithoutPseudoHeader,
+            ] {
+                assert_eq!(
+                    Advert::decode(&bytes, src, dst, mode),
+                    Ok(v6_reference(priority))
+                );
+                assert_eq!(v6_reference(priority).encode(src, dst, mode), bytes);
+            }
+        }
+        // The source is in the sum: the same bytes from another sender fail.
+        let other = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 2));
+        assert_eq!(
+            Advert::decode(&KEEPALIVED_V6, other, dst, ChecksumMode::PseudoHeader),
+            Err(DecodeError::BadChecksum)
+        );
+        let mut sum = KEEPALIVED_V6;
+        sum[7] ^= 1;
+        assert_eq!(
+            Advert::decode(&sum, src, dst, ChecksumMode::PseudoHeader),
+            Err(DecodeError::BadChecksum)
+        );
+        // The count says two 16-byte addresses; one is there.
+        let mut two = KEEPALIVED_V6;
+        two[3] = 2;
+        assert_eq!(
+            Advert::decode(&two, src, dst, ChecksumMode::PseudoHeader),
+            Err(DecodeError::BadLength)
+        );
+    }
+
+    #[test]
+    fn vrrpv2_over_ipv6_is_refused() {
+        let (src, dst) = (IpAddr::V6(LINK_LOCAL), IpAddr::V6(MULTICAST_V6));
+        let mut v2 = KEEPALIVED_V6;
+        v2[0] = 0x21;
+        assert_eq!(
+            Advert::decode(&v2, src, dst, ChecksumMode::PseudoHeader),
+            Err(DecodeError::BadVersion(2))
+        );
+    }
+
+    #[test]
+    fn ipv6_header_needs_hop_limit_255_and_a_link_local_source() {
+        let ok = Ipv6Header {
+            src: LINK_LOCAL,
+            dst: MULTICAST_V6,
+            hop_limit: 255,
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let routed = Ipv6Header {
+            hop_limit: 254,
+            ..ok
+        };
+        assert_eq!(routed.check(), Err(DecodeError::BadHopLimit(254)));
+        let global = Ipv6Header {
+            src: "2001:2::1".parse().unwrap(),
+            ..ok
+        };
+        assert_eq!(global.check(), Err(DecodeError::NotLinkLocal));
+        let unicast = Ipv6Header {
+            dst: "2001:2::1".parse().unwrap(),
+            ..global
+        };
+        assert_eq!(unicast.check(), Ok(()));
+        assert!(is_link_local("febf::1".parse().unwrap()));
+        assert!(!is_link_local("fec0::1".parse().unwrap()));
+    }
+
     #[test]
     fn v2_ignores_the_checksum_mode() {
-        let bytes = v2_reference().encode(SRC, MULTICAST_V4, ChecksumMode::WithoutPseudoHeader);
+        let bytes = v2_reference().encode(SRC, GROUP, ChecksumMode::WithoutPseudoHeader);
         assert_eq!(bytes, KEEPALIVED_V2);
     }
 
@@ -450,7 +614,7 @@ mod tests {
     #[test]
     fn malformed_adverts_are_rejected() {
         let mode = ChecksumMode::PseudoHeader;
-        let dec = |b: &[u8]| Advert::decode(b, SRC, MULTICAST_V4, mode);
+        let dec = |b: &[u8]| Advert::decode(b, SRC, GROUP, mode);
         assert_eq!(dec(&KEEPALIVED_V2[..7]), Err(DecodeError::BadLength));
         // Address count 2 but only one address present.
         let mut two = KEEPALIVED_V3;
@@ -469,11 +633,11 @@ mod tests {
             auth: Auth::None,
             ..v2_reference()
         };
-        let mut ah = ah.encode(SRC, MULTICAST_V4, mode);
+        let mut ah = ah.encode(SRC, GROUP, mode);
         ah[4] = 2;
         ah[6] = 0;
         ah[7] = 0;
-        let sum = checksum(Version::V2, &ah, SRC, MULTICAST_V4, mode);
+        let sum = checksum(Version::V2, &ah, SRC, GROUP, mode);
         ah[6..8].copy_from_slice(&sum.to_be_bytes());
         assert_eq!(dec(&ah), Err(DecodeError::BadAuthType(2)));
         let zero = Advert {
@@ -481,20 +645,20 @@ mod tests {
             ..v3_reference()
         };
         assert_eq!(
-            dec(&zero.encode(SRC, MULTICAST_V4, mode)),
+            dec(&zero.encode(SRC, GROUP, mode)),
             Err(DecodeError::ZeroInterval)
         );
     }
 
     #[test]
     fn ipv4_header_round_trip_and_ttl_check() {
-        let mut pkt = ipv4_header(SRC, MULTICAST_V4, KEEPALIVED_V3.len()).to_vec();
+        let mut pkt = ipv4_header(SRC4, MULTICAST_V4, KEEPALIVED_V3.len()).to_vec();
         pkt.extend_from_slice(&KEEPALIVED_V3);
         let (h, payload) = parse_ipv4(&pkt).unwrap();
         assert_eq!(
             h,
             Ipv4Header {
-                src: SRC,
+                src: SRC4,
                 dst: MULTICAST_V4,
                 ttl: 255
             }
@@ -519,25 +683,49 @@ mod tests {
             addrs in proptest::collection::vec(any::<u32>(), 1..16),
             src in any::<u32>(),
         ) {
-            let src = Ipv4Addr::from(src);
+            let src = IpAddr::from(Ipv4Addr::from(src));
             let advert = Advert {
                 version: if v3 { Version::V3 } else { Version::V2 },
                 vrid,
                 priority,
                 interval_cs: if v3 { cs } else { secs * 100 },
                 auth: if v3 || pass.is_empty() { Auth::None } else { Auth::pass(&pass) },
-                addresses: addrs.into_iter().map(Ipv4Addr::from).collect(),
+                addresses: addrs.into_iter().map(|a| IpAddr::from(Ipv4Addr::from(a))).collect(),
             };
             for mode in [ChecksumMode::PseudoHeader, ChecksumMode::WithoutPseudoHeader] {
-                let bytes = advert.encode(src, MULTICAST_V4, mode);
-                prop_assert_eq!(Advert::decode(&bytes, src, MULTICAST_V4, mode), Ok(advert.clone()));
+                let bytes = advert.encode(src, GROUP, mode);
+                prop_assert_eq!(Advert::decode(&bytes, src, GROUP, mode), Ok(advert.clone()));
             }
+        }
+
+        #[test]
+        fn any_ipv6_advert_round_trips(
+            vrid in 1u8..=255,
+            priority in any::<u8>(),
+            cs in 1u16..=4095,
+            addrs in proptest::collection::vec(any::<u128>(), 1..16),
+            src in any::<u128>(),
+        ) {
+            let src = IpAddr::V6(Ipv6Addr::from(src));
+            let dst = IpAddr::V6(MULTICAST_V6);
+            let advert = Advert {
+                version: Version::V3,
+                vrid,
+                priority,
+                interval_cs: cs,
+                auth: Auth::None,
+                addresses: addrs.into_iter().map(|a| IpAddr::V6(Ipv6Addr::from(a))).collect(),
+            };
+            let bytes = advert.encode(src, dst, ChecksumMode::PseudoHeader);
+            prop_assert_eq!(bytes.len(), 8 + 16 * advert.addresses.len());
+            prop_assert_eq!(Advert::decode(&bytes, src, dst, ChecksumMode::PseudoHeader), Ok(advert));
         }
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse_ipv4(&bytes);
-            let _ = Advert::decode(&bytes, Ipv4Addr::LOCALHOST, MULTICAST_V4, ChecksumMode::PseudoHeader);
+            let _ = Advert::decode(&bytes, IpAddr::from(Ipv4Addr::LOCALHOST), GROUP, ChecksumMode::PseudoHeader);
+            let _ = Advert::decode(&bytes, IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(MULTICAST_V6), ChecksumMode::PseudoHeader);
         }
     }
 }

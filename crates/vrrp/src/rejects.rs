@@ -8,7 +8,7 @@
 //! is tested here; the daemon does the logging.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 /// The shortest time between two warnings about the same peer and reason.
@@ -28,7 +28,7 @@ struct Entry {
 /// Remembers which (peer, reason) pairs were logged when.
 #[derive(Debug, Default)]
 pub struct RejectLog {
-    entries: HashMap<(Ipv4Addr, &'static str), Entry>,
+    entries: HashMap<(IpAddr, &'static str), Entry>,
 }
 
 /// What to write for one discarded advert.
@@ -37,21 +37,21 @@ pub enum Verdict {
     /// Write a warning; `suppressed` adverts of this pair were discarded
     /// without one since the last warning. `peer` is unspecified when the
     /// table is full and the advert is accounted with other peers.
-    Log { peer: Ipv4Addr, suppressed: u64 },
+    Log { peer: IpAddr, suppressed: u64 },
     /// Counted, not logged.
     Quiet,
 }
 
 impl RejectLog {
     /// Records one advert from `peer` discarded for `reason` at `now`.
-    pub fn note(&mut self, now: Duration, peer: Ipv4Addr, reason: &'static str) -> Verdict {
+    pub fn note(&mut self, now: Duration, peer: IpAddr, reason: &'static str) -> Verdict {
         let mut key = (peer, reason);
         if !self.entries.contains_key(&key) && self.entries.len() >= MAX_PAIRS {
             // Pairs quiet for a whole period have nothing left to summarise.
             self.entries
                 .retain(|_, e| e.since > 0 || now.saturating_sub(e.logged_at) < SUMMARY_EVERY);
             if self.entries.len() >= MAX_PAIRS {
-                key = (Ipv4Addr::UNSPECIFIED, reason);
+                key = (IpAddr::V4(Ipv4Addr::UNSPECIFIED), reason);
             }
         }
         match self.entries.get_mut(&key) {
@@ -97,7 +97,7 @@ impl RejectLog {
 mod tests {
     use super::*;
 
-    const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
     const AUTH: &str = "auth";
 
     fn s(n: u64) -> Duration {
@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(log.note(s(61), PEER, AUTH), Verdict::Quiet);
         // Another reason, or another peer, is news of its own.
         assert_eq!(log.note(s(61), PEER, "ttl"), first);
-        let other = Ipv4Addr::new(198, 18, 0, 4);
+        let other = IpAddr::from([198, 18, 0, 4]);
         assert!(matches!(
             log.note(s(61), other, AUTH),
             Verdict::Log { suppressed: 0, .. }
@@ -137,7 +137,7 @@ mod tests {
         let mut log = RejectLog::default();
         let mut logged = 0;
         for n in 0..10_000u32 {
-            let peer = Ipv4Addr::from(0xc612_0000 + n);
+            let peer = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + n));
             if let Verdict::Log { .. } = log.note(s(1), peer, AUTH) {
                 logged += 1;
             }
@@ -147,10 +147,10 @@ mod tests {
         // One line per remembered pair, and one for the rest.
         assert_eq!(logged, MAX_PAIRS + 1);
         // A period later, quiet pairs make room again.
-        let late = Ipv4Addr::new(203, 0, 113, 1);
+        let late = IpAddr::from([203, 0, 113, 1]);
         let mut fresh = RejectLog::default();
         for n in 0..MAX_PAIRS as u32 {
-            fresh.note(s(0), Ipv4Addr::from(0xc612_0000 + n), AUTH);
+            fresh.note(s(0), IpAddr::V4(Ipv4Addr::from(0xc612_0000 + n)), AUTH);
         }
         assert_eq!(
             fresh.note(s(60), late, AUTH),

@@ -39,6 +39,7 @@ pub struct InstanceStatus {
 /// Packets that did not decode, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Invalid {
+    /// TTL (IPv4) or hop limit (IPv6) other than 255.
     pub ttl: u64,
     pub checksum: u64,
     pub length: u64,
@@ -54,7 +55,7 @@ impl Invalid {
 
     pub fn count(&mut self, e: &DecodeError) {
         match e {
-            DecodeError::BadTtl(_) => self.ttl += 1,
+            DecodeError::BadTtl(_) | DecodeError::BadHopLimit(_) => self.ttl += 1,
             DecodeError::BadChecksum => self.checksum += 1,
             DecodeError::BadLength => self.length += 1,
             DecodeError::BadVersion(_) => self.version += 1,

@@ -1,9 +1,13 @@
-//! The one place that needs `unsafe`, for two things safe APIs do not offer:
+//! The one place that needs `unsafe`, for what safe APIs do not offer:
 //! - a link-layer socket address (`sockaddr_ll`), which gratuitous ARP needs to
 //!   name the interface it leaves by: socket2 and nix build every other address
 //!   safely but have no constructor for this one;
 //! - registering the raw VRRP socket with tokio's reactor: `AsyncFd::register`
 //!   is `unsafe` because tokio cannot check that the descriptor stays open;
+//! - receiving an IPv6 packet with its hop limit and destination, which
+//!   arrive as control messages: nix parses the destination but hands the
+//!   hop limit over opaque, and socket2's `recvmsg` needs uninitialised
+//!   buffers, so one `recvmsg` call and the `CMSG_*` walk are written here;
 //! - reading and setting the thread's capability sets (`capget`/`capset`),
 //!   which neither libc nor nix wraps. The `caps` crate does, but two system
 //!   calls on plain structs are not worth a new dependency.
@@ -152,4 +156,69 @@ pub fn clear_ambient() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// One packet received on an IPv6 raw socket, with the ancillary data VRRP
+/// checks (`IPV6_RECVHOPLIMIT` and `IPV6_RECVPKTINFO` must be on).
+#[derive(Debug, Clone, Copy)]
+pub struct RecvV6 {
+    pub len: usize,
+    pub src: std::net::Ipv6Addr,
+    pub dst: Option<std::net::Ipv6Addr>,
+    pub hop_limit: Option<u8>,
+}
+
+/// `recvmsg` on an IPv6 socket: data into `buf`, the source address, and the
+/// hop limit and destination from the control messages.
+pub fn recv_v6(socket: &Socket, buf: &mut [u8]) -> io::Result<RecvV6> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: both are plain C structs for which all-zero bytes are valid.
+    let mut src: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // u64 elements align the buffer for `cmsghdr`; 128 bytes hold both messages.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    msg.msg_name = std::ptr::addr_of_mut!(src).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` points to live storage of the length
+    // given beside it, which outlives the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut got = RecvV6 {
+        len: n as usize,
+        src: std::net::Ipv6Addr::from(src.sin6_addr.s6_addr),
+        dst: None,
+        hop_limit: None,
+    };
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled
+    // within `msg_controllen`, returning null at its end; each message's data
+    // is read unaligned as the type its level and type name.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                    let h = data.cast::<libc::c_int>().read_unaligned();
+                    got.hop_limit = u8::try_from(h).ok();
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = data.cast::<libc::in6_pktinfo>().read_unaligned();
+                    got.dst = Some(std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(got)
 }

@@ -61,7 +61,11 @@ fn valid() -> Advert {
 }
 
 fn encode(a: &Advert) -> Vec<u8> {
-    a.encode(STRANGER, MULTICAST_V4, ChecksumMode::PseudoHeader)
+    a.encode(
+        STRANGER.into(),
+        MULTICAST_V4.into(),
+        ChecksumMode::PseudoHeader,
+    )
 }
 
 /// RFC 1071 checksum, to re-sign an advert after changing one field.
@@ -154,7 +158,9 @@ fn hostile_adverts_never_move_the_vip_wrongly() {
     let mut no_auth = valid();
     no_auth.auth = Auth::None;
     let mut addresses = valid();
-    addresses.addresses.push(Ipv4Addr::new(198, 18, 0, 201));
+    addresses
+        .addresses
+        .push(Ipv4Addr::new(198, 18, 0, 201).into());
     let mut interval = valid();
     interval.interval_cs = 200;
     let mut vrid = valid();
@@ -233,7 +239,7 @@ fn hostile_adverts_never_move_the_vip_wrongly() {
     // Another virtual router on the LAN (VRID 53, its own address) is normal: quiet.
     let mut other = valid();
     other.vrid = 53;
-    other.addresses = vec![Ipv4Addr::new(198, 18, 0, 222)];
+    other.addresses = vec![Ipv4Addr::new(198, 18, 0, 222).into()];
     inject_holding(&t, &inj, STRANGER, 255, &encode(&other));
     assert_eq!(
         count(&t.logs(), "advert from 198.18.0.1 discarded: another VRID"),

@@ -1,6 +1,7 @@
 //! Network-namespace topologies for the daemon tests: a bridge in its own
 //! namespace and one namespace per host, joined by veth pairs, addresses in
-//! 198.18.0.0/24. Everything a test creates is removed when its guard drops,
+//! 198.18.0.0/24 and 2001:2::/64 (and link-local), without duplicate address
+//! detection so that IPv6 addresses are usable at once. Everything a test creates is removed when its guard drops,
 //! also when the test fails; processes are ended by pid.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const VIP: &str = "198.18.0.100";
+pub const VIP6: &str = "2001:2::100";
 
 /// Whether namespace tests can run; outside CI without root they are skipped.
 pub fn root_or_skip(test: &str) -> bool {
@@ -52,7 +54,7 @@ pub struct Topology {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl Topology {
-    /// Hosts `h1..hN` at 198.18.0.1..N on one bridge.
+    /// Hosts `h1..hN` at 198.18.0.1..N and 2001:2::1..N on one bridge.
     pub fn new(hosts: usize) -> Topology {
         let prefix = format!(
             "kcv{}x{}",
@@ -71,13 +73,32 @@ impl Topology {
         let br = t.ns("br");
         ip(&["netns", "add", &br]);
         t.hosts.push("br".into());
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        // Without an MLD querier, snooping could keep ff02::12 from a port.
+        ip(&[
+            "-n",
+            &br,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         ip(&["-n", &br, "link", "set", "br0", "up"]);
         for i in 1..=hosts {
             let h = format!("h{i}");
             let ns = t.ns(&h);
             ip(&["netns", "add", &ns]);
             t.hosts.push(h.clone());
+            // Interfaces created from now on in `ns` skip duplicate address
+            // detection: their link-local address is usable at once.
+            let dad = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw"])
+                .arg("net.ipv6.conf.default.accept_dad=0")
+                .status()
+                .expect("sysctl");
+            assert!(dad.success(), "sysctl in {ns}");
             ip(&[
                 "-n", &br, "link", "add", &h, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ]);
@@ -90,6 +111,16 @@ impl Topology {
                 &format!("198.18.0.{i}/24"),
                 "dev",
                 "eth0",
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("2001:2::{i}/64"),
+                "dev",
+                "eth0",
+                "nodad",
             ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -209,13 +240,19 @@ impl Topology {
         self.has_addr(host, VIP)
     }
 
-    /// Whether `host`'s eth0 carries `addr`/32.
+    /// Whether `host`'s eth0 carries `addr`: an IPv4 one as /32, an IPv6 one
+    /// with any prefix.
     pub fn has_addr(&self, host: &str, addr: &str) -> bool {
+        let (family, needle) = if addr.contains(':') {
+            ("-6", format!(" {addr}/"))
+        } else {
+            ("-4", format!("{addr}/32"))
+        };
         let out = Command::new("ip")
-            .args(["-n", &self.ns(host), "-4", "addr", "show", "dev", "eth0"])
+            .args(["-n", &self.ns(host), family, "addr", "show", "dev", "eth0"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}/32"))
+        String::from_utf8_lossy(&out.stdout).contains(&needle)
     }
 
     /// Sends `sig` to a process this topology started and returns how it exited.
@@ -250,24 +287,40 @@ impl Topology {
 
     /// Which of `hosts` hold the VIP.
     pub fn holders(&self, hosts: &[&str]) -> Vec<String> {
+        self.holders_of(hosts, VIP)
+    }
+
+    /// Which of `hosts` hold `vip`.
+    pub fn holders_of(&self, hosts: &[&str], vip: &str) -> Vec<String> {
         hosts
             .iter()
-            .filter(|h| self.has_vip(h))
+            .filter(|h| self.has_addr(h, vip))
             .map(|h| h.to_string())
             .collect()
     }
 
     /// Waits until exactly `host` holds the VIP among `hosts`; returns how long it took.
     pub fn wait_holder(&self, hosts: &[&str], host: &str, limit: Duration) -> Duration {
+        self.wait_holder_of(hosts, host, VIP, limit)
+    }
+
+    /// Waits until exactly `host` holds `vip` among `hosts`; returns how long it took.
+    pub fn wait_holder_of(
+        &self,
+        hosts: &[&str],
+        host: &str,
+        vip: &str,
+        limit: Duration,
+    ) -> Duration {
         let start = Instant::now();
         loop {
-            let holders = self.holders(hosts);
+            let holders = self.holders_of(hosts, vip);
             if holders == [host] {
                 return start.elapsed();
             }
             if start.elapsed() > limit {
                 panic!(
-                    "after {limit:?} the VIP is on {holders:?}, wanted only on {host}\n{}",
+                    "after {limit:?} {vip} is on {holders:?}, wanted only on {host}\n{}",
                     self.logs()
                 );
             }
@@ -277,9 +330,14 @@ impl Topology {
 
     /// Checks that `host` alone keeps the VIP for `span`.
     pub fn stays_holder(&self, hosts: &[&str], host: &str, span: Duration) {
+        self.stays_holder_of(hosts, host, VIP, span)
+    }
+
+    /// Checks that `host` alone keeps `vip` for `span`.
+    pub fn stays_holder_of(&self, hosts: &[&str], host: &str, vip: &str, span: Duration) {
         let start = Instant::now();
         while start.elapsed() < span {
-            let holders = self.holders(hosts);
+            let holders = self.holders_of(hosts, vip);
             assert_eq!(holders, [host], "VIP moved\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
