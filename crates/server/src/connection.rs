@@ -395,9 +395,18 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
     loop {
         let wait = conn.stream.readable();
         let ready = match idle {
-            Some(limit) => tokio::time::timeout(limit, wait)
-                .await
-                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+            Some(limit) => match tokio::time::timeout(limit, wait).await {
+                Ok(ready) => ready,
+                // As memcached: only a connection waiting for a request (or in the middle of
+                // its line) is idle; one waiting for a value's data is left alone.
+                Err(_) if matches!(entry.state(), ConnState::NRead | ConnState::Swallow) => {
+                    continue
+                }
+                Err(_) => {
+                    conn.counters.idle_kicks += 1;
+                    break;
+                }
+            },
             None => wait.await,
         };
         if ready.is_err() {

@@ -131,6 +131,7 @@ fn general(session: &mut Session<'_>) {
     stat(out, "store_no_memory", counters.store_no_memory);
     stat(out, "auth_cmds", counters.auth_cmds);
     stat(out, "auth_errors", counters.auth_errors);
+    stat(out, "idle_kicks", counters.idle_kicks);
     stat(out, "bytes_read", counters.bytes_read);
     stat(out, "bytes_written", counters.bytes_written);
     stat(out, "limit_maxbytes", cache.limit_maxbytes);

@@ -1,0 +1,96 @@
+//! memcached 1.6 behaviours beyond the request/reply tables, each run against Debian's
+//! memcached 1.6.18 and `keepcached server` with the same flags and held to the same outcome:
+//! idle connections kicked (`-o idle_timeout`), read buffer limits (`-o read_buf_mem_limit`),
+//! ephemeral ports reported through `MEMCACHED_PORT_FILENAME`, the LRU crawler's commands,
+//! `watch` and the slab-class stats.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use keepcached_testkit::mask::stat_u64;
+use keepcached_testkit::wire::Target;
+use keepcached_testkit::{env, ServerProcess};
+
+fn targets() -> [Target; 2] {
+    [
+        Target::memcached(),
+        Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+    ]
+}
+
+/// What a connection shows within `wait`: the bytes it received and whether it was closed.
+fn observe(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    (got, false)
+}
+
+fn stats(server: &ServerProcess, group: &str) -> String {
+    let mut client = server.connect().expect("connect");
+    let request = if group.is_empty() {
+        "stats\r\n".to_string()
+    } else {
+        format!("stats {group}\r\n")
+    };
+    client.call(&request).expect("stats")
+}
+
+/// `-o idle_timeout=1`: a connection waiting for a request, or in the middle of a request line,
+/// is closed without a word once idle that long, and counted in `idle_kicks`; one waiting for
+/// a value's data is left open.
+#[test]
+fn idle_timeout_kicks_idle_connections() {
+    if !env::require("idle_timeout_kicks_idle_connections", false, &["memcached"]) {
+        return;
+    }
+    for target in targets() {
+        let server = target.start(&["-o", "idle_timeout=1"]).expect("server");
+        let open = || TcpStream::connect(server.addr()).expect("connect");
+        let mut idle = open();
+        let mut partial_line = open();
+        partial_line.write_all(b"get k").expect("write");
+        let mut value_arriving = open();
+        value_arriving
+            .write_all(b"set k 0 0 10\r\nabc")
+            .expect("write");
+        // memcached checks idleness about once a second: allow it several rounds.
+        for (name, conn) in [("idle", &mut idle), ("partial line", &mut partial_line)] {
+            let (got, closed) = observe(conn, Duration::from_secs(15));
+            assert!(
+                closed && got.is_empty(),
+                "{}: the {name} connection should be closed silently, got {got:?} closed={closed}",
+                target.label
+            );
+        }
+        let (got, closed) = observe(&mut value_arriving, Duration::from_millis(1500));
+        assert!(
+            !closed && got.is_empty(),
+            "{}: a connection receiving a value is not idle",
+            target.label
+        );
+        assert_eq!(
+            stat_u64(&stats(&server, ""), "idle_kicks"),
+            Some(2),
+            "{}",
+            target.label
+        );
+        value_arriving.write_all(b"defghij\r\n").expect("write");
+        let (got, _) = observe(&mut value_arriving, Duration::from_secs(2));
+        assert_eq!(got, b"STORED\r\n", "{}", target.label);
+    }
+}
