@@ -94,3 +94,58 @@ fn idle_timeout_kicks_idle_connections() {
         assert_eq!(got, b"STORED\r\n", "{}", target.label);
     }
 }
+
+/// `-o read_buf_mem_limit=1`: a multi-get too large for the limit is answered `SERVER_ERROR out
+/// of memory writing get response`, counted in `response_obj_oom`, and the connection goes on
+/// with the next request. (memcached runs out of reply objects, keepcached of read buffer for
+/// the line: the line here is long enough for both.)
+#[test]
+fn multiget_beyond_read_buf_mem_limit() {
+    if !env::require("multiget_beyond_read_buf_mem_limit", false, &["memcached"]) {
+        return;
+    }
+    let mut request = b"get".to_vec();
+    for i in 0..300_000 {
+        request.extend_from_slice(format!(" k{i:06}").as_bytes());
+    }
+    request.extend_from_slice(b"\r\nversion\r\n");
+    for target in targets() {
+        let server = target
+            .start(&["-o", "read_buf_mem_limit=1"])
+            .expect("server");
+        let mut conn = TcpStream::connect(server.addr()).expect("connect");
+        conn.write_all(&request).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while !got.ends_with(b"VERSION 1.6.18\r\n") && Instant::now() < deadline {
+            let (more, closed) = observe(&mut conn, Duration::from_millis(500));
+            got.extend_from_slice(&more);
+            assert!(!closed, "{}: closed after {got:?}", target.label);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "SERVER_ERROR out of memory writing get response\r\nVERSION 1.6.18\r\n",
+            "{}",
+            target.label
+        );
+        let stats = stats(&server, "");
+        assert_eq!(
+            stat_u64(&stats, "response_obj_oom"),
+            Some(1),
+            "{}",
+            target.label
+        );
+        for name in [
+            "read_buf_count",
+            "read_buf_bytes",
+            "read_buf_bytes_free",
+            "read_buf_oom",
+        ] {
+            assert!(
+                stat_u64(&stats, name).is_some(),
+                "{}: stats lacks {name}",
+                target.label
+            );
+        }
+    }
+}

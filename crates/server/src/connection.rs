@@ -62,6 +62,8 @@ const SHORT_TAIL: usize = 1024;
 pub struct InputBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Connections holding a share now.
+    holders: AtomicUsize,
 }
 
 impl InputBudget {
@@ -69,6 +71,7 @@ impl InputBudget {
         InputBudget {
             limit,
             used: AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
         }
     }
 
@@ -79,6 +82,11 @@ impl InputBudget {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Connections whose read buffer is larger than a read chunk now.
+    pub fn holders(&self) -> usize {
+        self.holders.load(Ordering::Relaxed)
     }
 
     fn take(&self, bytes: usize) -> bool {
@@ -115,6 +123,11 @@ impl Held<'_> {
         } else if bytes < self.bytes {
             self.budget.give_back(self.bytes - bytes);
         }
+        match (self.bytes, bytes) {
+            (0, 1..) => self.budget.holders.fetch_add(1, Ordering::Relaxed),
+            (1.., 0) => self.budget.holders.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
         self.bytes = bytes;
         true
     }
@@ -313,6 +326,15 @@ enum Queue {
 }
 
 const METADUMP_PIPELINED: &[u8] = b"ERROR cannot pipeline other commands before metadump\r\n";
+const GET_OUT_OF_MEMORY: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
+
+/// Whether `line` starts a text retrieval (get, gets, gat, gats), whose keys may make a line of
+/// any length.
+fn is_retrieval(line: &[u8]) -> bool {
+    [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|verb| line.starts_with(verb))
+}
 
 /// Why a batch of parsing stopped.
 enum Stop {
@@ -346,6 +368,8 @@ struct Conn<'a, S> {
     unsent: Unsent,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
+    /// Discarding the rest of a multi-get line the budget could not hold.
+    skip_line: bool,
     counters: Counters,
     /// The connection's number, for verbose logs.
     id: u64,
@@ -381,6 +405,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         spliced: Spliced::default(),
         unsent: Unsent::default(),
         swallow: 0,
+        skip_line: false,
         counters: Counters::default(),
         binary: match server.settings.protocol {
             Protocol::Ascii => Some(false),
@@ -439,14 +464,16 @@ impl<S: Socket> Conn<'_, S> {
             0
         };
         if !self.make_room(room) {
-            // memcached too drops a client whose multi-get line it cannot buffer.
-            if self.server.verbosity.load(Ordering::Relaxed) > 0 {
-                eprintln!(
-                    "<{} closing: no read buffer memory left for a {pending}-byte line",
-                    self.id
-                );
+            if self.binary == Some(false) && is_retrieval(&self.input) {
+                // memcached answers a multi-get it has no memory for with an error once the
+                // line is read, and goes on with the next request.
+                self.out.extend_from_slice(GET_OUT_OF_MEMORY);
+                self.counters.response_obj_oom += 1;
+                self.skip_line = true;
+                self.input.clear();
+            } else {
+                return Ok(self.close_for_memory(pending));
             }
-            return Ok(false);
         }
         let n = self.stream.read_buf(&mut self.input).await?;
         if n == 0 {
@@ -482,17 +509,29 @@ impl<S: Socket> Conn<'_, S> {
         Ok(keep_open)
     }
 
+    /// A line other than a multi-get that the budget cannot hold: memcached, too, drops the
+    /// client. Always false (close).
+    fn close_for_memory(&self, pending: usize) -> bool {
+        if self.server.verbosity.load(Ordering::Relaxed) > 0 {
+            eprintln!(
+                "<{} closing: no read buffer memory left for a {pending}-byte line",
+                self.id
+            );
+        }
+        false
+    }
+
     async fn handle_input(&mut self) -> io::Result<bool> {
         loop {
             self.need = 0;
             self.discard_swallowed();
-            let stop = if self.swallow > 0 {
+            let stop = if self.swallow > 0 || self.skip_line {
                 Stop::NeedInput
             } else {
                 self.run_batch()
             };
             // memcached answers a rejected value only once its data has been swallowed.
-            if self.swallow == 0 || matches!(stop, Stop::Close) {
+            if (self.swallow == 0 && !self.skip_line) || matches!(stop, Stop::Close) {
                 self.write_out().await?;
             }
             match stop {
@@ -527,6 +566,15 @@ impl<S: Socket> Conn<'_, S> {
     }
 
     fn discard_swallowed(&mut self) {
+        if self.skip_line {
+            match self.input.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    self.input.advance(end + 1);
+                    self.skip_line = false;
+                }
+                None => self.input.clear(),
+            }
+        }
         if self.swallow > 0 {
             let n = self.swallow.min(self.input.len());
             self.input.advance(n);
@@ -721,6 +769,7 @@ impl<S: Socket> Conn<'_, S> {
         }
         let size = total.max(READ_CHUNK);
         if !self.held.set(size - READ_CHUNK) {
+            self.counters.read_buf_oom += 1;
             return false;
         }
         let mut buf = if size == READ_CHUNK {

@@ -107,6 +107,19 @@ fn general(session: &mut Session<'_>) {
         "rejected_connections",
         load(&server.stats.rejected_connections),
     );
+    // memcached's read buffers are 16 KiB pieces kept per thread; ours are what connections
+    // hold beyond their first read chunk, drawn from the -o read_buf_mem_limit budget
+    // (docs/stats.md). A multi-get refused for it counts as memcached's response_obj_oom.
+    let budget = &server.input_budget;
+    stat(out, "response_obj_oom", counters.response_obj_oom);
+    stat(out, "read_buf_count", budget.holders());
+    stat(out, "read_buf_bytes", budget.used());
+    stat(
+        out,
+        "read_buf_bytes_free",
+        budget.limit().saturating_sub(budget.used()),
+    );
+    stat(out, "read_buf_oom", counters.read_buf_oom);
     stat(out, "cmd_get", counters.cmd_get);
     stat(out, "cmd_set", counters.cmd_set);
     stat(out, "cmd_flush", counters.cmd_flush);

@@ -100,6 +100,8 @@ counters!(
     auth_cmds,
     auth_errors,
     idle_kicks,
+    response_obj_oom,
+    read_buf_oom,
     bytes_read,
     bytes_written,
     conn_yields,
