@@ -31,10 +31,10 @@ use crate::{process, UsageError};
     args_override_self = true
 )]
 pub struct ServerArgs {
-    #[arg(short = 'p', long = "port", default_value_t = 11211)]
-    port: u16,
-    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
-    udp_port: u16,
+    #[arg(short = 'p', long = "port", default_value_t = 11211, allow_negative_numbers = true)]
+    port: i32,
+    #[arg(short = 'U', long = "udp-port", default_value_t = 0, allow_negative_numbers = true)]
+    udp_port: i32,
     #[arg(short = 's', long = "unix-socket")]
     unix_socket: Option<PathBuf>,
     #[arg(short = 'a', long = "unix-mask", default_value = "0700")]
@@ -217,9 +217,21 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         ));
     }
     let usage = |msg: String| Err(UsageError(msg));
+    let Some((port, tcp_ephemeral)) = port_arg(args.port) else {
+        return usage(format!("invalid TCP port (-p): {}", args.port));
+    };
+    let Some((udp_port, udp_ephemeral)) = port_arg(args.udp_port) else {
+        return usage(format!("invalid UDP port (-U): {}", args.udp_port));
+    };
     let mut settings = Settings {
-        port: args.port,
-        udp_port: args.udp_port,
+        port,
+        udp_port,
+        tcp_ephemeral,
+        udp_ephemeral,
+        // As memcached: where to write the ports actually bound (how -p -1 is found out).
+        port_file: std::env::var_os("MEMCACHED_PORT_FILENAME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         unix_socket: args.unix_socket,
         shutdown_command: args.enable_shutdown,
         evictions: !args.disable_evictions,
@@ -405,6 +417,15 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     })))
 }
 
+/// memcached's port argument: a port, 0 (off) or -1 (one the kernel chooses, per socket);
+/// `(port, ephemeral)`.
+fn port_arg(value: i32) -> Option<(u16, bool)> {
+    match value {
+        -1 => Some((0, true)),
+        _ => u16::try_from(value).ok().map(|port| (port, false)),
+    }
+}
+
 /// Checks `-e FILE` before anything starts, as memcached checks its usage: the file's directory
 /// must exist (the save writes a temporary file there and renames it) and FILE must not be a
 /// directory. The path is made absolute, because daemonizing changes the working directory.
@@ -429,11 +450,11 @@ fn help_text() -> String {
     let rows: &[(&str, &str)] = &[
         (
             "-p, --port=<num>",
-            "TCP port to listen on (default: 11211; 0 is off)",
+            "TCP port (default: 11211; 0 is off, -1 a free one per socket)",
         ),
         (
             "-U, --udp-port=<num>",
-            "UDP port to listen on (default: 0, off)",
+            "UDP port (default: 0, off; -1 a free one per socket)",
         ),
         (
             "-s, --unix-socket=<file>",
@@ -728,6 +749,17 @@ mod tests {
             16 * 1024 * 1024,
             "the default follows -m"
         );
+    }
+
+    #[test]
+    fn ephemeral_ports() {
+        let s = plan(&["-p", "-1", "-U", "-1"]).unwrap().settings;
+        assert!(s.tcp_ephemeral && s.udp_ephemeral);
+        assert_eq!((s.port, s.udp_port), (0, 0));
+        let s = plan(&["-p", "0", "-U", "11211"]).unwrap().settings;
+        assert!(!s.tcp_ephemeral && !s.udp_ephemeral);
+        assert!(plan(&["-p", "-2"]).unwrap_err().contains("-p"));
+        assert!(plan(&["-U", "65536"]).unwrap_err().contains("-U"));
     }
 
     #[test]

@@ -149,3 +149,81 @@ fn multiget_beyond_read_buf_mem_limit() {
         }
     }
 }
+
+/// A process started by a test, killed by pid when dropped (also when the test fails).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `-p -1 -U -1` with `MEMCACHED_PORT_FILENAME`: every socket gets a port of the kernel's
+/// choosing and the file lists them in memcached's format; the ports work and `stats settings`
+/// shows -1.
+#[test]
+fn ephemeral_ports_written_to_port_file() {
+    if !env::require("ephemeral_ports_written_to_port_file", false, &["memcached"]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("keepcached-portfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keepcached = env!("CARGO_BIN_EXE_keepcached");
+    let programs: [(&str, &[&str]); 2] = [("memcached", &[]), (keepcached, &["server"])];
+    let mut files = Vec::new();
+    for (i, (program, sub)) in programs.into_iter().enumerate() {
+        let file = dir.join(format!("ports{i}"));
+        let _ = std::fs::remove_file(&file);
+        let mut command = std::process::Command::new(program);
+        command
+            .args(sub)
+            .args(["-u", "root", "-l", "127.0.0.1,::1", "-p", "-1", "-U", "-1"])
+            .env("MEMCACHED_PORT_FILENAME", &file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let _child = Child(command.spawn().expect("spawn"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{program}: no port file");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut masked = String::new();
+        let mut ports = Vec::new();
+        for line in text.lines() {
+            let (what, port) = line.rsplit_once(' ').expect("a port per line");
+            let port: u16 = port.parse().expect("a port number");
+            assert_ne!(port, 0, "{program}: {line}");
+            ports.push(port);
+            masked.push_str(&format!("{what} <port>\n"));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 4, "{program}: one port per socket: {text}");
+        let tcp: u16 = text
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("first line");
+        let mut client =
+            keepcached_testkit::Client::connect((std::net::Ipv4Addr::LOCALHOST, tcp).into())
+                .expect("connect to the written port");
+        let settings = client.call("stats settings\r\n").expect("stats settings");
+        assert!(
+            settings.contains("STAT tcpport -1\r\n") && settings.contains("STAT udpport -1\r\n"),
+            "{program}: {settings}"
+        );
+        files.push(masked);
+    }
+    assert_eq!(
+        files[0],
+        "TCP INET: <port>\nTCP INET6: <port>\nUDP INET: <port>\nUDP INET6: <port>\n"
+    );
+    assert_eq!(files[1], files[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -177,8 +177,10 @@ fn settings(session: &mut Session<'_>) {
     let cache = server.cache.stats();
     stat(out, "maxbytes", cache.limit_maxbytes);
     stat(out, "maxconns", s.max_connections);
-    stat(out, "tcpport", s.port);
-    stat(out, "udpport", s.udp_port);
+    // memcached shows -1 for a port the kernel chose.
+    let shown = |port: u16, ephemeral: bool| if ephemeral { -1 } else { i32::from(port) };
+    stat(out, "tcpport", shown(s.port, s.tcp_ephemeral));
+    stat(out, "udpport", shown(s.udp_port, s.udp_ephemeral));
     let inter = if s.listen.is_empty() {
         "NULL".to_string()
     } else {

@@ -16,6 +16,12 @@ pub struct Settings {
     pub port: u16,
     /// UDP port (`-U`); 0 (the default) disables UDP.
     pub udp_port: u16,
+    /// `-p -1`: TCP on a port the kernel chooses, for each listening socket (`port` is 0).
+    pub tcp_ephemeral: bool,
+    /// `-U -1`: the same for UDP.
+    pub udp_ephemeral: bool,
+    /// `MEMCACHED_PORT_FILENAME`: the file the ports actually bound are written to.
+    pub port_file: Option<PathBuf>,
     /// Reply bytes one UDP request datagram may cause (`-o udp_reply_limit`); `None`: ten
     /// times the datagram's size, and at least one reply datagram (crate::udp).
     pub udp_reply_limit: Option<usize>,
@@ -93,6 +99,9 @@ impl Default for Settings {
         Settings {
             port: 11211,
             udp_port: 0,
+            tcp_ephemeral: false,
+            udp_ephemeral: false,
+            port_file: None,
             udp_reply_limit: None,
             listen: Vec::new(),
             unix_socket: None,
@@ -145,6 +154,16 @@ impl Settings {
             limit => limit,
         };
         usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The TCP port to bind (0: the kernel's choice), or `None` when TCP is off.
+    pub fn tcp_bind_port(&self) -> Option<u16> {
+        (self.port != 0 || self.tcp_ephemeral).then_some(self.port)
+    }
+
+    /// The UDP port to bind (0: the kernel's choice), or `None` when UDP is off.
+    pub fn udp_bind_port(&self) -> Option<u16> {
+        (self.udp_port != 0 || self.udp_ephemeral).then_some(self.udp_port)
     }
 
     pub fn limits(&self) -> Limits {
