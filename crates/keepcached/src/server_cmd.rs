@@ -31,9 +31,19 @@ use crate::{process, UsageError};
     args_override_self = true
 )]
 pub struct ServerArgs {
-    #[arg(short = 'p', long = "port", default_value_t = 11211, allow_negative_numbers = true)]
+    #[arg(
+        short = 'p',
+        long = "port",
+        default_value_t = 11211,
+        allow_negative_numbers = true
+    )]
     port: i32,
-    #[arg(short = 'U', long = "udp-port", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        short = 'U',
+        long = "udp-port",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     udp_port: i32,
     #[arg(short = 's', long = "unix-socket")]
     unix_socket: Option<PathBuf>,
@@ -170,7 +180,6 @@ const INERT_OPTIONS: &[&str] = &[
     "worker_logbuf_size",
     "slab_sizes",
     "slab_chunk_max",
-    "track_sizes",
     "no_inline_ascii_resp",
     "inline_ascii_resp",
     "modern",
@@ -354,9 +363,20 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     if let Some(path) = &args.memory_file {
         settings.memory_file = Some(memory_file_path(path).map_err(UsageError)?);
     }
+    if let Some(factor) = args.slab_growth_factor {
+        // memcached's check and message.
+        if factor <= 1.0 || !factor.is_finite() {
+            return usage("Factor must be greater than 1".into());
+        }
+        settings.slab_growth_factor = factor;
+    }
+    if let Some(size) = args.slab_min_size {
+        if size == 0 {
+            return usage("Chunk size must be greater than 0".into());
+        }
+        settings.slab_min_size = size;
+    }
     for (flag, given) in [
-        ("-f", args.slab_growth_factor.is_some()),
-        ("-n", args.slab_min_size.is_some()),
         ("-L", args.enable_largepages),
         ("-N", args.napi_ids.is_some()),
         ("-W", args.disable_watch),
@@ -399,6 +419,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 settings.read_buf_mem_limit = mb.saturating_mul(1024 * 1024);
             }
             "lru_crawler" => settings.lru_crawler = true,
+            "track_sizes" => settings.track_sizes = true,
             "no_lru_crawler" => settings.lru_crawler = false,
             _ if INERT_OPTIONS.contains(&key) => {
                 eprintln!("keepcached: -o {key} has no effect in keepcached and is ignored");
@@ -506,11 +527,11 @@ fn help_text() -> String {
         ),
         (
             "-f, --slab-growth-factor=<num>",
-            "accepted for compatibility; no slab classes here",
+            "growth factor of the slab classes stats describe items by",
         ),
         (
             "-n, --slab-min-size=<bytes>",
-            "accepted for compatibility; no slab classes here",
+            "item space of the first of those classes (default: 48)",
         ),
         ("-L, --enable-largepages", "accepted for compatibility"),
         (

@@ -165,7 +165,11 @@ impl Drop for Child {
 /// shows -1.
 #[test]
 fn ephemeral_ports_written_to_port_file() {
-    if !env::require("ephemeral_ports_written_to_port_file", false, &["memcached"]) {
+    if !env::require(
+        "ephemeral_ports_written_to_port_file",
+        false,
+        &["memcached"],
+    ) {
         return;
     }
     let dir = std::env::temp_dir().join(format!("keepcached-portfile-{}", std::process::id()));
@@ -226,4 +230,179 @@ fn ephemeral_ports_written_to_port_file() {
     );
     assert_eq!(files[1], files[0]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same few hundred items, of sizes that fall in several of memcached's slab classes.
+fn load_items(server: &ServerProcess) {
+    let mut request = Vec::new();
+    let mut state: u64 = 0x5eed;
+    for i in 0..300 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let len = [1, 10, 100, 1000, 5000, 20_000][(state >> 33) as usize % 6];
+        request.extend_from_slice(format!("set key{i} {i} 0 {len}\r\n").as_bytes());
+        request.resize(request.len() + len, b'v');
+        request.extend_from_slice(b"\r\n");
+    }
+    let mut client = server.connect().expect("connect");
+    client.send(&request).expect("load");
+    client.call("version\r\n").expect("loaded");
+}
+
+/// Replaces the access times of metadump lines (each server's clock second).
+fn mask_access_times(dump: &[u8]) -> String {
+    String::from_utf8_lossy(dump)
+        .split_inclusive('\n')
+        .map(|line| match line.find(" la=") {
+            Some(at) => {
+                let end = line[at + 4..].find(' ').map_or(line.len(), |e| at + 4 + e);
+                format!("{} la=<t>{}", &line[..at], &line[end..])
+            }
+            None => line.to_string(),
+        })
+        .collect()
+}
+
+/// Reads a reply up to its `END\r\n`.
+fn until_end(stream: &mut TcpStream) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while !got.ends_with(b"END\r\n") && Instant::now() < deadline {
+        let (more, closed) = observe(stream, Duration::from_millis(200));
+        got.extend_from_slice(&more);
+        assert!(!closed, "closed after {}", String::from_utf8_lossy(&got));
+    }
+    got
+}
+
+/// `lru_crawler`: metadump by class and in hash order, the crawl commands, and requests
+/// pipelined behind a metadump, which wait until the client sends more.
+#[test]
+fn lru_crawler_matches_memcached() {
+    if !env::require("lru_crawler_matches_memcached", false, &["memcached"]) {
+        return;
+    }
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        load_items(&server);
+        let mut conn = TcpStream::connect(server.addr()).expect("connect");
+        let mut replies = Vec::new();
+        // memcached's hash order is deterministic: compared line for line.
+        conn.write_all(b"lru_crawler metadump hash\r\n")
+            .expect("write");
+        replies.push(mask_access_times(&until_end(&mut conn)));
+        // A class walk follows memcached's LRUs: compared as a set of lines.
+        conn.write_all(b"lru_crawler metadump 12,1\r\n")
+            .expect("write");
+        let mut lines: Vec<String> = mask_access_times(&until_end(&mut conn))
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        replies.push(lines.join("\n"));
+        conn.write_all(b"lru_crawler metadump 2\r\nversion\r\nget nope\r\n")
+            .expect("write");
+        let (dump, _) = observe(&mut conn, Duration::from_millis(1500));
+        replies.push(String::from_utf8_lossy(&dump).into_owned());
+        conn.write_all(b"version\r\n").expect("write");
+        let (after, _) = observe(&mut conn, Duration::from_millis(1500));
+        replies.push(String::from_utf8_lossy(&after).into_owned());
+        for request in [
+            "lru_crawler crawl all\r\n",
+            "lru_crawler crawl 1,2\r\n",
+            "lru_crawler crawl hash\r\n",
+            "lru_crawler crawl 64\r\n",
+            "lru_crawler mgdump all\r\n",
+            "lru_crawler metadump ,\r\n",
+        ] {
+            let mut client = server.connect().expect("connect");
+            replies.push(client.call(request).expect(request));
+        }
+        seen.push((target.label.clone(), replies));
+    }
+    let (reference, subject) = (&seen[0].1, &seen[1].1);
+    assert!(reference[0].lines().count() > 300, "{}", reference[0]);
+    assert_eq!(reference[2], "END\r\n", "class 2 holds none of these items");
+    assert_eq!(
+        reference[3],
+        "VERSION 1.6.18\r\nEND\r\nVERSION 1.6.18\r\n"
+    );
+    for (i, (want, got)) in reference.iter().zip(subject).enumerate() {
+        assert_eq!(
+            want, got,
+            "reply {i} differs ({} vs {})",
+            seen[0].0, seen[1].0
+        );
+    }
+}
+
+/// The named stats of every class in a `stats items` or `stats slabs` reply.
+fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
+    reply
+        .lines()
+        .filter(|line| {
+            let name = line.split(' ').nth(1).unwrap_or("");
+            names
+                .iter()
+                .any(|n| name.ends_with(&format!(":{n}")) || name == *n)
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// `stats items`, `stats slabs` and `stats sizes` (with `-o track_sizes`) place the items in
+/// memcached's slab classes and size buckets with memcached's counts.
+#[test]
+fn slab_stats_match_memcached() {
+    if !env::require("slab_stats_match_memcached", false, &["memcached"]) {
+        return;
+    }
+    let mut seen = Vec::new();
+    for flags in [&[][..], &["-f", "2", "-n", "100", "-o", "track_sizes"]] {
+        for target in targets() {
+            let server = target.start(flags).expect("server");
+            load_items(&server);
+            let items = stats(&server, "items");
+            let slabs = stats(&server, "slabs");
+            seen.push((
+                format!("{} {flags:?}", target.label),
+                class_stats(&items, &["number", "mem_requested"]),
+                class_stats(
+                    &slabs,
+                    &[
+                        "chunk_size",
+                        "chunks_per_page",
+                        "total_pages",
+                        "total_chunks",
+                        "used_chunks",
+                        "free_chunks",
+                        "active_slabs",
+                    ],
+                ),
+                stats(&server, "sizes"),
+            ));
+        }
+    }
+    for pair in seen.chunks(2) {
+        let (reference, subject) = (&pair[0], &pair[1]);
+        assert!(reference.1.len() >= 8, "{reference:?}");
+        assert_eq!(
+            reference.1, subject.1,
+            "stats items: {} vs {}",
+            reference.0, subject.0
+        );
+        assert_eq!(
+            reference.2, subject.2,
+            "stats slabs: {} vs {}",
+            reference.0, subject.0
+        );
+        assert_eq!(
+            reference.3, subject.3,
+            "stats sizes: {} vs {}",
+            reference.0, subject.0
+        );
+    }
+    assert_eq!(seen[0].3, "STAT sizes_status disabled\r\nEND\r\n");
 }

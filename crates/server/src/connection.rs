@@ -740,6 +740,11 @@ impl<S: Socket> Conn<'_, S> {
                 self.unsent.requests += 1;
             }
             self.input.advance(consumed);
+            if dumped {
+                // memcached hands the connection to its crawler for the dump and back after
+                // it: requests pipelined behind the dump wait until the client sends more.
+                return Stop::NeedInput;
+            }
             if let Some(stop) = self.after(next) {
                 return stop;
             }

@@ -23,6 +23,7 @@ pub mod meta;
 pub mod persist;
 pub mod report;
 pub mod settings;
+pub mod slabs;
 pub mod stats;
 pub mod udp;
 
@@ -53,6 +54,8 @@ pub struct Server {
     pub input_budget: connection::InputBudget,
     /// Per-prefix counters of `stats detail`.
     pub detail: report::Detail,
+    /// memcached's slab classes for these settings, by which items are described.
+    pub slab_classes: slabs::SlabClasses,
     /// Where the items are saved and loaded from (`-e`), if anywhere.
     pub memory_file: Option<persist::MemoryFile>,
 }
@@ -64,6 +67,11 @@ impl Server {
         let detail = report::Detail::new(settings.prefix_delimiter, settings.detail_enabled);
         let memory_file = settings.memory_file.clone().map(persist::MemoryFile::new);
         let input_budget = connection::InputBudget::new(settings.read_buffer_budget());
+        let slab_classes = slabs::SlabClasses::new(
+            settings.slab_growth_factor,
+            settings.slab_min_size,
+            settings.item_size_max,
+        );
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
@@ -75,6 +83,7 @@ impl Server {
             conns: Arc::default(),
             input_budget,
             detail,
+            slab_classes,
             memory_file,
         })
     }

@@ -70,6 +70,13 @@ pub struct Settings {
     pub detail_enabled: bool,
     /// `-e`: the file the items are saved to on a graceful shutdown and loaded from at start.
     pub memory_file: Option<PathBuf>,
+    /// `-f`: the growth factor of memcached's slab classes, which `stats items`, `stats slabs`
+    /// and `lru_crawler metadump` describe items by (crate::slabs).
+    pub slab_growth_factor: f64,
+    /// `-n`: the item space of memcached's first slab class.
+    pub slab_min_size: u32,
+    /// `-o track_sizes`: `stats sizes` answers with the items per 32-byte size bucket.
+    pub track_sizes: bool,
     /// `-o read_buf_mem_limit`: what connections' read buffers may hold together beyond their
     /// first 16 KiB each (values still arriving, long multi-get lines), in bytes; 0 means as
     /// much as `-m`.
@@ -126,6 +133,9 @@ impl Default for Settings {
             detail_enabled: false,
             memory_file: None,
             read_buf_mem_limit: 0,
+            slab_growth_factor: 1.25,
+            slab_min_size: 48,
+            track_sizes: false,
         }
     }
 }
