@@ -176,7 +176,6 @@ const INERT_OPTIONS: &[&str] = &[
     "hot_max_factor",
     "warm_max_factor",
     "temporary_ttl",
-    "watcher_logbuf_size",
     "worker_logbuf_size",
     "slab_sizes",
     "slab_chunk_max",
@@ -246,6 +245,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         evictions: !args.disable_evictions,
         cas: !args.disable_cas,
         flush_enabled: !args.disable_flush_all,
+        watch_enabled: !args.disable_watch,
         verbose: u32::from(args.verbose),
         backlog: args.listen_backlog,
         ..Settings::default()
@@ -379,7 +379,6 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     for (flag, given) in [
         ("-L", args.enable_largepages),
         ("-N", args.napi_ids.is_some()),
-        ("-W", args.disable_watch),
         ("-X", args.disable_dumping),
     ] {
         if given {
@@ -420,6 +419,16 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             }
             "lru_crawler" => settings.lru_crawler = true,
             "track_sizes" => settings.track_sizes = true,
+            "watcher_logbuf_size" => {
+                // memcached's unit: kilobytes.
+                let Some(kb) = value
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|kb| *kb > 0)
+                else {
+                    return usage(format!("invalid watcher_logbuf_size: {option}"));
+                };
+                settings.watcher_logbuf_size = kb.saturating_mul(1024);
+            }
             "no_lru_crawler" => settings.lru_crawler = false,
             _ if INERT_OPTIONS.contains(&key) => {
                 eprintln!("keepcached: -o {key} has no effect in keepcached and is ignored");
@@ -566,7 +575,7 @@ fn help_text() -> String {
         ),
         ("-F, --disable-flush-all", "refuse flush_all"),
         ("-X, --disable-dumping", "accepted for compatibility"),
-        ("-W, --disable-watch", "accepted for compatibility"),
+        ("-W, --disable-watch", "refuse the watch command"),
         (
             "-e, --memory-file=<file>",
             "restartable cache: items saved to <file> on SIGTERM, SIGINT,",

@@ -325,10 +325,7 @@ fn lru_crawler_matches_memcached() {
     let (reference, subject) = (&seen[0].1, &seen[1].1);
     assert!(reference[0].lines().count() > 300, "{}", reference[0]);
     assert_eq!(reference[2], "END\r\n", "class 2 holds none of these items");
-    assert_eq!(
-        reference[3],
-        "VERSION 1.6.18\r\nEND\r\nVERSION 1.6.18\r\n"
-    );
+    assert_eq!(reference[3], "VERSION 1.6.18\r\nEND\r\nVERSION 1.6.18\r\n");
     for (i, (want, got)) in reference.iter().zip(subject).enumerate() {
         assert_eq!(
             want, got,
@@ -405,4 +402,138 @@ fn slab_stats_match_memcached() {
         );
     }
     assert_eq!(seen[0].3, "STAT sizes_status disabled\r\nEND\r\n");
+}
+
+/// Log lines with what differs between two runs masked: the time, the line id (checked to
+/// increase), the connection number and the client's port.
+fn mask_log(text: &str) -> Vec<String> {
+    let mut last_gid = 0u64;
+    text.lines()
+        .map(|line| {
+            line.split(' ')
+                .map(|field| match field.split_once('=') {
+                    Some(("gid", gid)) => {
+                        let gid: u64 = gid.parse().expect("a numeric gid");
+                        assert!(gid > last_gid, "gids increase: {text}");
+                        last_gid = gid;
+                        "gid=<n>".to_string()
+                    }
+                    Some(("ts", ts)) => {
+                        let (secs, micros) = ts.split_once('.').expect("ts=SECS.MICROS");
+                        assert!(secs.parse::<u64>().is_ok() && micros.parse::<u32>().is_ok());
+                        "ts=<t>".to_string()
+                    }
+                    Some((name @ ("cfd" | "rport"), _)) => format!("{name}=<n>"),
+                    _ => field.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// `watch fetchers mutations connevents`: the log lines of a client's session, line for line
+/// as memcached prints them; `watch` refusals; `log_watchers` in `stats`.
+#[test]
+fn watch_matches_memcached() {
+    if !env::require("watch_matches_memcached", false, &["memcached"]) {
+        return;
+    }
+    let session = "get wa\r\nset wa 5 0 2\r\nhi\r\nget wa\r\ngets wa nope\r\nadd wa 0 0 1\r\nx\r\n\
+        append wa 0 0 1\r\ny\r\nmg wa v\r\nmg nope\r\ndelete wa\r\nset n 0 0 1\r\n5\r\n\
+        incr n 2\r\ntouch n 10\r\nmd n\r\nma n\r\nms wb 2 T100\r\nhi\r\ncas wb 0 0 1 1\r\nz\r\n\
+        flush_all\r\nget wb\r\nquit\r\n";
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        let mut watcher = TcpStream::connect(server.addr()).expect("connect");
+        watcher
+            .write_all(b"watch fetchers mutations connevents\r\n")
+            .expect("write");
+        let (ok, _) = observe(&mut watcher, Duration::from_secs(2));
+        assert_eq!(ok, b"OK\r\n", "{}", target.label);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut client = TcpStream::connect(server.addr()).expect("connect");
+        client.write_all(session.as_bytes()).expect("write");
+        let mut log = Vec::new();
+        while !String::from_utf8_lossy(&log).contains("type=conn_close") {
+            let (more, _) = observe(&mut watcher, Duration::from_millis(200));
+            log.extend_from_slice(&more);
+            assert!(
+                Instant::now() < deadline,
+                "{}: log so far {log:?}",
+                target.label
+            );
+        }
+        seen.push(mask_log(&String::from_utf8_lossy(&log)));
+        // memcached's logger thread updates the count on its next round.
+        while stat_u64(&stats(&server, ""), "log_watchers") != Some(1) {
+            assert!(Instant::now() < deadline, "{}: log_watchers", target.label);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut refused = Vec::new();
+        for request in ["watch bogus\r\n", "watch deletions\r\n"] {
+            let mut client = server.connect().expect("connect");
+            refused.push(client.call(request).expect(request));
+        }
+        assert_eq!(refused, ["ERROR\r\n", "ERROR\r\n"], "{}", target.label);
+        let disabled = target.start(&["-W"]).expect("server");
+        let mut client = disabled.connect().expect("connect");
+        assert_eq!(
+            client.call("watch\r\n").expect("watch"),
+            "CLIENT_ERROR watch commands not allowed\r\n",
+            "{}",
+            target.label
+        );
+    }
+    assert!(seen[0].len() > 20, "{:#?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "memcached's log, then keepcached's");
+}
+
+/// A watcher that does not read loses lines rather than slowing the server, and the next line
+/// it gets says how many: `skipped=N` (keepcached only: memcached's own test of this calls
+/// itself flaky, since when it skips depends on its logger thread's timing).
+#[test]
+fn a_slow_watcher_skips_lines_and_says_so() {
+    let server = Target::keepcached(env!("CARGO_BIN_EXE_keepcached"))
+        .start(&["-o", "watcher_logbuf_size=8"])
+        .expect("server");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&server.addr().into()).expect("connect");
+    let mut watcher: TcpStream = socket.into();
+    watcher.write_all(b"watch\r\n").expect("write");
+    let (ok, _) = observe(&mut watcher, Duration::from_secs(2));
+    assert_eq!(ok, b"OK\r\n");
+    let mut client = server.connect().expect("connect");
+    let spacer = "X".repeat(180);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while stat_u64(&stats(&server, ""), "log_watcher_skipped").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no line was ever skipped");
+        let gets: String = (0..2000)
+            .map(|i| format!("get foo{round}_{i}{spacer}\r\n"))
+            .collect();
+        client.send(gets.as_bytes()).expect("gets");
+        client
+            .call("version\r\n")
+            .expect("served while the watcher stalls");
+        round += 1;
+    }
+    // Once the watcher reads again, the next line after the gap carries the note.
+    let mut log = Vec::new();
+    while !String::from_utf8_lossy(&log).contains("skipped=") {
+        assert!(Instant::now() < deadline, "no skipped= line");
+        client.call("get after_the_gap\r\n").expect("get");
+        let (more, _) = observe(&mut watcher, Duration::from_millis(100));
+        log.extend_from_slice(&more);
+    }
+    let text = String::from_utf8_lossy(&log);
+    let note = text
+        .lines()
+        .find(|l| l.starts_with("skipped="))
+        .expect("note");
+    let skipped: u64 = note["skipped=".len()..].parse().expect("a count");
+    assert!(skipped > 0, "{note}");
 }

@@ -5,12 +5,13 @@
 //! errors included, except the few memcached sends regardless).
 
 use bytes::Bytes;
-use keepcached_cache::{DeltaResult, Lookup, ReadOptions, StoreMode, StoreResult};
+use keepcached_cache::{memcached_size, DeltaResult, Lookup, ReadOptions, StoreMode, StoreResult};
 use keepcached_protocol::reply::{self, ErrorReply};
 use keepcached_protocol::{Command, Invalid, Keys, Request, StoreKind, Verb};
 
 use crate::report;
 use crate::stats::Counters;
+use crate::watch;
 use crate::Server;
 
 /// The version clients see; keepcached speaks memcached 1.6.18's protocol, and clients choose
@@ -48,12 +49,26 @@ pub enum Next {
     Close,
 }
 
+/// memcached's name of a store mode, as `watch mutations` shows it.
+pub fn mode_name(mode: StoreMode) -> &'static str {
+    match mode {
+        StoreMode::Set => "set",
+        StoreMode::Add => "add",
+        StoreMode::Replace => "replace",
+        StoreMode::Append => "append",
+        StoreMode::Prepend => "prepend",
+        StoreMode::Cas(_) => "cas",
+    }
+}
+
 /// Per-connection state the executor needs besides the request.
 #[derive(Debug)]
 pub struct Session<'a> {
     pub server: &'a Server,
     pub out: &'a mut Vec<u8>,
     pub counters: &'a mut Counters,
+    /// The connection's number, which `watch` lines show as `cfd` (0 for UDP).
+    pub conn_id: u64,
 }
 
 impl Session<'_> {
@@ -125,7 +140,17 @@ impl Session<'_> {
                     StoreKind::Cas => StoreMode::Cas(cas),
                 };
                 let exptime = server.clock.exptime(exptime);
+                let before = self.watch_peek(key, watch::FETCHERS | watch::MUTATIONS);
                 let result = server.cache.store(mode, key, flags, exptime, data, now);
+                if server.watch.wants(watch::MUTATIONS) {
+                    let len = match (kind, result) {
+                        (StoreKind::Append | StoreKind::Prepend, StoreResult::Stored) => {
+                            data.len() + before.map_or(0, |(old, _)| old)
+                        }
+                        _ => data.len(),
+                    };
+                    self.watch_store(kind.name(), key, flags, exptime, len, result);
+                }
                 if kind == StoreKind::Cas {
                     match result {
                         StoreResult::Stored => self.counters.cas_hits += 1,
@@ -153,6 +178,7 @@ impl Session<'_> {
             }
             Request::Delete { key, noreply } => {
                 server.detail.record_delete(key);
+                self.watch_peek(key, watch::FETCHERS);
                 let line = if server.cache.delete(key, now) {
                     self.counters.delete_hits += 1;
                     reply::DELETED
@@ -169,6 +195,7 @@ impl Session<'_> {
                 delta,
                 noreply,
             } => {
+                self.watch_peek(key, watch::FETCHERS);
                 let result = server.cache.incr_decr(key, incr, delta, now);
                 let (hits, misses) = if incr {
                     (&mut self.counters.incr_hits, &mut self.counters.incr_misses)
@@ -198,6 +225,7 @@ impl Session<'_> {
             } => {
                 self.counters.cmd_touch += 1;
                 let exptime = server.clock.exptime(exptime);
+                self.watch_peek(key, watch::FETCHERS);
                 let line = if server.cache.touch(key, exptime, now) {
                     self.counters.touch_hits += 1;
                     reply::TOUCHED
@@ -345,6 +373,7 @@ impl Session<'_> {
                 item.set_exptime(exptime);
             }
             let view = item.view();
+            let found = (view.value.len(), view.flags);
             let cas = with_cas.then_some(view.cas);
             match spliced {
                 Some(spliced) if view.value.len() >= SPLICE_MIN => {
@@ -355,15 +384,99 @@ impl Session<'_> {
                 }
                 _ => reply::value(out, view.key, view.flags, view.value, cas),
             }
+            found
         });
+        if server.watch.wants(watch::FETCHERS) {
+            let found = match lookup {
+                Lookup::Hit(found) => found,
+                _ => (0, 0),
+            };
+            self.watch_get(key, &lookup, found);
+        }
         server
             .detail
-            .record_get(key, matches!(lookup, Lookup::Hit(())));
+            .record_get(key, matches!(lookup, Lookup::Hit(_)));
         self.counters.count_read(&lookup, touch_to.is_some());
         if touch_to.is_some() {
             // memcached's text gat also counts as a get.
             self.counters.cmd_get += 1;
         }
+    }
+
+    /// For a command that looks its key up before changing it, as memcached does: when a
+    /// watcher wants one of `streams`, looks the key up without a trace and logs the lookup
+    /// (with `fetchers` watched); the value's length and flags when found.
+    pub fn watch_peek(&self, key: &[u8], streams: u8) -> Option<(usize, u32)> {
+        let server = self.server;
+        if !server.watch.wants(streams) {
+            return None;
+        }
+        let quiet = ReadOptions {
+            bump: false,
+            vivify: false,
+        };
+        let lookup = server.cache.read(key, quiet, server.clock.now(), |item| {
+            let view = item.view();
+            (view.value.len(), view.flags)
+        });
+        let found = match lookup {
+            Lookup::Hit(found) => Some(found),
+            _ => None,
+        };
+        if server.watch.wants(watch::FETCHERS) {
+            self.watch_get(key, &lookup, found.unwrap_or_default());
+        }
+        found
+    }
+
+    /// Logs a key read for `watch fetchers`; `(len, flags)` are the value's on a hit.
+    pub fn watch_get<R>(&self, key: &[u8], lookup: &Lookup<R>, (len, flags): (usize, u32)) {
+        let server = self.server;
+        let status = match lookup {
+            Lookup::Hit(_) => watch::GetStatus::Found {
+                clsid: server.slab_classes.class_of(memcached_size(
+                    key.len(),
+                    len,
+                    flags,
+                    server.settings.cas,
+                )),
+                size: len,
+            },
+            Lookup::Miss => watch::GetStatus::NotFound,
+            Lookup::Flushed => watch::GetStatus::Flushed,
+            Lookup::Expired => watch::GetStatus::Expired,
+        };
+        server.watch.item_get(key, status, self.conn_id);
+    }
+
+    /// Logs a store for `watch mutations`. memcached logs only stores that got as far as an
+    /// item: not one too large or without memory.
+    pub fn watch_store(
+        &self,
+        cmd: &str,
+        key: &[u8],
+        flags: u32,
+        exptime: u32,
+        len: usize,
+        result: StoreResult,
+    ) {
+        let server = self.server;
+        let status = match result {
+            StoreResult::Stored => "stored",
+            StoreResult::NotStored => "not_stored",
+            StoreResult::Exists => "exists",
+            StoreResult::NotFound => "not_found",
+            StoreResult::TooLarge | StoreResult::OutOfMemory => return,
+        };
+        let ttl = match exptime {
+            0 => 0,
+            at => at.wrapping_sub(server.clock.now()),
+        };
+        let size = memcached_size(key.len(), len, flags, server.settings.cas);
+        let clsid = server.slab_classes.class_of(size);
+        server
+            .watch
+            .item_store(key, status, cmd, ttl, clsid, self.conn_id, len);
     }
 
     /// Answers input that did not parse into a request.

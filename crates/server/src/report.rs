@@ -149,6 +149,10 @@ fn general(session: &mut Session<'_>) {
     stat(out, "accepting_conns", 1);
     stat(out, "threads", server.settings.threads);
     stat(out, "conn_yields", counters.conn_yields);
+    let (watchers, sent, skipped) = server.watch.counts();
+    stat(out, "log_watcher_skipped", skipped);
+    stat(out, "log_watcher_sent", sent);
+    stat(out, "log_watchers", watchers);
     stat(out, "bytes", cache.bytes);
     stat(out, "curr_items", cache.curr_items);
     stat(out, "total_items", cache.total_items);

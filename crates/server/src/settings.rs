@@ -75,6 +75,11 @@ pub struct Settings {
     pub slab_growth_factor: f64,
     /// `-n`: the item space of memcached's first slab class.
     pub slab_min_size: u32,
+    /// `false` with `-W`: `watch` is refused.
+    pub watch_enabled: bool,
+    /// `-o watcher_logbuf_size` (given in KiB): what a watcher's unread log lines may hold
+    /// before lines are skipped.
+    pub watcher_logbuf_size: usize,
     /// `-o track_sizes`: `stats sizes` answers with the items per 32-byte size bucket.
     pub track_sizes: bool,
     /// `-o read_buf_mem_limit`: what connections' read buffers may hold together beyond their
@@ -136,6 +141,8 @@ impl Default for Settings {
             slab_growth_factor: 1.25,
             slab_min_size: 48,
             track_sizes: false,
+            watch_enabled: true,
+            watcher_logbuf_size: crate::watch::BUF_LIMIT,
         }
     }
 }
