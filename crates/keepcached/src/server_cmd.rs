@@ -782,6 +782,32 @@ mod tests {
     }
 
     #[test]
+    fn slab_class_flags_are_checked_as_memcached_checks_them() {
+        let s = plan(&[
+            "-f",
+            "2",
+            "-n",
+            "100",
+            "-o",
+            "track_sizes,watcher_logbuf_size=8",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!((s.slab_growth_factor, s.slab_min_size), (2.0, 100));
+        assert!(s.track_sizes);
+        assert_eq!(s.watcher_logbuf_size, 8 * 1024);
+        assert_eq!(
+            plan(&["-f", "1"]).unwrap_err(),
+            "Factor must be greater than 1"
+        );
+        assert_eq!(
+            plan(&["-n", "0"]).unwrap_err(),
+            "Chunk size must be greater than 0"
+        );
+        assert!(!plan(&["-W"]).unwrap().settings.watch_enabled);
+    }
+
+    #[test]
     fn ephemeral_ports() {
         let s = plan(&["-p", "-1", "-U", "-1"]).unwrap().settings;
         assert!(s.tcp_ephemeral && s.udp_ephemeral);

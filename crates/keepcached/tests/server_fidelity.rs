@@ -147,6 +147,28 @@ fn multiget_beyond_read_buf_mem_limit() {
                 target.label
             );
         }
+        if target.label == "keepcached" {
+            // The refused line held the budget only until it was refused.
+            assert_eq!(stat_u64(&stats, "read_buf_oom"), Some(1));
+            assert_eq!(stat_u64(&stats, "read_buf_bytes"), Some(0));
+            // A value still arriving holds its buffer beyond the first read chunk.
+            let mut arriving = TcpStream::connect(server.addr()).expect("connect");
+            arriving
+                .write_all(&[&b"set big 0 0 500000\r\n"[..], &[b'v'; 100_000]].concat())
+                .expect("write");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let stats = self::stats(&server, "");
+                if stat_u64(&stats, "read_buf_count") == Some(1) {
+                    let bytes = stat_u64(&stats, "read_buf_bytes").expect("read_buf_bytes");
+                    let free = stat_u64(&stats, "read_buf_bytes_free").expect("free");
+                    assert!(bytes > 0 && bytes + free == 1024 * 1024, "{stats}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{stats}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 
