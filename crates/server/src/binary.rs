@@ -357,7 +357,7 @@ impl Session<'_> {
                 }
                 _ => request.value.len(),
             };
-            let cmd = crate::execute::mode_name(mode);
+            let cmd = crate::watch::mode_name(mode);
             self.watch_store(cmd, key, flags, exptime, len, result);
         }
         if let StoreMode::Cas(_) = mode {

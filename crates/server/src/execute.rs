@@ -5,7 +5,7 @@
 //! errors included, except the few memcached sends regardless).
 
 use bytes::Bytes;
-use keepcached_cache::{memcached_size, DeltaResult, Lookup, ReadOptions, StoreMode, StoreResult};
+use keepcached_cache::{DeltaResult, Lookup, ReadOptions, StoreMode, StoreResult};
 use keepcached_protocol::reply::{self, ErrorReply};
 use keepcached_protocol::{Command, Invalid, Keys, Request, StoreKind, Verb};
 
@@ -47,18 +47,6 @@ pub enum Next {
     Swallow(usize),
     /// Close the connection once the replies so far are written.
     Close,
-}
-
-/// memcached's name of a store mode, as `watch mutations` shows it.
-pub fn mode_name(mode: StoreMode) -> &'static str {
-    match mode {
-        StoreMode::Set => "set",
-        StoreMode::Add => "add",
-        StoreMode::Replace => "replace",
-        StoreMode::Append => "append",
-        StoreMode::Prepend => "prepend",
-        StoreMode::Cas(_) => "cas",
-    }
 }
 
 /// Per-connection state the executor needs besides the request.
@@ -401,82 +389,6 @@ impl Session<'_> {
             // memcached's text gat also counts as a get.
             self.counters.cmd_get += 1;
         }
-    }
-
-    /// For a command that looks its key up before changing it, as memcached does: when a
-    /// watcher wants one of `streams`, looks the key up without a trace and logs the lookup
-    /// (with `fetchers` watched); the value's length and flags when found.
-    pub fn watch_peek(&self, key: &[u8], streams: u8) -> Option<(usize, u32)> {
-        let server = self.server;
-        if !server.watch.wants(streams) {
-            return None;
-        }
-        let quiet = ReadOptions {
-            bump: false,
-            vivify: false,
-        };
-        let lookup = server.cache.read(key, quiet, server.clock.now(), |item| {
-            let view = item.view();
-            (view.value.len(), view.flags)
-        });
-        let found = match lookup {
-            Lookup::Hit(found) => Some(found),
-            _ => None,
-        };
-        if server.watch.wants(watch::FETCHERS) {
-            self.watch_get(key, &lookup, found.unwrap_or_default());
-        }
-        found
-    }
-
-    /// Logs a key read for `watch fetchers`; `(len, flags)` are the value's on a hit.
-    pub fn watch_get<R>(&self, key: &[u8], lookup: &Lookup<R>, (len, flags): (usize, u32)) {
-        let server = self.server;
-        let status = match lookup {
-            Lookup::Hit(_) => watch::GetStatus::Found {
-                clsid: server.slab_classes.class_of(memcached_size(
-                    key.len(),
-                    len,
-                    flags,
-                    server.settings.cas,
-                )),
-                size: len,
-            },
-            Lookup::Miss => watch::GetStatus::NotFound,
-            Lookup::Flushed => watch::GetStatus::Flushed,
-            Lookup::Expired => watch::GetStatus::Expired,
-        };
-        server.watch.item_get(key, status, self.conn_id);
-    }
-
-    /// Logs a store for `watch mutations`. memcached logs only stores that got as far as an
-    /// item: not one too large or without memory.
-    pub fn watch_store(
-        &self,
-        cmd: &str,
-        key: &[u8],
-        flags: u32,
-        exptime: u32,
-        len: usize,
-        result: StoreResult,
-    ) {
-        let server = self.server;
-        let status = match result {
-            StoreResult::Stored => "stored",
-            StoreResult::NotStored => "not_stored",
-            StoreResult::Exists => "exists",
-            StoreResult::NotFound => "not_found",
-            StoreResult::TooLarge | StoreResult::OutOfMemory => return,
-        };
-        let ttl = match exptime {
-            0 => 0,
-            at => at.wrapping_sub(server.clock.now()),
-        };
-        let size = memcached_size(key.len(), len, flags, server.settings.cas);
-        let clsid = server.slab_classes.class_of(size);
-        server
-            .watch
-            .item_store(key, status, cmd, ttl, clsid, self.conn_id, len);
     }
 
     /// Answers input that did not parse into a request.

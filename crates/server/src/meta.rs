@@ -275,7 +275,7 @@ impl Session<'_> {
         let before = self.watch_peek(request.key.as_bytes(), watched);
         let outcome = server.cache.store_item(store, now);
         if server.watch.wants(crate::watch::MUTATIONS) {
-            let cmd = crate::execute::mode_name(mode);
+            let cmd = crate::watch::mode_name(mode);
             let key = request.key.as_bytes();
             let len = match (mode, outcome.result) {
                 (StoreMode::Append | StoreMode::Prepend, StoreResult::Stored) => {

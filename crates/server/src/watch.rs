@@ -21,8 +21,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use keepcached_cache::{memcached_size, Lookup, ReadOptions, StoreMode, StoreResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
+
+use crate::execute::Session;
 
 /// Item reads (memcached's `fetchers`, the default).
 pub const FETCHERS: u8 = 1;
@@ -301,6 +304,99 @@ impl WatchGuard<'_> {
                 }
             }
         }
+    }
+}
+
+/// memcached's name of a store mode, as `watch mutations` shows it.
+pub fn mode_name(mode: StoreMode) -> &'static str {
+    match mode {
+        StoreMode::Set => "set",
+        StoreMode::Add => "add",
+        StoreMode::Replace => "replace",
+        StoreMode::Append => "append",
+        StoreMode::Prepend => "prepend",
+        StoreMode::Cas(_) => "cas",
+    }
+}
+
+/// The request path's side of `watch`: what a command logs, called only when
+/// [`Watchers::wants`] says someone watches.
+impl Session<'_> {
+    /// For a command that looks its key up before changing it, as memcached does: when a
+    /// watcher wants one of `streams`, looks the key up without a trace and logs the lookup
+    /// (with `fetchers` watched); the value's length and flags when found.
+    #[inline]
+    pub fn watch_peek(&self, key: &[u8], streams: u8) -> Option<(usize, u32)> {
+        let server = self.server;
+        if !server.watch.wants(streams) {
+            return None;
+        }
+        let quiet = ReadOptions {
+            bump: false,
+            vivify: false,
+        };
+        let lookup = server.cache.read(key, quiet, server.clock.now(), |item| {
+            let view = item.view();
+            (view.value.len(), view.flags)
+        });
+        let found = match lookup {
+            Lookup::Hit(found) => Some(found),
+            _ => None,
+        };
+        if server.watch.wants(FETCHERS) {
+            self.watch_get(key, &lookup, found.unwrap_or_default());
+        }
+        found
+    }
+
+    /// Logs a key read for `watch fetchers`; `(len, flags)` are the value's on a hit.
+    pub fn watch_get<R>(&self, key: &[u8], lookup: &Lookup<R>, (len, flags): (usize, u32)) {
+        let server = self.server;
+        let status = match lookup {
+            Lookup::Hit(_) => GetStatus::Found {
+                clsid: server.slab_classes.class_of(memcached_size(
+                    key.len(),
+                    len,
+                    flags,
+                    server.settings.cas,
+                )),
+                size: len,
+            },
+            Lookup::Miss => GetStatus::NotFound,
+            Lookup::Flushed => GetStatus::Flushed,
+            Lookup::Expired => GetStatus::Expired,
+        };
+        server.watch.item_get(key, status, self.conn_id);
+    }
+
+    /// Logs a store for `watch mutations`. memcached logs only stores that got as far as an
+    /// item: not one too large or without memory.
+    pub fn watch_store(
+        &self,
+        cmd: &str,
+        key: &[u8],
+        flags: u32,
+        exptime: u32,
+        len: usize,
+        result: StoreResult,
+    ) {
+        let server = self.server;
+        let status = match result {
+            StoreResult::Stored => "stored",
+            StoreResult::NotStored => "not_stored",
+            StoreResult::Exists => "exists",
+            StoreResult::NotFound => "not_found",
+            StoreResult::TooLarge | StoreResult::OutOfMemory => return,
+        };
+        let ttl = match exptime {
+            0 => 0,
+            at => at.wrapping_sub(server.clock.now()),
+        };
+        let size = memcached_size(key.len(), len, flags, server.settings.cas);
+        let clsid = server.slab_classes.class_of(size);
+        server
+            .watch
+            .item_store(key, status, cmd, ttl, clsid, self.conn_id, len);
     }
 }
 
