@@ -596,7 +596,11 @@ fn help_text() -> String {
             "",
             "read_buf_mem_limit=<mb> (values being received, all connections;",
         ),
-        ("", "default: as much as -m), and"),
+        ("", "default: as much as -m), track_sizes (stats sizes),"),
+        (
+            "",
+            "watcher_logbuf_size=<KiB> (per watch client; default: 256), and",
+        ),
         ("", "memcached's tuning options (accepted with a warning)"),
     ];
     let mut text = format!(
