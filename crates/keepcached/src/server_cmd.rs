@@ -31,10 +31,20 @@ use crate::{process, UsageError};
     args_override_self = true
 )]
 pub struct ServerArgs {
-    #[arg(short = 'p', long = "port", default_value_t = 11211)]
-    port: u16,
-    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
-    udp_port: u16,
+    #[arg(
+        short = 'p',
+        long = "port",
+        default_value_t = 11211,
+        allow_negative_numbers = true
+    )]
+    port: i32,
+    #[arg(
+        short = 'U',
+        long = "udp-port",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    udp_port: i32,
     #[arg(short = 's', long = "unix-socket")]
     unix_socket: Option<PathBuf>,
     #[arg(short = 'a', long = "unix-mask", default_value = "0700")]
@@ -166,11 +176,9 @@ const INERT_OPTIONS: &[&str] = &[
     "hot_max_factor",
     "warm_max_factor",
     "temporary_ttl",
-    "watcher_logbuf_size",
     "worker_logbuf_size",
     "slab_sizes",
     "slab_chunk_max",
-    "track_sizes",
     "no_inline_ascii_resp",
     "inline_ascii_resp",
     "modern",
@@ -217,14 +225,27 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         ));
     }
     let usage = |msg: String| Err(UsageError(msg));
+    let Some((port, tcp_ephemeral)) = port_arg(args.port) else {
+        return usage(format!("invalid TCP port (-p): {}", args.port));
+    };
+    let Some((udp_port, udp_ephemeral)) = port_arg(args.udp_port) else {
+        return usage(format!("invalid UDP port (-U): {}", args.udp_port));
+    };
     let mut settings = Settings {
-        port: args.port,
-        udp_port: args.udp_port,
+        port,
+        udp_port,
+        tcp_ephemeral,
+        udp_ephemeral,
+        // As memcached: where to write the ports actually bound (how -p -1 is found out).
+        port_file: std::env::var_os("MEMCACHED_PORT_FILENAME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         unix_socket: args.unix_socket,
         shutdown_command: args.enable_shutdown,
         evictions: !args.disable_evictions,
         cas: !args.disable_cas,
         flush_enabled: !args.disable_flush_all,
+        watch_enabled: !args.disable_watch,
         verbose: u32::from(args.verbose),
         backlog: args.listen_backlog,
         ..Settings::default()
@@ -342,12 +363,22 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     if let Some(path) = &args.memory_file {
         settings.memory_file = Some(memory_file_path(path).map_err(UsageError)?);
     }
+    if let Some(factor) = args.slab_growth_factor {
+        // memcached's check and message.
+        if factor <= 1.0 || !factor.is_finite() {
+            return usage("Factor must be greater than 1".into());
+        }
+        settings.slab_growth_factor = factor;
+    }
+    if let Some(size) = args.slab_min_size {
+        if size == 0 {
+            return usage("Chunk size must be greater than 0".into());
+        }
+        settings.slab_min_size = size;
+    }
     for (flag, given) in [
-        ("-f", args.slab_growth_factor.is_some()),
-        ("-n", args.slab_min_size.is_some()),
         ("-L", args.enable_largepages),
         ("-N", args.napi_ids.is_some()),
-        ("-W", args.disable_watch),
         ("-X", args.disable_dumping),
     ] {
         if given {
@@ -387,6 +418,17 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 settings.read_buf_mem_limit = mb.saturating_mul(1024 * 1024);
             }
             "lru_crawler" => settings.lru_crawler = true,
+            "track_sizes" => settings.track_sizes = true,
+            "watcher_logbuf_size" => {
+                // memcached's unit: kilobytes.
+                let Some(kb) = value
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|kb| *kb > 0)
+                else {
+                    return usage(format!("invalid watcher_logbuf_size: {option}"));
+                };
+                settings.watcher_logbuf_size = kb.saturating_mul(1024);
+            }
             "no_lru_crawler" => settings.lru_crawler = false,
             _ if INERT_OPTIONS.contains(&key) => {
                 eprintln!("keepcached: -o {key} has no effect in keepcached and is ignored");
@@ -403,6 +445,15 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         lock_memory: args.lock_memory,
         enable_coredumps: args.enable_coredumps,
     })))
+}
+
+/// memcached's port argument: a port, 0 (off) or -1 (one the kernel chooses, per socket);
+/// `(port, ephemeral)`.
+fn port_arg(value: i32) -> Option<(u16, bool)> {
+    match value {
+        -1 => Some((0, true)),
+        _ => u16::try_from(value).ok().map(|port| (port, false)),
+    }
 }
 
 /// Checks `-e FILE` before anything starts, as memcached checks its usage: the file's directory
@@ -429,11 +480,11 @@ fn help_text() -> String {
     let rows: &[(&str, &str)] = &[
         (
             "-p, --port=<num>",
-            "TCP port to listen on (default: 11211; 0 is off)",
+            "TCP port (default: 11211; 0 is off, -1 a free one per socket)",
         ),
         (
             "-U, --udp-port=<num>",
-            "UDP port to listen on (default: 0, off)",
+            "UDP port (default: 0, off; -1 a free one per socket)",
         ),
         (
             "-s, --unix-socket=<file>",
@@ -485,11 +536,11 @@ fn help_text() -> String {
         ),
         (
             "-f, --slab-growth-factor=<num>",
-            "accepted for compatibility; no slab classes here",
+            "growth factor of the slab classes stats describe items by",
         ),
         (
             "-n, --slab-min-size=<bytes>",
-            "accepted for compatibility; no slab classes here",
+            "item space of the first of those classes (default: 48)",
         ),
         ("-L, --enable-largepages", "accepted for compatibility"),
         (
@@ -524,7 +575,7 @@ fn help_text() -> String {
         ),
         ("-F, --disable-flush-all", "refuse flush_all"),
         ("-X, --disable-dumping", "accepted for compatibility"),
-        ("-W, --disable-watch", "accepted for compatibility"),
+        ("-W, --disable-watch", "refuse the watch command"),
         (
             "-e, --memory-file=<file>",
             "restartable cache: items saved to <file> on SIGTERM, SIGINT,",
@@ -545,7 +596,11 @@ fn help_text() -> String {
             "",
             "read_buf_mem_limit=<mb> (values being received, all connections;",
         ),
-        ("", "default: as much as -m), and"),
+        ("", "default: as much as -m), track_sizes (stats sizes),"),
+        (
+            "",
+            "watcher_logbuf_size=<KiB> (per watch client; default: 256), and",
+        ),
         ("", "memcached's tuning options (accepted with a warning)"),
     ];
     let mut text = format!(
@@ -728,6 +783,43 @@ mod tests {
             16 * 1024 * 1024,
             "the default follows -m"
         );
+    }
+
+    #[test]
+    fn slab_class_flags_are_checked_as_memcached_checks_them() {
+        let s = plan(&[
+            "-f",
+            "2",
+            "-n",
+            "100",
+            "-o",
+            "track_sizes,watcher_logbuf_size=8",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!((s.slab_growth_factor, s.slab_min_size), (2.0, 100));
+        assert!(s.track_sizes);
+        assert_eq!(s.watcher_logbuf_size, 8 * 1024);
+        assert_eq!(
+            plan(&["-f", "1"]).unwrap_err(),
+            "Factor must be greater than 1"
+        );
+        assert_eq!(
+            plan(&["-n", "0"]).unwrap_err(),
+            "Chunk size must be greater than 0"
+        );
+        assert!(!plan(&["-W"]).unwrap().settings.watch_enabled);
+    }
+
+    #[test]
+    fn ephemeral_ports() {
+        let s = plan(&["-p", "-1", "-U", "-1"]).unwrap().settings;
+        assert!(s.tcp_ephemeral && s.udp_ephemeral);
+        assert_eq!((s.port, s.udp_port), (0, 0));
+        let s = plan(&["-p", "0", "-U", "11211"]).unwrap().settings;
+        assert!(!s.tcp_ephemeral && !s.udp_ephemeral);
+        assert!(plan(&["-p", "-2"]).unwrap_err().contains("-p"));
+        assert!(plan(&["-U", "65536"]).unwrap_err().contains("-U"));
     }
 
     #[test]

@@ -1258,7 +1258,8 @@ fn misc_commands() -> Vec<Case> {
 
 /// `lru_crawler metadump all`: the key listing a repaired node's re-sync reads. Dump lines end
 /// in a bare LF, the listing in END\r\n. memcached hands the connection to its crawler thread and
-/// drops what was pipelined after the dump, so the reply is read up to END instead of a sentinel.
+/// leaves what was pipelined after the dump until the client sends more, so the reply is read up
+/// to END instead of a sentinel.
 fn metadump() -> Vec<Case> {
     let items = [
         set("a", 0, "0", b"1"),
@@ -1297,7 +1298,8 @@ fn metadump() -> Vec<Case> {
             .then("lru_crawler metadump hash\r\n", "key=a exp=-1 fetch=no\nEND\r\n")
             .ending(End::Suffix(b"\nEND\r\n".to_vec()))
             .masked(Mask::Metadump),
-        // This store's one class is 1; memcached's class 1 holds items of up to 96 bytes.
+        // memcached's class 1 holds items of up to 96 bytes; keepcached places items in the
+        // classes memcached would.
         Case::new("metadump of class 1", set("a", 0, "0", b"1"), "STORED\r\n")
             .then("lru_crawler metadump 1\r\n", "key=a exp=-1 fetch=no\nEND\r\n")
             .ending(End::Suffix(b"\nEND\r\n".to_vec()))

@@ -264,11 +264,13 @@ impl Session<'_> {
             bump: true,
             vivify: false,
         };
+        let mut found = (0, 0);
         let lookup = server.cache.read(request.key, fetch, now, |item| {
             if let Some(exptime) = touch_to {
                 item.set_exptime(exptime);
             }
             let view = item.view();
+            found = (view.value.len(), view.flags);
             let key = if with_key { view.key } else { &[] };
             let flags = view.flags.to_be_bytes();
             match spliced {
@@ -285,6 +287,9 @@ impl Session<'_> {
                 }
             }
         });
+        if server.watch.wants(crate::watch::FETCHERS) {
+            self.watch_get(request.key, &lookup, found);
+        }
         self.counters.count_read(&lookup, touch.is_some());
         let hit = lookup.is_hit();
         if !hit && !request.quiet {
@@ -341,8 +346,20 @@ impl Session<'_> {
             compare_cas,
             ..StoreRequest::new(mode, key, flags, exptime, request.value)
         };
+        let watched = crate::watch::FETCHERS | crate::watch::MUTATIONS;
+        let before = self.watch_peek(key, watched);
         let outcome = server.cache.store_item(store, now);
         let result = outcome.result;
+        if server.watch.wants(crate::watch::MUTATIONS) {
+            let len = match (mode, result) {
+                (StoreMode::Append | StoreMode::Prepend, StoreResult::Stored) => {
+                    request.value.len() + before.map_or(0, |(old, _)| old)
+                }
+                _ => request.value.len(),
+            };
+            let cmd = crate::watch::mode_name(mode);
+            self.watch_store(cmd, key, flags, exptime, len, result);
+        }
         if let StoreMode::Cas(_) = mode {
             match result {
                 StoreResult::Stored => self.counters.cas_hits += 1,
@@ -446,6 +463,7 @@ impl Session<'_> {
             server: self.server,
             out: &mut text,
             counters: &mut *self.counters,
+            conn_id: self.conn_id,
         };
         report::stats_command(&mut inner, group);
         if text == b"ERROR\r\n" || text.starts_with(b"CLIENT_ERROR") {

@@ -62,6 +62,8 @@ const SHORT_TAIL: usize = 1024;
 pub struct InputBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Connections holding a share now.
+    holders: AtomicUsize,
 }
 
 impl InputBudget {
@@ -69,6 +71,7 @@ impl InputBudget {
         InputBudget {
             limit,
             used: AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
         }
     }
 
@@ -79,6 +82,11 @@ impl InputBudget {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Connections whose read buffer is larger than a read chunk now.
+    pub fn holders(&self) -> usize {
+        self.holders.load(Ordering::Relaxed)
     }
 
     fn take(&self, bytes: usize) -> bool {
@@ -115,6 +123,11 @@ impl Held<'_> {
         } else if bytes < self.bytes {
             self.budget.give_back(self.bytes - bytes);
         }
+        match (self.bytes, bytes) {
+            (0, 1..) => self.budget.holders.fetch_add(1, Ordering::Relaxed),
+            (1.., 0) => self.budget.holders.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
         self.bytes = bytes;
         true
     }
@@ -310,9 +323,26 @@ enum Queue {
     Dump,
     /// A metadump behind queued replies: refused.
     RefuseDump,
+    /// `watch`: the connection becomes a log stream.
+    Watch,
 }
 
 const METADUMP_PIPELINED: &[u8] = b"ERROR cannot pipeline other commands before metadump\r\n";
+const GET_OUT_OF_MEMORY: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
+
+/// Whether `line` is a `watch` request (its first word).
+fn is_watch(line: &[u8]) -> bool {
+    line.strip_prefix(b"watch")
+        .is_some_and(|rest| matches!(rest.first(), Some(b' ' | b'\r' | b'\n')))
+}
+
+/// Whether `line` starts a text retrieval (get, gets, gat, gats), whose keys may make a line of
+/// any length.
+fn is_retrieval(line: &[u8]) -> bool {
+    [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|verb| line.starts_with(verb))
+}
 
 /// Why a batch of parsing stopped.
 enum Stop {
@@ -346,6 +376,12 @@ struct Conn<'a, S> {
     unsent: Unsent,
     /// Bytes still to discard from a rejected value.
     swallow: usize,
+    /// Discarding the rest of a multi-get line the budget could not hold.
+    skip_line: bool,
+    /// Set by `watch`: the connection now streams log lines (crate::watch).
+    watcher: Option<crate::watch::WatchGuard<'a>>,
+    /// memcached's reason for the close, for `watch connevents`.
+    close_reason: &'static str,
     counters: Counters,
     /// The connection's number, for verbose logs.
     id: u64,
@@ -381,6 +417,9 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         spliced: Spliced::default(),
         unsent: Unsent::default(),
         swallow: 0,
+        skip_line: false,
+        watcher: None,
+        close_reason: "normal",
         counters: Counters::default(),
         binary: match server.settings.protocol {
             Protocol::Ascii => Some(false),
@@ -391,13 +430,26 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         authenticated: server.settings.ascii_auth.is_none(),
         entry,
     };
+    if server.watch.wants(crate::watch::CONNEVENTS) {
+        server.watch.conn_new(&entry.addr, id);
+    }
     let idle = server.settings.idle_timeout;
     loop {
         let wait = conn.stream.readable();
         let ready = match idle {
-            Some(limit) => tokio::time::timeout(limit, wait)
-                .await
-                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+            Some(limit) => match tokio::time::timeout(limit, wait).await {
+                Ok(ready) => ready,
+                // As memcached: only a connection waiting for a request (or in the middle of
+                // its line) is idle; one waiting for a value's data is left alone.
+                Err(_) if matches!(entry.state(), ConnState::NRead | ConnState::Swallow) => {
+                    continue
+                }
+                Err(_) => {
+                    conn.counters.idle_kicks += 1;
+                    conn.close_reason = "idle_timeout";
+                    break;
+                }
+            },
             None => wait.await,
         };
         if ready.is_err() {
@@ -405,10 +457,20 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         }
         match conn.read().await {
             Ok(true) => {}
-            Ok(false) | Err(_) => break,
+            Ok(false) => break,
+            Err(_) => {
+                conn.close_reason = "error";
+                break;
+            }
         }
     }
     conn.flush_counters();
+    if let Some(watcher) = conn.watcher.take() {
+        watcher.stream(&mut conn.stream).await;
+    }
+    if server.watch.wants(crate::watch::CONNEVENTS) {
+        server.watch.conn_close(&entry.addr, id, conn.close_reason);
+    }
 }
 
 impl<S: Socket> Conn<'_, S> {
@@ -430,14 +492,16 @@ impl<S: Socket> Conn<'_, S> {
             0
         };
         if !self.make_room(room) {
-            // memcached too drops a client whose multi-get line it cannot buffer.
-            if self.server.verbosity.load(Ordering::Relaxed) > 0 {
-                eprintln!(
-                    "<{} closing: no read buffer memory left for a {pending}-byte line",
-                    self.id
-                );
+            if self.binary == Some(false) && is_retrieval(&self.input) {
+                // memcached answers a multi-get it has no memory for with an error once the
+                // line is read, and goes on with the next request.
+                self.out.extend_from_slice(GET_OUT_OF_MEMORY);
+                self.counters.response_obj_oom += 1;
+                self.skip_line = true;
+                self.input.clear();
+            } else {
+                return Ok(self.close_for_memory(pending));
             }
-            return Ok(false);
         }
         let n = self.stream.read_buf(&mut self.input).await?;
         if n == 0 {
@@ -473,17 +537,51 @@ impl<S: Socket> Conn<'_, S> {
         Ok(keep_open)
     }
 
+    /// Answers a `watch` line: `OK` with the connection registered as a watcher, or memcached's
+    /// refusal.
+    fn start_watching(&mut self, line: &[u8]) -> &'static [u8] {
+        if !self.server.settings.watch_enabled {
+            return crate::watch::NOT_ALLOWED;
+        }
+        let words = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .skip(1);
+        let Some(flags) = crate::watch::parse_flags(words) else {
+            return b"ERROR\r\n";
+        };
+        match self.server.watch.add(flags) {
+            Some(guard) => {
+                self.watcher = Some(guard);
+                reply::OK
+            }
+            None => crate::watch::TOO_MANY,
+        }
+    }
+
+    /// A line other than a multi-get that the budget cannot hold: memcached, too, drops the
+    /// client. Always false (close).
+    fn close_for_memory(&self, pending: usize) -> bool {
+        if self.server.verbosity.load(Ordering::Relaxed) > 0 {
+            eprintln!(
+                "<{} closing: no read buffer memory left for a {pending}-byte line",
+                self.id
+            );
+        }
+        false
+    }
+
     async fn handle_input(&mut self) -> io::Result<bool> {
         loop {
             self.need = 0;
             self.discard_swallowed();
-            let stop = if self.swallow > 0 {
+            let stop = if self.swallow > 0 || self.skip_line {
                 Stop::NeedInput
             } else {
                 self.run_batch()
             };
             // memcached answers a rejected value only once its data has been swallowed.
-            if self.swallow == 0 || matches!(stop, Stop::Close) {
+            if (self.swallow == 0 && !self.skip_line) || matches!(stop, Stop::Close) {
                 self.write_out().await?;
             }
             match stop {
@@ -518,6 +616,15 @@ impl<S: Socket> Conn<'_, S> {
     }
 
     fn discard_swallowed(&mut self) {
+        if self.skip_line {
+            match self.input.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    self.input.advance(end + 1);
+                    self.skip_line = false;
+                }
+                None => self.input.clear(),
+            }
+        }
         if self.swallow > 0 {
             let n = self.swallow.min(self.input.len());
             self.input.advance(n);
@@ -555,6 +662,7 @@ impl<S: Socket> Conn<'_, S> {
                     server: self.server,
                     out: &mut self.out,
                     counters: &mut self.counters,
+                    conn_id: self.id,
                 };
                 let next = session.execute_binary_into(
                     parsed,
@@ -607,6 +715,15 @@ impl<S: Socket> Conn<'_, S> {
                     outcome: Err(Invalid::Close),
                     ..
                 }) => Queue::Close,
+                // `watch` is not a request the parser knows: it ends the request stream.
+                Command::Text(Parsed {
+                    outcome:
+                        Err(Invalid::Reply {
+                            error: ErrorReply::Error,
+                            ..
+                        }),
+                    consumed,
+                }) if is_watch(&self.input[..*consumed]) => Queue::Watch,
                 Command::Text(Parsed {
                     outcome: Ok(Request::LruCrawler { args }),
                     ..
@@ -626,7 +743,23 @@ impl<S: Socket> Conn<'_, S> {
             };
             match queue {
                 Queue::Discard | Queue::Close => {
+                    if queue == Queue::Close {
+                        self.close_reason = "error";
+                    }
                     self.unsent.discard(&mut self.out, &mut self.spliced)
+                }
+                Queue::Watch => {
+                    let line = self.input[..consumed].to_vec();
+                    let reply = self.start_watching(&line);
+                    self.out.extend_from_slice(reply);
+                    self.input.advance(consumed);
+                    if self.watcher.is_some() {
+                        return Stop::Close;
+                    }
+                    if let Some(stop) = self.after(Next::Continue) {
+                        return stop;
+                    }
+                    continue;
                 }
                 Queue::RefuseDump => {
                     self.out.extend_from_slice(METADUMP_PIPELINED);
@@ -644,6 +777,7 @@ impl<S: Socket> Conn<'_, S> {
                 server: self.server,
                 out: &mut self.out,
                 counters: &mut self.counters,
+                conn_id: self.id,
             };
             let next = match parsed {
                 Command::Text(Parsed {
@@ -683,6 +817,11 @@ impl<S: Socket> Conn<'_, S> {
                 self.unsent.requests += 1;
             }
             self.input.advance(consumed);
+            if dumped {
+                // memcached hands the connection to its crawler for the dump and back after
+                // it: requests pipelined behind the dump wait until the client sends more.
+                return Stop::NeedInput;
+            }
             if let Some(stop) = self.after(next) {
                 return stop;
             }
@@ -712,6 +851,7 @@ impl<S: Socket> Conn<'_, S> {
         }
         let size = total.max(READ_CHUNK);
         if !self.held.set(size - READ_CHUNK) {
+            self.counters.read_buf_oom += 1;
             return false;
         }
         let mut buf = if size == READ_CHUNK {
@@ -1214,7 +1354,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_line_beyond_the_read_budget_closes_the_connection() {
+    async fn a_multiget_line_beyond_the_read_budget_is_refused() {
         let settings = Settings {
             read_buf_mem_limit: 1024 * 1024,
             ..Settings::default()
@@ -1222,16 +1362,15 @@ mod tests {
         let (server, addr) = start(settings).await;
         let mut long = TcpStream::connect(addr).await.unwrap();
         let line = format!("get{}", " key".repeat(1_000_000));
-        // The server may close before all is written.
-        let _ = long.write_all(line.as_bytes()).await;
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), long.read_to_end(&mut rest))
-            .await
-            .expect("closed in time");
-        assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+        long.write_all(line.as_bytes()).await.unwrap();
+        // The rest of the line is discarded as it arrives, holding nothing of the budget.
         budget_used(&server, 0).await;
-        assert!(call(addr, b"version\r\n", b"\r\n")
-            .await
-            .starts_with(b"VERSION "));
+        long.write_all(b"\r\nversion\r\n").await.unwrap();
+        let expected = format!(
+            "SERVER_ERROR out of memory writing get response\r\nVERSION {}\r\n",
+            crate::execute::PROTOCOL_VERSION
+        );
+        let reply = read_until(&mut long, expected.as_bytes()).await;
+        assert_eq!(reply, expected.as_bytes());
     }
 }

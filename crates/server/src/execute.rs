@@ -11,6 +11,7 @@ use keepcached_protocol::{Command, Invalid, Keys, Request, StoreKind, Verb};
 
 use crate::report;
 use crate::stats::Counters;
+use crate::watch;
 use crate::Server;
 
 /// The version clients see; keepcached speaks memcached 1.6.18's protocol, and clients choose
@@ -54,6 +55,8 @@ pub struct Session<'a> {
     pub server: &'a Server,
     pub out: &'a mut Vec<u8>,
     pub counters: &'a mut Counters,
+    /// The connection's number, which `watch` lines show as `cfd` (0 for UDP).
+    pub conn_id: u64,
 }
 
 impl Session<'_> {
@@ -125,7 +128,17 @@ impl Session<'_> {
                     StoreKind::Cas => StoreMode::Cas(cas),
                 };
                 let exptime = server.clock.exptime(exptime);
+                let before = self.watch_peek(key, watch::FETCHERS | watch::MUTATIONS);
                 let result = server.cache.store(mode, key, flags, exptime, data, now);
+                if server.watch.wants(watch::MUTATIONS) {
+                    let len = match (kind, result) {
+                        (StoreKind::Append | StoreKind::Prepend, StoreResult::Stored) => {
+                            data.len() + before.map_or(0, |(old, _)| old)
+                        }
+                        _ => data.len(),
+                    };
+                    self.watch_store(kind.name(), key, flags, exptime, len, result);
+                }
                 if kind == StoreKind::Cas {
                     match result {
                         StoreResult::Stored => self.counters.cas_hits += 1,
@@ -153,6 +166,7 @@ impl Session<'_> {
             }
             Request::Delete { key, noreply } => {
                 server.detail.record_delete(key);
+                self.watch_peek(key, watch::FETCHERS);
                 let line = if server.cache.delete(key, now) {
                     self.counters.delete_hits += 1;
                     reply::DELETED
@@ -169,6 +183,7 @@ impl Session<'_> {
                 delta,
                 noreply,
             } => {
+                self.watch_peek(key, watch::FETCHERS);
                 let result = server.cache.incr_decr(key, incr, delta, now);
                 let (hits, misses) = if incr {
                     (&mut self.counters.incr_hits, &mut self.counters.incr_misses)
@@ -198,6 +213,7 @@ impl Session<'_> {
             } => {
                 self.counters.cmd_touch += 1;
                 let exptime = server.clock.exptime(exptime);
+                self.watch_peek(key, watch::FETCHERS);
                 let line = if server.cache.touch(key, exptime, now) {
                     self.counters.touch_hits += 1;
                     reply::TOUCHED
@@ -345,6 +361,7 @@ impl Session<'_> {
                 item.set_exptime(exptime);
             }
             let view = item.view();
+            let found = (view.value.len(), view.flags);
             let cas = with_cas.then_some(view.cas);
             match spliced {
                 Some(spliced) if view.value.len() >= SPLICE_MIN => {
@@ -355,10 +372,18 @@ impl Session<'_> {
                 }
                 _ => reply::value(out, view.key, view.flags, view.value, cas),
             }
+            found
         });
+        if server.watch.wants(watch::FETCHERS) {
+            let found = match lookup {
+                Lookup::Hit(found) => found,
+                _ => (0, 0),
+            };
+            self.watch_get(key, &lookup, found);
+        }
         server
             .detail
-            .record_get(key, matches!(lookup, Lookup::Hit(())));
+            .record_get(key, matches!(lookup, Lookup::Hit(_)));
         self.counters.count_read(&lookup, touch_to.is_some());
         if touch_to.is_some() {
             // memcached's text gat also counts as a get.

@@ -23,13 +23,14 @@ pub mod meta;
 pub mod persist;
 pub mod report;
 pub mod settings;
+pub mod slabs;
 pub mod stats;
 pub mod udp;
+pub mod watch;
 
 use std::sync::Arc;
 
 use keepcached_cache::Cache;
-use tokio::sync::watch;
 
 pub use listener::{Listeners, ServeError};
 pub use settings::Settings;
@@ -46,13 +47,17 @@ pub struct Server {
     /// Current `verbosity`; the `verbosity` command changes it at run time.
     pub verbosity: std::sync::atomic::AtomicU32,
     /// Set by the `shutdown` command (with -A) so the process stops as on a signal.
-    pub shutdown_requested: watch::Sender<bool>,
+    pub shutdown_requested: tokio::sync::watch::Sender<bool>,
     /// Open connections and listening sockets, for `stats conns`.
     pub conns: Arc<connection::ConnTable>,
     /// What connections' read buffers may hold beyond their first chunk, together.
     pub input_budget: connection::InputBudget,
     /// Per-prefix counters of `stats detail`.
     pub detail: report::Detail,
+    /// `watch` clients and what they want to see.
+    pub watch: watch::Watchers,
+    /// memcached's slab classes for these settings, by which items are described.
+    pub slab_classes: slabs::SlabClasses,
     /// Where the items are saved and loaded from (`-e`), if anywhere.
     pub memory_file: Option<persist::MemoryFile>,
 }
@@ -60,10 +65,16 @@ pub struct Server {
 impl Server {
     pub fn new(settings: Settings) -> Arc<Server> {
         let cache = Cache::new(settings.cache_config());
-        let (shutdown_requested, _) = watch::channel(false);
+        let (shutdown_requested, _) = tokio::sync::watch::channel(false);
         let detail = report::Detail::new(settings.prefix_delimiter, settings.detail_enabled);
         let memory_file = settings.memory_file.clone().map(persist::MemoryFile::new);
         let input_budget = connection::InputBudget::new(settings.read_buffer_budget());
+        let watch = watch::Watchers::new(settings.watcher_logbuf_size);
+        let slab_classes = slabs::SlabClasses::new(
+            settings.slab_growth_factor,
+            settings.slab_min_size,
+            settings.item_size_max,
+        );
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
@@ -75,6 +86,8 @@ impl Server {
             conns: Arc::default(),
             input_budget,
             detail,
+            slab_classes,
+            watch,
             memory_file,
         })
     }

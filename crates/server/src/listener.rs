@@ -40,6 +40,8 @@ pub enum ServeError {
     },
     #[error("failed to listen on unix socket {path}: {source}")]
     Unix { path: PathBuf, source: io::Error },
+    #[error("failed to write the port file {path} (MEMCACHED_PORT_FILENAME): {source}")]
+    PortFile { path: PathBuf, source: io::Error },
     #[error("no listening socket: set a TCP port (-p), a UDP port (-U) or a unix socket (-s)")]
     NothingToListen,
 }
@@ -69,50 +71,63 @@ impl Listeners {
                 unix: Some((listener, path.clone())),
             });
         }
-        if settings.port == 0 && settings.udp_port == 0 {
+        let (tcp_port, udp_port) = (settings.tcp_bind_port(), settings.udp_bind_port());
+        if tcp_port.is_none() && udp_port.is_none() {
             return Err(ServeError::NothingToListen);
         }
-        let udp = bind_udp_all(settings)?;
+        let backlog = settings.backlog;
         let mut tcp = Vec::new();
-        if settings.port == 0 {
-            // UDP only.
-        } else if settings.listen.is_empty() {
-            // Like memcached: all of IPv4, and IPv6 where the host has it.
-            let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-            tcp.push(
-                bind_tcp(v4, settings.port, settings.backlog).map_err(|source| {
-                    ServeError::Tcp {
-                        addr: v4,
-                        port: settings.port,
-                        source,
-                    }
-                })?,
-            );
-            if let Ok(l) = bind_tcp(
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                settings.port,
-                settings.backlog,
-            ) {
-                tcp.push(l);
-            }
-        } else {
-            for &addr in &settings.listen {
-                tcp.push(
-                    bind_tcp(addr, settings.port, settings.backlog).map_err(|source| {
-                        ServeError::Tcp {
-                            addr,
-                            port: settings.port,
-                            source,
-                        }
-                    })?,
-                );
+        if let Some(port) = tcp_port {
+            let error = |addr: IpAddr| move |source| ServeError::Tcp { addr, port, source };
+            if settings.listen.is_empty() {
+                // Like memcached: all of IPv4, and IPv6 where the host has it.
+                let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                tcp.push(bind_tcp(v4, port, backlog).map_err(error(v4))?);
+                if let Ok(l) = bind_tcp(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port, backlog) {
+                    tcp.push(l);
+                }
+            } else {
+                for &addr in &settings.listen {
+                    tcp.push(bind_tcp(addr, port, backlog).map_err(error(addr))?);
+                }
             }
         }
-        Ok(Listeners {
+        let udp = match udp_port {
+            Some(port) => bind_udp_all(settings, port)?,
+            None => Vec::new(),
+        };
+        let listeners = Listeners {
             tcp,
             udp,
             unix: None,
-        })
+        };
+        if let Some(path) = &settings.port_file {
+            listeners
+                .write_port_file(path)
+                .map_err(|source| ServeError::PortFile {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(listeners)
+    }
+
+    /// memcached's port file: a `TCP INET: PORT` or `TCP INET6: PORT` line per TCP socket,
+    /// then `UDP ...` lines, written beside the file and renamed into place so that a reader
+    /// never sees it half written.
+    fn write_port_file(&self, path: &Path) -> io::Result<()> {
+        let mut text = String::new();
+        let tcp = self.tcp.iter().map(|l| ("TCP", l.local_addr()));
+        let udp = self.udp.iter().map(|s| ("UDP", s.local_addr()));
+        for (transport, addr) in tcp.chain(udp) {
+            let addr = addr?;
+            let family = if addr.is_ipv6() { "INET6" } else { "INET" };
+            text.push_str(&format!("{transport} {family}: {}\n", addr.port()));
+        }
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".lck");
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, path)
     }
 
     /// The bound TCP addresses (useful when port 0 was not used but the OS chose).
@@ -125,11 +140,10 @@ impl Listeners {
 }
 
 /// UDP sockets on the same addresses as TCP, when `-U` asks for them.
-fn bind_udp_all(settings: &crate::Settings) -> Result<Vec<std::net::UdpSocket>, ServeError> {
-    let port = settings.udp_port;
-    if port == 0 {
-        return Ok(Vec::new());
-    }
+fn bind_udp_all(
+    settings: &crate::Settings,
+    port: u16,
+) -> Result<Vec<std::net::UdpSocket>, ServeError> {
     let error = |addr: IpAddr| move |source| ServeError::Udp { addr, port, source };
     if settings.listen.is_empty() {
         let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

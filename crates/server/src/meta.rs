@@ -153,8 +153,10 @@ impl Session<'_> {
         };
         let out = &mut *self.out;
         let start = out.len();
+        let mut found = (0, 0);
         let write = |item: &mut ItemHandle<'_>| {
             let value_len = item.view().value.len();
+            found = (value_len, item.view().flags);
             if opts.value {
                 out.extend_from_slice(b"VA ");
                 out.extend_from_slice(itoa::Buffer::new().format(value_len).as_bytes());
@@ -228,6 +230,9 @@ impl Session<'_> {
             }
         };
         let lookup = server.cache.read(request.key.as_bytes(), read, now, write);
+        if server.watch.wants(crate::watch::FETCHERS) {
+            self.watch_get(request.key.as_bytes(), &lookup, found);
+        }
         // A vivified item counts as a hit, as in memcached.
         self.counters.count_read(&lookup, ttl.is_some());
         let hit = lookup.is_hit();
@@ -266,7 +271,21 @@ impl Session<'_> {
                 request.data,
             )
         };
+        let watched = crate::watch::FETCHERS | crate::watch::MUTATIONS;
+        let before = self.watch_peek(request.key.as_bytes(), watched);
         let outcome = server.cache.store_item(store, now);
+        if server.watch.wants(crate::watch::MUTATIONS) {
+            let cmd = crate::watch::mode_name(mode);
+            let key = request.key.as_bytes();
+            let len = match (mode, outcome.result) {
+                (StoreMode::Append | StoreMode::Prepend, StoreResult::Stored) => {
+                    request.data.len() + before.map_or(0, |(old, _)| old)
+                }
+                _ => request.data.len(),
+            };
+            let flags = opts.client_flags;
+            self.watch_store(cmd, key, flags, exptime, len, outcome.result);
+        }
         if let StoreMode::Cas(_) = mode {
             match outcome.result {
                 StoreResult::Stored => self.counters.cas_hits += 1,
@@ -310,6 +329,7 @@ impl Session<'_> {
         let key = request.key.as_bytes();
         let opts = &request.options;
         let cas = opts.compare_cas;
+        self.watch_peek(key, crate::watch::FETCHERS);
         let done = if opts.invalidate {
             // md I: the item stays, stale, so that one client wins the token to refresh it.
             let exptime = opts.ttl.map(|t| server.clock.exptime(t));
@@ -359,6 +379,7 @@ impl Session<'_> {
             // memcached creates the counter with no expiry time; N gives it one below.
             create: vivify.map(|_| (opts.initial, 0)),
         };
+        self.watch_peek(request.key.as_bytes(), crate::watch::FETCHERS);
         let start = self.out.len();
         let out = &mut *self.out;
         let outcome = server

@@ -12,6 +12,7 @@ use keepcached_protocol::reply::{self, stat};
 use keepcached_protocol::{parse_u32_truncating, Keys};
 
 use crate::execute::{Session, PROTOCOL_VERSION};
+use crate::slabs;
 
 pub fn stats(session: &mut Session<'_>, args: Keys<'_>) {
     stats_words(session, args.iter());
@@ -55,10 +56,7 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
         Some(b"settings") => settings(session),
         Some(b"items") => items(session),
         Some(b"slabs") => slabs(session),
-        Some(b"sizes") => {
-            stat(session.out, "sizes_status", "disabled");
-            session.out.extend_from_slice(reply::END);
-        }
+        Some(b"sizes") => sizes(session),
         Some(_) => session.out.extend_from_slice(b"ERROR\r\n"),
     }
 }
@@ -107,6 +105,19 @@ fn general(session: &mut Session<'_>) {
         "rejected_connections",
         load(&server.stats.rejected_connections),
     );
+    // memcached's read buffers are 16 KiB pieces kept per thread; ours are what connections
+    // hold beyond their first read chunk, drawn from the -o read_buf_mem_limit budget
+    // (docs/stats.md). A multi-get refused for it counts as memcached's response_obj_oom.
+    let budget = &server.input_budget;
+    stat(out, "response_obj_oom", counters.response_obj_oom);
+    stat(out, "read_buf_count", budget.holders());
+    stat(out, "read_buf_bytes", budget.used());
+    stat(
+        out,
+        "read_buf_bytes_free",
+        budget.limit().saturating_sub(budget.used()),
+    );
+    stat(out, "read_buf_oom", counters.read_buf_oom);
     stat(out, "cmd_get", counters.cmd_get);
     stat(out, "cmd_set", counters.cmd_set);
     stat(out, "cmd_flush", counters.cmd_flush);
@@ -131,12 +142,17 @@ fn general(session: &mut Session<'_>) {
     stat(out, "store_no_memory", counters.store_no_memory);
     stat(out, "auth_cmds", counters.auth_cmds);
     stat(out, "auth_errors", counters.auth_errors);
+    stat(out, "idle_kicks", counters.idle_kicks);
     stat(out, "bytes_read", counters.bytes_read);
     stat(out, "bytes_written", counters.bytes_written);
     stat(out, "limit_maxbytes", cache.limit_maxbytes);
     stat(out, "accepting_conns", 1);
     stat(out, "threads", server.settings.threads);
     stat(out, "conn_yields", counters.conn_yields);
+    let (watchers, sent, skipped) = server.watch.counts();
+    stat(out, "log_watcher_skipped", skipped);
+    stat(out, "log_watcher_sent", sent);
+    stat(out, "log_watchers", watchers);
     stat(out, "bytes", cache.bytes);
     stat(out, "curr_items", cache.curr_items);
     stat(out, "total_items", cache.total_items);
@@ -163,8 +179,10 @@ fn settings(session: &mut Session<'_>) {
     let cache = server.cache.stats();
     stat(out, "maxbytes", cache.limit_maxbytes);
     stat(out, "maxconns", s.max_connections);
-    stat(out, "tcpport", s.port);
-    stat(out, "udpport", s.udp_port);
+    // memcached shows -1 for a port the kernel chose.
+    let shown = |port: u16, ephemeral: bool| if ephemeral { -1 } else { i32::from(port) };
+    stat(out, "tcpport", shown(s.port, s.tcp_ephemeral));
+    stat(out, "udpport", shown(s.udp_port, s.udp_ephemeral));
     let inter = if s.listen.is_empty() {
         "NULL".to_string()
     } else {
@@ -184,6 +202,12 @@ fn settings(session: &mut Session<'_>) {
     stat(out, "domain_socket", socket);
     stat(out, "umask", format_args!("{:o}", s.unix_mask));
     stat(out, "shutdown_command", yes_no(s.shutdown_command));
+    stat(
+        out,
+        "growth_factor",
+        format_args!("{:.2}", s.slab_growth_factor),
+    );
+    stat(out, "chunk_size", s.slab_min_size);
     stat(out, "num_threads", s.threads);
     stat(out, "num_threads_per_udp", s.threads);
     stat(
@@ -212,6 +236,7 @@ fn settings(session: &mut Session<'_>) {
     );
     // The budget in effect, never 0: without the option it is -m (memcached's 0 is no limit).
     stat(out, "read_buf_mem_limit", server.input_budget.limit());
+    stat(out, "track_sizes", yes_no(s.track_sizes));
     out.extend_from_slice(reply::END);
 }
 
@@ -408,47 +433,92 @@ fn murmur3_32(data: &[u8]) -> u32 {
     h ^ (h >> 16)
 }
 
-/// keepcached has one item class (no slab classes), reported as class 1 when it holds items.
+/// `stats items`: per memcached slab class (crate::slabs), the items held there, the seconds
+/// since the least recent access among them, and their size. memcached's per-class event
+/// counters (evictions, reclaims, LRU moves) are not kept per class here: `stats` has them.
 fn items(session: &mut Session<'_>) {
-    let cache = session.server.cache.stats();
-    let outofmemory = session.server.stats.snapshot().store_no_memory;
+    let server = session.server;
+    let now = server.clock.now();
+    let census = slabs::census(server);
     let out = &mut *session.out;
-    if cache.curr_items > 0 {
-        stat(out, "items:1:number", cache.curr_items);
-        stat(out, "items:1:mem_requested", cache.bytes);
-        stat(out, "items:1:evicted", cache.evictions);
-        stat(out, "items:1:outofmemory", outofmemory);
-        stat(out, "items:1:reclaimed", cache.reclaimed);
-        stat(out, "items:1:expired_unfetched", cache.expired_unfetched);
-        stat(out, "items:1:evicted_unfetched", cache.evicted_unfetched);
-        stat(out, "items:1:crawler_reclaimed", cache.crawler_reclaimed);
+    for (class, found) in census {
+        stat(out, &format!("items:{class}:number"), found.items);
+        stat(
+            out,
+            &format!("items:{class}:age"),
+            now.saturating_sub(found.oldest_access),
+        );
+        stat(out, &format!("items:{class}:mem_requested"), found.bytes);
     }
     out.extend_from_slice(reply::END);
 }
 
+/// `stats slabs`: per class that holds items, its chunk size and the pages and chunks memcached
+/// would use for them (one chunk per item); `total_malloced` is what the items take here.
 fn slabs(session: &mut Session<'_>) {
-    let cache = session.server.cache.stats();
+    let server = session.server;
+    let census = slabs::census(server);
+    let classes = &server.slab_classes;
     let out = &mut *session.out;
-    stat(out, "active_slabs", u8::from(cache.curr_items > 0));
-    stat(out, "total_malloced", cache.bytes);
+    for (&class, found) in &census {
+        let per_page = u64::from(classes.chunks_per_page(class));
+        let pages = found.items.div_ceil(per_page);
+        stat(
+            out,
+            &format!("{class}:chunk_size"),
+            classes.chunk_size(class),
+        );
+        stat(out, &format!("{class}:chunks_per_page"), per_page);
+        stat(out, &format!("{class}:total_pages"), pages);
+        stat(out, &format!("{class}:total_chunks"), pages * per_page);
+        stat(out, &format!("{class}:used_chunks"), found.items);
+        stat(
+            out,
+            &format!("{class}:free_chunks"),
+            pages * per_page - found.items,
+        );
+        stat(out, &format!("{class}:free_chunks_end"), 0);
+    }
+    stat(out, "active_slabs", census.len());
+    stat(out, "total_malloced", server.cache.stats().bytes);
     out.extend_from_slice(reply::END);
 }
 
-/// `lru_crawler metadump <classes>` lists every live item in memcached's format, which is how
-/// the proxy enumerates a healthy replica to re-fill a repaired one. The other subcommands tune
-/// memcached's crawler thread; ours always runs, so they are acknowledged once their arguments
-/// pass memcached's checks.
+/// `stats sizes`: with `-o track_sizes`, the items per 32-byte size bucket (an item's
+/// memcached-accounted size rounded up), as memcached counts them; otherwise memcached's
+/// answer when tracking is off.
+fn sizes(session: &mut Session<'_>) {
+    let server = session.server;
+    if !server.settings.track_sizes {
+        stat(session.out, "sizes_status", "disabled");
+        session.out.extend_from_slice(reply::END);
+        return;
+    }
+    let mut buckets: std::collections::BTreeMap<usize, u64> = Default::default();
+    server.cache.for_each_item(server.clock.now(), |item| {
+        *buckets.entry(item.size.div_ceil(32) * 32).or_default() += 1;
+    });
+    for (size, count) in buckets {
+        stat(session.out, &size.to_string(), count);
+    }
+    session.out.extend_from_slice(reply::END);
+}
+
+/// `lru_crawler metadump <classes>` lists live items in memcached's format, which is how the
+/// proxy enumerates a healthy replica to re-fill a repaired one. `crawl` asks memcached's
+/// crawler to reclaim expired items of some classes; ours reclaims all of them in the
+/// background anyway, so it is acknowledged once its arguments pass memcached's checks, as
+/// are the subcommands that tune memcached's crawler thread.
 ///
-/// Classes are memcached's slab classes, `all` or `hash` (every item) or a comma-separated list
-/// of ids from 1 to 63. This store has one class, 1 (as `stats items` shows), so `metadump 1`
-/// lists every item and `metadump 2` none, where memcached lists the items of that size.
+/// Classes are memcached's slab classes (crate::slabs): `all`, or a comma-separated list of
+/// ids from 1 to 63, selects items by the class memcached would keep them in; `hash` lists
+/// every item in the order of memcached's hash table.
 pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
     let mut words = args.iter();
     let (verb, arg, extra) = (words.next(), words.next(), words.next());
     let reply: &[u8] = match (verb, arg, extra) {
         (Some(b"metadump"), Some(arg), None) => match classes(arg) {
-            Ok(true) => return metadump(session),
-            Ok(false) => reply::END,
+            Ok(selection) => return metadump(session, &selection),
             Err(refusal) => refusal,
         },
         (Some(b"crawl"), Some(b"hash"), None) => b"ERROR an unknown error happened\r\n",
@@ -478,36 +548,48 @@ pub fn is_metadump(args: Keys<'_>) -> bool {
     words.next() == Some(b"metadump") && words.next().is_some() && words.next().is_none()
 }
 
-/// Reads a crawl's class list as memcached does: whether it names this store's one class, or
-/// memcached's refusal. An empty list (`,`) starts nothing.
-fn classes(arg: &[u8]) -> Result<bool, &'static [u8]> {
-    if arg == b"all" || arg == b"hash" {
-        return Ok(true);
+/// Which items a crawl covers.
+enum Selection {
+    /// `hash`: every item, in memcached's hash table order.
+    Hash,
+    /// `all` or a list: the items of these classes (index = class id).
+    Classes([bool; 64]),
+}
+
+/// Reads a crawl's class list as memcached does, or gives memcached's refusal. An empty list
+/// (`,`) starts nothing.
+fn classes(arg: &[u8]) -> Result<Selection, &'static [u8]> {
+    match arg {
+        b"hash" => return Ok(Selection::Hash),
+        b"all" => return Ok(Selection::Classes([true; 64])),
+        _ => {}
     }
-    let mut ours = false;
+    let mut chosen = [false; 64];
     let mut any = false;
     for id in arg.split(|b| *b == b',').filter(|id| !id.is_empty()) {
         match parse_u32_truncating(id) {
-            Some(id @ 1..=63) => ours |= id == 1,
+            Some(id @ 1..=63) => chosen[id as usize] = true,
             _ => return Err(b"BADCLASS invalid class id\r\n"),
         }
         any = true;
     }
     if any {
-        Ok(ours)
+        Ok(Selection::Classes(chosen))
     } else {
         Err(b"NOTSTARTED no items to crawl\r\n")
     }
 }
 
-fn metadump(session: &mut Session<'_>) {
+/// memcached's hash table starts with 2^16 buckets and doubles whenever it holds more than
+/// 1.5 items per bucket.
+const HASHPOWER_INIT: u32 = 16;
+
+fn metadump(session: &mut Session<'_>, selection: &Selection) {
     let server = session.server;
     let now = server.clock.now();
-    let out = &mut *session.out;
-    let mut line = String::new();
-    server.cache.for_each_item(now, |item| {
-        line.clear();
-        line.push_str("key=");
+    let classes = &server.slab_classes;
+    let line = |item: &keepcached_cache::ItemMeta<'_>, class: u8| {
+        let mut line = String::from("key=");
         uri_encode(&mut line, item.key);
         let exp = if item.exptime == 0 {
             -1
@@ -516,15 +598,47 @@ fn metadump(session: &mut Session<'_>) {
         };
         let _ = writeln!(
             line,
-            " exp={exp} la={} cas={} fetch={} cls=1 size={}",
+            " exp={exp} la={} cas={} fetch={} cls={class} size={}",
             server.clock.to_unix(item.last_access),
             item.cas,
             yes_no(item.fetched),
             item.size
         );
-        out.extend_from_slice(line.as_bytes());
-    });
-    out.extend_from_slice(reply::END);
+        line
+    };
+    match selection {
+        Selection::Classes(chosen) => {
+            let out = &mut *session.out;
+            server.cache.for_each_item(now, |item| {
+                let class = classes.class_of(item.size);
+                if chosen[usize::from(class)] {
+                    out.extend_from_slice(line(&item, class).as_bytes());
+                }
+            });
+        }
+        Selection::Hash => {
+            // memcached walks its buckets in order, each from its newest item.
+            let mut lines = Vec::new();
+            server.cache.for_each_item(now, |item| {
+                let bucket = murmur3_32(item.key);
+                lines.push((
+                    bucket,
+                    std::cmp::Reverse(item.cas),
+                    line(&item, classes.class_of(item.size)),
+                ));
+            });
+            let mut power = HASHPOWER_INIT;
+            while lines.len() as u64 > (3u64 << power) / 2 {
+                power += 1;
+            }
+            let mask = (1u32 << power.min(31)) - 1;
+            lines.sort_by_key(|(bucket, cas, _)| (bucket & mask, *cas));
+            for (_, _, line) in lines {
+                session.out.extend_from_slice(line.as_bytes());
+            }
+        }
+    }
+    session.out.extend_from_slice(reply::END);
 }
 
 /// Percent-encodes a key as memcached's metadump does, so keys with spaces or control bytes

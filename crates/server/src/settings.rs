@@ -16,6 +16,12 @@ pub struct Settings {
     pub port: u16,
     /// UDP port (`-U`); 0 (the default) disables UDP.
     pub udp_port: u16,
+    /// `-p -1`: TCP on a port the kernel chooses, for each listening socket (`port` is 0).
+    pub tcp_ephemeral: bool,
+    /// `-U -1`: the same for UDP.
+    pub udp_ephemeral: bool,
+    /// `MEMCACHED_PORT_FILENAME`: the file the ports actually bound are written to.
+    pub port_file: Option<PathBuf>,
     /// Reply bytes one UDP request datagram may cause (`-o udp_reply_limit`); `None`: ten
     /// times the datagram's size, and at least one reply datagram (crate::udp).
     pub udp_reply_limit: Option<usize>,
@@ -64,6 +70,18 @@ pub struct Settings {
     pub detail_enabled: bool,
     /// `-e`: the file the items are saved to on a graceful shutdown and loaded from at start.
     pub memory_file: Option<PathBuf>,
+    /// `-f`: the growth factor of memcached's slab classes, which `stats items`, `stats slabs`
+    /// and `lru_crawler metadump` describe items by (crate::slabs).
+    pub slab_growth_factor: f64,
+    /// `-n`: the item space of memcached's first slab class.
+    pub slab_min_size: u32,
+    /// `false` with `-W`: `watch` is refused.
+    pub watch_enabled: bool,
+    /// `-o watcher_logbuf_size` (given in KiB): what a watcher's unread log lines may hold
+    /// before lines are skipped.
+    pub watcher_logbuf_size: usize,
+    /// `-o track_sizes`: `stats sizes` answers with the items per 32-byte size bucket.
+    pub track_sizes: bool,
     /// `-o read_buf_mem_limit`: what connections' read buffers may hold together beyond their
     /// first 16 KiB each (values still arriving, long multi-get lines), in bytes; 0 means as
     /// much as `-m`.
@@ -93,6 +111,9 @@ impl Default for Settings {
         Settings {
             port: 11211,
             udp_port: 0,
+            tcp_ephemeral: false,
+            udp_ephemeral: false,
+            port_file: None,
             udp_reply_limit: None,
             listen: Vec::new(),
             unix_socket: None,
@@ -117,6 +138,11 @@ impl Default for Settings {
             detail_enabled: false,
             memory_file: None,
             read_buf_mem_limit: 0,
+            slab_growth_factor: 1.25,
+            slab_min_size: 48,
+            track_sizes: false,
+            watch_enabled: true,
+            watcher_logbuf_size: crate::watch::BUF_LIMIT,
         }
     }
 }
@@ -145,6 +171,16 @@ impl Settings {
             limit => limit,
         };
         usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The TCP port to bind (0: the kernel's choice), or `None` when TCP is off.
+    pub fn tcp_bind_port(&self) -> Option<u16> {
+        (self.port != 0 || self.tcp_ephemeral).then_some(self.port)
+    }
+
+    /// The UDP port to bind (0: the kernel's choice), or `None` when UDP is off.
+    pub fn udp_bind_port(&self) -> Option<u16> {
+        (self.udp_port != 0 || self.udp_ephemeral).then_some(self.udp_port)
     }
 
     pub fn limits(&self) -> Limits {

@@ -188,6 +188,7 @@ pub fn handle_datagram(
             server,
             out: &mut reply,
             counters: &mut *counters,
+            conn_id: 0,
         };
         let (consumed, next) = if binary {
             let Ok(parsed) = parse_binary(input, &server.limits) else {

@@ -1,0 +1,561 @@
+//! memcached 1.6 behaviours beyond the request/reply tables, each run against Debian's
+//! memcached 1.6.18 and `keepcached server` with the same flags and held to the same outcome:
+//! idle connections kicked (`-o idle_timeout`), read buffer limits (`-o read_buf_mem_limit`),
+//! ephemeral ports reported through `MEMCACHED_PORT_FILENAME`, the LRU crawler's commands,
+//! `watch` and the slab-class stats.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use keepcached_testkit::mask::stat_u64;
+use keepcached_testkit::wire::Target;
+use keepcached_testkit::{env, ServerProcess};
+
+fn targets() -> [Target; 2] {
+    [
+        Target::memcached(),
+        Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+    ]
+}
+
+/// What a connection shows within `wait`: the bytes it received and whether it was closed.
+fn observe(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    (got, false)
+}
+
+fn stats(server: &ServerProcess, group: &str) -> String {
+    let mut client = server.connect().expect("connect");
+    let request = if group.is_empty() {
+        "stats\r\n".to_string()
+    } else {
+        format!("stats {group}\r\n")
+    };
+    client.call(&request).expect("stats")
+}
+
+/// `-o idle_timeout=1`: a connection waiting for a request, or in the middle of a request line,
+/// is closed without a word once idle that long, and counted in `idle_kicks`; one waiting for
+/// a value's data is left open.
+#[test]
+fn idle_timeout_kicks_idle_connections() {
+    if !env::require("idle_timeout_kicks_idle_connections", false, &["memcached"]) {
+        return;
+    }
+    for target in targets() {
+        let server = target.start(&["-o", "idle_timeout=1"]).expect("server");
+        let open = || TcpStream::connect(server.addr()).expect("connect");
+        let mut idle = open();
+        let mut partial_line = open();
+        partial_line.write_all(b"get k").expect("write");
+        let mut value_arriving = open();
+        value_arriving
+            .write_all(b"set k 0 0 10\r\nabc")
+            .expect("write");
+        // memcached checks idleness about once a second: allow it several rounds.
+        for (name, conn) in [("idle", &mut idle), ("partial line", &mut partial_line)] {
+            let (got, closed) = observe(conn, Duration::from_secs(15));
+            assert!(
+                closed && got.is_empty(),
+                "{}: the {name} connection should be closed silently, got {got:?} closed={closed}",
+                target.label
+            );
+        }
+        let (got, closed) = observe(&mut value_arriving, Duration::from_millis(1500));
+        assert!(
+            !closed && got.is_empty(),
+            "{}: a connection receiving a value is not idle",
+            target.label
+        );
+        assert_eq!(
+            stat_u64(&stats(&server, ""), "idle_kicks"),
+            Some(2),
+            "{}",
+            target.label
+        );
+        value_arriving.write_all(b"defghij\r\n").expect("write");
+        let (got, _) = observe(&mut value_arriving, Duration::from_secs(2));
+        assert_eq!(got, b"STORED\r\n", "{}", target.label);
+    }
+}
+
+/// `-o read_buf_mem_limit=1`: a multi-get too large for the limit is answered `SERVER_ERROR out
+/// of memory writing get response`, counted in `response_obj_oom`, and the connection goes on
+/// with the next request. (memcached runs out of reply objects, keepcached of read buffer for
+/// the line: the line here is long enough for both.)
+#[test]
+fn multiget_beyond_read_buf_mem_limit() {
+    if !env::require("multiget_beyond_read_buf_mem_limit", false, &["memcached"]) {
+        return;
+    }
+    let mut request = b"get".to_vec();
+    for i in 0..300_000 {
+        request.extend_from_slice(format!(" k{i:06}").as_bytes());
+    }
+    request.extend_from_slice(b"\r\nversion\r\n");
+    for target in targets() {
+        let server = target
+            .start(&["-o", "read_buf_mem_limit=1"])
+            .expect("server");
+        let mut conn = TcpStream::connect(server.addr()).expect("connect");
+        conn.write_all(&request).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while !got.ends_with(b"VERSION 1.6.18\r\n") && Instant::now() < deadline {
+            let (more, closed) = observe(&mut conn, Duration::from_millis(500));
+            got.extend_from_slice(&more);
+            assert!(!closed, "{}: closed after {got:?}", target.label);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "SERVER_ERROR out of memory writing get response\r\nVERSION 1.6.18\r\n",
+            "{}",
+            target.label
+        );
+        let stats = stats(&server, "");
+        assert_eq!(
+            stat_u64(&stats, "response_obj_oom"),
+            Some(1),
+            "{}",
+            target.label
+        );
+        for name in [
+            "read_buf_count",
+            "read_buf_bytes",
+            "read_buf_bytes_free",
+            "read_buf_oom",
+        ] {
+            assert!(
+                stat_u64(&stats, name).is_some(),
+                "{}: stats lacks {name}",
+                target.label
+            );
+        }
+        if target.label == "keepcached" {
+            // The refused line held the budget only until it was refused.
+            assert_eq!(stat_u64(&stats, "read_buf_oom"), Some(1));
+            assert_eq!(stat_u64(&stats, "read_buf_bytes"), Some(0));
+            // A value still arriving holds its buffer beyond the first read chunk.
+            let mut arriving = TcpStream::connect(server.addr()).expect("connect");
+            arriving
+                .write_all(&[&b"set big 0 0 500000\r\n"[..], &[b'v'; 100_000]].concat())
+                .expect("write");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let stats = self::stats(&server, "");
+                if stat_u64(&stats, "read_buf_count") == Some(1) {
+                    let bytes = stat_u64(&stats, "read_buf_bytes").expect("read_buf_bytes");
+                    let free = stat_u64(&stats, "read_buf_bytes_free").expect("free");
+                    assert!(bytes > 0 && bytes + free == 1024 * 1024, "{stats}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{stats}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A process started by a test, killed by pid when dropped (also when the test fails).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `-p -1 -U -1` with `MEMCACHED_PORT_FILENAME`: every socket gets a port of the kernel's
+/// choosing and the file lists them in memcached's format; the ports work and `stats settings`
+/// shows -1.
+#[test]
+fn ephemeral_ports_written_to_port_file() {
+    if !env::require(
+        "ephemeral_ports_written_to_port_file",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("keepcached-portfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keepcached = env!("CARGO_BIN_EXE_keepcached");
+    let programs: [(&str, &[&str]); 2] = [("memcached", &[]), (keepcached, &["server"])];
+    let mut files = Vec::new();
+    for (i, (program, sub)) in programs.into_iter().enumerate() {
+        let file = dir.join(format!("ports{i}"));
+        let _ = std::fs::remove_file(&file);
+        let mut command = std::process::Command::new(program);
+        command
+            .args(sub)
+            .args(["-u", "root", "-l", "127.0.0.1,::1", "-p", "-1", "-U", "-1"])
+            .env("MEMCACHED_PORT_FILENAME", &file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let _child = Child(command.spawn().expect("spawn"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{program}: no port file");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut masked = String::new();
+        let mut ports = Vec::new();
+        for line in text.lines() {
+            let (what, port) = line.rsplit_once(' ').expect("a port per line");
+            let port: u16 = port.parse().expect("a port number");
+            assert_ne!(port, 0, "{program}: {line}");
+            ports.push(port);
+            masked.push_str(&format!("{what} <port>\n"));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 4, "{program}: one port per socket: {text}");
+        let tcp: u16 = text
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("first line");
+        let mut client =
+            keepcached_testkit::Client::connect((std::net::Ipv4Addr::LOCALHOST, tcp).into())
+                .expect("connect to the written port");
+        let settings = client.call("stats settings\r\n").expect("stats settings");
+        assert!(
+            settings.contains("STAT tcpport -1\r\n") && settings.contains("STAT udpport -1\r\n"),
+            "{program}: {settings}"
+        );
+        files.push(masked);
+    }
+    assert_eq!(
+        files[0],
+        "TCP INET: <port>\nTCP INET6: <port>\nUDP INET: <port>\nUDP INET6: <port>\n"
+    );
+    assert_eq!(files[1], files[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same few hundred items, of sizes that fall in several of memcached's slab classes.
+fn load_items(server: &ServerProcess) {
+    let mut request = Vec::new();
+    let mut state: u64 = 0x5eed;
+    for i in 0..300 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let len = [1, 10, 100, 1000, 5000, 20_000][(state >> 33) as usize % 6];
+        request.extend_from_slice(format!("set key{i} {i} 0 {len}\r\n").as_bytes());
+        request.resize(request.len() + len, b'v');
+        request.extend_from_slice(b"\r\n");
+    }
+    let mut client = server.connect().expect("connect");
+    client.send(&request).expect("load");
+    client.call("version\r\n").expect("loaded");
+}
+
+/// Replaces the access times of metadump lines (each server's clock second).
+fn mask_access_times(dump: &[u8]) -> String {
+    String::from_utf8_lossy(dump)
+        .split_inclusive('\n')
+        .map(|line| match line.find(" la=") {
+            Some(at) => {
+                let end = line[at + 4..].find(' ').map_or(line.len(), |e| at + 4 + e);
+                format!("{} la=<t>{}", &line[..at], &line[end..])
+            }
+            None => line.to_string(),
+        })
+        .collect()
+}
+
+/// Reads a reply up to its `END\r\n`.
+fn until_end(stream: &mut TcpStream) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while !got.ends_with(b"END\r\n") && Instant::now() < deadline {
+        let (more, closed) = observe(stream, Duration::from_millis(200));
+        got.extend_from_slice(&more);
+        assert!(!closed, "closed after {}", String::from_utf8_lossy(&got));
+    }
+    got
+}
+
+/// `lru_crawler`: metadump by class and in hash order, the crawl commands, and requests
+/// pipelined behind a metadump, which wait until the client sends more.
+#[test]
+fn lru_crawler_matches_memcached() {
+    if !env::require("lru_crawler_matches_memcached", false, &["memcached"]) {
+        return;
+    }
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        load_items(&server);
+        let mut conn = TcpStream::connect(server.addr()).expect("connect");
+        let mut replies = Vec::new();
+        // memcached's hash order is deterministic: compared line for line.
+        conn.write_all(b"lru_crawler metadump hash\r\n")
+            .expect("write");
+        replies.push(mask_access_times(&until_end(&mut conn)));
+        // A class walk follows memcached's LRUs: compared as a set of lines.
+        conn.write_all(b"lru_crawler metadump 12,1\r\n")
+            .expect("write");
+        let mut lines: Vec<String> = mask_access_times(&until_end(&mut conn))
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        replies.push(lines.join("\n"));
+        conn.write_all(b"lru_crawler metadump 2\r\nversion\r\nget nope\r\n")
+            .expect("write");
+        let (dump, _) = observe(&mut conn, Duration::from_millis(1500));
+        replies.push(String::from_utf8_lossy(&dump).into_owned());
+        conn.write_all(b"version\r\n").expect("write");
+        let (after, _) = observe(&mut conn, Duration::from_millis(1500));
+        replies.push(String::from_utf8_lossy(&after).into_owned());
+        for request in [
+            "lru_crawler crawl all\r\n",
+            "lru_crawler crawl 1,2\r\n",
+            "lru_crawler crawl hash\r\n",
+            "lru_crawler crawl 64\r\n",
+            "lru_crawler mgdump all\r\n",
+            "lru_crawler metadump ,\r\n",
+        ] {
+            let mut client = server.connect().expect("connect");
+            replies.push(client.call(request).expect(request));
+        }
+        seen.push((target.label.clone(), replies));
+    }
+    let (reference, subject) = (&seen[0].1, &seen[1].1);
+    assert!(reference[0].lines().count() > 300, "{}", reference[0]);
+    assert_eq!(reference[2], "END\r\n", "class 2 holds none of these items");
+    assert_eq!(reference[3], "VERSION 1.6.18\r\nEND\r\nVERSION 1.6.18\r\n");
+    for (i, (want, got)) in reference.iter().zip(subject).enumerate() {
+        assert_eq!(
+            want, got,
+            "reply {i} differs ({} vs {})",
+            seen[0].0, seen[1].0
+        );
+    }
+}
+
+/// The named stats of every class in a `stats items` or `stats slabs` reply.
+fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
+    reply
+        .lines()
+        .filter(|line| {
+            let name = line.split(' ').nth(1).unwrap_or("");
+            names
+                .iter()
+                .any(|n| name.ends_with(&format!(":{n}")) || name == *n)
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// `stats items`, `stats slabs` and `stats sizes` (with `-o track_sizes`) place the items in
+/// memcached's slab classes and size buckets with memcached's counts.
+#[test]
+fn slab_stats_match_memcached() {
+    if !env::require("slab_stats_match_memcached", false, &["memcached"]) {
+        return;
+    }
+    let mut seen = Vec::new();
+    for flags in [&[][..], &["-f", "2", "-n", "100", "-o", "track_sizes"]] {
+        for target in targets() {
+            let server = target.start(flags).expect("server");
+            load_items(&server);
+            let items = stats(&server, "items");
+            let slabs = stats(&server, "slabs");
+            seen.push((
+                format!("{} {flags:?}", target.label),
+                class_stats(&items, &["number", "mem_requested"]),
+                class_stats(
+                    &slabs,
+                    &[
+                        "chunk_size",
+                        "chunks_per_page",
+                        "total_pages",
+                        "total_chunks",
+                        "used_chunks",
+                        "free_chunks",
+                        "active_slabs",
+                    ],
+                ),
+                stats(&server, "sizes"),
+            ));
+        }
+    }
+    for pair in seen.chunks(2) {
+        let (reference, subject) = (&pair[0], &pair[1]);
+        assert!(reference.1.len() >= 8, "{reference:?}");
+        assert_eq!(
+            reference.1, subject.1,
+            "stats items: {} vs {}",
+            reference.0, subject.0
+        );
+        assert_eq!(
+            reference.2, subject.2,
+            "stats slabs: {} vs {}",
+            reference.0, subject.0
+        );
+        assert_eq!(
+            reference.3, subject.3,
+            "stats sizes: {} vs {}",
+            reference.0, subject.0
+        );
+    }
+    assert_eq!(seen[0].3, "STAT sizes_status disabled\r\nEND\r\n");
+}
+
+/// Log lines with what differs between two runs masked: the time, the line id (checked to
+/// increase), the connection number and the client's port.
+fn mask_log(text: &str) -> Vec<String> {
+    let mut last_gid = 0u64;
+    text.lines()
+        .map(|line| {
+            line.split(' ')
+                .map(|field| match field.split_once('=') {
+                    Some(("gid", gid)) => {
+                        let gid: u64 = gid.parse().expect("a numeric gid");
+                        assert!(gid > last_gid, "gids increase: {text}");
+                        last_gid = gid;
+                        "gid=<n>".to_string()
+                    }
+                    Some(("ts", ts)) => {
+                        let (secs, micros) = ts.split_once('.').expect("ts=SECS.MICROS");
+                        assert!(secs.parse::<u64>().is_ok() && micros.parse::<u32>().is_ok());
+                        "ts=<t>".to_string()
+                    }
+                    Some((name @ ("cfd" | "rport"), _)) => format!("{name}=<n>"),
+                    _ => field.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// `watch fetchers mutations connevents`: the log lines of a client's session, line for line
+/// as memcached prints them; `watch` refusals; `log_watchers` in `stats`.
+#[test]
+fn watch_matches_memcached() {
+    if !env::require("watch_matches_memcached", false, &["memcached"]) {
+        return;
+    }
+    let session = "get wa\r\nset wa 5 0 2\r\nhi\r\nget wa\r\ngets wa nope\r\nadd wa 0 0 1\r\nx\r\n\
+        append wa 0 0 1\r\ny\r\nmg wa v\r\nmg nope\r\ndelete wa\r\nset n 0 0 1\r\n5\r\n\
+        incr n 2\r\ntouch n 10\r\nmd n\r\nma n\r\nms wb 2 T100\r\nhi\r\ncas wb 0 0 1 1\r\nz\r\n\
+        flush_all\r\nget wb\r\nquit\r\n";
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        let mut watcher = TcpStream::connect(server.addr()).expect("connect");
+        watcher
+            .write_all(b"watch fetchers mutations connevents\r\n")
+            .expect("write");
+        let (ok, _) = observe(&mut watcher, Duration::from_secs(2));
+        assert_eq!(ok, b"OK\r\n", "{}", target.label);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut client = TcpStream::connect(server.addr()).expect("connect");
+        client.write_all(session.as_bytes()).expect("write");
+        let mut log = Vec::new();
+        while !String::from_utf8_lossy(&log).contains("type=conn_close") {
+            let (more, _) = observe(&mut watcher, Duration::from_millis(200));
+            log.extend_from_slice(&more);
+            assert!(
+                Instant::now() < deadline,
+                "{}: log so far {log:?}",
+                target.label
+            );
+        }
+        seen.push(mask_log(&String::from_utf8_lossy(&log)));
+        // memcached's logger thread updates the count on its next round.
+        while stat_u64(&stats(&server, ""), "log_watchers") != Some(1) {
+            assert!(Instant::now() < deadline, "{}: log_watchers", target.label);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut refused = Vec::new();
+        for request in ["watch bogus\r\n", "watch deletions\r\n"] {
+            let mut client = server.connect().expect("connect");
+            refused.push(client.call(request).expect(request));
+        }
+        assert_eq!(refused, ["ERROR\r\n", "ERROR\r\n"], "{}", target.label);
+        let disabled = target.start(&["-W"]).expect("server");
+        let mut client = disabled.connect().expect("connect");
+        assert_eq!(
+            client.call("watch\r\n").expect("watch"),
+            "CLIENT_ERROR watch commands not allowed\r\n",
+            "{}",
+            target.label
+        );
+    }
+    assert!(seen[0].len() > 20, "{:#?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "memcached's log, then keepcached's");
+}
+
+/// A watcher that does not read loses lines rather than slowing the server, and the next line
+/// it gets says how many: `skipped=N` (keepcached only: memcached's own test of this calls
+/// itself flaky, since when it skips depends on its logger thread's timing).
+#[test]
+fn a_slow_watcher_skips_lines_and_says_so() {
+    let server = Target::keepcached(env!("CARGO_BIN_EXE_keepcached"))
+        .start(&["-o", "watcher_logbuf_size=8"])
+        .expect("server");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&server.addr().into()).expect("connect");
+    let mut watcher: TcpStream = socket.into();
+    watcher.write_all(b"watch\r\n").expect("write");
+    let (ok, _) = observe(&mut watcher, Duration::from_secs(2));
+    assert_eq!(ok, b"OK\r\n");
+    let mut client = server.connect().expect("connect");
+    let spacer = "X".repeat(180);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while stat_u64(&stats(&server, ""), "log_watcher_skipped").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no line was ever skipped");
+        let gets: String = (0..2000)
+            .map(|i| format!("get foo{round}_{i}{spacer}\r\n"))
+            .collect();
+        client.send(gets.as_bytes()).expect("gets");
+        client
+            .call("version\r\n")
+            .expect("served while the watcher stalls");
+        round += 1;
+    }
+    // Once the watcher reads again, the next line after the gap carries the note.
+    let mut log = Vec::new();
+    while !String::from_utf8_lossy(&log).contains("skipped=") {
+        assert!(Instant::now() < deadline, "no skipped= line");
+        client.call("get after_the_gap\r\n").expect("get");
+        let (more, _) = observe(&mut watcher, Duration::from_millis(100));
+        log.extend_from_slice(&more);
+    }
+    let text = String::from_utf8_lossy(&log);
+    let note = text
+        .lines()
+        .find(|l| l.starts_with("skipped="))
+        .expect("note");
+    let skipped: u64 = note["skipped=".len()..].parse().expect("a count");
+    assert!(skipped > 0, "{note}");
+}
