@@ -39,16 +39,21 @@ fn arith_extras(delta: u64, initial: u64, exptime: u32) -> Vec<u8> {
 
 /// Sends `bytes`, reads until the server is quiet for a moment or closes, and renders each
 /// response packet as `opcode status key=... value=...`, CAS shown only as zero or not.
+///
+/// A case may rightly get no answer (a quiet command, a body still awaited), so silence ends
+/// the read; the first answer may come late on a loaded machine, so the silence that ends a
+/// read before anything came is longer than the one between packets.
 fn exchange(server: &ServerProcess, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(server.addr()).expect("connect");
     stream.write_all(bytes).expect("write");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(150)))
-        .expect("timeout");
     let mut got = Vec::new();
     let mut buf = [0u8; 65536];
     let mut closed = false;
     loop {
+        let quiet = if got.is_empty() { 1_000 } else { 300 };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(quiet)))
+            .expect("timeout");
         match stream.read(&mut buf) {
             Ok(0) => {
                 closed = true;
