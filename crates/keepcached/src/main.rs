@@ -3,6 +3,7 @@
 //! Each subcommand is one role with the command line of the program it replaces; see README.md.
 
 mod ctl_cmd;
+mod demo_cmd;
 mod process;
 mod proxy_cmd;
 mod server_cmd;
@@ -36,6 +37,8 @@ commands:
                              drain|hold|warm|up SERVER
   up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
                              :11212, replicating proxy on 127.0.0.1:12000
+  demo                       (root) the two-host tier in network namespaces, its failover
+                             runbook played as a transcript (exit 77 when not root)
 ";
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         "vrrp" => vrrp_cmd::run(rest),
         "ctl" => ctl_cmd::run(rest),
         "up" => up(rest),
+        "demo" => return demo_cmd::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

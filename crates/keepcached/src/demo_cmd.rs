@@ -1,0 +1,1188 @@
+//! `keepcached demo` (root): the seed's two-host tier built in network namespaces, and the
+//! seed's test section played against it as a transcript, each step with its time and its
+//! check.
+//!
+//! ```text
+//!   web         198.18.111.10    the client (the seed's telnet host)
+//!   memcached1  198.18.111.11    cache server :11211, proxy VIP:12000, VRRP priority 100
+//!   memcached2  198.18.111.12    cache server :11211, proxy VIP:12000, VRRP priority 99
+//!   VIP         198.18.111.100   held by the VRRP master
+//! ```
+//!
+//! The steps: a `set` through the VIP, the value read on both servers directly (replication),
+//! memcached1's roles stopped with SIGTERM while a client writes continuously (the VIP moves,
+//! writes go on; failed operations counted, no acknowledged write lost), a key rewritten while
+//! memcached1 is down, memcached1 restarted (its server comes back from its save file with the
+//! old value: the proxies flush and warm it, and no read through the VIP is stale meanwhile),
+//! then every key read back through the VIP and on the returned server alone.
+//!
+//! Exit status: 0 when every step's check passed; 1 when one failed (its number and name are
+//! printed); 77 (EX_NOPERM) when not run as root; 64 for arguments; 128 + N when stopped by
+//! signal N (SIGINT, SIGTERM or SIGHUP), after cleaning up. Everything it creates is removed on
+//! every one of these paths, and a run that was killed (SIGKILL) is cleaned up by the next.
+
+mod client;
+mod topology;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use nix::sys::signal::Signal;
+
+use client::Conn;
+use topology::Topology;
+
+const WEB: &str = "web";
+const WEB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 111, 10);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 111, 100);
+const SERVER_PORT: u16 = 11211;
+const PROXY_PORT: u16 = 12000;
+/// Exit status without root: sysexits.h's EX_NOPERM.
+const EX_NOPERM: u8 = 77;
+const EX_USAGE: u8 = 64;
+
+/// One of the seed's cache hosts.
+#[derive(Debug, Clone, Copy)]
+struct Host {
+    name: &'static str,
+    addr: Ipv4Addr,
+    priority: u8,
+}
+
+const MEMCACHED1: Host = Host {
+    name: "memcached1",
+    addr: Ipv4Addr::new(198, 18, 111, 11),
+    priority: 100,
+};
+const MEMCACHED2: Host = Host {
+    name: "memcached2",
+    addr: Ipv4Addr::new(198, 18, 111, 12),
+    priority: 99,
+};
+const HOSTS: [Host; 2] = [MEMCACHED1, MEMCACHED2];
+
+impl Host {
+    fn server(&self) -> SocketAddr {
+        SocketAddrV4::new(self.addr, SERVER_PORT).into()
+    }
+
+    /// The proxy's own address (it also listens on the VIP): where `stats backends` is asked.
+    fn proxy(&self) -> SocketAddr {
+        SocketAddrV4::new(self.addr, PROXY_PORT).into()
+    }
+}
+
+fn vip() -> SocketAddr {
+    SocketAddrV4::new(VIP, PROXY_PORT).into()
+}
+
+const USAGE: &str = "\
+usage: keepcached demo
+
+Builds the two-host tier (hosts web, memcached1, memcached2, a bridge and the VIP
+198.18.111.100) in network namespaces named kcdemo<pid>-*, plays the failover runbook
+and prints what happens. Needs root and iproute2. Exit status: 0 every check passed,
+1 a check failed (named), 77 not root, 128+N stopped by signal N (cleaned up first).
+";
+
+/// The signal that asked the demo to stop (0: none yet).
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+/// A signal stopped the demo.
+#[derive(Debug)]
+struct Interrupted(i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Signal::try_from(self.0) {
+            Ok(s) => write!(f, "interrupted by {s}"),
+            Err(_) => write!(f, "interrupted by signal {}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+pub fn run(args: &[String]) -> ExitCode {
+    match args {
+        [] => {}
+        [h] if h == "-h" || h == "--help" => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprint!("keepcached demo: takes no arguments\n{USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "keepcached demo: needs root (it creates network namespaces, a bridge and a VIP); \
+             try: sudo keepcached demo"
+        );
+        return ExitCode::from(EX_NOPERM);
+    }
+    if let Err(e) = watch_signals() {
+        eprintln!("keepcached demo: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let mut transcript = Transcript::new();
+    let result = play(&mut transcript);
+    transcript.finish(result)
+}
+
+/// SIGINT, SIGTERM and SIGHUP are taken by a thread that records the first of them (the
+/// handlers are in place when this returns): each step polls for it and ends, and the
+/// topology's cleanup then runs on the main thread, which a second signal does not cut short.
+/// Handlers, unlike a blocked mask, are not inherited by the programs the demo starts.
+fn watch_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal thread's runtime")?;
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ];
+    // Registered here, before the thread starts, so that no signal meets the default action.
+    let streams = runtime.block_on(async {
+        kinds
+            .into_iter()
+            .map(|kind| Ok((kind.as_raw_value(), signal(kind)?)))
+            .collect::<std::io::Result<Vec<_>>>()
+    });
+    let streams = streams.context("handling SIGINT, SIGTERM and SIGHUP")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (number, mut stream) in streams {
+                    tasks.spawn(async move {
+                        while stream.recv().await.is_some() {
+                            let _ = STOP.compare_exchange(
+                                0,
+                                number,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            );
+                        }
+                    });
+                }
+                while tasks.join_next().await.is_some() {}
+            })
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Err once a signal asked the demo to stop.
+fn check_interrupt() -> anyhow::Result<()> {
+    match STOP.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        s => Err(Interrupted(s).into()),
+    }
+}
+
+/// Sleeps `span` in short naps, ending early with Err on a signal.
+fn pause(span: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        check_interrupt()?;
+        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+    }
+    check_interrupt()
+}
+
+/// Polls `check` every 20 ms until it yields a value; fails after `limit` saying `what` never
+/// happened.
+fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        check_interrupt()?;
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("{what}: not within {} s", limit.as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The printed record: each step's number, name and start time since the demo began, what it
+/// did, and its check's outcome with its duration.
+#[derive(Debug)]
+struct Transcript {
+    start: Instant,
+    step: usize,
+    title: &'static str,
+    step_start: Instant,
+    figures: Vec<String>,
+}
+
+impl Transcript {
+    fn new() -> Transcript {
+        let now = Instant::now();
+        Transcript {
+            start: now,
+            step: 0,
+            title: "start",
+            step_start: now,
+            figures: Vec::new(),
+        }
+    }
+
+    fn stamp(&self) -> String {
+        format!("[{:>6.2}s]", self.start.elapsed().as_secs_f64())
+    }
+
+    fn begin(&mut self, title: &'static str) {
+        self.step += 1;
+        self.title = title;
+        self.step_start = Instant::now();
+        println!("{} {}. {title}", self.stamp(), self.step);
+    }
+
+    /// A line of what the step does or sees, indented under it.
+    fn say(&self, text: impl AsRef<str>) {
+        for line in text.as_ref().lines() {
+            println!("            {line}");
+        }
+    }
+
+    /// A line with its own time stamp, for what happens during a long step.
+    fn event(&self, text: impl AsRef<str>) {
+        println!("{}    {}", self.stamp(), text.as_ref());
+    }
+
+    fn ok(&self, summary: impl AsRef<str>) {
+        println!(
+            "{}    ok: {} ({:.2}s)",
+            self.stamp(),
+            summary.as_ref(),
+            self.step_start.elapsed().as_secs_f64()
+        );
+    }
+
+    /// A figure for the closing summary.
+    fn figure(&mut self, text: String) {
+        self.figures.push(text);
+    }
+
+    fn finish(&self, result: anyhow::Result<()>) -> ExitCode {
+        let total = self.start.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                println!(
+                    "{} demo passed: {} steps ok in {total:.1}s",
+                    self.stamp(),
+                    self.step
+                );
+                for figure in &self.figures {
+                    println!("            {figure}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                if let Some(Interrupted(signal)) = e.downcast_ref::<Interrupted>() {
+                    println!(
+                        "{} demo {e} during step {} ({}); everything it created was removed",
+                        self.stamp(),
+                        self.step,
+                        self.title
+                    );
+                    return ExitCode::from(128 + *signal as u8);
+                }
+                println!(
+                    "{} demo FAILED at step {} ({}): {e:#}",
+                    self.stamp(),
+                    self.step,
+                    self.title
+                );
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The demo from start to teardown. The topology is removed by its `Drop` when a step fails or
+/// panics; on success, the last step removes it and checks that nothing is left.
+fn play(tx: &mut Transcript) -> anyhow::Result<()> {
+    let leftovers = topology::remove_leftovers()?;
+    let mut demo = Demo::build(tx, &leftovers)?;
+    let result = demo.runbook(tx);
+    if result.is_err() && STOP.load(Ordering::SeqCst) == 0 {
+        demo.show_logs();
+    }
+    result?;
+    tx.begin("tear down: stop both nodes, delete the namespaces");
+    for host in HOSTS {
+        if let Some(roles) = demo.roles.remove(host.name) {
+            let statuses = roles.stop(&mut demo.t)?;
+            tx.say(format!("{}: {statuses}", host.name));
+        }
+    }
+    let prefix = demo.t.prefix().to_string();
+    let removed = demo.t.teardown(Duration::from_secs(5))?;
+    tx.say(format!("removed {}", removed.join(" ")));
+    let left: Vec<String> = topology::namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    ensure!(left.is_empty(), "namespaces left: {}", left.join(" "));
+    tx.ok(format!("no namespace named {prefix}-* is left"));
+    Ok(())
+}
+
+/// How one host's roles run. Today: the three standalone processes of the seed's host
+/// (`keepcached server`, `keepcached proxy`, `keepcached vrrp`), the VRRP role tracking the
+/// proxy as the seed's keepalived tracks magent.
+#[derive(Debug)]
+struct Roles {
+    /// (role, pid), in the order they are stopped.
+    pids: Vec<(&'static str, u32)>,
+}
+
+impl Roles {
+    fn start(t: &mut Topology, host: Host) -> anyhow::Result<Roles> {
+        let exe = std::env::current_exe().context("locating keepcached")?;
+        let exe = exe.to_str().context("keepcached's path is not UTF-8")?;
+        let dir = t.dir.clone();
+        let save_file = dir.join(format!("{}-cache.dat", host.name));
+        let listen = format!("{},127.0.0.1", host.addr);
+        let server = t.spawn(
+            host.name,
+            &format!("{}-server", host.name),
+            &[
+                exe,
+                "server",
+                "-u",
+                "root",
+                "-m",
+                "32",
+                "-p",
+                &SERVER_PORT.to_string(),
+                "-U",
+                "0",
+                "-l",
+                &listen,
+                "-e",
+                save_file.to_str().context("path")?,
+            ],
+        )?;
+        let proxy_conf = dir.join(format!("{}-proxy.toml", host.name));
+        std::fs::write(&proxy_conf, proxy_toml(host))?;
+        let proxy = t.spawn(
+            host.name,
+            &format!("{}-proxy", host.name),
+            &[
+                exe,
+                "proxy",
+                "-D",
+                "--config",
+                proxy_conf.to_str().context("path")?,
+            ],
+        )?;
+        let vrrp_conf = dir.join(format!("{}-vrrp.toml", host.name));
+        std::fs::write(&vrrp_conf, vrrp_toml(host))?;
+        let vrrp = t.spawn(
+            host.name,
+            &format!("{}-vrrp", host.name),
+            &[exe, "vrrp", "--config", vrrp_conf.to_str().context("path")?],
+        )?;
+        Ok(Roles {
+            pids: vec![("vrrp", vrrp), ("proxy", proxy), ("server", server)],
+        })
+    }
+
+    /// Asks every role to stop (SIGTERM), without waiting.
+    fn terminate(&self, t: &Topology) {
+        for &(_, pid) in &self.pids {
+            t.signal(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// A role that has exited (one that should not have): its name and status.
+    fn exited(&self, t: &mut Topology) -> Option<String> {
+        self.pids.iter().find_map(|&(role, pid)| {
+            t.exited(pid)
+                .map(|status| format!("{role} (pid {pid}) exited: {status}"))
+        })
+    }
+
+    /// Stops every role (SIGTERM, then SIGKILL after 10 s) and says how each exited; fails if
+    /// one exited non-zero or had to be killed.
+    fn stop(self, t: &mut Topology) -> anyhow::Result<String> {
+        self.terminate(t);
+        let mut said = Vec::new();
+        let mut bad = Vec::new();
+        for (role, pid) in self.pids {
+            let (status, killed) = t.stop(pid, Duration::from_secs(10))?;
+            let text = if killed {
+                format!("{role} killed after 10 s")
+            } else {
+                format!("{role} {status}")
+            };
+            if killed || !status.success() {
+                bad.push(text.clone());
+            }
+            said.push(text);
+        }
+        ensure!(bad.is_empty(), "did not stop cleanly: {}", bad.join(", "));
+        Ok(said.join(", "))
+    }
+
+    fn describe(&self) -> String {
+        self.pids
+            .iter()
+            .rev()
+            .map(|(role, pid)| format!("{role} pid {pid}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The seed's magent line (`-l VIP -p 12000 -s memcached1 -b memcached2`, `-n 51200`) as the
+/// proxy's file, listening on the VIP before holding it (freebind) and on the host's own
+/// address, which the VRRP check and the demo's `stats backends` use.
+fn proxy_toml(host: Host) -> String {
+    format!(
+        r#"listen = ["{VIP}:{PROXY_PORT}", "{addr}:{PROXY_PORT}"]
+freebind = true
+max_connections = 51200
+
+[[pools]]
+name = "main"
+servers = ["{m1}"]
+
+[[pools]]
+name = "backup"
+servers = ["{m2}"]
+"#,
+        addr = host.addr,
+        m1 = MEMCACHED1.server(),
+        m2 = MEMCACHED2.server(),
+    )
+}
+
+/// The seed's keepalived.conf (VI_1, vrid 51, PASS 1111, advert 1 s, VIP with label ens32:2),
+/// tracking the proxy with the built-in check instead of the magent.sh script.
+fn vrrp_toml(host: Host) -> String {
+    format!(
+        r#"[proxy_check.check_m]
+address = "{proxy}"
+interval = 0.5
+timeout = 0.5
+fall = 2
+
+[[instance]]
+name = "VI_1"
+interface = "{iface}"
+vrid = 51
+priority = {priority}
+advert_interval = 1
+auth_pass = "1111"
+vips = [{{ address = "{VIP}/32", label = "{iface}:2" }}]
+track_proxy = [{{ name = "check_m" }}]
+"#,
+        proxy = host.proxy(),
+        iface = topology::INTERFACE,
+        priority = host.priority,
+    )
+}
+
+#[derive(Debug)]
+struct Demo {
+    t: Topology,
+    roles: HashMap<&'static str, Roles>,
+}
+
+impl Demo {
+    fn build(tx: &mut Transcript, leftovers: &[String]) -> anyhow::Result<Demo> {
+        tx.begin("build the hosts: network namespaces, a bridge, addresses");
+        if !leftovers.is_empty() {
+            tx.say(format!(
+                "removed what a killed demo left: {}",
+                leftovers.join(" ")
+            ));
+        }
+        let t = Topology::build(&[
+            (WEB, WEB_ADDR),
+            (MEMCACHED1.name, MEMCACHED1.addr),
+            (MEMCACHED2.name, MEMCACHED2.addr),
+        ])?;
+        tx.say(format!(
+            "{:<11} {:<15} the client (the seed's telnet host)",
+            WEB, WEB_ADDR
+        ));
+        for h in HOSTS {
+            tx.say(format!(
+                "{:<11} {:<15} cache server :{SERVER_PORT}, proxy on the VIP :{PROXY_PORT}, VRRP priority {}",
+                h.name, h.addr, h.priority
+            ));
+        }
+        tx.say(format!("{:<11} {:<15} held by the VRRP master", "VIP", VIP));
+        tx.ok(format!("namespaces {}-*, bridge br0", t.prefix()));
+        Ok(Demo {
+            t,
+            roles: HashMap::new(),
+        })
+    }
+
+    fn runbook(&mut self, tx: &mut Transcript) -> anyhow::Result<()> {
+        self.start_nodes(tx)?;
+        self.set_through_vip(tx)?;
+        self.get_on_both_servers(tx)?;
+        let writer = Writer::start(self.t.ns(WEB))?;
+        let stopped_at = self.stop_memcached1(tx, &writer)?;
+        self.writes_go_on(tx)?;
+        let acked = self.failover_counts(tx, writer, stopped_at)?;
+        self.restart_memcached1(tx)?;
+        self.read_back(tx, &acked)
+    }
+
+    /// A connection from the client host.
+    fn web(&self, addr: SocketAddr) -> anyhow::Result<Conn> {
+        let _inside = self.t.enter(WEB)?;
+        Conn::connect(addr)
+    }
+
+    /// A telnet session from `web`, shown as the seed shows it.
+    fn telnet(
+        &self,
+        tx: &Transcript,
+        addr: SocketAddr,
+        requests: &[&[&str]],
+    ) -> anyhow::Result<Vec<Vec<String>>> {
+        tx.say(format!("web$ telnet {} {}", addr.ip(), addr.port()));
+        let mut conn = self.web(addr)?;
+        let mut replies = Vec::new();
+        for request in requests {
+            for line in *request {
+                tx.say(format!("> {line}"));
+            }
+            let reply = conn.call(request)?;
+            for line in &reply {
+                tx.say(format!("< {line}"));
+            }
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    /// Which cache hosts hold the VIP.
+    fn holders(&self) -> Vec<&'static str> {
+        HOSTS
+            .iter()
+            .filter(|h| self.t.has_vip(h.name, VIP))
+            .map(|h| h.name)
+            .collect()
+    }
+
+    /// `server`'s state in the `stats backends` of the proxy at `proxy` (None: no answer).
+    fn backend(&self, proxy: SocketAddr, server: SocketAddr) -> Option<BackendLine> {
+        let mut conn = self.web(proxy).ok()?;
+        let lines = conn.call(&["stats backends"]).ok()?;
+        let name = format!("/{server} ");
+        lines
+            .iter()
+            .find(|l| l.contains(&name))
+            .map(|l| BackendLine(l.clone()))
+    }
+
+    /// `keepcached ctl --proxy ADDR backends`, run from web.
+    fn ctl_backends(&self, tx: &Transcript, proxy: SocketAddr) -> anyhow::Result<()> {
+        let mut conn = self.web(proxy)?;
+        let lines = conn.call(&["stats backends"])?;
+        let stats: Vec<String> = lines
+            .into_iter()
+            .filter(|l| l.starts_with("STAT "))
+            .collect();
+        tx.say(format!("web$ keepcached ctl --proxy {proxy} backends"));
+        tx.say(crate::ctl_cmd::backends_table(&stats));
+        Ok(())
+    }
+
+    /// Fails when a role of a running host has exited.
+    fn roles_alive(&mut self) -> anyhow::Result<()> {
+        for host in HOSTS {
+            if let Some(roles) = self.roles.get(host.name) {
+                if let Some(died) = roles.exited(&mut self.t) {
+                    bail!("{}'s {died}", host.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_nodes(&mut self, tx: &mut Transcript) -> anyhow::Result<()> {
+        tx.begin("start memcached1 and memcached2 (server, proxy, VRRP each); wait for the VIP");
+        for host in HOSTS {
+            let roles = Roles::start(&mut self.t, host)?;
+            tx.say(format!("{}: {}", host.name, roles.describe()));
+            self.roles.insert(host.name, roles);
+        }
+        for host in HOSTS {
+            for server in HOSTS {
+                wait_for(
+                    &format!("{}'s proxy seeing {}'s server up", host.name, server.name),
+                    Duration::from_secs(10),
+                    || {
+                        self.roles_alive()?;
+                        Ok(self
+                            .backend(host.proxy(), server.server())
+                            .filter(|b| b.state() == "up"))
+                    },
+                )?;
+            }
+        }
+        tx.event("both proxies see both servers up; VRRP electing (Master_Down_Interval 3.6 s)");
+        wait_for(
+            "the VIP on memcached1 alone",
+            Duration::from_secs(15),
+            || {
+                self.roles_alive()?;
+                Ok((self.holders() == [MEMCACHED1.name]).then_some(()))
+            },
+        )?;
+        tx.ok(format!(
+            "VIP {VIP} on memcached1 (VRRP MASTER, priority 100)"
+        ));
+        Ok(())
+    }
+
+    fn set_through_vip(&self, tx: &mut Transcript) -> anyhow::Result<()> {
+        tx.begin("distributed write: set test through the VIP (the seed's telnet session)");
+        let replies = self.telnet(tx, vip(), &[&["set test 0 0 5", "nihao"], &["get test"]])?;
+        ensure!(replies[0] == ["STORED"], "set answered {:?}", replies[0]);
+        ensure!(
+            replies[1] == ["VALUE test 0 5", "nihao", "END"],
+            "get answered {:?}",
+            replies[1]
+        );
+        tx.ok("STORED, and read back through the VIP");
+        Ok(())
+    }
+
+    fn get_on_both_servers(&self, tx: &mut Transcript) -> anyhow::Result<()> {
+        tx.begin("get test directly on each cache server");
+        for host in HOSTS {
+            let replies = self.telnet(tx, host.server(), &[&["get test"]])?;
+            ensure!(
+                replies[0] == ["VALUE test 0 5", "nihao", "END"],
+                "{} answered {:?}",
+                host.name,
+                replies[0]
+            );
+        }
+        tx.ok("both servers hold test = nihao: the proxy replicated the write");
+        Ok(())
+    }
+
+    /// SIGTERM to memcached1's roles while `writer` writes: returns when it was sent.
+    fn stop_memcached1(&mut self, tx: &mut Transcript, writer: &Writer) -> anyhow::Result<Instant> {
+        tx.begin("fault: stop memcached1 (SIGTERM) while web writes through the VIP");
+        wait_for("the client's first writes", Duration::from_secs(5), || {
+            Ok((writer.acked() >= 100).then_some(()))
+        })?;
+        tx.say(format!(
+            "web: writing keys failover:0..99 through the VIP, one connection ({} acknowledged so far)",
+            writer.acked()
+        ));
+        let roles = self
+            .roles
+            .remove(MEMCACHED1.name)
+            .context("memcached1 is not running")?;
+        let sent = Instant::now();
+        roles.terminate(&self.t);
+        tx.event("memcached1$ kill -TERM (vrrp, proxy, server)");
+        let moved = wait_for(
+            "the VIP on memcached2 alone",
+            Duration::from_secs(10),
+            || Ok((self.holders() == [MEMCACHED2.name]).then(Instant::now)),
+        )?;
+        let took = moved - sent;
+        tx.event(format!(
+            "VIP {VIP} now on memcached2, {:.3}s after the SIGTERM",
+            took.as_secs_f64()
+        ));
+        tx.figure(format!(
+            "VIP moved to memcached2 {:.3}s after memcached1's SIGTERM",
+            took.as_secs_f64()
+        ));
+        let statuses = roles.stop(&mut self.t)?;
+        tx.say(format!("memcached1 stopped: {statuses}"));
+        tx.say(format!(
+            "memcached2$ ip a | grep {}:2\n    inet {VIP}/32 scope global {}:2",
+            topology::INTERFACE,
+            topology::INTERFACE
+        ));
+        tx.ok(format!(
+            "VIP on memcached2 after {:.3}s; memcached1's roles exited cleanly",
+            took.as_secs_f64()
+        ));
+        Ok(sent)
+    }
+
+    fn writes_go_on(&self, tx: &mut Transcript) -> anyhow::Result<()> {
+        tx.begin("writes still work: rewrite test through the VIP while memcached1 is down");
+        let replies = self.telnet(tx, vip(), &[&["set test 0 0 7", "zaijian"], &["get test"]])?;
+        ensure!(replies[0] == ["STORED"], "set answered {:?}", replies[0]);
+        ensure!(
+            replies[1] == ["VALUE test 0 7", "zaijian", "END"],
+            "get answered {:?}",
+            replies[1]
+        );
+        // The proxy records the write memcached1 missed (`missed_keys`) and keeps the server out
+        // of reads of that key: `suspect` until its failures mark it `down`.
+        let out = wait_for(
+            "memcached2's proxy recording memcached1's missed write",
+            Duration::from_secs(5),
+            || {
+                Ok(self
+                    .backend(MEMCACHED2.proxy(), MEMCACHED1.server())
+                    .filter(|b| {
+                        ["down", "suspect"].contains(&b.state())
+                            && b.field("missed_keys").is_some_and(|n| n != "0")
+                    }))
+            },
+        )?;
+        tx.say(format!(
+            "memcached2's proxy: memcached1's server {}",
+            out.summary()
+        ));
+        tx.ok("served by memcached2's proxy, which records what memcached1 missed");
+        Ok(())
+    }
+
+    /// Lets the writer go on after the failover, stops it, and checks every key it had
+    /// acknowledged through the VIP. Returns the acknowledged values.
+    fn failover_counts(
+        &self,
+        tx: &mut Transcript,
+        writer: Writer,
+        stopped_at: Instant,
+    ) -> anyhow::Result<HashMap<String, u64>> {
+        tx.begin("count the client's operations across the failover");
+        let at_move = writer.acked();
+        wait_for(
+            "200 writes acknowledged after the VIP moved",
+            Duration::from_secs(10),
+            || Ok((writer.acked() >= at_move + 200).then_some(())),
+        )?;
+        let report = writer.stop()?;
+        tx.say(format!(
+            "web: {} writes acknowledged, {} failed; longest wait between two acknowledged \
+             writes {:.3}s",
+            report.ok,
+            report.failed.len(),
+            report.longest_pause.as_secs_f64()
+        ));
+        for f in report.failed.iter().take(5) {
+            let since = f.at.saturating_duration_since(stopped_at).as_secs_f64();
+            tx.say(format!("  failed {since:.3}s after the SIGTERM: {}", f.why));
+        }
+        if report.failed.len() > 5 {
+            tx.say(format!("  ... and {} more", report.failed.len() - 5));
+        }
+        // Failures belong to the failover: none before the SIGTERM, and none among the last
+        // 100 writes, which all came after the VIP moved.
+        let early = report.failed.iter().filter(|f| f.at < stopped_at).count();
+        ensure!(
+            early == 0,
+            "{early} client operations failed before the SIGTERM"
+        );
+        let late = report
+            .failed
+            .iter()
+            .filter(|f| f.acked_before + 100 > report.ok)
+            .count();
+        ensure!(
+            late == 0,
+            "{late} client operations failed among the last 100, after the failover"
+        );
+        let mut conn = self.web(vip())?;
+        let (stale, lost) = verify(&mut conn, &report.acked)?;
+        tx.say(format!(
+            "read back through the VIP: {} keys, {stale} stale, {lost} lost",
+            report.acked.len()
+        ));
+        ensure!(
+            (stale, lost) == (0, 0),
+            "{stale} stale and {lost} lost of the acknowledged writes"
+        );
+        tx.figure(format!(
+            "client operations during the failover: {} failed, {} acknowledged, longest wait {:.3}s",
+            report.failed.len(),
+            report.ok,
+            report.longest_pause.as_secs_f64()
+        ));
+        tx.ok(format!(
+            "{} failed operations, all during the failover; 0 acknowledged writes lost",
+            report.failed.len()
+        ));
+        Ok(report.acked)
+    }
+
+    /// memcached1 returns: its server loads its save file (holding test = nihao, from before
+    /// the rewrite); meanwhile `test` is read through the VIP continuously, and the backend
+    /// states and the VIP's holder are shown as they change.
+    fn restart_memcached1(&mut self, tx: &mut Transcript) -> anyhow::Result<()> {
+        tx.begin(
+            "repair: restart memcached1; read test through the VIP until it is back in service",
+        );
+        let roles = Roles::start(&mut self.t, MEMCACHED1)?;
+        tx.say(format!("memcached1: {}", roles.describe()));
+        self.roles.insert(MEMCACHED1.name, roles);
+        let server_log = self.t.log_path(&format!("{}-server", MEMCACHED1.name));
+        let loaded = wait_for(
+            "memcached1's server loading its save file",
+            Duration::from_secs(10),
+            || {
+                self.roles_alive()?;
+                let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+                Ok(log
+                    .lines()
+                    .find(|l| l.contains(" loaded ") && l.contains(" items "))
+                    .map(str::to_owned))
+            },
+        )?;
+        let loaded = loaded
+            .split_once("persist: ")
+            .map_or(loaded.as_str(), |(_, l)| l);
+        tx.event(format!(
+            "memcached1's server: {}",
+            loaded.split("; ").next().unwrap_or(loaded)
+        ));
+        tx.say("(its save file holds test = nihao, from before the rewrite)");
+
+        let mut reads = ReadCounts::default();
+        let mut conn: Option<Conn> = None;
+        let mut last_states: HashMap<&str, String> = HashMap::new();
+        let mut last_holders = self.holders();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            check_interrupt()?;
+            self.roles_alive()?;
+            if conn.is_none() {
+                conn = self.web(vip()).ok();
+            }
+            match conn.as_mut().map(|c| c.get("test")) {
+                Some(Ok(Some(v))) if v == "zaijian" => reads.good += 1,
+                Some(Ok(Some(v))) => {
+                    reads.stale += 1;
+                    tx.event(format!("STALE read through the VIP: test = {v}"));
+                }
+                Some(Ok(None)) => {
+                    reads.missed += 1;
+                    tx.event("test missing through the VIP");
+                }
+                Some(Err(_)) | None => {
+                    reads.failed += 1;
+                    conn = None;
+                }
+            }
+            let holders = self.holders();
+            if holders != last_holders {
+                tx.event(format!("VIP now on {}", list(&holders)));
+                last_holders = holders;
+            }
+            let mut all_up = true;
+            for host in HOSTS {
+                let line = self.backend(host.proxy(), MEMCACHED1.server());
+                let state = line
+                    .as_ref()
+                    .map_or("(no answer)", |l| l.state())
+                    .to_owned();
+                all_up &= state == "up";
+                if last_states.get(host.name) != Some(&state) {
+                    let detail = line.map(|l| l.summary()).unwrap_or(state.clone());
+                    tx.event(format!(
+                        "{}'s proxy: memcached1's server {detail}",
+                        host.name
+                    ));
+                    last_states.insert(host.name, state);
+                }
+            }
+            if all_up && last_holders == [MEMCACHED1.name] && reads.good > 0 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "memcached1 not back in service within 30 s (VIP on {}, states {last_states:?})",
+                list(&last_holders)
+            );
+            pause(Duration::from_millis(50))?;
+        }
+        tx.say(format!(
+            "reads of test through the VIP meanwhile: {} zaijian, {} stale, {} missing, {} failed \
+             (connection refused or reset while the VIP moved back)",
+            reads.good, reads.stale, reads.missed, reads.failed
+        ));
+        ensure!(
+            (reads.stale, reads.missed) == (0, 0),
+            "{} stale and {} missing reads of test through the VIP",
+            reads.stale,
+            reads.missed
+        );
+        tx.figure(format!(
+            "reads through the VIP while memcached1 returned: {} stale, {} missing ({} answered)",
+            reads.stale, reads.missed, reads.good
+        ));
+        tx.ok("memcached1's server repaired and up in both proxies, VIP back on memcached1, 0 stale reads");
+        Ok(())
+    }
+
+    /// The key rewritten while memcached1 was down, and every key the client wrote across the
+    /// failover, read on memcached1's server alone and through the VIP.
+    fn read_back(&self, tx: &mut Transcript, acked: &HashMap<String, u64>) -> anyhow::Result<()> {
+        tx.begin("read back: the repaired server alone, and through the VIP");
+        self.ctl_backends(tx, vip())?;
+        let replies = self.telnet(tx, MEMCACHED1.server(), &[&["get test"]])?;
+        ensure!(
+            replies[0] == ["VALUE test 0 7", "zaijian", "END"],
+            "memcached1's server answered {:?} (its save file had nihao)",
+            replies[0]
+        );
+        let mut stale_total = 0;
+        for (name, addr) in [
+            ("memcached1's server alone", MEMCACHED1.server()),
+            ("the VIP", vip()),
+        ] {
+            let mut conn = self.web(addr)?;
+            let (stale, lost) = verify(&mut conn, acked)?;
+            tx.say(format!(
+                "{} failover keys on {name}: {stale} stale, {lost} lost",
+                acked.len()
+            ));
+            ensure!(
+                (stale, lost) == (0, 0),
+                "{stale} stale and {lost} lost keys on {name}"
+            );
+            stale_total += stale;
+        }
+        tx.figure(format!(
+            "stale reads: {stale_total} (the repaired server alone and through the VIP)"
+        ));
+        tx.ok("test = zaijian on the repaired server, not its saved nihao; 0 stale reads");
+        Ok(())
+    }
+
+    /// On a failure: the end of each role's log, on stderr.
+    fn show_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.t.dir) else {
+            return;
+        };
+        let mut logs: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- {} (last 20 lines)", path.display());
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn list(hosts: &[&str]) -> String {
+    if hosts.is_empty() {
+        "no host".into()
+    } else {
+        hosts.join(" and ")
+    }
+}
+
+#[derive(Debug, Default)]
+struct ReadCounts {
+    good: u64,
+    stale: u64,
+    missed: u64,
+    failed: u64,
+}
+
+/// One `STAT <pool>/<server> state=... k=v ...` line of `stats backends`.
+#[derive(Debug, Clone)]
+struct BackendLine(String);
+
+impl BackendLine {
+    fn field(&self, key: &str) -> Option<&str> {
+        self.0
+            .split(' ')
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn state(&self) -> &str {
+        self.field("state").unwrap_or("?")
+    }
+
+    /// The state and what explains it.
+    fn summary(&self) -> String {
+        let mut out = self.state().to_string();
+        let details: Vec<String> = ["missed_keys", "restarts", "warm_pct", "warm_copied"]
+            .iter()
+            .filter_map(|k| self.field(k).map(|v| format!("{k}={v}")))
+            .collect();
+        if !details.is_empty() {
+            out.push_str(&format!(" ({})", details.join(" ")));
+        }
+        out
+    }
+}
+
+/// Reads every key in `acked` (key -> the sequence number of its last acknowledged value
+/// `v<seq>`): (stale, lost). A value newer than the acknowledged one is neither: a write whose
+/// reply was lost may have been applied.
+fn verify(conn: &mut Conn, acked: &HashMap<String, u64>) -> anyhow::Result<(u64, u64)> {
+    let (mut stale, mut lost) = (0, 0);
+    for (key, &seq) in acked {
+        match conn.get(key)? {
+            None => lost += 1,
+            Some(value) => {
+                let got: u64 = value
+                    .strip_prefix('v')
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("{key} holds {value:?}, which no client wrote"))?;
+                stale += u64::from(got < seq);
+            }
+        }
+    }
+    Ok((stale, lost))
+}
+
+/// A client on `web` writing `failover:<n % 100> = v<n>` through the VIP, one write at a time
+/// on one connection, reconnecting after a failure.
+#[derive(Debug)]
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<anyhow::Result<WriterReport>>,
+}
+
+/// A client operation that failed: when, after how many acknowledged writes, and why.
+#[derive(Debug)]
+struct Failure {
+    at: Instant,
+    acked_before: u64,
+    why: String,
+}
+
+#[derive(Debug)]
+struct WriterReport {
+    /// key -> sequence number of its last acknowledged value.
+    acked: HashMap<String, u64>,
+    ok: u64,
+    failed: Vec<Failure>,
+    longest_pause: Duration,
+}
+
+impl Writer {
+    fn start(web_ns: String) -> anyhow::Result<Writer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::Builder::new()
+                .name("web-writer".into())
+                .spawn(move || write_until(&web_ns, &stop, &acked))?
+        };
+        Ok(Writer {
+            stop,
+            acked,
+            thread,
+        })
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) -> anyhow::Result<WriterReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(report) => report,
+            Err(_) => bail!("the client thread panicked"),
+        }
+    }
+}
+
+impl WriterReport {
+    fn fail(&mut self, why: String) {
+        self.failed.push(Failure {
+            at: Instant::now(),
+            acked_before: self.ok,
+            why,
+        });
+    }
+}
+
+fn write_until(
+    web_ns: &str,
+    stop: &AtomicBool,
+    acked_count: &AtomicU64,
+) -> anyhow::Result<WriterReport> {
+    // This thread stays in web's namespace for its life.
+    let _inside = topology::enter_namespace(web_ns)?;
+    let mut report = WriterReport {
+        acked: HashMap::new(),
+        ok: 0,
+        failed: Vec::new(),
+        longest_pause: Duration::ZERO,
+    };
+    let timeout = Duration::from_millis(500);
+    let mut conn: Option<Conn> = None;
+    let mut last_ok = Instant::now();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            match Conn::connect_within(vip(), timeout) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    report.fail(format!("{e:#}"));
+                    // A refused connection fails at once; do not spin on it.
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        seq += 1;
+        let key = format!("failover:{}", seq % 100);
+        match c.set(&key, &format!("v{seq}")) {
+            Ok(true) => {
+                let now = Instant::now();
+                report.longest_pause = report.longest_pause.max(now - last_ok);
+                last_ok = now;
+                report.acked.insert(key, seq);
+                report.ok += 1;
+                acked_count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {
+                report.fail(format!("set {key}: not stored"));
+                conn = None;
+            }
+            Err(e) => {
+                report.fail(format!("set {key}: {e:#}"));
+                conn = None;
+            }
+        }
+    }
+    Ok(report)
+}
