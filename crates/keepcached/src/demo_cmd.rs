@@ -42,6 +42,10 @@ const WEB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 111, 10);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 111, 100);
 const SERVER_PORT: u16 = 11211;
 const PROXY_PORT: u16 = 12000;
+/// The working set loaded before the failover: keys `item:<n>`, 100-byte values.
+const WORKING_SET: usize = 20_000;
+/// Keys per pipelined write or multi-get.
+const BATCH: usize = 500;
 /// Exit status without root: sysexits.h's EX_NOPERM.
 const EX_NOPERM: u8 = 77;
 const EX_USAGE: u8 = 64;
@@ -545,6 +549,7 @@ impl Demo {
         self.start_nodes(tx)?;
         self.set_through_vip(tx)?;
         self.get_on_both_servers(tx)?;
+        self.load_working_set(tx)?;
         let writer = Writer::start(self.t.ns(WEB))?;
         let stopped_at = self.stop_memcached1(tx, &writer)?;
         self.writes_go_on(tx)?;
@@ -689,6 +694,53 @@ impl Demo {
         }
         tx.ok("both servers hold test = nihao: the proxy replicated the write");
         Ok(())
+    }
+
+    fn load_working_set(&self, tx: &mut Transcript) -> anyhow::Result<()> {
+        tx.begin(
+            "load a working set through the VIP, so that a returning server has something to miss",
+        );
+        let mut conn = self.web(vip())?;
+        let mut stored = 0;
+        for batch in working_set().chunks(BATCH) {
+            check_interrupt()?;
+            stored += conn.set_many(batch)?;
+        }
+        tx.say(format!(
+            "web: {stored} of {WORKING_SET} sets of 100-byte values stored through the VIP, pipelined"
+        ));
+        ensure!(
+            stored == WORKING_SET,
+            "{} sets not stored",
+            WORKING_SET - stored
+        );
+        for host in HOSTS {
+            let held = self.count_working_set(host.server())?;
+            tx.say(format!("{}'s server holds {held} of them", host.name));
+            ensure!(
+                held == WORKING_SET,
+                "{}'s server holds {held} of {WORKING_SET}",
+                host.name
+            );
+        }
+        tx.ok(format!("{WORKING_SET} keys on both servers"));
+        Ok(())
+    }
+
+    /// How many of the working set's keys `addr` holds with their values.
+    fn count_working_set(&self, addr: SocketAddr) -> anyhow::Result<usize> {
+        let mut conn = self.web(addr)?;
+        let mut held = 0;
+        for batch in working_set().chunks(BATCH) {
+            check_interrupt()?;
+            let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+            let found = conn.get_many(&keys)?;
+            held += batch
+                .iter()
+                .filter(|(k, v)| found.get(k) == Some(v))
+                .count();
+        }
+        Ok(held)
     }
 
     /// SIGTERM to memcached1's roles while `writer` writes: returns when it was sent.
@@ -843,6 +895,14 @@ impl Demo {
         tx.begin(
             "repair: restart memcached1; read test through the VIP until it is back in service",
         );
+        let proxy_logs: Vec<(Host, std::path::PathBuf, usize)> = HOSTS
+            .iter()
+            .map(|h| {
+                let path = self.t.log_path(&format!("{}-proxy", h.name));
+                let len = std::fs::read_to_string(&path).map_or(0, |s| s.len());
+                (*h, path, len)
+            })
+            .collect();
         let roles = Roles::start(&mut self.t, MEMCACHED1)?;
         tx.say(format!("memcached1: {}", roles.describe()));
         self.roles.insert(MEMCACHED1.name, roles);
@@ -926,6 +986,23 @@ impl Demo {
             );
             pause(Duration::from_millis(50))?;
         }
+        let needle = format!("backend={}", MEMCACHED1.server());
+        for (host, path, from) in proxy_logs {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .get(from..)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&needle))
+                .collect();
+            if !lines.is_empty() {
+                tx.say(format!("{}'s proxy logged:", host.name));
+                for line in lines {
+                    let text = line.split_once(": ").map_or(line, |(_, t)| t);
+                    tx.say(format!("  {}", text.replace(&format!(" {needle}"), "")));
+                }
+            }
+        }
         tx.say(format!(
             "reads of test through the VIP meanwhile: {} zaijian, {} stale, {} missing, {} failed \
              (connection refused or reset while the VIP moved back)",
@@ -949,12 +1026,23 @@ impl Demo {
     /// failover, read on memcached1's server alone and through the VIP.
     fn read_back(&self, tx: &mut Transcript, acked: &HashMap<String, u64>) -> anyhow::Result<()> {
         tx.begin("read back: the repaired server alone, and through the VIP");
-        self.ctl_backends(tx, vip())?;
+        for host in HOSTS {
+            tx.say(format!("{}'s proxy:", host.name));
+            self.ctl_backends(tx, host.proxy())?;
+        }
         let replies = self.telnet(tx, MEMCACHED1.server(), &[&["get test"]])?;
         ensure!(
             replies[0] == ["VALUE test 0 7", "zaijian", "END"],
             "memcached1's server answered {:?} (its save file had nihao)",
             replies[0]
+        );
+        let held = self.count_working_set(MEMCACHED1.server())?;
+        tx.say(format!(
+            "the working set on memcached1's server alone: {held} of {WORKING_SET} keys"
+        ));
+        ensure!(
+            held == WORKING_SET,
+            "memcached1's server holds {held} of the {WORKING_SET} working-set keys"
         );
         let mut stale_total = 0;
         for (name, addr) in [
@@ -976,7 +1064,10 @@ impl Demo {
         tx.figure(format!(
             "stale reads: {stale_total} (the repaired server alone and through the VIP)"
         ));
-        tx.ok("test = zaijian on the repaired server, not its saved nihao; 0 stale reads");
+        tx.ok(
+            "test = zaijian on the repaired server, not its saved nihao; working set whole; \
+             0 stale reads",
+        );
         Ok(())
     }
 
@@ -1000,6 +1091,12 @@ impl Demo {
             }
         }
     }
+}
+
+fn working_set() -> Vec<(String, String)> {
+    (0..WORKING_SET)
+        .map(|n| (format!("item:{n}"), format!("{n:0>100}")))
+        .collect()
 }
 
 fn list(hosts: &[&str]) -> String {
@@ -1036,10 +1133,19 @@ impl BackendLine {
     /// The state and what explains it.
     fn summary(&self) -> String {
         let mut out = self.state().to_string();
-        let details: Vec<String> = ["missed_keys", "restarts", "warm_pct", "warm_copied"]
-            .iter()
-            .filter_map(|k| self.field(k).map(|v| format!("{k}={v}")))
-            .collect();
+        let details: Vec<String> = [
+            "missed_keys",
+            "restarts",
+            "needs_flush",
+            "cold",
+            "marked_by_other",
+            "warm_pct",
+            "warm_copied",
+        ]
+        .iter()
+        .filter_map(|k| self.field(k).map(|v| format!("{k}={v}")))
+        .filter(|kv| !kv.ends_with("=0"))
+        .collect();
         if !details.is_empty() {
             out.push_str(&format!(" ({})", details.join(" ")));
         }

@@ -1,11 +1,12 @@
 //! The demo's memcached client: the seed's telnet session (text protocol), a reply read whole,
 //! every read and write bounded by a timeout so that a dead peer is a failed step, not a hang.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -85,5 +86,37 @@ impl Conn {
             [_, value, end] if end == "END" => Ok(Some(value.clone())),
             other => bail!("get {key}: unexpected reply {other:?}"),
         }
+    }
+
+    /// `set KEY 0 0 LEN` for every item, pipelined in one write: how many were stored.
+    pub fn set_many(&mut self, items: &[(String, String)]) -> anyhow::Result<usize> {
+        let mut bytes = Vec::new();
+        for (key, value) in items {
+            bytes.extend_from_slice(
+                format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()).as_bytes(),
+            );
+        }
+        self.reader.get_mut().write_all(&bytes)?;
+        let mut stored = 0;
+        for _ in items {
+            stored += usize::from(self.line()? == "STORED");
+        }
+        Ok(stored)
+    }
+
+    /// One `get` for all `keys`: the values found, by key.
+    pub fn get_many(&mut self, keys: &[String]) -> anyhow::Result<HashMap<String, String>> {
+        let reply = self.call(&[&format!("get {}", keys.join(" "))])?;
+        let mut found = HashMap::new();
+        let mut lines = reply.into_iter();
+        while let Some(line) = lines.next() {
+            let Some(rest) = line.strip_prefix("VALUE ") else {
+                ensure!(line == "END", "get: unexpected reply line {line:?}");
+                break;
+            };
+            let key = rest.split(' ').next().unwrap_or_default().to_owned();
+            found.insert(key, lines.next().unwrap_or_default());
+        }
+        Ok(found)
     }
 }
