@@ -8,8 +8,9 @@
 //! the node reports that it serves (and READY=1 to systemd) once VRRP's sockets are open too.
 //!
 //! VRRP tracks the proxy and the server in-process, as weight-0 items (FAULT, so the VIP
-//! goes to the other node, while either is down): no script, no connection, nothing that
-//! depends on holding the VIP.
+//! goes to the other node, while either is down): the proxy is down while none of its cache
+//! servers is up (it could answer no client) or once it stopped, the server once it stopped.
+//! No script, no connection, nothing that depends on holding the VIP.
 //!
 //! Shutdown (SIGTERM, SIGINT, the server's `shutdown` command with `enable_shutdown`, or a
 //! role that fails): VRRP leaves first (a master sends priority 0 and removes the VIP, so the
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use keepcached_proxy::Reach;
 use keepcached_server::{Listeners, Server};
 use keepcached_vrrp::track::{Health, Local};
 use nix::sys::signal::Signal;
@@ -207,8 +209,14 @@ fn spawn_role(
     task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 ) -> Role {
     let ended = ended.clone();
+    // The role runs in a task of its own, so that a panic in it ends it as a failure, heard
+    // by the node like any other end.
+    let inner = tokio::spawn(task);
     let task = tokio::spawn(async move {
-        let result = task.await;
+        let result = match inner.await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the {name} failed: {e}")),
+        };
         if let Some(health) = health {
             let why = match &result {
                 Ok(()) => "it stopped".to_string(),
@@ -220,6 +228,33 @@ fn spawn_role(
         result
     });
     Role { name, stop, task }
+}
+
+/// The proxy's health for VRRP: down while none of its servers is up (it could answer no
+/// client), and once it stopped.
+async fn following_proxy(mut reach: watch::Receiver<Option<Reach>>, health: watch::Sender<Health>) {
+    loop {
+        // Not known before the proxy has met its servers: counted as up, as keepalived counts
+        // a script that has not run yet.
+        let now = match *reach.borrow_and_update() {
+            Some(Reach { up: 0, servers }) => Health {
+                up: false,
+                why: format!("none of its {servers} cache servers is up"),
+            },
+            _ => Health {
+                up: true,
+                why: String::new(),
+            },
+        };
+        health.send_if_modified(|h| std::mem::replace(h, now.clone()) != now);
+        if reach.changed().await.is_err() {
+            health.send_replace(Health {
+                up: false,
+                why: "it stopped".into(),
+            });
+            return;
+        }
+    }
 }
 
 fn healthy() -> (watch::Sender<Health>, watch::Receiver<Health>) {
@@ -279,6 +314,7 @@ impl Roles {
                     weight: 0,
                     health: rx,
                 });
+                tokio::spawn(following_proxy(bound.reach(), health));
                 let (stop, mut stop_rx) = watch::channel(false);
                 let task = async move {
                     bound
@@ -291,7 +327,7 @@ impl Roles {
                         .await
                         .context("proxy")
                 };
-                Some(spawn_role("proxy", stop, Some(health), &ended_tx, task))
+                Some(spawn_role("proxy", stop, None, &ended_tx, task))
             }
             None => None,
         };
@@ -365,7 +401,7 @@ impl Roles {
             role.stop.send_replace(true);
             let result = match role.task.await {
                 Ok(result) => result,
-                Err(e) => Err(anyhow::anyhow!("the {} task: {e}", role.name)),
+                Err(e) => Err(anyhow::anyhow!("the {}: {e}", role.name)),
             };
             if let Err(e) = result {
                 tracing::error!("{}", process::error_text(&e));
