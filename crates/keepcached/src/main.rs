@@ -4,6 +4,8 @@
 
 mod ctl_cmd;
 mod demo_cmd;
+mod node_cmd;
+mod node_config;
 mod process;
 mod proxy_cmd;
 mod server_cmd;
@@ -33,6 +35,8 @@ commands:
   proxy [magent flags]       the replicating proxy, a drop-in for magent (--help for its flags)
   vrrp --config FILE         VIP failover (VRRP), a drop-in for keepalived's VRRP side;
   vrrp --keepalived-conf FILE    reads an existing keepalived.conf
+  node --config FILE         server, proxy and VRRP of one host from one TOML file
+                             (--check, --print-config; docs/node.md)
   ctl [--proxy ADDR] CMD     operator commands to a running proxy: backends (states),
                              drain|hold|warm|up SERVER
   up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         "proxy" => proxy_cmd::run(rest),
         "vrrp" => vrrp_cmd::run(rest),
         "ctl" => ctl_cmd::run(rest),
+        "node" => node_cmd::run(rest),
         "up" => up(rest),
         "demo" => return demo_cmd::run(rest),
         "-h" | "--help" | "help" => {

@@ -1,0 +1,153 @@
+//! Two `keepcached node` processes, the seed's two hosts, in network namespaces (root; CI runs
+//! it): h1 and h2 each run server, proxy and VRRP from one file, h3 is the client. A write
+//! through the VIP lands on both servers; SIGTERM on the master's node gives the VIP up before
+//! its proxy stops, and h2 takes over without a restart of anything (its proxy listened on the
+//! VIP all along); a node whose proxy reaches no cache server stays in FAULT, in-process,
+//! even with the higher priority.
+
+#[allow(dead_code)]
+mod vrrp_topology;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use vrrp_topology::{keepcached, root_or_skip, Topology, VIP};
+
+const HOSTS: [&str; 2] = ["h1", "h2"];
+const LIMIT: Duration = Duration::from_secs(15);
+
+fn node_toml(priority: u8, servers: (&str, &str)) -> String {
+    format!(
+        r#"[server]
+port = 11211
+memory_limit = 16
+threads = 1
+
+[proxy]
+listen = ["{VIP}:12000", "127.0.0.1:12000"]
+threads = 1
+pools = [
+  {{ name = "main", servers = ["{}"] }},
+  {{ name = "backup", servers = ["{}"] }},
+]
+
+[vrrp]
+[[vrrp.instance]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+priority = {priority}
+advert_interval = 1
+auth_pass = "1111"
+vips = [{{ address = "{VIP}/32", label = "eth0:2" }}]
+"#,
+        servers.0, servers.1
+    )
+}
+
+const SERVERS: (&str, &str) = ("198.18.0.1:11211", "198.18.0.2:11211");
+
+fn start_node(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
+    let path = t.write(&format!("{host}-{run}.toml"), config);
+    let exe = keepcached();
+    t.spawn(
+        host,
+        &format!("{host}-node-{run}.log"),
+        &[
+            exe.to_str().unwrap(),
+            "node",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    )
+}
+
+/// One request from h3 to `addr`; the reply up to and including the line `last`.
+fn ask(t: &Topology, addr: &str, request: &str, last: &str) -> std::io::Result<String> {
+    let _inside = t.enter("h3");
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(s);
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(reply);
+        }
+        reply.push_str(&line);
+        if line.trim_end() == last || line.starts_with("SERVER_ERROR") {
+            return Ok(reply);
+        }
+    }
+}
+
+/// Sets `key` through the VIP, retrying until the proxy that holds it stores it.
+fn set_through_vip(t: &Topology, key: &str) {
+    let start = Instant::now();
+    loop {
+        let request = format!("set {key} 0 0 5\r\nnihao\r\n");
+        match ask(t, &format!("{VIP}:12000"), &request, "STORED") {
+            Ok(reply) if reply == "STORED\r\n" => return,
+            other if start.elapsed() > LIMIT => {
+                panic!("set {key} through the VIP: {other:?}\n{}", t.logs())
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn get_from(t: &Topology, server: &str, key: &str) -> String {
+    ask(t, server, &format!("get {key}\r\n"), "END").unwrap_or_else(|e| format!("{e}"))
+}
+
+#[test]
+fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
+    if !root_or_skip("two_nodes_serve_the_vip_and_hand_it_over_cleanly") {
+        return;
+    }
+    let mut t = Topology::new(3);
+    let h1 = start_node(&mut t, "h1", &node_toml(100, SERVERS), 1);
+    start_node(&mut t, "h2", &node_toml(99, SERVERS), 1);
+    t.wait_holder(&HOSTS, "h1", LIMIT);
+    set_through_vip(&t, "seed");
+    for server in ["198.18.0.1:11211", "198.18.0.2:11211"] {
+        assert_eq!(
+            get_from(&t, server, "seed"),
+            "VALUE seed 0 5\r\nnihao\r\nEND\r\n",
+            "{server}\n{}",
+            t.logs()
+        );
+    }
+
+    // SIGTERM on the master's node: VRRP leaves (priority 0, VIP removed) before its proxy
+    // stops, and h2 takes over.
+    let status = t.stop_with(h1, Signal::SIGTERM);
+    assert!(status.success(), "{status}\n{}", t.logs());
+    let log = std::fs::read_to_string(t.dir.join("h1-node-1.log")).unwrap();
+    let left = log.find("because: shutting down").expect(&log);
+    let proxy_stops = log.find("proxy shutting down").expect(&log);
+    assert!(left < proxy_stops, "the VIP is given up first:\n{log}");
+    t.wait_holder(&HOSTS, "h2", LIMIT);
+    set_through_vip(&t, "after");
+    assert_eq!(
+        get_from(&t, "198.18.0.2:11211", "after"),
+        "VALUE after 0 5\r\nnihao\r\nEND\r\n",
+        "{}",
+        t.logs()
+    );
+
+    // h1 comes back with a proxy that reaches no cache server: in-process tracking keeps it
+    // in FAULT, so it does not take the VIP back despite its higher priority.
+    let dead = ("198.18.0.9:11211", "198.18.0.10:11211");
+    start_node(&mut t, "h1", &node_toml(100, dead), 2);
+    let log = t.wait_log(
+        "h1-node-2.log",
+        "local proxy down: none of its 2 cache servers is up",
+        LIMIT,
+    );
+    assert!(!log.contains("-> MASTER"), "{log}");
+    t.stays_holder(&HOSTS, "h2", Duration::from_secs(3));
+}
