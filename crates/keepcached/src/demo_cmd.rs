@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The steps: a `set` through the VIP, the value read on both servers directly (replication),
-//! memcached1's roles stopped with SIGTERM while a client writes continuously (the VIP moves,
+//! memcached1's node stopped with SIGTERM while a client writes continuously (the VIP moves,
 //! writes go on; failed operations counted, no acknowledged write lost), a key rewritten while
 //! memcached1 is down, memcached1 restarted (its server comes back from its save file with the
 //! old value: the proxies flush and warm it, and no read through the VIP is stale meanwhile),
@@ -43,7 +43,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 111, 100);
 const SERVER_PORT: u16 = 11211;
 const PROXY_PORT: u16 = 12000;
 /// The working set loaded before the failover: keys `item:<n>`, 100-byte values.
-const WORKING_SET: usize = 20_000;
+const WORKING_SET: usize = 10_000;
 /// Keys per pipelined write or multi-get.
 const BATCH: usize = 500;
 /// Exit status without root: sysexits.h's EX_NOPERM.
@@ -333,8 +333,8 @@ fn play(tx: &mut Transcript) -> anyhow::Result<()> {
     result?;
     tx.begin("tear down: stop both nodes, delete the namespaces");
     for host in HOSTS {
-        if let Some(roles) = demo.roles.remove(host.name) {
-            let statuses = roles.stop(&mut demo.t)?;
+        if let Some(node) = demo.nodes.remove(host.name) {
+            let statuses = node.stop(&mut demo.t)?;
             tx.say(format!("{}: {statuses}", host.name));
         }
     }
@@ -350,148 +350,80 @@ fn play(tx: &mut Transcript) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How one host's roles run. Today: the three standalone processes of the seed's host
-/// (`keepcached server`, `keepcached proxy`, `keepcached vrrp`), the VRRP role tracking the
-/// proxy as the seed's keepalived tracks magent.
+/// One host's roles, running as one `keepcached node` from a generated file: the seed's
+/// memcached, magent and keepalived of that host.
 #[derive(Debug)]
-struct Roles {
-    /// (role, pid), in the order they are stopped.
-    pids: Vec<(&'static str, u32)>,
+struct Node {
+    pid: u32,
 }
 
-impl Roles {
-    fn start(t: &mut Topology, host: Host) -> anyhow::Result<Roles> {
+impl Node {
+    fn start(t: &mut Topology, host: Host) -> anyhow::Result<Node> {
         let exe = std::env::current_exe().context("locating keepcached")?;
         let exe = exe.to_str().context("keepcached's path is not UTF-8")?;
-        let dir = t.dir.clone();
-        let save_file = dir.join(format!("{}-cache.dat", host.name));
-        let listen = format!("{},127.0.0.1", host.addr);
-        let server = t.spawn(
-            host.name,
-            &format!("{}-server", host.name),
-            &[
-                exe,
-                "server",
-                "-u",
-                "root",
-                "-m",
-                "32",
-                "-p",
-                &SERVER_PORT.to_string(),
-                "-U",
-                "0",
-                "-l",
-                &listen,
-                "-e",
-                save_file.to_str().context("path")?,
-            ],
-        )?;
-        let proxy_conf = dir.join(format!("{}-proxy.toml", host.name));
-        std::fs::write(&proxy_conf, proxy_toml(host))?;
-        let proxy = t.spawn(
-            host.name,
-            &format!("{}-proxy", host.name),
-            &[
-                exe,
-                "proxy",
-                "-D",
-                "--config",
-                proxy_conf.to_str().context("path")?,
-            ],
-        )?;
-        let vrrp_conf = dir.join(format!("{}-vrrp.toml", host.name));
-        std::fs::write(&vrrp_conf, vrrp_toml(host))?;
-        let vrrp = t.spawn(
-            host.name,
-            &format!("{}-vrrp", host.name),
-            &[exe, "vrrp", "--config", vrrp_conf.to_str().context("path")?],
-        )?;
-        Ok(Roles {
-            pids: vec![("vrrp", vrrp), ("proxy", proxy), ("server", server)],
-        })
+        let config = t.dir.join(format!("{}.toml", host.name));
+        let save_file = t.dir.join(format!("{}-cache.dat", host.name));
+        std::fs::write(&config, node_toml(host, &save_file))
+            .with_context(|| format!("writing {}", config.display()))?;
+        let config = config.to_str().context("the scratch path is not UTF-8")?;
+        let pid = t.spawn(host.name, host.name, &[exe, "node", "--config", config])?;
+        Ok(Node { pid })
     }
 
-    /// Asks every role to stop (SIGTERM), without waiting.
+    fn describe(&self, t: &Topology, host: Host) -> String {
+        format!(
+            "keepcached node --config {} (pid {})",
+            t.dir.join(format!("{}.toml", host.name)).display(),
+            self.pid
+        )
+    }
+
+    /// Asks the node to stop (SIGTERM), without waiting.
     fn terminate(&self, t: &Topology) {
-        for &(_, pid) in &self.pids {
-            t.signal(pid, Signal::SIGTERM);
-        }
+        t.signal(self.pid, Signal::SIGTERM);
     }
 
-    /// A role that has exited (one that should not have): its name and status.
+    /// How the node exited, if it has (while it should not have).
     fn exited(&self, t: &mut Topology) -> Option<String> {
-        self.pids.iter().find_map(|&(role, pid)| {
-            t.exited(pid)
-                .map(|status| format!("{role} (pid {pid}) exited: {status}"))
-        })
+        t.exited(self.pid)
+            .map(|status| format!("node (pid {}) exited: {status}", self.pid))
     }
 
-    /// Stops every role (SIGTERM, then SIGKILL after 10 s) and says how each exited; fails if
-    /// one exited non-zero or had to be killed.
+    /// Stops the node (SIGTERM, then SIGKILL after 10 s) and says how it exited; fails unless
+    /// it exited 0 by itself.
     fn stop(self, t: &mut Topology) -> anyhow::Result<String> {
-        self.terminate(t);
-        let mut said = Vec::new();
-        let mut bad = Vec::new();
-        for (role, pid) in self.pids {
-            let (status, killed) = t.stop(pid, Duration::from_secs(10))?;
-            let text = if killed {
-                format!("{role} killed after 10 s")
-            } else {
-                format!("{role} {status}")
-            };
-            if killed || !status.success() {
-                bad.push(text.clone());
-            }
-            said.push(text);
-        }
-        ensure!(bad.is_empty(), "did not stop cleanly: {}", bad.join(", "));
-        Ok(said.join(", "))
-    }
-
-    fn describe(&self) -> String {
-        self.pids
-            .iter()
-            .rev()
-            .map(|(role, pid)| format!("{role} pid {pid}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let (status, killed) = t.stop(self.pid, Duration::from_secs(10))?;
+        ensure!(!killed, "the node did not stop within 10 s of SIGTERM");
+        ensure!(status.success(), "the node did not stop cleanly: {status}");
+        Ok(format!("node {status}"))
     }
 }
 
-/// The seed's magent line (`-l VIP -p 12000 -s memcached1 -b memcached2`, `-n 51200`) as the
-/// proxy's file, listening on the VIP before holding it (freebind) and on the host's own
-/// address, which the VRRP check and the demo's `stats backends` use.
-fn proxy_toml(host: Host) -> String {
+/// The seed's host as a node file. `[server]`: `memcached -m 32m -p 11211`, restartable
+/// (`-e`). `[proxy]`: the seed's magent line (`-n 51200 -l VIP -p 12000 -s memcached1 -b
+/// memcached2`), listening on the VIP before this host holds it and on the host's own address,
+/// where the demo asks for `stats backends`. `[vrrp]`: the seed's keepalived.conf (VI_1, vrid
+/// 51, PASS 1111, advert 1 s, the VIP labelled ens32:2); the node tracks its proxy and server
+/// in-process, where the seed ran a script.
+fn node_toml(host: Host, save_file: &std::path::Path) -> String {
     format!(
-        r#"listen = ["{VIP}:{PROXY_PORT}", "{addr}:{PROXY_PORT}"]
+        r#"[server]
+listen = ["{addr}", "127.0.0.1"]
+port = {SERVER_PORT}
+memory_limit = "32m"
+save_file = {save_file:?}
+
+[proxy]
+listen = ["{VIP}:{PROXY_PORT}", "{addr}:{PROXY_PORT}"]
 freebind = true
 max_connections = 51200
+pools = [
+  {{ name = "main", servers = ["{m1}"] }},
+  {{ name = "backup", servers = ["{m2}"] }},
+]
 
-[[pools]]
-name = "main"
-servers = ["{m1}"]
-
-[[pools]]
-name = "backup"
-servers = ["{m2}"]
-"#,
-        addr = host.addr,
-        m1 = MEMCACHED1.server(),
-        m2 = MEMCACHED2.server(),
-    )
-}
-
-/// The seed's keepalived.conf (VI_1, vrid 51, PASS 1111, advert 1 s, VIP with label ens32:2),
-/// tracking the proxy with the built-in check instead of the magent.sh script.
-fn vrrp_toml(host: Host) -> String {
-    format!(
-        r#"[proxy_check.check_m]
-address = "{proxy}"
-interval = 0.5
-timeout = 0.5
-fall = 2
-
-[[instance]]
+[vrrp]
+[[vrrp.instance]]
 name = "VI_1"
 interface = "{iface}"
 vrid = 51
@@ -499,9 +431,10 @@ priority = {priority}
 advert_interval = 1
 auth_pass = "1111"
 vips = [{{ address = "{VIP}/32", label = "{iface}:2" }}]
-track_proxy = [{{ name = "check_m" }}]
 "#,
-        proxy = host.proxy(),
+        addr = host.addr,
+        m1 = MEMCACHED1.server(),
+        m2 = MEMCACHED2.server(),
         iface = topology::INTERFACE,
         priority = host.priority,
     )
@@ -510,7 +443,7 @@ track_proxy = [{{ name = "check_m" }}]
 #[derive(Debug)]
 struct Demo {
     t: Topology,
-    roles: HashMap<&'static str, Roles>,
+    nodes: HashMap<&'static str, Node>,
 }
 
 impl Demo {
@@ -541,7 +474,7 @@ impl Demo {
         tx.ok(format!("namespaces {}-*, bridge br0", t.prefix()));
         Ok(Demo {
             t,
-            roles: HashMap::new(),
+            nodes: HashMap::new(),
         })
     }
 
@@ -621,10 +554,10 @@ impl Demo {
     }
 
     /// Fails when a role of a running host has exited.
-    fn roles_alive(&mut self) -> anyhow::Result<()> {
+    fn nodes_alive(&mut self) -> anyhow::Result<()> {
         for host in HOSTS {
-            if let Some(roles) = self.roles.get(host.name) {
-                if let Some(died) = roles.exited(&mut self.t) {
+            if let Some(node) = self.nodes.get(host.name) {
+                if let Some(died) = node.exited(&mut self.t) {
                     bail!("{}'s {died}", host.name);
                 }
             }
@@ -635,9 +568,9 @@ impl Demo {
     fn start_nodes(&mut self, tx: &mut Transcript) -> anyhow::Result<()> {
         tx.begin("start memcached1 and memcached2 (server, proxy, VRRP each); wait for the VIP");
         for host in HOSTS {
-            let roles = Roles::start(&mut self.t, host)?;
-            tx.say(format!("{}: {}", host.name, roles.describe()));
-            self.roles.insert(host.name, roles);
+            let node = Node::start(&mut self.t, host)?;
+            tx.say(format!("{}: {}", host.name, node.describe(&self.t, host)));
+            self.nodes.insert(host.name, node);
         }
         for host in HOSTS {
             for server in HOSTS {
@@ -645,7 +578,7 @@ impl Demo {
                     &format!("{}'s proxy seeing {}'s server up", host.name, server.name),
                     Duration::from_secs(10),
                     || {
-                        self.roles_alive()?;
+                        self.nodes_alive()?;
                         Ok(self
                             .backend(host.proxy(), server.server())
                             .filter(|b| b.state() == "up"))
@@ -658,7 +591,7 @@ impl Demo {
             "the VIP on memcached1 alone",
             Duration::from_secs(15),
             || {
-                self.roles_alive()?;
+                self.nodes_alive()?;
                 Ok((self.holders() == [MEMCACHED1.name]).then_some(()))
             },
         )?;
@@ -743,7 +676,7 @@ impl Demo {
         Ok(held)
     }
 
-    /// SIGTERM to memcached1's roles while `writer` writes: returns when it was sent.
+    /// SIGTERM to memcached1's node while `writer` writes: returns when it was sent.
     fn stop_memcached1(&mut self, tx: &mut Transcript, writer: &Writer) -> anyhow::Result<Instant> {
         tx.begin("fault: stop memcached1 (SIGTERM) while web writes through the VIP");
         wait_for("the client's first writes", Duration::from_secs(5), || {
@@ -753,13 +686,13 @@ impl Demo {
             "web: writing keys failover:0..99 through the VIP, one connection ({} acknowledged so far)",
             writer.acked()
         ));
-        let roles = self
-            .roles
+        let node = self
+            .nodes
             .remove(MEMCACHED1.name)
             .context("memcached1 is not running")?;
         let sent = Instant::now();
-        roles.terminate(&self.t);
-        tx.event("memcached1$ kill -TERM (vrrp, proxy, server)");
+        node.terminate(&self.t);
+        tx.event(format!("memcached1$ kill -TERM {}", node.pid));
         let moved = wait_for(
             "the VIP on memcached2 alone",
             Duration::from_secs(10),
@@ -774,7 +707,7 @@ impl Demo {
             "VIP moved to memcached2 {:.3}s after memcached1's SIGTERM",
             took.as_secs_f64()
         ));
-        let statuses = roles.stop(&mut self.t)?;
+        let statuses = node.stop(&mut self.t)?;
         tx.say(format!("memcached1 stopped: {statuses}"));
         tx.say(format!(
             "memcached2$ ip a | grep {}:2\n    inet {VIP}/32 scope global {}:2",
@@ -782,7 +715,7 @@ impl Demo {
             topology::INTERFACE
         ));
         tx.ok(format!(
-            "VIP on memcached2 after {:.3}s; memcached1's roles exited cleanly",
+            "VIP on memcached2 after {:.3}s; memcached1's node exited cleanly",
             took.as_secs_f64()
         ));
         Ok(sent)
@@ -895,23 +828,26 @@ impl Demo {
         tx.begin(
             "repair: restart memcached1; read test through the VIP until it is back in service",
         );
-        let proxy_logs: Vec<(Host, std::path::PathBuf, usize)> = HOSTS
+        let node_logs: Vec<(Host, std::path::PathBuf, usize)> = HOSTS
             .iter()
             .map(|h| {
-                let path = self.t.log_path(&format!("{}-proxy", h.name));
+                let path = self.t.log_path(h.name);
                 let len = std::fs::read_to_string(&path).map_or(0, |s| s.len());
                 (*h, path, len)
             })
             .collect();
-        let roles = Roles::start(&mut self.t, MEMCACHED1)?;
-        tx.say(format!("memcached1: {}", roles.describe()));
-        self.roles.insert(MEMCACHED1.name, roles);
-        let server_log = self.t.log_path(&format!("{}-server", MEMCACHED1.name));
+        let node = Node::start(&mut self.t, MEMCACHED1)?;
+        tx.say(format!(
+            "memcached1: {}",
+            node.describe(&self.t, MEMCACHED1)
+        ));
+        self.nodes.insert(MEMCACHED1.name, node);
+        let server_log = self.t.log_path(MEMCACHED1.name);
         let loaded = wait_for(
             "memcached1's server loading its save file",
             Duration::from_secs(10),
             || {
-                self.roles_alive()?;
+                self.nodes_alive()?;
                 let log = std::fs::read_to_string(&server_log).unwrap_or_default();
                 Ok(log
                     .lines()
@@ -935,7 +871,7 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             check_interrupt()?;
-            self.roles_alive()?;
+            self.nodes_alive()?;
             if conn.is_none() {
                 conn = self.web(vip()).ok();
             }
@@ -987,7 +923,7 @@ impl Demo {
             pause(Duration::from_millis(50))?;
         }
         let needle = format!("backend={}", MEMCACHED1.server());
-        for (host, path, from) in proxy_logs {
+        for (host, path, from) in node_logs {
             let log = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = log
                 .get(from..)
