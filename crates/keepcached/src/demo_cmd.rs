@@ -1115,7 +1115,14 @@ fn verify(conn: &mut Conn, acked: &HashMap<String, u64>) -> anyhow::Result<(u64,
 struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<anyhow::Result<WriterReport>>,
+    /// Taken by [`Writer::stop`]; a writer dropped without it (a failed step) just stops.
+    thread: Option<std::thread::JoinHandle<anyhow::Result<WriterReport>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A client operation that failed: when, after how many acknowledged writes, and why.
@@ -1148,7 +1155,7 @@ impl Writer {
         Ok(Writer {
             stop,
             acked,
-            thread,
+            thread: Some(thread),
         })
     }
 
@@ -1156,11 +1163,11 @@ impl Writer {
         self.acked.load(Ordering::Relaxed)
     }
 
-    fn stop(self) -> anyhow::Result<WriterReport> {
+    fn stop(mut self) -> anyhow::Result<WriterReport> {
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.join() {
-            Ok(report) => report,
-            Err(_) => bail!("the client thread panicked"),
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(report)) => report,
+            _ => bail!("the client thread panicked"),
         }
     }
 }
