@@ -22,20 +22,24 @@
 //! every one of these paths, and a run that was killed (SIGKILL) is cleaned up by the next.
 
 mod client;
+mod interrupt;
 mod topology;
+mod transcript;
+mod writer;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use nix::sys::signal::Signal;
 
 use client::Conn;
+use interrupt::{check_interrupt, pause, wait_for};
 use topology::Topology;
+use transcript::Transcript;
+use writer::{verify, Writer};
 
 const WEB: &str = "web";
 const WEB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 111, 10);
@@ -94,24 +98,6 @@ and prints what happens. Needs root and iproute2. Exit status: 0 every check pas
 1 a check failed (named), 77 not root, 128+N stopped by signal N (cleaned up first).
 ";
 
-/// The signal that asked the demo to stop (0: none yet).
-static STOP: AtomicI32 = AtomicI32::new(0);
-
-/// A signal stopped the demo.
-#[derive(Debug)]
-struct Interrupted(i32);
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match Signal::try_from(self.0) {
-            Ok(s) => write!(f, "interrupted by {s}"),
-            Err(_) => write!(f, "interrupted by signal {}", self.0),
-        }
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
 pub fn run(args: &[String]) -> ExitCode {
     match args {
         [] => {}
@@ -131,7 +117,7 @@ pub fn run(args: &[String]) -> ExitCode {
         );
         return ExitCode::from(EX_NOPERM);
     }
-    if let Err(e) = watch_signals() {
+    if let Err(e) = interrupt::watch_signals() {
         eprintln!("keepcached demo: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -140,194 +126,13 @@ pub fn run(args: &[String]) -> ExitCode {
     transcript.finish(result)
 }
 
-/// SIGINT, SIGTERM and SIGHUP are taken by a thread that records the first of them (the
-/// handlers are in place when this returns): each step polls for it and ends, and the
-/// topology's cleanup then runs on the main thread, which a second signal does not cut short.
-/// Handlers, unlike a blocked mask, are not inherited by the programs the demo starts.
-fn watch_signals() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal thread's runtime")?;
-    let kinds = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-    ];
-    // Registered here, before the thread starts, so that no signal meets the default action.
-    let streams = runtime.block_on(async {
-        kinds
-            .into_iter()
-            .map(|kind| Ok((kind.as_raw_value(), signal(kind)?)))
-            .collect::<std::io::Result<Vec<_>>>()
-    });
-    let streams = streams.context("handling SIGINT, SIGTERM and SIGHUP")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for (number, mut stream) in streams {
-                    tasks.spawn(async move {
-                        while stream.recv().await.is_some() {
-                            let _ = STOP.compare_exchange(
-                                0,
-                                number,
-                                Ordering::SeqCst,
-                                Ordering::SeqCst,
-                            );
-                        }
-                    });
-                }
-                while tasks.join_next().await.is_some() {}
-            })
-        })
-        .context("starting the signal thread")?;
-    Ok(())
-}
-
-/// Err once a signal asked the demo to stop.
-fn check_interrupt() -> anyhow::Result<()> {
-    match STOP.load(Ordering::SeqCst) {
-        0 => Ok(()),
-        s => Err(Interrupted(s).into()),
-    }
-}
-
-/// Sleeps `span` in short naps, ending early with Err on a signal.
-fn pause(span: Duration) -> anyhow::Result<()> {
-    let until = Instant::now() + span;
-    while Instant::now() < until {
-        check_interrupt()?;
-        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-    }
-    check_interrupt()
-}
-
-/// Polls `check` every 20 ms until it yields a value; fails after `limit` saying `what` never
-/// happened.
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        check_interrupt()?;
-        if let Some(value) = check()? {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {} s", limit.as_secs_f64());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The printed record: each step's number, name and start time since the demo began, what it
-/// did, and its check's outcome with its duration.
-#[derive(Debug)]
-struct Transcript {
-    start: Instant,
-    step: usize,
-    title: &'static str,
-    step_start: Instant,
-    figures: Vec<String>,
-}
-
-impl Transcript {
-    fn new() -> Transcript {
-        let now = Instant::now();
-        Transcript {
-            start: now,
-            step: 0,
-            title: "start",
-            step_start: now,
-            figures: Vec::new(),
-        }
-    }
-
-    fn stamp(&self) -> String {
-        format!("[{:>6.2}s]", self.start.elapsed().as_secs_f64())
-    }
-
-    fn begin(&mut self, title: &'static str) {
-        self.step += 1;
-        self.title = title;
-        self.step_start = Instant::now();
-        println!("{} {}. {title}", self.stamp(), self.step);
-    }
-
-    /// A line of what the step does or sees, indented under it.
-    fn say(&self, text: impl AsRef<str>) {
-        for line in text.as_ref().lines() {
-            println!("            {line}");
-        }
-    }
-
-    /// A line with its own time stamp, for what happens during a long step.
-    fn event(&self, text: impl AsRef<str>) {
-        println!("{}    {}", self.stamp(), text.as_ref());
-    }
-
-    fn ok(&self, summary: impl AsRef<str>) {
-        println!(
-            "{}    ok: {} ({:.2}s)",
-            self.stamp(),
-            summary.as_ref(),
-            self.step_start.elapsed().as_secs_f64()
-        );
-    }
-
-    /// A figure for the closing summary.
-    fn figure(&mut self, text: String) {
-        self.figures.push(text);
-    }
-
-    fn finish(&self, result: anyhow::Result<()>) -> ExitCode {
-        let total = self.start.elapsed().as_secs_f64();
-        match result {
-            Ok(()) => {
-                println!(
-                    "{} demo passed: {} steps ok in {total:.1}s",
-                    self.stamp(),
-                    self.step
-                );
-                for figure in &self.figures {
-                    println!("            {figure}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                if let Some(Interrupted(signal)) = e.downcast_ref::<Interrupted>() {
-                    println!(
-                        "{} demo {e} during step {} ({}); everything it created was removed",
-                        self.stamp(),
-                        self.step,
-                        self.title
-                    );
-                    return ExitCode::from(128 + *signal as u8);
-                }
-                println!(
-                    "{} demo FAILED at step {} ({}): {e:#}",
-                    self.stamp(),
-                    self.step,
-                    self.title
-                );
-                ExitCode::FAILURE
-            }
-        }
-    }
-}
-
 /// The demo from start to teardown. The topology is removed by its `Drop` when a step fails or
 /// panics; on success, the last step removes it and checks that nothing is left.
 fn play(tx: &mut Transcript) -> anyhow::Result<()> {
     let leftovers = topology::remove_leftovers()?;
     let mut demo = Demo::build(tx, &leftovers)?;
     let result = demo.runbook(tx);
-    if result.is_err() && STOP.load(Ordering::SeqCst) == 0 {
+    if result.is_err() && !interrupt::interrupted() {
         demo.show_logs();
     }
     result?;
@@ -1087,151 +892,4 @@ impl BackendLine {
         }
         out
     }
-}
-
-/// Reads every key in `acked` (key -> the sequence number of its last acknowledged value
-/// `v<seq>`): (stale, lost). A value newer than the acknowledged one is neither: a write whose
-/// reply was lost may have been applied.
-fn verify(conn: &mut Conn, acked: &HashMap<String, u64>) -> anyhow::Result<(u64, u64)> {
-    let (mut stale, mut lost) = (0, 0);
-    for (key, &seq) in acked {
-        match conn.get(key)? {
-            None => lost += 1,
-            Some(value) => {
-                let got: u64 = value
-                    .strip_prefix('v')
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("{key} holds {value:?}, which no client wrote"))?;
-                stale += u64::from(got < seq);
-            }
-        }
-    }
-    Ok((stale, lost))
-}
-
-/// A client on `web` writing `failover:<n % 100> = v<n>` through the VIP, one write at a time
-/// on one connection, reconnecting after a failure.
-#[derive(Debug)]
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    /// Taken by [`Writer::stop`]; a writer dropped without it (a failed step) just stops.
-    thread: Option<std::thread::JoinHandle<anyhow::Result<WriterReport>>>,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A client operation that failed: when, after how many acknowledged writes, and why.
-#[derive(Debug)]
-struct Failure {
-    at: Instant,
-    acked_before: u64,
-    why: String,
-}
-
-#[derive(Debug)]
-struct WriterReport {
-    /// key -> sequence number of its last acknowledged value.
-    acked: HashMap<String, u64>,
-    ok: u64,
-    failed: Vec<Failure>,
-    longest_pause: Duration,
-}
-
-impl Writer {
-    fn start(web_ns: String) -> anyhow::Result<Writer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            std::thread::Builder::new()
-                .name("web-writer".into())
-                .spawn(move || write_until(&web_ns, &stop, &acked))?
-        };
-        Ok(Writer {
-            stop,
-            acked,
-            thread: Some(thread),
-        })
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    fn stop(mut self) -> anyhow::Result<WriterReport> {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(report)) => report,
-            _ => bail!("the client thread panicked"),
-        }
-    }
-}
-
-impl WriterReport {
-    fn fail(&mut self, why: String) {
-        self.failed.push(Failure {
-            at: Instant::now(),
-            acked_before: self.ok,
-            why,
-        });
-    }
-}
-
-fn write_until(
-    web_ns: &str,
-    stop: &AtomicBool,
-    acked_count: &AtomicU64,
-) -> anyhow::Result<WriterReport> {
-    // This thread stays in web's namespace for its life.
-    let _inside = topology::enter_namespace(web_ns)?;
-    let mut report = WriterReport {
-        acked: HashMap::new(),
-        ok: 0,
-        failed: Vec::new(),
-        longest_pause: Duration::ZERO,
-    };
-    let timeout = Duration::from_millis(500);
-    let mut conn: Option<Conn> = None;
-    let mut last_ok = Instant::now();
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            match Conn::connect_within(vip(), timeout) {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    report.fail(format!("{e:#}"));
-                    // A refused connection fails at once; do not spin on it.
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        seq += 1;
-        let key = format!("failover:{}", seq % 100);
-        match c.set(&key, &format!("v{seq}")) {
-            Ok(true) => {
-                let now = Instant::now();
-                report.longest_pause = report.longest_pause.max(now - last_ok);
-                last_ok = now;
-                report.acked.insert(key, seq);
-                report.ok += 1;
-                acked_count.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(false) => {
-                report.fail(format!("set {key}: not stored"));
-                conn = None;
-            }
-            Err(e) => {
-                report.fail(format!("set {key}: {e:#}"));
-                conn = None;
-            }
-        }
-    }
-    Ok(report)
 }
