@@ -512,13 +512,25 @@ impl Demo {
             "VIP moved to memcached2 {:.3}s after memcached1's SIGTERM",
             took.as_secs_f64()
         ));
+        let at_move = writer.acked();
+        wait_for(
+            "a write acknowledged through the VIP after it moved",
+            Duration::from_secs(10),
+            || Ok((writer.acked() > at_move).then_some(())),
+        )?;
+        let again = sent.elapsed().as_secs_f64();
+        tx.event(format!(
+            "web: writes acknowledged again, {again:.3}s after the SIGTERM"
+        ));
+        tx.figure(format!(
+            "the client's writes acknowledged again {again:.3}s after the SIGTERM"
+        ));
         let statuses = node.stop(&mut self.t)?;
         tx.say(format!("memcached1 stopped: {statuses}"));
-        tx.say(format!(
-            "memcached2$ ip a | grep {}:2\n    inet {VIP}/32 scope global {}:2",
-            topology::INTERFACE,
-            topology::INTERFACE
-        ));
+        tx.say(format!("memcached2$ ip a | grep {}:2", topology::INTERFACE));
+        for line in self.t.addr_lines(MEMCACHED2.name, VIP) {
+            tx.say(format!("    {line}"));
+        }
         tx.ok(format!(
             "VIP on memcached2 after {:.3}s; memcached1's node exited cleanly",
             took.as_secs_f64()

@@ -179,6 +179,16 @@ impl Topology {
             .is_ok_and(|out| out.contains(&format!("inet {addr}/32 ")))
     }
 
+    /// The lines of `ip a` on `host` that show `addr`, as the seed's `ip a | grep` shows them.
+    pub fn addr_lines(&self, host: &str, addr: Ipv4Addr) -> Vec<String> {
+        let out = ip(&["-n", &self.ns(host), "-4", "addr", "show", "dev", INTERFACE]);
+        out.unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("inet {addr}/")))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+
     /// Moves the calling thread into `host`'s network namespace: the sockets it creates from now
     /// on are that host's (a socket keeps its namespace for life). The guard moves it back.
     pub fn enter(&self, host: &str) -> anyhow::Result<NetnsGuard> {
