@@ -56,6 +56,30 @@ fn assert_nothing_left(pid: u32, transcript: &str) {
     assert!(!dir.exists(), "{} left\n{transcript}", dir.display());
 }
 
+/// Removes what the demo with pid `pid` left, when a test fails before the demo (or the next
+/// one) did: its processes (by pid, from its namespaces), namespaces and scratch directory.
+struct Cleanup(u32);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for ns in namespaces_of(self.0) {
+            let pids = Command::new("ip").args(["netns", "pids", &ns]).output();
+            if let Ok(out) = pids {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("kcdemo{}", self.0)));
+    }
+}
+
 /// A running demo whose stdout lines arrive on a channel.
 struct Running {
     child: Child,
@@ -167,6 +191,7 @@ fn the_runbook_passes_and_leaves_nothing() {
     let _serial = serial();
     let run = Running::start();
     let pid = run.child.id();
+    let _cleanup = Cleanup(pid);
     let (status, transcript) = run.finish();
     println!("{transcript}");
     assert!(status.success(), "{status}\n{transcript}");
@@ -224,6 +249,7 @@ fn a_killed_run_is_cleaned_up_by_the_next_and_sigint_cleans_up() {
     // A run killed once its nodes run and hold the VIP: it leaves everything behind.
     let mut killed = Running::start();
     let killed_pid = killed.child.id();
+    let _killed_cleanup = Cleanup(killed_pid);
     killed.wait_line(
         "ok: VIP 198.18.111.100 on memcached1",
         Duration::from_secs(30),
@@ -239,6 +265,7 @@ fn a_killed_run_is_cleaned_up_by_the_next_and_sigint_cleans_up() {
     // The next run removes it first, and is interrupted once its own nodes are starting.
     let mut next = Running::start();
     let next_pid = next.child.id();
+    let _next_cleanup = Cleanup(next_pid);
     let removed = next.wait_line("removed what a killed demo left:", Duration::from_secs(30));
     for ns in &left {
         assert!(removed.contains(ns.as_str()), "{removed}");
