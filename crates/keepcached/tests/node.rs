@@ -462,3 +462,80 @@ fn sighup_says_reloading_then_ready() {
     node.signal(Signal::SIGTERM);
     assert_eq!(node.wait(), 0, "{}", node.log());
 }
+
+/// `keepcached convert` on the seed's own configuration of host `n`.
+fn convert_seed(n: u32) -> keepcached_testkit::CommandOutput {
+    let conf = format!(
+        "{}/../vrrp/tests/fixtures/seed-memcached{n}.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    run_with_timeout(
+        Command::new(BIN).args([
+            "convert",
+            "--memcached",
+            "-d -m 32m -p11211 -u root",
+            "--magent",
+            "-u root -n 51200 -l 192.168.111.100 -p 12000 -s 192.168.111.4:11211 -b 192.168.111.5:11211",
+            "--keepalived-conf",
+            &conf,
+        ]),
+        WAIT,
+    )
+    .unwrap()
+}
+
+#[test]
+fn convert_turns_the_seeds_hosts_into_node_files_that_pass_check() {
+    let dir = Scratch::new("convert");
+    for (n, priority) in [(1, 100), (2, 99)] {
+        let out = convert_seed(n);
+        assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+        let text = &out.stdout;
+        for expected in [
+            "memory_limit = 32\n",
+            "listen = [\"192.168.111.100:12000\"]",
+            "max_connections = 51200",
+            "servers = [\"192.168.111.4:11211\"]",
+            "servers = [\"192.168.111.5:11211\"]",
+            &format!("priority = {priority}\n"),
+            "auth_pass = \"1111\"",
+            "address = \"192.168.111.100/32\"",
+            "label = \"ens32:2\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
+        // The magent script is gone, replaced by in-process tracking, and the file says so.
+        assert!(!text.contains("/opt/magent.sh\""), "{text}");
+        assert!(!text.contains("track_script"), "{text}");
+        assert!(
+            text.contains("# vrrp_script check_m (/opt/magent.sh) managed or checked magent: dropped. In a node, VRRP tracks the proxy and the cache server in-process"),
+            "{text}"
+        );
+        let path = dir.file(&format!("converted{n}.toml"), text);
+        let (status, stderr) = check(&path);
+        assert_eq!(status, 0, "{stderr}\n{text}");
+    }
+}
+
+#[test]
+fn convert_refuses_what_it_cannot_read_with_64() {
+    for args in [
+        vec!["convert"],
+        vec!["convert", "--magent", "-s"],
+        vec!["convert", "--memcached", "-m lots"],
+        vec![
+            "convert",
+            "--keepalived-conf",
+            "/nonexistent/keepalived.conf",
+        ],
+    ] {
+        let out = run_with_timeout(Command::new(BIN).args(&args), WAIT).unwrap();
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(64),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
+    }
+}

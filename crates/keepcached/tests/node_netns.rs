@@ -1,5 +1,7 @@
 //! Two `keepcached node` processes, the seed's two hosts, in network namespaces (root; CI runs
-//! it): h1 and h2 each run server, proxy and VRRP from one file, h3 is the client. A write
+//! it): h1 and h2 each run server, proxy and VRRP from one file — the one `keepcached convert`
+//! makes of the seed's keepalived.conf, magent and memcached command lines — and h3 is the
+//! client. A write
 //! through the VIP lands on both servers; SIGTERM on the master's node gives the VIP up before
 //! its proxy stops, and h2 takes over without a restart of anything (its proxy listened on the
 //! VIP all along); a node whose proxy reaches no cache server stays in FAULT, in-process,
@@ -48,6 +50,38 @@ vips = [{{ address = "{VIP}/32", label = "eth0:2" }}]
 }
 
 const SERVERS: (&str, &str) = ("198.18.0.1:11211", "198.18.0.2:11211");
+
+/// The seed's host `n` (1 or 2), migrated with `keepcached convert` from its own
+/// keepalived.conf, magent and memcached command lines, moved onto the test's addresses.
+fn converted(t: &Topology, n: u32) -> String {
+    let fixture = format!(
+        "{}/../vrrp/tests/fixtures/seed-memcached{n}.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let conf = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("ens32", "eth0")
+        .replace("192.168.111.100", VIP);
+    let conf = t.write(&format!("keepalived{n}.conf"), &conf);
+    let out = std::process::Command::new(keepcached())
+        .args(["convert", "--keepalived-conf", conf.to_str().unwrap()])
+        .args(["--memcached", "-d -m 32m -p11211 -u root"])
+        .args([
+            "--magent",
+            &format!(
+                "-u root -n 51200 -l {VIP} -p 12000 -s {} -b {}",
+                SERVERS.0, SERVERS.1
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
 
 fn start_node(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
     let path = t.write(&format!("{host}-{run}.toml"), config);
@@ -109,8 +143,9 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
         return;
     }
     let mut t = Topology::new(3);
-    let h1 = start_node(&mut t, "h1", &node_toml(100, SERVERS), 1);
-    start_node(&mut t, "h2", &node_toml(99, SERVERS), 1);
+    let (c1, c2) = (converted(&t, 1), converted(&t, 2));
+    let h1 = start_node(&mut t, "h1", &c1, 1);
+    start_node(&mut t, "h2", &c2, 1);
     t.wait_holder(&HOSTS, "h1", LIMIT);
     set_through_vip(&t, "seed");
     for server in ["198.18.0.1:11211", "198.18.0.2:11211"] {
