@@ -86,16 +86,40 @@ fn converted(t: &Topology, n: u32) -> String {
 fn start_node(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
     let path = t.write(&format!("{host}-{run}.toml"), config);
     let exe = keepcached();
+    let notify = format!("NOTIFY_SOCKET={}", notify_path(t, host).display());
     t.spawn(
         host,
         &format!("{host}-node-{run}.log"),
         &[
+            "env",
+            &notify,
             exe.to_str().unwrap(),
             "node",
             "--config",
             path.to_str().unwrap(),
         ],
     )
+}
+
+/// Where `host`'s node sends systemd's notifications (a path, so reachable from every
+/// network namespace).
+fn notify_path(t: &Topology, host: &str) -> std::path::PathBuf {
+    t.dir.join(format!("{host}-notify.sock"))
+}
+
+/// The notifications of `host`'s node, as systemd would receive them.
+fn notify_socket(t: &Topology, host: &str) -> std::os::unix::net::UnixDatagram {
+    let socket = std::os::unix::net::UnixDatagram::bind(notify_path(t, host)).unwrap();
+    socket.set_read_timeout(Some(LIMIT)).unwrap();
+    socket
+}
+
+fn next_notification(socket: &std::os::unix::net::UnixDatagram, t: &Topology) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification: {e}\n{}", t.logs()));
+    String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
 }
 
 /// One request from h3 to `addr`; the reply up to and including the line `last`.
@@ -144,8 +168,11 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
     }
     let mut t = Topology::new(3);
     let (c1, c2) = (converted(&t, 1), converted(&t, 2));
+    let notifications = notify_socket(&t, "h1");
     let h1 = start_node(&mut t, "h1", &c1, 1);
     start_node(&mut t, "h2", &c2, 1);
+    // READY=1 once VRRP's sockets are open too.
+    assert_eq!(next_notification(&notifications, &t), "READY=1");
     t.wait_holder(&HOSTS, "h1", LIMIT);
     set_through_vip(&t, "seed");
     for server in ["198.18.0.1:11211", "198.18.0.2:11211"] {
@@ -161,6 +188,7 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
     // stops, and h2 takes over.
     let status = t.stop_with(h1, Signal::SIGTERM);
     assert!(status.success(), "{status}\n{}", t.logs());
+    assert_eq!(next_notification(&notifications, &t), "STOPPING=1");
     let log = std::fs::read_to_string(t.dir.join("h1-node-1.log")).unwrap();
     let left = log.find("because: shutting down").expect(&log);
     let proxy_stops = log.find("proxy shutting down").expect(&log);
