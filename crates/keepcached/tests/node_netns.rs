@@ -193,7 +193,8 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
     let left = log.find("because: shutting down").expect(&log);
     let proxy_stops = log.find("proxy shutting down").expect(&log);
     assert!(left < proxy_stops, "the VIP is given up first:\n{log}");
-    t.wait_holder(&HOSTS, "h2", LIMIT);
+    let took = t.wait_holder(&HOSTS, "h2", LIMIT);
+    eprintln!("h2 held the VIP {took:?} after h1's node exited on SIGTERM");
     set_through_vip(&t, "after");
     assert_eq!(
         get_from(&t, "198.18.0.2:11211", "after"),
