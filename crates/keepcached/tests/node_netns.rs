@@ -5,7 +5,8 @@
 //! through the VIP lands on both servers; SIGTERM on the master's node gives the VIP up before
 //! its proxy stops, and h2 takes over without a restart of anything (its proxy listened on the
 //! VIP all along); a node whose proxy reaches no cache server stays in FAULT, in-process,
-//! even with the higher priority.
+//! even with the higher priority. h2 runs as the systemd unit runs it: an unprivileged user
+//! with only CAP_NET_ADMIN and CAP_NET_RAW.
 
 #[allow(dead_code)]
 mod vrrp_topology;
@@ -101,6 +102,31 @@ fn start_node(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
     )
 }
 
+/// As examples/systemd/keepcached-node.service runs it: an unprivileged user (nobody) with
+/// CAP_NET_ADMIN and CAP_NET_RAW as ambient capabilities and nothing else in its bounding set.
+fn start_node_unprivileged(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
+    let path = t.write(&format!("{host}-{run}.toml"), config);
+    let exe = keepcached();
+    t.spawn(
+        host,
+        &format!("{host}-node-{run}.log"),
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+net_admin,+net_raw",
+            "--ambient-caps=-all,+net_admin,+net_raw",
+            "--bounding-set=-all,+net_admin,+net_raw",
+            "--no-new-privs",
+            exe.to_str().unwrap(),
+            "node",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    )
+}
+
 /// Where `host`'s node sends systemd's notifications (a path, so reachable from every
 /// network namespace).
 fn notify_path(t: &Topology, host: &str) -> std::path::PathBuf {
@@ -170,7 +196,7 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
     let (c1, c2) = (converted(&t, 1), converted(&t, 2));
     let notifications = notify_socket(&t, "h1");
     let h1 = start_node(&mut t, "h1", &c1, 1);
-    start_node(&mut t, "h2", &c2, 1);
+    start_node_unprivileged(&mut t, "h2", &c2, 1);
     // READY=1 once VRRP's sockets are open too.
     assert_eq!(next_notification(&notifications, &t), "READY=1");
     t.wait_holder(&HOSTS, "h1", LIMIT);
