@@ -2,6 +2,7 @@
 //!
 //! Each subcommand is one role with the command line of the program it replaces; see README.md.
 
+mod convert_cmd;
 mod ctl_cmd;
 mod demo_cmd;
 mod node_cmd;
@@ -37,6 +38,8 @@ commands:
   vrrp --keepalived-conf FILE    reads an existing keepalived.conf
   node --config FILE         server, proxy and VRRP of one host from one TOML file
                              (--check, --print-config; docs/node.md)
+  convert [--memcached FLAGS] [--magent FLAGS] [--keepalived-conf FILE]
+                             print the node file equivalent to a classic host's setup
   ctl [--proxy ADDR] CMD     operator commands to a running proxy: backends (states),
                              drain|hold|warm|up SERVER
   up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         "vrrp" => vrrp_cmd::run(rest),
         "ctl" => ctl_cmd::run(rest),
         "node" => node_cmd::run(rest),
+        "convert" => convert_cmd::run(rest),
         "up" => up(rest),
         "demo" => return demo_cmd::run(rest),
         "-h" | "--help" | "help" => {

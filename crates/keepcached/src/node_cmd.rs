@@ -103,7 +103,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let pidfile = cli.process.pidfile.map(process::absolute).transpose()?;
+    let pidfile_path = cli.process.pidfile.map(process::absolute).transpose()?;
     crate::init_logging_with(
         cli.verbose.max(1),
         "keepcached_server::persist=info",
@@ -122,14 +122,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         connections += proxy.max_connections + servers * proxy.backend.connections;
     }
     process::raise_nofile_limit(connections)?;
+    let lock_memory = server.as_ref().is_some_and(|plan| plan.lock_memory);
     let server = match server {
         Some(plan) => {
             let listeners = Listeners::bind(&plan.settings)?;
             let mut settings = plan.settings;
             settings.verbose = u32::from(cli.verbose.saturating_sub(1));
-            if plan.lock_memory {
-                process::lock_memory();
-            }
             let server = Server::new(settings);
             if let Some(file) = &server.memory_file {
                 file.load(&server);
@@ -146,24 +144,36 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if cli.daemon {
         process::daemonize(cli.verbose > 0)?;
     }
+    // After the fork, which does not pass memory locks on.
+    if lock_memory {
+        process::lock_memory();
+    }
     if let Some(identity) = identity {
         identity.assume()?;
     }
     let saving = server.as_ref().map(|(server, _)| server.clone());
     let path = cli.config;
     let runtime = process::runtime()?;
-    let _pidfile = runtime.block_on(async move {
+    // The pid file is kept until the save is done.
+    let mut pidfile = None;
+    let served = runtime.block_on(async {
         let roles = Roles::start(config, server, proxy, &path)?;
-        let pidfile = pidfile.map(process::PidFile::create).transpose()?;
-        roles.serve().await.map(|()| pidfile)
-    })?;
-    if let Some(server) = saving {
-        if let Some(file) = &server.memory_file {
-            file.save(&server)
-                .with_context(|| format!("saving the cache to {}", file.path().display()))?;
-        }
-    }
-    Ok(())
+        pidfile = pidfile_path.map(process::PidFile::create).transpose()?;
+        roles.serve().await
+    });
+    // Saved whatever ended the node: a failure of the proxy or of VRRP leaves the cache whole.
+    let saved = match saving
+        .as_ref()
+        .and_then(|s| s.memory_file.as_ref().map(|f| (s, f)))
+    {
+        Some((server, file)) => file
+            .save(server)
+            .map(drop)
+            .with_context(|| format!("saving the cache to {}", file.path().display())),
+        None => Ok(()),
+    };
+    drop(pidfile);
+    served.and(saved)
 }
 
 /// "server, proxy, vrrp": the roles a file configures, for messages.

@@ -51,20 +51,23 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], log: PathBuf, env: &[(&str, &Path)]) -> Running {
-        let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
+        command.args(args);
         for (key, value) in env {
             command.env(key, value);
         }
-        Running {
-            child: command.spawn().unwrap(),
-            log,
-        }
+        Running::spawn(&mut command, log)
+    }
+
+    fn spawn(command: &mut Command, log: PathBuf) -> Running {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Running { child, log }
     }
 
     fn log(&self) -> String {
@@ -441,14 +444,25 @@ fn every_role_tells_systemd_ready_once_it_accepts_and_stopping_at_sigterm() {
     );
 }
 
+/// Polls until the process's log contains `needle`.
+fn wait_log(process: &mut Running, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = process.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn sighup_says_reloading_then_ready() {
+fn sighup_hands_the_proxy_its_new_section_between_reloading_and_ready() {
     let dir = Scratch::new("notify-reload");
     let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
-    let config = dir.file(
-        "node.toml",
-        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
-    );
+    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
+    let config = dir.file("node.toml", &text);
     let notify = NotifySocket::new(&dir);
     let mut node = Running::start(
         &["node", "--config", config.to_str().unwrap()],
@@ -456,9 +470,192 @@ fn sighup_says_reloading_then_ready() {
         &[("NOTIFY_SOCKET", &notify.path)],
     );
     notify.wait_for("READY=1", &mut node);
+    // A proxy setting that changes while running, and a server one that needs a restart.
+    let changed = text
+        .replace("threads = 1\n", "threads = 1\ndrain_timeout_ms = 1234\n")
+        .replace("max_connections = 64", "max_connections = 65");
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).unwrap();
     node.signal(Signal::SIGHUP);
     notify.wait_for("RELOADING=1", &mut node);
     notify.wait_for("READY=1", &mut node);
+    let log = wait_log(&mut node, "configuration change applied");
+    assert!(log.contains("drain_timeout_ms"), "{log}");
+    assert!(log.contains("[server] changed"), "{log}");
+    // A file that no longer loads is logged and the running configuration kept.
+    std::fs::write(&config, "[server]\nthreads = 0\n").unwrap();
+    node.signal(Signal::SIGHUP);
+    let log = wait_log(&mut node, "configuration not reloaded");
+    assert!(log.contains("server.threads: Number of threads"), "{log}");
+    let mut proxy = wait_accepting(proxy_port, &mut node);
+    assert!(one_line(&mut proxy, "version\r\n").starts_with("VERSION "));
     node.signal(Signal::SIGTERM);
     assert_eq!(node.wait(), 0, "{}", node.log());
+}
+
+#[test]
+fn watchdog_pings_come_at_half_the_interval_systemd_asks_for() {
+    let dir = Scratch::new("watchdog");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.file(
+        "node.toml",
+        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
+    );
+    let notify = NotifySocket::new(&dir);
+    // As systemd starts it: WATCHDOG_PID names the service's own pid (exec keeps the shell's).
+    let mut node = Running::spawn(
+        Command::new("sh")
+            .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+            .args([BIN, "node", "--config", config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("WATCHDOG_USEC", "200000"),
+        dir.0.join("log"),
+    );
+    notify.wait_for("READY=1", &mut node);
+    for _ in 0..3 {
+        notify.wait_for("WATCHDOG=1", &mut node);
+    }
+    node.signal(Signal::SIGTERM);
+    assert_eq!(node.wait(), 0, "{}", node.log());
+}
+
+#[test]
+fn daemon_mode_exits_0_once_serving_and_removes_its_pid_file_at_sigterm() {
+    let dir = Scratch::new("daemon");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.file(
+        "node.toml",
+        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
+    );
+    let pidfile = dir.0.join("node.pid");
+    let log = dir.0.join("node.log");
+    let out = run_with_timeout(
+        Command::new(BIN).args([
+            "node",
+            "-d",
+            "--config",
+            config.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Whatever happens below, the daemon does not outlive the test.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+    let _reap = Reap(pid);
+    assert!(
+        accepts(server_port) && accepts(proxy_port),
+        "serving when -d returns"
+    );
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while pidfile.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pid file goes just before the last line.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("node serving") && text.contains("INFO keepcached::process: stopped") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `keepcached convert` on the seed's own configuration of host `n`.
+fn convert_seed(n: u32) -> keepcached_testkit::CommandOutput {
+    let conf = format!(
+        "{}/../vrrp/tests/fixtures/seed-memcached{n}.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    run_with_timeout(
+        Command::new(BIN).args([
+            "convert",
+            "--memcached",
+            "-d -m 32m -p11211 -u root",
+            "--magent",
+            "-u root -n 51200 -l 192.168.111.100 -p 12000 -s 192.168.111.4:11211 -b 192.168.111.5:11211",
+            "--keepalived-conf",
+            &conf,
+        ]),
+        WAIT,
+    )
+    .unwrap()
+}
+
+#[test]
+fn convert_turns_the_seeds_hosts_into_node_files_that_pass_check() {
+    let dir = Scratch::new("convert");
+    for (n, priority) in [(1, 100), (2, 99)] {
+        let out = convert_seed(n);
+        assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+        let text = &out.stdout;
+        for expected in [
+            "memory_limit = 32\n",
+            "listen = [\"192.168.111.100:12000\"]",
+            "max_connections = 51200",
+            "servers = [\"192.168.111.4:11211\"]",
+            "servers = [\"192.168.111.5:11211\"]",
+            &format!("priority = {priority}\n"),
+            "auth_pass = \"1111\"",
+            "address = \"192.168.111.100/32\"",
+            "label = \"ens32:2\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
+        // The magent script is gone, replaced by in-process tracking, and the file says so.
+        assert!(!text.contains("/opt/magent.sh\""), "{text}");
+        assert!(!text.contains("track_script"), "{text}");
+        assert!(
+            text.contains("# vrrp_script check_m (/opt/magent.sh) managed or checked magent: dropped. In a node, VRRP tracks the proxy and the cache server in-process"),
+            "{text}"
+        );
+        let path = dir.file(&format!("converted{n}.toml"), text);
+        let (status, stderr) = check(&path);
+        assert_eq!(status, 0, "{stderr}\n{text}");
+    }
+}
+
+#[test]
+fn convert_refuses_what_it_cannot_read_with_64() {
+    for args in [
+        vec!["convert"],
+        vec!["convert", "--magent", "-s"],
+        vec!["convert", "--memcached", "-m lots"],
+        vec![
+            "convert",
+            "--keepalived-conf",
+            "/nonexistent/keepalived.conf",
+        ],
+    ] {
+        let out = run_with_timeout(Command::new(BIN).args(&args), WAIT).unwrap();
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(64),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
+    }
 }

@@ -1,9 +1,12 @@
 //! Two `keepcached node` processes, the seed's two hosts, in network namespaces (root; CI runs
-//! it): h1 and h2 each run server, proxy and VRRP from one file, h3 is the client. A write
+//! it): h1 and h2 each run server, proxy and VRRP from one file — the one `keepcached convert`
+//! makes of the seed's keepalived.conf, magent and memcached command lines — and h3 is the
+//! client. A write
 //! through the VIP lands on both servers; SIGTERM on the master's node gives the VIP up before
 //! its proxy stops, and h2 takes over without a restart of anything (its proxy listened on the
 //! VIP all along); a node whose proxy reaches no cache server stays in FAULT, in-process,
-//! even with the higher priority.
+//! even with the higher priority. h2 runs as the systemd unit runs it: an unprivileged user
+//! with only CAP_NET_ADMIN and CAP_NET_RAW.
 
 #[allow(dead_code)]
 mod vrrp_topology;
@@ -49,19 +52,100 @@ vips = [{{ address = "{VIP}/32", label = "eth0:2" }}]
 
 const SERVERS: (&str, &str) = ("198.18.0.1:11211", "198.18.0.2:11211");
 
+/// The seed's host `n` (1 or 2), migrated with `keepcached convert` from its own
+/// keepalived.conf, magent and memcached command lines, moved onto the test's addresses.
+fn converted(t: &Topology, n: u32) -> String {
+    let fixture = format!(
+        "{}/../vrrp/tests/fixtures/seed-memcached{n}.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let conf = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("ens32", "eth0")
+        .replace("192.168.111.100", VIP);
+    let conf = t.write(&format!("keepalived{n}.conf"), &conf);
+    let out = std::process::Command::new(keepcached())
+        .args(["convert", "--keepalived-conf", conf.to_str().unwrap()])
+        .args(["--memcached", "-d -m 32m -p11211 -u root"])
+        .args([
+            "--magent",
+            &format!(
+                "-u root -n 51200 -l {VIP} -p 12000 -s {} -b {}",
+                SERVERS.0, SERVERS.1
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn start_node(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
     let path = t.write(&format!("{host}-{run}.toml"), config);
     let exe = keepcached();
+    let notify = format!("NOTIFY_SOCKET={}", notify_path(t, host).display());
     t.spawn(
         host,
         &format!("{host}-node-{run}.log"),
         &[
+            "env",
+            &notify,
             exe.to_str().unwrap(),
             "node",
             "--config",
             path.to_str().unwrap(),
         ],
     )
+}
+
+/// As examples/systemd/keepcached-node.service runs it: an unprivileged user (nobody) with
+/// CAP_NET_ADMIN and CAP_NET_RAW as ambient capabilities and nothing else in its bounding set.
+fn start_node_unprivileged(t: &mut Topology, host: &str, config: &str, run: u32) -> u32 {
+    let path = t.write(&format!("{host}-{run}.toml"), config);
+    let exe = keepcached();
+    t.spawn(
+        host,
+        &format!("{host}-node-{run}.log"),
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+net_admin,+net_raw",
+            "--ambient-caps=-all,+net_admin,+net_raw",
+            "--bounding-set=-all,+net_admin,+net_raw",
+            "--no-new-privs",
+            exe.to_str().unwrap(),
+            "node",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Where `host`'s node sends systemd's notifications (a path, so reachable from every
+/// network namespace).
+fn notify_path(t: &Topology, host: &str) -> std::path::PathBuf {
+    t.dir.join(format!("{host}-notify.sock"))
+}
+
+/// The notifications of `host`'s node, as systemd would receive them.
+fn notify_socket(t: &Topology, host: &str) -> std::os::unix::net::UnixDatagram {
+    let socket = std::os::unix::net::UnixDatagram::bind(notify_path(t, host)).unwrap();
+    socket.set_read_timeout(Some(LIMIT)).unwrap();
+    socket
+}
+
+fn next_notification(socket: &std::os::unix::net::UnixDatagram, t: &Topology) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification: {e}\n{}", t.logs()));
+    String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
 }
 
 /// One request from h3 to `addr`; the reply up to and including the line `last`.
@@ -109,8 +193,12 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
         return;
     }
     let mut t = Topology::new(3);
-    let h1 = start_node(&mut t, "h1", &node_toml(100, SERVERS), 1);
-    start_node(&mut t, "h2", &node_toml(99, SERVERS), 1);
+    let (c1, c2) = (converted(&t, 1), converted(&t, 2));
+    let notifications = notify_socket(&t, "h1");
+    let h1 = start_node(&mut t, "h1", &c1, 1);
+    start_node_unprivileged(&mut t, "h2", &c2, 1);
+    // READY=1 once VRRP's sockets are open too.
+    assert_eq!(next_notification(&notifications, &t), "READY=1");
     t.wait_holder(&HOSTS, "h1", LIMIT);
     set_through_vip(&t, "seed");
     for server in ["198.18.0.1:11211", "198.18.0.2:11211"] {
@@ -126,11 +214,13 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
     // stops, and h2 takes over.
     let status = t.stop_with(h1, Signal::SIGTERM);
     assert!(status.success(), "{status}\n{}", t.logs());
+    assert_eq!(next_notification(&notifications, &t), "STOPPING=1");
     let log = std::fs::read_to_string(t.dir.join("h1-node-1.log")).unwrap();
     let left = log.find("because: shutting down").expect(&log);
     let proxy_stops = log.find("proxy shutting down").expect(&log);
     assert!(left < proxy_stops, "the VIP is given up first:\n{log}");
-    t.wait_holder(&HOSTS, "h2", LIMIT);
+    let took = t.wait_holder(&HOSTS, "h2", LIMIT);
+    eprintln!("h2 held the VIP {took:?} after h1's node exited on SIGTERM");
     set_through_vip(&t, "after");
     assert_eq!(
         get_from(&t, "198.18.0.2:11211", "after"),
