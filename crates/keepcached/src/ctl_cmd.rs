@@ -91,7 +91,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// `STAT <pool>/<addr> state=.. k=v ...` lines as a table: one row per server, the fields the
 /// operator reads first, then the rest as they came.
-fn backends_table(lines: &[String]) -> String {
+pub(crate) fn backends_table(lines: &[String]) -> String {
     let mut out = format!(
         "{:<32} {:<10} {:>8} {:>8} {:>8}  details\n",
         "server", "state", "for_s", "missed", "warm%"

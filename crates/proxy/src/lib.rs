@@ -208,7 +208,19 @@ pub struct Bound {
     pools: Vec<config::PoolSpec>,
     tcp: Vec<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
+    reach: watch::Sender<Option<Reach>>,
 }
+
+/// How many of the proxy's servers are up (serving reads and writes), out of how many: what
+/// a process embedding the proxy (`keepcached node`, whose VRRP tracks it) judges it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub up: usize,
+    pub servers: usize,
+}
+
+/// How often [`Bound::reach`] is brought up to date: well inside one VRRP advert interval.
+const REACH_EVERY: Duration = Duration::from_millis(100);
 
 /// Validates `config` and binds its listeners without a runtime, so the binary can bind, then
 /// daemonize and drop privileges, and a bind error still reaches the operator's terminal.
@@ -243,10 +255,17 @@ pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
         pools,
         tcp,
         unix,
+        reach: watch::channel(None).0,
     })
 }
 
 impl Bound {
+    /// Follows [`Reach`] while the proxy serves: `None` until it has first met its servers
+    /// (when it starts accepting clients), then updated as their states change.
+    pub fn reach(&self) -> watch::Receiver<Option<Reach>> {
+        self.reach.subscribe()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and gives open connections
     /// `drain_timeout_ms` to finish what they sent.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
@@ -267,6 +286,7 @@ impl Bound {
             pools,
             tcp,
             unix,
+            reach,
         } = self;
         let tcp = tcp
             .into_iter()
@@ -318,6 +338,7 @@ impl Bound {
         tokio::spawn(reloading(ctx.clone(), reloads, stop_rx.clone()));
         resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;
+        tokio::spawn(following_reach(ctx.clone(), reach, stop_rx.clone()));
         for listener in &tcp {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "proxy listening");
@@ -373,6 +394,27 @@ impl Bound {
             workers.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Keeps `reach` up to date until the proxy stops.
+async fn following_reach(
+    ctx: Arc<Context>,
+    reach: watch::Sender<Option<Reach>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(REACH_EVERY);
+    loop {
+        let router = ctx.router();
+        let now = Reach {
+            up: router.live().filter(|b| b.is_up()).count(),
+            servers: router.live().count(),
+        };
+        reach.send_if_modified(|r| r.replace(now) != Some(now));
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
     }
 }
 
