@@ -893,7 +893,7 @@ def cmd_report_server(args):
             per = {}
             for side in ("keepcached", "memcached"):
                 c = by.get((pt, side))
-                if c and c["ir_base"] is not None and c["ir_full"] is not None:
+                if c and c["ir_base"] is not None and c["ir_full"] is not None and c["ops"]:
                     per[side] = (c["ir_full"] - c["ir_base"]) / float(c["ops"])
             if len(per) == 2:
                 body.append([pt, fmt_num(per["keepcached"]), fmt_num(per["memcached"]),
