@@ -503,7 +503,7 @@ def cmd_replay(args):
         "scenario": args.scenario or "alpha %g%s" % (args.alpha, " + %d%% scan" % round(100 * args.scan)
                                                      if args.scan else ""),
         "alpha": args.alpha, "scan": args.scan, "keys": args.keys, "requests": args.requests,
-        "seed": args.seed, "measured_gets": gets, "hits": hits,
+        "seed": args.seed, "warmup": args.warmup, "measured_gets": gets, "hits": hits,
         "hit_ratio": hits / float(max(1, gets)),
         "curr_items": int(st.get("curr_items", -1)), "evictions": int(st.get("evictions", -1)),
         "secs": round(time.time() - t0, 1),
@@ -882,8 +882,8 @@ def cmd_report_server(args):
             verdicts.append((ratio >= need, "hit ratio %s: %.3fx >= %.2fx" % (sc, ratio, need)))
         h0 = hits[0]
         print("Hit ratio at -m %d: seeded Zipf replay, %s requests over %s keys (seed %d), get then set on a miss,"
-              " measured after the first quarter" % (args.held_mb, fmt_num(h0["requests"]), fmt_num(h0["keys"]),
-                                                     h0["seed"]))
+              " measured after the first %d%%" % (args.held_mb, fmt_num(h0["requests"]), fmt_num(h0["keys"]),
+                                                  h0["seed"], round(100 * h0.get("warmup", 0.25))))
         table(["scenario", "ours", "memcached", "ratio", "ours items", "memcached items"], body)
         print()
     if cg:
@@ -1010,14 +1010,14 @@ def main():
             p.add_argument("--batches", type=int, default=2000, help="distinct batches per process")
     p = sub.add_parser("replay")
     p.add_argument("addr")
-    p.add_argument("--keys", type=int, default=2000000, help="Zipf key space")
+    p.add_argument("--keys", type=int, default=1000000, help="Zipf key space")
     p.add_argument("--alpha", type=float, default=0.99)
-    p.add_argument("--requests", type=int, default=3000000)
+    p.add_argument("--requests", type=int, default=4000000)
     p.add_argument("--scan", type=float, default=0.0, help="share of one-time keys")
     p.add_argument("--seed", type=int, default=14)
     p.add_argument("--value-size", type=int, default=100)
     p.add_argument("--batch", type=int, default=200, help="gets sent at once")
-    p.add_argument("--warmup", type=float, default=0.25, help="share of the sequence not measured")
+    p.add_argument("--warmup", type=float, default=0.5, help="share of the sequence not measured")
     p.add_argument("--scenario", help="name of the row")
     p.add_argument("--side", help="tag the JSON line")
     p.set_defaults(fn=cmd_replay)
