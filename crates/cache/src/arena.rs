@@ -37,9 +37,10 @@ const BINARY_KEY: u8 = 1 << 7;
 /// The frequency counter saturates here (two bits, as in S3-FIFO).
 pub(crate) const FREQ_MAX: u8 = 3;
 
-/// Values at least this long are stored refcounted ([`Data::Shared`]); the server sends values
-/// of its splice threshold (8 KiB) or more by reference, which must not be below this.
-pub(crate) const SHARED_MIN: usize = 4096;
+/// Values at least this long are stored refcounted ([`Data::Shared`]): the server's splice
+/// threshold, from which on it sends values by reference; it copies shorter ones into replies,
+/// so a reference count for them would only cost an allocation per store.
+pub(crate) const SHARED_MIN: usize = 8 * 1024;
 
 /// An item's key followed by its value.
 #[derive(Debug)]
