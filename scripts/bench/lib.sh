@@ -189,17 +189,38 @@ cmd
 EOF
 }
 
+# server_cpu_mark PID / server_cpu_pct — the CPU the server process PID used since the mark
+# (utime + stime of /proc/PID/stat), as a percentage of one CPU over the wall time: with ops/s
+# it gives the server's CPU per operation, which transfers to bigger machines where the load
+# generator does not share the cores. Empty PID (the proxy benchmark): null.
+server_cpu_mark() {
+  SERVER_CPU_PID=${1:-}
+  SERVER_CPU_MARK=$(awk '{print $14 + $15}' "/proc/$SERVER_CPU_PID/stat" 2>/dev/null || echo 0)
+  SERVER_CPU_T=$(date +%s.%N)
+}
+server_cpu_pct() {
+  local t
+  [ -n "${SERVER_CPU_PID:-}" ] || { echo null; return; }
+  t=$(awk '{print $14 + $15}' "/proc/$SERVER_CPU_PID/stat" 2>/dev/null) || { echo null; return; }
+  python3 -c "import os,time; print(round(100.0 * ($t - $SERVER_CPU_MARK) / os.sysconf('SC_CLK_TCK')
+  / (time.time() - $SERVER_CPU_T), 1))"
+}
+
 # run_memaslap POINT SIDE ADDR [memcaslap args] — appends one JSON row to $RESULTS.
 run_memaslap() {
   local point=$1 side=$2 addr=$3 rc=0
   shift 3
-  local out="$WORK/memaslap-$point-$side-$ROUND.out"
+  local out="$WORK/memaslap-$ROUND-$side.out"
   log "  $point -> $side ($addr), ${DURATION}s"
   cpu_mark
+  server_cpu_mark "${SERVER_PID:-}"
   run_fg timeout -k 5 $((DURATION + 60)) "$MEMASLAP" -s "$addr" -F "$WORK/memaslap.cfg" \
     -T "$MEMASLAP_THREADS" -c "$CONNS" -t "${DURATION}s" -S "${DURATION}s" "$@" >"$out" 2>&1 || rc=$?
+  local cpu
+  cpu=$(server_cpu_pct)
   "${MCBENCH[@]}" parse-memaslap "$out" --point "$point" --side "$side" --rc "$rc" \
-    --other-cpu "$(cpu_other_pct)" >>"$RESULTS"
+    --other-cpu "$(cpu_other_pct)" >"$WORK/row.json"
+  "${MCBENCH[@]}" annotate "$WORK/row.json" server_cpu_pct "$cpu" >>"$RESULTS"
   [ "$rc" = 0 ] || BROKE=1
 }
 
@@ -208,13 +229,17 @@ run_pipe() {
   local point=$1 side=$2 addr=$3 rc=0
   log "  $point -> $side ($addr), ${DURATION}s"
   cpu_mark
+  server_cpu_mark "${SERVER_PID:-}"
   run_fg "${MCBENCH[@]}" pipe "$addr" --point "$point" --side "$side" --prefix "pipe:" --keys "$PIPE_KEYS" \
     --conns "$CONNS" --depth "$PIPE_DEPTH" --secs "$DURATION" --procs "$PIPE_PROCS" \
-    --set-ratio "$SET_RATIO" --value-size "$VALUE_SIZE" >"$WORK/pipe.json" 2>"$WORK/pipe-$point-$side.err" || rc=$?
-  "${MCBENCH[@]}" annotate "$WORK/pipe.json" other_cpu_pct "$(cpu_other_pct)" >>"$RESULTS"
+    --set-ratio "$SET_RATIO" --value-size "$VALUE_SIZE" >"$WORK/pipe.json" 2>"$WORK/pipe-$side.err" || rc=$?
+  local cpu
+  cpu=$(server_cpu_pct)
+  "${MCBENCH[@]}" annotate "$WORK/pipe.json" other_cpu_pct "$(cpu_other_pct)" >"$WORK/row.json"
+  "${MCBENCH[@]}" annotate "$WORK/row.json" server_cpu_pct "$cpu" >>"$RESULTS"
   if [ "$rc" != 0 ]; then
     BROKE=1
-    tail -3 "$WORK/pipe-$point-$side.err" >&2
+    tail -3 "$WORK/pipe-$side.err" >&2
   fi
 }
 

@@ -2,6 +2,13 @@
 //!
 //! The index, the eviction queues and the free list all refer to items by slot number, so an item
 //! costs one 48-byte entry plus one heap allocation holding its key and value, and no pointers.
+//!
+//! The key and value share one exact-size allocation that the entry owns alone (a 16-byte boxed
+//! slice): no reference count and no second pointer per item. Values of [`SHARED_MIN`] bytes or
+//! more are kept refcounted instead (a boxed `Bytes`, in the same 16 bytes: the enum uses the
+//! boxed slice's non-null pointer as its tag), so that a reply sends a large value without
+//! copying it and a slow reader pins that value, not a copy per request. Smaller values are
+//! copied into replies anyway, which costs less than a reference.
 //! Slots come in fixed-size chunks: growing never moves existing entries nor copies them, and the
 //! unused tail of the arena is under one chunk. Freed slots are reused before the arena grows.
 
@@ -30,12 +37,44 @@ const BINARY_KEY: u8 = 1 << 7;
 /// The frequency counter saturates here (two bits, as in S3-FIFO).
 pub(crate) const FREQ_MAX: u8 = 3;
 
+/// Values at least this long are stored refcounted ([`Data::Shared`]): the server's splice
+/// threshold, from which on it sends values by reference; it copies shorter ones into replies,
+/// so a reference count for them would only cost an allocation per store.
+pub(crate) const SHARED_MIN: usize = 8 * 1024;
+
+/// An item's key followed by its value.
+#[derive(Debug)]
+pub(crate) enum Data {
+    /// Owned by the entry alone, in one allocation of exactly the key and value.
+    Owned(Box<[u8]>),
+    /// Refcounted, for values of [`SHARED_MIN`] bytes or more: a reader holding the value keeps
+    /// it alive, not the slot.
+    Shared(Box<Bytes>),
+}
+
+impl Data {
+    /// Takes over `data`, built from an exact-size `Vec` (no copy: the allocation is unique).
+    pub(crate) fn new(data: Bytes, key_len: usize) -> Data {
+        if data.len() - key_len >= SHARED_MIN {
+            Data::Shared(Box::new(data))
+        } else {
+            Data::Owned(Vec::from(data).into_boxed_slice())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Owned(data) => data,
+            Data::Shared(data) => data,
+        }
+    }
+}
+
 /// One item, or a free slot when not occupied (then `next` links the free list).
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The key followed by the value, in one allocation; refcounted, so that a reply can send
-    /// the value without copying it (and a reader holding it keeps it alive, not the slot).
-    data: Bytes,
+    /// The key followed by the value.
+    data: Data,
     /// The shard-unique sequence of the last store; doubles as the CAS value.
     pub(crate) cas: u64,
     pub(crate) exptime: Time,
@@ -53,7 +92,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn new(
-        data: Bytes,
+        data: Data,
         key_len: u8,
         flags: u32,
         exptime: Time,
@@ -75,7 +114,7 @@ impl Entry {
 
     fn vacant(next: u32) -> Entry {
         Entry {
-            data: Bytes::new(),
+            data: Data::Owned(Box::default()),
             cas: 0,
             exptime: 0,
             flags: 0,
@@ -92,31 +131,43 @@ impl Entry {
     }
 
     pub(crate) fn key(&self) -> &[u8] {
-        &self.data[..usize::from(self.key_len)]
+        &self.data.bytes()[..usize::from(self.key_len)]
     }
 
     pub(crate) fn value(&self) -> &[u8] {
-        &self.data[usize::from(self.key_len)..]
+        &self.data.bytes()[usize::from(self.key_len)..]
     }
 
-    /// The value as a refcounted handle of the stored bytes: no copy.
+    /// The value as a refcounted handle: the stored bytes themselves for a value of
+    /// [`SHARED_MIN`] bytes or more, else a copy.
     pub(crate) fn shared_value(&self) -> Bytes {
-        self.data.slice(usize::from(self.key_len)..)
+        let key_len = usize::from(self.key_len);
+        match &self.data {
+            Data::Shared(data) => data.slice(key_len..),
+            Data::Owned(data) => Bytes::copy_from_slice(&data[key_len..]),
+        }
     }
 
     /// Changes the value in place, or in a copy while a reader still holds the stored bytes
     /// ([`Entry::shared_value`]), which must keep seeing what it took.
     pub(crate) fn rewrite_value(&mut self, f: impl FnOnce(&mut [u8])) {
-        let mut data = std::mem::take(&mut self.data)
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        f(&mut data[usize::from(self.key_len)..]);
-        self.data = data.freeze();
+        let key_len = usize::from(self.key_len);
+        match &mut self.data {
+            Data::Owned(data) => f(&mut data[key_len..]),
+            Data::Shared(shared) => {
+                let mut data = std::mem::take(&mut **shared)
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                f(&mut data[key_len..]);
+                **shared = data.freeze();
+            }
+        }
     }
 
     /// Puts a new key+value allocation in place and returns the old one. The key must not change.
-    pub(crate) fn replace_data(&mut self, data: Bytes) -> Bytes {
+    pub(crate) fn replace_data(&mut self, data: Bytes) -> Data {
         debug_assert_eq!(&data[..usize::from(self.key_len)], self.key());
+        let data = Data::new(data, usize::from(self.key_len));
         std::mem::replace(&mut self.data, data)
     }
 
@@ -252,7 +303,7 @@ impl Arena {
     }
 
     /// Frees a slot and returns its key+value allocation.
-    pub(crate) fn remove(&mut self, idx: u32) -> Bytes {
+    pub(crate) fn remove(&mut self, idx: u32) -> Data {
         debug_assert!(self[idx].occupied());
         let vacant = Entry::vacant(self.free);
         let old = std::mem::replace(&mut self[idx], vacant);
@@ -294,7 +345,14 @@ mod tests {
 
     fn entry(key: &[u8], value: &[u8]) -> Entry {
         let data: Vec<u8> = key.iter().chain(value).copied().collect();
-        Entry::new(data.into(), key.len() as u8, 7, 9, 1, 3)
+        Entry::new(
+            Data::new(data.into(), key.len()),
+            key.len() as u8,
+            7,
+            9,
+            1,
+            3,
+        )
     }
 
     #[test]
@@ -308,20 +366,29 @@ mod tests {
 
     #[test]
     fn a_shared_value_keeps_what_it_took() {
-        let mut e = entry(b"key", b"12345");
-        let unique = e.data.as_ptr();
-        e.rewrite_value(|v| v[0] = b'9');
-        assert_eq!(e.value(), b"92345");
-        assert_eq!(e.data.as_ptr(), unique, "no reader: changed in place");
-        let taken = e.shared_value();
-        e.rewrite_value(|v| v[0] = b'7');
-        assert_eq!(
-            &taken[..],
-            b"92345",
-            "the reader's value is not changed under it"
-        );
-        assert_eq!(e.value(), b"72345");
-        assert_eq!(e.key(), b"key");
+        for len in [5, SHARED_MIN] {
+            let mut e = entry(b"key", &vec![b'1'; len]);
+            assert_eq!(matches!(e.data, Data::Shared(_)), len >= SHARED_MIN);
+            let unique = e.value().as_ptr();
+            e.rewrite_value(|v| v[0] = b'9');
+            assert_eq!(e.value()[..2], *b"91");
+            assert_eq!(e.value().as_ptr(), unique, "no reader: changed in place");
+            let taken = e.shared_value();
+            assert_eq!(
+                taken.as_ptr() == unique,
+                len >= SHARED_MIN,
+                "large: no copy"
+            );
+            e.rewrite_value(|v| v[0] = b'7');
+            assert_eq!(
+                taken[..2],
+                *b"91",
+                "the reader's value is not changed under it"
+            );
+            assert_eq!(e.value()[..2], *b"71");
+            assert_eq!(e.value().len(), len);
+            assert_eq!(e.key(), b"key");
+        }
     }
 
     #[test]
@@ -375,7 +442,7 @@ mod tests {
         let a = arena.insert(entry(b"a", b"1")).unwrap();
         let b = arena.insert(entry(b"b", b"2")).unwrap();
         assert_eq!((a, b), (0, 1));
-        assert_eq!(&*arena.remove(a), b"a1");
+        assert_eq!(arena.remove(a).bytes(), b"a1");
         assert!(arena.get(a).is_none());
         let c = arena.insert(entry(b"c", b"3")).unwrap();
         assert_eq!(c, a);

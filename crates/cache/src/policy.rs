@@ -312,9 +312,10 @@ impl S3Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arena::Data;
 
     fn add(arena: &mut Arena, policy: &mut S3Fifo, n: u32, hash: u64) -> u32 {
-        let data = bytes::Bytes::copy_from_slice(&n.to_le_bytes());
+        let data = Data::new(bytes::Bytes::copy_from_slice(&n.to_le_bytes()), 4);
         let idx = arena
             .insert(Entry::new(data, 4, 0, 0, u64::from(n), 0))
             .unwrap();

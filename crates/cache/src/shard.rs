@@ -12,6 +12,15 @@
 //! delayed flush is kept pending and turned into such a bound by the first operation that sees
 //! its time come, so only the items stored before that second are lost.
 //!
+//! Dead items go before live ones: a shard keeps a lower bound of its items' expiry times and
+//! the flush bound it last swept for. When a store needs room and that bound has passed (or a
+//! flush came since), it first sweeps the whole arena once and frees every expired or flushed
+//! item (memcached's `reclaimed`), then recomputes the bound from the survivors; only then does
+//! the eviction policy pick a live victim. So no live item is evicted while a dead one holds
+//! memory, and a dead item's space is reused before the shard's memory grows. A sweep costs one
+//! pass over the shard's slots, at most once per second of the clock per shard (the new bound
+//! is in the future), and never when no item has an expiry time.
+//!
 //! Memory: each item is accounted as [`accounted_size`] says, which matches what the allocator
 //! really gives out (tests/memory.rs checks it). The arena, the index and the ghost do not shrink
 //! when items go: their unused part, about 60 bytes per free slot below the shard's peak item
@@ -24,7 +33,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::arena::{Arena, Entry, NIL};
+use crate::arena::{Arena, Data, Entry, NIL};
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{S3Fifo, Victim};
 use crate::size::{accounted_size, memcached_size};
@@ -206,6 +215,11 @@ pub(crate) struct Shard {
     /// The latest time an operation brought, for work that is not given one.
     last_now: Time,
     crawl_pos: u32,
+    /// No item expires before this (0: no item has an expiry time); may be lower than the truth.
+    next_expiry: Time,
+    /// The flush bound when the arena was last swept: a higher `flush_below` means items may
+    /// have been flushed since.
+    swept_flush: u64,
     counters: Counters,
 }
 
@@ -221,6 +235,8 @@ impl Shard {
             flush_at: 0,
             last_now: 0,
             crawl_pos: 0,
+            next_expiry: 0,
+            swept_flush: 0,
             counters: Counters::default(),
         }
     }
@@ -268,7 +284,7 @@ impl Shard {
     }
 
     /// Takes an item out of the index, its queue and the arena, and returns its data.
-    fn unlink(&mut self, idx: u32, hash: u64) -> Bytes {
+    fn unlink(&mut self, idx: u32, hash: u64) -> Data {
         self.index
             .find_entry(hash, |&i| i == idx)
             .expect("every occupied slot is indexed")
@@ -298,12 +314,52 @@ impl Shard {
         }
     }
 
-    /// Frees memory until `need` more bytes fit, never removing `protect`. Without eviction only
-    /// dead items go. Returns whether the bytes fit.
+    /// Lowers the expiry bound for an item that now expires at `exptime`.
+    fn note_expiry(&mut self, exptime: Time) {
+        if exptime != 0 && (self.next_expiry == 0 || exptime < self.next_expiry) {
+            self.next_expiry = exptime;
+        }
+    }
+
+    /// Frees every expired or flushed item but `protect` when one may exist (see the module
+    /// doc), counting them as `reclaimed`, and sets the expiry bound from the items left.
+    fn reclaim_dead(&mut self, protect: u32, now: Time) {
+        let expiring = self.next_expiry != 0 && self.next_expiry <= now;
+        if !expiring && self.flush_below <= self.swept_flush {
+            return;
+        }
+        let mut next_expiry = 0;
+        for idx in 0..self.arena.high_water() {
+            let Some(e) = self.arena.get(idx) else {
+                continue;
+            };
+            let (died, fetched, exptime) =
+                (death(e, self.flush_below, now), e.fetched(), e.exptime);
+            match died {
+                Some(died) if idx != protect => {
+                    let hash = self.cfg.hasher.hash_one(self.arena[idx].key());
+                    self.unlink(idx, hash);
+                    self.counters.reclaimed += 1;
+                    self.counters.expired_unfetched +=
+                        u64::from(died == Death::Expired && !fetched);
+                }
+                _ if exptime != 0 && (next_expiry == 0 || exptime < next_expiry) => {
+                    next_expiry = exptime;
+                }
+                _ => {}
+            }
+        }
+        self.next_expiry = next_expiry;
+        self.swept_flush = self.flush_below;
+    }
+
+    /// Frees memory until `need` more bytes fit, never removing `protect`: dead items first,
+    /// then, with eviction on, live ones as the policy picks them. Returns whether the bytes fit.
     fn make_room(&mut self, need: u64, protect: u32, now: Time) -> bool {
         if need > self.cfg.limit {
             return false;
         }
+        self.reclaim_dead(protect, now);
         while self.used + need > self.cfg.limit {
             let flush_below = self.flush_below;
             let is_dead = |e: &Entry| death(e, flush_below, now).is_some();
@@ -337,7 +393,15 @@ impl Shard {
             return None;
         }
         let cas = self.next_cas();
-        let entry = Entry::new(data, key_len as u8, flags, exptime, cas, now);
+        self.note_expiry(exptime);
+        let entry = Entry::new(
+            Data::new(data, key_len),
+            key_len as u8,
+            flags,
+            exptime,
+            cas,
+            now,
+        );
         let idx = self.arena.insert(entry)?;
         let (arena, hasher) = (&self.arena, &self.cfg.hasher);
         self.index
@@ -376,6 +440,7 @@ impl Shard {
             created,
         };
         let r = f(&mut item);
+        self.note_expiry(self.arena[idx].exptime);
         if opts.bump {
             self.arena[idx].fetch(now);
         }
@@ -423,6 +488,7 @@ impl Shard {
         e.cas = new_cas;
         e.set_stale(true);
         e.set_token_sent(false);
+        self.note_expiry(exptime.unwrap_or(0));
         StaleResult::Marked {
             cas: self.client_cas(idx),
         }
@@ -437,7 +503,7 @@ impl Shard {
         request: &StoreRequest<'_>,
         data: Option<Bytes>,
         now: Time,
-    ) -> (StoreOutcome, Option<Bytes>) {
+    ) -> (StoreOutcome, Option<Data>) {
         let &StoreRequest {
             key,
             flags,
@@ -465,18 +531,32 @@ impl Shard {
             (StoreMode::Add, Some(idx)) => {
                 // As memcached: a refused add still counts as a use of the item.
                 self.arena[idx].bump(now);
-                return (fail(StoreResult::NotStored), data);
+                return (
+                    fail(StoreResult::NotStored),
+                    data.map(|d| Data::new(d, key.len())),
+                );
             }
             (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
-                return (fail(StoreResult::NotStored), data)
+                return (
+                    fail(StoreResult::NotStored),
+                    data.map(|d| Data::new(d, key.len())),
+                )
             }
-            (StoreMode::Cas(_), None) => return (fail(StoreResult::NotFound), data),
+            (StoreMode::Cas(_), None) => {
+                return (
+                    fail(StoreResult::NotFound),
+                    data.map(|d| Data::new(d, key.len())),
+                )
+            }
             (StoreMode::Cas(cas), Some(idx)) => {
                 let old = &self.arena[idx];
                 let matches = self.cfg.cas && cas == old.cas;
                 let older = self.cfg.cas && invalidate && cas != 0 && cas < old.cas;
                 if !matches && !older {
-                    return (fail(StoreResult::Exists), data);
+                    return (
+                        fail(StoreResult::Exists),
+                        data.map(|d| Data::new(d, key.len())),
+                    );
                 }
                 let data = data.unwrap_or_else(|| concat([key, value, &[]]));
                 if older {
@@ -490,13 +570,19 @@ impl Shard {
             (StoreMode::Append | StoreMode::Prepend, Some(idx)) => {
                 let old = &self.arena[idx];
                 if self.cfg.cas && compare_cas != 0 && compare_cas != old.cas {
-                    return (fail(StoreResult::Exists), data);
+                    return (
+                        fail(StoreResult::Exists),
+                        data.map(|d| Data::new(d, key.len())),
+                    );
                 }
                 let len = old.value().len() + value.len();
                 // memcached answers NOT_STORED when the joined item cannot be allocated.
                 if memcached_size(key.len(), len, old.flags, self.cfg.cas) > self.cfg.item_size_max
                 {
-                    return (fail(StoreResult::NotStored), data);
+                    return (
+                        fail(StoreResult::NotStored),
+                        data.map(|d| Data::new(d, key.len())),
+                    );
                 }
                 let joined = if mode == StoreMode::Append {
                     concat([key, old.value(), value])
@@ -542,6 +628,7 @@ impl Shard {
             e.set_stale(true);
             e.set_token_sent(token_sent);
         }
+        self.note_expiry(exptime);
         self.policy.resized(&self.arena, idx, old_bytes);
         self.used = self.used - old_bytes + new_bytes;
         self.counters.total_items += 1;
@@ -624,6 +711,7 @@ impl Shard {
         // See Counter::set_exptime: after growing, memcached's time change misses the item.
         if !grown {
             self.arena[idx].exptime = counter.exptime;
+            self.note_expiry(counter.exptime);
         }
         DeltaOutcome::Done(r)
     }
@@ -651,6 +739,7 @@ impl Shard {
         };
         let r = f(&mut counter);
         self.arena[idx].exptime = counter.exptime;
+        self.note_expiry(counter.exptime);
         DeltaOutcome::Done(r)
     }
 

@@ -5,7 +5,7 @@
 //! - [`accounted_size`] is what an item really costs here: its heap allocation and its share of the
 //!   shard's structures. It is what `bytes` reports and what the memory limit is checked against.
 
-use crate::arena::Entry;
+use crate::arena::{Entry, SHARED_MIN};
 
 /// `sizeof(item)` of memcached 1.6 on a 64-bit platform: the header every item carries.
 const MEMCACHED_HEADER: usize = 48;
@@ -44,9 +44,15 @@ pub(crate) const fn alloc_size(n: usize) -> usize {
 }
 
 /// The bytes an item with this key and value length is accounted for: its entry, its index and
-/// ghost share, and the single allocation that holds key and value.
+/// ghost share, and the single allocation that holds key and value (with, for a value kept
+/// refcounted, the box of its handle).
 pub fn accounted_size(key_len: usize, value_len: usize) -> u64 {
-    (ITEM_OVERHEAD + alloc_size(key_len + value_len)) as u64
+    let handle = if value_len >= SHARED_MIN {
+        alloc_size(std::mem::size_of::<bytes::Bytes>())
+    } else {
+        0
+    };
+    (ITEM_OVERHEAD + alloc_size(key_len + value_len) + handle) as u64
 }
 
 #[cfg(test)]
@@ -77,10 +83,7 @@ mod tests {
 
     #[test]
     fn entry_stays_small() {
-        // The per-item budget depends on it: a bigger entry must be a deliberate decision. 64
-        // since values are refcounted (`Bytes`, 16 bytes more than a boxed slice), so that a
-        // reply sends a large value without copying it and a slow reader pins the value, not
-        // a copy of it per request.
-        assert!(std::mem::size_of::<Entry>() <= 64);
+        // The per-item budget depends on it: a bigger entry must be a deliberate decision.
+        assert!(std::mem::size_of::<Entry>() <= 48);
     }
 }
