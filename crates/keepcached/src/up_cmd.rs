@@ -364,7 +364,8 @@ fn live_line(target: Target, stop: mpsc::Receiver<()>) {
     }
 }
 
-/// `ops/s 120 · hits 97.1% · main 127.0.0.1:11211 up · backup 127.0.0.1:11212 up`.
+/// `ops/s 120 · hits 97.1% · main up · backup warming 30% · Ctrl-C stops`: short enough for
+/// an 80-column terminal (the tier has one server per pool, so the pool names it).
 fn summary(figures: &status_cmd::ProxyFigures, rate: Option<u64>) -> String {
     let mut parts = vec![
         format!("ops/s {}", rate.map_or("-".into(), |r| r.to_string())),
@@ -372,7 +373,7 @@ fn summary(figures: &status_cmd::ProxyFigures, rate: Option<u64>) -> String {
     ];
     for b in &figures.backends {
         let warm = b.warm_pct.map_or(String::new(), |p| format!(" {p}%"));
-        parts.push(format!("{} {} {}{warm}", b.pool, b.addr, b.state));
+        parts.push(format!("{} {}{warm}", b.pool, b.state));
     }
     parts.push("Ctrl-C stops".into());
     parts.join(" · ")
@@ -381,7 +382,11 @@ fn summary(figures: &status_cmd::ProxyFigures, rate: Option<u64>) -> String {
 /// Replaces the live line with `text`, cut to the terminal's width so it never wraps (a
 /// wrapped line could not be cleared in one go).
 fn draw_line(text: &str) {
-    let width = terminal::size().map_or(80, |(w, _)| w as usize);
+    // A terminal that reports no size (a new pseudo-terminal says 0x0) gets a common width.
+    let width = terminal::size()
+        .ok()
+        .filter(|(w, _)| *w > 0)
+        .map_or(80, |(w, _)| w as usize);
     let text: String = text.chars().take(width.saturating_sub(1)).collect();
     let mut shown = line_shown();
     let mut stderr = std::io::stderr().lock();
@@ -451,7 +456,7 @@ mod tests {
         };
         assert_eq!(
             summary(&figures, Some(12)),
-            "ops/s 12 · hits 50.0% · main 127.0.0.1:11211 warming 30% · Ctrl-C stops"
+            "ops/s 12 · hits 50.0% · main warming 30% · Ctrl-C stops"
         );
     }
 }
