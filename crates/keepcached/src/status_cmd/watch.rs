@@ -295,7 +295,10 @@ fn target_box(
     frame.render_widget(block, area);
     let [text, charts] =
         Layout::horizontal([Constraint::Min(0), Constraint::Length(CHARTS_WIDTH)]).areas(inner);
-    let content: Vec<Line> = lines.iter().map(|l| Line::raw(l.as_str())).collect();
+    let content: Vec<Line> = lines
+        .iter()
+        .map(|l| Line::styled(l.as_str(), state_style(l)))
+        .collect();
     frame.render_widget(Paragraph::new(content), text);
     let Some(series) = series else {
         return;
@@ -341,6 +344,20 @@ fn target_box(
             sparkline
         };
         frame.render_widget(sparkline, chart);
+    }
+}
+
+/// A backend row (indented) in the colour of its state, so a glance finds the one that is not
+/// up.
+fn state_style(line: &str) -> Style {
+    if !line.starts_with("  ") {
+        return Style::default();
+    }
+    match line.split_whitespace().nth(1) {
+        Some("up") => Style::default().fg(Color::Green),
+        Some("down" | "drained") => Style::default().fg(Color::Red),
+        Some("warming" | "suspect" | "connecting") => Style::default().fg(Color::Yellow),
+        _ => Style::default(),
     }
 }
 
@@ -456,6 +473,17 @@ mod tests {
                 text.contains(wanted),
                 "no {wanted:?} on the screen:\n{text}"
             );
+        }
+        // The down backend's state is red, the warming one's yellow.
+        let buffer = terminal.backend().buffer();
+        for (word, colour) in [("down", Color::Red), ("warming", Color::Yellow)] {
+            let (y, line) = text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| l.contains(&format!(" {word} ")))
+                .unwrap();
+            let x = line[..line.find(word).unwrap()].chars().count();
+            assert_eq!(buffer[(x as u16, y as u16)].fg, colour, "{word}");
         }
         // The second point of each series is drawn as a bar.
         assert!(text.contains('█'), "no sparkline bar:\n{text}");
