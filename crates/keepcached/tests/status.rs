@@ -263,7 +263,7 @@ fn status_reports_a_tiers_figures_an_unreachable_address_and_a_killed_backend() 
         .find(|l| l.contains(&format!("backup/{b}")))
         .unwrap_or_else(|| panic!("no backend row for {b}:\n{table}"));
     assert_eq!(row.split_whitespace().nth(1), Some("down"), "{table}");
-    assert!(table.contains(&format!("UNREACHABLE\ntarget")), "{table}");
+    assert!(table.contains("UNREACHABLE\ntarget"), "{table}");
 }
 
 #[test]
