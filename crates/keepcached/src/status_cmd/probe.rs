@@ -411,4 +411,62 @@ mod tests {
         let b = backend_figures("backup/h:1", "state=up state_s=1");
         assert_eq!(b.warm_pct, None);
     }
+
+    /// Answers one HTTP request on a loopback port with `status` and `body`; the request line
+    /// it got comes back through the join handle.
+    fn one_answer(
+        status: &'static str,
+        body: &'static str,
+    ) -> (u16, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut header = String::new();
+            while header != "\r\n" {
+                header.clear();
+                reader.read_line(&mut header).unwrap();
+            }
+            let answer = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n\r\n{body}");
+            reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            request_line
+        });
+        (port, handle)
+    }
+
+    #[test]
+    fn a_metrics_endpoint_is_scraped_over_http() {
+        let (port, server) = one_answer(
+            "200 OK",
+            "keepcached_vrrp_state{instance=\"VI_1\",state=\"backup\"} 1\n\
+             keepcached_vrrp_priority{instance=\"VI_1\"} 90\n",
+        );
+        let mut probe = Probe::new(Target::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        let sample = probe.sample();
+        assert_eq!(server.join().unwrap(), "GET /metrics HTTP/1.0\r\n");
+        let Sample::Node(instances) = sample else {
+            panic!("{sample:?}");
+        };
+        assert_eq!(instances[0].state, "backup");
+        assert_eq!(instances[0].priority, Some(90));
+
+        let (port, server) = one_answer("404 Not Found", "no such page");
+        let mut probe = Probe::new(Target::parse(&format!("http://127.0.0.1:{port}/m")).unwrap());
+        let sample = probe.sample();
+        assert_eq!(server.join().unwrap(), "GET /m HTTP/1.0\r\n");
+        assert_eq!(
+            sample,
+            Sample::Unreachable("GET /m: HTTP/1.1 404 Not Found".into())
+        );
+
+        let (port, _server) = one_answer("200 OK", "other_metric 1\n");
+        let mut probe = Probe::new(Target::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        let Sample::Unreachable(error) = probe.sample() else {
+            panic!("a page without VRRP state is not a node");
+        };
+        assert!(error.contains("no keepcached_vrrp_state"), "{error}");
+    }
 }
