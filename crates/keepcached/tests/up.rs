@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use keepcached_testkit::{free_port, Client};
+use nix::sys::signal::Signal;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 /// Generous: a debug build on two busy cores.
@@ -171,13 +172,13 @@ impl Up {
         Client::connect(Ports::addr(port)).expect("connect to up's server")
     }
 
-    /// SIGINT (Ctrl-C), then its exit status.
-    pub fn interrupt(&mut self) -> ExitStatus {
+    /// Sends `signal`, then waits for the exit status.
+    pub fn signal(&mut self, signal: Signal) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        nix::sys::signal::kill(pid, signal).expect("signal up");
         wait_exit(&mut self.child).unwrap_or_else(|| {
             panic!(
-                "up still runs {WAIT:?} after SIGINT: {}",
+                "up still runs {WAIT:?} after {signal}: {}",
                 self.output_text()
             )
         })
@@ -266,9 +267,9 @@ impl Up {
         assert_eq!(call(&mut proxy, "get greeting\r\n"), value);
     }
 
-    /// SIGINT, and `up` stops cleanly: exit 0, `stopped` logged.
-    fn assert_stops_on_sigint(&mut self) {
-        let status = self.interrupt();
+    /// SIGINT (Ctrl-C) or SIGTERM, and `up` stops cleanly: exit 0, `stopped` logged.
+    fn assert_stops_on(&mut self, signal: Signal) {
+        let status = self.signal(signal);
         assert_eq!(status.code(), Some(0), "{status}: {}", self.output_text());
         assert!(
             wait_for(|| self.output_text().contains("stopped")),
@@ -312,7 +313,7 @@ fn up_on_a_port_base_serves_a_set_that_lands_on_both_servers() {
         "{text}"
     );
     up.assert_serves();
-    up.assert_stops_on_sigint();
+    up.assert_stops_on(Signal::SIGINT);
 }
 
 #[test]
@@ -340,7 +341,7 @@ fn up_beside_a_memcached_on_one_of_its_ports_takes_another_and_says_so() {
         call(&mut memcached.connect().unwrap(), "get greeting\r\n"),
         "END\r\n"
     );
-    up.assert_stops_on_sigint();
+    up.assert_stops_on(Signal::SIGTERM);
 }
 
 #[test]
@@ -367,7 +368,7 @@ fn up_with_no_options_uses_the_default_ports_or_says_which_were_taken() {
         );
     }
     up.assert_serves();
-    up.assert_stops_on_sigint();
+    up.assert_stops_on(Signal::SIGINT);
 }
 
 #[test]
@@ -396,7 +397,7 @@ fn up_on_a_terminal_shows_a_live_line_and_ctrl_c_clears_it() {
         "no live line with {wanted:?}:\n{:?}",
         up.output_text()
     );
-    up.assert_stops_on_sigint();
+    up.assert_stops_on(Signal::SIGINT);
     let text = up.output_text();
     let last_line = text.rfind("Ctrl-C stops").expect("the live line");
     let after = &text[last_line..];
@@ -408,4 +409,28 @@ fn up_on_a_terminal_shows_a_live_line_and_ctrl_c_clears_it() {
         .find("SIGINT received")
         .unwrap_or_else(|| panic!("no SIGINT line: {after:?}"));
     assert!(clear < sigint, "{after:?}");
+}
+
+#[test]
+fn bad_port_options_exit_64_before_anything_binds() {
+    for (args, said) in [
+        (&["--ports", "1,1,3"][..], "must differ"),
+        (&["--ports", "1,2"][..], "three ports"),
+        (&["--port-base", "65534"][..], "between 1 and 65533"),
+        (
+            &["--port-base", "1", "--ports", "1,2,3"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("up")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(!stderr.contains("cache servers on"), "{args:?}: {stderr}");
+    }
 }
