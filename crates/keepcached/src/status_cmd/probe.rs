@@ -161,23 +161,33 @@ impl Probe {
                 }
             }),
         };
-        result.unwrap_or_else(|error| {
-            self.conn = None;
-            Sample::Unreachable(error)
-        })
+        result.unwrap_or_else(Sample::Unreachable)
     }
 
+    /// Over the connection kept from the last sample, or a new one; a kept connection that
+    /// fails (the target restarted since) is replaced once, so a target that is back is not
+    /// shown unreachable for a sample.
     fn sample_memcache(&mut self, addr: &str) -> Result<Sample, String> {
-        if self.conn.is_none() {
-            self.conn = Some(BufReader::new(connect(addr)?));
+        if let Some(mut conn) = self.conn.take() {
+            if let Ok(sample) = ask(&mut conn) {
+                self.conn = Some(conn);
+                return Ok(sample);
+            }
         }
-        let conn = self.conn.as_mut().expect("connected above");
-        let general = stats(conn, "stats")?.ok_or("stats: answered ERROR")?;
-        Ok(match stats(conn, "stats backends")? {
-            None => Sample::Server(server_figures(&general)),
-            Some(backends) => Sample::Proxy(proxy_figures(&general, &backends)),
-        })
+        let mut conn = BufReader::new(connect(addr)?);
+        let sample = ask(&mut conn)?;
+        self.conn = Some(conn);
+        Ok(sample)
     }
+}
+
+/// `stats`, then `stats backends` to tell a proxy from a server.
+fn ask(conn: &mut BufReader<TcpStream>) -> Result<Sample, String> {
+    let general = stats(conn, "stats")?.ok_or("stats: answered ERROR")?;
+    Ok(match stats(conn, "stats backends")? {
+        None => Sample::Server(server_figures(&general)),
+        Some(backends) => Sample::Proxy(proxy_figures(&general, &backends)),
+    })
 }
 
 fn connect(authority: &str) -> Result<TcpStream, String> {
@@ -468,5 +478,21 @@ mod tests {
             panic!("a page without VRRP state is not a node");
         };
         assert!(error.contains("no keepcached_vrrp_state"), "{error}");
+    }
+
+    #[test]
+    fn a_restarted_server_is_sampled_again_at_once() {
+        let mut memcached = keepcached_testkit::memcached(&[]).expect("start memcached");
+        let mut probe = Probe::new(Target::Memcache(memcached.addr().to_string()));
+        assert!(matches!(probe.sample(), Sample::Server(_)));
+        memcached.restart().expect("restart memcached");
+        // The kept connection died with the old process; the sample takes a new one.
+        let sample = probe.sample();
+        assert!(matches!(sample, Sample::Server(_)), "{sample:?}");
+        memcached.kill();
+        let Sample::Unreachable(error) = probe.sample() else {
+            panic!("a stopped server is unreachable");
+        };
+        assert!(error.contains("refused"), "{error}");
     }
 }
