@@ -86,6 +86,12 @@ pub fn run(args: &[String]) -> anyhow::Result<bool> {
         .map_err(UsageError)?;
     let mut probes: Vec<Probe> = targets.into_iter().map(Probe::new).collect();
     if cli.watch {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return Err(UsageError(
+                "--watch draws on a terminal and stdout is not one; --json is for scripts".into(),
+            )
+            .into());
+        }
         let interval = std::time::Duration::from_secs_f64(cli.interval);
         watch::run(&mut probes, interval)?;
         return Ok(true);
@@ -200,10 +206,7 @@ impl Report {
         let mut out = String::new();
         if !self.nodes.is_empty() {
             out.push_str("VRRP\n");
-            out.push_str(&columns(
-                &["node", "instance", "state", "priority", "transitions"],
-                &self.node_rows(),
-            ));
+            out.push_str(&columns(&NODE_HEADER, &self.node_rows()));
             for line in self.vip_lines() {
                 let _ = writeln!(out, "{line}");
             }
@@ -254,6 +257,7 @@ impl Report {
                         i.state.clone(),
                         opt(i.priority),
                         opt(i.transitions),
+                        opt(i.vips_held),
                     ]
                 })
             })
@@ -277,6 +281,15 @@ impl Report {
             .collect()
     }
 }
+
+const NODE_HEADER: [&str; 6] = [
+    "node",
+    "instance",
+    "state",
+    "priority",
+    "transitions",
+    "VIPs held",
+];
 
 const BACKEND_HEADER: [&str; 8] = [
     "  backend",
@@ -410,6 +423,7 @@ mod tests {
             state: state.into(),
             priority: Some(100),
             transitions: Some(1),
+            vips_held: None,
         }])
     }
 

@@ -276,6 +276,10 @@ fn a_bad_address_is_a_usage_error() {
     }
     let out = status(&["--interval".into(), "0".into(), "--watch".into()]);
     assert_eq!(out.status.code(), Some(64));
+    // Output captured by the test, not a terminal.
+    let out = status(&["--watch".into()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--json"));
 }
 
 /// Collects what arrives on a pseudo-terminal's master side until every slave is closed.

@@ -1,7 +1,7 @@
 //! The VRRP figures of a node, read from its Prometheus text exposition (`--metrics`):
 //! `keepcached_vrrp_state{instance,state}` (1 for the current state), and
-//! `keepcached_vrrp_priority{instance}` and `keepcached_vrrp_transitions_total{instance}` where
-//! the endpoint has them. Other lines are skipped, so the rest of a role's metrics can share
+//! `keepcached_vrrp_priority{instance}`, `keepcached_vrrp_transitions_total{instance}` and
+//! `keepcached_vrrp_vips_held{instance}` where the endpoint has them. Other lines are skipped, so the rest of a role's metrics can share
 //! the endpoint.
 
 use serde::Serialize;
@@ -15,6 +15,8 @@ pub struct VrrpInstance {
     /// The effective priority (configured plus tracking weights).
     pub priority: Option<u64>,
     pub transitions: Option<u64>,
+    /// How many of the instance's virtual addresses the node has on its interface.
+    pub vips_held: Option<u64>,
 }
 
 /// The instances `text` reports, in the order their state first appears. An instance is one
@@ -53,6 +55,7 @@ pub fn vrrp_instances(text: &str) -> Vec<VrrpInstance> {
         match sample.name {
             "keepcached_vrrp_priority" => instance.priority = Some(sample.value as u64),
             "keepcached_vrrp_transitions_total" => instance.transitions = Some(sample.value as u64),
+            "keepcached_vrrp_vips_held" => instance.vips_held = Some(sample.value as u64),
             _ => {}
         }
     }
@@ -140,6 +143,7 @@ keepcached_vrrp_state{state="backup",instance="VI_2"} 1.0
 keepcached_vrrp_state{instance="VI_2",state="master"} 0
 keepcached_vrrp_priority{instance="VI_2"} 90 1700000000000
 keepcached_vrrp_transitions_total{instance="VI_1"} 3
+keepcached_vrrp_vips_held{instance="VI_1"} 1
 keepcached_vrrp_adverts_rejected_total{reason="auth \"bad\""} 2
 keepcached_proxy_requests_total{command="get"} 12
 "#;
@@ -155,12 +159,14 @@ keepcached_proxy_requests_total{command="get"} 12
                     state: "master".into(),
                     priority: Some(100),
                     transitions: Some(3),
+                    vips_held: Some(1),
                 },
                 VrrpInstance {
                     instance: "VI_2".into(),
                     state: "backup".into(),
                     priority: Some(90),
                     transitions: None,
+                    vips_held: None,
                 },
             ]
         );

@@ -17,7 +17,7 @@ use ratatui::Frame;
 
 use super::{
     backend_row, columns, percent, proxy_line, sample_all, server_row, Probe, Report,
-    BACKEND_HEADER, SERVER_HEADER,
+    BACKEND_HEADER, NODE_HEADER, SERVER_HEADER,
 };
 
 /// Points of history kept per series: more than a wide terminal shows.
@@ -214,13 +214,10 @@ impl Panel<'_> {
 pub fn draw(frame: &mut Frame, report: &Report, history: &History, interval: Duration) {
     let mut panels = Vec::new();
     if !report.nodes.is_empty() {
-        let mut lines: Vec<String> = columns(
-            &["node", "instance", "state", "priority", "transitions"],
-            &report.node_rows(),
-        )
-        .lines()
-        .map(String::from)
-        .collect();
+        let mut lines: Vec<String> = columns(&NODE_HEADER, &report.node_rows())
+            .lines()
+            .map(String::from)
+            .collect();
         lines.extend(report.vip_lines());
         panels.push(Panel::Text {
             title: "VRRP",
@@ -410,6 +407,7 @@ mod tests {
                     state: "master".into(),
                     priority: Some(101),
                     transitions: Some(1),
+                    vips_held: Some(1),
                 }],
             }],
             vip: vec![VipHolder {
