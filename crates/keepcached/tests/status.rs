@@ -299,11 +299,37 @@ fn collect(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
     bytes
 }
 
+/// How `status --watch` is told to stop.
+#[derive(Debug, Clone, Copy)]
+enum Quit {
+    Key,
+    Signal(nix::sys::signal::Signal),
+}
+
 #[test]
 fn watch_draws_the_tier_in_a_terminal_and_q_gives_it_back() {
     let main = memcached(&[]).expect("start memcached");
     let backup = memcached(&[]).expect("start memcached");
     let proxy = Proxy::start(&main, &backup);
+    watch_until(&proxy, &main, &backup, Quit::Key);
+}
+
+#[test]
+fn watch_gives_the_terminal_back_on_sigterm_and_sighup() {
+    let main = memcached(&[]).expect("start memcached");
+    let backup = memcached(&[]).expect("start memcached");
+    let proxy = Proxy::start(&main, &backup);
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        watch_until(&proxy, &main, &backup, Quit::Signal(signal));
+    }
+}
+
+/// Runs `status --watch` on a pseudo-terminal until it has drawn the tier, stops it with
+/// `quit`, and checks it exits 0 having left the alternate screen.
+fn watch_until(proxy: &Proxy, main: &ServerProcess, backup: &ServerProcess, quit: Quit) {
     let size = nix::pty::Winsize {
         ws_row: 40,
         ws_col: 160,
@@ -346,9 +372,15 @@ fn watch_draws_the_tier_in_a_terminal_and_q_gives_it_back() {
     assert!(drawn, "status --watch did not draw the tier:\n{:?}", text());
     // The alternate screen was entered; q leaves it and exits 0.
     assert!(text().contains("\u{1b}[?1049h"), "{:?}", text());
-    keys.write_all(b"q").expect("press q");
+    match quit {
+        Quit::Key => keys.write_all(b"q").expect("press q"),
+        Quit::Signal(signal) => {
+            let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+            nix::sys::signal::kill(pid, signal).expect("signal status --watch");
+        }
+    }
     let code = wait_exit(&mut child.0);
-    assert_eq!(code, Some(0), "{:?}", text());
+    assert_eq!(code, Some(0), "{quit:?}: {:?}", text());
     assert!(
         wait_for(|| text().contains("\u{1b}[?1049l")),
         "the terminal was not given back: {:?}",

@@ -3,9 +3,12 @@
 //! second and the hit ratio over each interval, and for a proxy its backends' latency.
 //!
 //! q, Esc or Ctrl-C quits and gives the terminal back as it was (ratatui's restore; its panic
-//! hook does the same if drawing panics).
+//! hook does the same if drawing panics); so do SIGTERM and SIGHUP (the terminal went away),
+//! which would otherwise end the process with the terminal left in raw mode.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -25,17 +28,49 @@ const HISTORY: usize = 240;
 /// Width of the sparkline column of a target's box.
 const CHARTS_WIDTH: u16 = 48;
 
+/// How often the keyboard wait looks at the stop signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
 pub fn run(probes: &mut [Probe], interval: Duration) -> anyhow::Result<()> {
+    let stop = stop_signals()?;
     let mut terminal = ratatui::try_init()?;
-    let result = watch(&mut terminal, probes, interval);
+    let result = watch(&mut terminal, probes, interval, &stop);
     ratatui::try_restore()?;
     result
+}
+
+/// A flag that SIGTERM or SIGHUP sets, handled on a thread of its own (the watch has no
+/// runtime); the handlers are in place when this returns.
+fn stop_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut hangup) = runtime.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = hangup.recv() => {}
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    });
+    Ok(stop)
 }
 
 fn watch(
     terminal: &mut ratatui::DefaultTerminal,
     probes: &mut [Probe],
     interval: Duration,
+    stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut history = History::default();
     loop {
@@ -46,11 +81,14 @@ fn watch(
         terminal.draw(|frame| draw(frame, &report, &history, interval))?;
         let next = sampled + interval;
         loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            if !event::poll(left)? {
+            if !event::poll(left.min(SIGNAL_CHECK))? {
                 continue;
             }
             match event::read()? {
