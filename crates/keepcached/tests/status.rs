@@ -370,7 +370,7 @@ fn watch_until(proxy: &Proxy, main: &ServerProcess, backup: &ServerProcess, quit
             && t.contains("ops/s")
     });
     assert!(drawn, "status --watch did not draw the tier:\n{:?}", text());
-    // The alternate screen was entered; q leaves it and exits 0.
+    // The alternate screen was entered; quitting leaves it and exits 0.
     assert!(text().contains("\u{1b}[?1049h"), "{:?}", text());
     match quit {
         Quit::Key => keys.write_all(b"q").expect("press q"),
