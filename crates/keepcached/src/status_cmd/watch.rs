@@ -526,6 +526,19 @@ mod tests {
     }
 
     #[test]
+    fn a_tiny_terminal_is_drawn_without_panicking() {
+        let mut history = History::default();
+        let report = report(proxy(1000, 10, 0, 100));
+        history.record(&report, Instant::now());
+        for (width, height) in [(1, 1), (10, 3), (30, 8), (200, 4)] {
+            let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+            terminal
+                .draw(|frame| draw(frame, &report, &history, Duration::from_secs(1)))
+                .unwrap();
+        }
+    }
+
+    #[test]
     fn a_counter_that_goes_back_leaves_a_gap_not_a_spike() {
         let mut series = Series::default();
         let t = Instant::now();
