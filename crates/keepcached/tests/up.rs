@@ -320,9 +320,14 @@ fn up_on_a_port_base_serves_a_set_that_lands_on_both_servers() {
 fn up_beside_a_memcached_on_one_of_its_ports_takes_another_and_says_so() {
     let memcached = keepcached_testkit::memcached(&[]).expect("start memcached");
     let taken = memcached.port();
-    let mut up = Up::start(&["--port-base", &(taken - 1).to_string()]);
+    let (main, proxy) = (free_port().unwrap(), free_port().unwrap());
+    let mut up = Up::start(&["--ports", &format!("{main},{taken},{proxy}")]);
     let text = up.output_text();
     assert_ne!(up.ports.backup, taken, "{text}");
+    if !text.contains(&format!("port {main} ")) && !text.contains(&format!("port {proxy} ")) {
+        // Only the backup's port moved (the others were free and nobody took them since).
+        assert_eq!((up.ports.main, up.ports.proxy), (main, proxy), "{text}");
+    }
     let said = format!(
         "port {taken} (backup cache server) is in use, using {} instead",
         up.ports.backup
