@@ -2,7 +2,8 @@
 //!
 //! Each connection counts into a plain [`Counters`] while it works through a batch of requests
 //! and adds it to its thread's shard of [`Stats`] once per batch, so the hot path touches no
-//! cache line another thread writes.
+//! cache line another thread writes. The latency histogram ([`Stats::latency`]) is sharded the
+//! same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -48,6 +49,8 @@ pub struct Stats {
     pub curr_connections: AtomicU64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// Request latency for the metrics endpoint, in per-thread shards too.
+    pub latency: keepcached_metrics::Histogram,
 }
 
 impl Stats {
