@@ -24,8 +24,12 @@ const DASHBOARD: &str = concat!(
     "/../../examples/grafana/keepcached-dashboard.json"
 );
 
-/// `GET /metrics` with `accept`; the status line, the headers and the body.
+/// `GET path` with `accept`; the status line, the headers and the body.
 fn get(addr: SocketAddr, path: &str, accept: &str) -> (String, String, String) {
+    request(addr, "GET", path, accept)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, accept: &str) -> (String, String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
     stream
@@ -33,7 +37,8 @@ fn get(addr: SocketAddr, path: &str, accept: &str) -> (String, String, String) {
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -216,8 +221,9 @@ fn counters_move_with_traffic_and_a_killed_backend_shows_down() {
     let proxy = Proxy::start(&main, &backup);
     let get_hits = r#"keepcached_server_hits_total{command="get"}"#;
     let gets = r#"keepcached_server_commands_total{command="get"}"#;
+    // (The proxy's own checks read the servers too: server counts are compared before and
+    // after the requests sent straight to a server, below.)
     let before = scrape(main_metrics);
-    assert_eq!(value(&before, gets), Some(0.0), "{before}");
     assert_eq!(
         value(&before, "keepcached_server_memory_limit_bytes"),
         Some(64.0 * 1024.0 * 1024.0)
@@ -260,28 +266,39 @@ fn counters_move_with_traffic_and_a_killed_backend_shows_down() {
         assert_eq!(value(&s, "keepcached_server_items"), Some(1.0), "{s}");
         assert!(value(&s, "keepcached_server_memory_used_bytes").unwrap() > 0.0);
     }
-    // Straight to the main server: a hit and a miss, and the latency histogram counts the
-    // reads that got replies.
-    let s = scrape(main_metrics);
-    let (hits, total) = (value(&s, get_hits).unwrap(), value(&s, gets).unwrap());
+    // A server no proxy checks counts exactly what it is sent: a set, a hit and a miss, and
+    // the latency histogram counts the three reads that got replies.
+    let (lone, lone_metrics) = server();
     let latency = "keepcached_server_request_duration_seconds_count";
-    let replies = value(&s, latency).unwrap();
+    let s = scrape(lone_metrics);
+    assert_eq!(value(&s, gets), Some(0.0), "{s}");
+    assert_eq!(value(&s, latency), Some(0.0), "{s}");
+    assert_eq!(call(lone.addr(), "set k 0 0 2\r\nhi\r\n"), "STORED\r\n");
     assert_eq!(
-        call(main.addr(), "get k\r\n"),
+        call(lone.addr(), "get k\r\n"),
         "VALUE k 0 2\r\nhi\r\nEND\r\n"
     );
-    assert_eq!(call(main.addr(), "get other\r\n"), "END\r\n");
-    let s = scrape(main_metrics);
-    assert_eq!(value(&s, get_hits), Some(hits + 1.0), "{s}");
-    assert_eq!(value(&s, gets), Some(total + 2.0), "{s}");
-    assert_eq!(value(&s, latency), Some(replies + 2.0), "{s}");
+    assert_eq!(call(lone.addr(), "get other\r\n"), "END\r\n");
+    let s = scrape(lone_metrics);
+    assert_eq!(value(&s, get_hits), Some(1.0), "{s}");
+    assert_eq!(value(&s, gets), Some(2.0), "{s}");
+    assert_eq!(
+        value(&s, r#"keepcached_server_misses_total{command="get"}"#),
+        Some(1.0)
+    );
+    assert_eq!(value(&s, latency), Some(3.0), "{s}");
     assert_eq!(
         value(
             &s,
             r#"keepcached_server_request_duration_seconds_bucket{le="+Inf"}"#
         ),
-        Some(replies + 2.0)
+        Some(3.0)
     );
+    // `stats reset` zeroes the counters, in the metrics too; the items stay.
+    assert!(call(lone.addr(), "stats reset\r\n").starts_with("RESET"));
+    let s = scrape(lone_metrics);
+    assert_eq!(value(&s, gets), Some(0.0), "{s}");
+    assert_eq!(value(&s, "keepcached_server_items"), Some(1.0), "{s}");
 
     // The main server dies: the proxy marks it down and says so.
     main.kill();
@@ -327,6 +344,42 @@ fn the_endpoint_speaks_http_as_a_scraper_expects() {
     assert!(body.contains("# TYPE keepcached_server_evictions counter\n"));
     let (status, _, _) = get(metrics, "/", "*/*");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, headers, _) = request(metrics, "POST", "/metrics", "*/*");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert!(
+        headers.to_ascii_lowercase().contains("allow: get, head"),
+        "{headers}"
+    );
+    let (status, _, body) = request(metrics, "HEAD", "/metrics", "*/*");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body, "", "HEAD has no body");
+}
+
+/// The listener is bound before `-d` daemonizes: a port in use fails in the foreground.
+#[test]
+fn a_metrics_address_in_use_fails_before_daemonizing() {
+    let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let taken = taken.local_addr().unwrap();
+    let port = free_port().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "-d",
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "0",
+        ])
+        .arg(format!("--metrics={taken}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--metrics") && err.contains("in use"), "{err}");
 }
 
 #[test]
