@@ -208,11 +208,13 @@ fn backends(enc: &mut DescriptorEncoder, ctx: &Context) -> std::fmt::Result {
         None,
         states,
     )?;
-    let counters_of = [
-        ("proxy_backend_requests", "Requests sent to the server.", {
-            let f: fn(&BackendCounters) -> &AtomicU64 = |c| &c.requests;
-            f
-        }),
+    type Field = fn(&BackendCounters) -> &AtomicU64;
+    let counters_of: [(&str, &str, Field); 6] = [
+        (
+            "proxy_backend_requests",
+            "Requests sent to the server.",
+            |c| &c.requests,
+        ),
         (
             "proxy_backend_errors",
             "Requests to the server that failed (timeouts included).",
