@@ -411,18 +411,7 @@ fn every_metric_the_dashboard_queries_exists() {
     assert_eq!(call(proxy.addr, "set k 0 0 2\r\nhi\r\n"), "STORED\r\n");
 
     let mut t = vrrp_topology::Topology::new(1);
-    let config = t.write(
-        "h1.toml",
-        r#"[[instance]]
-name = "VI_1"
-interface = "eth0"
-vrid = 51
-priority = 100
-version = 3
-advert_interval = 0.1
-vips = [{ address = "198.18.0.100/32" }]
-"#,
-    );
+    let config = t.write("h1.toml", &vrrp_config(100));
     let vrrp_metrics: SocketAddr = "198.18.0.1:9150".parse().unwrap();
     let flag = format!("--metrics={vrrp_metrics}");
     t.spawn(
@@ -433,21 +422,7 @@ vips = [{ address = "198.18.0.100/32" }]
     let vrrp = {
         let _inside = t.enter("h1");
         let master = r#"keepcached_vrrp_state{instance="VI_1",state="master"}"#;
-        let deadline = Instant::now() + WAIT;
-        let text = loop {
-            let text = TcpStream::connect_timeout(&vrrp_metrics, Duration::from_secs(1))
-                .ok()
-                .map(|_| scrape(vrrp_metrics));
-            if let Some(text) = text.filter(|t| value(t, master) == Some(1.0)) {
-                break text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no master after {WAIT:?}:\n{}",
-                t.logs()
-            );
-            thread::sleep(Duration::from_millis(50));
-        };
+        let text = wait_until(vrrp_metrics, master, 1.0, &t);
         for state in ["backup", "fault", "init"] {
             let series = format!(r#"keepcached_vrrp_state{{instance="VI_1",state="{state}"}}"#);
             assert_eq!(value(&text, &series), Some(0.0), "{text}");
@@ -490,4 +465,86 @@ vips = [{ address = "198.18.0.100/32" }]
         "the dashboard's {} metric names all exist in the scrapes",
         wanted.len()
     );
+}
+
+/// One v3 instance with a 0.1 s advert interval at `priority`.
+fn vrrp_config(priority: u8) -> String {
+    format!(
+        r#"[[instance]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+priority = {priority}
+version = 3
+advert_interval = 0.1
+vips = [{{ address = "198.18.0.100/32" }}]
+"#
+    )
+}
+
+/// Scrapes `addr` (from inside a namespace that reaches it) until `series` is `want`.
+fn wait_until(addr: SocketAddr, series: &str, want: f64, t: &vrrp_topology::Topology) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .ok()
+            .map(|_| scrape(addr));
+        if let Some(text) = text.filter(|text| value(text, series) == Some(want)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is not {want} after {WAIT:?}:\n{}",
+            t.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two daemons: the backup counts the master's adverts; the master stops and the backup's
+/// state flips to master, with one more transition and the VIP held.
+#[test]
+fn vrrp_state_flips_on_failover() {
+    if !vrrp_topology::root_or_skip("vrrp_state_flips_on_failover") {
+        return;
+    }
+    let mut t = vrrp_topology::Topology::new(2);
+    let mut pids = Vec::new();
+    for (host, priority) in [("h1", 100), ("h2", 99)] {
+        let config = t.write(&format!("{host}.toml"), &vrrp_config(priority));
+        let flag = format!("--metrics=198.18.0.{}:9150", &host[1..]);
+        pids.push(t.spawn(
+            host,
+            &format!("{host}-vrrpd.log"),
+            &[BIN, "vrrp", "--config", config.to_str().unwrap(), &flag],
+        ));
+    }
+    let (h1, h2): (SocketAddr, SocketAddr) = (
+        "198.18.0.1:9150".parse().unwrap(),
+        "198.18.0.2:9150".parse().unwrap(),
+    );
+    let state = |s: &str| format!(r#"keepcached_vrrp_state{{instance="VI_1",state="{s}"}}"#);
+    let received = r#"keepcached_vrrp_adverts_accepted_total{instance="VI_1"}"#;
+    let transitions = r#"keepcached_vrrp_transitions_total{instance="VI_1"}"#;
+    let vips = r#"keepcached_vrrp_vips_held{instance="VI_1"}"#;
+    let inside = t.enter("h1");
+    wait_until(h1, &state("master"), 1.0, &t);
+    let backup = wait_until(h2, &state("backup"), 1.0, &t);
+    assert_eq!(value(&backup, vips), Some(0.0), "{backup}");
+    let before = value(&backup, transitions).unwrap();
+    // The backup counts the master's adverts (10 a second).
+    wait_for(h2, received, |n| n >= 5.0);
+    let total = r#"keepcached_vrrp_adverts_received_total{instance="VI_1"}"#;
+    let backup = scrape(h2);
+    assert!(value(&backup, total).unwrap() >= value(&backup, received).unwrap());
+    drop(inside);
+
+    t.signal(pids[0], nix::sys::signal::Signal::SIGTERM);
+    let inside = t.enter("h2");
+    let master = wait_until(h2, &state("master"), 1.0, &t);
+    assert_eq!(value(&master, &state("backup")), Some(0.0), "{master}");
+    assert_eq!(value(&master, transitions), Some(before + 1.0), "{master}");
+    assert_eq!(value(&master, vips), Some(1.0), "{master}");
+    drop(inside);
+    assert!(t.has_vip("h2"), "{}", t.logs());
 }
