@@ -30,16 +30,13 @@ pub fn bind(addr: Option<&str>) -> anyhow::Result<Option<Endpoint>> {
     .transpose()
 }
 
-/// Serves `collectors` on `endpoint` (if any) until `shutdown` turns true. Call it on the
-/// role's runtime.
+/// Serves `collectors` on `endpoint` until `shutdown` turns true. Call it on the role's
+/// runtime.
 pub fn spawn(
-    endpoint: Option<Endpoint>,
+    endpoint: Endpoint,
     collectors: Vec<Box<dyn Collector>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(endpoint) = endpoint else {
-        return;
-    };
     let registry = Arc::new(keepcached_metrics::registry(collectors));
     tokio::spawn(async move {
         let stop = async move {

@@ -76,7 +76,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
-        crate::metrics::spawn(metrics, vec![Box::new(bound.metrics())], shutdown.clone());
+        if let Some(endpoint) = metrics {
+            crate::metrics::spawn(endpoint, vec![Box::new(bound.metrics())], shutdown.clone());
+        }
         let reloads = reload_on_hangup(reload_args)?;
         // Written once SIGTERM and SIGHUP are handled, so that a signal sent as soon as it
         // appears meets the handler, not the default action.

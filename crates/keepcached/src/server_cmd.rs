@@ -633,13 +633,11 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         let shutdown = process::shutdown_signal()?;
         on_user_signals(&server)?;
         process::log_ignored_hangups()?;
-        crate::metrics::spawn(
-            metrics,
-            vec![Box::new(keepcached_server::metrics::ServerMetrics(
-                server.clone(),
-            ))],
-            shutdown.clone(),
-        );
+        if let Some(endpoint) = metrics {
+            // Only then: the collector turns on the per-request latency clock.
+            let collector = keepcached_server::metrics::ServerMetrics::new(server.clone());
+            crate::metrics::spawn(endpoint, vec![Box::new(collector)], shutdown.clone());
+        }
         let pidfile = pidfile.map(process::PidFile::create).transpose()?;
         process::report_ready("cache server")?;
         keepcached_server::listener::serve(server.clone(), listeners, shutdown)

@@ -106,7 +106,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
         let published = keepcached_vrrp::metrics::VrrpMetrics::default();
-        crate::metrics::spawn(metrics, vec![Box::new(published.clone())], shutdown.clone());
+        if let Some(endpoint) = metrics {
+            crate::metrics::spawn(
+                endpoint,
+                vec![Box::new(published.clone())],
+                shutdown.clone(),
+            );
+        }
         let report = Arc::new(Notify::new());
         let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
         let on_usr1 = Arc::clone(&report);

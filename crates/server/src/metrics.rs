@@ -12,7 +12,16 @@ use crate::Server;
 
 /// The server's collector; register it with [`keepcached_metrics::registry`].
 #[derive(Debug)]
-pub struct ServerMetrics(pub Arc<Server>);
+pub struct ServerMetrics(Arc<Server>);
+
+impl ServerMetrics {
+    /// The collector of `server`, which from now on measures request latency (a server nobody
+    /// scrapes reads no clock per request).
+    pub fn new(server: Arc<Server>) -> ServerMetrics {
+        server.stats.time_requests();
+        ServerMetrics(server)
+    }
+}
 
 fn by<'a>(label: &'static str, rows: &[(&'static str, u64)]) -> Vec<(Labels<'a>, u64)> {
     rows.iter()
@@ -210,5 +219,18 @@ impl Collector for ServerMetrics {
             ),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_scraped_server_reads_the_clock_per_request() {
+        let server = Server::new(crate::Settings::default());
+        assert!(!server.stats.timing());
+        let _collector = ServerMetrics::new(server.clone());
+        assert!(server.stats.timing());
     }
 }

@@ -49,11 +49,23 @@ pub struct Stats {
     pub curr_connections: AtomicU64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
-    /// Request latency for the metrics endpoint, in per-thread shards too.
+    /// Request latency for the metrics endpoint, in per-thread shards too; measured only once
+    /// [`Stats::time_requests`] is on, so that a server without `--metrics` reads no clock.
     pub latency: keepcached_metrics::Histogram,
+    timing: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
+    /// Starts measuring request latency ([`Stats::latency`]).
+    pub fn time_requests(&self) {
+        self.timing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether request latency is measured.
+    pub fn timing(&self) -> bool {
+        self.timing.load(Ordering::Relaxed)
+    }
+
     pub fn merge(&self, c: &Counters) {
         self.shards.local().add(c);
     }
