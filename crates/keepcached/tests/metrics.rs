@@ -382,6 +382,65 @@ fn a_metrics_address_in_use_fails_before_daemonizing() {
     assert!(err.contains("--metrics") && err.contains("in use"), "{err}");
 }
 
+/// Parses stdin with the official Prometheus client's parser (Debian's python3-prometheus-client),
+/// the classic one or the strict OpenMetrics one; prints `families samples`.
+const PARSE: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families as text
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+parse = om if sys.argv[1] == "openmetrics" else text
+families = list(parse(sys.stdin.read()))
+print(len(families), sum(len(f.samples) for f in families))
+"#;
+
+/// Debian's python, which has Debian's modules (a python3 earlier in PATH may not).
+const PYTHON: &str = "/usr/bin/python3";
+
+#[test]
+fn both_formats_parse_with_the_prometheus_client() {
+    if !keepcached_testkit::env::require(
+        "both_formats_parse_with_the_prometheus_client",
+        false,
+        &[PYTHON],
+    ) {
+        return;
+    }
+    let ((main, main_metrics), (backup, _)) = (server(), server());
+    let proxy = Proxy::start(&main, &backup);
+    assert_eq!(call(proxy.addr, "set k 0 0 2\r\nhi\r\n"), "STORED\r\n");
+    for addr in [main_metrics, proxy.metrics] {
+        for (format, accept) in [
+            ("text", "text/plain"),
+            ("openmetrics", "application/openmetrics-text; version=1.0.0"),
+        ] {
+            let (status, _, body) = get(addr, "/metrics", accept);
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            let mut python = Command::new(PYTHON)
+                .args(["-c", PARSE, format])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            python
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = python.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{format} from {addr} does not parse: {}\n{body}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let counts = String::from_utf8_lossy(&out.stdout);
+            let families: usize = counts.split(' ').next().unwrap().parse().unwrap();
+            assert!(families >= 20, "{format} from {addr}: {counts}");
+        }
+    }
+}
+
 #[test]
 fn a_bad_metrics_address_is_a_usage_error() {
     for role in [
