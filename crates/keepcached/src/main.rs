@@ -3,6 +3,7 @@
 //! Each subcommand is one role with the command line of the program it replaces; see README.md.
 
 mod ctl_cmd;
+mod metrics;
 mod process;
 mod proxy_cmd;
 mod server_cmd;

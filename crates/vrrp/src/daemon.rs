@@ -57,7 +57,19 @@ pub async fn run(
     config: VrrpConfig,
     shutdown: impl Future<Output = ()>,
     report: Arc<Notify>,
+    reload: mpsc::Receiver<VrrpConfig>,
+) -> Result<(), Error> {
+    run_published(config, shutdown, report, reload, Slots::default()).await
+}
+
+/// [`run`], publishing every instance's status into `slots` (which the caller reads, for the
+/// metrics endpoint: [`crate::metrics::VrrpMetrics`]).
+pub async fn run_published(
+    config: VrrpConfig,
+    shutdown: impl Future<Output = ()>,
+    report: Arc<Notify>,
     mut reload: mpsc::Receiver<VrrpConfig>,
+    slots: Slots,
 ) -> Result<(), Error> {
     config.validate()?;
     let mut runners = Vec::new();
@@ -75,7 +87,6 @@ pub async fn run(
         Err(e) => tracing::warn!("could not drop capabilities: {e}"),
     }
     let (status_tx, status_rx) = watch::channel(Status::new());
-    let slots: Slots = Arc::default();
     let reporter = tokio::spawn(status::report_task(
         Arc::clone(&slots),
         config.status_file.clone(),
@@ -461,6 +472,8 @@ struct Runner {
     stopping: Stop,
     since: SystemTime,
     transitions: u64,
+    sent: u64,
+    vips_held: u32,
 }
 
 enum Wake {
@@ -511,6 +524,8 @@ impl Runner {
             stopping: Stop::Shutdown,
             since: SystemTime::now(),
             transitions: 0,
+            sent: 0,
+            vips_held: 0,
         })
     }
 
@@ -579,6 +594,8 @@ impl Runner {
             transitions: self.transitions,
             rx: self.machine.stats(),
             invalid: self.invalid,
+            sent: self.sent,
+            vips_held: self.vips_held,
         }
     }
 
@@ -642,9 +659,12 @@ impl Runner {
             let same = |a: &(&Vip, u32), b: &(&Vip, u32)| a.0.address == b.0.address && a.1 == b.1;
             for gone in old.iter().filter(|o| !new.iter().any(|n| same(o, n))) {
                 remove_vip(&mut self.netlink, &self.cfg.name, gone.0, gone.1);
+                self.vips_held = self.vips_held.saturating_sub(1);
             }
             for fresh in new.iter().filter(|n| !old.iter().any(|o| same(o, n))) {
-                add_vip(&mut self.netlink, &self.cfg.name, fresh.0, fresh.1);
+                if add_vip(&mut self.netlink, &self.cfg.name, fresh.0, fresh.1) {
+                    self.vips_held += 1;
+                }
                 added = true;
             }
         }
@@ -790,23 +810,29 @@ impl Runner {
             let payload = advert.encode(self.source, dst, self.mode);
             let mut packet = ipv4_header(self.source, dst, payload.len()).to_vec();
             packet.extend_from_slice(&payload);
-            if let Err(e) = self.socket.send(&packet, dst) {
+            match self.socket.send(&packet, dst) {
+                Ok(_) => self.sent += 1,
                 // Expected while the link is down; the state machine goes on.
-                tracing::debug!(instance = %self.cfg.name, %dst, "advert not sent: {e}");
+                Err(e) => tracing::debug!(instance = %self.cfg.name, %dst, "advert not sent: {e}"),
             }
         }
     }
 
     fn add_addresses(&mut self) {
+        let mut held = 0;
         for (v, &index) in self.cfg.vips.iter().zip(&self.vip_ifindex) {
-            add_vip(&mut self.netlink, &self.cfg.name, v, index);
+            if add_vip(&mut self.netlink, &self.cfg.name, v, index) {
+                held += 1;
+            }
         }
+        self.vips_held = held;
     }
 
     fn remove_addresses(&mut self) {
         for (v, &index) in self.cfg.vips.iter().zip(&self.vip_ifindex) {
             remove_vip(&mut self.netlink, &self.cfg.name, v, index);
         }
+        self.vips_held = 0;
     }
 
     /// One burst of `garp_master_repeat` announcements per address, spaced by
@@ -851,10 +877,14 @@ impl Runner {
     }
 }
 
-fn add_vip(netlink: &mut Netlink, instance: &str, v: &Vip, index: u32) {
-    if let Err(e) = netlink.add_address(index, v.address.addr, v.address.prefix, v.label.as_deref())
-    {
-        tracing::error!(instance, vip = %v.address, "adding address failed: {e}");
+/// Whether the address is on the interface now.
+fn add_vip(netlink: &mut Netlink, instance: &str, v: &Vip, index: u32) -> bool {
+    match netlink.add_address(index, v.address.addr, v.address.prefix, v.label.as_deref()) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(instance, vip = %v.address, "adding address failed: {e}");
+            false
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `notify.rs` | notify scripts with keepalived's arguments |
 //! | `privileges.rs` | drop capabilities once the sockets are open |
 //! | `status.rs` | instance state and advert counters for operators |
+//! | `metrics.rs` | the same figures for Prometheus |
 //! | `rejects.rs` | rate limiting of the warnings about discarded adverts |
 
 pub mod config;
@@ -27,6 +28,7 @@ mod daemon;
 mod garp;
 pub mod instance;
 pub mod keepalived_conf;
+pub mod metrics;
 mod netlink;
 mod network;
 mod notify;
@@ -38,5 +40,5 @@ mod sys;
 pub mod track;
 
 pub use config::{ConfError, VrrpConfig};
-pub use daemon::{run, Error};
+pub use daemon::{run, run_published, Error};
 pub use keepalived_conf::{parse_keepalived_conf, Warning};
