@@ -155,7 +155,12 @@ impl Probe {
             Target::Metrics { authority, path } => scrape(&authority, &path).and_then(|text| {
                 let instances = prometheus::vrrp_instances(&text);
                 if instances.is_empty() {
-                    Err(format!("no keepcached_vrrp_state metric at {path}"))
+                    // A server's or a proxy's own endpoint: their figures come from their
+                    // client port, which says more (backends, items) than their metrics.
+                    Err(format!(
+                        "no keepcached_vrrp_state metric at {path}: a metrics address is read \
+                         for VRRP; give a server or proxy as HOST:PORT of its client port"
+                    ))
                 } else {
                     Ok(Sample::Node(instances))
                 }
