@@ -319,7 +319,11 @@ fn proxy_line(proxy: &Entry<ProxyFigures>) -> String {
     format!(
         "{}  {}  backends up {up}/{}  hit ratio {}  conns {}  uptime {}",
         proxy.target,
-        if f.serving { "serving" } else { "standby" },
+        match (f.serving, f.other_proxy_serving) {
+            (true, _) => "serving",
+            (false, true) => "standby (another proxy serves)",
+            (false, false) => "idle",
+        },
         f.backends.len(),
         percent(f.hit_ratio),
         f.connections,

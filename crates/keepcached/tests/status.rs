@@ -148,6 +148,12 @@ fn status_reports_a_tiers_figures_an_unreachable_address_and_a_killed_backend() 
     let mut backup = memcached(&[]).expect("start memcached");
     let alone = memcached(&["-m", "16"]).expect("start memcached");
     let proxy = Proxy::start(&main, &backup);
+    // A second proxy over the same servers, as on the VRRP backup host: no client uses it.
+    let standby = Proxy::start(&main, &backup);
+    let s = standby.addr().to_string();
+    let out = status(std::slice::from_ref(&s));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.contains(&format!("PROXY {s}  idle  ")), "{table}");
     let mut client = Client::connect(proxy.addr()).expect("connect to the proxy");
     const N: u64 = 20;
     for i in 0..N {
@@ -240,6 +246,22 @@ fn status_reports_a_tiers_figures_an_unreachable_address_and_a_killed_backend() 
         "{table}"
     );
     assert!(!table.contains("UNREACHABLE"), "{table}");
+
+    // The standby proxy sees the serving one's heartbeat on the servers.
+    let mut last = Value::Null;
+    let standing_by = wait_for(|| {
+        let (report, _) = status_json(std::slice::from_ref(&s));
+        let proxy = entry(&report, "proxies", &s);
+        let seen = proxy["serving"] == false && proxy["other_proxy_serving"] == true;
+        last = report;
+        seen
+    });
+    assert!(standing_by, "the unused proxy is not a standby: {last:#}");
+    let table = String::from_utf8_lossy(&status(std::slice::from_ref(&s)).stdout).into_owned();
+    assert!(
+        table.contains(&format!("PROXY {s}  standby (another proxy serves)  ")),
+        "{table}"
+    );
 
     // The backup dies: the proxy marks it down, and it is unreachable itself.
     backup.kill();

@@ -98,6 +98,8 @@ pub struct ProxyFigures {
     pub uptime_s: u64,
     /// Whether the proxy served clients lately (a standby proxy on a VRRP backup does not).
     pub serving: bool,
+    /// Whether another proxy's serving heartbeat is on the servers (docs/resync.md).
+    pub other_proxy_serving: bool,
     pub connections: u64,
     pub get_hits: u64,
     pub get_misses: u64,
@@ -318,6 +320,7 @@ fn proxy_figures(stats: &[(String, String)], backends: &[(String, String)]) -> P
         version: text(stats, "version"),
         uptime_s: n("uptime"),
         serving: n("serving") == 1,
+        other_proxy_serving: n("other_proxy_serving") == 1,
         connections: n("curr_connections"),
         get_hits,
         get_misses,
