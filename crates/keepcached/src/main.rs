@@ -7,9 +7,12 @@ mod ctl_cmd;
 mod demo_cmd;
 mod node_cmd;
 mod node_config;
+mod metrics;
 mod process;
 mod proxy_cmd;
 mod server_cmd;
+mod status_cmd;
+mod up_cmd;
 mod vrrp_cmd;
 
 use std::path::Path;
@@ -42,8 +45,13 @@ commands:
                              print the node file equivalent to a classic host's setup
   ctl [--proxy ADDR] CMD     operator commands to a running proxy: backends (states),
                              drain|hold|warm|up SERVER
-  up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
-                             :11212, replicating proxy on 127.0.0.1:12000
+  up [--port-base N | --ports MAIN,BACKUP,PROXY]
+                             a local tier, no config: cache servers on 127.0.0.1:11211 and
+                             :11212, replicating proxy on 127.0.0.1:12000 (taken ports are
+                             replaced by free ones, and it says so)
+  status [--json|--watch] [ADDR...]
+                             the tier at a glance: servers, proxies and their backends
+                             (HOST:PORT), VRRP nodes (http://HOST:PORT/metrics)
   demo                       (root) the two-host tier in network namespaces, its failover
                              runbook played as a transcript (exit 77 when not root)
 ";
@@ -68,8 +76,13 @@ fn main() -> ExitCode {
         "ctl" => ctl_cmd::run(rest),
         "node" => node_cmd::run(rest),
         "convert" => convert_cmd::run(rest),
-        "up" => up(rest),
         "demo" => return demo_cmd::run(rest),
+        "up" => up_cmd::run(rest),
+        "status" => match status_cmd::run(rest) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(status_cmd::UNREACHABLE_EXIT),
+            Err(e) => Err(e),
+        },
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
@@ -127,66 +140,4 @@ pub fn init_logging_with(verbose: u8, always: &str, log_file: Option<&Path>) -> 
         .with_writer(writer)
         .try_init();
     Ok(())
-}
-
-/// The embedded default: the seed's tier on one host's loopback — two cache servers (a main and
-/// a backup) and a replicating proxy in front of them — with no configuration and no root.
-fn up(rest: &[String]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if !rest.is_empty() {
-        return Err(UsageError(format!("up takes no arguments\n{USAGE}")).into());
-    }
-    const MAIN: u16 = 11211;
-    const BACKUP: u16 = 11212;
-    const PROXY: u16 = 12000;
-    init_logging(1, None)?;
-    let defaults = keepcached_server::Settings::default();
-    // Two servers' clients plus the proxy's.
-    process::raise_nofile_limit(3 * defaults.max_connections)?;
-    let mut servers = Vec::new();
-    for port in [MAIN, BACKUP] {
-        let settings = keepcached_server::Settings {
-            port,
-            listen: vec![std::net::Ipv4Addr::LOCALHOST.into()],
-            ..defaults.clone()
-        };
-        let listeners = keepcached_server::Listeners::bind(&settings)?;
-        servers.push((settings, listeners));
-    }
-    let proxy = keepcached_proxy::ProxyArgs {
-        servers: vec![format!("127.0.0.1:{MAIN}")],
-        backups: vec![format!("127.0.0.1:{BACKUP}")],
-        listen: Some("127.0.0.1".into()),
-        port: Some(PROXY),
-        ..keepcached_proxy::ProxyArgs::default()
-    }
-    .into_config()
-    .map_err(|e| UsageError(e.to_string()))?;
-    let proxy = keepcached_proxy::bind(proxy)?;
-    eprintln!(
-        "keepcached: cache servers on 127.0.0.1:{MAIN} (main) and 127.0.0.1:{BACKUP} (backup), \
-         replicating proxy on 127.0.0.1:{PROXY}\nkeepcached: try: telnet 127.0.0.1 {PROXY}"
-    );
-    let runtime = process::runtime()?;
-    runtime.block_on(async move {
-        let shutdown = process::shutdown_signal()?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (settings, listeners) in servers {
-            let server = keepcached_server::Server::new(settings);
-            tasks.spawn(keepcached_server::listener::serve(
-                server,
-                listeners,
-                shutdown.clone(),
-            ));
-        }
-        let mut proxy_shutdown = shutdown.clone();
-        let proxy = proxy.serve(async move {
-            let _ = proxy_shutdown.wait_for(|s| *s).await;
-        });
-        proxy.await.context("proxy")?;
-        while let Some(done) = tasks.join_next().await {
-            done.context("cache server task")?.context("cache server")?;
-        }
-        Ok(())
-    })
 }

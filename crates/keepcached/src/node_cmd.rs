@@ -357,6 +357,7 @@ impl Roles {
                     keepcached_vrrp::Embedding {
                         local,
                         started: Some(started_tx),
+                        slots: Default::default(),
                     },
                 );
                 let task = async move { task.await.context("vrrp") };

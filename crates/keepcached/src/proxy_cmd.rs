@@ -21,14 +21,17 @@ struct Cli {
     args: ProxyArgs,
     #[command(flatten)]
     process: process::ProcessArgs,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(
         std::iter::once("keepcached proxy".to_string()).chain(args.iter().cloned()),
     );
-    let (args, process_args) = match cli {
-        Ok(cli) => (cli.args, cli.process),
+    let (args, process_args, metrics) = match cli {
+        Ok(cli) => (cli.args, cli.process, cli.metrics),
         Err(e) if !e.use_stderr() => {
             // --help: clap's own text, exit 0.
             print!("{e}");
@@ -40,6 +43,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (user, group) = (args.user.clone(), args.group.clone());
     let reload_args = args.clone();
     let config = args.into_config().map_err(|e| UsageError(e.to_string()))?;
+    crate::metrics::check(metrics.as_deref())?;
     if print_config {
         print!("{}", config.to_toml());
         return Ok(());
@@ -62,6 +66,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let per_server = config.backend.connections;
     process::raise_nofile_limit(config.max_connections + servers * per_server)?;
     let bound = keepcached_proxy::bind(config)?;
+    let metrics = crate::metrics::bind(metrics.as_deref())?;
     if !foreground {
         process::daemonize(verbose > 0)?;
     }
@@ -71,6 +76,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
+        if let Some(endpoint) = metrics {
+            crate::metrics::spawn(endpoint, vec![Box::new(bound.metrics())], shutdown.clone());
+        }
         let reloads = reload_on_hangup(reload_args)?;
         // Written once SIGTERM and SIGHUP are handled, so that a signal sent as soon as it
         // appears meets the handler, not the default action.

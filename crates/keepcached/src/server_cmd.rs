@@ -118,6 +118,9 @@ pub struct ServerArgs {
     napi_ids: Option<u32>,
     #[arg(short = 'o', long = "extended", value_delimiter = ',', action = ArgAction::Append)]
     extended: Vec<String>,
+    /// Not in memcached: Prometheus metrics served at http://ADDR:PORT/metrics.
+    #[arg(long = "metrics")]
+    metrics: Option<String>,
 }
 
 /// What the command line asked for, ready to run.
@@ -130,6 +133,8 @@ pub struct ServerPlan {
     pub log_file: Option<PathBuf>,
     pub lock_memory: bool,
     pub enable_coredumps: bool,
+    /// `--metrics ADDR:PORT`, checked.
+    pub metrics: Option<String>,
 }
 
 pub enum Parsed {
@@ -436,6 +441,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             _ => return usage(format!("Illegal suboption \"{option}\"")),
         }
     }
+    crate::metrics::check(args.metrics.as_deref())?;
     Ok(Parsed::Run(Box::new(ServerPlan {
         settings,
         daemon: args.daemon,
@@ -444,6 +450,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         log_file: args.log_file,
         lock_memory: args.lock_memory,
         enable_coredumps: args.enable_coredumps,
+        metrics: args.metrics,
     })))
 }
 
@@ -602,6 +609,10 @@ fn help_text() -> String {
             "watcher_logbuf_size=<KiB> (per watch client; default: 256), and",
         ),
         ("", "memcached's tuning options (accepted with a warning)"),
+        (
+            "--metrics=<addr:port>",
+            "serve Prometheus metrics at http://<addr:port>/metrics",
+        ),
     ];
     let mut text = format!(
         "keepcached {} (memcached {} protocol)\n",
@@ -625,6 +636,7 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         log_file,
         lock_memory,
         enable_coredumps,
+        metrics,
     } = plan;
     let running_as_root = nix::unistd::geteuid().is_root() || nix::unistd::getuid().is_root();
     if running_as_root && user.as_deref().unwrap_or("").is_empty() {
@@ -652,6 +664,7 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     }
     process::raise_nofile_limit(settings.max_connections)?;
     let listeners = Listeners::bind(&settings)?;
+    let metrics = crate::metrics::bind(metrics.as_deref())?;
     let server = Server::new(settings);
     // Loaded before daemonizing, so that what became of the file reaches the terminal (or the
     // service manager's log) even under -d. Clients that connect meanwhile wait in the listen
@@ -675,6 +688,11 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         let shutdown = process::shutdown_signal()?;
         on_user_signals(&server)?;
         process::log_ignored_hangups()?;
+        if let Some(endpoint) = metrics {
+            // Only then: the collector turns on the per-request latency clock.
+            let collector = keepcached_server::metrics::ServerMetrics::new(server.clone());
+            crate::metrics::spawn(endpoint, vec![Box::new(collector)], shutdown.clone());
+        }
         let pidfile = pidfile.map(process::PidFile::create).transpose()?;
         process::report_ready("cache server")?;
         keepcached_server::listener::serve(server.clone(), listeners, shutdown)

@@ -40,6 +40,9 @@ struct Cli {
     /// (overrides `status_file` in the TOML configuration).
     #[arg(long, value_name = "FILE")]
     status_file: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
     /// Verbose logging (repeat for more).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -91,15 +94,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Ok((config, warnings))
     };
     let (config, warnings) = load().map_err(UsageError)?;
+    crate::metrics::check(cli.metrics.as_deref())?;
     for warning in warnings {
         eprintln!("keepcached: {warning}");
     }
     crate::init_logging(cli.verbose.max(1), cli.process.log_file.as_deref())?;
     process::ignore_signals_until_handled(&[nix::sys::signal::Signal::SIGHUP])?;
+    let metrics = crate::metrics::bind(cli.metrics.as_deref())?;
     let pidfile = cli.process.pidfile;
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
+        let published = keepcached_vrrp::metrics::VrrpMetrics::default();
+        if let Some(endpoint) = metrics {
+            crate::metrics::spawn(
+                endpoint,
+                vec![Box::new(published.clone())],
+                shutdown.clone(),
+            );
+        }
         let report = Arc::new(Notify::new());
         let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
         let on_usr1 = Arc::clone(&report);
@@ -153,6 +166,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             keepcached_vrrp::Embedding {
                 local: Vec::new(),
                 started: Some(started_tx),
+                slots: published.0,
             },
         );
         tokio::pin!(vrrp);

@@ -281,7 +281,9 @@ impl Backend {
         };
         match &result {
             Ok(_) => {
-                let us = start.elapsed().as_micros() as u64;
+                let elapsed = start.elapsed();
+                self.health.latency.observe(elapsed);
+                let us = elapsed.as_micros() as u64;
                 counters.latency_us.fetch_add(us, Ordering::Relaxed);
                 counters.answered.fetch_add(1, Ordering::Relaxed);
                 self.health.answered();

@@ -237,6 +237,8 @@ pub struct Health {
     last_failure_ms: AtomicU64,
     epoch: Instant,
     pub counters: Sharded<Counters>,
+    /// Latency of answered requests, for the metrics endpoint.
+    pub latency: keepcached_metrics::Histogram,
     pub settings: Settings,
     /// Turns true when the proxy shuts down or a reload removes the server: its connections,
     /// supervisor and warm-up stop.
@@ -355,6 +357,7 @@ impl Health {
             last_failure_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             counters: Sharded::default(),
+            latency: Default::default(),
             settings: Settings::new(&settings),
             shutdown,
             stop,

@@ -22,7 +22,8 @@
 //! Beside the data path, each server has a supervisor (resync.rs): health.rs holds its state and
 //! the keys it missed, resync.rs checks it and repairs it, warmup.rs fills it, ledger.rs tells
 //! the other proxies what it missed; admin.rs takes the operator's orders (docs/resync.md).
-//! config.rs holds magent's command line and the TOML file, stats.rs the `stats` answers,
+//! config.rs holds magent's command line and the TOML file, stats.rs the `stats` answers
+//! (metrics.rs the same figures for Prometheus, from [`Bound::metrics`]),
 //! error.rs the error types. [`run`] binds the listeners, serves until its shutdown future
 //! completes, then drains the client connections; [`Bound::serve_reloading`] also takes
 //! reloaded configurations (SIGHUP) and applies what may change while running.
@@ -37,6 +38,7 @@ mod forward;
 mod health;
 mod ledger;
 mod meta;
+mod metrics;
 mod read;
 mod replicate;
 mod reply;
@@ -63,6 +65,7 @@ pub use config::{
     ResyncConfig, Unavailable, WriteAck,
 };
 pub use error::{Origin, ProxyError};
+pub use metrics::ProxyMetrics;
 
 use replicate::KeyLocks;
 use route::Router;
@@ -209,6 +212,8 @@ pub struct Bound {
     tcp: Vec<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
     reach: watch::Sender<Option<Reach>>,
+    /// Filled with the running proxy once it serves, for [`ProxyMetrics`].
+    metrics: Arc<std::sync::OnceLock<std::sync::Weak<Context>>>,
 }
 
 /// How many of the proxy's servers are up (serving reads and writes), out of how many: what
@@ -256,6 +261,7 @@ pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
         tcp,
         unix,
         reach: watch::channel(None).0,
+        metrics: Arc::default(),
     })
 }
 
@@ -264,6 +270,13 @@ impl Bound {
     /// (when it starts accepting clients), then updated as their states change.
     pub fn reach(&self) -> watch::Receiver<Option<Reach>> {
         self.reach.subscribe()
+    }
+
+    /// The proxy's Prometheus collector: it shows the proxy once [`Bound::serve`] runs.
+    pub fn metrics(&self) -> ProxyMetrics {
+        ProxyMetrics {
+            ctx: self.metrics.clone(),
+        }
     }
 
     /// Serves until `shutdown` completes, then stops accepting and gives open connections
@@ -287,6 +300,7 @@ impl Bound {
             tcp,
             unix,
             reach,
+            metrics,
         } = self;
         let tcp = tcp
             .into_iter()
@@ -335,6 +349,8 @@ impl Bound {
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
         ctx.apply(ctx.config.clone());
+        // Weak: the endpoint must not keep the workers alive past the shutdown below.
+        let _ = metrics.set(Arc::downgrade(&ctx));
         tokio::spawn(reloading(ctx.clone(), reloads, stop_rx.clone()));
         resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;

@@ -215,6 +215,11 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Every thread's share, for the metrics endpoint's sums.
+    pub fn shards(&self) -> impl Iterator<Item = &Counters> {
+        self.counters.iter()
+    }
+
     /// The calling thread's share of the counters, to count into.
     pub fn counters(&self) -> &Counters {
         self.counters.local()

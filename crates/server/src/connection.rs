@@ -513,7 +513,15 @@ impl<S: Socket> Conn<'_, S> {
         if self.out.capacity() == 0 {
             self.out = spare::take_output();
         }
+        // The latency of what this read brought in: until its replies are written. A read
+        // that completes no request (part of a value) or only quiet ones writes nothing and
+        // is not counted.
+        let started = self.server.stats.timing().then(std::time::Instant::now);
+        let written = self.counters.bytes_written;
         let keep_open = self.handle_input().await?;
+        if let Some(started) = started.filter(|_| self.counters.bytes_written != written) {
+            self.server.stats.latency.observe(started.elapsed());
+        }
         self.entry.set_state(self.waiting_state());
         let pending = self.input.len();
         if pending == 0 && self.input.capacity() > 0 {

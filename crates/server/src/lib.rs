@@ -9,7 +9,8 @@
 //! - [`connection`]: one client: read, parse in a loop, execute, write the pipeline's replies in
 //!   one go, with what a client can make it hold bounded.
 //! - [`execute`]: one request against the store, reply appended to the output buffer.
-//! - [`stats`] and [`report`]: counters and the `stats` family of replies.
+//! - [`stats`] and [`report`]: counters and the `stats` family of replies; [`metrics`]: the
+//!   same figures for Prometheus.
 //! - [`clock`]: memcached's relative time, which the store and expiry rules use.
 //! - [`persist`]: the restartable cache (`-e FILE`): items saved to a file and loaded back.
 
@@ -20,6 +21,7 @@ pub mod connection;
 pub mod execute;
 pub mod listener;
 pub mod meta;
+pub mod metrics;
 pub mod persist;
 pub mod report;
 pub mod settings;

@@ -2,7 +2,8 @@
 //!
 //! Each connection counts into a plain [`Counters`] while it works through a batch of requests
 //! and adds it to its thread's shard of [`Stats`] once per batch, so the hot path touches no
-//! cache line another thread writes.
+//! cache line another thread writes. The latency histogram ([`Stats::latency`]) is sharded the
+//! same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -48,9 +49,23 @@ pub struct Stats {
     pub curr_connections: AtomicU64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// Request latency for the metrics endpoint, in per-thread shards too; measured only once
+    /// [`Stats::time_requests`] is on, so that a server without `--metrics` reads no clock.
+    pub latency: keepcached_metrics::Histogram,
+    timing: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
+    /// Starts measuring request latency ([`Stats::latency`]).
+    pub fn time_requests(&self) {
+        self.timing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether request latency is measured.
+    pub fn timing(&self) -> bool {
+        self.timing.load(Ordering::Relaxed)
+    }
+
     pub fn merge(&self, c: &Counters) {
         self.shards.local().add(c);
     }

@@ -74,6 +74,9 @@ pub struct Embedding {
     pub local: Vec<track::Local>,
     /// Told once every instance's sockets are open and the instances run: the role serves.
     pub started: Option<oneshot::Sender<()>>,
+    /// Every instance's status is published here, for the metrics endpoint
+    /// ([`crate::metrics::VrrpMetrics`]).
+    pub slots: Slots,
 }
 
 /// [`run`], with what the embedding process adds.
@@ -117,7 +120,7 @@ pub async fn run_with(
         .into_iter()
         .map(|l| tokio::spawn(track::local_task(l, status_tx.clone())))
         .collect();
-    let slots: Slots = Arc::default();
+    let slots = embedding.slots;
     let reporter = tokio::spawn(status::report_task(
         Arc::clone(&slots),
         config.status_file.clone(),
@@ -529,6 +532,8 @@ struct Runner {
     stopping: Stop,
     since: SystemTime,
     transitions: u64,
+    sent: u64,
+    vips_held: u32,
 }
 
 enum Wake {
@@ -597,6 +602,8 @@ impl Runner {
             stopping: Stop::Shutdown,
             since: SystemTime::now(),
             transitions: 0,
+            sent: 0,
+            vips_held: 0,
         })
     }
 
@@ -665,6 +672,8 @@ impl Runner {
             transitions: self.transitions,
             rx: self.machine.stats(),
             invalid: self.invalid,
+            sent: self.sent,
+            vips_held: self.vips_held,
         }
     }
 
@@ -728,9 +737,12 @@ impl Runner {
             let same = |a: &(&Vip, u32), b: &(&Vip, u32)| a.0.address == b.0.address && a.1 == b.1;
             for gone in old.iter().filter(|o| !new.iter().any(|n| same(o, n))) {
                 remove_vip(&mut self.netlink, &self.cfg.name, gone.0, gone.1);
+                self.vips_held = self.vips_held.saturating_sub(1);
             }
             for fresh in new.iter().filter(|n| !old.iter().any(|o| same(o, n))) {
-                add_vip(&mut self.netlink, &self.cfg.name, fresh.0, fresh.1);
+                if add_vip(&mut self.netlink, &self.cfg.name, fresh.0, fresh.1) {
+                    self.vips_held += 1;
+                }
                 added = true;
             }
         }
@@ -896,23 +908,29 @@ impl Runner {
                 // The kernel builds the IPv6 header (see `network.rs`).
                 _ => payload,
             };
-            if let Err(e) = self.socket.send(&packet, dst) {
+            match self.socket.send(&packet, dst) {
+                Ok(_) => self.sent += 1,
                 // Expected while the link is down; the state machine goes on.
-                tracing::debug!(instance = %self.cfg.name, %dst, "advert not sent: {e}");
+                Err(e) => tracing::debug!(instance = %self.cfg.name, %dst, "advert not sent: {e}"),
             }
         }
     }
 
     fn add_addresses(&mut self) {
+        let mut held = 0;
         for (v, &index) in self.cfg.vips.iter().zip(&self.vip_ifindex) {
-            add_vip(&mut self.netlink, &self.cfg.name, v, index);
+            if add_vip(&mut self.netlink, &self.cfg.name, v, index) {
+                held += 1;
+            }
         }
+        self.vips_held = held;
     }
 
     fn remove_addresses(&mut self) {
         for (v, &index) in self.cfg.vips.iter().zip(&self.vip_ifindex) {
             remove_vip(&mut self.netlink, &self.cfg.name, v, index);
         }
+        self.vips_held = 0;
     }
 
     /// One burst of `garp_master_repeat` announcements per address (gratuitous
@@ -960,10 +978,14 @@ impl Runner {
     }
 }
 
-fn add_vip(netlink: &mut Netlink, instance: &str, v: &Vip, index: u32) {
-    if let Err(e) = netlink.add_address(index, v.address.addr, v.address.prefix, v.label.as_deref())
-    {
-        tracing::error!(instance, vip = %v.address, "adding address failed: {e}");
+/// Whether the address is on the interface now.
+fn add_vip(netlink: &mut Netlink, instance: &str, v: &Vip, index: u32) -> bool {
+    match netlink.add_address(index, v.address.addr, v.address.prefix, v.label.as_deref()) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(instance, vip = %v.address, "adding address failed: {e}");
+            false
+        }
     }
 }
 

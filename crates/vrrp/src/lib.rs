@@ -21,6 +21,7 @@
 //! | `notify.rs` | notify scripts with keepalived's arguments |
 //! | `privileges.rs` | drop capabilities once the sockets are open |
 //! | `status.rs` | instance state and advert counters for operators |
+//! | `metrics.rs` | the same figures for Prometheus |
 //! | `rejects.rs` | rate limiting of the warnings about discarded adverts |
 
 pub mod config;
@@ -29,6 +30,7 @@ mod garp;
 pub mod instance;
 pub mod keepalived_conf;
 mod ndisc;
+pub mod metrics;
 mod netlink;
 mod network;
 mod notify;

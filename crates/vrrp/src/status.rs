@@ -34,6 +34,10 @@ pub struct InstanceStatus {
     pub rx: RxStats,
     /// Packets that did not decode.
     pub invalid: Invalid,
+    /// Adverts handed to the network (one per destination: the group, or each unicast peer).
+    pub sent: u64,
+    /// Virtual addresses the instance has added to its interfaces and not removed since.
+    pub vips_held: u32,
 }
 
 /// Packets that did not decode, by reason.
@@ -188,6 +192,8 @@ mod tests {
                 checksum: 1,
                 ..Invalid::default()
             },
+            sent: 7,
+            vips_held: 1,
         };
         let text = render(&[status]);
         let lines: Vec<&str> = text.lines().collect();

@@ -1,0 +1,434 @@
+//! `keepcached status` against a real tier on loopback: two Debian memcacheds behind a
+//! `keepcached proxy`, and a third memcached on its own, all started by the test. `--json` must
+//! report the figures the test produced (items after N sets, hit ratios after known gets,
+//! backend states), an unreachable address as such with exit status 1, and a killed backend as
+//! down; `--watch` must draw the tier in a pseudo-terminal and give the terminal back on q.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keepcached_testkit::{free_port, memcached, Client, ServerProcess};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
+/// Generous: a debug build on two busy cores.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it holds or [`WAIT`] passes.
+fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `keepcached proxy -D -l 127.0.0.1 -p PORT -s MAIN -b BACKUP`, killed by pid on drop.
+#[derive(Debug)]
+struct Proxy {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(main: &ServerProcess, backup: &ServerProcess) -> Proxy {
+        let mut last = String::new();
+        // A free port can be taken before the proxy binds it; it then exits and we try again.
+        for attempt in 0..8 {
+            let port = free_port().expect("free port");
+            let log = std::env::temp_dir().join(format!(
+                "keepcached-status-proxy-{}-{port}-{attempt}.log",
+                std::process::id()
+            ));
+            let out = File::create(&log).expect("proxy log");
+            let child = Command::new(BIN)
+                .args(["proxy", "-D", "-l", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-s", &main.addr().to_string()])
+                .args(["-b", &backup.addr().to_string()])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("proxy log"))
+                .stderr(out)
+                .spawn()
+                .expect("start keepcached proxy");
+            let mut proxy = Proxy { child, port, log };
+            let answers = wait_for(|| {
+                matches!(proxy.child.try_wait(), Ok(Some(_)))
+                    || Client::connect(proxy.addr())
+                        .and_then(|mut c| c.call("version\r\n"))
+                        .is_ok()
+            });
+            if answers && matches!(proxy.child.try_wait(), Ok(None)) {
+                return proxy;
+            }
+            last = fs::read_to_string(&proxy.log).unwrap_or_default();
+        }
+        panic!("keepcached proxy never answered; its last output:\n{last}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+fn call(client: &mut Client, request: &str) -> String {
+    client
+        .call(request)
+        .unwrap_or_else(|e| panic!("{request:?}: {e}"))
+}
+
+/// `keepcached status ARGS...`, run to its end.
+fn status(args: &[String]) -> Output {
+    Command::new(BIN)
+        .arg("status")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run keepcached status")
+}
+
+/// `status --json ADDRS...`: the report and the exit status.
+fn status_json(addrs: &[String]) -> (Value, Option<i32>) {
+    let mut args = vec!["--json".to_string()];
+    args.extend_from_slice(addrs);
+    let out = status(&args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (report, out.status.code())
+}
+
+/// The entry of `list` (an array of the report) whose target is `target`.
+fn entry<'a>(report: &'a Value, list: &str, target: &str) -> &'a Value {
+    report[list]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["target"] == target))
+        .unwrap_or_else(|| panic!("no {target} in {list}: {report:#}"))
+}
+
+fn backend<'a>(proxy: &'a Value, addr: &str) -> &'a Value {
+    proxy["backends"]
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["addr"] == addr))
+        .unwrap_or_else(|| panic!("no backend {addr}: {proxy:#}"))
+}
+
+/// An address on which nothing listens (a port just released).
+fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port().expect("free port"))
+}
+
+#[test]
+fn status_reports_a_tiers_figures_an_unreachable_address_and_a_killed_backend() {
+    let main = memcached(&[]).expect("start memcached");
+    let mut backup = memcached(&[]).expect("start memcached");
+    let alone = memcached(&["-m", "16"]).expect("start memcached");
+    let proxy = Proxy::start(&main, &backup);
+    // A second proxy over the same servers, as on the VRRP backup host: no client uses it.
+    let standby = Proxy::start(&main, &backup);
+    let s = standby.addr().to_string();
+    let out = status(std::slice::from_ref(&s));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.contains(&format!("PROXY {s}  idle  ")), "{table}");
+    let mut client = Client::connect(proxy.addr()).expect("connect to the proxy");
+    const N: u64 = 20;
+    for i in 0..N {
+        assert_eq!(
+            call(&mut client, &format!("set k{i} 0 0 1\r\nv\r\n")),
+            "STORED\r\n"
+        );
+    }
+    // 15 hits and 5 misses through the proxy.
+    for i in 0..15 {
+        assert!(call(&mut client, &format!("get k{i}\r\n")).starts_with("VALUE"));
+    }
+    for i in 0..5 {
+        assert_eq!(call(&mut client, &format!("get missing{i}\r\n")), "END\r\n");
+    }
+    // On the server alone: 10 items, 6 hits and 2 misses.
+    let mut direct = alone.connect().expect("connect");
+    for i in 0..10 {
+        call(&mut direct, &format!("set a{i} 0 0 3\r\nabc\r\n"));
+    }
+    for i in 0..6 {
+        call(&mut direct, &format!("get a{i}\r\n"));
+    }
+    call(&mut direct, "get none1\r\n");
+    call(&mut direct, "get none2\r\n");
+    drop(direct);
+
+    let [p, m, b, a] =
+        [proxy.addr(), main.addr(), backup.addr(), alone.addr()].map(|a| a.to_string());
+    let dead = dead_addr();
+    let targets = [p.clone(), m.clone(), b.clone(), a.clone(), dead.clone()];
+    let (report, code) = status_json(&targets);
+    assert_eq!(
+        code,
+        Some(1),
+        "an unreachable target makes the exit status 1"
+    );
+
+    let proxy_report = entry(&report, "proxies", &p);
+    assert_eq!(proxy_report["get_hits"], 15, "{report:#}");
+    assert_eq!(proxy_report["get_misses"], 5, "{report:#}");
+    assert_eq!(proxy_report["hit_ratio"], 0.75, "{report:#}");
+    assert_eq!(proxy_report["serving"], true, "{report:#}");
+    for (addr, pool) in [(&m, "main"), (&b, "backup")] {
+        let backend = backend(proxy_report, addr);
+        assert_eq!(backend["pool"], pool, "{report:#}");
+        assert_eq!(backend["state"], "up", "{report:#}");
+        assert!(backend["requests"].as_u64().unwrap() >= N, "{report:#}");
+    }
+    for addr in [&m, &b] {
+        // Every set landed on both servers; the proxy keeps at most its serving heartbeat
+        // (one item) on them besides.
+        let items = entry(&report, "servers", addr)["items"].as_u64().unwrap();
+        assert!(
+            (N..=N + 1).contains(&items),
+            "{addr}: {items} items: {report:#}"
+        );
+    }
+    let alone_report = entry(&report, "servers", &a);
+    assert_eq!(alone_report["items"], 10, "{report:#}");
+    assert_eq!(alone_report["get_hits"], 6, "{report:#}");
+    assert_eq!(alone_report["get_misses"], 2, "{report:#}");
+    assert_eq!(alone_report["hit_ratio"], 0.75, "{report:#}");
+    assert_eq!(alone_report["limit_bytes"], 16 << 20, "{report:#}");
+    assert_eq!(alone_report["evictions"], 0, "{report:#}");
+    assert!(
+        alone_report["connections"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
+    assert!(alone_report["bytes"].as_u64().unwrap() > 0, "{report:#}");
+    let unreachable = entry(&report, "unreachable", &dead);
+    assert!(
+        unreachable["error"].as_str().unwrap().contains("refused"),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["unreachable"].as_array().unwrap().len(),
+        1,
+        "{report:#}"
+    );
+
+    // All reachable: exit 0, and the table says the same.
+    let out = status(&[p.clone(), m.clone(), b.clone()]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    assert!(
+        table.contains(&format!(
+            "PROXY {p}  serving  backends up 2/2  hit ratio 75.0%"
+        )),
+        "{table}"
+    );
+    assert!(!table.contains("UNREACHABLE"), "{table}");
+
+    // The standby proxy sees the serving one's heartbeat on the servers.
+    let mut last = Value::Null;
+    let standing_by = wait_for(|| {
+        let (report, _) = status_json(std::slice::from_ref(&s));
+        let proxy = entry(&report, "proxies", &s);
+        let seen = proxy["serving"] == false && proxy["other_proxy_serving"] == true;
+        last = report;
+        seen
+    });
+    assert!(standing_by, "the unused proxy is not a standby: {last:#}");
+    let table = String::from_utf8_lossy(&status(std::slice::from_ref(&s)).stdout).into_owned();
+    assert!(
+        table.contains(&format!("PROXY {s}  standby (another proxy serves)  ")),
+        "{table}"
+    );
+
+    // The backup dies: the proxy marks it down, and it is unreachable itself.
+    backup.kill();
+    let mut last = Value::Null;
+    let down = wait_for(|| {
+        let (report, code) = status_json(&[p.clone(), b.clone()]);
+        let seen = code == Some(1)
+            && backend(entry(&report, "proxies", &p), &b)["state"] == "down"
+            && entry(&report, "unreachable", &b)["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused"));
+        last = report;
+        seen
+    });
+    assert!(down, "the killed backend is not reported down: {last:#}");
+    let out = status(&[p.clone(), b.clone()]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains(&format!("backup/{b}")))
+        .unwrap_or_else(|| panic!("no backend row for {b}:\n{table}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("down"), "{table}");
+    assert!(table.contains("UNREACHABLE\ntarget"), "{table}");
+}
+
+#[test]
+fn a_bad_address_is_a_usage_error() {
+    for bad in ["localhost", "ftp://h:1", "http://h"] {
+        let out = status(&[bad.to_string()]);
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(bad), "{bad}: {said}");
+    }
+    let out = status(&["--interval".into(), "0".into(), "--watch".into()]);
+    assert_eq!(out.status.code(), Some(64));
+    // Output captured by the test, not a terminal.
+    let out = status(&["--watch".into()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--json"));
+}
+
+/// Collects what arrives on a pseudo-terminal's master side until every slave is closed.
+fn collect(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let mut master = File::from(master);
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // EIO once the child and our copy of the slave are closed.
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+    });
+    bytes
+}
+
+/// How `status --watch` is told to stop.
+#[derive(Debug, Clone, Copy)]
+enum Quit {
+    Key,
+    Signal(nix::sys::signal::Signal),
+}
+
+#[test]
+fn watch_draws_the_tier_in_a_terminal_and_q_gives_it_back() {
+    let main = memcached(&[]).expect("start memcached");
+    let backup = memcached(&[]).expect("start memcached");
+    let proxy = Proxy::start(&main, &backup);
+    watch_until(&proxy, &main, &backup, Quit::Key);
+}
+
+#[test]
+fn watch_gives_the_terminal_back_on_sigterm_and_sighup() {
+    let main = memcached(&[]).expect("start memcached");
+    let backup = memcached(&[]).expect("start memcached");
+    let proxy = Proxy::start(&main, &backup);
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        watch_until(&proxy, &main, &backup, Quit::Signal(signal));
+    }
+}
+
+/// Runs `status --watch` on a pseudo-terminal until it has drawn the tier, stops it with
+/// `quit`, and checks it exits 0 having left the alternate screen.
+fn watch_until(proxy: &Proxy, main: &ServerProcess, backup: &ServerProcess, quit: Quit) {
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let slave = |pty: &nix::pty::OpenptyResult| Stdio::from(pty.slave.try_clone().expect("dup"));
+    // setsid: no controlling terminal, so the terminal it draws on is this pseudo-terminal
+    // (its stdin and stdout), never the one the tests run from.
+    let mut child = Owned(
+        Command::new("setsid")
+            .args([BIN, "status", "--watch", "--interval", "0.2"])
+            .args([
+                proxy.addr().to_string(),
+                main.addr().to_string(),
+                backup.addr().to_string(),
+            ])
+            .stdin(slave(&pty))
+            .stdout(slave(&pty))
+            .stderr(slave(&pty))
+            .spawn()
+            .expect("run status --watch"),
+    );
+    let nix::pty::OpenptyResult {
+        master,
+        slave: own_slave,
+    } = pty;
+    drop(own_slave);
+    let mut keys = File::from(master.try_clone().expect("dup"));
+    let screen = collect(master);
+    let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let drawn = wait_for(|| {
+        let t = text();
+        t.contains("keepcached")
+            && t.contains(&format!("main/{}", main.addr()))
+            && t.contains(&format!("backup/{}", backup.addr()))
+            && t.contains("ops/s")
+    });
+    assert!(drawn, "status --watch did not draw the tier:\n{:?}", text());
+    // The alternate screen was entered; quitting leaves it and exits 0.
+    assert!(text().contains("\u{1b}[?1049h"), "{:?}", text());
+    match quit {
+        Quit::Key => keys.write_all(b"q").expect("press q"),
+        Quit::Signal(signal) => {
+            let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+            nix::sys::signal::kill(pid, signal).expect("signal status --watch");
+        }
+    }
+    let code = wait_exit(&mut child.0);
+    assert_eq!(code, Some(0), "{quit:?}: {:?}", text());
+    assert!(
+        wait_for(|| text().contains("\u{1b}[?1049l")),
+        "the terminal was not given back: {:?}",
+        text()
+    );
+}
+
+/// A child process killed by pid (and reaped) on drop, also when the test fails.
+#[derive(Debug)]
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child) -> Option<i32> {
+    let mut code = None;
+    wait_for(|| match child.try_wait() {
+        Ok(Some(status)) => {
+            code = status.code();
+            true
+        }
+        _ => false,
+    });
+    code
+}
