@@ -112,7 +112,8 @@ fn convert(cli: &Cli) -> Result<String, String> {
         })
         .collect();
     out.push('\n');
-    out.push_str(&text);
+    out.push_str(text.trim_end());
+    out.push('\n');
     Ok(out)
 }
 
