@@ -659,3 +659,18 @@ fn convert_refuses_what_it_cannot_read_with_64() {
         assert!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
     }
 }
+
+#[test]
+fn convert_keeps_a_role_whose_options_are_all_defaults() {
+    let dir = Scratch::new("convert-defaults");
+    let out = run_with_timeout(
+        Command::new(BIN).args(["convert", "--memcached", "-m 64 -p 11211"]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    assert!(out.stdout.ends_with("[server]\n"), "{}", out.stdout);
+    let (status, stderr) = check(&dir.file("server.toml", &out.stdout));
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("configuration OK (server)"), "{stderr}");
+}
