@@ -112,7 +112,8 @@ fn convert(cli: &Cli) -> Result<String, String> {
         })
         .collect();
     out.push('\n');
-    out.push_str(&text);
+    out.push_str(text.trim_end());
+    out.push('\n');
     Ok(out)
 }
 
@@ -351,6 +352,16 @@ fn compact(text: &str, config: &NodeConfig) -> String {
     let mut value: toml::Table = toml::from_str(text).unwrap_or_default();
     let defaults = defaults_for(config);
     strip_defaults(&mut value, &defaults, &[]);
+    // A section all at its defaults still says that its role runs.
+    for (section, present) in [
+        ("server", config.server.is_some()),
+        ("proxy", config.proxy.is_some()),
+        ("vrrp", config.vrrp.is_some()),
+    ] {
+        if present && !value.contains_key(section) {
+            value.insert(section.into(), toml::Value::Table(Default::default()));
+        }
+    }
     toml::to_string(&value).unwrap_or_else(|_| text.to_string())
 }
 

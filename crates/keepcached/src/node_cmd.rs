@@ -9,7 +9,7 @@
 //!
 //! VRRP tracks the proxy and the server in-process, as weight-0 items (FAULT, so the VIP
 //! goes to the other node, while either is down): the proxy is down while none of its cache
-//! servers is up (it could answer no client) or once it stopped, the server once it stopped.
+//! servers answers (it could serve no client) or once it stopped, the server once it stopped.
 //! No script, no connection, nothing that depends on holding the VIP.
 //!
 //! Shutdown (SIGTERM, SIGINT, the server's `shutdown` command with `enable_shutdown`, or a
@@ -240,7 +240,7 @@ fn spawn_role(
     Role { name, stop, task }
 }
 
-/// The proxy's health for VRRP: down while none of its servers is up (it could answer no
+/// The proxy's health for VRRP: down while none of its servers answers (it could serve no
 /// client), and once it stopped.
 async fn following_proxy(mut reach: watch::Receiver<Option<Reach>>, health: watch::Sender<Health>) {
     loop {
@@ -249,7 +249,7 @@ async fn following_proxy(mut reach: watch::Receiver<Option<Reach>>, health: watc
         let now = match *reach.borrow_and_update() {
             Some(Reach { up: 0, servers }) => Health {
                 up: false,
-                why: format!("none of its {servers} cache servers is up"),
+                why: format!("none of its {servers} cache servers answers"),
             },
             _ => Health {
                 up: true,

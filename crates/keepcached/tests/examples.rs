@@ -35,6 +35,31 @@ fn the_seeds_node_files_pass_check() {
             "{}",
             out.stderr
         );
+        // The effective configuration, VRRP's defaults included, loads as it is printed.
+        let print = |path: &Path| {
+            run_with_timeout(
+                Command::new(BIN).args([
+                    "node",
+                    "--print-config",
+                    "--config",
+                    path.to_str().unwrap(),
+                ]),
+                Duration::from_secs(20),
+            )
+            .unwrap()
+        };
+        let printed = print(&path);
+        assert!(
+            printed.stdout.contains("freebind = true"),
+            "{}",
+            printed.stdout
+        );
+        let copy =
+            std::env::temp_dir().join(format!("keepcached-{host}-{}.toml", std::process::id()));
+        std::fs::write(&copy, &printed.stdout).unwrap();
+        let again = print(&copy);
+        let _ = std::fs::remove_file(&copy);
+        assert_eq!(again.stdout, printed.stdout, "{}", again.stderr);
     }
 }
 

@@ -659,3 +659,43 @@ fn convert_refuses_what_it_cannot_read_with_64() {
         assert!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
     }
 }
+
+#[test]
+fn convert_keeps_a_role_whose_options_are_all_defaults() {
+    let dir = Scratch::new("convert-defaults");
+    let out = run_with_timeout(
+        Command::new(BIN).args(["convert", "--memcached", "-m 64 -p 11211"]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    assert!(out.stdout.ends_with("[server]\n"), "{}", out.stdout);
+    let (status, stderr) = check(&dir.file("server.toml", &out.stdout));
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("configuration OK (server)"), "{stderr}");
+}
+
+#[test]
+fn the_servers_shutdown_command_stops_the_whole_node_the_clean_way() {
+    let dir = Scratch::new("shutdown-command");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"))
+        .replace("threads = 2\n", "threads = 2\nenable_shutdown = true\n");
+    let config = dir.file("node.toml", &text);
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[],
+    );
+    let _proxy = wait_accepting(proxy_port, &mut node);
+    let mut server = wait_accepting(server_port, &mut node);
+    server.write_all(b"shutdown\r\n").unwrap();
+    assert_eq!(node.wait(), 0, "{}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains("the cache server stopped: stopping the node"),
+        "{log}"
+    );
+    assert!(log.contains("stopping the proxy"), "{log}");
+    assert!(log.contains("saved 0 items"), "{log}");
+}

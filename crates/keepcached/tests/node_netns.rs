@@ -235,7 +235,7 @@ fn two_nodes_serve_the_vip_and_hand_it_over_cleanly() {
     start_node(&mut t, "h1", &node_toml(100, dead), 2);
     let log = t.wait_log(
         "h1-node-2.log",
-        "local proxy down: none of its 2 cache servers is up",
+        "local proxy down: none of its 2 cache servers answers",
         LIMIT,
     );
     assert!(!log.contains("-> MASTER"), "{log}");

@@ -216,8 +216,9 @@ pub struct Bound {
     metrics: Arc<std::sync::OnceLock<std::sync::Weak<Context>>>,
 }
 
-/// How many of the proxy's servers are up (serving reads and writes), out of how many: what
-/// a process embedding the proxy (`keepcached node`, whose VRRP tracks it) judges it by.
+/// How many of the proxy's servers it reaches (up, or answering while being repaired or
+/// warmed: not down, still connecting or drained by the operator), out of how many: what a
+/// process embedding the proxy (`keepcached node`, whose VRRP tracks it) judges it by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reach {
     pub up: usize,
@@ -423,7 +424,13 @@ async fn following_reach(
     loop {
         let router = ctx.router();
         let now = Reach {
-            up: router.live().filter(|b| b.is_up()).count(),
+            up: router
+                .live()
+                .filter(|b| {
+                    use health::State;
+                    matches!(b.state(), State::Up | State::Suspect | State::Warming)
+                })
+                .count(),
             servers: router.live().count(),
         };
         reach.send_if_modified(|r| r.replace(now) != Some(now));
