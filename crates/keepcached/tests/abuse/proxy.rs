@@ -784,6 +784,9 @@ fn sighup_reloads_the_configuration_and_never_kills_the_proxy() {
         }
     };
 
+    // The port accepts before SIGHUP is handled (until then it is ignored, not fatal): the
+    // first signal waits for the proxy to say it serves.
+    logged(&proxy, "proxy serving", 1);
     kill(pid, Signal::SIGHUP).expect("SIGHUP");
     logged(&proxy, "configuration reloaded: nothing changed", 1);
     proxy.assert_alive();
