@@ -377,7 +377,11 @@ fn a_metrics_address_in_use_fails_before_daemonizing() {
         .arg(format!("--metrics={taken}"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(71),
+        "EX_OSERR, as for the server's own port"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics") && err.contains("in use"), "{err}");
 }
