@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(memcached libmemcached-tools php-cli php-memcached php-memcache nutcracker keepalived python3
-    iproute2 tcpdump python3-prometheus-client)
+    iproute2 tcpdump systemd python3-prometheus-client)
 
 missing=()
 for p in "${packages[@]}"; do

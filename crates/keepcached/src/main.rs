@@ -2,8 +2,11 @@
 //!
 //! Each subcommand is one role with the command line of the program it replaces; see README.md.
 
+mod convert_cmd;
 mod ctl_cmd;
 mod metrics;
+mod node_cmd;
+mod node_config;
 mod process;
 mod proxy_cmd;
 mod server_cmd;
@@ -33,6 +36,10 @@ commands:
   proxy [magent flags]       the replicating proxy, a drop-in for magent (--help for its flags)
   vrrp --config FILE         VIP failover (VRRP), a drop-in for keepalived's VRRP side;
   vrrp --keepalived-conf FILE    reads an existing keepalived.conf
+  node --config FILE         server, proxy and VRRP of one host from one TOML file
+                             (--check, --print-config; docs/node.md)
+  convert [--memcached FLAGS] [--magent FLAGS] [--keepalived-conf FILE]
+                             print the node file equivalent to a classic host's setup
   ctl [--proxy ADDR] CMD     operator commands to a running proxy: backends (states),
                              drain|hold|warm|up SERVER
   up                         a local tier, no config: cache servers on 127.0.0.1:11211 and
@@ -57,6 +64,8 @@ fn main() -> ExitCode {
         "proxy" => proxy_cmd::run(rest),
         "vrrp" => vrrp_cmd::run(rest),
         "ctl" => ctl_cmd::run(rest),
+        "node" => node_cmd::run(rest),
+        "convert" => convert_cmd::run(rest),
         "up" => up(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

@@ -281,6 +281,7 @@ fn lock_parent() -> std::sync::MutexGuard<'static, Option<Parent>> {
 /// it.
 pub fn report_ready(role: &str) -> anyhow::Result<()> {
     tracing::info!("{role} serving, pid {}", std::process::id());
+    service_manager::ready();
     let Some(Parent {
         mut pipe,
         keep_stdio,
@@ -476,6 +477,7 @@ pub fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
             _ = int.recv() => "SIGINT",
         };
         tracing::info!("{name} received: shutting down");
+        service_manager::stopping();
         tx.send_replace(true);
     });
     Ok(rx)
@@ -488,4 +490,66 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the runtime")
+}
+
+/// systemd's service notifications (`Type=notify`), through the sd-notify crate: each role
+/// says READY=1 once it serves ([`report_ready`]), STOPPING=1 when a shutdown begins
+/// ([`shutdown_signal`]), RELOADING=1 then READY=1 around a SIGHUP reload, and WATCHDOG=1 at
+/// half of `WatchdogSec=` while its main runtime runs. Without `NOTIFY_SOCKET` (not started by
+/// systemd) each call does nothing.
+pub mod service_manager {
+    use sd_notify::NotifyState;
+
+    fn send(states: &[NotifyState]) {
+        // A service manager that went away cannot be told anything more; the role serves on.
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!("could not notify the service manager: {e}");
+        }
+    }
+
+    /// READY=1, and the watchdog's pings from then on if the unit asks for them. Called on the
+    /// main runtime, whose stall (the one thread that accepts, handles signals and runs VRRP)
+    /// is what the watchdog should see.
+    pub fn ready() {
+        send(&[NotifyState::Ready]);
+        let mut usec = 0;
+        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let period = std::time::Duration::from_micros(usec / 2);
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        // A reload says READY=1 again; one pinger is enough.
+        STARTED.call_once(|| {
+            tracing::info!(?period, "systemd watchdog enabled: pinging");
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(period);
+                loop {
+                    ticks.tick().await;
+                    send(&[NotifyState::Watchdog]);
+                }
+            });
+        });
+    }
+
+    pub fn stopping() {
+        send(&[NotifyState::Stopping]);
+    }
+
+    /// RELOADING=1 with the time, as `Type=notify-reload` wants it (plain `Type=notify` takes
+    /// it too); [`reloaded`] ends the reload.
+    pub fn reloading() {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => send(&[NotifyState::Reloading, now]),
+            Err(_) => send(&[NotifyState::Reloading]),
+        }
+    }
+
+    /// READY=1 after a reload, whether the new configuration was taken or refused (the
+    /// running one is kept and serves).
+    pub fn reloaded() {
+        send(&[NotifyState::Ready]);
+    }
 }

@@ -115,7 +115,10 @@ fn reload_on_hangup(
                 continue;
             };
             tracing::info!(file = %path.display(), "SIGHUP: reading the configuration again");
-            if tx.send(args.clone().into_config()).await.is_err() {
+            process::service_manager::reloading();
+            let sent = tx.send(args.clone().into_config()).await;
+            process::service_manager::reloaded();
+            if sent.is_err() {
                 return;
             }
         }

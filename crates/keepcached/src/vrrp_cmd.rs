@@ -127,7 +127,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let (reload_tx, reload_rx) = mpsc::channel(1);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match load() {
+                process::service_manager::reloading();
+                let loaded = load();
+                process::service_manager::reloaded();
+                match loaded {
                     Ok((config, warnings)) => {
                         for warning in warnings {
                             tracing::warn!("{warning}");
@@ -152,16 +155,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         // Written once SIGTERM, SIGUSR1 and SIGHUP are handled, as the server and the proxy do,
         // so that a signal sent as soon as it appears meets the handler, not the default action.
         let _pidfile = pidfile.map(process::PidFile::create).transpose()?;
-        keepcached_vrrp::run_published(
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let vrrp = keepcached_vrrp::run_with(
             config,
             async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             },
             report,
             reload_rx,
-            published.0,
-        )
-        .await
-        .context("vrrp")
+            keepcached_vrrp::Embedding {
+                local: Vec::new(),
+                started: Some(started_tx),
+                slots: published.0,
+            },
+        );
+        tokio::pin!(vrrp);
+        // Serving once every instance's sockets are open; a failure before that ends `vrrp`.
+        tokio::select! {
+            done = &mut vrrp => return done.context("vrrp"),
+            Ok(()) = started => process::report_ready("vrrp")?,
+        }
+        vrrp.await.context("vrrp")
     })
 }

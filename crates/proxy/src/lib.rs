@@ -213,7 +213,20 @@ pub struct Bound {
     unix: Option<std::os::unix::net::UnixListener>,
     /// Filled with the running proxy once it serves, for [`ProxyMetrics`].
     metrics: Arc<std::sync::OnceLock<std::sync::Weak<Context>>>,
+    reach: watch::Sender<Option<Reach>>,
 }
+
+/// How many of the proxy's servers it reaches (up, or answering while being repaired or
+/// warmed: not down, still connecting or drained by the operator), out of how many: what a
+/// process embedding the proxy (`keepcached node`, whose VRRP tracks it) judges it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub up: usize,
+    pub servers: usize,
+}
+
+/// How often [`Bound::reach`] is brought up to date: well inside one VRRP advert interval.
+const REACH_EVERY: Duration = Duration::from_millis(100);
 
 /// Validates `config` and binds its listeners without a runtime, so the binary can bind, then
 /// daemonize and drop privileges, and a bind error still reaches the operator's terminal.
@@ -249,6 +262,7 @@ pub fn bind(config: ProxyConfig) -> Result<Bound, ProxyError> {
         tcp,
         unix,
         metrics: Arc::default(),
+        reach: watch::channel(None).0,
     })
 }
 
@@ -258,6 +272,12 @@ impl Bound {
         ProxyMetrics {
             ctx: self.metrics.clone(),
         }
+    }
+
+    /// Follows [`Reach`] while the proxy serves: `None` until it has first met its servers
+    /// (when it starts accepting clients), then updated as their states change.
+    pub fn reach(&self) -> watch::Receiver<Option<Reach>> {
+        self.reach.subscribe()
     }
 
     /// Serves until `shutdown` completes, then stops accepting and gives open connections
@@ -281,6 +301,7 @@ impl Bound {
             tcp,
             unix,
             metrics,
+            reach,
         } = self;
         let tcp = tcp
             .into_iter()
@@ -334,6 +355,7 @@ impl Bound {
         tokio::spawn(reloading(ctx.clone(), reloads, stop_rx.clone()));
         resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;
+        tokio::spawn(following_reach(ctx.clone(), reach, stop_rx.clone()));
         for listener in &tcp {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "proxy listening");
@@ -389,6 +411,33 @@ impl Bound {
             workers.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Keeps `reach` up to date until the proxy stops.
+async fn following_reach(
+    ctx: Arc<Context>,
+    reach: watch::Sender<Option<Reach>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(REACH_EVERY);
+    loop {
+        let router = ctx.router();
+        let now = Reach {
+            up: router
+                .live()
+                .filter(|b| {
+                    use health::State;
+                    matches!(b.state(), State::Up | State::Suspect | State::Warming)
+                })
+                .count(),
+            servers: router.live().count(),
+        };
+        reach.send_if_modified(|r| r.replace(now) != Some(now));
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
     }
 }
 

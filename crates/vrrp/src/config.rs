@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::instance::{Params, PRIORITY_OWNER};
 use crate::packet::{Auth, ChecksumMode, Version};
 
 /// The whole VRRP role: named checks and the virtual routers that track them.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VrrpConfig {
     /// Scripts run periodically (keepalived's vrrp_script), by name.
@@ -35,7 +35,7 @@ pub struct VrrpConfig {
 }
 
 /// One virtual router (keepalived's vrrp_instance).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     pub name: String,
@@ -98,7 +98,7 @@ pub struct InstanceConfig {
     pub notify: Notify,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InitialState {
     #[default]
@@ -106,7 +106,7 @@ pub enum InitialState {
     Master,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Checksum {
     #[default]
@@ -115,7 +115,7 @@ pub enum Checksum {
 }
 
 /// A virtual address, as `ip addr add ADDRESS/PREFIX dev DEV label LABEL`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vip {
     pub address: Cidr,
@@ -127,8 +127,8 @@ pub struct Vip {
 }
 
 /// An IPv4 address with prefix length, written `a.b.c.d/len` (`/32` if omitted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Cidr {
     pub addr: Ipv4Addr,
     pub prefix: u8,
@@ -157,6 +157,12 @@ impl TryFrom<String> for Cidr {
     }
 }
 
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -164,7 +170,7 @@ impl fmt::Display for Cidr {
 }
 
 /// A tracked check or interface; `weight` overrides the check's own.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Track {
     pub name: String,
@@ -173,7 +179,7 @@ pub struct Track {
 }
 
 /// Commands run on transitions, with keepalived's arguments.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
     pub master: Option<String>,
@@ -186,7 +192,7 @@ pub struct Notify {
 
 /// A periodic script (keepalived's vrrp_script). Exit status 0 is success; a
 /// script that cannot be started, times out or is killed counts as a failure.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptCheck {
     /// Program and arguments, split on whitespace (double quotes group words).
@@ -206,7 +212,7 @@ pub struct ScriptCheck {
 
 /// Built-in check: connect to a memcached-protocol endpoint, send `version`,
 /// expect `VERSION ...` within the timeout.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyCheck {
     pub address: SocketAddr,

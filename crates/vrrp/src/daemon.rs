@@ -59,22 +59,39 @@ pub async fn run(
     report: Arc<Notify>,
     reload: mpsc::Receiver<VrrpConfig>,
 ) -> Result<(), Error> {
-    run_published(config, shutdown, report, reload, Slots::default()).await
+    run_with(config, shutdown, report, reload, Embedding::default()).await
 }
 
-/// [`run`], publishing every instance's status into `slots` (which the caller reads, for the
-/// metrics endpoint: [`crate::metrics::VrrpMetrics`]).
-pub async fn run_published(
+/// What the process that runs the VRRP role adds to its configuration.
+#[derive(Debug, Default)]
+pub struct Embedding {
+    /// Health sources every instance tracks besides what the configuration names (they are no
+    /// part of it, so a reload keeps them).
+    pub local: Vec<track::Local>,
+    /// Told once every instance's sockets are open and the instances run: the role serves.
+    pub started: Option<oneshot::Sender<()>>,
+    /// Where every instance publishes its status after each event; the caller may read it
+    /// (the metrics endpoint: [`crate::metrics::VrrpMetrics`]).
+    pub slots: Slots,
+}
+
+/// [`run`], with what the embedding process adds.
+pub async fn run_with(
     config: VrrpConfig,
     shutdown: impl Future<Output = ()>,
     report: Arc<Notify>,
     mut reload: mpsc::Receiver<VrrpConfig>,
-    slots: Slots,
+    embedding: Embedding,
 ) -> Result<(), Error> {
     config.validate()?;
+    let local: Vec<(Key, i32)> = embedding
+        .local
+        .iter()
+        .map(|l| (l.key(), l.weight))
+        .collect();
     let mut runners = Vec::new();
     for i in &config.instances {
-        runners.push(Runner::open(&config, i.clone())?);
+        runners.push(Runner::open(&config, &local, i.clone())?);
     }
     // Every socket of the configuration is open. CAP_NET_RAW stays, because a
     // reload may add an instance, which needs a socket of its own.
@@ -86,7 +103,20 @@ pub async fn run_published(
         ),
         Err(e) => tracing::warn!("could not drop capabilities: {e}"),
     }
-    let (status_tx, status_rx) = watch::channel(Status::new());
+    // The local sources' states are in the status before any instance starts: an item not
+    // yet there counts as up, and a node whose proxy is down must not start as master.
+    let mut status = Status::new();
+    for l in &embedding.local {
+        let h = l.health.borrow().clone();
+        status.insert(l.key(), h);
+    }
+    let (status_tx, status_rx) = watch::channel(status);
+    let locals = embedding
+        .local
+        .into_iter()
+        .map(|l| tokio::spawn(track::local_task(l, status_tx.clone())))
+        .collect();
+    let slots = embedding.slots;
     let reporter = tokio::spawn(status::report_task(
         Arc::clone(&slots),
         config.status_file.clone(),
@@ -102,10 +132,17 @@ pub async fn run_published(
         report,
         next_id: 0,
         config,
+        local,
+        locals,
     };
-    daemon.checks.update(&daemon.config, &daemon.status_tx);
+    daemon
+        .checks
+        .update(&daemon.config, &daemon.local, &daemon.status_tx);
     for r in runners {
         daemon.spawn(r);
+    }
+    if let Some(started) = embedding.started {
+        let _ = started.send(());
     }
     tokio::pin!(shutdown);
     loop {
@@ -129,6 +166,9 @@ struct Daemon {
     reporter: JoinHandle<()>,
     report: Arc<Notify>,
     next_id: u64,
+    /// The embedding process's health sources ([`Embedding::local`]) and their tasks.
+    local: Vec<(Key, i32)>,
+    locals: Vec<JoinHandle<()>>,
 }
 
 /// One running instance, seen from the daemon.
@@ -219,9 +259,9 @@ impl Daemon {
             let old = self.handles.iter().position(|h| same_router(&h.cfg, cfg));
             let prepared = match old {
                 Some(k) if same_socket(&self.handles[k].cfg, cfg) => {
-                    prepare(&new, cfg).map(|u| updates[k] = Some(u))
+                    prepare(&new, &self.local, cfg).map(|u| updates[k] = Some(u))
                 }
-                _ => Runner::open(&new, cfg.clone()).map(|r| {
+                _ => Runner::open(&new, &self.local, cfg.clone()).map(|r| {
                     if let Some(k) = old {
                         replaced[k] = true;
                     }
@@ -233,7 +273,7 @@ impl Daemon {
                 return;
             }
         }
-        self.checks.update(&new, &self.status_tx);
+        self.checks.update(&new, &self.local, &self.status_tx);
         let mut leaving = Vec::new();
         let mut replacing = Vec::new();
         for ((mut h, update), replaced) in std::mem::take(&mut self.handles)
@@ -282,6 +322,9 @@ impl Daemon {
         )
         .await;
         self.checks.stop_all();
+        for task in self.locals.drain(..) {
+            task.abort();
+        }
         self.reporter.abort();
         status::write_final(&self.slots, self.config.status_file.as_deref());
     }
@@ -306,10 +349,14 @@ async fn stop(handles: impl IntoIterator<Item = Handle>, why: Stop, slots: &Slot
 
 /// What a running instance needs from a new configuration besides the
 /// configuration itself: its addresses' interfaces, and tracked items.
-fn prepare(config: &VrrpConfig, cfg: &InstanceConfig) -> Result<Update, Error> {
+fn prepare(
+    config: &VrrpConfig,
+    local: &[(Key, i32)],
+    cfg: &InstanceConfig,
+) -> Result<Update, Error> {
     Ok(Update {
         vip_ifindex: vip_interfaces(cfg)?,
-        tracked: tracked(config, cfg),
+        tracked: tracked(config, local, cfg),
         cfg: cfg.clone(),
     })
 }
@@ -345,8 +392,9 @@ fn vip_interfaces(cfg: &InstanceConfig) -> Result<Vec<u32>, Error> {
     Ok(vip_ifindex)
 }
 
-/// Tracked items of one instance and their weights.
-fn tracked(config: &VrrpConfig, cfg: &InstanceConfig) -> Vec<(Key, i32)> {
+/// Tracked items of one instance and their weights: the configuration's, then the embedding
+/// process's `local` sources.
+fn tracked(config: &VrrpConfig, local: &[(Key, i32)], cfg: &InstanceConfig) -> Vec<(Key, i32)> {
     let mut tracked = Vec::new();
     let weights = cfg.weights_apply();
     let w = |override_: Option<i32>, default: i32| {
@@ -374,6 +422,9 @@ fn tracked(config: &VrrpConfig, cfg: &InstanceConfig) -> Vec<(Key, i32)> {
     if cfg.track_primary_interface {
         tracked.push((Key::Interface(cfg.interface.clone()), 0));
     }
+    for (key, weight) in local {
+        tracked.push((key.clone(), if weights { *weight } else { 0 }));
+    }
     tracked
 }
 
@@ -396,7 +447,12 @@ impl Checks {
     /// Makes the running checks those `config` needs: unchanged ones keep
     /// running (and their state), changed ones restart, others stop and
     /// leave the shared status.
-    fn update(&mut self, config: &VrrpConfig, status: &watch::Sender<Status>) {
+    fn update(
+        &mut self,
+        config: &VrrpConfig,
+        local: &[(Key, i32)],
+        status: &watch::Sender<Status>,
+    ) {
         let mut wanted: BTreeMap<Key, Spec> = BTreeMap::new();
         for (name, s) in &config.script {
             wanted.insert(Key::Script(name.clone()), Spec::Script(s.clone()));
@@ -405,7 +461,7 @@ impl Checks {
             wanted.insert(Key::Proxy(name.clone()), Spec::Proxy(p.clone()));
         }
         for i in &config.instances {
-            for (key, _) in tracked(config, i) {
+            for (key, _) in tracked(config, local, i) {
                 if let Key::Interface(_) = key {
                     wanted.insert(key, Spec::Interface);
                 }
@@ -485,7 +541,11 @@ enum Wake {
 }
 
 impl Runner {
-    fn open(config: &VrrpConfig, cfg: InstanceConfig) -> Result<Runner, Error> {
+    fn open(
+        config: &VrrpConfig,
+        local: &[(Key, i32)],
+        cfg: InstanceConfig,
+    ) -> Result<Runner, Error> {
         let ifindex = interface_index(&cfg.interface)
             .map_err(io_error(&cfg, format!("interface {}", cfg.interface)))?;
         let vips: Vec<Ipv4Addr> = cfg.vips.iter().map(|v| v.address.addr).collect();
@@ -511,7 +571,7 @@ impl Runner {
         Ok(Runner {
             machine: Instance::new(cfg.params(source)),
             mode: cfg.checksum_mode(),
-            tracked: tracked(config, &cfg),
+            tracked: tracked(config, local, &cfg),
             cfg,
             source,
             socket,
@@ -931,6 +991,7 @@ mod tests {
                 "[script.ok]\ncommand = \"true\"\ninterval = 0.05\n\
                  [proxy_check.gone]\naddress = \"127.0.0.1:1\"\ninterval = 0.05\n",
             ),
+            &[],
             &tx,
         );
         wait_for(&mut rx, |s| {
@@ -948,6 +1009,7 @@ mod tests {
                 "[script.ok]\ncommand = \"true\"\ninterval = 0.05\n\
                  [script.new]\ncommand = \"false\"\ninterval = 0.05\n",
             ),
+            &[],
             &tx,
         );
         assert!(!rx.borrow().contains_key(&gone));
@@ -962,6 +1024,7 @@ mod tests {
                 "[script.ok]\ncommand = \"true\"\ninterval = 0.1\n\
                  [script.new]\ncommand = \"false\"\ninterval = 0.05\n",
             ),
+            &[],
             &tx,
         );
         assert_ne!(checks.tasks[&ok].1.id(), kept, "changed: restarted");

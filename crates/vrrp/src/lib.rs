@@ -40,5 +40,5 @@ mod sys;
 pub mod track;
 
 pub use config::{ConfError, VrrpConfig};
-pub use daemon::{run, run_published, Error};
+pub use daemon::{run, run_with, Embedding, Error};
 pub use keepalived_conf::{parse_keepalived_conf, Warning};

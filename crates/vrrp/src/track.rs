@@ -27,6 +27,8 @@ pub enum Key {
     Script(String),
     Proxy(String),
     Interface(String),
+    /// A health source of the process that runs this VRRP role (see [`Local`]).
+    Local(String),
 }
 
 impl fmt::Display for Key {
@@ -35,6 +37,7 @@ impl fmt::Display for Key {
             Key::Script(name) => write!(f, "script `{name}`"),
             Key::Proxy(name) => write!(f, "proxy check `{name}`"),
             Key::Interface(name) => write!(f, "interface {name}"),
+            Key::Local(name) => write!(f, "local {name}"),
         }
     }
 }
@@ -244,6 +247,50 @@ pub async fn proxy_answers(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// A health source in the process that embeds the VRRP role (`keepcached node`: its own proxy
+/// and cache server), tracked by every instance with `weight` (0: FAULT while it is down), as
+/// a script would be but with no process to start and no connection to make: its state comes
+/// straight from the role it describes, whether or not this host holds the VIP.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub name: String,
+    pub weight: i32,
+    pub health: watch::Receiver<Health>,
+}
+
+impl Local {
+    pub fn key(&self) -> Key {
+        Key::Local(self.name.clone())
+    }
+}
+
+/// Follows a [`Local`] source forever, logging each change with its cause. A source whose
+/// sender is gone (its role ended) is down.
+pub async fn local_task(local: Local, status: watch::Sender<Status>) {
+    let key = local.key();
+    let mut health = local.health;
+    let mut was_up = true;
+    loop {
+        let now = health.borrow_and_update().clone();
+        if now.up != was_up {
+            if now.up {
+                tracing::info!("{key} up again");
+            } else {
+                tracing::warn!("{key} down: {}", now.why);
+            }
+            was_up = now.up;
+        }
+        publish(&status, &key, now.up, &now.why);
+        if health.changed().await.is_err() {
+            if was_up {
+                tracing::warn!("{key} down: it stopped");
+            }
+            publish(&status, &key, false, "it stopped");
+            return;
+        }
+    }
+}
+
 /// How often interface state is read; keepalived reacts to netlink events,
 /// a 100 ms poll keeps the reaction well inside one advert interval.
 const LINK_POLL: Duration = Duration::from_millis(100);
@@ -339,6 +386,52 @@ mod tests {
             run_script(&["sleep".into(), "5".into()], Duration::from_millis(50)).await,
             Err("timed out after 50ms".into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_local_source_is_published_as_it_changes_and_down_once_gone() {
+        let (source, health) = watch::channel(Health {
+            up: true,
+            why: String::new(),
+        });
+        let (tx, mut rx) = watch::channel(Status::new());
+        let key = Key::Local("proxy".into());
+        let task = tokio::spawn(local_task(
+            Local {
+                name: "proxy".into(),
+                weight: 0,
+                health,
+            },
+            tx,
+        ));
+        rx.wait_for(|s| s.get(&key).is_some_and(|h| h.up))
+            .await
+            .unwrap();
+        source.send_replace(Health {
+            up: false,
+            why: "no server reachable".into(),
+        });
+        let down = rx
+            .wait_for(|s| s.get(&key).is_some_and(|h| !h.up))
+            .await
+            .unwrap()[&key]
+            .clone();
+        assert_eq!(down.why, "no server reachable");
+        source.send_replace(Health {
+            up: true,
+            why: String::new(),
+        });
+        rx.wait_for(|s| s.get(&key).is_some_and(|h| h.up))
+            .await
+            .unwrap();
+        drop(source);
+        let gone = rx
+            .wait_for(|s| s.get(&key).is_some_and(|h| !h.up))
+            .await
+            .unwrap()[&key]
+            .clone();
+        assert_eq!(gone.why, "it stopped");
+        task.await.unwrap();
     }
 
     #[tokio::test]

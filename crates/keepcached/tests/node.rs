@@ -1,0 +1,701 @@
+//! `keepcached node --config FILE` on loopback: the server and the proxy of one host from one
+//! file, a write through the proxy landing on the server, the save at SIGTERM; `--check` and
+//! `--print-config`; systemd's notifications (READY=1 only once the ports accept,
+//! STOPPING=1 at SIGTERM) for the node and for each standalone role.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keepcached_testkit::free_port;
+use keepcached_testkit::process::run_with_timeout;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A scratch directory for one test, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("keepcached-node-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (by pid) and reaped on drop, its output in a log file.
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn start(args: &[&str], log: PathBuf, env: &[(&str, &Path)]) -> Running {
+        let mut command = Command::new(BIN);
+        command.args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Running::spawn(&mut command, log)
+    }
+
+    fn spawn(command: &mut Command, log: PathBuf) -> Running {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Running { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the exit; its status code.
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until `port` on 127.0.0.1 accepts a connection.
+fn wait_accepting(port: u16, process: &mut Running) -> TcpStream {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            return s;
+        }
+        if let Some(status) = process.child.try_wait().unwrap() {
+            panic!("exited with {status}:\n{}", process.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} never accepted:\n{}",
+            process.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `request` and reads lines until one equals `last`.
+fn call(stream: &mut TcpStream, request: &str, last: &str) -> String {
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "closed after {reply:?}"
+        );
+        reply.push_str(&line);
+        if line.trim_end() == last {
+            return reply;
+        }
+    }
+}
+
+/// Sends `request` and reads one line.
+fn one_line(stream: &mut TcpStream, request: &str) -> String {
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+fn node_toml(server_port: u16, proxy_port: u16, save: &Path) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1\"]\nport = {server_port}\nmemory_limit = \"16m\"\n\
+         threads = 2\nmax_connections = 64\nsave_file = \"{}\"\n\n\
+         [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nthreads = 1\n\
+         pools = [{{ name = \"main\", servers = [\"127.0.0.1:{server_port}\"] }}]\n",
+        save.display()
+    )
+}
+
+#[test]
+fn a_set_through_the_proxy_lands_on_the_server_and_is_saved_at_sigterm() {
+    let dir = Scratch::new("serve");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let save = dir.0.join("cache.dat");
+    let config = dir.file("node.toml", &node_toml(server_port, proxy_port, &save));
+    let config = config.to_str().unwrap();
+    let mut node = Running::start(&["node", "--config", config], dir.0.join("log"), &[]);
+    let mut proxy = wait_accepting(proxy_port, &mut node);
+    // The proxy may still be meeting its server: a write it cannot place yet is refused, so
+    // poll until one is stored.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = one_line(&mut proxy, "set seed 0 0 5\r\nnihao\r\n");
+        let reply = reply.trim_end();
+        if reply == "STORED" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never stored: {reply}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut server = wait_accepting(server_port, &mut node);
+    assert_eq!(
+        call(&mut server, "get seed\r\n", "END"),
+        "VALUE seed 0 5\r\nnihao\r\nEND\r\n",
+        "the write reached the node's own server"
+    );
+    drop((proxy, server));
+    node.signal(Signal::SIGTERM);
+    assert_eq!(node.wait(), 0, "{}", node.log());
+    let log = node.log();
+    let proxy_stop = log.find("stopping the proxy").expect(&log);
+    let server_stop = log.find("stopping the cache server").expect(&log);
+    assert!(
+        proxy_stop < server_stop,
+        "the proxy drains before the server stops:\n{log}"
+    );
+    assert!(log.contains("saved 1 items"), "{log}");
+    // The saved item comes back with the next start.
+    let mut node = Running::start(&["node", "--config", config], dir.0.join("log2"), &[]);
+    let mut server = wait_accepting(server_port, &mut node);
+    assert_eq!(
+        call(&mut server, "get seed\r\n", "END"),
+        "VALUE seed 0 5\r\nnihao\r\nEND\r\n"
+    );
+}
+
+fn check(config: &Path) -> (i32, String) {
+    let out = run_with_timeout(
+        Command::new(BIN).args(["node", "--check", "--config", config.to_str().unwrap()]),
+        WAIT,
+    )
+    .unwrap();
+    (out.status.and_then(|s| s.code()).unwrap_or(-1), out.stderr)
+}
+
+#[test]
+fn check_refuses_bad_files_with_64_naming_file_and_key() {
+    let dir = Scratch::new("check");
+    let port = free_port().unwrap();
+    let cases = [
+        (
+            "[server]\nport = 1\ncolour = \"red\"\n",
+            "line 3: server.colour: unknown field `colour`",
+        ),
+        (
+            "[server]\nthreads = 0\n",
+            "server.threads: Number of threads must be greater than 0",
+        ),
+        (
+            "[server]\nmemory_limit = \"lots\"\n",
+            "server.memory_limit: invalid memory limit: lots",
+        ),
+        ("[proxy]\npools = []\n", "proxy.pools: no pools"),
+        ("[vrrp]\n", "vrrp.instance: no instance configured"),
+        ("[server]\nport = ", "line 2: server.port: "),
+        ("", "nothing to run"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.file(&format!("bad{i}.toml"), text);
+        let (status, stderr) = check(&path);
+        assert_eq!(status, 64, "{text:?}: {stderr}");
+        let named = format!("{}: ", path.display());
+        assert!(
+            stderr.contains(&named),
+            "{text:?} should name the file: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{text:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    let missing = dir.0.join("missing.toml");
+    let (status, stderr) = check(&missing);
+    assert_eq!(status, 64, "{stderr}");
+    assert!(stderr.contains("missing.toml: cannot read"), "{stderr}");
+    // Nothing was bound: a bad file leaves the port free.
+    let bad = dir.file(
+        "late.toml",
+        &format!("[server]\nport = {port}\n[proxy]\npools = []\n"),
+    );
+    let out = run_with_timeout(
+        Command::new(BIN).args(["node", "--config", bad.to_str().unwrap()]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(64),
+        "{}",
+        out.stderr
+    );
+    assert!(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+}
+
+#[test]
+fn print_config_shows_every_default_and_its_output_passes_check() {
+    let dir = Scratch::new("print");
+    let text = node_toml(11311, 12000, &dir.0.join("cache.dat"));
+    let config = dir.file("node.toml", &text);
+    let out = run_with_timeout(
+        Command::new(BIN).args([
+            "node",
+            "--print-config",
+            "--config",
+            config.to_str().unwrap(),
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    for default in [
+        "udp_port = 0",
+        "max_item_size = \"1m\"",
+        "drain_timeout_ms = 5000",
+        "[proxy.backend]",
+        "write_ack = \"all\"",
+    ] {
+        assert!(
+            out.stdout.contains(default),
+            "{default} missing from:\n{}",
+            out.stdout
+        );
+    }
+    let printed = dir.file("printed.toml", &out.stdout);
+    let (status, stderr) = check(&printed);
+    assert_eq!(status, 0, "{stderr}\n{}", out.stdout);
+    let again = run_with_timeout(
+        Command::new(BIN).args([
+            "node",
+            "--print-config",
+            "--config",
+            printed.to_str().unwrap(),
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(again.stdout, out.stdout, "printing is a fixed point");
+}
+
+/// systemd's side of `Type=notify`: a datagram socket the process writes to.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn new(dir: &Scratch) -> NotifySocket {
+        let path = dir.0.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        NotifySocket { socket, path }
+    }
+
+    /// The next message, if one arrives within 50 ms.
+    fn poll(&self) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        self.socket
+            .recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Waits for a message containing `line`; every message seen before it.
+    fn wait_for(&self, line: &str, process: &mut Running) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            if let Some(message) = self.poll() {
+                let found = message.lines().any(|l| l == line);
+                seen.push(message);
+                if found {
+                    return seen;
+                }
+                continue;
+            }
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!(
+                    "exited with {status} before {line}; saw {seen:?}:\n{}",
+                    process.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line}; saw {seen:?}:\n{}",
+                process.log()
+            );
+        }
+    }
+}
+
+/// Whether 127.0.0.1:port accepts a connection now.
+fn accepts(port: u16) -> bool {
+    TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+/// Starts `args` with NOTIFY_SOCKET set, asserts READY=1 arrives and that every port in
+/// `ports` accepts by then, then SIGTERM and STOPPING=1.
+fn notifies_ready_then_stopping(name: &str, args: &[&str], ports: &[u16]) {
+    let dir = Scratch::new(name);
+    let notify = NotifySocket::new(&dir);
+    let mut process = Running::start(args, dir.0.join("log"), &[("NOTIFY_SOCKET", &notify.path)]);
+    notify.wait_for("READY=1", &mut process);
+    for &port in ports {
+        assert!(
+            accepts(port),
+            "{name}: READY=1 before port {port} accepts:\n{}",
+            process.log()
+        );
+    }
+    process.signal(Signal::SIGTERM);
+    notify.wait_for("STOPPING=1", &mut process);
+    assert_eq!(process.wait(), 0, "{}", process.log());
+}
+
+#[test]
+fn every_role_tells_systemd_ready_once_it_accepts_and_stopping_at_sigterm() {
+    let dir = Scratch::new("notify-files");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.file(
+        "node.toml",
+        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
+    );
+    notifies_ready_then_stopping(
+        "notify-node",
+        &["node", "--config", config.to_str().unwrap()],
+        &[server_port, proxy_port],
+    );
+    let port = free_port().unwrap().to_string();
+    notifies_ready_then_stopping(
+        "notify-server",
+        &[
+            "server",
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "0",
+        ],
+        &[port.parse().unwrap()],
+    );
+    let backend = free_port().unwrap();
+    let port = free_port().unwrap().to_string();
+    notifies_ready_then_stopping(
+        "notify-proxy",
+        &[
+            "proxy",
+            "-D",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-s",
+            &format!("127.0.0.1:{backend}"),
+        ],
+        &[port.parse().unwrap()],
+    );
+}
+
+/// Polls until the process's log contains `needle`.
+fn wait_log(process: &mut Running, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = process.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_hands_the_proxy_its_new_section_between_reloading_and_ready() {
+    let dir = Scratch::new("notify-reload");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
+    let config = dir.file("node.toml", &text);
+    let notify = NotifySocket::new(&dir);
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[("NOTIFY_SOCKET", &notify.path)],
+    );
+    notify.wait_for("READY=1", &mut node);
+    // A proxy setting that changes while running, and a server one that needs a restart.
+    let changed = text
+        .replace("threads = 1\n", "threads = 1\ndrain_timeout_ms = 1234\n")
+        .replace("max_connections = 64", "max_connections = 65");
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).unwrap();
+    node.signal(Signal::SIGHUP);
+    notify.wait_for("RELOADING=1", &mut node);
+    notify.wait_for("READY=1", &mut node);
+    let log = wait_log(&mut node, "configuration change applied");
+    assert!(log.contains("drain_timeout_ms"), "{log}");
+    assert!(log.contains("[server] changed"), "{log}");
+    // A file that no longer loads is logged and the running configuration kept.
+    std::fs::write(&config, "[server]\nthreads = 0\n").unwrap();
+    node.signal(Signal::SIGHUP);
+    let log = wait_log(&mut node, "configuration not reloaded");
+    assert!(log.contains("server.threads: Number of threads"), "{log}");
+    let mut proxy = wait_accepting(proxy_port, &mut node);
+    assert!(one_line(&mut proxy, "version\r\n").starts_with("VERSION "));
+    node.signal(Signal::SIGTERM);
+    assert_eq!(node.wait(), 0, "{}", node.log());
+}
+
+#[test]
+fn watchdog_pings_come_at_half_the_interval_systemd_asks_for() {
+    let dir = Scratch::new("watchdog");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.file(
+        "node.toml",
+        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
+    );
+    let notify = NotifySocket::new(&dir);
+    // As systemd starts it: WATCHDOG_PID names the service's own pid (exec keeps the shell's).
+    let mut node = Running::spawn(
+        Command::new("sh")
+            .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+            .args([BIN, "node", "--config", config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("WATCHDOG_USEC", "200000"),
+        dir.0.join("log"),
+    );
+    notify.wait_for("READY=1", &mut node);
+    for _ in 0..3 {
+        notify.wait_for("WATCHDOG=1", &mut node);
+    }
+    node.signal(Signal::SIGTERM);
+    assert_eq!(node.wait(), 0, "{}", node.log());
+}
+
+#[test]
+fn daemon_mode_exits_0_once_serving_and_removes_its_pid_file_at_sigterm() {
+    let dir = Scratch::new("daemon");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.file(
+        "node.toml",
+        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
+    );
+    let pidfile = dir.0.join("node.pid");
+    let log = dir.0.join("node.log");
+    let out = run_with_timeout(
+        Command::new(BIN).args([
+            "node",
+            "-d",
+            "--config",
+            config.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Whatever happens below, the daemon does not outlive the test.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+    let _reap = Reap(pid);
+    assert!(
+        accepts(server_port) && accepts(proxy_port),
+        "serving when -d returns"
+    );
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while pidfile.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pid file goes just before the last line.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("node serving") && text.contains("INFO keepcached::process: stopped") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `keepcached convert` on the seed's own configuration of host `n`.
+fn convert_seed(n: u32) -> keepcached_testkit::CommandOutput {
+    let conf = format!(
+        "{}/../vrrp/tests/fixtures/seed-memcached{n}.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    run_with_timeout(
+        Command::new(BIN).args([
+            "convert",
+            "--memcached",
+            "-d -m 32m -p11211 -u root",
+            "--magent",
+            "-u root -n 51200 -l 192.168.111.100 -p 12000 -s 192.168.111.4:11211 -b 192.168.111.5:11211",
+            "--keepalived-conf",
+            &conf,
+        ]),
+        WAIT,
+    )
+    .unwrap()
+}
+
+#[test]
+fn convert_turns_the_seeds_hosts_into_node_files_that_pass_check() {
+    let dir = Scratch::new("convert");
+    for (n, priority) in [(1, 100), (2, 99)] {
+        let out = convert_seed(n);
+        assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+        let text = &out.stdout;
+        for expected in [
+            "memory_limit = 32\n",
+            "listen = [\"192.168.111.100:12000\"]",
+            "max_connections = 51200",
+            "servers = [\"192.168.111.4:11211\"]",
+            "servers = [\"192.168.111.5:11211\"]",
+            &format!("priority = {priority}\n"),
+            "auth_pass = \"1111\"",
+            "address = \"192.168.111.100/32\"",
+            "label = \"ens32:2\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
+        // The magent script is gone, replaced by in-process tracking, and the file says so.
+        assert!(!text.contains("/opt/magent.sh\""), "{text}");
+        assert!(!text.contains("track_script"), "{text}");
+        assert!(
+            text.contains("# vrrp_script check_m (/opt/magent.sh) managed or checked magent: dropped. In a node, VRRP tracks the proxy and the cache server in-process"),
+            "{text}"
+        );
+        let path = dir.file(&format!("converted{n}.toml"), text);
+        let (status, stderr) = check(&path);
+        assert_eq!(status, 0, "{stderr}\n{text}");
+    }
+}
+
+#[test]
+fn convert_refuses_what_it_cannot_read_with_64() {
+    for args in [
+        vec!["convert"],
+        vec!["convert", "--magent", "-s"],
+        vec!["convert", "--memcached", "-m lots"],
+        vec![
+            "convert",
+            "--keepalived-conf",
+            "/nonexistent/keepalived.conf",
+        ],
+    ] {
+        let out = run_with_timeout(Command::new(BIN).args(&args), WAIT).unwrap();
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(64),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
+    }
+}
+
+#[test]
+fn convert_keeps_a_role_whose_options_are_all_defaults() {
+    let dir = Scratch::new("convert-defaults");
+    let out = run_with_timeout(
+        Command::new(BIN).args(["convert", "--memcached", "-m 64 -p 11211"]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    assert!(out.stdout.ends_with("[server]\n"), "{}", out.stdout);
+    let (status, stderr) = check(&dir.file("server.toml", &out.stdout));
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("configuration OK (server)"), "{stderr}");
+}
+
+#[test]
+fn the_servers_shutdown_command_stops_the_whole_node_the_clean_way() {
+    let dir = Scratch::new("shutdown-command");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"))
+        .replace("threads = 2\n", "threads = 2\nenable_shutdown = true\n");
+    let config = dir.file("node.toml", &text);
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[],
+    );
+    let _proxy = wait_accepting(proxy_port, &mut node);
+    let mut server = wait_accepting(server_port, &mut node);
+    server.write_all(b"shutdown\r\n").unwrap();
+    assert_eq!(node.wait(), 0, "{}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains("the cache server stopped: stopping the node"),
+        "{log}"
+    );
+    assert!(log.contains("stopping the proxy"), "{log}");
+    assert!(log.contains("saved 0 items"), "{log}");
+}
