@@ -65,6 +65,7 @@ fn convert(cli: &Cli) -> Result<String, String> {
     let mut notes =
         vec!["keepcached node configuration, written by `keepcached convert` from:".to_string()];
     let mut config = NodeConfig {
+        metrics: None,
         server: None,
         proxy: None,
         vrrp: None,

@@ -20,14 +20,15 @@ pub fn check(addr: Option<&str>) -> Result<(), UsageError> {
     }
 }
 
-/// Binds `--metrics`, if given.
+/// Binds `--metrics`, if given (checked with [`check`]): an address in use exits 71, as the
+/// role's own listeners do.
 pub fn bind(addr: Option<&str>) -> anyhow::Result<Option<Endpoint>> {
-    addr.map(|addr| {
-        Endpoint::bind(addr)
-            .map_err(anyhow::Error::msg)
-            .context("--metrics")
-    })
-    .transpose()
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let addr =
+        keepcached_metrics::parse_addr(addr).map_err(|e| UsageError(format!("--metrics {e}")))?;
+    Ok(Some(Endpoint::bind(addr).context("--metrics")?))
 }
 
 /// Serves `collectors` on `endpoint` until `shutdown` turns true. Call it on the role's

@@ -141,6 +141,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .clone()
         .map(keepcached_proxy::bind)
         .transpose()?;
+    let metrics = crate::metrics::bind(config.metrics.as_deref())?;
     if cli.daemon {
         process::daemonize(cli.verbose > 0)?;
     }
@@ -157,7 +158,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // The pid file is kept until the save is done.
     let mut pidfile = None;
     let served = runtime.block_on(async {
-        let roles = Roles::start(config, server, proxy, &path)?;
+        let roles = Roles::start(config, server, proxy, metrics, &path)?;
         pidfile = pidfile_path.map(process::PidFile::create).transpose()?;
         roles.serve().await
     });
@@ -280,14 +281,24 @@ impl Roles {
         config: NodeConfig,
         server: Option<(Arc<Server>, Listeners)>,
         proxy: Option<keepcached_proxy::Bound>,
+        metrics: Option<keepcached_metrics::Endpoint>,
         path: &std::path::Path,
     ) -> anyhow::Result<Roles> {
         let shutdown = process::shutdown_signal()?;
+        // Every role's collector, for one endpoint; made only with `metrics` (the server's
+        // turns on its per-request latency clock).
+        let mut collectors: Vec<Box<dyn keepcached_metrics::Collector>> = Vec::new();
+        let vrrp_metrics = keepcached_vrrp::metrics::VrrpMetrics::default();
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut local = Vec::new();
         let server = match server {
             Some((server, listeners)) => {
                 on_save_signal(&server)?;
+                if metrics.is_some() {
+                    collectors.push(Box::new(keepcached_server::metrics::ServerMetrics::new(
+                        server.clone(),
+                    )));
+                }
                 let (health, rx) = healthy();
                 local.push(Local {
                     name: "cache server".into(),
@@ -318,6 +329,7 @@ impl Roles {
         let (proxy_reload, proxy_reloads) = mpsc::channel(1);
         let proxy = match proxy {
             Some(bound) => {
+                collectors.push(Box::new(bound.metrics()));
                 let (health, rx) = healthy();
                 local.push(Local {
                     name: "proxy".into(),
@@ -357,7 +369,7 @@ impl Roles {
                     keepcached_vrrp::Embedding {
                         local,
                         started: Some(started_tx),
-                        slots: Default::default(),
+                        slots: vrrp_metrics.0.clone(),
                     },
                 );
                 let task = async move { task.await.context("vrrp") };
@@ -368,6 +380,12 @@ impl Roles {
             }
             None => (None, None),
         };
+        if vrrp.is_some() {
+            collectors.push(Box::new(vrrp_metrics));
+        }
+        if let Some(endpoint) = metrics {
+            crate::metrics::spawn(endpoint, collectors, shutdown.clone());
+        }
         on_status_signal(vrrp.is_some().then_some(report))?;
         reload_on_hangup(
             path.to_path_buf(),

@@ -27,6 +27,10 @@ use crate::server_cmd;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// `ADDR:PORT`: every role's Prometheus metrics on one listener (docs/metrics.md). Before
+    /// the sections, as TOML needs its top-level keys to be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,6 +325,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Node, Problem> {
     }
     if let (Some(plan), Some(proxy)) = (&server, &config.proxy) {
         check_ports(plan, proxy).map_err(|(key, why)| problem(key, why))?;
+    }
+    if let Some(addr) = &config.metrics {
+        keepcached_metrics::parse_addr(addr).map_err(|why| problem("metrics".into(), why))?;
     }
     Ok(Node { config, server })
 }

@@ -98,6 +98,8 @@ pub fn exit_status(error: &anyhow::Error) -> u8 {
                 ProxyError::Bind { .. } => Some(Sysexit::OsError),
                 _ => None,
             }
+        } else if cause.is::<keepcached_metrics::BindError>() {
+            Some(Sysexit::OsError)
         } else if cause.is::<nix::errno::Errno>() {
             // A system call of the setup here: a limit, setuid, fork.
             Some(Sysexit::OsError)

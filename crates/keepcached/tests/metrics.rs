@@ -377,7 +377,11 @@ fn a_metrics_address_in_use_fails_before_daemonizing() {
         .arg(format!("--metrics={taken}"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(71),
+        "EX_OSERR, as for the server's own port"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics") && err.contains("in use"), "{err}");
 }
@@ -606,4 +610,77 @@ fn vrrp_state_flips_on_failover() {
     assert_eq!(value(&master, vips), Some(1.0), "{master}");
     drop(inside);
     assert!(t.has_vip("h2"), "{}", t.logs());
+}
+
+/// `keepcached node` with a top-level `metrics` key: one endpoint serves the node's server
+/// and proxy; a bad value is refused (64) naming the key.
+#[test]
+fn a_node_serves_every_role_on_one_endpoint() {
+    let dir = std::env::temp_dir().join(format!("keepcached-metrics-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let metrics = metrics_addr();
+    let config = dir.join("node.toml");
+    let toml = |metrics: &str| {
+        format!(
+            "metrics = \"{metrics}\"\n\
+             [server]\nlisten = [\"127.0.0.1\"]\nport = {server_port}\nmemory_limit = \"16m\"\n\
+             [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nthreads = 1\n\
+             pools = [{{ name = \"main\", servers = [\"127.0.0.1:{server_port}\"] }}]\n"
+        )
+    };
+    std::fs::write(&config, toml("127.0.0.1")).unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("metrics") && err.contains("ADDR:PORT"),
+        "{err}"
+    );
+
+    std::fs::write(&config, toml(&metrics.to_string())).unwrap();
+    let mut node = Command::new(BIN)
+        .args(["node", "--config", config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start keepcached node");
+    struct Kill<'a>(&'a mut Child, &'a Path);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(self.1);
+        }
+    }
+    let _node = Kill(&mut node, &dir);
+    let proxy = SocketAddr::from((Ipv4Addr::LOCALHOST, proxy_port));
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect_timeout(&proxy, Duration::from_millis(100)).is_err() {
+        assert!(Instant::now() < deadline, "the node's proxy never listened");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(call(proxy, "set k 0 0 2\r\nhi\r\n"), "STORED\r\n");
+    let text = wait_for(
+        metrics,
+        r#"keepcached_proxy_commands_total{command="set"}"#,
+        |n| n == 1.0,
+    );
+    assert_eq!(
+        value(&text, r#"keepcached_server_commands_total{command="set"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    let up = format!(
+        r#"keepcached_proxy_backend_state{{pool="main",backend="127.0.0.1:{server_port}",state="up"}}"#
+    );
+    assert_eq!(value(&text, &up), Some(1.0), "{text}");
+    assert!(
+        value(&text, "keepcached_server_request_duration_seconds_count").unwrap() >= 1.0,
+        "the node's server measures latency when metrics are on:\n{text}"
+    );
 }

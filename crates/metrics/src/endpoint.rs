@@ -117,6 +117,15 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// The metrics listener could not be opened (an address in use, or not on this host).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// A bound metrics listener, not yet serving.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -124,15 +133,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses (see [`parse_addr`]) and binds `addr`; needs no runtime, so a role binds it with
-    /// its other sockets, before daemonizing.
-    pub fn bind(addr: &str) -> Result<Endpoint, String> {
-        let addr = parse_addr(addr)?;
-        let listener =
-            StdListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("{addr}: {e}"))?;
+    /// Binds `addr` (from [`parse_addr`]); needs no runtime, so a role binds it with its other
+    /// sockets, before daemonizing.
+    pub fn bind(addr: SocketAddr) -> Result<Endpoint, BindError> {
+        let error = |source| BindError { addr, source };
+        let listener = StdListener::bind(addr).map_err(error)?;
+        listener.set_nonblocking(true).map_err(error)?;
         Ok(Endpoint { listener })
     }
 

@@ -17,7 +17,7 @@ mod endpoint;
 mod histogram;
 
 pub use encode::{counter, counters, gauge, gauges, label_value, Labels};
-pub use endpoint::{exposition, parse_addr, render, Endpoint, Format};
+pub use endpoint::{exposition, parse_addr, render, BindError, Endpoint, Format};
 pub use histogram::Histogram;
 pub use prometheus_client::collector::Collector;
 pub use prometheus_client::encoding::DescriptorEncoder;

@@ -74,8 +74,8 @@ pub struct Embedding {
     pub local: Vec<track::Local>,
     /// Told once every instance's sockets are open and the instances run: the role serves.
     pub started: Option<oneshot::Sender<()>>,
-    /// Every instance's status is published here, for the metrics endpoint
-    /// ([`crate::metrics::VrrpMetrics`]).
+    /// Where every instance publishes its status after each event; the caller may read it
+    /// (the metrics endpoint: [`crate::metrics::VrrpMetrics`]).
     pub slots: Slots,
 }
 

@@ -17,7 +17,7 @@ const STATES: [(State, &str); 4] = [
     (State::Initialize, "init"),
 ];
 
-/// The daemon's collector: give the same `slots` to [`crate::run_published`].
+/// The daemon's collector: give the same `slots` to [`crate::run_with`] (`Embedding::slots`).
 #[derive(Debug, Clone, Default)]
 pub struct VrrpMetrics(pub Slots);
 
