@@ -5,9 +5,9 @@
 mod convert_cmd;
 mod ctl_cmd;
 mod demo_cmd;
+mod metrics;
 mod node_cmd;
 mod node_config;
-mod metrics;
 mod process;
 mod proxy_cmd;
 mod server_cmd;

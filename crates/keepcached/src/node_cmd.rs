@@ -370,6 +370,7 @@ impl Roles {
                         local,
                         started: Some(started_tx),
                         slots: vrrp_metrics.0.clone(),
+                        shares_threads: true,
                     },
                 );
                 let task = async move { task.await.context("vrrp") };

@@ -167,6 +167,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 local: Vec::new(),
                 started: Some(started_tx),
                 slots: published.0,
+                shares_threads: false,
             },
         );
         tokio::pin!(vrrp);

@@ -3,7 +3,9 @@
 //! hyper's HTTP/1 server on the role's tokio runtime: a scrape is one small request per
 //! interval, so no router or middleware is needed, only a correct HTTP/1.1 implementation with
 //! a header timeout. At most [`MAX_CONNECTIONS`] scrapers are served at once; more wait in the
-//! listen backlog.
+//! listen backlog. A connection lives at most [`CONNECTION_LIFETIME`], keep-alive included: a
+//! client that pipelines requests and never reads its replies would otherwise hold its slot
+//! for good, and sixteen of them would shut every scraper out.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,8 @@ use tokio::sync::Semaphore;
 const MAX_CONNECTIONS: usize = 16;
 /// A client that has not sent its request headers within this is disconnected.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one scrape connection is kept, however it is used.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Which text format a scrape is answered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,10 +189,11 @@ impl Endpoint {
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(%peer, "metrics connection ended: {e}");
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%peer, "metrics connection ended: {e}"),
+                    Err(_) => tracing::debug!(%peer, "metrics connection closed after 30 s"),
                 }
                 drop(permit);
             });

@@ -77,6 +77,12 @@ pub struct Embedding {
     /// Where every instance publishes its status after each event; the caller may read it
     /// (the metrics endpoint: [`crate::metrics::VrrpMetrics`]).
     pub slots: Slots,
+    /// Other roles run in the same process, some on threads started before this one: the
+    /// capability drop, which applies to the calling thread only, would leave them with every
+    /// capability and take from this thread what they need (a cache save as root, say), so it
+    /// is not done. The process's privileges are then its own business (a unit's
+    /// CapabilityBoundingSet, `-u`).
+    pub shares_threads: bool,
 }
 
 /// [`run`], with what the embedding process adds.
@@ -99,13 +105,15 @@ pub async fn run_with(
     }
     // Every socket of the configuration is open. CAP_NET_RAW stays, because a
     // reload may add an instance, which needs a socket of its own.
-    match privileges::drop_to_network() {
-        Ok((before, after)) => tracing::debug!(
-            "capabilities {:#x} reduced to {:#x} (CAP_NET_ADMIN, CAP_NET_RAW)",
-            before.permitted,
-            after.permitted
-        ),
-        Err(e) => tracing::warn!("could not drop capabilities: {e}"),
+    if !embedding.shares_threads {
+        match privileges::drop_to_network() {
+            Ok((before, after)) => tracing::debug!(
+                "capabilities {:#x} reduced to {:#x} (CAP_NET_ADMIN, CAP_NET_RAW)",
+                before.permitted,
+                after.permitted
+            ),
+            Err(e) => tracing::warn!("could not drop capabilities: {e}"),
+        }
     }
     // The local sources' states are in the status before any instance starts: an item not
     // yet there counts as up, and a node whose proxy is down must not start as master.

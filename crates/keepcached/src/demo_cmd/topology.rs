@@ -69,7 +69,17 @@ impl Topology {
     pub fn build(hosts: &[(&str, Ipv4Addr)]) -> anyhow::Result<Topology> {
         let prefix = format!("{PREFIX}{}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // A new directory only root can enter: one that exists already (another user may have
+        // made it for a pid they guessed, with links to files root would write through) is
+        // refused, not reused.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| {
+                format!(
+                    "creating {} (a new, private directory; remove it if a previous demo left it)",
+                    dir.display()
+                )
+            })?;
         let mut t = Topology {
             prefix,
             hosts: Vec::new(),

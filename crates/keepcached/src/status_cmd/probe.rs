@@ -197,6 +197,11 @@ fn ask(conn: &mut BufReader<TcpStream>) -> Result<Sample, String> {
     })
 }
 
+/// The longest `STAT` line read, the most lines in one answer, and the largest metrics page.
+const MAX_LINE: u64 = 64 * 1024;
+const MAX_LINES: usize = 100_000;
+const MAX_SCRAPE: u64 = 16 * 1024 * 1024;
+
 fn connect(authority: &str) -> Result<TcpStream, String> {
     let addrs: Vec<SocketAddr> = authority
         .to_socket_addrs()
@@ -229,10 +234,18 @@ fn stats(
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();
-        match conn.read_line(&mut line) {
+        // A line longer than any stat line is not a memcached answer: bounded, it ends the
+        // read instead of growing without end.
+        match conn.by_ref().take(MAX_LINE).read_line(&mut line) {
             Ok(0) => return Err(format!("{command}: the connection was closed")),
+            Ok(_) if !line.ends_with('\n') => {
+                return Err(format!("{command}: a line longer than {MAX_LINE} bytes"))
+            }
             Ok(_) => {}
             Err(e) => return Err(format!("{command}: {e}")),
+        }
+        if lines.len() >= MAX_LINES {
+            return Err(format!("{command}: more than {MAX_LINES} lines"));
         }
         let line = line.trim_end();
         if line == "END" {
@@ -366,7 +379,8 @@ fn scrape(authority: &str, path: &str) -> Result<String, String> {
         .write_all(request.as_bytes())
         .map_err(|e| format!("GET {path}: {e}"))?;
     let mut response = Vec::new();
-    stream
+    (&mut stream)
+        .take(MAX_SCRAPE)
         .read_to_end(&mut response)
         .map_err(|e| format!("GET {path}: {e}"))?;
     let response = String::from_utf8_lossy(&response);
