@@ -39,15 +39,8 @@ struct Cli {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let cli = match Cli::try_parse_from(
-        std::iter::once("keepcached convert".to_string()).chain(args.iter().cloned()),
-    ) {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached convert", args)? else {
+        return Ok(());
     };
     print!("{}", convert(&cli).map_err(UsageError)?);
     Ok(())

@@ -32,16 +32,8 @@ struct Cli {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(
-        std::iter::once("keepcached ctl".to_string()).chain(args.iter().cloned()),
-    );
-    let cli = match cli {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached ctl", args)? else {
+        return Ok(());
     };
     let request =
         match cli.command.as_slice() {

@@ -31,6 +31,20 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Parses a subcommand's command line (`name` as clap shows it): `None` when it asked for
+/// `--help` or `--version`, whose text clap wrote to stdout (exit 0); a bad line is a
+/// [`UsageError`] (exit 64).
+pub fn parse_command<C: clap::Parser>(name: &str, args: &[String]) -> anyhow::Result<Option<C>> {
+    match C::try_parse_from(std::iter::once(name.to_string()).chain(args.iter().cloned())) {
+        Ok(cli) => Ok(Some(cli)),
+        Err(e) if !e.use_stderr() => {
+            print!("{e}");
+            Ok(None)
+        }
+        Err(e) => Err(UsageError(e.to_string()).into()),
+    }
+}
+
 const USAGE: &str = "\
 usage: keepcached <command> [options]
 

@@ -65,15 +65,8 @@ struct Cli {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let cli = match Cli::try_parse_from(
-        std::iter::once("keepcached node".to_string()).chain(args.iter().cloned()),
-    ) {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached node", args)? else {
+        return Ok(());
     };
     let node = node_config::load(&cli.config).map_err(|e| UsageError(e.to_string()))?;
     if cli.print_config {
@@ -293,7 +286,7 @@ impl Roles {
         let mut local = Vec::new();
         let server = match server {
             Some((server, listeners)) => {
-                on_save_signal(&server)?;
+                crate::server_cmd::save_on_usr2(&server, "[server] has no save_file")?;
                 if metrics.is_some() {
                     collectors.push(Box::new(keepcached_server::metrics::ServerMetrics::new(
                         server.clone(),
@@ -440,27 +433,6 @@ impl Roles {
         }
         failure.map_or(Ok(()), Err)
     }
-}
-
-/// SIGUSR2: save the cache while serving, as the server's own SIGUSR2 does.
-fn on_save_signal(server: &Arc<Server>) -> anyhow::Result<()> {
-    let mut usr2 = signal(SignalKind::user_defined2()).context("handling SIGUSR2")?;
-    let server = server.clone();
-    tokio::spawn(async move {
-        while usr2.recv().await.is_some() {
-            if server.memory_file.is_none() {
-                tracing::warn!("SIGUSR2 asks for a save, but [server] has no save_file");
-                continue;
-            }
-            let server = server.clone();
-            // A failed save has been logged, and the previous file is still whole.
-            let _ = tokio::task::spawn_blocking(move || {
-                server.memory_file.as_ref().map(|file| file.save(&server))
-            })
-            .await;
-        }
-    });
-    Ok(())
 }
 
 /// SIGUSR1: VRRP's status of every instance, as `keepcached vrrp` logs it.

@@ -27,18 +27,10 @@ struct Cli {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(
-        std::iter::once("keepcached proxy".to_string()).chain(args.iter().cloned()),
-    );
-    let (args, process_args, metrics) = match cli {
-        Ok(cli) => (cli.args, cli.process, cli.metrics),
-        Err(e) if !e.use_stderr() => {
-            // --help: clap's own text, exit 0.
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached proxy", args)? else {
+        return Ok(());
     };
+    let (args, process_args, metrics) = (cli.args, cli.process, cli.metrics);
     let (print_config, foreground, verbose) = (args.print_config, args.foreground, args.verbose);
     let (user, group) = (args.user.clone(), args.group.clone());
     let reload_args = args.clone();

@@ -708,23 +708,30 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
 }
 
 /// memcached 1.6's SIGUSR1, a graceful shutdown (which saves with `-e`), and SIGUSR2, a save
-/// while serving. The save runs on a blocking thread, so accepting goes on; the workers serve
-/// throughout, since the cache is copied out a batch at a time.
+/// while serving ([`save_on_usr2`]).
 fn on_user_signals(server: &Arc<Server>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
-    let mut usr2 = signal(SignalKind::user_defined2()).context("handling SIGUSR2")?;
     let graceful = server.clone();
     tokio::spawn(async move {
         if usr1.recv().await.is_some() {
             graceful.shutdown_requested.send_replace(true);
         }
     });
+    save_on_usr2(server, "no file was given with -e")
+}
+
+/// SIGUSR2: a save while serving (`missing`: why there is nothing to save to, when there is
+/// not). The save runs on a blocking thread, so accepting goes on; the workers serve
+/// throughout, since the cache is copied out a batch at a time.
+pub fn save_on_usr2(server: &Arc<Server>, missing: &'static str) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = signal(SignalKind::user_defined2()).context("handling SIGUSR2")?;
     let server = server.clone();
     tokio::spawn(async move {
         while usr2.recv().await.is_some() {
             if server.memory_file.is_none() {
-                tracing::warn!("SIGUSR2 asks for a save, but no file was given with -e");
+                tracing::warn!("SIGUSR2 asks for a save, but {missing}");
                 continue;
             }
             let server = server.clone();

@@ -56,16 +56,8 @@ const DEFAULT_TARGETS: [&str; 3] = ["127.0.0.1:12000", "127.0.0.1:11211", "127.0
 
 /// Runs the command; `Ok(false)` when a target was unreachable.
 pub fn run(args: &[String]) -> anyhow::Result<bool> {
-    let cli = Cli::try_parse_from(
-        std::iter::once("keepcached status".to_string()).chain(args.iter().cloned()),
-    );
-    let cli = match cli {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(true);
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached status", args)? else {
+        return Ok(true);
     };
     if !(cli.interval.is_finite() && (0.1..=3600.0).contains(&cli.interval)) {
         return Err(UsageError(format!(

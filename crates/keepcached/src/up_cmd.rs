@@ -106,16 +106,8 @@ impl Cli {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(
-        std::iter::once("keepcached up".to_string()).chain(args.iter().cloned()),
-    );
-    let cli = match cli {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached up", args)? else {
+        return Ok(());
     };
     let wanted = cli.ports()?;
     let live = std::io::stderr().is_terminal();

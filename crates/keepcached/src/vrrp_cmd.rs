@@ -51,15 +51,8 @@ struct Cli {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let cli = match Cli::try_parse_from(
-        std::iter::once("keepcached vrrp".to_string()).chain(args.iter().cloned()),
-    ) {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(UsageError(e.to_string()).into()),
+    let Some(cli) = crate::parse_command::<Cli>("keepcached vrrp", args)? else {
+        return Ok(());
     };
     let path = cli
         .config
