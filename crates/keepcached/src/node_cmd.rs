@@ -317,7 +317,19 @@ impl Roles {
                     task,
                 ))
             }
-            None => None,
+            None => {
+                // Handled rather than left ignored: an ignored signal would stay ignored in the
+                // scripts VRRP runs.
+                let mut usr2 =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+                        .context("handling SIGUSR2")?;
+                tokio::spawn(async move {
+                    while usr2.recv().await.is_some() {
+                        tracing::warn!("SIGUSR2 asks for a save, but the node has no [server]");
+                    }
+                });
+                None
+            }
         };
         let (proxy_reload, proxy_reloads) = mpsc::channel(1);
         let proxy = match proxy {

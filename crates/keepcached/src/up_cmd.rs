@@ -184,20 +184,32 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let target = Target::Memcache(format!("127.0.0.1:{proxy_port}"));
             ticker = Some(std::thread::spawn(move || live_line(target, stopped)));
         }
+        // The servers stop after the proxy has drained its clients, as a node stops.
+        let (servers_stop, servers_stopped) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for (settings, listeners) in servers {
             let server = keepcached_server::Server::new(settings);
             tasks.spawn(keepcached_server::listener::serve(
                 server,
                 listeners,
-                shutdown.clone(),
+                servers_stopped.clone(),
             ));
         }
         let mut proxy_shutdown = shutdown.clone();
         let proxy = proxy.serve(async move {
             let _ = proxy_shutdown.wait_for(|s| *s).await;
         });
-        proxy.await.context("proxy")?;
+        tokio::pin!(proxy);
+        // A server that ends before the proxy has failed: the tier ends with its error rather
+        // than going on without it.
+        tokio::select! {
+            done = &mut proxy => done.context("proxy")?,
+            Some(done) = tasks.join_next() => {
+                done.context("cache server task")?.context("cache server")?;
+                anyhow::bail!("a cache server stopped while the tier was serving");
+            }
+        }
+        servers_stop.send_replace(true);
         while let Some(done) = tasks.join_next().await {
             done.context("cache server task")?.context("cache server")?;
         }

@@ -699,3 +699,31 @@ fn the_servers_shutdown_command_stops_the_whole_node_the_clean_way() {
     assert!(log.contains("stopping the proxy"), "{log}");
     assert!(log.contains("saved 0 items"), "{log}");
 }
+
+/// A node without [server] handles SIGUSR2 (there is nothing to save, and it says so) rather
+/// than leaving it ignored for the scripts VRRP runs, or dying of it.
+#[test]
+fn sigusr2_without_a_server_is_logged_and_the_node_serves_on() {
+    let dir = Scratch::new("usr2-no-server");
+    let backend = free_port().unwrap();
+    let proxy_port = free_port().unwrap();
+    let config = dir.file(
+        "node.toml",
+        &format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nthreads = 1\n\
+             [[proxy.pools]]\nname = \"main\"\nservers = [\"127.0.0.1:{backend}\"]\n"
+        ),
+    );
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[],
+    );
+    wait_log(&mut node, "node serving");
+    node.signal(Signal::SIGUSR2);
+    wait_log(&mut node, "the node has no [server]");
+    let mut proxy = wait_accepting(proxy_port, &mut node);
+    assert!(one_line(&mut proxy, "version\r\n").starts_with("VERSION "));
+    node.signal(Signal::SIGTERM);
+    assert_eq!(node.wait(), 0, "{}", node.log());
+}
