@@ -134,6 +134,8 @@ pub struct BindError {
 #[derive(Debug)]
 pub struct Endpoint {
     listener: StdListener,
+    /// [`CONNECTION_LIFETIME`]; shorter in tests.
+    lifetime: Duration,
 }
 
 impl Endpoint {
@@ -143,7 +145,10 @@ impl Endpoint {
         let error = |source| BindError { addr, source };
         let listener = StdListener::bind(addr).map_err(error)?;
         listener.set_nonblocking(true).map_err(error)?;
-        Ok(Endpoint { listener })
+        Ok(Endpoint {
+            listener,
+            lifetime: CONNECTION_LIFETIME,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -157,6 +162,7 @@ impl Endpoint {
         registry: Arc<Registry>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let lifetime = self.lifetime;
         let listener = TcpListener::from_std(self.listener)?;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "metrics listening (GET /metrics)");
@@ -190,10 +196,10 @@ impl Endpoint {
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
-                match tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+                match tokio::time::timeout(lifetime, served).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::debug!(%peer, "metrics connection ended: {e}"),
-                    Err(_) => tracing::debug!(%peer, "metrics connection closed after 30 s"),
+                    Err(_) => tracing::debug!(%peer, "metrics connection closed: too old"),
                 }
                 drop(permit);
             });
@@ -267,6 +273,52 @@ mod tests {
         let sample = Sample::default();
         sample.latency.observe(Duration::from_micros(3));
         crate::registry([Box::new(sample) as Box<dyn Collector>])
+    }
+
+    /// More clients than [`MAX_CONNECTIONS`] pipeline scrapes and never read their answers:
+    /// once their connections are too old they are closed, and a scraper is served again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_never_read_do_not_lock_the_scrapers_out() {
+        use std::io::{Read, Write};
+        let mut endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.lifetime = Duration::from_millis(500);
+        let addr = endpoint.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(endpoint.serve(Arc::new(sample()), async {
+            let _ = stopped.await;
+        }));
+        let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+        let stuck: Vec<_> = (0..MAX_CONNECTIONS + 4)
+            .map(|_| {
+                let mut client = std::net::TcpStream::connect(addr).unwrap();
+                let request = request.clone();
+                // Blocks once the answers fill both sides' buffers, until the server closes.
+                std::thread::spawn(move || {
+                    let _ = client.write_all(&request);
+                    client
+                })
+            })
+            .collect();
+        let scrape = tokio::task::spawn_blocking(move || {
+            let mut scraper = std::net::TcpStream::connect(addr).unwrap();
+            scraper
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            scraper
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = scraper.read_to_end(&mut answer);
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+        let answer = scrape.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.contains("keepcached_things_total 7"), "{answer:?}");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        for client in stuck {
+            drop(client.join());
+        }
     }
 
     #[test]
