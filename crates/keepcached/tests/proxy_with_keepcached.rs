@@ -2,105 +2,22 @@
 //! proxy` started with magent's command line, all on free loopback ports. The proxy crate's own
 //! tests use Debian's memcached as the backend; these show our server works behind it as well.
 
-use std::fs::{self, File};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keepcached_testkit::{
-    free_port, keepcached_server, raise_open_file_limit, Client, End, ServerProcess,
+    keepcached_proxy, keepcached_server, raise_open_file_limit, Client, End, ServerProcess,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
-/// How long the proxy may take to listen (a debug build on two busy cores).
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `keepcached proxy -D -l 127.0.0.1 -p PORT -s MAIN -b BACKUP`, killed by pid on drop.
-struct Proxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Proxy {
-    fn start(main: &ServerProcess, backup: &ServerProcess) -> Proxy {
-        let mut last_log = String::new();
-        // A free port can be taken before the proxy binds it; it then exits and we try again.
-        for attempt in 0..8 {
-            let port = free_port().expect("free port");
-            let log = std::env::temp_dir().join(format!(
-                "keepcached-proxy-test-{}-{port}-{attempt}.log",
-                std::process::id()
-            ));
-            let out = File::create(&log).expect("proxy log");
-            let child = Command::new(BIN)
-                .args(["proxy", "-D", "-l", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-s", &main.addr().to_string()])
-                .args(["-b", &backup.addr().to_string()])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().expect("proxy log"))
-                .stderr(out)
-                .spawn()
-                .expect("start keepcached proxy");
-            let mut proxy = Proxy { child, port, log };
-            match proxy.wait_ready() {
-                Ok(()) => return proxy,
-                Err(text) => last_log = text,
-            }
-        }
-        panic!("keepcached proxy never listened; its last output:\n{last_log}");
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}: {}", self.log_text()));
-            }
-            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no listener after {READY_TIMEOUT:?}"));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-
-    fn connect(&self) -> Client {
-        Client::connect(self.addr()).expect("connect to the proxy")
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The proxy's resident memory in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // Exactly this child: SIGKILL, then reap it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.log);
-    }
+fn start_proxy(main: &ServerProcess, backup: &ServerProcess) -> ServerProcess {
+    let (main, backup) = (main.addr().to_string(), backup.addr().to_string());
+    keepcached_proxy(Path::new(BIN), &["-s", &main, "-b", &backup]).expect("start keepcached proxy")
 }
 
 fn server() -> ServerProcess {
@@ -123,8 +40,8 @@ fn direct(server: &ServerProcess, request: &str) -> String {
 #[test]
 fn seed_set_through_the_proxy_lands_on_both_servers() {
     let (main, backup) = (server(), server());
-    let proxy = Proxy::start(&main, &backup);
-    let mut client = proxy.connect();
+    let proxy = start_proxy(&main, &backup);
+    let mut client = proxy.connect().expect("connect to the proxy");
     assert_eq!(
         call(&mut client, "set test 0 0 5\r\nnihao\r\n"),
         "STORED\r\n"
@@ -152,8 +69,8 @@ fn conditional_writes_leave_both_replicas_identical() {
     for _ in 0..7 {
         direct(&backup, "set skew 0 0 1\r\nx\r\n");
     }
-    let proxy = Proxy::start(&main, &backup);
-    let mut client = proxy.connect();
+    let proxy = start_proxy(&main, &backup);
+    let mut client = proxy.connect().expect("connect to the proxy");
     let steps = [
         ("set n 5 0 2\r\n10\r\n", "STORED\r\n"),
         ("incr n 5\r\n", "15\r\n"),
@@ -214,12 +131,12 @@ fn conditional_writes_leave_both_replicas_identical() {
 fn killing_the_main_server_under_load_costs_no_client_errors() {
     let (main, backup) = (server(), server());
     let main_addr = main.addr().to_string();
-    let proxy = Proxy::start(&main, &backup);
+    let proxy = start_proxy(&main, &backup);
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..4)
         .map(|w| {
-            let mut client = proxy.connect();
+            let mut client = proxy.connect().expect("connect to the proxy");
             let (stop, ops) = (stop.clone(), ops.clone());
             thread::spawn(move || {
                 let mut errors = Vec::new();
@@ -259,7 +176,10 @@ fn killing_the_main_server_under_load_costs_no_client_errors() {
         before > 100 && after > before + 100,
         "load ran: {before} then {after} ops"
     );
-    let backends = call(&mut proxy.connect(), "stats backends\r\n");
+    let backends = call(
+        &mut proxy.connect().expect("connect to the proxy"),
+        "stats backends\r\n",
+    );
     assert!(
         backends.contains(&format!("main/{main_addr} state=down")),
         "{backends}"
@@ -275,7 +195,7 @@ fn killing_the_main_server_under_load_costs_no_client_errors() {
 #[test]
 fn meta_commands_answer_as_the_server_does() {
     let (main, backup, reference) = (server(), server(), server());
-    let proxy = Proxy::start(&main, &backup);
+    let proxy = start_proxy(&main, &backup);
     let script = "ms foo 2 T0 F5 O77\r\nhi\r\n\
                   mg foo v f t k O1\r\n\
                   mg nope v q O2\r\n\
@@ -291,7 +211,8 @@ fn meta_commands_answer_as_the_server_does() {
                   mg foo v s\r\n\
                   mg foo v v\r\n\
                   mn\r\n";
-    let through_proxy = exchange_until_noop(&mut proxy.connect(), script);
+    let through_proxy =
+        exchange_until_noop(&mut proxy.connect().expect("connect to the proxy"), script);
     let from_server = exchange_until_noop(&mut reference.connect().expect("connect"), script);
     assert_eq!(through_proxy, from_server);
     assert!(
@@ -324,21 +245,22 @@ fn idle_client_connections_hold_no_buffers() {
         "open-file limit {limit} too low"
     );
     let (main, backup) = (server(), server());
-    let proxy = Proxy::start(&main, &backup);
-    let mut first = proxy.connect();
+    let proxy = start_proxy(&main, &backup);
+    let mut first = proxy.connect().expect("connect to the proxy");
     assert_eq!(call(&mut first, "set k 0 0 1\r\nv\r\n"), "STORED\r\n");
-    let before = proxy.rss_kib();
+    let before = proxy.rss_kib().expect("proxy VmRSS");
     // Every connection is served once, then left idle (one after the other: what is measured is
     // what idle connections hold, not the peak of a burst of requests).
     let clients: Vec<Client> = (0..CONNECTIONS)
         .map(|i| {
-            let mut client = proxy.connect();
+            let mut client = proxy.connect().expect("connect to the proxy");
             let reply = call(&mut client, "get k\r\n");
             assert_eq!(reply, "VALUE k 0 1\r\nv\r\nEND\r\n", "connection {i}");
             client
         })
         .collect();
-    let per_connection = (proxy.rss_kib().saturating_sub(before) * 1024) / clients.len() as u64;
+    let per_connection = (proxy.rss_kib().expect("proxy VmRSS").saturating_sub(before) * 1024)
+        / clients.len() as u64;
     eprintln!("proxy: {per_connection} bytes per idle client connection");
     // A 16 KiB read buffer and a reply buffer each would be over 32 KiB.
     assert!(

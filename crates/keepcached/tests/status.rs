@@ -4,17 +4,16 @@
 //! backend states), an unreachable address as such with exit status 1, and a killed backend as
 //! down; `--watch` must draw the tier in a pseudo-terminal and give the terminal back on q.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keepcached_testkit::{free_port, memcached, Client, ServerProcess};
+use keepcached_testkit::{free_port, keepcached_proxy, memcached, Client, ServerProcess};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
@@ -36,59 +35,9 @@ fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
 }
 
 /// `keepcached proxy -D -l 127.0.0.1 -p PORT -s MAIN -b BACKUP`, killed by pid on drop.
-#[derive(Debug)]
-struct Proxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Proxy {
-    fn start(main: &ServerProcess, backup: &ServerProcess) -> Proxy {
-        let mut last = String::new();
-        // A free port can be taken before the proxy binds it; it then exits and we try again.
-        for attempt in 0..8 {
-            let port = free_port().expect("free port");
-            let log = std::env::temp_dir().join(format!(
-                "keepcached-status-proxy-{}-{port}-{attempt}.log",
-                std::process::id()
-            ));
-            let out = File::create(&log).expect("proxy log");
-            let child = Command::new(BIN)
-                .args(["proxy", "-D", "-l", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-s", &main.addr().to_string()])
-                .args(["-b", &backup.addr().to_string()])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().expect("proxy log"))
-                .stderr(out)
-                .spawn()
-                .expect("start keepcached proxy");
-            let mut proxy = Proxy { child, port, log };
-            let answers = wait_for(|| {
-                matches!(proxy.child.try_wait(), Ok(Some(_)))
-                    || Client::connect(proxy.addr())
-                        .and_then(|mut c| c.call("version\r\n"))
-                        .is_ok()
-            });
-            if answers && matches!(proxy.child.try_wait(), Ok(None)) {
-                return proxy;
-            }
-            last = fs::read_to_string(&proxy.log).unwrap_or_default();
-        }
-        panic!("keepcached proxy never answered; its last output:\n{last}");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.log);
-    }
+fn start_proxy(main: &ServerProcess, backup: &ServerProcess) -> ServerProcess {
+    let (main, backup) = (main.addr().to_string(), backup.addr().to_string());
+    keepcached_proxy(Path::new(BIN), &["-s", &main, "-b", &backup]).expect("start keepcached proxy")
 }
 
 fn call(client: &mut Client, request: &str) -> String {
@@ -147,9 +96,9 @@ fn status_reports_a_tiers_figures_an_unreachable_address_and_a_killed_backend() 
     let main = memcached(&[]).expect("start memcached");
     let mut backup = memcached(&[]).expect("start memcached");
     let alone = memcached(&["-m", "16"]).expect("start memcached");
-    let proxy = Proxy::start(&main, &backup);
+    let proxy = start_proxy(&main, &backup);
     // A second proxy over the same servers, as on the VRRP backup host: no client uses it.
-    let standby = Proxy::start(&main, &backup);
+    let standby = start_proxy(&main, &backup);
     let s = standby.addr().to_string();
     let out = status(std::slice::from_ref(&s));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -332,7 +281,7 @@ enum Quit {
 fn watch_draws_the_tier_in_a_terminal_and_q_gives_it_back() {
     let main = memcached(&[]).expect("start memcached");
     let backup = memcached(&[]).expect("start memcached");
-    let proxy = Proxy::start(&main, &backup);
+    let proxy = start_proxy(&main, &backup);
     watch_until(&proxy, &main, &backup, Quit::Key);
 }
 
@@ -340,7 +289,7 @@ fn watch_draws_the_tier_in_a_terminal_and_q_gives_it_back() {
 fn watch_gives_the_terminal_back_on_sigterm_and_sighup() {
     let main = memcached(&[]).expect("start memcached");
     let backup = memcached(&[]).expect("start memcached");
-    let proxy = Proxy::start(&main, &backup);
+    let proxy = start_proxy(&main, &backup);
     for signal in [
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGHUP,
@@ -351,7 +300,7 @@ fn watch_gives_the_terminal_back_on_sigterm_and_sighup() {
 
 /// Runs `status --watch` on a pseudo-terminal until it has drawn the tier, stops it with
 /// `quit`, and checks it exits 0 having left the alternate screen.
-fn watch_until(proxy: &Proxy, main: &ServerProcess, backup: &ServerProcess, quit: Quit) {
+fn watch_until(proxy: &ServerProcess, main: &ServerProcess, backup: &ServerProcess, quit: Quit) {
     let size = nix::pty::Winsize {
         ws_row: 40,
         ws_col: 160,

@@ -29,6 +29,6 @@ pub mod wire;
 
 pub use client::{escape, Client, End};
 pub use process::{
-    free_port, keepcached_server, memcached, raise_open_file_limit, run_with_timeout,
-    CommandOutput, ServerProcess,
+    free_port, keepcached_proxy, keepcached_server, memcached, raise_open_file_limit,
+    run_with_timeout, CommandOutput, ServerProcess,
 };

@@ -35,6 +35,13 @@ pub fn memcached(extra: &[&str]) -> io::Result<ServerProcess> {
     ServerProcess::spawn("memcached", Path::new("memcached"), &[], extra)
 }
 
+/// Our proxy as `BIN proxy -D -l 127.0.0.1 -p PORT EXTRA...` (magent's flags: `-s MAIN -b
+/// BACKUP`, or `--config FILE`), owned and waited for as a server is.
+pub fn keepcached_proxy(bin: &Path, extra: &[&str]) -> io::Result<ServerProcess> {
+    let before_port = ["proxy", "-D", "-l", "127.0.0.1", "-p"];
+    ServerProcess::spawn_listening("keepcached-proxy", bin, &before_port, &[], extra)
+}
+
 /// Our server as `BIN server -u root -l 127.0.0.1 -p PORT -U 0 EXTRA...`; `bin` is the keepcached
 /// binary (`env!("CARGO_BIN_EXE_keepcached")` in the binary crate's tests).
 pub fn keepcached_server(bin: &Path, extra: &[&str]) -> io::Result<ServerProcess> {
@@ -62,14 +69,29 @@ impl ServerProcess {
         subcommand: &[&str],
         extra: &[&str],
     ) -> io::Result<ServerProcess> {
+        let mut before_port = subcommand.to_vec();
+        before_port.extend(["-u", "root", "-l", "127.0.0.1", "-p"]);
+        ServerProcess::spawn_listening(label, program, &before_port, &["-U", "0"], extra)
+    }
+
+    /// Runs `program BEFORE_PORT... PORT AFTER_PORT... EXTRA...` on a free port and waits until
+    /// the port accepts connections.
+    fn spawn_listening(
+        label: &str,
+        program: &Path,
+        before_port: &[&str],
+        after_port: &[&str],
+        extra: &[&str],
+    ) -> io::Result<ServerProcess> {
         let mut last_log = String::new();
         for _ in 0..BIND_ATTEMPTS {
             let port = free_port()?;
             let log = log_path(label);
             let out = File::create(&log)?;
             let port_arg = port.to_string();
-            let mut args: Vec<&str> = subcommand.to_vec();
-            args.extend(["-u", "root", "-l", "127.0.0.1", "-p", &port_arg, "-U", "0"]);
+            let mut args: Vec<&str> = before_port.to_vec();
+            args.push(&port_arg);
+            args.extend(after_port);
             args.extend(extra);
             let child = start(program, &args, out)?;
             let mut server = ServerProcess {

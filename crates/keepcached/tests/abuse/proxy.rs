@@ -8,15 +8,13 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use keepcached_testkit::mask::stat_u64;
-use keepcached_testkit::process::proc_status_kib;
-use keepcached_testkit::{free_port, memcached, Client};
+use keepcached_testkit::{memcached, Client, ServerProcess};
 
 /// How long the proxy may take to listen, and any wait in these scenarios.
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,51 +28,17 @@ fn bin() -> PathBuf {
     )
 }
 
-/// `keepcached proxy` on a free loopback port, killed by pid on drop.
-struct Proxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
+/// `keepcached proxy` on a free loopback port, killed by pid on drop (testkit's process).
+struct Proxy(ServerProcess);
 
 impl Proxy {
     /// `proxy -D -l 127.0.0.1 -p PORT ARGS...`.
     fn start(args: &[&str]) -> Proxy {
-        let mut last = String::new();
-        for attempt in 0..8 {
-            let port = free_port().expect("free port");
-            let log = std::env::temp_dir().join(format!(
-                "keepcached-abuse-proxy-{}-{port}-{attempt}.log",
-                std::process::id()
-            ));
-            let out = std::fs::File::create(&log).expect("proxy log");
-            let child = Command::new(bin())
-                .args(["proxy", "-D", "-l", "127.0.0.1", "-p", &port.to_string()])
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().expect("proxy log"))
-                .stderr(out)
-                .spawn()
-                .expect("start keepcached proxy");
-            let mut proxy = Proxy { child, port, log };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Ok(Some(status)) = proxy.child.try_wait() {
-                    last = format!("exited with {status}: {}", proxy.log_text());
-                    break;
-                }
-                if TcpStream::connect(proxy.addr()).is_ok() {
-                    return proxy;
-                }
-                assert!(Instant::now() < deadline, "proxy never listened");
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("keepcached proxy never listened: {last}");
+        Proxy(keepcached_testkit::keepcached_proxy(&bin(), args).expect("start keepcached proxy"))
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.0.addr()
     }
 
     fn connect(&self) -> Client {
@@ -84,20 +48,16 @@ impl Proxy {
     }
 
     fn peak_kib(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmHWM:").expect("proxy VmHWM")
+        self.0.peak_rss_kib().expect("proxy VmHWM")
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log_text()
     }
 
     /// The proxy is running and answers `version` on a new connection.
     fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().expect("proxy status").is_none(),
-            "the proxy died: {}",
-            self.log_text()
-        );
+        assert!(self.0.is_running(), "the proxy died: {}", self.log_text());
         let version = self.connect().call("version\r\n").expect("version");
         assert!(version.starts_with("VERSION "), "{version:?}");
     }
@@ -119,13 +79,6 @@ impl Proxy {
     /// what a stalled client let it do.
     fn settle(&self, name: &str, target: u64) -> u64 {
         settle(|| self.stat(name), target)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -764,7 +717,7 @@ fn sighup_reloads_the_configuration_and_never_kills_the_proxy() {
     let one = [backend.addr().to_string()];
     write(500, &one);
     let mut proxy = Proxy::start(&["--config", file.to_str().expect("path")]);
-    let pid = Pid::from_raw(i32::try_from(proxy.child.id()).expect("pid"));
+    let pid = Pid::from_raw(i32::try_from(proxy.0.pid()).expect("pid"));
     let setting = |proxy: &Proxy, name: &str| {
         let settings = proxy
             .connect()
