@@ -5,14 +5,12 @@
 //! down; `--watch` must draw the tier in a pseudo-terminal and give the terminal back on q.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keepcached_testkit::wait::{child_exit, collect_terminal, poll_until};
 use keepcached_testkit::{free_port, keepcached_proxy, memcached, Client, ServerProcess};
 use serde_json::Value;
 
@@ -21,17 +19,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Polls `condition` until it holds or [`WAIT`] passes.
-fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(condition: impl FnMut() -> bool) -> bool {
+    poll_until(WAIT, condition)
 }
 
 /// `keepcached proxy -D -l 127.0.0.1 -p PORT -s MAIN -b BACKUP`, killed by pid on drop.
@@ -253,23 +242,6 @@ fn a_bad_address_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--json"));
 }
 
-/// Collects what arrives on a pseudo-terminal's master side until every slave is closed.
-fn collect(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
-    let bytes = Arc::new(Mutex::new(Vec::new()));
-    let sink = bytes.clone();
-    let mut master = File::from(master);
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        // EIO once the child and our copy of the slave are closed.
-        while let Ok(n @ 1..) = master.read(&mut buf) {
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&buf[..n]);
-        }
-    });
-    bytes
-}
-
 /// How `status --watch` is told to stop.
 #[derive(Debug, Clone, Copy)]
 enum Quit {
@@ -331,7 +303,7 @@ fn watch_until(proxy: &ServerProcess, main: &ServerProcess, backup: &ServerProce
     } = pty;
     drop(own_slave);
     let mut keys = File::from(master.try_clone().expect("dup"));
-    let screen = collect(master);
+    let screen = collect_terminal(master);
     let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
     let drawn = wait_for(|| {
         let t = text();
@@ -350,7 +322,7 @@ fn watch_until(proxy: &ServerProcess, main: &ServerProcess, backup: &ServerProce
             nix::sys::signal::kill(pid, signal).expect("signal status --watch");
         }
     }
-    let code = wait_exit(&mut child.0);
+    let code = child_exit(&mut child.0, WAIT).and_then(|s| s.code());
     assert_eq!(code, Some(0), "{quit:?}: {:?}", text());
     assert!(
         wait_for(|| text().contains("\u{1b}[?1049l")),
@@ -368,16 +340,4 @@ impl Drop for Owned {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn wait_exit(child: &mut Child) -> Option<i32> {
-    let mut code = None;
-    wait_for(|| match child.try_wait() {
-        Ok(Some(status)) => {
-            code = status.code();
-            true
-        }
-        _ => false,
-    });
-    code
 }

@@ -5,15 +5,13 @@
 //! and asserts it exits 0.
 
 use std::fs::{self, File};
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keepcached_testkit::wait::{child_exit, collect_terminal, poll_until};
 use keepcached_testkit::{free_port, Client};
 use nix::sys::signal::Signal;
 
@@ -22,17 +20,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Polls `condition` until it holds or [`WAIT`] passes.
-pub fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for(condition: impl FnMut() -> bool) -> bool {
+    poll_until(WAIT, condition)
 }
 
 /// A port N with N, N+1 and N+2 free right now (another process may take one before `up`
@@ -109,7 +98,7 @@ impl Up {
             .stderr(Stdio::from(pty.slave))
             .spawn()
             .expect("start keepcached up");
-        Up::announced(child, Output::Terminal(collect(pty.master)))
+        Up::announced(child, Output::Terminal(collect_terminal(pty.master)))
     }
 
     fn announced(child: Child, output: Output) -> Up {
@@ -195,34 +184,8 @@ impl Drop for Up {
     }
 }
 
-/// Collects what arrives on a pseudo-terminal's master side until every slave is closed.
-pub fn collect(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
-    let bytes = Arc::new(Mutex::new(Vec::new()));
-    let sink = bytes.clone();
-    let mut master = File::from(master);
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        // EIO once the child and our copy of the slave are closed.
-        while let Ok(n @ 1..) = master.read(&mut buf) {
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&buf[..n]);
-        }
-    });
-    bytes
-}
-
 pub fn wait_exit(child: &mut Child) -> Option<ExitStatus> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    child_exit(child, WAIT)
 }
 
 /// `request` on `client`, its reply as text.

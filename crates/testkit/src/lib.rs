@@ -25,6 +25,7 @@ pub mod mask;
 pub mod meta_invariants;
 pub mod parser_invariants;
 pub mod process;
+pub mod wait;
 pub mod wire;
 
 pub use client::{escape, Client, End};
