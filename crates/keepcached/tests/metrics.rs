@@ -475,7 +475,7 @@ fn every_metric_the_dashboard_queries_exists() {
     assert_eq!(call(proxy.addr, "set k 0 0 2\r\nhi\r\n"), "STORED\r\n");
 
     let mut t = vrrp_topology::Topology::new(1);
-    let config = t.write("h1.toml", &vrrp_config(100));
+    let config = t.write("h1.toml", &vrrp_topology::v3_instance(100));
     let vrrp_metrics: SocketAddr = "198.18.0.1:9150".parse().unwrap();
     let flag = format!("--metrics={vrrp_metrics}");
     t.spawn(
@@ -531,21 +531,6 @@ fn every_metric_the_dashboard_queries_exists() {
     );
 }
 
-/// One v3 instance with a 0.1 s advert interval at `priority`.
-fn vrrp_config(priority: u8) -> String {
-    format!(
-        r#"[[instance]]
-name = "VI_1"
-interface = "eth0"
-vrid = 51
-priority = {priority}
-version = 3
-advert_interval = 0.1
-vips = [{{ address = "198.18.0.100/32" }}]
-"#
-    )
-}
-
 /// Scrapes `addr` (from inside a namespace that reaches it) until `series` is `want`.
 fn wait_until(addr: SocketAddr, series: &str, want: f64, t: &vrrp_topology::Topology) -> String {
     let deadline = Instant::now() + WAIT;
@@ -575,7 +560,10 @@ fn vrrp_state_flips_on_failover() {
     let mut t = vrrp_topology::Topology::new(2);
     let mut pids = Vec::new();
     for (host, priority) in [("h1", 100), ("h2", 99)] {
-        let config = t.write(&format!("{host}.toml"), &vrrp_config(priority));
+        let config = t.write(
+            &format!("{host}.toml"),
+            &vrrp_topology::v3_instance(priority),
+        );
         let flag = format!("--metrics=198.18.0.{}:9150", &host[1..]);
         pids.push(t.spawn(
             host,

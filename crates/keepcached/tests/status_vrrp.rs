@@ -17,21 +17,6 @@ use vrrp_topology::Topology;
 const WAIT: Duration = Duration::from_secs(30);
 const METRICS_PORT: u16 = 9150;
 
-fn config(priority: u8) -> String {
-    format!(
-        r#"[[instance]]
-name = "VI_1"
-interface = "eth0"
-vrid = 51
-priority = {priority}
-version = 3
-advert_interval = 0.1
-vips = [{{ address = "{}/32" }}]
-"#,
-        vrrp_topology::VIP
-    )
-}
-
 fn url(host: usize) -> String {
     format!("http://198.18.0.{host}:{METRICS_PORT}")
 }
@@ -99,7 +84,7 @@ fn status_shows_who_holds_the_vip_before_and_after_a_failover() {
     let exe = vrrp_topology::keepcached();
     let mut pids = Vec::new();
     for (i, priority) in [(1, 100), (2, 90)] {
-        let path = t.write(&format!("h{i}.toml"), &config(priority));
+        let path = t.write(&format!("h{i}.toml"), &vrrp_topology::v3_instance(priority));
         let flag = format!("--metrics=198.18.0.{i}:{METRICS_PORT}");
         pids.push(t.spawn(
             &format!("h{i}"),

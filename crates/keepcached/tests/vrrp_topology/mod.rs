@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 pub const VIP: &str = "198.18.0.100";
 pub const VIP6: &str = "2001:2::100";
 
+/// keepcached's VRRP TOML for one instance, `VI_1` on eth0 holding [`VIP`]: VRRPv3 with 0.1 s
+/// adverts at `priority`.
+pub fn v3_instance(priority: u8) -> String {
+    format!(
+        "[[instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = {priority}\n\
+         version = 3\nadvert_interval = 0.1\nvips = [{{ address = \"{VIP}/32\" }}]\n"
+    )
+}
+
 /// Whether namespace tests can run; outside CI without root they are skipped.
 pub fn root_or_skip(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
