@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keepcached_testkit::{free_port, keepcached_server, Client, ServerProcess};
+use keepcached_testkit::{free_port, keepcached_proxy, keepcached_server, Client, ServerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 const WAIT: Duration = Duration::from_secs(30);
@@ -166,45 +166,27 @@ fn server() -> (ServerProcess, SocketAddr) {
     panic!("no free metrics port after 5 attempts");
 }
 
-/// `keepcached proxy -D` in front of `main` and `backup`, with `--metrics`; killed on drop.
+/// `keepcached proxy -D` in front of `main` and `backup`, with `--metrics` (testkit's process,
+/// killed on drop).
 struct Proxy {
-    child: Child,
+    /// Held for its drop, which ends the process.
+    _process: ServerProcess,
     addr: SocketAddr,
     metrics: SocketAddr,
 }
 
 impl Proxy {
     fn start(main: &ServerProcess, backup: &ServerProcess) -> Proxy {
-        let port = free_port().expect("free port");
         let metrics = metrics_addr();
-        let child = Command::new(BIN)
-            .args(["proxy", "-D", "-l", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-s", &main.addr().to_string()])
-            .args(["-b", &backup.addr().to_string()])
-            .arg(format!("--metrics={metrics}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let (main, backup) = (main.addr().to_string(), backup.addr().to_string());
+        let flag = format!("--metrics={metrics}");
+        let process = keepcached_proxy(Path::new(BIN), &["-s", &main, "-b", &backup, &flag])
             .expect("start keepcached proxy");
-        let proxy = Proxy {
-            child,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Proxy {
+            addr: process.addr(),
+            _process: process,
             metrics,
-        };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect_timeout(&proxy.addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "the proxy never listened");
-            thread::sleep(Duration::from_millis(20));
         }
-        proxy
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

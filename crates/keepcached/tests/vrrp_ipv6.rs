@@ -38,18 +38,6 @@ while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-fn keepalived_present() -> bool {
-    let present = std::path::Path::new("/usr/sbin/keepalived").exists();
-    if !present {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs keepalived installed"
-        );
-        eprintln!("SKIPPED: /usr/sbin/keepalived is not installed");
-    }
-    present
-}
-
 /// keepalived's configuration of one IPv6 instance: with an IPv6 VIP it runs
 /// VRRPv3 without being told.
 fn keepalived_conf(priority: u8) -> String {
@@ -197,7 +185,13 @@ fn election_and_failover(ours_is_master: bool) {
 
 #[test]
 fn keepcached_master_keepalived_backup_over_ipv6() {
-    if !root_or_skip("keepcached_master_keepalived_backup_over_ipv6") || !keepalived_present() {
+    if !root_or_skip("keepcached_master_keepalived_backup_over_ipv6")
+        || !keepcached_testkit::env::require(
+            "keepcached_master_keepalived_backup_over_ipv6",
+            true,
+            &["/usr/sbin/keepalived"],
+        )
+    {
         return;
     }
     election_and_failover(true);
@@ -205,7 +199,13 @@ fn keepcached_master_keepalived_backup_over_ipv6() {
 
 #[test]
 fn keepalived_master_keepcached_backup_over_ipv6() {
-    if !root_or_skip("keepalived_master_keepcached_backup_over_ipv6") || !keepalived_present() {
+    if !root_or_skip("keepalived_master_keepcached_backup_over_ipv6")
+        || !keepcached_testkit::env::require(
+            "keepalived_master_keepcached_backup_over_ipv6",
+            true,
+            &["/usr/sbin/keepalived"],
+        )
+    {
         return;
     }
     election_and_failover(false);
