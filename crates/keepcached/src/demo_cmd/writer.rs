@@ -59,9 +59,16 @@ pub struct WriterReport {
     /// key -> sequence number of its last acknowledged value.
     pub acked: HashMap<String, u64>,
     pub ok: u64,
-    pub failed: Vec<Failure>,
+    /// Operations that failed; the first few are kept ([`SHOWN`]) and the last, not every one
+    /// (a refused connection fails a hundred times a second while nobody holds the VIP).
+    pub failed: u64,
+    pub first_failures: Vec<Failure>,
+    pub last_failure: Option<Failure>,
     pub longest_pause: Duration,
 }
+
+/// Failures kept to be shown.
+pub const SHOWN: usize = 5;
 
 impl Writer {
     pub fn start(web_ns: String) -> anyhow::Result<Writer> {
@@ -95,11 +102,22 @@ impl Writer {
 
 impl WriterReport {
     fn fail(&mut self, why: String) {
-        self.failed.push(Failure {
+        let failure = Failure {
             at: Instant::now(),
             acked_before: self.ok,
             why,
-        });
+        };
+        self.failed += 1;
+        if self.first_failures.len() < SHOWN {
+            self.first_failures.push(failure);
+        } else {
+            self.last_failure = Some(failure);
+        }
+    }
+
+    /// The latest failure, if any.
+    pub fn latest_failure(&self) -> Option<&Failure> {
+        self.last_failure.as_ref().or(self.first_failures.last())
     }
 }
 
@@ -113,7 +131,9 @@ fn write_until(
     let mut report = WriterReport {
         acked: HashMap::new(),
         ok: 0,
-        failed: Vec::new(),
+        failed: 0,
+        first_failures: Vec::new(),
+        last_failure: None,
         longest_pause: Duration::ZERO,
     };
     let timeout = Duration::from_millis(500);
