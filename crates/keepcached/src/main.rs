@@ -121,6 +121,29 @@ pub fn init_logging(verbose: u8, log_file: Option<&Path>) -> anyhow::Result<()> 
 /// signals, stopping, in [`process`]) is always logged at info.
 pub fn init_logging_with(verbose: u8, always: &str, log_file: Option<&Path>) -> anyhow::Result<()> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    // Colours only for a person at a terminal, never in a log file or a service manager's
+    // journal.
+    let (writer, ansi) = match log_file {
+        Some(path) => {
+            let file = std::sync::Arc::new(process::open_log_file(path)?);
+            (BoxMakeWriter::new(file), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    install_logging(verbose, always, writer, ansi);
+    Ok(())
+}
+
+/// [`init_logging_with`]'s levels, writing with `writer` (`ansi`: with colours).
+pub fn install_logging(
+    verbose: u8,
+    always: &str,
+    writer: tracing_subscriber::fmt::writer::BoxMakeWriter,
+    ansi: bool,
+) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -136,22 +159,9 @@ pub fn init_logging_with(verbose: u8, always: &str, log_file: Option<&Path>) -> 
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
-    // Colours only for a person at a terminal, never in a log file or a service manager's
-    // journal.
-    let (writer, ansi) = match log_file {
-        Some(path) => {
-            let file = std::sync::Arc::new(process::open_log_file(path)?);
-            (BoxMakeWriter::new(file), false)
-        }
-        None => (
-            BoxMakeWriter::new(std::io::stderr),
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ),
-    };
     let _ = tracing_subscriber::fmt()
         .with_ansi(ansi)
         .with_env_filter(filter)
         .with_writer(writer)
         .try_init();
-    Ok(())
 }

@@ -291,16 +291,13 @@ fn line_shown() -> std::sync::MutexGuard<'static, bool> {
 /// Logging as `init_logging(1, None)` sets it up (info, `RUST_LOG` overrides it), to stderr;
 /// with the live line, through [`LiveStderr`], so a log line never lands in the middle of it.
 fn init_logging(live: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if live {
-        builder.with_writer(|| LiveStderr).try_init()
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let writer = if live {
+        BoxMakeWriter::new(|| LiveStderr)
     } else {
-        builder.with_writer(std::io::stderr).try_init()
+        BoxMakeWriter::new(std::io::stderr)
     };
+    crate::install_logging(1, "", writer, std::io::stderr().is_terminal());
 }
 
 /// stderr for log lines, clearing the live line before the first byte of each.
