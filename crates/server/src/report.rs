@@ -643,7 +643,7 @@ fn metadump(session: &mut Session<'_>, selection: &Selection) {
 
 /// Percent-encodes a key as memcached's metadump does, so keys with spaces or control bytes
 /// survive the line format.
-fn uri_encode(out: &mut String, key: &[u8]) {
+pub(crate) fn uri_encode(out: &mut String, key: &[u8]) {
     for &b in key {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));

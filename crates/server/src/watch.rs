@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::execute::Session;
+use crate::report::uri_encode;
 
 /// Item reads (memcached's `fetchers`, the default).
 pub const FETCHERS: u8 = 1;
@@ -417,17 +418,6 @@ fn endpoint(addr: &str) -> (&str, &str, &str) {
             transport,
         ),
         None => (rest, "0", transport),
-    }
-}
-
-/// memcached's key encoding in log lines (the same as metadump's).
-fn uri_encode(out: &mut String, key: &[u8]) {
-    for &b in key {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
     }
 }
 
