@@ -6,8 +6,9 @@
 //!
 //! Layout (see the module docs for each part):
 //! - [`Cache`] splits keys over shards by hash, each behind its own lock (`shard`);
-//! - a shard keeps items in a slot arena (`arena`), indexed by a hash table of slot numbers;
-//! - when memory is short it evicts by S3-FIFO (`policy`);
+//! - a shard keeps items in a log of segments with compact headers (`log`), indexed by a hash
+//!   table of locations;
+//! - when memory is short it reuses dead space and evicts by S3-FIFO (`policy`);
 //! - `size` says what an item costs, `numeric` how incr/decr read and write numbers.
 //!
 //! The text protocol's operations (`get`, `store`, `delete`, `incr_decr`, ...) sit on the ones the
@@ -20,7 +21,7 @@
 //! A restart (memcached's `-e`) goes through [`Cache::export`], which lends every live item
 //! whole, and [`Cache::import`], which puts one back; the server owns the file in between.
 
-mod arena;
+mod log;
 mod numeric;
 mod policy;
 mod shard;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use arena::Entry;
+use log::{Item, Walk, BINARY_KEY, FETCHED, SHARED_MIN, STALE};
 use shard::{ItemBatch, MetaBatch, Shard, ShardConfig};
 pub use size::{accounted_size, memcached_size};
 
@@ -107,23 +108,27 @@ pub struct ItemView<'a> {
 }
 
 /// An item lent to the closure of [`Cache::read`] under the shard lock: what it is, the state
-/// it had before this read, and the changes the meta protocol makes while it answers.
+/// it had before this read, and the changes the meta protocol makes while it answers (applied
+/// when the closure returns).
 #[derive(Debug)]
 pub struct ItemHandle<'a> {
-    entry: &'a mut Entry,
+    item: Item<'a>,
+    shared: Option<&'a Bytes>,
+    exptime: Time,
+    token_sent: bool,
     cas_enabled: bool,
     created: bool,
 }
 
 impl ItemHandle<'_> {
     pub fn view(&self) -> ItemView<'_> {
-        let e = &*self.entry;
+        let e = &self.item;
         ItemView {
             key: e.key(),
             value: e.value(),
-            flags: e.flags,
-            cas: if self.cas_enabled { e.cas } else { 0 },
-            exptime: e.exptime,
+            flags: e.flags(),
+            cas: if self.cas_enabled { e.cas() } else { 0 },
+            exptime: self.exptime,
         }
     }
 
@@ -131,18 +136,21 @@ impl ItemHandle<'_> {
     /// stored bytes themselves for values of 8 KiB or more, a copy of a smaller one. The item
     /// may be replaced or removed meanwhile, the handle keeps what it took.
     pub fn shared_value(&self) -> Bytes {
-        self.entry.shared_value()
+        match self.shared {
+            Some(shared) => shared.clone(),
+            None => Bytes::copy_from_slice(self.item.value()),
+        }
     }
 
     /// Whether the item had been read before this read (`mg h`, `me`'s `fetch`).
     pub fn fetched(&self) -> bool {
-        self.entry.fetched()
+        self.item.has(FETCHED)
     }
 
     /// The item's last access before this read (`mg l`, `me`'s `la`). As in memcached, a
     /// store sets it and reads move it only from an item's second read on.
     pub fn last_access(&self) -> Time {
-        self.entry.last_access
+        self.item.last_access()
     }
 
     /// Whether this read created the item ([`ReadOptions::vivify`]).
@@ -153,29 +161,29 @@ impl ItemHandle<'_> {
     /// Whether the item was invalidated ([`Cache::mark_stale`], or a store with
     /// [`StoreRequest::invalidate`]) and not stored since.
     pub fn stale(&self) -> bool {
-        self.entry.stale()
+        self.item.has(STALE)
     }
 
     /// Whether some client has already been handed the item's win token (memcached's
     /// `ITEM_TOKEN_SENT`): the one client that should refresh it has been chosen.
     pub fn token_sent(&self) -> bool {
-        self.entry.token_sent()
+        self.token_sent
     }
 
     /// Records that this client was handed the win token; later readers see
     /// [`ItemHandle::token_sent`] until the item is stored again or marked stale.
     pub fn send_token(&mut self) {
-        self.entry.set_token_sent(true);
+        self.token_sent = true;
     }
 
     /// Whether the item was stored with its key in base64 ([`StoreRequest::binary_key`]), so
     /// replies should show the key in base64 too.
     pub fn binary_key(&self) -> bool {
-        self.entry.binary_key()
+        self.item.has(BINARY_KEY)
     }
 
     pub fn set_exptime(&mut self, exptime: Time) {
-        self.entry.exptime = exptime;
+        self.exptime = exptime;
     }
 }
 
@@ -488,17 +496,14 @@ pub struct Cache {
     crawl_start: AtomicUsize,
 }
 
-/// A new item's key and value in one allocation, built before the shard is locked so that the
-/// copy is not made under the lock; `None` for append and prepend, which join the old value.
-fn item_data(request: &StoreRequest<'_>) -> Option<Bytes> {
+/// A large value in its own refcounted buffer, copied before the shard is locked so that the
+/// copy is not made under the lock; `None` for a value that goes into the log, and for append
+/// and prepend, which join the old value.
+fn large_value(request: &StoreRequest<'_>) -> Option<Bytes> {
     match request.mode {
         StoreMode::Append | StoreMode::Prepend => None,
-        _ => {
-            let mut data = Vec::with_capacity(request.key.len() + request.value.len());
-            data.extend_from_slice(request.key);
-            data.extend_from_slice(request.value);
-            Some(Bytes::from(data))
-        }
+        _ if request.value.len() >= SHARED_MIN => Some(Bytes::copy_from_slice(request.value)),
+        _ => None,
     }
 }
 
@@ -654,17 +659,18 @@ impl Cache {
         }
         let (hash, idx) = self.locate(key);
         let shard = &self.shards[idx].0;
-        let (outcome, garbage) = shard.lock().store(hash, &request, item_data(&request), now);
-        drop(garbage);
+        let outcome = shard
+            .lock()
+            .store(hash, &request, large_value(&request), now);
         if outcome.result != StoreResult::OutOfMemory
             || self.evict
             || !self.borrow_room(idx, accounted_size(key.len(), value.len()))
         {
             return outcome;
         }
-        let (outcome, garbage) = shard.lock().store(hash, &request, item_data(&request), now);
-        drop(garbage);
-        outcome
+        shard
+            .lock()
+            .store(hash, &request, large_value(&request), now)
     }
 
     /// Removes a live item; false when there was none.
@@ -778,7 +784,7 @@ impl Cache {
     pub fn for_each_item(&self, now: Time, mut f: impl FnMut(ItemMeta<'_>)) {
         let mut batch = MetaBatch::default();
         for shard in self.shards.iter() {
-            let mut from = Some(0);
+            let mut from = Some(Walk::default());
             while let Some(pos) = from {
                 batch.clear();
                 from = shard
@@ -801,7 +807,7 @@ impl Cache {
     ) -> Result<(), E> {
         let mut batch = ItemBatch::default();
         for shard in self.shards.iter() {
-            let mut from = Some(0);
+            let mut from = Some(Walk::default());
             while let Some(pos) = from {
                 batch.clear();
                 from = shard.0.lock().collect_items(
@@ -835,19 +841,13 @@ impl Cache {
         }
         let (hash, idx) = self.locate(item.key);
         let shard = &self.shards[idx].0;
-        let data = || {
-            let mut data = Vec::with_capacity(item.key.len() + item.value.len());
-            data.extend_from_slice(item.key);
-            data.extend_from_slice(item.value);
-            Bytes::from(data)
-        };
-        let result = shard.lock().import(hash, item, data(), now);
+        let result = shard.lock().import(hash, item, now);
         if result != ImportResult::NoRoom
             || !self.borrow_room(idx, accounted_size(item.key.len(), item.value.len()))
         {
             return result;
         }
-        shard.lock().import(hash, item, data(), now)
+        shard.lock().import(hash, item, now)
     }
 
     /// Drops every item (a load that found the file corrupt starts over empty).

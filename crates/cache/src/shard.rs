@@ -2,9 +2,9 @@
 //! queues, its flush state and its counters. [`crate::Cache`] picks the shard by the key's hash and
 //! calls it under the shard's lock; nothing here locks, reads a clock or does I/O.
 //!
-//! Items are named by arena slot; the index is a `HashTable<u32>` of slots, probed with the key's
-//! hash and compared by key, so no hash is stored per item (it is recomputed from the key when the
-//! table grows or an item is evicted).
+//! Items live in the shard's log (`log`) and are named by location; the index is a
+//! `HashTable<u32>` of locations, probed with the key's hash and compared by key, so no hash is
+//! stored per item (it is recomputed from the key when the table grows or an item moves).
 //!
 //! Every store takes a sequence number from the shard's counter, interleaved with the shard's
 //! number so that it is unique in the whole cache; it is the item's CAS. It also dates the store,
@@ -14,17 +14,22 @@
 //!
 //! Dead items go before live ones: a shard keeps a lower bound of its items' expiry times and
 //! the flush bound it last swept for. When a store needs room and that bound has passed (or a
-//! flush came since), it first sweeps the whole arena once and frees every expired or flushed
-//! item (memcached's `reclaimed`), then recomputes the bound from the survivors; only then does
-//! the eviction policy pick a live victim. So no live item is evicted while a dead one holds
-//! memory, and a dead item's space is reused before the shard's memory grows. A sweep costs one
-//! pass over the shard's slots, at most once per second of the clock per shard (the new bound
-//! is in the future), and never when no item has an expiry time.
+//! flush came since), it first sweeps the whole log once and kills every expired or flushed
+//! item (memcached's `reclaimed`), then recomputes the bound from the survivors. A sweep costs
+//! one pass over the shard's items, at most once per second of the clock per shard (the new
+//! bound is in the future), and never when no item has an expiry time.
+//!
+//! A dead item's bytes (expired, deleted, replaced) stay in its segment until they are reused,
+//! and count against the limit until then, so the limit bounds real memory. They are reused
+//! when a queue's cursor passes them, at no cost, or sooner by compaction: a segment at least
+//! an eighth dead, or with little left alive, has its live items moved to the head of its queue
+//! and is freed. Before the policy evicts a live item to make room, every segment that
+//! qualifies is compacted; so dead space is reused first unless it is spread thinner than an
+//! eighth of a segment, and compaction moves at most 7 bytes per byte it frees.
 //!
 //! Memory: each item is accounted as [`accounted_size`] says, which matches what the allocator
-//! really gives out (tests/memory.rs checks it). The arena, the index and the ghost do not shrink
-//! when items go: their unused part, about 60 bytes per free slot below the shard's peak item
-//! count, is reused by later items but not counted in the meantime.
+//! really gives out (tests/memory.rs checks it). The index and the ghost do not shrink when
+//! items go: their unused part is reused by later items but not counted in the meantime.
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
@@ -33,10 +38,15 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::arena::{Arena, Data, Entry, NIL};
+use crate::log::{
+    segment_of, with_freq, Item, Loc, Log, NewItem, Walk, BINARY_KEY, FETCHED, NIL, STALE,
+    TOKEN_SENT,
+};
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
-use crate::policy::{S3Fifo, Victim};
-use crate::size::{accounted_size, memcached_size};
+use crate::policy::{Ghost, Queue, SMALL_SHARE_DIVISOR};
+use crate::size::{item_size, memcached_size};
+#[cfg(test)]
+use crate::size::{large_size, ITEM_OVERHEAD};
 use crate::{
     CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ImportResult, ItemHandle,
     ItemMeta, Lookup, ReadOptions, SavedItem, StaleResult, StoreMode, StoreOutcome, StoreRequest,
@@ -63,10 +73,10 @@ enum Death {
     Flushed,
 }
 
-fn death(e: &Entry, flush_below: u64, now: Time) -> Option<Death> {
-    if e.cas < flush_below {
+fn death(e: &Item<'_>, flush_below: u64, now: Time) -> Option<Death> {
+    if e.cas() < flush_below {
         Some(Death::Flushed)
-    } else if e.exptime != 0 && e.exptime <= now {
+    } else if e.exptime() != 0 && e.exptime() <= now {
         Some(Death::Expired)
     } else {
         None
@@ -82,20 +92,22 @@ fn missed<R>(found: Found) -> Lookup<R> {
     }
 }
 
-fn entry_bytes(e: &Entry) -> u64 {
-    accounted_size(e.key_len(), e.value().len())
+/// What an item is accounted for.
+fn item_bytes(e: &Item<'_>) -> u64 {
+    item_size(e.key().len(), e.value().len(), e.flags())
 }
 
-fn concat(parts: [&[u8]; 3]) -> Bytes {
-    let mut data = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        data.extend_from_slice(part);
-    }
-    Bytes::from(data)
+/// A segment worth compacting: an eighth dead or more (at most 7 bytes moved per byte freed),
+/// or so little alive that moving it is cheap.
+fn compactable(written: usize, garbage: usize) -> bool {
+    garbage > 0 && (8 * garbage >= written || written - garbage <= COMPACT_LIVE_MAX)
 }
+
+/// A segment with at most this many live bytes is compacted whatever its dead share.
+const COMPACT_LIVE_MAX: usize = 4096;
 
 enum Found {
-    Live(u32),
+    Live(Loc),
     Dead(Death),
     Missing,
 }
@@ -202,22 +214,35 @@ impl ItemBatch {
 
 #[derive(Debug)]
 pub(crate) struct Shard {
-    index: HashTable<u32>,
-    arena: Arena,
-    policy: S3Fifo,
+    index: HashTable<Loc>,
+    log: Log,
+    small: Queue,
+    main: Queue,
+    ghost: Ghost,
     cfg: ShardConfig,
-    /// Accounted bytes of the items held.
+    /// Bytes counted against the limit: the log bytes the queues hold (dead ones included),
+    /// and each live item's index and ghost share and large value.
     used: u64,
+    /// Accounted bytes of the live items (`stats bytes`).
+    live: u64,
+    /// Log bytes of dead items not yet reused.
+    garbage: u64,
+    /// Items in the log, live or dead, for walks to size their work.
+    logged: u32,
+    /// Segments that became worth compacting, with their generation.
+    sparse: Vec<(u32, u32)>,
+    /// Where a moved item's key and value wait while it is copied within the log.
+    scratch: Vec<u8>,
     /// Items whose sequence is below this were flushed.
     flush_below: u64,
     /// When a delayed flush takes effect; 0 when none is pending.
     flush_at: Time,
     /// The latest time an operation brought, for work that is not given one.
     last_now: Time,
-    crawl_pos: u32,
+    crawl_pos: Walk,
     /// No item expires before this (0: no item has an expiry time); may be lower than the truth.
     next_expiry: Time,
-    /// The flush bound when the arena was last swept: a higher `flush_below` means items may
+    /// The flush bound when the log was last swept: a higher `flush_below` means items may
     /// have been flushed since.
     swept_flush: u64,
     counters: Counters,
@@ -227,14 +252,21 @@ impl Shard {
     pub(crate) fn new(cfg: ShardConfig) -> Shard {
         Shard {
             index: HashTable::new(),
-            arena: Arena::new(),
-            policy: S3Fifo::new(),
+            log: Log::new(),
+            small: Queue::default(),
+            main: Queue::default(),
+            ghost: Ghost::default(),
             cfg,
             used: 0,
+            live: 0,
+            garbage: 0,
+            logged: 0,
+            sparse: Vec::new(),
+            scratch: Vec::new(),
             flush_below: 0,
             flush_at: 0,
             last_now: 0,
-            crawl_pos: 0,
+            crawl_pos: Walk::default(),
             next_expiry: 0,
             swept_flush: 0,
             counters: Counters::default(),
@@ -259,59 +291,139 @@ impl Shard {
         }
     }
 
-    /// An item's CAS as clients see it: 0 when CAS is off.
-    fn client_cas(&self, idx: u32) -> u64 {
+    /// A CAS as clients see it: 0 when CAS is off.
+    fn client(&self, cas: u64) -> u64 {
         if self.cfg.cas {
-            self.arena[idx].cas
+            cas
         } else {
             0
         }
     }
 
+    fn client_cas(&self, at: Loc) -> u64 {
+        self.client(self.log.get(at).cas())
+    }
+
+    fn hash_at(&self, at: Loc) -> u64 {
+        self.cfg.hasher.hash_one(self.log.get(at).key())
+    }
+
+    fn queue(&mut self, main: bool) -> &mut Queue {
+        if main {
+            &mut self.main
+        } else {
+            &mut self.small
+        }
+    }
+
     /// Finds the item of `key`; an expired or flushed one is removed on the way.
     fn lookup(&mut self, hash: u64, key: &[u8], now: Time) -> Found {
-        let arena = &self.arena;
-        let Some(&idx) = self.index.find(hash, |&i| arena[i].key() == key) else {
+        let log = &self.log;
+        let Some(&at) = self.index.find(hash, |&l| log.get(l).key() == key) else {
             return Found::Missing;
         };
-        match death(&self.arena[idx], self.flush_below, now) {
-            None => Found::Live(idx),
+        match death(&self.log.get(at), self.flush_below, now) {
+            None => Found::Live(at),
             Some(d) => {
-                self.unlink(idx, hash);
+                self.unlink(at, hash);
                 Found::Dead(d)
             }
         }
     }
 
-    /// Takes an item out of the index, its queue and the arena, and returns its data.
-    fn unlink(&mut self, idx: u32, hash: u64) -> Data {
-        self.index
-            .find_entry(hash, |&i| i == idx)
-            .expect("every occupied slot is indexed")
-            .remove();
-        self.policy.remove(&mut self.arena, idx);
-        self.used -= entry_bytes(&self.arena[idx]);
-        self.arena.remove(idx)
+    /// Writes an item at the head of a queue; `None` when no segment can be had. The caller has
+    /// made room for it.
+    fn append(&mut self, main: bool, item: &NewItem<'_>) -> Option<Loc> {
+        let len = item.len();
+        let head = match self.queue(main).head() {
+            Some(head) if self.log.fits(head, len) => head,
+            _ => {
+                let id = self.log.open(main)?;
+                self.queue(main).push_segment(id);
+                id
+            }
+        };
+        let at = self.log.append(head, item);
+        self.queue(main).bytes += len as u64;
+        let accounted = item_size(item.key.len(), item.value_len(), item.flags);
+        self.used += accounted;
+        self.live += accounted;
+        self.logged += 1;
+        Some(at)
     }
 
-    fn remove_victim(&mut self, victim: Victim, now: Time) {
-        let e = &self.arena[victim.idx];
-        let died = death(e, self.flush_below, now);
-        let fetched = e.fetched();
-        let hash = self.cfg.hasher.hash_one(e.key());
-        self.unlink(victim.idx, hash);
-        let c = &mut self.counters;
-        match died {
-            Some(d) => {
-                c.reclaimed += 1;
-                c.expired_unfetched += u64::from(d == Death::Expired && !fetched);
-            }
-            None => {
-                c.evictions += 1;
-                c.evicted_unfetched += u64::from(!fetched);
-                self.policy.evicted(victim, hash);
-            }
+    /// Kills an item that is out of the index: its log bytes become garbage, the rest of what
+    /// it was accounted for is freed.
+    fn kill(&mut self, at: Loc) {
+        let e = self.log.get(at);
+        let accounted = item_bytes(&e);
+        let id = segment_of(at);
+        let was = compactable(self.log.written(id), self.log.garbage(id));
+        let len = self.log.kill(at) as u64;
+        self.live -= accounted;
+        self.used -= accounted - len;
+        self.garbage += len;
+        if !was && compactable(self.log.written(id), self.log.garbage(id)) {
+            self.sparse.push((id, self.log.generation(id)));
         }
+    }
+
+    /// Takes an item out of the index and kills it.
+    fn unlink(&mut self, at: Loc, hash: u64) {
+        self.index
+            .find_entry(hash, |&l| l == at)
+            .expect("every live item is indexed")
+            .remove();
+        self.kill(at);
+    }
+
+    /// Copies an item to the head of a queue with new state bits, points the index at the copy
+    /// and kills the original. `None` (and nothing changed) when no segment can be had.
+    fn relocate(&mut self, at: Loc, hash: u64, main: bool, bits: u16) -> Option<Loc> {
+        let e = self.log.get(at);
+        let shared = self.log.shared(at).cloned();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(e.key());
+        let key_len = scratch.len();
+        if shared.is_none() {
+            scratch.extend_from_slice(e.value());
+        }
+        let new = NewItem {
+            key: &scratch[..key_len],
+            value: [&scratch[key_len..], &[]],
+            shared: shared.as_ref(),
+            flags: e.flags(),
+            exptime: e.exptime(),
+            cas: e.cas(),
+            last_access: e.last_access(),
+            bits,
+        };
+        let to = self.append(main, &new);
+        self.scratch = scratch;
+        let to = to?;
+        *self
+            .index
+            .find_mut(hash, |&l| l == at)
+            .expect("a moved item is indexed") = to;
+        self.kill(at);
+        Some(to)
+    }
+
+    /// Moves the cursor of a queue past its oldest item, which is dead.
+    fn pass(&mut self, main: bool, at: Loc, len: usize) {
+        self.queue(main).pass(len);
+        self.log.passed(segment_of(at), len);
+        self.logged -= 1;
+        self.used -= len as u64;
+        self.garbage -= len as u64;
+    }
+
+    /// Removes an item that the policy or a sweep found dead, counting it as reclaimed.
+    fn reclaim(&mut self, at: Loc, hash: u64, died: Death, fetched: bool) {
+        self.unlink(at, hash);
+        self.counters.reclaimed += 1;
+        self.counters.expired_unfetched += u64::from(died == Death::Expired && !fetched);
     }
 
     /// Lowers the expiry bound for an item that now expires at `exptime`.
@@ -321,27 +433,30 @@ impl Shard {
         }
     }
 
-    /// Frees every expired or flushed item but `protect` when one may exist (see the module
+    /// Kills every expired or flushed item but `protect` when one may exist (see the module
     /// doc), counting them as `reclaimed`, and sets the expiry bound from the items left.
-    fn reclaim_dead(&mut self, protect: u32, now: Time) {
+    fn reclaim_dead(&mut self, protect: Loc, now: Time) {
         let expiring = self.next_expiry != 0 && self.next_expiry <= now;
         if !expiring && self.flush_below <= self.swept_flush {
             return;
         }
         let mut next_expiry = 0;
-        for idx in 0..self.arena.high_water() {
-            let Some(e) = self.arena.get(idx) else {
+        let mut pos = Walk::default();
+        while let Some((at, next)) = self.log.walk(pos) {
+            pos = next;
+            let e = self.log.get(at);
+            if e.dead() {
                 continue;
-            };
-            let (died, fetched, exptime) =
-                (death(e, self.flush_below, now), e.fetched(), e.exptime);
+            }
+            let (died, fetched, exptime) = (
+                death(&e, self.flush_below, now),
+                e.has(FETCHED),
+                e.exptime(),
+            );
             match died {
-                Some(died) if idx != protect => {
-                    let hash = self.cfg.hasher.hash_one(self.arena[idx].key());
-                    self.unlink(idx, hash);
-                    self.counters.reclaimed += 1;
-                    self.counters.expired_unfetched +=
-                        u64::from(died == Death::Expired && !fetched);
+                Some(died) if at != protect => {
+                    let hash = self.hash_at(at);
+                    self.reclaim(at, hash, died, fetched);
                 }
                 _ if exptime != 0 && (next_expiry == 0 || exptime < next_expiry) => {
                     next_expiry = exptime;
@@ -353,64 +468,201 @@ impl Shard {
         self.swept_flush = self.flush_below;
     }
 
-    /// Frees memory until `need` more bytes fit, never removing `protect`: dead items first,
-    /// then, with eviction on, live ones as the policy picks them. Returns whether the bytes fit.
-    fn make_room(&mut self, need: u64, protect: u32, now: Time) -> bool {
+    /// A segment to compact before evicting anything: one listed as worth it, or, when the
+    /// shard may not evict, any with dead bytes.
+    fn compaction_candidate(&mut self) -> Option<u32> {
+        while let Some((id, generation)) = self.sparse.pop() {
+            if self.log.is(id, generation)
+                && compactable(self.log.written(id), self.log.garbage(id))
+            {
+                return Some(id);
+            }
+        }
+        if self.cfg.evict {
+            return None;
+        }
+        self.log.with_garbage().next()
+    }
+
+    /// Moves a segment's live items to the head of its queue and frees it. `protect` follows
+    /// its item if that moves. False when no segment could be had for the copies.
+    fn compact(&mut self, id: u32, protect: &mut Loc) -> bool {
+        let main = self.log.in_main(id);
+        if self.queue(main).head() == Some(id) {
+            // Copies go to a new segment, never into the one being emptied.
+            let Some(fresh) = self.log.open(main) else {
+                return false;
+            };
+            self.queue(main).push_segment(fresh);
+        }
+        let start = if self.queue(main).is_front(id) {
+            self.queue(main).cursor()
+        } else {
+            0
+        };
+        let mut next = self.log.at(id, start);
+        while let Some(at) = next {
+            next = self.log.next_in_segment(at);
+            self.logged -= 1;
+            let e = self.log.get(at);
+            if e.dead() {
+                continue;
+            }
+            let bits = e.copied_bits();
+            let hash = self.hash_at(at);
+            let Some(to) = self.relocate(at, hash, main, bits) else {
+                return false;
+            };
+            if at == *protect {
+                *protect = to;
+            }
+        }
+        let queue = if main {
+            &mut self.main
+        } else {
+            &mut self.small
+        };
+        let before = queue.bytes;
+        queue.drop_segment(&mut self.log, id);
+        let freed = before - queue.bytes;
+        self.used -= freed;
+        self.garbage -= freed;
+        true
+    }
+
+    /// Compacts every segment with dead bytes, so that all of the space they hold is free.
+    fn reuse_garbage(&mut self) {
+        if self.garbage == 0 {
+            return;
+        }
+        let dirty: Vec<u32> = self.log.with_garbage().collect();
+        for id in dirty {
+            if !self.compact(id, &mut NIL.clone()) {
+                break;
+            }
+        }
+    }
+
+    /// Frees memory until `need` more bytes fit, never removing `protect` (which follows its
+    /// item if that moves): dead space first, then, with eviction on, live items as S3-FIFO
+    /// picks them. Returns whether the bytes fit.
+    fn make_room(&mut self, need: u64, protect: &mut Loc, now: Time) -> bool {
         if need > self.cfg.limit {
             return false;
         }
-        self.reclaim_dead(protect, now);
+        self.reclaim_dead(*protect, now);
         while self.used + need > self.cfg.limit {
-            let flush_below = self.flush_below;
-            let is_dead = |e: &Entry| death(e, flush_below, now).is_some();
-            let victim = if self.cfg.evict {
-                self.policy
-                    .victim(&mut self.arena, self.cfg.limit, protect, is_dead)
-            } else {
-                self.policy.dead_near_tail(&self.arena, protect, is_dead)
-            };
-            match victim {
-                Some(v) => self.remove_victim(v, now),
-                None => return false,
+            if let Some(id) = self.compaction_candidate() {
+                if self.compact(id, protect) {
+                    continue;
+                }
             }
+            let small_share = self.cfg.limit / SMALL_SHARE_DIVISOR;
+            let small = self.small.tail(&mut self.log);
+            let main = self.main.tail(&mut self.log);
+            let (at, from_small) = match (small, main) {
+                (None, None) => return false,
+                (Some(at), None) => (at, true),
+                (None, Some(at)) => (at, false),
+                (Some(s), Some(_)) if self.small.bytes > small_share => (s, true),
+                (Some(_), Some(m)) => (m, false),
+            };
+            let e = self.log.get(at);
+            let len = e.len();
+            if e.dead() {
+                self.pass(!from_small, at, len);
+                continue;
+            }
+            let live_others = self.index.len() - usize::from(*protect != NIL);
+            if live_others == 0 && self.garbage == 0 {
+                return false;
+            }
+            let (died, fetched, freq, bits) = (
+                death(&e, self.flush_below, now),
+                e.has(FETCHED),
+                e.freq(),
+                e.copied_bits(),
+            );
+            let hash = self.hash_at(at);
+            if at == *protect {
+                match self.relocate(at, hash, !from_small, bits) {
+                    Some(to) => *protect = to,
+                    None => return false,
+                }
+            } else if let Some(died) = died {
+                self.reclaim(at, hash, died, fetched);
+            } else if !self.cfg.evict {
+                // Without eviction a live item is only moved on, and room comes from dead ones.
+                if self.garbage == 0 || self.relocate(at, hash, !from_small, bits).is_none() {
+                    return false;
+                }
+            } else if freq == 0 {
+                self.unlink(at, hash);
+                self.counters.evictions += 1;
+                self.counters.evicted_unfetched += u64::from(!fetched);
+                if from_small {
+                    self.ghost.insert(hash);
+                }
+            } else {
+                // Used while it waited: from small into main, or one more pass around main.
+                let bits = with_freq(bits, if from_small { 0 } else { freq - 1 });
+                if self.relocate(at, hash, true, bits).is_none() {
+                    self.unlink(at, hash);
+                    self.counters.evictions += 1;
+                }
+            }
+            self.pass(!from_small, at, len);
         }
         true
     }
 
-    /// Links a new item into the index, its queue and the byte count, making room first.
-    /// `None` when it cannot fit.
-    fn insert_new(
-        &mut self,
-        hash: u64,
-        data: Bytes,
-        key_len: usize,
-        flags: u32,
-        exptime: Time,
-        now: Time,
-    ) -> Option<u32> {
-        let bytes = accounted_size(key_len, data.len() - key_len);
-        if !self.make_room(bytes, NIL, now) {
+    /// Links a new item into the index and its queue, making room first. `None` when it cannot
+    /// fit. The item gets the next CAS and `now` as its last access.
+    fn insert_new(&mut self, hash: u64, item: NewItem<'_>, now: Time) -> Option<Loc> {
+        let bytes = item_size(item.key.len(), item.value_len(), item.flags);
+        if !self.make_room(bytes, &mut NIL.clone(), now) {
             return None;
         }
         let cas = self.next_cas();
-        self.note_expiry(exptime);
-        let entry = Entry::new(
-            Data::new(data, key_len),
-            key_len as u8,
-            flags,
-            exptime,
-            cas,
-            now,
-        );
-        let idx = self.arena.insert(entry)?;
-        let (arena, hasher) = (&self.arena, &self.cfg.hasher);
+        self.note_expiry(item.exptime);
+        self.ghost.fit(self.index.len() + 1);
+        let main = self.ghost.contains(hash);
+        let at = self.append(
+            main,
+            &NewItem {
+                cas,
+                last_access: now,
+                ..item
+            },
+        )?;
+        let (log, hasher) = (&self.log, &self.cfg.hasher);
         self.index
-            .insert_unique(hash, idx, |&i| hasher.hash_one(arena[i].key()));
-        self.policy
-            .admit(&mut self.arena, idx, hash, self.index.len());
-        self.used += bytes;
+            .insert_unique(hash, at, |&l| hasher.hash_one(log.get(l).key()));
         self.counters.total_items += 1;
-        Some(idx)
+        Some(at)
+    }
+
+    /// Puts a new version of the item at `at` (same key) in its queue, points the index at it
+    /// and kills the old one; the caller has made room. `None` when no segment can be had.
+    fn replace(&mut self, hash: u64, at: Loc, item: &NewItem<'_>) -> Option<Loc> {
+        let main = self.log.in_main(segment_of(at));
+        let to = self.append(main, item)?;
+        *self
+            .index
+            .find_mut(hash, |&l| l == at)
+            .expect("a replaced item is indexed") = to;
+        self.kill(at);
+        self.note_expiry(item.exptime);
+        self.counters.total_items += 1;
+        Some(to)
+    }
+
+    /// Brings the shard back under its limit after a replacement left the old copy's bytes,
+    /// keeping the new copy (`at` follows it if it moves).
+    fn settle(&mut self, at: &mut Loc, now: Time) {
+        if self.used > self.cfg.limit {
+            self.make_room(0, at, now);
+        }
     }
 
     pub(crate) fn read<R>(
@@ -423,27 +675,45 @@ impl Shard {
     ) -> Lookup<R> {
         self.advance(now);
         let found = self.lookup(hash, key, now);
-        let (idx, created) = match found {
-            Found::Live(idx) => (idx, false),
+        let (at, created) = match found {
+            Found::Live(at) => (at, false),
             _ if opts.vivify && key.len() <= KEY_MAX_LENGTH => {
                 // memcached's vivified item: empty, flags 0, no expiry until the caller sets one.
-                match self.insert_new(hash, concat([key, &[], &[]]), key.len(), 0, 0, now) {
-                    Some(idx) => (idx, true),
+                let item = NewItem {
+                    key,
+                    value: [&[], &[]],
+                    shared: None,
+                    flags: 0,
+                    exptime: 0,
+                    cas: 0,
+                    last_access: now,
+                    bits: 0,
+                };
+                match self.insert_new(hash, item, now) {
+                    Some(at) => (at, true),
                     None => return missed(found),
                 }
             }
             _ => return missed(found),
         };
+        let e = self.log.get(at);
         let mut item = ItemHandle {
-            entry: &mut self.arena[idx],
+            item: e,
+            shared: self.log.shared(at),
+            exptime: e.exptime(),
+            token_sent: e.has(TOKEN_SENT),
             cas_enabled: self.cfg.cas,
             created,
         };
         let r = f(&mut item);
-        self.note_expiry(self.arena[idx].exptime);
+        let (exptime, token_sent) = (item.exptime, item.token_sent);
+        let mut e = self.log.get_mut(at);
+        e.set_exptime(exptime);
+        e.set_bit(TOKEN_SENT, token_sent);
         if opts.bump {
-            self.arena[idx].fetch(now);
+            e.fetch(now);
         }
+        self.note_expiry(exptime);
         Lookup::Hit(r)
     }
 
@@ -455,13 +725,13 @@ impl Shard {
         now: Time,
     ) -> DeleteResult {
         self.advance(now);
-        let Found::Live(idx) = self.lookup(hash, key, now) else {
+        let Found::Live(at) = self.lookup(hash, key, now) else {
             return DeleteResult::NotFound;
         };
-        if cas.is_some_and(|cas| cas != self.client_cas(idx)) {
+        if cas.is_some_and(|cas| cas != self.client_cas(at)) {
             return DeleteResult::Exists;
         }
-        self.unlink(idx, hash);
+        self.unlink(at, hash);
         DeleteResult::Deleted
     }
 
@@ -474,36 +744,36 @@ impl Shard {
         now: Time,
     ) -> StaleResult {
         self.advance(now);
-        let Found::Live(idx) = self.lookup(hash, key, now) else {
+        let Found::Live(at) = self.lookup(hash, key, now) else {
             return StaleResult::NotFound;
         };
-        if cas.is_some_and(|cas| cas != self.client_cas(idx)) {
+        if cas.is_some_and(|cas| cas != self.client_cas(at)) {
             return StaleResult::Exists;
         }
         let new_cas = self.next_cas();
-        let e = &mut self.arena[idx];
+        let mut e = self.log.get_mut(at);
         if let Some(exptime) = exptime {
-            e.exptime = exptime;
+            e.set_exptime(exptime);
         }
-        e.cas = new_cas;
-        e.set_stale(true);
-        e.set_token_sent(false);
+        e.set_cas(new_cas);
+        e.set_bit(STALE, true);
+        e.set_bit(TOKEN_SENT, false);
         self.note_expiry(exptime.unwrap_or(0));
         StaleResult::Marked {
-            cas: self.client_cas(idx),
+            cas: self.client(new_cas),
         }
     }
 
-    /// Stores an item. `data` is the key followed by the value, built by the caller outside
-    /// the lock (append and prepend build theirs here, from the old value). The returned
-    /// allocation is one the caller should drop after unlocking.
+    /// Stores an item. `shared` is the value already in a refcounted buffer, built by the
+    /// caller outside the lock for a large value (not for append and prepend, which join the
+    /// old value here).
     pub(crate) fn store(
         &mut self,
         hash: u64,
         request: &StoreRequest<'_>,
-        data: Option<Bytes>,
+        shared: Option<Bytes>,
         now: Time,
-    ) -> (StoreOutcome, Option<Data>) {
+    ) -> StoreOutcome {
         let &StoreRequest {
             key,
             flags,
@@ -522,123 +792,152 @@ impl Shard {
         };
         self.advance(now);
         let existing = match self.lookup(hash, key, now) {
-            Found::Live(idx) => Some(idx),
+            Found::Live(at) => Some(at),
             Found::Dead(_) | Found::Missing => None,
         };
         // Some(token sent) when an older CAS stores over the item as stale.
         let mut stale = None;
-        let (data, flags, exptime) = match (mode, existing) {
-            (StoreMode::Add, Some(idx)) => {
+        // The joined value of an append or prepend, copied out of the log.
+        let mut joined = std::mem::take(&mut self.scratch);
+        joined.clear();
+        let (flags, exptime) = match (mode, existing) {
+            (StoreMode::Add, Some(at)) => {
                 // As memcached: a refused add still counts as a use of the item.
-                self.arena[idx].bump(now);
-                return (
-                    fail(StoreResult::NotStored),
-                    data.map(|d| Data::new(d, key.len())),
-                );
+                self.log.get_mut(at).bump(now);
+                self.scratch = joined;
+                return fail(StoreResult::NotStored);
             }
             (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
-                return (
-                    fail(StoreResult::NotStored),
-                    data.map(|d| Data::new(d, key.len())),
-                )
+                self.scratch = joined;
+                return fail(StoreResult::NotStored);
             }
             (StoreMode::Cas(_), None) => {
-                return (
-                    fail(StoreResult::NotFound),
-                    data.map(|d| Data::new(d, key.len())),
-                )
+                self.scratch = joined;
+                return fail(StoreResult::NotFound);
             }
-            (StoreMode::Cas(cas), Some(idx)) => {
-                let old = &self.arena[idx];
-                let matches = self.cfg.cas && cas == old.cas;
-                let older = self.cfg.cas && invalidate && cas != 0 && cas < old.cas;
+            (StoreMode::Cas(cas), Some(at)) => {
+                let old = self.log.get(at);
+                let matches = self.cfg.cas && cas == old.cas();
+                let older = self.cfg.cas && invalidate && cas != 0 && cas < old.cas();
                 if !matches && !older {
-                    return (
-                        fail(StoreResult::Exists),
-                        data.map(|d| Data::new(d, key.len())),
-                    );
+                    self.scratch = joined;
+                    return fail(StoreResult::Exists);
                 }
-                let data = data.unwrap_or_else(|| concat([key, value, &[]]));
                 if older {
                     // memcached keeps the old item's expiry time for a stale store.
-                    stale = Some(old.token_sent());
-                    (data, flags, old.exptime)
+                    stale = Some(old.has(TOKEN_SENT));
+                    (flags, old.exptime())
                 } else {
-                    (data, flags, exptime)
+                    (flags, exptime)
                 }
             }
-            (StoreMode::Append | StoreMode::Prepend, Some(idx)) => {
-                let old = &self.arena[idx];
-                if self.cfg.cas && compare_cas != 0 && compare_cas != old.cas {
-                    return (
-                        fail(StoreResult::Exists),
-                        data.map(|d| Data::new(d, key.len())),
-                    );
+            (StoreMode::Append | StoreMode::Prepend, Some(at)) => {
+                let old = self.log.get(at);
+                if self.cfg.cas && compare_cas != 0 && compare_cas != old.cas() {
+                    self.scratch = joined;
+                    return fail(StoreResult::Exists);
                 }
                 let len = old.value().len() + value.len();
                 // memcached answers NOT_STORED when the joined item cannot be allocated.
-                if memcached_size(key.len(), len, old.flags, self.cfg.cas) > self.cfg.item_size_max
+                if memcached_size(key.len(), len, old.flags(), self.cfg.cas)
+                    > self.cfg.item_size_max
                 {
-                    return (
-                        fail(StoreResult::NotStored),
-                        data.map(|d| Data::new(d, key.len())),
-                    );
+                    self.scratch = joined;
+                    return fail(StoreResult::NotStored);
                 }
-                let joined = if mode == StoreMode::Append {
-                    concat([key, old.value(), value])
+                if mode == StoreMode::Append {
+                    joined.extend_from_slice(old.value());
+                    joined.extend_from_slice(value);
                 } else {
-                    concat([key, value, old.value()])
-                };
-                (joined, old.flags, old.exptime)
-            }
-            (_, _) => match data {
-                Some(data) => (data, flags, exptime),
-                None => (concat([key, value, &[]]), flags, exptime),
-            },
-        };
-        let joined = matches!(mode, StoreMode::Append | StoreMode::Prepend);
-        let binary_key = binary_key && !joined;
-        let Some(idx) = existing else {
-            return match self.insert_new(hash, data, key.len(), flags, exptime, now) {
-                Some(idx) => {
-                    self.arena[idx].set_binary_key(binary_key);
-                    (self.stored(idx), None)
+                    joined.extend_from_slice(value);
+                    joined.extend_from_slice(old.value());
                 }
-                None => (fail(StoreResult::OutOfMemory), None),
-            };
+                (old.flags(), old.exptime())
+            }
+            (_, _) => (flags, exptime),
         };
-        let new_bytes = accounted_size(key.len(), data.len() - key.len());
-        let old_bytes = entry_bytes(&self.arena[idx]);
-        if new_bytes > self.cfg.limit
-            || !self.make_room(new_bytes.saturating_sub(old_bytes), idx, now)
-        {
-            // A failed set must not leave the old value to be served (memcached does the same).
-            let garbage = (mode == StoreMode::Set).then(|| self.unlink(idx, hash));
-            return (fail(StoreResult::OutOfMemory), garbage);
-        }
-        let cas = self.next_cas();
-        let e = &mut self.arena[idx];
-        let old_data = e.replace_data(data);
-        e.flags = flags;
-        e.exptime = exptime;
-        e.cas = cas;
-        e.renew(now);
-        e.set_binary_key(binary_key);
-        if let Some(token_sent) = stale {
-            e.set_stale(true);
-            e.set_token_sent(token_sent);
-        }
-        self.note_expiry(exptime);
-        self.policy.resized(&self.arena, idx, old_bytes);
-        self.used = self.used - old_bytes + new_bytes;
-        self.counters.total_items += 1;
-        (self.stored(idx), Some(old_data))
+        let outcome = self.put(
+            hash,
+            existing,
+            Put {
+                mode,
+                key,
+                value: if matches!(mode, StoreMode::Append | StoreMode::Prepend) {
+                    &joined
+                } else {
+                    value
+                },
+                shared: shared.as_ref(),
+                flags,
+                exptime,
+                binary_key: binary_key && !matches!(mode, StoreMode::Append | StoreMode::Prepend),
+                stale,
+            },
+            now,
+        );
+        self.scratch = joined;
+        outcome
     }
 
-    fn stored(&self, idx: u32) -> StoreOutcome {
+    /// The second half of a store: the item written, over `existing` if there is one.
+    fn put(&mut self, hash: u64, existing: Option<Loc>, put: Put<'_>, now: Time) -> StoreOutcome {
+        let fail = |result| StoreOutcome { result, cas: 0 };
+        let mut bits = if put.binary_key { BINARY_KEY } else { 0 };
+        if let Some(token_sent) = put.stale {
+            bits |= STALE;
+            if token_sent {
+                bits |= TOKEN_SENT;
+            }
+        }
+        let item = NewItem {
+            key: put.key,
+            value: [put.value, &[]],
+            shared: put.shared,
+            flags: put.flags,
+            exptime: put.exptime,
+            cas: 0,
+            last_access: now,
+            bits,
+        };
+        let Some(mut at) = existing else {
+            return match self.insert_new(hash, item, now) {
+                Some(at) => self.stored(at),
+                None => fail(StoreResult::OutOfMemory),
+            };
+        };
+        let new_bytes = item_size(put.key.len(), item.value_len(), put.flags);
+        let old_bytes = item_bytes(&self.log.get(at));
+        if new_bytes > self.cfg.limit
+            || !self.make_room(new_bytes.saturating_sub(old_bytes), &mut at, now)
+        {
+            // A failed set must not leave the old value to be served (memcached does the same).
+            if put.mode == StoreMode::Set {
+                self.unlink(at, hash);
+            }
+            return fail(StoreResult::OutOfMemory);
+        }
+        // The new item keeps the old one's use count, nothing else of its state (memcached
+        // allocates a new item, whose flags start clear).
+        let freq = self.log.get(at).freq();
+        let item = NewItem {
+            cas: self.next_cas(),
+            bits: with_freq(bits, freq),
+            ..item
+        };
+        let Some(mut to) = self.replace(hash, at, &item) else {
+            if put.mode == StoreMode::Set {
+                self.unlink(at, hash);
+            }
+            return fail(StoreResult::OutOfMemory);
+        };
+        self.settle(&mut to, now);
+        self.stored(to)
+    }
+
+    fn stored(&self, at: Loc) -> StoreOutcome {
         StoreOutcome {
             result: StoreResult::Stored,
-            cas: self.client_cas(idx),
+            cas: self.client_cas(at),
         }
     }
 
@@ -651,7 +950,7 @@ impl Shard {
         f: impl FnOnce(&mut Counter) -> R,
     ) -> DeltaOutcome<R> {
         self.advance(now);
-        let Found::Live(idx) = self.lookup(hash, key, now) else {
+        let Found::Live(mut at) = self.lookup(hash, key, now) else {
             return match request.create {
                 Some((initial, exptime)) if key.len() <= KEY_MAX_LENGTH => {
                     self.create_counter(hash, key, initial, exptime, now, f)
@@ -660,57 +959,66 @@ impl Shard {
             };
         };
         // memcached refuses an empty value before it compares the CAS.
-        if self.arena[idx].value().is_empty() {
+        if self.log.get(at).value().is_empty() {
             return DeltaOutcome::NonNumeric;
         }
-        if request.compare_cas != 0 && request.compare_cas != self.client_cas(idx) {
+        if request.compare_cas != 0 && request.compare_cas != self.client_cas(at) {
             return DeltaOutcome::Exists;
         }
-        let Some(counter) = parse_counter(self.arena[idx].value()) else {
+        let Some(counter) = parse_counter(self.log.get(at).value()) else {
             return DeltaOutcome::NonNumeric;
         };
         let result = apply_delta(counter, request.incr, request.delta);
         let mut buf = [0; MAX_DIGITS];
         let digits = format_counter(result, &mut buf);
-        let old_len = self.arena[idx].value().len();
-        let grown = digits.len() > old_len;
+        let old = self.log.get(at);
+        let grown = digits.len() > old.value().len();
         if grown {
-            let old_bytes = entry_bytes(&self.arena[idx]);
-            let new_bytes = accounted_size(key.len(), digits.len());
-            if !self.make_room(new_bytes.saturating_sub(old_bytes), idx, now) {
+            let (flags, exptime, freq) = (old.flags(), old.exptime(), old.freq());
+            let old_bytes = item_bytes(&old);
+            let new_bytes = item_size(key.len(), digits.len(), flags);
+            if !self.make_room(new_bytes.saturating_sub(old_bytes), &mut at, now) {
                 return DeltaOutcome::OutOfMemory;
             }
-            let cas = self.next_cas();
-            let e = &mut self.arena[idx];
-            e.replace_data(concat([key, digits, &[]]));
-            e.cas = cas;
-            e.bump(now);
-            // memcached stores a new item: unfetched, and without the old one's meta state.
-            e.renew(now);
-            self.policy.resized(&self.arena, idx, old_bytes);
-            self.used = self.used - old_bytes + new_bytes;
-            self.counters.total_items += 1;
+            // memcached stores a new item: unfetched, without the old one's meta state, and
+            // counted as a use.
+            let item = NewItem {
+                key,
+                value: [digits, &[]],
+                shared: None,
+                flags,
+                exptime,
+                cas: self.next_cas(),
+                last_access: now,
+                bits: with_freq(0, freq + 1),
+            };
+            match self.replace(hash, at, &item) {
+                Some(to) => at = to,
+                None => return DeltaOutcome::OutOfMemory,
+            }
+            self.settle(&mut at, now);
         } else {
             // memcached rewrites in place, padding with spaces to the old length.
             let cas = self.next_cas();
-            let e = &mut self.arena[idx];
-            e.rewrite_value(|value| {
+            self.log.rewrite_value(at, |value| {
                 value[..digits.len()].copy_from_slice(digits);
                 value[digits.len()..].fill(b' ');
             });
-            e.cas = cas;
+            let mut e = self.log.get_mut(at);
+            e.set_cas(cas);
             e.bump(now);
         }
+        let e = self.log.get(at);
         let mut counter = Counter {
             value: result,
-            cas: self.client_cas(idx),
-            exptime: self.arena[idx].exptime,
+            cas: self.client(e.cas()),
+            exptime: e.exptime(),
             created: false,
         };
         let r = f(&mut counter);
         // See Counter::set_exptime: after growing, memcached's time change misses the item.
         if !grown {
-            self.arena[idx].exptime = counter.exptime;
+            self.log.get_mut(at).set_exptime(counter.exptime);
             self.note_expiry(counter.exptime);
         }
         DeltaOutcome::Done(r)
@@ -727,18 +1035,27 @@ impl Shard {
     ) -> DeltaOutcome<R> {
         let mut buf = [0; MAX_DIGITS];
         let digits = format_counter(initial, &mut buf);
-        let data = concat([key, digits, &[]]);
-        let Some(idx) = self.insert_new(hash, data, key.len(), 0, exptime, now) else {
+        let item = NewItem {
+            key,
+            value: [digits, &[]],
+            shared: None,
+            flags: 0,
+            exptime,
+            cas: 0,
+            last_access: now,
+            bits: 0,
+        };
+        let Some(at) = self.insert_new(hash, item, now) else {
             return DeltaOutcome::OutOfMemory;
         };
         let mut counter = Counter {
             value: initial,
-            cas: self.client_cas(idx),
+            cas: self.client_cas(at),
             exptime,
             created: true,
         };
         let r = f(&mut counter);
-        self.arena[idx].exptime = counter.exptime;
+        self.log.get_mut(at).set_exptime(counter.exptime);
         self.note_expiry(counter.exptime);
         DeltaOutcome::Done(r)
     }
@@ -755,28 +1072,35 @@ impl Shard {
         }
     }
 
-    /// Visits up to `max_scan` slots from where the last crawl stopped and frees the dead items
-    /// among them, at most `max_reclaim`. Returns (items freed, slots visited).
+    /// Visits up to `max_scan` items of the log from where the last crawl stopped and removes
+    /// the expired or flushed ones among them, at most `max_reclaim`. Returns (items removed,
+    /// items visited).
     pub(crate) fn crawl(&mut self, now: Time, max_reclaim: usize, max_scan: u32) -> (usize, u32) {
         self.advance(now);
         let mut reclaimed = 0;
         let mut scanned = 0;
+        let mut wrapped = false;
         while scanned < max_scan && reclaimed < max_reclaim {
-            if self.crawl_pos >= self.arena.high_water() {
-                self.crawl_pos = 0;
-            }
-            let idx = self.crawl_pos;
-            self.crawl_pos += 1;
+            let Some((at, next)) = self.log.walk(self.crawl_pos) else {
+                self.crawl_pos = Walk::default();
+                if wrapped {
+                    break;
+                }
+                wrapped = true;
+                continue;
+            };
+            self.crawl_pos = next;
             scanned += 1;
-            let Some(e) = self.arena.get(idx) else {
+            let e = self.log.get(at);
+            if e.dead() {
+                continue;
+            }
+            let Some(died) = death(&e, self.flush_below, now) else {
                 continue;
             };
-            let Some(died) = death(e, self.flush_below, now) else {
-                continue;
-            };
-            let fetched = e.fetched();
-            let hash = self.cfg.hasher.hash_one(e.key());
-            self.unlink(idx, hash);
+            let fetched = e.has(FETCHED);
+            let hash = self.hash_at(at);
+            self.unlink(at, hash);
             reclaimed += 1;
             self.counters.crawler_reclaimed += 1;
             self.counters.expired_unfetched += u64::from(died == Death::Expired && !fetched);
@@ -784,108 +1108,122 @@ impl Shard {
         (reclaimed, scanned)
     }
 
-    /// Copies the metadata of up to `max_items` live items, looking at no more than `max_slots`
-    /// slots from `from` on, into `out`. Returns the slot to continue from, or `None` when the
-    /// walk is over.
+    /// Copies the metadata of up to `max_items` live items, looking at no more than `max_scan`
+    /// items from `from` on, into `out`. Returns where to continue, or `None` when the walk is
+    /// over.
     pub(crate) fn collect_meta(
         &mut self,
         now: Time,
-        from: u32,
+        from: Walk,
         max_items: usize,
-        max_slots: u32,
+        max_scan: u32,
         out: &mut MetaBatch,
-    ) -> Option<u32> {
+    ) -> Option<Walk> {
         self.advance(now);
-        let end = self.arena.high_water();
-        let stop = end.min(from.saturating_add(max_slots));
-        let mut idx = from;
-        while idx < stop && out.rows.len() < max_items {
-            if let Some(e) = self.arena.get(idx) {
-                if death(e, self.flush_below, now).is_none() {
-                    out.keys.extend_from_slice(e.key());
-                    out.rows.push(MetaRow {
-                        key_end: out.keys.len(),
-                        exptime: e.exptime,
-                        last_access: e.last_access,
-                        cas: if self.cfg.cas { e.cas } else { 0 },
-                        fetched: e.fetched(),
-                        flags: e.flags,
-                        value_len: e.value().len(),
-                        size: memcached_size(e.key_len(), e.value().len(), e.flags, self.cfg.cas),
-                    });
-                }
+        let mut pos = from;
+        let mut scanned = 0;
+        while scanned < max_scan && out.rows.len() < max_items {
+            let (at, next) = self.log.walk(pos)?;
+            pos = next;
+            scanned += 1;
+            let e = self.log.get(at);
+            if e.dead() || death(&e, self.flush_below, now).is_some() {
+                continue;
             }
-            idx += 1;
+            out.keys.extend_from_slice(e.key());
+            out.rows.push(MetaRow {
+                key_end: out.keys.len(),
+                exptime: e.exptime(),
+                last_access: e.last_access(),
+                cas: self.client(e.cas()),
+                fetched: e.has(FETCHED),
+                flags: e.flags(),
+                value_len: e.value().len(),
+                size: memcached_size(e.key().len(), e.value().len(), e.flags(), self.cfg.cas),
+            });
         }
-        (idx < end).then_some(idx)
+        Some(pos)
     }
 
-    /// Copies whole live items, from slot `from` on, into `out` until it holds `max_items` items
-    /// or `max_bytes` bytes of keys and values, or `max_slots` slots have been looked at.
-    /// Returns the slot to continue from, or `None` when the walk is over.
+    /// Copies whole live items, from `from` on, into `out` until it holds `max_items` items or
+    /// `max_bytes` bytes of keys and values, or `max_scan` items have been looked at. Returns
+    /// where to continue, or `None` when the walk is over.
     pub(crate) fn collect_items(
         &mut self,
         now: Time,
-        from: u32,
+        from: Walk,
         max_items: usize,
         max_bytes: usize,
-        max_slots: u32,
+        max_scan: u32,
         out: &mut ItemBatch,
-    ) -> Option<u32> {
+    ) -> Option<Walk> {
         self.advance(now);
-        let end = self.arena.high_water();
-        let stop = end.min(from.saturating_add(max_slots));
-        let mut idx = from;
-        while idx < stop && out.rows.len() < max_items && out.data.len() < max_bytes {
-            if let Some(e) = self.arena.get(idx) {
-                if death(e, self.flush_below, now).is_none() {
-                    out.data.extend_from_slice(e.key());
-                    let key_end = out.data.len();
-                    out.data.extend_from_slice(e.value());
-                    out.rows.push(ItemRow {
-                        key_end,
-                        value_end: out.data.len(),
-                        flags: e.flags,
-                        exptime: e.exptime,
-                        last_access: e.last_access,
-                        fetched: e.fetched(),
-                        stale: e.stale(),
-                        binary_key: e.binary_key(),
-                    });
-                }
+        let mut pos = from;
+        let mut scanned = 0;
+        while scanned < max_scan && out.rows.len() < max_items && out.data.len() < max_bytes {
+            let (at, next) = self.log.walk(pos)?;
+            pos = next;
+            scanned += 1;
+            let e = self.log.get(at);
+            if e.dead() || death(&e, self.flush_below, now).is_some() {
+                continue;
             }
-            idx += 1;
+            out.data.extend_from_slice(e.key());
+            let key_end = out.data.len();
+            out.data.extend_from_slice(e.value());
+            out.rows.push(ItemRow {
+                key_end,
+                value_end: out.data.len(),
+                flags: e.flags(),
+                exptime: e.exptime(),
+                last_access: e.last_access(),
+                fetched: e.has(FETCHED),
+                stale: e.has(STALE),
+                binary_key: e.has(BINARY_KEY),
+            });
         }
-        (idx < end).then_some(idx)
+        Some(pos)
     }
 
     /// Puts a saved item back (see [`crate::Cache::import`]): it replaces a live item of the same
     /// key, and is refused when the shard's share of the limit has no room left for it, because
     /// evicting would throw out items loaded a moment ago for this one.
-    pub(crate) fn import(
-        &mut self,
-        hash: u64,
-        item: &SavedItem<'_>,
-        data: Bytes,
-        now: Time,
-    ) -> ImportResult {
+    pub(crate) fn import(&mut self, hash: u64, item: &SavedItem<'_>, now: Time) -> ImportResult {
         self.advance(now);
-        if let Found::Live(idx) = self.lookup(hash, item.key, now) {
-            self.unlink(idx, hash);
+        if let Found::Live(at) = self.lookup(hash, item.key, now) {
+            self.unlink(at, hash);
         }
-        let bytes = accounted_size(item.key.len(), item.value.len());
+        let bytes = item_size(item.key.len(), item.value.len(), item.flags);
+        if self.used + bytes > self.cfg.limit {
+            self.reuse_garbage();
+        }
         if self.used + bytes > self.cfg.limit {
             return ImportResult::NoRoom;
         }
-        let key_len = item.key.len();
-        let Some(idx) = self.insert_new(hash, data, key_len, item.flags, item.exptime, now) else {
+        let mut bits = 0;
+        for (on, bit) in [
+            (item.fetched, FETCHED),
+            (item.stale, STALE),
+            (item.binary_key, BINARY_KEY),
+        ] {
+            if on {
+                bits |= bit;
+            }
+        }
+        let new = NewItem {
+            key: item.key,
+            value: [item.value, &[]],
+            shared: None,
+            flags: item.flags,
+            exptime: item.exptime,
+            cas: 0,
+            last_access: now,
+            bits,
+        };
+        let Some(at) = self.insert_new(hash, new, now) else {
             return ImportResult::NoRoom;
         };
-        let e = &mut self.arena[idx];
-        e.last_access = item.last_access;
-        e.set_fetched(item.fetched);
-        e.set_stale(item.stale);
-        e.set_binary_key(item.binary_key);
+        self.log.get_mut(at).set_last_access(item.last_access);
         ImportResult::Stored
     }
 
@@ -894,19 +1232,24 @@ impl Shard {
         *self = Shard::new(self.cfg.clone());
     }
 
+    /// How many items a walk over the log visits (dead ones included).
     pub(crate) fn slots(&self) -> u32 {
-        self.arena.high_water()
+        self.logged
     }
 
     /// Changes the shard's share of the memory limit, evicting at once down to a smaller one.
     pub(crate) fn set_limit(&mut self, limit: u64) {
         self.cfg.limit = limit;
         let now = self.last_now;
-        self.make_room(0, NIL, now);
+        self.make_room(0, &mut NIL.clone(), now);
     }
 
-    /// Gives up to `at_most` bytes of the shard's unused share of the limit; returns how many.
+    /// Gives up to `at_most` bytes of the shard's unused share of the limit, dead space
+    /// included (it is compacted first); returns how many.
     pub(crate) fn lend(&mut self, at_most: u64) -> u64 {
+        if self.used.saturating_add(at_most) > self.cfg.limit {
+            self.reuse_garbage();
+        }
         let spare = self.cfg.limit.saturating_sub(self.used).min(at_most);
         self.cfg.limit -= spare;
         spare
@@ -920,7 +1263,7 @@ impl Shard {
     pub(crate) fn add_stats(&self, s: &mut CacheStats) {
         let c = &self.counters;
         s.curr_items += self.index.len() as u64;
-        s.bytes += self.used;
+        s.bytes += self.live;
         s.total_items += c.total_items;
         s.evictions += c.evictions;
         s.evicted_unfetched += c.evicted_unfetched;
@@ -934,25 +1277,63 @@ impl Shard {
     }
 }
 
+/// A store's item, as `Shard::put` writes it.
+struct Put<'a> {
+    mode: StoreMode,
+    key: &'a [u8],
+    value: &'a [u8],
+    shared: Option<&'a Bytes>,
+    flags: u32,
+    exptime: Time,
+    binary_key: bool,
+    /// Some(token sent) when stored as stale.
+    stale: Option<bool>,
+}
+
 #[cfg(test)]
 impl Shard {
     pub(crate) fn limit(&self) -> u64 {
         self.cfg.limit
     }
 
-    /// Checks that index, queues and byte count agree.
+    /// Checks that index, queues, log and byte counts agree.
     pub(crate) fn check(&self) {
-        let (items, bytes) = self.policy.check(&self.arena);
-        assert_eq!(items, self.index.len());
-        assert_eq!(bytes, self.used);
-        for &idx in self.index.iter() {
-            let e = self.arena.get(idx).expect("indexed slot is occupied");
+        let (mut live_items, mut live, mut overhead, mut garbage, mut queued) = (0, 0, 0, 0, 0);
+        for queue in [&self.small, &self.main] {
+            for (n, id) in queue.segments().enumerate() {
+                let start = if n == 0 { queue.cursor() } else { 0 };
+                let mut next = self.log.at(id, start);
+                while let Some(at) = next {
+                    next = self.log.next_in_segment(at);
+                    let e = self.log.get(at);
+                    queued += e.len() as u64;
+                    if e.dead() {
+                        garbage += e.len() as u64;
+                        continue;
+                    }
+                    let hash = self.cfg.hasher.hash_one(e.key());
+                    assert_eq!(self.index.find(hash, |&l| l == at), Some(&at));
+                    live_items += 1;
+                    live += item_bytes(&e);
+                    overhead += (ITEM_OVERHEAD + large_size(e.value().len())) as u64;
+                }
+            }
             assert_eq!(
-                self.index
-                    .find(self.cfg.hasher.hash_one(e.key()), |&i| i == idx),
-                Some(&idx)
+                queue.bytes,
+                queue
+                    .segments()
+                    .enumerate()
+                    .map(|(n, id)| {
+                        let start = if n == 0 { queue.cursor() } else { 0 };
+                        (self.log.written(id) - start) as u64
+                    })
+                    .sum::<u64>()
             );
         }
+        assert_eq!(live_items, self.index.len());
+        assert_eq!(live, self.live);
+        assert_eq!(garbage, self.garbage);
+        assert_eq!(queued + overhead, self.used);
         if self.cfg.evict {
             assert!(
                 self.used <= self.cfg.limit,
