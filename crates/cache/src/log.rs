@@ -11,16 +11,18 @@
 //!
 //! An item is never changed in size where it lies: a store appends a new copy and kills the old
 //! one (its bytes stay, marked dead, until the policy frees their segment). Fields that change
-//! in place (CAS, expiry time, last access, the state bits, a number that incr rewrites to the
-//! same length) are fixed-size.
+//! in place (CAS, last access, the state bits, a number that incr rewrites to the same length)
+//! are fixed-size; an expiry time is only there when it is not 0, so giving one to an item that
+//! had none makes a new copy.
 //!
 //! Values of [`SHARED_MIN`] bytes or more are kept out of the log as refcounted [`Bytes`] in a
 //! side table, the item holding the table slot: a reply sends such a value without copying it
 //! and a slow reader pins that value, not a segment; and segments stay small next to `-I`.
 //!
 //! Layout of an item (little-endian, unaligned): key length (1 byte), state bits (2), inline
-//! value length (2), last access (4), CAS (8), expiry time (4), client flags (4, only with
-//! [`HAS_FLAGS`]), the key, then the value or, with [`LARGE`], its 4-byte side-table slot.
+//! value length (2), last access (4), CAS (8), expiry time (4, only with [`HAS_EXPTIME`]),
+//! client flags (4, only with [`HAS_FLAGS`]), the key, then the value or, with [`LARGE`], its
+//! 4-byte side-table slot.
 
 use bytes::{Bytes, BytesMut};
 
@@ -48,9 +50,9 @@ const BITS_AT: usize = 1;
 const VALUE_LEN_AT: usize = 3;
 const LAST_ACCESS_AT: usize = 5;
 const CAS_AT: usize = 9;
-const EXPTIME_AT: usize = 17;
-/// The fixed part of an item's header.
-pub(crate) const HEADER: usize = 21;
+/// The fixed part of an item's header; the expiry time, then the flags, follow when present.
+pub(crate) const HEADER: usize = 17;
+const EXPTIME_LEN: usize = 4;
 const FLAGS_LEN: usize = 4;
 const SLOT_LEN: usize = 4;
 
@@ -64,8 +66,10 @@ const FREQ_MASK: u16 = 0b11 << FREQ_SHIFT;
 const DEAD: u16 = 1 << 6;
 /// The value is in the side table.
 const LARGE: u16 = 1 << 7;
-/// Client flags follow the fixed header.
+/// Client flags follow the fixed header (and the expiry time).
 const HAS_FLAGS: u16 = 1 << 8;
+/// An expiry time follows the fixed header.
+const HAS_EXPTIME: u16 = 1 << 9;
 /// The use frequency saturates here (two bits, as in S3-FIFO).
 pub(crate) const FREQ_MAX: u8 = 3;
 
@@ -75,14 +79,26 @@ pub(crate) fn with_freq(bits: u16, freq: u8) -> u16 {
 }
 
 /// The bytes an item takes in the log.
-pub(crate) const fn item_len(key_len: usize, value_len: usize, flags: u32) -> usize {
+pub(crate) const fn item_len(key_len: usize, value_len: usize, flags: u32, exptime: Time) -> usize {
     let flags = if flags == 0 { 0 } else { FLAGS_LEN };
+    let exptime = if exptime == 0 { 0 } else { EXPTIME_LEN };
     let value = if value_len >= SHARED_MIN {
         SLOT_LEN
     } else {
         value_len
     };
-    HEADER + flags + key_len + value
+    HEADER + exptime + flags + key_len + value
+}
+
+/// Where the optional fields of an item with these bits end: the key starts there.
+fn key_at(bits: u16) -> usize {
+    let exptime = if bits & HAS_EXPTIME != 0 {
+        EXPTIME_LEN
+    } else {
+        0
+    };
+    let flags = if bits & HAS_FLAGS != 0 { FLAGS_LEN } else { 0 };
+    HEADER + exptime + flags
 }
 
 fn loc(segment: u32, offset: usize) -> Loc {
@@ -112,13 +128,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// The length of the item whose header starts `b`.
 fn len_at(b: &[u8]) -> usize {
     let bits = u16_at(b, BITS_AT);
-    let flags = if bits & HAS_FLAGS != 0 { FLAGS_LEN } else { 0 };
     let value = if bits & LARGE != 0 {
         SLOT_LEN
     } else {
         usize::from(u16_at(b, VALUE_LEN_AT))
     };
-    HEADER + flags + usize::from(b[KEY_LEN_AT]) + value
+    key_at(bits) + usize::from(b[KEY_LEN_AT]) + value
 }
 
 /// A new item's fields, for [`Log::append`].
@@ -145,7 +160,7 @@ impl NewItem<'_> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        item_len(self.key.len(), self.value_len(), self.flags)
+        item_len(self.key.len(), self.value_len(), self.flags, self.exptime)
     }
 }
 
@@ -158,12 +173,7 @@ pub(crate) struct Item<'a> {
 
 impl<'a> Item<'a> {
     pub(crate) fn key(&self) -> &'a [u8] {
-        let flags = if self.bits() & HAS_FLAGS != 0 {
-            FLAGS_LEN
-        } else {
-            0
-        };
-        let start = HEADER + flags;
+        let start = key_at(self.bits());
         &self.b[start..start + usize::from(self.b[KEY_LEN_AT])]
     }
 
@@ -197,7 +207,7 @@ impl<'a> Item<'a> {
 
     pub(crate) fn flags(&self) -> u32 {
         if self.has(HAS_FLAGS) {
-            u32_at(self.b, HEADER)
+            u32_at(self.b, key_at(self.bits()) - FLAGS_LEN)
         } else {
             0
         }
@@ -208,7 +218,11 @@ impl<'a> Item<'a> {
     }
 
     pub(crate) fn exptime(&self) -> Time {
-        u32_at(self.b, EXPTIME_AT)
+        if self.has(HAS_EXPTIME) {
+            u32_at(self.b, HEADER)
+        } else {
+            0
+        }
     }
 
     pub(crate) fn last_access(&self) -> Time {
@@ -250,8 +264,16 @@ impl ItemMut<'_> {
         self.b[CAS_AT..CAS_AT + 8].copy_from_slice(&cas.to_le_bytes());
     }
 
-    pub(crate) fn set_exptime(&mut self, exptime: Time) {
-        self.b[EXPTIME_AT..EXPTIME_AT + 4].copy_from_slice(&exptime.to_le_bytes());
+    /// Sets the expiry time where the item lies; false when it has no room for one (it was
+    /// stored without), and a copy must be made instead.
+    #[must_use]
+    pub(crate) fn set_exptime(&mut self, exptime: Time) -> bool {
+        if self.item().has(HAS_EXPTIME) {
+            self.b[HEADER..HEADER + EXPTIME_LEN].copy_from_slice(&exptime.to_le_bytes());
+            true
+        } else {
+            exptime == 0
+        }
     }
 
     pub(crate) fn set_last_access(&mut self, at: Time) {
@@ -283,9 +305,7 @@ impl ItemMut<'_> {
     /// The inline value, for incr and decr to rewrite at the same length.
     fn value_mut(&mut self) -> &mut [u8] {
         let item = self.item();
-        let start = HEADER
-            + usize::from(item.b[KEY_LEN_AT])
-            + if item.has(HAS_FLAGS) { FLAGS_LEN } else { 0 };
+        let start = key_at(item.bits()) + usize::from(item.b[KEY_LEN_AT]);
         &mut self.b[start..]
     }
 }
@@ -317,7 +337,14 @@ pub(crate) struct Log {
     large: Vec<Option<Bytes>>,
     free_large: Vec<u32>,
     generations: u32,
+    /// Buffers of freed segments, kept for the next ones: a full cache frees and opens segments
+    /// all the time, and malloc, with an arena per thread, would otherwise let freed buffers
+    /// pile up in one thread's arena while another's grows.
+    spare: Vec<Vec<u8>>,
 }
+
+/// How many freed segment buffers a log keeps.
+const SPARE_SEGMENTS: usize = 2;
 
 impl Log {
     pub(crate) fn new() -> Log {
@@ -329,7 +356,10 @@ impl Log {
     pub(crate) fn open(&mut self, main: bool) -> Option<u32> {
         self.generations = self.generations.wrapping_add(1);
         let segment = Segment {
-            data: Vec::with_capacity(SEGMENT_BYTES),
+            data: self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(SEGMENT_BYTES)),
             generation: self.generations,
             garbage: 0,
             main,
@@ -347,7 +377,14 @@ impl Log {
 
     /// Gives a segment's memory back. Its items must be dead or moved, their large values freed.
     pub(crate) fn free(&mut self, id: u32) {
-        self.segments[id as usize] = None;
+        let segment = self.segments[id as usize]
+            .take()
+            .expect("a freed segment was in use");
+        if self.spare.len() < SPARE_SEGMENTS {
+            let mut data = segment.data;
+            data.clear();
+            self.spare.push(data);
+        }
         self.free_ids.push(id);
     }
 
@@ -388,12 +425,15 @@ impl Log {
             };
             self.put_large(bytes)
         });
-        let mut bits = item.bits & !(DEAD | LARGE | HAS_FLAGS);
+        let mut bits = item.bits & !(DEAD | LARGE | HAS_FLAGS | HAS_EXPTIME);
         if large.is_some() {
             bits |= LARGE;
         }
         if item.flags != 0 {
             bits |= HAS_FLAGS;
+        }
+        if item.exptime != 0 {
+            bits |= HAS_EXPTIME;
         }
         let inline_len = if large.is_some() { 0 } else { value_len as u16 };
         let data = &mut self.segment_mut(id).data;
@@ -404,7 +444,9 @@ impl Log {
         data.extend_from_slice(&inline_len.to_le_bytes());
         data.extend_from_slice(&item.last_access.to_le_bytes());
         data.extend_from_slice(&item.cas.to_le_bytes());
-        data.extend_from_slice(&item.exptime.to_le_bytes());
+        if item.exptime != 0 {
+            data.extend_from_slice(&item.exptime.to_le_bytes());
+        }
         if item.flags != 0 {
             data.extend_from_slice(&item.flags.to_le_bytes());
         }

@@ -44,9 +44,7 @@ use crate::log::{
 };
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{Ghost, Queue, SMALL_SHARE_DIVISOR};
-use crate::size::{item_size, memcached_size};
-#[cfg(test)]
-use crate::size::{large_size, ITEM_OVERHEAD};
+use crate::size::{item_size, large_size, memcached_size, ITEM_OVERHEAD};
 use crate::{
     CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ImportResult, ItemHandle,
     ItemMeta, Lookup, ReadOptions, SavedItem, StaleResult, StoreMode, StoreOutcome, StoreRequest,
@@ -92,9 +90,10 @@ fn missed<R>(found: Found) -> Lookup<R> {
     }
 }
 
-/// What an item is accounted for.
+/// What a live item is accounted for: as it lies in the log (an expiry time set to 0 in place
+/// keeps its field), its index and ghost share, and its large value.
 fn item_bytes(e: &Item<'_>) -> u64 {
-    item_size(e.key().len(), e.value().len(), e.flags())
+    (e.len() + ITEM_OVERHEAD + large_size(e.value().len())) as u64
 }
 
 /// A segment worth compacting: an eighth dead or more (at most 7 bytes moved per byte freed),
@@ -345,7 +344,7 @@ impl Shard {
         };
         let at = self.log.append(head, item);
         self.queue(main).bytes += len as u64;
-        let accounted = item_size(item.key.len(), item.value_len(), item.flags);
+        let accounted = item_size(item.key.len(), item.value_len(), item.flags, item.exptime);
         self.used += accounted;
         self.live += accounted;
         self.logged += 1;
@@ -380,6 +379,19 @@ impl Shard {
     /// Copies an item to the head of a queue with new state bits, points the index at the copy
     /// and kills the original. `None` (and nothing changed) when no segment can be had.
     fn relocate(&mut self, at: Loc, hash: u64, main: bool, bits: u16) -> Option<Loc> {
+        let exptime = self.log.get(at).exptime();
+        self.relocate_with(at, hash, main, bits, exptime)
+    }
+
+    /// [`Shard::relocate`] with a new expiry time.
+    fn relocate_with(
+        &mut self,
+        at: Loc,
+        hash: u64,
+        main: bool,
+        bits: u16,
+        exptime: Time,
+    ) -> Option<Loc> {
         let e = self.log.get(at);
         let shared = self.log.shared(at).cloned();
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -394,7 +406,7 @@ impl Shard {
             value: [&scratch[key_len..], &[]],
             shared: shared.as_ref(),
             flags: e.flags(),
-            exptime: e.exptime(),
+            exptime,
             cas: e.cas(),
             last_access: e.last_access(),
             bits,
@@ -408,6 +420,23 @@ impl Shard {
             .expect("a moved item is indexed") = to;
         self.kill(at);
         Some(to)
+    }
+
+    /// Sets a live item's expiry time: where it lies, or in a copy when it was stored without
+    /// one (`at` follows the copy).
+    fn set_exptime(&mut self, at: &mut Loc, exptime: Time, now: Time) {
+        self.note_expiry(exptime);
+        if self.log.get_mut(*at).set_exptime(exptime) {
+            return;
+        }
+        let e = self.log.get(*at);
+        let (main, bits) = (self.log.in_main(segment_of(*at)), e.copied_bits());
+        let hash = self.hash_at(*at);
+        // Four bytes more: the copy may take the shard over its limit until it settles.
+        if let Some(to) = self.relocate_with(*at, hash, main, bits, exptime) {
+            *at = to;
+            self.settle(at, now);
+        }
     }
 
     /// Moves the cursor of a queue past its oldest item, which is dead.
@@ -551,6 +580,9 @@ impl Shard {
             return false;
         }
         self.reclaim_dead(*protect, now);
+        // How many times in a row each queue's tail was `protect`: twice means the queue holds
+        // nothing else (the first time moved it to the head), and the loop leaves it alone.
+        let mut protect_hits = [0u8; 2];
         while self.used + need > self.cfg.limit {
             if let Some(id) = self.compaction_candidate() {
                 if self.compact(id, protect) {
@@ -558,8 +590,14 @@ impl Shard {
                 }
             }
             let small_share = self.cfg.limit / SMALL_SHARE_DIVISOR;
-            let small = self.small.tail(&mut self.log);
-            let main = self.main.tail(&mut self.log);
+            let small = self
+                .small
+                .tail(&mut self.log)
+                .filter(|_| protect_hits[0] < 2);
+            let main = self
+                .main
+                .tail(&mut self.log)
+                .filter(|_| protect_hits[1] < 2);
             let (at, from_small) = match (small, main) {
                 (None, None) => return false,
                 (Some(at), None) => (at, true),
@@ -584,6 +622,11 @@ impl Shard {
                 e.copied_bits(),
             );
             let hash = self.hash_at(at);
+            let hits = &mut protect_hits[usize::from(!from_small)];
+            *hits = if at == *protect { *hits + 1 } else { 0 };
+            if *hits == 2 {
+                continue;
+            }
             if at == *protect {
                 match self.relocate(at, hash, !from_small, bits) {
                     Some(to) => *protect = to,
@@ -619,7 +662,7 @@ impl Shard {
     /// Links a new item into the index and its queue, making room first. `None` when it cannot
     /// fit. The item gets the next CAS and `now` as its last access.
     fn insert_new(&mut self, hash: u64, item: NewItem<'_>, now: Time) -> Option<Loc> {
-        let bytes = item_size(item.key.len(), item.value_len(), item.flags);
+        let bytes = item_size(item.key.len(), item.value_len(), item.flags, item.exptime);
         if !self.make_room(bytes, &mut NIL.clone(), now) {
             return None;
         }
@@ -708,12 +751,12 @@ impl Shard {
         let r = f(&mut item);
         let (exptime, token_sent) = (item.exptime, item.token_sent);
         let mut e = self.log.get_mut(at);
-        e.set_exptime(exptime);
         e.set_bit(TOKEN_SENT, token_sent);
         if opts.bump {
             e.fetch(now);
         }
-        self.note_expiry(exptime);
+        let mut at = at;
+        self.set_exptime(&mut at, exptime, now);
         Lookup::Hit(r)
     }
 
@@ -744,7 +787,7 @@ impl Shard {
         now: Time,
     ) -> StaleResult {
         self.advance(now);
-        let Found::Live(at) = self.lookup(hash, key, now) else {
+        let Found::Live(mut at) = self.lookup(hash, key, now) else {
             return StaleResult::NotFound;
         };
         if cas.is_some_and(|cas| cas != self.client_cas(at)) {
@@ -752,13 +795,12 @@ impl Shard {
         }
         let new_cas = self.next_cas();
         let mut e = self.log.get_mut(at);
-        if let Some(exptime) = exptime {
-            e.set_exptime(exptime);
-        }
         e.set_cas(new_cas);
         e.set_bit(STALE, true);
         e.set_bit(TOKEN_SENT, false);
-        self.note_expiry(exptime.unwrap_or(0));
+        if let Some(exptime) = exptime {
+            self.set_exptime(&mut at, exptime, now);
+        }
         StaleResult::Marked {
             cas: self.client(new_cas),
         }
@@ -905,7 +947,7 @@ impl Shard {
                 None => fail(StoreResult::OutOfMemory),
             };
         };
-        let new_bytes = item_size(put.key.len(), item.value_len(), put.flags);
+        let new_bytes = item_size(put.key.len(), item.value_len(), put.flags, put.exptime);
         let old_bytes = item_bytes(&self.log.get(at));
         if new_bytes > self.cfg.limit
             || !self.make_room(new_bytes.saturating_sub(old_bytes), &mut at, now)
@@ -976,7 +1018,7 @@ impl Shard {
         if grown {
             let (flags, exptime, freq) = (old.flags(), old.exptime(), old.freq());
             let old_bytes = item_bytes(&old);
-            let new_bytes = item_size(key.len(), digits.len(), flags);
+            let new_bytes = item_size(key.len(), digits.len(), flags, exptime);
             if !self.make_room(new_bytes.saturating_sub(old_bytes), &mut at, now) {
                 return DeltaOutcome::OutOfMemory;
             }
@@ -1018,8 +1060,7 @@ impl Shard {
         let r = f(&mut counter);
         // See Counter::set_exptime: after growing, memcached's time change misses the item.
         if !grown {
-            self.log.get_mut(at).set_exptime(counter.exptime);
-            self.note_expiry(counter.exptime);
+            self.set_exptime(&mut at, counter.exptime, now);
         }
         DeltaOutcome::Done(r)
     }
@@ -1045,7 +1086,7 @@ impl Shard {
             last_access: now,
             bits: 0,
         };
-        let Some(at) = self.insert_new(hash, item, now) else {
+        let Some(mut at) = self.insert_new(hash, item, now) else {
             return DeltaOutcome::OutOfMemory;
         };
         let mut counter = Counter {
@@ -1055,8 +1096,7 @@ impl Shard {
             created: true,
         };
         let r = f(&mut counter);
-        self.log.get_mut(at).set_exptime(counter.exptime);
-        self.note_expiry(counter.exptime);
+        self.set_exptime(&mut at, counter.exptime, now);
         DeltaOutcome::Done(r)
     }
 
@@ -1193,7 +1233,7 @@ impl Shard {
         if let Found::Live(at) = self.lookup(hash, item.key, now) {
             self.unlink(at, hash);
         }
-        let bytes = item_size(item.key.len(), item.value.len(), item.flags);
+        let bytes = item_size(item.key.len(), item.value.len(), item.flags, item.exptime);
         if self.used + bytes > self.cfg.limit {
             self.reuse_garbage();
         }
