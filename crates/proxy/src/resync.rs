@@ -253,6 +253,9 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
             .restarts
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(backend = %backend.addr, pid = now.pid, "it restarted");
+        // The process that held the retired connections is gone, and what they carried with
+        // it.
+        health.lift_fences();
     }
     let first = known.is_none();
     *known = Some(now);
@@ -364,7 +367,15 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
             return;
         }
     }
-    let flush_reason = health.standing.lock().flush_reason;
+    let (flush_reason, draining) = {
+        let standing = health.standing.lock();
+        (standing.flush_reason, standing.draining())
+    };
+    if flush_reason.is_some() && draining > 0 {
+        // A write on a retired connection could land after the flush and the warm-up, and a
+        // key past missed_keys_limit is not kept to be repaired: flushed once it is closed.
+        return;
+    }
     if let Some(reason) = flush_reason {
         health.change(&[State::Up, State::Warming], State::Suspect, reason);
         tracing::info!(backend = %backend.addr, reason, "flushing it before it is read again");
