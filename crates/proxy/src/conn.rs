@@ -285,7 +285,7 @@ async fn drain(health: Arc<Health>, fence: u64, mut rd: OwnedReadHalf, mut wr: O
         () = finished => tracing::debug!(
             backend = %health.addr,
             ms = started.elapsed().as_millis() as u64,
-            "the server closed a connection whose requests timed out"
+            "the server closed a connection given up on"
         ),
         () = health.lifted(fence) => {}
         _ = shutdown.wait_for(|stop| *stop) => {}
