@@ -152,6 +152,51 @@ fn try_memcached(port: u16, extra: &[&str]) -> Option<Process> {
     Some(process)
 }
 
+/// keepcached's own server, in this test's runtime on a free loopback port, stopped on drop.
+pub struct OwnServer {
+    pub port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+    _task: JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl OwnServer {
+    pub async fn start() -> OwnServer {
+        let settings = keepcached_server::Settings {
+            port: free_port(),
+            listen: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+            threads: 2,
+            ..keepcached_server::Settings::default()
+        };
+        let port = settings.port;
+        let listeners = keepcached_server::Listeners::bind(&settings).expect("bind the server");
+        let server = keepcached_server::Server::new(settings);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(keepcached_server::listener::serve(
+            server, listeners, stopped,
+        ));
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "the server never listened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        OwnServer {
+            port,
+            stop,
+            _task: task,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
 /// nutcracker with one pool (`hash: md5`, `distribution: ketama`) over `servers`, written as
 /// twemproxy expects them (`host:port:weight [name]`).
 pub fn nutcracker(servers: &[String]) -> (Process, tempdir::TempDir) {

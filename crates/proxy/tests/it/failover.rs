@@ -5,8 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keepcached_proxy::PoolConfig;
+
 use crate::common::{
-    config, free_port, memcached, memcached_on, memcached_with, Client, ProxyHandle, Relay,
+    config, free_port, memcached, memcached_on, memcached_with, Client, OwnServer, ProxyHandle,
+    Relay,
 };
 
 /// The configured request timeout of [`config`], and the most one request may take when a
@@ -431,12 +434,27 @@ async fn a_write_refused_with_server_error_is_missed_and_repaired() {
 /// proxy from the backup alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_write_applied_after_a_later_one_is_not_read_stale() {
+    let backup = memcached();
+    timed_out_write_applied_late(backup.addr()).await;
+}
+
+/// The same with keepcached's own server as the backup: it too handles everything sent on a
+/// connection before it closes it, which is what the fence waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_applied_late_on_a_keepcached_server_is_not_read_stale() {
+    let backup = OwnServer::start().await;
+    timed_out_write_applied_late(backup.addr()).await;
+}
+
+async fn timed_out_write_applied_late(backup: String) {
     const KEYS: usize = 8;
     let main = memcached();
-    let backup = memcached();
-    let relay = Relay::start(backup.addr()).await;
-    let mut settings = config(&[&[&main], &[&backup]]);
-    settings.pools[1].servers = vec![relay.addr()];
+    let relay = Relay::start(backup.clone()).await;
+    let mut settings = config(&[&[&main]]);
+    settings.pools.push(PoolConfig {
+        name: "pool1".into(),
+        servers: vec![relay.addr()],
+    });
     // One stall must not take the backup out: its writes are what this test is about.
     settings.backend.failure_limit = 100;
     let proxy = ProxyHandle::start(settings).await;
@@ -492,7 +510,7 @@ async fn a_timed_out_write_applied_after_a_later_one_is_not_read_stale() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let mut direct = Client::connect(&backup.addr()).await;
+    let mut direct = Client::connect(&backup).await;
     let mut stale = Vec::new();
     for i in 0..KEYS {
         let value = direct.get(&format!("fence-{i}")).await;
