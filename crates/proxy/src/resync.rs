@@ -505,6 +505,24 @@ async fn repair_key(ctx: &Context, id: usize, key: &Bytes) -> Result<(), Backend
         None => None,
     };
     let call = call.unwrap_or_else(|| forward::delete(key));
+    let result = copy_or_delete(ctx, target, key, call, flushes).await;
+    if result.is_err() {
+        // The copy may still be applied, after a client's later write of the key: missed
+        // again (under the key's lock), so fenced by the connection it went out on.
+        target.health.remember_missed(key);
+    }
+    result
+}
+
+/// Sends `call` (a copy of `key`'s latest item, or its delete) to `target`; deletes the key
+/// there instead when the copy is older than a `flush_all` or was refused.
+async fn copy_or_delete(
+    ctx: &Context,
+    target: &Backend,
+    key: &[u8],
+    call: crate::backend::Call,
+    flushes: u64,
+) -> Result<(), BackendError> {
     match target.call(call).await? {
         // A flush_all ran between the read and the copy: the copy is older than it.
         reply if !write_failed(&reply) && ctx.flushes.load(Ordering::Acquire) != flushes => {

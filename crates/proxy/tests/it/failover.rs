@@ -544,3 +544,78 @@ async fn timed_out_write_applied_late(backup: String) {
     );
     proxy.stop().await;
 }
+
+/// The same hole through a repair: the supervisor's copy of a missed key times out (the relay
+/// holds it), a client then writes the key (acknowledged), and only then does the copy reach
+/// the server. The copy's failure misses the key again, fenced by the copy's connection, so the
+/// client's write does not make the proxy count the old copy as current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_copy_applied_after_a_later_write_is_not_read_stale() {
+    let main = memcached();
+    let backup = memcached();
+    let relay = Relay::start(backup.addr()).await;
+    let mut settings = config(&[&[&main]]);
+    settings.pools.push(PoolConfig {
+        name: "pool1".into(),
+        servers: vec![relay.addr()],
+    });
+    settings.backend.failure_limit = 100;
+    let proxy = ProxyHandle::start(settings).await;
+    proxy.await_all_up().await;
+    let mut client = proxy.client().await;
+    let drain = format!("backend drain {}\r\n", relay.addr());
+    assert_eq!(client.call(&drain).await, "OK\r\n");
+    // Missed by the drained backup, to be repaired from the main server.
+    assert_eq!(client.set("repaired-0", "copy").await, "STORED\r\n");
+    relay.arm(b"repaired-");
+    let up = format!("backend up {}\r\n", relay.addr());
+    assert_eq!(client.call(&up).await, "OK\r\n");
+    let backup_line = |backends: &str| {
+        backends
+            .lines()
+            .find(|l| l.contains(&relay.addr()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = backup_line(&client.call("stats backends\r\n").await);
+        if !relay.held().is_empty() && !line.contains(" timeouts=0 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the repair's copy was never held and timed out: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.set("repaired-0", "client").await, "STORED\r\n");
+    relay.release();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.finished() {
+        assert!(Instant::now() < deadline, "the held connection never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = backup_line(&client.call("stats backends\r\n").await);
+        if line.contains(" state=up ") && line.contains(" missed_keys=0 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup never came up: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        Client::connect(&backup.addr())
+            .await
+            .get("repaired-0")
+            .await
+            .as_deref(),
+        Some("client"),
+        "the backup, which the proxy counts as up, holds the repair's late copy"
+    );
+    proxy.stop().await;
+}
