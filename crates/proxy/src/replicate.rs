@@ -38,7 +38,7 @@ use crate::backend::{write_failed, Backend, BackendError, Call, Reply};
 use crate::config::WriteAck;
 use crate::error::ProxyError;
 use crate::forward;
-use crate::health::ReadRank;
+use crate::health::{ReadRank, State};
 use crate::ledger;
 use crate::resync;
 use crate::route::{Replicas, Router};
@@ -528,7 +528,10 @@ async fn write(
     leaves: Leaves,
 ) -> Result<Reply, BackendError> {
     let health = &backend.health;
-    if leaves == Leaves::Latest && health.standing.lock().fenced(key) {
+    // A server that is up missed nothing (a miss makes it suspect before the key's lock is
+    // released): no lock taken on the common path.
+    if leaves == Leaves::Latest && health.state() != State::Up && health.standing.lock().fenced(key)
+    {
         let deadline = tokio::time::Instant::now() + health.settings.request_timeout();
         if !health.unfenced_by(key, deadline).await {
             return Err(BackendError::Fenced {
