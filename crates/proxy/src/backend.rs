@@ -43,6 +43,10 @@ pub enum BackendError {
     /// read on it since the last verified point is passed on.
     #[error("backend {addr}: reply out of step with the requests ({detail}); connection closed")]
     OutOfStep { addr: Arc<str>, detail: String },
+    /// Not sent: an earlier write of the key, on a connection the proxy gave up on, may still
+    /// be applied there after it (health.rs, fences).
+    #[error("backend {addr}: an earlier write of the key may still be applied there")]
+    Fenced { addr: Arc<str> },
 }
 
 impl BackendError {

@@ -32,10 +32,13 @@
 //! writes cost 7–9% of the proxy's CPU per request under 90% gets / 10% sets, where nearly
 //! every batch holds a set; most such batches end with a get.)
 //!
-//! A connection whose oldest job is overdue is closed (its remaining jobs fail at once), because
-//! a server that answers nothing — a stopped process, a dead host — would otherwise hold every
-//! later job on that connection too. That stall is one failure of the server (see
-//! [`Health::failed`]), however many requests it failed.
+//! A connection whose oldest job is overdue is given up on (its remaining jobs fail at once),
+//! because a server that answers nothing — a stopped process, a dead host — would otherwise hold
+//! every later job on that connection too. That stall is one failure of the server (see
+//! [`Health::failed`]), however many requests it failed. The server may still apply what
+//! reached it, later than a write sent on another connection: the connection is retired, not
+//! reset, and the keys written on it are fenced until the server closes it ([`drain`], and
+//! health.rs).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -44,6 +47,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use keepcached_protocol::response::{parse_response, MetaCode, Response};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -64,12 +68,11 @@ const SYNC_REPLY: &[u8] = b"MN\r\n";
 /// (`-I 1024m`) and a reply line.
 const MAX_REPLY: usize = (1 << 30) + 64 * 1024;
 
-/// Opens a connection to a server. It is closed abortively (SO_LINGER 0: a reset, and whatever
-/// is still queued in this host's kernel is dropped): a connection is only ever closed because
-/// it failed or the proxy stops, and a request the proxy gave up on (and recorded as missed)
-/// must not reach the server later, after the key was repaired. With an orderly close the kernel
-/// would go on resending it, and a server behind a cut link would apply it once the link is
-/// back.
+/// Opens a connection to a server. Dropped, it is closed abortively (SO_LINGER 0: a reset, and
+/// whatever is still queued in this host's kernel is dropped): a connection is only ever closed
+/// because it failed or the proxy stops. One that failed while the server may still apply what
+/// was sent on it is not dropped but retired ([`drain`]), and the keys it carried are fenced
+/// until the server has closed it.
 pub async fn connect(addr: &Arc<str>, settings: &Settings) -> Result<TcpStream, BackendError> {
     let error = |reason: String| BackendError::Connect {
         addr: addr.clone(),
@@ -212,7 +215,7 @@ pub async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>)
             },
         };
         let pending = Mutex::new(VecDeque::new());
-        let error = serve(addr, settings, stream, first, &mut jobs, &pending).await;
+        let (error, rd, wr) = serve(addr, settings, stream, first, &mut jobs, &pending).await;
         let pending = pending.into_inner();
         if let BackendError::Protocol { detail, .. } | BackendError::OutOfStep { detail, .. } =
             &error
@@ -239,11 +242,55 @@ pub async fn connection_task(health: Arc<Health>, mut jobs: mpsc::Receiver<Job>)
             // connection would reach the new process, so it is not read until its supervisor
             // has seen who it is.
             health.unverified();
+            // The server is still there and may yet apply what was sent (a stalled or
+            // misbehaving server; one that closed the connection is done with it): retired
+            // before the requests fail, so the misses their callers record are fenced by it.
+            if !pending.is_empty() && !matches!(error, BackendError::Closed { .. }) {
+                let fence = health.retire();
+                tokio::spawn(drain(health.clone(), fence, rd, wr));
+            }
         }
         for job in pending {
             job.waiter.deliver(Err(error.clone()));
         }
     }
+}
+
+/// Waits until the server is finished with a retired connection: ends the proxy's side after
+/// what was written (a request cut short there can never be completed, so it is dropped) and
+/// reads, discarding the replies, until the server closes it or resets it. memcached and
+/// keepcached's server close a connection only after handling everything read before the end
+/// of it, so from then on nothing sent on it can be applied. The fence also ends when the
+/// proxy stops, or when the server turns out to be another process (resync.rs).
+///
+/// Not reset at once, as a connection that failed otherwise is: what the server had already
+/// received would still be applied, at an unknown time. An orderly end lets the kernel go on
+/// sending what it still holds (to a server behind a cut link, once the link is back); the
+/// fence covers that too, as it lasts until the server has closed the connection.
+async fn drain(health: Arc<Health>, fence: u64, mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf) {
+    let mut shutdown = health.shutdown.clone();
+    let started = Instant::now();
+    let finished = async {
+        if wr.shutdown().await.is_err() {
+            return;
+        }
+        let mut discard = vec![0; READ_CHUNK];
+        while let Ok(n) = rd.read(&mut discard).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = finished => tracing::debug!(
+            backend = %health.addr,
+            ms = started.elapsed().as_millis() as u64,
+            "the server closed a connection given up on"
+        ),
+        () = health.lifted(fence) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    health.drained(fence);
 }
 
 /// Waits for a reason to connect again (a job, or a probe finding the server up) and connects:
@@ -296,7 +343,8 @@ async fn connect_unasked(addr: &Arc<str>, settings: &Settings) -> Option<TcpStre
     }
 }
 
-/// Runs the writer and reader halves of one connection until either fails.
+/// Runs the writer and reader halves of one connection until either fails: why, and the
+/// halves (to be retired, or dropped).
 async fn serve(
     addr: &Arc<str>,
     settings: &Settings,
@@ -304,7 +352,7 @@ async fn serve(
     first: Option<Job>,
     jobs: &mut mpsc::Receiver<Job>,
     pending: &Mutex<VecDeque<InFlight>>,
-) -> BackendError {
+) -> (BackendError, OwnedReadHalf, OwnedWriteHalf) {
     let (mut rd, mut wr) = stream.into_split();
     let sent = Notify::new();
     let closed = || BackendError::Closed { addr: addr.clone() };
@@ -386,10 +434,11 @@ async fn serve(
         }
         error
     };
-    tokio::select! {
+    let error = tokio::select! {
         error = writer => error,
         error = reader => error,
-    }
+    };
+    (error, rd, wr)
 }
 
 /// The reader half of a connection: parses replies, verifies each against its request and
@@ -397,7 +446,7 @@ async fn serve(
 async fn read_replies(
     addr: &Arc<str>,
     settings: &Settings,
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut OwnedReadHalf,
     pending: &Mutex<VecDeque<InFlight>>,
     sent: &Notify,
     ready: &mut Vec<(Waiter, Reply)>,
@@ -1186,7 +1235,7 @@ mod tests {
         let pending = Mutex::new(VecDeque::new());
         let mut results = Vec::new();
         let failed = tokio::select! {
-            error = serve(&addr, &settings, stream, first, &mut jobs, &pending) => Some(error),
+            (error, _, _) = serve(&addr, &settings, stream, first, &mut jobs, &pending) => Some(error),
             () = async {
                 for rx in rxs.iter_mut() {
                     results.push(rx.await.unwrap());

@@ -16,7 +16,17 @@
 //! one request timeout of it. `failure_limit` (default 2) failures with no answer in between
 //! mark the server down, so a server must be silent for more than a whole request timeout (or
 //! refuse connections twice) before it is taken out; one slow reply never is.
+//!
+//! A write whose outcome is unknown (its connection timed out or fell out of step with the
+//! requests, after the request may have been sent) may still be applied by the server later:
+//! TCP orders bytes within a connection, not across connections, so a later write of the key on
+//! another connection could be overtaken by it. Such a connection is not reset but retired
+//! (conn.rs): the proxy ends its side after what it wrote and reads until the server closes it,
+//! which the server does only once it has processed or dropped everything sent on it. Until
+//! then the keys missed with it are *fenced*: a later write does not clear their miss (it waits
+//! for the fence instead, see replicate.rs) and the supervisor does not repair them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -88,13 +98,27 @@ pub enum ReadRank {
     Cold = 1,
 }
 
+/// A key's latest miss.
+#[derive(Debug, Clone, Copy)]
+struct Miss {
+    /// Its sequence number (a repair removes a key only if it was not missed again meanwhile).
+    seq: u64,
+    /// The newest retired connection when it was missed (0: none was draining): the key is
+    /// fenced while that one or an older one is draining.
+    fence: u64,
+}
+
 /// What a server may hold stale, kept until it is repaired.
 #[derive(Debug, Default)]
 pub struct Standing {
-    /// Keys whose last write the server may not have taken, each with the sequence number of
-    /// its latest miss (a repair removes a key only if it was not missed again meanwhile).
-    missed: hashbrown::HashMap<Bytes, u64, foldhash::fast::RandomState>,
+    /// Keys whose last write the server may not have taken.
+    missed: hashbrown::HashMap<Bytes, Miss, foldhash::fast::RandomState>,
     seq: u64,
+    /// Retired connections (by number) the server has not closed yet: a write sent on one may
+    /// still be applied.
+    draining: BTreeSet<u64>,
+    /// The number of the last connection retired.
+    retired: u64,
     /// Why the server may hold stale data anywhere (it missed more keys than are kept, missed
     /// a `flush_all`, restarted, or another proxy recorded misses for it), when it does: it is
     /// flushed before it is read again.
@@ -124,12 +148,33 @@ impl Standing {
         self.missed.len()
     }
 
-    /// Up to `max` missed keys with their sequence numbers, to repair.
+    /// Retired connections the server has not closed yet.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
+    }
+
+    /// Whether a miss made while connection `fence` was the newest retired one could still be
+    /// overtaken by a write sent on a retired connection.
+    fn fence_up(&self, fence: u64) -> bool {
+        self.draining.first().is_some_and(|&oldest| oldest <= fence)
+    }
+
+    /// Whether an earlier write of `key` whose outcome is unknown may still be applied: a
+    /// write of it now could be overtaken by that one.
+    pub fn fenced(&self, key: &[u8]) -> bool {
+        self.missed
+            .get(key)
+            .is_some_and(|miss| self.fence_up(miss.fence))
+    }
+
+    /// Up to `max` missed keys with their sequence numbers, to repair: those not fenced (a
+    /// copy of a fenced key could be overtaken by the write it repairs).
     pub fn some_missed(&self, max: usize) -> Vec<(Bytes, u64)> {
         self.missed
             .iter()
+            .filter(|(_, miss)| !self.fence_up(miss.fence))
             .take(max)
-            .map(|(k, s)| (k.clone(), *s))
+            .map(|(k, miss)| (k.clone(), miss.seq))
             .collect()
     }
 
@@ -141,14 +186,18 @@ impl Standing {
     /// A write that replaces `key`'s whole item (a set or a delete) reached the server, under
     /// the key's lock: it holds the key's latest, whatever write of it it missed before. Left
     /// missed, the key would be repaired later from a replica that may be gone by then, and a
-    /// repair with no source deletes it: the write just acknowledged would be lost.
+    /// repair with no source deletes it: the write just acknowledged would be lost. Unless the
+    /// key is fenced: the write it missed may still be applied after this one (replicate.rs
+    /// sends a write of a fenced key only once its fence is down, so this is rare).
     pub fn wrote(&mut self, key: &[u8]) {
-        self.missed.remove(key);
+        if !self.fenced(key) {
+            self.missed.remove(key);
+        }
     }
 
     /// Forgets `key` after its repair, unless it was missed again since `seq`.
     pub fn repaired(&mut self, key: &[u8], seq: u64) {
-        if self.missed.get(key) == Some(&seq) {
+        if self.missed.get(key).is_some_and(|miss| miss.seq == seq) {
             self.missed.remove(key);
         }
     }
@@ -252,6 +301,9 @@ pub struct Health {
     /// Signalled when the supervisor has seen who the server is after a connection closed, and
     /// at every change of state: reads waiting in [`Health::verified_by`] look again.
     verified: Notify,
+    /// Signalled when a retired connection is finished with (or its fences are lifted): writes
+    /// waiting in [`Health::unfenced_by`] and drains waiting in [`Health::lifted`] look again.
+    fences: Notify,
     pub standing: Mutex<Standing>,
     missed_limit: usize,
     /// Another proxy can learn this server missed writes (ledger.rs): set once the mark is on
@@ -363,6 +415,7 @@ impl Health {
             stop,
             back_up: Notify::new(),
             verified: Notify::new(),
+            fences: Notify::new(),
             wake: Notify::new(),
             standing: Mutex::new(Standing::default()),
             hold_returning,
@@ -515,21 +568,89 @@ impl Health {
         self.last_failure_ms.store(0, Ordering::Relaxed);
     }
 
+    /// A connection with requests of unknown outcome is retired (conn.rs), before their callers
+    /// learn they failed: the misses they record are fenced by it. Returns its number, for
+    /// [`Health::drained`].
+    pub fn retire(&self) -> u64 {
+        let mut standing = self.standing.lock();
+        standing.retired += 1;
+        let fence = standing.retired;
+        standing.draining.insert(fence);
+        fence
+    }
+
+    /// The server closed retired connection `fence`: it has processed or dropped everything
+    /// sent on it, so the keys it fenced may be written and repaired again.
+    pub fn drained(&self, fence: u64) {
+        if self.standing.lock().draining.remove(&fence) {
+            self.fences.notify_waiters();
+            self.wake.notify_one();
+        }
+    }
+
+    /// The server is another process now: the one that held the retired connections is gone,
+    /// and with it whatever they carried.
+    pub fn lift_fences(&self) {
+        let lifted = std::mem::take(&mut self.standing.lock().draining);
+        if !lifted.is_empty() {
+            self.fences.notify_waiters();
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until retired connection `fence` no longer holds keys fenced (its drain is not
+    /// what ended it: the fences were lifted).
+    pub async fn lifted(&self, fence: u64) {
+        loop {
+            let notified = self.fences.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a change in between is not missed.
+            notified.as_mut().enable();
+            if !self.standing.lock().draining.contains(&fence) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until `key` is not fenced, or until `deadline`; whether it is not.
+    pub async fn unfenced_by(&self, key: &[u8], deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.fences.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.standing.lock().fenced(key) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.standing.lock().fenced(key);
+            }
+        }
+    }
+
     /// Remembers that the last write of `key` may not have reached this server: it is not read
-    /// for that key until repaired. Past the limit it is suspect as a whole.
+    /// for that key until repaired. Past the limit it is suspect as a whole. While a retired
+    /// connection drains, the miss is fenced by the newest one (the write may have been on it).
     pub fn remember_missed(&self, key: &[u8]) {
         {
             let mut standing = self.standing.lock();
             standing.seq += 1;
-            let seq = standing.seq;
-            if let Some(s) = standing.missed.get_mut(key) {
-                *s = seq;
+            let miss = Miss {
+                seq: standing.seq,
+                fence: if standing.draining.is_empty() {
+                    0
+                } else {
+                    standing.retired
+                },
+            };
+            if let Some(m) = standing.missed.get_mut(key) {
+                *m = miss;
             } else if standing.missed.len() >= self.missed_limit {
                 // Past the bound the keys are not kept (memory stays bounded): it is flushed,
                 // and the keys it holds are what the warm-up copies.
                 standing.must_flush("it missed more writes than missed_keys_limit keeps");
             } else {
-                standing.missed.insert(Bytes::copy_from_slice(key), seq);
+                standing.missed.insert(Bytes::copy_from_slice(key), miss);
             }
         }
         if self.change(&[State::Up], State::Suspect, "it missed a write") {
@@ -655,6 +776,56 @@ mod tests {
         health.standing.lock().repaired(b"a", seq);
         assert_eq!(health.read_rank(b"a"), Some(ReadRank::Current));
         assert!(health.standing.lock().clean());
+    }
+
+    #[test]
+    fn a_fenced_miss_outlives_a_later_write_until_its_connection_is_closed() {
+        let health = health(500, 10);
+        // W1 of `a` timed out on a connection the server may still apply it from.
+        let first = health.retire();
+        health.remember_missed(b"a");
+        assert!(health.standing.lock().fenced(b"a"));
+        // A later write acknowledged meanwhile (on another connection) could be overtaken by
+        // W1: it does not clear the miss, and the key is not repaired yet either.
+        health.standing.lock().wrote(b"a");
+        assert_eq!(health.read_rank(b"a"), None);
+        assert!(health.standing.lock().some_missed(10).is_empty());
+        // A connection retired later holds no fence over a miss made before it.
+        let second = health.retire();
+        health.drained(first);
+        assert!(!health.standing.lock().fenced(b"a"));
+        assert_eq!(health.standing.lock().some_missed(10).len(), 1);
+        // The server closed W1's connection: a write now gives it the key's latest (the
+        // lost-write fix: no repair that could delete it is needed).
+        health.standing.lock().wrote(b"a");
+        assert_eq!(health.read_rank(b"a"), Some(ReadRank::Current));
+        // A miss while the second drains is fenced by it, until a restart lifts every fence.
+        health.remember_missed(b"b");
+        assert!(health.standing.lock().fenced(b"b"));
+        health.lift_fences();
+        assert!(!health.standing.lock().fenced(b"b"));
+        assert_eq!(health.standing.lock().draining(), 0);
+        health.drained(second);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_its_fence_within_a_deadline() {
+        let health = Arc::new(health(500, 10));
+        let fence = health.retire();
+        health.remember_missed(b"a");
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        assert!(!health.unfenced_by(b"a", soon).await);
+        let waiter = {
+            let health = health.clone();
+            tokio::spawn(async move {
+                let later = tokio::time::Instant::now() + Duration::from_secs(60);
+                health.unfenced_by(b"a", later).await
+            })
+        };
+        health.drained(fence);
+        assert!(waiter.await.unwrap());
+        // A key that was not missed is never fenced.
+        assert!(health.unfenced_by(b"b", soon).await);
     }
 
     #[test]

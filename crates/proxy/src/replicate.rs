@@ -19,6 +19,9 @@
 //!   is remembered for it ([`Health::remember_missed`](crate::health::Health::remember_missed)),
 //!   it is not read for that key until its supervisor repaired it (resync.rs), and before the
 //!   write is acknowledged the miss is recorded in the ledger for the other proxies (ledger.rs).
+//!   A miss whose write may still be applied later (its connection timed out) is fenced:
+//!   a later write of the key waits until the server has closed that connection ([`write`]),
+//!   so that it cannot be overtaken by the old one.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
@@ -35,7 +38,7 @@ use crate::backend::{write_failed, Backend, BackendError, Call, Reply};
 use crate::config::WriteAck;
 use crate::error::ProxyError;
 use crate::forward;
-use crate::health::ReadRank;
+use crate::health::{ReadRank, State};
 use crate::ledger;
 use crate::resync;
 use crate::route::{Replicas, Router};
@@ -267,7 +270,7 @@ async fn fanout_by(
     if let &[id] = replicas.as_slice() {
         // One replica: no fan-out (and no lock, see `KeyLocks::lock`).
         let backend = router.backend(id);
-        return match backend.call(call).await {
+        return match write(backend, &key, call, leaves).await {
             Ok(reply) => {
                 if write_failed(&reply) {
                     missed(ctx, backend, &key).await;
@@ -492,7 +495,7 @@ async fn apply(
     let mut calls: FuturesUnordered<_> = targets
         .iter()
         .enumerate()
-        .map(|(i, b)| async move { (i, b.call(call.clone()).await) })
+        .map(|(i, b)| async move { (i, write(b, key, call.clone(), leaves).await) })
         .collect();
     let mut results: Vec<Option<Result<Reply, BackendError>>> = vec![None; targets.len()];
     while let Some((i, result)) = calls.next().await {
@@ -510,6 +513,33 @@ async fn apply(
         results[i] = Some(result);
     }
     results.into_iter().flatten().collect()
+}
+
+/// Sends a write of `key` to `backend`. One that `leaves` the latest item clears the key's
+/// miss there when it succeeds, which is only right if no earlier write of the key can be
+/// applied after it: while the key is fenced (an earlier write of it went out on a connection
+/// the proxy gave up on, which the server has not closed yet) it waits, at most one request
+/// timeout, for the server to close that connection, and is not sent if it does not (the key
+/// stays missed, for a repair once the fence is down).
+async fn write(
+    backend: &Backend,
+    key: &[u8],
+    call: Call,
+    leaves: Leaves,
+) -> Result<Reply, BackendError> {
+    let health = &backend.health;
+    // A server that is up missed nothing (a miss makes it suspect before the key's lock is
+    // released): no lock taken on the common path.
+    if leaves == Leaves::Latest && health.state() != State::Up && health.standing.lock().fenced(key)
+    {
+        let deadline = tokio::time::Instant::now() + health.settings.request_timeout();
+        if !health.unfenced_by(key, deadline).await {
+            return Err(BackendError::Fenced {
+                addr: backend.addr.clone(),
+            });
+        }
+    }
+    backend.call(call).await
 }
 
 /// The first success in replica order (a server's error line only when no replica did

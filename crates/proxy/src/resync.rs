@@ -253,6 +253,9 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
             .restarts
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(backend = %backend.addr, pid = now.pid, "it restarted");
+        // The process that held the retired connections is gone, and what they carried with
+        // it.
+        health.lift_fences();
     }
     let first = known.is_none();
     *known = Some(now);
@@ -364,7 +367,15 @@ async fn restore(ctx: &Arc<Context>, id: usize, order: Option<Order>) {
             return;
         }
     }
-    let flush_reason = health.standing.lock().flush_reason;
+    let (flush_reason, draining) = {
+        let standing = health.standing.lock();
+        (standing.flush_reason, standing.draining())
+    };
+    if flush_reason.is_some() && draining > 0 {
+        // A write on a retired connection could land after the flush and the warm-up, and a
+        // key past missed_keys_limit is not kept to be repaired: flushed once it is closed.
+        return;
+    }
     if let Some(reason) = flush_reason {
         health.change(&[State::Up, State::Warming], State::Suspect, reason);
         tracing::info!(backend = %backend.addr, reason, "flushing it before it is read again");
@@ -494,6 +505,24 @@ async fn repair_key(ctx: &Context, id: usize, key: &Bytes) -> Result<(), Backend
         None => None,
     };
     let call = call.unwrap_or_else(|| forward::delete(key));
+    let result = copy_or_delete(ctx, target, key, call, flushes).await;
+    if result.is_err() {
+        // The copy may still be applied, after a client's later write of the key: missed
+        // again (under the key's lock), so fenced by the connection it went out on.
+        target.health.remember_missed(key);
+    }
+    result
+}
+
+/// Sends `call` (a copy of `key`'s latest item, or its delete) to `target`; deletes the key
+/// there instead when the copy is older than a `flush_all` or was refused.
+async fn copy_or_delete(
+    ctx: &Context,
+    target: &Backend,
+    key: &[u8],
+    call: crate::backend::Call,
+    flushes: u64,
+) -> Result<(), BackendError> {
     match target.call(call).await? {
         // A flush_all ran between the read and the copy: the copy is older than it.
         reply if !write_failed(&reply) && ctx.flushes.load(Ordering::Acquire) != flushes => {

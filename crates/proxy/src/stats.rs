@@ -275,7 +275,7 @@ impl Stats {
                         "state={} state_s={} requests={} errors={} timeouts={} \
                          avg_latency_us={} failures={} downs={} restarts={} bad_replies={} \
                          missed_keys={} \
-                         needs_flush={} cold={} held={} marked_by_other={}",
+                         needs_flush={} cold={} held={} marked_by_other={} draining={}",
                         backend.state().name(),
                         health.state_age_s(),
                         sum(|c| &c.requests),
@@ -291,6 +291,7 @@ impl Stats {
                         u8::from(standing.cold),
                         u8::from(standing.held),
                         u8::from(standing.foreign),
+                        standing.draining(),
                     )
                 };
                 if let Some(p) = health.progress.lock().as_ref() {

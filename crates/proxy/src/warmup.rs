@@ -421,9 +421,16 @@ async fn copy_one(
         return Ok(Copied::default());
     };
     let read = item.data.len() as u64;
+    // A copy that failed may still be applied, after a client's later delete of the key: the
+    // key is missed (under its lock), so fenced by the connection the copy went out on.
+    let unknown = |error: BackendError| {
+        target.health.remember_missed(&key);
+        error
+    };
     let reply = target
         .call(forward::add(&key, item.flags, item.exptime, item.data))
-        .await?;
+        .await
+        .map_err(unknown)?;
     if write_failed(&reply) {
         // Too large for the target's -I, or no room under -M: that key stays cold.
         tracing::debug!(backend = %target.addr, ?reply, "a warm-up copy was refused");
@@ -431,7 +438,7 @@ async fn copy_one(
     }
     if ctx.flushes.load(Ordering::Acquire) != flushes {
         // A flush_all ran between the read and the copy: the copy is older than it.
-        target.call(forward::delete(&key)).await?;
+        target.call(forward::delete(&key)).await.map_err(unknown)?;
         return Ok(Copied::default());
     }
     let stored = matches!(

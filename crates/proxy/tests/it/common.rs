@@ -152,6 +152,51 @@ fn try_memcached(port: u16, extra: &[&str]) -> Option<Process> {
     Some(process)
 }
 
+/// keepcached's own server, in this test's runtime on a free loopback port, stopped on drop.
+pub struct OwnServer {
+    pub port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+    _task: JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl OwnServer {
+    pub async fn start() -> OwnServer {
+        let settings = keepcached_server::Settings {
+            port: free_port(),
+            listen: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+            threads: 2,
+            ..keepcached_server::Settings::default()
+        };
+        let port = settings.port;
+        let listeners = keepcached_server::Listeners::bind(&settings).expect("bind the server");
+        let server = keepcached_server::Server::new(settings);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(keepcached_server::listener::serve(
+            server, listeners, stopped,
+        ));
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "the server never listened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        OwnServer {
+            port,
+            stop,
+            _task: task,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
 /// nutcracker with one pool (`hash: md5`, `distribution: ketama`) over `servers`, written as
 /// twemproxy expects them (`host:port:weight [name]`).
 pub fn nutcracker(servers: &[String]) -> (Process, tempdir::TempDir) {
@@ -443,4 +488,165 @@ pub fn temp_path(label: &str) -> PathBuf {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ))
+}
+
+/// A TCP relay in front of a server: the tests' network fault injector. It forwards bytes both
+/// ways, except on the first connection, after [`Relay::arm`], whose bytes towards the server
+/// contain the marker: from the marker on, what the client sends there is held back (as a
+/// stopped or starved server leaves it in its socket) until [`Relay::release`], then delivered
+/// in order, and an end the client made meanwhile (an orderly close or a reset) after it. The
+/// server behind it is a real one; the relay only delays bytes.
+pub struct Relay {
+    pub port: u16,
+    shared: std::sync::Arc<RelayShared>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct RelayShared {
+    armed: std::sync::Mutex<Option<Vec<u8>>>,
+    held: std::sync::Mutex<Vec<u8>>,
+    released: tokio::sync::Notify,
+    is_released: std::sync::atomic::AtomicBool,
+    /// The server closed the held connection (after the held bytes and the client's end).
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl Relay {
+    /// Relays a free loopback port to `upstream`.
+    pub async fn start(upstream: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(RelayShared::default());
+        let task = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    tokio::spawn(relay_one(client, server, shared.clone()));
+                }
+            })
+        };
+        Relay { port, shared, task }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Holds the first connection that sends `marker` from there on.
+    pub fn arm(&self, marker: &[u8]) {
+        *self.shared.armed.lock().unwrap() = Some(marker.to_vec());
+    }
+
+    /// What is held back so far.
+    pub fn held(&self) -> Vec<u8> {
+        self.shared.held.lock().unwrap().clone()
+    }
+
+    /// Delivers what was held, and the client's end of that connection if it made one.
+    pub fn release(&self) {
+        self.shared
+            .is_released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.released.notify_waiters();
+    }
+
+    /// Whether the server closed the held connection.
+    pub fn finished(&self) -> bool {
+        self.shared
+            .finished
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.release();
+    }
+}
+
+async fn relay_one(client: TcpStream, server: TcpStream, shared: std::sync::Arc<RelayShared>) {
+    use std::sync::atomic::Ordering;
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let held_here = std::sync::atomic::AtomicBool::new(false);
+    let towards_server = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        // The tail of the previous read, so a marker split between reads is found.
+        let mut tail: Vec<u8> = Vec::new();
+        loop {
+            let n = match client_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            if held_here.load(Ordering::SeqCst) {
+                shared.held.lock().unwrap().extend_from_slice(chunk);
+                continue;
+            }
+            let found = {
+                let mut armed = shared.armed.lock().unwrap();
+                let at = armed.as_ref().and_then(|marker| {
+                    let mut seen = tail.clone();
+                    seen.extend_from_slice(chunk);
+                    seen.windows(marker.len())
+                        .position(|w| w == &marker[..])
+                        .map(|at| at.saturating_sub(tail.len()))
+                });
+                if at.is_some() {
+                    *armed = None;
+                }
+                at
+            };
+            match found {
+                Some(at) => {
+                    held_here.store(true, Ordering::SeqCst);
+                    shared.held.lock().unwrap().extend_from_slice(&chunk[at..]);
+                    if server_wr.write_all(&chunk[..at]).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    if server_wr.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                    tail = chunk[chunk.len().saturating_sub(64)..].to_vec();
+                }
+            }
+        }
+        if held_here.load(Ordering::SeqCst) {
+            loop {
+                let released = shared.released.notified();
+                if shared.is_released.load(Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
+            let held = std::mem::take(&mut *shared.held.lock().unwrap());
+            let _ = server_wr.write_all(&held).await;
+        }
+        let _ = server_wr.shutdown().await;
+    };
+    let towards_client = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = server_rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            // A client that reset its end is gone; what the server says is read to its end
+            // all the same.
+            let _ = client_wr.write_all(&buf[..n]).await;
+        }
+        let _ = client_wr.shutdown().await;
+    };
+    tokio::join!(towards_server, towards_client);
+    if held_here.load(Ordering::SeqCst) {
+        shared.finished.store(true, Ordering::SeqCst);
+    }
 }

@@ -5,8 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keepcached_proxy::PoolConfig;
+
 use crate::common::{
-    config, free_port, memcached, memcached_on, memcached_with, Client, ProxyHandle,
+    config, free_port, memcached, memcached_on, memcached_with, Client, OwnServer, ProxyHandle,
+    Relay,
 };
 
 /// The configured request timeout of [`config`], and the most one request may take when a
@@ -415,6 +418,204 @@ async fn a_write_refused_with_server_error_is_missed_and_repaired() {
         Client::connect(&main.addr()).await.get("big").await,
         None,
         "the refusing server keeps no old value"
+    );
+    proxy.stop().await;
+}
+
+/// A write that timed out can still be applied by the server after a later write of the same
+/// key on another connection (TCP orders bytes within a connection only): that later write
+/// must not make the proxy believe the server holds the key's latest value. A relay in front of
+/// the backup holds back the connection that carries the first writes (W1), as a stopped or
+/// CPU-starved server leaves them in its socket; they time out, the same keys are written
+/// again (W2, acknowledged), and only then is W1 delivered, so the real memcached behind the
+/// relay applies it after W2. Without the fence, W2 cleared the misses and the backup served
+/// W1's values as current; with it, the keys stay missed until the server closed W1's
+/// connection, and are then repaired: no stale value on the backup, and none read through the
+/// proxy from the backup alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_applied_after_a_later_one_is_not_read_stale() {
+    let backup = memcached();
+    timed_out_write_applied_late(backup.addr()).await;
+}
+
+/// The same with keepcached's own server as the backup: it too handles everything sent on a
+/// connection before it closes it, which is what the fence waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_applied_late_on_a_keepcached_server_is_not_read_stale() {
+    let backup = OwnServer::start().await;
+    timed_out_write_applied_late(backup.addr()).await;
+}
+
+async fn timed_out_write_applied_late(backup: String) {
+    const KEYS: usize = 8;
+    let main = memcached();
+    let relay = Relay::start(backup.clone()).await;
+    let mut settings = config(&[&[&main]]);
+    settings.pools.push(PoolConfig {
+        name: "pool1".into(),
+        servers: vec![relay.addr()],
+    });
+    // One stall must not take the backup out: its writes are what this test is about.
+    settings.backend.failure_limit = 100;
+    let proxy = ProxyHandle::start(settings).await;
+    proxy.await_all_up().await;
+    let mut client = proxy.client().await;
+
+    relay.arm(b"fence-");
+    let mut w1 = String::new();
+    for i in 0..KEYS {
+        w1.push_str(&format!("set fence-{i} 0 0 2\r\nw1\r\n"));
+    }
+    client.send(w1.as_bytes()).await;
+    for i in 0..KEYS {
+        // The main server's STORED: the backup's copy timed out, held by the relay.
+        assert_eq!(
+            client.read_reply(false).await,
+            "STORED\r\n",
+            "W1 of fence-{i}"
+        );
+    }
+    let held = relay.held();
+    let held_writes = held.windows(6).filter(|w| w == b"fence-").count();
+    assert!(held_writes >= 1, "the relay held no write: {held:?}");
+
+    for i in 0..KEYS {
+        assert_eq!(client.set(&format!("fence-{i}"), "w2").await, "STORED\r\n");
+    }
+    // W1 reaches memcached now, after W2; it closes the connection after it.
+    relay.release();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.finished() {
+        assert!(Instant::now() < deadline, "the held connection never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let backup_line = |backends: &str| {
+        backends
+            .lines()
+            .find(|l| l.contains(&relay.addr()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = backup_line(&client.call("stats backends\r\n").await);
+        if line.contains(" state=up ") && line.contains(" missed_keys=0 ") {
+            assert!(line.contains(" draining=0"), "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup never came up: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut direct = Client::connect(&backup).await;
+    let mut stale = Vec::new();
+    for i in 0..KEYS {
+        let value = direct.get(&format!("fence-{i}")).await;
+        assert_ne!(value, None, "fence-{i} lost on the backup");
+        if value.as_deref() != Some("w2") {
+            stale.push(format!("fence-{i}={value:?}"));
+        }
+    }
+    assert_eq!(
+        stale.len(),
+        0,
+        "stale on the backup, which the proxy counts as up ({held_writes} writes held): {stale:?}"
+    );
+    // Through the proxy with the backup as the only readable replica.
+    assert_eq!(
+        client
+            .call(&format!("backend drain {}\r\n", main.addr()))
+            .await,
+        "OK\r\n"
+    );
+    let mut stale_through_proxy = 0;
+    for i in 0..KEYS {
+        let value = client.get(&format!("fence-{i}")).await;
+        if value.as_deref() != Some("w2") {
+            stale_through_proxy += 1;
+        }
+    }
+    assert_eq!(
+        stale_through_proxy, 0,
+        "stale or missing reads through the proxy"
+    );
+    proxy.stop().await;
+}
+
+/// The same hole through a repair: the supervisor's copy of a missed key times out (the relay
+/// holds it), a client then writes the key (acknowledged), and only then does the copy reach
+/// the server. The copy's failure misses the key again, fenced by the copy's connection, so the
+/// client's write does not make the proxy count the old copy as current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_copy_applied_after_a_later_write_is_not_read_stale() {
+    let main = memcached();
+    let backup = memcached();
+    let relay = Relay::start(backup.addr()).await;
+    let mut settings = config(&[&[&main]]);
+    settings.pools.push(PoolConfig {
+        name: "pool1".into(),
+        servers: vec![relay.addr()],
+    });
+    settings.backend.failure_limit = 100;
+    let proxy = ProxyHandle::start(settings).await;
+    proxy.await_all_up().await;
+    let mut client = proxy.client().await;
+    let drain = format!("backend drain {}\r\n", relay.addr());
+    assert_eq!(client.call(&drain).await, "OK\r\n");
+    // Missed by the drained backup, to be repaired from the main server.
+    assert_eq!(client.set("repaired-0", "copy").await, "STORED\r\n");
+    relay.arm(b"repaired-");
+    let up = format!("backend up {}\r\n", relay.addr());
+    assert_eq!(client.call(&up).await, "OK\r\n");
+    let backup_line = |backends: &str| {
+        backends
+            .lines()
+            .find(|l| l.contains(&relay.addr()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = backup_line(&client.call("stats backends\r\n").await);
+        if !relay.held().is_empty() && !line.contains(" timeouts=0 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the repair's copy was never held and timed out: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.set("repaired-0", "client").await, "STORED\r\n");
+    relay.release();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.finished() {
+        assert!(Instant::now() < deadline, "the held connection never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = backup_line(&client.call("stats backends\r\n").await);
+        if line.contains(" state=up ") && line.contains(" missed_keys=0 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup never came up: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        Client::connect(&backup.addr())
+            .await
+            .get("repaired-0")
+            .await
+            .as_deref(),
+        Some("client"),
+        "the backup, which the proxy counts as up, holds the repair's late copy"
     );
     proxy.stop().await;
 }
