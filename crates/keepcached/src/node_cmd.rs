@@ -470,7 +470,7 @@ fn reload_on_hangup(
     proxy: Option<
         mpsc::Sender<Result<keepcached_proxy::ProxyConfig, keepcached_proxy::ConfigError>>,
     >,
-    vrrp: Option<mpsc::Sender<keepcached_vrrp::VrrpConfig>>,
+    vrrp: Option<mpsc::Sender<keepcached_vrrp::Reload>>,
 ) -> anyhow::Result<()> {
     let mut hangups = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     tokio::spawn(async move {
@@ -498,10 +498,10 @@ fn reload_on_hangup(
                         );
                     }
                     if let (Some(tx), Some(config)) = (&proxy, &new.proxy) {
-                        let _ = tx.send(Ok(config.clone())).await;
+                        crate::proxy_cmd::hand_over(tx, Ok(config.clone())).await;
                     }
                     if let (Some(tx), Some(config)) = (&vrrp, &new.vrrp) {
-                        let _ = tx.send(config.clone()).await;
+                        crate::vrrp_cmd::hand_over(tx, config.clone()).await;
                     }
                 }
             }

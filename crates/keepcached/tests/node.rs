@@ -78,6 +78,10 @@ impl Running {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Waits for the exit; its status code.
     fn wait(&mut self) -> i32 {
         let deadline = Instant::now() + WAIT;
@@ -726,4 +730,110 @@ fn sigusr2_without_a_server_is_logged_and_the_node_serves_on() {
     assert!(one_line(&mut proxy, "version\r\n").starts_with("VERSION "));
     node.signal(Signal::SIGTERM);
     assert_eq!(node.wait(), 0, "{}", node.log());
+}
+
+/// How many times `needle` occurs in the process's log now.
+fn log_count(process: &Running, needle: &str) -> usize {
+    process.log().matches(needle).count()
+}
+
+/// SIGHUP to `process` (READY=1 seen) with `file` rewritten by `rewrite(round)` each round: as
+/// systemd's reload protocol wants, READY=1 follows RELOADING=1 only once the new configuration
+/// is applied: the log says so at once when READY=1 arrives (read once, not polled). Then a
+/// file that does not load: READY=1 again, once the refusal is logged.
+fn ready_follows_each_reload(
+    process: &mut Running,
+    notify: &NotifySocket,
+    file: &Path,
+    rewrite: impl Fn(u32) -> String,
+    broken: &str,
+) {
+    const APPLIED: &str = "configuration change applied";
+    for round in 0..10 {
+        std::fs::write(file, rewrite(round)).unwrap();
+        let before = log_count(process, APPLIED);
+        process.signal(Signal::SIGHUP);
+        notify.wait_for("RELOADING=1", process);
+        notify.wait_for("READY=1", process);
+        let log = process.log();
+        assert_eq!(
+            log.matches(APPLIED).count(),
+            before + 1,
+            "round {round}: READY=1 before the change was applied:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("to={}", 1000 + round)),
+            "round {round}:\n{log}"
+        );
+    }
+    std::fs::write(file, broken).unwrap();
+    process.signal(Signal::SIGHUP);
+    notify.wait_for("RELOADING=1", process);
+    notify.wait_for("READY=1", process);
+    assert_eq!(
+        log_count(process, "configuration not reloaded"),
+        1,
+        "READY=1 before the refusal was logged:\n{}",
+        process.log()
+    );
+    assert!(
+        process.is_running(),
+        "a refused reload keeps the running configuration:\n{}",
+        process.log()
+    );
+    process.signal(Signal::SIGTERM);
+    assert_eq!(process.wait(), 0, "{}", process.log());
+}
+
+#[test]
+fn ready_follows_the_applied_configuration_after_sighup() {
+    // The node: its proxy's new section.
+    let dir = Scratch::new("reload-ready-node");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
+    let config = dir.file("node.toml", &text);
+    let notify = NotifySocket::new(&dir);
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[("NOTIFY_SOCKET", &notify.path)],
+    );
+    notify.wait_for("READY=1", &mut node);
+    ready_follows_each_reload(
+        &mut node,
+        &notify,
+        &config,
+        |round| {
+            text.replace(
+                "threads = 1\n",
+                &format!("threads = 1\ndrain_timeout_ms = {}\n", 1000 + round),
+            )
+        },
+        "[server]\nthreads = 0\n",
+    );
+
+    // The proxy with --config.
+    let dir = Scratch::new("reload-ready-proxy");
+    let (backend, port) = (free_port().unwrap(), free_port().unwrap());
+    let proxy_toml = |drain: u32| {
+        format!(
+            "listen = [\"127.0.0.1:{port}\"]\nthreads = 1\ndrain_timeout_ms = {drain}\n\
+             [[pools]]\nname = \"main\"\nservers = [\"127.0.0.1:{backend}\"]\n"
+        )
+    };
+    let config = dir.file("proxy.toml", &proxy_toml(500));
+    let notify = NotifySocket::new(&dir);
+    let mut proxy = Running::start(
+        &["proxy", "-D", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[("NOTIFY_SOCKET", &notify.path)],
+    );
+    notify.wait_for("READY=1", &mut proxy);
+    ready_follows_each_reload(
+        &mut proxy,
+        &notify,
+        &config,
+        |round| proxy_toml(1000 + round),
+        "listen = 7\n",
+    );
 }
