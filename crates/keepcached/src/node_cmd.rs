@@ -150,24 +150,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     // The pid file is kept until the save is done.
     let mut pidfile = None;
-    let served = runtime.block_on(async {
-        let roles = Roles::start(config, server, proxy, metrics, &path)?;
-        pidfile = pidfile_path.map(process::PidFile::create).transpose()?;
-        roles.serve().await
-    });
-    // Saved whatever ended the node: a failure of the proxy or of VRRP leaves the cache whole.
-    let saved = match saving
-        .as_ref()
-        .and_then(|s| s.memory_file.as_ref().map(|f| (s, f)))
-    {
-        Some((server, file)) => file
-            .save(server)
-            .map(drop)
-            .with_context(|| format!("saving the cache to {}", file.path().display())),
-        None => Ok(()),
-    };
-    drop(pidfile);
-    served.and(saved)
+    runtime.block_on(async {
+        let served = async {
+            let roles = Roles::start(config, server, proxy, metrics, &path)?;
+            pidfile = pidfile_path.map(process::PidFile::create).transpose()?;
+            roles.serve().await
+        }
+        .await;
+        // Saved whatever ended the node: a failure of the proxy or of VRRP leaves the cache
+        // whole.
+        let saved = match saving {
+            Some(server) => crate::server_cmd::save_at_exit(server).await,
+            None => Ok(()),
+        };
+        drop(pidfile);
+        served.and(saved)
+    })
 }
 
 /// "server, proxy, vrrp": the roles a file configures, for messages.
@@ -386,8 +384,10 @@ impl Roles {
             }
             None => (None, None),
         };
-        if vrrp.is_some() {
-            collectors.push(Box::new(vrrp_metrics));
+        match vrrp {
+            Some(_) => collectors.push(Box::new(vrrp_metrics)),
+            // Nothing in this node's shutdown must finish (see `serve`).
+            None => process::may_cut_short("the node's shutdown", None),
         }
         if let Some(endpoint) = metrics {
             crate::metrics::spawn(endpoint, collectors, shutdown.clone());
@@ -433,6 +433,13 @@ impl Roles {
         let mut failure = None;
         for role in [self.vrrp, self.proxy, self.server].into_iter().flatten() {
             tracing::info!("stopping the {}", role.name);
+            // A second SIGTERM or SIGINT cuts the proxy's drain and the server's stop short,
+            // not VRRP's handover of the VIP (process::STEP's default until here).
+            match role.name {
+                "proxy" => process::may_cut_short("the drain of the proxy's clients", None),
+                "cache server" => process::may_cut_short("the cache server's stop", None),
+                _ => {}
+            }
             role.stop.send_replace(true);
             let result = match role.task.await {
                 Ok(result) => result,

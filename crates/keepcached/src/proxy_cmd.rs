@@ -68,6 +68,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
+        process::may_cut_short("the drain of the proxy's clients", None);
         if let Some(endpoint) = metrics {
             crate::metrics::spawn(endpoint, vec![Box::new(bound.metrics())], shutdown.clone());
         }
