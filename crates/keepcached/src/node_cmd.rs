@@ -15,7 +15,9 @@
 //! Shutdown (SIGTERM, SIGINT, the server's `shutdown` command with `enable_shutdown`, or a
 //! role that fails): VRRP leaves first (a master sends priority 0 and removes the VIP, so the
 //! other node takes over at once), then the proxy drains its clients within
-//! `drain_timeout_ms`, then the server stops and saves to `save_file`. SIGHUP reads the file
+//! `drain_timeout_ms`, then the server stops and saves to `save_file`; a second SIGTERM or
+//! SIGINT cuts the drain, the stop or the save short (`process::may_cut_short`), not VRRP's
+//! leaving. SIGHUP reads the file
 //! again and hands the proxy and VRRP their new sections, as their own SIGHUP does; `[server]`
 //! changes need a restart, as memcached's do. SIGUSR1 logs VRRP's status; SIGUSR2 saves the
 //! cache (as the server's does).

@@ -516,7 +516,8 @@ fn a_second_sigterm_cuts_the_final_save_short_and_keeps_the_previous_file() {
         count: 5000,
         short_ttl: 0,
     };
-    let mut server = start(&file, &[]);
+    let pidfile = dir.join("pid");
+    let mut server = start(&file, &["-P", pidfile.to_str().unwrap()]);
     store_all(&server, &items);
     signal(&server, Signal::SIGUSR2);
     let deadline = Instant::now() + WAIT;
@@ -575,6 +576,7 @@ fn a_second_sigterm_cuts_the_final_save_short_and_keeps_the_previous_file() {
         "the previous save is kept whole"
     );
     assert!(!temp.exists(), "the temporary file is removed");
+    assert!(!pidfile.exists(), "the pid file is removed");
     drop(disk);
     // And it loads: the previous save's items, not the one added since.
     let second = start(&file, &[]);
