@@ -15,7 +15,9 @@
 //! Shutdown (SIGTERM, SIGINT, the server's `shutdown` command with `enable_shutdown`, or a
 //! role that fails): VRRP leaves first (a master sends priority 0 and removes the VIP, so the
 //! other node takes over at once), then the proxy drains its clients within
-//! `drain_timeout_ms`, then the server stops and saves to `save_file`. SIGHUP reads the file
+//! `drain_timeout_ms`, then the server stops and saves to `save_file`; a second SIGTERM or
+//! SIGINT cuts the drain, the stop or the save short (`process::may_cut_short`), not VRRP's
+//! leaving. SIGHUP reads the file
 //! again and hands the proxy and VRRP their new sections, as their own SIGHUP does; `[server]`
 //! changes need a restart, as memcached's do. SIGUSR1 logs VRRP's status; SIGUSR2 saves the
 //! cache (as the server's does).
@@ -150,24 +152,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     // The pid file is kept until the save is done.
     let mut pidfile = None;
-    let served = runtime.block_on(async {
-        let roles = Roles::start(config, server, proxy, metrics, &path)?;
-        pidfile = pidfile_path.map(process::PidFile::create).transpose()?;
-        roles.serve().await
-    });
-    // Saved whatever ended the node: a failure of the proxy or of VRRP leaves the cache whole.
-    let saved = match saving
-        .as_ref()
-        .and_then(|s| s.memory_file.as_ref().map(|f| (s, f)))
-    {
-        Some((server, file)) => file
-            .save(server)
-            .map(drop)
-            .with_context(|| format!("saving the cache to {}", file.path().display())),
-        None => Ok(()),
-    };
-    drop(pidfile);
-    served.and(saved)
+    runtime.block_on(async {
+        let served = async {
+            let roles = Roles::start(config, server, proxy, metrics, &path)?;
+            pidfile = pidfile_path.map(process::PidFile::create).transpose()?;
+            roles.serve().await
+        }
+        .await;
+        // Saved whatever ended the node: a failure of the proxy or of VRRP leaves the cache
+        // whole.
+        let saved = match saving {
+            Some(server) => crate::server_cmd::save_at_exit(server).await,
+            None => Ok(()),
+        };
+        drop(pidfile);
+        served.and(saved)
+    })
 }
 
 /// "server, proxy, vrrp": the roles a file configures, for messages.
@@ -386,8 +386,10 @@ impl Roles {
             }
             None => (None, None),
         };
-        if vrrp.is_some() {
-            collectors.push(Box::new(vrrp_metrics));
+        match vrrp {
+            Some(_) => collectors.push(Box::new(vrrp_metrics)),
+            // Nothing in this node's shutdown must finish (see `serve`).
+            None => process::may_cut_short("the node's shutdown", None),
         }
         if let Some(endpoint) = metrics {
             crate::metrics::spawn(endpoint, collectors, shutdown.clone());
@@ -433,6 +435,13 @@ impl Roles {
         let mut failure = None;
         for role in [self.vrrp, self.proxy, self.server].into_iter().flatten() {
             tracing::info!("stopping the {}", role.name);
+            // A second SIGTERM or SIGINT cuts the proxy's drain and the server's stop short,
+            // not VRRP's handover of the VIP (process::STEP's default until here).
+            match role.name {
+                "proxy" => process::may_cut_short("the drain of the proxy's clients", None),
+                "cache server" => process::may_cut_short("the cache server's stop", None),
+                _ => {}
+            }
             role.stop.send_replace(true);
             let result = match role.task.await {
                 Ok(result) => result,
@@ -470,7 +479,7 @@ fn reload_on_hangup(
     proxy: Option<
         mpsc::Sender<Result<keepcached_proxy::ProxyConfig, keepcached_proxy::ConfigError>>,
     >,
-    vrrp: Option<mpsc::Sender<keepcached_vrrp::VrrpConfig>>,
+    vrrp: Option<mpsc::Sender<keepcached_vrrp::Reload>>,
 ) -> anyhow::Result<()> {
     let mut hangups = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     tokio::spawn(async move {
@@ -498,10 +507,10 @@ fn reload_on_hangup(
                         );
                     }
                     if let (Some(tx), Some(config)) = (&proxy, &new.proxy) {
-                        let _ = tx.send(Ok(config.clone())).await;
+                        crate::proxy_cmd::hand_over(tx, Ok(config.clone())).await;
                     }
                     if let (Some(tx), Some(config)) = (&vrrp, &new.vrrp) {
-                        let _ = tx.send(config.clone()).await;
+                        crate::vrrp_cmd::hand_over(tx, config.clone()).await;
                     }
                 }
             }

@@ -362,9 +362,19 @@ impl Identity {
 }
 
 /// A pid file that is removed when the process exits cleanly (a return from the role, after
-/// SIGTERM or SIGINT, or a fatal error after it was written).
+/// SIGTERM or SIGINT, or a fatal error after it was written), and when a second signal cuts the
+/// shutdown short ([`may_cut_short`]).
 #[derive(Debug)]
 pub struct PidFile(PathBuf);
+
+/// The pid file's path while it exists, for an exit that runs no destructor.
+static PIDFILE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn lock_pidfile() -> std::sync::MutexGuard<'static, Option<PathBuf>> {
+    PIDFILE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl PidFile {
     /// Writes the pid to a temporary file beside `path` and renames it, so that a reader never
@@ -382,12 +392,14 @@ impl PidFile {
             let _ = std::fs::remove_file(&tmp);
             return Err(cant(e).into());
         }
+        *lock_pidfile() = Some(path.clone());
         Ok(PidFile(path))
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        lock_pidfile().take();
         let _ = std::fs::remove_file(&self.0);
     }
 }
@@ -466,6 +478,11 @@ pub fn log_ignored_hangups() -> anyhow::Result<()> {
 /// the role reports that it serves: the handlers are in place when this returns, so a signal
 /// that follows at once is not met by the default action (which ends the process at once,
 /// leaving the pid file behind).
+///
+/// A second SIGTERM or SIGINT during the shutdown ends the process at once if the step under
+/// way may be cut short ([`may_cut_short`]): an operator who sends it does not want to wait
+/// for a long drain or save, and should not need SIGKILL, which would leave the pid file and
+/// a save's temporary file behind.
 pub fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
@@ -479,8 +496,69 @@ pub fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
         tracing::info!("{name} received: shutting down");
         service_manager::stopping();
         tx.send_replace(true);
+        loop {
+            let again = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            cut_short(again);
+        }
     });
     Ok(rx)
+}
+
+/// The step of a shutdown under way, as a second SIGTERM or SIGINT sees it.
+#[derive(Debug)]
+enum Step {
+    /// Ends at the second signal: what it is, for the log, and the file it would leave half
+    /// written (a save's temporary file), removed then.
+    Cut {
+        what: String,
+        leftover: Option<PathBuf>,
+    },
+    /// Goes on despite the second signal: why.
+    Finish(&'static str),
+}
+
+/// Until a role names its steps: VRRP's, which hands the VIP over as it stops.
+static STEP: Mutex<Step> = Mutex::new(Step::Finish(
+    "VRRP sends priority 0 and removes the VIP first, or both nodes would hold it",
+));
+
+fn lock_step() -> std::sync::MutexGuard<'static, Step> {
+    STEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// From now on a second SIGTERM or SIGINT during the shutdown ends the process at once, in the
+/// middle of `what` ("the drain of the proxy's clients", "the save to FILE"): logged, `leftover`
+/// and the pid file removed, exit status 1 (the shutdown did not finish, as when a save fails).
+pub fn may_cut_short(what: impl Into<String>, leftover: Option<PathBuf>) {
+    *lock_step() = Step::Cut {
+        what: what.into(),
+        leftover,
+    };
+}
+
+/// A second `signal` during the shutdown: see [`may_cut_short`].
+fn cut_short(signal: &str) {
+    let step = lock_step();
+    let (what, leftover) = match &*step {
+        Step::Finish(why) => {
+            tracing::warn!("second {signal}: the shutdown goes on: {why}");
+            return;
+        }
+        Step::Cut { what, leftover } => (what, leftover),
+    };
+    tracing::error!("second {signal}: exiting without finishing {what}");
+    // Removed under the lock, so that no new step names another file meanwhile; a save that
+    // completes meanwhile has renamed it already, and its file is whole.
+    if let Some(path) = leftover {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(path) = lock_pidfile().take() {
+        let _ = std::fs::remove_file(path);
+    }
+    std::process::exit(1);
 }
 
 /// The runtime a command runs on: one thread for accepting, signals and housekeeping (and all of

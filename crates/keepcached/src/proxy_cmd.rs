@@ -68,6 +68,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = process::runtime()?;
     runtime.block_on(async move {
         let mut shutdown = process::shutdown_signal()?;
+        process::may_cut_short("the drain of the proxy's clients", None);
         if let Some(endpoint) = metrics {
             crate::metrics::spawn(endpoint, vec![Box::new(bound.metrics())], shutdown.clone());
         }
@@ -108,12 +109,26 @@ fn reload_on_hangup(
             };
             tracing::info!(file = %path.display(), "SIGHUP: reading the configuration again");
             process::service_manager::reloading();
-            let sent = tx.send(args.clone().into_config()).await;
+            let handled = hand_over(&tx, args.clone().into_config()).await;
             process::service_manager::reloaded();
-            if sent.is_err() {
+            if !handled {
                 return;
             }
         }
     });
     Ok(rx)
+}
+
+/// Hands a reloaded configuration (or why it could not be read) to the running proxy and waits
+/// until the proxy has applied it (or logged it refused), so that READY=1 follows the change,
+/// as systemd's reload protocol wants; false once the proxy has stopped.
+///
+/// The proxy's reloading task takes a configuration off the channel and applies it in the same
+/// poll (its reload waits for nothing), on this process's one-thread runtime: so once the
+/// channel, which holds one, has room again, the proxy is done with it.
+pub async fn hand_over(
+    tx: &tokio::sync::mpsc::Sender<Result<ProxyConfig, ConfigError>>,
+    config: Result<ProxyConfig, ConfigError>,
+) -> bool {
+    tx.send(config).await.is_ok() && tx.reserve().await.is_ok()
 }

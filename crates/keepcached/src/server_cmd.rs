@@ -686,6 +686,7 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
     // appears removes it; it is kept until the save is done.
     let _pidfile = runtime.block_on(async {
         let shutdown = process::shutdown_signal()?;
+        process::may_cut_short("the shutdown", None);
         on_user_signals(&server)?;
         process::log_ignored_hangups()?;
         if let Some(endpoint) = metrics {
@@ -698,13 +699,33 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         keepcached_server::listener::serve(server.clone(), listeners, shutdown)
             .await
             .context("serving")?;
+        save_at_exit(server).await?;
         anyhow::Ok(pidfile)
     })?;
-    if let Some(file) = &server.memory_file {
-        file.save(&server)
-            .with_context(|| format!("saving the cache to {}", file.path().display()))?;
-    }
     Ok(())
+}
+
+/// The save that ends a shutdown (`-e`, a node's `save_file`), if there is a file to save to.
+/// It runs on a blocking thread, so that the runtime still handles a second SIGTERM or SIGINT,
+/// which cuts it short: the previous file is kept whole and the temporary one removed
+/// ([`process::may_cut_short`]).
+pub async fn save_at_exit(server: Arc<Server>) -> anyhow::Result<()> {
+    let Some(file) = &server.memory_file else {
+        return Ok(());
+    };
+    process::may_cut_short(
+        format!("the save to {}", file.path().display()),
+        Some(file.temp_path()),
+    );
+    tokio::task::spawn_blocking(move || match &server.memory_file {
+        Some(file) => file
+            .save(&server)
+            .map(drop)
+            .with_context(|| format!("saving the cache to {}", file.path().display())),
+        None => Ok(()),
+    })
+    .await
+    .context("the save's thread")?
 }
 
 /// memcached 1.6's SIGUSR1, a graceful shutdown (which saves with `-e`), and SIGUSR2, a save

@@ -174,6 +174,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut ticker = None;
     let result = runtime.block_on(async {
         let shutdown = process::shutdown_signal()?;
+        process::may_cut_short("the drain of the proxy's clients", None);
         if live {
             let (stop, stopped) = mpsc::channel::<()>();
             let mut on_shutdown = shutdown.clone();

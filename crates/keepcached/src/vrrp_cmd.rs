@@ -121,15 +121,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 process::service_manager::reloading();
-                let loaded = load();
-                process::service_manager::reloaded();
-                match loaded {
+                match load() {
                     Ok((config, warnings)) => {
                         for warning in warnings {
                             tracing::warn!("{warning}");
                         }
                         tracing::info!("SIGHUP: reloading the configuration");
-                        if reload_tx.send(config).await.is_err() {
+                        let applied = hand_over(&reload_tx, config).await;
+                        process::service_manager::reloaded();
+                        if !applied {
                             return;
                         }
                     }
@@ -140,7 +140,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                         tracing::error!(
                             "SIGHUP: configuration not reloaded, the running one is kept: {}",
                             e.join(" ")
-                        )
+                        );
+                        process::service_manager::reloaded();
                     }
                 }
             }
@@ -171,4 +172,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         vrrp.await.context("vrrp")
     })
+}
+
+/// Hands a reloaded configuration to the running VRRP daemon and waits until it is applied
+/// (or refused and logged), so that READY=1 follows the change; false once the daemon has
+/// stopped.
+pub async fn hand_over(tx: &mpsc::Sender<keepcached_vrrp::Reload>, config: VrrpConfig) -> bool {
+    let (done, applied) = tokio::sync::oneshot::channel();
+    tx.send(keepcached_vrrp::Reload { config, done })
+        .await
+        .is_ok()
+        && applied.await.is_ok()
 }

@@ -1,7 +1,8 @@
 //! `keepcached node --config FILE` on loopback: the server and the proxy of one host from one
 //! file, a write through the proxy landing on the server, the save at SIGTERM; `--check` and
 //! `--print-config`; systemd's notifications (READY=1 only once the ports accept,
-//! STOPPING=1 at SIGTERM) for the node and for each standalone role.
+//! STOPPING=1 at SIGTERM, READY=1 after a reload only once it is applied) for the node and for
+//! each standalone role; a second signal that cuts the proxy's drain or the node's save short.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -76,6 +77,10 @@ impl Running {
 
     fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the exit; its status code.
@@ -726,4 +731,262 @@ fn sigusr2_without_a_server_is_logged_and_the_node_serves_on() {
     assert!(one_line(&mut proxy, "version\r\n").starts_with("VERSION "));
     node.signal(Signal::SIGTERM);
     assert_eq!(node.wait(), 0, "{}", node.log());
+}
+
+/// How many times `needle` occurs in the process's log now.
+fn log_count(process: &Running, needle: &str) -> usize {
+    process.log().matches(needle).count()
+}
+
+/// SIGHUP to `process` (READY=1 seen) with `file` rewritten by `rewrite(round)` each round: as
+/// systemd's reload protocol wants, READY=1 follows RELOADING=1 only once the new configuration
+/// is applied: the log says so at once when READY=1 arrives (read once, not polled). Then a
+/// file that does not load: READY=1 again, once the refusal is logged.
+fn ready_follows_each_reload(
+    process: &mut Running,
+    notify: &NotifySocket,
+    file: &Path,
+    rewrite: impl Fn(u32) -> String,
+    broken: &str,
+) {
+    const APPLIED: &str = "configuration change applied";
+    for round in 0..10 {
+        std::fs::write(file, rewrite(round)).unwrap();
+        let before = log_count(process, APPLIED);
+        process.signal(Signal::SIGHUP);
+        notify.wait_for("RELOADING=1", process);
+        notify.wait_for("READY=1", process);
+        let log = process.log();
+        assert_eq!(
+            log.matches(APPLIED).count(),
+            before + 1,
+            "round {round}: READY=1 before the change was applied:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("to={}", 1000 + round)),
+            "round {round}:\n{log}"
+        );
+    }
+    std::fs::write(file, broken).unwrap();
+    process.signal(Signal::SIGHUP);
+    notify.wait_for("RELOADING=1", process);
+    notify.wait_for("READY=1", process);
+    assert_eq!(
+        log_count(process, "configuration not reloaded"),
+        1,
+        "READY=1 before the refusal was logged:\n{}",
+        process.log()
+    );
+    assert!(
+        process.is_running(),
+        "a refused reload keeps the running configuration:\n{}",
+        process.log()
+    );
+    process.signal(Signal::SIGTERM);
+    assert_eq!(process.wait(), 0, "{}", process.log());
+}
+
+#[test]
+fn ready_follows_the_applied_configuration_after_sighup() {
+    // The node: its proxy's new section.
+    let dir = Scratch::new("reload-ready-node");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
+    let config = dir.file("node.toml", &text);
+    let notify = NotifySocket::new(&dir);
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[("NOTIFY_SOCKET", &notify.path)],
+    );
+    notify.wait_for("READY=1", &mut node);
+    ready_follows_each_reload(
+        &mut node,
+        &notify,
+        &config,
+        |round| {
+            text.replace(
+                "threads = 1\n",
+                &format!("threads = 1\ndrain_timeout_ms = {}\n", 1000 + round),
+            )
+        },
+        "[server]\nthreads = 0\n",
+    );
+
+    // The proxy with --config.
+    let dir = Scratch::new("reload-ready-proxy");
+    let (backend, port) = (free_port().unwrap(), free_port().unwrap());
+    let proxy_toml = |drain: u32| {
+        format!(
+            "listen = [\"127.0.0.1:{port}\"]\nthreads = 1\ndrain_timeout_ms = {drain}\n\
+             [[pools]]\nname = \"main\"\nservers = [\"127.0.0.1:{backend}\"]\n"
+        )
+    };
+    let config = dir.file("proxy.toml", &proxy_toml(500));
+    let notify = NotifySocket::new(&dir);
+    let mut proxy = Running::start(
+        &["proxy", "-D", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[("NOTIFY_SOCKET", &notify.path)],
+    );
+    notify.wait_for("READY=1", &mut proxy);
+    ready_follows_each_reload(
+        &mut proxy,
+        &notify,
+        &config,
+        |round| proxy_toml(1000 + round),
+        "listen = 7\n",
+    );
+}
+
+/// A client that asks for far more than the sockets hold and reads none of it: the proxy's
+/// connection waits in a write, so the proxy's drain waits for it (up to `drain_timeout_ms`).
+/// `proxy_port` forwards to a server that holds `big`.
+fn client_that_never_reads(proxy_port: u16) -> TcpStream {
+    let mut stream = wait_until_stored(proxy_port);
+    let value = vec![b'v'; 500_000];
+    stream
+        .write_all(format!("set big 0 0 {}\r\n", value.len()).as_bytes())
+        .unwrap();
+    stream.write_all(&value).unwrap();
+    stream.write_all(b"\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "STORED\r\n");
+    // 100 MB of replies.
+    stream
+        .write_all("get big\r\n".repeat(200).as_bytes())
+        .unwrap();
+    stream
+}
+
+/// A connection to the proxy on `port` once a write through it is stored (the proxy may still
+/// be meeting its server).
+fn wait_until_stored(port: u16) -> TcpStream {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            if one_line(&mut stream, "set seed 0 0 1\r\nx\r\n") == "STORED\r\n" {
+                return stream;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy on {port} never stored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_second_sigterm_cuts_the_proxys_drain_short() {
+    let dir = Scratch::new("second-signal-proxy");
+    let server = keepcached_testkit::memcached(&[]).unwrap();
+    let port = free_port().unwrap();
+    // A drain far longer than the test waits.
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            "listen = [\"127.0.0.1:{port}\"]\nthreads = 1\ndrain_timeout_ms = 600000\n\
+             [[pools]]\nname = \"main\"\nservers = [\"{}\"]\n",
+            server.addr()
+        ),
+    );
+    let pidfile = dir.0.join("proxy.pid");
+    let mut proxy = Running::start(
+        &[
+            "proxy",
+            "-D",
+            "--config",
+            config.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+        ],
+        dir.0.join("log"),
+        &[],
+    );
+    let _client = client_that_never_reads(port);
+    proxy.signal(Signal::SIGTERM);
+    wait_log(&mut proxy, "proxy shutting down");
+    assert!(proxy.is_running(), "draining:\n{}", proxy.log());
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(proxy.wait(), 1, "{}", proxy.log());
+    let log = proxy.log();
+    assert!(
+        log.contains("second SIGTERM: exiting without finishing the drain of the proxy's clients"),
+        "{log}"
+    );
+    assert!(!pidfile.exists(), "the pid file is removed");
+}
+
+/// Stores `count` items of about 2 KB on the server on `port`, pipelined with noreply.
+fn store_items(port: u16, count: usize) {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let value = "v".repeat(2000);
+    let mut batch = String::new();
+    for i in 0..count {
+        batch.push_str(&format!("set item{i} 0 0 2000 noreply\r\n{value}\r\n"));
+    }
+    assert!(one_line(&mut stream, &format!("{batch}version\r\n")).starts_with("VERSION "));
+}
+
+#[test]
+fn a_second_sigint_cuts_the_nodes_save_short_and_keeps_the_previous_file() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = Scratch::new("second-signal-node");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let save = dir.0.join("cache.dat");
+    let config = dir.file("node.toml", &node_toml(server_port, proxy_port, &save));
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap()],
+        dir.0.join("log"),
+        &[],
+    );
+    wait_accepting(server_port, &mut node);
+    store_items(server_port, 1000);
+    node.signal(Signal::SIGUSR2);
+    wait_log(&mut node, "saved 1000 items");
+    let previous = std::fs::read(&save).unwrap();
+    store_items(server_port, 5000);
+
+    // The final save's temporary file is a pipe the test stops reading: the save waits in
+    // the middle of its writing.
+    let temp = dir.0.join("cache.dat.tmp");
+    nix::unistd::mkfifo(&temp, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&temp)
+        .unwrap();
+    node.signal(Signal::SIGINT);
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + WAIT;
+    while !matches!(disk.read(&mut buf), Ok(n) if n > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the save never began:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.signal(Signal::SIGINT);
+    assert_eq!(node.wait(), 1, "{}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains(&format!(
+            "second SIGINT: exiting without finishing the save to {}",
+            save.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        std::fs::read(&save).unwrap() == previous,
+        "the previous save is kept whole"
+    );
+    assert!(!temp.exists(), "the temporary file is removed");
 }

@@ -502,3 +502,88 @@ fn a_missing_directory_is_a_usage_error() {
     assert_eq!(out.status.and_then(|s| s.code()), Some(64), "{out:?}");
     assert!(out.stderr.contains("does not exist"), "{out:?}");
 }
+
+/// A second SIGTERM during the final save ends the server at once: exit 1, logged, the previous
+/// save kept whole and the temporary file removed. The save is held in the middle of its
+/// writing by a disk that stops taking data (its temporary file is a pipe the test stops
+/// reading), so the second signal surely meets it.
+#[test]
+fn a_second_sigterm_cuts_the_final_save_short_and_keeps_the_previous_file() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = temp_dir("second-sigterm");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 5000,
+        short_ttl: 0,
+    };
+    let pidfile = dir.join("pid");
+    let mut server = start(&file, &["-P", pidfile.to_str().unwrap()]);
+    store_all(&server, &items);
+    signal(&server, Signal::SIGUSR2);
+    let deadline = Instant::now() + WAIT;
+    while !server.log_text().contains("saved 5000 items") {
+        assert!(Instant::now() < deadline, "no save:\n{}", server.log_text());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let previous = fs::read(&file).unwrap();
+    // The final save would differ from the previous one.
+    let mut client = server.connect().unwrap();
+    assert_eq!(
+        client.call("set added 0 0 1\r\nx\r\n").unwrap(),
+        "STORED\r\n"
+    );
+
+    let temp = dir.join("cache.tmp");
+    nix::unistd::mkfifo(&temp, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Non-blocking, so that opening needs no writer yet and reading never waits.
+    let mut disk = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&temp)
+        .unwrap();
+    signal(&server, Signal::SIGTERM);
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match disk.read(&mut buf) {
+            Ok(n) if n > 0 => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("reading the save: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the save never began:\n{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Megabytes of items behind a pipe of 64 KiB nobody reads: the save waits mid-write.
+    signal(&server, Signal::SIGTERM);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "second SIGTERM: exiting without finishing the save to {}",
+            file.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("saved 5001 items"), "{log}");
+    assert!(
+        fs::read(&file).unwrap() == previous,
+        "the previous save is kept whole"
+    );
+    assert!(!temp.exists(), "the temporary file is removed");
+    assert!(!pidfile.exists(), "the pid file is removed");
+    drop(disk);
+    // And it loads: the previous save's items, not the one added since.
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    assert_eq!((present, mismatches), (5000, 0));
+    let mut client = second.connect().unwrap();
+    assert_eq!(client.call("get added\r\n").unwrap(), "END\r\n");
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}

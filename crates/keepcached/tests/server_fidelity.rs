@@ -568,3 +568,99 @@ fn a_slow_watcher_skips_lines_and_says_so() {
     let skipped: u64 = note["skipped=".len()..].parse().expect("a count");
     assert!(skipped > 0, "{note}");
 }
+
+/// Gets pipelined in one write, each answered in a batch of its own (`-R 1`): the replies
+/// arrive while later gets of the same read still wait to run. After every read of replies,
+/// `counted` (another connection's or a scraper's view of `(cmd_get, get_hits)`) must count
+/// every get answered so far, at once: memcached counts a request before it replies.
+fn gets_counted_before_their_replies(server: &ServerProcess, counted: impl Fn() -> (u64, u64)) {
+    const GETS: usize = 3000;
+    const REPLY: &[u8] = b"VALUE k 0 1\r\nv\r\nEND\r\n";
+    let mut setter = server.connect().expect("connect");
+    assert_eq!(
+        setter.call("set k 0 0 1\r\nv\r\n").expect("set"),
+        "STORED\r\n"
+    );
+    for round in 0..3 {
+        let (gets0, hits0) = counted();
+        let mut client = TcpStream::connect(server.addr()).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        client
+            .write_all("get k\r\n".repeat(GETS).as_bytes())
+            .expect("write");
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut checks = 0;
+        while received.len() < GETS * REPLY.len() {
+            let n = client.read(&mut buf).expect("read the replies");
+            assert!(n > 0, "closed after {} bytes", received.len());
+            received.extend_from_slice(&buf[..n]);
+            let answered = (received.len() / REPLY.len()) as u64;
+            let (gets, hits) = counted();
+            checks += 1;
+            assert!(
+                gets - gets0 >= answered && hits - hits0 >= answered,
+                "{}: round {round}, check {checks}: {answered} gets answered, but cmd_get \
+                 counts {} and get_hits {}",
+                server.label(),
+                gets - gets0,
+                hits - hits0
+            );
+        }
+        assert_eq!(received, REPLY.repeat(GETS), "{}", server.label());
+        assert_eq!(counted(), (gets0 + GETS as u64, hits0 + GETS as u64));
+    }
+}
+
+#[test]
+fn stats_count_a_get_before_its_reply_is_sent() {
+    if !env::require(
+        "stats_count_a_get_before_its_reply_is_sent",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    for target in targets() {
+        let server = target.start(&["-R", "1", "-t", "4"]).expect("server");
+        gets_counted_before_their_replies(&server, || {
+            let reply = stats(&server, "");
+            let stat = |name| stat_u64(&reply, name).expect(name);
+            (stat("cmd_get"), stat("get_hits"))
+        });
+    }
+}
+
+/// The same for the metrics endpoint, which reads the same totals.
+#[test]
+fn metrics_count_a_get_before_its_reply_is_sent() {
+    let metrics = std::net::SocketAddr::from((
+        std::net::Ipv4Addr::LOCALHOST,
+        keepcached_testkit::free_port().expect("free port"),
+    ));
+    let flag = format!("--metrics={metrics}");
+    let server = keepcached_testkit::keepcached_server(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keepcached")),
+        &["-R", "1", "-t", "4", &flag],
+    )
+    .expect("server");
+    gets_counted_before_their_replies(&server, || {
+        let mut http = TcpStream::connect(metrics).expect("connect to the metrics endpoint");
+        http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .expect("scrape");
+        let mut text = String::new();
+        http.read_to_string(&mut text).expect("read the metrics");
+        let series = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}")) as u64
+        };
+        (
+            series(r#"keepcached_server_commands_total{command="get"}"#),
+            series(r#"keepcached_server_hits_total{command="get"}"#),
+        )
+    });
+}

@@ -402,3 +402,45 @@ fn bad_port_options_exit_64_before_anything_binds() {
         assert!(!stderr.contains("cache servers on"), "{args:?}: {stderr}");
     }
 }
+
+/// A second Ctrl-C while the proxy drains a client that reads nothing of the 100 MB it asked
+/// for (its connection waits in a write, so the drain waits for it): `up` exits at once, 1.
+#[test]
+fn a_second_ctrl_c_cuts_the_drain_short() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut up = Up::start(&["--port-base", &free_port_base().to_string()]);
+    up.wait_serving();
+    let mut stuck = std::net::TcpStream::connect(Ports::addr(up.ports.proxy)).unwrap();
+    stuck.set_read_timeout(Some(WAIT)).unwrap();
+    let value = vec![b'v'; 500_000];
+    stuck
+        .write_all(format!("set big 0 0 {}\r\n", value.len()).as_bytes())
+        .unwrap();
+    stuck.write_all(&value).unwrap();
+    stuck.write_all(b"\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stuck.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "STORED\r\n");
+    stuck
+        .write_all("get big\r\n".repeat(200).as_bytes())
+        .unwrap();
+
+    let pid = nix::unistd::Pid::from_raw(up.child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGINT).unwrap();
+    // Two signals before the first is handled may count as one.
+    assert!(
+        wait_for(|| up.output_text().contains("SIGINT received: shutting down")),
+        "{}",
+        up.output_text()
+    );
+    let status = up.signal(Signal::SIGINT);
+    assert_eq!(status.code(), Some(1), "{status}: {}", up.output_text());
+    assert!(
+        up.output_text()
+            .contains("second SIGINT: exiting without finishing the drain of the proxy's clients"),
+        "{}",
+        up.output_text()
+    );
+}

@@ -1,6 +1,7 @@
 //! Two of our daemons on a bridge, in network namespaces (root; CI runs it):
 //! election, the master stopped, killed, frozen and cut off, preemption back,
-//! the tracked proxy dying, and a client in a third namespace following the VIP.
+//! the tracked proxy dying, a client in a third namespace following the VIP, and READY=1 after
+//! a reload only once it is applied.
 
 // Each test binary uses only part of the shared helpers.
 #[allow(dead_code)]
@@ -531,4 +532,73 @@ fn password_mismatch_is_logged_and_a_reload_fixes_it() {
         "BACKUP -> MASTER (priority 99) because: master 198.18.0.1 left (advertised priority 0)",
         secs(1.0),
     );
+}
+
+/// READY=1 after a SIGHUP comes once the daemon has applied the new file (its "configuration
+/// reloaded" line is in the log when READY=1 arrives, read once), or refused it; systemd's
+/// notify socket is a real datagram socket.
+#[test]
+fn ready_follows_the_applied_configuration_after_sighup() {
+    if !root_or_skip("ready_follows_the_applied_configuration_after_sighup") {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let mut t = Topology::new(1);
+    let notify_path = t.dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let wait_for = |t: &Topology, line: &str| {
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == line)
+                {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < secs(10.0), "no {line}\n{}", t.logs());
+        }
+    };
+    let conf = t.write("h1.conf", &plain_instance("VI_1", 51, 100, 100));
+    let notify_env = format!("NOTIFY_SOCKET={}", notify_path.display());
+    let exe = vrrp_topology::keepcached();
+    let h1 = t.spawn(
+        "h1",
+        "h1-vrrpd.log",
+        &[
+            "env",
+            &notify_env,
+            exe.to_str().unwrap(),
+            "vrrp",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    );
+    wait_for(&t, "READY=1");
+    let log_path = t.dir.join("h1-vrrpd.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    const APPLIED: &str = "configuration reloaded:";
+    for round in 0..10u8 {
+        t.write("h1.conf", &plain_instance("VI_1", 51, 90 + round, 100));
+        let before = log().matches(APPLIED).count();
+        t.signal(h1, Signal::SIGHUP);
+        wait_for(&t, "RELOADING=1");
+        wait_for(&t, "READY=1");
+        let text = log();
+        assert_eq!(
+            text.matches(APPLIED).count(),
+            before + 1,
+            "round {round}: READY=1 before the reload was applied:\n{text}"
+        );
+    }
+    t.write("h1.conf", "[[instance]]\nname = \"VI_1\"\nvrid = 300\n");
+    t.signal(h1, Signal::SIGHUP);
+    wait_for(&t, "RELOADING=1");
+    wait_for(&t, "READY=1");
+    assert!(log().contains("configuration not reloaded"), "{}", log());
 }

@@ -382,7 +382,11 @@ struct Conn<'a, S> {
     watcher: Option<crate::watch::WatchGuard<'a>>,
     /// memcached's reason for the close, for `watch connevents`.
     close_reason: &'static str,
+    /// Counts of the requests since the last merge into the server's totals, which happens
+    /// once per batch, before its replies are written.
     counters: Counters,
+    /// Whether the current read's requests wrote any reply (its latency is measured then).
+    wrote: bool,
     /// The connection's number, for verbose logs.
     id: u64,
     /// Whether the client speaks the binary protocol; `None` until its first byte decides
@@ -421,6 +425,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         watcher: None,
         close_reason: "normal",
         counters: Counters::default(),
+        wrote: false,
         binary: match server.settings.protocol {
             Protocol::Ascii => Some(false),
             Protocol::Binary => Some(true),
@@ -517,9 +522,9 @@ impl<S: Socket> Conn<'_, S> {
         // that completes no request (part of a value) or only quiet ones writes nothing and
         // is not counted.
         let started = self.server.stats.timing().then(std::time::Instant::now);
-        let written = self.counters.bytes_written;
+        self.wrote = false;
         let keep_open = self.handle_input().await?;
-        if let Some(started) = started.filter(|_| self.counters.bytes_written != written) {
+        if let Some(started) = started.filter(|_| self.wrote) {
             self.server.stats.latency.observe(started.elapsed());
         }
         self.entry.set_state(self.waiting_state());
@@ -541,7 +546,6 @@ impl<S: Socket> Conn<'_, S> {
         if self.out.is_empty() {
             spare::give_back_output(std::mem::take(&mut self.out));
         }
-        self.flush_counters();
         Ok(keep_open)
     }
 
@@ -591,6 +595,8 @@ impl<S: Socket> Conn<'_, S> {
             // memcached answers a rejected value only once its data has been swallowed.
             if (self.swallow == 0 && !self.skip_line) || matches!(stop, Stop::Close) {
                 self.write_out().await?;
+            } else {
+                self.flush_counters();
             }
             match stop {
                 Stop::NeedInput => return Ok(true),
@@ -1006,18 +1012,26 @@ impl<S: Socket> Conn<'_, S> {
         (self.out.len() + self.spliced.bytes >= OUT_HIGH_WATER).then_some(Stop::Yield)
     }
 
+    /// Writes the batch's replies, once its counts are in the server's totals: memcached
+    /// counts a request before it replies, so a client that has its reply and then asks
+    /// `stats` (on any connection) or scrapes the metrics sees that request counted.
     async fn write_out(&mut self) -> io::Result<()> {
         // memcached, too, writes its queue when it runs out of complete requests.
         self.unsent = Unsent::default();
         if self.out.is_empty() {
+            self.flush_counters();
             return Ok(());
         }
+        // Counted as handed to the kernel, so that one merge per batch carries them too; a
+        // write that fails closes the connection with its bytes counted.
+        self.counters.bytes_written += (self.out.len() + self.spliced.bytes) as u64;
+        self.flush_counters();
+        self.wrote = true;
         if self.spliced.values.is_empty() {
             self.stream.write_all(&self.out).await?;
         } else {
             self.write_spliced().await?;
         }
-        self.counters.bytes_written += (self.out.len() + self.spliced.bytes) as u64;
         self.out.clear();
         self.spliced = Spliced::default();
         Ok(())

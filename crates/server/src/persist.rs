@@ -91,7 +91,8 @@ impl MemoryFile {
         &self.path
     }
 
-    fn temp_path(&self) -> PathBuf {
+    /// The file a save writes before renaming it over [`MemoryFile::path`].
+    pub fn temp_path(&self) -> PathBuf {
         let mut name = self.path.as_os_str().to_owned();
         name.push(".tmp");
         PathBuf::from(name)

@@ -51,6 +51,14 @@ pub enum Error {
     },
 }
 
+/// A configuration to apply in place of the running one, and who to tell once it is applied
+/// (or refused and logged): systemd's READY=1 after a reload waits for that.
+#[derive(Debug)]
+pub struct Reload {
+    pub config: VrrpConfig,
+    pub done: oneshot::Sender<()>,
+}
+
 /// Runs every configured instance until `shutdown` completes, then leaves
 /// cleanly: a master sends priority 0 and removes its addresses. Each
 /// notification of `report` logs the status of every instance (and rewrites
@@ -61,7 +69,7 @@ pub async fn run(
     config: VrrpConfig,
     shutdown: impl Future<Output = ()>,
     report: Arc<Notify>,
-    reload: mpsc::Receiver<VrrpConfig>,
+    reload: mpsc::Receiver<Reload>,
 ) -> Result<(), Error> {
     run_with(config, shutdown, report, reload, Embedding::default()).await
 }
@@ -90,7 +98,7 @@ pub async fn run_with(
     config: VrrpConfig,
     shutdown: impl Future<Output = ()>,
     report: Arc<Notify>,
-    mut reload: mpsc::Receiver<VrrpConfig>,
+    mut reload: mpsc::Receiver<Reload>,
     embedding: Embedding,
 ) -> Result<(), Error> {
     config.validate()?;
@@ -160,7 +168,10 @@ pub async fn run_with(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(new) = reload.recv() => daemon.reload(new).await,
+            Some(Reload { config, done }) = reload.recv() => {
+                daemon.reload(config).await;
+                let _ = done.send(());
+            }
         }
     }
     daemon.stop_all().await;

@@ -42,5 +42,5 @@ mod sys;
 pub mod track;
 
 pub use config::{ConfError, VrrpConfig};
-pub use daemon::{run, run_with, Embedding, Error};
+pub use daemon::{run, run_with, Embedding, Error, Reload};
 pub use keepalived_conf::{parse_keepalived_conf, Warning};
