@@ -187,6 +187,26 @@ impl ItemHandle<'_> {
     }
 }
 
+/// An item the store evicted to make room (not one that expired or was flushed), as memcached's
+/// `watch evictions` describes it. Lent to the [`EvictionHook`] under the shard lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted<'a> {
+    pub key: &'a [u8],
+    /// Read since it was stored.
+    pub fetched: bool,
+    /// 0 when it had no expiry time.
+    pub exptime: Time,
+    pub last_access: Time,
+    pub value_len: usize,
+    pub flags: u32,
+    /// When it was evicted.
+    pub now: Time,
+}
+
+/// Called for every item evicted, under the shard lock: it must be quick and must not call
+/// into the cache.
+pub type EvictionHook = Arc<dyn Fn(&Evicted<'_>) + Send + Sync>;
+
 /// How [`Cache::read`] treats the item it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -528,6 +548,7 @@ impl Cache {
                     cas: cfg.cas,
                     sequence: sequence.clone(),
                     hasher,
+                    on_evict: None,
                 })))
             })
             .collect();
@@ -877,6 +898,13 @@ impl Cache {
             shard.0.lock().add_stats(&mut stats);
         }
         stats
+    }
+
+    /// Calls `hook` for every item evicted from now on (for `watch evictions`).
+    pub fn set_eviction_hook(&self, hook: EvictionHook) {
+        for shard in self.shards.iter() {
+            shard.0.lock().set_eviction_hook(hook.clone());
+        }
     }
 
     /// `stats reset`: clears the counters, not the gauges (items, bytes).

@@ -21,11 +21,13 @@
 //!
 //! A dead item's bytes (expired, deleted, replaced) stay in its segment until they are reused,
 //! and count against the limit until then, so the limit bounds real memory. They are reused
-//! when a queue's cursor passes them, at no cost, or sooner by compaction: a segment at least
-//! an eighth dead, or with little left alive, has its live items moved to the head of its queue
-//! and is freed. Before the policy evicts a live item to make room, every segment that
-//! qualifies is compacted; so dead space is reused first unless it is spread thinner than an
-//! eighth of a segment, and compaction moves at most 7 bytes per byte it frees.
+//! when a queue's cursor passes them, at no cost, or sooner by compaction: the segment's live
+//! items are moved to the head of its queue and it is freed. Every store that makes room first
+//! compacts one segment that is at least half dead, if there is one, so a workload that
+//! replaces its items keeps reusing their space instead of growing the log up to the limit.
+//! And before the policy evicts a live item, every segment at least an eighth dead (or with
+//! little left alive) is compacted: dead space is reused first unless it is spread thinner than
+//! an eighth of a segment, and compaction moves at most 7 bytes per byte it frees.
 //!
 //! Memory: each item is accounted as [`accounted_size`] says, which matches what the allocator
 //! really gives out (tests/memory.rs checks it). The index and the ghost do not shrink when
@@ -46,9 +48,9 @@ use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{Ghost, Queue, SMALL_SHARE_DIVISOR};
 use crate::size::{item_size, large_size, memcached_size, ITEM_OVERHEAD};
 use crate::{
-    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ImportResult, ItemHandle,
-    ItemMeta, Lookup, ReadOptions, SavedItem, StaleResult, StoreMode, StoreOutcome, StoreRequest,
-    StoreResult, Time, KEY_MAX_LENGTH,
+    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, Evicted, EvictionHook,
+    ImportResult, ItemHandle, ItemMeta, Lookup, ReadOptions, SavedItem, StaleResult, StoreMode,
+    StoreOutcome, StoreRequest, StoreResult, Time, KEY_MAX_LENGTH,
 };
 
 /// What a shard needs to know of the cache's configuration.
@@ -63,6 +65,17 @@ pub(crate) struct ShardConfig {
     /// so CAS values are small, dense and the same as memcached hands out for the same commands.
     pub(crate) sequence: Arc<AtomicU64>,
     pub(crate) hasher: RandomState,
+    pub(crate) on_evict: Option<Hook>,
+}
+
+/// The eviction hook, in a type that can say what it is.
+#[derive(Clone)]
+pub(crate) struct Hook(EvictionHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +117,12 @@ fn compactable(written: usize, garbage: usize) -> bool {
 
 /// A segment with at most this many live bytes is compacted whatever its dead share.
 const COMPACT_LIVE_MAX: usize = 4096;
+
+/// A segment at least half dead: compacting it moves at most a byte per byte it frees, cheap
+/// enough to do before the log grows at all.
+fn half_dead(written: usize, garbage: usize) -> bool {
+    garbage > 0 && 2 * garbage >= written
+}
 
 enum Found {
     Live(Loc),
@@ -230,6 +249,8 @@ pub(crate) struct Shard {
     logged: u32,
     /// Segments that became worth compacting, with their generation.
     sparse: Vec<(u32, u32)>,
+    /// Segments that became half dead, with their generation.
+    half_dead: Vec<(u32, u32)>,
     /// Where a moved item's key and value wait while it is copied within the log.
     scratch: Vec<u8>,
     /// Items whose sequence is below this were flushed.
@@ -261,6 +282,7 @@ impl Shard {
             garbage: 0,
             logged: 0,
             sparse: Vec::new(),
+            half_dead: Vec::new(),
             scratch: Vec::new(),
             flush_below: 0,
             flush_at: 0,
@@ -357,13 +379,17 @@ impl Shard {
         let e = self.log.get(at);
         let accounted = item_bytes(&e);
         let id = segment_of(at);
-        let was = compactable(self.log.written(id), self.log.garbage(id));
+        let (written, before) = (self.log.written(id), self.log.garbage(id));
         let len = self.log.kill(at) as u64;
         self.live -= accounted;
         self.used -= accounted - len;
         self.garbage += len;
-        if !was && compactable(self.log.written(id), self.log.garbage(id)) {
+        let after = self.log.garbage(id);
+        if !compactable(written, before) && compactable(written, after) {
             self.sparse.push((id, self.log.generation(id)));
+        }
+        if !half_dead(written, before) && half_dead(written, after) {
+            self.half_dead.push((id, self.log.generation(id)));
         }
     }
 
@@ -580,6 +606,15 @@ impl Shard {
             return false;
         }
         self.reclaim_dead(*protect, now);
+        // Reuse the space of a half-dead segment before the log grows: one per store keeps up
+        // with the garbage a store can make (a replaced or deleted item).
+        while let Some((id, generation)) = self.half_dead.pop() {
+            if self.log.is(id, generation) && half_dead(self.log.written(id), self.log.garbage(id))
+            {
+                self.compact(id, protect);
+                break;
+            }
+        }
         // How many times in a row each queue's tail was `protect`: twice means the queue holds
         // nothing else (the first time moved it to the head), and the loop leaves it alone.
         let mut protect_hits = [0u8; 2];
@@ -640,9 +675,7 @@ impl Shard {
                     return false;
                 }
             } else if freq == 0 {
-                self.unlink(at, hash);
-                self.counters.evictions += 1;
-                self.counters.evicted_unfetched += u64::from(!fetched);
+                self.evict(at, hash, now);
                 if from_small {
                     self.ghost.insert(hash);
                 }
@@ -650,13 +683,36 @@ impl Shard {
                 // Used while it waited: from small into main, or one more pass around main.
                 let bits = with_freq(bits, if from_small { 0 } else { freq - 1 });
                 if self.relocate(at, hash, true, bits).is_none() {
-                    self.unlink(at, hash);
-                    self.counters.evictions += 1;
+                    self.evict(at, hash, now);
                 }
             }
             self.pass(!from_small, at, len);
         }
         true
+    }
+
+    /// Removes a live item to make room, counting it and telling the eviction hook.
+    fn evict(&mut self, at: Loc, hash: u64, now: Time) {
+        let e = self.log.get(at);
+        let fetched = e.has(FETCHED);
+        if let Some(Hook(hook)) = &self.cfg.on_evict {
+            hook(&Evicted {
+                key: e.key(),
+                fetched,
+                exptime: e.exptime(),
+                last_access: e.last_access(),
+                value_len: e.value().len(),
+                flags: e.flags(),
+                now,
+            });
+        }
+        self.unlink(at, hash);
+        self.counters.evictions += 1;
+        self.counters.evicted_unfetched += u64::from(!fetched);
+    }
+
+    pub(crate) fn set_eviction_hook(&mut self, hook: EvictionHook) {
+        self.cfg.on_evict = Some(Hook(hook));
     }
 
     /// Links a new item into the index and its queue, making room first. `None` when it cannot

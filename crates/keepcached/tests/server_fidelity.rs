@@ -521,6 +521,74 @@ fn watch_matches_memcached() {
     assert_eq!(seen[0], seen[1], "memcached's log, then keepcached's");
 }
 
+/// `watch evictions`: a store that evicts logs the evicted item as memcached does (which item
+/// goes differs: memcached evicts by LRU, keepcached by S3-FIFO; the line describes it alike).
+#[test]
+fn watch_evictions_matches_memcached() {
+    if !env::require("watch_evictions_matches_memcached", false, &["memcached"]) {
+        return;
+    }
+    let value = "v".repeat(1000);
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&["-m", "2"]).expect("server");
+        let mut watcher = TcpStream::connect(server.addr()).expect("connect");
+        watcher.write_all(b"watch evictions\r\n").expect("write");
+        let (ok, _) = observe(&mut watcher, Duration::from_secs(2));
+        assert_eq!(ok, b"OK\r\n", "{}", target.label);
+        let mut client = server.connect().expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut log = Vec::new();
+        let mut stored = 0;
+        while !String::from_utf8_lossy(&log).contains('\n') {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no eviction logged",
+                target.label
+            );
+            let sets: String = (stored..stored + 500)
+                .map(|i| format!("set evk{i} 7 1000 1000 noreply\r\n{value}\r\n"))
+                .collect();
+            client.send(sets.as_bytes()).expect("sets");
+            client.call("version\r\n").expect("served");
+            stored += 500;
+            let (more, _) = observe(&mut watcher, Duration::from_millis(100));
+            log.extend_from_slice(&more);
+        }
+        assert!(stat_u64(&stats(&server, ""), "evictions").unwrap_or(0) > 0);
+        let text = String::from_utf8_lossy(&log).to_string();
+        let first = mask_log(text.lines().next().expect("a line")).remove(0);
+        // The key is one of ours; its time left is at most the 1000 s it was given, and it was
+        // accessed at most a few seconds ago.
+        let masked: Vec<String> = first
+            .split(' ')
+            .map(|field| match field.split_once('=') {
+                Some(("key", key)) => {
+                    assert!(key.starts_with("evk"), "{first}");
+                    "key=<k>".to_string()
+                }
+                Some(("ttl", ttl)) => {
+                    let ttl: i64 = ttl.parse().expect("numeric ttl");
+                    assert!((990..=1000).contains(&ttl), "{first}");
+                    "ttl=<t>".to_string()
+                }
+                Some(("la", la)) => {
+                    let la: u32 = la.parse().expect("numeric la");
+                    assert!(la <= 10, "{first}");
+                    "la=<t>".to_string()
+                }
+                _ => field.to_string(),
+            })
+            .collect();
+        seen.push(masked.join(" "));
+    }
+    assert_eq!(
+        seen[0], "ts=<t> gid=<n> type=eviction key=<k> fetch=no ttl=<t> la=<t> clsid=12 size=1000",
+        "memcached's line"
+    );
+    assert_eq!(seen[0], seen[1], "memcached's line, then keepcached's");
+}
+
 /// A watcher that does not read loses lines rather than slowing the server, and the next line
 /// it gets says how many: `skipped=N` (keepcached only: memcached's own test of this calls
 /// itself flaky, since when it skips depends on its logger thread's timing).

@@ -56,8 +56,8 @@ pub struct Server {
     pub input_budget: connection::InputBudget,
     /// Per-prefix counters of `stats detail`.
     pub detail: report::Detail,
-    /// `watch` clients and what they want to see.
-    pub watch: watch::Watchers,
+    /// `watch` clients and what they want to see (shared with the store's eviction hook).
+    pub watch: Arc<watch::Watchers>,
     /// memcached's slab classes for these settings, by which items are described.
     pub slab_classes: slabs::SlabClasses,
     /// Where the items are saved and loaded from (`-e`), if anywhere.
@@ -71,12 +71,17 @@ impl Server {
         let detail = report::Detail::new(settings.prefix_delimiter, settings.detail_enabled);
         let memory_file = settings.memory_file.clone().map(persist::MemoryFile::new);
         let input_budget = connection::InputBudget::new(settings.read_buffer_budget());
-        let watch = watch::Watchers::new(settings.watcher_logbuf_size);
+        let watch = Arc::new(watch::Watchers::new(settings.watcher_logbuf_size));
         let slab_classes = slabs::SlabClasses::new(
             settings.slab_growth_factor,
             settings.slab_min_size,
             settings.item_size_max,
         );
+        cache.set_eviction_hook(watch::eviction_hook(
+            watch.clone(),
+            slab_classes.clone(),
+            settings.cas,
+        ));
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),

@@ -8,6 +8,7 @@
 //! ts=1796438289.705918 gid=12 type=item_store key=wa status=stored cmd=append ttl=0 clsid=1 cfd=25 size=2
 //! ts=1796438289.705841 gid=2 type=conn_new rip=127.0.0.1 rport=56768 transport=tcp cfd=25
 //! ts=1796438290.249073 gid=27 type=conn_close rip=127.0.0.1 rport=56768 transport=tcp reason=normal cfd=25
+//! ts=1796438291.102934 gid=31 type=eviction key=evk0 fetch=no ttl=998 la=2 clsid=12 size=1000
 //! ```
 //!
 //! Costs: with nobody watching, a request pays one relaxed load of [`Watchers::wants`]. With
@@ -21,12 +22,15 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keepcached_cache::{memcached_size, Lookup, ReadOptions, StoreMode, StoreResult};
+use keepcached_cache::{
+    memcached_size, Evicted, EvictionHook, Lookup, ReadOptions, StoreMode, StoreResult,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::execute::Session;
 use crate::report::uri_encode;
+use crate::slabs::SlabClasses;
 
 /// Item reads (memcached's `fetchers`, the default).
 pub const FETCHERS: u8 = 1;
@@ -188,6 +192,28 @@ impl Watchers {
         });
     }
 
+    /// `type=eviction`: an item evicted to make room. `ttl` is the seconds it had left (-1: no
+    /// expiry time), `la` the seconds since its last access, `size` its value's length.
+    pub fn item_evicted(
+        &self,
+        key: &[u8],
+        fetched: bool,
+        ttl: i64,
+        la: u32,
+        clsid: u8,
+        size: usize,
+    ) {
+        let fetch = if fetched { "yes" } else { "no" };
+        self.emit(EVICTIONS, |line| {
+            line.push_str("type=eviction key=");
+            uri_encode(line, key);
+            let _ = write!(
+                line,
+                " fetch={fetch} ttl={ttl} la={la} clsid={clsid} size={size}"
+            );
+        });
+    }
+
     /// `type=conn_new` for a connection whose `stats conns` address is `addr`.
     pub fn conn_new(&self, addr: &str, cfd: u64) {
         let (rip, rport, transport) = endpoint(addr);
@@ -318,6 +344,30 @@ pub fn mode_name(mode: StoreMode) -> &'static str {
         StoreMode::Prepend => "prepend",
         StoreMode::Cas(_) => "cas",
     }
+}
+
+/// The store's eviction hook: logs each eviction for `watch evictions`, as memcached does when
+/// its LRU evicts. One relaxed load per eviction while nobody watches.
+pub fn eviction_hook(watch: Arc<Watchers>, classes: SlabClasses, cas: bool) -> EvictionHook {
+    Arc::new(move |e: &Evicted<'_>| {
+        if !watch.wants(EVICTIONS) {
+            return;
+        }
+        let ttl = if e.exptime == 0 {
+            -1
+        } else {
+            i64::from(e.exptime) - i64::from(e.now)
+        };
+        let size = memcached_size(e.key.len(), e.value_len, e.flags, cas);
+        watch.item_evicted(
+            e.key,
+            e.fetched,
+            ttl,
+            e.now.saturating_sub(e.last_access),
+            classes.class_of(size),
+            e.value_len,
+        );
+    })
 }
 
 /// The request path's side of `watch`: what a command logs, called only when

@@ -511,6 +511,33 @@ fn unused_items_are_evicted_oldest_first() {
 }
 
 #[test]
+fn a_key_that_comes_back_soon_after_its_eviction_outlives_one_time_keys() {
+    let c = small_cache(100, 5, true);
+    set(&c, b"again", &[b'v'; 100], 1);
+    // One-time keys push it out of the small queue before anyone read it.
+    for i in 0..100 {
+        set(&c, &key(i), &[b'v'; 100], 1);
+    }
+    assert!(get(&c, b"again", 1).is_none());
+    // Back soon: its fingerprint is still in the ghost, so it goes to the main queue, where a
+    // new key stored at the same time does not.
+    set(&c, b"again", &[b'v'; 100], 2);
+    set(&c, b"fresh", &[b'v'; 100], 2);
+    for i in 100..300 {
+        set(&c, &key(i), &[b'v'; 100], 3);
+    }
+    assert!(
+        get(&c, b"again", 3).is_some(),
+        "the returning key was evicted"
+    );
+    assert!(
+        get(&c, b"fresh", 3).is_none(),
+        "a one-time key outlived the others"
+    );
+    c.check();
+}
+
+#[test]
 fn recently_read_items_survive_a_burst_of_writes() {
     let c = small_cache(100, 5, true);
     for i in 0..100 {
