@@ -36,8 +36,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use log::{Item, Walk, BINARY_KEY, FETCHED, SHARED_MIN, STALE};
-use shard::{ItemBatch, MetaBatch, Shard, ShardConfig};
+use log::{Item, BINARY_KEY, FETCHED, SHARED_MIN, STALE};
+use shard::{ItemBatch, MetaBatch, Shard, ShardConfig, Walk};
 pub use size::{accounted_size, memcached_size};
 
 /// memcached's "rel time": seconds since the server started. As an expiry time, 0 means never;
@@ -527,11 +527,18 @@ fn large_value(request: &StoreRequest<'_>) -> Option<Bytes> {
     }
 }
 
-/// As many shards as asked for, but each must be able to hold the largest item.
+/// The share of the limit a shard takes at most: half of what its log's locations can name, so
+/// that dead space and a limit raised later (`cache_memlimit`) still fit.
+const SHARD_BYTES_MAX: u64 = (log::MAX_SEGMENTS * log::SEGMENT_BYTES / 2) as u64;
+
+/// As many shards as asked for, and enough that no shard's share of the limit is over
+/// [`SHARD_BYTES_MAX`] (up to 1024 shards: 2 TiB); but each must be able to hold the largest
+/// item.
 fn shard_count(cfg: &Config) -> usize {
     let largest = accounted_size(KEY_MAX_LENGTH, cfg.item_size_max);
     let fit = usize::try_from(cfg.max_bytes / largest).unwrap_or(usize::MAX);
-    cfg.shards.clamp(1, MAX_SHARDS).min(fit.max(1))
+    let needed = usize::try_from(cfg.max_bytes.div_ceil(SHARD_BYTES_MAX)).unwrap_or(MAX_SHARDS);
+    cfg.shards.max(needed).clamp(1, MAX_SHARDS).min(fit.max(1))
 }
 
 impl Cache {
@@ -801,7 +808,7 @@ impl Cache {
 
     /// Calls `f` for every live item (for `lru_crawler metadump`). Metadata is copied out in
     /// small batches, so no lock is held while `f` runs; items stored or removed during the
-    /// walk may or may not be seen.
+    /// walk may or may not be seen, and one the store moved meanwhile may be seen twice.
     pub fn for_each_item(&self, now: Time, mut f: impl FnMut(ItemMeta<'_>)) {
         let mut batch = MetaBatch::default();
         for shard in self.shards.iter() {
@@ -820,7 +827,9 @@ impl Cache {
     /// Calls `f` with every live item, whole, until `f` fails (to save the cache). Items are
     /// copied out of a shard in batches of a few hundred kilobytes, so no lock is held while `f`
     /// runs and clients wait at most one batch's copy; items stored or removed during the walk
-    /// may or may not be seen, and each one seen is as it was when its batch was copied.
+    /// may or may not be seen, and each one seen is as it was when its batch was copied. Every
+    /// item there throughout is seen: once, or twice when the store moved it meanwhile (the
+    /// later copy is the newer, and an import keeps the later).
     pub fn export<E>(
         &self,
         now: Time,

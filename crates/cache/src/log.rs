@@ -313,20 +313,13 @@ impl ItemMut<'_> {
 #[derive(Debug)]
 struct Segment {
     data: Vec<u8>,
-    /// Tells a segment apart from an earlier one under the same number, for walks.
-    generation: u32,
+    /// When the segment was opened, in the log's count of segments opened: it tells a segment
+    /// apart from an earlier one under the same number, and orders each queue's segments.
+    generation: u64,
     /// Bytes of dead items.
     garbage: usize,
     /// In the main queue (else the small one).
     main: bool,
-}
-
-/// A position in a walk over every item of the log, which stays valid while items come and go.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Walk {
-    segment: u32,
-    offset: u32,
-    generation: u32,
 }
 
 /// A shard's segments and its side table of large values.
@@ -336,7 +329,7 @@ pub(crate) struct Log {
     free_ids: Vec<u32>,
     large: Vec<Option<Bytes>>,
     free_large: Vec<u32>,
-    generations: u32,
+    generations: u64,
     /// Buffers of freed segments, kept for the next ones: a full cache frees and opens segments
     /// all the time, and malloc, with an arena per thread, would otherwise let freed buffers
     /// pile up in one thread's arena while another's grows.
@@ -354,7 +347,7 @@ impl Log {
     /// A new, empty segment for the main or small queue; `None` when every segment number is
     /// taken.
     pub(crate) fn open(&mut self, main: bool) -> Option<u32> {
-        self.generations = self.generations.wrapping_add(1);
+        self.generations += 1;
         let segment = Segment {
             data: self
                 .spare
@@ -554,33 +547,6 @@ impl Log {
         }
     }
 
-    /// The item at a walk's position and the position after it; `None` past the last item.
-    /// Dead items are included. A segment freed and reused since the walk's last step is
-    /// walked from its start.
-    pub(crate) fn walk(&self, pos: Walk) -> Option<(Loc, Walk)> {
-        let (mut id, mut offset) = (pos.segment, pos.offset as usize);
-        let mut generation = Some(pos.generation);
-        while (id as usize) < self.segments.len() {
-            if let Some(segment) = &self.segments[id as usize] {
-                if generation.is_some_and(|g| g != segment.generation) {
-                    offset = 0;
-                }
-                if offset < segment.data.len() {
-                    let next = Walk {
-                        segment: id,
-                        offset: (offset + len_at(&segment.data[offset..])) as u32,
-                        generation: segment.generation,
-                    };
-                    return Some((loc(id, offset), next));
-                }
-            }
-            id += 1;
-            offset = 0;
-            generation = None;
-        }
-        None
-    }
-
     /// The item after `at` in its segment, if any.
     pub(crate) fn next_in_segment(&self, at: Loc) -> Option<Loc> {
         let (id, offset) = (segment_of(at), offset_of(at) + self.raw(at).len());
@@ -608,11 +574,11 @@ impl Log {
     }
 
     /// Whether segment `id` is still the one a walk or list saw (same number, same generation).
-    pub(crate) fn is(&self, id: u32, generation: u32) -> bool {
+    pub(crate) fn is(&self, id: u32, generation: u64) -> bool {
         matches!(self.segments.get(id as usize), Some(Some(s)) if s.generation == generation)
     }
 
-    pub(crate) fn generation(&self, id: u32) -> u32 {
+    pub(crate) fn generation(&self, id: u32) -> u64 {
         self.segment(id).generation
     }
 

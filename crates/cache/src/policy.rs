@@ -97,6 +97,16 @@ impl Queue {
         self.segments.iter().copied()
     }
 
+    /// The oldest segment opened at or after `generation`, with its generation.
+    pub(crate) fn segment_from(&self, log: &Log, generation: u64) -> Option<(u32, u64)> {
+        // Segments join a queue as they are opened, so their generations increase.
+        let i = self
+            .segments
+            .partition_point(|&id| log.generation(id) < generation);
+        let &id = self.segments.get(i)?;
+        Some((id, log.generation(id)))
+    }
+
     /// Where the cursor is in the front segment.
     pub(crate) fn cursor(&self) -> usize {
         self.cursor

@@ -41,8 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::{
-    segment_of, with_freq, Item, Loc, Log, NewItem, Walk, BINARY_KEY, FETCHED, NIL, STALE,
-    TOKEN_SENT,
+    segment_of, with_freq, Item, Loc, Log, NewItem, BINARY_KEY, FETCHED, NIL, STALE, TOKEN_SENT,
 };
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{Ghost, Queue, SMALL_SHARE_DIVISOR};
@@ -248,9 +247,9 @@ pub(crate) struct Shard {
     /// Items in the log, live or dead, for walks to size their work.
     logged: u32,
     /// Segments that became worth compacting, with their generation.
-    sparse: Vec<(u32, u32)>,
+    sparse: Vec<(u32, u64)>,
     /// Segments that became half dead, with their generation.
-    half_dead: Vec<(u32, u32)>,
+    half_dead: Vec<(u32, u64)>,
     /// Where a moved item's key and value wait while it is copied within the log.
     scratch: Vec<u8>,
     /// Items whose sequence is below this were flushed.
@@ -448,6 +447,39 @@ impl Shard {
         Some(to)
     }
 
+    /// The item at a walk's position (dead or alive) and the position after it; `None` past the
+    /// newest item.
+    fn walk(&self, mut pos: Walk) -> Option<(Loc, Walk)> {
+        loop {
+            let queue = if pos.main { &self.main } else { &self.small };
+            if let Some((id, generation)) = queue.segment_from(&self.log, pos.generation) {
+                let offset = if generation == pos.generation {
+                    pos.offset as usize
+                } else {
+                    0
+                };
+                if let Some(at) = self.log.at(id, offset) {
+                    let len = self.log.get(at).len();
+                    let next = Walk {
+                        main: pos.main,
+                        generation,
+                        offset: (offset + len) as u32,
+                    };
+                    return Some((at, next));
+                }
+                pos.generation = generation + 1;
+                pos.offset = 0;
+            } else if pos.main {
+                return None;
+            } else {
+                pos = Walk {
+                    main: true,
+                    ..Walk::default()
+                };
+            }
+        }
+    }
+
     /// Sets a live item's expiry time: where it lies, or in a copy when it was stored without
     /// one (`at` follows the copy).
     fn set_exptime(&mut self, at: &mut Loc, exptime: Time, now: Time) {
@@ -497,7 +529,7 @@ impl Shard {
         }
         let mut next_expiry = 0;
         let mut pos = Walk::default();
-        while let Some((at, next)) = self.log.walk(pos) {
+        while let Some((at, next)) = self.walk(pos) {
             pos = next;
             let e = self.log.get(at);
             if e.dead() {
@@ -1177,7 +1209,7 @@ impl Shard {
         let mut scanned = 0;
         let mut wrapped = false;
         while scanned < max_scan && reclaimed < max_reclaim {
-            let Some((at, next)) = self.log.walk(self.crawl_pos) else {
+            let Some((at, next)) = self.walk(self.crawl_pos) else {
                 self.crawl_pos = Walk::default();
                 if wrapped {
                     break;
@@ -1219,7 +1251,7 @@ impl Shard {
         let mut pos = from;
         let mut scanned = 0;
         while scanned < max_scan && out.rows.len() < max_items {
-            let (at, next) = self.log.walk(pos)?;
+            let (at, next) = self.walk(pos)?;
             pos = next;
             scanned += 1;
             let e = self.log.get(at);
@@ -1257,7 +1289,7 @@ impl Shard {
         let mut pos = from;
         let mut scanned = 0;
         while scanned < max_scan && out.rows.len() < max_items && out.data.len() < max_bytes {
-            let (at, next) = self.log.walk(pos)?;
+            let (at, next) = self.walk(pos)?;
             pos = next;
             scanned += 1;
             let e = self.log.get(at);
@@ -1371,6 +1403,20 @@ impl Shard {
     pub(crate) fn reset_stats(&mut self) {
         self.counters = Counters::default();
     }
+}
+
+/// A position in a walk over every item of a shard, which stays valid while items come, go and
+/// move. The walk goes through the small queue, then the main one, each from its oldest segment
+/// to its newest; items only ever move to the newest end of a queue, or from the small queue to
+/// the main one, so an item that is in the shard from the start of a walk to its end is seen
+/// (once, or twice if it moved from behind the walk to ahead of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Walk {
+    main: bool,
+    /// The segment: the first one of the queue opened at or after this.
+    generation: u64,
+    /// Where in that segment, if it is still there.
+    offset: u32,
 }
 
 /// A store's item, as `Shard::put` writes it.

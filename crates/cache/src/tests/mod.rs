@@ -810,6 +810,14 @@ fn the_largest_item_always_fits_a_shard() {
     });
     assert_eq!(tiny.shard_count(), 1);
     assert_eq!(set(&tiny, b"k", &[0; 2000], 1), StoreResult::OutOfMemory);
+    // A shard's log names at most 4 GiB: a large limit is split so that none takes over half.
+    let large = Cache::new(Config {
+        max_bytes: 100 << 30,
+        ..Config::default()
+    });
+    assert!(large.shard_count() > 16);
+    assert!((100 << 30) / large.shard_count() as u64 <= SHARD_BYTES_MAX);
+    assert!(SHARD_BYTES_MAX <= (log::MAX_SEGMENTS * log::SEGMENT_BYTES / 2) as u64);
 }
 
 #[test]
@@ -1007,6 +1015,48 @@ fn exported(c: &Cache, now: Time) -> Vec<Exported> {
     .unwrap();
     items.sort();
     items
+}
+
+#[test]
+fn export_sees_every_item_that_stays_while_stores_move_and_evict_others() {
+    // Several batches of items (an export copies a few hundred at a time).
+    let n = 2000;
+    let c = small_cache(n as u64, 5, true);
+    for i in 0..n {
+        set(&c, &key(i), &[b'v'; 100], 1);
+        if i % 2 == 0 {
+            // Read items move (small to main, and around main) instead of being evicted.
+            get(&c, &key(i), 1);
+        }
+    }
+    let present = |c: &Cache| -> HashSet<Vec<u8>> {
+        (0..n).map(key).filter(|k| get(c, k, 1).is_some()).collect()
+    };
+    let before = present(&c);
+    let mut seen = HashSet::new();
+    let mut fresh = 10 * n;
+    let result: Result<(), ()> = c.export(1, |item| {
+        seen.insert(item.key.to_vec());
+        // New keys come in faster than the walk goes: the store evicts and moves items the
+        // walk has not reached yet.
+        for _ in 0..3 {
+            set(&c, &key(fresh), &[b'v'; 100], 1);
+            fresh += 1;
+        }
+        Ok(())
+    });
+    assert_eq!(result, Ok(()));
+    let stayed: Vec<_> = before.intersection(&present(&c)).cloned().collect();
+    assert!(stayed.len() >= 100, "only {} items stayed", stayed.len());
+    assert!(c.stats().evictions >= 1000);
+    let missed: Vec<_> = stayed.iter().filter(|k| !seen.contains(*k)).collect();
+    assert!(
+        missed.is_empty(),
+        "not exported: {} of {}",
+        missed.len(),
+        stayed.len()
+    );
+    c.check();
 }
 
 #[test]
