@@ -133,7 +133,7 @@ impl ItemHandle<'_> {
     }
 
     /// The value as a refcounted handle, for a reply that sends it without copying it: the
-    /// stored bytes themselves for values of 8 KiB or more, a copy of a smaller one. The item
+    /// stored bytes themselves for values of 2 KiB or more, a copy of a smaller one. The item
     /// may be replaced or removed meanwhile, the handle keeps what it took.
     pub fn shared_value(&self) -> Bytes {
         match self.shared {
