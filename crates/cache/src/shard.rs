@@ -1236,6 +1236,32 @@ impl Shard {
         (reclaimed, scanned)
     }
 
+    /// Walks from `from` and calls `f` with each live item until `f` answers that it wants no
+    /// more, or `max_scan` items have been looked at. Returns where to continue, or `None` when
+    /// the walk is over.
+    fn visit_live(
+        &mut self,
+        now: Time,
+        from: Walk,
+        max_scan: u32,
+        mut f: impl FnMut(&Item<'_>, u64) -> bool,
+    ) -> Option<Walk> {
+        self.advance(now);
+        let mut pos = from;
+        for _ in 0..max_scan {
+            let (at, next) = self.walk(pos)?;
+            pos = next;
+            let e = self.log.get(at);
+            if e.dead() || death(&e, self.flush_below, now).is_some() {
+                continue;
+            }
+            if !f(&e, self.client(e.cas())) {
+                break;
+            }
+        }
+        Some(pos)
+    }
+
     /// Copies the metadata of up to `max_items` live items, looking at no more than `max_scan`
     /// items from `from` on, into `out`. Returns where to continue, or `None` when the walk is
     /// over.
@@ -1247,30 +1273,21 @@ impl Shard {
         max_scan: u32,
         out: &mut MetaBatch,
     ) -> Option<Walk> {
-        self.advance(now);
-        let mut pos = from;
-        let mut scanned = 0;
-        while scanned < max_scan && out.rows.len() < max_items {
-            let (at, next) = self.walk(pos)?;
-            pos = next;
-            scanned += 1;
-            let e = self.log.get(at);
-            if e.dead() || death(&e, self.flush_below, now).is_some() {
-                continue;
-            }
+        let cas_on = self.cfg.cas;
+        self.visit_live(now, from, max_scan, |e, cas| {
             out.keys.extend_from_slice(e.key());
             out.rows.push(MetaRow {
                 key_end: out.keys.len(),
                 exptime: e.exptime(),
                 last_access: e.last_access(),
-                cas: self.client(e.cas()),
+                cas,
                 fetched: e.has(FETCHED),
                 flags: e.flags(),
                 value_len: e.value().len(),
-                size: memcached_size(e.key().len(), e.value().len(), e.flags(), self.cfg.cas),
+                size: memcached_size(e.key().len(), e.value().len(), e.flags(), cas_on),
             });
-        }
-        Some(pos)
+            out.rows.len() < max_items
+        })
     }
 
     /// Copies whole live items, from `from` on, into `out` until it holds `max_items` items or
@@ -1285,17 +1302,7 @@ impl Shard {
         max_scan: u32,
         out: &mut ItemBatch,
     ) -> Option<Walk> {
-        self.advance(now);
-        let mut pos = from;
-        let mut scanned = 0;
-        while scanned < max_scan && out.rows.len() < max_items && out.data.len() < max_bytes {
-            let (at, next) = self.walk(pos)?;
-            pos = next;
-            scanned += 1;
-            let e = self.log.get(at);
-            if e.dead() || death(&e, self.flush_below, now).is_some() {
-                continue;
-            }
+        self.visit_live(now, from, max_scan, |e, _| {
             out.data.extend_from_slice(e.key());
             let key_end = out.data.len();
             out.data.extend_from_slice(e.value());
@@ -1309,8 +1316,8 @@ impl Shard {
                 stale: e.has(STALE),
                 binary_key: e.has(BINARY_KEY),
             });
-        }
-        Some(pos)
+            out.rows.len() < max_items && out.data.len() < max_bytes
+        })
     }
 
     /// Puts a saved item back (see [`crate::Cache::import`]): it replaces a live item of the same

@@ -462,19 +462,50 @@ fn wait_log(process: &mut Running, needle: &str) -> String {
     }
 }
 
+/// A node of `node_toml` started with a notify socket, once it has sent READY=1.
+struct NotifiedNode {
+    dir: Scratch,
+    proxy_port: u16,
+    text: String,
+    config: PathBuf,
+    notify: NotifySocket,
+    node: Running,
+}
+
+impl NotifiedNode {
+    fn start(name: &str) -> NotifiedNode {
+        let dir = Scratch::new(name);
+        let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+        let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
+        let config = dir.file("node.toml", &text);
+        let notify = NotifySocket::new(&dir);
+        let mut node = Running::start(
+            &["node", "--config", config.to_str().unwrap()],
+            dir.0.join("log"),
+            &[("NOTIFY_SOCKET", &notify.path)],
+        );
+        notify.wait_for("READY=1", &mut node);
+        NotifiedNode {
+            dir,
+            proxy_port,
+            text,
+            config,
+            notify,
+            node,
+        }
+    }
+}
+
 #[test]
 fn sighup_hands_the_proxy_its_new_section_between_reloading_and_ready() {
-    let dir = Scratch::new("notify-reload");
-    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
-    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
-    let config = dir.file("node.toml", &text);
-    let notify = NotifySocket::new(&dir);
-    let mut node = Running::start(
-        &["node", "--config", config.to_str().unwrap()],
-        dir.0.join("log"),
-        &[("NOTIFY_SOCKET", &notify.path)],
-    );
-    notify.wait_for("READY=1", &mut node);
+    let NotifiedNode {
+        dir: _dir,
+        proxy_port,
+        text,
+        config,
+        notify,
+        mut node,
+    } = NotifiedNode::start("notify-reload");
     // A proxy setting that changes while running, and a server one that needs a restart.
     let changed = text
         .replace("threads = 1\n", "threads = 1\ndrain_timeout_ms = 1234\n")
@@ -789,17 +820,14 @@ fn ready_follows_each_reload(
 #[test]
 fn ready_follows_the_applied_configuration_after_sighup() {
     // The node: its proxy's new section.
-    let dir = Scratch::new("reload-ready-node");
-    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
-    let text = node_toml(server_port, proxy_port, &dir.0.join("cache.dat"));
-    let config = dir.file("node.toml", &text);
-    let notify = NotifySocket::new(&dir);
-    let mut node = Running::start(
-        &["node", "--config", config.to_str().unwrap()],
-        dir.0.join("log"),
-        &[("NOTIFY_SOCKET", &notify.path)],
-    );
-    notify.wait_for("READY=1", &mut node);
+    let NotifiedNode {
+        dir: _dir,
+        text,
+        config,
+        notify,
+        mut node,
+        ..
+    } = NotifiedNode::start("reload-ready-node");
     ready_follows_each_reload(
         &mut node,
         &notify,
