@@ -622,13 +622,13 @@ async fn a_repair_copy_applied_after_a_later_write_is_not_read_stale() {
 
 /// A lone proxy acts at its start as soon as its first look at the servers shows no other
 /// proxy serving: a proxy that went away left a ledger mark on the backup (the main server
-/// missed its writes while stopped) and its heartbeat expired; the new proxy flushes and warms
-/// the main server without waiting for the look's bound, which with a health interval of a
-/// minute is longer than this test's deadline.
+/// missed its writes while it was down) and its heartbeat expired; the main server is back (a
+/// new process on its port), and the new proxy flushes it and warms it without waiting for the
+/// look's bound, which with a health interval of a minute is longer than this test's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
     const KEYS: usize = 50;
-    let main = memcached();
+    let mut main = memcached();
     let backup = memcached();
     let mut first = config(&[&[&main], &[&backup]]);
     first.backend.health_interval_ms = 200;
@@ -637,7 +637,8 @@ async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
     for i in 0..KEYS {
         assert_eq!(client.set(&format!("k{i}"), "v1").await, "STORED\r\n");
     }
-    main.signal("STOP");
+    let port = main.port;
+    main.kill();
     let deadline = Instant::now() + WAIT;
     while !client
         .call("stats backends\r\n")
@@ -651,12 +652,13 @@ async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
         assert_eq!(client.set(&format!("k{i}"), "v2").await, "STORED\r\n");
     }
     first.stop().await;
+    // A heartbeat still there makes a standby.
     let mut direct = Client::connect(&backup.addr()).await;
     while direct.get("keepcached:serving").await.is_some() {
         assert!(Instant::now() < deadline + WAIT, "heartbeat never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    main.signal("CONT");
+    let main = memcached_on(port);
     let mut lone = config(&[&[&main], &[&backup]]);
     lone.backend.health_interval_ms = 60_000;
     let lone = ProxyHandle::start(lone).await;
