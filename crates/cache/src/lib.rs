@@ -47,6 +47,9 @@ pub type Time = u32;
 /// The longest key memcached accepts; longer keys are never stored.
 pub const KEY_MAX_LENGTH: usize = 250;
 
+/// What client flags and an expiry time add to [`accounted_size`], at most.
+const OPTIONAL_FIELDS: u64 = 8;
+
 /// The most shards a cache is split into.
 const MAX_SHARDS: usize = 1024;
 
@@ -528,8 +531,13 @@ fn large_value(request: &StoreRequest<'_>) -> Option<Bytes> {
 }
 
 /// The share of the limit a shard takes at most: half of what its log's locations can name, so
-/// that dead space and a limit raised later (`cache_memlimit`) still fit.
+/// that a limit raised later (`cache_memlimit`, or borrowing under `-M`) still fits.
 const SHARD_BYTES_MAX: u64 = (log::MAX_SEGMENTS * log::SEGMENT_BYTES / 2) as u64;
+
+/// The most a shard's limit can be raised to: 7/8 of what its log's locations can name. Its
+/// segments are at least 96% full (an inline item is under 2.3 KiB), so its items, dead ones
+/// included, never need more segments than there are numbers.
+const SHARD_LIMIT_MAX: u64 = (log::MAX_SEGMENTS * log::SEGMENT_BYTES / 8 * 7) as u64;
 
 /// As many shards as asked for, and enough that no shard's share of the limit is over
 /// [`SHARD_BYTES_MAX`] (up to 1024 shards: 2 TiB); but each must be able to hold the largest
@@ -603,6 +611,9 @@ impl Cache {
     fn borrow_room(&self, target: usize, need: u64) -> bool {
         // One rebalance at a time, and none while set_max_bytes resets the shares.
         let _shares = self.shares.lock();
+        // No more than the target's log can hold.
+        let room = SHARD_LIMIT_MAX.saturating_sub(self.shards[target].0.lock().limit());
+        let need = need.min(room);
         let mut got = 0;
         for (i, shard) in self.shards.iter().enumerate() {
             if got >= need {
@@ -692,7 +703,10 @@ impl Cache {
             .store(hash, &request, large_value(&request), now);
         if outcome.result != StoreResult::OutOfMemory
             || self.evict
-            || !self.borrow_room(idx, accounted_size(key.len(), value.len()))
+            || !self.borrow_room(
+                idx,
+                accounted_size(key.len(), value.len()) + OPTIONAL_FIELDS,
+            )
         {
             return outcome;
         }
@@ -767,7 +781,10 @@ impl Cache {
         let outcome = shard.lock().delta(hash, key, request, now, &mut once);
         if !matches!(outcome, DeltaOutcome::OutOfMemory)
             || self.evict
-            || !self.borrow_room(idx, accounted_size(key.len(), numeric::MAX_DIGITS))
+            || !self.borrow_room(
+                idx,
+                accounted_size(key.len(), numeric::MAX_DIGITS) + OPTIONAL_FIELDS,
+            )
         {
             return outcome;
         }
@@ -873,7 +890,10 @@ impl Cache {
         let shard = &self.shards[idx].0;
         let result = shard.lock().import(hash, item, now);
         if result != ImportResult::NoRoom
-            || !self.borrow_room(idx, accounted_size(item.key.len(), item.value.len()))
+            || !self.borrow_room(
+                idx,
+                accounted_size(item.key.len(), item.value.len()) + OPTIONAL_FIELDS,
+            )
         {
             return result;
         }
@@ -891,8 +911,15 @@ impl Cache {
     /// is on; otherwise stores fail until deletes and expiry bring the items under it.
     pub fn set_max_bytes(&self, bytes: u64) {
         let _shares = self.shares.lock();
+        // A shard's log can hold no more than SHARD_LIMIT_MAX, whatever the limit asked for.
+        let n = self.shards.len() as u64;
+        let per_shard = bytes / n;
+        let (per_shard, bytes) = if per_shard > SHARD_LIMIT_MAX {
+            (SHARD_LIMIT_MAX, SHARD_LIMIT_MAX * n)
+        } else {
+            (per_shard, bytes)
+        };
         self.max_bytes.store(bytes, Ordering::Relaxed);
-        let per_shard = bytes / self.shards.len() as u64;
         for shard in self.shards.iter() {
             shard.0.lock().set_limit(per_shard);
         }

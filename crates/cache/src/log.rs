@@ -570,6 +570,11 @@ impl Log {
         self.segment(id).garbage
     }
 
+    /// How many segments are open.
+    pub(crate) fn in_use(&self) -> usize {
+        self.segments.len() - self.free_ids.len()
+    }
+
     /// Whether a segment is in the main queue (else in the small one).
     pub(crate) fn in_main(&self, id: u32) -> bool {
         self.segment(id).main

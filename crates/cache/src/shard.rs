@@ -15,9 +15,11 @@
 //! Dead items go before live ones: a shard keeps a lower bound of its items' expiry times and
 //! the flush bound it last swept for. When a store needs room and that bound has passed (or a
 //! flush came since), it first sweeps the whole log once and kills every expired or flushed
-//! item (memcached's `reclaimed`), then recomputes the bound from the survivors. A sweep costs
-//! one pass over the shard's items, at most once per second of the clock per shard (the new
-//! bound is in the future), and never when no item has an expiry time.
+//! item (memcached's `reclaimed`), then recomputes the bound from the survivors. Such a sweep
+//! costs one pass over the shard's items, at most once per second of the clock per shard (the
+//! new bound is in the future), and never when no item has an expiry time. Below the limit a
+//! store sweeps only 16 items, going on where the last one stopped, so that expired items'
+//! space is reused without a store paying for a whole pass.
 //!
 //! A dead item's bytes (expired, deleted, replaced) stay in its segment until they are reused,
 //! and count against the limit until then, so the limit bounds real memory. They are reused
@@ -101,6 +103,27 @@ fn missed<R>(found: Found) -> Lookup<R> {
         Found::Live(_) | Found::Missing => Lookup::Miss,
     }
 }
+
+/// Lowers an expiry bound (0: none) to `exptime` (0: never expires).
+fn lower(bound: &mut Time, exptime: Time) {
+    if exptime != 0 && (*bound == 0 || exptime < *bound) {
+        *bound = exptime;
+    }
+}
+
+/// A sweep for expired and flushed items, done a few items per store below the limit.
+#[derive(Debug)]
+struct Sweep {
+    pos: Walk,
+    /// The earliest expiry time of the items it kept, and of items stored since it began.
+    next_expiry: Time,
+    /// The flush bound when it began.
+    flush_below: u64,
+}
+
+/// How many items a store below the limit looks at for dead ones, when some may exist: enough
+/// to keep up with items expiring, little enough to cost a store next to nothing.
+const SWEEP_STEP: u32 = 16;
 
 /// What a live item is accounted for: as it lies in the log (an expiry time set to 0 in place
 /// keeps its field), its index and ghost share, and its large value.
@@ -264,6 +287,8 @@ pub(crate) struct Shard {
     /// The flush bound when the log was last swept: a higher `flush_below` means items may
     /// have been flushed since.
     swept_flush: u64,
+    /// The sweep under way, if any.
+    sweep: Option<Sweep>,
     counters: Counters,
 }
 
@@ -289,6 +314,7 @@ impl Shard {
             crawl_pos: Walk::default(),
             next_expiry: 0,
             swept_flush: 0,
+            sweep: None,
             counters: Counters::default(),
         }
     }
@@ -384,11 +410,27 @@ impl Shard {
         self.used -= accounted - len;
         self.garbage += len;
         let after = self.log.garbage(id);
+        let generation = self.log.generation(id);
         if !compactable(written, before) && compactable(written, after) {
-            self.sparse.push((id, self.log.generation(id)));
+            self.sparse.push((id, generation));
+            self.prune_candidates();
         }
         if !half_dead(written, before) && half_dead(written, after) {
-            self.half_dead.push((id, self.log.generation(id)));
+            self.half_dead.push((id, generation));
+            self.prune_candidates();
+        }
+    }
+
+    /// Drops the entries of segments gone since from the lists of compaction candidates once
+    /// they outnumber the open segments: below the limit nothing takes them off, and a segment
+    /// opened under the same number again can be listed anew.
+    fn prune_candidates(&mut self) {
+        let bound = 2 * self.log.in_use() + 16;
+        let log = &self.log;
+        for list in [&mut self.sparse, &mut self.half_dead] {
+            if list.len() > bound {
+                list.retain(|&(id, generation)| log.is(id, generation));
+            }
         }
     }
 
@@ -515,21 +557,39 @@ impl Shard {
 
     /// Lowers the expiry bound for an item that now expires at `exptime`.
     fn note_expiry(&mut self, exptime: Time) {
-        if exptime != 0 && (self.next_expiry == 0 || exptime < self.next_expiry) {
-            self.next_expiry = exptime;
+        lower(&mut self.next_expiry, exptime);
+        // A sweep under way may have passed the item already.
+        if let Some(sweep) = &mut self.sweep {
+            lower(&mut sweep.next_expiry, exptime);
         }
     }
 
+    /// Whether an expired or flushed item may be in the shard.
+    fn dead_may_exist(&self, now: Time) -> bool {
+        (self.next_expiry != 0 && self.next_expiry <= now) || self.flush_below > self.swept_flush
+    }
+
     /// Kills every expired or flushed item but `protect` when one may exist (see the module
-    /// doc), counting them as `reclaimed`, and sets the expiry bound from the items left.
-    fn reclaim_dead(&mut self, protect: Loc, now: Time) {
-        let expiring = self.next_expiry != 0 && self.next_expiry <= now;
-        if !expiring && self.flush_below <= self.swept_flush {
+    /// doc), counting them as `reclaimed`, and sets the expiry bound from the items left: at
+    /// most `budget` items looked at, going on from where the last call stopped. A pass that
+    /// reaches the newest item sets the bounds.
+    fn reclaim_dead(&mut self, protect: Loc, now: Time, budget: u32) {
+        if !self.dead_may_exist(now) {
             return;
         }
-        let mut next_expiry = 0;
-        let mut pos = Walk::default();
-        while let Some((at, next)) = self.walk(pos) {
+        let sweep = self.sweep.get_or_insert(Sweep {
+            pos: Walk::default(),
+            next_expiry: 0,
+            flush_below: self.flush_below,
+        });
+        let mut pos = sweep.pos;
+        for _ in 0..budget {
+            let Some((at, next)) = self.walk(pos) else {
+                let sweep = self.sweep.take().expect("a sweep is under way");
+                self.next_expiry = sweep.next_expiry;
+                self.swept_flush = sweep.flush_below;
+                return;
+            };
             pos = next;
             let e = self.log.get(at);
             if e.dead() {
@@ -545,14 +605,13 @@ impl Shard {
                     let hash = self.hash_at(at);
                     self.reclaim(at, hash, died, fetched);
                 }
-                _ if exptime != 0 && (next_expiry == 0 || exptime < next_expiry) => {
-                    next_expiry = exptime;
-                }
-                _ => {}
+                _ => lower(
+                    &mut self.sweep.as_mut().expect("under way").next_expiry,
+                    exptime,
+                ),
             }
         }
-        self.next_expiry = next_expiry;
-        self.swept_flush = self.flush_below;
+        self.sweep.as_mut().expect("a sweep is under way").pos = pos;
     }
 
     /// A segment to compact before evicting anything: one listed as worth it, or, when the
@@ -588,9 +647,10 @@ impl Shard {
             0
         };
         let mut next = self.log.at(id, start);
+        let mut items = 0;
         while let Some(at) = next {
             next = self.log.next_in_segment(at);
-            self.logged -= 1;
+            items += 1;
             let e = self.log.get(at);
             if e.dead() {
                 continue;
@@ -604,6 +664,8 @@ impl Shard {
                 *protect = to;
             }
         }
+        // Every item was moved: the segment goes with all of them dead.
+        self.logged -= items;
         let queue = if main {
             &mut self.main
         } else {
@@ -637,7 +699,14 @@ impl Shard {
         if need > self.cfg.limit {
             return false;
         }
-        self.reclaim_dead(*protect, now);
+        // Below the limit a store sweeps a few items; one that needs room sweeps all of them
+        // first, so no live item is evicted while an expired one holds memory.
+        let full = self.used + need > self.cfg.limit;
+        if full {
+            // From the start: items behind a sweep under way may have expired since.
+            self.sweep = None;
+        }
+        self.reclaim_dead(*protect, now, if full { u32::MAX } else { SWEEP_STEP });
         // Reuse the space of a half-dead segment before the log grows: one per store keeps up
         // with the garbage a store can make (a replaced or deleted item).
         while let Some((id, generation)) = self.half_dead.pop() {
@@ -750,6 +819,9 @@ impl Shard {
     /// Links a new item into the index and its queue, making room first. `None` when it cannot
     /// fit. The item gets the next CAS and `now` as its last access.
     fn insert_new(&mut self, hash: u64, item: NewItem<'_>, now: Time) -> Option<Loc> {
+        // Whether the key was evicted recently, asked before making room evicts others (whose
+        // fingerprints could take its ghost slot).
+        let main = self.ghost.contains(hash);
         let bytes = item_size(item.key.len(), item.value_len(), item.flags, item.exptime);
         if !self.make_room(bytes, &mut NIL.clone(), now) {
             return None;
@@ -757,7 +829,6 @@ impl Shard {
         let cas = self.next_cas();
         self.note_expiry(item.exptime);
         self.ghost.fit(self.index.len() + 1);
-        let main = self.ghost.contains(hash);
         let at = self.append(
             main,
             &NewItem {
@@ -1325,15 +1396,23 @@ impl Shard {
     /// evicting would throw out items loaded a moment ago for this one.
     pub(crate) fn import(&mut self, hash: u64, item: &SavedItem<'_>, now: Time) -> ImportResult {
         self.advance(now);
-        if let Found::Live(at) = self.lookup(hash, item.key, now) {
-            self.unlink(at, hash);
-        }
         let bytes = item_size(item.key.len(), item.value.len(), item.flags, item.exptime);
         if self.used + bytes > self.cfg.limit {
             self.reuse_garbage();
         }
-        if self.used + bytes > self.cfg.limit {
+        let old = match self.lookup(hash, item.key, now) {
+            Found::Live(at) => Some(at),
+            _ => None,
+        };
+        // The old item's space counts as free only once it is gone, and it is only removed
+        // when the new one fits: a refused import leaves the cache as it was.
+        let old_bytes = old.map_or(0, |at| item_bytes(&self.log.get(at)));
+        if self.used - old_bytes + bytes > self.cfg.limit {
             return ImportResult::NoRoom;
+        }
+        if let Some(at) = old {
+            self.unlink(at, hash);
+            self.reuse_garbage();
         }
         let mut bits = 0;
         for (on, bit) in [
@@ -1390,6 +1469,11 @@ impl Shard {
         spare
     }
 
+    /// The shard's share of the memory limit.
+    pub(crate) fn limit(&self) -> u64 {
+        self.cfg.limit
+    }
+
     /// Takes `bytes` more share of the limit, lent by other shards.
     pub(crate) fn extend_limit(&mut self, bytes: u64) {
         self.cfg.limit += bytes;
@@ -1441,10 +1525,6 @@ struct Put<'a> {
 
 #[cfg(test)]
 impl Shard {
-    pub(crate) fn limit(&self) -> u64 {
-        self.cfg.limit
-    }
-
     /// Checks that index, queues, log and byte counts agree.
     pub(crate) fn check(&self) {
         let (mut live_items, mut live, mut overhead, mut garbage, mut queued) = (0, 0, 0, 0, 0);

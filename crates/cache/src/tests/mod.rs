@@ -603,6 +603,26 @@ fn an_expired_item_frees_its_memory_at_the_next_store_even_below_the_limit() {
 }
 
 #[test]
+fn below_the_limit_stores_sweep_expired_items_a_few_at_a_time() {
+    let c = one_shard(64 * MB as u64, true);
+    for i in 0..1000 {
+        let exptime = if i % 2 == 0 { 10 } else { 0 };
+        c.store(StoreMode::Set, &key(i), 0, exptime, &[b'v'; 100], 1);
+    }
+    // One store does not pay for a pass over a thousand items.
+    set(&c, b"first", b"x", 20);
+    let first = c.stats().reclaimed;
+    assert!((1..=16).contains(&first), "{first} reclaimed by one store");
+    // A pass's worth of stores reclaims them all.
+    for i in 0..100 {
+        set(&c, format!("later{i}").as_bytes(), b"x", 20);
+    }
+    assert_eq!(c.stats().reclaimed, 500);
+    assert_eq!(c.stats().curr_items, 500 + 101);
+    c.check();
+}
+
+#[test]
 fn flushed_items_are_reclaimed_before_a_live_one_is_evicted() {
     let c = small_cache(100, 5, true);
     for i in 0..100 {
@@ -1056,6 +1076,49 @@ fn export_sees_every_item_that_stays_while_stores_move_and_evict_others() {
         missed.len(),
         stayed.len()
     );
+    c.check();
+}
+
+#[test]
+fn a_refused_import_leaves_the_old_item() {
+    let c = small_cache(10, 5, true);
+    let value = [b'v'; 100];
+    for i in 0..10 {
+        let item = SavedItem {
+            key: &key(i),
+            value: &value,
+            flags: 0,
+            exptime: 0,
+            last_access: 1,
+            fetched: false,
+            stale: false,
+            binary_key: false,
+        };
+        assert_eq!(c.import(&item, 2), ImportResult::Stored);
+    }
+    let big = [b'b'; 1500];
+    let item = SavedItem {
+        key: &key(0),
+        value: &big,
+        flags: 0,
+        exptime: 0,
+        last_access: 1,
+        fetched: false,
+        stale: false,
+        binary_key: false,
+    };
+    assert_eq!(c.import(&item, 2), ImportResult::NoRoom);
+    assert_eq!(get(&c, &key(0), 2).unwrap(), value, "the old item stays");
+    c.check();
+}
+
+#[test]
+fn a_limit_raised_past_what_the_shards_can_hold_is_capped() {
+    let c = cache();
+    c.set_max_bytes(1 << 50);
+    let n = c.shard_count() as u64;
+    assert_eq!(c.stats().limit_maxbytes, SHARD_LIMIT_MAX * n);
+    assert!(SHARD_LIMIT_MAX < (log::MAX_SEGMENTS * log::SEGMENT_BYTES) as u64);
     c.check();
 }
 
