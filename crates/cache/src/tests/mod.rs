@@ -1082,11 +1082,10 @@ fn export_sees_every_item_that_stays_while_stores_move_and_evict_others() {
 #[test]
 fn a_refused_import_leaves_the_old_item() {
     let c = small_cache(10, 5, true);
-    let value = [b'v'; 100];
-    for i in 0..10 {
+    let saved = |key: &[u8], value: &[u8], c: &Cache| {
         let item = SavedItem {
-            key: &key(i),
-            value: &value,
+            key,
+            value,
             flags: 0,
             exptime: 0,
             last_access: 1,
@@ -1094,20 +1093,13 @@ fn a_refused_import_leaves_the_old_item() {
             stale: false,
             binary_key: false,
         };
-        assert_eq!(c.import(&item, 2), ImportResult::Stored);
-    }
-    let big = [b'b'; 1500];
-    let item = SavedItem {
-        key: &key(0),
-        value: &big,
-        flags: 0,
-        exptime: 0,
-        last_access: 1,
-        fetched: false,
-        stale: false,
-        binary_key: false,
+        c.import(&item, 2)
     };
-    assert_eq!(c.import(&item, 2), ImportResult::NoRoom);
+    let value = [b'v'; 100];
+    for i in 0..10 {
+        assert_eq!(saved(&key(i), &value, &c), ImportResult::Stored);
+    }
+    assert_eq!(saved(&key(0), &[b'b'; 1500], &c), ImportResult::NoRoom);
     assert_eq!(get(&c, &key(0), 2).unwrap(), value, "the old item stays");
     c.check();
 }
