@@ -899,10 +899,12 @@ impl Shard {
             _ => return missed(found),
         };
         let e = self.log.get(at);
+        let old_exptime = e.exptime();
         let mut item = ItemHandle {
             item: e,
-            shared: self.log.shared(at),
-            exptime: e.exptime(),
+            // Only a large value has a handle to share; a small one needs no second look.
+            shared: if e.large() { self.log.shared(at) } else { None },
+            exptime: old_exptime,
             token_sent: e.has(TOKEN_SENT),
             cas_enabled: self.cfg.cas,
             created,
@@ -914,8 +916,11 @@ impl Shard {
         if opts.bump {
             e.fetch(now);
         }
-        let mut at = at;
-        self.set_exptime(&mut at, exptime, now);
+        // A plain read leaves the expiry time alone: no third look at the item.
+        if exptime != old_exptime {
+            let mut at = at;
+            self.set_exptime(&mut at, exptime, now);
+        }
         Lookup::Hit(r)
     }
 

@@ -33,6 +33,20 @@ fn one_shard(max_bytes: u64, evict: bool) -> Cache {
     })
 }
 
+/// A saved item as an import gets it: flags 0, no expiry time, accessed at second 1.
+fn saved<'a>(key: &'a [u8], value: &'a [u8]) -> SavedItem<'a> {
+    SavedItem {
+        key,
+        value,
+        flags: 0,
+        exptime: 0,
+        last_access: 1,
+        fetched: false,
+        stale: false,
+        binary_key: false,
+    }
+}
+
 fn key(i: usize) -> Vec<u8> {
     format!("k{i:04}").into_bytes()
 }
@@ -1082,24 +1096,14 @@ fn export_sees_every_item_that_stays_while_stores_move_and_evict_others() {
 #[test]
 fn a_refused_import_leaves_the_old_item() {
     let c = small_cache(10, 5, true);
-    let saved = |key: &[u8], value: &[u8], c: &Cache| {
-        let item = SavedItem {
-            key,
-            value,
-            flags: 0,
-            exptime: 0,
-            last_access: 1,
-            fetched: false,
-            stale: false,
-            binary_key: false,
-        };
-        c.import(&item, 2)
-    };
     let value = [b'v'; 100];
     for i in 0..10 {
-        assert_eq!(saved(&key(i), &value, &c), ImportResult::Stored);
+        assert_eq!(c.import(&saved(&key(i), &value), 2), ImportResult::Stored);
     }
-    assert_eq!(saved(&key(0), &[b'b'; 1500], &c), ImportResult::NoRoom);
+    assert_eq!(
+        c.import(&saved(&key(0), &[b'b'; 1500]), 2),
+        ImportResult::NoRoom
+    );
     assert_eq!(get(&c, &key(0), 2).unwrap(), value, "the old item stays");
     c.check();
 }
@@ -1182,29 +1186,20 @@ fn export_stops_at_the_first_error() {
 #[test]
 fn import_refuses_instead_of_evicting_and_replaces_a_live_item() {
     let c = small_cache(10, 5, true);
-    fn item<'a>(key: &'a [u8], value: &'a [u8]) -> SavedItem<'a> {
-        SavedItem {
-            key,
-            value,
-            flags: 0,
-            exptime: 0,
-            last_access: 1,
-            fetched: false,
-            stale: false,
-            binary_key: false,
-        }
-    }
     let value = [b'v'; 100];
     let keys: Vec<Vec<u8>> = (0..12).map(key).collect();
-    let results: Vec<ImportResult> = keys.iter().map(|k| c.import(&item(k, &value), 2)).collect();
+    let results: Vec<ImportResult> = keys
+        .iter()
+        .map(|k| c.import(&saved(k, &value), 2))
+        .collect();
     assert!(results[..10].iter().all(|r| *r == ImportResult::Stored));
     assert!(results[10..].iter().all(|r| *r == ImportResult::NoRoom));
     assert_eq!(c.stats().evictions, 0);
     assert_eq!(get(&c, &key(0), 2).unwrap(), value, "the first items stay");
-    assert_eq!(c.import(&item(&key(0), b"new"), 2), ImportResult::Stored);
+    assert_eq!(c.import(&saved(&key(0), b"new"), 2), ImportResult::Stored);
     assert_eq!(get(&c, &key(0), 2).unwrap(), b"new");
     let huge = vec![0; 4096];
-    assert_eq!(c.import(&item(b"big", &huge), 2), ImportResult::TooLarge);
+    assert_eq!(c.import(&saved(b"big", &huge), 2), ImportResult::TooLarge);
     c.check();
 }
 
