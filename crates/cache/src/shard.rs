@@ -1530,6 +1530,11 @@ struct Put<'a> {
 
 #[cfg(test)]
 impl Shard {
+    /// The bytes counted against the limit, dead ones included.
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
     /// Checks that index, queues, log and byte counts agree.
     pub(crate) fn check(&self) {
         let (mut live_items, mut live, mut overhead, mut garbage, mut queued) = (0, 0, 0, 0, 0);

@@ -617,6 +617,22 @@ fn an_expired_item_frees_its_memory_at_the_next_store_even_below_the_limit() {
 }
 
 #[test]
+fn replacing_items_reuses_their_space_instead_of_growing_the_log() {
+    let c = one_shard(64 * MB as u64, true);
+    // 100,000 replacements of ten keys: 13 MB of copies, all but ten of them dead.
+    for round in 0..10_000 {
+        for i in 0..10 {
+            set(&c, &key(i), &[b'0' + (round % 10) as u8; 100], 1);
+        }
+    }
+    let used = c.shards[0].0.lock().used();
+    // The live items and a few segments' worth of dead ones, never the whole history.
+    assert!(used < 4 * 64 * 1024, "{used} bytes counted for ten items");
+    assert_eq!(c.stats().evictions, 0);
+    c.check();
+}
+
+#[test]
 fn below_the_limit_stores_sweep_expired_items_a_few_at_a_time() {
     let c = one_shard(64 * MB as u64, true);
     for i in 0..1000 {
