@@ -167,39 +167,21 @@ pub async fn heartbeat(ctx: &Context, ttl: i32) {
     while sets.next().await.is_some() {}
 }
 
-/// What a look at the serving heartbeats found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Serving {
-    /// Another proxy's heartbeat is on a server.
-    pub others: bool,
-    /// The look was made: at least one server that takes writes was read, and every one
-    /// answered (a heartbeat not seen is not there).
-    pub complete: bool,
-}
-
 /// Whether another proxy's serving heartbeat is on any server that takes writes.
-pub async fn others_serving(ctx: &Context) -> Serving {
+pub async fn others_serving(ctx: &Context) -> bool {
     let router = ctx.router();
     let mut reads: FuturesUnordered<_> = router
         .live()
         .filter(|b| b.state().takes_writes())
         .map(|b| read(b, SERVING))
         .collect();
-    let (mut others, mut answered, mut failed) = (false, 0, 0);
+    let mut others = false;
     while let Some(read) = reads.next().await {
-        match read {
-            Ok(Some((id, _))) => {
-                answered += 1;
-                others |= id != ctx.proxy_id.as_bytes();
-            }
-            Ok(None) => answered += 1,
-            Err(()) => failed += 1,
+        if let Ok(Some((id, _))) = read {
+            others |= id != ctx.proxy_id.as_bytes();
         }
     }
-    Serving {
-        others,
-        complete: answered > 0 && failed == 0,
-    }
+    others
 }
 
 /// How many of the proxies' own items (marks about any server, the serving heartbeat)

@@ -105,10 +105,6 @@ struct Context {
     activity: parking_lot::Mutex<(u64, Option<std::time::Instant>)>,
     /// Another proxy's serving heartbeat was on the servers at the last look (ledger.rs).
     others_serving: std::sync::atomic::AtomicBool,
-    /// The first look at whether another proxy serves was made (or given up on): until then
-    /// this proxy does not act on its servers unless it serves clients itself. True from the
-    /// start without the ledger, where there is nothing to look at.
-    looked: std::sync::atomic::AtomicBool,
     /// Data broadcasts (`flush_all`) sent so far: a copy (repair, warm-up) that read its item
     /// before one and stored it after deletes it again.
     flushes: std::sync::atomic::AtomicU64,
@@ -175,12 +171,9 @@ impl Context {
     /// Whether this proxy flushes, warms and repairs its servers: it serves clients, or no other
     /// proxy does. A standby (the other host holds the VIP) only reads and judges them: the
     /// proxy that serves the clients repairs them, under its own key locks, and two proxies
-    /// doing it at once would race each other's writes. A proxy that serves no client yet
-    /// waits for its first look ([`resync`]'s `first_look`): a freshly started one beside a
-    /// serving proxy would otherwise flush a server that proxy is warming.
+    /// doing it at once would race each other's writes.
     fn may_act(&self) -> bool {
-        self.serving()
-            || (self.looked.load(std::sync::atomic::Ordering::Acquire) && !self.others_serving())
+        self.serving() || !self.others_serving()
     }
 
     /// Whether another proxy's serving heartbeat was on the servers at the last look.
@@ -337,7 +330,6 @@ impl Bound {
             item_size_max: config.item_size_max,
             ..Limits::default()
         };
-        let nothing_to_look_at = !config.resync.ledger;
         let ctx = Arc::new(Context {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             live: parking_lot::RwLock::new(Arc::new(config.clone())),
@@ -355,7 +347,6 @@ impl Bound {
             vouching: tokio::sync::Mutex::new(()),
             activity: parking_lot::Mutex::new((0, None)),
             others_serving: std::sync::atomic::AtomicBool::new(false),
-            looked: std::sync::atomic::AtomicBool::new(nothing_to_look_at),
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
         ctx.apply(ctx.config.clone());

@@ -39,8 +39,6 @@ use crate::Context;
 const REPAIR_BATCH: usize = 256;
 /// How long a read of the ledger vouches for the servers to a new client.
 const VOUCH_AGE: Duration = Duration::from_millis(100);
-/// How soon a first look that not every server answered is tried again.
-const FIRST_LOOK_RETRY: Duration = Duration::from_millis(20);
 /// Two start times closer than this are the same process (uptime and time are whole seconds).
 const START_SLACK: u64 = 2;
 
@@ -78,66 +76,20 @@ pub async fn heartbeat(ctx: &Context) {
 }
 
 /// Every health interval: while this proxy serves clients, its heartbeat on the servers; and
-/// whether another proxy's is there. The first look is made before this proxy may flush, warm
-/// or repair a server ([`Context::may_act`]).
+/// whether another proxy's is there.
 async fn serving(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     if !ctx.live().resync.ledger {
         return;
     }
-    tokio::select! {
-        () = first_look(&ctx) => {}
-        () = stopped(&mut shutdown) => return,
-    }
     let interval = ctx.live().backend.health_interval();
     loop {
+        heartbeat(&ctx).await;
+        let others = ledger::others_serving(&ctx).await;
+        ctx.others_serving.store(others, Ordering::Relaxed);
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = stopped(&mut shutdown) => return,
         }
-        heartbeat(&ctx).await;
-        let look = ledger::others_serving(&ctx).await;
-        ctx.others_serving.store(look.others, Ordering::Relaxed);
-    }
-}
-
-/// The first look at whether another proxy serves the clients. A proxy that starts beside a
-/// serving one (its host restarted, the other holds the VIP) is a standby: acting before it
-/// looked, it would flush a returning server the serving proxy is warming, emptying it again.
-/// The look needs the servers: it waits for their first contact, then reads them until every
-/// one that takes writes answered, for at most one health interval more; past that this proxy
-/// acts on what it saw. Then every supervisor is woken to act, or not, on it.
-async fn first_look(ctx: &Context) {
-    let settings = &ctx.live().backend;
-    let limit =
-        settings.connect_timeout() + settings.request_timeout() * 2 + settings.health_interval();
-    let deadline = Instant::now() + limit;
-    first_contact(ctx).await;
-    let look = loop {
-        heartbeat(ctx).await;
-        let look = ledger::others_serving(ctx).await;
-        if look.others || look.complete || Instant::now() >= deadline {
-            break look;
-        }
-        tokio::time::sleep(FIRST_LOOK_RETRY).await;
-    };
-    ctx.others_serving.store(look.others, Ordering::Relaxed);
-    ctx.looked.store(true, Ordering::Release);
-    if look.others {
-        tracing::info!(
-            "another proxy serves the clients: this one is a standby and leaves flushes, \
-             warm-ups and repairs to it"
-        );
-    } else if look.complete {
-        tracing::info!("no other proxy serves the clients: this one repairs its servers");
-    } else {
-        tracing::warn!(
-            ?limit,
-            "could not see whether another proxy serves the clients (not every server answered \
-             the look in time): this one repairs its servers"
-        );
-    }
-    for backend in &ctx.router().backends {
-        backend.health.wake.notify_one();
     }
 }
 

@@ -9,7 +9,7 @@ use keepcached_proxy::PoolConfig;
 
 use crate::common::{
     config, free_port, memcached, memcached_on, memcached_with, Client, OwnServer, ProxyHandle,
-    Relay, WAIT,
+    Relay,
 };
 
 /// The configured request timeout of [`config`], and the most one request may take when a
@@ -618,59 +618,4 @@ async fn a_repair_copy_applied_after_a_later_write_is_not_read_stale() {
         "the backup, which the proxy counts as up, holds the repair's late copy"
     );
     proxy.stop().await;
-}
-
-/// A lone proxy acts at its start as soon as its first look at the servers shows no other
-/// proxy serving: a proxy that went away left a ledger mark on the backup (the main server
-/// missed its writes while it was down) and its heartbeat expired; the main server is back (a
-/// new process on its port), and the new proxy flushes it and warms it without waiting for the
-/// look's bound, which with a health interval of a minute is longer than this test's deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
-    const KEYS: usize = 50;
-    let mut main = memcached();
-    let backup = memcached();
-    let mut first = config(&[&[&main], &[&backup]]);
-    first.backend.health_interval_ms = 200;
-    let first = ProxyHandle::start(first).await;
-    let mut client = first.client().await;
-    for i in 0..KEYS {
-        assert_eq!(client.set(&format!("k{i}"), "v1").await, "STORED\r\n");
-    }
-    let port = main.port;
-    main.kill();
-    let deadline = Instant::now() + WAIT;
-    while !client
-        .call("stats backends\r\n")
-        .await
-        .contains(" state=down ")
-    {
-        assert!(Instant::now() < deadline, "main never down");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for i in 0..KEYS {
-        assert_eq!(client.set(&format!("k{i}"), "v2").await, "STORED\r\n");
-    }
-    first.stop().await;
-    // A heartbeat still there makes a standby.
-    let mut direct = Client::connect(&backup.addr()).await;
-    while direct.get("keepcached:serving").await.is_some() {
-        assert!(Instant::now() < deadline + WAIT, "heartbeat never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let main = memcached_on(port);
-    let mut lone = config(&[&[&main], &[&backup]]);
-    lone.backend.health_interval_ms = 60_000;
-    let lone = ProxyHandle::start(lone).await;
-    lone.await_all_up().await;
-    let mut direct = Client::connect(&main.addr()).await;
-    let flushes = direct.stat("cmd_flush").await;
-    let mut wrong = 0;
-    for i in 0..KEYS {
-        wrong += usize::from(direct.get(&format!("k{i}")).await.as_deref() != Some("v2"));
-    }
-    println!("flushes of the main server by the lone proxy: {flushes}; keys not v2 on it: {wrong}");
-    assert_eq!(flushes, 1);
-    assert_eq!(wrong, 0);
-    lone.stop().await;
 }
