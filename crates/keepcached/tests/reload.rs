@@ -179,13 +179,14 @@ impl Drop for Proxy {
     }
 }
 
-/// A memcached `stats` figure.
+/// A memcached `stats` figure, read on a new connection.
 async fn stat(server: &Server, name: &str) -> u64 {
-    let stats = Client::reach(&server.addr().to_string())
-        .await
-        .call("stats\r\n")
-        .await
-        .expect("stats");
+    stat_on(&mut Client::reach(&server.addr().to_string()).await, name).await
+}
+
+/// A memcached `stats` figure, read on `client`'s connection.
+async fn stat_on(client: &mut Client, name: &str) -> u64 {
+    let stats = client.call("stats\r\n").await.expect("stats");
     stats
         .lines()
         .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
@@ -216,8 +217,8 @@ async fn load_key_gets(server: &Server) -> u64 {
 }
 
 /// Gives every key the load writes an old value (version 0) on `server`: read through the proxy
-/// before the server was flushed, it would be a stale read.
-async fn plant_old_values(server: &Server) {
+/// before the server was flushed, it would be a stale read. Returns the connection it used.
+async fn plant_old_values(server: &Server) -> Client {
     let mut client = Client::reach(&server.addr().to_string()).await;
     for w in 0..tier::load::WRITERS {
         for n in 0..tier::load::KEYS_EACH {
@@ -225,6 +226,7 @@ async fn plant_old_values(server: &Server) {
             assert_eq!(reply, "STORED\r\n");
         }
     }
+    client
 }
 
 /// Whether `value` (read for a key whose last acknowledged write is `ack`) is that write.
@@ -285,7 +287,7 @@ async fn assert_acknowledged(
 }
 
 /// Polls `server`'s `curr_connections` (read on a new connection each time) until it is
-/// `baseline`, the figure read the same way before the proxy knew the server.
+/// `baseline`, the figure read on one client's connection before the proxy knew the server.
 async fn await_connections(server: &Server, baseline: u64, log: impl Fn() -> String) {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -312,11 +314,13 @@ async fn await_connections(server: &Server, baseline: u64, log: impl Fn() -> Str
 async fn a_server_added_and_removed_by_sighup_is_never_read_stale() {
     let _serial = SERIAL.lock().await;
     let (main, backup, added) = (memcached(), memcached(), memcached());
-    plant_old_values(&added).await;
-    let mut probe = Client::reach(&added.addr().to_string()).await;
+    // The baseline is read on the probe's own connection: one client connection, as each
+    // later reading (on a new connection, once the probe is gone) counts. A reading on a new
+    // connection right after closing the probe could count it still open.
+    let mut probe = plant_old_values(&added).await;
     assert_eq!(probe.call("stats detail on\r\n").await.unwrap(), "OK\r\n");
+    let baseline = stat_on(&mut probe, "curr_connections").await;
     drop(probe);
-    let baseline = stat(&added, "curr_connections").await;
     let proxy = Proxy::start(&[("main", vec![&main]), ("backup", vec![&backup])]).await;
     proxy.await_state(&main, "up").await;
     proxy.await_state(&backup, "up").await;
@@ -430,8 +434,10 @@ async fn a_server_added_and_removed_by_sighup_is_never_read_stale() {
 async fn a_pool_is_added_and_removed_and_what_cannot_be_done_safely_waits() {
     let _serial = SERIAL.lock().await;
     let (main, backup, other) = (memcached(), memcached(), memcached());
-    plant_old_values(&backup).await;
-    let baseline = stat(&backup, "curr_connections").await;
+    // Read on the planting connection, as in the test above.
+    let mut probe = plant_old_values(&backup).await;
+    let baseline = stat_on(&mut probe, "curr_connections").await;
+    drop(probe);
     let proxy = Proxy::start(&[("main", vec![&main])]).await;
     proxy.await_state(&main, "up").await;
     let load = Load::start(&proxy.addr).await;

@@ -29,7 +29,8 @@ use keepcached_protocol::response::{MetaCode, Status};
 
 /// A metadump line longer than this is not one (keys are at most 250 bytes, encoded 750).
 const MAX_LINE: usize = 4096;
-/// Passes over a source whose dump listed fewer items than it held.
+/// Passes over a source at most: the second and later ones list it again for items an earlier
+/// one skipped.
 const PASSES: u32 = 6;
 /// The wait before a second pass, doubled before each later one (0.1 + 0.2 + ... + 1.6 s at
 /// most in all). memcached's LRU maintainer relinks the items the previous pass just read, in
@@ -128,6 +129,7 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
             let held = crate::resync::stats_once(&src)
                 .await
                 .map_or(0, |identity| identity.curr_items);
+            let copied_before = copied(&target);
             let listed = match copy_from(ctx, id, source, pass, &mut seen, &mut pace).await {
                 Ok(listed) => listed,
                 Err(Interrupted::Failed(stopped)) => {
@@ -146,8 +148,12 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
                 }
             };
             // Not the target's item count: memcached counts flushed items until it reclaims
-            // them, so a flushed target can look full while it lacks keys.
-            if listed >= held {
+            // them, so a flushed target can look full while it lacks keys. A count is no proof
+            // under client writes (a key created meanwhile hides one the crawler skipped), so a
+            // second listing always looks for skipped keys, and the passes end with one that
+            // found none the target lacked.
+            let recovered = pass > 1 && copied(&target) > copied_before;
+            if pass > 1 && listed >= held && !recovered {
                 break;
             }
             if pass == PASSES {
@@ -157,21 +163,25 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
                     passes = pass,
                     listed,
                     items = held,
-                    "the source still listed fewer items than it holds; what it never listed stays cold"
+                    recovered,
+                    "the source may still skip items; what it never listed stays cold"
                 );
                 break;
             }
             // memcached's crawler passes over an item it finds locked (being read or written
             // at that instant): another listing copies those, and only those (the keys the
             // target already holds are not read from the source again).
-            tracing::info!(
-                backend = %target.addr,
-                source = %src.addr,
-                pass,
-                listed,
-                items = held,
-                "the source listed fewer items than it holds; listing again for what is missing"
-            );
+            if listed < held || recovered {
+                tracing::info!(
+                    backend = %target.addr,
+                    source = %src.addr,
+                    pass,
+                    listed,
+                    items = held,
+                    recovered,
+                    "the source may have skipped items (it listed fewer than it holds, or the last pass found skipped ones); listing again for what is missing"
+                );
+            }
         }
     }
     let progress = target.health.progress.lock().take().unwrap_or_default();
@@ -186,6 +196,16 @@ pub async fn warm(ctx: &Arc<Context>, id: usize) -> Result<(), Stopped> {
         "warm-up finished"
     );
     Ok(())
+}
+
+/// Items the warm-up of `target` has stored so far.
+fn copied(target: &Backend) -> u64 {
+    target
+        .health
+        .progress
+        .lock()
+        .as_ref()
+        .map_or(0, |progress| progress.copied)
 }
 
 /// The keys (by hash) the passes over one source have listed, so a later pass copies only what
