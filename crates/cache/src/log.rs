@@ -23,7 +23,8 @@
 //! Layout of an item (little-endian, unaligned): key length (1 byte), state bits (2), inline
 //! value length (2), last access (4), CAS (8), expiry time (4, only with [`HAS_EXPTIME`]),
 //! client flags (4, only with [`HAS_FLAGS`]), the key, then the value or, with [`LARGE`], its
-//! 4-byte side-table slot.
+//! 4-byte side-table slot. The expiry time is there when it is not 0, and always without
+//! eviction (`-M`, see `Shard::exptime_bit`).
 
 use bytes::{Bytes, BytesMut};
 
@@ -70,8 +71,9 @@ const DEAD: u16 = 1 << 6;
 const LARGE: u16 = 1 << 7;
 /// Client flags follow the fixed header (and the expiry time).
 const HAS_FLAGS: u16 = 1 << 8;
-/// An expiry time follows the fixed header.
-const HAS_EXPTIME: u16 = 1 << 9;
+/// An expiry time follows the fixed header. A new item given this bit carries the field even
+/// when its expiry time is 0.
+pub(crate) const HAS_EXPTIME: u16 = 1 << 9;
 /// The use frequency saturates here (two bits, as in S3-FIFO).
 pub(crate) const FREQ_MAX: u8 = 3;
 
@@ -81,9 +83,14 @@ pub(crate) fn with_freq(bits: u16, freq: u8) -> u16 {
 }
 
 /// The bytes an item takes in the log.
-pub(crate) const fn item_len(key_len: usize, value_len: usize, flags: u32, exptime: Time) -> usize {
+pub(crate) const fn item_len(
+    key_len: usize,
+    value_len: usize,
+    flags: u32,
+    exptime_field: bool,
+) -> usize {
     let flags = if flags == 0 { 0 } else { FLAGS_LEN };
-    let exptime = if exptime == 0 { 0 } else { EXPTIME_LEN };
+    let exptime = if exptime_field { EXPTIME_LEN } else { 0 };
     let value = if value_len >= SHARED_MIN {
         SLOT_LEN
     } else {
@@ -161,8 +168,18 @@ impl NewItem<'_> {
         }
     }
 
+    /// Whether the item carries an expiry time field: when it has one, or was given the bit.
+    pub(crate) fn exptime_field(&self) -> bool {
+        self.exptime != 0 || self.bits & HAS_EXPTIME != 0
+    }
+
     pub(crate) fn len(&self) -> usize {
-        item_len(self.key.len(), self.value_len(), self.flags, self.exptime)
+        item_len(
+            self.key.len(),
+            self.value_len(),
+            self.flags,
+            self.exptime_field(),
+        )
     }
 }
 
@@ -427,7 +444,7 @@ impl Log {
         if item.flags != 0 {
             bits |= HAS_FLAGS;
         }
-        if item.exptime != 0 {
+        if item.exptime_field() {
             bits |= HAS_EXPTIME;
         }
         let inline_len = if large.is_some() { 0 } else { value_len as u16 };
@@ -439,7 +456,7 @@ impl Log {
         data.extend_from_slice(&inline_len.to_le_bytes());
         data.extend_from_slice(&item.last_access.to_le_bytes());
         data.extend_from_slice(&item.cas.to_le_bytes());
-        if item.exptime != 0 {
+        if item.exptime_field() {
             data.extend_from_slice(&item.exptime.to_le_bytes());
         }
         if item.flags != 0 {
@@ -631,7 +648,7 @@ mod tests {
             );
             assert!(e.has(FETCHED) && e.has(BINARY_KEY) && !e.dead() && !e.large());
             assert_eq!(e.len(), new.len());
-            assert_eq!(e.len(), item_len(3, 5, flags, exptime));
+            assert_eq!(e.len(), item_len(3, 5, flags, exptime != 0));
         }
         let first = log.at(id, 0).unwrap();
         assert_eq!(log.get(first).len(), HEADER + 3 + 5, "no optional fields");
@@ -646,7 +663,7 @@ mod tests {
         let id = log.open(true).unwrap();
         let value = vec![b'1'; SHARED_MIN];
         let at = log.append(id, &item(b"k", &value, 0, 0));
-        assert_eq!(log.written(id), item_len(1, SHARED_MIN, 0, 0));
+        assert_eq!(log.written(id), item_len(1, SHARED_MIN, 0, false));
         assert!(log.get(at).large());
         let taken = log.shared(at).unwrap().clone();
         assert_eq!(taken.as_ptr(), log.get(at).value().as_ptr(), "no copy");
@@ -661,8 +678,8 @@ mod tests {
             unique,
             "no reader: changed in place"
         );
-        assert_eq!(log.kill(at), item_len(1, SHARED_MIN, 0, 0));
+        assert_eq!(log.kill(at), item_len(1, SHARED_MIN, 0, false));
         assert!(log.get(at).dead() && log.get(at).value().is_empty());
-        assert_eq!(log.garbage(id), item_len(1, SHARED_MIN, 0, 0));
+        assert_eq!(log.garbage(id), item_len(1, SHARED_MIN, 0, false));
     }
 }

@@ -43,7 +43,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::{
-    segment_of, with_freq, Item, Loc, Log, NewItem, BINARY_KEY, FETCHED, NIL, STALE, TOKEN_SENT,
+    segment_of, with_freq, Item, Loc, Log, NewItem, BINARY_KEY, FETCHED, HAS_EXPTIME, NIL, STALE,
+    TOKEN_SENT,
 };
 use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{Ghost, Queue, SMALL_SHARE_DIVISOR};
@@ -377,9 +378,29 @@ impl Shard {
         }
     }
 
+    /// Without eviction (-M) every item carries an expiry time field, 0 or not: giving it an
+    /// expiry time later (touch, gat) then changes it in place. A copy 4 bytes larger would
+    /// need room that, with nothing to evict, the shard may not have.
+    fn exptime_bit(&self, bits: u16) -> u16 {
+        if self.cfg.evict {
+            bits
+        } else {
+            bits | HAS_EXPTIME
+        }
+    }
+
+    /// The bytes a new item with these fields is accounted for in this shard.
+    fn sized(&self, key_len: usize, value_len: usize, flags: u32, exptime: Time) -> u64 {
+        item_size(key_len, value_len, flags, exptime != 0 || !self.cfg.evict)
+    }
+
     /// Writes an item at the head of a queue; `None` when no segment can be had. The caller has
     /// made room for it.
     fn append(&mut self, main: bool, item: &NewItem<'_>) -> Option<Loc> {
+        let item = &NewItem {
+            bits: self.exptime_bit(item.bits),
+            ..*item
+        };
         let len = item.len();
         let head = match self.queue(main).head() {
             Some(head) if self.log.fits(head, len) => head,
@@ -391,7 +412,12 @@ impl Shard {
         };
         let at = self.log.append(head, item);
         self.queue(main).bytes += len as u64;
-        let accounted = item_size(item.key.len(), item.value_len(), item.flags, item.exptime);
+        let accounted = item_size(
+            item.key.len(),
+            item.value_len(),
+            item.flags,
+            item.exptime_field(),
+        );
         self.used += accounted;
         self.live += accounted;
         self.logged += 1;
@@ -822,7 +848,7 @@ impl Shard {
         // Whether the key was evicted recently, asked before making room evicts others (whose
         // fingerprints could take its ghost slot).
         let main = self.ghost.contains(hash);
-        let bytes = item_size(item.key.len(), item.value_len(), item.flags, item.exptime);
+        let bytes = self.sized(item.key.len(), item.value_len(), item.flags, item.exptime);
         if !self.make_room(bytes, &mut NIL.clone(), now) {
             return None;
         }
@@ -1111,7 +1137,7 @@ impl Shard {
                 None => fail(StoreResult::OutOfMemory),
             };
         };
-        let new_bytes = item_size(put.key.len(), item.value_len(), put.flags, put.exptime);
+        let new_bytes = self.sized(put.key.len(), item.value_len(), put.flags, put.exptime);
         let old_bytes = item_bytes(&self.log.get(at));
         if new_bytes > self.cfg.limit
             || !self.make_room(new_bytes.saturating_sub(old_bytes), &mut at, now)
@@ -1182,7 +1208,7 @@ impl Shard {
         if grown {
             let (flags, exptime, freq) = (old.flags(), old.exptime(), old.freq());
             let old_bytes = item_bytes(&old);
-            let new_bytes = item_size(key.len(), digits.len(), flags, exptime);
+            let new_bytes = self.sized(key.len(), digits.len(), flags, exptime);
             if !self.make_room(new_bytes.saturating_sub(old_bytes), &mut at, now) {
                 return DeltaOutcome::OutOfMemory;
             }
@@ -1401,7 +1427,7 @@ impl Shard {
     /// evicting would throw out items loaded a moment ago for this one.
     pub(crate) fn import(&mut self, hash: u64, item: &SavedItem<'_>, now: Time) -> ImportResult {
         self.advance(now);
-        let bytes = item_size(item.key.len(), item.value.len(), item.flags, item.exptime);
+        let bytes = self.sized(item.key.len(), item.value.len(), item.flags, item.exptime);
         if self.used + bytes > self.cfg.limit {
             self.reuse_garbage();
         }

@@ -7,7 +7,6 @@
 //!   `bytes` reports and what the memory limit is checked against.
 
 use crate::log::{item_len, SHARED_MIN};
-use crate::Time;
 
 /// `sizeof(item)` of memcached 1.6 on a 64-bit platform: the header every item carries.
 const MEMCACHED_HEADER: usize = 48;
@@ -55,17 +54,18 @@ pub(crate) fn large_size(value_len: usize) -> usize {
     }
 }
 
-/// The bytes an item with these key and value lengths, client flags and expiry time is
-/// accounted for.
-pub(crate) fn item_size(key_len: usize, value_len: usize, flags: u32, exptime: Time) -> u64 {
-    (item_len(key_len, value_len, flags, exptime) + ITEM_OVERHEAD + large_size(value_len)) as u64
+/// The bytes an item with these key and value lengths and client flags is accounted for, with
+/// or without an expiry time field.
+pub(crate) fn item_size(key_len: usize, value_len: usize, flags: u32, exptime_field: bool) -> u64 {
+    (item_len(key_len, value_len, flags, exptime_field) + ITEM_OVERHEAD + large_size(value_len))
+        as u64
 }
 
 /// The bytes an item with this key and value length (client flags 0, no expiry time) is
 /// accounted for: its bytes in the log, its index and ghost share, and the allocation of a
 /// value kept out of the log. Non-zero flags add 4, an expiry time 4.
 pub fn accounted_size(key_len: usize, value_len: usize) -> u64 {
-    item_size(key_len, value_len, 0, 0)
+    item_size(key_len, value_len, 0, false)
 }
 
 #[cfg(test)]

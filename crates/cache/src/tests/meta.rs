@@ -162,7 +162,7 @@ fn vivify_creates_an_empty_item_on_a_miss() {
 #[test]
 fn vivify_that_cannot_fit_is_a_miss() {
     let c = Cache::new(Config {
-        max_bytes: accounted_size(1, 1),
+        max_bytes: super::accounted_without_eviction(1, 1),
         item_size_max: 100,
         evict: false,
         cas: true,

@@ -17,11 +17,21 @@ fn cache() -> Cache {
 /// A one-shard cache that holds exactly `items` items of `key_len`-byte keys and 100-byte values
 /// without expiry times.
 fn small_cache(items: u64, key_len: usize, evict: bool) -> Cache {
-    one_shard(items * accounted_size(key_len, 100), evict)
+    let item = if evict {
+        accounted_size(key_len, 100)
+    } else {
+        accounted_without_eviction(key_len, 100)
+    };
+    one_shard(items * item, evict)
 }
 
 /// An expiry time takes 4 bytes of an item.
 const EXPTIME_BYTES: u64 = 4;
+
+/// Without eviction (-M) every item carries its expiry time field, 0 or not.
+fn accounted_without_eviction(key_len: usize, value_len: usize) -> u64 {
+    accounted_size(key_len, value_len) + EXPTIME_BYTES
+}
 
 fn one_shard(max_bytes: u64, evict: bool) -> Cache {
     Cache::new(Config {
@@ -714,7 +724,7 @@ fn without_eviction_a_full_cache_refuses_stores() {
 
 #[test]
 fn without_eviction_every_shard_fills_before_a_store_is_refused() {
-    let item = accounted_size(5, 100);
+    let item = accounted_without_eviction(5, 100);
     let c = Cache::new(Config {
         max_bytes: 400 * item,
         item_size_max: 2048,
@@ -787,7 +797,7 @@ fn without_eviction_expired_items_still_make_room() {
 fn incr_without_room_to_grow_is_out_of_memory() {
     let b = b"bbbbbbbbbb";
     let c = Cache::new(Config {
-        max_bytes: accounted_size(1, 3) + accounted_size(b.len(), 9),
+        max_bytes: accounted_without_eviction(1, 3) + accounted_without_eviction(b.len(), 9),
         item_size_max: 100,
         evict: false,
         cas: true,
@@ -1263,5 +1273,31 @@ fn clear_drops_every_item() {
     assert_eq!(c.stats().bytes, 0);
     assert!(get(&c, &key(3), 1).is_none());
     assert_eq!(set(&c, &key(3), b"again", 2), StoreResult::Stored);
+    c.check();
+}
+
+#[test]
+fn without_eviction_giving_items_an_expiry_time_needs_no_room() {
+    // Items stored without an expiry time fill the shard, then each is given one (touch, as
+    // gat and `mg T` do). A copy 4 bytes larger per item took the shard over its limit with
+    // nothing to evict (the review found 210,865 of 204,800 bytes).
+    let c = small_cache(100, 5, false);
+    let mut stored = 0;
+    while set(&c, &key(stored), &[b'v'; 100], 1) == StoreResult::Stored {
+        stored += 1;
+    }
+    for i in 0..stored {
+        assert!(c.touch(&key(i), 1000, 1), "touch {i}");
+    }
+    let (used, limit) = {
+        let shard = c.shards[0].0.lock();
+        (shard.used(), shard.limit())
+    };
+    assert!(used <= limit, "{used} bytes used of a {limit}-byte limit");
+    assert_eq!(stored, 100);
+    for i in 0..stored {
+        assert_eq!(get(&c, &key(i), 999), Some(vec![b'v'; 100]), "key {i}");
+        assert_eq!(get(&c, &key(i), 1000), None, "key {i} expired");
+    }
     c.check();
 }
