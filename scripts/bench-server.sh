@@ -25,7 +25,10 @@
 #    about 3x what -m 64 holds; only the second half of the sequence is measured. The table
 #    shows the ceiling, the hit ratio of an unbounded cache (first requests of a key miss for
 #    any policy): with 3,000,000 requests it is 0.8965 at alpha 0.99, 1.013x memcached's, so
-#    shorter replays cannot show a policy's gain; 10,000,000 requests raise it to 0.96.
+#    shorter replays cannot show a policy's gain; 10,000,000 requests raise it to 0.96. It also
+#    shows a perfect LFU's hit ratio at the items ours holds (every past request counted, the
+#    most requested keys kept; about 15 s of Python per replay): what a better eviction policy
+#    could still gain, as opposed to what only more items per MB can.
 # 4. With CALLGRIND=1 (valgrind installed): instructions per operation of each server on a fixed
 #    request sequence (mcbench.py fixed), the repeatable figure on a noisy machine: the
 #    difference between a run with CG_BATCHES batches and one with none, divided by its ops.
