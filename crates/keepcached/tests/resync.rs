@@ -591,6 +591,140 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
     serving.stop().await;
 }
 
+/// A node of the seed's two-node tier restarts: its cache server (main) comes back empty, as
+/// another process, and its proxy starts afresh beside the serving one, which saw main miss
+/// writes while it was down (its ledger mark is on the backup). Only the serving proxy flushes
+/// and warms main: the fresh proxy looks whether another proxy serves before it acts, and as a
+/// standby leaves main to it. (Without that look the fresh proxy flushed main too: a second
+/// flush that empties a server the serving proxy warms.) The serving proxy holds main until the
+/// fresh one has judged it, so the order of the two proxies' work is the same in every run; the
+/// flushes are counted on main (memcached's `cmd_flush`, from 0 in the restarted process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_s_fresh_proxy_does_not_flush_what_the_serving_one_warms() {
+    let _serial = SERIAL.lock().await;
+    const KEYS: usize = 1_000;
+    const MISSED: usize = 100;
+    let (mut main, backup, serving) = start_tier(Kind::Memcached, |_| {}).await;
+    let mut client = serving.client().await;
+    for i in 0..KEYS {
+        assert_eq!(
+            client.set(&format!("k{i}"), "v1").await.unwrap(),
+            "STORED\r\n"
+        );
+    }
+    main.kill();
+    serving.await_state(&main, "down").await;
+    for i in 0..MISSED {
+        assert_eq!(
+            client.set(&format!("k{i}"), "v2").await.unwrap(),
+            "STORED\r\n"
+        );
+    }
+    let hold = format!("backend hold {}\r\n", main.addr());
+    assert_eq!(client.call(&hold).await.unwrap(), "OK\r\n");
+    main.restart().expect("restart on the same port");
+    let fresh = Proxy::start(config(&main, &backup)).await;
+    // Only `stats` is asked of the fresh proxy until the end: a data request would make it
+    // serve.
+    await_stat(&fresh, "other_proxy_serving", 1).await;
+    fresh.await_backend(&main, &["marked_by_other=1"]).await;
+    serving
+        .await_backend(&main, &["state=suspect ", "held=1 ", "restarts=1 "])
+        .await;
+    let warm = format!("backend warm {}\r\n", main.addr());
+    assert_eq!(client.call(&warm).await.unwrap(), "OK\r\n");
+    serving
+        .await_backend(&main, &["state=up ", "missed_keys=0 "])
+        .await;
+    fresh.await_backend(&main, &["marked_by_other=0"]).await;
+    let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
+    let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
+    let mut wrong = 0;
+    for i in 0..KEYS {
+        let expected = if i < MISSED { "v2" } else { "v1" };
+        wrong +=
+            u32::from(direct.get(&format!("k{i}")).await.unwrap().as_deref() != Some(expected));
+    }
+    // Given clients, the fresh proxy serves: it fills main with what main lacks (nothing now),
+    // without a flush, and reads it.
+    let mut through_fresh = fresh.client().await;
+    for i in 0..KEYS {
+        let expected = if i < MISSED { "v2" } else { "v1" };
+        wrong += u32::from(
+            through_fresh
+                .get(&format!("k{i}"))
+                .await
+                .unwrap()
+                .as_deref()
+                != Some(expected),
+        );
+    }
+    fresh.await_state(&main, "up").await;
+    let flushes_after = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
+    println!(
+        "flushes of the restarted main server: {flushes} once warmed, {flushes_after} once the \
+         fresh proxy serves; keys not as last written: {wrong}"
+    );
+    assert_eq!(flushes, 1, "main flushed by both proxies");
+    assert_eq!(
+        flushes_after, 1,
+        "the fresh proxy flushed main once it served"
+    );
+    assert_eq!(wrong, 0);
+    fresh.stop().await;
+    serving.stop().await;
+}
+
+/// A lone proxy acts at its start as soon as a look at the servers shows no other proxy
+/// serving: a proxy that went away left a ledger mark on the backup (main missed its writes
+/// while it was down) and its heartbeat expired; main is back (a new process on its port), and
+/// the new proxy flushes and warms it without waiting out its look's bound, which with a health
+/// interval of a minute is longer than this test's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
+    let _serial = SERIAL.lock().await;
+    const KEYS: usize = 50;
+    let (mut main, backup, first) = start_tier(Kind::Memcached, |_| {}).await;
+    let mut client = first.client().await;
+    for i in 0..KEYS {
+        assert_eq!(
+            client.set(&format!("k{i}"), "v1").await.unwrap(),
+            "STORED\r\n"
+        );
+    }
+    main.kill();
+    first.await_state(&main, "down").await;
+    for i in 0..KEYS {
+        assert_eq!(
+            client.set(&format!("k{i}"), "v2").await.unwrap(),
+            "STORED\r\n"
+        );
+    }
+    first.stop().await;
+    // A heartbeat still there makes the new proxy a standby.
+    let mut on_backup = Client::connect(&backup.addr().to_string()).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while on_backup.get("keepcached:serving").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the heartbeat never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    main.restart().expect("restart on the same port");
+    let mut lone = config(&main, &backup);
+    lone.backend.health_interval_ms = 60_000;
+    let lone = Proxy::start(lone).await;
+    lone.await_state(&main, "up").await;
+    let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
+    let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
+    let mut wrong = 0;
+    for i in 0..KEYS {
+        wrong += u32::from(direct.get(&format!("k{i}")).await.unwrap().as_deref() != Some("v2"));
+    }
+    println!("flushes of main by the lone proxy: {flushes}; keys not v2 on it: {wrong}");
+    assert_eq!(flushes, 1);
+    assert_eq!(wrong, 0);
+    lone.stop().await;
+}
+
 /// A `flush_all` sent through the first proxy while the main server is stopped also flushes
 /// the ledger's marks: they are made again before the flush is acknowledged, so the second
 /// proxy (after the first went away) does not serve what the flush removed.

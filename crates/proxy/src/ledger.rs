@@ -167,21 +167,40 @@ pub async fn heartbeat(ctx: &Context, ttl: i32) {
     while sets.next().await.is_some() {}
 }
 
-/// Whether another proxy's serving heartbeat is on any server that takes writes.
-pub async fn others_serving(ctx: &Context) -> bool {
+/// What a look at the serving heartbeats found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Serving {
+    /// Another proxy's heartbeat is on a server.
+    pub others: bool,
+    /// At least one server that takes writes was read and every one answered: a heartbeat
+    /// that was not seen is not there.
+    pub complete: bool,
+}
+
+/// Whether another proxy's serving heartbeat is on any server that takes writes. A server that
+/// does not answer leaves the look incomplete: the heartbeat may be on it alone.
+pub async fn others_serving(ctx: &Context) -> Serving {
     let router = ctx.router();
     let mut reads: FuturesUnordered<_> = router
         .live()
         .filter(|b| b.state().takes_writes())
         .map(|b| read(b, SERVING))
         .collect();
-    let mut others = false;
+    let (mut others, mut answered, mut failed) = (false, 0, 0);
     while let Some(read) = reads.next().await {
-        if let Ok(Some((id, _))) = read {
-            others |= id != ctx.proxy_id.as_bytes();
+        match read {
+            Ok(Some((id, _))) => {
+                answered += 1;
+                others |= id != ctx.proxy_id.as_bytes();
+            }
+            Ok(None) => answered += 1,
+            Err(()) => failed += 1,
         }
     }
-    others
+    Serving {
+        others,
+        complete: answered > 0 && failed == 0,
+    }
 }
 
 /// How many of the proxies' own items (marks about any server, the serving heartbeat)

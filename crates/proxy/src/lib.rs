@@ -103,8 +103,9 @@ struct Context {
     vouching: tokio::sync::Mutex<()>,
     /// The data requests counted when [`Context::serving`] last saw the count move, and when.
     activity: parking_lot::Mutex<(u64, Option<std::time::Instant>)>,
-    /// Another proxy's serving heartbeat was on the servers at the last look (ledger.rs).
-    others_serving: std::sync::atomic::AtomicBool,
+    /// Whether another proxy serves the clients, as the last look at the servers found
+    /// ([`resync`]: a standby decides on a look made when it is about to act, not on this).
+    others: parking_lot::Mutex<resync::OthersKnown>,
     /// Data broadcasts (`flush_all`) sent so far: a copy (repair, warm-up) that read its item
     /// before one and stored it after deletes it again.
     flushes: std::sync::atomic::AtomicU64,
@@ -168,18 +169,9 @@ impl Context {
         *self.live.write() = Arc::new(config);
     }
 
-    /// Whether this proxy flushes, warms and repairs its servers: it serves clients, or no other
-    /// proxy does. A standby (the other host holds the VIP) only reads and judges them: the
-    /// proxy that serves the clients repairs them, under its own key locks, and two proxies
-    /// doing it at once would race each other's writes.
-    fn may_act(&self) -> bool {
-        self.serving() || !self.others_serving()
-    }
-
     /// Whether another proxy's serving heartbeat was on the servers at the last look.
     fn others_serving(&self) -> bool {
-        self.others_serving
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.others.lock().found() == resync::Others::Serving
     }
 
     /// Whether this proxy served clients lately (see [`STANDBY_AFTER`]).
@@ -330,6 +322,7 @@ impl Bound {
             item_size_max: config.item_size_max,
             ..Limits::default()
         };
+        let others = resync::OthersKnown::new(config.resync.ledger);
         let ctx = Arc::new(Context {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             live: parking_lot::RwLock::new(Arc::new(config.clone())),
@@ -346,7 +339,7 @@ impl Bound {
             vouched: parking_lot::Mutex::new(None),
             vouching: tokio::sync::Mutex::new(()),
             activity: parking_lot::Mutex::new((0, None)),
-            others_serving: std::sync::atomic::AtomicBool::new(false),
+            others: parking_lot::Mutex::new(others),
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
         ctx.apply(ctx.config.clone());

@@ -66,17 +66,127 @@ pub fn start(ctx: &Arc<Context>, shutdown: &tokio::sync::watch::Receiver<bool>) 
     tokio::spawn(serving(ctx.clone(), shutdown.clone()));
 }
 
-/// While this proxy serves clients: its heartbeat on the servers, for three health intervals
-/// (one missed refresh does not make a serving proxy look like a standby).
+/// While this proxy serves clients: its heartbeat on the servers (see [`heartbeat_ttl`]).
 pub async fn heartbeat(ctx: &Context) {
     if ctx.live().resync.ledger && ctx.serving() {
-        let ttl = (ctx.live().backend.health_interval() * 3).as_secs().max(2) as i32;
-        ledger::heartbeat(ctx, ttl).await;
+        ledger::heartbeat(ctx, heartbeat_ttl(ctx)).await;
     }
 }
 
+/// The slowest round of the [`serving`] loop: its sleep, then a heartbeat set and a look that
+/// may each wait out a stalled server's connect and request timeouts.
+fn slowest_round(ctx: &Context) -> Duration {
+    let settings = &ctx.live().backend;
+    settings.health_interval() + (settings.connect_timeout() + settings.request_timeout()) * 2
+}
+
+/// How long a serving heartbeat lasts, in seconds: two of the slowest rounds that refresh it,
+/// and one second more for memcached's clock, which counts whole seconds (an item set for `n`
+/// seconds may be gone after `n - 1`). Shorter, a server that stalls lets the heartbeat expire
+/// on the others while this proxy serves, and a standby acts beside it: three health intervals
+/// (2 s in the tests) did, with rounds of over a second while a server was stopped.
+fn heartbeat_ttl(ctx: &Context) -> i32 {
+    let ttl = (slowest_round(ctx) * 2).as_secs_f64().ceil() + 1.0;
+    ttl.min(f64::from(i32::MAX)) as i32
+}
+
+/// Whether another proxy serves the clients, as far as this proxy knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Others {
+    /// No look has told: this proxy just started, or a server that takes writes did not answer
+    /// the last look and no other showed a heartbeat (it may be on that server alone).
+    Unknown,
+    /// Another proxy's heartbeat was on a server.
+    Serving,
+    /// Every server that takes writes answered without another proxy's heartbeat, or no look
+    /// told for one slowest round of the [`serving`] loop.
+    Nobody,
+}
+
+/// The last look's finding, and when a look last told.
+#[derive(Debug)]
+pub struct OthersKnown {
+    found: Others,
+    told: Instant,
+}
+
+impl OthersKnown {
+    /// At start: unknown until the first look tells; without the ledger there are no heartbeats
+    /// to look for, and no other proxy this one could stand by for.
+    pub fn new(ledger: bool) -> OthersKnown {
+        OthersKnown {
+            found: if ledger {
+                Others::Unknown
+            } else {
+                Others::Nobody
+            },
+            told: Instant::now(),
+        }
+    }
+
+    pub fn found(&self) -> Others {
+        self.found
+    }
+}
+
+/// Looks now whether another proxy serves the clients, and records what it found. A look
+/// that saw no heartbeat while a server did not answer cannot tell; once no look told for one
+/// slowest round of the [`serving`] loop (by then a stalled server is down, and no longer
+/// read), it counts as nobody, with a warning: a lone proxy does not wait longer than that.
+async fn look_serving(ctx: &Context) -> Others {
+    let look = ledger::others_serving(ctx).await;
+    let bound = slowest_round(ctx);
+    let mut known = ctx.others.lock();
+    let told = look.others || look.complete;
+    if told {
+        known.told = Instant::now();
+    }
+    let found = if look.others {
+        Others::Serving
+    } else if told || known.told.elapsed() >= bound {
+        Others::Nobody
+    } else {
+        Others::Unknown
+    };
+    if found != known.found {
+        known.found = found;
+        match found {
+            Others::Serving => tracing::info!(
+                "another proxy serves the clients: this one is a standby and leaves flushes, \
+                 warm-ups and repairs to it"
+            ),
+            Others::Nobody if told => tracing::info!(
+                "no other proxy serves the clients: this one flushes, warms and repairs its servers"
+            ),
+            Others::Nobody => tracing::warn!(
+                ?bound,
+                "no look told whether another proxy serves the clients (a server did not \
+                 answer): this one flushes, warms and repairs its servers"
+            ),
+            Others::Unknown => tracing::info!(
+                "a server did not answer the look for another proxy serving the clients: this \
+                 one leaves its servers as they are until a look tells"
+            ),
+        }
+    }
+    found
+}
+
+/// Whether this proxy may flush, warm or repair a server now: it serves clients, or a look
+/// made now finds that no other proxy does. A standby (the other host holds the VIP) only reads
+/// and judges its servers: the serving proxy repairs them under its own key locks, and two
+/// proxies at it would race each other's writes and flush what the other warms. An older look
+/// is not enough: a freshly started proxy has made none, and a heartbeat seen a round ago may
+/// have been missed since.
+async fn may_act(ctx: &Context) -> bool {
+    if ctx.serving() || !ctx.live().resync.ledger {
+        return true;
+    }
+    look_serving(ctx).await == Others::Nobody
+}
+
 /// Every health interval: while this proxy serves clients, its heartbeat on the servers; and
-/// whether another proxy's is there.
+/// whether another proxy's is there (for `stats`; acting waits for a look of its own).
 async fn serving(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     if !ctx.live().resync.ledger {
         return;
@@ -84,8 +194,7 @@ async fn serving(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<b
     let interval = ctx.live().backend.health_interval();
     loop {
         heartbeat(&ctx).await;
-        let others = ledger::others_serving(&ctx).await;
-        ctx.others_serving.store(others, Ordering::Relaxed);
+        look_serving(&ctx).await;
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = stopped(&mut shutdown) => return,
@@ -151,7 +260,7 @@ pub async fn supervise(ctx: Arc<Context>, id: usize) {
                 continue;
             }
             health.back_up.notify_waiters();
-            if !clean && (ctx.may_act() || order.is_some()) {
+            if !clean && (order.is_some() || may_act(&ctx).await) {
                 restore(&ctx, id, order).await;
             }
             continue;
@@ -162,7 +271,7 @@ pub async fn supervise(ctx: Arc<Context>, id: usize) {
                 // A connection closed: see who the server is now, before anything else.
                 check(&ctx, &backend, &mut known, &mut checker).await;
             }
-            if ctx.may_act() || order.is_some() {
+            if order.is_some() || may_act(&ctx).await {
                 restore(&ctx, id, order).await;
             } else {
                 settle(&backend);
@@ -277,7 +386,8 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         }
     }
     let serving = ctx.serving();
-    let may_act = ctx.may_act();
+    // Asked only about another proxy's mark, the one thing a standby leaves alone.
+    let may_flush_marked = marks.foreign && may_act(ctx).await;
     let stale = {
         let mut standing = health.standing.lock();
         // Seen who it is: a restart is handled below.
@@ -293,7 +403,7 @@ async fn judge(ctx: &Context, backend: &Backend, known: &mut Option<Identity>, n
         }
         // A standby proxy only keeps off a server another proxy marked: the proxy that serves
         // the clients repairs it (once no other proxy serves them, this one flushes it).
-        if marks.foreign && may_act && !standing.flushed_pending {
+        if may_flush_marked && !standing.flushed_pending {
             standing.must_flush("another proxy recorded in the ledger that it missed writes");
         }
         if others_hold_items && ctx.live().resync.warmup && !standing.needs_flush() {
