@@ -468,12 +468,7 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
     let (main, mut backup, proxy1) = start_tier(Kind::Memcached, |_| {}).await;
     let proxy2 = Proxy::start(config(&main, &backup)).await;
     let mut client = proxy1.client().await;
-    for i in 0..200 {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v1").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..200, "v1").await;
     main.signal(Signal::SIGSTOP).unwrap();
     proxy1.await_state(&main, "down").await;
     for i in 0..200 {
@@ -512,6 +507,16 @@ async fn a_second_proxy_does_not_read_what_the_first_knew_stale() {
 }
 
 /// A `STAT <name> <n>` of a `stats` reply.
+/// Sets `k0`, `k1`, … (the keys in `keys`) to `value` through `client`, each stored.
+async fn set_keys(client: &mut Client, keys: std::ops::Range<usize>, value: &str) {
+    for i in keys {
+        assert_eq!(
+            client.set(&format!("k{i}"), value).await.unwrap(),
+            "STORED\r\n"
+        );
+    }
+}
+
 fn stat(stats: &str, name: &str) -> u64 {
     let prefix = format!("STAT {name} ");
     stats
@@ -545,21 +550,11 @@ async fn a_standby_proxy_leaves_the_repair_to_the_serving_one() {
     let (main, backup, serving) = start_tier(Kind::Memcached, |_| {}).await;
     let standby = Proxy::start(config(&main, &backup)).await;
     let mut client = serving.client().await;
-    for i in 0..100 {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v1").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..100, "v1").await;
     await_stat(&standby, "other_proxy_serving", 1).await;
     main.signal(Signal::SIGSTOP).unwrap();
     serving.await_state(&main, "down").await;
-    for i in 0..100 {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v2").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..100, "v2").await;
     // Held by the serving proxy when it returns: its mark stays on the backup meanwhile.
     let hold = format!("backend hold {}\r\n", main.addr());
     assert_eq!(client.call(&hold).await.unwrap(), "OK\r\n");
@@ -606,20 +601,10 @@ async fn a_restarted_node_s_fresh_proxy_does_not_flush_what_the_serving_one_warm
     const MISSED: usize = 100;
     let (mut main, backup, serving) = start_tier(Kind::Memcached, |_| {}).await;
     let mut client = serving.client().await;
-    for i in 0..KEYS {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v1").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..KEYS, "v1").await;
     main.kill();
     serving.await_state(&main, "down").await;
-    for i in 0..MISSED {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v2").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..MISSED, "v2").await;
     let hold = format!("backend hold {}\r\n", main.addr());
     assert_eq!(client.call(&hold).await.unwrap(), "OK\r\n");
     main.restart().expect("restart on the same port");
@@ -686,20 +671,10 @@ async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
     const KEYS: usize = 50;
     let (mut main, backup, first) = start_tier(Kind::Memcached, |_| {}).await;
     let mut client = first.client().await;
-    for i in 0..KEYS {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v1").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..KEYS, "v1").await;
     main.kill();
     first.await_state(&main, "down").await;
-    for i in 0..KEYS {
-        assert_eq!(
-            client.set(&format!("k{i}"), "v2").await.unwrap(),
-            "STORED\r\n"
-        );
-    }
+    set_keys(&mut client, 0..KEYS, "v2").await;
     first.stop().await;
     // A heartbeat still there makes the new proxy a standby.
     let mut on_backup = Client::connect(&backup.addr().to_string()).await.unwrap();

@@ -352,6 +352,24 @@ async fn a_server_that_never_answered_is_not_up() {
     proxy.stop().await;
 }
 
+/// Polls `stats backends` through `client` until the server on `port`, restarted once, is up
+/// again (flushed, warmed and repaired as its standing needed).
+async fn await_restarted_up(client: &mut Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let backends = client.call("stats backends\r\n").await;
+        let line = backends
+            .lines()
+            .find(|l| l.contains(&format!("/127.0.0.1:{port} ")))
+            .unwrap_or("");
+        if line.contains("state=up ") && line.contains("restarts=1 ") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never back up: {backends}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A returning server is warmed from a replica that cannot list its items (memcached with its
 /// crawler turned off answers `CLIENT_ERROR lru crawler disabled`): the warm-up leaves that
 /// source out and the server comes back, cold but never stale, instead of staying out forever.
@@ -369,19 +387,7 @@ async fn a_source_that_cannot_list_its_items_does_not_hold_a_server_out() {
     }
     backup.kill();
     let _restarted = memcached_on(port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let backends = client.call("stats backends\r\n").await;
-        let line = backends
-            .lines()
-            .find(|l| l.contains(&format!("/127.0.0.1:{port} ")))
-            .unwrap_or("");
-        if line.contains("state=up ") && line.contains("restarts=1 ") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never back up: {backends}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_restarted_up(&mut client, port).await;
     for i in 0..50 {
         assert_eq!(client.get(&format!("k{i}")).await.as_deref(), Some("v"));
     }
@@ -469,19 +475,7 @@ async fn a_key_the_first_listing_skipped_while_the_count_matched_is_still_warmed
     }
     main.kill();
     let _restarted = memcached_on(port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let backends = client.call("stats backends\r\n").await;
-        let line = backends
-            .lines()
-            .find(|l| l.contains(&format!("/127.0.0.1:{port} ")))
-            .unwrap_or("");
-        if line.contains("state=up ") && line.contains("restarts=1 ") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never back up: {backends}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_restarted_up(&mut client, port).await;
     let mut direct = Client::connect(&format!("127.0.0.1:{port}")).await;
     assert_eq!(direct.get("skipped").await.as_deref(), Some("v"));
     assert_eq!(client.get("skipped").await.as_deref(), Some("v"));
