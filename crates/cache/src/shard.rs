@@ -705,14 +705,19 @@ impl Shard {
         true
     }
 
-    /// Compacts every segment with dead bytes, so that all of the space they hold is free.
-    fn reuse_garbage(&mut self) {
-        if self.garbage == 0 {
+    /// Compacts segments with dead bytes, the deadest first, until `room` more bytes fit or
+    /// none is left. No more than that: each compaction copies a segment's live items under
+    /// the shard's lock, which a client of the shard waits for.
+    fn reuse_garbage(&mut self, room: u64) {
+        if self.garbage == 0 || self.used.saturating_add(room) <= self.cfg.limit {
             return;
         }
-        let dirty: Vec<u32> = self.log.with_garbage().collect();
+        let mut dirty: Vec<u32> = self.log.with_garbage().collect();
+        dirty.sort_unstable_by_key(|&id| std::cmp::Reverse(self.log.garbage(id)));
         for id in dirty {
-            if !self.compact(id, &mut NIL.clone()) {
+            if self.used.saturating_add(room) <= self.cfg.limit
+                || !self.compact(id, &mut NIL.clone())
+            {
                 break;
             }
         }
@@ -1428,9 +1433,7 @@ impl Shard {
     pub(crate) fn import(&mut self, hash: u64, item: &SavedItem<'_>, now: Time) -> ImportResult {
         self.advance(now);
         let bytes = self.sized(item.key.len(), item.value.len(), item.flags, item.exptime);
-        if self.used + bytes > self.cfg.limit {
-            self.reuse_garbage();
-        }
+        self.reuse_garbage(bytes);
         let old = match self.lookup(hash, item.key, now) {
             Found::Live(at) => Some(at),
             _ => None,
@@ -1443,7 +1446,7 @@ impl Shard {
         }
         if let Some(at) = old {
             self.unlink(at, hash);
-            self.reuse_garbage();
+            self.reuse_garbage(bytes);
         }
         let mut bits = 0;
         for (on, bit) in [
@@ -1490,11 +1493,9 @@ impl Shard {
     }
 
     /// Gives up to `at_most` bytes of the shard's unused share of the limit, dead space
-    /// included (it is compacted first); returns how many.
+    /// included (as much of it is compacted first as that takes); returns how many.
     pub(crate) fn lend(&mut self, at_most: u64) -> u64 {
-        if self.used.saturating_add(at_most) > self.cfg.limit {
-            self.reuse_garbage();
-        }
+        self.reuse_garbage(at_most);
         let spare = self.cfg.limit.saturating_sub(self.used).min(at_most);
         self.cfg.limit -= spare;
         spare

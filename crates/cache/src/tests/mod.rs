@@ -1301,3 +1301,40 @@ fn without_eviction_giving_items_an_expiry_time_needs_no_room() {
     }
     c.check();
 }
+
+#[test]
+fn without_eviction_lending_a_little_room_compacts_only_what_it_needs() {
+    let c = one_shard(1024 * 1024, false);
+    let mut stored = 0;
+    while set(&c, &key(stored), &[b'v'; 100], 1) == StoreResult::Stored {
+        stored += 1;
+    }
+    // Every other item deleted: every segment is half dead.
+    for i in (0..stored).step_by(2) {
+        assert!(c.delete(&key(i), 1));
+    }
+    let live = c.stats().bytes;
+    let mut shard = c.shards[0].0.lock();
+    let before = shard.used();
+    let dead = before - live;
+    assert!(
+        dead > 4 * 64 * 1024,
+        "{dead} dead bytes: several segments' worth"
+    );
+    // A shard asked for a few hundred bytes more than it has free compacts one segment or
+    // two, not all of them under its lock (every one before: `used` fell to the live bytes).
+    let ask = shard.limit() - before + 500;
+    assert_eq!(shard.lend(ask), ask);
+    // Given back, as borrowing would give it to another shard: the shares add up again.
+    shard.extend_limit(ask);
+    let compacted = before - shard.used();
+    assert!(
+        compacted > 0 && compacted < dead / 4,
+        "compacted {compacted} of {dead} dead bytes"
+    );
+    drop(shard);
+    for i in (1..stored).step_by(2) {
+        assert_eq!(get(&c, &key(i), 1), Some(vec![b'v'; 100]), "key {i}");
+    }
+    c.check();
+}
