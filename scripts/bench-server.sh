@@ -17,7 +17,8 @@
 #    Each point runs ROUNDS times per server, alternating which server goes first; the table
 #    shows medians. Beside ops/s and p99: the server's CPU per operation (utime + stime of the
 #    server process over the run, divided by its operations), the figure that still means
-#    something when the load generator saturates this machine's cores.
+#    something when the load generator saturates this machine's cores, and the kernel's share
+#    of it (stime / (utime + stime)).
 # 2. Memory: RSS after loading ITEMS items (20-byte keys, 100-byte values) into -m MEMORY_MB, and
 #    the items held (`stats` curr_items) after the same fill into -m HELD_MB.
 # 3. Hit ratio at -m HELD_MB: the seeded Zipf replay (mcbench.py replay; the same sequence for

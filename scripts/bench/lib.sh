@@ -189,20 +189,27 @@ cmd
 EOF
 }
 
-# server_cpu_mark PID / server_cpu_pct — the CPU the server process PID used since the mark
-# (utime + stime of /proc/PID/stat), as a percentage of one CPU over the wall time: with ops/s
-# it gives the server's CPU per operation, which transfers to bigger machines where the load
-# generator does not share the cores. Empty PID (the proxy benchmark): null.
+# server_cpu_mark PID / server_cpu_pct / server_sys_pct — the CPU the server process PID used
+# since the mark (utime + stime of /proc/PID/stat; stime alone: the kernel's part), as a
+# percentage of one CPU over the wall time: with ops/s it gives the server's CPU per operation,
+# which transfers to bigger machines where the load generator does not share the cores, and
+# how much of it the kernel spends (cut only by fewer system calls). Empty PID (the proxy
+# benchmark): null.
 server_cpu_mark() {
   SERVER_CPU_PID=${1:-}
   SERVER_CPU_MARK=$(awk '{print $14 + $15}' "/proc/$SERVER_CPU_PID/stat" 2>/dev/null || echo 0)
+  SERVER_SYS_MARK=$(awk '{print $15}' "/proc/$SERVER_CPU_PID/stat" 2>/dev/null || echo 0)
   SERVER_CPU_T=$(date +%s.%N)
 }
-server_cpu_pct() {
-  local t
+server_cpu_pct() { server_ticks_pct '$14 + $15' "$SERVER_CPU_MARK"; }
+server_sys_pct() { server_ticks_pct '$15' "$SERVER_SYS_MARK"; }
+# server_ticks_pct AWK_FIELDS MARK — the ticks AWK_FIELDS of /proc/PID/stat add up to now,
+# less MARK, as a percentage of one CPU since the mark.
+server_ticks_pct() {
+  local fields=$1 mark=$2 t
   [ -n "${SERVER_CPU_PID:-}" ] || { echo null; return; }
-  t=$(awk '{print $14 + $15}' "/proc/$SERVER_CPU_PID/stat" 2>/dev/null) || { echo null; return; }
-  python3 -c "import os,time; print(round(100.0 * ($t - $SERVER_CPU_MARK) / os.sysconf('SC_CLK_TCK')
+  t=$(awk "{print $fields}" "/proc/$SERVER_CPU_PID/stat" 2>/dev/null) || { echo null; return; }
+  python3 -c "import os,time; print(round(100.0 * ($t - $mark) / os.sysconf('SC_CLK_TCK')
   / (time.time() - $SERVER_CPU_T), 1))"
 }
 
@@ -216,11 +223,12 @@ run_memaslap() {
   server_cpu_mark "${SERVER_PID:-}"
   run_fg timeout -k 5 $((DURATION + 60)) "$MEMASLAP" -s "$addr" -F "$WORK/memaslap.cfg" \
     -T "$MEMASLAP_THREADS" -c "$CONNS" -t "${DURATION}s" -S "${DURATION}s" "$@" >"$out" 2>&1 || rc=$?
-  local cpu
-  cpu=$(server_cpu_pct)
+  local cpu sys
+  cpu=$(server_cpu_pct) sys=$(server_sys_pct)
   "${MCBENCH[@]}" parse-memaslap "$out" --point "$point" --side "$side" --rc "$rc" \
     --other-cpu "$(cpu_other_pct)" >"$WORK/row.json"
-  "${MCBENCH[@]}" annotate "$WORK/row.json" server_cpu_pct "$cpu" >>"$RESULTS"
+  "${MCBENCH[@]}" annotate "$WORK/row.json" server_cpu_pct "$cpu" >"$WORK/row2.json"
+  "${MCBENCH[@]}" annotate "$WORK/row2.json" server_sys_pct "$sys" >>"$RESULTS"
   [ "$rc" = 0 ] || BROKE=1
 }
 
@@ -233,10 +241,11 @@ run_pipe() {
   run_fg "${MCBENCH[@]}" pipe "$addr" --point "$point" --side "$side" --prefix "pipe:" --keys "$PIPE_KEYS" \
     --conns "$CONNS" --depth "$PIPE_DEPTH" --secs "$DURATION" --procs "$PIPE_PROCS" \
     --set-ratio "$SET_RATIO" --value-size "$VALUE_SIZE" >"$WORK/pipe.json" 2>"$WORK/pipe-$side.err" || rc=$?
-  local cpu
-  cpu=$(server_cpu_pct)
+  local cpu sys
+  cpu=$(server_cpu_pct) sys=$(server_sys_pct)
   "${MCBENCH[@]}" annotate "$WORK/pipe.json" other_cpu_pct "$(cpu_other_pct)" >"$WORK/row.json"
-  "${MCBENCH[@]}" annotate "$WORK/row.json" server_cpu_pct "$cpu" >>"$RESULTS"
+  "${MCBENCH[@]}" annotate "$WORK/row.json" server_cpu_pct "$cpu" >"$WORK/row2.json"
+  "${MCBENCH[@]}" annotate "$WORK/row2.json" server_sys_pct "$sys" >>"$RESULTS"
   if [ "$rc" != 0 ]; then
     BROKE=1
     tail -3 "$WORK/pipe-$side.err" >&2

@@ -748,6 +748,10 @@ def fmt_num(x, nd=0):
     return ("{:,.%df}" % nd).format(x)
 
 
+def fmt_pct(share):
+    return "-" if share is None else "%.0f%%" % (100 * share)
+
+
 def fmt_lat(row, p):
     v = row.get("p%d_us" % p)
     if v is None:
@@ -825,6 +829,8 @@ def cmd_report_server(args):
         for r in rows:
             cpu, ops = r.get("server_cpu_pct"), r.get("ops_per_sec")
             r["cpu_us_per_op"] = cpu * 1e4 / ops if cpu is not None and ops else None
+            sys_pct = r.get("server_sys_pct")
+            r["kernel_share"] = sys_pct / cpu if sys_pct is not None and cpu else None
         points, by = [], {}
         for r in rows:
             if r["point"] not in points:
@@ -833,7 +839,7 @@ def cmd_report_server(args):
         agg = {}
         for k, rs in by.items():
             a = {key: median([r.get(key) for r in rs]) for key in
-                 ("ops_per_sec", "p99_us", "cpu_us_per_op", "other_cpu_pct")}
+                 ("ops_per_sec", "p99_us", "cpu_us_per_op", "kernel_share", "other_cpu_pct")}
             a["p99_bound_us"] = max([r.get("p99_bound_us") or 0 for r in rs]) or None
             a["errors"] = [e for r in rs for e in (r.get("errors") or [])]
             a["misses"] = sum(r.get("misses") or 0 for r in rs)
@@ -852,7 +858,9 @@ def cmd_report_server(args):
             body.append([pt, fmt_num(o["ops_per_sec"]), fmt_num(m["ops_per_sec"]),
                          "-" if tput is None else "%.2f" % tput, fmt_lat(o, 99), fmt_lat(m, 99),
                          fmt_num(o["cpu_us_per_op"], 2), fmt_num(m["cpu_us_per_op"], 2),
-                         "-" if cpu is None else "%.2f" % cpu, len(o["errors"]),
+                         "-" if cpu is None else "%.2f" % cpu,
+                         "%s/%s" % (fmt_pct(o["kernel_share"]), fmt_pct(m["kernel_share"])),
+                         len(o["errors"]),
                          "%s/%s" % (fmt_num(o["other_cpu_pct"]), fmt_num(m["other_cpu_pct"]))])
             verdicts.append((tput is not None and tput >= 1.2 and p99_ok and not o["errors"],
                              "throughput %s: %sx >= 1.20x, p99 %s <= %s us%s" % (
@@ -863,7 +871,7 @@ def cmd_report_server(args):
                                  pt, "-" if cpu is None else "%.2f" % cpu)))
         print("Throughput (%s; medians of %d rounds)" % (args.load, max(a["rounds"] for a in agg.values())))
         table(["point", "ours ops/s", "memcached", "ratio", "ours p99 us", "memcached p99",
-               "ours CPU us/op", "memcached", "CPU ratio", "errors", "other CPU%"], body)
+               "ours CPU us/op", "memcached", "CPU ratio", "kernel share", "errors", "other CPU%"], body)
         worst = max((a.get("other_cpu_pct") or 0) for a in agg.values())
         if worst > 10:
             print("  WARNING: processes outside the benchmark used up to %.0f%% of the CPUs during a run: the"
@@ -873,7 +881,9 @@ def cmd_report_server(args):
             for e in a["errors"][:3]:
                 print("  error %s/%s: %s" % (pt, side, e))
         print("  (p99 ~X (<=B): estimated from memcaslap's log2 latency histogram, whose bucket ends at B;"
-              " pipeN: latency of a whole batch; CPU ratio = memcached's CPU per op / ours)")
+              " pipeN: latency of a whole batch; CPU ratio = memcached's CPU per op / ours;"
+              " kernel share: the part of each server's CPU spent in the kernel (its stime), ours/memcached;"
+              " a server cuts it only by making fewer system calls)")
         print()
     if mem:
         by = {m["side"]: m for m in mem}
