@@ -889,35 +889,13 @@ fn client_that_never_reads(proxy_port: u16) -> TcpStream {
         .unwrap();
     // Until the proxy has answered some of them, its drain could find the connection idle
     // (the gets still unread in its socket) and end at once.
-    let deadline = Instant::now() + WAIT;
-    let mut stats = TcpStream::connect((Ipv4Addr::LOCALHOST, proxy_port)).unwrap();
-    stats.set_read_timeout(Some(WAIT)).unwrap();
-    while stat_of(&mut stats, "get_hits") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy never answered the gets"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut stats =
+        keepcached_testkit::Client::connect((Ipv4Addr::LOCALHOST, proxy_port).into()).unwrap();
+    assert!(
+        keepcached_testkit::wait::poll_until(WAIT, || stats.stat("get_hits").unwrap() >= 2),
+        "the proxy never answered the gets"
+    );
     stream
-}
-
-/// The figure `name` in `stats` asked on `stream`.
-fn stat_of(stream: &mut TcpStream, name: &str) -> u64 {
-    stream.write_all(b"stats\r\n").unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut found = None;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "END\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(value) = line.strip_prefix(&format!("STAT {name} ")) {
-            found = Some(value.trim().parse().unwrap());
-        }
-    }
-    found.unwrap_or_else(|| panic!("no {name} in the proxy's stats"))
 }
 
 /// A connection to the proxy on `port` once a write through it is stored (the proxy may still

@@ -426,6 +426,14 @@ fn a_second_ctrl_c_cuts_the_drain_short() {
     stuck
         .write_all("get big\r\n".repeat(200).as_bytes())
         .unwrap();
+    // Until the proxy has answered some of the gets, its drain could find the connection idle
+    // (the gets still unread in its socket) and end at once.
+    let mut stats = up.proxy();
+    assert!(
+        wait_for(|| stats.stat("get_hits").unwrap() >= 2),
+        "the proxy never answered the gets: {}",
+        up.output_text()
+    );
 
     let pid = nix::unistd::Pid::from_raw(up.child.id() as i32);
     nix::sys::signal::kill(pid, Signal::SIGINT).unwrap();

@@ -131,6 +131,18 @@ impl Client {
         String::from_utf8(reply.bytes).map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// The figure `name` of `stats` asked on this connection; an error when it is not there.
+    pub fn stat(&mut self, name: &str) -> io::Result<u64> {
+        let stats = self.call("stats\r\n")?;
+        stats
+            .lines()
+            .find_map(|line| {
+                let value = line.strip_prefix("STAT ")?.strip_prefix(name)?;
+                value.strip_prefix(' ')?.trim().parse().ok()
+            })
+            .ok_or_else(|| io::Error::other(format!("no {name} in {stats}")))
+    }
+
     /// A server may close the connection while a request is being written (e.g. after a line
     /// that is too long); what it sent before closing is still read afterwards.
     fn send_tolerant(&mut self, bytes: &[u8]) -> io::Result<()> {
