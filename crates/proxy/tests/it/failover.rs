@@ -64,12 +64,15 @@ async fn killing_the_main_server_under_load_costs_no_client_errors() {
         before > 100 && after > before + 100,
         "load ran: {before} then {after} ops"
     );
+    // Marked down once; not necessarily down still: another test of this binary may start a
+    // memcached on the freed port, which the proxy then meets as the server restarted.
     let mut client = proxy.client().await;
     let backends = client.call("stats backends\r\n").await;
-    assert!(
-        backends.contains(&format!("pool0/{} state=down", main.addr())),
-        "{backends}"
-    );
+    let line = backends
+        .lines()
+        .find(|l| l.starts_with(&format!("STAT pool0/{} ", main.addr())))
+        .unwrap_or("");
+    assert!(line.contains(" downs=1 "), "{backends}");
     proxy.stop().await;
 }
 
