@@ -517,6 +517,15 @@ async fn set_keys(client: &mut Client, keys: std::ops::Range<usize>, value: &str
     }
 }
 
+/// How many of `k0`, `k1`, … (the keys in `keys`) do not read as `value` through `client`.
+async fn keys_not(client: &mut Client, keys: std::ops::Range<usize>, value: &str) -> u32 {
+    let mut wrong = 0;
+    for i in keys {
+        wrong += u32::from(client.get(&format!("k{i}")).await.unwrap().as_deref() != Some(value));
+    }
+    wrong
+}
+
 fn stat(stats: &str, name: &str) -> u64 {
     let prefix = format!("STAT {name} ");
     stats
@@ -624,26 +633,13 @@ async fn a_restarted_node_s_fresh_proxy_does_not_flush_what_the_serving_one_warm
     fresh.await_backend(&main, &["marked_by_other=0"]).await;
     let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
     let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
-    let mut wrong = 0;
-    for i in 0..KEYS {
-        let expected = if i < MISSED { "v2" } else { "v1" };
-        wrong +=
-            u32::from(direct.get(&format!("k{i}")).await.unwrap().as_deref() != Some(expected));
-    }
+    let mut wrong = keys_not(&mut direct, 0..MISSED, "v2").await
+        + keys_not(&mut direct, MISSED..KEYS, "v1").await;
     // Given clients, the fresh proxy serves: it fills main with what main lacks (nothing now),
     // without a flush, and reads it.
     let mut through_fresh = fresh.client().await;
-    for i in 0..KEYS {
-        let expected = if i < MISSED { "v2" } else { "v1" };
-        wrong += u32::from(
-            through_fresh
-                .get(&format!("k{i}"))
-                .await
-                .unwrap()
-                .as_deref()
-                != Some(expected),
-        );
-    }
+    wrong += keys_not(&mut through_fresh, 0..MISSED, "v2").await
+        + keys_not(&mut through_fresh, MISSED..KEYS, "v1").await;
     fresh.await_state(&main, "up").await;
     let flushes_after = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
     println!(
@@ -690,10 +686,7 @@ async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
     lone.await_state(&main, "up").await;
     let mut direct = Client::connect(&main.addr().to_string()).await.unwrap();
     let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
-    let mut wrong = 0;
-    for i in 0..KEYS {
-        wrong += u32::from(direct.get(&format!("k{i}")).await.unwrap().as_deref() != Some("v2"));
-    }
+    let wrong = keys_not(&mut direct, 0..KEYS, "v2").await;
     println!("flushes of main by the lone proxy: {flushes}; keys not v2 on it: {wrong}");
     assert_eq!(flushes, 1);
     assert_eq!(wrong, 0);
