@@ -599,6 +599,12 @@ impl Cache {
         (hash, idx as usize)
     }
 
+    /// [`Cache::borrow_room`] for an item with this key and value: its size with both optional
+    /// fields, whichever it has.
+    fn borrow_room_for(&self, target: usize, key_len: usize, value_len: usize) -> bool {
+        self.borrow_room(target, accounted_size(key_len, value_len) + OPTIONAL_FIELDS)
+    }
+
     /// A shard that cannot fit `need` bytes takes the unused part of the other shards' shares,
     /// up to `need`; the shares still add up to the limit. Returns whether any was found.
     ///
@@ -703,10 +709,7 @@ impl Cache {
             .store(hash, &request, large_value(&request), now);
         if outcome.result != StoreResult::OutOfMemory
             || self.evict
-            || !self.borrow_room(
-                idx,
-                accounted_size(key.len(), value.len()) + OPTIONAL_FIELDS,
-            )
+            || !self.borrow_room_for(idx, key.len(), value.len())
         {
             return outcome;
         }
@@ -781,10 +784,7 @@ impl Cache {
         let outcome = shard.lock().delta(hash, key, request, now, &mut once);
         if !matches!(outcome, DeltaOutcome::OutOfMemory)
             || self.evict
-            || !self.borrow_room(
-                idx,
-                accounted_size(key.len(), numeric::MAX_DIGITS) + OPTIONAL_FIELDS,
-            )
+            || !self.borrow_room_for(idx, key.len(), numeric::MAX_DIGITS)
         {
             return outcome;
         }
@@ -890,10 +890,7 @@ impl Cache {
         let shard = &self.shards[idx].0;
         let result = shard.lock().import(hash, item, now);
         if result != ImportResult::NoRoom
-            || !self.borrow_room(
-                idx,
-                accounted_size(item.key.len(), item.value.len()) + OPTIONAL_FIELDS,
-            )
+            || !self.borrow_room_for(idx, item.key.len(), item.value.len())
         {
             return result;
         }
@@ -913,12 +910,8 @@ impl Cache {
         let _shares = self.shares.lock();
         // A shard's log can hold no more than SHARD_LIMIT_MAX, whatever the limit asked for.
         let n = self.shards.len() as u64;
-        let per_shard = bytes / n;
-        let (per_shard, bytes) = if per_shard > SHARD_LIMIT_MAX {
-            (SHARD_LIMIT_MAX, SHARD_LIMIT_MAX * n)
-        } else {
-            (per_shard, bytes)
-        };
+        let per_shard = (bytes / n).min(SHARD_LIMIT_MAX);
+        let bytes = bytes.min(SHARD_LIMIT_MAX * n);
         self.max_bytes.store(bytes, Ordering::Relaxed);
         for shard in self.shards.iter() {
             shard.0.lock().set_limit(per_shard);
