@@ -36,7 +36,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use log::{Item, BINARY_KEY, FETCHED, SHARED_MIN, STALE};
+pub use log::SHARED_MIN;
+use log::{Item, BINARY_KEY, FETCHED, STALE};
 use shard::{ItemBatch, MetaBatch, Shard, ShardConfig, Walk};
 pub use size::{accounted_size, memcached_size};
 

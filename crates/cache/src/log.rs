@@ -46,7 +46,7 @@ pub(crate) const MAX_SEGMENTS: usize = (1 << (32 - OFFSET_BITS)) - 1;
 /// into the log (and again whenever compaction moves it), which costs less than an allocation
 /// of its own; from about 2 KiB on the copies cost more, and the allocation's share of the
 /// item's size is under 3%.
-pub(crate) const SHARED_MIN: usize = 2 * 1024;
+pub const SHARED_MIN: usize = 2 * 1024;
 
 const KEY_LEN_AT: usize = 0;
 const BITS_AT: usize = 1;
