@@ -239,6 +239,14 @@ pub struct ItemMeta<'a> {
     pub size: usize,
 }
 
+/// Where a walk over every item ([`Cache::walk_items`]) goes on: a shard and a place in its
+/// queues, which stays valid whatever the store does meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemCursor {
+    shard: usize,
+    walk: Walk,
+}
+
 /// An item with everything a restart keeps of it: what [`Cache::export`] lends and
 /// [`Cache::import`] takes. Times are the cache's rel time, which starts over in the next
 /// process, so whoever stores them elsewhere converts them to wall-clock time. The CAS is not
@@ -824,22 +832,41 @@ impl Cache {
         reclaimed
     }
 
-    /// Calls `f` for every live item (for `lru_crawler metadump`). Metadata is copied out in
+    /// Calls `f` for every live item (`stats items`, `stats slabs`). Metadata is copied out in
     /// small batches, so no lock is held while `f` runs; items stored or removed during the
     /// walk may or may not be seen, and one the store moved meanwhile may be seen twice.
     pub fn for_each_item(&self, now: Time, mut f: impl FnMut(ItemMeta<'_>)) {
+        let mut cursor = ItemCursor::default();
+        while self.walk_items(now, &mut cursor, &mut f) {}
+    }
+
+    /// One step of the walk [`Cache::for_each_item`] makes: calls `f` for the live items of
+    /// one small batch from `cursor` on and moves `cursor` past them. False once the walk is
+    /// over. The cursor holds no lock and no memory, so a caller can stop between steps for as
+    /// long as it likes (a `lru_crawler metadump` waits for its client to read) and go on.
+    pub fn walk_items(
+        &self,
+        now: Time,
+        cursor: &mut ItemCursor,
+        mut f: impl FnMut(ItemMeta<'_>),
+    ) -> bool {
+        let Some(shard) = self.shards.get(cursor.shard) else {
+            return false;
+        };
         let mut batch = MetaBatch::default();
-        for shard in self.shards.iter() {
-            let mut from = Some(Walk::default());
-            while let Some(pos) = from {
-                batch.clear();
-                from = shard
-                    .0
-                    .lock()
-                    .collect_meta(now, pos, META_BATCH, META_SCAN, &mut batch);
-                batch.items().for_each(&mut f);
+        let next = shard
+            .0
+            .lock()
+            .collect_meta(now, cursor.walk, META_BATCH, META_SCAN, &mut batch);
+        match next {
+            Some(walk) => cursor.walk = walk,
+            None => {
+                cursor.shard += 1;
+                cursor.walk = Walk::default();
             }
         }
+        batch.items().for_each(&mut f);
+        cursor.shard < self.shards.len()
     }
 
     /// Calls `f` with every live item, whole, until `f` fails (to save the cache). Items are

@@ -184,11 +184,6 @@ struct MetaRow {
 }
 
 impl MetaBatch {
-    pub(crate) fn clear(&mut self) {
-        self.keys.clear();
-        self.rows.clear();
-    }
-
     pub(crate) fn items(&self) -> impl Iterator<Item = ItemMeta<'_>> {
         let mut key_start = 0;
         self.rows.iter().map(move |row| {

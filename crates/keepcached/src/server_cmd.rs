@@ -250,6 +250,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
         evictions: !args.disable_evictions,
         cas: !args.disable_cas,
         flush_enabled: !args.disable_flush_all,
+        dump_enabled: !args.disable_dumping,
         watch_enabled: !args.disable_watch,
         verbose: u32::from(args.verbose),
         backlog: args.listen_backlog,
@@ -384,7 +385,6 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
     for (flag, given) in [
         ("-L", args.enable_largepages),
         ("-N", args.napi_ids.is_some()),
-        ("-X", args.disable_dumping),
     ] {
         if given {
             eprintln!("keepcached: {flag} has no effect in keepcached and is ignored");
@@ -581,7 +581,10 @@ fn help_text() -> String {
             "ASCII clients authenticate first (user:password lines)",
         ),
         ("-F, --disable-flush-all", "refuse flush_all"),
-        ("-X, --disable-dumping", "accepted for compatibility"),
+        (
+            "-X, --disable-dumping",
+            "refuse stats cachedump and lru_crawler metadump",
+        ),
         ("-W, --disable-watch", "refuse the watch command"),
         (
             "-e, --memory-file=<file>",

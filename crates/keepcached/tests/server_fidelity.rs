@@ -366,6 +366,184 @@ fn lru_crawler_matches_memcached() {
     }
 }
 
+/// The sorted `ITEM` lines of `stats cachedump <class> 0` for each class `stats items` names,
+/// once they list as many items as `stats items` counts (memcached lists a class's cold LRU,
+/// which new items reach within about a second), or after 10 s.
+fn cachedumps(server: &ServerProcess) -> Vec<(u32, Vec<String>)> {
+    let items = stats(server, "items");
+    let classes: Vec<(u32, usize)> = items
+        .lines()
+        .filter_map(|line| {
+            let name = line.split(' ').nth(1)?;
+            let class = name.strip_prefix("items:")?.strip_suffix(":number")?;
+            Some((class.parse().ok()?, line.split(' ').nth(2)?.parse().ok()?))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dumps: Vec<(u32, Vec<String>)> = classes
+            .iter()
+            .map(|(class, _)| {
+                let reply = stats(server, &format!("cachedump {class} 0"));
+                assert!(reply.ends_with("END\r\n"), "{reply}");
+                let mut lines: Vec<String> = reply
+                    .lines()
+                    .filter(|line| line.starts_with("ITEM "))
+                    .map(String::from)
+                    .collect();
+                lines.sort();
+                (*class, lines)
+            })
+            .collect();
+        let complete = dumps
+            .iter()
+            .zip(&classes)
+            .all(|((_, lines), (_, number))| lines.len() == *number);
+        if complete || Instant::now() > deadline {
+            return dumps;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `stats cachedump`: each class lists the same items, with their sizes and expiry times, as
+/// memcached does; a limit cuts the list short; `-X` refuses it and metadump as memcached does.
+#[test]
+fn cachedump_matches_memcached() {
+    if !env::require("cachedump_matches_memcached", false, &["memcached"]) {
+        return;
+    }
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        load_items(&server);
+        let listings = cachedumps(&server);
+        let mut client = server.connect().expect("connect");
+        let limited = client.call("stats cachedump 1 2\r\n").expect("limited");
+        let mut refused = Vec::new();
+        let strict = target.start(&["-X"]).expect("server with -X");
+        let mut strict_client = strict.connect().expect("connect");
+        for request in [
+            "stats cachedump 1 0\r\n",
+            "lru_crawler metadump all\r\n",
+            "lru_crawler metadump hash\r\n",
+        ] {
+            refused.push(strict_client.call(request).expect(request));
+        }
+        let settings = stats(&strict, "settings");
+        refused.extend(
+            settings
+                .lines()
+                .filter(|line| line.starts_with("STAT dump_enabled"))
+                .map(String::from),
+        );
+        seen.push((
+            target.label.clone(),
+            listings,
+            limited.matches("ITEM ").count(),
+            refused,
+        ));
+    }
+    let (reference, subject) = (&seen[0], &seen[1]);
+    assert!(reference.1.len() >= 5, "{reference:?}");
+    assert!(reference.1.iter().all(|(_, lines)| !lines.is_empty()));
+    assert_eq!(
+        reference.1, subject.1,
+        "listings ({} vs {})",
+        reference.0, subject.0
+    );
+    assert_eq!((reference.2, subject.2), (2, 2), "a limit of 2");
+    assert_eq!(reference.3, subject.3, "with -X");
+    assert_eq!(
+        subject.3.last().map(String::as_str),
+        Some("STAT dump_enabled no")
+    );
+
+    // memcached prints an expiry as an absolute time.
+    let server = targets()[1].start(&[]).expect("server");
+    let mut client = server.connect().expect("connect");
+    assert_eq!(
+        client.call("set soon 0 1000 1\r\nx\r\n").unwrap(),
+        "STORED\r\n"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let dump = client.call("stats cachedump 1 0\r\n").unwrap();
+    let expiry: u64 = dump
+        .strip_prefix("ITEM soon [1 b; ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{dump:?}"));
+    assert!(
+        (now + 998..=now + 1002).contains(&expiry),
+        "{expiry} for now {now}"
+    );
+}
+
+/// `metadump hash` holds its sorted lines while it is written, so only one is made at a time:
+/// another asked meanwhile is answered BUSY, as memcached answers a second crawl, and one
+/// asked after the first client has gone is made. (Ours only: memcached answers BUSY to any
+/// dump asked during another.)
+#[test]
+fn one_hash_metadump_at_a_time() {
+    let server = targets()[1].start(&[]).expect("server");
+    // 90,000 items with 200-byte keys: a 27 MB dump, more than the sockets' buffers hold.
+    let mut load = Vec::new();
+    for i in 0..90_000 {
+        load.extend_from_slice(format!("set {i:0>200} 0 0 1 noreply\r\nv\r\n").as_bytes());
+    }
+    let mut client = server.connect().expect("connect");
+    client.send(&load).expect("load");
+    assert!(client.call("version\r\n").unwrap().starts_with("VERSION"));
+    let mut first = TcpStream::connect(server.addr()).expect("connect");
+    first.write_all(b"lru_crawler metadump hash\r\n").unwrap();
+    // One small read: the rest of the dump stays unread, so it stays under way.
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut started = [0u8; 4];
+    first
+        .read_exact(&mut started)
+        .expect("the first dump starts");
+    assert_eq!(&started, b"key=");
+    assert_eq!(
+        client.call("lru_crawler metadump hash\r\n").unwrap(),
+        "BUSY currently processing crawler request\r\n"
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut second = TcpStream::connect(server.addr()).expect("connect");
+    loop {
+        second.write_all(b"lru_crawler metadump hash\r\n").unwrap();
+        let mut dump = Vec::new();
+        let busy = |dump: &[u8]| dump.starts_with(b"BUSY") && dump.ends_with(b"\n");
+        while !dump.ends_with(b"END\r\n") && !busy(&dump) {
+            let (more, closed) = observe(&mut second, Duration::from_millis(100));
+            dump.extend_from_slice(&more);
+            assert!(
+                !closed && Instant::now() < deadline,
+                "{} bytes of the second dump",
+                dump.len()
+            );
+        }
+        if !dump.starts_with(b"BUSY") {
+            let listed = dump
+                .split(|b| *b == b'\n')
+                .filter(|l| l.starts_with(b"key="))
+                .count();
+            assert_eq!(listed, 90_000);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still BUSY after the first client left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The named stats of every class in a `stats items` or `stats slabs` reply.
 fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
     reply

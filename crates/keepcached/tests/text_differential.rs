@@ -1312,6 +1312,33 @@ fn metadump() -> Vec<Case> {
             .then("lru_crawler metadump 63\r\n", "END\r\n")
             .ending(End::Suffix(b"END\r\n".to_vec()))
             .masked(Mask::Metadump),
+        // memcached lists a class's items only once they reach its cold LRU, so listings are
+        // compared in server_fidelity.rs; the refusals are the same at once.
+        Case::new(
+            "stats cachedump refusals",
+            [
+                "stats cachedump\r\n",
+                "stats cachedump 1\r\n",
+                "stats cachedump x 1\r\n",
+                "stats cachedump 1 x\r\n",
+                "stats cachedump -1 1\r\n",
+                "stats cachedump 64 1\r\n",
+                "stats cachedump 0 1\r\n",
+                "stats cachedump 63 0 extra\r\n",
+            ]
+            .concat(),
+            [
+                "CLIENT_ERROR bad command line\r\n",
+                "CLIENT_ERROR bad command line\r\n",
+                BAD_FORMAT,
+                BAD_FORMAT,
+                BAD_FORMAT,
+                "CLIENT_ERROR Illegal slab id\r\n",
+                "END\r\n",
+                "END\r\n",
+            ]
+            .concat(),
+        ),
         Case::new("lru_crawler alone", "lru_crawler\r\n", "ERROR\r\n"),
         Case::new("lru_crawler tocrawl of a word", "lru_crawler tocrawl x\r\n", BAD_FORMAT),
         Case::new("lru_crawler sleep over a second", "lru_crawler sleep 1000001\r\n", "CLIENT_ERROR sleep must be one second or less\r\n"),

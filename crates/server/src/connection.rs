@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
 use crate::execute::{Next, Session, Spliced};
-use crate::report;
+use crate::report::{self, Dump, Progress};
 use crate::settings::Protocol;
 use crate::stats::Counters;
 use crate::Server;
@@ -365,6 +365,9 @@ struct Conn<'a, S> {
     /// Keys of the multi-get at the head of `input` already answered: it stopped there at the
     /// output's high-water mark and goes on once the client has read.
     resume: usize,
+    /// A `lru_crawler metadump` at the head of `input` that has written part of its dump: it
+    /// goes on from here once the client has read that part.
+    dump: Dump<'a>,
     /// How much unconsumed input the request at the head of `input` needs, when the parser
     /// knows (a value's length); 0 otherwise. `input` has room for it.
     need: usize,
@@ -416,6 +419,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
             bytes: 0,
         },
         resume: 0,
+        dump: Dump::default(),
         need: 0,
         out: Vec::new(),
         spliced: Spliced::default(),
@@ -705,7 +709,7 @@ impl<S: Socket> Conn<'_, S> {
                     },
                 },
             };
-            if verbose && self.resume == 0 {
+            if verbose && self.resume == 0 && !self.dump.started() {
                 let line = self.input[..parsed.consumed()]
                     .split(|b| *b == b'\n')
                     .next();
@@ -741,7 +745,7 @@ impl<S: Socket> Conn<'_, S> {
                 Command::Text(Parsed {
                     outcome: Ok(Request::LruCrawler { args }),
                     ..
-                }) if report::is_metadump(*args) => match self.unsent.requests {
+                }) if report::is_metadump(self.server, *args) => match self.unsent.requests {
                     0 => Queue::Dump,
                     _ => Queue::RefuseDump,
                 },
@@ -816,6 +820,25 @@ impl<S: Socket> Conn<'_, S> {
                         return Stop::Yield;
                     }
                     self.resume = 0;
+                    Next::Continue
+                }
+                Command::Text(Parsed {
+                    outcome: Ok(Request::LruCrawler { args }),
+                    ..
+                }) if queue == Queue::Dump => {
+                    let progress = report::metadump(
+                        self.server,
+                        session.out,
+                        args,
+                        &mut self.dump,
+                        OUT_HIGH_WATER,
+                    );
+                    if progress == Progress::More {
+                        // The request stays at the head of the input: the dump goes on from
+                        // `self.dump` once the client has read this part.
+                        return Stop::Yield;
+                    }
+                    self.dump = Dump::default();
                     Next::Continue
                 }
                 command => session.execute_command_into(command, Some(&mut self.spliced)),

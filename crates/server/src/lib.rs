@@ -62,6 +62,8 @@ pub struct Server {
     pub slab_classes: slabs::SlabClasses,
     /// Where the items are saved and loaded from (`-e`), if anywhere.
     pub memory_file: Option<persist::MemoryFile>,
+    /// A `lru_crawler metadump hash` is being made (report::Dump).
+    pub hash_dump: std::sync::atomic::AtomicBool,
 }
 
 impl Server {
@@ -96,6 +98,7 @@ impl Server {
             slab_classes,
             watch,
             memory_file,
+            hash_dump: Default::default(),
         })
     }
 }

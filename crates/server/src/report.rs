@@ -11,8 +11,11 @@ use std::sync::Mutex;
 use keepcached_protocol::reply::{self, stat};
 use keepcached_protocol::{parse_u32_truncating, Keys};
 
+use keepcached_cache::{ItemCursor, ItemMeta};
+
 use crate::execute::{Session, PROTOCOL_VERSION};
 use crate::slabs;
+use crate::Server;
 
 pub fn stats(session: &mut Session<'_>, args: Keys<'_>) {
     stats_words(session, args.iter());
@@ -57,6 +60,7 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
         Some(b"items") => items(session),
         Some(b"slabs") => slabs(session),
         Some(b"sizes") => sizes(session),
+        Some(b"cachedump") => cachedump(session, words),
         Some(_) => session.out.extend_from_slice(b"ERROR\r\n"),
     }
 }
@@ -228,7 +232,7 @@ fn settings(session: &mut Session<'_>) {
     stat(out, "item_size_max", s.item_size_max);
     stat(out, "lru_crawler", yes_no(s.lru_crawler));
     stat(out, "flush_enabled", yes_no(s.flush_enabled));
-    stat(out, "dump_enabled", "yes");
+    stat(out, "dump_enabled", yes_no(s.dump_enabled));
     stat(
         out,
         "idle_timeout",
@@ -484,6 +488,74 @@ fn slabs(session: &mut Session<'_>) {
     out.extend_from_slice(reply::END);
 }
 
+/// The most a `stats cachedump` answers, as in memcached.
+const CACHEDUMP_MAX: usize = 2 * 1024 * 1024;
+
+/// `stats cachedump <class> <limit>`: `ITEM <key> [<value bytes> b; <expiry> s]` for up to
+/// `limit` items (0: no limit) of one of memcached's slab classes, within 2 MB, then `END`.
+/// memcached lists its class's cold LRU, which a new item reaches after a while; keepcached
+/// lists the live items memcached would keep in that class (crate::slabs), in the store's
+/// order. Older tools list keys with it (memcached-tool's dump, client libraries' get-all-keys).
+fn cachedump<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'a [u8]>) {
+    let server = session.server;
+    let out = &mut *session.out;
+    if !server.settings.dump_enabled {
+        out.extend_from_slice(b"CLIENT_ERROR stats cachedump not allowed\r\n");
+        return;
+    }
+    let (Some(class), Some(limit)) = (words.next(), words.next()) else {
+        out.extend_from_slice(b"CLIENT_ERROR bad command line\r\n");
+        return;
+    };
+    let (Some(class), Some(limit)) = (parse_u32_truncating(class), parse_u32_truncating(limit))
+    else {
+        out.extend_from_slice(b"CLIENT_ERROR bad command line format\r\n");
+        return;
+    };
+    if class >= 64 {
+        out.extend_from_slice(b"CLIENT_ERROR Illegal slab id\r\n");
+        return;
+    }
+    let end = out.len() + CACHEDUMP_MAX - reply::END.len();
+    let limit = match limit {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    let now = server.clock.now();
+    let mut cursor = ItemCursor::default();
+    let mut shown = 0;
+    let mut line = Vec::new();
+    let mut more = true;
+    while more && shown < limit && out.len() < end {
+        more = server.cache.walk_items(now, &mut cursor, |item| {
+            if shown == limit
+                || out.len() >= end
+                || u32::from(server.slab_classes.class_of(item.size)) != class
+            {
+                return;
+            }
+            line.clear();
+            // memcached prints the key as a C string: up to its first NUL byte.
+            let key = item.key.split(|b| *b == 0).next().unwrap_or_default();
+            line.extend_from_slice(b"ITEM ");
+            line.extend_from_slice(key);
+            let expiry = match item.exptime {
+                0 => 0,
+                exptime => server.clock.to_unix(exptime),
+            };
+            line.extend_from_slice(format!(" [{} b; {expiry} s]\r\n", item.value_len).as_bytes());
+            if out.len() + line.len() <= end {
+                out.extend_from_slice(&line);
+                shown += 1;
+            } else {
+                // memcached stops at the first line that would not fit.
+                shown = limit;
+            }
+        });
+    }
+    out.extend_from_slice(reply::END);
+}
+
 /// `stats sizes`: with `-o track_sizes`, the items per 32-byte size bucket (an item's
 /// memcached-accounted size rounded up), as memcached counts them; otherwise memcached's
 /// answer when tracking is off.
@@ -504,23 +576,19 @@ fn sizes(session: &mut Session<'_>) {
     session.out.extend_from_slice(reply::END);
 }
 
-/// `lru_crawler metadump <classes>` lists live items in memcached's format, which is how the
-/// proxy enumerates a healthy replica to re-fill a repaired one. `crawl` asks memcached's
-/// crawler to reclaim expired items of some classes; ours reclaims all of them in the
-/// background anyway, so it is acknowledged once its arguments pass memcached's checks, as
-/// are the subcommands that tune memcached's crawler thread.
-///
-/// Classes are memcached's slab classes (crate::slabs): `all`, or a comma-separated list of
-/// ids from 1 to 63, selects items by the class memcached would keep them in; `hash` lists
-/// every item in the order of memcached's hash table.
+/// `lru_crawler <args>`, but for a dump: `crawl` asks memcached's crawler to reclaim expired
+/// items of some classes; ours reclaims all of them in the background anyway, so it is
+/// acknowledged once its arguments pass memcached's checks, as are the subcommands that tune
+/// memcached's crawler thread. A connection writes `metadump` itself, in parts ([`metadump`]);
+/// one that reaches here is one `-X` or `-o no_lru_crawler` refuses.
 pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
     let mut words = args.iter();
     let (verb, arg, extra) = (words.next(), words.next(), words.next());
     let reply: &[u8] = match (verb, arg, extra) {
-        (Some(b"metadump"), Some(arg), None) => match classes(arg) {
-            Ok(selection) => return metadump(session, &selection),
-            Err(refusal) => refusal,
-        },
+        (Some(b"metadump"), Some(_), None) if !session.server.settings.lru_crawler => {
+            b"CLIENT_ERROR lru crawler disabled\r\n"
+        }
+        (Some(b"metadump"), Some(_), None) => b"ERROR metadump not allowed\r\n",
         (Some(b"crawl"), Some(b"hash"), None) => b"ERROR an unknown error happened\r\n",
         (Some(b"crawl"), Some(arg), None) => match classes(arg) {
             Ok(_) => reply::OK,
@@ -541,19 +609,33 @@ pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
     session.out.extend_from_slice(reply);
 }
 
-/// Whether `lru_crawler <args>` is a metadump (which memcached refuses behind other pipelined
-/// requests).
-pub fn is_metadump(args: Keys<'_>) -> bool {
+/// Whether `lru_crawler <args>` is a metadump the connection writes ([`metadump`]): one that
+/// `-X` and `-o no_lru_crawler` allow. memcached refuses it behind other pipelined requests.
+pub fn is_metadump(server: &Server, args: Keys<'_>) -> bool {
     let mut words = args.iter();
-    words.next() == Some(b"metadump") && words.next().is_some() && words.next().is_none()
+    server.settings.dump_enabled
+        && server.settings.lru_crawler
+        && words.next() == Some(b"metadump")
+        && words.next().is_some()
+        && words.next().is_none()
 }
 
 /// Which items a crawl covers.
+#[derive(Debug, Clone, Copy)]
 enum Selection {
     /// `hash`: every item, in memcached's hash table order.
     Hash,
     /// `all` or a list: the items of these classes (index = class id).
     Classes([bool; 64]),
+}
+
+impl Selection {
+    fn has(&self, class: u8) -> bool {
+        match self {
+            Selection::Hash => true,
+            Selection::Classes(chosen) => chosen[usize::from(class)],
+        }
+    }
 }
 
 /// Reads a crawl's class list as memcached does, or gives memcached's refusal. An empty list
@@ -584,61 +666,165 @@ fn classes(arg: &[u8]) -> Result<Selection, &'static [u8]> {
 /// 1.5 items per bucket.
 const HASHPOWER_INIT: u32 = 16;
 
-fn metadump(session: &mut Session<'_>, selection: &Selection) {
-    let server = session.server;
+/// `metadump hash` lists items in memcached's hash-table order only up to this many: where
+/// memcached's table first grows (1.5 items per bucket of 2^16), after which its order depends
+/// on when it grew. Larger caches are listed in the store's order, in parts, as `all` is.
+const HASH_ORDER_MAX: u64 = 3 << (HASHPOWER_INIT - 1);
+
+/// A `lru_crawler metadump` under way. The connection writes it in parts of about its reply
+/// high-water mark, each once the client has read the last (memcached's crawler writes to the
+/// socket as it walks), so a dump of millions of items holds one part at a time, not the whole
+/// dump: 85 MB for 1,000,000 items, from every client that asked and does not read.
+#[derive(Debug, Default)]
+pub struct Dump<'a> {
+    /// What the dump lists, once its argument has been read.
+    selection: Option<Selection>,
+    cursor: ItemCursor,
+    /// `metadump hash` of a small cache: every line, sorted, and how many are written. Only
+    /// one such dump is made at a time (the permit), as memcached runs one crawl at a time.
+    sorted: Option<(Vec<String>, usize, HashDumpPermit<'a>)>,
+}
+
+impl Dump<'_> {
+    /// Whether part of the dump is written.
+    pub fn started(&self) -> bool {
+        self.selection.is_some()
+    }
+}
+
+/// The server's one `metadump hash` in memcached's order, released when its dump ends or its
+/// connection closes.
+#[derive(Debug)]
+struct HashDumpPermit<'a>(&'a AtomicBool);
+
+impl Drop for HashDumpPermit<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Whether a dump has more to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    More,
+    Done,
+}
+
+/// Writes the next part of `lru_crawler metadump <classes>` ([`is_metadump`]) to `out`, until
+/// it holds `high_water` bytes; `Done` once the whole dump, its `END` or its refusal is written.
+/// The dump lists live items in memcached's format, which is how the proxy enumerates a healthy
+/// replica to re-fill a repaired one.
+///
+/// Classes are memcached's slab classes (crate::slabs): `all`, or a comma-separated list of
+/// ids from 1 to 63, selects items by the class memcached would keep them in; `hash` lists
+/// every item in the order of memcached's hash table (up to [`HASH_ORDER_MAX`] items).
+pub fn metadump<'a>(
+    server: &'a Server,
+    out: &mut Vec<u8>,
+    args: Keys<'_>,
+    dump: &mut Dump<'a>,
+    high_water: usize,
+) -> Progress {
+    let selection = match dump.selection {
+        Some(selection) => selection,
+        None => {
+            let arg = args.iter().nth(1).unwrap_or_default();
+            match start_dump(server, arg, dump) {
+                Ok(selection) => *dump.selection.insert(selection),
+                Err(refusal) => {
+                    out.extend_from_slice(refusal);
+                    return Progress::Done;
+                }
+            }
+        }
+    };
     let now = server.clock.now();
     let classes = &server.slab_classes;
-    let line = |item: &keepcached_cache::ItemMeta<'_>, class: u8| {
-        let mut line = String::from("key=");
-        uri_encode(&mut line, item.key);
-        let exp = if item.exptime == 0 {
-            -1
-        } else {
-            server.clock.to_unix(item.exptime)
-        };
-        let _ = writeln!(
-            line,
-            " exp={exp} la={} cas={} fetch={} cls={class} size={}",
-            server.clock.to_unix(item.last_access),
-            item.cas,
-            yes_no(item.fetched),
-            item.size
-        );
-        line
-    };
-    match selection {
-        Selection::Classes(chosen) => {
-            let out = &mut *session.out;
-            server.cache.for_each_item(now, |item| {
-                let class = classes.class_of(item.size);
-                if chosen[usize::from(class)] {
-                    out.extend_from_slice(line(&item, class).as_bytes());
-                }
-            });
+    if let Some((lines, written, _)) = &mut dump.sorted {
+        while out.len() < high_water {
+            let Some(line) = lines.get(*written) else {
+                dump.sorted = None;
+                out.extend_from_slice(reply::END);
+                return Progress::Done;
+            };
+            out.extend_from_slice(line.as_bytes());
+            *written += 1;
         }
-        Selection::Hash => {
-            // memcached walks its buckets in order, each from its newest item.
-            let mut lines = Vec::new();
-            server.cache.for_each_item(now, |item| {
-                let bucket = murmur3_32(item.key);
-                lines.push((
-                    bucket,
-                    std::cmp::Reverse(item.cas),
-                    line(&item, classes.class_of(item.size)),
-                ));
-            });
-            let mut power = HASHPOWER_INIT;
-            while lines.len() as u64 > (3u64 << power) / 2 {
-                power += 1;
+        return Progress::More;
+    }
+    while out.len() < high_water {
+        let more = server.cache.walk_items(now, &mut dump.cursor, |item| {
+            let class = classes.class_of(item.size);
+            if selection.has(class) {
+                out.extend_from_slice(dump_line(server, &item, class).as_bytes());
             }
-            let mask = (1u32 << power.min(31)) - 1;
-            lines.sort_by_key(|(bucket, cas, _)| (bucket & mask, *cas));
-            for (_, _, line) in lines {
-                session.out.extend_from_slice(line.as_bytes());
-            }
+        });
+        if !more {
+            out.extend_from_slice(reply::END);
+            return Progress::Done;
         }
     }
-    session.out.extend_from_slice(reply::END);
+    Progress::More
+}
+
+/// Reads a dump's argument: what it lists, or its refusal. A `hash` dump of a small cache is
+/// made whole here, sorted in memcached's order, to be written in parts.
+fn start_dump<'a>(
+    server: &'a Server,
+    arg: &[u8],
+    dump: &mut Dump<'a>,
+) -> Result<Selection, &'static [u8]> {
+    let selection = classes(arg)?;
+    if !matches!(selection, Selection::Hash) {
+        return Ok(selection);
+    }
+    if server.cache.stats().curr_items > HASH_ORDER_MAX {
+        // Past memcached's first table growth its order cannot be had: every item, in parts.
+        return Ok(Selection::Classes([true; 64]));
+    }
+    if server.hash_dump.swap(true, Ordering::Acquire) {
+        return Err(b"BUSY currently processing crawler request\r\n");
+    }
+    let permit = HashDumpPermit(&server.hash_dump);
+    let classes = &server.slab_classes;
+    // memcached walks its buckets in order, each from its newest item.
+    let mut lines = Vec::new();
+    server.cache.for_each_item(server.clock.now(), |item| {
+        lines.push((
+            murmur3_32(item.key),
+            std::cmp::Reverse(item.cas),
+            dump_line(server, &item, classes.class_of(item.size)),
+        ));
+    });
+    let mut power = HASHPOWER_INIT;
+    while lines.len() as u64 > (3u64 << power) / 2 {
+        power += 1;
+    }
+    let mask = (1u32 << power.min(31)) - 1;
+    lines.sort_by_key(|(bucket, cas, _)| (bucket & mask, *cas));
+    let lines = lines.into_iter().map(|(_, _, line)| line).collect();
+    dump.sorted = Some((lines, 0, permit));
+    Ok(selection)
+}
+
+/// One item's line of a metadump.
+fn dump_line(server: &Server, item: &ItemMeta<'_>, class: u8) -> String {
+    let mut line = String::from("key=");
+    uri_encode(&mut line, item.key);
+    let exp = if item.exptime == 0 {
+        -1
+    } else {
+        server.clock.to_unix(item.exptime)
+    };
+    let _ = writeln!(
+        line,
+        " exp={exp} la={} cas={} fetch={} cls={class} size={}",
+        server.clock.to_unix(item.last_access),
+        item.cas,
+        yes_no(item.fetched),
+        item.size
+    );
+    line
 }
 
 /// Percent-encodes a key as memcached's metadump does, so keys with spaces or control bytes

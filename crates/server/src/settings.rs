@@ -51,6 +51,9 @@ pub struct Settings {
     pub cas: bool,
     /// `false` with `-F`.
     pub flush_enabled: bool,
+    /// `-X` turns it off: `stats cachedump` and `lru_crawler metadump` are refused, so a
+    /// client cannot list the keys.
+    pub dump_enabled: bool,
     /// `true` with `-A`.
     pub shutdown_command: bool,
     /// `-o idle_timeout`: close connections idle this long.
@@ -128,6 +131,7 @@ impl Default for Settings {
             backlog: 1024,
             cas: true,
             flush_enabled: true,
+            dump_enabled: true,
             shutdown_command: false,
             idle_timeout: None,
             lru_crawler: true,

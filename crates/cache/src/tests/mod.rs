@@ -962,6 +962,41 @@ fn for_each_item_walks_live_items_with_their_metadata() {
 }
 
 #[test]
+fn a_walk_in_steps_sees_every_item_that_stays_while_others_come_and_go() {
+    let c = cache();
+    for i in 0..5000 {
+        set(&c, &key(i), b"abc", 1);
+    }
+    let mut cursor = ItemCursor::default();
+    let mut seen = HashSet::new();
+    let mut steps = 0;
+    let mut more = true;
+    while more {
+        more = c.walk_items(2, &mut cursor, |m| {
+            seen.insert(m.key.to_vec());
+        });
+        // Between steps: new items, replaced ones (which move in the log) and deleted ones.
+        steps += 1;
+        set(&c, &key(10_000 + steps), b"new", 2);
+        set(&c, &key(steps % 2500), b"replaced", 2);
+        c.delete(&key(2500 + steps), 2);
+    }
+    assert!(steps > 10, "walked in {steps} steps: not in parts");
+    assert!(
+        !c.walk_items(2, &mut cursor, |_| {}),
+        "an ended walk stays ended"
+    );
+    let stayed = (steps + 1..2500).map(|i| key(2500 + i));
+    let missed: Vec<_> = stayed.filter(|k| !seen.contains(k)).collect();
+    assert!(
+        missed.is_empty(),
+        "{} items that stayed were not seen",
+        missed.len()
+    );
+    c.check();
+}
+
+#[test]
 fn lowering_the_limit_evicts_at_once() {
     let c = cache();
     for i in 0..10_000 {

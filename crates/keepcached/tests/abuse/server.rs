@@ -362,6 +362,74 @@ fn get_amplification_many_clients() {
     });
 }
 
+/// Clients that ask for `lru_crawler metadump all` of 100,000 items (an 8.5 MB dump) and do
+/// not read: the server must write a dump in parts, each once the client has read the last,
+/// holding one part per client, not the dump; a client that then reads gets every item.
+/// (memcached runs one crawl at a time: while the first client blocks it, the others and the
+/// reader are answered BUSY.)
+#[test]
+fn metadump_to_clients_that_do_not_read() {
+    scenario("metadump, 20 clients not reading", &[], 32, |server| {
+        const ITEMS: usize = 100_000;
+        const CLIENTS: usize = 20;
+        let mut load = Vec::new();
+        for i in 0..ITEMS {
+            load.extend_from_slice(format!("set item_{i:06} 0 0 100 noreply\r\n").as_bytes());
+            load.extend_from_slice(&[b'v'; 100]);
+            load.extend_from_slice(b"\r\n");
+        }
+        load.extend_from_slice(b"version\r\n");
+        let loaded = ask(server, &load, b"\r\n");
+        assert!(loaded.starts_with(b"VERSION "), "{}", escape(&loaded));
+
+        let dump: &[u8] = b"lru_crawler metadump all\r\n";
+        let (_attackers, queued) = send_unread(server, std::iter::repeat_n(dump, CLIENTS));
+        // memcached's one crawler is held by the first client: it answers the others BUSY and
+        // the reader nothing. Only ours is held to a complete dump.
+        let memcached = server.label().starts_with("memcached");
+        let mut reader = connect(server.addr());
+        let wait = Duration::from_secs(if memcached { 5 } else { 30 });
+        reader.set_read_timeout(Some(wait)).expect("timeout");
+        reader.write_all(dump).expect("send");
+        let mut reply = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        while !reply.ends_with(b"END\r\n") && !reply.starts_with(b"BUSY") {
+            match reader.read(&mut buf) {
+                Ok(n) if n > 0 => reply.extend_from_slice(&buf[..n]),
+                Err(e) if memcached && e.kind() == ErrorKind::WouldBlock => {
+                    return format!("{queued} bytes queued; a reader got nothing in {wait:?}");
+                }
+                read => panic!(
+                    "{}: reading the dump after {} bytes: {read:?}",
+                    server.label(),
+                    reply.len()
+                ),
+            }
+        }
+        if memcached {
+            return format!("{queued} bytes queued; a reader got {}", escape(&reply));
+        }
+        let listed = reply
+            .split(|b| *b == b'\n')
+            .filter(|line| line.starts_with(b"key=item_"))
+            .count();
+        assert_eq!(
+            listed,
+            ITEMS,
+            "{}: items in a dump read meanwhile",
+            server.label()
+        );
+        // Past 98,304 items `hash` is written in parts too, side by side with the others.
+        let hashed = ask(server, b"lru_crawler metadump hash\r\n", b"END\r\n");
+        let hashed = hashed
+            .split(|b| *b == b'\n')
+            .filter(|line| line.starts_with(b"key=item_"))
+            .count();
+        assert_eq!(hashed, ITEMS, "{}: items in a hash dump", server.label());
+        format!("{queued} bytes queued towards {CLIENTS} clients; a reader meanwhile got all {ITEMS} items, by class and by hash")
+    });
+}
+
 /// A binary request: header, extras, key, no value.
 fn binary_packet(opcode: u8, key: &[u8]) -> Vec<u8> {
     let mut packet = vec![0x80, opcode];
