@@ -30,7 +30,7 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null; then
-    echo "cargo not found: install Rust (rustup, stable toolchain >= 1.80) first" >&2
+    echo "cargo not found: install Rust (rustup, stable toolchain >= 1.95, the version CI builds with) first" >&2
     exit 1
 fi
 if command -v rustup >/dev/null; then

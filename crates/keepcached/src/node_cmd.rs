@@ -122,7 +122,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some(plan) => {
             let listeners = Listeners::bind(&plan.settings)?;
             let mut settings = plan.settings;
-            settings.verbose = u32::from(cli.verbose.saturating_sub(1));
+            // -vv shows the clients' requests (memcached's -vv), in the node's log.
+            settings.verbose = u32::from(cli.verbose);
+            settings.verbose_to_log = true;
             let server = Server::new(settings);
             if let Some(file) = &server.memory_file {
                 file.load(&server);

@@ -619,6 +619,47 @@ fn daemon_mode_exits_0_once_serving_and_removes_its_pid_file_at_sigterm() {
     }
 }
 
+/// `-vv` logs the server's client requests as memcached's `-vv` prints them, into the node's
+/// log: with `--log-file`, the file, not stderr.
+#[test]
+fn vv_logs_client_requests_into_the_log_file() {
+    let dir = Scratch::new("vv");
+    let (server_port, proxy_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.file(
+        "node.toml",
+        &node_toml(server_port, proxy_port, &dir.0.join("cache.dat")),
+    );
+    let log_file = dir.0.join("node.log");
+    let mut node = Running::start(
+        &[
+            "node",
+            "-vv",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-file",
+            log_file.to_str().unwrap(),
+        ],
+        dir.0.join("stderr"),
+        &[],
+    );
+    let mut server = wait_accepting(server_port, &mut node);
+    assert_eq!(call(&mut server, "get vv-probe\r\n", "END"), "END\r\n");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logged = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if logged.lines().any(|line| line.ends_with(" get vv-probe")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not logged:\n{logged}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !node.log().contains("vv-probe"),
+        "the request went to stderr:\n{}",
+        node.log()
+    );
+}
+
 /// `keepcached convert` on the seed's own configuration of host `n`.
 fn convert_seed(n: u32) -> keepcached_testkit::CommandOutput {
     let conf = format!(

@@ -406,7 +406,7 @@ struct Conn<'a, S> {
 /// the server's shutdown drops this future.
 pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnEntry) {
     if server.verbosity.load(Ordering::Relaxed) > 1 {
-        eprintln!("<{id} new client connection");
+        server.verbose_line(format_args!("<{id} new client connection"));
     }
     let mut conn = Conn {
         id,
@@ -579,10 +579,10 @@ impl<S: Socket> Conn<'_, S> {
     /// client. Always false (close).
     fn close_for_memory(&self, pending: usize) -> bool {
         if self.server.verbosity.load(Ordering::Relaxed) > 0 {
-            eprintln!(
+            self.server.verbose_line(format_args!(
                 "<{} closing: no read buffer memory left for a {pending}-byte line",
                 self.id
-            );
+            ));
         }
         false
     }
@@ -713,11 +713,11 @@ impl<S: Socket> Conn<'_, S> {
                 let line = self.input[..parsed.consumed()]
                     .split(|b| *b == b'\n')
                     .next();
-                eprintln!(
+                self.server.verbose_line(format_args!(
                     "<{} {}",
                     self.id,
                     String::from_utf8_lossy(line.unwrap_or(&[]))
-                );
+                ));
             }
             let consumed = parsed.consumed();
             let queue = match &parsed {

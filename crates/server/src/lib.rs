@@ -67,6 +67,16 @@ pub struct Server {
 }
 
 impl Server {
+    /// Writes one of memcached's `-v`/`-vv` lines (a client's request, a new connection): to
+    /// stderr, as memcached does, or into the log with [`Settings::verbose_to_log`].
+    pub fn verbose_line(&self, line: std::fmt::Arguments<'_>) {
+        if self.settings.verbose_to_log {
+            tracing::info!(target: "keepcached::server", "{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
     pub fn new(settings: Settings) -> Arc<Server> {
         let cache = Cache::new(settings.cache_config());
         let (shutdown_requested, _) = tokio::sync::watch::channel(false);

@@ -51,6 +51,9 @@ pub struct Settings {
     pub cas: bool,
     /// `false` with `-F`.
     pub flush_enabled: bool,
+    /// Where `-v`/`-vv` lines go: stderr, as memcached prints them (false), or into the
+    /// process's log (a node, whose log may be a file).
+    pub verbose_to_log: bool,
     /// `-X` turns it off: `stats cachedump` and `lru_crawler metadump` are refused, so a
     /// client cannot list the keys.
     pub dump_enabled: bool,
@@ -132,6 +135,7 @@ impl Default for Settings {
             cas: true,
             flush_enabled: true,
             dump_enabled: true,
+            verbose_to_log: false,
             shutdown_command: false,
             idle_timeout: None,
             lru_crawler: true,
