@@ -198,7 +198,7 @@ fn server_section(flags: &str, notes: &mut Vec<String>) -> Result<ServerSection,
 
 fn megabytes(bytes: u64) -> Size {
     const MB: u64 = 1024 * 1024;
-    if bytes % MB == 0 {
+    if bytes.is_multiple_of(MB) {
         Size::Number(bytes / MB)
     } else {
         Size::Text(format!("{}k", bytes / 1024))

@@ -706,7 +706,7 @@ impl Runner {
     }
 
     fn apply_status(&mut self, status: &Status, origin: Instant) {
-        let up = |k: &Key| status.get(k).map_or(true, |h| h.up);
+        let up = |k: &Key| status.get(k).is_none_or(|h| h.up);
         let items = self.tracked.iter().map(|(k, w)| (*w, up(k)));
         let (priority, fault) = track::effective(self.cfg.priority, items);
         self.fault_why = self

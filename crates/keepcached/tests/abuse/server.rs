@@ -291,7 +291,7 @@ const BIG_LEN: usize = 1_000_000;
 /// Stores `big`, a [`BIG_LEN`]-byte value.
 fn store_big(server: &ServerProcess) {
     let mut set = format!("set big 0 0 {BIG_LEN}\r\n").into_bytes();
-    set.extend(std::iter::repeat(b'b').take(BIG_LEN));
+    set.extend(std::iter::repeat_n(b'b', BIG_LEN));
     set.extend_from_slice(b"\r\n");
     assert_eq!(
         ask(server, &set, b"\r\n"),
@@ -549,7 +549,7 @@ fn partial_big_sets() {
             drop(stalled);
             // Once the stalled clients are gone, a 1 MB value can be stored again.
             let mut set = format!("set after 0 0 {BIG_LEN}\r\n").into_bytes();
-            set.extend(std::iter::repeat(b'a').take(BIG_LEN));
+            set.extend(std::iter::repeat_n(b'a', BIG_LEN));
             set.extend_from_slice(b"\r\n");
             ask_until(
                 server,

@@ -96,7 +96,7 @@ impl Load {
                     let key = format!("k{w}:{}", i % KEYS_EACH);
                     i += 1;
                     version += 1;
-                    let deleted = i % 7 == 0;
+                    let deleted = i.is_multiple_of(7);
                     if let Some(ack) = acked.lock().unwrap().get_mut(&key) {
                         ack.unsettled = true;
                     }
