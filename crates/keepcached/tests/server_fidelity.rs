@@ -544,6 +544,34 @@ fn one_hash_metadump_at_a_time() {
     }
 }
 
+/// What the server will not start with exits 64 before binding, saying why: TLS (`-Z`), which
+/// it does not speak (README), and SASL with the ASCII protocol only (`-S -B ascii`), which
+/// memcached refuses too (docs/meta.md).
+#[test]
+fn unsupported_options_are_usage_errors() {
+    for (args, says) in [
+        (&["-Z"][..], "TLS (-Z) is not supported"),
+        (
+            &["-S", "-B", "ascii"],
+            "You cannot allow the ASCII protocol while using SASL.",
+        ),
+    ] {
+        let out = keepcached_testkit::run_with_timeout(
+            std::process::Command::new(env!("CARGO_BIN_EXE_keepcached"))
+                .args(["server", "-u", "root", "-l", "127.0.0.1", "-p", "0"])
+                .args(args),
+            Duration::from_secs(30),
+        )
+        .expect("run");
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(64),
+            "{args:?}: {out:?}"
+        );
+        assert!(out.stderr.contains(says), "{args:?}: {out:?}");
+    }
+}
+
 /// The named stats of every class in a `stats items` or `stats slabs` reply.
 fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
     reply
