@@ -308,6 +308,182 @@ fn counters_move_with_traffic_and_a_killed_backend_shows_down() {
     }
 }
 
+/// `keepcached proxy -D` over the pools `main` and `backup` from a TOML file with `extra`
+/// appended (its `[backend]` or `[resync]`), with `--metrics`; the file is removed on drop.
+struct FileProxy {
+    process: ServerProcess,
+    metrics: SocketAddr,
+    file: std::path::PathBuf,
+}
+
+impl FileProxy {
+    fn start(main: &ServerProcess, backup: &ServerProcess, extra: &str) -> FileProxy {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let file = std::env::temp_dir().join(format!(
+            "keepcached-metrics-proxy-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(
+            &file,
+            format!(
+                "[[pools]]\nname = \"main\"\nservers = [\"{}\"]\n\
+                 [[pools]]\nname = \"backup\"\nservers = [\"{}\"]\n{extra}",
+                main.addr(),
+                backup.addr()
+            ),
+        )
+        .unwrap();
+        let metrics = metrics_addr();
+        let flag = format!("--metrics={metrics}");
+        let process =
+            keepcached_proxy(Path::new(BIN), &["--config", file.to_str().unwrap(), &flag])
+                .expect("start keepcached proxy");
+        FileProxy {
+            process,
+            metrics,
+            file,
+        }
+    }
+
+    /// A scrape, once the endpoint (bound just after the proxy's port) accepts.
+    fn scrape(&self) -> String {
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect_timeout(&self.metrics, Duration::from_millis(100)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the metrics endpoint never listened"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        scrape(self.metrics)
+    }
+}
+
+impl Drop for FileProxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// The sample lines (not `#` lines) of a scrape whose name starts with `prefix`.
+fn samples<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// docs/metrics.md: until the proxy serves (it first contacts every server) its scrape is
+/// empty. The main server is stopped, so the first contact waits for its `stats` (up to the
+/// 5 s request timeout) and the proxy does not serve yet; once it answers, the proxy serves and
+/// its first scrape already shows every server's state, none of them `connecting`.
+#[test]
+fn the_proxy_scrape_is_empty_until_it_serves() {
+    let ((main, _), (backup, _)) = (server(), server());
+    main.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let proxy = FileProxy::start(&main, &backup, "[backend]\nrequest_timeout_ms = 5000\n");
+    let text = proxy.scrape();
+    assert_eq!(
+        samples(&text, "keepcached_proxy_"),
+        Vec::<&str>::new(),
+        "before the first contact ended:\n{text}"
+    );
+    // No client has been served: the proxy's port accepts (it is bound) but nothing answers.
+    let mut client = proxy.process.connect().expect("connect to the proxy");
+    client.set_timeout(Duration::from_millis(300));
+    assert!(
+        client.call("version\r\n").is_err(),
+        "served during the first contact"
+    );
+    assert_eq!(samples(&proxy.scrape(), "keepcached_proxy_").len(), 0);
+
+    main.signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = proxy.scrape();
+        if !samples(&text, "keepcached_proxy_").is_empty() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the proxy never showed:\n{text}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    for (pool, server) in [("main", &main), ("backup", &backup)] {
+        let state = |state: &str| {
+            format!(
+                r#"keepcached_proxy_backend_state{{pool="{pool}",backend="{}",state="{state}"}}"#,
+                server.addr()
+            )
+        };
+        assert_eq!(value(&text, &state("up")), Some(1.0), "{text}");
+        assert_eq!(value(&text, &state("connecting")), Some(0.0), "{text}");
+    }
+    let mut client = proxy.process.connect().expect("connect to the proxy");
+    assert!(client.call("version\r\n").unwrap().starts_with("VERSION "));
+}
+
+/// docs/metrics.md: the warm-up gauges have a series only for a server that is warming now.
+/// The main server restarts empty beside a backup holding 600 items, copied at 200 a second:
+/// its series appear while it warms (and the backup's never), and are gone once it is up.
+#[test]
+fn warmup_gauges_have_series_only_while_a_server_warms() {
+    let ((mut main, _), (backup, _)) = (server(), server());
+    let proxy = FileProxy::start(&main, &backup, "[resync]\nwarmup_items_per_sec = 200\n");
+    let mut client = proxy.process.connect().expect("connect to the proxy");
+    for i in 0..600 {
+        assert_eq!(
+            client.call(&format!("set w{i} 0 0 1\r\nx\r\n")).unwrap(),
+            "STORED\r\n"
+        );
+    }
+    let warmup = "keepcached_proxy_backend_warmup_";
+    let text = proxy.scrape();
+    assert!(!samples(&text, "keepcached_proxy_").is_empty(), "{text}");
+    assert_eq!(samples(&text, warmup), Vec::<&str>::new(), "{text}");
+
+    main.restart().expect("restart the main server");
+    let main_label = format!(r#"{{pool="main",backend="{}"}}"#, main.addr());
+    let state = |state: &str| {
+        format!(
+            r#"keepcached_proxy_backend_state{{pool="main",backend="{}",state="{state}"}}"#,
+            main.addr()
+        )
+    };
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = proxy.scrape();
+        if value(&text, &state("warming")) == Some(1.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never warming:\n{text}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let series = samples(&text, warmup);
+    for gauge in [
+        "listed_keys",
+        "source_keys",
+        "copied_keys",
+        "copied_bytes",
+        "progress_ratio",
+    ] {
+        let name = format!("{warmup}{gauge}{main_label}");
+        assert!(value(&text, &name).is_some(), "no {name}:\n{text}");
+    }
+    assert_eq!(series.len(), 5, "only the warming server's:\n{text}");
+    assert!(
+        value(&text, &format!("{warmup}source_keys{main_label}")).unwrap() >= 600.0,
+        "{text}"
+    );
+
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = proxy.scrape();
+        if value(&text, &state("up")) == Some(1.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never up again:\n{text}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(samples(&text, warmup), Vec::<&str>::new(), "{text}");
+}
+
 #[test]
 fn the_endpoint_speaks_http_as_a_scraper_expects() {
     let (_server, metrics) = server();

@@ -2,7 +2,12 @@
 //! file, a write through the proxy landing on the server, the save at SIGTERM; `--check` and
 //! `--print-config`; systemd's notifications (READY=1 only once the ports accept,
 //! STOPPING=1 at SIGTERM, READY=1 after a reload only once it is applied) for the node and for
-//! each standalone role; a second signal that cuts the proxy's drain or the node's save short.
+//! each standalone role; a second signal that cuts the proxy's drain or the node's save short;
+//! `-u` refused with `[vrrp]`, and (root: CI) SIGUSR1 logging VRRP's status.
+
+// Each test binary uses only part of the shared helpers.
+#[allow(dead_code)]
+mod vrrp_topology;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -1066,4 +1071,125 @@ fn a_second_sigint_cuts_the_nodes_save_short_and_keeps_the_previous_file() {
         "the previous save is kept whole"
     );
     assert!(!temp.exists(), "the temporary file is removed");
+}
+
+/// A `[vrrp]` section of one instance on eth0 holding [`vrrp_topology::VIP`], 0.1 s adverts.
+fn vrrp_section() -> String {
+    format!(
+        "\n[vrrp]\n{}",
+        vrrp_topology::v3_instance(100).replace("[[instance]]", "[[vrrp.instance]]")
+    )
+}
+
+/// docs/node.md: `-u USER` only without `[vrrp]`, which needs CAP_NET_ADMIN and CAP_NET_RAW
+/// for as long as it runs. With it: 64 before anything is bound (the server's port is held
+/// here, so a bind first would fail otherwise). Without it (root only): the node runs as USER.
+#[test]
+fn user_is_refused_with_vrrp_and_taken_without() {
+    let dir = Scratch::new("user");
+    let held = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let server_port = held.local_addr().unwrap().port();
+    let proxy_port = free_port().unwrap();
+    let plain = format!(
+        "[server]\nlisten = [\"127.0.0.1\"]\nport = {server_port}\nmemory_limit = \"16m\"\n\
+         threads = 1\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nthreads = 1\n\
+         pools = [{{ name = \"main\", servers = [\"127.0.0.1:{server_port}\"] }}]\n"
+    );
+    let config = dir.file("vrrp.toml", &format!("{plain}{}", vrrp_section()));
+    for flag in ["-u", "--user"] {
+        let out = run_with_timeout(
+            Command::new(BIN).args(["node", "--config", config.to_str().unwrap(), flag, "nobody"]),
+            WAIT,
+        )
+        .unwrap();
+        assert_eq!(out.status.and_then(|s| s.code()), Some(64), "{out:?}");
+        assert!(
+            out.stderr.contains("-u: a node with [vrrp]")
+                && out.stderr.contains("CAP_NET_ADMIN and CAP_NET_RAW"),
+            "{out:?}"
+        );
+        assert!(
+            !out.stderr.to_ascii_lowercase().contains("in use"),
+            "{out:?}"
+        );
+    }
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED the -u switch of user_is_refused_with_vrrp_and_taken_without: needs root"
+        );
+        return;
+    }
+    drop(held);
+    let config = dir.file("plain.toml", &plain);
+    let mut node = Running::start(
+        &["node", "--config", config.to_str().unwrap(), "-u", "nobody"],
+        dir.0.join("node.log"),
+        &[],
+    );
+    let mut proxy = wait_accepting(proxy_port, &mut node);
+    assert_eq!(
+        call(&mut proxy, "set u 0 0 1\r\nx\r\n", "STORED"),
+        "STORED\r\n"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+    assert!(
+        uid.split_whitespace()
+            .skip(1)
+            .all(|id| id == nobody.to_string()),
+        "{uid}"
+    );
+}
+
+/// docs/node.md: SIGUSR1 logs VRRP's status line per instance. A node (server, proxy and VRRP)
+/// alone on its link becomes master; each SIGUSR1 adds one status line saying so.
+#[test]
+fn sigusr1_logs_vrrp_status_per_instance() {
+    if !vrrp_topology::root_or_skip("sigusr1_logs_vrrp_status_per_instance") {
+        return;
+    }
+    let mut t = vrrp_topology::Topology::new(1);
+    let config = t.write(
+        "h1.toml",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1\"]\nport = 11211\nmemory_limit = 16\nthreads = 1\n\n\
+             [proxy]\nlisten = [\"127.0.0.1:12000\"]\nthreads = 1\n\
+             pools = [{{ name = \"main\", servers = [\"127.0.0.1:11211\"] }}]\n{}",
+            vrrp_section()
+        ),
+    );
+    let exe = vrrp_topology::keepcached();
+    let pid = t.spawn(
+        "h1",
+        "h1-node.log",
+        &[
+            exe.to_str().unwrap(),
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    // SIGUSR1 is handled from before this line on.
+    t.wait_log("h1-node.log", "node serving", WAIT);
+    t.wait_holder(&["h1"], "h1", WAIT);
+    let status = "status VI_1 state=MASTER";
+    let log = std::fs::read_to_string(t.dir.join("h1-node.log")).unwrap();
+    assert!(!log.contains("status VI_1"), "before any SIGUSR1:\n{log}");
+    for n in 1..=2 {
+        t.signal(pid, Signal::SIGUSR1);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = std::fs::read_to_string(t.dir.join("h1-node.log")).unwrap();
+            if log.matches(status).count() == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGUSR1 {n}: no {status:?} in:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

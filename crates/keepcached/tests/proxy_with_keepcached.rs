@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use keepcached_testkit::wait::poll_until;
 use keepcached_testkit::{
     keepcached_proxy, keepcached_server, raise_open_file_limit, Client, End, ServerProcess,
 };
+use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
 
@@ -33,6 +35,42 @@ fn call(client: &mut Client, request: &str) -> String {
 /// `request` sent straight to a server.
 fn direct(server: &ServerProcess, request: &str) -> String {
     call(&mut server.connect().expect("connect"), request)
+}
+
+/// Started with magent's flags, not `--config`, the proxy has no file to read again: each SIGHUP
+/// is logged (docs/proxy.md) and changes nothing; it goes on serving with its two servers.
+#[test]
+fn a_sighup_without_config_is_logged_and_changes_nothing() {
+    let (main, backup) = (server(), server());
+    let mut proxy = start_proxy(&main, &backup);
+    // SIGHUP is ignored until its handler is in place, which is before this line.
+    assert!(
+        poll_until(Duration::from_secs(10), || proxy
+            .log_text()
+            .contains("proxy serving")),
+        "{}",
+        proxy.log_text()
+    );
+    let logged = "SIGHUP: no configuration file to read again (started without --config)";
+    // One at a time: signals sent at once may arrive as one.
+    for n in 1..=3 {
+        proxy.signal(Signal::SIGHUP).expect("SIGHUP");
+        assert!(
+            poll_until(Duration::from_secs(10), || proxy
+                .log_text()
+                .matches(logged)
+                .count()
+                == n),
+            "SIGHUP {n} not logged once:\n{}",
+            proxy.log_text()
+        );
+    }
+    assert!(proxy.is_running(), "{}", proxy.log_text());
+    let mut client = proxy.connect().expect("connect to the proxy");
+    assert_eq!(call(&mut client, "set hup 0 0 1\r\nx\r\n"), "STORED\r\n");
+    for s in [&main, &backup] {
+        assert_eq!(direct(s, "get hup\r\n"), "VALUE hup 0 1\r\nx\r\nEND\r\n");
+    }
 }
 
 /// The seed's test with magent's command line: `set test 0 0 5 / nihao` through the proxy, then

@@ -219,7 +219,8 @@ pub struct ResyncConfig {
     /// Record on the other servers that a server missed writes, so another proxy (after the
     /// VIP moved) does not read it stale (docs/resync.md).
     pub ledger: bool,
-    /// Hold every returning server out of reads until the operator says `backend up|warm`.
+    /// Hold a server marked down by its failures out of reads when it returns, until the
+    /// operator says `backend up|warm`.
     pub hold_returning: bool,
 }
 

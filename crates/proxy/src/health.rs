@@ -547,15 +547,20 @@ impl Health {
         self.last_failure_ms.store(now, Ordering::Relaxed);
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(backend = %self.addr, %error, failures, "backend failure");
-        if failures >= self.settings.failure_limit()
-            && self.change(
-                &[State::Up, State::Suspect, State::Warming, State::Connecting],
-                State::Down,
-                &format!("{failures} failures in a row, the last: {error}"),
-            )
-        {
+        if failures < self.settings.failure_limit() {
+            return;
+        }
+        let reason = format!("{failures} failures in a row, the last: {error}");
+        // Held only if it was in service: one that has not answered since the proxy started
+        // is not returning when it comes.
+        let in_service = self.change(
+            &[State::Up, State::Suspect, State::Warming],
+            State::Down,
+            &reason,
+        );
+        if in_service || self.change(&[State::Connecting], State::Down, &reason) {
             self.counters.local().downs.fetch_add(1, Ordering::Relaxed);
-            if self.hold_returning {
+            if in_service && self.hold_returning {
                 self.standing.lock().held = true;
             }
             self.wake.notify_one();

@@ -265,7 +265,8 @@ impl Bound {
         self.reach.subscribe()
     }
 
-    /// The proxy's Prometheus collector: it shows the proxy once [`Bound::serve`] runs.
+    /// The proxy's Prometheus collector: it shows the proxy once [`Bound::serve`] has first
+    /// contacted every server and serves clients.
     pub fn metrics(&self) -> ProxyMetrics {
         ProxyMetrics {
             ctx: self.metrics.clone(),
@@ -343,11 +344,13 @@ impl Bound {
             flushes: std::sync::atomic::AtomicU64::new(0),
         });
         ctx.apply(ctx.config.clone());
-        // Weak: the endpoint must not keep the workers alive past the shutdown below.
-        let _ = metrics.set(Arc::downgrade(&ctx));
         tokio::spawn(reloading(ctx.clone(), reloads, stop_rx.clone()));
         resync::start(&ctx, &stop_rx);
         resync::first_contact(&ctx).await;
+        // Shown once it serves (docs/metrics.md): during the first contact a scrape would show
+        // a proxy not yet in service, its servers `connecting` and its counters at 0.
+        // Weak: the endpoint must not keep the workers alive past the shutdown below.
+        let _ = metrics.set(Arc::downgrade(&ctx));
         tokio::spawn(following_reach(ctx.clone(), reach, stop_rx.clone()));
         for listener in &tcp {
             if let Ok(addr) = listener.local_addr() {

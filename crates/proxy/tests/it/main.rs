@@ -3,6 +3,7 @@
 mod basics;
 mod common;
 mod failover;
+mod hold;
 mod meta;
 mod misbehaving;
 mod php;
