@@ -122,44 +122,54 @@ fn fetch_all(server: &ServerProcess, keys: &[String]) -> Vec<Option<Found>> {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut found = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(BATCH) {
-        let mut request = String::new();
-        for key in chunk {
-            request.push_str(&format!("mg {key} v f t\r\n"));
-        }
-        request.push_str("mn\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.first().copied() {
-                Some("MN") => break,
-                Some("EN") => found.push(None),
-                Some("VA") => {
-                    let len: usize = words[1].parse().unwrap();
-                    let mut value = vec![0; len + 2];
-                    reader.read_exact(&mut value).unwrap();
-                    value.truncate(len);
-                    let field = |c: char| -> i64 {
-                        words
-                            .iter()
-                            .find_map(|w| w.strip_prefix(c))
-                            .unwrap()
-                            .parse()
-                            .unwrap()
-                    };
-                    found.push(Some(Found {
-                        value,
-                        flags: field('f') as u32,
-                        ttl: field('t'),
-                    }));
-                }
-                _ => panic!("unexpected reply line {line:?}"),
-            }
-        }
+        stream.write_all(&mg_requests(chunk)).unwrap();
+        read_found(&mut reader, &mut found);
     }
     assert_eq!(found.len(), keys.len());
     found
+}
+
+/// `mg key v f t` for each key, then `mn`.
+fn mg_requests(keys: &[String]) -> Vec<u8> {
+    let mut request = String::new();
+    for key in keys {
+        request.push_str(&format!("mg {key} v f t\r\n"));
+    }
+    request.push_str("mn\r\n");
+    request.into_bytes()
+}
+
+/// Reads the replies to [`mg_requests`] up to its `MN` into `found`.
+fn read_found(reader: &mut impl BufRead, found: &mut Vec<Option<Found>>) {
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("MN") => return,
+            Some("EN") => found.push(None),
+            Some("VA") => {
+                let len: usize = words[1].parse().unwrap();
+                let mut value = vec![0; len + 2];
+                reader.read_exact(&mut value).unwrap();
+                value.truncate(len);
+                let field = |c: char| -> i64 {
+                    words
+                        .iter()
+                        .find_map(|w| w.strip_prefix(c))
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                found.push(Some(Found {
+                    value,
+                    flags: field('f') as u32,
+                    ttl: field('t'),
+                }));
+            }
+            _ => panic!("unexpected reply line {line:?}"),
+        }
+    }
 }
 
 fn stats(server: &ServerProcess, name: &str) -> u64 {
@@ -585,5 +595,196 @@ fn a_second_sigterm_cuts_the_final_save_short_and_keeps_the_previous_file() {
     let mut client = second.connect().unwrap();
     assert_eq!(client.call("get added\r\n").unwrap(), "END\r\n");
     drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Waits until the server's log has `what`; the log then.
+fn wait_for_log(server: &ServerProcess, what: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = server.log_text();
+        if log.contains(what) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} in the log:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn keys(items: &Items) -> Vec<String> {
+    (0..items.count).map(|i| items.key(i)).collect()
+}
+
+/// Which of `items` a fresh server started with `flags` stores: what a load with those flags
+/// should keep, found by the binary's own `set`.
+fn accepted(items: &Items, flags: &[&str]) -> Vec<bool> {
+    let server = keepcached_server(Path::new(BIN), flags).unwrap();
+    store_all(&server, items);
+    fetch_all(&server, &keys(items))
+        .iter()
+        .map(Option::is_some)
+        .collect()
+}
+
+/// SIGUSR1, memcached 1.6's graceful shutdown, stops the server and saves, as SIGTERM does.
+#[test]
+fn sigusr1_stops_the_server_and_saves() {
+    let dir = temp_dir("sigusr1");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let mut first = start(&file, &[]);
+    store_all(&first, &items);
+    signal(&first, Signal::SIGUSR1);
+    let status = first.wait_exit(WAIT).unwrap();
+    let log = first.log_text();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?} after SIGUSR1; log:\n{log}"
+    );
+    assert!(
+        log.contains("SIGUSR1 received: shutting down"),
+        "log:\n{log}"
+    );
+    let saved = count_in(&log, "saved ");
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    println!("items saved {saved}, items restored {present}, mismatches {mismatches}");
+    assert_eq!(saved, 2000);
+    assert_eq!((present, mismatches), (2000, 0));
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A final save that fails is logged and makes the exit status 1, and the previous file is
+/// left as it was (and loads). The disk is full: the temporary file is /dev/full, which fails
+/// every write with ENOSPC even for root.
+#[test]
+fn a_failed_final_save_exits_1_and_keeps_the_previous_file() {
+    let dir = temp_dir("failed-save");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let mut server = start(&file, &[]);
+    store_all(&server, &items);
+    signal(&server, Signal::SIGUSR2);
+    wait_for_log(&server, "saved 2000 items");
+    let previous = fs::read(&file).unwrap();
+    // The final save would differ from the previous one.
+    let mut client = server.connect().unwrap();
+    assert_eq!(
+        client.call("set added 0 0 1\r\nx\r\n").unwrap(),
+        "STORED\r\n"
+    );
+    drop(client);
+    let temp = dir.join("cache.tmp");
+    std::os::unix::fs::symlink("/dev/full", &temp).unwrap();
+    signal(&server, Signal::SIGTERM);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    println!(
+        "exit status {status:?}; {}",
+        log.lines()
+            .find(|l| l.contains("saving the cache"))
+            .unwrap_or("no line")
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "saving the cache to {} failed: No space left on device",
+            file.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("saved 2001 items"), "{log}");
+    assert!(
+        fs::read(&file).unwrap() == previous,
+        "the previous file is left as it was"
+    );
+    assert!(
+        fs::symlink_metadata(&temp).is_err(),
+        "the temporary file is removed"
+    );
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    assert_eq!((present, mismatches), (2000, 0));
+    let mut client = second.connect().unwrap();
+    assert_eq!(client.call("get added\r\n").unwrap(), "END\r\n");
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Saves with `save_flags`, loads with `load_flags`: (items saved, items over -I at the load).
+/// Asserts that the items loaded are exactly those saved that a server with `load_flags` stores,
+/// with their values and flags.
+fn save_then_load(
+    dir: &Path,
+    items: &Items,
+    save_flags: &[&str],
+    load_flags: &[&str],
+) -> (u64, u64) {
+    let file = dir.join(format!("cache{}", save_flags.join("").replace('-', "_")));
+    let first = start(&file, save_flags);
+    store_all(&first, items);
+    let saved = count_in(&stop(first), "saved ");
+    let in_file = accepted(items, save_flags);
+    assert_eq!(saved, in_file.iter().filter(|&&a| a).count() as u64);
+    let kept = accepted(items, load_flags);
+    let second = start(&file, load_flags);
+    let wrong = fetch_all(&second, &keys(items))
+        .into_iter()
+        .enumerate()
+        .filter(|(i, found)| match found {
+            None => in_file[*i] && kept[*i],
+            Some(f) => !kept[*i] || f.value != items.value(*i) || f.flags != items.flags(*i),
+        })
+        .count();
+    let log = stop(second);
+    // "left out: E expired, N over -I, ..."
+    let over = count_in(&log, "expired, ");
+    let loaded = count_in(&log, "loaded ");
+    println!(
+        "saved with {save_flags:?}: {saved} items; loaded with {load_flags:?}: {loaded}, \
+         {over} over -I, {wrong} wrong"
+    );
+    assert_eq!(wrong, 0, "loaded: exactly the saved items a set stores");
+    assert_eq!(loaded + over, saved, "every item left out is counted");
+    (saved, over)
+}
+
+/// A smaller `-I` at the load leaves the larger items out, and the log line counts them.
+#[test]
+fn a_smaller_item_size_leaves_the_larger_items_out_and_counts_them() {
+    let dir = temp_dir("smaller-i");
+    // Every value length from 0 to 3999 bytes once (7919 and 4000 are coprime).
+    let items = Items {
+        count: 4000,
+        short_ttl: 0,
+    };
+    let (saved, over) = save_then_load(&dir, &items, &[], &["-I", "2k"]);
+    assert_eq!(saved, 4000);
+    assert!(over > 1900 && over < 2100, "{over} over -I 2k");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A CAS counts 8 bytes toward `-I`: loading without `-C` a file saved with it leaves out the
+/// items within 8 bytes of `-I`, counted as over it; the other way round none.
+#[test]
+fn a_cas_counts_toward_the_item_size_at_the_load() {
+    let dir = temp_dir("cas-size");
+    let items = Items {
+        count: 4000,
+        short_ttl: 0,
+    };
+    let (saved, over) = save_then_load(&dir, &items, &["-C", "-I", "1k"], &["-I", "1k"]);
+    // One value length per byte, and four key lengths: 8 bytes hold 8 items, give or take.
+    assert!(over > 0 && over <= 16, "{over} of {saved} over -I");
+    let (saved, over) = save_then_load(&dir, &items, &["-I", "1k"], &["-C", "-I", "1k"]);
+    assert!(saved > 0);
+    assert_eq!(over, 0);
     fs::remove_dir_all(dir).unwrap();
 }
