@@ -788,3 +788,197 @@ fn a_cas_counts_toward_the_item_size_at_the_load() {
     assert_eq!(over, 0);
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// Opens for writing the pipe at `path` once the server has opened it to read (until then the
+/// open fails with ENXIO), in blocking mode.
+fn open_pipe_for_writing(server: &ServerProcess, path: &Path) -> fs::File {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + WAIT;
+    let pipe = loop {
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(path)
+        {
+            Ok(pipe) => break pipe,
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {}
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never opened {}:\n{}",
+            path.display(),
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    pipe
+}
+
+/// Clients that connect while the server loads its file wait, and are then served from the
+/// loaded cache; SIGUSR1 and SIGUSR2 sent meanwhile are ignored (neither stops nor saves). The
+/// load is held in the middle of the file: the file is a pipe that the test fills half, then
+/// connects a client that asks for every item and sends the signals, then writes the rest.
+#[test]
+fn clients_wait_for_the_load_and_user_signals_during_it_are_ignored() {
+    let dir = temp_dir("held-load");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let good = saved_file(&dir, &items);
+    let file = dir.join("cache");
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let pidfile = dir.join("pid");
+    let mut server = start(&file, &["-P", pidfile.to_str().unwrap()]);
+    let mut disk = open_pipe_for_writing(&server, &file);
+    let half = good.len() / 2;
+    disk.write_all(&good[..half]).unwrap();
+    // The load waits for the rest of the file: everything below happens during it.
+    let mut client = connect(&server);
+    client.write_all(&mg_requests(&keys(&items))).unwrap();
+    signal(&server, Signal::SIGUSR1);
+    signal(&server, Signal::SIGUSR2);
+    disk.write_all(&good[half..]).unwrap_or_else(|e| {
+        panic!(
+            "the load stopped reading its file ({e}):\n{}",
+            server.log_text()
+        )
+    });
+    drop(disk);
+    let mut found = Vec::new();
+    read_found(&mut BufReader::new(client), &mut found);
+    let wrong = found
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| {
+            f.as_ref()
+                .is_none_or(|f| f.value != items.value(*i) || f.flags != items.flags(*i))
+        })
+        .count();
+    let log = wait_for_log(&server, "loaded ");
+    // The pid file is written once the signals are handled: one queued during the load would
+    // have been acted on by now.
+    let deadline = Instant::now() + WAIT;
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "no pid file:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let restored = stats(&server, "curr_items");
+    assert!(server.is_running(), "{}", server.log_text());
+    signal(&server, Signal::SIGUSR1);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    println!(
+        "items saved {}, asked for during the load {}, wrong or missing {wrong}, restored \
+         {restored}; SIGUSR1 lines {}, saves {}",
+        items.count,
+        found.len(),
+        count("SIGUSR1 received"),
+        count("saved 2000 items")
+    );
+    assert_eq!(wrong, 0, "a client was served before the load ended");
+    assert_eq!(count_in(&log, "loaded "), 2000, "{log}");
+    assert_eq!(restored, 2000);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{log}");
+    assert_eq!(
+        (count("SIGUSR1 received"), count("saved 2000 items")),
+        (1, 1),
+        "only the SIGUSR1 sent after the load acts, and only its save is made:\n{log}"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Saves never overlap: a shutdown asked for during a SIGUSR2 save waits for it, then saves.
+/// The SIGUSR2 save is held mid-write (its temporary file is a pipe the test stops reading)
+/// until the server has stopped listening, just before its final save; then the test reads
+/// the pipe to its end. A save that overlapped would write into the same pipe, and the bytes
+/// read would not be one whole file. (The held save then fails, since a pipe cannot be synced
+/// to disk; the final save, made after it, succeeds.)
+#[test]
+fn saves_never_overlap() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = temp_dir("overlap");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 5000,
+        short_ttl: 0,
+    };
+    let mut server = start(&file, &[]);
+    store_all(&server, &items);
+    let temp = dir.join("cache.tmp");
+    nix::unistd::mkfifo(&temp, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Non-blocking, so that opening needs no writer yet and reading never waits.
+    let mut disk = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&temp)
+        .unwrap();
+    signal(&server, Signal::SIGUSR2);
+    let mut first = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + WAIT;
+    while first.is_empty() {
+        match disk.read(&mut buf) {
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("reading the save: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the save never began:\n{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Megabytes of items behind a pipe of 64 KiB nobody reads: the save waits mid-write.
+    signal(&server, Signal::SIGTERM);
+    wait_for_log(&server, "SIGTERM received");
+    while TcpStream::connect(server.addr()).is_ok() {
+        assert!(Instant::now() < deadline, "the server still listens");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.is_running(), "{}", server.log_text());
+    // To the end of the file: the pipe reads empty once its writer has closed it.
+    loop {
+        match disk.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("reading the save: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the save never ended");
+    }
+    drop(disk);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{log}");
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let failed = format!(
+        "saving the cache to {} failed: Invalid argument",
+        file.display()
+    );
+    assert_eq!((count(&failed), count("saved 5000 items")), (1, 1), "{log}");
+    // Both saves wrote a whole file of every item.
+    let held = dir.join("held");
+    fs::write(&held, &first).unwrap();
+    for saved in [&held, &file] {
+        let server = start(saved, &[]);
+        let (present, mismatches) = check(&server, &items, None);
+        let log = stop(server);
+        println!(
+            "{}: {} bytes, items restored {present}, mismatches {mismatches}",
+            saved.display(),
+            fs::metadata(saved).unwrap().len()
+        );
+        assert!(!log.contains("cannot load"), "{log}");
+        assert_eq!((present, mismatches), (5000, 0));
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
