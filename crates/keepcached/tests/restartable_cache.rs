@@ -1066,3 +1066,85 @@ fn an_old_cas_gets_exists_after_a_load() {
     drop(second);
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// `mg key l` for each key: the seconds since each item's last access.
+fn seconds_since_access(server: &ServerProcess, keys: &[&str]) -> Vec<u64> {
+    let mut client = server.connect().unwrap();
+    keys.iter()
+        .map(|key| {
+            let reply = client.call(&format!("mg {key} l\r\n")).unwrap();
+            reply
+                .trim_end()
+                .strip_prefix("HD l")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or_else(|| panic!("mg {key} l: {reply:?}"))
+        })
+        .collect()
+}
+
+/// Last access times come back to the second within what the new process's clock can say: it
+/// starts 62 s before the process, so an access less than 62 s before the start is kept, an
+/// older one becomes the start minus 62 s, and one after the load (a wall clock set back) the
+/// load's time. The file is written here with the access times wanted (a wait of a minute or
+/// more would make them otherwise).
+#[test]
+fn access_times_come_back_within_the_62_seconds_the_clock_reaches_back() {
+    use keepcached_server::persist::format::{Header, Record, Writer};
+    let dir = temp_dir("access-times");
+    let file = dir.join("cache");
+    let t0 = unix_now();
+    let accesses = [
+        ("recent", t0 - 50),
+        ("old", t0 - 1000),
+        ("future", t0 + 1000),
+    ];
+    let header = Header {
+        saved_at: t0,
+        max_bytes: 64 << 20,
+        item_size_max: 1 << 20,
+        cas_bound: 1,
+    };
+    let mut writer = Writer::new(Vec::new(), &header).unwrap();
+    for (key, last_access) in accesses {
+        writer
+            .item(&Record {
+                key: key.as_bytes(),
+                value: b"value",
+                flags: 0,
+                expires_at: 0,
+                last_access,
+                fetched: false,
+                stale: false,
+                binary_key: false,
+            })
+            .unwrap();
+    }
+    fs::write(&file, writer.finish().unwrap().0).unwrap();
+    let server = start(&file, &[]);
+    let since = seconds_since_access(&server, &["recent", "old", "future"]);
+    // Whole seconds on both clocks: one of rounding.
+    let elapsed = unix_now() - t0 + 1;
+    let log = stop(server);
+    println!(
+        "seconds since access: recent {} (50 s before the start), old {} (1000 s before), \
+         future {} (1000 s after); {elapsed} s since the file was written",
+        since[0], since[1], since[2]
+    );
+    assert_eq!(count_in(&log, "loaded "), 3, "{log}");
+    assert!(
+        (49..=50 + elapsed).contains(&since[0]),
+        "an access 50 s before the start is kept: {}",
+        since[0]
+    );
+    assert!(
+        (62..=62 + elapsed).contains(&since[1]),
+        "an older access becomes the start minus 62 s: {}",
+        since[1]
+    );
+    assert!(
+        since[2] <= elapsed,
+        "an access after the load becomes the load's time: {}",
+        since[2]
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
