@@ -526,6 +526,8 @@ pub struct Cache {
     shares: Mutex<()>,
     /// Where the next crawl starts, so that small budgets still reach every shard.
     crawl_start: AtomicUsize,
+    /// The shards' common store sequence, which numbers the CAS values.
+    sequence: Arc<AtomicU64>,
 }
 
 /// A large value in its own refcounted buffer, copied before the shard is locked so that the
@@ -585,7 +587,21 @@ impl Cache {
             max_bytes: AtomicU64::new(cfg.max_bytes),
             shares: Mutex::new(()),
             crawl_start: AtomicUsize::new(0),
+            sequence,
         }
+    }
+
+    /// The bound below which every CAS handed out so far lies; a save records it.
+    pub fn cas_bound(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
+    }
+
+    /// Hands out no CAS below `bound` from now on. A cache loaded from a save raises its bound
+    /// to the saving process's before the first item is imported, so that no CAS that process
+    /// handed out is handed out again: a client holding one gets `EXISTS`, never a match with
+    /// another version of the item.
+    pub fn raise_cas_bound(&self, bound: u64) {
+        self.sequence.fetch_max(bound, Ordering::Relaxed);
     }
 
     /// How many shards the cache uses.

@@ -653,10 +653,11 @@ pub fn run(plan: ServerPlan) -> anyhow::Result<()> {
         _ => None,
     };
     let pidfile = pidfile.map(process::absolute).transpose()?;
-    // The save and load lines are rare and say what became of the cache: shown without -v.
+    // The save and load lines are rare and say what became of the cache, SIGUSR1's why the
+    // server stopped: shown without -v.
     crate::init_logging_with(
         u8::try_from(settings.verbose).unwrap_or(u8::MAX),
-        "keepcached_server::persist=info",
+        "keepcached_server::persist=info,keepcached::server_cmd=info",
         log_file.as_deref(),
     )?;
     // Before the load, which may take seconds, so that a signal sent meanwhile does not end
@@ -739,6 +740,9 @@ fn on_user_signals(server: &Arc<Server>) -> anyhow::Result<()> {
     let graceful = server.clone();
     tokio::spawn(async move {
         if usr1.recv().await.is_some() {
+            // Logged and reported as SIGTERM's is, so the log says why the server stopped.
+            tracing::info!("SIGUSR1 received: shutting down");
+            process::service_manager::stopping();
             graceful.shutdown_requested.send_replace(true);
         }
     });

@@ -122,44 +122,54 @@ fn fetch_all(server: &ServerProcess, keys: &[String]) -> Vec<Option<Found>> {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut found = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(BATCH) {
-        let mut request = String::new();
-        for key in chunk {
-            request.push_str(&format!("mg {key} v f t\r\n"));
-        }
-        request.push_str("mn\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.first().copied() {
-                Some("MN") => break,
-                Some("EN") => found.push(None),
-                Some("VA") => {
-                    let len: usize = words[1].parse().unwrap();
-                    let mut value = vec![0; len + 2];
-                    reader.read_exact(&mut value).unwrap();
-                    value.truncate(len);
-                    let field = |c: char| -> i64 {
-                        words
-                            .iter()
-                            .find_map(|w| w.strip_prefix(c))
-                            .unwrap()
-                            .parse()
-                            .unwrap()
-                    };
-                    found.push(Some(Found {
-                        value,
-                        flags: field('f') as u32,
-                        ttl: field('t'),
-                    }));
-                }
-                _ => panic!("unexpected reply line {line:?}"),
-            }
-        }
+        stream.write_all(&mg_requests(chunk)).unwrap();
+        read_found(&mut reader, &mut found);
     }
     assert_eq!(found.len(), keys.len());
     found
+}
+
+/// `mg key v f t` for each key, then `mn`.
+fn mg_requests(keys: &[String]) -> Vec<u8> {
+    let mut request = String::new();
+    for key in keys {
+        request.push_str(&format!("mg {key} v f t\r\n"));
+    }
+    request.push_str("mn\r\n");
+    request.into_bytes()
+}
+
+/// Reads the replies to [`mg_requests`] up to its `MN` into `found`.
+fn read_found(reader: &mut impl BufRead, found: &mut Vec<Option<Found>>) {
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("MN") => return,
+            Some("EN") => found.push(None),
+            Some("VA") => {
+                let len: usize = words[1].parse().unwrap();
+                let mut value = vec![0; len + 2];
+                reader.read_exact(&mut value).unwrap();
+                value.truncate(len);
+                let field = |c: char| -> i64 {
+                    words
+                        .iter()
+                        .find_map(|w| w.strip_prefix(c))
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                found.push(Some(Found {
+                    value,
+                    flags: field('f') as u32,
+                    ttl: field('t'),
+                }));
+            }
+            _ => panic!("unexpected reply line {line:?}"),
+        }
+    }
 }
 
 fn stats(server: &ServerProcess, name: &str) -> u64 {
@@ -385,6 +395,10 @@ fn damaged_files_give_one_line_and_an_empty_cache() {
     let mut version = good.clone();
     version[8] = 99;
     cases.push(("version".into(), version, "format version 99"));
+    // A file of the layout before the CAS bound, whose header was 8 bytes shorter.
+    let mut first_version = good.clone();
+    first_version[8] = 1;
+    cases.push(("version-1".into(), first_version, "format version 1, but"));
     cases.push(("empty".into(), Vec::new(), "the file is empty"));
     let keys: Vec<String> = (0..items.count).map(|i| items.key(i)).collect();
     for (name, bytes, problem) in cases {
@@ -585,5 +599,552 @@ fn a_second_sigterm_cuts_the_final_save_short_and_keeps_the_previous_file() {
     let mut client = second.connect().unwrap();
     assert_eq!(client.call("get added\r\n").unwrap(), "END\r\n");
     drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Waits until the server's log has `what`; the log then.
+fn wait_for_log(server: &ServerProcess, what: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = server.log_text();
+        if log.contains(what) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} in the log:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn keys(items: &Items) -> Vec<String> {
+    (0..items.count).map(|i| items.key(i)).collect()
+}
+
+/// Which of `items` a fresh server started with `flags` stores: what a load with those flags
+/// should keep, found by the binary's own `set`.
+fn accepted(items: &Items, flags: &[&str]) -> Vec<bool> {
+    let server = keepcached_server(Path::new(BIN), flags).unwrap();
+    store_all(&server, items);
+    fetch_all(&server, &keys(items))
+        .iter()
+        .map(Option::is_some)
+        .collect()
+}
+
+/// SIGUSR1, memcached 1.6's graceful shutdown, stops the server and saves, as SIGTERM does.
+#[test]
+fn sigusr1_stops_the_server_and_saves() {
+    let dir = temp_dir("sigusr1");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let mut first = start(&file, &[]);
+    store_all(&first, &items);
+    signal(&first, Signal::SIGUSR1);
+    let status = first.wait_exit(WAIT).unwrap();
+    let log = first.log_text();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?} after SIGUSR1; log:\n{log}"
+    );
+    assert!(
+        log.contains("SIGUSR1 received: shutting down"),
+        "log:\n{log}"
+    );
+    let saved = count_in(&log, "saved ");
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    println!("items saved {saved}, items restored {present}, mismatches {mismatches}");
+    assert_eq!(saved, 2000);
+    assert_eq!((present, mismatches), (2000, 0));
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A final save that fails is logged and makes the exit status 1, and the previous file is
+/// left as it was (and loads). The disk is full: the temporary file is /dev/full, which fails
+/// every write with ENOSPC even for root.
+#[test]
+fn a_failed_final_save_exits_1_and_keeps_the_previous_file() {
+    let dir = temp_dir("failed-save");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let mut server = start(&file, &[]);
+    store_all(&server, &items);
+    signal(&server, Signal::SIGUSR2);
+    wait_for_log(&server, "saved 2000 items");
+    let previous = fs::read(&file).unwrap();
+    // The final save would differ from the previous one.
+    let mut client = server.connect().unwrap();
+    assert_eq!(
+        client.call("set added 0 0 1\r\nx\r\n").unwrap(),
+        "STORED\r\n"
+    );
+    drop(client);
+    let temp = dir.join("cache.tmp");
+    std::os::unix::fs::symlink("/dev/full", &temp).unwrap();
+    signal(&server, Signal::SIGTERM);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    println!(
+        "exit status {status:?}; {}",
+        log.lines()
+            .find(|l| l.contains("saving the cache"))
+            .unwrap_or("no line")
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "saving the cache to {} failed: No space left on device",
+            file.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("saved 2001 items"), "{log}");
+    assert!(
+        fs::read(&file).unwrap() == previous,
+        "the previous file is left as it was"
+    );
+    assert!(
+        fs::symlink_metadata(&temp).is_err(),
+        "the temporary file is removed"
+    );
+    let second = start(&file, &[]);
+    let (present, mismatches) = check(&second, &items, None);
+    assert_eq!((present, mismatches), (2000, 0));
+    let mut client = second.connect().unwrap();
+    assert_eq!(client.call("get added\r\n").unwrap(), "END\r\n");
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Saves with `save_flags`, loads with `load_flags`: (items saved, items over -I at the load).
+/// Asserts that the items loaded are exactly those saved that a server with `load_flags` stores,
+/// with their values and flags.
+fn save_then_load(
+    dir: &Path,
+    items: &Items,
+    save_flags: &[&str],
+    load_flags: &[&str],
+) -> (u64, u64) {
+    let file = dir.join(format!("cache{}", save_flags.join("").replace('-', "_")));
+    let first = start(&file, save_flags);
+    store_all(&first, items);
+    let saved = count_in(&stop(first), "saved ");
+    let in_file = accepted(items, save_flags);
+    assert_eq!(saved, in_file.iter().filter(|&&a| a).count() as u64);
+    let kept = accepted(items, load_flags);
+    let second = start(&file, load_flags);
+    let wrong = fetch_all(&second, &keys(items))
+        .into_iter()
+        .enumerate()
+        .filter(|(i, found)| match found {
+            None => in_file[*i] && kept[*i],
+            Some(f) => !kept[*i] || f.value != items.value(*i) || f.flags != items.flags(*i),
+        })
+        .count();
+    let log = stop(second);
+    // "left out: E expired, N over -I, ..."
+    let over = count_in(&log, "expired, ");
+    let loaded = count_in(&log, "loaded ");
+    println!(
+        "saved with {save_flags:?}: {saved} items; loaded with {load_flags:?}: {loaded}, \
+         {over} over -I, {wrong} wrong"
+    );
+    assert_eq!(wrong, 0, "loaded: exactly the saved items a set stores");
+    assert_eq!(loaded + over, saved, "every item left out is counted");
+    (saved, over)
+}
+
+/// A smaller `-I` at the load leaves the larger items out, and the log line counts them.
+#[test]
+fn a_smaller_item_size_leaves_the_larger_items_out_and_counts_them() {
+    let dir = temp_dir("smaller-i");
+    // Every value length from 0 to 3999 bytes once (7919 and 4000 are coprime).
+    let items = Items {
+        count: 4000,
+        short_ttl: 0,
+    };
+    let (saved, over) = save_then_load(&dir, &items, &[], &["-I", "2k"]);
+    assert_eq!(saved, 4000);
+    assert!(over > 1900 && over < 2100, "{over} over -I 2k");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A CAS counts 8 bytes toward `-I`: loading without `-C` a file saved with it leaves out the
+/// items within 8 bytes of `-I`, counted as over it; the other way round none.
+#[test]
+fn a_cas_counts_toward_the_item_size_at_the_load() {
+    let dir = temp_dir("cas-size");
+    let items = Items {
+        count: 4000,
+        short_ttl: 0,
+    };
+    let (saved, over) = save_then_load(&dir, &items, &["-C", "-I", "1k"], &["-I", "1k"]);
+    // One value length per byte, and four key lengths: 8 bytes hold 8 items, give or take.
+    assert!(over > 0 && over <= 16, "{over} of {saved} over -I");
+    let (saved, over) = save_then_load(&dir, &items, &["-I", "1k"], &["-C", "-I", "1k"]);
+    assert!(saved > 0);
+    assert_eq!(over, 0);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Opens for writing the pipe at `path` once the server has opened it to read (until then the
+/// open fails with ENXIO), in blocking mode.
+fn open_pipe_for_writing(server: &ServerProcess, path: &Path) -> fs::File {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + WAIT;
+    let pipe = loop {
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(path)
+        {
+            Ok(pipe) => break pipe,
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {}
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never opened {}:\n{}",
+            path.display(),
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    pipe
+}
+
+/// Clients that connect while the server loads its file wait, and are then served from the
+/// loaded cache; SIGUSR1 and SIGUSR2 sent meanwhile are ignored (neither stops nor saves). The
+/// load is held in the middle of the file: the file is a pipe that the test fills half, then
+/// connects a client that asks for every item and sends the signals, then writes the rest.
+#[test]
+fn clients_wait_for_the_load_and_user_signals_during_it_are_ignored() {
+    let dir = temp_dir("held-load");
+    let items = Items {
+        count: 2000,
+        short_ttl: 0,
+    };
+    let good = saved_file(&dir, &items);
+    let file = dir.join("cache");
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let pidfile = dir.join("pid");
+    let mut server = start(&file, &["-P", pidfile.to_str().unwrap()]);
+    let mut disk = open_pipe_for_writing(&server, &file);
+    let half = good.len() / 2;
+    disk.write_all(&good[..half]).unwrap();
+    // The load waits for the rest of the file: everything below happens during it.
+    let mut client = connect(&server);
+    client.write_all(&mg_requests(&keys(&items))).unwrap();
+    signal(&server, Signal::SIGUSR1);
+    signal(&server, Signal::SIGUSR2);
+    disk.write_all(&good[half..]).unwrap_or_else(|e| {
+        panic!(
+            "the load stopped reading its file ({e}):\n{}",
+            server.log_text()
+        )
+    });
+    drop(disk);
+    let mut found = Vec::new();
+    read_found(&mut BufReader::new(client), &mut found);
+    let wrong = found
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| {
+            f.as_ref()
+                .is_none_or(|f| f.value != items.value(*i) || f.flags != items.flags(*i))
+        })
+        .count();
+    let log = wait_for_log(&server, "loaded ");
+    // The pid file is written once the signals are handled: one queued during the load would
+    // have been acted on by now.
+    let deadline = Instant::now() + WAIT;
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "no pid file:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let restored = stats(&server, "curr_items");
+    assert!(server.is_running(), "{}", server.log_text());
+    signal(&server, Signal::SIGUSR1);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    println!(
+        "items saved {}, asked for during the load {}, wrong or missing {wrong}, restored \
+         {restored}; SIGUSR1 lines {}, saves {}",
+        items.count,
+        found.len(),
+        count("SIGUSR1 received"),
+        count("saved 2000 items")
+    );
+    assert_eq!(wrong, 0, "a client was served before the load ended");
+    assert_eq!(count_in(&log, "loaded "), 2000, "{log}");
+    assert_eq!(restored, 2000);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{log}");
+    assert_eq!(
+        (count("SIGUSR1 received"), count("saved 2000 items")),
+        (1, 1),
+        "only the SIGUSR1 sent after the load acts, and only its save is made:\n{log}"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Saves never overlap: a shutdown asked for during a SIGUSR2 save waits for it, then saves.
+/// The SIGUSR2 save is held mid-write (its temporary file is a pipe the test stops reading)
+/// until the server has stopped listening, just before its final save; then the test reads
+/// the pipe to its end. A save that overlapped would write into the same pipe, and the bytes
+/// read would not be one whole file. (The held save then fails, since a pipe cannot be synced
+/// to disk; the final save, made after it, succeeds.)
+#[test]
+fn saves_never_overlap() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = temp_dir("overlap");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 5000,
+        short_ttl: 0,
+    };
+    let mut server = start(&file, &[]);
+    store_all(&server, &items);
+    let temp = dir.join("cache.tmp");
+    nix::unistd::mkfifo(&temp, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Non-blocking, so that opening needs no writer yet and reading never waits.
+    let mut disk = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&temp)
+        .unwrap();
+    signal(&server, Signal::SIGUSR2);
+    let mut first = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + WAIT;
+    while first.is_empty() {
+        match disk.read(&mut buf) {
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("reading the save: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the save never began:\n{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Megabytes of items behind a pipe of 64 KiB nobody reads: the save waits mid-write.
+    signal(&server, Signal::SIGTERM);
+    wait_for_log(&server, "SIGTERM received");
+    while TcpStream::connect(server.addr()).is_ok() {
+        assert!(Instant::now() < deadline, "the server still listens");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.is_running(), "{}", server.log_text());
+    // To the end of the file: the pipe reads empty once its writer has closed it.
+    loop {
+        match disk.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("reading the save: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the save never ended");
+    }
+    drop(disk);
+    let status = server.wait_exit(WAIT).unwrap();
+    let log = server.log_text();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{log}");
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let failed = format!(
+        "saving the cache to {} failed: Invalid argument",
+        file.display()
+    );
+    assert_eq!((count(&failed), count("saved 5000 items")), (1, 1), "{log}");
+    // Both saves wrote a whole file of every item.
+    let held = dir.join("held");
+    fs::write(&held, &first).unwrap();
+    for saved in [&held, &file] {
+        let server = start(saved, &[]);
+        let (present, mismatches) = check(&server, &items, None);
+        let log = stop(server);
+        println!(
+            "{}: {} bytes, items restored {present}, mismatches {mismatches}",
+            saved.display(),
+            fs::metadata(saved).unwrap().len()
+        );
+        assert!(!log.contains("cannot load"), "{log}");
+        assert_eq!((present, mismatches), (5000, 0));
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// `mg key c` for each key, pipelined: each item's CAS.
+fn cas_of(server: &ServerProcess, keys: &[String]) -> Vec<u64> {
+    let mut stream = connect(server);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let request: String = keys.iter().map(|k| format!("mg {k} c\r\n")).collect();
+    stream.write_all(request.as_bytes()).unwrap();
+    keys.iter()
+        .map(|key| {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line.trim_end()
+                .strip_prefix("HD c")
+                .and_then(|cas| cas.parse().ok())
+                .unwrap_or_else(|| panic!("mg {key} c: {line:?}"))
+        })
+        .collect()
+}
+
+/// CAS values are not kept: every loaded item gets a new one, so that a client holding a CAS
+/// from before the restart gets EXISTS. Which old CAS an item could meet again depends on the
+/// order the load imports the items in; whatever that order, no new CAS may be an old one.
+#[test]
+fn an_old_cas_gets_exists_after_a_load() {
+    let dir = temp_dir("old-cas");
+    let file = dir.join("cache");
+    let items = Items {
+        count: 1000,
+        short_ttl: 0,
+    };
+    let keys = keys(&items);
+    let first = start(&file, &[]);
+    store_all(&first, &items);
+    let old = cas_of(&first, &keys);
+    stop(first);
+    let second = start(&file, &[]);
+    let new = cas_of(&second, &keys);
+    let mut stream = connect(&second);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = Vec::new();
+    for (key, cas) in keys.iter().zip(&old) {
+        request.extend_from_slice(format!("cas {key} 0 0 1 {cas}\r\nx\r\n").as_bytes());
+    }
+    stream.write_all(&request).unwrap();
+    let replies: Vec<String> = keys
+        .iter()
+        .map(|_| {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line
+        })
+        .collect();
+    let exists = replies.iter().filter(|r| *r == "EXISTS\r\n").count();
+    let (present, mismatches) = check(&second, &items, None);
+    println!(
+        "items {}, old CAS {}..={}, new CAS {}..={}; cas with the old CAS: {exists} EXISTS",
+        items.count,
+        old.iter().min().unwrap(),
+        old.iter().max().unwrap(),
+        new.iter().min().unwrap(),
+        new.iter().max().unwrap()
+    );
+    let reused = new.iter().filter(|cas| old.contains(cas)).count();
+    assert_eq!(
+        reused, 0,
+        "new CAS values that were handed out before the restart"
+    );
+    assert_eq!(exists, items.count, "replies: {:?}", &replies[..5]);
+    assert_eq!((present, mismatches), (1000, 0), "no item was replaced");
+    // The new CAS works.
+    let mut client = second.connect().unwrap();
+    assert_eq!(
+        client
+            .call(&format!("cas {} 0 0 1 {}\r\nx\r\n", keys[0], new[0]))
+            .unwrap(),
+        "STORED\r\n"
+    );
+    drop(second);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// `mg key l` for each key: the seconds since each item's last access.
+fn seconds_since_access(server: &ServerProcess, keys: &[&str]) -> Vec<u64> {
+    let mut client = server.connect().unwrap();
+    keys.iter()
+        .map(|key| {
+            let reply = client.call(&format!("mg {key} l\r\n")).unwrap();
+            reply
+                .trim_end()
+                .strip_prefix("HD l")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or_else(|| panic!("mg {key} l: {reply:?}"))
+        })
+        .collect()
+}
+
+/// Last access times come back to the second within what the new process's clock can say: it
+/// starts 62 s before the process, so an access less than 62 s before the start is kept, an
+/// older one becomes the start minus 62 s, and one after the load (a wall clock set back) the
+/// load's time. The file is written here with the access times wanted (a wait of a minute or
+/// more would make them otherwise).
+#[test]
+fn access_times_come_back_within_the_62_seconds_the_clock_reaches_back() {
+    use keepcached_server::persist::format::{Header, Record, Writer};
+    let dir = temp_dir("access-times");
+    let file = dir.join("cache");
+    let t0 = unix_now();
+    let accesses = [
+        ("recent", t0 - 50),
+        ("old", t0 - 1000),
+        ("future", t0 + 1000),
+    ];
+    let header = Header {
+        saved_at: t0,
+        max_bytes: 64 << 20,
+        item_size_max: 1 << 20,
+        cas_bound: 1,
+    };
+    let mut writer = Writer::new(Vec::new(), &header).unwrap();
+    for (key, last_access) in accesses {
+        writer
+            .item(&Record {
+                key: key.as_bytes(),
+                value: b"value",
+                flags: 0,
+                expires_at: 0,
+                last_access,
+                fetched: false,
+                stale: false,
+                binary_key: false,
+            })
+            .unwrap();
+    }
+    fs::write(&file, writer.finish().unwrap().0).unwrap();
+    let server = start(&file, &[]);
+    let since = seconds_since_access(&server, &["recent", "old", "future"]);
+    // Whole seconds on both clocks: one of rounding.
+    let elapsed = unix_now() - t0 + 1;
+    let log = stop(server);
+    println!(
+        "seconds since access: recent {} (50 s before the start), old {} (1000 s before), \
+         future {} (1000 s after); {elapsed} s since the file was written",
+        since[0], since[1], since[2]
+    );
+    assert_eq!(count_in(&log, "loaded "), 3, "{log}");
+    assert!(
+        (49..=50 + elapsed).contains(&since[0]),
+        "an access 50 s before the start is kept: {}",
+        since[0]
+    );
+    assert!(
+        (62..=62 + elapsed).contains(&since[1]),
+        "an older access becomes the start minus 62 s: {}",
+        since[1]
+    );
+    assert!(
+        since[2] <= elapsed,
+        "an access after the load becomes the load's time: {}",
+        since[2]
+    );
     fs::remove_dir_all(dir).unwrap();
 }

@@ -5,6 +5,8 @@
 //! [`keepcached_cache::Cache::import`]; [`format`] lays them out in the file. Times go to the
 //! file as unix seconds, since the next process's relative clock starts elsewhere: an item keeps
 //! its remaining time to live across the restart, and one that expired meanwhile is dropped.
+//! CAS values are not saved; the file records the bound below which the saving process handed
+//! them out, and the loading process numbers from there, so that no old CAS matches an item.
 //!
 //! A save writes `FILE.tmp` in the same directory, syncs it and renames it over FILE, then syncs
 //! the directory: FILE is always either the previous save or this one, never half of one, even
@@ -137,6 +139,7 @@ impl MemoryFile {
             saved_at: unix_now(),
             max_bytes: server.settings.max_bytes,
             item_size_max: server.settings.item_size_max as u64,
+            cas_bound: server.cache.cas_bound(),
         };
         let file = File::create(temp)?;
         let mut writer = Writer::new(BufWriter::with_capacity(IO_BUFFER, file), &header)?;
@@ -249,6 +252,8 @@ impl MemoryFile {
         };
         let mut reader = Reader::new(BufReader::with_capacity(IO_BUFFER, file))?;
         let header = *reader.header();
+        // Before the first import takes a CAS: none of the saving process's comes back.
+        server.cache.raise_cas_bound(header.cas_bound);
         let clock = &server.clock;
         let now = clock.now();
         let started = clock.process_started();

@@ -5,14 +5,15 @@
 //! clock starts elsewhere.
 //!
 //! ```text
-//! header (44 bytes)
+//! header (52 bytes)
 //!   0  magic           8  "KCACHE\r\n" (the CR LF catches a file mangled as text)
 //!   8  version         u32  FORMAT_VERSION
 //!  12  reserved        u32  0
 //!  16  saved at        u64  unix seconds
 //!  24  memory limit    u64  bytes (-m of the server that saved)
 //!  32  item size max   u64  bytes (-I of the server that saved; no value is longer)
-//!  40  crc32           u32  of bytes 0..40
+//!  40  CAS bound       u64  every CAS the server that saved had handed out is below it
+//!  48  crc32           u32  of bytes 0..48
 //!
 //! item record (28 + key + value + 4 bytes)
 //!   0  kind            u8   'I'
@@ -47,10 +48,13 @@ use std::io::{self, Read, Write};
 pub const MAGIC: [u8; 8] = *b"KCACHE\r\n";
 
 /// The layout this build writes and the only one it reads. Bump it for any change of layout;
-/// an older keepcached then refuses the file instead of misreading it.
-pub const FORMAT_VERSION: u32 = 1;
+/// an older keepcached then refuses the file instead of misreading it. Version 2 added the CAS
+/// bound.
+pub const FORMAT_VERSION: u32 = 2;
 
-pub const HEADER_LEN: usize = 44;
+pub const HEADER_LEN: usize = 52;
+/// The bytes of the header its checksum covers.
+const HEADER_SUMMED: usize = HEADER_LEN - 4;
 const ITEM_HEAD_LEN: usize = 28;
 const END_LEN: usize = 17;
 
@@ -72,6 +76,8 @@ pub struct Header {
     pub saved_at: u64,
     pub max_bytes: u64,
     pub item_size_max: u64,
+    /// Every CAS handed out by the server that saved is below it, as the save began.
+    pub cas_bound: u64,
 }
 
 /// One item as the file holds it.
@@ -148,8 +154,9 @@ impl<W: Write> Writer<W> {
         buf[16..24].copy_from_slice(&header.saved_at.to_le_bytes());
         buf[24..32].copy_from_slice(&header.max_bytes.to_le_bytes());
         buf[32..40].copy_from_slice(&header.item_size_max.to_le_bytes());
-        let crc = crc32fast::hash(&buf[..40]);
-        buf[40..].copy_from_slice(&crc.to_le_bytes());
+        buf[40..48].copy_from_slice(&header.cas_bound.to_le_bytes());
+        let crc = crc32fast::hash(&buf[..HEADER_SUMMED]);
+        buf[HEADER_SUMMED..].copy_from_slice(&crc.to_le_bytes());
         out.write_all(&buf)?;
         Ok(Writer {
             out,
@@ -261,7 +268,7 @@ impl<R: Read> Reader<R> {
         if got < HEADER_LEN {
             return Err(FormatError::TruncatedHeader);
         }
-        if crc32fast::hash(&buf[..40]) != u32_at(&buf, 40) {
+        if crc32fast::hash(&buf[..HEADER_SUMMED]) != u32_at(&buf, HEADER_SUMMED) {
             return Err(FormatError::HeaderChecksum);
         }
         Ok(Reader {
@@ -270,6 +277,7 @@ impl<R: Read> Reader<R> {
                 saved_at: u64_at(&buf, 16),
                 max_bytes: u64_at(&buf, 24),
                 item_size_max: u64_at(&buf, 32),
+                cas_bound: u64_at(&buf, 40),
             },
             offset: HEADER_LEN as u64,
             totals: Totals::default(),
@@ -411,6 +419,7 @@ mod tests {
         saved_at: 1_700_000_000,
         max_bytes: 64 << 20,
         item_size_max: 1 << 20,
+        cas_bound: 123_456,
     };
 
     fn encode(items: &[Owned]) -> Vec<u8> {
@@ -514,10 +523,10 @@ mod tests {
         assert_eq!(error(b""), "the file is empty");
         assert!(error(b"VALUE k 0 1\r\n").contains("not a keepcached cache file"));
         let mut later = good.clone();
-        later[8] = 2;
+        later[8] = 3;
         assert_eq!(
             error(&later),
-            "format version 2, but this keepcached reads only version 1"
+            "format version 3, but this keepcached reads only version 2"
         );
         let mut header = good.clone();
         header[20] ^= 1;
@@ -526,7 +535,7 @@ mod tests {
         record[HEADER_LEN + ITEM_HEAD_LEN] ^= 1;
         assert_eq!(
             error(&record),
-            "the record at byte 44 is damaged: its checksum does not match"
+            "the record at byte 52 is damaged: its checksum does not match"
         );
         let mut kind = good.clone();
         kind[HEADER_LEN] = b'X';
