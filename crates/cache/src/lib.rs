@@ -824,22 +824,28 @@ impl Cache {
         }
     }
 
-    /// Frees up to `budget` expired or flushed items and returns how many it freed. Each call
-    /// goes on where the last one stopped and visits every slot at most once, locking a shard
-    /// for a bounded number of slots at a time.
+    /// Frees up to `budget` expired or flushed items and returns how many it freed (the
+    /// background crawler, memcached's `crawler_reclaimed`). A shard in which no item can have
+    /// expired (no expiry time has come since its last pass, no flush) costs nothing; in the
+    /// others each call looks at up to a sixtieth of their items (at least [`CRAWL_BATCH`]),
+    /// going on where the last call stopped, locking a shard for one batch at a time. Called
+    /// every second, it frees an item within a second of its expiry in a cache of a few
+    /// thousand items a shard, and within a minute in any.
     pub fn crawl_expired(&self, now: Time, budget: usize) -> usize {
         let n = self.shards.len();
         let start = self.crawl_start.fetch_add(1, Ordering::Relaxed) % n;
         let mut reclaimed = 0;
         for k in 0..n {
             let shard = &self.shards[(start + k) % n].0;
-            let slots = shard.lock().slots();
+            let share = (shard.lock().slots() / 60).max(CRAWL_BATCH);
             let mut scanned = 0;
-            while scanned < slots && reclaimed < budget {
-                let batch = CRAWL_BATCH.min(slots - scanned);
-                let (freed, visited) = shard.lock().crawl(now, budget - reclaimed, batch);
+            while scanned < share && reclaimed < budget {
+                let (freed, over) = shard.lock().crawl(now, budget - reclaimed, CRAWL_BATCH);
                 reclaimed += freed;
-                scanned += visited;
+                scanned += CRAWL_BATCH;
+                if over {
+                    break;
+                }
             }
             if reclaimed >= budget {
                 break;

@@ -126,6 +126,28 @@ struct Sweep {
 /// to keep up with items expiring, little enough to cost a store next to nothing.
 const SWEEP_STEP: u32 = 16;
 
+/// What one step of a sweep may do, and whose work it counts as.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Items looked at.
+    scan: u32,
+    /// Items killed.
+    reclaim: usize,
+    /// The background crawler's (memcached's `crawler_reclaimed`) rather than a store's
+    /// (`reclaimed`: a store reusing dead items' space).
+    crawler: bool,
+}
+
+impl Budget {
+    fn store(scan: u32) -> Budget {
+        Budget {
+            scan,
+            reclaim: usize::MAX,
+            crawler: false,
+        }
+    }
+}
+
 /// What a live item is accounted for: as it lies in the log (an expiry time set to 0 in place
 /// keeps its field), its index and ghost share, and its large value.
 fn item_bytes(e: &Item<'_>) -> u64 {
@@ -277,7 +299,6 @@ pub(crate) struct Shard {
     flush_at: Time,
     /// The latest time an operation brought, for work that is not given one.
     last_now: Time,
-    crawl_pos: Walk,
     /// No item expires before this (0: no item has an expiry time); may be lower than the truth.
     next_expiry: Time,
     /// The flush bound when the log was last swept: a higher `flush_below` means items may
@@ -307,7 +328,6 @@ impl Shard {
             flush_below: 0,
             flush_at: 0,
             last_now: 0,
-            crawl_pos: Walk::default(),
             next_expiry: 0,
             swept_flush: 0,
             sweep: None,
@@ -591,12 +611,13 @@ impl Shard {
     }
 
     /// Kills every expired or flushed item but `protect` when one may exist (see the module
-    /// doc), counting them as `reclaimed`, and sets the expiry bound from the items left: at
-    /// most `budget` items looked at, going on from where the last call stopped. A pass that
-    /// reaches the newest item sets the bounds.
-    fn reclaim_dead(&mut self, protect: Loc, now: Time, budget: u32) {
+    /// doc), counting them as `reclaimed` (or, for the crawler, `crawler_reclaimed`), and sets
+    /// the expiry bound from the items left: at most `budget` items looked at and `max_reclaim`
+    /// killed, going on from where the last call stopped. A pass that reaches the newest item
+    /// sets the bounds. Returns how many it killed and whether no dead item may be left.
+    fn reclaim_dead(&mut self, protect: Option<Loc>, now: Time, budget: Budget) -> (usize, bool) {
         if !self.dead_may_exist(now) {
-            return;
+            return (0, true);
         }
         let sweep = self.sweep.get_or_insert(Sweep {
             pos: Walk::default(),
@@ -604,12 +625,16 @@ impl Shard {
             flush_below: self.flush_below,
         });
         let mut pos = sweep.pos;
-        for _ in 0..budget {
+        let mut killed = 0;
+        for _ in 0..budget.scan {
+            if killed == budget.reclaim {
+                break;
+            }
             let Some((at, next)) = self.walk(pos) else {
                 let sweep = self.sweep.take().expect("a sweep is under way");
                 self.next_expiry = sweep.next_expiry;
                 self.swept_flush = sweep.flush_below;
-                return;
+                return (killed, true);
             };
             pos = next;
             let e = self.log.get(at);
@@ -622,9 +647,17 @@ impl Shard {
                 e.exptime(),
             );
             match died {
-                Some(died) if at != protect => {
+                Some(died) if Some(at) != protect => {
                     let hash = self.hash_at(at);
-                    self.reclaim(at, hash, died, fetched);
+                    self.unlink(at, hash);
+                    killed += 1;
+                    self.counters.expired_unfetched +=
+                        u64::from(died == Death::Expired && !fetched);
+                    if budget.crawler {
+                        self.counters.crawler_reclaimed += 1;
+                    } else {
+                        self.counters.reclaimed += 1;
+                    }
                 }
                 _ => lower(
                     &mut self.sweep.as_mut().expect("under way").next_expiry,
@@ -633,6 +666,7 @@ impl Shard {
             }
         }
         self.sweep.as_mut().expect("a sweep is under way").pos = pos;
+        (killed, false)
     }
 
     /// A segment to compact before evicting anything: one listed as worth it, or, when the
@@ -732,7 +766,8 @@ impl Shard {
             // From the start: items behind a sweep under way may have expired since.
             self.sweep = None;
         }
-        self.reclaim_dead(*protect, now, if full { u32::MAX } else { SWEEP_STEP });
+        let scan = if full { u32::MAX } else { SWEEP_STEP };
+        self.reclaim_dead(Some(*protect), now, Budget::store(scan));
         // Reuse the space of a half-dead segment before the log grows: one per store keeps up
         // with the garbage a store can make (a replaced or deleted item).
         while let Some((id, generation)) = self.half_dead.pop() {
@@ -1302,40 +1337,18 @@ impl Shard {
         }
     }
 
-    /// Visits up to `max_scan` items of the log from where the last crawl stopped and removes
-    /// the expired or flushed ones among them, at most `max_reclaim`. Returns (items removed,
-    /// items visited).
-    pub(crate) fn crawl(&mut self, now: Time, max_reclaim: usize, max_scan: u32) -> (usize, u32) {
+    /// The background crawler's step: the sweep a store makes (see the module doc), at most
+    /// `max_scan` items looked at and `max_reclaim` killed. Returns how many it killed and
+    /// whether no dead item may be left in the shard: nothing to do until an item's expiry
+    /// time comes or a flush, which the shard's bounds tell without looking at any item.
+    pub(crate) fn crawl(&mut self, now: Time, max_reclaim: usize, max_scan: u32) -> (usize, bool) {
         self.advance(now);
-        let mut reclaimed = 0;
-        let mut scanned = 0;
-        let mut wrapped = false;
-        while scanned < max_scan && reclaimed < max_reclaim {
-            let Some((at, next)) = self.walk(self.crawl_pos) else {
-                self.crawl_pos = Walk::default();
-                if wrapped {
-                    break;
-                }
-                wrapped = true;
-                continue;
-            };
-            self.crawl_pos = next;
-            scanned += 1;
-            let e = self.log.get(at);
-            if e.dead() {
-                continue;
-            }
-            let Some(died) = death(&e, self.flush_below, now) else {
-                continue;
-            };
-            let fetched = e.has(FETCHED);
-            let hash = self.hash_at(at);
-            self.unlink(at, hash);
-            reclaimed += 1;
-            self.counters.crawler_reclaimed += 1;
-            self.counters.expired_unfetched += u64::from(died == Death::Expired && !fetched);
-        }
-        (reclaimed, scanned)
+        let budget = Budget {
+            scan: max_scan,
+            reclaim: max_reclaim,
+            crawler: true,
+        };
+        self.reclaim_dead(None, now, budget)
     }
 
     /// Walks from `from` and calls `f` with each live item until `f` answers that it wants no

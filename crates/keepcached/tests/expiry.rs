@@ -112,3 +112,51 @@ fn short_expiry_times_expire() {
         }
     });
 }
+
+/// Expired items leave without a reader, within seconds (the background crawler), and their
+/// memory is reused: after ten 66 KB items expire, ten more of the same size leave `bytes`
+/// where the first ten put it, in both servers (memcached's t/issue_14.t and
+/// t/lru-maintainer.t ask this of memcached).
+#[test]
+fn expired_items_leave_without_a_reader_and_their_memory_is_reused() {
+    if !env::require(
+        "expired_items_leave_without_a_reader_and_their_memory_is_reused",
+        true,
+        &["memcached"],
+    ) {
+        return;
+    }
+    thread::scope(|s| {
+        for target in targets() {
+            s.spawn(move || {
+                let server = target
+                    .start(&[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", target.label));
+                let mut c = server.connect().unwrap();
+                let l = &target.label;
+                let value = "B".repeat(66_560);
+                let set_ten = |c: &mut Client, from: usize| {
+                    for key in from..from + 10 {
+                        let set = format!("set key{key:02} 0 2 66560\r\n{value}\r\n");
+                        assert_eq!(c.call(&set).unwrap(), "STORED\r\n", "{l}");
+                    }
+                    stat_u64(&c.call("stats\r\n").unwrap(), "bytes").unwrap()
+                };
+                let first = set_ten(&mut c, 0);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let stats = c.call("stats\r\n").unwrap();
+                    if stat_u64(&stats, "curr_items") == Some(0) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{l}: expired items still counted:\n{stats}"
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+                assert_eq!(set_ten(&mut c, 10), first, "{l}: bytes after ten more");
+            });
+        }
+    });
+}

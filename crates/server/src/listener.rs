@@ -188,8 +188,10 @@ fn bind_unix(path: &Path, mask: u32) -> io::Result<std::os::unix::net::UnixListe
     Ok(listener)
 }
 
-/// How long an expired item may wait for a reader before the crawler reclaims it.
-const CRAWL_GRACE_SECS: u32 = 60;
+/// How long an expired item may wait for a reader (memcached's `get_expired` counts such
+/// reads) before the crawler reclaims it. memcached's LRU maintainer reclaims expired items at
+/// its LRUs' tails within about as long; its crawler, which looks elsewhere, runs lazily.
+const CRAWL_GRACE_SECS: u32 = 1;
 
 /// The reply memcached gives a connection over the `-c` limit before closing it.
 const TOO_MANY: &[u8] = b"ERROR Too many open connections\r\n";
@@ -253,10 +255,8 @@ pub async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                // Bounded work per tick keeps the crawler from stalling requests.
-                // Items that expired in the last minute are left for a reader to find, so
-                // `get_expired` counts them as memcached's lazily scheduled crawler lets it;
-                // memory pressure reclaims them sooner through the store path.
+                // Bounded work per tick keeps the crawler from stalling requests; a cache in
+                // which nothing has expired costs nothing (Cache::crawl_expired).
                 let horizon = server.clock.now().saturating_sub(CRAWL_GRACE_SECS);
                 server.cache.crawl_expired(horizon, 10_000);
             }

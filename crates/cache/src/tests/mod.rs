@@ -922,6 +922,25 @@ fn crawler_frees_expired_and_flushed_items_within_its_budget() {
 }
 
 #[test]
+fn the_crawler_frees_a_big_shards_expired_items_a_sixtieth_at_a_time() {
+    let c = one_shard(64 << 20, true);
+    for i in 0..200_000 {
+        c.store(StoreMode::Set, &key(i), 0, 10, b"v", 1);
+    }
+    let first = c.crawl_expired(11, usize::MAX);
+    assert!(first > 0 && first < 20_000, "one call freed {first}");
+    let (mut freed, mut calls) = (first, 1);
+    while freed < 200_000 {
+        freed += c.crawl_expired(11, usize::MAX);
+        calls += 1;
+        assert!(calls <= 61, "{freed} freed in {calls} calls");
+    }
+    assert_eq!(c.crawl_expired(11, usize::MAX), 0);
+    assert_eq!(c.stats().curr_items, 0);
+    c.check();
+}
+
+#[test]
 fn for_each_item_walks_live_items_with_their_metadata() {
     let c = cache();
     for i in 0..1000 {
