@@ -165,8 +165,6 @@ const INERT_OPTIONS: &[&str] = &[
     "hashpower",
     "slab_reassign",
     "no_slab_reassign",
-    "slab_automove",
-    "no_slab_automove",
     "slab_automove_ratio",
     "slab_automove_window",
     "slab_automove_freeratio",
@@ -435,6 +433,14 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 settings.watcher_logbuf_size = kb.saturating_mul(1024);
             }
             "no_lru_crawler" => settings.lru_crawler = false,
+            "slab_automove" => {
+                // memcached: the level, 1 when none is given.
+                let Some(level) = value.map_or(Some(1), |v| v.parse::<u32>().ok()) else {
+                    return usage(format!("invalid slab_automove: {option}"));
+                };
+                settings.slab_automove = level;
+            }
+            "no_slab_automove" => settings.slab_automove = 0,
             _ if INERT_OPTIONS.contains(&key) => {
                 eprintln!("keepcached: -o {key} has no effect in keepcached and is ignored");
             }

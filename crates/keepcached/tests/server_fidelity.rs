@@ -572,6 +572,56 @@ fn unsupported_options_are_usage_errors() {
     }
 }
 
+/// `lru_crawler disable` stops the crawler: `stats settings` says so and crawls and dumps are
+/// refused until `lru_crawler enable`; enabling a running crawler fails. `slabs automove`
+/// changes the `slab_automove` that `stats settings` shows. As memcached does.
+#[test]
+fn crawler_and_automove_switches_match_memcached() {
+    if !env::require(
+        "crawler_and_automove_switches_match_memcached",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    let setting = |client: &mut keepcached_testkit::Client, name: &str| {
+        let settings = client.call("stats settings\r\n").expect("stats settings");
+        settings
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("STAT {name} ")))
+            .map(String::from)
+    };
+    let mut seen = Vec::new();
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        let mut client = server.connect().expect("connect");
+        let mut replies = vec![setting(&mut client, "lru_crawler").unwrap_or_default()];
+        for request in ["lru_crawler enable\r\n", "lru_crawler disable\r\n"] {
+            replies.push(client.call(request).expect(request));
+        }
+        // memcached's crawler thread stops a moment after it is told to.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while setting(&mut client, "lru_crawler").as_deref() != Some("no") {
+            assert!(Instant::now() < deadline, "{}: still on", target.label);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for request in [
+            "lru_crawler crawl all\r\n",
+            "lru_crawler metadump all\r\n",
+            "lru_crawler disable\r\n",
+            "lru_crawler enable\r\n",
+            "slabs automove 2\r\n",
+        ] {
+            replies.push(client.call(request).expect(request));
+        }
+        replies.push(setting(&mut client, "lru_crawler").unwrap_or_default());
+        replies.push(setting(&mut client, "slab_automove").unwrap_or_default());
+        seen.push((target.label.clone(), replies));
+    }
+    assert_eq!(seen[0].1, seen[1].1, "{} vs {}", seen[0].0, seen[1].0);
+    assert_eq!(seen[1].1.last().map(String::as_str), Some("2"));
+}
+
 /// The named stats of every class in a `stats items` or `stats slabs` reply.
 fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
     reply

@@ -199,6 +199,10 @@ pub enum Request<'a> {
     LruCrawler {
         args: Keys<'a>,
     },
+    /// `slabs <args...>` (`reassign`, `automove`).
+    Slabs {
+        args: Keys<'a>,
+    },
     /// `mn`: the meta no-op, used as a pipeline end marker.
     MetaNoop,
 }
@@ -485,6 +489,11 @@ fn dispatch<'a>(
             },
         }),
         b"lru_crawler" => ok(Request::LruCrawler {
+            args: Keys {
+                rest: tail_after_command(tokens, buf),
+            },
+        }),
+        b"slabs" => ok(Request::Slabs {
             args: Keys {
                 rest: tail_after_command(tokens, buf),
             },

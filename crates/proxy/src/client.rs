@@ -511,6 +511,11 @@ async fn execute<O: Output>(
             out,
             b"CLIENT_ERROR lru_crawler is not available through the proxy; ask a server directly",
         ),
+        // Each server's memory is its own; through the proxy the command would reach several.
+        Request::Slabs { .. } => reply::line(
+            out,
+            b"CLIENT_ERROR slabs is not available through the proxy; ask a server directly",
+        ),
         Request::MetaNoop => out.extend_from_slice(reply::MN),
     }
     Ok(Next::Continue)

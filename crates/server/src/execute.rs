@@ -307,6 +307,10 @@ impl Session<'_> {
                 report::lru_crawler(self, args);
                 Next::Continue
             }
+            Request::Slabs { args } => {
+                report::slabs_command(self, args);
+                Next::Continue
+            }
             Request::MetaNoop => {
                 self.out.extend_from_slice(reply::MN);
                 Next::Continue

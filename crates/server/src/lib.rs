@@ -64,6 +64,11 @@ pub struct Server {
     pub memory_file: Option<persist::MemoryFile>,
     /// A `lru_crawler metadump hash` is being made (report::Dump).
     pub hash_dump: std::sync::atomic::AtomicBool,
+    /// Whether the background crawler runs: `-o no_lru_crawler` starts it off, `lru_crawler
+    /// enable` and `disable` turn it on and off.
+    pub crawler_on: std::sync::atomic::AtomicBool,
+    /// `slabs automove`'s level, as `stats settings` shows it.
+    pub slab_automove: std::sync::atomic::AtomicU32,
 }
 
 impl Server {
@@ -94,6 +99,8 @@ impl Server {
             slab_classes.clone(),
             settings.cas,
         ));
+        let crawler_on = settings.lru_crawler.into();
+        let slab_automove = settings.slab_automove.into();
         Arc::new(Server {
             cache,
             verbosity: std::sync::atomic::AtomicU32::new(settings.verbose),
@@ -109,6 +116,8 @@ impl Server {
             watch,
             memory_file,
             hash_dump: Default::default(),
+            crawler_on,
+            slab_automove,
         })
     }
 }

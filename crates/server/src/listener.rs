@@ -249,12 +249,15 @@ pub async fn serve(
     } else {
         None
     };
-    if server.settings.lru_crawler {
+    {
         let server = server.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                if !server.crawler_on.load(Ordering::Relaxed) {
+                    continue;
+                }
                 // Bounded work per tick keeps the crawler from stalling requests; a cache in
                 // which nothing has expired costs nothing (Cache::crawl_expired).
                 let horizon = server.clock.now().saturating_sub(CRAWL_GRACE_SECS);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use keepcached_protocol::reply::{self, stat};
-use keepcached_protocol::{parse_u32_truncating, Keys};
+use keepcached_protocol::{parse_i32, parse_u32_truncating, Keys};
 
 use keepcached_cache::{ItemCursor, ItemMeta};
 
@@ -230,7 +230,17 @@ fn settings(session: &mut Session<'_>) {
         None => stat(out, "auth_enabled_ascii", "no"),
     }
     stat(out, "item_size_max", s.item_size_max);
-    stat(out, "lru_crawler", yes_no(s.lru_crawler));
+    stat(out, "slab_reassign", "yes");
+    stat(
+        out,
+        "slab_automove",
+        server.slab_automove.load(Ordering::Relaxed),
+    );
+    stat(
+        out,
+        "lru_crawler",
+        yes_no(server.crawler_on.load(Ordering::Relaxed)),
+    );
     stat(out, "flush_enabled", yes_no(s.flush_enabled));
     stat(out, "dump_enabled", yes_no(s.dump_enabled));
     stat(
@@ -584,8 +594,10 @@ fn sizes(session: &mut Session<'_>) {
 pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
     let mut words = args.iter();
     let (verb, arg, extra) = (words.next(), words.next(), words.next());
+    let crawler = &session.server.crawler_on;
+    let on = crawler.load(Ordering::Relaxed);
     let reply: &[u8] = match (verb, arg, extra) {
-        (Some(b"metadump"), Some(_), None) if !session.server.settings.lru_crawler => {
+        (Some(b"metadump" | b"crawl"), Some(_), None) if !on => {
             b"CLIENT_ERROR lru crawler disabled\r\n"
         }
         (Some(b"metadump"), Some(_), None) => b"ERROR metadump not allowed\r\n",
@@ -603,7 +615,57 @@ pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
             Some(_) => b"CLIENT_ERROR sleep must be one second or less\r\n",
             None => b"CLIENT_ERROR bad command line format\r\n",
         },
-        (Some(b"enable" | b"disable"), None, None) => reply::OK,
+        // As memcached: starting a running crawler fails, stopping a stopped one does not.
+        (Some(b"enable"), None, None) => match crawler.swap(true, Ordering::Relaxed) {
+            false => reply::OK,
+            true => b"ERROR failed to start lru crawler thread\r\n",
+        },
+        (Some(b"disable"), None, None) => {
+            crawler.store(false, Ordering::Relaxed);
+            reply::OK
+        }
+        _ => b"ERROR\r\n",
+    };
+    session.out.extend_from_slice(reply);
+}
+
+/// `slabs reassign <src> <dst>` and `slabs automove <level>`: memcached moves pages of memory
+/// between its slab classes. keepcached's memory is not divided into classes, so there is never
+/// a page to move: a reassign is checked as memcached checks it (`SAME`, `BADCLASS` for a class
+/// out of range, a malformed number) and otherwise answered `NOSPARE`; an automove level is
+/// kept and shown in `stats settings`, and changes nothing.
+pub fn slabs_command(session: &mut Session<'_>, args: Keys<'_>) {
+    let mut words = args.iter();
+    let (verb, first, second, extra) = (words.next(), words.next(), words.next(), words.next());
+    let classes = i32::try_from(session.server.slab_classes.count()).unwrap_or(i32::MAX);
+    let reply: &[u8] = match (verb, first, second, extra) {
+        (Some(b"reassign"), Some(src), Some(dst), None) => {
+            match (parse_i32(src), parse_i32(dst)) {
+                (Some(src), Some(dst)) if src == dst => b"SAME src and dst class are identical\r\n",
+                // memcached's src -1 picks any class with a page to spare: there is none.
+                (Some(src), Some(dst))
+                    if !(1..=classes).contains(&src) || !(0..=classes).contains(&dst) =>
+                {
+                    b"BADCLASS invalid src or dst class id\r\n"
+                }
+                (Some(_), Some(_)) => b"NOSPARE source class has no spare pages\r\n",
+                _ => b"CLIENT_ERROR bad command line format\r\n",
+            }
+        }
+        (Some(b"automove"), Some(b"ratio"), ratio, _) => {
+            match ratio.and_then(|r| std::str::from_utf8(r).ok()?.parse::<f64>().ok()) {
+                Some(_) => reply::OK,
+                None => b"ERROR\r\n",
+            }
+        }
+        (Some(b"automove"), Some(level), _, _) => match parse_u32_truncating(level) {
+            Some(level @ 0..=2) => {
+                session.server.slab_automove.store(level, Ordering::Relaxed);
+                reply::OK
+            }
+            Some(_) => b"ERROR\r\n",
+            None => b"CLIENT_ERROR bad command line format\r\n",
+        },
         _ => b"ERROR\r\n",
     };
     session.out.extend_from_slice(reply);
@@ -614,7 +676,7 @@ pub fn lru_crawler(session: &mut Session<'_>, args: Keys<'_>) {
 pub fn is_metadump(server: &Server, args: Keys<'_>) -> bool {
     let mut words = args.iter();
     server.settings.dump_enabled
-        && server.settings.lru_crawler
+        && server.crawler_on.load(Ordering::Relaxed)
         && words.next() == Some(b"metadump")
         && words.next().is_some()
         && words.next().is_none()

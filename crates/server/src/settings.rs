@@ -54,6 +54,9 @@ pub struct Settings {
     /// Where `-v`/`-vv` lines go: stderr, as memcached prints them (false), or into the
     /// process's log (a node, whose log may be a file).
     pub verbose_to_log: bool,
+    /// memcached's `slab_automove` level (`-o slab_automove=N`), which `slabs automove` changes:
+    /// kept and shown, since keepcached's memory has no slab pages to move.
+    pub slab_automove: u32,
     /// `-X` turns it off: `stats cachedump` and `lru_crawler metadump` are refused, so a
     /// client cannot list the keys.
     pub dump_enabled: bool,
@@ -135,6 +138,7 @@ impl Default for Settings {
             cas: true,
             flush_enabled: true,
             dump_enabled: true,
+            slab_automove: 1,
             verbose_to_log: false,
             shutdown_command: false,
             idle_timeout: None,

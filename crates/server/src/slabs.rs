@@ -54,6 +54,11 @@ impl SlabClasses {
         index as u8 + 1
     }
 
+    /// How many classes there are: ids run from 1 to this.
+    pub fn count(&self) -> usize {
+        self.sizes.len()
+    }
+
     pub fn chunk_size(&self, class: u8) -> u32 {
         self.sizes[usize::from(class) - 1]
     }
