@@ -300,17 +300,88 @@ fn spawn_acceptor<A: Acceptor>(
     let workers = workers.clone();
     tasks.spawn(async move {
         let _registration = registration;
+        let mut warned = None;
         loop {
-            let Ok((stream, peer)) = listener.accept_one().await else {
-                // Out of descriptors or a transient error: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+            let (stream, peer) = match listener.accept_one().await {
+                Ok(accepted) => accepted,
+                Err(e) if out_of_resources(&e) => {
+                    match wait_for_resources(&server, &listener, &listen_addr, e, &mut warned).await
+                    {
+                        Some(accepted) => accepted,
+                        None => continue,
+                    }
+                }
+                // A client gone before it was accepted, and the like: the next one.
+                Err(_) => continue,
             };
             // `stats conns` names a unix client by the socket it came through.
             let peer = peer.map_or_else(|| listen_addr.clone(), |p| addr_text("tcp", &p));
             admit::<A>(&server, &workers, stream, peer, &listen_addr);
         }
     });
+}
+
+/// Whether an accept failed for want of descriptors or kernel memory, which another try does
+/// not cure until connections close.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().map(Errno::from_raw).is_some_and(|errno| {
+        matches!(
+            errno,
+            Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
+        )
+    })
+}
+
+/// How often a listener that keeps running out of descriptors says so: each connection that
+/// closes lets one more in, and the next may find none again.
+const DISABLED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A listener out of descriptors: as memcached, stops accepting (counted in
+/// `listen_disabled_num`, `accepting_conns` 0 meanwhile) and tries again every 10 ms; returns
+/// the connection it then accepts. It logs when it stops and when it accepts again, the first
+/// time and then at most every [`DISABLED_LOG_EVERY`] (`warned`: when it last did).
+async fn wait_for_resources<A: Acceptor>(
+    server: &Server,
+    listener: &A,
+    listen_addr: &str,
+    first: std::io::Error,
+    warned: &mut Option<std::time::Instant>,
+) -> Option<(A::Stream, Option<std::net::SocketAddr>)> {
+    let stats = &server.stats;
+    let times = stats.listen_disabled_num.fetch_add(1, Ordering::Relaxed) + 1;
+    stats.listeners_disabled.fetch_add(1, Ordering::Relaxed);
+    let log = warned.is_none_or(|at| at.elapsed() >= DISABLED_LOG_EVERY);
+    if log {
+        *warned = Some(std::time::Instant::now());
+        tracing::warn!(
+            listen = listen_addr,
+            "not accepting connections: {first} (listen_disabled_num {times}); trying again \
+             every 10 ms until some close"
+        );
+    }
+    let start = std::time::Instant::now();
+    let accepted = loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match listener.accept_one().await {
+            Ok(accepted) => break Some(accepted),
+            Err(e) if out_of_resources(&e) => continue,
+            Err(_) => break None,
+        }
+    };
+    let waited = start.elapsed();
+    stats
+        .listen_disabled_us
+        .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    stats.listeners_disabled.fetch_sub(1, Ordering::Relaxed);
+    if log {
+        tracing::warn!(
+            listen = listen_addr,
+            "accepting connections again after {} ms",
+            waited.as_millis()
+        );
+    }
+    accepted
 }
 
 /// Starts serving an accepted connection on a worker, or turns it away when the limit is

@@ -150,7 +150,19 @@ fn general(session: &mut Session<'_>) {
     stat(out, "bytes_read", counters.bytes_read);
     stat(out, "bytes_written", counters.bytes_written);
     stat(out, "limit_maxbytes", cache.limit_maxbytes);
-    stat(out, "accepting_conns", 1);
+    let disabled = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let accepting = disabled(&server.stats.listeners_disabled) == 0;
+    stat(out, "accepting_conns", u8::from(accepting));
+    stat(
+        out,
+        "listen_disabled_num",
+        disabled(&server.stats.listen_disabled_num),
+    );
+    stat(
+        out,
+        "time_in_listen_disabled_us",
+        disabled(&server.stats.listen_disabled_us),
+    );
     stat(out, "threads", server.settings.threads);
     stat(out, "conn_yields", counters.conn_yields);
     let (watchers, sent, skipped) = server.watch.counts();

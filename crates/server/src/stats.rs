@@ -49,6 +49,12 @@ pub struct Stats {
     pub curr_connections: AtomicU64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// Stretches of time a listener could not accept for want of descriptors or memory
+    /// (memcached's `listen_disabled_num`), their total length in microseconds
+    /// (`time_in_listen_disabled_us`), and how many listeners are in one now.
+    pub listen_disabled_num: AtomicU64,
+    pub listen_disabled_us: AtomicU64,
+    pub listeners_disabled: AtomicU64,
     /// Request latency for the metrics endpoint, in per-thread shards too; measured only once
     /// [`Stats::time_requests`] is on, so that a server without `--metrics` reads no clock.
     pub latency: keepcached_metrics::Histogram,
