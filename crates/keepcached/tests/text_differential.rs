@@ -1340,6 +1340,8 @@ fn metadump() -> Vec<Case> {
             .concat(),
         ),
         // keepcached has no slab pages to move: its answers are memcached's for a fresh server.
+        // (`slabs reassign -1 N`, any source, and reassigns from the largest class are left
+        // out: memcached may find a page to spare there, depending on what it has allocated.)
         Case::new(
             "slabs commands",
             [
@@ -1347,10 +1349,8 @@ fn metadump() -> Vec<Case> {
                 "slabs reassign 5\r\n",
                 "slabs reassign 1 1\r\n",
                 "slabs reassign -5 70\r\n",
-                "slabs reassign -1 1\r\n",
                 "slabs reassign 1 64\r\n",
                 "slabs reassign 2 1\r\n",
-                "slabs reassign 39 0\r\n",
                 "slabs automove 1\r\n",
                 "slabs automove 3\r\n",
                 "slabs automove x\r\n",
@@ -1366,8 +1366,6 @@ fn metadump() -> Vec<Case> {
                 "SAME src and dst class are identical\r\n",
                 "BADCLASS invalid src or dst class id\r\n",
                 "BADCLASS invalid src or dst class id\r\n",
-                "BADCLASS invalid src or dst class id\r\n",
-                "NOSPARE source class has no spare pages\r\n",
                 "NOSPARE source class has no spare pages\r\n",
                 "OK\r\n",
                 "ERROR\r\n",
