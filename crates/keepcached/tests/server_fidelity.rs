@@ -622,6 +622,65 @@ fn crawler_and_automove_switches_match_memcached() {
     assert_eq!(seen[1].1.last().map(String::as_str), Some("2"));
 }
 
+/// `stats items` counts evictions per class as memcached does (memcached-tool's `Evicted` and
+/// `Evict_Time` columns): in both servers the classes' `evicted` add up to `stats`'s
+/// `evictions`, items never read are `evicted_unfetched`, none had an expiry time, and the
+/// fields keepcached prints come in memcached's order.
+#[test]
+fn stats_items_counts_evictions_per_class() {
+    if !env::require(
+        "stats_items_counts_evictions_per_class",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    let mut names = Vec::new();
+    for target in targets() {
+        let server = target.start(&["-m", "3"]).expect("server");
+        let mut client = server.connect().expect("connect");
+        let value = "v".repeat(66_560);
+        for i in 0..80 {
+            let set = format!("set key{i:02} 0 0 66560\r\n{value}\r\n");
+            assert_eq!(client.call(&set).unwrap(), "STORED\r\n", "{}", target.label);
+        }
+        let items = stats(&server, "items");
+        let sum = |field: &str| -> u64 {
+            items
+                .lines()
+                .filter(|line| {
+                    line.split(' ')
+                        .nth(1)
+                        .is_some_and(|n| n.ends_with(&format!(":{field}")))
+                })
+                .filter_map(|line| line.split(' ').nth(2)?.parse::<u64>().ok())
+                .sum()
+        };
+        let evictions = stat_u64(&stats(&server, ""), "evictions").unwrap();
+        let l = &target.label;
+        assert!(evictions > 0, "{l}: nothing evicted");
+        assert_eq!(sum("evicted"), evictions, "{l}:\n{items}");
+        assert_eq!(sum("evicted_unfetched"), evictions, "{l}:\n{items}");
+        assert_eq!(sum("evicted_nonzero"), 0, "{l}:\n{items}");
+        assert!(items.contains(":evicted_time "), "{l}:\n{items}");
+        let class_fields: Vec<String> = items
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1))
+            .filter_map(|name| name.splitn(3, ':').nth(2))
+            .map(String::from)
+            .collect();
+        names.push(class_fields);
+    }
+    let (theirs, ours) = (&names[0], &names[1]);
+    let mut rest = theirs.iter();
+    for field in ours {
+        assert!(
+            rest.any(|f| f == field),
+            "{field} is not in memcached's order: {theirs:?}"
+        );
+    }
+}
+
 /// The named stats of every class in a `stats items` or `stats slabs` reply.
 fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
     reply

@@ -69,6 +69,8 @@ pub struct Server {
     pub crawler_on: std::sync::atomic::AtomicBool,
     /// `slabs automove`'s level, as `stats settings` shows it.
     pub slab_automove: std::sync::atomic::AtomicU32,
+    /// Evictions per slab class, for `stats items`.
+    pub evictions: Arc<slabs::Evictions>,
 }
 
 impl Server {
@@ -94,10 +96,12 @@ impl Server {
             settings.slab_min_size,
             settings.item_size_max,
         );
+        let evictions = Arc::new(slabs::Evictions::default());
         cache.set_eviction_hook(watch::eviction_hook(
             watch.clone(),
             slab_classes.clone(),
             settings.cas,
+            evictions.clone(),
         ));
         let crawler_on = settings.lru_crawler.into();
         let slab_automove = settings.slab_automove.into();
@@ -118,6 +122,7 @@ impl Server {
             hash_dump: Default::default(),
             crawler_on,
             slab_automove,
+            evictions,
         })
     }
 }

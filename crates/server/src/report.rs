@@ -36,6 +36,7 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
             session.server.stats.reset();
             session.server.cache.reset_stats();
             session.server.detail.clear();
+            session.server.evictions.reset();
             session.out.extend_from_slice(reply::RESET);
         }
         Some(b"conns") => conns(session),
@@ -475,6 +476,19 @@ fn items(session: &mut Session<'_>) {
             now.saturating_sub(found.oldest_access),
         );
         stat(out, &format!("items:{class}:mem_requested"), found.bytes);
+        let evicted = server.evictions.of(class);
+        stat(out, &format!("items:{class}:evicted"), evicted.evicted);
+        stat(
+            out,
+            &format!("items:{class}:evicted_nonzero"),
+            evicted.nonzero,
+        );
+        stat(out, &format!("items:{class}:evicted_time"), evicted.time);
+        stat(
+            out,
+            &format!("items:{class}:evicted_unfetched"),
+            evicted.unfetched,
+        );
     }
     out.extend_from_slice(reply::END);
 }

@@ -9,6 +9,9 @@
 //! docs/stats.md says which fields are real and which are memcached's equivalents.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use keepcached_cache::Evicted;
 
 /// memcached's size of its item header, to which `-n` is added for the first class.
 const ITEM_HEADER: u32 = 48;
@@ -92,6 +95,75 @@ pub fn census(server: &crate::Server) -> BTreeMap<u8, ClassUse> {
         class.bytes += item.size as u64;
     });
     found
+}
+
+/// Evictions per class, for the `evicted` fields of `stats items` (memcached-tool's `Evicted`
+/// and `Evict_Time` columns): counted by the store's eviction hook, by the class memcached
+/// would have kept the evicted item in.
+#[derive(Debug)]
+pub struct Evictions {
+    classes: [ClassEvictions; 64],
+}
+
+impl Default for Evictions {
+    fn default() -> Evictions {
+        Evictions {
+            classes: std::array::from_fn(|_| ClassEvictions::default()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ClassEvictions {
+    evicted: AtomicU64,
+    /// Of those, items that had an expiry time.
+    nonzero: AtomicU64,
+    /// Of those, items never read.
+    unfetched: AtomicU64,
+    /// Seconds since the last access of the last one evicted.
+    time: AtomicU32,
+}
+
+/// What [`Evictions::of`] reports for a class.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClassEvicted {
+    pub evicted: u64,
+    pub nonzero: u64,
+    pub unfetched: u64,
+    pub time: u32,
+}
+
+impl Evictions {
+    pub fn count(&self, class: u8, e: &Evicted<'_>) {
+        let c = &self.classes[usize::from(class) % 64];
+        c.evicted.fetch_add(1, Ordering::Relaxed);
+        c.nonzero
+            .fetch_add(u64::from(e.exptime != 0), Ordering::Relaxed);
+        c.unfetched
+            .fetch_add(u64::from(!e.fetched), Ordering::Relaxed);
+        c.time
+            .store(e.now.saturating_sub(e.last_access), Ordering::Relaxed);
+    }
+
+    pub fn of(&self, class: u8) -> ClassEvicted {
+        let c = &self.classes[usize::from(class) % 64];
+        ClassEvicted {
+            evicted: c.evicted.load(Ordering::Relaxed),
+            nonzero: c.nonzero.load(Ordering::Relaxed),
+            unfetched: c.unfetched.load(Ordering::Relaxed),
+            time: c.time.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `stats reset`.
+    pub fn reset(&self) {
+        for c in &self.classes {
+            c.evicted.store(0, Ordering::Relaxed);
+            c.nonzero.store(0, Ordering::Relaxed);
+            c.unfetched.store(0, Ordering::Relaxed);
+            c.time.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

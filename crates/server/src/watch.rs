@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::execute::Session;
 use crate::report::uri_encode;
-use crate::slabs::SlabClasses;
+use crate::slabs::{Evictions, SlabClasses};
 
 /// Item reads (memcached's `fetchers`, the default).
 pub const FETCHERS: u8 = 1;
@@ -346,10 +346,18 @@ pub fn mode_name(mode: StoreMode) -> &'static str {
     }
 }
 
-/// The store's eviction hook: logs each eviction for `watch evictions`, as memcached does when
-/// its LRU evicts. One relaxed load per eviction while nobody watches.
-pub fn eviction_hook(watch: Arc<Watchers>, classes: SlabClasses, cas: bool) -> EvictionHook {
+/// The store's eviction hook: counts each eviction in its class (`stats items`), and logs it
+/// for `watch evictions`, as memcached does when its LRU evicts. A few relaxed atomic
+/// operations per eviction while nobody watches.
+pub fn eviction_hook(
+    watch: Arc<Watchers>,
+    classes: SlabClasses,
+    cas: bool,
+    evictions: Arc<Evictions>,
+) -> EvictionHook {
     Arc::new(move |e: &Evicted<'_>| {
+        let class = classes.class_of(memcached_size(e.key.len(), e.value_len, e.flags, cas));
+        evictions.count(class, e);
         if !watch.wants(EVICTIONS) {
             return;
         }
@@ -358,13 +366,12 @@ pub fn eviction_hook(watch: Arc<Watchers>, classes: SlabClasses, cas: bool) -> E
         } else {
             i64::from(e.exptime) - i64::from(e.now)
         };
-        let size = memcached_size(e.key.len(), e.value_len, e.flags, cas);
         watch.item_evicted(
             e.key,
             e.fetched,
             ttl,
             e.now.saturating_sub(e.last_access),
-            classes.class_of(size),
+            class,
             e.value_len,
         );
     })
