@@ -4,6 +4,7 @@
 //! unchanged. Fields that describe memcached's slab allocator or threads we do not have are left
 //! out rather than faked; everything printed is true of this server.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -58,8 +59,10 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
             }
         }
         Some(b"settings") => settings(session),
-        Some(b"items") => items(session),
-        Some(b"slabs") => slabs(session),
+        Some(verb @ (b"items" | b"slabs")) => {
+            let census = slabs::census(session.server);
+            census_reply(session.server, session.out, verb, &census);
+        }
         Some(b"sizes") => sizes(session),
         Some(b"cachedump") => cachedump(session, words),
         Some(_) => session.out.extend_from_slice(b"ERROR\r\n"),
@@ -460,15 +463,33 @@ fn murmur3_32(data: &[u8]) -> u32 {
     h ^ (h >> 16)
 }
 
+/// Whether `stats <args>` walks the store (`items`, `slabs`): a connection makes that walk in
+/// steps ([`slabs::Census`]) and answers with [`census_reply`].
+pub fn walks_store(args: Keys<'_>) -> bool {
+    matches!(args.iter().next(), Some(b"items" | b"slabs"))
+}
+
+/// Answers `stats items` or `stats slabs` (`verb`) from a finished census of the store.
+pub fn census_reply(
+    server: &Server,
+    out: &mut Vec<u8>,
+    verb: &[u8],
+    census: &BTreeMap<u8, slabs::ClassUse>,
+) {
+    if verb == b"items" {
+        items(server, out, census);
+    } else {
+        slabs(server, out, census);
+    }
+}
+
 /// `stats items`: per memcached slab class (crate::slabs), the items held there, the seconds
-/// since the least recent access among them, and their size. memcached's per-class event
-/// counters (evictions, reclaims, LRU moves) are not kept per class here: `stats` has them.
-fn items(session: &mut Session<'_>) {
-    let server = session.server;
+/// since the least recent access among them, their size, and the class's evictions. memcached's
+/// other per-class event counters (reclaims, LRU moves) are not kept per class here: `stats`
+/// has them.
+fn items(server: &Server, out: &mut Vec<u8>, census: &BTreeMap<u8, slabs::ClassUse>) {
     let now = server.clock.now();
-    let census = slabs::census(server);
-    let out = &mut *session.out;
-    for (class, found) in census {
+    for (&class, found) in census {
         stat(out, &format!("items:{class}:number"), found.items);
         stat(
             out,
@@ -495,12 +516,9 @@ fn items(session: &mut Session<'_>) {
 
 /// `stats slabs`: per class that holds items, its chunk size and the pages and chunks memcached
 /// would use for them (one chunk per item); `total_malloced` is what the items take here.
-fn slabs(session: &mut Session<'_>) {
-    let server = session.server;
-    let census = slabs::census(server);
+fn slabs(server: &Server, out: &mut Vec<u8>, census: &BTreeMap<u8, slabs::ClassUse>) {
     let classes = &server.slab_classes;
-    let out = &mut *session.out;
-    for (&class, found) in &census {
+    for (&class, found) in census {
         let per_page = u64::from(classes.chunks_per_page(class));
         let pages = found.items.div_ceil(per_page);
         stat(

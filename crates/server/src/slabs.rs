@@ -83,18 +83,48 @@ pub struct ClassUse {
 
 /// Items per class, from one walk over the store.
 pub fn census(server: &crate::Server) -> BTreeMap<u8, ClassUse> {
-    let classes = &server.slab_classes;
-    let mut found: BTreeMap<u8, ClassUse> = BTreeMap::new();
-    server.cache.for_each_item(server.clock.now(), |item| {
-        let class = found.entry(classes.class_of(item.size)).or_default();
-        class.oldest_access = match class.items {
-            0 => item.last_access,
-            _ => class.oldest_access.min(item.last_access),
-        };
-        class.items += 1;
-        class.bytes += item.size as u64;
-    });
-    found
+    let mut census = Census::default();
+    while !census.step(server, usize::MAX) {}
+    census.found
+}
+
+/// A walk over the store counting items per class, made a few batches at a time: a connection
+/// answering `stats items` or `stats slabs` lets the other connections of its worker run
+/// between steps, so a cache of millions of items (about 0.1 s of walking per million) does not
+/// stall them while a monitoring tool polls.
+#[derive(Debug, Default)]
+pub struct Census {
+    cursor: keepcached_cache::ItemCursor,
+    pub found: BTreeMap<u8, ClassUse>,
+}
+
+impl Census {
+    /// Whether part of the walk is done.
+    pub fn started(&self) -> bool {
+        self.cursor != keepcached_cache::ItemCursor::default()
+    }
+
+    /// Walks up to `batches` of the store's batches; true once the walk is over.
+    pub fn step(&mut self, server: &crate::Server, batches: usize) -> bool {
+        let classes = &server.slab_classes;
+        let now = server.clock.now();
+        for _ in 0..batches {
+            let found = &mut self.found;
+            let more = server.cache.walk_items(now, &mut self.cursor, |item| {
+                let class = found.entry(classes.class_of(item.size)).or_default();
+                class.oldest_access = match class.items {
+                    0 => item.last_access,
+                    _ => class.oldest_access.min(item.last_access),
+                };
+                class.items += 1;
+                class.bytes += item.size as u64;
+            });
+            if !more {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// Evictions per class, for the `evicted` fields of `stats items` (memcached-tool's `Evicted`
