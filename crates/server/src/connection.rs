@@ -35,9 +35,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::auth::{self, AsciiAuth, Verdict};
 use crate::binary::BinaryState;
 use crate::execute::{Next, Session, Spliced};
-use crate::report::{self, Dump, Progress};
+use crate::report::{self, Dump, Progress, StatsWalk};
 use crate::settings::Protocol;
-use crate::slabs::Census;
 use crate::stats::Counters;
 use crate::Server;
 
@@ -351,15 +350,11 @@ enum Stop {
     NeedInput,
     /// Output reached the high-water mark, or the `-R` budget ran out: write, then go on.
     Yield,
-    /// A walk over the store (`stats items`, `stats slabs`) made a step: the worker's other
+    /// A walk over the store (`stats items`, a metadump, ...) made a step: the worker's other
     /// connections run, then it goes on. Not a yield memcached would count.
     Step,
     Close,
 }
-
-/// Store batches a census walks per step (crate::slabs::Census): about 4,000 items, well
-/// under a millisecond.
-const CENSUS_STEP: usize = 16;
 
 struct Conn<'a, S> {
     server: &'a Server,
@@ -376,8 +371,9 @@ struct Conn<'a, S> {
     /// A `lru_crawler metadump` at the head of `input` that has written part of its dump: it
     /// goes on from here once the client has read that part.
     dump: Dump<'a>,
-    /// A `stats items` or `stats slabs` at the head of `input` whose walk has begun.
-    census: Census,
+    /// A `stats` that walks the store (`items`, `slabs`, ...) at the head of `input`, whose
+    /// walk has begun.
+    stats_walk: StatsWalk,
     /// How much unconsumed input the request at the head of `input` needs, when the parser
     /// knows (a value's length); 0 otherwise. `input` has room for it.
     need: usize,
@@ -430,7 +426,7 @@ pub async fn serve<S: Socket>(server: &Server, stream: S, id: u64, entry: &ConnE
         },
         resume: 0,
         dump: Dump::default(),
-        census: Census::default(),
+        stats_walk: StatsWalk::default(),
         need: 0,
         out: Vec::new(),
         spliced: Spliced::default(),
@@ -721,7 +717,7 @@ impl<S: Socket> Conn<'_, S> {
                     },
                 },
             };
-            if verbose && self.resume == 0 && !self.dump.started() && !self.census.started() {
+            if verbose && self.resume == 0 && !self.dump.started() && !self.stats_walk.started() {
                 let line = self.input[..parsed.consumed()]
                     .split(|b| *b == b'\n')
                     .next();
@@ -837,15 +833,21 @@ impl<S: Socket> Conn<'_, S> {
                 Command::Text(Parsed {
                     outcome: Ok(Request::Stats { args }),
                     ..
-                }) if report::walks_store(args) => {
-                    if !self.census.step(self.server, CENSUS_STEP) {
+                }) if report::store_walk(self.server, args).is_some() => {
+                    let words = report::store_walk(self.server, args).unwrap_or_default();
+                    let step = report::stats_walk(
+                        self.server,
+                        session.out,
+                        &words,
+                        &mut self.stats_walk,
+                        report::WALK_STEP,
+                    );
+                    if step == Progress::More {
                         // The request stays at the head of the input: the walk goes on once the
                         // worker's other connections have had their turn.
                         return Stop::Step;
                     }
-                    let verb = args.iter().next().unwrap_or_default();
-                    report::census_reply(self.server, session.out, verb, &self.census.found);
-                    self.census = Census::default();
+                    self.stats_walk = StatsWalk::default();
                     Next::Continue
                 }
                 Command::Text(Parsed {
@@ -861,8 +863,9 @@ impl<S: Socket> Conn<'_, S> {
                     );
                     if progress == Progress::More {
                         // The request stays at the head of the input: the dump goes on from
-                        // `self.dump` once the client has read this part.
-                        return Stop::Yield;
+                        // `self.dump` once this part is written (the client has read what did
+                        // not fit in the socket) and the worker's other clients have run.
+                        return Stop::Step;
                     }
                     self.dump = Dump::default();
                     Next::Continue

@@ -59,12 +59,17 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
             }
         }
         Some(b"settings") => settings(session),
-        Some(verb @ (b"items" | b"slabs")) => {
-            let census = slabs::census(session.server);
-            census_reply(session.server, session.out, verb, &census);
+        Some(verb @ (b"items" | b"slabs" | b"sizes" | b"cachedump")) => {
+            let words: Vec<&[u8]> = std::iter::once(verb).chain(words.take(2)).collect();
+            let server = session.server;
+            if let Some(refusal) = walk_refusal(server, &words) {
+                session.out.extend_from_slice(refusal);
+                return;
+            }
+            let mut walk = StatsWalk::default();
+            while stats_walk(server, session.out, &words, &mut walk, usize::MAX) == Progress::More {
+            }
         }
-        Some(b"sizes") => sizes(session),
-        Some(b"cachedump") => cachedump(session, words),
         Some(_) => session.out.extend_from_slice(b"ERROR\r\n"),
     }
 }
@@ -463,24 +468,132 @@ fn murmur3_32(data: &[u8]) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Whether `stats <args>` walks the store (`items`, `slabs`): a connection makes that walk in
-/// steps ([`slabs::Census`]) and answers with [`census_reply`].
-pub fn walks_store(args: Keys<'_>) -> bool {
-    matches!(args.iter().next(), Some(b"items" | b"slabs"))
+/// The words of a `stats` request that walks the store (`items`, `slabs`, `sizes` with
+/// `-o track_sizes`, a well-formed `cachedump`): a connection makes the walk in steps
+/// ([`stats_walk`]), letting its worker's other clients run between them. `None` for any other
+/// `stats`, and for a refused one, answered at once.
+pub fn store_walk<'a>(server: &Server, args: Keys<'a>) -> Option<Vec<&'a [u8]>> {
+    let mut words = args.iter();
+    let verb = words.next()?;
+    if !matches!(verb, b"items" | b"slabs" | b"sizes" | b"cachedump") {
+        return None;
+    }
+    let words: Vec<&[u8]> = std::iter::once(verb).chain(words.take(2)).collect();
+    walk_refusal(server, &words).is_none().then_some(words)
 }
 
-/// Answers `stats items` or `stats slabs` (`verb`) from a finished census of the store.
-pub fn census_reply(
+/// The answer, without walking, to a walking `stats` that needs none: `stats sizes` without
+/// `-o track_sizes`, a refused or malformed `cachedump`.
+fn walk_refusal(server: &Server, words: &[&[u8]]) -> Option<&'static [u8]> {
+    match words {
+        [b"sizes", ..] if !server.settings.track_sizes => {
+            Some(b"STAT sizes_status disabled\r\nEND\r\n")
+        }
+        [b"cachedump", ..] if !server.settings.dump_enabled => {
+            Some(b"CLIENT_ERROR stats cachedump not allowed\r\n")
+        }
+        [b"cachedump", class, limit] => {
+            match (parse_u32_truncating(class), parse_u32_truncating(limit)) {
+                (Some(class), Some(_)) if class >= 64 => Some(b"CLIENT_ERROR Illegal slab id\r\n"),
+                (Some(_), Some(_)) => None,
+                _ => Some(b"CLIENT_ERROR bad command line format\r\n"),
+            }
+        }
+        [b"cachedump", ..] => Some(b"CLIENT_ERROR bad command line\r\n"),
+        _ => None,
+    }
+}
+
+/// Store batches a step of [`stats_walk`] looks at when a connection makes it: about 4,000
+/// items, well under a millisecond.
+pub const WALK_STEP: usize = 16;
+
+/// A walking `stats` under way ([`store_walk`]).
+#[derive(Debug, Default)]
+pub struct StatsWalk {
+    census: slabs::Census,
+    sizes: BTreeMap<usize, u64>,
+    /// `cachedump`: items listed and bytes written so far.
+    shown: usize,
+    written: usize,
+}
+
+impl StatsWalk {
+    /// Whether part of the walk is done.
+    pub fn started(&self) -> bool {
+        self.census.started()
+    }
+}
+
+/// Walks up to `batches` of the store's batches for the `stats` request `words` (from
+/// [`store_walk`]) and, once the walk is over, writes the answer; `cachedump` writes its lines
+/// as it finds them.
+pub fn stats_walk(
     server: &Server,
     out: &mut Vec<u8>,
-    verb: &[u8],
-    census: &BTreeMap<u8, slabs::ClassUse>,
-) {
-    if verb == b"items" {
-        items(server, out, census);
-    } else {
-        slabs(server, out, census);
+    words: &[&[u8]],
+    walk: &mut StatsWalk,
+    batches: usize,
+) -> Progress {
+    let classes = &server.slab_classes;
+    let done = match words {
+        [b"items" | b"slabs", ..] => walk.census.step(server, batches),
+        [b"sizes", ..] => {
+            let sizes = &mut walk.sizes;
+            walk.census.walk(server, batches, |item| {
+                *sizes.entry(item.size.div_ceil(32) * 32).or_default() += 1;
+            })
+        }
+        [b"cachedump", class, limit] => {
+            let class = parse_u32_truncating(class).unwrap_or_default();
+            let limit = match parse_u32_truncating(limit).unwrap_or_default() {
+                0 => usize::MAX,
+                n => n as usize,
+            };
+            let room = CACHEDUMP_MAX - reply::END.len();
+            let (shown, written) = (&mut walk.shown, &mut walk.written);
+            let over = walk.census.walk(server, batches, |item| {
+                if *shown == limit || u32::from(classes.class_of(item.size)) != class {
+                    return;
+                }
+                // memcached prints the key as a C string: up to its first NUL byte.
+                let key = item.key.split(|b| *b == 0).next().unwrap_or_default();
+                let expiry = match item.exptime {
+                    0 => 0,
+                    exptime => server.clock.to_unix(exptime),
+                };
+                let tail = format!(" [{} b; {expiry} s]\r\n", item.value_len);
+                let len = 5 + key.len() + tail.len();
+                if *written + len > room {
+                    // memcached stops at the first line that would not fit.
+                    *shown = limit;
+                    return;
+                }
+                out.extend_from_slice(b"ITEM ");
+                out.extend_from_slice(key);
+                out.extend_from_slice(tail.as_bytes());
+                *written += len;
+                *shown += 1;
+            });
+            over || walk.shown == limit
+        }
+        _ => true,
+    };
+    if !done {
+        return Progress::More;
     }
+    match words {
+        [b"items", ..] => items(server, out, &walk.census.found),
+        [b"slabs", ..] => slabs(server, out, &walk.census.found),
+        [b"sizes", ..] => {
+            for (size, count) in &walk.sizes {
+                stat(out, &size.to_string(), count);
+            }
+            out.extend_from_slice(reply::END);
+        }
+        _ => out.extend_from_slice(reply::END),
+    }
+    Progress::Done
 }
 
 /// `stats items`: per memcached slab class (crate::slabs), the items held there, the seconds
@@ -542,93 +655,13 @@ fn slabs(server: &Server, out: &mut Vec<u8>, census: &BTreeMap<u8, slabs::ClassU
     out.extend_from_slice(reply::END);
 }
 
-/// The most a `stats cachedump` answers, as in memcached.
+/// The most a `stats cachedump` answers, as in memcached. `stats cachedump <class> <limit>`
+/// lists `ITEM <key> [<value bytes> b; <expiry> s]` for up to `limit` items (0: no limit) of
+/// one of memcached's slab classes, then `END`. memcached lists its class's cold LRU, which a
+/// new item reaches after a while; keepcached lists the live items memcached would keep in
+/// that class (crate::slabs), in the store's order. Older tools list keys with it
+/// (memcached-tool's dump, client libraries' get-all-keys).
 const CACHEDUMP_MAX: usize = 2 * 1024 * 1024;
-
-/// `stats cachedump <class> <limit>`: `ITEM <key> [<value bytes> b; <expiry> s]` for up to
-/// `limit` items (0: no limit) of one of memcached's slab classes, within 2 MB, then `END`.
-/// memcached lists its class's cold LRU, which a new item reaches after a while; keepcached
-/// lists the live items memcached would keep in that class (crate::slabs), in the store's
-/// order. Older tools list keys with it (memcached-tool's dump, client libraries' get-all-keys).
-fn cachedump<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'a [u8]>) {
-    let server = session.server;
-    let out = &mut *session.out;
-    if !server.settings.dump_enabled {
-        out.extend_from_slice(b"CLIENT_ERROR stats cachedump not allowed\r\n");
-        return;
-    }
-    let (Some(class), Some(limit)) = (words.next(), words.next()) else {
-        out.extend_from_slice(b"CLIENT_ERROR bad command line\r\n");
-        return;
-    };
-    let (Some(class), Some(limit)) = (parse_u32_truncating(class), parse_u32_truncating(limit))
-    else {
-        out.extend_from_slice(b"CLIENT_ERROR bad command line format\r\n");
-        return;
-    };
-    if class >= 64 {
-        out.extend_from_slice(b"CLIENT_ERROR Illegal slab id\r\n");
-        return;
-    }
-    let end = out.len() + CACHEDUMP_MAX - reply::END.len();
-    let limit = match limit {
-        0 => usize::MAX,
-        n => n as usize,
-    };
-    let now = server.clock.now();
-    let mut cursor = ItemCursor::default();
-    let mut shown = 0;
-    let mut line = Vec::new();
-    let mut more = true;
-    while more && shown < limit && out.len() < end {
-        more = server.cache.walk_items(now, &mut cursor, |item| {
-            if shown == limit
-                || out.len() >= end
-                || u32::from(server.slab_classes.class_of(item.size)) != class
-            {
-                return;
-            }
-            line.clear();
-            // memcached prints the key as a C string: up to its first NUL byte.
-            let key = item.key.split(|b| *b == 0).next().unwrap_or_default();
-            line.extend_from_slice(b"ITEM ");
-            line.extend_from_slice(key);
-            let expiry = match item.exptime {
-                0 => 0,
-                exptime => server.clock.to_unix(exptime),
-            };
-            line.extend_from_slice(format!(" [{} b; {expiry} s]\r\n", item.value_len).as_bytes());
-            if out.len() + line.len() <= end {
-                out.extend_from_slice(&line);
-                shown += 1;
-            } else {
-                // memcached stops at the first line that would not fit.
-                shown = limit;
-            }
-        });
-    }
-    out.extend_from_slice(reply::END);
-}
-
-/// `stats sizes`: with `-o track_sizes`, the items per 32-byte size bucket (an item's
-/// memcached-accounted size rounded up), as memcached counts them; otherwise memcached's
-/// answer when tracking is off.
-fn sizes(session: &mut Session<'_>) {
-    let server = session.server;
-    if !server.settings.track_sizes {
-        stat(session.out, "sizes_status", "disabled");
-        session.out.extend_from_slice(reply::END);
-        return;
-    }
-    let mut buckets: std::collections::BTreeMap<usize, u64> = Default::default();
-    server.cache.for_each_item(server.clock.now(), |item| {
-        *buckets.entry(item.size.div_ceil(32) * 32).or_default() += 1;
-    });
-    for (size, count) in buckets {
-        stat(session.out, &size.to_string(), count);
-    }
-    session.out.extend_from_slice(reply::END);
-}
 
 /// `lru_crawler <args>`, but for a dump: `crawl` asks memcached's crawler to reclaim expired
 /// items of some classes; ours reclaims all of them in the background anyway, so it is
@@ -817,7 +850,8 @@ pub enum Progress {
 }
 
 /// Writes the next part of `lru_crawler metadump <classes>` ([`is_metadump`]) to `out`, until
-/// it holds `high_water` bytes; `Done` once the whole dump, its `END` or its refusal is written.
+/// it holds `high_water` bytes or a step of the walk is made; `Done` once the whole dump, its
+/// `END` or its refusal is written.
 /// The dump lists live items in memcached's format, which is how the proxy enumerates a healthy
 /// replica to re-fill a repaired one.
 ///
@@ -858,7 +892,9 @@ pub fn metadump<'a>(
         }
         return Progress::More;
     }
-    while out.len() < high_water {
+    // A part ends at `high_water` bytes, or after [`WALK_STEP`] batches of a walk that finds
+    // few items of its classes, so that the worker's other clients are not held up either way.
+    for _ in 0..WALK_STEP {
         let more = server.cache.walk_items(now, &mut dump.cursor, |item| {
             let class = classes.class_of(item.size);
             if selection.has(class) {
@@ -868,6 +904,9 @@ pub fn metadump<'a>(
         if !more {
             out.extend_from_slice(reply::END);
             return Progress::Done;
+        }
+        if out.len() >= high_water {
+            break;
         }
     }
     Progress::More

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use keepcached_cache::Evicted;
+use keepcached_cache::{Evicted, ItemCursor, ItemMeta};
 
 /// memcached's size of its item header, to which `-n` is added for the first class.
 const ITEM_HEADER: u32 = 48;
@@ -94,37 +94,57 @@ pub fn census(server: &crate::Server) -> BTreeMap<u8, ClassUse> {
 /// stall them while a monitoring tool polls.
 #[derive(Debug, Default)]
 pub struct Census {
-    cursor: keepcached_cache::ItemCursor,
+    cursor: ItemCursor,
     pub found: BTreeMap<u8, ClassUse>,
 }
 
 impl Census {
     /// Whether part of the walk is done.
     pub fn started(&self) -> bool {
-        self.cursor != keepcached_cache::ItemCursor::default()
+        self.cursor != ItemCursor::default()
     }
 
-    /// Walks up to `batches` of the store's batches; true once the walk is over.
+    /// Walks up to `batches` of the store's batches, counting; true once the walk is over.
     pub fn step(&mut self, server: &crate::Server, batches: usize) -> bool {
         let classes = &server.slab_classes;
-        let now = server.clock.now();
-        for _ in 0..batches {
-            let found = &mut self.found;
-            let more = server.cache.walk_items(now, &mut self.cursor, |item| {
-                let class = found.entry(classes.class_of(item.size)).or_default();
-                class.oldest_access = match class.items {
-                    0 => item.last_access,
-                    _ => class.oldest_access.min(item.last_access),
-                };
-                class.items += 1;
-                class.bytes += item.size as u64;
-            });
-            if !more {
-                return true;
-            }
-        }
-        false
+        let found = &mut self.found;
+        walk_steps(server, &mut self.cursor, batches, |item| {
+            let class = found.entry(classes.class_of(item.size)).or_default();
+            class.oldest_access = match class.items {
+                0 => item.last_access,
+                _ => class.oldest_access.min(item.last_access),
+            };
+            class.items += 1;
+            class.bytes += item.size as u64;
+        })
     }
+
+    /// Walks up to `batches` of the store's batches with `f` instead of counting (another
+    /// walking `stats`, which keeps its own tally); true once the walk is over.
+    pub fn walk(
+        &mut self,
+        server: &crate::Server,
+        batches: usize,
+        f: impl FnMut(ItemMeta<'_>),
+    ) -> bool {
+        walk_steps(server, &mut self.cursor, batches, f)
+    }
+}
+
+/// Up to `batches` steps of the store's walk from `cursor`; true once the walk is over.
+fn walk_steps(
+    server: &crate::Server,
+    cursor: &mut ItemCursor,
+    batches: usize,
+    mut f: impl FnMut(ItemMeta<'_>),
+) -> bool {
+    let now = server.clock.now();
+    for _ in 0..batches {
+        if !server.cache.walk_items(now, cursor, &mut f) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Evictions per class, for the `evicted` fields of `stats items` (memcached-tool's `Evicted`
