@@ -254,6 +254,91 @@ fn ephemeral_ports_written_to_port_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `MEMCACHED_PORT_FILENAME` beyond ephemeral ports, in both servers: a fixed port is written
+/// too and the file stays after a SIGTERM; with `-s` (a unix socket) no file is written. A file
+/// that cannot be written stops keepcached's start with a non-zero status and a message
+/// (memcached says so and serves on, leaving whoever waits for the file waiting).
+#[test]
+fn the_port_file_with_fixed_ports_unix_sockets_and_bad_paths() {
+    if !env::require(
+        "the_port_file_with_fixed_ports_unix_sockets_and_bad_paths",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("keepcached-portfile2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keepcached = env!("CARGO_BIN_EXE_keepcached");
+    let programs: [(&str, &[&str]); 2] = [("memcached", &[]), (keepcached, &["server"])];
+    for (i, (program, sub)) in programs.into_iter().enumerate() {
+        let start = |file: &std::path::Path, args: &[&str]| {
+            let _ = std::fs::remove_file(file);
+            let mut command = std::process::Command::new(program);
+            command
+                .args(sub)
+                .args(["-u", "root"])
+                .args(args)
+                .env("MEMCACHED_PORT_FILENAME", file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            command.spawn().expect("spawn")
+        };
+        let wait_for = |what: &str, done: &mut dyn FnMut() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !done() {
+                assert!(Instant::now() < deadline, "{program}: {what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+
+        let port = keepcached_testkit::free_port().expect("free port");
+        let file = dir.join(format!("fixed{i}"));
+        let mut server = Child(start(
+            &file,
+            &["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"],
+        ));
+        wait_for("no port file for a fixed port", &mut || file.exists());
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("TCP INET: {port}\n"),
+            "{program}"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        wait_for("still running after SIGTERM", &mut || {
+            server.0.try_wait().expect("wait").is_some()
+        });
+        assert!(file.exists(), "{program}: the port file is gone at exit");
+
+        let socket = dir.join(format!("socket{i}"));
+        let file = dir.join(format!("unix{i}"));
+        let _server = Child(start(&file, &["-s", socket.to_str().unwrap()]));
+        wait_for("no unix socket", &mut || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        assert!(!file.exists(), "{program}: a port file for a unix socket");
+
+        if program == "memcached" {
+            // memcached prints that it failed to open the file and serves on.
+            continue;
+        }
+        let file = dir.join("no-such-dir").join("ports");
+        let mut failed = start(&file, &["-l", "127.0.0.1", "-p", "-1", "-U", "0"]);
+        wait_for("still running with an unwritable port file", &mut || {
+            failed.try_wait().expect("wait").is_some()
+        });
+        let out = failed.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{program}: {}", out.status);
+        assert!(stderr.contains("port file"), "{program}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The same few hundred items, of sizes that fall in several of memcached's slab classes.
 fn load_items(server: &ServerProcess) {
     let mut request = Vec::new();
@@ -834,6 +919,53 @@ fn watch_matches_memcached() {
     }
     assert!(seen[0].len() > 20, "{:#?}", seen[0]);
     assert_eq!(seen[0], seen[1], "memcached's log, then keepcached's");
+}
+
+/// At most 20 clients watch at once, as in memcached: the 21st is refused with
+/// `WATCHER_TOO_MANY`, and once one of the 20 leaves another may watch.
+#[test]
+fn the_twenty_first_watcher_is_refused() {
+    if !env::require("the_twenty_first_watcher_is_refused", false, &["memcached"]) {
+        return;
+    }
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        let watch = |stream: &mut TcpStream| {
+            stream.write_all(b"watch\r\n").expect("write");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut reply = Vec::new();
+            while !reply.ends_with(b"\r\n") {
+                let (more, _) = observe(stream, Duration::from_millis(100));
+                reply.extend_from_slice(&more);
+                assert!(Instant::now() < deadline, "{}: no reply", target.label);
+            }
+            String::from_utf8_lossy(&reply).into_owned()
+        };
+        let mut watchers: Vec<TcpStream> = (0..20)
+            .map(|_| TcpStream::connect(server.addr()).expect("connect"))
+            .collect();
+        for watcher in &mut watchers {
+            assert_eq!(watch(watcher), "OK\r\n", "{}", target.label);
+        }
+        let mut extra = TcpStream::connect(server.addr()).expect("connect");
+        assert_eq!(
+            watch(&mut extra),
+            "WATCHER_TOO_MANY log watcher limit reached\r\n",
+            "{}",
+            target.label
+        );
+        drop(watchers.pop());
+        // memcached's logger thread notices a gone watcher on its next round.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut again = TcpStream::connect(server.addr()).expect("connect");
+            if watch(&mut again) == "OK\r\n" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: still full", target.label);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// `watch evictions`: a store that evicts logs the evicted item as memcached does (which item
