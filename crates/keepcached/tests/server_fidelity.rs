@@ -478,6 +478,56 @@ fn lru_crawler_matches_memcached() {
     }
 }
 
+/// docs/meta.md: after one client's `lru_crawler metadump ,` (an empty class list), keepcached
+/// goes on dumping for every client; memcached 1.6.18 answers every later dump `ERROR an
+/// unknown error happened`.
+#[test]
+fn dumps_go_on_after_an_empty_class_list() {
+    if !env::require(
+        "dumps_go_on_after_an_empty_class_list",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        let mut typo = server.connect().expect("connect");
+        assert_eq!(
+            typo.call("set a 0 0 1\r\n1\r\n").expect("set"),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            typo.call("lru_crawler metadump ,\r\n").expect("metadump ,"),
+            "NOTSTARTED no items to crawl\r\n",
+            "{}",
+            target.label
+        );
+        for classes in ["all", "1", "hash"] {
+            let mut other = TcpStream::connect(server.addr()).expect("connect");
+            other
+                .write_all(format!("lru_crawler metadump {classes}\r\n").as_bytes())
+                .expect("write");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n") && Instant::now() < deadline {
+                let (more, closed) = observe(&mut other, Duration::from_millis(200));
+                got.extend_from_slice(&more);
+                assert!(!closed, "{}: closed", target.label);
+            }
+            let got = String::from_utf8_lossy(&got);
+            if target.label == "memcached" {
+                assert_eq!(got, "ERROR an unknown error happened\r\n", "{classes}");
+            } else {
+                assert!(
+                    got.starts_with("key=a exp=-1 ") && got.ends_with(" size=61\nEND\r\n"),
+                    "metadump {classes}: {got}"
+                );
+            }
+        }
+    }
+}
+
 /// The sorted `ITEM` lines of `stats cachedump <class> 0` for each class `stats items` names,
 /// once they list as many items as `stats items` counts (memcached lists a class's cold LRU,
 /// which new items reach within about a second), or after 10 s.
