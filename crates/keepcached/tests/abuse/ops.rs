@@ -511,14 +511,15 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
         let pid = scratch.path(&format!("server-{signal}.pid"));
         let mut ours = keepcached_server(Path::new(BIN), &["-P", &pid]).expect("server");
-        assert_eq!(read_pid(&pid), Some(ours.pid() as i32));
-        // At the default verbosity, the server's lifecycle is logged at info.
+        // At the default verbosity, the server's lifecycle is logged at info. It listens a
+        // moment before it writes the pid file and says it serves.
         let serving = format!("cache server serving, pid {}", ours.pid());
         assert!(
             wait_for(|| ours.log_text().contains(&serving)),
             "{serving:?} not logged:\n{}",
             ours.log_text()
         );
+        assert_eq!(read_pid(&pid), Some(ours.pid() as i32));
         ours.signal(signal).expect("signal");
         let status = ours.wait_exit(COMMAND_TIMEOUT).expect("wait");
         let log = ours.log_text();
@@ -535,6 +536,13 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
         let pid = scratch.path(&format!("proxy-{signal}.pid"));
         let backend = keepcached_server(Path::new(BIN), &[]).expect("backend");
         let mut proxy = Proxy::start(&scratch, backend.addr(), &["-P", &pid]);
+        // The pid file is written after the bind, just before the proxy says it serves.
+        let serving = format!("proxy serving, pid {}", proxy.child.id());
+        assert!(
+            wait_for(|| proxy.log_text().contains(&serving)),
+            "{serving:?} not logged:\n{}",
+            proxy.log_text()
+        );
         assert_eq!(read_pid(&pid), Some(proxy.child.id() as i32));
         proxy.signal(signal);
         let status = proxy.wait_exit();
