@@ -301,6 +301,59 @@ fn binary_packets_match_memcached() {
     assert!(failures.is_empty(), "{}", failures.concat());
 }
 
+/// The stat names, in order, of a `stats GROUP` asked over binary and over text.
+fn stat_names(server: &ServerProcess, group: &str) -> (Vec<String>, Vec<String>) {
+    let binary = exchange(server, &packet(0x10, &[], group.as_bytes(), &[], 0));
+    let binary = binary
+        .split("key=")
+        .skip(1)
+        .map(|packet| packet.split(" value=").next().unwrap_or("").to_string())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut client = server.connect().expect("connect");
+    let text = client.call(&format!("stats {group}\r\n")).expect("stats");
+    let text = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1).map(String::from))
+        .collect();
+    (binary, text)
+}
+
+/// docs/meta.md: `stats items` and `stats slabs` over binary report keepcached's own fields, the
+/// ones its text `stats items` and `stats slabs` report, as memcached's binary ones report its
+/// own.
+#[test]
+fn stats_items_and_slabs_over_binary_are_the_text_ones() {
+    if !env::require(
+        "stats_items_and_slabs_over_binary_are_the_text_ones",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    let mut seen = Vec::new();
+    for target in [
+        Target::memcached(),
+        Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+    ] {
+        let server = target.start(&[]).expect("server");
+        let mut client = server.connect().expect("connect");
+        assert_eq!(
+            client.call("set a 0 0 1\r\n1\r\n").expect("set"),
+            "STORED\r\n"
+        );
+        for group in ["items", "slabs"] {
+            let (binary, text) = stat_names(&server, group);
+            assert!(text.contains(&"active_slabs".to_string()) || group == "items");
+            assert!(text.contains(&"items:1:number".to_string()) || group == "slabs");
+            assert_eq!(binary, text, "{}: stats {group}", target.label);
+            seen.push(binary);
+        }
+    }
+    assert_ne!(seen[0], seen[2], "keepcached's stats items are its own");
+    assert_ne!(seen[1], seen[3], "keepcached's stats slabs are its own");
+}
+
 #[test]
 fn memccapable_binary_checks_all_pass() {
     if !env::require("memccapable_binary_checks_all_pass", true, &["memccapable"]) {

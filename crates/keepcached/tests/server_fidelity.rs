@@ -172,6 +172,118 @@ fn multiget_beyond_read_buf_mem_limit() {
     }
 }
 
+/// A `get` line of `len` bytes naming 200-byte keys that no test stores, without its newline.
+fn multiget_line(len: usize) -> Vec<u8> {
+    let mut line = b"get".to_vec();
+    let mut i = 0u32;
+    while line.len() < len {
+        let key = format!(" {i:0>200}");
+        line.extend_from_slice(&key.as_bytes()[..key.len().min(len - line.len())]);
+        i += 1;
+    }
+    line
+}
+
+/// docs/limits.md: a multi-get line may run to 4 MiB; one that reaches past that without a newline
+/// closes the connection, where memcached holds it however long it grows.
+#[test]
+fn a_multiget_line_past_4_mib_closes_the_connection() {
+    if !env::require(
+        "a_multiget_line_past_4_mib_closes_the_connection",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    const MIB: usize = 1024 * 1024;
+    let beyond = multiget_line(4 * MIB + 1024);
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        // A line of exactly 4 MiB, its "\r\n" included, is answered.
+        let mut at_bound = TcpStream::connect(server.addr()).expect("connect");
+        let mut line = multiget_line(4 * MIB - 2);
+        line.extend_from_slice(b"\r\n");
+        at_bound.write_all(&line).expect("write");
+        assert_eq!(until_end(&mut at_bound), b"END\r\n", "{}", target.label);
+
+        let mut conn = TcpStream::connect(server.addr()).expect("connect");
+        // keepcached may close before it has read everything: the write then fails.
+        let _ = conn.write_all(&beyond);
+        if target.label == "keepcached" {
+            let (got, closed) = observe(&mut conn, Duration::from_secs(30));
+            assert!(
+                closed && got.is_empty(),
+                "keepcached: the connection should be closed silently, got {got:?} closed={closed}"
+            );
+        } else {
+            // Once memcached has read the whole line, the connection is still open and the
+            // newline gets the line answered.
+            // bytes_read counts the polls too: each sends "stats\r\n" and the client's
+            // "version\r\n".
+            let mut poller = server.connect().expect("connect");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut polled = 0;
+            loop {
+                let read = poller.stat("bytes_read").expect("stats");
+                polled += 16;
+                if read >= (line.len() + beyond.len() + polled) as u64 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "memcached did not read the line");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let (got, closed) = observe(&mut conn, Duration::from_millis(100));
+            assert!(
+                !closed && got.is_empty(),
+                "memcached: {got:?} closed={closed}"
+            );
+            conn.write_all(b"\r\n").expect("write");
+            assert_eq!(until_end(&mut conn), b"END\r\n", "memcached");
+        }
+    }
+}
+
+/// docs/limits.md: `-o read_buf_mem_limit=0` means the default, a budget as large as `-m`, which
+/// `stats settings` shows in bytes and values being received draw from; another figure is
+/// taken as MiB.
+#[test]
+fn read_buf_mem_limit_zero_is_as_much_as_dash_m() {
+    let keepcached = Target::keepcached(env!("CARGO_BIN_EXE_keepcached"));
+    for (flags, budget) in [
+        (&["-m", "32"][..], 32 << 20),
+        (&["-m", "32", "-o", "read_buf_mem_limit=0"], 32 << 20),
+        (&["-m", "32", "-o", "read_buf_mem_limit=5"], 5 << 20),
+    ] {
+        let server = keepcached.start(flags).expect("keepcached");
+        assert_eq!(
+            stat_u64(&stats(&server, "settings"), "read_buf_mem_limit"),
+            Some(budget),
+            "{flags:?}"
+        );
+        // A value still arriving holds its buffer beyond the first read chunk, from the budget.
+        let mut arriving = TcpStream::connect(server.addr()).expect("connect");
+        arriving
+            .write_all(&[&b"set big 0 0 900000\r\n"[..], &[b'v'; 100_000]].concat())
+            .expect("write");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = stats(&server, "");
+            if stat_u64(&stats, "read_buf_count") == Some(1) {
+                let bytes = stat_u64(&stats, "read_buf_bytes").expect("read_buf_bytes");
+                let free = stat_u64(&stats, "read_buf_bytes_free").expect("free");
+                assert!(bytes > 0 && bytes + free == budget, "{flags:?}: {stats}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{flags:?}: {stats}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        arriving.write_all(&[b'v'; 800_000]).expect("write");
+        arriving.write_all(b"\r\n").expect("write");
+        let (got, _) = observe(&mut arriving, Duration::from_secs(5));
+        assert_eq!(got, b"STORED\r\n", "{flags:?}");
+    }
+}
+
 /// A process started by a test, killed by pid when dropped (also when the test fails).
 struct Child(std::process::Child);
 
@@ -448,6 +560,56 @@ fn lru_crawler_matches_memcached() {
             "reply {i} differs ({} vs {})",
             seen[0].0, seen[1].0
         );
+    }
+}
+
+/// docs/meta.md: after one client's `lru_crawler metadump ,` (an empty class list), keepcached
+/// goes on dumping for every client; memcached 1.6.18 answers every later dump `ERROR an
+/// unknown error happened`.
+#[test]
+fn dumps_go_on_after_an_empty_class_list() {
+    if !env::require(
+        "dumps_go_on_after_an_empty_class_list",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    for target in targets() {
+        let server = target.start(&[]).expect("server");
+        let mut typo = server.connect().expect("connect");
+        assert_eq!(
+            typo.call("set a 0 0 1\r\n1\r\n").expect("set"),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            typo.call("lru_crawler metadump ,\r\n").expect("metadump ,"),
+            "NOTSTARTED no items to crawl\r\n",
+            "{}",
+            target.label
+        );
+        for classes in ["all", "1", "hash"] {
+            let mut other = TcpStream::connect(server.addr()).expect("connect");
+            other
+                .write_all(format!("lru_crawler metadump {classes}\r\n").as_bytes())
+                .expect("write");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n") && Instant::now() < deadline {
+                let (more, closed) = observe(&mut other, Duration::from_millis(200));
+                got.extend_from_slice(&more);
+                assert!(!closed, "{}: closed", target.label);
+            }
+            let got = String::from_utf8_lossy(&got);
+            if target.label == "memcached" {
+                assert_eq!(got, "ERROR an unknown error happened\r\n", "{classes}");
+            } else {
+                assert!(
+                    got.starts_with("key=a exp=-1 ") && got.ends_with(" size=61\nEND\r\n"),
+                    "metadump {classes}: {got}"
+                );
+            }
+        }
     }
 }
 

@@ -341,3 +341,174 @@ impl Drop for Owned {
         let _ = self.0.wait();
     }
 }
+
+/// A one-connection memcached impostor on loopback: it answers `stats` with `reply` (never, if
+/// `None`) and `stats backends` with `ERROR`, as a cache server does, until the client leaves.
+struct Impostor {
+    addr: String,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Impostor {
+    fn start(reply: Option<Vec<u8>>) -> Impostor {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let thread = std::thread::spawn(move || {
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut writer = conn.try_clone().expect("clone");
+            for line in std::io::BufRead::lines(std::io::BufReader::new(conn)) {
+                let Ok(line) = line else {
+                    return;
+                };
+                let answer = match (line.trim_end(), &reply) {
+                    ("stats", Some(reply)) => reply.as_slice(),
+                    ("stats", None) => continue,
+                    _ => b"ERROR\r\n".as_slice(),
+                };
+                // The client may leave before reading it all (a refused answer).
+                if writer.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        Impostor {
+            addr,
+            thread: Some(thread),
+        }
+    }
+
+    /// Once `status` has run: the impostor's connection is over.
+    fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("impostor");
+        }
+    }
+}
+
+/// A `stats` answer of `lines` STAT lines (the first `first_len` bytes long with its "\r\n",
+/// the second `curr_items 7`), then END.
+fn stats_answer(lines: usize, first_len: usize) -> Vec<u8> {
+    let mut answer = b"STAT pad ".to_vec();
+    answer.resize(first_len - 2, b'x');
+    answer.extend_from_slice(b"\r\nSTAT curr_items 7\r\n");
+    for i in 2..lines {
+        answer.extend_from_slice(format!("STAT s{i} 0\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"END\r\n");
+    answer
+}
+
+/// docs/status.md: an answer is read up to 100,000 lines (`END` included) of 64 KiB each; one
+/// longer, or with a longer line, makes the target unreachable with the reason.
+#[test]
+fn a_stats_answer_is_read_up_to_its_caps() {
+    for (lines, first_len, refused) in [
+        (99_999, 100, None),
+        (100_000, 100, Some("stats: more than 100000 lines")),
+        (10, 65_536, None),
+        (10, 65_537, Some("stats: a line longer than 65536 bytes")),
+    ] {
+        let impostor = Impostor::start(Some(stats_answer(lines, first_len)));
+        let addr = impostor.addr.clone();
+        let (report, code) = status_json(std::slice::from_ref(&addr));
+        impostor.join();
+        let what = format!("{lines} lines, the first of {first_len} bytes");
+        match refused {
+            None => {
+                assert_eq!(code, Some(0), "{what}: {report:#}");
+                let server = entry(&report, "servers", &addr);
+                assert_eq!(server["items"], 7, "{what}: {report:#}");
+            }
+            Some(reason) => {
+                assert_eq!(code, Some(1), "{what}: {report:#}");
+                let unreachable = entry(&report, "unreachable", &addr);
+                assert_eq!(unreachable["error"], reason, "{what}: {report:#}");
+            }
+        }
+    }
+}
+
+/// docs/status.md: a target that accepts and never answers is unreachable once the 2-second
+/// read timeout has passed. (The lower bound is exact; the upper one only says it does not
+/// wait on.)
+#[test]
+fn a_target_that_never_answers_times_out_after_2_seconds() {
+    let impostor = Impostor::start(None);
+    let addr = impostor.addr.clone();
+    let started = std::time::Instant::now();
+    let (report, code) = status_json(std::slice::from_ref(&addr));
+    let took = started.elapsed();
+    impostor.join();
+    assert_eq!(code, Some(1), "{report:#}");
+    let error = entry(&report, "unreachable", &addr)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.starts_with("stats: "), "{report:#}");
+    assert!(
+        took >= Duration::from_secs(2) && took < WAIT,
+        "status took {took:?}"
+    );
+}
+
+/// An HTTP/1.0 metrics page whose one VRRP sample, `keepcached_vrrp_state{...} 1`, comes after
+/// `before` bytes of response (head and comment lines), served to one client.
+fn metrics_impostor(before: usize) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let mut page = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    // Comment lines (a lone "\n" at worst) fill it to the byte.
+    while page.len() < before {
+        let line = (before - page.len()).min(1024);
+        page.resize(page.len() + line - 1, b'#');
+        page.push(b'\n');
+    }
+    page.extend_from_slice(b"keepcached_vrrp_state{instance=\"VI_1\",state=\"master\"} 1\n");
+    let thread = std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match std::io::Read::read(&mut conn, &mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        // A client that stops reading at its cap closes the connection: the write then fails.
+        let _ = conn.write_all(&page);
+    });
+    (addr, thread)
+}
+
+/// docs/status.md: a metrics page is read up to 16 MiB: a VRRP sample that ends at that byte
+/// is seen, one that starts there is not.
+#[test]
+fn a_metrics_page_is_read_up_to_16_mib() {
+    const CAP: usize = 16 * 1024 * 1024;
+    let sample_len = "keepcached_vrrp_state{instance=\"VI_1\",state=\"master\"} 1\n".len();
+    for (before, seen) in [(CAP - sample_len, true), (CAP, false)] {
+        let (addr, impostor) = metrics_impostor(before);
+        let target = format!("http://{addr}/metrics");
+        let (report, code) = status_json(std::slice::from_ref(&target));
+        impostor.join().expect("impostor");
+        if seen {
+            assert_eq!(code, Some(0), "{report:#}");
+            let node = entry(&report, "nodes", &target);
+            assert_eq!(node["instances"][0]["state"], "master", "{report:#}");
+        } else {
+            assert_eq!(code, Some(1), "{report:#}");
+            let error = entry(&report, "unreachable", &target)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                error.starts_with("no keepcached_vrrp_state metric"),
+                "{report:#}"
+            );
+        }
+    }
+}

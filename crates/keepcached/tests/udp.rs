@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use keepcached_testkit::mask::mask_stats;
 use keepcached_testkit::wire::Target;
-use keepcached_testkit::{env, escape, ServerProcess};
+use keepcached_testkit::{env, escape, End, ServerProcess};
 
 /// memcached's largest reply datagram, header included.
 const MAX_DATAGRAM: usize = 1400;
@@ -57,6 +57,12 @@ impl UdpClient {
     /// Sends `payload` in one datagram with the given total-datagrams field and returns the
     /// reply messages, each reassembled from its datagrams (a message starts at sequence 0).
     fn request_with_total(&mut self, payload: &[u8], total: u16) -> Vec<Message> {
+        let id = self.send(payload, total);
+        self.replies(id)
+    }
+
+    /// Sends `payload` in one datagram with the given total-datagrams field; its request id.
+    fn send(&mut self, payload: &[u8], total: u16) -> u16 {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
         let mut datagram = Vec::new();
@@ -65,6 +71,11 @@ impl UdpClient {
         }
         datagram.extend_from_slice(payload);
         self.socket.send_to(&datagram, self.server).expect("send");
+        id
+    }
+
+    /// The reply messages to request `id` that arrive from now on.
+    fn replies(&mut self, id: u16) -> Vec<Message> {
         let mut messages: Vec<Message> = Vec::new();
         let mut buf = [0u8; 65536];
         // A reply ends when the server has been quiet for QUIET (FIRST before anything came)
@@ -224,13 +235,20 @@ fn play(server: &ServerProcess, udp_port: u16) -> Vec<String> {
     out
 }
 
-fn start(target: &Target) -> (ServerProcess, u16) {
+/// `target` with `-U PORT` and the `extra` flags; the UDP port.
+fn start(target: &Target, extra: &[&str]) -> (ServerProcess, u16) {
     // The UDP port is chosen free just before the start; if another process takes it in between,
     // the start fails and is retried with another.
     let mut last = None;
     for _ in 0..5 {
         let port = free_udp_port();
-        match target.start(&["-U", &port.to_string()]) {
+        let udp = ["-U", &port.to_string()].map(String::from);
+        let flags: Vec<&str> = udp
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        match target.start(&flags) {
             Ok(server) => return (server, port),
             Err(e) => last = Some(e),
         }
@@ -243,8 +261,11 @@ fn udp_replies_match_memcached() {
     if !env::require("udp_replies_match_memcached", false, &["memcached"]) {
         return;
     }
-    let (reference, ref_port) = start(&Target::memcached());
-    let (subject, sub_port) = start(&Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")));
+    let (reference, ref_port) = start(&Target::memcached(), &[]);
+    let (subject, sub_port) = start(
+        &Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+        &[],
+    );
     let got_ref = play(&reference, ref_port);
     let got_sub = play(&subject, sub_port);
     // What memcached is documented to do, for the replies that show the framing.
@@ -309,6 +330,150 @@ fn a_multi_key_get_is_one_message() {
         assert_eq!((usize::from(*seq), *total), (i, 18));
         assert!(i == 17 || *len == MAX_DATAGRAM - 8);
     }
+}
+
+/// docs/udp.md: every datagram stands alone here, so a request cut off at a datagram's end is
+/// dropped and the next datagram, from anyone, starts afresh. memcached (one worker thread, so
+/// that both datagrams reach the same one) keeps the unfinished `set`, swallows the next
+/// client's datagram into its value and answers the first client.
+#[test]
+fn a_request_cut_at_the_datagrams_end_is_dropped() {
+    if !env::require(
+        "a_request_cut_at_the_datagrams_end_is_dropped",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    let payloads = |messages: Vec<Message>| -> Vec<String> {
+        messages.iter().map(|m| escape(&m.payload)).collect()
+    };
+    for target in [
+        Target::memcached(),
+        Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+    ] {
+        let (server, port) = start(&target, &["-t", "1"]);
+        let mut first = UdpClient::new(port);
+        let mut second = UdpClient::new(port);
+        let cut = first.send(b"set k 0 0 10\r\nabc", 1);
+        assert_eq!(payloads(first.replies(cut)), Vec::<String>::new());
+        let rest = payloads(second.request(b"defghij\r\nget k\r\n"));
+        let late = payloads(first.replies(cut));
+        let (want_rest, want_late): (&[&str], &[&str]) = if target.label == "memcached" {
+            (&[], &["CLIENT_ERROR bad data chunk\\r\\n"])
+        } else {
+            (&["ERROR\\r\\n", "END\\r\\n"], &[])
+        };
+        assert_eq!(rest, want_rest, "{}: the second client", target.label);
+        assert_eq!(late, want_late, "{}: the first client", target.label);
+        // Both run a datagram's whole requests and drop a cut one at its end.
+        assert_eq!(
+            payloads(first.request(b"get a\r\nget k")),
+            ["END\\r\\n"],
+            "{}",
+            target.label
+        );
+        assert_eq!(
+            payloads(first.request(b"\r\n")),
+            ["ERROR\\r\\n"],
+            "{}",
+            target.label
+        );
+        let mut tcp = server.connect().expect("tcp");
+        assert_eq!(
+            tcp.call("get k\r\n").expect("get"),
+            "END\r\n",
+            "{}",
+            target.label
+        );
+    }
+}
+
+/// The first datagram of the reply to `get KEY` sent from a new socket: (sequence, total,
+/// payload). The rest of the reply is left to the kernel to drop with the socket.
+fn first_reply_datagram(port: u16, key: &str) -> (u16, u16, Vec<u8>) {
+    let mut client = UdpClient::new(port);
+    let id = client.send(format!("get {key}\r\n").as_bytes(), 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 65536];
+    loop {
+        assert!(Instant::now() < deadline, "no reply to get {key}");
+        let Ok((n, _)) = client.socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let field = |i: usize| u16::from_be_bytes([buf[i], buf[i + 1]]);
+        if n >= 8 && field(0) == id {
+            return (field(2), field(4), buf[8..n].to_vec());
+        }
+    }
+}
+
+/// docs/udp.md: a reply that would need more than 65535 datagrams, more than the header can
+/// count, is answered `SERVER_ERROR object too large for cache`; one of exactly 65535 is sent.
+/// memcached sends such a reply anyway, every datagram saying 65535.
+#[test]
+fn a_reply_beyond_65535_datagrams_is_refused() {
+    if !env::require(
+        "a_reply_beyond_65535_datagrams_is_refused",
+        false,
+        &["memcached"],
+    ) {
+        return;
+    }
+    // "VALUE big 0 LLLLLLLL\r\n" value "\r\nEND\r\n": 29 bytes around a value of 8 digits.
+    let fits = 65535 * (MAX_DATAGRAM - 8) - 29;
+    let store = |server: &ServerProcess, len: usize| {
+        let mut tcp = server.connect().expect("tcp");
+        tcp.set_timeout(Duration::from_secs(60));
+        let mut set = format!("set big 0 0 {len}\r\n").into_bytes();
+        set.resize(set.len() + len, b'v');
+        set.extend_from_slice(b"\r\n");
+        assert_eq!(
+            tcp.exchange(&set, &End::Sentinel).expect("set").bytes,
+            b"STORED\r\n"
+        );
+    };
+    let flags = [
+        "-m",
+        "1024",
+        "-I",
+        "128m",
+        "-o",
+        "udp_reply_limit=100000000",
+    ];
+    let (server, port) = start(
+        &Target::subject_from_env(env!("CARGO_BIN_EXE_keepcached")),
+        &flags,
+    );
+    store(&server, fits);
+    let (sequence, total, payload) = first_reply_datagram(port, "big");
+    assert_eq!((sequence, total), (0, 65535));
+    assert!(
+        payload.starts_with(format!("VALUE big 0 {fits}\r\nvvv").as_bytes()),
+        "{}",
+        escape(&payload)
+    );
+    store(&server, fits + 1);
+    assert_eq!(
+        first_reply_datagram(port, "big"),
+        (
+            0,
+            1,
+            b"SERVER_ERROR object too large for cache\r\n".to_vec()
+        )
+    );
+    drop(server);
+
+    // memcached has no reply limit to set.
+    let (server, port) = start(&Target::memcached(), &flags[..4]);
+    store(&server, fits + 1);
+    let (sequence, total, payload) = first_reply_datagram(port, "big");
+    assert_eq!((sequence, total), (0, 65535), "memcached");
+    assert!(
+        payload.starts_with(format!("VALUE big 0 {}\r\nvvv", fits + 1).as_bytes()),
+        "memcached: {}",
+        escape(&payload)
+    );
 }
 
 /// Where keepcached deliberately differs: one datagram may cause at most ten times its size in

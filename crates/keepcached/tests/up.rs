@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keepcached_testkit::wait::{child_exit, collect_terminal, poll_until};
-use keepcached_testkit::{free_port, Client};
+use keepcached_testkit::{env, free_port, Client};
 use nix::sys::signal::Signal;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keepcached");
@@ -377,6 +377,57 @@ fn up_on_a_terminal_shows_a_live_line_and_ctrl_c_clears_it() {
         .find("SIGINT received")
         .unwrap_or_else(|| panic!("no SIGINT line: {after:?}"));
     assert!(clear < sigint, "{after:?}");
+}
+
+/// docs/status.md: the live line is cut to the terminal's width (one column spare, so it never
+/// wraps): on a 30-column terminal, its first 29 characters.
+#[test]
+fn the_live_line_is_cut_to_the_terminals_width() {
+    if !env::require(
+        "the_live_line_is_cut_to_the_terminals_width",
+        false,
+        &["setsid"],
+    ) {
+        return;
+    }
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 30,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let stdin = pty.slave.try_clone().expect("dup the terminal");
+    // The width is the controlling terminal's, as for an operator's shell: `setsid --ctty`
+    // makes the terminal on stdin the new session's (the test's own, if any, does not count).
+    let base = free_port_base().to_string();
+    let child = Command::new("setsid")
+        .args(["--ctty", BIN, "up", "--port-base", &base])
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .expect("start setsid keepcached up");
+    let mut up = Up::announced(child, Output::Terminal(collect_terminal(pty.master)));
+    up.assert_serves();
+    let last_drawing = |text: &str| -> Option<String> {
+        let line = text.rsplit("\u{1b}[2K").next()?;
+        line.starts_with("ops/s")
+            .then(|| line.chars().take_while(|c| !c.is_control()).collect())
+    };
+    let mut drawn = None;
+    let shown = wait_for(|| {
+        drawn = last_drawing(&up.output_text());
+        drawn.is_some()
+    });
+    assert!(shown, "no live line:\n{:?}", up.output_text());
+    let drawn = drawn.unwrap_or_default();
+    assert_eq!(drawn.chars().count(), 29, "{drawn:?}");
+    assert!(
+        drawn.starts_with("ops/s ") && drawn.contains(" · hits "),
+        "{drawn:?}"
+    );
+    up.assert_stops_on(Signal::SIGTERM);
 }
 
 #[test]

@@ -298,10 +298,11 @@ fn bad_command_line_exits_64() {
         assert!(ours.stderr.contains("--no-such-flag"), "{}", ours.stderr);
     }
     let theirs = run("memcached", &["--no-such-flag"]);
-    println!(
-        "memcached --no-such-flag: exit {:?}, said {:?}",
-        theirs.status,
-        theirs.stderr.trim()
+    assert_eq!(theirs.status, Some(1), "memcached: {}", theirs.stderr);
+    assert!(
+        theirs.stderr.contains("--no-such-flag"),
+        "{}",
+        theirs.stderr
     );
     report("unknown flag (server, proxy)", "exit 64, names the flag");
 }
@@ -363,14 +364,23 @@ fn unwritable_pid_file_fails_before_the_parent_exits() {
     assert!(scratch.kill_leftovers().is_empty());
     // memcached treats the pid file as optional: in the foreground it says so and serves on;
     // under -d the message is lost and it exits 0 with the daemon running.
-    let theirs = run("memcached", &[&["-d"][..], &server].concat());
-    let left = scratch.kill_leftovers();
-    println!(
-        "memcached -d with an unwritable -P: exit {:?}, said {:?}, {} process(es) left running",
-        theirs.status,
-        theirs.stderr.trim(),
-        left.len()
+    let theirs = memcached(&["-P", &pid]).expect("memcached serves without its pid file");
+    assert!(
+        wait_for(|| theirs
+            .log_text()
+            .contains(&format!("Could not open the pid file {pid}"))),
+        "memcached: {}",
+        theirs.log_text()
     );
+    drop(theirs);
+    let theirs = run("memcached", &[&["-d"][..], &server].concat());
+    assert_eq!(
+        (theirs.status, theirs.stderr.as_str()),
+        (Some(0), ""),
+        "memcached -d with an unwritable -P"
+    );
+    let left = scratch.kill_leftovers();
+    assert_eq!(left.len(), 1, "memcached's daemon runs on: {left:?}");
 }
 
 #[test]
@@ -442,10 +452,10 @@ fn port_in_use_exits_71_with_the_os_error_once() {
     );
     assert!(theirs.stderr.contains("Address already in use"));
     let theirs_d = run("memcached", &[&["-d"][..], &server].concat());
-    println!(
-        "memcached -d with the port in use: exit {:?}, said {:?}",
-        theirs_d.status,
-        theirs_d.stderr.trim()
+    assert_eq!(
+        (theirs_d.status, theirs_d.stderr.as_str()),
+        (Some(0), ""),
+        "memcached -d with the port in use"
     );
     drop(taken);
 }
@@ -501,17 +511,38 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
         let pid = scratch.path(&format!("server-{signal}.pid"));
         let mut ours = keepcached_server(Path::new(BIN), &["-P", &pid]).expect("server");
+        // At the default verbosity, the server's lifecycle is logged at info. It listens a
+        // moment before it writes the pid file and says it serves.
+        let serving = format!("cache server serving, pid {}", ours.pid());
+        assert!(
+            wait_for(|| ours.log_text().contains(&serving)),
+            "{serving:?} not logged:\n{}",
+            ours.log_text()
+        );
         assert_eq!(read_pid(&pid), Some(ours.pid() as i32));
         ours.signal(signal).expect("signal");
         let status = ours.wait_exit(COMMAND_TIMEOUT).expect("wait");
-        assert_exited_0(status, &ours.log_text());
+        let log = ours.log_text();
+        assert_exited_0(status, &log);
         assert!(!Path::new(&pid).exists(), "{signal}: the pid file is left");
-        assert!(ours.log_text().contains(&format!("{signal} received")));
+        let received = log.find(&format!("{signal} received: shutting down"));
+        let stopped = log.rfind("stopped");
+        assert!(
+            received.is_some() && stopped > received,
+            "{signal}: the log should say it was received, then stopped:\n{log}"
+        );
         report(&format!("{signal} (server)"), "exit 0, pid file removed");
 
         let pid = scratch.path(&format!("proxy-{signal}.pid"));
         let backend = keepcached_server(Path::new(BIN), &[]).expect("backend");
         let mut proxy = Proxy::start(&scratch, backend.addr(), &["-P", &pid]);
+        // The pid file is written after the bind, just before the proxy says it serves.
+        let serving = format!("proxy serving, pid {}", proxy.child.id());
+        assert!(
+            wait_for(|| proxy.log_text().contains(&serving)),
+            "{serving:?} not logged:\n{}",
+            proxy.log_text()
+        );
         assert_eq!(read_pid(&pid), Some(proxy.child.id() as i32));
         proxy.signal(signal);
         let status = proxy.wait_exit();
@@ -552,11 +583,12 @@ fn sigterm_and_sigint_remove_the_pid_file_and_exit_0() {
     let mut theirs = memcached(&["-P", &mcpid]).expect("memcached");
     theirs.signal(Signal::SIGTERM).expect("signal");
     let status = theirs.wait_exit(COMMAND_TIMEOUT).expect("wait");
-    println!(
-        "memcached -P on SIGTERM: exit {:?}, pid file left: {}",
+    assert_eq!(
         status.and_then(|s| s.code()),
-        Path::new(&mcpid).exists()
+        Some(0),
+        "memcached on SIGTERM"
     );
+    assert!(Path::new(&mcpid).exists(), "memcached removed its -P file");
 }
 
 fn assert_exited_0(status: Option<ExitStatus>, log: &str) {
