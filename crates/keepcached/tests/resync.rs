@@ -659,7 +659,7 @@ async fn a_restarted_node_s_fresh_proxy_does_not_flush_what_the_serving_one_warm
 /// A lone proxy acts at its start as soon as a look at the servers shows no other proxy
 /// serving: a proxy that went away left a ledger mark on the backup (main missed its writes
 /// while it was down) and its heartbeat expired; main is back (a new process on its port), and
-/// the new proxy flushes and warms it without waiting out its look's bound, which with a health
+/// the new proxy warms it (and flushes it first if its first look has told it that it acts) without waiting out its look's bound, which with a health
 /// interval of a minute is longer than this test's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
@@ -688,7 +688,11 @@ async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
     let flushes = stat(&direct.call("stats\r\n").await.unwrap(), "cmd_flush");
     let wrong = keys_not(&mut direct, 0..KEYS, "v2").await;
     println!("flushes of main by the lone proxy: {flushes}; keys not v2 on it: {wrong}");
-    assert_eq!(flushes, 1);
+    // Main came back empty: every v2 on it was copied by the lone proxy's warm-up, well within
+    // the deadline. Whether the proxy also flushed it first depends on whether its first look
+    // had told it that it acts when it met main (a flush of an empty server changes nothing):
+    // once in a CI run it had not, and main was warmed without one.
+    assert!(flushes <= 1, "main flushed {flushes} times");
     assert_eq!(wrong, 0);
     lone.stop().await;
 }
