@@ -7,8 +7,9 @@
 //! VIP all along); a node whose proxy reaches no cache server stays in FAULT, in-process,
 //! even with the higher priority. h2 runs as the systemd unit runs it: an unprivileged user
 //! with only CAP_NET_ADMIN and CAP_NET_RAW. Then, each in a topology of its own: the node's
-//! VRRP goes to FAULT when its own cache server stops, counts the proxy as up until the proxy
-//! has first met its servers, and finishes handing the VIP over whatever a second signal says.
+//! VRRP goes to FAULT when its own cache server stops, and while its proxy's one server is
+//! drained by the operator (not while it is held out of reads), counts the proxy as up until
+//! the proxy has first met its servers, and finishes handing the VIP over whatever a second signal says.
 
 #[allow(dead_code)]
 mod vrrp_topology;
@@ -460,4 +461,69 @@ fn a_second_signal_does_not_cut_vrrps_handover_short() {
     );
     assert!(!t.has_vip("h1"), "the VIP is left on h1\n{log}");
     t.wait_holder(&HOSTS, "h2", LIMIT);
+}
+
+/// One line of the proxy's operator commands, from `host` to its proxy on 127.0.0.1:12000;
+/// the reply's first line.
+fn operator(t: &Topology, host: &str, command: &str) -> String {
+    let _inside = t.enter(host);
+    let mut s = TcpStream::connect("127.0.0.1:12000").unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+/// docs/node.md, "What VRRP tracks in a node": the item `local proxy` is down while none of
+/// the proxy's servers answers, a server drained by the operator counting as not answering
+/// and one held out of reads (suspect) as answering; the instance is in FAULT while the item
+/// is down and comes back once a server answers again. A node alone on its link, its proxy's
+/// one server its own cache server.
+#[test]
+fn the_nodes_vrrp_follows_its_proxys_servers_drained_and_back() {
+    if !root_or_skip("the_nodes_vrrp_follows_its_proxys_servers_drained_and_back") {
+        return;
+    }
+    let mut t = Topology::new(1);
+    let config = t.write("h1.toml", &quick_node_toml("", "127.0.0.1:11211", "", 100));
+    let exe = keepcached();
+    t.spawn(
+        "h1",
+        "h1-node.log",
+        &[
+            exe.to_str().unwrap(),
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    t.wait_holder(&["h1"], "h1", LIMIT);
+    t.wait_log("h1-node.log", "proxy listening", LIMIT);
+
+    assert_eq!(operator(&t, "h1", "backend hold 127.0.0.1:11211"), "OK");
+    t.stays_holder(&["h1"], "h1", Duration::from_secs(1));
+
+    assert_eq!(operator(&t, "h1", "backend drain 127.0.0.1:11211"), "OK");
+    t.wait_log(
+        "h1-node.log",
+        "MASTER -> FAULT (priority 100) because: local proxy down (none of its 1 cache \
+         servers answers)",
+        LIMIT,
+    );
+    let start = Instant::now();
+    while t.has_vip("h1") {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the VIP stays in FAULT\n{}",
+            t.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    assert_eq!(operator(&t, "h1", "backend up 127.0.0.1:11211"), "OK");
+    t.wait_log("h1-node.log", "local proxy up again", LIMIT);
+    t.wait_holder(&["h1"], "h1", LIMIT);
+    let log = std::fs::read_to_string(t.dir.join("h1-node.log")).unwrap();
+    assert_eq!(log.matches("-> FAULT").count(), 1, "{log}");
 }
