@@ -1,6 +1,7 @@
 //! `keepcached demo` end to end (root; CI runs it): the whole runbook passes and says so in its
-//! transcript, and nothing it created is left afterwards — after a clean run, after SIGINT
-//! mid-run, and after a run killed with SIGKILL (the next run removes what it left).
+//! transcript, and nothing it created is left afterwards — after a clean run, after SIGINT,
+//! SIGTERM or SIGHUP mid-run (exit 128 + N), after a step that failed (exit 1, the step
+//! named), and after a run killed with SIGKILL (the next run removes what it left).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -320,4 +321,81 @@ fn without_root_it_says_so_and_exits_77() {
         stderr.contains("keepcached demo: needs root (it creates network namespaces"),
         "{stderr}"
     );
+}
+
+/// README: a step that fails makes the demo exit 1 naming it, and it still removes everything
+/// it created. Step 2 waits for the VRRP election (Master_Down_Interval 3.6 s) checking that
+/// both nodes run; memcached2's node is killed as soon as the transcript gives its pid, so
+/// step 2 is the one that fails.
+#[test]
+fn a_failed_step_exits_1_naming_it_and_cleans_up() {
+    if !env::require(
+        "a_failed_step_exits_1_naming_it_and_cleans_up",
+        true,
+        &["ip"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let mut run = Running::start();
+    let pid = run.child.id();
+    let _cleanup = Cleanup(pid);
+    let line = run.wait_line("memcached2: keepcached node", Duration::from_secs(30));
+    let node = *started_pids(&line).first().expect("the node's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (status, transcript) = run.finish();
+    assert_eq!(status.code(), Some(1), "{status}\n{transcript}");
+    let failed = format!(
+        "demo FAILED at step 2 (start memcached1 and memcached2 (server, proxy, VRRP each); \
+         wait for the VIP): memcached2's node (pid {node}) exited"
+    );
+    assert!(
+        transcript.contains(&failed),
+        "no `{failed}` in\n{transcript}"
+    );
+    assert_nothing_left(pid, &transcript);
+    await_gone(&started_pids(&transcript), &transcript);
+}
+
+/// README: stopped by signal N the demo exits 128 + N after removing everything it created,
+/// for SIGTERM (143) and SIGHUP (129) as for SIGINT (130, above).
+#[test]
+fn sigterm_and_sighup_exit_128_plus_n_and_clean_up() {
+    if !env::require(
+        "sigterm_and_sighup_exit_128_plus_n_and_clean_up",
+        true,
+        &["ip"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    for (signal, code) in [
+        (nix::sys::signal::Signal::SIGTERM, 143),
+        (nix::sys::signal::Signal::SIGHUP, 129),
+    ] {
+        let mut run = Running::start();
+        let pid = run.child.id();
+        let _cleanup = Cleanup(pid);
+        // Once both nodes run: their processes are among what must go.
+        run.wait_line("memcached2: keepcached node", Duration::from_secs(30));
+        run.signal(signal);
+        let (status, transcript) = run.finish();
+        assert_eq!(status.code(), Some(code), "{status}\n{transcript}");
+        assert!(
+            transcript.contains(&format!(
+                "demo interrupted by {signal} during step 2 (start"
+            )),
+            "{transcript}"
+        );
+        assert!(
+            transcript.contains("everything it created was removed"),
+            "{transcript}"
+        );
+        assert_nothing_left(pid, &transcript);
+        await_gone(&started_pids(&transcript), &transcript);
+    }
 }

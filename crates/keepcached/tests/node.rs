@@ -523,6 +523,18 @@ fn sighup_hands_the_proxy_its_new_section_between_reloading_and_ready() {
     let log = wait_log(&mut node, "configuration change applied");
     assert!(log.contains("drain_timeout_ms"), "{log}");
     assert!(log.contains("[server] changed"), "{log}");
+    // A section removed: said at warn; the proxy runs on until a restart (checked below).
+    let server_only = text.split("\n[proxy]").next().unwrap();
+    std::fs::write(&config, server_only).unwrap();
+    node.signal(Signal::SIGHUP);
+    let log = wait_log(&mut node, "the roles configured changed");
+    assert!(
+        log.contains(
+            "WARN keepcached::node_cmd: SIGHUP: the roles configured changed (server now, \
+             server, proxy running); starting or stopping a role needs a restart"
+        ),
+        "{log}"
+    );
     // A file that no longer loads is logged and the running configuration kept.
     std::fs::write(&config, "[server]\nthreads = 0\n").unwrap();
     node.signal(Signal::SIGHUP);

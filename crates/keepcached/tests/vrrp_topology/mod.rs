@@ -279,6 +279,26 @@ impl Topology {
         child.wait().unwrap()
     }
 
+    /// Waits (polling, up to `limit`) for a process this topology started to exit by itself;
+    /// how it exited.
+    pub fn wait_exit(&mut self, pid: u32, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            let child = self
+                .children
+                .iter_mut()
+                .find(|c| c.id() == pid)
+                .expect("a process of this topology");
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > limit {
+                panic!("after {limit:?} pid {pid} still runs\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `DIR/<log>` contains `needle`; returns the log.
     pub fn wait_log(&self, log: &str, needle: &str, limit: Duration) -> String {
         let start = Instant::now();
