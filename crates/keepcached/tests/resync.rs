@@ -659,8 +659,9 @@ async fn a_restarted_node_s_fresh_proxy_does_not_flush_what_the_serving_one_warm
 /// A lone proxy acts at its start as soon as a look at the servers shows no other proxy
 /// serving: a proxy that went away left a ledger mark on the backup (main missed its writes
 /// while it was down) and its heartbeat expired; main is back (a new process on its port), and
-/// the new proxy warms it (and flushes it first if its first look has told it that it acts) without waiting out its look's bound, which with a health
-/// interval of a minute is longer than this test's deadline.
+/// the new proxy warms it (and flushes it first if its first look has told it that it acts)
+/// without waiting out its look's bound, which with a health interval of a minute is longer
+/// than this test's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_proxy_acts_at_start_without_waiting_for_another_proxy() {
     let _serial = SERIAL.lock().await;
