@@ -191,10 +191,26 @@ impl ItemHandle<'_> {
     }
 }
 
-/// An item the store evicted to make room (not one that expired or was flushed), as memcached's
-/// `watch evictions` describes it. Lent to the [`EvictionHook`] under the shard lock.
+/// Why the store removed an item without being asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Evicted<'a> {
+pub enum Removal {
+    /// A live item, evicted to make room.
+    Evicted,
+    /// A dead (expired or flushed) item, reclaimed by a store that needed or swept for room
+    /// (memcached's `reclaimed`).
+    Reclaimed,
+    /// A dead item, reclaimed by the background crawler (memcached's `crawler_reclaimed`).
+    Crawled,
+}
+
+/// An item the store removed on its own: evicted to make room, or reclaimed once dead, with
+/// what memcached's `watch evictions` and per-class `stats items` tell of it. Lent to the
+/// [`RemovalHook`] under the shard lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed<'a> {
+    pub why: Removal,
+    /// A dead item that expired (not flushed).
+    pub expired: bool,
     pub key: &'a [u8],
     /// Read since it was stored.
     pub fetched: bool,
@@ -203,13 +219,13 @@ pub struct Evicted<'a> {
     pub last_access: Time,
     pub value_len: usize,
     pub flags: u32,
-    /// When it was evicted.
+    /// When it was removed.
     pub now: Time,
 }
 
-/// Called for every item evicted, under the shard lock: it must be quick and must not call
-/// into the cache.
-pub type EvictionHook = Arc<dyn Fn(&Evicted<'_>) + Send + Sync>;
+/// Called for every item the store removes on its own, under the shard lock: it must be quick
+/// and must not call into the cache.
+pub type RemovalHook = Arc<dyn Fn(&Removed<'_>) + Send + Sync>;
 
 /// How [`Cache::read`] treats the item it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,7 +590,7 @@ impl Cache {
                     cas: cfg.cas,
                     sequence: sequence.clone(),
                     hasher,
-                    on_evict: None,
+                    on_remove: None,
                 })))
             })
             .collect();
@@ -979,10 +995,11 @@ impl Cache {
         stats
     }
 
-    /// Calls `hook` for every item evicted from now on (for `watch evictions`).
-    pub fn set_eviction_hook(&self, hook: EvictionHook) {
+    /// Calls `hook` for every item evicted or reclaimed from now on (for `watch evictions` and
+    /// the per-class counts of `stats items`).
+    pub fn set_removal_hook(&self, hook: RemovalHook) {
         for shard in self.shards.iter() {
-            shard.0.lock().set_eviction_hook(hook.clone());
+            shard.0.lock().set_removal_hook(hook.clone());
         }
     }
 

@@ -50,9 +50,9 @@ use crate::numeric::{apply_delta, format_counter, parse_counter, MAX_DIGITS};
 use crate::policy::{Ghost, Queue, SMALL_SHARE_DIVISOR};
 use crate::size::{item_size, large_size, memcached_size, ITEM_OVERHEAD};
 use crate::{
-    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, Evicted, EvictionHook,
-    ImportResult, ItemHandle, ItemMeta, Lookup, ReadOptions, SavedItem, StaleResult, StoreMode,
-    StoreOutcome, StoreRequest, StoreResult, Time, KEY_MAX_LENGTH,
+    CacheStats, Counter, DeleteResult, DeltaOutcome, DeltaRequest, ImportResult, ItemHandle,
+    ItemMeta, Lookup, ReadOptions, Removal, RemovalHook, Removed, SavedItem, StaleResult,
+    StoreMode, StoreOutcome, StoreRequest, StoreResult, Time, KEY_MAX_LENGTH,
 };
 
 /// What a shard needs to know of the cache's configuration.
@@ -67,12 +67,12 @@ pub(crate) struct ShardConfig {
     /// so CAS values are small, dense and the same as memcached hands out for the same commands.
     pub(crate) sequence: Arc<AtomicU64>,
     pub(crate) hasher: RandomState,
-    pub(crate) on_evict: Option<Hook>,
+    pub(crate) on_remove: Option<Hook>,
 }
 
 /// The eviction hook, in a type that can say what it is.
 #[derive(Clone)]
-pub(crate) struct Hook(EvictionHook);
+pub(crate) struct Hook(RemovalHook);
 
 impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -590,7 +590,8 @@ impl Shard {
     }
 
     /// Removes an item that the policy or a sweep found dead, counting it as reclaimed.
-    fn reclaim(&mut self, at: Loc, hash: u64, died: Death, fetched: bool) {
+    fn reclaim(&mut self, at: Loc, hash: u64, died: Death, fetched: bool, now: Time) {
+        self.tell(at, Removal::Reclaimed, died == Death::Expired, now);
         self.unlink(at, hash);
         self.counters.reclaimed += 1;
         self.counters.expired_unfetched += u64::from(died == Death::Expired && !fetched);
@@ -649,6 +650,12 @@ impl Shard {
             match died {
                 Some(died) if Some(at) != protect => {
                     let hash = self.hash_at(at);
+                    let why = if budget.crawler {
+                        Removal::Crawled
+                    } else {
+                        Removal::Reclaimed
+                    };
+                    self.tell(at, why, died == Death::Expired, now);
                     self.unlink(at, hash);
                     killed += 1;
                     self.counters.expired_unfetched +=
@@ -830,7 +837,7 @@ impl Shard {
                     None => return false,
                 }
             } else if let Some(died) = died {
-                self.reclaim(at, hash, died, fetched);
+                self.reclaim(at, hash, died, fetched, now);
             } else if !self.cfg.evict {
                 // Without eviction a live item is only moved on, and room comes from dead ones.
                 if self.garbage == 0 || self.relocate(at, hash, !from_small, bits).is_none() {
@@ -853,14 +860,24 @@ impl Shard {
         true
     }
 
-    /// Removes a live item to make room, counting it and telling the eviction hook.
+    /// Removes a live item to make room, counting it and telling the removal hook.
     fn evict(&mut self, at: Loc, hash: u64, now: Time) {
-        let e = self.log.get(at);
-        let fetched = e.has(FETCHED);
-        if let Some(Hook(hook)) = &self.cfg.on_evict {
-            hook(&Evicted {
+        let fetched = self.log.get(at).has(FETCHED);
+        self.tell(at, Removal::Evicted, false, now);
+        self.unlink(at, hash);
+        self.counters.evictions += 1;
+        self.counters.evicted_unfetched += u64::from(!fetched);
+    }
+
+    /// Tells the removal hook, if any, of the item at `at` before it goes.
+    fn tell(&self, at: Loc, why: Removal, expired: bool, now: Time) {
+        if let Some(Hook(hook)) = &self.cfg.on_remove {
+            let e = self.log.get(at);
+            hook(&Removed {
+                why,
+                expired,
                 key: e.key(),
-                fetched,
+                fetched: e.has(FETCHED),
                 exptime: e.exptime(),
                 last_access: e.last_access(),
                 value_len: e.value().len(),
@@ -868,13 +885,10 @@ impl Shard {
                 now,
             });
         }
-        self.unlink(at, hash);
-        self.counters.evictions += 1;
-        self.counters.evicted_unfetched += u64::from(!fetched);
     }
 
-    pub(crate) fn set_eviction_hook(&mut self, hook: EvictionHook) {
-        self.cfg.on_evict = Some(Hook(hook));
+    pub(crate) fn set_removal_hook(&mut self, hook: RemovalHook) {
+        self.cfg.on_remove = Some(Hook(hook));
     }
 
     /// Links a new item into the index and its queue, making room first. `None` when it cannot

@@ -928,6 +928,52 @@ fn stats_items_counts_evictions_per_class() {
     }
 }
 
+/// `stats items` counts reclaims per class too: ten items that expire unread are reclaimed by
+/// the crawler, and their class (kept in the listing by one item that does not expire) shows
+/// them as `crawler_reclaimed` and `expired_unfetched`, as `stats` does for the whole store.
+/// (memcached's LRU maintainer reclaims such items as `reclaimed`: compared with `stats` here,
+/// not with memcached.)
+#[test]
+fn stats_items_counts_reclaims_per_class() {
+    let server = targets()[1].start(&[]).expect("server");
+    let mut client = server.connect().expect("connect");
+    for i in 0..10 {
+        let set = format!("set short{i} 0 1 5\r\nvalue\r\n");
+        assert_eq!(client.call(&set).unwrap(), "STORED\r\n");
+    }
+    assert_eq!(
+        client.call("set stays 0 0 5\r\nvalue\r\n").unwrap(),
+        "STORED\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat_u64(&stats(&server, ""), "curr_items") != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the expired items were not reclaimed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let totals = stats(&server, "");
+    let items = stats(&server, "items");
+    let field = |name: &str| -> Vec<u64> {
+        items
+            .lines()
+            .filter(|line| {
+                line.split(' ')
+                    .nth(1)
+                    .is_some_and(|n| n.ends_with(&format!(":{name}")))
+            })
+            .filter_map(|line| line.split(' ').nth(2)?.parse().ok())
+            .collect()
+    };
+    assert_eq!(field("number"), [1], "{items}");
+    assert_eq!(field("crawler_reclaimed"), [10], "{items}");
+    assert_eq!(field("expired_unfetched"), [10], "{items}");
+    assert_eq!(field("reclaimed"), [0], "{items}");
+    assert_eq!(stat_u64(&totals, "crawler_reclaimed"), Some(10), "{totals}");
+    assert_eq!(stat_u64(&totals, "expired_unfetched"), Some(10), "{totals}");
+}
+
 /// The named stats of every class in a `stats items` or `stats slabs` reply.
 fn class_stats(reply: &str, names: &[&str]) -> Vec<String> {
     reply

@@ -69,8 +69,8 @@ pub struct Server {
     pub crawler_on: std::sync::atomic::AtomicBool,
     /// `slabs automove`'s level, as `stats settings` shows it.
     pub slab_automove: std::sync::atomic::AtomicU32,
-    /// Evictions per slab class, for `stats items`.
-    pub evictions: Arc<slabs::Evictions>,
+    /// Evictions and reclaims per slab class, for `stats items`.
+    pub class_events: Arc<slabs::ClassEvents>,
 }
 
 impl Server {
@@ -96,12 +96,12 @@ impl Server {
             settings.slab_min_size,
             settings.item_size_max,
         );
-        let evictions = Arc::new(slabs::Evictions::default());
-        cache.set_eviction_hook(watch::eviction_hook(
+        let class_events = Arc::new(slabs::ClassEvents::default());
+        cache.set_removal_hook(watch::removal_hook(
             watch.clone(),
             slab_classes.clone(),
             settings.cas,
-            evictions.clone(),
+            class_events.clone(),
         ));
         let crawler_on = settings.lru_crawler.into();
         let slab_automove = settings.slab_automove.into();
@@ -122,7 +122,7 @@ impl Server {
             hash_dump: Default::default(),
             crawler_on,
             slab_automove,
-            evictions,
+            class_events,
         })
     }
 }

@@ -37,7 +37,7 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
             session.server.stats.reset();
             session.server.cache.reset_stats();
             session.server.detail.clear();
-            session.server.evictions.reset();
+            session.server.class_events.reset();
             session.out.extend_from_slice(reply::RESET);
         }
         Some(b"conns") => conns(session),
@@ -597,9 +597,8 @@ pub fn stats_walk(
 }
 
 /// `stats items`: per memcached slab class (crate::slabs), the items held there, the seconds
-/// since the least recent access among them, their size, and the class's evictions. memcached's
-/// other per-class event counters (reclaims, LRU moves) are not kept per class here: `stats`
-/// has them.
+/// since the least recent access among them, their size, and the class's evictions and
+/// reclaims. memcached's LRU segment fields are left out: the store has no LRU segments.
 fn items(server: &Server, out: &mut Vec<u8>, census: &BTreeMap<u8, slabs::ClassUse>) {
     let now = server.clock.now();
     for (&class, found) in census {
@@ -610,19 +609,19 @@ fn items(server: &Server, out: &mut Vec<u8>, census: &BTreeMap<u8, slabs::ClassU
             now.saturating_sub(found.oldest_access),
         );
         stat(out, &format!("items:{class}:mem_requested"), found.bytes);
-        let evicted = server.evictions.of(class);
-        stat(out, &format!("items:{class}:evicted"), evicted.evicted);
-        stat(
-            out,
-            &format!("items:{class}:evicted_nonzero"),
-            evicted.nonzero,
-        );
-        stat(out, &format!("items:{class}:evicted_time"), evicted.time);
-        stat(
-            out,
-            &format!("items:{class}:evicted_unfetched"),
-            evicted.unfetched,
-        );
+        // memcached's order; its fields for its LRU segments and slab pages are left out.
+        let events = server.class_events.of(class);
+        for (name, value) in [
+            ("evicted", events.evicted),
+            ("evicted_nonzero", events.evicted_nonzero),
+            ("evicted_time", u64::from(events.evicted_time)),
+            ("reclaimed", events.reclaimed),
+            ("expired_unfetched", events.expired_unfetched),
+            ("evicted_unfetched", events.evicted_unfetched),
+            ("crawler_reclaimed", events.crawler_reclaimed),
+        ] {
+            stat(out, &format!("items:{class}:{name}"), value);
+        }
     }
     out.extend_from_slice(reply::END);
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use keepcached_cache::{Evicted, ItemCursor, ItemMeta};
+use keepcached_cache::{ItemCursor, ItemMeta, Removal, Removed};
 
 /// memcached's size of its item header, to which `-n` is added for the first class.
 const ITEM_HEADER: u32 = 48;
@@ -147,71 +147,104 @@ fn walk_steps(
     false
 }
 
-/// Evictions per class, for the `evicted` fields of `stats items` (memcached-tool's `Evicted`
-/// and `Evict_Time` columns): counted by the store's eviction hook, by the class memcached
-/// would have kept the evicted item in.
+/// Evictions and reclaims per class, for the event fields of `stats items` (memcached-tool's
+/// `Evicted` and `Evict_Time` columns, exporters' per-slab counters): counted by the store's
+/// removal hook, by the class memcached would have kept the item in.
 #[derive(Debug)]
-pub struct Evictions {
-    classes: [ClassEvictions; 64],
+pub struct ClassEvents {
+    classes: [ClassCounters; 64],
 }
 
-impl Default for Evictions {
-    fn default() -> Evictions {
-        Evictions {
-            classes: std::array::from_fn(|_| ClassEvictions::default()),
+impl Default for ClassEvents {
+    fn default() -> ClassEvents {
+        ClassEvents {
+            classes: std::array::from_fn(|_| ClassCounters::default()),
         }
     }
 }
 
 #[derive(Debug, Default)]
-struct ClassEvictions {
+struct ClassCounters {
     evicted: AtomicU64,
     /// Of those, items that had an expiry time.
-    nonzero: AtomicU64,
+    evicted_nonzero: AtomicU64,
     /// Of those, items never read.
-    unfetched: AtomicU64,
+    evicted_unfetched: AtomicU64,
     /// Seconds since the last access of the last one evicted.
-    time: AtomicU32,
+    evicted_time: AtomicU32,
+    /// Dead items reclaimed by a store, and by the crawler.
+    reclaimed: AtomicU64,
+    crawler_reclaimed: AtomicU64,
+    /// Reclaimed items that expired without ever being read.
+    expired_unfetched: AtomicU64,
 }
 
-/// What [`Evictions::of`] reports for a class.
+/// What [`ClassEvents::of`] reports for a class.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ClassEvicted {
+pub struct ClassEventCounts {
     pub evicted: u64,
-    pub nonzero: u64,
-    pub unfetched: u64,
-    pub time: u32,
+    pub evicted_nonzero: u64,
+    pub evicted_unfetched: u64,
+    pub evicted_time: u32,
+    pub reclaimed: u64,
+    pub crawler_reclaimed: u64,
+    pub expired_unfetched: u64,
 }
 
-impl Evictions {
-    pub fn count(&self, class: u8, e: &Evicted<'_>) {
+impl ClassEvents {
+    pub fn count(&self, class: u8, e: &Removed<'_>) {
         let c = &self.classes[usize::from(class) % 64];
-        c.evicted.fetch_add(1, Ordering::Relaxed);
-        c.nonzero
-            .fetch_add(u64::from(e.exptime != 0), Ordering::Relaxed);
-        c.unfetched
-            .fetch_add(u64::from(!e.fetched), Ordering::Relaxed);
-        c.time
-            .store(e.now.saturating_sub(e.last_access), Ordering::Relaxed);
+        let add = |counter: &AtomicU64, yes: bool| {
+            counter.fetch_add(u64::from(yes), Ordering::Relaxed);
+        };
+        match e.why {
+            Removal::Evicted => {
+                add(&c.evicted, true);
+                add(&c.evicted_nonzero, e.exptime != 0);
+                add(&c.evicted_unfetched, !e.fetched);
+                c.evicted_time
+                    .store(e.now.saturating_sub(e.last_access), Ordering::Relaxed);
+            }
+            Removal::Reclaimed | Removal::Crawled => {
+                let counter = if e.why == Removal::Crawled {
+                    &c.crawler_reclaimed
+                } else {
+                    &c.reclaimed
+                };
+                add(counter, true);
+                add(&c.expired_unfetched, e.expired && !e.fetched);
+            }
+        }
     }
 
-    pub fn of(&self, class: u8) -> ClassEvicted {
+    pub fn of(&self, class: u8) -> ClassEventCounts {
         let c = &self.classes[usize::from(class) % 64];
-        ClassEvicted {
-            evicted: c.evicted.load(Ordering::Relaxed),
-            nonzero: c.nonzero.load(Ordering::Relaxed),
-            unfetched: c.unfetched.load(Ordering::Relaxed),
-            time: c.time.load(Ordering::Relaxed),
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ClassEventCounts {
+            evicted: get(&c.evicted),
+            evicted_nonzero: get(&c.evicted_nonzero),
+            evicted_unfetched: get(&c.evicted_unfetched),
+            evicted_time: c.evicted_time.load(Ordering::Relaxed),
+            reclaimed: get(&c.reclaimed),
+            crawler_reclaimed: get(&c.crawler_reclaimed),
+            expired_unfetched: get(&c.expired_unfetched),
         }
     }
 
     /// `stats reset`.
     pub fn reset(&self) {
         for c in &self.classes {
-            c.evicted.store(0, Ordering::Relaxed);
-            c.nonzero.store(0, Ordering::Relaxed);
-            c.unfetched.store(0, Ordering::Relaxed);
-            c.time.store(0, Ordering::Relaxed);
+            for counter in [
+                &c.evicted,
+                &c.evicted_nonzero,
+                &c.evicted_unfetched,
+                &c.reclaimed,
+                &c.crawler_reclaimed,
+                &c.expired_unfetched,
+            ] {
+                counter.store(0, Ordering::Relaxed);
+            }
+            c.evicted_time.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -23,14 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use keepcached_cache::{
-    memcached_size, Evicted, EvictionHook, Lookup, ReadOptions, StoreMode, StoreResult,
+    memcached_size, Lookup, ReadOptions, Removal, RemovalHook, Removed, StoreMode, StoreResult,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::execute::Session;
 use crate::report::uri_encode;
-use crate::slabs::{Evictions, SlabClasses};
+use crate::slabs::{ClassEvents, SlabClasses};
 
 /// Item reads (memcached's `fetchers`, the default).
 pub const FETCHERS: u8 = 1;
@@ -346,19 +346,19 @@ pub fn mode_name(mode: StoreMode) -> &'static str {
     }
 }
 
-/// The store's eviction hook: counts each eviction in its class (`stats items`), and logs it
-/// for `watch evictions`, as memcached does when its LRU evicts. A few relaxed atomic
-/// operations per eviction while nobody watches.
-pub fn eviction_hook(
+/// The store's removal hook: counts each eviction and reclaim in its class (`stats items`),
+/// and logs evictions for `watch evictions`, as memcached does when its LRU evicts. A few
+/// relaxed atomic operations per removal while nobody watches.
+pub fn removal_hook(
     watch: Arc<Watchers>,
     classes: SlabClasses,
     cas: bool,
-    evictions: Arc<Evictions>,
-) -> EvictionHook {
-    Arc::new(move |e: &Evicted<'_>| {
+    events: Arc<ClassEvents>,
+) -> RemovalHook {
+    Arc::new(move |e: &Removed<'_>| {
         let class = classes.class_of(memcached_size(e.key.len(), e.value_len, e.flags, cas));
-        evictions.count(class, e);
-        if !watch.wants(EVICTIONS) {
+        events.count(class, e);
+        if e.why != Removal::Evicted || !watch.wants(EVICTIONS) {
             return;
         }
         let ttl = if e.exptime == 0 {
