@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keepcached_testkit::mask::stat_u64;
-use keepcached_testkit::{env, free_port};
+use keepcached_testkit::{env, free_port, Client};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -116,16 +116,9 @@ fn a_server_out_of_descriptors_stops_accepting_says_so_and_recovers() {
     );
     server.wait_log("accepting connections again after");
     drop(waiting);
-    let mut stats = String::new();
-    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(b"stats\r\n").unwrap();
-    let mut buf = [0u8; 8192];
-    while !stats.ends_with("END\r\n") {
-        let n = client.read(&mut buf).expect("stats");
-        assert!(n > 0, "closed after {stats}");
-        stats.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let stats = Client::connect(([127, 0, 0, 1], port).into())
+        .and_then(|mut client| client.call("stats\r\n"))
+        .expect("stats");
     assert!(
         stat_u64(&stats, "listen_disabled_num").is_some_and(|n| n >= 1),
         "{stats}"

@@ -798,6 +798,14 @@ impl<S: Socket> Conn<'_, S> {
                 }
                 _ => {}
             }
+            // A `stats` that walks the store, read once per step.
+            let mut walk = match &parsed {
+                Command::Text(Parsed {
+                    outcome: Ok(Request::Stats { args }),
+                    ..
+                }) => report::store_walk(self.server, *args),
+                _ => None,
+            };
             let before = self.out.len();
             let mut session = Session {
                 server: self.server,
@@ -831,16 +839,17 @@ impl<S: Socket> Conn<'_, S> {
                     Next::Continue
                 }
                 Command::Text(Parsed {
-                    outcome: Ok(Request::Stats { args }),
+                    outcome: Ok(Request::Stats { .. }),
                     ..
-                }) if report::store_walk(self.server, args).is_some() => {
-                    let words = report::store_walk(self.server, args).unwrap_or_default();
+                }) if walk.is_some() => {
+                    let words = walk.take().unwrap_or_default();
                     let step = report::stats_walk(
                         self.server,
                         session.out,
                         &words,
                         &mut self.stats_walk,
                         report::WALK_STEP,
+                        OUT_HIGH_WATER,
                     );
                     if step == Progress::More {
                         // The request stays at the head of the input: the walk goes on once the

@@ -67,8 +67,15 @@ fn stats_words<'a>(session: &mut Session<'_>, mut words: impl Iterator<Item = &'
                 return;
             }
             let mut walk = StatsWalk::default();
-            while stats_walk(server, session.out, &words, &mut walk, usize::MAX) == Progress::More {
-            }
+            while stats_walk(
+                server,
+                session.out,
+                &words,
+                &mut walk,
+                usize::MAX,
+                usize::MAX,
+            ) == Progress::More
+            {}
         }
         Some(_) => session.out.extend_from_slice(b"ERROR\r\n"),
     }
@@ -159,18 +166,17 @@ fn general(session: &mut Session<'_>) {
     stat(out, "bytes_read", counters.bytes_read);
     stat(out, "bytes_written", counters.bytes_written);
     stat(out, "limit_maxbytes", cache.limit_maxbytes);
-    let disabled = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-    let accepting = disabled(&server.stats.listeners_disabled) == 0;
+    let accepting = load(&server.stats.listeners_disabled) == 0;
     stat(out, "accepting_conns", u8::from(accepting));
     stat(
         out,
         "listen_disabled_num",
-        disabled(&server.stats.listen_disabled_num),
+        load(&server.stats.listen_disabled_num),
     );
     stat(
         out,
         "time_in_listen_disabled_us",
-        disabled(&server.stats.listen_disabled_us),
+        load(&server.stats.listen_disabled_us),
     );
     stat(out, "threads", server.settings.threads);
     stat(out, "conn_yields", counters.conn_yields);
@@ -527,13 +533,14 @@ impl StatsWalk {
 
 /// Walks up to `batches` of the store's batches for the `stats` request `words` (from
 /// [`store_walk`]) and, once the walk is over, writes the answer; `cachedump` writes its lines
-/// as it finds them.
+/// as it finds them, and ends its step early once `out` holds `high_water` bytes.
 pub fn stats_walk(
     server: &Server,
     out: &mut Vec<u8>,
     words: &[&[u8]],
     walk: &mut StatsWalk,
     batches: usize,
+    high_water: usize,
 ) -> Progress {
     let classes = &server.slab_classes;
     let done = match words {
@@ -551,30 +558,40 @@ pub fn stats_walk(
                 n => n as usize,
             };
             let room = CACHEDUMP_MAX - reply::END.len();
-            let (shown, written) = (&mut walk.shown, &mut walk.written);
-            let over = walk.census.walk(server, batches, |item| {
-                if *shown == limit || u32::from(classes.class_of(item.size)) != class {
-                    return;
+            let mut over = false;
+            for _ in 0..batches {
+                let (shown, written) = (&mut walk.shown, &mut walk.written);
+                over = walk.census.walk(server, 1, |item| {
+                    if *shown == limit || u32::from(classes.class_of(item.size)) != class {
+                        return;
+                    }
+                    // memcached prints the key as a C string: up to its first NUL byte.
+                    let key = item.key.split(|b| *b == 0).next().unwrap_or_default();
+                    let expiry = match item.exptime {
+                        0 => 0,
+                        exptime => server.clock.to_unix(exptime),
+                    };
+                    let start = out.len();
+                    out.extend_from_slice(b"ITEM ");
+                    out.extend_from_slice(key);
+                    let _ = std::io::Write::write_fmt(
+                        out,
+                        format_args!(" [{} b; {expiry} s]\r\n", item.value_len),
+                    );
+                    let len = out.len() - start;
+                    if *written + len > room {
+                        // memcached stops at the first line that would not fit.
+                        out.truncate(start);
+                        *shown = limit;
+                        return;
+                    }
+                    *written += len;
+                    *shown += 1;
+                });
+                if over || walk.shown == limit || out.len() >= high_water {
+                    break;
                 }
-                // memcached prints the key as a C string: up to its first NUL byte.
-                let key = item.key.split(|b| *b == 0).next().unwrap_or_default();
-                let expiry = match item.exptime {
-                    0 => 0,
-                    exptime => server.clock.to_unix(exptime),
-                };
-                let tail = format!(" [{} b; {expiry} s]\r\n", item.value_len);
-                let len = 5 + key.len() + tail.len();
-                if *written + len > room {
-                    // memcached stops at the first line that would not fit.
-                    *shown = limit;
-                    return;
-                }
-                out.extend_from_slice(b"ITEM ");
-                out.extend_from_slice(key);
-                out.extend_from_slice(tail.as_bytes());
-                *written += len;
-                *shown += 1;
-            });
+            }
             over || walk.shown == limit
         }
         _ => true,
