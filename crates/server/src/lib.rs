@@ -56,7 +56,7 @@ pub struct Server {
     pub input_budget: connection::InputBudget,
     /// Per-prefix counters of `stats detail`.
     pub detail: report::Detail,
-    /// `watch` clients and what they want to see (shared with the store's eviction hook).
+    /// `watch` clients and what they want to see (shared with the store's removal hook).
     pub watch: Arc<watch::Watchers>,
     /// memcached's slab classes for these settings, by which items are described.
     pub slab_classes: slabs::SlabClasses,
